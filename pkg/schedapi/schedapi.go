@@ -1,0 +1,190 @@
+// Package schedapi holds the wire types and routes of the peer API: how a
+// peer registers for a task with the supernode, long-polls for piece
+// assignments, reports piece results, heartbeats and leaves. It has no logic;
+// the supernode serves it (supernode/peerapi) and pkg/schedclient calls it.
+//
+// All bodies are JSON. Errors are answered with a non-2xx status and an
+// Error body.
+package schedapi
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/damselfly/damselfly/pkg/piece"
+)
+
+// Routes, in net/http ServeMux pattern syntax. {task} is a task ID (see
+// pkg/taskid), {peer} a peer ID.
+const (
+	// RouteRegister: POST RegisterRequest -> RegisterResponse.
+	RouteRegister = "POST /api/peer/v1/register"
+	// RoutePieces: GET -> PiecesResponse. A long poll: it answers as soon as
+	// there is at least one assignment or the task state changes, or after
+	// the wait query parameter (a Go duration, at most MaxWait) with no
+	// assignments. The max query parameter caps the number of assignments.
+	// Each call also counts as a heartbeat of the peer.
+	RoutePieces = "GET /api/peer/v1/tasks/{task}/peers/{peer}/pieces"
+	// RouteReport: POST ReportRequest -> 204.
+	RouteReport = "POST /api/peer/v1/tasks/{task}/peers/{peer}/reports"
+	// RouteLeave: DELETE -> 204. The peer no longer serves the task.
+	RouteLeave = "DELETE /api/peer/v1/tasks/{task}/peers/{peer}"
+	// RouteHeartbeat: POST HeartbeatRequest -> HeartbeatResponse. Keeps a
+	// peer that is only seeding alive.
+	RouteHeartbeat = "POST /api/peer/v1/peers/{peer}/heartbeat"
+)
+
+// Path builders for clients.
+func RegisterPath() string { return "/api/peer/v1/register" }
+func PiecesPath(task, peer string) string {
+	return "/api/peer/v1/tasks/" + task + "/peers/" + peer + "/pieces"
+}
+func ReportPath(task, peer string) string {
+	return "/api/peer/v1/tasks/" + task + "/peers/" + peer + "/reports"
+}
+func LeavePath(task, peer string) string { return "/api/peer/v1/tasks/" + task + "/peers/" + peer }
+func HeartbeatPath(peer string) string   { return "/api/peer/v1/peers/" + peer + "/heartbeat" }
+
+// Limits every server and client of this API keeps.
+const (
+	// MaxWait is the longest a pieces long poll waits.
+	MaxWait = 30 * time.Second
+	// MaxAssignments is the most assignments one poll may ask for.
+	MaxAssignments = 64
+	// MaxBodyBytes bounds every request body.
+	MaxBodyBytes = 1 << 20
+)
+
+// Peer names a peer and the address of its upload server.
+type Peer struct {
+	// ID is chosen by the peer: 1 to 128 characters of [A-Za-z0-9._-].
+	ID string `json:"id"`
+	// Addr is host:port of the peer's upload server (pkg/peer/upload).
+	Addr string `json:"addr"`
+}
+
+// RegisterRequest asks the supernode to join a task, creating it (and
+// starting its one source fetch) when it is new.
+type RegisterRequest struct {
+	Peer Peer `json:"peer"`
+	// URL is the source of the content.
+	URL string `json:"url"`
+	// Header is sent to the source on the supernode's fetch of this task
+	// only (for example Authorization). It is kept in memory, never logged,
+	// never stored, never passed to other peers.
+	Header http.Header `json:"header,omitempty"`
+	// Digest, when set, is the sha256 digest of the whole content: it names
+	// the task and the supernode verifies the source against it.
+	Digest string `json:"digest,omitempty"`
+	// Filter lists query keys ignored when deriving the task ID from URL.
+	Filter []string `json:"filter,omitempty"`
+	// Identifier separates tasks that share a URL.
+	Identifier string `json:"identifier,omitempty"`
+	// Have lists pieces the peer already holds verified (after a supernode
+	// restart, a peer re-registers with what it has). PieceSize must then be
+	// the piece size those pieces were cut with.
+	Have      *piece.Set `json:"have,omitempty"`
+	PieceSize int64      `json:"pieceSize,omitempty"`
+}
+
+// TaskState is the state of a task's source fetch on the supernode.
+type TaskState string
+
+const (
+	// TaskRunning: the CDN is fetching; more pieces will be published.
+	TaskRunning TaskState = "running"
+	// TaskSucceeded: every piece is published and the content verified.
+	TaskSucceeded TaskState = "succeeded"
+	// TaskFailed: the source fetch failed; Error says why.
+	TaskFailed TaskState = "failed"
+)
+
+// TaskInfo is what a peer knows of a task. Size and PieceCount are -1 while
+// the size is unknown (a source that does not say its length).
+type TaskInfo struct {
+	TaskID     string    `json:"taskId"`
+	State      TaskState `json:"state"`
+	Size       int64     `json:"size"`
+	PieceSize  int64     `json:"pieceSize"`
+	PieceCount int       `json:"pieceCount"`
+	// ContentDigest is the sha256 of the whole content, known when the
+	// task was created by digest or once the CDN has fetched all of it.
+	ContentDigest string `json:"contentDigest,omitempty"`
+	// Error says why a failed task failed.
+	Error string `json:"error,omitempty"`
+}
+
+// RegisterResponse answers RegisterRequest.
+type RegisterResponse struct {
+	TaskInfo
+}
+
+// Assignment tells a peer to fetch one piece from one other peer (or the
+// supernode's CDN) and check it against Digest.
+type Assignment struct {
+	Piece  int   `json:"piece"`
+	Offset int64 `json:"offset"`
+	Length int64 `json:"length"`
+	// Digest is the piece's sha256 as computed by the CDN. Peers never
+	// trust a digest from anyone but the supernode.
+	Digest string `json:"digest"`
+	// From is the peer to fetch from.
+	From Peer `json:"from"`
+	// FromCDN is true when From is the supernode itself.
+	FromCDN bool `json:"fromCdn,omitempty"`
+}
+
+// PiecesResponse answers a pieces long poll.
+type PiecesResponse struct {
+	TaskInfo
+	Assignments []Assignment `json:"assignments,omitempty"`
+}
+
+// PieceResult reports the outcome of one assignment.
+type PieceResult struct {
+	Piece int `json:"piece"`
+	// From is the ID of the peer the piece was fetched from.
+	From string `json:"from"`
+	OK   bool   `json:"ok"`
+	// Error says what went wrong when OK is false ("digest mismatch",
+	// "connection refused", ...). Failures strike From.
+	Error string `json:"error,omitempty"`
+	// Bytes and Duration describe the transfer, for load accounting.
+	Bytes    int64         `json:"bytes,omitempty"`
+	Duration time.Duration `json:"duration,omitempty"`
+}
+
+// ReportRequest carries piece results, batched.
+type ReportRequest struct {
+	Results []PieceResult `json:"results"`
+}
+
+// HeartbeatRequest names the tasks the peer still serves.
+type HeartbeatRequest struct {
+	Addr  string   `json:"addr"`
+	Tasks []string `json:"tasks"`
+}
+
+// HeartbeatResponse lists the tasks the supernode does not know the peer
+// in (it restarted, or the peer expired): the peer re-registers for them.
+type HeartbeatResponse struct {
+	Unknown []string `json:"unknown,omitempty"`
+}
+
+// Error is the body of every non-2xx answer.
+type Error struct {
+	Code    ErrorCode `json:"code"`
+	Message string    `json:"message"`
+}
+
+// ErrorCode is a machine-readable error kind.
+type ErrorCode string
+
+const (
+	CodeInvalid      ErrorCode = "INVALID_ARGUMENT" // 400
+	CodeTaskNotFound ErrorCode = "TASK_NOT_FOUND"   // 404
+	CodePeerNotFound ErrorCode = "PEER_NOT_FOUND"   // 404: register again
+	CodeTaskFailed   ErrorCode = "TASK_FAILED"      // 409
+	CodeUnavailable  ErrorCode = "UNAVAILABLE"      // 503: try again later
+	CodeInternal     ErrorCode = "INTERNAL"         // 500
+)

@@ -1,0 +1,80 @@
+package taskid
+
+import (
+	"strings"
+	"testing"
+
+	digest "github.com/opencontainers/go-digest"
+	"github.com/stretchr/testify/require"
+)
+
+func TestForURL(t *testing.T) {
+	t.Parallel()
+	base, err := ForURL("http://example.com/a/b?x=1&y=2", nil, "")
+	require.NoError(t, err)
+	require.NoError(t, Validate(base))
+
+	tests := []struct {
+		name       string
+		url        string
+		filter     []string
+		identifier string
+		same       bool
+	}{
+		{"query order", "http://example.com/a/b?y=2&x=1", nil, "", true},
+		{"host case and default port", "HTTP://Example.COM:80/a/b?x=1&y=2", nil, "", true},
+		{"fragment", "http://example.com/a/b?x=1&y=2#frag", nil, "", true},
+		{"filtered key", "http://example.com/a/b?x=1&y=2&sig=abc", []string{"sig"}, "", true},
+		{"unfiltered key", "http://example.com/a/b?x=1&y=2&sig=abc", nil, "", false},
+		{"path differs", "http://example.com/a/c?x=1&y=2", nil, "", false},
+		{"identifier", "http://example.com/a/b?x=1&y=2", nil, "v2", false},
+		{"port differs", "http://example.com:8080/a/b?x=1&y=2", nil, "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			id, err := ForURL(tt.url, tt.filter, tt.identifier)
+			require.NoError(t, err)
+			require.Equal(t, tt.same, id == base)
+		})
+	}
+}
+
+func TestForURLRejects(t *testing.T) {
+	t.Parallel()
+	for _, u := range []string{"ftp://x/y", "file:///etc/passwd", "http://", "::::", "/relative"} {
+		_, err := ForURL(u, nil, "")
+		require.Error(t, err, u)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	t.Parallel()
+	d := digest.FromString("hello")
+	id, err := ForDigest(d)
+	require.NoError(t, err)
+	require.Equal(t, d.String(), id)
+	got, ok := Digest(id)
+	require.True(t, ok)
+	require.Equal(t, d, got)
+	require.Equal(t, "sha256-"+d.Encoded(), FileName(id))
+
+	bad := []string{
+		"", "sha256:", "../../etc/passwd", strings.Repeat("A", 64), strings.Repeat("a", 63),
+		"sha512:" + strings.Repeat("a", 64), "sha256:" + strings.Repeat("a", 63) + "/",
+		strings.Repeat("a", 64) + "\x00",
+	}
+	for _, b := range bad {
+		require.ErrorIs(t, Validate(b), ErrInvalid, b)
+	}
+	_, err = ForDigest("md5:0cc175b9c0f1b6a831c399e269772661")
+	require.ErrorIs(t, err, ErrInvalid)
+	_, ok = Digest(strings.Repeat("a", 64))
+	require.False(t, ok)
+}
+
+func TestParseFilter(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, []string{"k1", "k2"}, ParseFilter("k1&k2& &k1"))
+	require.Nil(t, ParseFilter(""))
+}
