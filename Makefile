@@ -1,0 +1,64 @@
+# Damselfly — peer-to-peer distribution of container images and large files.
+
+SHELL        := /bin/bash
+.DEFAULT_GOAL := help
+
+export PATH  := /usr/local/go/bin:$(PATH)
+GO           ?= go
+PKG          := github.com/damselfly/damselfly
+VERSION      ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+REVISION     ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+LDFLAGS      := -X $(PKG)/pkg/version.version=$(VERSION) -X $(PKG)/pkg/version.revision=$(REVISION)
+BINARIES     := $(patsubst %/main.go,%,$(wildcard supernode/main.go dfget/main.go dfdaemon/main.go registry-cache/main.go))
+TEST_TIMEOUT ?= 12m
+
+##@ Build
+
+.PHONY: build
+build: ## Build every binary into bin/
+	@mkdir -p bin
+	@for b in $(BINARIES); do \
+		echo "go build bin/$$b"; \
+		$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/$$b ./$$b || exit 1; \
+	done
+
+.PHONY: deps
+deps: ## Download Go modules
+	$(GO) mod download
+
+##@ Run
+
+.PHONY: run
+run: build ## Start a supernode (and a dfdaemon once it exists) in the foreground; data under ./.damselfly
+	./hack/run.sh
+
+##@ Test
+
+.PHONY: test
+test: deps ## Vet, then run every test with the race detector
+	$(GO) vet ./...
+	$(GO) test -race -timeout $(TEST_TIMEOUT) ./...
+
+.PHONY: test-short
+test-short: ## Unit tests only (skips in-process end-to-end tests)
+	$(GO) test -short ./...
+
+.PHONY: bench
+bench: build ## Benchmark N dfget peers vs N direct downloads from a throttled origin (see docs/benchmarks.md)
+	$(GO) run ./hack/bench $(BENCH_FLAGS)
+
+##@ Quality
+
+.PHONY: lint
+lint: ## gofmt, go vet and the import-direction rules
+	@bad=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
+	$(GO) vet ./...
+	./hack/verify-imports.sh
+
+.PHONY: clean
+clean: ## Remove build output and local run data
+	rm -rf bin .damselfly
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n"} /^[a-zA-Z_-]+:.*?##/ { printf "  %-12s %s\n", $$1, $$2 } /^##@/ { printf "\n%s\n", substr($$0, 5) }' $(MAKEFILE_LIST)
