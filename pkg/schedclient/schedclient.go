@@ -1,0 +1,597 @@
+// Package schedclient is the typed HTTP client of the peer API described in
+// pkg/schedapi: register for a task, long-poll piece assignments, report
+// piece results, leave, heartbeat.
+//
+// A Client knows one or more supernodes. Calls about a task go to the
+// supernode that owns it by rendezvous (highest random weight) hashing of the
+// task ID over the list, failing over to the next one in that order when a
+// supernode cannot be reached. A task stays with the supernode it was
+// registered on.
+//
+// Error contract: a non-2xx answer is an *APIError; errors.Is matches it
+// against ErrTaskNotFound, ErrPeerNotFound, ErrTaskFailed, ErrInvalid and
+// ErrUnavailable by its code. A supernode that cannot be reached (dial,
+// connection reset, timeout before an answer) yields an error wrapping
+// ErrUnreachable. Idempotent calls are retried a bounded number of times on
+// connection errors and 503 answers.
+//
+// The Header of a RegisterRequest carries source credentials: the client
+// never logs request bodies.
+package schedclient
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+	"go.uber.org/zap"
+
+	"github.com/damselfly/damselfly/pkg/schedapi"
+	"github.com/damselfly/damselfly/pkg/taskid"
+)
+
+var (
+	// ErrUnreachable: no supernode could be reached.
+	ErrUnreachable = errors.New("supernode unreachable")
+	// ErrTaskNotFound: the supernode does not know the task.
+	ErrTaskNotFound = errors.New("task not found")
+	// ErrPeerNotFound: the supernode does not know the peer in the task; the
+	// peer registers again.
+	ErrPeerNotFound = errors.New("peer not found")
+	// ErrTaskFailed: the task's source fetch failed on the supernode.
+	ErrTaskFailed = errors.New("task failed")
+	// ErrInvalid: the supernode rejected the request as malformed.
+	ErrInvalid = errors.New("invalid request")
+	// ErrUnavailable: the supernode is overloaded or not ready.
+	ErrUnavailable = errors.New("supernode unavailable")
+)
+
+// APIError is a non-2xx answer from a supernode.
+type APIError struct {
+	StatusCode int
+	Code       schedapi.ErrorCode
+	Message    string
+}
+
+// Error implements error.
+func (e *APIError) Error() string {
+	msg := e.Message
+	if msg == "" {
+		msg = http.StatusText(e.StatusCode)
+	}
+	if e.Code != "" {
+		return fmt.Sprintf("supernode: %d %s: %s", e.StatusCode, e.Code, msg)
+	}
+	return fmt.Sprintf("supernode: %d: %s", e.StatusCode, msg)
+}
+
+// Is matches the package sentinels by error code.
+func (e *APIError) Is(target error) bool {
+	switch target {
+	case ErrTaskNotFound:
+		return e.Code == schedapi.CodeTaskNotFound
+	case ErrPeerNotFound:
+		return e.Code == schedapi.CodePeerNotFound
+	case ErrTaskFailed:
+		return e.Code == schedapi.CodeTaskFailed
+	case ErrInvalid:
+		return e.Code == schedapi.CodeInvalid || (e.Code == "" && e.StatusCode == http.StatusBadRequest)
+	case ErrUnavailable:
+		return e.Code == schedapi.CodeUnavailable || e.StatusCode == http.StatusServiceUnavailable
+	}
+	return false
+}
+
+// Default limits of a Client.
+const (
+	// DefaultCallTimeout bounds one HTTP exchange (a pieces long poll gets
+	// its wait on top).
+	DefaultCallTimeout = 15 * time.Second
+	// DefaultAttempts is how many rounds over the supernode list an
+	// idempotent call makes before giving up.
+	DefaultAttempts = 3
+	// DefaultBackoff is the pause before the second round; it doubles after.
+	DefaultBackoff = 100 * time.Millisecond
+	// maxResponseBytes bounds a response body.
+	maxResponseBytes = 4 << 20
+)
+
+// Client talks to a list of supernodes. It is safe for concurrent use.
+type Client struct {
+	nodes       []string // base URLs, "http://host:port"
+	httpClient  *http.Client
+	logger      *zap.Logger
+	callTimeout time.Duration
+	attempts    int
+	backoff     time.Duration
+
+	mu     sync.Mutex
+	sticky map[string]string // task ID -> base URL it was registered on
+}
+
+// Option configures a Client.
+type Option func(*Client)
+
+// WithHTTPClient sets the HTTP client (default: one that ignores proxy
+// environment variables, since supernodes are reached directly).
+func WithHTTPClient(hc *http.Client) Option {
+	return func(c *Client) {
+		if hc != nil {
+			c.httpClient = hc
+		}
+	}
+}
+
+// WithLogger sets the logger (default: no-op).
+func WithLogger(l *zap.Logger) Option {
+	return func(c *Client) {
+		if l != nil {
+			c.logger = l
+		}
+	}
+}
+
+// WithCallTimeout bounds each HTTP exchange (default DefaultCallTimeout).
+func WithCallTimeout(d time.Duration) Option {
+	return func(c *Client) {
+		if d > 0 {
+			c.callTimeout = d
+		}
+	}
+}
+
+// WithRetry sets how many rounds over the supernode list an idempotent call
+// makes (at least 1) and the first pause between rounds.
+func WithRetry(attempts int, backoff time.Duration) Option {
+	return func(c *Client) {
+		if attempts >= 1 {
+			c.attempts = attempts
+		}
+		if backoff >= 0 {
+			c.backoff = backoff
+		}
+	}
+}
+
+// New returns a client of the supernodes at nodes (host:port, or an http://
+// base URL).
+func New(nodes []string, opts ...Option) (*Client, error) {
+	if len(nodes) == 0 {
+		return nil, errors.New("schedclient: no supernode given")
+	}
+	c := &Client{
+		logger:      zap.NewNop(),
+		callTimeout: DefaultCallTimeout,
+		attempts:    DefaultAttempts,
+		backoff:     DefaultBackoff,
+		sticky:      make(map[string]string),
+	}
+	for _, n := range nodes {
+		base, err := baseURL(n)
+		if err != nil {
+			return nil, fmt.Errorf("schedclient: %w", err)
+		}
+		if !slices.Contains(c.nodes, base) {
+			c.nodes = append(c.nodes, base)
+		}
+	}
+	for _, o := range opts {
+		o(c)
+	}
+	if c.httpClient == nil {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.Proxy = nil
+		c.httpClient = &http.Client{Transport: tr}
+	}
+	return c, nil
+}
+
+func baseURL(node string) (string, error) {
+	node = strings.TrimSpace(node)
+	if strings.Contains(node, "://") {
+		u, err := url.Parse(node)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return "", fmt.Errorf("supernode %q: want host:port or an http(s) URL", node)
+		}
+		return u.Scheme + "://" + u.Host, nil
+	}
+	host, port, err := net.SplitHostPort(node)
+	if err != nil {
+		return "", fmt.Errorf("supernode %q: want host:port", node)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p <= 0 || p > 65535 {
+		return "", fmt.Errorf("supernode %q: bad port", node)
+	}
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	return "http://" + net.JoinHostPort(host, port), nil
+}
+
+// Nodes returns the supernodes' base URLs, in the order given.
+func (c *Client) Nodes() []string { return slices.Clone(c.nodes) }
+
+// nodeFor returns the supernodes in the order a call about taskID tries
+// them: the one the task was registered on first, then by highest random
+// weight of (node, task). Every peer computes the same order, so a task has
+// one owner while its supernodes are up.
+func (c *Client) nodeFor(taskID string) []string {
+	order := rendezvous(c.nodes, taskID)
+	c.mu.Lock()
+	s, ok := c.sticky[taskID]
+	c.mu.Unlock()
+	if ok {
+		order = slices.DeleteFunc(order, func(n string) bool { return n == s })
+		order = append([]string{s}, order...)
+	}
+	return order
+}
+
+// rendezvous orders nodes by decreasing weight for key.
+func rendezvous(nodes []string, key string) []string {
+	type scored struct {
+		node  string
+		score uint64
+	}
+	s := make([]scored, len(nodes))
+	for i, n := range nodes {
+		s[i] = scored{n, weight(n, key)}
+	}
+	slices.SortStableFunc(s, func(a, b scored) int {
+		switch {
+		case a.score > b.score:
+			return -1
+		case a.score < b.score:
+			return 1
+		}
+		return strings.Compare(a.node, b.node)
+	})
+	out := make([]string, len(s))
+	for i := range s {
+		out[i] = s[i].node
+	}
+	return out
+}
+
+// weight is a stable hash of (node, key): FNV-1a followed by a 64-bit
+// finaliser so that similar inputs spread.
+func weight(node, key string) uint64 {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(node))
+	_, _ = h.Write([]byte{0})
+	_, _ = h.Write([]byte(key))
+	x := h.Sum64()
+	x ^= x >> 33
+	x *= 0xff51afd7ed558ccd
+	x ^= x >> 33
+	x *= 0xc4ceb9fe1a85ec53
+	x ^= x >> 33
+	return x
+}
+
+// routeKey is the task ID a register request is routed by: the one the
+// supernode derives (pkg/taskid), or the URL itself when it cannot be
+// derived here (the supernode will reject it anyway).
+func routeKey(req schedapi.RegisterRequest) string {
+	if req.Digest != "" {
+		if id, err := taskid.ForDigest(digest.Digest(req.Digest)); err == nil {
+			return id
+		}
+	}
+	if id, err := taskid.ForURL(req.URL, req.Filter, req.Identifier); err == nil {
+		return id
+	}
+	return req.URL
+}
+
+// Register joins the peer to a task, creating the task on the supernode
+// when it is new. Registering twice is harmless, so the call is retried.
+func (c *Client) Register(ctx context.Context, req schedapi.RegisterRequest) (schedapi.RegisterResponse, error) {
+	var resp schedapi.RegisterResponse
+	body, err := json.Marshal(req)
+	if err != nil {
+		return resp, fmt.Errorf("register: %w", err)
+	}
+	node, err := c.do(ctx, call{
+		name:       "register",
+		method:     http.MethodPost,
+		path:       schedapi.RegisterPath(),
+		body:       body,
+		nodes:      c.nodeFor(routeKey(req)),
+		idempotent: true,
+		out:        &resp,
+	})
+	if err != nil {
+		return resp, err
+	}
+	if resp.TaskID != "" {
+		c.mu.Lock()
+		c.sticky[resp.TaskID] = node
+		c.mu.Unlock()
+	}
+	return resp, nil
+}
+
+// Pieces long-polls for at most max assignments, waiting up to wait
+// (bounded by schedapi.MaxWait) when there are none.
+func (c *Client) Pieces(ctx context.Context, taskID, peerID string, limit int, wait time.Duration) (schedapi.PiecesResponse, error) {
+	var resp schedapi.PiecesResponse
+	if err := checkIDs(taskID, peerID); err != nil {
+		return resp, fmt.Errorf("pieces: %w", err)
+	}
+	limit = min(max(limit, 1), schedapi.MaxAssignments)
+	wait = min(max(wait, 0), schedapi.MaxWait)
+	q := url.Values{}
+	q.Set("max", strconv.Itoa(limit))
+	q.Set("wait", wait.String())
+	_, err := c.do(ctx, call{
+		name:       "pieces",
+		method:     http.MethodGet,
+		path:       schedapi.PiecesPath(taskID, peerID) + "?" + q.Encode(),
+		nodes:      c.nodeFor(taskID),
+		idempotent: true,
+		extra:      wait,
+		out:        &resp,
+	})
+	return resp, err
+}
+
+// Report sends piece results. It is not idempotent (results are counted), so
+// it is only retried when the request cannot have reached a supernode.
+func (c *Client) Report(ctx context.Context, taskID, peerID string, results []schedapi.PieceResult) error {
+	if err := checkIDs(taskID, peerID); err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	if len(results) == 0 {
+		return nil
+	}
+	body, err := json.Marshal(schedapi.ReportRequest{Results: results})
+	if err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	_, err = c.do(ctx, call{
+		name:   "report",
+		method: http.MethodPost,
+		path:   schedapi.ReportPath(taskID, peerID),
+		body:   body,
+		nodes:  c.nodeFor(taskID),
+	})
+	return err
+}
+
+// Leave tells the supernode the peer no longer serves the task.
+func (c *Client) Leave(ctx context.Context, taskID, peerID string) error {
+	if err := checkIDs(taskID, peerID); err != nil {
+		return fmt.Errorf("leave: %w", err)
+	}
+	_, err := c.do(ctx, call{
+		name:       "leave",
+		method:     http.MethodDelete,
+		path:       schedapi.LeavePath(taskID, peerID),
+		nodes:      c.nodeFor(taskID),
+		idempotent: true,
+	})
+	if err == nil || errors.Is(err, ErrTaskNotFound) || errors.Is(err, ErrPeerNotFound) {
+		c.mu.Lock()
+		delete(c.sticky, taskID)
+		c.mu.Unlock()
+	}
+	return err
+}
+
+// Heartbeat keeps the peer alive in the tasks of req. With several
+// supernodes each gets the tasks it owns; the answer merges their unknown
+// tasks. A supernode that cannot be reached makes its tasks unknown only if
+// no supernode answered at all (then the error wraps ErrUnreachable).
+func (c *Client) Heartbeat(ctx context.Context, peerID string, req schedapi.HeartbeatRequest) (schedapi.HeartbeatResponse, error) {
+	var out schedapi.HeartbeatResponse
+	if err := checkIDs("", peerID); err != nil {
+		return out, fmt.Errorf("heartbeat: %w", err)
+	}
+	groups := map[string][]string{}
+	var order []string
+	for _, t := range req.Tasks {
+		n := c.nodeFor(t)[0]
+		if _, ok := groups[n]; !ok {
+			order = append(order, n)
+		}
+		groups[n] = append(groups[n], t)
+	}
+	if len(order) == 0 {
+		order = []string{c.nodeFor(peerID)[0]}
+		groups[order[0]] = nil
+	}
+	var errs []error
+	answered := false
+	for _, n := range order {
+		body, err := json.Marshal(schedapi.HeartbeatRequest{Addr: req.Addr, Tasks: groups[n]})
+		if err != nil {
+			return out, fmt.Errorf("heartbeat: %w", err)
+		}
+		var resp schedapi.HeartbeatResponse
+		_, err = c.do(ctx, call{
+			name:       "heartbeat",
+			method:     http.MethodPost,
+			path:       schedapi.HeartbeatPath(peerID),
+			body:       body,
+			nodes:      []string{n},
+			idempotent: true,
+			out:        &resp,
+		})
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		answered = true
+		out.Unknown = append(out.Unknown, resp.Unknown...)
+	}
+	if !answered {
+		return out, errors.Join(errs...)
+	}
+	if len(errs) > 0 {
+		c.logger.Warn("heartbeat partly failed", zap.String("peer", peerID), zap.Error(errors.Join(errs...)))
+	}
+	return out, nil
+}
+
+func checkIDs(taskID, peerID string) error {
+	if taskID != "" {
+		if err := taskid.Validate(taskID); err != nil {
+			return err
+		}
+	}
+	if peerID == "" || len(peerID) > 128 {
+		return fmt.Errorf("peer id %q: %w", peerID, ErrInvalid)
+	}
+	for i := 0; i < len(peerID); i++ {
+		ch := peerID[i]
+		ok := ch == '.' || ch == '_' || ch == '-' ||
+			(ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')
+		if !ok {
+			return fmt.Errorf("peer id %q: %w", peerID, ErrInvalid)
+		}
+	}
+	return nil
+}
+
+type call struct {
+	name       string
+	method     string
+	path       string
+	body       []byte
+	nodes      []string
+	idempotent bool
+	extra      time.Duration // added to the call timeout (long polls)
+	out        any
+}
+
+// do runs one call, trying the nodes in order, for up to c.attempts rounds.
+// It returns the node that answered.
+func (c *Client) do(ctx context.Context, cl call) (string, error) {
+	var lastErr error
+	backoff := c.backoff
+	for round := range c.attempts {
+		if round > 0 {
+			t := time.NewTimer(backoff)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return "", fmt.Errorf("%s: %w", cl.name, errors.Join(ctx.Err(), lastErr))
+			case <-t.C:
+			}
+			backoff *= 2
+		}
+		for _, node := range cl.nodes {
+			err := c.once(ctx, node, cl)
+			if err == nil {
+				return node, nil
+			}
+			lastErr = err
+			if ctx.Err() != nil {
+				return "", fmt.Errorf("%s: %w", cl.name, err)
+			}
+			var ae *APIError
+			switch {
+			case errors.As(err, &ae):
+				// An answer from a supernode: only 503 is worth another try.
+				if !errors.Is(ae, ErrUnavailable) || !cl.idempotent {
+					return "", fmt.Errorf("%s: %w", cl.name, err)
+				}
+			case errors.Is(err, errNotSent):
+				// Never reached the node: safe to try the next one.
+			case !cl.idempotent:
+				return "", fmt.Errorf("%s: %w", cl.name, err)
+			}
+			c.logger.Debug("supernode call failed", zap.String("call", cl.name), zap.String("node", node), zap.Error(err))
+		}
+	}
+	return "", fmt.Errorf("%s: %w", cl.name, lastErr)
+}
+
+// errNotSent marks connection errors where the request cannot have reached
+// the server (the dial failed).
+var errNotSent = errors.New("request not sent")
+
+func (c *Client) once(parent context.Context, node string, cl call) error {
+	ctx, cancel := context.WithTimeout(parent, c.callTimeout+cl.extra)
+	defer cancel()
+	var body io.Reader
+	if cl.body != nil {
+		body = bytes.NewReader(cl.body)
+	}
+	req, err := http.NewRequestWithContext(ctx, cl.method, node+cl.path, body)
+	if err != nil {
+		return err
+	}
+	if cl.body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := c.httpClient.Do(req)
+	if err != nil {
+		if parent.Err() != nil {
+			return err
+		}
+		return connError(node, err)
+	}
+	defer resp.Body.Close()
+	lr := io.LimitReader(resp.Body, maxResponseBytes)
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		data, _ := io.ReadAll(lr)
+		return decodeAPIError(resp.StatusCode, data)
+	}
+	if cl.out == nil || resp.StatusCode == http.StatusNoContent {
+		_, _ = io.Copy(io.Discard, lr)
+		return nil
+	}
+	if err := json.NewDecoder(lr).Decode(cl.out); err != nil {
+		if parent.Err() != nil {
+			return err
+		}
+		if ctx.Err() != nil {
+			return connError(node, err)
+		}
+		return fmt.Errorf("decode answer of %s: %w", hostOf(node), err)
+	}
+	return nil
+}
+
+func connError(node string, err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return fmt.Errorf("%w %s: %w: %w", ErrUnreachable, hostOf(node), errNotSent, err)
+	}
+	return fmt.Errorf("%w %s: %w", ErrUnreachable, hostOf(node), err)
+}
+
+func hostOf(base string) string {
+	_, h, _ := strings.Cut(base, "://")
+	return h
+}
+
+func decodeAPIError(status int, data []byte) error {
+	ae := &APIError{StatusCode: status}
+	var body schedapi.Error
+	if json.Unmarshal(data, &body) == nil && (body.Code != "" || body.Message != "") {
+		ae.Code, ae.Message = body.Code, body.Message
+	} else {
+		ae.Message = strings.TrimSpace(string(data))
+		if len(ae.Message) > 200 {
+			ae.Message = ae.Message[:200]
+		}
+	}
+	return ae
+}
