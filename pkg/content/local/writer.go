@@ -1,0 +1,304 @@
+package local
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+	"go.uber.org/zap"
+
+	"github.com/damselfly/damselfly/pkg/content"
+)
+
+// hashReadBuf is the buffer size used to read back written ranges that the
+// growing hashed prefix reaches.
+const hashReadBuf = 256 << 10
+
+// writer is one ingest. WriteAt and ReadAt may be called concurrently on
+// disjoint ranges; Write must not be called concurrently with another Write.
+//
+// Lock order: ioMu before mu. WriteAt holds ioMu shared while it writes to
+// the file, so Commit and Close (which hold it exclusively) never race with a
+// write in flight.
+type writer struct {
+	store     *Store
+	ref       string
+	file      *os.File
+	startedAt time.Time
+
+	ioMu sync.RWMutex
+
+	mu        sync.Mutex
+	hasher    digest.Digester
+	hashed    int64  // length of the prefix fed to hasher
+	hashErr   error  // a read-back failure; the hash is unusable
+	spans     []span // written ranges: sorted, disjoint, not adjacent
+	appendOff int64  // where the next Write lands
+	updatedAt time.Time
+	dgst      digest.Digest
+	done      bool // committed, failed to commit, or closed: no more writes
+	closed    bool
+}
+
+// span is the half-open byte range [start, end).
+type span struct{ start, end int64 }
+
+// addSpan inserts [s, e) into spans, merging it with every span it overlaps
+// or touches.
+func addSpan(spans []span, s, e int64) []span {
+	if s >= e {
+		return spans
+	}
+	i := sort.Search(len(spans), func(i int) bool { return spans[i].end >= s })
+	j := i
+	for j < len(spans) && spans[j].start <= e {
+		s = min(s, spans[j].start)
+		e = max(e, spans[j].end)
+		j++
+	}
+	return slices.Replace(spans, i, j, span{s, e})
+}
+
+// prefix returns the length of the contiguous written prefix.
+func prefix(spans []span) int64 {
+	if len(spans) == 0 || spans[0].start != 0 {
+		return 0
+	}
+	return spans[0].end
+}
+
+func (w *writer) closedErr() error {
+	return fmt.Errorf("ingest %s: %w", w.ref, fs.ErrClosed)
+}
+
+// Write appends p at the append offset (the end of the previous Write).
+func (w *writer) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	off := w.appendOff
+	w.appendOff += int64(len(p))
+	w.mu.Unlock()
+	n, err := w.WriteAt(p, off)
+	if n < len(p) {
+		w.mu.Lock()
+		if w.appendOff == off+int64(len(p)) {
+			w.appendOff = off + int64(n)
+		}
+		w.mu.Unlock()
+	}
+	return n, err
+}
+
+// WriteAt writes p at off. Bytes already written at those offsets must be
+// the same bytes.
+func (w *writer) WriteAt(p []byte, off int64) (int, error) {
+	if off < 0 || int64(len(p)) > math.MaxInt64-off {
+		return 0, fmt.Errorf("ingest %s: write at %d: invalid offset", w.ref, off)
+	}
+	w.ioMu.RLock()
+	defer w.ioMu.RUnlock()
+	w.mu.Lock()
+	done := w.done
+	w.mu.Unlock()
+	if done {
+		return 0, w.closedErr()
+	}
+	n, err := w.file.WriteAt(p, off)
+	if n > 0 {
+		w.mu.Lock()
+		w.record(p[:n], off)
+		w.mu.Unlock()
+	}
+	if err != nil {
+		return n, fmt.Errorf("ingest %s: write: %w", w.ref, err)
+	}
+	return n, nil
+}
+
+// record notes that p is now on disk at off and extends the hashed prefix as
+// far as the written ranges allow. w.mu must be held.
+func (w *writer) record(p []byte, off int64) {
+	end := off + int64(len(p))
+	w.spans = addSpan(w.spans, off, end)
+	w.updatedAt = time.Now()
+	if w.hashErr != nil {
+		return
+	}
+	if off <= w.hashed && end > w.hashed {
+		// The write continues the hashed prefix: hash its bytes directly.
+		_, _ = w.hasher.Hash().Write(p[w.hashed-off:])
+		w.hashed = end
+	}
+	to := prefix(w.spans)
+	if to <= w.hashed {
+		return
+	}
+	// The prefix now reaches over ranges written earlier: read them back
+	// (from the page cache, normally) to hash them.
+	buf := make([]byte, min(hashReadBuf, to-w.hashed))
+	for w.hashed < to {
+		chunk := buf[:min(int64(len(buf)), to-w.hashed)]
+		n, err := w.file.ReadAt(chunk, w.hashed)
+		_, _ = w.hasher.Hash().Write(chunk[:n])
+		w.hashed += int64(n)
+		if err != nil && w.hashed < to {
+			w.hashErr = fmt.Errorf("read back ingest at %d: %w", w.hashed, err)
+			w.store.log.Warn("hash ingest", zap.String("ref", w.ref), zap.Error(err))
+			return
+		}
+	}
+}
+
+// ReadAt reads bytes of the ingest. It fails once the writer has committed
+// or closed.
+func (w *writer) ReadAt(p []byte, off int64) (int, error) {
+	w.mu.Lock()
+	done := w.done
+	w.mu.Unlock()
+	if done {
+		return 0, w.closedErr()
+	}
+	n, err := w.file.ReadAt(p, off)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return n, fmt.Errorf("ingest %s: read: %w", w.ref, err)
+	}
+	return n, err
+}
+
+// Digest returns the committed digest, or "" before a successful Commit.
+func (w *writer) Digest() digest.Digest {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.dgst
+}
+
+// Status describes the ingest.
+func (w *writer) Status() (content.Status, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.done {
+		return content.Status{}, fmt.Errorf("ingest %s: %w", w.ref, content.ErrNotFound)
+	}
+	var written int64
+	for _, s := range w.spans {
+		written += s.end - s.start
+	}
+	return content.Status{
+		Ref:       w.ref,
+		Offset:    prefix(w.spans),
+		Written:   written,
+		StartedAt: w.startedAt,
+		UpdatedAt: w.updatedAt,
+	}, nil
+}
+
+// Commit checks and publishes the ingest. See content.Writer.
+func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest) error {
+	if expected != "" {
+		if err := validateDigest(expected); err != nil {
+			return fmt.Errorf("commit %s: %w", w.ref, err)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	w.ioMu.Lock()
+	defer w.ioMu.Unlock()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.done {
+		return w.closedErr()
+	}
+
+	complete := size >= 0 && ((size == 0 && len(w.spans) == 0) ||
+		(len(w.spans) == 1 && w.spans[0] == span{0, size}))
+	if !complete {
+		var written int64
+		for _, s := range w.spans {
+			written += s.end - s.start
+		}
+		w.discard()
+		return fmt.Errorf("commit %s: want %d bytes, have %d contiguous and %d in total: %w",
+			w.ref, size, prefix(w.spans), written, content.ErrSizeMismatch)
+	}
+	if w.hashErr != nil {
+		w.discard()
+		return fmt.Errorf("commit %s: %w", w.ref, w.hashErr)
+	}
+	dgst := w.hasher.Digest()
+	if expected != "" && dgst != expected {
+		w.discard()
+		return fmt.Errorf("commit %s: got %s, want %s: %w", w.ref, dgst, expected, content.ErrDigestMismatch)
+	}
+	if err := w.file.Sync(); err != nil {
+		w.discard()
+		return fmt.Errorf("commit %s: sync: %w", w.ref, err)
+	}
+	if err := w.file.Close(); err != nil {
+		w.discard()
+		return fmt.Errorf("commit %s: close: %w", w.ref, err)
+	}
+
+	s := w.store
+	target := s.blobPath(dgst)
+	if _, err := os.Lstat(target); err == nil {
+		w.dgst = dgst
+		w.discard()
+		return fmt.Errorf("commit %s: content %s: %w", w.ref, dgst, content.ErrAlreadyExists)
+	}
+	dir := s.ingestDir(w.ref)
+	if err := os.Rename(filepath.Join(dir, "data"), target); err != nil {
+		w.discard()
+		return fmt.Errorf("commit %s: publish: %w", w.ref, err)
+	}
+	if err := syncDir(s.blobDir()); err != nil {
+		// The blob is published; only its durability across a power cut is
+		// in doubt. Keep it: its bytes were verified and fsynced.
+		s.log.Warn("sync blob dir", zap.Stringer("digest", dgst), zap.Error(err))
+	}
+	w.dgst = dgst
+	w.discard()
+	return nil
+}
+
+// discard ends the writer: closes the file, removes the ingest directory and
+// releases the ref. w.mu must be held.
+func (w *writer) discard() {
+	if w.done {
+		return
+	}
+	w.done = true
+	_ = w.file.Close()
+	s := w.store
+	if err := os.RemoveAll(s.ingestDir(w.ref)); err != nil {
+		s.log.Warn("remove ingest", zap.String("ref", w.ref), zap.Error(err))
+	}
+	s.mu.Lock()
+	if s.active[w.ref] == w {
+		delete(s.active, w.ref)
+	}
+	s.mu.Unlock()
+}
+
+// Close releases the ref; an uncommitted ingest is removed.
+func (w *writer) Close() error {
+	w.ioMu.Lock()
+	defer w.ioMu.Unlock()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return nil
+	}
+	w.closed = true
+	w.discard()
+	return nil
+}
