@@ -1,0 +1,205 @@
+package cdn
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	digest "github.com/opencontainers/go-digest"
+	"go.uber.org/zap"
+
+	"github.com/damselfly/damselfly/pkg/piece"
+	"github.com/damselfly/damselfly/pkg/taskid"
+)
+
+// pieceMeta is what the CDN keeps next to a committed blob: enough to serve
+// a task for that content without reading the source or the blob again.
+type pieceMeta struct {
+	Digest    digest.Digest   `json:"digest"`
+	Size      int64           `json:"size"`
+	PieceSize int64           `json:"pieceSize"`
+	Pieces    []digest.Digest `json:"pieces"`
+}
+
+// validFor reports whether m describes a blob of digest d and size bytes,
+// cut with the current piece size policy.
+func (m pieceMeta) validFor(d digest.Digest, size int64) bool {
+	if m.Digest != d || m.Size != size || m.PieceSize != piece.SizeFor(size) || len(m.Pieces) != piece.Count(size, m.PieceSize) {
+		return false
+	}
+	for _, pd := range m.Pieces {
+		if piece.ValidateDigest(pd) != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// taskRecord maps a URL task to the digest of its content.
+type taskRecord struct {
+	TaskID string        `json:"taskId"`
+	Digest digest.Digest `json:"digest"`
+	// URL is the source without userinfo or query, for operators.
+	URL string `json:"url,omitempty"`
+}
+
+// cache is the CDN's metadata directory:
+//
+//	<dir>/meta/<hex>.json    pieceMeta of committed blob sha256:<hex>
+//	<dir>/tasks/<task>.json  taskRecord of a URL task
+//
+// Files are written atomically (temporary file, fsync, rename).
+type cache struct {
+	metaDir, taskDir string
+}
+
+func newCache(dir string) (*cache, error) {
+	c := &cache{metaDir: filepath.Join(dir, "meta"), taskDir: filepath.Join(dir, "tasks")}
+	for _, d := range []string{c.metaDir, c.taskDir} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			return nil, fmt.Errorf("cdn dir: %w", err)
+		}
+	}
+	return c, nil
+}
+
+func (c *cache) metaPath(d digest.Digest) (string, error) {
+	if err := piece.ValidateDigest(d); err != nil {
+		return "", fmt.Errorf("%w: %w", err, ErrInvalid)
+	}
+	return filepath.Join(c.metaDir, d.Encoded()+".json"), nil
+}
+
+func (c *cache) readMeta(d digest.Digest) (pieceMeta, error) {
+	var m pieceMeta
+	p, err := c.metaPath(d)
+	if err != nil {
+		return m, err
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return m, err
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return m, fmt.Errorf("piece metadata %s: %w", d, err)
+	}
+	return m, nil
+}
+
+func (c *cache) writeMeta(m pieceMeta) error {
+	p, err := c.metaPath(m.Digest)
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(p, b); err != nil {
+		return fmt.Errorf("write piece metadata %s: %w", m.Digest, err)
+	}
+	return nil
+}
+
+func (c *cache) removeMeta(d digest.Digest) error {
+	p, err := c.metaPath(d)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove piece metadata %s: %w", d, err)
+	}
+	return nil
+}
+
+func (c *cache) taskPath(taskID string) string {
+	return filepath.Join(c.taskDir, taskid.FileName(taskID)+".json")
+}
+
+// taskDigest returns the content digest recorded for a URL task.
+func (c *cache) taskDigest(taskID string) (digest.Digest, bool) {
+	if taskid.Validate(taskID) != nil {
+		return "", false
+	}
+	b, err := os.ReadFile(c.taskPath(taskID))
+	if err != nil {
+		return "", false
+	}
+	var r taskRecord
+	if json.Unmarshal(b, &r) != nil || r.TaskID != taskID || piece.ValidateDigest(r.Digest) != nil {
+		return "", false
+	}
+	return r.Digest, true
+}
+
+func (c *cache) writeTask(r taskRecord) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(c.taskPath(r.TaskID), b); err != nil {
+		return fmt.Errorf("write task record %s: %w", r.TaskID, err)
+	}
+	return nil
+}
+
+func (c *cache) removeTask(taskID string) error {
+	if err := os.Remove(c.taskPath(taskID)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove task record %s: %w", taskID, err)
+	}
+	return nil
+}
+
+// metaFor returns the piece metadata of committed blob d, recomputing the
+// piece digests from the blob when the metadata is missing or stale. It
+// returns an error wrapping content.ErrNotFound when the blob is not in the
+// store.
+func (c *CDN) metaFor(ctx context.Context, d digest.Digest) (pieceMeta, error) {
+	info, err := c.store.Info(ctx, d)
+	if err != nil {
+		return pieceMeta{}, err
+	}
+	if m, err := c.cache.readMeta(d); err == nil && m.validFor(d, info.Size) {
+		return m, nil
+	}
+	m, err := c.hashBlob(ctx, d)
+	if err != nil {
+		return pieceMeta{}, err
+	}
+	if err := c.cache.writeMeta(m); err != nil {
+		return pieceMeta{}, err
+	}
+	c.log.Info("piece metadata rebuilt from blob", zap.Stringer("digest", d))
+	return m, nil
+}
+
+// hashBlob reads committed blob d piece by piece and hashes every piece.
+func (c *CDN) hashBlob(ctx context.Context, d digest.Digest) (pieceMeta, error) {
+	ra, err := c.store.ReaderAt(ctx, d)
+	if err != nil {
+		return pieceMeta{}, err
+	}
+	defer ra.Close()
+	size := ra.Size()
+	m := pieceMeta{Digest: d, Size: size, PieceSize: piece.SizeFor(size)}
+	buf := make([]byte, m.PieceSize)
+	for n := range piece.Count(size, m.PieceSize) {
+		if err := ctx.Err(); err != nil {
+			return pieceMeta{}, err
+		}
+		off, ln := piece.Bounds(n, size, m.PieceSize)
+		if k, err := ra.ReadAt(buf[:ln], off); int64(k) < ln {
+			if err == nil || errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return pieceMeta{}, fmt.Errorf("hash blob %s piece %d: %w", d, n, err)
+		}
+		m.Pieces = append(m.Pieces, piece.Digest(buf[:ln]))
+	}
+	return m, nil
+}

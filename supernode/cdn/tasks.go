@@ -1,0 +1,124 @@
+package cdn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/damselfly/damselfly/pkg/content"
+	"github.com/damselfly/damselfly/pkg/piece"
+	"github.com/damselfly/damselfly/pkg/taskid"
+)
+
+// errGone is returned by reads of a fetch that was aborted.
+var errGone = errors.New("cdn task content is gone")
+
+// Open opens a task's content for the upload server: the ingest of a fetch
+// in progress (only published pieces are Verified), or the committed blob.
+// It returns an error wrapping ErrNotFound when the CDN has neither.
+func (c *CDN) Open(ctx context.Context, taskID string) (*Handle, error) {
+	if err := taskid.Validate(taskID); err != nil {
+		return nil, fmt.Errorf("open task: %w: %w", err, ErrInvalid)
+	}
+	c.mu.Lock()
+	f := c.fetches[taskID]
+	if f != nil {
+		// finish removes f from the map under c.mu before it drops its
+		// own reference, so f is still referenced here.
+		f.mu.Lock()
+		f.refs++
+		f.mu.Unlock()
+	}
+	c.mu.Unlock()
+	if f != nil {
+		return &Handle{f: f}, nil
+	}
+
+	d, ok := taskid.Digest(taskID)
+	if !ok {
+		if d, ok = c.cache.taskDigest(taskID); !ok {
+			return nil, fmt.Errorf("open task %s: %w", taskID, ErrNotFound)
+		}
+	}
+	ra, err := c.store.ReaderAt(ctx, d)
+	if errors.Is(err, content.ErrNotFound) {
+		return nil, fmt.Errorf("open task %s: %w", taskID, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open task %s: %w", taskID, err)
+	}
+	return &Handle{blob: ra}, nil
+}
+
+// Handle reads one task's content. It is safe for concurrent use.
+type Handle struct {
+	// Exactly one of f (a fetch, possibly finished by now) and blob (a
+	// committed blob) is set.
+	f         *fetch
+	blob      content.ReaderAt
+	closeOnce sync.Once
+}
+
+// ReadAt reads content bytes. Callers read Verified ranges only.
+func (h *Handle) ReadAt(p []byte, off int64) (int, error) {
+	if h.blob != nil {
+		return h.blob.ReadAt(p, off)
+	}
+	f := h.f
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	switch {
+	case f.w != nil:
+		return f.w.ReadAt(p, off)
+	case f.blob != nil:
+		return f.blob.ReadAt(p, off)
+	}
+	return 0, errGone
+}
+
+// Size returns the content size, or -1 while a fetch has not learned it.
+func (h *Handle) Size() int64 {
+	if h.blob != nil {
+		return h.blob.Size()
+	}
+	h.f.mu.RLock()
+	defer h.f.mu.RUnlock()
+	return h.f.size
+}
+
+// Verified reports whether every byte of [off, off+n) belongs to a piece
+// that is stored and published (all of them once the content is committed).
+func (h *Handle) Verified(off, n int64) bool {
+	if off < 0 || n <= 0 {
+		return false
+	}
+	if h.blob != nil {
+		return off+n <= h.blob.Size()
+	}
+	f := h.f
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.size >= 0 && off+n > f.size {
+		return false
+	}
+	if f.blob != nil {
+		return true
+	}
+	if f.w == nil {
+		return false
+	}
+	return f.published.HasRange(piece.Index(off, f.pieceSize), piece.Index(off+n-1, f.pieceSize))
+}
+
+// Close releases the handle.
+func (h *Handle) Close() error {
+	h.closeOnce.Do(func() {
+		if h.blob != nil {
+			_ = h.blob.Close()
+			return
+		}
+		h.f.release()
+	})
+	return nil
+}
