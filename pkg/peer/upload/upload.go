@@ -1,0 +1,332 @@
+// Package upload is the piece upload server: it serves byte ranges of a
+// task's verified pieces to other peers over HTTP. Peers and the supernode's
+// CDN both run one.
+//
+// Route: GET and HEAD /upload/v1/tasks/{task} (see Path), one byte range per
+// request:
+//
+//   - {task} must be a task ID (taskid.Validate), else 400.
+//   - An unknown task is 404 "task not found".
+//   - With a Range header (exactly one "bytes=" range), the answer is 206
+//     with Content-Range and Content-Length, if every byte of the range
+//     belongs to a verified piece, and 404 "range not available" otherwise.
+//     A range starting at or past the end of the content, or a suffix of
+//     zero bytes, is 416 with "Content-Range: bytes */<size>". A malformed
+//     Range header (garbage, several ranges, inverted, overflowing) is also
+//     416: a client that sends one gets no content rather than more than it
+//     asked for.
+//   - While the task's size is unknown only a closed range ("bytes=a-b") can
+//     be served; any other request is 400 "range required" (no Range) or
+//     416 (an open or suffix range).
+//   - Without a Range header the whole content is served (200) only if all
+//     of it is verified, else 404 "range not available".
+//
+// Nothing unverified is ever sent. Errors that are the client's fault are 4xx;
+// the server answers 5xx only for its own failures (a task that cannot be
+// opened or read).
+package upload
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/time/rate"
+
+	"github.com/damselfly/damselfly/pkg/httpx"
+	"github.com/damselfly/damselfly/pkg/taskid"
+)
+
+// Task is one task's bytes as the upload server sees them.
+type Task interface {
+	io.ReaderAt
+	// Size is the content size, -1 while unknown.
+	Size() int64
+	// Verified reports whether every byte of [off, off+n) belongs to a
+	// verified piece.
+	Verified(off, n int64) bool
+	// Close releases the task: the server holds a Task only while serving
+	// one request.
+	Close() error
+}
+
+// Tasks opens tasks by ID; errors wrap ErrNotFound for an unknown task.
+type Tasks interface {
+	Open(ctx context.Context, taskID string) (Task, error)
+}
+
+// ErrNotFound is the error Tasks.Open wraps for an unknown task.
+var ErrNotFound = errors.New("upload: task not found")
+
+const (
+	// RoutePrefix is the path prefix of the upload route; the task ID follows.
+	RoutePrefix = "/upload/v1/tasks/"
+	// RoutePattern is the net/http ServeMux pattern of the upload route
+	// (GET, which also matches HEAD).
+	RoutePattern = "GET " + RoutePrefix + "{task}"
+
+	bufSize         = 256 << 10
+	shutdownTimeout = 5 * time.Second
+)
+
+// Path returns the URL path serving taskID.
+func Path(taskID string) string { return RoutePrefix + taskID }
+
+// Option configures a Server.
+type Option func(*Server)
+
+// WithLogger sets the logger (default: no logging).
+func WithLogger(l *zap.Logger) Option {
+	return func(s *Server) {
+		if l != nil {
+			s.log = l
+		}
+	}
+}
+
+// WithLimiter caps the bytes per second the server sends, over all
+// requests. The limiter's burst must be positive; the server waits on it in
+// chunks no larger than the burst.
+func WithLimiter(l *rate.Limiter) Option {
+	return func(s *Server) { s.limiter = l }
+}
+
+// WithMetrics records request metrics under the handler label "upload".
+func WithMetrics(m *httpx.Metrics) Option {
+	return func(s *Server) { s.metrics = m }
+}
+
+// Server is the piece upload server.
+type Server struct {
+	tasks   Tasks
+	log     *zap.Logger
+	limiter *rate.Limiter
+	metrics *httpx.Metrics
+	bufs    sync.Pool
+	handler http.Handler
+}
+
+// New returns a server of the tasks opened by tasks.
+func New(tasks Tasks, opts ...Option) *Server {
+	s := &Server{tasks: tasks, log: zap.NewNop()}
+	for _, o := range opts {
+		o(s)
+	}
+	s.bufs.New = func() any {
+		b := make([]byte, bufSize)
+		return &b
+	}
+	mux := http.NewServeMux()
+	mux.Handle(RoutePattern, s.wrap(s.serveTask))
+	s.handler = s.metrics.Instrument("upload", mux, s.log)
+	return s
+}
+
+// Handler returns the server's routes, to mount on another mux.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Run serves on ln until ctx is done, then shuts down, giving requests in
+// flight a few seconds to finish. It returns nil after a clean shutdown.
+func (s *Server) Run(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    32 << 10,
+		ErrorLog:          zap.NewStdLog(s.log.Named("http")),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("upload server: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	if err != nil {
+		_ = srv.Close()
+	}
+	if serr := <-errc; !errors.Is(serr, http.ErrServerClosed) && err == nil {
+		err = serr
+	}
+	if err != nil {
+		return fmt.Errorf("upload server shutdown: %w", err)
+	}
+	return nil
+}
+
+// statusError is an error the client is told about with its own status.
+type statusError struct {
+	code   int
+	msg    string
+	header http.Header
+}
+
+func (e *statusError) Error() string { return fmt.Sprintf("%d %s", e.code, e.msg) }
+
+// streamError is a failure after the response header was sent: the response
+// can only be cut short.
+type streamError struct{ err error }
+
+func (e *streamError) Error() string { return "stream: " + e.err.Error() }
+func (e *streamError) Unwrap() error { return e.err }
+
+// wrap maps a handler's error to the response: the one place where errors
+// become statuses.
+func (s *Server) wrap(h func(http.ResponseWriter, *http.Request) error) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		err := h(w, r)
+		if err == nil {
+			return
+		}
+		var se *statusError
+		var stream *streamError
+		switch {
+		case errors.As(err, &stream):
+			// Headers are out; returning without the promised bytes makes
+			// net/http drop the connection, so the client sees the cut.
+			s.log.Debug("upload cut short", zap.String("path", r.URL.Path), zap.Error(err))
+		case errors.As(err, &se):
+			for k, v := range se.header {
+				w.Header()[k] = v
+			}
+			http.Error(w, se.msg, se.code)
+		case errors.Is(err, ErrNotFound):
+			http.Error(w, "task not found", http.StatusNotFound)
+		case r.Context().Err() != nil:
+			// The client went away; nobody is listening.
+		default:
+			s.log.Error("upload", zap.String("path", r.URL.Path), zap.Error(err))
+			http.Error(w, "internal error", http.StatusInternalServerError)
+		}
+	})
+}
+
+var (
+	errRangeNotAvailable = &statusError{code: http.StatusNotFound, msg: "range not available"}
+	errRangeRequired     = &statusError{code: http.StatusBadRequest, msg: "range required"}
+	errInvalidTask       = &statusError{code: http.StatusBadRequest, msg: "invalid task id"}
+)
+
+func rangeError(err error, size int64) *statusError {
+	se := &statusError{code: http.StatusRequestedRangeNotSatisfiable, msg: "range not satisfiable"}
+	if errors.Is(err, httpx.ErrRangeMalformed) {
+		se.msg = "malformed range"
+	}
+	if size >= 0 {
+		se.header = http.Header{"Content-Range": {httpx.UnsatisfiedContentRange(size)}}
+	}
+	return se
+}
+
+func (s *Server) serveTask(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("task")
+	if taskid.Validate(id) != nil {
+		return errInvalidTask
+	}
+	ctx := r.Context()
+	t, err := s.tasks.Open(ctx, id)
+	if err != nil {
+		return fmt.Errorf("open task %s: %w", id, err)
+	}
+	defer t.Close()
+
+	size := t.Size()
+	rangeHeaders := r.Header.Values("Range")
+	h := w.Header()
+	h.Set("Accept-Ranges", "bytes")
+	var rg httpx.Range
+	status := http.StatusPartialContent
+	switch {
+	case len(rangeHeaders) > 1:
+		return rangeError(httpx.ErrRangeMalformed, size)
+	case len(rangeHeaders) == 1:
+		if rg, err = httpx.ParseRange(rangeHeaders[0], size); err != nil {
+			return rangeError(err, size)
+		}
+		h.Set("Content-Range", rg.ContentRange(size))
+	case size < 0:
+		return errRangeRequired
+	default:
+		rg = httpx.Range{Start: 0, Length: size}
+		status = http.StatusOK
+	}
+	if !t.Verified(rg.Start, rg.Length) {
+		h.Del("Content-Range")
+		return errRangeNotAvailable
+	}
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Content-Length", strconv.FormatInt(rg.Length, 10))
+	if r.Method == http.MethodHead {
+		w.WriteHeader(status)
+		return nil
+	}
+	bp := s.bufs.Get().(*[]byte)
+	defer s.bufs.Put(bp)
+	buf := *bp
+	// Read the first chunk before the header goes out, so that a task that
+	// cannot be read is a clean 500 rather than a cut response.
+	first := buf[:min(int64(len(buf)), rg.Length)]
+	if err := s.readChunk(ctx, t, first, rg.Start); err != nil {
+		return fmt.Errorf("task %s: %w", id, err)
+	}
+	w.WriteHeader(status)
+	if _, err := w.Write(first); err != nil {
+		return &streamError{err: fmt.Errorf("task %s: write: %w", id, err)}
+	}
+	for off, end := rg.Start+int64(len(first)), rg.Start+rg.Length; off < end; {
+		chunk := buf[:min(int64(len(buf)), end-off)]
+		if err := s.readChunk(ctx, t, chunk, off); err != nil {
+			return &streamError{err: fmt.Errorf("task %s: %w", id, err)}
+		}
+		if _, err := w.Write(chunk); err != nil {
+			return &streamError{err: fmt.Errorf("task %s: write: %w", id, err)}
+		}
+		off += int64(len(chunk))
+	}
+	return nil
+}
+
+// readChunk waits on the limiter for len(p) bytes, then fills p from t at
+// off.
+func (s *Server) readChunk(ctx context.Context, t io.ReaderAt, p []byte, off int64) error {
+	if len(p) == 0 {
+		return nil
+	}
+	if err := s.wait(ctx, len(p)); err != nil {
+		return err
+	}
+	n, err := t.ReadAt(p, off)
+	if n < len(p) {
+		if err == nil || errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return fmt.Errorf("read at %d: %w", off, err)
+	}
+	return nil
+}
+
+// wait takes n bytes from the limiter, in steps no larger than its burst.
+func (s *Server) wait(ctx context.Context, n int) error {
+	if s.limiter == nil || s.limiter.Limit() == rate.Inf {
+		return nil
+	}
+	step := max(s.limiter.Burst(), 1)
+	for n > 0 {
+		k := min(n, step)
+		if err := s.limiter.WaitN(ctx, k); err != nil {
+			return fmt.Errorf("rate limit: %w", err)
+		}
+		n -= k
+	}
+	return nil
+}
