@@ -1,0 +1,109 @@
+package scheduler
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Defaults applied by Config.ApplyDefaults.
+const (
+	DefaultPolicy            = PolicyRarestFirst
+	DefaultPeerUploadSlots   = 4
+	DefaultCDNUploadSlots    = 16
+	DefaultPeerTTL           = 30 * time.Second
+	DefaultAssignmentTimeout = 60 * time.Second
+	DefaultStrikeLimit       = 2
+	DefaultFailedTaskTTL     = 10 * time.Second
+)
+
+// PolicyRarestFirst hands out the pieces held by the fewest peers first and
+// spreads uploads over the holders with the most free upload slots.
+const PolicyRarestFirst = "rarest-first"
+
+// Config tunes the scheduler. The zero value, once ApplyDefaults has run, is
+// a working configuration.
+type Config struct {
+	// Policy names the piece selection policy. Only "rarest-first" exists.
+	Policy string `yaml:"policy"`
+	// PeerUploadSlots is how many piece uploads one peer serves at once,
+	// over all its tasks.
+	PeerUploadSlots int `yaml:"peerUploadSlots"`
+	// CDNUploadSlots is how many piece uploads the supernode's own upload
+	// listener serves at once, over all tasks.
+	CDNUploadSlots int `yaml:"cdnUploadSlots"`
+	// PeerTTL is how long a peer that neither polls, reports nor heartbeats
+	// stays known. An expired peer leaves every task it was in.
+	PeerTTL time.Duration `yaml:"peerTTL"`
+	// AssignmentTimeout is how long an assignment holds an upload slot of
+	// its source before it is given up and the piece can be assigned again.
+	AssignmentTimeout time.Duration `yaml:"assignmentTimeout"`
+	// StrikeLimit is the number of failed transfers from one peer, in one
+	// task, after which that peer is no longer used as a source in the task.
+	// A digest or size mismatch strikes a peer out at once.
+	StrikeLimit int `yaml:"strikeLimit"`
+	// FailedTaskTTL is how long a failed task is kept, so that its peers
+	// learn why it failed, before it is forgotten.
+	FailedTaskTTL time.Duration `yaml:"failedTaskTTL"`
+}
+
+// ApplyDefaults returns c with every unset field set to its default.
+func (c Config) ApplyDefaults() Config {
+	if c.Policy == "" {
+		c.Policy = DefaultPolicy
+	}
+	if c.PeerUploadSlots == 0 {
+		c.PeerUploadSlots = DefaultPeerUploadSlots
+	}
+	if c.CDNUploadSlots == 0 {
+		c.CDNUploadSlots = DefaultCDNUploadSlots
+	}
+	if c.PeerTTL == 0 {
+		c.PeerTTL = DefaultPeerTTL
+	}
+	if c.AssignmentTimeout == 0 {
+		c.AssignmentTimeout = DefaultAssignmentTimeout
+	}
+	if c.StrikeLimit == 0 {
+		c.StrikeLimit = DefaultStrikeLimit
+	}
+	if c.FailedTaskTTL == 0 {
+		c.FailedTaskTTL = DefaultFailedTaskTTL
+	}
+	return c
+}
+
+// Validate reports every problem of c, joined. Each wraps ErrInvalid.
+func (c Config) Validate() error {
+	var errs []error
+	if _, err := newPolicy(c.Policy); err != nil {
+		errs = append(errs, err)
+	}
+	if c.PeerUploadSlots < 1 {
+		errs = append(errs, fmt.Errorf("scheduler peerUploadSlots %d: must be at least 1: %w", c.PeerUploadSlots, ErrInvalid))
+	}
+	if c.CDNUploadSlots < 1 {
+		errs = append(errs, fmt.Errorf("scheduler cdnUploadSlots %d: must be at least 1: %w", c.CDNUploadSlots, ErrInvalid))
+	}
+	if c.PeerTTL <= 0 {
+		errs = append(errs, fmt.Errorf("scheduler peerTTL %v: must be positive: %w", c.PeerTTL, ErrInvalid))
+	}
+	if c.AssignmentTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("scheduler assignmentTimeout %v: must be positive: %w", c.AssignmentTimeout, ErrInvalid))
+	}
+	if c.StrikeLimit < 1 {
+		errs = append(errs, fmt.Errorf("scheduler strikeLimit %d: must be at least 1: %w", c.StrikeLimit, ErrInvalid))
+	}
+	if c.FailedTaskTTL <= 0 {
+		errs = append(errs, fmt.Errorf("scheduler failedTaskTTL %v: must be positive: %w", c.FailedTaskTTL, ErrInvalid))
+	}
+	return errors.Join(errs...)
+}
+
+// sweepInterval is how often Run looks for expired peers, stale assignments
+// and failed tasks to forget: a quarter of the shortest of those lifetimes,
+// between 10ms and 1s.
+func (c Config) sweepInterval() time.Duration {
+	d := min(c.PeerTTL, c.AssignmentTimeout, c.FailedTaskTTL) / 4
+	return min(max(d, 10*time.Millisecond), time.Second)
+}

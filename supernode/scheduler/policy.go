@@ -1,0 +1,221 @@
+package scheduler
+
+import (
+	"fmt"
+	"hash/fnv"
+	"strings"
+)
+
+// choice is one piece the policy picked for a requester, and its source.
+type choice struct {
+	piece int
+	// from is the member to fetch from, nil for the CDN.
+	from *member
+}
+
+// slots describes the upload capacity the policy may hand out.
+type slots struct {
+	// peer is the number of upload slots of every peer.
+	peer int
+	// cdn is the number of upload slots of the CDN, and cdnBusy how many of
+	// them are taken.
+	cdn, cdnBusy int
+}
+
+// selectionPolicy decides which pieces a peer fetches next and from whom. It
+// reads the task and never changes it: the caller turns the choices into
+// assignments. A policy answers at most max choices, each for a distinct
+// published piece that the requester neither holds nor has in flight, from a
+// source with a free slot that is neither the requester nor struck out.
+type selectionPolicy interface {
+	choose(t *task, req *member, max int, s slots) []choice
+}
+
+// newPolicy returns the policy named by name.
+func newPolicy(name string) (selectionPolicy, error) {
+	switch name {
+	case PolicyRarestFirst:
+		return rarestFirst{}, nil
+	default:
+		return nil, fmt.Errorf("scheduler policy %q: must be %q: %w", name, PolicyRarestFirst, ErrInvalid)
+	}
+}
+
+// rarestFirst orders the candidate pieces by rarity (peers holding the piece
+// plus assignments of it in flight), then by index, and gives each one to the
+// peer holding it with the fewest uploads in flight, falling back to the CDN
+// when no peer can serve it. Counting in-flight assignments in the rarity
+// spreads a flash crowd over all pieces instead of sending everyone to the
+// CDN for piece 0.
+type rarestFirst struct{}
+
+func (rarestFirst) choose(t *task, req *member, max int, s slots) []choice {
+	if max <= 0 {
+		return nil
+	}
+	cdnFree := s.cdn - s.cdnBusy
+	// Peers that may serve this requester: members, not the requester, not
+	// struck out, with a free slot.
+	var avail []*member
+	for _, m := range t.members {
+		if m != req && !t.isStruck(m.peer.id) && m.peer.uploading < s.peer {
+			avail = append(avail, m)
+		}
+	}
+	if len(avail) == 0 && cdnFree <= 0 {
+		return nil
+	}
+
+	order := candidates(t, req)
+	if len(order) == 0 {
+		return nil
+	}
+	// Slots taken by the choices made so far in this call.
+	taken := make(map[*peer]int)
+	free := func(m *member) bool { return m.peer.uploading+taken[m.peer] < s.peer }
+
+	var out []choice
+	for _, i := range order {
+		if len(out) == max {
+			break
+		}
+		var best *member
+		var bestLoad int
+		var bestRank uint64
+		consider := func(m *member) {
+			if m == req || !free(m) {
+				return
+			}
+			load := m.peer.uploading + taken[m.peer]
+			rank := spread(m.peer.hash, i)
+			if best == nil || load < bestLoad || (load == bestLoad && rank < bestRank) {
+				best, bestLoad, bestRank = m, load, rank
+			}
+		}
+		// Walk whichever list is shorter: the holders of the piece, or the
+		// peers with a free slot.
+		if holders := t.holders[i]; len(holders) <= len(avail) {
+			for _, m := range holders {
+				consider(m)
+			}
+		} else {
+			for _, m := range avail {
+				if m.have.Has(i) {
+					consider(m)
+				}
+			}
+		}
+		switch {
+		case best != nil:
+			taken[best.peer]++
+			out = append(out, choice{piece: i, from: best})
+		case cdnFree > 0:
+			cdnFree--
+			out = append(out, choice{piece: i})
+		}
+	}
+	return out
+}
+
+// candidates returns the published pieces req neither holds nor has in
+// flight, rarest first and then by index. It sorts by counting, as rarity is
+// a small integer.
+func candidates(t *task, req *member) []int {
+	var idx []int
+	maxRarity := 0
+	for i, d := range t.digests {
+		if d == "" || req.have.Has(i) || req.inflight[i] != nil {
+			continue
+		}
+		idx = append(idx, i)
+		maxRarity = max(maxRarity, t.rarity(i))
+	}
+	if len(idx) < 2 {
+		return idx
+	}
+	counts := make([]int, maxRarity+2)
+	for _, i := range idx {
+		counts[t.rarity(i)+1]++
+	}
+	for r := 1; r < len(counts); r++ {
+		counts[r] += counts[r-1]
+	}
+	out := make([]int, len(idx))
+	for _, i := range idx { // idx is ascending, so ties stay by index
+		r := t.rarity(i)
+		out[counts[r]] = i
+		counts[r]++
+	}
+	return out
+}
+
+// peerHash is a stable hash of a peer ID, mixed with a piece index by spread
+// to break ties between equally loaded holders: deterministic, yet different
+// pieces of one task go to different holders.
+func peerHash(id string) uint64 {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(id))
+	return h.Sum64()
+}
+
+// spread mixes a peer hash with a piece index (splitmix64 finaliser).
+func spread(h uint64, piece int) uint64 {
+	x := h ^ (uint64(piece)+1)*0x9e3779b97f4a7c15
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return x
+}
+
+// failureKind classifies the reason of a failed piece transfer.
+type failureKind int
+
+const (
+	// failTransfer is any failure that may be transient: connection
+	// refused, timeout, a server error.
+	failTransfer failureKind = iota
+	// failMissing: the source answered that it does not have the piece
+	// ("range not available"). It counts as a transfer failure and the
+	// source no longer counts as a holder of the piece.
+	failMissing
+	// failIntegrity: the bytes served did not match the piece's digest or
+	// size. The source is struck out of the task at once.
+	failIntegrity
+)
+
+// classifyFailure maps the free-text Error of a schedapi.PieceResult to a
+// failure kind. Peers say "digest mismatch", "size mismatch" or "range not
+// available"; anything else is a transfer failure.
+func classifyFailure(reason string) failureKind {
+	r := strings.ToLower(reason)
+	switch {
+	case strings.Contains(r, "digest mismatch"), strings.Contains(r, "size mismatch"):
+		return failIntegrity
+	case strings.Contains(r, "range not available"):
+		return failMissing
+	default:
+		return failTransfer
+	}
+}
+
+// strikeRecord counts one peer's failures as a source in one task.
+type strikeRecord struct {
+	failures int
+	struck   bool
+}
+
+// strike returns the record after one more failure of kind k, and whether
+// this failure struck the peer out.
+func strike(rec strikeRecord, k failureKind, limit int) (strikeRecord, bool) {
+	if rec.struck {
+		return rec, false
+	}
+	rec.failures++
+	if k == failIntegrity || rec.failures >= limit {
+		rec.struck = true
+		return rec, true
+	}
+	return rec, false
+}

@@ -1,0 +1,413 @@
+// Package scheduler is the supernode's piece scheduler. It knows every task
+// the CDN seeds (the digest of each published piece, the task's state), the
+// peers in each task and the pieces each holds, and answers a peer's long
+// poll with piece assignments: which piece to fetch next and from whom.
+//
+// One goroutine, Run, owns all of that state. Every exported method sends an
+// event to it and waits for the answer, so the methods are safe for
+// concurrent use and never see half-applied changes. Which pieces to hand out
+// is decided by a pure selection policy (rarest first), picked by
+// Config.Policy.
+//
+// An assignment holds one upload slot of its source (PeerUploadSlots per
+// peer, CDNUploadSlots for the supernode) until the requester reports it,
+// it times out (AssignmentTimeout), or the requester or source leaves or
+// expires (PeerTTL). A source that serves corrupt data is struck out of the
+// task at once; one that fails StrikeLimit times in a task is struck out
+// too. Struck-out peers may still download, but are no longer sources.
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/damselfly/damselfly/pkg/piece"
+	"github.com/damselfly/damselfly/pkg/schedapi"
+)
+
+var (
+	// ErrTaskNotFound: no task has the ID.
+	ErrTaskNotFound = errors.New("task not found")
+	// ErrPeerNotFound: the peer is not in the task (it never joined, left,
+	// expired, or the task was replaced); it must register again.
+	ErrPeerNotFound = errors.New("peer not found")
+	// ErrTaskExists: AddTask for a task that is running or succeeded.
+	ErrTaskExists = errors.New("task already exists")
+	// ErrInvalid: an argument or configuration value is not acceptable.
+	ErrInvalid = errors.New("invalid argument")
+	// ErrClosed: Run has returned; the scheduler answers no more calls.
+	ErrClosed = errors.New("scheduler stopped")
+)
+
+// Option configures a Scheduler.
+type Option func(*Scheduler)
+
+// WithLogger sets the logger; the default discards everything.
+func WithLogger(l *zap.Logger) Option {
+	return func(s *Scheduler) {
+		if l != nil {
+			s.logger = l
+		}
+	}
+}
+
+// WithClock sets the source of the current time, for tests. Expiry and
+// timeouts are still checked on Run's ticker.
+func WithClock(now func() time.Time) Option {
+	return func(s *Scheduler) {
+		if now != nil {
+			s.now = now
+		}
+	}
+}
+
+// WithMetrics registers the scheduler's metrics with reg: the tasks by state,
+// the peers, the assignments in flight and handed out, piece results, strikes
+// and peers struck out.
+func WithMetrics(reg prometheus.Registerer) Option {
+	return func(s *Scheduler) { s.reg = reg }
+}
+
+// Scheduler assigns pieces of tasks to peers. Build it with New and start it
+// with Run.
+type Scheduler struct {
+	logger *zap.Logger
+	now    func() time.Time
+	reg    prometheus.Registerer
+
+	st      *state // owned by Run's goroutine
+	sweep   time.Duration
+	events  chan func()
+	started atomic.Bool
+	stopped chan struct{}
+}
+
+// New returns a scheduler for cfg (defaults applied, then validated). cdn is
+// the supernode's own upload listener: the source of every published piece
+// that no peer can serve.
+func New(cfg Config, cdn schedapi.Peer, opts ...Option) (*Scheduler, error) {
+	cfg = cfg.ApplyDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("new scheduler: %w", err)
+	}
+	if !validPeerID(cdn.ID) || !validAddr(cdn.Addr) {
+		return nil, fmt.Errorf("new scheduler: cdn peer %q at %q: %w", cdn.ID, cdn.Addr, ErrInvalid)
+	}
+	pol, err := newPolicy(cfg.Policy)
+	if err != nil {
+		return nil, fmt.Errorf("new scheduler: %w", err)
+	}
+	s := &Scheduler{
+		logger:  zap.NewNop(),
+		now:     time.Now,
+		sweep:   cfg.sweepInterval(),
+		events:  make(chan func()),
+		stopped: make(chan struct{}),
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	m, err := newMetrics(s.reg)
+	if err != nil {
+		return nil, fmt.Errorf("new scheduler: %w", err)
+	}
+	s.logger = s.logger.Named("scheduler")
+	s.st = newState(cfg, cdn, pol, s.now, s.logger, m)
+	return s, nil
+}
+
+// Run owns the scheduler's state until ctx is done, then returns nil. Calls
+// made after Run returns fail with ErrClosed. Run may be called once.
+func (s *Scheduler) Run(ctx context.Context) error {
+	if !s.started.CompareAndSwap(false, true) {
+		return fmt.Errorf("run scheduler: already run: %w", ErrClosed)
+	}
+	defer close(s.stopped)
+	tick := time.NewTicker(s.sweep)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev := <-s.events:
+			ev()
+		case <-tick.C:
+			s.st.sweep()
+		}
+		s.st.flush()
+		s.st.m.observe(s.st)
+	}
+}
+
+// call runs fn on the event loop and waits for it. It gives up with
+// ctx.Err() if ctx ends before the loop takes fn, or ErrClosed if the loop
+// has ended. Once taken, fn runs at once and to the end.
+func (s *Scheduler) call(ctx context.Context, fn func()) error {
+	done := make(chan struct{})
+	ev := func() {
+		defer close(done)
+		fn()
+	}
+	select {
+	case s.events <- ev:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.stopped:
+		return ErrClosed
+	}
+	<-done
+	return nil
+}
+
+// do runs fn on the event loop and returns its results.
+func do[T any](ctx context.Context, s *Scheduler, fn func() (T, error)) (T, error) {
+	var v T
+	var err error
+	if cerr := s.call(ctx, func() { v, err = fn() }); cerr != nil {
+		var zero T
+		return zero, cerr
+	}
+	return v, err
+}
+
+func do0(ctx context.Context, s *Scheduler, fn func() error) error {
+	var err error
+	if cerr := s.call(ctx, func() { err = fn() }); cerr != nil {
+		return cerr
+	}
+	return err
+}
+
+// AddTask starts scheduling a task the CDN has begun to seed. A task with
+// the same ID that failed is replaced (its peers must register again);
+// any other gives ErrTaskExists.
+func (s *Scheduler) AddTask(ctx context.Context, spec TaskSpec) error {
+	return do0(ctx, s, func() error { return s.st.addTask(spec) })
+}
+
+// SetSize records the content size of a task created with an unknown size,
+// which fixes its piece count.
+func (s *Scheduler) SetSize(ctx context.Context, taskID string, size int64) error {
+	return do0(ctx, s, func() error { return s.st.setSize(taskID, size) })
+}
+
+// PublishPiece records the sha256 digest of piece n, which the CDN has
+// stored and can now serve. Publishing a piece again with the same digest
+// does nothing; with another digest it is ErrInvalid.
+func (s *Scheduler) PublishPiece(ctx context.Context, taskID string, n int, d digest.Digest) error {
+	return do0(ctx, s, func() error { return s.st.publish(taskID, n, d) })
+}
+
+// Succeed marks a task's content complete and verified: size bytes, every
+// piece published, whole-content digest content (may be empty if the task
+// was created with one). Parked polls of the task are answered.
+func (s *Scheduler) Succeed(ctx context.Context, taskID string, size int64, content digest.Digest) error {
+	return do0(ctx, s, func() error { return s.st.succeed(taskID, size, content) })
+}
+
+// Fail marks a task failed because of cause. Its assignments are cancelled,
+// parked polls are answered, and it is forgotten after FailedTaskTTL. A
+// succeeded task cannot fail (ErrInvalid): remove it instead.
+func (s *Scheduler) Fail(ctx context.Context, taskID string, cause error) error {
+	return do0(ctx, s, func() error { return s.st.fail(taskID, cause) })
+}
+
+// RemoveTask forgets a task and its members; their parked polls get
+// ErrTaskNotFound.
+func (s *Scheduler) RemoveTask(ctx context.Context, taskID string) error {
+	return do0(ctx, s, func() error { return s.st.removeTask(taskID) })
+}
+
+// TaskInfo returns what a peer is told about a task.
+func (s *Scheduler) TaskInfo(ctx context.Context, taskID string) (schedapi.TaskInfo, error) {
+	return do(ctx, s, func() (schedapi.TaskInfo, error) { return s.st.taskInfo(taskID) })
+}
+
+// Join adds peer p to a task (ErrTaskNotFound if there is none), or
+// refreshes its address if it is already in. have, which may be nil, lists
+// pieces p already holds; pieces past the piece count (or, while the count
+// is unknown, not yet published) are ignored.
+func (s *Scheduler) Join(ctx context.Context, taskID string, p schedapi.Peer, have *piece.Set) (schedapi.TaskInfo, error) {
+	have = have.Clone() // the caller keeps its set
+	return do(ctx, s, func() (schedapi.TaskInfo, error) { return s.st.join(taskID, p, have) })
+}
+
+// Poll hands peerID up to max assignments in a task (max <= 0 or above
+// schedapi.MaxAssignments means schedapi.MaxAssignments). It is a long poll:
+// with nothing to assign while the task runs, it waits until there is, until
+// the task succeeds or fails, or until ctx is done, which gives the task's
+// info and no assignments, not an error. A failed task, or a succeeded one
+// the peer holds entirely, is answered at once. It fails with
+// ErrTaskNotFound, ErrPeerNotFound (the peer must register again), or
+// ctx.Err() if ctx ends before the scheduler saw the poll.
+func (s *Scheduler) Poll(ctx context.Context, taskID, peerID string, max int) (schedapi.PiecesResponse, error) {
+	if max <= 0 || max > schedapi.MaxAssignments {
+		max = schedapi.MaxAssignments
+	}
+	w := newWaiter(taskID, peerID, max)
+	if err := s.call(ctx, func() { s.st.poll(w) }); err != nil {
+		return schedapi.PiecesResponse{}, err
+	}
+	select {
+	case r := <-w.reply:
+		return r.resp, r.err
+	case <-ctx.Done():
+	case <-s.stopped:
+		return s.lastReply(w, ErrClosed)
+	}
+	// The caller stopped waiting: take the poll back. The loop answers it
+	// now with the task's info, unless it already answered.
+	select {
+	case s.events <- func() { s.st.unpark(w) }:
+	case <-s.stopped:
+		return s.lastReply(w, ctx.Err())
+	}
+	r := <-w.reply // unpark has run: w is answered
+	return r.resp, r.err
+}
+
+// lastReply returns w's answer if the loop gave one before it stopped.
+func (s *Scheduler) lastReply(w *waiter, err error) (schedapi.PiecesResponse, error) {
+	select {
+	case r := <-w.reply:
+		return r.resp, r.err
+	default:
+		return schedapi.PiecesResponse{}, err
+	}
+}
+
+// Report records piece results of peerID in a task. An OK result makes the
+// peer a holder of the piece; any result ends the assignment of the piece
+// and frees its source's slot. A failure naming the assigned source counts
+// against it (see Config.StrikeLimit); a "range not available" failure also
+// stops counting the source as a holder of the piece. Results with a piece
+// out of range or no source make the whole report ErrInvalid.
+func (s *Scheduler) Report(ctx context.Context, taskID, peerID string, results []schedapi.PieceResult) error {
+	return do0(ctx, s, func() error { return s.st.report(taskID, peerID, results) })
+}
+
+// Leave takes peerID out of a task: it no longer serves or fetches it, and
+// the slots its assignments held are freed.
+func (s *Scheduler) Leave(ctx context.Context, taskID, peerID string) error {
+	return do0(ctx, s, func() error { return s.st.leave(taskID, peerID) })
+}
+
+// Heartbeat keeps peerID alive and updates its address (when addr is not
+// empty). It returns the tasks of tasks that the peer is not in (it expired,
+// or the supernode restarted): the peer registers for them again.
+func (s *Scheduler) Heartbeat(ctx context.Context, peerID, addr string, tasks []string) ([]string, error) {
+	return do(ctx, s, func() ([]string, error) { return s.st.heartbeat(peerID, addr, tasks) })
+}
+
+// PeerState is one peer in one task, for the admin API.
+type PeerState struct {
+	ID, Addr string
+	// Pieces is how many pieces the peer holds.
+	Pieces int
+	// Struck is true when the peer is no longer a source in the task.
+	Struck bool
+	// Uploading is how many of the task's pieces the peer serves now.
+	Uploading int
+	LastSeen  time.Time
+}
+
+// TaskStatus is a task as the admin API shows it.
+type TaskStatus struct {
+	schedapi.TaskInfo
+	// URL is the source, without credentials.
+	URL string
+	// Published is how many pieces the CDN has published.
+	Published int
+	// Peers are the task's members, by ID.
+	Peers []PeerState
+	// BytesFromCDN and BytesFromPeers add up the Bytes of OK piece results,
+	// by whether the source was the CDN or a peer.
+	BytesFromCDN, BytesFromPeers int64
+	CreatedAt                    time.Time
+}
+
+// PeerStatus is a peer as the admin API shows it.
+type PeerStatus struct {
+	ID, Addr string
+	// Tasks are the IDs of the tasks the peer is in, sorted.
+	Tasks    []string
+	LastSeen time.Time
+}
+
+func (t *task) status() TaskStatus {
+	ts := TaskStatus{
+		TaskInfo:       t.info(),
+		URL:            t.url,
+		Published:      t.published,
+		BytesFromCDN:   t.bytesFromCDN,
+		BytesFromPeers: t.bytesFromPeers,
+		CreatedAt:      t.createdAt,
+		Peers:          make([]PeerState, 0, len(t.members)),
+	}
+	for _, m := range t.members {
+		ts.Peers = append(ts.Peers, PeerState{
+			ID:        m.peer.id,
+			Addr:      m.peer.addr,
+			Pieces:    m.have.Len(),
+			Struck:    t.isStruck(m.peer.id),
+			Uploading: len(m.serving),
+			LastSeen:  m.peer.lastSeen,
+		})
+	}
+	slices.SortFunc(ts.Peers, func(a, b PeerState) int { return strings.Compare(a.ID, b.ID) })
+	return ts
+}
+
+// Tasks returns every task, by ID.
+func (s *Scheduler) Tasks(ctx context.Context) ([]TaskStatus, error) {
+	return do(ctx, s, func() ([]TaskStatus, error) {
+		out := make([]TaskStatus, 0, len(s.st.tasks))
+		for _, t := range s.st.tasks {
+			out = append(out, t.status())
+		}
+		slices.SortFunc(out, func(a, b TaskStatus) int { return strings.Compare(a.TaskID, b.TaskID) })
+		return out, nil
+	})
+}
+
+// Task returns one task.
+func (s *Scheduler) Task(ctx context.Context, taskID string) (TaskStatus, error) {
+	return do(ctx, s, func() (TaskStatus, error) {
+		t, err := s.st.task(taskID)
+		if err != nil {
+			return TaskStatus{}, err
+		}
+		return t.status(), nil
+	})
+}
+
+// Peers returns every known peer, by ID.
+func (s *Scheduler) Peers(ctx context.Context) ([]PeerStatus, error) {
+	return do(ctx, s, func() ([]PeerStatus, error) {
+		out := make([]PeerStatus, 0, len(s.st.peers))
+		for _, p := range s.st.peers {
+			ps := PeerStatus{ID: p.id, Addr: p.addr, LastSeen: p.lastSeen, Tasks: make([]string, 0, len(p.tasks))}
+			for id := range p.tasks {
+				ps.Tasks = append(ps.Tasks, id)
+			}
+			slices.Sort(ps.Tasks)
+			out = append(out, ps)
+		}
+		slices.SortFunc(out, func(a, b PeerStatus) int { return strings.Compare(a.ID, b.ID) })
+		return out, nil
+	})
+}
+
+// sweepNow runs one expiry sweep on the loop, as Run's ticker does.
+func (s *Scheduler) sweepNow(ctx context.Context) error {
+	return s.call(ctx, s.st.sweep)
+}

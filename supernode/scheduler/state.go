@@ -1,0 +1,894 @@
+package scheduler
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+	"go.uber.org/zap"
+
+	"github.com/damselfly/damselfly/pkg/piece"
+	"github.com/damselfly/damselfly/pkg/schedapi"
+	"github.com/damselfly/damselfly/pkg/taskid"
+)
+
+// maxPieces bounds the piece index of a task, whatever its size: a million
+// pieces, as many as a piece.Set carries on the wire.
+const maxPieces = 1 << 20
+
+// peer is a peer known to the scheduler, in any number of tasks.
+type peer struct {
+	id, addr string
+	hash     uint64
+	lastSeen time.Time
+	// uploading counts the assignments this peer serves, over all tasks:
+	// the upload slots it has taken.
+	uploading int
+	// polling counts the peer's parked polls: a peer waiting in a long poll
+	// is alive.
+	polling int
+	tasks   map[string]*member
+}
+
+// member is one peer in one task.
+type member struct {
+	peer *peer
+	task *task
+	// have holds the pieces the peer has verified and reported (or
+	// declared when it joined).
+	have *piece.Set
+	// inflight holds the assignments this peer is downloading, by piece.
+	inflight map[int]*assignment
+	// serving holds the assignments this peer is the source of.
+	serving map[*assignment]struct{}
+}
+
+// assignment is one piece in flight from a source to a requester. It holds
+// one upload slot of its source until it ends.
+type assignment struct {
+	task     *task
+	piece    int
+	to       *member
+	from     *member // nil when the CDN is the source
+	deadline time.Time
+}
+
+// task is the scheduler's view of one task.
+type task struct {
+	id, url   string
+	pieceSize int64
+	size      int64 // -1 until known
+	count     int   // -1 until known
+	content   digest.Digest
+	state     schedapi.TaskState
+	err       string
+
+	// digests, holders and inflight are indexed by piece and always have
+	// the same length: the piece count when known, else one past the
+	// highest piece published so far.
+	digests   []digest.Digest // "" until published
+	published int
+	// holders lists the members holding each piece that may serve it: a
+	// struck-out member is not listed.
+	holders  [][]*member
+	inflight []int
+
+	members map[string]*member
+	strikes map[string]strikeRecord
+	waiters []*waiter
+
+	createdAt, failedAt          time.Time
+	bytesFromCDN, bytesFromPeers int64
+}
+
+func (t *task) rarity(i int) int { return len(t.holders[i]) + t.inflight[i] }
+
+func (t *task) isStruck(peerID string) bool { return t.strikes[peerID].struck }
+
+func (t *task) info() schedapi.TaskInfo {
+	return schedapi.TaskInfo{
+		TaskID:        t.id,
+		State:         t.state,
+		Size:          t.size,
+		PieceSize:     t.pieceSize,
+		PieceCount:    t.count,
+		ContentDigest: t.content.String(),
+		Error:         t.err,
+	}
+}
+
+// grow makes the piece-indexed slices at least n long.
+func (t *task) grow(n int) {
+	if n <= len(t.digests) {
+		return
+	}
+	extra := n - len(t.digests)
+	t.digests = append(t.digests, make([]digest.Digest, extra)...)
+	t.holders = append(t.holders, make([][]*member, extra)...)
+	t.inflight = append(t.inflight, make([]int, extra)...)
+}
+
+// isPublished reports whether piece i has a digest.
+func (t *task) isPublished(i int) bool { return i >= 0 && i < len(t.digests) && t.digests[i] != "" }
+
+// complete reports whether m holds every piece of a succeeded task.
+func (t *task) complete(m *member) bool {
+	return t.state == schedapi.TaskSucceeded && m.have.HasAll(t.count)
+}
+
+// pollReply is the answer to a poll.
+type pollReply struct {
+	resp schedapi.PiecesResponse
+	err  error
+}
+
+// waiter is one poll. It is answered exactly once, on reply (buffered).
+type waiter struct {
+	taskID, peerID string
+	max            int
+	reply          chan pollReply
+
+	// Set by the event loop.
+	t        *task
+	m        *member
+	state    schedapi.TaskState // the task's state when the poll arrived
+	parked   bool
+	answered bool
+}
+
+func newWaiter(taskID, peerID string, max int) *waiter {
+	return &waiter{taskID: taskID, peerID: peerID, max: max, reply: make(chan pollReply, 1)}
+}
+
+func (w *waiter) answer(resp schedapi.PiecesResponse, err error) {
+	if w.answered {
+		return
+	}
+	if w.parked {
+		w.m.peer.polling--
+	}
+	w.answered, w.parked = true, false
+	w.reply <- pollReply{resp: resp, err: err}
+}
+
+// state is everything the scheduler knows. It is owned by one goroutine (the
+// event loop) or, in tests, by the test itself; nothing in it blocks.
+type state struct {
+	cfg    Config
+	cdn    schedapi.Peer
+	policy selectionPolicy
+	now    func() time.Time
+	log    *zap.Logger
+	m      *metrics
+
+	tasks map[string]*task
+	peers map[string]*peer
+	// cdnBusy is the number of CDN upload slots taken.
+	cdnBusy int
+	// assignments counts assignments in flight, over all tasks.
+	assignments int
+	// dirty holds the tasks whose parked polls may now be answerable.
+	dirty map[*task]struct{}
+}
+
+func newState(cfg Config, cdn schedapi.Peer, p selectionPolicy, now func() time.Time, log *zap.Logger, m *metrics) *state {
+	return &state{
+		cfg:    cfg,
+		cdn:    cdn,
+		policy: p,
+		now:    now,
+		log:    log,
+		m:      m,
+		tasks:  make(map[string]*task),
+		peers:  make(map[string]*peer),
+		dirty:  make(map[*task]struct{}),
+	}
+}
+
+// TaskSpec describes a task the CDN starts seeding.
+type TaskSpec struct {
+	// ID is the task ID (see pkg/taskid).
+	ID string
+	// URL is the source. Credentials in it are not kept.
+	URL string
+	// PieceSize is the size of every piece but the last; 0 picks
+	// piece.SizeFor(Size).
+	PieceSize int64
+	// Size is the content length, or -1 when unknown.
+	Size int64
+	// ContentDigest is the digest of the whole content, when known.
+	ContentDigest digest.Digest
+}
+
+func (st *state) task(id string) (*task, error) {
+	t := st.tasks[id]
+	if t == nil {
+		return nil, fmt.Errorf("task %s: %w", id, ErrTaskNotFound)
+	}
+	return t, nil
+}
+
+func (st *state) member(taskID, peerID string) (*task, *member, error) {
+	t, err := st.task(taskID)
+	if err != nil {
+		return nil, nil, err
+	}
+	m := t.members[peerID]
+	if m == nil {
+		return nil, nil, fmt.Errorf("peer %s in task %s: %w", peerID, taskID, ErrPeerNotFound)
+	}
+	return t, m, nil
+}
+
+// touch marks t's parked polls for a retry.
+func (st *state) touch(t *task) { st.dirty[t] = struct{}{} }
+
+// touchPeer marks the tasks p is in: a slot of p freed up.
+func (st *state) touchPeer(p *peer) {
+	for _, m := range p.tasks {
+		st.touch(m.task)
+	}
+}
+
+// touchWaiting marks every task with parked polls: a CDN slot freed up.
+func (st *state) touchWaiting() {
+	for _, t := range st.tasks {
+		if len(t.waiters) > 0 {
+			st.touch(t)
+		}
+	}
+}
+
+func (st *state) setState(t *task, s schedapi.TaskState) {
+	st.m.taskState(t.state, s)
+	t.state = s
+	st.touch(t)
+}
+
+func (st *state) addTask(spec TaskSpec) error {
+	if err := taskid.Validate(spec.ID); err != nil {
+		return fmt.Errorf("add task: %w: %w", err, ErrInvalid)
+	}
+	if spec.ContentDigest != "" {
+		if err := spec.ContentDigest.Validate(); err != nil {
+			return fmt.Errorf("add task %s: content digest: %w: %w", spec.ID, err, ErrInvalid)
+		}
+	}
+	size := spec.Size
+	if size < 0 {
+		size = -1
+	}
+	pieceSize := spec.PieceSize
+	if pieceSize <= 0 {
+		pieceSize = piece.SizeFor(size)
+	}
+	count := piece.Count(size, pieceSize)
+	if count > maxPieces {
+		return fmt.Errorf("add task %s: %d pieces, more than %d: %w", spec.ID, count, maxPieces, ErrInvalid)
+	}
+	if old := st.tasks[spec.ID]; old != nil {
+		if old.state != schedapi.TaskFailed {
+			return fmt.Errorf("add task %s: %w", spec.ID, ErrTaskExists)
+		}
+		st.dropTask(old)
+	}
+	t := &task{
+		id:        spec.ID,
+		url:       redactURL(spec.URL),
+		pieceSize: pieceSize,
+		size:      size,
+		count:     count,
+		content:   spec.ContentDigest,
+		members:   make(map[string]*member),
+		strikes:   make(map[string]strikeRecord),
+		createdAt: st.now(),
+	}
+	t.grow(max(count, 0))
+	st.tasks[t.id] = t
+	st.setState(t, schedapi.TaskRunning)
+	st.log.Info("task added", zap.String("task", t.id), zap.Int64("size", size), zap.Int64("pieceSize", pieceSize))
+	return nil
+}
+
+// fitCount records a now known piece count, checking nothing is published
+// past it.
+func (t *task) fitCount(size int64) error {
+	count := piece.Count(size, t.pieceSize)
+	if count > maxPieces {
+		return fmt.Errorf("%d pieces, more than %d", count, maxPieces)
+	}
+	for i := count; i < len(t.digests); i++ {
+		if t.digests[i] != "" {
+			return fmt.Errorf("piece %d is published but size %d has %d pieces", i, size, count)
+		}
+	}
+	t.grow(count)
+	t.digests, t.holders, t.inflight = t.digests[:count], t.holders[:count], t.inflight[:count]
+	t.size, t.count = size, count
+	return nil
+}
+
+func (st *state) setSize(taskID string, size int64) error {
+	t, err := st.task(taskID)
+	if err != nil {
+		return fmt.Errorf("set size: %w", err)
+	}
+	switch {
+	case size < 0:
+		return fmt.Errorf("set size of task %s: negative size %d: %w", taskID, size, ErrInvalid)
+	case t.size == size:
+		return nil
+	case t.size >= 0:
+		return fmt.Errorf("set size of task %s: size is already %d, not %d: %w", taskID, t.size, size, ErrInvalid)
+	}
+	if err := t.fitCount(size); err != nil {
+		return fmt.Errorf("set size of task %s: %s: %w", taskID, err, ErrInvalid)
+	}
+	st.touch(t)
+	return nil
+}
+
+func (st *state) publish(taskID string, n int, d digest.Digest) error {
+	t, err := st.task(taskID)
+	if err != nil {
+		return fmt.Errorf("publish piece %d: %w", n, err)
+	}
+	if err := piece.ValidateDigest(d); err != nil {
+		return fmt.Errorf("publish piece %d of task %s: %w: %w", n, taskID, err, ErrInvalid)
+	}
+	if n < 0 || n >= maxPieces || (t.count >= 0 && n >= t.count) {
+		return fmt.Errorf("publish piece %d of task %s: out of range (%d pieces): %w", n, taskID, t.count, ErrInvalid)
+	}
+	if t.isPublished(n) {
+		if t.digests[n] == d {
+			return nil
+		}
+		return fmt.Errorf("publish piece %d of task %s: already published as %s: %w", n, taskID, t.digests[n], ErrInvalid)
+	}
+	if t.state != schedapi.TaskRunning {
+		return fmt.Errorf("publish piece %d of task %s: task is %s: %w", n, taskID, t.state, ErrInvalid)
+	}
+	t.grow(n + 1)
+	t.digests[n] = d
+	t.published++
+	st.touch(t)
+	return nil
+}
+
+func (st *state) succeed(taskID string, size int64, content digest.Digest) error {
+	t, err := st.task(taskID)
+	if err != nil {
+		return fmt.Errorf("succeed: %w", err)
+	}
+	if content != "" {
+		if err := content.Validate(); err != nil {
+			return fmt.Errorf("succeed task %s: content digest: %w: %w", taskID, err, ErrInvalid)
+		}
+	}
+	switch {
+	case size < 0:
+		return fmt.Errorf("succeed task %s: negative size %d: %w", taskID, size, ErrInvalid)
+	case t.size >= 0 && t.size != size:
+		return fmt.Errorf("succeed task %s: size %d, expected %d: %w", taskID, size, t.size, ErrInvalid)
+	case content != "" && t.content != "" && content != t.content:
+		return fmt.Errorf("succeed task %s: content %s, expected %s: %w", taskID, content, t.content, ErrInvalid)
+	case t.state == schedapi.TaskSucceeded:
+		return nil
+	case t.state != schedapi.TaskRunning:
+		return fmt.Errorf("succeed task %s: task is %s: %w", taskID, t.state, ErrInvalid)
+	}
+	if t.size < 0 {
+		if err := t.fitCount(size); err != nil {
+			return fmt.Errorf("succeed task %s: %s: %w", taskID, err, ErrInvalid)
+		}
+	}
+	if t.published != t.count {
+		return fmt.Errorf("succeed task %s: %d of %d pieces published: %w", taskID, t.published, t.count, ErrInvalid)
+	}
+	if content != "" {
+		t.content = content
+	}
+	st.setState(t, schedapi.TaskSucceeded)
+	st.log.Info("task succeeded", zap.String("task", t.id), zap.Int64("size", size))
+	return nil
+}
+
+func (st *state) fail(taskID string, cause error) error {
+	t, err := st.task(taskID)
+	if err != nil {
+		return fmt.Errorf("fail: %w", err)
+	}
+	switch t.state {
+	case schedapi.TaskFailed:
+		return nil
+	case schedapi.TaskSucceeded:
+		return fmt.Errorf("fail task %s: task succeeded: %w", taskID, ErrInvalid)
+	}
+	t.err = "source fetch failed"
+	if cause != nil {
+		t.err = cause.Error()
+	}
+	t.failedAt = st.now()
+	// Nothing of a failed task is worth fetching any more.
+	for _, m := range t.members {
+		for _, a := range m.inflight {
+			st.endAssignment(a)
+		}
+	}
+	st.setState(t, schedapi.TaskFailed)
+	st.log.Warn("task failed", zap.String("task", t.id), zap.String("error", t.err))
+	return nil
+}
+
+func (st *state) removeTask(taskID string) error {
+	t, err := st.task(taskID)
+	if err != nil {
+		return fmt.Errorf("remove: %w", err)
+	}
+	st.dropTask(t)
+	st.log.Info("task removed", zap.String("task", t.id))
+	return nil
+}
+
+// dropTask forgets t: its parked polls are answered ErrTaskNotFound, its
+// members leave and the slots their assignments held are freed.
+func (st *state) dropTask(t *task) {
+	for _, w := range t.waiters {
+		w.answer(schedapi.PiecesResponse{}, fmt.Errorf("task %s: %w", t.id, ErrTaskNotFound))
+	}
+	t.waiters = nil
+	for _, m := range t.members {
+		st.dropMember(m)
+	}
+	st.m.taskState(t.state, "")
+	delete(st.tasks, t.id)
+	delete(st.dirty, t)
+}
+
+func (st *state) taskInfo(taskID string) (schedapi.TaskInfo, error) {
+	t, err := st.task(taskID)
+	if err != nil {
+		return schedapi.TaskInfo{}, err
+	}
+	return t.info(), nil
+}
+
+// validPeerID reports whether id is 1 to 128 characters of [A-Za-z0-9._-].
+func validPeerID(id string) bool {
+	if len(id) == 0 || len(id) > 128 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func validAddr(addr string) bool {
+	host, port, err := net.SplitHostPort(addr)
+	return err == nil && host != "" && port != ""
+}
+
+func (st *state) checkPeer(p schedapi.Peer) error {
+	if !validPeerID(p.ID) {
+		return fmt.Errorf("peer id %q: must be 1 to 128 of [A-Za-z0-9._-]: %w", p.ID, ErrInvalid)
+	}
+	if p.ID == st.cdn.ID {
+		return fmt.Errorf("peer id %q: taken by the supernode: %w", p.ID, ErrInvalid)
+	}
+	if !validAddr(p.Addr) {
+		return fmt.Errorf("peer %s addr %q: must be host:port: %w", p.ID, p.Addr, ErrInvalid)
+	}
+	return nil
+}
+
+// seen returns the peer with id, refreshed, creating it if needed.
+func (st *state) seen(id, addr string) *peer {
+	p := st.peers[id]
+	if p == nil {
+		p = &peer{id: id, hash: peerHash(id), tasks: make(map[string]*member)}
+		st.peers[id] = p
+	}
+	if addr != "" {
+		p.addr = addr
+	}
+	p.lastSeen = st.now()
+	return p
+}
+
+func (st *state) join(taskID string, sp schedapi.Peer, have *piece.Set) (schedapi.TaskInfo, error) {
+	if err := st.checkPeer(sp); err != nil {
+		return schedapi.TaskInfo{}, fmt.Errorf("join: %w", err)
+	}
+	t, err := st.task(taskID)
+	if err != nil {
+		return schedapi.TaskInfo{}, fmt.Errorf("join: %w", err)
+	}
+	p := st.seen(sp.ID, sp.Addr)
+	m := t.members[p.id]
+	if m == nil {
+		m = &member{
+			peer:     p,
+			task:     t,
+			have:     &piece.Set{},
+			inflight: make(map[int]*assignment),
+			serving:  make(map[*assignment]struct{}),
+		}
+		t.members[p.id] = m
+		p.tasks[t.id] = m
+	}
+	for _, i := range have.Indices() {
+		// With the count known, a declared piece is taken even if not yet
+		// published (the CDN may still be on its way to it); without, only
+		// published pieces can be checked.
+		if (t.count >= 0 && i >= t.count) || (t.count < 0 && !t.isPublished(i)) {
+			continue
+		}
+		st.addHeld(m, i)
+	}
+	st.touch(t)
+	return t.info(), nil
+}
+
+// addHeld records that m holds piece i.
+func (st *state) addHeld(m *member, i int) {
+	if m.have.Has(i) {
+		return
+	}
+	m.have.Add(i)
+	if t := m.task; !t.isStruck(m.peer.id) {
+		t.grow(i + 1)
+		t.holders[i] = append(t.holders[i], m)
+	}
+}
+
+// dropHeld records that m does not hold piece i after all.
+func (st *state) dropHeld(m *member, i int) {
+	if !m.have.Has(i) {
+		return
+	}
+	m.have.Remove(i)
+	unlistHolder(m.task, i, m)
+}
+
+func unlistHolder(t *task, i int, m *member) {
+	if i >= len(t.holders) {
+		return
+	}
+	hs := t.holders[i]
+	if j := slices.Index(hs, m); j >= 0 {
+		hs[j] = hs[len(hs)-1]
+		hs[len(hs)-1] = nil
+		t.holders[i] = hs[:len(hs)-1]
+	}
+}
+
+// dropMember takes m out of its task: its assignments, as requester and as
+// source, end; its parked polls are answered ErrPeerNotFound.
+func (st *state) dropMember(m *member) {
+	t := m.task
+	for _, a := range m.inflight {
+		st.endAssignment(a)
+	}
+	for a := range m.serving {
+		st.endAssignment(a)
+	}
+	if !t.isStruck(m.peer.id) {
+		for _, i := range m.have.Indices() {
+			unlistHolder(t, i, m)
+		}
+	}
+	kept := t.waiters[:0]
+	for _, w := range t.waiters {
+		if w.m == m {
+			w.answer(schedapi.PiecesResponse{}, fmt.Errorf("peer %s in task %s: %w", m.peer.id, t.id, ErrPeerNotFound))
+			continue
+		}
+		kept = append(kept, w)
+	}
+	clear(t.waiters[len(kept):])
+	t.waiters = kept
+	delete(t.members, m.peer.id)
+	delete(m.peer.tasks, t.id)
+	st.touch(t)
+}
+
+func (st *state) leave(taskID, peerID string) error {
+	_, m, err := st.member(taskID, peerID)
+	if err != nil {
+		return fmt.Errorf("leave: %w", err)
+	}
+	st.dropMember(m)
+	return nil
+}
+
+// startAssignment records that to fetches piece i from from (nil: the CDN).
+func (st *state) startAssignment(t *task, to *member, i int, from *member) *assignment {
+	a := &assignment{task: t, piece: i, to: to, from: from, deadline: st.now().Add(st.cfg.AssignmentTimeout)}
+	to.inflight[i] = a
+	t.inflight[i]++
+	if from == nil {
+		st.cdnBusy++
+	} else {
+		from.serving[a] = struct{}{}
+		from.peer.uploading++
+	}
+	st.assignments++
+	st.m.assigned(from == nil)
+	return a
+}
+
+// endAssignment frees the slot a held and lets its piece be assigned again.
+func (st *state) endAssignment(a *assignment) {
+	if a.to.inflight[a.piece] != a {
+		return
+	}
+	delete(a.to.inflight, a.piece)
+	a.task.inflight[a.piece]--
+	if a.from == nil {
+		st.cdnBusy--
+		st.touchWaiting()
+	} else {
+		delete(a.from.serving, a)
+		a.from.peer.uploading--
+		st.touchPeer(a.from.peer)
+	}
+	st.assignments--
+	st.touch(a.task)
+}
+
+// assign asks the policy for up to max pieces for m and records them.
+func (st *state) assign(t *task, m *member, max int) []schedapi.Assignment {
+	if t.state == schedapi.TaskFailed {
+		return nil
+	}
+	chosen := st.policy.choose(t, m, max, slots{peer: st.cfg.PeerUploadSlots, cdn: st.cfg.CDNUploadSlots, cdnBusy: st.cdnBusy})
+	if len(chosen) == 0 {
+		return nil
+	}
+	out := make([]schedapi.Assignment, 0, len(chosen))
+	for _, c := range chosen {
+		st.startAssignment(t, m, c.piece, c.from)
+		off, n := piece.Bounds(c.piece, t.size, t.pieceSize)
+		a := schedapi.Assignment{
+			Piece:  c.piece,
+			Offset: off,
+			Length: n,
+			Digest: t.digests[c.piece].String(),
+		}
+		if c.from == nil {
+			a.From, a.FromCDN = st.cdn, true
+		} else {
+			a.From = schedapi.Peer{ID: c.from.peer.id, Addr: c.from.peer.addr}
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// poll answers w now if it can, or parks it on its task.
+func (st *state) poll(w *waiter) {
+	t, m, err := st.member(w.taskID, w.peerID)
+	if err != nil {
+		w.answer(schedapi.PiecesResponse{}, fmt.Errorf("poll: %w", err))
+		return
+	}
+	m.peer.lastSeen = st.now()
+	w.t, w.m, w.state = t, m, t.state
+	if !st.tryAnswer(w) {
+		w.parked = true
+		m.peer.polling++
+		t.waiters = append(t.waiters, w)
+	}
+}
+
+// tryAnswer answers w if it has assignments, if its task changed state since
+// it arrived or failed, or if its peer holds all of a succeeded task.
+func (st *state) tryAnswer(w *waiter) bool {
+	t, m := w.t, w.m
+	resp := schedapi.PiecesResponse{}
+	if t.state != schedapi.TaskFailed && !t.complete(m) {
+		resp.Assignments = st.assign(t, m, w.max)
+	}
+	if len(resp.Assignments) == 0 && t.state == w.state && t.state != schedapi.TaskFailed && !t.complete(m) {
+		return false
+	}
+	resp.TaskInfo = t.info()
+	w.answer(resp, nil)
+	return true
+}
+
+// unpark answers w, if it is still parked, with no assignments: its caller
+// stopped waiting.
+func (st *state) unpark(w *waiter) {
+	if !w.parked {
+		return
+	}
+	t := w.t
+	if i := slices.Index(t.waiters, w); i >= 0 {
+		t.waiters = slices.Delete(t.waiters, i, i+1)
+	}
+	w.answer(schedapi.PiecesResponse{TaskInfo: t.info()}, nil)
+}
+
+// flush retries the parked polls of every task something happened to, oldest
+// first.
+func (st *state) flush() {
+	for t := range st.dirty {
+		if len(t.waiters) == 0 {
+			continue
+		}
+		kept := t.waiters[:0]
+		for _, w := range t.waiters {
+			if !st.tryAnswer(w) {
+				kept = append(kept, w)
+			}
+		}
+		clear(t.waiters[len(kept):])
+		t.waiters = kept
+	}
+	clear(st.dirty)
+}
+
+func (st *state) report(taskID, peerID string, results []schedapi.PieceResult) error {
+	t, m, err := st.member(taskID, peerID)
+	if err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	for _, r := range results {
+		if r.Piece < 0 || r.Piece >= maxPieces || (t.count >= 0 && r.Piece >= t.count) {
+			return fmt.Errorf("report piece %d of task %s: out of range (%d pieces): %w", r.Piece, taskID, t.count, ErrInvalid)
+		}
+		if r.From == "" {
+			return fmt.Errorf("report piece %d of task %s: no source named: %w", r.Piece, taskID, ErrInvalid)
+		}
+	}
+	m.peer.lastSeen = st.now()
+	for _, r := range results {
+		st.applyResult(t, m, r)
+	}
+	return nil
+}
+
+// applyResult records one piece result of requester m. Only a failure of a
+// source the scheduler assigned counts against it, so that no peer can strike
+// another it was not sent to.
+func (st *state) applyResult(t *task, m *member, r schedapi.PieceResult) {
+	a := m.inflight[r.Piece]
+	var src *member
+	if a != nil {
+		if a.from != nil && a.from.peer.id == r.From {
+			src = a.from
+		}
+		st.endAssignment(a)
+	}
+	st.m.result(r.OK)
+	if r.OK {
+		if t.isPublished(r.Piece) {
+			st.addHeld(m, r.Piece)
+			st.touch(t)
+		}
+		if r.Bytes > 0 {
+			if r.From == st.cdn.ID {
+				t.bytesFromCDN += r.Bytes
+			} else {
+				t.bytesFromPeers += r.Bytes
+			}
+		}
+		return
+	}
+	if src == nil {
+		return
+	}
+	kind := classifyFailure(r.Error)
+	if kind == failMissing {
+		st.dropHeld(src, r.Piece)
+	}
+	rec, out := strike(t.strikes[src.peer.id], kind, st.cfg.StrikeLimit)
+	t.strikes[src.peer.id] = rec
+	st.m.strike(kind)
+	if out {
+		for _, i := range src.have.Indices() {
+			unlistHolder(t, i, src)
+		}
+		st.m.struckOut()
+		st.log.Warn("peer struck out as a source",
+			zap.String("task", t.id), zap.String("peer", src.peer.id), zap.Int("piece", r.Piece),
+			zap.String("reason", r.Error), zap.Int("failures", rec.failures))
+	}
+}
+
+func (st *state) heartbeat(peerID, addr string, tasks []string) ([]string, error) {
+	if !validPeerID(peerID) || peerID == st.cdn.ID {
+		return nil, fmt.Errorf("heartbeat: peer id %q: %w", peerID, ErrInvalid)
+	}
+	if addr != "" && !validAddr(addr) {
+		return nil, fmt.Errorf("heartbeat: peer %s addr %q: %w", peerID, addr, ErrInvalid)
+	}
+	var p *peer
+	if addr != "" || st.peers[peerID] != nil {
+		p = st.seen(peerID, addr)
+	}
+	var unknown []string
+	for _, id := range tasks {
+		if p == nil || p.tasks[id] == nil {
+			unknown = append(unknown, id)
+		}
+	}
+	return unknown, nil
+}
+
+// sweep times out stale assignments, expires silent peers and forgets failed
+// tasks past their TTL.
+func (st *state) sweep() {
+	now := st.now()
+	for _, t := range st.tasks {
+		for _, m := range t.members {
+			for _, a := range m.inflight {
+				if !now.Before(a.deadline) {
+					st.log.Debug("assignment timed out", zap.String("task", t.id), zap.String("peer", m.peer.id), zap.Int("piece", a.piece))
+					st.endAssignment(a)
+				}
+			}
+		}
+	}
+	for id, p := range st.peers {
+		if p.polling > 0 {
+			p.lastSeen = now
+		}
+		if now.Sub(p.lastSeen) < st.cfg.PeerTTL {
+			continue
+		}
+		for _, m := range p.tasks {
+			st.dropMember(m)
+		}
+		delete(st.peers, id)
+		st.log.Info("peer expired", zap.String("peer", id), zap.Time("lastSeen", p.lastSeen))
+	}
+	for _, t := range st.tasks {
+		if t.state == schedapi.TaskFailed && now.Sub(t.failedAt) >= st.cfg.FailedTaskTTL {
+			st.dropTask(t)
+		}
+	}
+}
+
+// redactURL returns raw without userinfo and with the values of query keys
+// that usually carry secrets (signatures, tokens, keys) replaced. An
+// unparsable URL is dropped whole rather than risk showing a secret.
+func redactURL(raw string) string {
+	if raw == "" {
+		return ""
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return ""
+	}
+	u.User = nil
+	if u.RawQuery != "" {
+		q := u.Query()
+		for k := range q {
+			if secretKey(k) {
+				q[k] = []string{"REDACTED"}
+			}
+		}
+		u.RawQuery = q.Encode()
+	}
+	return u.String()
+}
+
+func secretKey(k string) bool {
+	k = strings.ToLower(k)
+	for _, s := range []string{"sig", "token", "key", "secret", "password", "credential", "auth"} {
+		if strings.Contains(k, s) {
+			return true
+		}
+	}
+	return false
+}
