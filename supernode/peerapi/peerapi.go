@@ -1,0 +1,458 @@
+// Package peerapi serves the peer API of pkg/schedapi over net/http: peers
+// register for tasks (which creates the task and starts its one source fetch
+// when it is new), long-poll for piece assignments, report piece results,
+// leave and heartbeat.
+//
+// Every input is validated before it reaches the scheduler or the CDN, and
+// every error is answered as a schedapi.Error by one function: malformed
+// input is a 4xx, never a 5xx.
+package peerapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+	"go.uber.org/zap"
+
+	"github.com/damselfly/damselfly/pkg/httpx"
+	"github.com/damselfly/damselfly/pkg/piece"
+	"github.com/damselfly/damselfly/pkg/schedapi"
+	"github.com/damselfly/damselfly/pkg/taskid"
+	"github.com/damselfly/damselfly/supernode/cdn"
+	"github.com/damselfly/damselfly/supernode/scheduler"
+)
+
+// ErrInvalid is wrapped by errors about malformed requests.
+var ErrInvalid = errors.New("invalid request")
+
+// DefaultWait is how long a pieces poll waits when it does not say.
+const DefaultWait = 10 * time.Second
+
+// Limits on request contents, on top of schedapi.MaxBodyBytes.
+const (
+	maxURLLen       = 8 << 10
+	maxIdentifier   = 1 << 10
+	maxResults      = 1 << 10
+	maxHeartbeatIDs = 1 << 14
+	maxErrorLen     = 1 << 10
+)
+
+// Scheduler is the part of the scheduler the peer API drives.
+type Scheduler interface {
+	Join(ctx context.Context, taskID string, p schedapi.Peer, have *piece.Set) (schedapi.TaskInfo, error)
+	Poll(ctx context.Context, taskID, peerID string, max int) (schedapi.PiecesResponse, error)
+	Report(ctx context.Context, taskID, peerID string, results []schedapi.PieceResult) error
+	Leave(ctx context.Context, taskID, peerID string) error
+	Heartbeat(ctx context.Context, peerID, addr string, tasks []string) (unknown []string, err error)
+}
+
+// Seeder makes sure a task exists, starting its source fetch when needed
+// (supernode/cdn).
+type Seeder interface {
+	Ensure(ctx context.Context, req cdn.Request) (schedapi.TaskInfo, error)
+}
+
+// Option configures a Server.
+type Option func(*Server)
+
+// WithLogger sets the logger. The default discards logs.
+func WithLogger(l *zap.Logger) Option {
+	return func(s *Server) {
+		if l != nil {
+			s.log = l
+		}
+	}
+}
+
+// WithHTTPMetrics counts and times every request under a handler label per
+// route.
+func WithHTTPMetrics(m *httpx.Metrics) Option {
+	return func(s *Server) { s.metrics = m }
+}
+
+// Server serves the peer API. Build it with New.
+type Server struct {
+	sched   Scheduler
+	seed    Seeder
+	log     *zap.Logger
+	metrics *httpx.Metrics
+}
+
+// New returns a peer API server over the scheduler and the seeder.
+func New(sched Scheduler, seed Seeder, opts ...Option) *Server {
+	s := &Server{sched: sched, seed: seed, log: zap.NewNop()}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// Handler returns the routes of pkg/schedapi. Any other path under
+// /api/peer/ is answered 404 with a schedapi.Error.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle(schedapi.RouteRegister, s.wrap("register", s.register))
+	mux.Handle(schedapi.RoutePieces, s.wrap("pieces", s.pieces))
+	mux.Handle(schedapi.RouteReport, s.wrap("report", s.report))
+	mux.Handle(schedapi.RouteLeave, s.wrap("leave", s.leave))
+	mux.Handle(schedapi.RouteHeartbeat, s.wrap("heartbeat", s.heartbeat))
+	mux.Handle("/", s.wrap("other", func(w http.ResponseWriter, r *http.Request) error {
+		return &apiError{status: http.StatusNotFound, code: schedapi.CodeInvalid, msg: "no such route"}
+	}))
+	return mux
+}
+
+// handlerFunc is a handler that returns its error for wrap to answer.
+type handlerFunc func(w http.ResponseWriter, r *http.Request) error
+
+// wrap turns h into an http.Handler that answers h's error, and a panic, as
+// a schedapi.Error.
+func (s *Server) wrap(name string, h handlerFunc) http.Handler {
+	return s.metrics.Instrument(name, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if p := recover(); p != nil {
+				if p == http.ErrAbortHandler {
+					panic(p)
+				}
+				s.writeError(w, r, fmt.Errorf("panic in %s handler: %v", name, p))
+			}
+		}()
+		if err := h(w, r); err != nil {
+			s.writeError(w, r, err)
+		}
+	}), s.log)
+}
+
+// apiError is an answer decided by a handler.
+type apiError struct {
+	status int
+	code   schedapi.ErrorCode
+	msg    string
+}
+
+func (e *apiError) Error() string { return e.msg }
+
+// writeError maps err to a status and a schedapi.Error. This is the only
+// place that does.
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	var (
+		ae  *apiError
+		mbe *http.MaxBytesError
+	)
+	status, code, msg := http.StatusInternalServerError, schedapi.CodeInternal, "internal error"
+	switch {
+	case errors.As(err, &ae):
+		status, code, msg = ae.status, ae.code, ae.msg
+	case errors.As(err, &mbe):
+		status, code, msg = http.StatusRequestEntityTooLarge, schedapi.CodeInvalid, fmt.Sprintf("request body larger than %d bytes", mbe.Limit)
+	case errors.Is(err, scheduler.ErrTaskNotFound):
+		status, code, msg = http.StatusNotFound, schedapi.CodeTaskNotFound, err.Error()
+	case errors.Is(err, scheduler.ErrPeerNotFound):
+		status, code, msg = http.StatusNotFound, schedapi.CodePeerNotFound, err.Error()
+	case errors.Is(err, ErrInvalid), errors.Is(err, scheduler.ErrInvalid),
+		errors.Is(err, cdn.ErrInvalid), errors.Is(err, taskid.ErrInvalid):
+		status, code, msg = http.StatusBadRequest, schedapi.CodeInvalid, err.Error()
+	case errors.Is(err, scheduler.ErrClosed):
+		status, code, msg = http.StatusServiceUnavailable, schedapi.CodeUnavailable, "supernode is shutting down"
+	case r.Context().Err() != nil:
+		// The peer hung up; nobody reads this answer.
+		status, code, msg = http.StatusServiceUnavailable, schedapi.CodeUnavailable, "request cancelled"
+	default:
+		s.log.Error("peer api request", zap.String("path", r.URL.Path), zap.Error(err))
+	}
+	httpx.WriteJSON(w, status, schedapi.Error{Code: code, Message: msg})
+}
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), ErrInvalid)
+}
+
+// decode reads one JSON value of at most schedapi.MaxBodyBytes.
+func decode(w http.ResponseWriter, r *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, schedapi.MaxBodyBytes))
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return err
+		}
+		return invalid("decode request body: %v", err)
+	}
+	if dec.More() {
+		return invalid("decode request body: trailing data")
+	}
+	return nil
+}
+
+// checkPeerID validates a peer ID: 1 to 128 of [A-Za-z0-9._-].
+func checkPeerID(id string) error {
+	if len(id) == 0 || len(id) > 128 {
+		return invalid("peer id: must be 1 to 128 characters")
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return invalid("peer id %q: only [A-Za-z0-9._-] are allowed", truncate(id))
+		}
+	}
+	return nil
+}
+
+// checkAddr validates host:port with a numeric port.
+func checkAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || host == "" || len(addr) > 512 {
+		return invalid("addr %q: must be host:port", truncate(addr))
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return invalid("addr %q: bad port", truncate(addr))
+	}
+	return nil
+}
+
+func checkSourceURL(raw string) error {
+	if len(raw) > maxURLLen {
+		return invalid("url: longer than %d bytes", maxURLLen)
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return invalid("url: cannot parse")
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return invalid("url: scheme must be http or https")
+	}
+	if u.Host == "" {
+		return invalid("url: no host")
+	}
+	return nil
+}
+
+// checkHeader refuses header names and values that cannot be sent.
+func checkHeader(h http.Header) error {
+	for k, vs := range h {
+		if k == "" {
+			return invalid("header: empty name")
+		}
+		for i := 0; i < len(k); i++ {
+			if c := k[i]; c <= ' ' || c >= 0x7f || c == ':' {
+				return invalid("header name %q: invalid character", truncate(k))
+			}
+		}
+		for _, v := range vs {
+			for i := 0; i < len(v); i++ {
+				if c := v[i]; c == '\r' || c == '\n' || c == 0 {
+					// Never echo the value: it may be a credential.
+					return invalid("header %q: invalid character in value", truncate(k))
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func truncate(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "..."
+	}
+	return s
+}
+
+// pathIDs validates the {task} and {peer} path values.
+func pathIDs(r *http.Request) (taskID, peerID string, err error) {
+	taskID, peerID = r.PathValue("task"), r.PathValue("peer")
+	if err := taskid.Validate(taskID); err != nil {
+		return "", "", invalid("task id: %v", err)
+	}
+	if err := checkPeerID(peerID); err != nil {
+		return "", "", err
+	}
+	return taskID, peerID, nil
+}
+
+func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
+	var req schedapi.RegisterRequest
+	if err := decode(w, r, &req); err != nil {
+		return err
+	}
+	if err := checkPeerID(req.Peer.ID); err != nil {
+		return err
+	}
+	if err := checkAddr(req.Peer.Addr); err != nil {
+		return err
+	}
+	if err := checkSourceURL(req.URL); err != nil {
+		return err
+	}
+	if err := checkHeader(req.Header); err != nil {
+		return err
+	}
+	if len(req.Identifier) > maxIdentifier {
+		return invalid("identifier: longer than %d bytes", maxIdentifier)
+	}
+	if req.PieceSize < 0 {
+		return invalid("pieceSize: negative")
+	}
+	var (
+		id  string
+		d   digest.Digest
+		err error
+	)
+	if req.Digest != "" {
+		d = digest.Digest(req.Digest)
+		id, err = taskid.ForDigest(d)
+	} else {
+		id, err = taskid.ForURL(req.URL, req.Filter, req.Identifier)
+	}
+	if err != nil {
+		return invalid("task: %v", err)
+	}
+	info, err := s.seed.Ensure(r.Context(), cdn.Request{TaskID: id, URL: req.URL, Header: req.Header, Digest: d})
+	if err != nil {
+		return fmt.Errorf("register %s: %w", id, err)
+	}
+	if info.State != schedapi.TaskFailed {
+		have := req.Have
+		if have != nil && req.PieceSize != info.PieceSize {
+			// Pieces cut with another size are not these pieces.
+			have = nil
+		}
+		if info, err = s.sched.Join(r.Context(), id, req.Peer, have); err != nil {
+			return fmt.Errorf("register %s: %w", id, err)
+		}
+	}
+	httpx.WriteJSON(w, http.StatusOK, schedapi.RegisterResponse{TaskInfo: info})
+	return nil
+}
+
+// pollGrace bounds a second attempt at a poll the scheduler did not take
+// before the requested wait ran out (a zero wait, a busy scheduler).
+const pollGrace = time.Second
+
+func (s *Server) pieces(w http.ResponseWriter, r *http.Request) error {
+	taskID, peerID, err := pathIDs(r)
+	if err != nil {
+		return err
+	}
+	q := r.URL.Query()
+	wait := DefaultWait
+	if v := q.Get("wait"); v != "" {
+		if wait, err = time.ParseDuration(v); err != nil || wait < 0 {
+			return invalid("wait %q: must be a non-negative Go duration", truncate(v))
+		}
+		wait = min(wait, schedapi.MaxWait)
+	}
+	maxN := 0 // the scheduler's default, schedapi.MaxAssignments
+	if v := q.Get("max"); v != "" {
+		if maxN, err = strconv.Atoi(v); err != nil || maxN < 1 {
+			return invalid("max %q: must be a positive integer", truncate(v))
+		}
+		maxN = min(maxN, schedapi.MaxAssignments)
+	}
+	resp, err := s.poll(r.Context(), taskID, peerID, maxN, wait)
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) || r.Context().Err() != nil {
+		if err != nil {
+			return fmt.Errorf("poll %s: %w", taskID, err)
+		}
+		httpx.WriteJSON(w, http.StatusOK, resp)
+		return nil
+	}
+	// The wait ran out before the scheduler took the poll: try once more.
+	resp, err = s.poll(r.Context(), taskID, peerID, maxN, pollGrace)
+	if errors.Is(err, context.DeadlineExceeded) && r.Context().Err() == nil {
+		return &apiError{status: http.StatusServiceUnavailable, code: schedapi.CodeUnavailable, msg: "scheduler busy, poll again"}
+	}
+	if err != nil {
+		return fmt.Errorf("poll %s: %w", taskID, err)
+	}
+	httpx.WriteJSON(w, http.StatusOK, resp)
+	return nil
+}
+
+func (s *Server) poll(ctx context.Context, taskID, peerID string, maxN int, wait time.Duration) (schedapi.PiecesResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	return s.sched.Poll(ctx, taskID, peerID, maxN)
+}
+
+func (s *Server) report(w http.ResponseWriter, r *http.Request) error {
+	taskID, peerID, err := pathIDs(r)
+	if err != nil {
+		return err
+	}
+	var req schedapi.ReportRequest
+	if err := decode(w, r, &req); err != nil {
+		return err
+	}
+	if len(req.Results) > maxResults {
+		return invalid("results: more than %d", maxResults)
+	}
+	for i := range req.Results {
+		res := &req.Results[i]
+		if res.Piece < 0 {
+			return invalid("result %d: negative piece", i)
+		}
+		if err := checkPeerID(res.From); err != nil {
+			return invalid("result %d from: %v", i, err)
+		}
+		if res.Bytes < 0 || res.Duration < 0 {
+			return invalid("result %d: negative bytes or duration", i)
+		}
+		if len(res.Error) > maxErrorLen {
+			res.Error = res.Error[:maxErrorLen]
+		}
+	}
+	if err := s.sched.Report(r.Context(), taskID, peerID, req.Results); err != nil {
+		return fmt.Errorf("report %s: %w", taskID, err)
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (s *Server) leave(w http.ResponseWriter, r *http.Request) error {
+	taskID, peerID, err := pathIDs(r)
+	if err != nil {
+		return err
+	}
+	if err := s.sched.Leave(r.Context(), taskID, peerID); err != nil {
+		return fmt.Errorf("leave %s: %w", taskID, err)
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) error {
+	peerID := r.PathValue("peer")
+	if err := checkPeerID(peerID); err != nil {
+		return err
+	}
+	var req schedapi.HeartbeatRequest
+	if err := decode(w, r, &req); err != nil {
+		return err
+	}
+	if req.Addr != "" {
+		if err := checkAddr(req.Addr); err != nil {
+			return err
+		}
+	}
+	if len(req.Tasks) > maxHeartbeatIDs {
+		return invalid("tasks: more than %d", maxHeartbeatIDs)
+	}
+	for _, id := range req.Tasks {
+		if err := taskid.Validate(id); err != nil {
+			return invalid("tasks: %v", err)
+		}
+	}
+	unknown, err := s.sched.Heartbeat(r.Context(), peerID, req.Addr, req.Tasks)
+	if err != nil {
+		return fmt.Errorf("heartbeat: %w", err)
+	}
+	httpx.WriteJSON(w, http.StatusOK, schedapi.HeartbeatResponse{Unknown: unknown})
+	return nil
+}
