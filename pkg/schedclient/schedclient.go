@@ -510,7 +510,7 @@ func (c *Client) do(ctx context.Context, cl call) (string, error) {
 				if !errors.Is(ae, ErrUnavailable) || !cl.idempotent {
 					return "", fmt.Errorf("%s: %w", cl.name, err)
 				}
-			case errors.Is(err, errNotSent):
+			case notSent(err):
 				// Never reached the node: safe to try the next one.
 			case !cl.idempotent:
 				return "", fmt.Errorf("%s: %w", cl.name, err)
@@ -521,9 +521,17 @@ func (c *Client) do(ctx context.Context, cl call) (string, error) {
 	return "", fmt.Errorf("%s: %w", cl.name, lastErr)
 }
 
-// errNotSent marks connection errors where the request cannot have reached
-// the server (the dial failed).
-var errNotSent = errors.New("request not sent")
+// dialError marks a connection error where the request cannot have reached
+// the server: the dial failed.
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
+
+func notSent(err error) bool {
+	var de *dialError
+	return errors.As(err, &de)
+}
 
 func (c *Client) once(parent context.Context, node string, cl call) error {
 	ctx, cancel := context.WithTimeout(parent, c.callTimeout+cl.extra)
@@ -572,7 +580,7 @@ func (c *Client) once(parent context.Context, node string, cl call) error {
 func connError(node string, err error) error {
 	var op *net.OpError
 	if errors.As(err, &op) && op.Op == "dial" {
-		return fmt.Errorf("%w %s: %w: %w", ErrUnreachable, hostOf(node), errNotSent, err)
+		return fmt.Errorf("%w %s: %w", ErrUnreachable, hostOf(node), &dialError{err})
 	}
 	return fmt.Errorf("%w %s: %w", ErrUnreachable, hostOf(node), err)
 }

@@ -1,0 +1,345 @@
+package peer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	digest "github.com/opencontainers/go-digest"
+
+	"github.com/damselfly/damselfly/pkg/content"
+	"github.com/damselfly/damselfly/pkg/peer/upload"
+)
+
+// Result is the outcome of a finished download.
+type Result struct {
+	// Digest is the sha256 of the content, as committed in the store.
+	Digest digest.Digest
+	Size   int64
+	// FromSource is true when the content came from the source, not from
+	// peers.
+	FromSource bool
+}
+
+// Progress counts the bytes of a download. Size is -1 while unknown.
+type Progress struct {
+	Size int64
+	// Completed is the number of bytes received and verified so far.
+	Completed int64
+	// FromPeers, FromCDN and FromSource split the bytes received by where
+	// they came from.
+	FromPeers  int64
+	FromCDN    int64
+	FromSource int64
+}
+
+// EventKind names what happened.
+type EventKind string
+
+// Event kinds.
+const (
+	// EventFallback: P2P failed and the download goes to the source.
+	EventFallback EventKind = "fallback"
+)
+
+// Event tells a Download's owner about a turn the download took.
+type Event struct {
+	Kind EventKind
+	// Reason says why, for example why P2P failed.
+	Reason string
+}
+
+// String renders the event for humans.
+func (e Event) String() string {
+	switch e.Kind {
+	case EventFallback:
+		return "falling back to source: " + e.Reason
+	}
+	return string(e.Kind) + ": " + e.Reason
+}
+
+// eventBuffer is how many events a Download keeps for a slow reader.
+const eventBuffer = 16
+
+// Download is one handle on a task being downloaded. Close it when done:
+// the last handle of a task to close leaves the task.
+type Download struct {
+	t      *task
+	events chan Event // guarded by t.mu for send and close
+	closed bool       // events closed; guarded by t.mu
+	stop   func() bool
+	once   sync.Once
+}
+
+func (t *task) newHandle() *Download {
+	d := &Download{t: t, events: make(chan Event, eventBuffer)}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	select {
+	case <-t.done:
+		d.closeEventsLocked()
+	default:
+		t.handles[d] = struct{}{}
+	}
+	return d
+}
+
+func (d *Download) sendLocked(ev Event) {
+	if d.closed {
+		return
+	}
+	select {
+	case d.events <- ev:
+	default:
+	}
+}
+
+func (d *Download) closeEventsLocked() {
+	if !d.closed {
+		d.closed = true
+		close(d.events)
+	}
+}
+
+// TaskID returns the ID of the task.
+func (d *Download) TaskID() string { return d.t.id }
+
+// Events returns the download's events. The channel is closed when the
+// download finishes (or the handle is closed); events a slow reader does
+// not take are dropped.
+func (d *Download) Events() <-chan Event { return d.events }
+
+// Done is closed when the download has finished, successfully or not.
+func (d *Download) Done() <-chan struct{} { return d.t.done }
+
+// Wait blocks until the download finishes or ctx ends. A successful result
+// is content committed and verified in the store.
+func (d *Download) Wait(ctx context.Context) (Result, error) {
+	select {
+	case <-d.t.done:
+	case <-ctx.Done():
+		return Result{}, ctx.Err()
+	}
+	d.t.mu.Lock()
+	defer d.t.mu.Unlock()
+	return d.t.result, d.t.err
+}
+
+// Progress returns the byte counts so far.
+func (d *Download) Progress() Progress {
+	d.t.mu.Lock()
+	defer d.t.mu.Unlock()
+	return d.t.progress
+}
+
+// Close releases the handle. When it was the last handle of the task, the
+// download stops if still running, the task is left on the supernode and
+// the engine no longer serves it; committed content stays in the store.
+// Close waits for all of that.
+func (d *Download) Close() error {
+	d.once.Do(func() {
+		if d.stop != nil {
+			d.stop()
+		}
+		t := d.t
+		t.mu.Lock()
+		delete(t.handles, d)
+		d.closeEventsLocked()
+		t.mu.Unlock()
+		t.e.release(t)
+	})
+	return nil
+}
+
+// NewReader returns the content from off on, in order, as soon as it is
+// verified: a Read blocks until the piece holding the next byte has been
+// verified. It ends with io.EOF only after the whole content's digest has
+// been verified and committed; if the download fails, Read returns that
+// error instead. After the download finished, the reader reads the committed
+// blob and outlives the Download handle.
+func (d *Download) NewReader(off int64) io.ReadCloser {
+	return &reader{t: d.t, off: off, closed: make(chan struct{})}
+}
+
+// ErrReaderClosed is returned by Read after Close.
+var ErrReaderClosed = errors.New("reader closed")
+
+type reader struct {
+	t      *task
+	off    int64
+	closed chan struct{}
+	once   sync.Once
+
+	mu   sync.Mutex // guards blob
+	blob content.ReaderAt
+}
+
+func (r *reader) Read(p []byte) (int, error) {
+	if r.off < 0 {
+		return 0, fmt.Errorf("read at %d: negative offset", r.off)
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	t := r.t
+	for {
+		select {
+		case <-r.closed:
+			return 0, ErrReaderClosed
+		default:
+		}
+		t.mu.Lock()
+		changed := t.changed
+		var finished bool
+		select {
+		case <-t.done:
+			finished = true
+		default:
+		}
+		res, terr := t.result, t.err
+		n := t.readableLocked(r.off)
+		gen := t.gen
+		t.mu.Unlock()
+
+		if finished {
+			if terr != nil {
+				return 0, terr
+			}
+			return r.readBlob(p, res)
+		}
+		if n > 0 {
+			m, err := t.readIngest(p[:min(int64(len(p)), n)], r.off, gen)
+			if errors.Is(err, errSwapped) {
+				continue
+			}
+			r.off += int64(m)
+			if m > 0 {
+				return m, nil
+			}
+			if err != nil {
+				return 0, err
+			}
+		}
+		select {
+		case <-changed:
+		case <-r.closed:
+			return 0, ErrReaderClosed
+		}
+	}
+}
+
+func (r *reader) readBlob(p []byte, res Result) (int, error) {
+	if r.off >= res.Size {
+		return 0, io.EOF
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	select {
+	case <-r.closed:
+		return 0, ErrReaderClosed
+	default:
+	}
+	if r.blob == nil {
+		b, err := r.t.e.store.ReaderAt(context.Background(), res.Digest)
+		if err != nil {
+			return 0, fmt.Errorf("open %s: %w", res.Digest, err)
+		}
+		r.blob = b
+	}
+	n, err := r.blob.ReadAt(p[:min(int64(len(p)), res.Size-r.off)], r.off)
+	r.off += int64(n)
+	if errors.Is(err, io.EOF) && n > 0 {
+		err = nil
+	}
+	return n, err
+}
+
+// Close ends the reader; a blocked Read returns ErrReaderClosed.
+func (r *reader) Close() error {
+	r.once.Do(func() { close(r.closed) })
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.blob != nil {
+		err := r.blob.Close()
+		r.blob = nil
+		return err
+	}
+	return nil
+}
+
+var _ upload.Tasks = (*Engine)(nil)
+
+// errNotFoundUpload matches both this package's ErrNotFound and the upload
+// server's.
+var errNotFoundUpload = fmt.Errorf("%w (%w)", ErrNotFound, upload.ErrNotFound)
+
+// uploadTask serves the verified part of a task.
+type uploadTask struct {
+	t *task
+}
+
+var _ upload.Task = (*uploadTask)(nil)
+
+// Size returns the content size, -1 while unknown.
+func (u *uploadTask) Size() int64 {
+	t := u.t
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.mode == modeDone {
+		return t.result.Size
+	}
+	return t.info.Size
+}
+
+// Verified reports whether every byte of [off, off+n) is verified.
+func (u *uploadTask) Verified(off, n int64) bool {
+	t := u.t
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.verifiedLocked(off, n)
+}
+
+func (t *task) verifiedLocked(off, n int64) bool {
+	if off < 0 || n <= 0 {
+		return false
+	}
+	switch t.mode {
+	case modeDone:
+		return off+n <= t.result.Size
+	case modeP2P:
+		size, ps := t.info.Size, t.info.PieceSize
+		if ps <= 0 || (size >= 0 && off+n > size) {
+			return false
+		}
+		return t.verified.HasRange(int((off)/ps), int((off+n-1)/ps))
+	}
+	return false
+}
+
+// ReadAt reads verified bytes; unverified ones are an error.
+func (u *uploadTask) ReadAt(p []byte, off int64) (int, error) {
+	t := u.t
+	if len(p) == 0 {
+		return 0, nil
+	}
+	t.ioMu.RLock()
+	defer t.ioMu.RUnlock()
+	t.mu.Lock()
+	ok := t.verifiedLocked(off, int64(len(p)))
+	t.mu.Unlock()
+	if !ok {
+		return 0, fmt.Errorf("read task %s at %d+%d: not verified", truncate(t.id, 80), off, len(p))
+	}
+	switch {
+	case t.blob != nil:
+		return t.blob.ReadAt(p, off)
+	case t.w != nil:
+		return t.w.ReadAt(p, off)
+	}
+	return 0, fmt.Errorf("read task %s: %w", truncate(t.id, 80), ErrClosed)
+}
+
+// Close releases nothing: the task lives as long as its downloads.
+func (u *uploadTask) Close() error { return nil }

@@ -1,0 +1,206 @@
+package peer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"syscall"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+	"go.uber.org/zap"
+	"golang.org/x/time/rate"
+
+	"github.com/damselfly/damselfly/pkg/httpx"
+	"github.com/damselfly/damselfly/pkg/peer/upload"
+	"github.com/damselfly/damselfly/pkg/piece"
+	"github.com/damselfly/damselfly/pkg/schedapi"
+)
+
+// Piece fetch failures, named in the report to the supernode.
+var (
+	errDigestMismatch = errors.New("digest mismatch")
+	errShortBody      = errors.New("short body")
+	errLongBody       = errors.New("long body")
+)
+
+type statusError struct{ code int }
+
+func (e *statusError) Error() string { return fmt.Sprintf("status %d", e.code) }
+
+// readChunk is the most a fetch reads (and asks a limiter for) at once.
+const readChunk = 64 << 10
+
+// fetch downloads, verifies and stores one assigned piece.
+func (t *task) fetch(ctx context.Context, a schedapi.Assignment) fetchResult {
+	start := time.Now()
+	res := schedapi.PieceResult{Piece: a.Piece, From: a.From.ID}
+	from := "peer"
+	if a.FromCDN {
+		from = "cdn"
+	}
+
+	var buf []byte
+	if a.Length <= piece.DefaultSize {
+		bp := t.e.bufs.Get().(*[]byte)
+		defer t.e.bufs.Put(bp)
+		buf = (*bp)[:a.Length]
+	} else {
+		buf = make([]byte, a.Length)
+	}
+
+	err := t.e.fetchPiece(ctx, t.id, a, buf)
+	if err == nil && piece.Digest(buf) != digest.Digest(a.Digest) {
+		err = errDigestMismatch
+	}
+	res.Duration = time.Since(start)
+	if err != nil {
+		res.Error = failureReason(err)
+		t.e.metrics.pieces.WithLabelValues("failed", from).Inc()
+		t.e.metrics.failures.WithLabelValues(reasonLabel(err)).Inc()
+		if ctx.Err() == nil {
+			t.log.Debug("piece failed", zap.Int("piece", a.Piece), zap.String("peer", a.From.ID),
+				zap.String("reason", res.Error))
+		}
+		return fetchResult{a: a, res: res}
+	}
+	if err := t.writePiece(buf, a.Offset); err != nil {
+		return fetchResult{a: a, res: res, fatal: fmt.Errorf("store piece %d: %w", a.Piece, err)}
+	}
+	res.OK = true
+	res.Bytes = a.Length
+	t.e.metrics.pieces.WithLabelValues("ok", from).Inc()
+	t.e.metrics.bytes.WithLabelValues(from).Add(float64(a.Length))
+	return fetchResult{a: a, res: res}
+}
+
+func (t *task) writePiece(p []byte, off int64) error {
+	t.ioMu.RLock()
+	defer t.ioMu.RUnlock()
+	if t.w == nil {
+		return errors.New("no ingest")
+	}
+	_, err := t.w.WriteAt(p, off)
+	return err
+}
+
+// fetchPiece reads exactly len(buf) bytes of a piece from the assigned
+// peer's upload server, within PieceTimeout.
+func (e *Engine) fetchPiece(ctx context.Context, taskID string, a schedapi.Assignment, buf []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.PieceTimeout)
+	defer cancel()
+	u := url.URL{Scheme: "http", Host: a.From.Addr, Path: upload.Path(taskID)}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Range", httpx.FormatRange(a.Offset, a.Length))
+	resp, err := e.httpClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusPartialContent {
+		return &statusError{resp.StatusCode}
+	}
+	switch {
+	case resp.ContentLength >= 0 && resp.ContentLength < a.Length:
+		return errShortBody
+	case resp.ContentLength > a.Length:
+		return errLongBody
+	}
+	body := &limitedReader{ctx: ctx, r: resp.Body, limiters: e.limiters}
+	if _, err := io.ReadFull(body, buf); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return errShortBody
+		}
+		return err
+	}
+	if resp.ContentLength < 0 {
+		// No length announced: the body must end right here.
+		var one [1]byte
+		if n, _ := io.ReadFull(resp.Body, one[:]); n > 0 {
+			return errLongBody
+		}
+	}
+	return nil
+}
+
+// limitedReader reads through rate limiters.
+type limitedReader struct {
+	ctx      context.Context
+	r        io.Reader
+	limiters []*rate.Limiter
+}
+
+func (l *limitedReader) Read(p []byte) (int, error) {
+	if len(l.limiters) > 0 && len(p) > readChunk {
+		p = p[:readChunk]
+	}
+	n, err := l.r.Read(p)
+	if n > 0 {
+		if werr := waitLimiters(l.ctx, l.limiters, n); werr != nil {
+			return n, werr
+		}
+	}
+	return n, err
+}
+
+// waitLimiters takes n tokens from every limiter, in chunks a limiter's
+// burst allows.
+func waitLimiters(ctx context.Context, ls []*rate.Limiter, n int) error {
+	for _, l := range ls {
+		if l.Limit() == rate.Inf {
+			continue
+		}
+		burst := max(l.Burst(), 1)
+		for left := n; left > 0; {
+			c := min(left, burst)
+			if err := l.WaitN(ctx, c); err != nil {
+				return err
+			}
+			left -= c
+		}
+	}
+	return nil
+}
+
+// failureReason names a piece failure for the supernode: "digest
+// mismatch", "short body", "long body", "timeout", "connection refused",
+// "status 404", ...
+func failureReason(err error) string {
+	var se *statusError
+	var ne net.Error
+	switch {
+	case errors.Is(err, errDigestMismatch), errors.Is(err, errShortBody), errors.Is(err, errLongBody):
+		return err.Error()
+	case errors.As(err, &se):
+		return se.Error()
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return "connection reset"
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	}
+	return truncate(err.Error(), 200)
+}
+
+// reasonLabel is failureReason with a bounded set of values, for metrics.
+func reasonLabel(err error) string {
+	var se *statusError
+	if errors.As(err, &se) {
+		return "status"
+	}
+	switch r := failureReason(err); r {
+	case "digest mismatch", "short body", "long body", "timeout", "connection refused", "connection reset", "canceled":
+		return r
+	}
+	return "other"
+}

@@ -1,0 +1,450 @@
+package peer
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+	"github.com/stretchr/testify/require"
+
+	"github.com/damselfly/damselfly/pkg/content"
+	"github.com/damselfly/damselfly/pkg/content/contenttest"
+	"github.com/damselfly/damselfly/pkg/httpx"
+	"github.com/damselfly/damselfly/pkg/peer/upload"
+	"github.com/damselfly/damselfly/pkg/piece"
+	"github.com/damselfly/damselfly/pkg/schedapi"
+	"github.com/damselfly/damselfly/pkg/schedclient"
+	"github.com/damselfly/damselfly/pkg/source"
+)
+
+// testPieceSize keeps test content small while still cut in many pieces.
+const testPieceSize = 64 << 10
+
+func randomData(t *testing.T, n int) []byte {
+	t.Helper()
+	b := make([]byte, n)
+	_, err := rand.Read(b)
+	require.NoError(t, err)
+	return b
+}
+
+// holderMode is how a test holder misbehaves.
+type holderMode int
+
+const (
+	good holderMode = iota
+	corrupt
+	short          // announces and sends fewer bytes than asked
+	cut            // announces the full length, sends half, hangs up
+	long           // announces and sends more bytes than asked
+	longChunked    // no length announced, sends more bytes than asked
+	notFound       // 404
+	stall          // sends nothing until the client gives up
+	gated          // waits until its piece is released
+)
+
+// holder is another peer's upload server, serving data with a behaviour.
+type holder struct {
+	peer     schedapi.Peer
+	requests atomic.Int64
+	mu       sync.Mutex
+	gates    map[int64]chan struct{} // by piece offset, for gated
+}
+
+func newHolder(t *testing.T, id string, data []byte, mode holderMode) *holder {
+	t.Helper()
+	h := &holder{gates: map[int64]chan struct{}{}}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.requests.Add(1)
+		if !strings.HasPrefix(r.URL.Path, "/upload/v1/tasks/") {
+			http.Error(w, "bad path", http.StatusBadRequest)
+			return
+		}
+		rg, err := httpx.ParseRange(r.Header.Get("Range"), int64(len(data)))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusRequestedRangeNotSatisfiable)
+			return
+		}
+		body := bytes.Clone(data[rg.Start : rg.Start+rg.Length])
+		send := func(b []byte, announce int) {
+			w.Header().Set("Content-Range", rg.ContentRange(int64(len(data))))
+			if announce >= 0 {
+				w.Header().Set("Content-Length", strconv.Itoa(announce))
+			}
+			w.WriteHeader(http.StatusPartialContent)
+			_, _ = w.Write(b)
+		}
+		switch mode {
+		case good:
+			send(body, len(body))
+		case corrupt:
+			body[len(body)/2] ^= 0xff
+			send(body, len(body))
+		case short:
+			send(body[:len(body)-10], len(body)-10)
+		case cut:
+			send(body[:len(body)/2], len(body))
+		case long:
+			b := append(body, "0123456789"...)
+			send(b, len(b))
+		case longChunked:
+			w.Header().Set("Content-Range", rg.ContentRange(int64(len(data))))
+			w.WriteHeader(http.StatusPartialContent)
+			w.(http.Flusher).Flush()
+			_, _ = w.Write(append(body, "0123456789"...))
+		case notFound:
+			http.Error(w, "range not available", http.StatusNotFound)
+		case stall:
+			<-r.Context().Done()
+		case gated:
+			select {
+			case <-h.gate(rg.Start):
+				send(body, len(body))
+			case <-r.Context().Done():
+			}
+		}
+	}))
+	t.Cleanup(srv.Close)
+	h.peer = schedapi.Peer{ID: id, Addr: strings.TrimPrefix(srv.URL, "http://")}
+	return h
+}
+
+func (h *holder) gate(off int64) chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	g, ok := h.gates[off]
+	if !ok {
+		g = make(chan struct{})
+		h.gates[off] = g
+	}
+	return g
+}
+
+func (h *holder) release(i int) { close(h.gate(int64(i) * testPieceSize)) }
+
+// deadPeer is a peer address nothing listens on.
+func deadPeer(t *testing.T, id string) schedapi.Peer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	require.NoError(t, ln.Close())
+	return schedapi.Peer{ID: id, Addr: addr}
+}
+
+// fakeSched is a small supernode speaking pkg/schedapi for one task: it
+// hands out the task's pieces in a given order, from holders a policy picks,
+// takes failed pieces back and records everything.
+type fakeSched struct {
+	t      *testing.T
+	addr   string
+	data   []byte
+	taskID string
+	pieces []digest.Digest
+	// order is the order pieces are handed out in (default 0..n-1).
+	order []int
+	// from picks the holder of a piece's attempt-th assignment.
+	from func(piece, attempt int) (schedapi.Peer, bool)
+	// contentDigest is announced from the start, unless late is set: then
+	// only once every piece was reported (as a CDN still hashing would).
+	contentDigest string
+	late          bool
+	// failTask makes the task failed from the start.
+	failTask string
+	// forget answers the first pieces poll with PEER_NOT_FOUND.
+	forget atomic.Bool
+	// unknown is answered to heartbeats.
+	unknown atomic.Bool
+
+	mu        sync.Mutex
+	changed   chan struct{}
+	assigned  map[int]bool
+	done      map[int]bool
+	attempts  map[int]int
+	reports   []schedapi.PieceResult
+	registers []schedapi.RegisterRequest
+	leaves    int
+	polls     int
+	beats     []schedapi.HeartbeatRequest
+}
+
+func newFakeSched(t *testing.T, data []byte, from func(piece, attempt int) (schedapi.Peer, bool)) *fakeSched {
+	t.Helper()
+	f := &fakeSched{
+		t:             t,
+		data:          data,
+		from:          from,
+		contentDigest: digest.FromBytes(data).String(),
+		changed:       make(chan struct{}),
+		assigned:      map[int]bool{},
+		done:          map[int]bool{},
+		attempts:      map[int]int{},
+	}
+	n := piece.Count(int64(len(data)), testPieceSize)
+	for i := range n {
+		off, l := piece.Bounds(i, int64(len(data)), testPieceSize)
+		f.pieces = append(f.pieces, piece.Digest(data[off:off+l]))
+		f.order = append(f.order, i)
+	}
+	f.taskID = strings.Repeat("ab", 32)
+	mux := http.NewServeMux()
+	mux.HandleFunc(schedapi.RouteRegister, f.register)
+	mux.HandleFunc(schedapi.RoutePieces, f.poll)
+	mux.HandleFunc(schedapi.RouteReport, f.report)
+	mux.HandleFunc(schedapi.RouteLeave, func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		f.leaves++
+		f.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc(schedapi.RouteHeartbeat, func(w http.ResponseWriter, r *http.Request) {
+		var req schedapi.HeartbeatRequest
+		_ = json.NewDecoder(r.Body).Decode(&req)
+		f.mu.Lock()
+		f.beats = append(f.beats, req)
+		f.mu.Unlock()
+		var resp schedapi.HeartbeatResponse
+		if f.unknown.Swap(false) {
+			resp.Unknown = req.Tasks
+		}
+		_ = json.NewEncoder(w).Encode(resp)
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	f.addr = strings.TrimPrefix(srv.URL, "http://")
+	return f
+}
+
+func (f *fakeSched) info() schedapi.TaskInfo {
+	info := schedapi.TaskInfo{
+		TaskID:     f.taskID,
+		State:      schedapi.TaskRunning,
+		Size:       int64(len(f.data)),
+		PieceSize:  testPieceSize,
+		PieceCount: len(f.pieces),
+	}
+	if f.failTask != "" {
+		info.State, info.Error = schedapi.TaskFailed, f.failTask
+		return info
+	}
+	all := len(f.done) == len(f.pieces)
+	if !f.late || all {
+		info.ContentDigest = f.contentDigest
+	}
+	if f.late && all {
+		info.State = schedapi.TaskSucceeded
+	}
+	return info
+}
+
+func (f *fakeSched) notifyLocked() {
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+func (f *fakeSched) register(w http.ResponseWriter, r *http.Request) {
+	var req schedapi.RegisterRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.registers = append(f.registers, req)
+	if req.Have != nil {
+		for _, i := range req.Have.Indices() {
+			f.done[i] = true
+		}
+	}
+	_ = json.NewEncoder(w).Encode(schedapi.RegisterResponse{TaskInfo: f.info()})
+}
+
+func (f *fakeSched) poll(w http.ResponseWriter, r *http.Request) {
+	if f.forget.Swap(false) {
+		w.WriteHeader(http.StatusNotFound)
+		_ = json.NewEncoder(w).Encode(schedapi.Error{Code: schedapi.CodePeerNotFound, Message: "register again"})
+		return
+	}
+	limit, _ := strconv.Atoi(r.URL.Query().Get("max"))
+	wait, _ := time.ParseDuration(r.URL.Query().Get("wait"))
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for {
+		f.mu.Lock()
+		f.polls++
+		startInfo := f.info()
+		var out []schedapi.Assignment
+		for _, i := range f.order {
+			if len(out) >= limit || f.failTask != "" {
+				break
+			}
+			if f.done[i] || f.assigned[i] {
+				continue
+			}
+			from, cdn := f.from(i, f.attempts[i])
+			f.attempts[i]++
+			f.assigned[i] = true
+			off, n := piece.Bounds(i, int64(len(f.data)), testPieceSize)
+			out = append(out, schedapi.Assignment{
+				Piece: i, Offset: off, Length: n, Digest: f.pieces[i].String(), From: from, FromCDN: cdn,
+			})
+		}
+		changed := f.changed
+		f.mu.Unlock()
+		if len(out) > 0 || startInfo.State != schedapi.TaskRunning {
+			_ = json.NewEncoder(w).Encode(schedapi.PiecesResponse{TaskInfo: startInfo, Assignments: out})
+			return
+		}
+		select {
+		case <-changed:
+			f.mu.Lock()
+			now := f.info()
+			f.mu.Unlock()
+			if now != startInfo {
+				_ = json.NewEncoder(w).Encode(schedapi.PiecesResponse{TaskInfo: now})
+				return
+			}
+		case <-timer.C:
+			_ = json.NewEncoder(w).Encode(schedapi.PiecesResponse{TaskInfo: startInfo})
+			return
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
+
+func (f *fakeSched) report(w http.ResponseWriter, r *http.Request) {
+	var req schedapi.ReportRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, res := range req.Results {
+		f.reports = append(f.reports, res)
+		delete(f.assigned, res.Piece)
+		if res.OK {
+			f.done[res.Piece] = true
+		}
+	}
+	f.notifyLocked()
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (f *fakeSched) snapshot() (reports []schedapi.PieceResult, registers []schedapi.RegisterRequest, leaves, polls int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]schedapi.PieceResult(nil), f.reports...), append([]schedapi.RegisterRequest(nil), f.registers...), f.leaves, f.polls
+}
+
+// fakeSource is a back-to-source client serving data (or failing).
+type fakeSource struct {
+	data    []byte
+	err     error
+	fetches atomic.Int64
+	headers chan http.Header
+}
+
+func (s *fakeSource) Fetch(ctx context.Context, req source.Request) (*source.Response, error) {
+	s.fetches.Add(1)
+	if s.headers != nil {
+		s.headers <- req.Header
+	}
+	if s.err != nil {
+		return nil, s.err
+	}
+	return &source.Response{Body: io.NopCloser(bytes.NewReader(s.data[req.Offset:])), Size: int64(len(s.data)), Offset: req.Offset}, nil
+}
+
+// testEngine builds an engine against a supernode address.
+type engineSetup struct {
+	cfg   Config
+	store content.Store
+	opts  []Option
+	self  schedapi.Peer
+}
+
+func newTestEngine(t *testing.T, schedAddr string, s engineSetup) *Engine {
+	t.Helper()
+	sc, err := schedclient.New([]string{schedAddr}, schedclient.WithRetry(1, 0))
+	require.NoError(t, err)
+	if s.store == nil {
+		s.store = contenttest.NewMemory()
+	}
+	if s.cfg.PollWait == 0 {
+		s.cfg.PollWait = 2 * time.Second
+	}
+	if s.cfg.PieceTimeout == 0 {
+		s.cfg.PieceTimeout = 5 * time.Second
+	}
+	if s.cfg.StallTimeout == 0 {
+		s.cfg.StallTimeout = 10 * time.Second
+	}
+	if s.self.ID == "" {
+		s.self = schedapi.Peer{ID: "self", Addr: "127.0.0.1:9"}
+	}
+	e, err := New(s.cfg, s.store, sc, s.self, s.opts...)
+	require.NoError(t, err)
+	return e
+}
+
+func fmtPieces(rs []schedapi.PieceResult) string {
+	var b strings.Builder
+	for _, r := range rs {
+		fmt.Fprintf(&b, "%d@%s ok=%v %s; ", r.Piece, r.From, r.OK, r.Error)
+	}
+	return b.String()
+}
+
+// readBlob returns the committed blob's bytes.
+func readBlob(t *testing.T, store content.Store, d digest.Digest) []byte {
+	t.Helper()
+	ra, err := store.ReaderAt(t.Context(), d)
+	require.NoError(t, err)
+	defer ra.Close()
+	b := make([]byte, ra.Size())
+	_, err = ra.ReadAt(b, 0)
+	if err == io.EOF {
+		err = nil
+	}
+	require.NoError(t, err)
+	return b
+}
+
+// uploadServer runs a real upload.Server for an engine.
+type uploadServer struct {
+	ln   net.Listener
+	addr string
+}
+
+func newUploadServer(t *testing.T) *uploadServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	return &uploadServer{ln: ln, addr: ln.Addr().String()}
+}
+
+func (u *uploadServer) serve(t *testing.T, e *Engine) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- upload.New(e).Run(ctx, u.ln) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done)
+	})
+}

@@ -1,0 +1,413 @@
+package peer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+	"go.uber.org/zap"
+
+	"github.com/damselfly/damselfly/pkg/content"
+	"github.com/damselfly/damselfly/pkg/piece"
+	"github.com/damselfly/damselfly/pkg/schedapi"
+	"github.com/damselfly/damselfly/pkg/schedclient"
+)
+
+const (
+	// pollRetry is the pause after a failed poll (the stall timer bounds
+	// the whole).
+	pollRetry = 500 * time.Millisecond
+	// emptyPollPause keeps a supernode that answers empty polls at once
+	// from spinning the loop.
+	emptyPollPause = 50 * time.Millisecond
+	// reportBatch and reportDelay bound how long a result waits to be
+	// reported.
+	reportBatch = 16
+	reportDelay = 100 * time.Millisecond
+)
+
+type pollResult struct {
+	resp schedapi.PiecesResponse
+	err  error
+}
+
+type fetchResult struct {
+	a   schedapi.Assignment
+	res schedapi.PieceResult
+	// fatal is a local failure (the store): it ends the download.
+	fatal error
+}
+
+// p2p downloads the task from peers. Errors that going to the source may
+// cure wrap ErrP2PFailed.
+func (t *task) p2p(ctx context.Context) error {
+	cfg := t.e.cfg
+	t.mu.Lock()
+	info := t.info
+	t.mu.Unlock()
+	if info.PieceSize <= 0 {
+		return fmt.Errorf("%w: supernode gave piece size %d", ErrP2PFailed, info.PieceSize)
+	}
+
+	w, err := t.e.store.Writer(ctx, t.ref)
+	if err != nil {
+		return fmt.Errorf("open ingest: %w", err)
+	}
+	t.ioMu.Lock()
+	t.mu.Lock()
+	t.w = w
+	t.gen++
+	t.mode = modeP2P
+	t.progress.Size = info.Size
+	t.notifyLocked()
+	t.mu.Unlock()
+	t.ioMu.Unlock()
+
+	fetchCtx, cancelFetches := context.WithCancel(ctx)
+	var fetchers sync.WaitGroup
+	results := make(chan fetchResult, cfg.Concurrency)
+	inflight := map[int]bool{}
+
+	polls := make(chan pollResult, 1)
+	polling := false
+	cancelPoll := func() {}
+
+	rep := newReporter(t)
+	go rep.run(ctx)
+
+	defer func() {
+		cancelPoll()
+		if polling {
+			<-polls
+		}
+		cancelFetches()
+		fetchers.Wait()
+		rep.close()
+	}()
+
+	stall := time.NewTimer(cfg.StallTimeout)
+	defer stall.Stop()
+	var retry <-chan time.Time
+
+	for {
+		if ok, err := t.complete(); err != nil {
+			return err
+		} else if ok {
+			break
+		}
+		if !polling && retry == nil && len(inflight) < cfg.Concurrency {
+			pctx, cancel := context.WithCancel(ctx)
+			cancelPoll = cancel
+			polling = true
+			limit := cfg.Concurrency - len(inflight)
+			go func() {
+				resp, err := t.e.sched.Pieces(pctx, t.id, t.e.self.ID, limit, cfg.PollWait)
+				polls <- pollResult{resp, err}
+			}()
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-stall.C:
+			return fmt.Errorf("%w: no piece verified for %s", ErrP2PFailed, cfg.StallTimeout)
+		case <-retry:
+			retry = nil
+		case pr := <-polls:
+			polling = false
+			cancelPoll()
+			if pr.err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				if err := t.pollFailed(ctx, pr.err); err != nil {
+					return err
+				}
+				retry = time.After(pollRetry)
+				continue
+			}
+			if err := t.updateInfo(pr.resp.TaskInfo); err != nil {
+				return err
+			}
+			if len(pr.resp.Assignments) == 0 {
+				retry = time.After(emptyPollPause)
+			}
+			for _, a := range pr.resp.Assignments {
+				if inflight[a.Piece] {
+					continue
+				}
+				if err := t.checkAssignment(a); err != nil {
+					t.log.Warn("bad assignment", zap.Int("piece", a.Piece), zap.Error(err))
+					rep.add(ctx, schedapi.PieceResult{Piece: a.Piece, From: a.From.ID, Error: "bad assignment: " + err.Error()})
+					continue
+				}
+				if t.hasPiece(a.Piece) {
+					rep.add(ctx, schedapi.PieceResult{Piece: a.Piece, From: a.From.ID, OK: true})
+					continue
+				}
+				if len(inflight) >= cfg.Concurrency {
+					// More than asked for: the supernode takes it back
+					// when the assignment times out.
+					t.log.Debug("assignment over the limit", zap.Int("piece", a.Piece))
+					continue
+				}
+				inflight[a.Piece] = true
+				fetchers.Add(1)
+				go func() {
+					defer fetchers.Done()
+					r := t.fetch(fetchCtx, a)
+					select {
+					case results <- r:
+					case <-fetchCtx.Done():
+					}
+				}()
+			}
+		case fr := <-results:
+			delete(inflight, fr.a.Piece)
+			if fr.fatal != nil {
+				return fr.fatal
+			}
+			if fr.res.OK {
+				t.markVerified(fr.a)
+				stall.Reset(cfg.StallTimeout)
+			}
+			rep.add(ctx, fr.res)
+		}
+	}
+
+	// Every piece is verified: publish the content.
+	cancelPoll()
+	if polling {
+		<-polls
+		polling = false
+	}
+	cancelFetches()
+	fetchers.Wait()
+	rep.close()
+	return t.commit(ctx)
+}
+
+// pollFailed handles a failed poll: the supernode forgot this peer (register
+// again with what it holds), the task failed (give up on P2P), or the
+// supernode is unreachable for now (retry until the stall timer fires).
+func (t *task) pollFailed(ctx context.Context, err error) error {
+	switch {
+	case errors.Is(err, schedclient.ErrTaskNotFound), errors.Is(err, schedclient.ErrPeerNotFound):
+		t.mu.Lock()
+		have, ps := t.verified.Clone(), t.info.PieceSize
+		t.mu.Unlock()
+		resp, rerr := t.e.sched.Register(ctx, t.registerRequest(have, ps))
+		if rerr != nil {
+			t.log.Debug("register again", zap.Error(rerr))
+			return nil
+		}
+		if resp.TaskID != t.id {
+			return fmt.Errorf("%w: supernode moved the task to %s", ErrP2PFailed, resp.TaskID)
+		}
+		return t.updateInfo(resp.TaskInfo)
+	case errors.Is(err, schedclient.ErrTaskFailed):
+		return fmt.Errorf("%w: task failed on the supernode: %w", ErrP2PFailed, err)
+	case errors.Is(err, schedclient.ErrInvalid):
+		return fmt.Errorf("%w: %w", ErrP2PFailed, err)
+	}
+	t.log.Debug("poll", zap.Error(err))
+	return nil
+}
+
+// updateInfo takes a new TaskInfo from the supernode.
+func (t *task) updateInfo(info schedapi.TaskInfo) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if info.State == schedapi.TaskFailed {
+		return fmt.Errorf("%w: task failed on the supernode: %s", ErrP2PFailed, info.Error)
+	}
+	if info.PieceSize != t.info.PieceSize {
+		return fmt.Errorf("%w: piece size changed from %d to %d", ErrP2PFailed, t.info.PieceSize, info.PieceSize)
+	}
+	if t.info.Size >= 0 && info.Size != t.info.Size {
+		return fmt.Errorf("%w: size changed from %d to %d", ErrP2PFailed, t.info.Size, info.Size)
+	}
+	if t.info.ContentDigest != "" && info.ContentDigest != t.info.ContentDigest {
+		return fmt.Errorf("%w: content digest changed from %s to %s", ErrP2PFailed, t.info.ContentDigest, info.ContentDigest)
+	}
+	info.TaskID = t.id
+	changed := info != t.info
+	t.info = info
+	t.progress.Size = info.Size
+	if changed {
+		t.notifyLocked()
+	}
+	return nil
+}
+
+// checkAssignment rejects assignments that do not fit the task.
+func (t *task) checkAssignment(a schedapi.Assignment) error {
+	t.mu.Lock()
+	size, ps := t.info.Size, t.info.PieceSize
+	t.mu.Unlock()
+	if err := piece.ValidateDigest(digest.Digest(a.Digest)); err != nil {
+		return err
+	}
+	if a.Piece < 0 {
+		return fmt.Errorf("piece %d", a.Piece)
+	}
+	off, n := piece.Bounds(a.Piece, size, ps)
+	if a.Offset != off || a.Length <= 0 || a.Length > ps || (size >= 0 && a.Length != n) {
+		return fmt.Errorf("range %d+%d, want %d+%d", a.Offset, a.Length, off, n)
+	}
+	if a.From.ID == t.e.self.ID {
+		return errors.New("assigned to fetch from itself")
+	}
+	if a.From.Addr == "" {
+		return errors.New("no address to fetch from")
+	}
+	return nil
+}
+
+func (t *task) hasPiece(i int) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.verified.Has(i)
+}
+
+func (t *task) markVerified(a schedapi.Assignment) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.verified.Has(a.Piece) {
+		return
+	}
+	t.verified.Add(a.Piece)
+	t.progress.Completed += a.Length
+	if a.FromCDN {
+		t.progress.FromCDN += a.Length
+	} else {
+		t.progress.FromPeers += a.Length
+	}
+	t.notifyLocked()
+}
+
+// complete reports whether every piece is verified and the content
+// digest to commit with is known. A disagreement between the requested and
+// the supernode's digest is an error.
+func (t *task) complete() (bool, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.req.Digest != "" && t.info.ContentDigest != "" && digest.Digest(t.info.ContentDigest) != t.req.Digest {
+		return false, fmt.Errorf("%w: want %s, supernode has %s", ErrDigestMismatch, t.req.Digest, t.info.ContentDigest)
+	}
+	size, ps := t.info.Size, t.info.PieceSize
+	if size < 0 || ps <= 0 {
+		return false, nil
+	}
+	if t.req.Digest == "" && t.info.ContentDigest == "" {
+		return false, nil
+	}
+	return t.verified.HasAll(piece.Count(size, ps)), nil
+}
+
+// commit publishes the verified ingest and switches reads to the blob.
+func (t *task) commit(ctx context.Context) error {
+	t.mu.Lock()
+	size := t.info.Size
+	expected := t.req.Digest
+	if expected == "" {
+		expected = digest.Digest(t.info.ContentDigest)
+	}
+	t.mu.Unlock()
+
+	t.ioMu.Lock()
+	defer t.ioMu.Unlock()
+	w := t.w
+	err := w.Commit(ctx, size, expected)
+	switch {
+	case err == nil, errors.Is(err, content.ErrAlreadyExists):
+	case errors.Is(err, content.ErrDigestMismatch):
+		return fmt.Errorf("%w: want %s: %w", ErrDigestMismatch, expected, err)
+	default:
+		return fmt.Errorf("commit: %w", err)
+	}
+	dgst := w.Digest()
+	if dgst == "" {
+		dgst = expected
+	}
+	blob, err := t.e.store.ReaderAt(ctx, dgst)
+	if err != nil {
+		return fmt.Errorf("open committed content: %w", err)
+	}
+	_ = w.Close()
+	t.mu.Lock()
+	t.w = nil
+	t.gen++
+	t.blob = blob
+	t.result = Result{Digest: dgst, Size: size}
+	t.mu.Unlock()
+	t.log.Info("download complete", zap.Stringer("digest", dgst), zap.Int64("size", size))
+	return nil
+}
+
+// reporter batches piece results to the supernode.
+type reporter struct {
+	t    *task
+	in   chan schedapi.PieceResult
+	done chan struct{}
+	once sync.Once
+}
+
+func newReporter(t *task) *reporter {
+	return &reporter{t: t, in: make(chan schedapi.PieceResult, 2*schedapi.MaxAssignments), done: make(chan struct{})}
+}
+
+func (r *reporter) add(ctx context.Context, res schedapi.PieceResult) {
+	select {
+	case r.in <- res:
+	case <-ctx.Done():
+	}
+}
+
+// close flushes what is pending and waits for the reporter to stop.
+func (r *reporter) close() {
+	r.once.Do(func() { close(r.in) })
+	<-r.done
+}
+
+func (r *reporter) run(ctx context.Context) {
+	defer close(r.done)
+	var pending []schedapi.PieceResult
+	var timer *time.Timer
+	var fire <-chan time.Time
+	flush := func() {
+		if timer != nil {
+			timer.Stop()
+			timer, fire = nil, nil
+		}
+		if len(pending) == 0 || ctx.Err() != nil {
+			pending = nil
+			return
+		}
+		if err := r.t.e.sched.Report(ctx, r.t.id, r.t.e.self.ID, pending); err != nil {
+			r.t.log.Debug("report", zap.Int("results", len(pending)), zap.Error(err))
+		}
+		pending = nil
+	}
+	for {
+		select {
+		case res, ok := <-r.in:
+			if !ok {
+				flush()
+				return
+			}
+			pending = append(pending, res)
+			if len(pending) >= reportBatch {
+				flush()
+			} else if timer == nil {
+				timer = time.NewTimer(reportDelay)
+				fire = timer.C
+			}
+		case <-fire:
+			timer, fire = nil, nil
+			flush()
+		}
+	}
+}
