@@ -27,9 +27,11 @@ const hashReadBuf = 256 << 10
 // writer is one ingest. WriteAt and ReadAt may be called concurrently on
 // disjoint ranges; Write must not be called concurrently with another Write.
 //
-// Lock order: ioMu before mu. WriteAt holds ioMu shared while it writes to
-// the file, so Commit and Close (which hold it exclusively) never race with a
-// write in flight.
+// Lock order: ioMu, then hashMu, then mu. WriteAt holds ioMu shared while it
+// writes to the file and hashes, so Commit and Close (which hold it
+// exclusively) never race with a write in flight. Hashing has its own lock so
+// that reading back a long range does not block bookkeeping (Status, other
+// writers recording their ranges).
 type writer struct {
 	store     *Store
 	ref       string
@@ -38,10 +40,12 @@ type writer struct {
 
 	ioMu sync.RWMutex
 
+	hashMu  sync.Mutex
+	hasher  digest.Digester
+	hashed  int64 // length of the prefix fed to hasher
+	hashErr error // a read-back failure; the hash is unusable
+
 	mu        sync.Mutex
-	hasher    digest.Digester
-	hashed    int64  // length of the prefix fed to hasher
-	hashErr   error  // a read-back failure; the hash is unusable
 	spans     []span // written ranges: sorted, disjoint, not adjacent
 	appendOff int64  // where the next Write lands
 	updatedAt time.Time
@@ -115,8 +119,10 @@ func (w *writer) WriteAt(p []byte, off int64) (int, error) {
 	n, err := w.file.WriteAt(p, off)
 	if n > 0 {
 		w.mu.Lock()
-		w.record(p[:n], off)
+		w.spans = addSpan(w.spans, off, off+int64(n))
+		w.updatedAt = time.Now()
 		w.mu.Unlock()
+		w.advanceHash(p[:n], off)
 	}
 	if err != nil {
 		return n, fmt.Errorf("ingest %s: write: %w", w.ref, err)
@@ -124,26 +130,26 @@ func (w *writer) WriteAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
-// record notes that p is now on disk at off and extends the hashed prefix as
-// far as the written ranges allow. w.mu must be held.
-func (w *writer) record(p []byte, off int64) {
-	end := off + int64(len(p))
-	w.spans = addSpan(w.spans, off, end)
-	w.updatedAt = time.Now()
+// advanceHash extends the hashed prefix as far as the written ranges allow.
+// p, just written at off, is hashed directly when it continues the prefix;
+// ranges written earlier that the prefix now reaches are read back from the
+// file (normally from the page cache).
+func (w *writer) advanceHash(p []byte, off int64) {
+	w.hashMu.Lock()
+	defer w.hashMu.Unlock()
 	if w.hashErr != nil {
 		return
 	}
-	if off <= w.hashed && end > w.hashed {
-		// The write continues the hashed prefix: hash its bytes directly.
+	if end := off + int64(len(p)); off <= w.hashed && end > w.hashed {
 		_, _ = w.hasher.Hash().Write(p[w.hashed-off:])
 		w.hashed = end
 	}
+	w.mu.Lock()
 	to := prefix(w.spans)
+	w.mu.Unlock()
 	if to <= w.hashed {
 		return
 	}
-	// The prefix now reaches over ranges written earlier: read them back
-	// (from the page cache, normally) to hash them.
 	buf := make([]byte, min(hashReadBuf, to-w.hashed))
 	for w.hashed < to {
 		chunk := buf[:min(int64(len(buf)), to-w.hashed)]
@@ -214,10 +220,19 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest)
 	w.ioMu.Lock()
 	defer w.ioMu.Unlock()
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.done {
+	done := w.done
+	w.mu.Unlock()
+	if done {
 		return w.closedErr()
 	}
+	// No write is in flight (ioMu): hash whatever the prefix still lacks,
+	// normally nothing.
+	w.advanceHash(nil, 0)
+	w.hashMu.Lock()
+	hashErr, dgst := w.hashErr, w.hasher.Digest()
+	w.hashMu.Unlock()
+	w.mu.Lock()
+	defer w.mu.Unlock()
 
 	complete := size >= 0 && ((size == 0 && len(w.spans) == 0) ||
 		(len(w.spans) == 1 && w.spans[0] == span{0, size}))
@@ -230,11 +245,10 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest)
 		return fmt.Errorf("commit %s: want %d bytes, have %d contiguous and %d in total: %w",
 			w.ref, size, prefix(w.spans), written, content.ErrSizeMismatch)
 	}
-	if w.hashErr != nil {
+	if hashErr != nil {
 		w.discard()
-		return fmt.Errorf("commit %s: %w", w.ref, w.hashErr)
+		return fmt.Errorf("commit %s: %w", w.ref, hashErr)
 	}
-	dgst := w.hasher.Digest()
 	if expected != "" && dgst != expected {
 		w.discard()
 		return fmt.Errorf("commit %s: got %s, want %s: %w", w.ref, dgst, expected, content.ErrDigestMismatch)
