@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
@@ -24,6 +26,7 @@ import (
 	"github.com/damselfly/damselfly/pkg/content"
 	"github.com/damselfly/damselfly/pkg/content/contenttest"
 	"github.com/damselfly/damselfly/pkg/content/local"
+	"github.com/damselfly/damselfly/pkg/peer/upload"
 	"github.com/damselfly/damselfly/pkg/piece"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/taskid"
@@ -629,4 +632,53 @@ func TestConcurrentReadsDuringCommit(t *testing.T) {
 	for err := range readErrs {
 		require.NoError(t, err)
 	}
+}
+
+func TestServedByUploadServer(t *testing.T) {
+	t.Parallel()
+	body := blob(10, 2*int(piece.DefaultSize)+10)
+	release := make(chan struct{})
+	o := newOrigin(t, &origin{body: body, holdAt: int(piece.DefaultSize) + 1, holdBody: release})
+	f := newFixture(t, o, nil, "")
+	d := digest.FromBytes(body)
+	id, err := taskid.ForDigest(d)
+	require.NoError(t, err)
+	srv := httptest.NewServer(upload.New(f.cdn).Handler())
+	defer srv.Close()
+	get := func(rng string) (int, []byte) {
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, srv.URL+upload.Path(id), nil)
+		require.NoError(t, err)
+		if rng != "" {
+			req.Header.Set("Range", rng)
+		}
+		resp, err := srv.Client().Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp.StatusCode, b
+	}
+
+	status, _ := get("bytes=0-99")
+	require.Equal(t, http.StatusNotFound, status, "unknown task")
+
+	_, err = f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: o.url("/blob")})
+	require.NoError(t, err)
+	_, ok := f.sched.waitFor(id, wait, func(t fakeTask) bool { return len(t.pieces) >= 1 })
+	require.True(t, ok)
+
+	p0 := fmt.Sprintf("bytes=0-%d", piece.DefaultSize-1)
+	status, b := get(p0)
+	require.Equal(t, http.StatusPartialContent, status)
+	require.Equal(t, body[:piece.DefaultSize], b)
+	status, _ = get(fmt.Sprintf("bytes=%d-%d", piece.DefaultSize, 2*piece.DefaultSize-1))
+	require.Equal(t, http.StatusNotFound, status, "piece 1 is not published yet")
+	status, _ = get("")
+	require.Equal(t, http.StatusNotFound, status, "the whole content is not verified yet")
+
+	close(release)
+	require.Equal(t, schedapi.TaskSucceeded, f.settle(t, id).info.State)
+	status, b = get("")
+	require.Equal(t, http.StatusOK, status)
+	require.Equal(t, body, b)
 }

@@ -7,17 +7,21 @@ import (
 	"sync"
 
 	"github.com/damselfly/damselfly/pkg/content"
+	"github.com/damselfly/damselfly/pkg/peer/upload"
 	"github.com/damselfly/damselfly/pkg/piece"
 	"github.com/damselfly/damselfly/pkg/taskid"
 )
+
+var _ upload.Tasks = (*CDN)(nil)
 
 // errGone is returned by reads of a fetch that was aborted.
 var errGone = errors.New("cdn task content is gone")
 
 // Open opens a task's content for the upload server: the ingest of a fetch
 // in progress (only published pieces are Verified), or the committed blob.
-// It returns an error wrapping ErrNotFound when the CDN has neither.
-func (c *CDN) Open(ctx context.Context, taskID string) (*Handle, error) {
+// It returns an error wrapping ErrNotFound and upload.ErrNotFound when the
+// CDN has neither.
+func (c *CDN) Open(ctx context.Context, taskID string) (upload.Task, error) {
 	if err := taskid.Validate(taskID); err != nil {
 		return nil, fmt.Errorf("open task: %w: %w", err, ErrInvalid)
 	}
@@ -32,27 +36,28 @@ func (c *CDN) Open(ctx context.Context, taskID string) (*Handle, error) {
 	}
 	c.mu.Unlock()
 	if f != nil {
-		return &Handle{f: f}, nil
+		return &handle{f: f}, nil
 	}
 
 	d, ok := taskid.Digest(taskID)
 	if !ok {
 		if d, ok = c.cache.taskDigest(taskID); !ok {
-			return nil, fmt.Errorf("open task %s: %w", taskID, ErrNotFound)
+			return nil, fmt.Errorf("open task %s: %w: %w", taskID, ErrNotFound, upload.ErrNotFound)
 		}
 	}
 	ra, err := c.store.ReaderAt(ctx, d)
 	if errors.Is(err, content.ErrNotFound) {
-		return nil, fmt.Errorf("open task %s: %w", taskID, ErrNotFound)
+		return nil, fmt.Errorf("open task %s: %w: %w", taskID, ErrNotFound, upload.ErrNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open task %s: %w", taskID, err)
 	}
-	return &Handle{blob: ra}, nil
+	return &handle{blob: ra}, nil
 }
 
-// Handle reads one task's content. It is safe for concurrent use.
-type Handle struct {
+// handle reads one task's content for the upload server. It is safe for
+// concurrent use.
+type handle struct {
 	// Exactly one of f (a fetch, possibly finished by now) and blob (a
 	// committed blob) is set.
 	f         *fetch
@@ -61,7 +66,7 @@ type Handle struct {
 }
 
 // ReadAt reads content bytes. Callers read Verified ranges only.
-func (h *Handle) ReadAt(p []byte, off int64) (int, error) {
+func (h *handle) ReadAt(p []byte, off int64) (int, error) {
 	if h.blob != nil {
 		return h.blob.ReadAt(p, off)
 	}
@@ -78,7 +83,7 @@ func (h *Handle) ReadAt(p []byte, off int64) (int, error) {
 }
 
 // Size returns the content size, or -1 while a fetch has not learned it.
-func (h *Handle) Size() int64 {
+func (h *handle) Size() int64 {
 	if h.blob != nil {
 		return h.blob.Size()
 	}
@@ -89,7 +94,7 @@ func (h *Handle) Size() int64 {
 
 // Verified reports whether every byte of [off, off+n) belongs to a piece
 // that is stored and published (all of them once the content is committed).
-func (h *Handle) Verified(off, n int64) bool {
+func (h *handle) Verified(off, n int64) bool {
 	if off < 0 || n <= 0 {
 		return false
 	}
@@ -112,7 +117,7 @@ func (h *Handle) Verified(off, n int64) bool {
 }
 
 // Close releases the handle.
-func (h *Handle) Close() error {
+func (h *handle) Close() error {
 	h.closeOnce.Do(func() {
 		if h.blob != nil {
 			_ = h.blob.Close()

@@ -1,0 +1,286 @@
+// Package adminapi is the supernode's operator API, served with gin under
+// /api/v1/:
+//
+//	GET    /api/v1/tasks      every task, without its peers
+//	GET    /api/v1/tasks/:id  one task: state, size, pieces, peers, bytes
+//	                          from the source, from the CDN and from peers
+//	DELETE /api/v1/tasks/:id  cancel the task's fetch, forget it, delete
+//	                          its cached content
+//	GET    /api/v1/peers      every known peer
+//
+// Every route requires "Authorization: Bearer <token>"; anything else is
+// 401 with "WWW-Authenticate: Bearer". Errors are JSON {"code","message"}.
+//
+// This is the only package of the module that imports gin.
+package adminapi
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"go.uber.org/zap"
+
+	"github.com/damselfly/damselfly/pkg/httpx"
+	"github.com/damselfly/damselfly/pkg/taskid"
+	"github.com/damselfly/damselfly/supernode/cdn"
+	"github.com/damselfly/damselfly/supernode/scheduler"
+)
+
+// Scheduler is the part of the scheduler the admin API reads.
+type Scheduler interface {
+	Tasks(ctx context.Context) ([]scheduler.TaskStatus, error)
+	Task(ctx context.Context, taskID string) (scheduler.TaskStatus, error)
+	Peers(ctx context.Context) ([]scheduler.PeerStatus, error)
+}
+
+// CDN is the part of the CDN the admin API drives.
+type CDN interface {
+	// Delete cancels the task's fetch, removes it from the scheduler and
+	// deletes its cached content.
+	Delete(ctx context.Context, taskID string) error
+	// SourceBytes is how many bytes of the task were read from its source.
+	SourceBytes(taskID string) int64
+}
+
+// Option configures the handler.
+type Option func(*options)
+
+type options struct {
+	log     *zap.Logger
+	metrics *httpx.Metrics
+}
+
+// WithLogger sets the logger. The default discards logs.
+func WithLogger(l *zap.Logger) Option {
+	return func(o *options) {
+		if l != nil {
+			o.log = l
+		}
+	}
+}
+
+// WithHTTPMetrics counts and times requests under the handler label "admin".
+func WithHTTPMetrics(m *httpx.Metrics) Option {
+	return func(o *options) { o.metrics = m }
+}
+
+// New returns the admin API handler. Requests must carry token as a bearer
+// token; with an empty token every request is refused.
+//
+// gin keeps its mode in a process-wide setting: New switches it to release
+// mode, which only silences gin's debug output.
+func New(sched Scheduler, c CDN, token string, opts ...Option) http.Handler {
+	o := options{log: zap.NewNop()}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	gin.SetMode(gin.ReleaseMode)
+	h := &handlers{sched: sched, cdn: c, log: o.log}
+
+	e := gin.New()
+	e.HandleMethodNotAllowed = true
+	e.ContextWithFallback = true
+	_ = e.SetTrustedProxies(nil)
+	e.Use(gin.CustomRecoveryWithWriter(io.Discard, func(c *gin.Context, p any) {
+		o.log.Error("admin api panic", zap.String("path", c.Request.URL.Path), zap.Any("panic", p))
+		c.AbortWithStatusJSON(http.StatusInternalServerError, errorBody{Code: "INTERNAL", Message: "internal error"})
+	}))
+	e.Use(bearerAuth(token))
+	e.Use(h.errors)
+	e.NoRoute(func(c *gin.Context) {
+		c.JSON(http.StatusNotFound, errorBody{Code: "NOT_FOUND", Message: "no such route"})
+	})
+	e.NoMethod(func(c *gin.Context) {
+		c.JSON(http.StatusMethodNotAllowed, errorBody{Code: "METHOD_NOT_ALLOWED", Message: "method not allowed"})
+	})
+
+	v1 := e.Group("/api/v1")
+	v1.GET("/tasks", h.listTasks)
+	v1.GET("/tasks/:id", h.getTask)
+	v1.DELETE("/tasks/:id", h.deleteTask)
+	v1.GET("/peers", h.listPeers)
+	return o.metrics.Instrument("admin", e, o.log)
+}
+
+// bearerAuth refuses requests without the bearer token. Both sides are
+// hashed first, so the comparison takes the same time whatever the length
+// of the guess.
+func bearerAuth(token string) gin.HandlerFunc {
+	want := sha256.Sum256([]byte(token))
+	return func(c *gin.Context) {
+		got, ok := strings.CutPrefix(c.GetHeader("Authorization"), "Bearer ")
+		sum := sha256.Sum256([]byte(got))
+		if !ok || token == "" || subtle.ConstantTimeCompare(sum[:], want[:]) != 1 {
+			c.Header("WWW-Authenticate", `Bearer realm="damselfly-supernode"`)
+			c.AbortWithStatusJSON(http.StatusUnauthorized, errorBody{Code: "UNAUTHORIZED", Message: "a valid bearer token is required"})
+			return
+		}
+		c.Next()
+	}
+}
+
+// errorBody is the body of every error answer.
+type errorBody struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// errors is the one place where errors become statuses: handlers only call
+// c.Error.
+func (h *handlers) errors(c *gin.Context) {
+	c.Next()
+	if len(c.Errors) == 0 || c.Writer.Written() {
+		return
+	}
+	err := c.Errors.Last().Err
+	status, body := http.StatusInternalServerError, errorBody{Code: "INTERNAL", Message: "internal error"}
+	switch {
+	case errors.Is(err, scheduler.ErrTaskNotFound), errors.Is(err, cdn.ErrNotFound):
+		status, body = http.StatusNotFound, errorBody{Code: "NOT_FOUND", Message: err.Error()}
+	case errors.Is(err, scheduler.ErrTaskExists):
+		status, body = http.StatusConflict, errorBody{Code: "CONFLICT", Message: err.Error()}
+	case errors.Is(err, taskid.ErrInvalid),
+		errors.Is(err, scheduler.ErrInvalid), errors.Is(err, cdn.ErrInvalid):
+		status, body = http.StatusBadRequest, errorBody{Code: "INVALID_ARGUMENT", Message: err.Error()}
+	case errors.Is(err, scheduler.ErrClosed):
+		status, body = http.StatusServiceUnavailable, errorBody{Code: "UNAVAILABLE", Message: "supernode is shutting down"}
+	default:
+		h.log.Error("admin api request", zap.String("method", c.Request.Method), zap.String("path", c.Request.URL.Path), zap.Error(err))
+	}
+	c.JSON(status, body)
+}
+
+type handlers struct {
+	sched Scheduler
+	cdn   CDN
+	log   *zap.Logger
+}
+
+// Task is a task as the admin API shows it.
+type Task struct {
+	TaskID        string    `json:"taskId"`
+	State         string    `json:"state"`
+	Size          int64     `json:"size"`
+	PieceSize     int64     `json:"pieceSize"`
+	PieceCount    int       `json:"pieceCount"`
+	Published     int       `json:"published"`
+	ContentDigest string    `json:"contentDigest,omitempty"`
+	Error         string    `json:"error,omitempty"`
+	URL           string    `json:"url,omitempty"`
+	CreatedAt     time.Time `json:"createdAt"`
+	Bytes         Bytes     `json:"bytes"`
+	PeerCount     int       `json:"peerCount"`
+	// Peers is set by GET /api/v1/tasks/:id only.
+	Peers []TaskPeer `json:"peers,omitempty"`
+}
+
+// Bytes says where a task's bytes came from: read from the source by the
+// CDN, and sent to peers by the CDN or by other peers.
+type Bytes struct {
+	Source    int64 `json:"source"`
+	FromCDN   int64 `json:"fromCdn"`
+	FromPeers int64 `json:"fromPeers"`
+}
+
+// TaskPeer is one peer in one task.
+type TaskPeer struct {
+	ID        string    `json:"id"`
+	Addr      string    `json:"addr"`
+	Pieces    int       `json:"pieces"`
+	Struck    bool      `json:"struck"`
+	Uploading int       `json:"uploading"`
+	LastSeen  time.Time `json:"lastSeen"`
+}
+
+// Peer is a known peer.
+type Peer struct {
+	ID       string    `json:"id"`
+	Addr     string    `json:"addr"`
+	Tasks    []string  `json:"tasks"`
+	LastSeen time.Time `json:"lastSeen"`
+}
+
+func (h *handlers) task(ts scheduler.TaskStatus, withPeers bool) Task {
+	t := Task{
+		TaskID: ts.TaskID, State: string(ts.State), Size: ts.Size, PieceSize: ts.PieceSize,
+		PieceCount: ts.PieceCount, Published: ts.Published, ContentDigest: ts.ContentDigest,
+		Error: ts.Error, URL: ts.URL, CreatedAt: ts.CreatedAt, PeerCount: len(ts.Peers),
+		Bytes: Bytes{Source: h.cdn.SourceBytes(ts.TaskID), FromCDN: ts.BytesFromCDN, FromPeers: ts.BytesFromPeers},
+	}
+	if withPeers {
+		t.Peers = make([]TaskPeer, 0, len(ts.Peers))
+		for _, p := range ts.Peers {
+			t.Peers = append(t.Peers, TaskPeer{ID: p.ID, Addr: p.Addr, Pieces: p.Pieces, Struck: p.Struck, Uploading: p.Uploading, LastSeen: p.LastSeen})
+		}
+	}
+	return t
+}
+
+func taskParam(c *gin.Context) (string, error) {
+	id := c.Param("id")
+	if err := taskid.Validate(id); err != nil {
+		return "", err
+	}
+	return id, nil
+}
+
+func (h *handlers) listTasks(c *gin.Context) {
+	tasks, err := h.sched.Tasks(c.Request.Context())
+	if err != nil {
+		_ = c.Error(err)
+		return
+	}
+	out := make([]Task, 0, len(tasks))
+	for _, ts := range tasks {
+		out = append(out, h.task(ts, false))
+	}
+	c.JSON(http.StatusOK, out)
+}
+
+func (h *handlers) getTask(c *gin.Context) {
+	id, err := taskParam(c)
+	if err != nil {
+		_ = c.Error(err)
+		return
+	}
+	ts, err := h.sched.Task(c.Request.Context(), id)
+	if err != nil {
+		_ = c.Error(err)
+		return
+	}
+	c.JSON(http.StatusOK, h.task(ts, true))
+}
+
+func (h *handlers) deleteTask(c *gin.Context) {
+	id, err := taskParam(c)
+	if err != nil {
+		_ = c.Error(err)
+		return
+	}
+	if err := h.cdn.Delete(c.Request.Context(), id); err != nil {
+		_ = c.Error(err)
+		return
+	}
+	h.log.Info("task deleted by operator", zap.String("task", id))
+	c.Status(http.StatusNoContent)
+}
+
+func (h *handlers) listPeers(c *gin.Context) {
+	peers, err := h.sched.Peers(c.Request.Context())
+	if err != nil {
+		_ = c.Error(err)
+		return
+	}
+	out := make([]Peer, 0, len(peers))
+	for _, p := range peers {
+		out = append(out, Peer{ID: p.ID, Addr: p.Addr, Tasks: p.Tasks, LastSeen: p.LastSeen})
+	}
+	c.JSON(http.StatusOK, out)
+}
