@@ -43,6 +43,7 @@ import (
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/schedclient"
 	"github.com/damselfly/damselfly/pkg/source"
+	"github.com/damselfly/damselfly/pkg/source/httpsource"
 	"github.com/damselfly/damselfly/pkg/taskid"
 )
 
@@ -159,7 +160,13 @@ func New(cfg Config, store content.Store, sched *schedclient.Client, self scheda
 		b := make([]byte, piece.DefaultSize)
 		return &b
 	}
-	// TODO(httpsource): default source client once it lands.
+	if e.source == nil {
+		sopts := []httpsource.Option{httpsource.WithLogger(e.logger.Named("source"))}
+		if e.httpClient != nil {
+			sopts = append(sopts, httpsource.WithHTTPClient(e.httpClient))
+		}
+		e.source = httpsource.New(sopts...)
+	}
 	if e.httpClient == nil {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.Proxy = nil // peers are reached directly

@@ -1,10 +1,11 @@
 package peer
 
 import (
+	"bytes"
 	"context"
-	"errors"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"testing"
 	"time"
@@ -605,6 +606,8 @@ func TestPeerToPeerThroughUploadServer(t *testing.T) {
 	// Engine B gets everything from A.
 	fb := newFakeSched(t, data, func(int, int) (schedapi.Peer, bool) { return ea.Self(), false })
 	eb := newTestEngine(t, fb.addr, engineSetup{self: schedapi.Peer{ID: "b", Addr: "127.0.0.1:9"}})
+	// Connections B dialled but never used would hold A's shutdown.
+	t.Cleanup(eb.httpClient.CloseIdleConnections)
 	db, err := eb.Download(t.Context(), Request{URL: "http://origin.test/file"})
 	require.NoError(t, err)
 	defer db.Close()
@@ -641,4 +644,33 @@ func TestDownloadValidates(t *testing.T) {
 }
 
 var _ source.Client = (*fakeSource)(nil)
-var _ = errors.New
+
+// Without WithSource the engine goes back to the source over HTTP.
+func TestBackToSourceOverHTTP(t *testing.T) {
+	t.Parallel()
+	data := randomData(t, 300_000)
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/file" {
+			http.NotFound(w, r)
+			return
+		}
+		http.ServeContent(w, r, "file", time.Time{}, bytes.NewReader(data))
+	}))
+	t.Cleanup(origin.Close)
+	e := newTestEngine(t, deadPeer(t, "x").Addr, engineSetup{})
+
+	d, err := e.Download(t.Context(), Request{URL: origin.URL + "/file", BackToSource: true})
+	require.NoError(t, err)
+	res, err := d.Wait(t.Context())
+	require.NoError(t, err)
+	require.True(t, res.FromSource)
+	require.Equal(t, data, readBlob(t, e.store, res.Digest))
+	require.NoError(t, d.Close())
+
+	d, err = e.Download(t.Context(), Request{URL: origin.URL + "/missing", BackToSource: true})
+	require.NoError(t, err)
+	defer d.Close()
+	_, err = d.Wait(t.Context())
+	require.ErrorIs(t, err, source.ErrNotFound)
+	require.ErrorContains(t, err, "source: ")
+}

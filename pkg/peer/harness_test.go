@@ -47,13 +47,13 @@ type holderMode int
 const (
 	good holderMode = iota
 	corrupt
-	short          // announces and sends fewer bytes than asked
-	cut            // announces the full length, sends half, hangs up
-	long           // announces and sends more bytes than asked
-	longChunked    // no length announced, sends more bytes than asked
-	notFound       // 404
-	stall          // sends nothing until the client gives up
-	gated          // waits until its piece is released
+	short       // announces and sends fewer bytes than asked
+	cut         // announces the full length, sends half, hangs up
+	long        // announces and sends more bytes than asked
+	longChunked // no length announced, sends more bytes than asked
+	notFound    // 404
+	stall       // sends nothing until the client gives up
+	gated       // waits until its piece is released
 )
 
 // holder is another peer's upload server, serving data with a behaviour.

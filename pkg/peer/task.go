@@ -161,7 +161,7 @@ func (t *task) run(ctx context.Context, resp schedapi.RegisterResponse, regErr e
 		err = t.p2p(ctx)
 	}
 	mode := "p2p"
-	if err != nil && errors.Is(err, ErrP2PFailed) && ctx.Err() == nil && t.req.BackToSource && t.e.source != nil {
+	if err != nil && errors.Is(err, ErrP2PFailed) && ctx.Err() == nil && t.req.BackToSource {
 		reason := p2pReason(err)
 		t.log.Warn("falling back to source", zap.String("reason", reason))
 		t.e.metrics.fallbacks.Inc()
