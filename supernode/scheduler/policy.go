@@ -43,10 +43,19 @@ func newPolicy(name string) (selectionPolicy, error) {
 
 // rarestFirst orders the candidate pieces by rarity (peers holding the piece
 // plus assignments of it in flight), then by index, and gives each one to the
-// peer holding it with the fewest uploads in flight, falling back to the CDN
-// when no peer can serve it. Counting in-flight assignments in the rarity
-// spreads a flash crowd over all pieces instead of sending everyone to the
-// CDN for piece 0.
+// peer holding it with the fewest uploads in flight (ties broken by a hash of
+// peer and piece). Counting in-flight assignments in the rarity spreads a
+// flash crowd over all pieces instead of sending everyone to piece 0.
+//
+// The CDN is the source of last resort: it serves a piece only when no peer
+// that may serve holds it, and only to one requester at a time (like a
+// BitTorrent super-seed). A piece some peer holds waits for a free slot of
+// such a peer rather than loading the CDN; a piece already on its way from
+// the CDN to one peer is fetched from that peer once it has it. So the CDN
+// uploads each piece about once however large the swarm, and a piece is
+// served by the CDN again only when its copies are gone (holders left,
+// expired, lost it or were struck out) or its CDN transfer ended without
+// success.
 type rarestFirst struct{}
 
 func (rarestFirst) choose(t *task, req *member, max int, s slots) []choice {
@@ -109,7 +118,7 @@ func (rarestFirst) choose(t *task, req *member, max int, s slots) []choice {
 		case best != nil:
 			taken[best.peer]++
 			out = append(out, choice{piece: i, from: best})
-		case cdnFree > 0:
+		case len(t.holders[i]) == 0 && t.fromCDN[i] == 0 && cdnFree > 0:
 			cdnFree--
 			out = append(out, choice{piece: i})
 		}

@@ -172,17 +172,26 @@ func TestRarestFirstPolicy(t *testing.T) {
 		},
 		{
 			name: "in-flight assignments count in rarity",
-			fix: fixture{pieces: 3, inflight: []flight{
-				{to: "x", piece: 0, from: ""}, {to: "y", piece: 0, from: ""}, {to: "z", piece: 1, from: ""},
+			cfg:  Config{PeerUploadSlots: 10},
+			fix: fixture{pieces: 3, holders: map[string][]int{"a": {0, 1, 2}}, inflight: []flight{
+				{to: "x", piece: 0, from: "a"}, {to: "y", piece: 0, from: "a"}, {to: "z", piece: 1, from: "a"},
 			}},
 			req: "r", max: 3,
-			// rarity: 0 -> 2, 1 -> 1, 2 -> 0.
-			want: []string{"2<-cdn", "1<-cdn", "0<-cdn"},
+			// rarity: 0 -> 1+2, 1 -> 1+1, 2 -> 1.
+			want: []string{"2<-a", "1<-a", "0<-a"},
+		},
+		{
+			name: "the cdn serves a piece to one peer at a time",
+			fix: fixture{pieces: 4, inflight: []flight{
+				{to: "x", piece: 0, from: ""}, {to: "y", piece: 2, from: ""},
+			}},
+			req: "r", max: 4,
+			want: []string{"1<-cdn", "3<-cdn"},
 		},
 		{
 			name: "holders and flights add up",
 			fix: fixture{pieces: 2, holders: map[string][]int{"a": {0}, "b": {1}, "c": {1}},
-				inflight: []flight{{to: "x", piece: 0, from: "a"}, {to: "y", piece: 0, from: "a"}},
+				inflight:  []flight{{to: "x", piece: 0, from: "a"}, {to: "y", piece: 0, from: "a"}},
 				uploading: map[string]int{"b": 1}},
 			req: "r", max: 2,
 			// rarity: 0 -> 1 holder + 2 flights = 3, 1 -> 2 holders (c is
@@ -190,11 +199,14 @@ func TestRarestFirstPolicy(t *testing.T) {
 			want: []string{"1<-c", "0<-a"},
 		},
 		{
-			name: "peer slot cap: the cdn takes the rest",
+			name: "peer slot cap: busy holders are not replaced by the cdn",
 			cfg:  Config{PeerUploadSlots: 2},
-			fix:  fixture{pieces: 3, holders: map[string][]int{"a": {0, 1, 2}}, uploading: map[string]int{"a": 1}},
-			req:  "r", max: 3,
-			want: []string{"0<-a", "1<-cdn", "2<-cdn"},
+			fix: fixture{pieces: 4, holders: map[string][]int{"a": {0, 1, 2}, "b": {1}},
+				uploading: map[string]int{"a": 1}},
+			req: "r", max: 4,
+			// 3 is only at the CDN; 0 and 2 only at a, which has one slot
+			// left, so 2 waits; 1 goes to b.
+			want: []string{"3<-cdn", "0<-a", "1<-b"},
 		},
 		{
 			name: "cdn slot cap: pieces no one can serve are skipped",
@@ -228,6 +240,7 @@ func TestRarestFirstPolicy(t *testing.T) {
 			name: "struck peers are skipped",
 			fix:  fixture{pieces: 2, holders: map[string][]int{"a": {0, 1}, "b": {1}}, struck: []string{"a"}},
 			req:  "r", max: 2,
+			// a struck a does not count as a holder: the CDN serves 0.
 			want: []string{"0<-cdn", "1<-b"},
 		},
 		{

@@ -67,7 +67,7 @@ type task struct {
 	state     schedapi.TaskState
 	err       string
 
-	// digests, holders and inflight are indexed by piece and always have
+	// digests, holders, inflight and fromCDN are indexed by piece and always have
 	// the same length: the piece count when known, else one past the
 	// highest piece published so far.
 	digests   []digest.Digest // "" until published
@@ -76,6 +76,8 @@ type task struct {
 	// struck-out member is not listed.
 	holders  [][]*member
 	inflight []int
+	// fromCDN counts the assignments of each piece served by the CDN.
+	fromCDN []int
 
 	members map[string]*member
 	strikes map[string]strikeRecord
@@ -110,6 +112,7 @@ func (t *task) grow(n int) {
 	t.digests = append(t.digests, make([]digest.Digest, extra)...)
 	t.holders = append(t.holders, make([][]*member, extra)...)
 	t.inflight = append(t.inflight, make([]int, extra)...)
+	t.fromCDN = append(t.fromCDN, make([]int, extra)...)
 }
 
 // isPublished reports whether piece i has a digest.
@@ -307,7 +310,7 @@ func (t *task) fitCount(size int64) error {
 		}
 	}
 	t.grow(count)
-	t.digests, t.holders, t.inflight = t.digests[:count], t.holders[:count], t.inflight[:count]
+	t.digests, t.holders, t.inflight, t.fromCDN = t.digests[:count], t.holders[:count], t.inflight[:count], t.fromCDN[:count]
 	t.size, t.count = size, count
 	return nil
 }
@@ -616,6 +619,7 @@ func (st *state) startAssignment(t *task, to *member, i int, from *member) *assi
 	t.inflight[i]++
 	if from == nil {
 		st.cdnBusy++
+		t.fromCDN[i]++
 	} else {
 		from.serving[a] = struct{}{}
 		from.peer.uploading++
@@ -634,6 +638,7 @@ func (st *state) endAssignment(a *assignment) {
 	a.task.inflight[a.piece]--
 	if a.from == nil {
 		st.cdnBusy--
+		a.task.fromCDN[a.piece]--
 		st.touchWaiting()
 	} else {
 		delete(a.from.serving, a)

@@ -129,8 +129,7 @@ func TestReportStrikeRules(t *testing.T) {
 
 	t.Run("the cdn is never struck", func(t *testing.T) {
 		t.Parallel()
-		st, tk := fix.build(t, Config{StrikeLimit: 1, PeerUploadSlots: 1})
-		st.peers["a"].uploading, st.peers["b"].uploading = 1, 1 // peers busy: the CDN serves
+		st, tk := fixture{pieces: 4}.build(t, Config{StrikeLimit: 1})
 		_, err := st.join(tk.id, peerAt("r", 2), nil)
 		require.NoError(t, err)
 		for range 3 {
