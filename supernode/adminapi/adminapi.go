@@ -1,12 +1,12 @@
 // Package adminapi is the supernode's operator API, served with gin under
 // /api/v1/:
 //
-//	GET    /api/v1/tasks      every task, without its peers
+//	GET    /api/v1/tasks      every task: {"tasks": [...]}
 //	GET    /api/v1/tasks/:id  one task: state, size, pieces, peers, bytes
 //	                          from the source, from the CDN and from peers
 //	DELETE /api/v1/tasks/:id  cancel the task's fetch, forget it, delete
 //	                          its cached content
-//	GET    /api/v1/peers      every known peer
+//	GET    /api/v1/peers      every known peer: {"peers": [...]}
 //
 // Every route requires "Authorization: Bearer <token>"; anything else is
 // 401 with "WWW-Authenticate: Bearer". Errors are JSON {"code","message"}.
@@ -149,7 +149,7 @@ func (h *handlers) errors(c *gin.Context) {
 	case errors.Is(err, taskid.ErrInvalid),
 		errors.Is(err, scheduler.ErrInvalid), errors.Is(err, cdn.ErrInvalid):
 		status, body = http.StatusBadRequest, errorBody{Code: "INVALID_ARGUMENT", Message: err.Error()}
-	case errors.Is(err, scheduler.ErrClosed):
+	case errors.Is(err, scheduler.ErrClosed), errors.Is(err, cdn.ErrClosed):
 		status, body = http.StatusServiceUnavailable, errorBody{Code: "UNAVAILABLE", Message: "supernode is shutting down"}
 	default:
 		h.log.Error("admin api request", zap.String("method", c.Request.Method), zap.String("path", c.Request.URL.Path), zap.Error(err))
@@ -175,18 +175,22 @@ type Task struct {
 	Error         string    `json:"error,omitempty"`
 	URL           string    `json:"url,omitempty"`
 	CreatedAt     time.Time `json:"createdAt"`
-	Bytes         Bytes     `json:"bytes"`
-	PeerCount     int       `json:"peerCount"`
-	// Peers is set by GET /api/v1/tasks/:id only.
-	Peers []TaskPeer `json:"peers,omitempty"`
+	// BytesFromSource were read from the source by the CDN; BytesFromCDN
+	// and BytesFromPeers were sent to peers by the CDN and by other peers.
+	BytesFromSource int64      `json:"bytesFromSource"`
+	BytesFromCDN    int64      `json:"bytesFromCdn"`
+	BytesFromPeers  int64      `json:"bytesFromPeers"`
+	Peers           []TaskPeer `json:"peers"`
 }
 
-// Bytes says where a task's bytes came from: read from the source by the
-// CDN, and sent to peers by the CDN or by other peers.
-type Bytes struct {
-	Source    int64 `json:"source"`
-	FromCDN   int64 `json:"fromCdn"`
-	FromPeers int64 `json:"fromPeers"`
+// TaskList answers GET /api/v1/tasks.
+type TaskList struct {
+	Tasks []Task `json:"tasks"`
+}
+
+// PeerList answers GET /api/v1/peers.
+type PeerList struct {
+	Peers []Peer `json:"peers"`
 }
 
 // TaskPeer is one peer in one task.
@@ -207,18 +211,16 @@ type Peer struct {
 	LastSeen time.Time `json:"lastSeen"`
 }
 
-func (h *handlers) task(ts scheduler.TaskStatus, withPeers bool) Task {
+func (h *handlers) task(ts scheduler.TaskStatus) Task {
 	t := Task{
 		TaskID: ts.TaskID, State: string(ts.State), Size: ts.Size, PieceSize: ts.PieceSize,
 		PieceCount: ts.PieceCount, Published: ts.Published, ContentDigest: ts.ContentDigest,
-		Error: ts.Error, URL: ts.URL, CreatedAt: ts.CreatedAt, PeerCount: len(ts.Peers),
-		Bytes: Bytes{Source: h.cdn.SourceBytes(ts.TaskID), FromCDN: ts.BytesFromCDN, FromPeers: ts.BytesFromPeers},
+		Error: ts.Error, URL: ts.URL, CreatedAt: ts.CreatedAt,
+		BytesFromSource: h.cdn.SourceBytes(ts.TaskID), BytesFromCDN: ts.BytesFromCDN, BytesFromPeers: ts.BytesFromPeers,
+		Peers: make([]TaskPeer, 0, len(ts.Peers)),
 	}
-	if withPeers {
-		t.Peers = make([]TaskPeer, 0, len(ts.Peers))
-		for _, p := range ts.Peers {
-			t.Peers = append(t.Peers, TaskPeer{ID: p.ID, Addr: p.Addr, Pieces: p.Pieces, Struck: p.Struck, Uploading: p.Uploading, LastSeen: p.LastSeen})
-		}
+	for _, p := range ts.Peers {
+		t.Peers = append(t.Peers, TaskPeer{ID: p.ID, Addr: p.Addr, Pieces: p.Pieces, Struck: p.Struck, Uploading: p.Uploading, LastSeen: p.LastSeen})
 	}
 	return t
 }
@@ -237,9 +239,9 @@ func (h *handlers) listTasks(c *gin.Context) {
 		_ = c.Error(err)
 		return
 	}
-	out := make([]Task, 0, len(tasks))
+	out := TaskList{Tasks: make([]Task, 0, len(tasks))}
 	for _, ts := range tasks {
-		out = append(out, h.task(ts, false))
+		out.Tasks = append(out.Tasks, h.task(ts))
 	}
 	c.JSON(http.StatusOK, out)
 }
@@ -255,7 +257,7 @@ func (h *handlers) getTask(c *gin.Context) {
 		_ = c.Error(err)
 		return
 	}
-	c.JSON(http.StatusOK, h.task(ts, true))
+	c.JSON(http.StatusOK, h.task(ts))
 }
 
 func (h *handlers) deleteTask(c *gin.Context) {
@@ -278,9 +280,9 @@ func (h *handlers) listPeers(c *gin.Context) {
 		_ = c.Error(err)
 		return
 	}
-	out := make([]Peer, 0, len(peers))
+	out := PeerList{Peers: make([]Peer, 0, len(peers))}
 	for _, p := range peers {
-		out = append(out, Peer{ID: p.ID, Addr: p.Addr, Tasks: p.Tasks, LastSeen: p.LastSeen})
+		out.Peers = append(out.Peers, Peer{ID: p.ID, Addr: p.Addr, Tasks: p.Tasks, LastSeen: p.LastSeen})
 	}
 	c.JSON(http.StatusOK, out)
 }

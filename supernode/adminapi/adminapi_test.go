@@ -152,17 +152,18 @@ func TestTasksAndPeers(t *testing.T) {
 
 	resp, b := f.do(t, http.MethodGet, "/api/v1/tasks", auth)
 	require.Equal(t, 200, resp.StatusCode, string(b))
-	var tasks []Task
-	require.NoError(t, json.Unmarshal(b, &tasks))
+	var list TaskList
+	require.NoError(t, json.Unmarshal(b, &list))
+	tasks := list.Tasks
 	require.Len(t, tasks, 1)
 	require.Equal(t, f.task, tasks[0].TaskID)
 	require.Equal(t, "running", tasks[0].State)
 	require.Equal(t, int64(12), tasks[0].Size)
 	require.Equal(t, 1, tasks[0].PieceCount)
 	require.Equal(t, 1, tasks[0].Published)
-	require.Equal(t, 1, tasks[0].PeerCount)
-	require.Empty(t, tasks[0].Peers)
-	require.Equal(t, int64(1234), tasks[0].Bytes.Source)
+	require.Len(t, tasks[0].Peers, 1)
+	require.Equal(t, int64(1234), tasks[0].BytesFromSource)
+	require.Zero(t, tasks[0].BytesFromCDN)
 
 	resp, b = f.do(t, http.MethodGet, "/api/v1/tasks/"+f.task, auth)
 	require.Equal(t, 200, resp.StatusCode, string(b))
@@ -175,8 +176,9 @@ func TestTasksAndPeers(t *testing.T) {
 
 	resp, b = f.do(t, http.MethodGet, "/api/v1/peers", auth)
 	require.Equal(t, 200, resp.StatusCode, string(b))
-	var peers []Peer
-	require.NoError(t, json.Unmarshal(b, &peers))
+	var plist PeerList
+	require.NoError(t, json.Unmarshal(b, &plist))
+	peers := plist.Peers
 	require.Len(t, peers, 1)
 	require.Equal(t, []string{f.task}, peers[0].Tasks)
 }

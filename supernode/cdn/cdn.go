@@ -41,6 +41,8 @@ var (
 	// ErrNotFound is returned when the CDN has neither a running fetch nor
 	// cached content for a task.
 	ErrNotFound = errors.New("cdn task not found")
+	// ErrClosed is returned by Ensure once Run has stopped the CDN.
+	ErrClosed = errors.New("cdn stopped")
 )
 
 // Config tunes the CDN.
@@ -146,7 +148,13 @@ type CDN struct {
 
 	group singleflight.Group
 
+	// stopping is closed when Run stops the CDN; work tracks the ensure
+	// calls in progress.
+	stopping chan struct{}
+	work     sync.WaitGroup
+
 	mu      sync.Mutex
+	closed  bool
 	fetches map[string]*fetch // running fetches by task ID
 	// sourceBytes counts the bytes read from the source per task, for
 	// tasks fetched by this process.
@@ -183,9 +191,44 @@ func New(cfg Config, store content.Store, src source.Client, sched Scheduler, op
 		log:         o.log,
 		metrics:     m,
 		cache:       c,
+		stopping:    make(chan struct{}),
 		fetches:     make(map[string]*fetch),
 		sourceBytes: make(map[string]int64),
 	}, nil
+}
+
+// Run waits until ctx is done, then stops the CDN: running fetches are
+// cancelled (their tasks fail) and Run returns nil once they and every
+// Ensure in progress have stopped. Ensure fails with ErrClosed after that.
+func (c *CDN) Run(ctx context.Context) error {
+	<-ctx.Done()
+	c.mu.Lock()
+	c.closed = true
+	running := make([]*fetch, 0, len(c.fetches))
+	for _, f := range c.fetches {
+		running = append(running, f)
+	}
+	c.mu.Unlock()
+	close(c.stopping)
+	for _, f := range running {
+		f.cancel()
+	}
+	for _, f := range running {
+		<-f.done
+	}
+	c.work.Wait()
+	return nil
+}
+
+// begin counts one ensure in progress, unless the CDN is stopped.
+func (c *CDN) begin() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return false
+	}
+	c.work.Add(1)
+	return true
 }
 
 // Ensure makes sure the task exists in the scheduler and returns its info. A
@@ -207,10 +250,22 @@ func (c *CDN) Ensure(ctx context.Context, req Request) (schedapi.TaskInfo, error
 		return info, nil
 	}
 	ch := c.group.DoChan(req.TaskID, func() (any, error) {
+		if !c.begin() {
+			return nil, ErrClosed
+		}
+		defer c.work.Done()
 		// The work outlives the caller that started it: other callers
-		// wait on it, and the fetch it starts runs on.
+		// wait on it, and the fetch it starts runs on. Only Run's stop
+		// cuts it short.
 		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.FetchTimeout)
 		defer cancel()
+		go func() {
+			select {
+			case <-c.stopping:
+				cancel()
+			case <-wctx.Done():
+			}
+		}()
 		return c.ensure(wctx, req, expected)
 	})
 	select {

@@ -682,3 +682,37 @@ func TestServedByUploadServer(t *testing.T) {
 	require.Equal(t, http.StatusOK, status)
 	require.Equal(t, body, b)
 }
+
+func TestRunStopsFetches(t *testing.T) {
+	t.Parallel()
+	body := blob(11, 5<<20)
+	release := make(chan struct{})
+	defer close(release)
+	o := newOrigin(t, &origin{body: body, holdAt: 1 << 20, holdBody: release})
+	f := newFixture(t, o, nil, "")
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- f.cdn.Run(ctx) }()
+
+	id, err := taskid.ForURL(o.url("/big"), nil, "")
+	require.NoError(t, err)
+	_, err = f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: o.url("/big")})
+	require.NoError(t, err)
+	cancel()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(wait):
+		t.Fatal("Run did not stop the running fetch")
+	}
+	task, _ := f.sched.snapshot(id)
+	require.Equal(t, schedapi.TaskFailed, task.info.State)
+	st, err := f.store.ListStatuses(t.Context())
+	require.NoError(t, err)
+	require.Empty(t, st, "the ingest is aborted")
+
+	other, err := taskid.ForURL(o.url("/other"), nil, "")
+	require.NoError(t, err)
+	_, err = f.cdn.Ensure(t.Context(), Request{TaskID: other, URL: o.url("/other")})
+	require.ErrorIs(t, err, ErrClosed)
+}

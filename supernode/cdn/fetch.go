@@ -78,6 +78,11 @@ func (c *CDN) startFetch(ctx context.Context, req Request, expected digest.Diges
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.FetchTimeout)
 	f := &fetch{taskID: req.TaskID, url: redactURL(req.URL), cancel: cancel, done: make(chan struct{}), size: -1, published: &piece.Set{}, refs: 1}
 	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		cancel()
+		return ErrClosed
+	}
 	c.fetches[req.TaskID] = f
 	c.mu.Unlock()
 	started := false

@@ -160,7 +160,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, ErrInvalid), errors.Is(err, scheduler.ErrInvalid),
 		errors.Is(err, cdn.ErrInvalid), errors.Is(err, taskid.ErrInvalid):
 		status, code, msg = http.StatusBadRequest, schedapi.CodeInvalid, err.Error()
-	case errors.Is(err, scheduler.ErrClosed):
+	case errors.Is(err, scheduler.ErrClosed), errors.Is(err, cdn.ErrClosed):
 		status, code, msg = http.StatusServiceUnavailable, schedapi.CodeUnavailable, "supernode is shutting down"
 	case r.Context().Err() != nil:
 		// The peer hung up; nobody reads this answer.
