@@ -1,0 +1,328 @@
+// Package cmd is the dfget command: it parses the command line, wires a
+// content store, the peer engine and an upload server, downloads one URL
+// and writes it atomically to the output file.
+package cmd
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/term"
+	"golang.org/x/time/rate"
+
+	"github.com/damselfly/damselfly/pkg/content/local"
+	"github.com/damselfly/damselfly/pkg/log"
+	"github.com/damselfly/damselfly/pkg/peer"
+	"github.com/damselfly/damselfly/pkg/peer/upload"
+	"github.com/damselfly/damselfly/pkg/schedapi"
+	"github.com/damselfly/damselfly/pkg/schedclient"
+	"github.com/damselfly/damselfly/pkg/version"
+)
+
+// Option configures Run.
+type Option func(*runConfig)
+
+type runConfig struct {
+	logger     *zap.Logger
+	httpClient *http.Client
+}
+
+// WithLogger sets the logger instead of one built from --log-level and
+// --log-format.
+func WithLogger(l *zap.Logger) Option {
+	return func(c *runConfig) { c.logger = l }
+}
+
+// WithHTTPClient sets the HTTP client for the supernode, other peers and the
+// source.
+func WithHTTPClient(hc *http.Client) Option {
+	return func(c *runConfig) { c.httpClient = hc }
+}
+
+// progressEvery is how often the progress bar is redrawn.
+const progressEvery = 200 * time.Millisecond
+
+// Run runs dfget with args (without the program name). Progress and notices
+// go to stderr, --help and --version to stdout. The error, if any, is one
+// line for the user; it wraps ErrUsage for command-line mistakes. Run keeps
+// no global state and may run many times at once in one process.
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer, opts ...Option) error {
+	o, fs, err := parseArgs(args)
+	if err != nil {
+		return err
+	}
+	if o.help {
+		printUsage(stdout, fs)
+		return nil
+	}
+	if o.version {
+		fmt.Fprintln(stdout, version.String("dfget"))
+		return nil
+	}
+	var rc runConfig
+	for _, opt := range opts {
+		opt(&rc)
+	}
+	logger := rc.logger
+	if logger == nil {
+		if logger, err = log.New(o.log, stderr); err != nil {
+			return usagef("%v", err)
+		}
+		defer func() { _ = logger.Sync() }()
+	}
+	return run(ctx, o, rc, logger, stderr)
+}
+
+func run(ctx context.Context, o *options, rc runConfig, logger *zap.Logger, stderr io.Writer) (err error) {
+	out, err := filepath.Abs(o.output)
+	if err != nil {
+		return fmt.Errorf("output %s: %w", o.output, err)
+	}
+	if fi, err := os.Stat(out); err == nil && fi.IsDir() {
+		return fmt.Errorf("output %s is a directory", out)
+	}
+	if fi, err := os.Stat(filepath.Dir(out)); err != nil || !fi.IsDir() {
+		return fmt.Errorf("output directory %s does not exist", filepath.Dir(out))
+	}
+
+	dataDir := o.dataDir
+	if dataDir == "" {
+		// Beside the output: one filesystem, so the final move is a rename.
+		dataDir, err = os.MkdirTemp(filepath.Dir(out), "."+filepath.Base(out)+".dfget-")
+		if err != nil {
+			return fmt.Errorf("data dir: %w", err)
+		}
+		defer os.RemoveAll(dataDir)
+	}
+	store, err := local.New(dataDir, local.WithLogger(logger.Named("store")))
+	if err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+
+	ln, err := net.Listen("tcp", o.peerListen)
+	if err != nil {
+		return fmt.Errorf("peer listen: %w", err)
+	}
+	self := schedapi.Peer{ID: newPeerID(), Addr: net.JoinHostPort(advertiseIP(o, logger), strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))}
+	logger = logger.With(zap.String("peer", self.ID))
+
+	scOpts := []schedclient.Option{schedclient.WithLogger(logger.Named("schedclient"))}
+	engOpts := []peer.Option{peer.WithLogger(logger.Named("peer"))}
+	upOpts := []upload.Option{upload.WithLogger(logger.Named("upload"))}
+	if rc.httpClient != nil {
+		scOpts = append(scOpts, schedclient.WithHTTPClient(rc.httpClient))
+		engOpts = append(engOpts, peer.WithHTTPClient(rc.httpClient))
+	}
+	if o.totalLimit > 0 {
+		total := newLimiter(o.totalLimit)
+		engOpts = append(engOpts, peer.WithDownloadLimiter(total))
+		upOpts = append(upOpts, upload.WithLimiter(total))
+	}
+	if o.localLimit > 0 {
+		engOpts = append(engOpts, peer.WithDownloadLimiter(newLimiter(o.localLimit)))
+	}
+	sc, err := schedclient.New(o.nodes, scOpts...)
+	if err != nil {
+		_ = ln.Close()
+		return usagef("--node: %v", err)
+	}
+	eng, err := peer.New(peer.Config{}, store, sc, self, engOpts...)
+	if err != nil {
+		_ = ln.Close()
+		return err
+	}
+
+	// Serve pieces to others while downloading.
+	srvCtx, stopServers := context.WithCancel(context.WithoutCancel(ctx))
+	var g errgroup.Group
+	g.Go(func() error { return upload.New(eng, upOpts...).Run(srvCtx, ln) })
+	g.Go(func() error { return eng.Run(srvCtx) })
+	defer func() {
+		stopServers()
+		if serr := g.Wait(); serr != nil {
+			logger.Debug("stop servers", zap.Error(serr))
+		}
+	}()
+
+	dctx := ctx
+	if o.timeout > 0 {
+		var cancel context.CancelFunc
+		dctx, cancel = context.WithTimeout(ctx, o.timeout)
+		defer cancel()
+	}
+	return download(dctx, o, eng, store, out, stderr)
+}
+
+// download runs the engine's download, shows progress and moves the
+// verified content to out.
+func download(ctx context.Context, o *options, eng *peer.Engine, store *local.Store, out string, stderr io.Writer) error {
+	d, err := eng.Download(ctx, peer.Request{
+		URL:          o.url,
+		Header:       o.header,
+		Digest:       o.digest,
+		Filter:       o.filter,
+		Identifier:   o.identifier,
+		BackToSource: !o.notbs,
+	})
+	if err != nil {
+		return describe(err, o)
+	}
+	defer d.Close()
+
+	bar := !o.quiet && isTerminal(stderr)
+	start := time.Now()
+	var tick <-chan time.Time
+	if bar {
+		t := time.NewTicker(progressEvery)
+		defer t.Stop()
+		tick = t.C
+	}
+	notice := func(ev peer.Event) {
+		if o.quiet || ev.Kind != peer.EventFallback {
+			return
+		}
+		if bar {
+			fmt.Fprint(stderr, "\r\x1b[K")
+		}
+		fmt.Fprintf(stderr, "dfget: P2P failed (%s), downloading from source\n", p2pReason(ev.Err, ev.Reason, o))
+	}
+	events := d.Events()
+loop:
+	for {
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				events = nil
+				continue
+			}
+			notice(ev)
+		case <-tick:
+			fmt.Fprintf(stderr, "\r%s\x1b[K", renderProgress(d.Progress(), time.Since(start)))
+		case <-d.Done():
+			break loop
+		case <-ctx.Done():
+			break loop
+		}
+	}
+	res, err := d.Wait(ctx)
+	if events != nil && err == nil {
+		for ev := range events { // closed once the download is done
+			notice(ev)
+		}
+	}
+	if bar {
+		fmt.Fprintf(stderr, "\r%s\x1b[K\n", renderProgress(d.Progress(), time.Since(start)))
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			err = ctx.Err()
+		}
+		return describe(err, o)
+	}
+	if err := store.Export(ctx, res.Digest, out, true); err != nil {
+		return fmt.Errorf("write %s: %w", out, err)
+	}
+	return nil
+}
+
+// cliError is an error with a message for the user; it still unwraps to the
+// cause.
+type cliError struct {
+	msg string
+	err error
+}
+
+func (e *cliError) Error() string { return e.msg }
+func (e *cliError) Unwrap() error { return e.err }
+
+// describe turns a download error into one clear line.
+func describe(err error, o *options) error {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded) && o.timeout > 0:
+		return &cliError{fmt.Sprintf("timed out after %s", o.timeout), err}
+	case errors.Is(err, context.Canceled):
+		return &cliError{"interrupted", err}
+	case errors.Is(err, peer.ErrP2PFailed) && o.notbs:
+		return &cliError{p2pReason(err, err.Error(), o) + " and --notbs set", err}
+	case errors.Is(err, peer.ErrP2PFailed):
+		return &cliError{"P2P failed: " + p2pReason(err, err.Error(), o), err}
+	}
+	return err
+}
+
+// p2pReason says briefly why P2P failed.
+func p2pReason(err error, fallback string, o *options) string {
+	if errors.Is(err, schedclient.ErrUnreachable) {
+		return fmt.Sprintf("supernode %s unreachable", strings.Join(o.nodes, ","))
+	}
+	return strings.TrimPrefix(fallback, peer.ErrP2PFailed.Error()+": ")
+}
+
+// newLimiter returns a limiter of bps bytes per second whose burst allows
+// reads of a useful size.
+func newLimiter(bps int64) *rate.Limiter {
+	burst := min(max(bps/10, 16<<10), 4<<20)
+	burst = min(burst, max(bps, 1))
+	return rate.NewLimiter(rate.Limit(bps), int(burst))
+}
+
+// advertiseIP is the IP other peers reach this one at: --advertise-ip, the
+// host of --peer-listen when it names one, or the local address the OS
+// would use towards the first supernode (a UDP "dial" sends no packet).
+func advertiseIP(o *options, logger *zap.Logger) string {
+	if o.advertiseIP != "" {
+		return o.advertiseIP
+	}
+	if host, _, err := net.SplitHostPort(o.peerListen); err == nil && host != "" {
+		if ip := net.ParseIP(host); ip != nil && !ip.IsUnspecified() {
+			return host
+		}
+	}
+	conn, err := net.Dial("udp", o.nodes[0])
+	if err != nil {
+		logger.Warn("find the local address towards the supernode; advertising 127.0.0.1", zap.Error(err))
+		return "127.0.0.1"
+	}
+	defer conn.Close()
+	return conn.LocalAddr().(*net.UDPAddr).IP.String()
+}
+
+// newPeerID returns a fresh peer ID: host name and random suffix, within
+// [A-Za-z0-9._-].
+func newPeerID() string {
+	host, _ := os.Hostname()
+	var b strings.Builder
+	for _, c := range host {
+		if b.Len() >= 40 {
+			break
+		}
+		if c == '.' || c == '_' || c == '-' || (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') {
+			b.WriteRune(c)
+		}
+	}
+	var r [6]byte
+	_, _ = rand.Read(r[:])
+	name := b.String()
+	if name == "" {
+		name = "host"
+	}
+	return "dfget-" + name + "-" + hex.EncodeToString(r[:])
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}

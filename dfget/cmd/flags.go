@@ -1,0 +1,245 @@
+package cmd
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+
+	"github.com/damselfly/damselfly/pkg/log"
+	"github.com/damselfly/damselfly/pkg/taskid"
+)
+
+// ErrUsage marks errors in the command line.
+var ErrUsage = errors.New("usage")
+
+// usageError is a command-line mistake; it prints as its message alone.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg + " (see dfget --help)" }
+func (e *usageError) Is(target error) bool {
+	return target == ErrUsage
+}
+
+func usagef(format string, args ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, args...)}
+}
+
+// options is the parsed command line.
+type options struct {
+	url         string
+	output      string
+	nodes       []string
+	digest      digest.Digest
+	header      http.Header
+	filter      []string
+	identifier  string
+	localLimit  int64 // bytes per second, 0 for none
+	totalLimit  int64
+	notbs       bool
+	timeout     time.Duration
+	peerListen  string
+	advertiseIP string
+	dataDir     string
+	log         log.Config
+	quiet       bool
+	version     bool
+	help        bool
+}
+
+// headerFlag collects repeated --header 'K: V'.
+type headerFlag struct{ h http.Header }
+
+func (f *headerFlag) String() string { return "" }
+
+func (f *headerFlag) Set(v string) error {
+	k, val, ok := strings.Cut(v, ":")
+	k = strings.TrimSpace(k)
+	if !ok || k == "" || !validToken(k) {
+		return fmt.Errorf("want 'Name: value'")
+	}
+	val = strings.TrimSpace(val)
+	if strings.ContainsAny(val, "\r\n") {
+		return fmt.Errorf("header value has a line break")
+	}
+	f.h.Add(textproto.CanonicalMIMEHeaderKey(k), val)
+	return nil
+}
+
+func validToken(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte("()<>@,;:\\\"/[]?={}", c) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+const usageText = `Usage: dfget -u URL -o FILE [flags]
+
+Download URL to FILE through the Damselfly P2P network. While it runs, dfget
+serves the pieces it has to other peers. When the supernode or every peer
+fails it downloads from the source instead, unless --notbs is given. FILE is
+written atomically and only once its content is verified.
+
+Flags:
+`
+
+func newFlagSet(o *options) *flag.FlagSet {
+	fs := flag.NewFlagSet("dfget", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&o.url, "u", "", "`URL` to download (required)")
+	fs.StringVar(&o.url, "url", "", "same as -u")
+	fs.StringVar(&o.output, "o", "", "output `FILE` (required)")
+	fs.StringVar(&o.output, "output", "", "same as -o")
+	fs.Func("node", "supernodes, `host:port[,host:port]` (default 127.0.0.1:8002)", func(v string) error {
+		o.nodes = nil
+		for n := range strings.SplitSeq(v, ",") {
+			n = strings.TrimSpace(n)
+			if n == "" {
+				continue
+			}
+			if _, _, err := net.SplitHostPort(n); err != nil {
+				return fmt.Errorf("%q: want host:port", n)
+			}
+			o.nodes = append(o.nodes, n)
+		}
+		if len(o.nodes) == 0 {
+			return errors.New("no supernode")
+		}
+		return nil
+	})
+	fs.Func("digest", "expected `sha256:hex` of the content", func(v string) error {
+		d := digest.Digest(strings.TrimSpace(v))
+		if _, err := taskid.ForDigest(d); err != nil {
+			return fmt.Errorf("want sha256:<64 hex>")
+		}
+		o.digest = d
+		return nil
+	})
+	fs.Var(&headerFlag{h: o.header}, "header", "`'Name: value'` header for the source (repeatable)")
+	fs.Func("filter", "query keys of URL that do not identify the content, `k1&k2`", func(v string) error {
+		o.filter = taskid.ParseFilter(v)
+		return nil
+	})
+	fs.StringVar(&o.identifier, "identifier", "", "`S` separates downloads of one URL with different content")
+	fs.Func("locallimit", "download `RATE` of this dfget, e.g. 20M (K, M, G; optional B or iB)", func(v string) error {
+		r, err := ParseRate(v)
+		o.localLimit = r
+		return err
+	})
+	fs.Func("totallimit", "`RATE` cap on everything this dfget sends and receives", func(v string) error {
+		r, err := ParseRate(v)
+		o.totalLimit = r
+		return err
+	})
+	fs.BoolVar(&o.notbs, "notbs", false, "never download from the source")
+	fs.DurationVar(&o.timeout, "timeout", 0, "give up after `D` (0: no limit)")
+	fs.StringVar(&o.peerListen, "peer-listen", ":0", "`ADDR` of the upload server serving pieces to other peers")
+	fs.StringVar(&o.advertiseIP, "advertise-ip", "", "`IP` other peers reach this one at (default: the local address towards the first supernode)")
+	fs.StringVar(&o.dataDir, "data-dir", "", "`DIR` for pieces in progress (default: a hidden directory beside FILE, removed at exit)")
+	fs.StringVar(&o.log.Level, "log-level", "error", "log `LEVEL`: debug, info, warn, error")
+	fs.StringVar(&o.log.Format, "log-format", "console", "log `FORMAT`: console or json")
+	fs.BoolVar(&o.quiet, "quiet", false, "no progress bar, no notices")
+	fs.BoolVar(&o.version, "version", false, "print the version and exit")
+	return fs
+}
+
+// parseArgs parses and checks the command line.
+func parseArgs(args []string) (*options, *flag.FlagSet, error) {
+	o := &options{header: http.Header{}, nodes: []string{"127.0.0.1:8002"}}
+	fs := newFlagSet(o)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			o.help = true
+			return o, fs, nil
+		}
+		return nil, fs, usagef("%s", err.Error())
+	}
+	if fs.NArg() > 0 {
+		return nil, fs, usagef("unexpected argument %q", fs.Arg(0))
+	}
+	if o.version {
+		return o, fs, nil
+	}
+	if o.url == "" {
+		return nil, fs, usagef("-u URL is required")
+	}
+	if _, err := taskid.Normalize(o.url, nil); err != nil {
+		return nil, fs, usagef("-u: %v", err)
+	}
+	if o.output == "" {
+		return nil, fs, usagef("-o FILE is required")
+	}
+	if o.timeout < 0 {
+		return nil, fs, usagef("--timeout must not be negative")
+	}
+	if o.advertiseIP != "" && net.ParseIP(o.advertiseIP) == nil {
+		return nil, fs, usagef("--advertise-ip %q: not an IP address", o.advertiseIP)
+	}
+	if _, _, err := net.SplitHostPort(o.peerListen); err != nil {
+		return nil, fs, usagef("--peer-listen %q: want [host]:port", o.peerListen)
+	}
+	if err := o.log.Validate(); err != nil {
+		return nil, fs, usagef("%v", err)
+	}
+	return o, fs, nil
+}
+
+func printUsage(w io.Writer, fs *flag.FlagSet) {
+	fmt.Fprint(w, usageText)
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fs.SetOutput(io.Discard)
+}
+
+// ParseRate parses a byte rate such as 20M (20 MiB/s): a number, optionally
+// with a fraction, then an optional K, M or G (powers of 1024) and an
+// optional B or iB. It must be positive.
+func ParseRate(s string) (int64, error) {
+	v := strings.TrimSpace(s)
+	if v == "" {
+		return 0, errors.New("empty rate")
+	}
+	upper := strings.ToUpper(v)
+	upper = strings.TrimSuffix(upper, "/S")
+	switch {
+	case strings.HasSuffix(upper, "IB"):
+		upper = strings.TrimSuffix(upper, "IB")
+		if !strings.HasSuffix(upper, "K") && !strings.HasSuffix(upper, "M") && !strings.HasSuffix(upper, "G") {
+			return 0, fmt.Errorf("rate %q: iB needs K, M or G", s)
+		}
+	case strings.HasSuffix(upper, "B"):
+		upper = strings.TrimSuffix(upper, "B")
+	}
+	mult := 1.0
+	switch {
+	case strings.HasSuffix(upper, "K"):
+		mult = 1 << 10
+	case strings.HasSuffix(upper, "M"):
+		mult = 1 << 20
+	case strings.HasSuffix(upper, "G"):
+		mult = 1 << 30
+	}
+	if mult != 1 {
+		upper = upper[:len(upper)-1]
+	}
+	n, err := strconv.ParseFloat(upper, 64)
+	if err != nil || n != n || upper == "" || strings.ContainsAny(upper, "eEnNxXpP+") {
+		return 0, fmt.Errorf("rate %q: want a number with an optional K, M or G suffix", s)
+	}
+	bps := n * mult
+	if bps < 1 || bps > 1<<50 {
+		return 0, fmt.Errorf("rate %q: out of range", s)
+	}
+	return int64(bps), nil
+}
