@@ -49,6 +49,8 @@ type Event struct {
 	Kind EventKind
 	// Reason says why, for example why P2P failed.
 	Reason string
+	// Err is the error behind Reason, if any, for errors.Is.
+	Err error
 }
 
 // String renders the event for humans.

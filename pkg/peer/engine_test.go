@@ -359,6 +359,7 @@ func TestBackToSource(t *testing.T) {
 			require.True(t, ok)
 			require.Equal(t, EventFallback, ev.Kind)
 			require.Contains(t, ev.Reason, tt.reason)
+			require.ErrorIs(t, ev.Err, ErrP2PFailed)
 			require.Contains(t, ev.String(), "falling back to source: ")
 			_, ok = <-d.Events()
 			require.False(t, ok, "events end with the download")

@@ -165,7 +165,7 @@ func (t *task) run(ctx context.Context, resp schedapi.RegisterResponse, regErr e
 		reason := p2pReason(err)
 		t.log.Warn("falling back to source", zap.String("reason", reason))
 		t.e.metrics.fallbacks.Inc()
-		t.emit(Event{Kind: EventFallback, Reason: reason})
+		t.emit(Event{Kind: EventFallback, Reason: reason, Err: err})
 		mode = "source"
 		err = t.fromSource(ctx)
 	}
