@@ -1,0 +1,417 @@
+// Package cmd is the supernode command: it parses flags, loads and
+// validates the configuration, wires the scheduler, the CDN, the peer API,
+// the CDN's upload server and the admin API onto one HTTP listener, and runs
+// them until its context ends.
+//
+// Run has no global state (no flag.CommandLine, no global prometheus
+// registry, no global logger), so tests run many supernodes in one process.
+package cmd
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/damselfly/damselfly/pkg/content/local"
+	"github.com/damselfly/damselfly/pkg/httpx"
+	"github.com/damselfly/damselfly/pkg/log"
+	"github.com/damselfly/damselfly/pkg/peer/upload"
+	"github.com/damselfly/damselfly/pkg/schedapi"
+	"github.com/damselfly/damselfly/pkg/source/httpsource"
+	"github.com/damselfly/damselfly/pkg/version"
+	"github.com/damselfly/damselfly/supernode/adminapi"
+	"github.com/damselfly/damselfly/supernode/cdn"
+	"github.com/damselfly/damselfly/supernode/peerapi"
+	"github.com/damselfly/damselfly/supernode/scheduler"
+)
+
+// EnvAdminToken is the environment variable holding the admin API token.
+const EnvAdminToken = "DAMSELFLY_ADMIN_TOKEN"
+
+// CDNPeerID is the peer ID under which the supernode's CDN appears in piece
+// assignments.
+const CDNPeerID = "supernode"
+
+const (
+	shutdownTimeout   = 10 * time.Second
+	readHeaderTimeout = 10 * time.Second
+	readTimeout       = time.Minute
+	idleTimeout       = 2 * time.Minute
+	maxHeaderBytes    = 64 << 10
+)
+
+// Option configures Run.
+type Option func(*runOptions)
+
+type runOptions struct {
+	log       *zap.Logger
+	ready     func(net.Addr)
+	sourceHC  *http.Client
+	stdout    io.Writer
+	stderr    io.Writer
+	lookupEnv func(string) (string, bool)
+}
+
+// WithLogger makes Run log to l instead of building a logger from the
+// configuration.
+func WithLogger(l *zap.Logger) Option {
+	return func(o *runOptions) { o.log = l }
+}
+
+// WithReady is called with the listener's address once it is bound, before
+// any request is served.
+func WithReady(fn func(addr net.Addr)) Option {
+	return func(o *runOptions) { o.ready = fn }
+}
+
+// WithSourceClient makes the CDN fetch sources with hc instead of the
+// client built from the source policy (which denies loopback addresses).
+// It is a test seam.
+func WithSourceClient(hc *http.Client) Option {
+	return func(o *runOptions) { o.sourceHC = hc }
+}
+
+// WithStdout sets where --help and --version are written (default
+// os.Stdout).
+func WithStdout(w io.Writer) Option {
+	return func(o *runOptions) { o.stdout = w }
+}
+
+// withStderr sets where logs go when no logger is given.
+func withStderr(w io.Writer) Option {
+	return func(o *runOptions) { o.stderr = w }
+}
+
+// withEnv replaces the environment lookup, for tests.
+func withEnv(fn func(string) (string, bool)) Option {
+	return func(o *runOptions) { o.lookupEnv = fn }
+}
+
+// flags holds the parsed command line.
+type flags struct {
+	config, listen, dataDir, advertise, adminToken string
+	sourceAllow                                    string
+	logLevel, logFormat                            string
+	version                                        bool
+}
+
+func newFlagSet(f *flags, out io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("supernode", flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.StringVar(&f.config, "config", "", "YAML config `file` (see docs/supernode.yaml); flags override it")
+	fs.StringVar(&f.listen, "listen", "", "`host:port` of the HTTP listener (default "+DefaultListen+")")
+	fs.StringVar(&f.dataDir, "data-dir", "", "`dir` for content, piece metadata and the generated admin token (default "+DefaultDataDir+")")
+	fs.StringVar(&f.advertise, "advertise-addr", "", "`host:port` peers use to reach this supernode's CDN (default: the listen address, unspecified host replaced by the first non-loopback IPv4)")
+	fs.StringVar(&f.adminToken, "admin-token", "", "admin API bearer `token` (prefer $"+EnvAdminToken+"; default: generated into <data-dir>/admin-token)")
+	fs.StringVar(&f.sourceAllow, "source-allow", "", "comma-separated `networks` (CIDR or IP) sources may be fetched from although the source policy denies them, e.g. 127.0.0.1/32")
+	fs.StringVar(&f.logLevel, "log-level", "", "log `level`: debug, info, warn, error (default info)")
+	fs.StringVar(&f.logFormat, "log-format", "", "log `format`: json or console (default console)")
+	fs.BoolVar(&f.version, "version", false, "print the version and exit")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: supernode [flags]\n\nThe Damselfly supernode: CDN seed, piece scheduler, peer API and admin API on one listener.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// Run runs the supernode with the command-line args until ctx is done. It
+// returns nil after a clean shutdown, and an error for a bad command line or
+// config before anything listens.
+func Run(ctx context.Context, args []string, opts ...Option) error {
+	o := runOptions{stdout: os.Stdout, stderr: os.Stderr, lookupEnv: os.LookupEnv}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	var f flags
+	fset := newFlagSet(&f, o.stdout)
+	if err := fset.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return fmt.Errorf("command line: %w", err)
+	}
+	if fset.NArg() > 0 {
+		return fmt.Errorf("command line: unexpected argument %q", fset.Arg(0))
+	}
+	if f.version {
+		fmt.Fprintln(o.stdout, version.String("supernode"))
+		return nil
+	}
+
+	cfg, err := buildConfig(fset, &f, o.lookupEnv)
+	if err != nil {
+		return err
+	}
+	logger := o.log
+	if logger == nil {
+		if logger, err = log.New(cfg.Log, o.stderr); err != nil {
+			return err
+		}
+		defer logger.Sync() //nolint:errcheck // nothing to do about it at exit
+	}
+	err = run(ctx, cfg, o, logger)
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// buildConfig layers defaults, the config file, the environment and the
+// flags, then validates the result.
+func buildConfig(fset *flag.FlagSet, f *flags, lookupEnv func(string) (string, bool)) (Config, error) {
+	var cfg Config
+	if f.config != "" {
+		var err error
+		if cfg, err = loadConfig(f.config); err != nil {
+			return Config{}, err
+		}
+	}
+	if v, ok := lookupEnv(EnvAdminToken); ok && v != "" {
+		cfg.AdminToken = v
+	}
+	fset.Visit(func(fl *flag.Flag) {
+		switch fl.Name {
+		case "listen":
+			cfg.Listen = f.listen
+		case "data-dir":
+			cfg.DataDir = f.dataDir
+		case "advertise-addr":
+			cfg.AdvertiseAddr = f.advertise
+		case "admin-token":
+			cfg.AdminToken = f.adminToken
+		case "source-allow":
+			for s := range strings.SplitSeq(f.sourceAllow, ",") {
+				if s = strings.TrimSpace(s); s != "" {
+					cfg.Source.Allow = append(cfg.Source.Allow, s)
+				}
+			}
+		case "log-level":
+			cfg.Log.Level = f.logLevel
+		case "log-format":
+			cfg.Log.Format = f.logFormat
+		}
+	})
+	cfg = cfg.ApplyDefaults()
+	if err := cfg.Validate(); err != nil {
+		return Config{}, fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	return cfg, nil
+}
+
+// run wires and runs the components.
+func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) error {
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	token, err := adminToken(cfg, logger)
+	if err != nil {
+		return err
+	}
+	store, err := local.New(filepath.Join(cfg.DataDir, "content"), local.WithLogger(logger.Named("content")))
+	if err != nil {
+		return fmt.Errorf("content store: %w", err)
+	}
+	sourceHC := o.sourceHC
+	if sourceHC == nil {
+		policy, err := newDialPolicy(cfg.Source)
+		if err != nil {
+			return fmt.Errorf("source policy: %w", err)
+		}
+		sourceHC = sourceHTTPClient(policy)
+	}
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	defer ln.Close()
+	advertise := cfg.AdvertiseAddr
+	if advertise == "" {
+		advertise = advertiseFrom(ln.Addr())
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	sched, err := scheduler.New(cfg.Scheduler, schedapi.Peer{ID: CDNPeerID, Addr: advertise},
+		scheduler.WithLogger(logger), scheduler.WithMetrics(reg))
+	if err != nil {
+		return err
+	}
+	src := httpsource.New(httpsource.WithHTTPClient(sourceHC), httpsource.WithLogger(logger.Named("source")))
+	seed, err := cdn.New(cfg.CDN, store, src, cdnScheduler{sched},
+		cdn.WithLogger(logger.Named("cdn")), cdn.WithMetrics(reg))
+	if err != nil {
+		return err
+	}
+	httpm := httpx.NewMetrics(reg, "damselfly")
+
+	mux := http.NewServeMux()
+	mux.Handle("/api/peer/", peerapi.New(sched, seed,
+		peerapi.WithLogger(logger.Named("peerapi")), peerapi.WithHTTPMetrics(httpm)).Handler())
+	mux.Handle("/upload/", upload.New(seed,
+		upload.WithLogger(logger.Named("upload")), upload.WithMetrics(httpm)).Handler())
+	mux.Handle("/api/v1/", adminapi.New(sched, seed, token,
+		adminapi.WithLogger(logger.Named("adminapi")), adminapi.WithHTTPMetrics(httpm)))
+	mux.Handle("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = io.WriteString(w, "ok\n")
+	}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          zap.NewStdLog(logger.Named("http")),
+	}
+	logger.Info("supernode listening",
+		zap.String("addr", ln.Addr().String()), zap.String("advertise", advertise),
+		zap.String("dataDir", cfg.DataDir), zap.String("version", version.Version()))
+	if o.ready != nil {
+		o.ready(ln.Addr())
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return sched.Run(gctx) })
+	g.Go(func() error { return seed.Run(gctx) })
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), shutdownTimeout)
+		defer cancel()
+		if err := srv.Shutdown(sctx); err != nil {
+			_ = srv.Close()
+			logger.Warn("http shutdown", zap.Error(err))
+		}
+		return nil
+	})
+	err = g.Wait()
+	logger.Info("supernode stopped")
+	return err
+}
+
+// advertiseFrom derives the address peers reach the CDN at from the bound
+// listener: an unspecified host becomes the first non-loopback IPv4 address
+// of the machine, or 127.0.0.1.
+func advertiseFrom(bound net.Addr) string {
+	host, port, err := net.SplitHostPort(bound.String())
+	if err != nil {
+		return bound.String()
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		host = firstIPv4()
+	}
+	return net.JoinHostPort(host, port)
+}
+
+func firstIPv4() string {
+	addrs, err := net.InterfaceAddrs()
+	if err == nil {
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok {
+				if ip4 := n.IP.To4(); ip4 != nil && !ip4.IsLoopback() && !ip4.IsLinkLocalUnicast() {
+					return ip4.String()
+				}
+			}
+		}
+	}
+	return "127.0.0.1"
+}
+
+// adminTokenFile is the name of the generated token under the data dir.
+const adminTokenFile = "admin-token"
+
+// adminToken returns the configured token, or the one kept in the data dir,
+// generating it on first start. The token itself is never logged.
+func adminToken(cfg Config, logger *zap.Logger) (string, error) {
+	if cfg.AdminToken != "" {
+		return cfg.AdminToken, nil
+	}
+	path := filepath.Join(cfg.DataDir, adminTokenFile)
+	if b, err := os.ReadFile(path); err == nil {
+		if tok := strings.TrimSpace(string(b)); tok != "" {
+			if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
+				logger.Warn("admin token file is readable by others", zap.String("path", path))
+			}
+			logger.Info("admin token read from file", zap.String("path", path))
+			return tok, nil
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	var raw [32]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	tok := hex.EncodeToString(raw[:])
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(tok+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	logger.Info("admin token generated", zap.String("path", path))
+	return tok, nil
+}
+
+// cdnScheduler adapts the scheduler to what the CDN drives.
+type cdnScheduler struct{ s *scheduler.Scheduler }
+
+var _ cdn.Scheduler = cdnScheduler{}
+
+func (a cdnScheduler) TaskInfo(ctx context.Context, id string) (schedapi.TaskInfo, error) {
+	return a.s.TaskInfo(ctx, id)
+}
+
+func (a cdnScheduler) AddTask(ctx context.Context, spec cdn.TaskSpec) error {
+	return a.s.AddTask(ctx, scheduler.TaskSpec(spec))
+}
+
+func (a cdnScheduler) SetSize(ctx context.Context, id string, size int64) error {
+	return a.s.SetSize(ctx, id, size)
+}
+
+func (a cdnScheduler) PublishPiece(ctx context.Context, id string, n int, d digest.Digest) error {
+	return a.s.PublishPiece(ctx, id, n, d)
+}
+
+func (a cdnScheduler) Succeed(ctx context.Context, id string, size int64, d digest.Digest) error {
+	return a.s.Succeed(ctx, id, size, d)
+}
+
+func (a cdnScheduler) Fail(ctx context.Context, id string, cause error) error {
+	return a.s.Fail(ctx, id, cause)
+}
+
+func (a cdnScheduler) RemoveTask(ctx context.Context, id string) error {
+	return a.s.RemoveTask(ctx, id)
+}

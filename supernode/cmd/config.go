@@ -1,0 +1,173 @@
+package cmd
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/damselfly/damselfly/pkg/log"
+	"github.com/damselfly/damselfly/supernode/cdn"
+	"github.com/damselfly/damselfly/supernode/scheduler"
+)
+
+// Defaults of the top-level keys.
+const (
+	DefaultListen  = ":8002"
+	DefaultDataDir = ".damselfly/supernode"
+)
+
+// Config is the supernode's configuration: a YAML file (--config), with
+// command-line flags taking precedence. It composes the configs of the
+// packages it wires. docs/supernode.yaml is the annotated default.
+type Config struct {
+	// Listen is the address of the supernode's one HTTP listener: the peer
+	// API, the CDN's piece uploads, the admin API, /healthz and /metrics.
+	Listen string `yaml:"listen"`
+	// AdvertiseAddr is the host:port peers use to reach this supernode's
+	// CDN. Empty: the listen address, with an unspecified host replaced by
+	// the machine's first non-loopback IPv4 address (127.0.0.1 if none).
+	AdvertiseAddr string `yaml:"advertiseAddr"`
+	// DataDir holds the content store (content/), the CDN's piece metadata
+	// (cdn/) and a generated admin token (admin-token). Relative paths are
+	// relative to the working directory.
+	DataDir string `yaml:"dataDir"`
+	// AdminToken is the bearer token of the admin API. Prefer the
+	// DAMSELFLY_ADMIN_TOKEN environment variable. Empty everywhere: a
+	// random token is generated once and kept in <dataDir>/admin-token.
+	AdminToken string `yaml:"adminToken"`
+	// Source is the policy for the CDN's outbound requests.
+	Source SourceConfig `yaml:"source"`
+	// Scheduler tunes piece scheduling.
+	Scheduler scheduler.Config `yaml:"scheduler"`
+	// CDN tunes source fetches.
+	CDN cdn.Config `yaml:"cdn"`
+	// Log sets the log level and format.
+	Log log.Config `yaml:"log"`
+}
+
+// SourceConfig says which addresses the CDN may fetch from. The resolved IP
+// of every connection, including each redirect hop, is checked when it is
+// dialled. Loopback, link-local (cloud metadata services), unspecified and
+// multicast addresses are denied unless Allow covers them. Proxy environment
+// variables are ignored, so that the check applies to the source itself.
+type SourceConfig struct {
+	// Allow lists networks (CIDR, or a bare IP) that are allowed even
+	// though Deny or the built-in list covers them, for example
+	// 127.0.0.1/32 for a registry on the same machine.
+	Allow []string `yaml:"allow"`
+	// Deny lists further networks that sources may not be reached at.
+	Deny []string `yaml:"deny"`
+}
+
+// ApplyDefaults fills unset fields.
+func (c Config) ApplyDefaults() Config {
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.DataDir == "" {
+		c.DataDir = DefaultDataDir
+	}
+	c.Scheduler = c.Scheduler.ApplyDefaults()
+	c.CDN.Dir = filepath.Join(c.DataDir, "cdn")
+	c.CDN = c.CDN.ApplyDefaults()
+	c.Log = c.Log.ApplyDefaults()
+	return c
+}
+
+// Validate reports every problem of the config, each naming its key.
+func (c Config) Validate() error {
+	var errs []error
+	if err := checkHostPort(c.Listen, true); err != nil {
+		errs = append(errs, fmt.Errorf("listen: %w", err))
+	}
+	if c.AdvertiseAddr != "" {
+		if err := checkHostPort(c.AdvertiseAddr, false); err != nil {
+			errs = append(errs, fmt.Errorf("advertiseAddr: %w", err))
+		} else if host, _, _ := net.SplitHostPort(c.AdvertiseAddr); host == "" || isUnspecified(host) {
+			errs = append(errs, fmt.Errorf("advertiseAddr %q: needs a host peers can reach", c.AdvertiseAddr))
+		}
+	}
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("dataDir: must be set"))
+	}
+	if _, err := parseNetworks(c.Source.Allow); err != nil {
+		errs = append(errs, fmt.Errorf("source.allow: %w", err))
+	}
+	if _, err := parseNetworks(c.Source.Deny); err != nil {
+		errs = append(errs, fmt.Errorf("source.deny: %w", err))
+	}
+	if err := c.Scheduler.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.CDN.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Log.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// checkHostPort validates host:port; the host may be empty (all interfaces)
+// and the port 0 (any free port) only when listening.
+func checkHostPort(addr string, listen bool) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q: must be host:port", addr)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 0 || p > 65535 || (p == 0 && !listen) {
+		return fmt.Errorf("%q: bad port %q", addr, port)
+	}
+	if !listen && host == "" {
+		return fmt.Errorf("%q: no host", addr)
+	}
+	return nil
+}
+
+func isUnspecified(host string) bool {
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsUnspecified()
+}
+
+// parseNetworks parses CIDRs or bare IPs.
+func parseNetworks(list []string) ([]netip.Prefix, error) {
+	out := make([]netip.Prefix, 0, len(list))
+	var errs []error
+	for _, s := range list {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		if ip, err := netip.ParseAddr(s); err == nil {
+			out = append(out, netip.PrefixFrom(ip.Unmap(), ip.Unmap().BitLen()))
+			continue
+		}
+		errs = append(errs, fmt.Errorf("%q: not a CIDR or IP address", s))
+	}
+	return out, errors.Join(errs...)
+}
+
+// loadConfig reads a YAML config file. Unknown keys are errors: a typo must
+// not silently fall back to a default.
+func loadConfig(path string) (Config, error) {
+	var c Config
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return c, fmt.Errorf("config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
