@@ -11,8 +11,10 @@ import (
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+	"golang.org/x/time/rate"
 
 	"github.com/damselfly/damselfly/pkg/content"
 	"github.com/damselfly/damselfly/pkg/content/contenttest"
@@ -674,4 +676,82 @@ func TestBackToSourceOverHTTP(t *testing.T) {
 	_, err = d.Wait(t.Context())
 	require.ErrorIs(t, err, source.ErrNotFound)
 	require.ErrorContains(t, err, "source: ")
+}
+
+// Closing a reader unblocks a Read waiting for a piece.
+func TestReaderCloseUnblocks(t *testing.T) {
+	t.Parallel()
+	data := randomData(t, 2*testPieceSize)
+	h := newHolder(t, "gated", data, gated)
+	f := newFakeSched(t, data, func(int, int) (schedapi.Peer, bool) { return h.peer, false })
+	e := newTestEngine(t, f.addr, engineSetup{})
+	d, err := e.Download(t.Context(), Request{URL: "http://origin.test/file"})
+	require.NoError(t, err)
+	defer d.Close()
+	r := d.NewReader(0)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := r.Read(make([]byte, 10))
+		errc <- err
+	}()
+	select {
+	case err := <-errc:
+		t.Fatalf("Read returned %v before any piece", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	require.NoError(t, r.Close())
+	require.ErrorIs(t, <-errc, ErrReaderClosed)
+	h.release(0)
+	h.release(1)
+	_, err = d.Wait(t.Context())
+	require.NoError(t, err)
+}
+
+// The download limiter paces piece fetches, and metrics count them.
+func TestDownloadLimiterAndMetrics(t *testing.T) {
+	t.Parallel()
+	data := randomData(t, 8*testPieceSize) // 512 KiB
+	h := newHolder(t, "good", data, good)
+	f := newFakeSched(t, data, func(int, int) (schedapi.Peer, bool) { return h.peer, false })
+	reg := prometheus.NewRegistry()
+	lim := rate.NewLimiter(rate.Limit(2<<20), 64<<10) // 2 MiB/s
+	e := newTestEngine(t, f.addr, engineSetup{opts: []Option{WithDownloadLimiter(lim), WithMetrics(reg)}})
+	start := time.Now()
+	d, err := e.Download(t.Context(), Request{URL: "http://origin.test/file"})
+	require.NoError(t, err)
+	defer d.Close()
+	_, err = d.Wait(t.Context())
+	require.NoError(t, err)
+	// 512 KiB at 2 MiB/s with a 64 KiB burst takes at least ~220ms.
+	require.GreaterOrEqual(t, time.Since(start), 200*time.Millisecond)
+	require.Equal(t, 8.0, counterValue(t, reg, "damselfly_peer_pieces_total", map[string]string{"result": "ok", "from": "peer"}))
+	require.Equal(t, float64(len(data)), counterValue(t, reg, "damselfly_peer_received_bytes_total", map[string]string{"from": "peer"}))
+	require.Equal(t, 1.0, counterValue(t, reg, "damselfly_peer_downloads_total", map[string]string{"result": "ok", "mode": "p2p"}))
+
+	// A second engine on the same registry is refused, not silently merged.
+	_, err = New(Config{}, contenttest.NewMemory(), e.sched, e.self, WithMetrics(reg))
+	require.Error(t, err)
+}
+
+// counterValue reads one counter from a registry.
+func counterValue(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	metrics:
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if labels[lp.GetName()] != lp.GetValue() {
+					continue metrics
+				}
+			}
+			return m.GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no counter %s%v", name, labels)
+	return 0
 }

@@ -81,6 +81,7 @@ func newTask(e *Engine, id string, req Request) *task {
 		handles:  make(map[*Download]struct{}),
 		done:     make(chan struct{}),
 		info:     schedapi.TaskInfo{TaskID: id, Size: -1, PieceCount: -1},
+		progress: Progress{Size: -1},
 	}
 }
 
@@ -97,6 +98,7 @@ func (t *task) start(ctx context.Context, resp schedapi.RegisterResponse, regErr
 	t.registered = regErr == nil
 	if regErr == nil {
 		t.info = resp.TaskInfo
+		t.progress.Size = resp.Size
 	}
 	t.mu.Unlock()
 
