@@ -137,6 +137,29 @@ func (c *cache) taskDigest(taskID string) (digest.Digest, bool) {
 	return r.Digest, true
 }
 
+// tasksFor returns the URL tasks recorded with content digest d.
+func (c *cache) tasksFor(d digest.Digest) []string {
+	entries, err := os.ReadDir(c.taskDir)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, e := range entries {
+		if e.IsDir() || filepath.Ext(e.Name()) != ".json" {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(c.taskDir, e.Name()))
+		if err != nil {
+			continue
+		}
+		var r taskRecord
+		if json.Unmarshal(b, &r) == nil && r.Digest == d && taskid.Validate(r.TaskID) == nil {
+			out = append(out, r.TaskID)
+		}
+	}
+	return out
+}
+
 func (c *cache) writeTask(r taskRecord) error {
 	b, err := json.Marshal(r)
 	if err != nil {

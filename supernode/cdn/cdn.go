@@ -378,7 +378,10 @@ func (c *CDN) SourceBytes(taskID string) int64 {
 }
 
 // Delete cancels a running fetch of the task, removes the task from the
-// scheduler and deletes its cached content and metadata. It returns an error
+// scheduler and deletes its cached content and metadata. Content is shared
+// by digest: the other tasks served from the same content (the digest task,
+// URL tasks that resolved to it) are removed from the scheduler too, and
+// fetched again by their next registration. Delete returns an error
 // wrapping ErrNotFound when there was nothing to delete.
 func (c *CDN) Delete(ctx context.Context, taskID string) error {
 	if err := taskid.Validate(taskID); err != nil {
@@ -415,6 +418,31 @@ func (c *CDN) Delete(ctx context.Context, taskID string) error {
 		}
 	}
 	if d != "" {
+		// Every other task served from this content goes with it.
+		others := c.cache.tasksFor(d)
+		if !byDigest {
+			others = append(others, d.String())
+		}
+		for _, other := range others {
+			if other == taskID {
+				continue
+			}
+			c.mu.Lock()
+			_, running := c.fetches[other]
+			c.mu.Unlock()
+			if running {
+				// It is fetching its own copy, not reading this one.
+				continue
+			}
+			if err := c.sched.RemoveTask(ctx, other); err == nil {
+				c.log.Info("task sharing deleted content removed", zap.String("task", other), zap.String("deleted", taskID))
+			}
+			if _, isDigest := taskid.Digest(other); !isDigest {
+				if err := c.cache.removeTask(other); err != nil {
+					return fmt.Errorf("delete task %s: %w", taskID, err)
+				}
+			}
+		}
 		if err := c.store.Delete(ctx, d); err == nil {
 			found = true
 		} else if !errors.Is(err, content.ErrNotFound) {

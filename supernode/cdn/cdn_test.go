@@ -716,3 +716,36 @@ func TestRunStopsFetches(t *testing.T) {
 	_, err = f.cdn.Ensure(t.Context(), Request{TaskID: other, URL: o.url("/other")})
 	require.ErrorIs(t, err, ErrClosed)
 }
+
+func TestDeleteRemovesTasksSharingContent(t *testing.T) {
+	t.Parallel()
+	body := blob(12, 3000)
+	o := newOrigin(t, &origin{body: body})
+	f := newFixture(t, o, nil, "")
+	d := digest.FromBytes(body)
+	byDigest, err := taskid.ForDigest(d)
+	require.NoError(t, err)
+	byURL, err := taskid.ForURL(o.url("/a"), nil, "")
+	require.NoError(t, err)
+	for _, id := range []string{byURL, byDigest} {
+		_, err := f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: o.url("/a")})
+		require.NoError(t, err)
+		require.Equal(t, schedapi.TaskSucceeded, f.settle(t, id).info.State)
+	}
+
+	require.NoError(t, f.cdn.Delete(t.Context(), byDigest))
+	for _, id := range []string{byURL, byDigest} {
+		_, ok := f.sched.snapshot(id)
+		require.False(t, ok, "task %s is gone with its content", id)
+		_, err := f.cdn.Open(t.Context(), id)
+		require.ErrorIs(t, err, ErrNotFound)
+	}
+	// The URL task fetches again instead of pointing at deleted content.
+	_, err = f.cdn.Ensure(t.Context(), Request{TaskID: byURL, URL: o.url("/a")})
+	require.NoError(t, err)
+	require.Equal(t, schedapi.TaskSucceeded, f.settle(t, byURL).info.State)
+	// One fetch for the URL task, the digest task from the cache, one
+	// fetch again after the delete.
+	require.EqualValues(t, 2, o.gets.Load())
+	require.InDelta(t, 1, metricValue(t, f.reg, "damselfly_cdn_cache_hits_total"), 0)
+}

@@ -53,7 +53,6 @@ const CDNPeerID = "supernode"
 const (
 	shutdownTimeout   = 10 * time.Second
 	readHeaderTimeout = 10 * time.Second
-	readTimeout       = time.Minute
 	idleTimeout       = 2 * time.Minute
 	maxHeaderBytes    = 64 << 10
 )
@@ -279,10 +278,12 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	}))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 
+	// No ReadTimeout or WriteTimeout: long polls and piece uploads outlive
+	// any fixed bound (a ReadTimeout would even cancel the request context
+	// of a long upload). Request bodies are bounded by the handlers.
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: readHeaderTimeout,
-		ReadTimeout:       readTimeout,
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          zap.NewStdLog(logger.Named("http")),
