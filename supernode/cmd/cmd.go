@@ -389,30 +389,37 @@ type cdnScheduler struct{ s *scheduler.Scheduler }
 
 var _ cdn.Scheduler = cdnScheduler{}
 
+// TaskInfo forwards to the scheduler.
 func (a cdnScheduler) TaskInfo(ctx context.Context, id string) (schedapi.TaskInfo, error) {
 	return a.s.TaskInfo(ctx, id)
 }
 
+// AddTask adds the task; the specs have the same fields.
 func (a cdnScheduler) AddTask(ctx context.Context, spec cdn.TaskSpec) error {
 	return a.s.AddTask(ctx, scheduler.TaskSpec(spec))
 }
 
+// SetSize forwards to the scheduler.
 func (a cdnScheduler) SetSize(ctx context.Context, id string, size int64) error {
 	return a.s.SetSize(ctx, id, size)
 }
 
+// PublishPiece forwards to the scheduler.
 func (a cdnScheduler) PublishPiece(ctx context.Context, id string, n int, d digest.Digest) error {
 	return a.s.PublishPiece(ctx, id, n, d)
 }
 
+// Succeed forwards to the scheduler.
 func (a cdnScheduler) Succeed(ctx context.Context, id string, size int64, d digest.Digest) error {
 	return a.s.Succeed(ctx, id, size, d)
 }
 
+// Fail forwards to the scheduler.
 func (a cdnScheduler) Fail(ctx context.Context, id string, cause error) error {
 	return a.s.Fail(ctx, id, cause)
 }
 
+// RemoveTask forwards to the scheduler.
 func (a cdnScheduler) RemoveTask(ctx context.Context, id string) error {
 	return a.s.RemoveTask(ctx, id)
 }
