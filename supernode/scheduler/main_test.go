@@ -77,7 +77,7 @@ func newTestState(t *testing.T, cfg Config) *state {
 }
 
 // startScheduler builds a scheduler and runs it until the test ends.
-func startScheduler(t *testing.T, cfg Config, opts ...Option) *Scheduler {
+func startScheduler(t testing.TB, cfg Config, opts ...Option) *Scheduler {
 	t.Helper()
 	s, err := New(cfg, cdnPeer, opts...)
 	require.NoError(t, err)

@@ -117,6 +117,8 @@ func (k failureKind) String() string {
 		return "missing"
 	case failIntegrity:
 		return "integrity"
+	case failRequester:
+		return "requester"
 	default:
 		return "transfer"
 	}

@@ -2,7 +2,6 @@ package scheduler
 
 import (
 	"fmt"
-	"hash/fnv"
 	"strings"
 )
 
@@ -29,6 +28,10 @@ type slots struct {
 // source with a free slot that is neither the requester nor struck out.
 type selectionPolicy interface {
 	choose(t *task, req *member, max int, s slots) []choice
+	// canServe reports whether choose could, as things stand, assign piece
+	// i to req. choose answers nothing exactly when canServe is false for
+	// every piece.
+	canServe(t *task, req *member, i int, s slots) bool
 }
 
 // newPolicy returns the policy named by name.
@@ -43,8 +46,8 @@ func newPolicy(name string) (selectionPolicy, error) {
 
 // rarestFirst orders the candidate pieces by rarity (peers holding the piece
 // plus assignments of it in flight), then by index, and gives each one to the
-// peer holding it with the fewest uploads in flight (ties broken by a hash of
-// peer and piece). Counting in-flight assignments in the rarity spreads a
+// peer holding it with the fewest uploads in flight (ties broken by an order
+// that depends on the piece, so equally loaded holders share the pieces). Counting in-flight assignments in the rarity spreads a
 // flash crowd over all pieces instead of sending everyone to piece 0.
 //
 // The CDN is the source of last resort: it serves a piece only when no peer
@@ -62,68 +65,70 @@ func (rarestFirst) choose(t *task, req *member, max int, s slots) []choice {
 	if max <= 0 {
 		return nil
 	}
-	cdnFree := s.cdn - s.cdnBusy
-	// Peers that may serve this requester: members, not the requester, not
-	// struck out, with a free slot.
-	var avail []*member
-	for _, m := range t.members {
-		if m != req && !t.isStruck(m.peer.id) && m.peer.uploading < s.peer {
-			avail = append(avail, m)
-		}
-	}
-	if len(avail) == 0 && cdnFree <= 0 {
-		return nil
-	}
-
 	order := candidates(t, req)
 	if len(order) == 0 {
 		return nil
 	}
+	cdnFree := s.cdn - s.cdnBusy
 	// Slots taken by the choices made so far in this call.
 	taken := make(map[*peer]int)
-	free := func(m *member) bool { return m.peer.uploading+taken[m.peer] < s.peer }
+	load := func(m *member) int { return m.peer.uploading + taken[m.peer] }
 
 	var out []choice
 	for _, i := range order {
 		if len(out) == max {
 			break
 		}
-		var best *member
-		var bestLoad int
-		var bestRank uint64
-		consider := func(m *member) {
-			if m == req || !free(m) {
-				return
-			}
-			load := m.peer.uploading + taken[m.peer]
-			rank := spread(m.peer.hash, i)
-			if best == nil || load < bestLoad || (load == bestLoad && rank < bestRank) {
-				best, bestLoad, bestRank = m, load, rank
-			}
-		}
-		// Walk whichever list is shorter: the holders of the piece, or the
-		// peers with a free slot.
-		if holders := t.holders[i]; len(holders) <= len(avail) {
-			for _, m := range holders {
-				consider(m)
-			}
-		} else {
-			for _, m := range avail {
-				if m.have.Has(i) {
-					consider(m)
-				}
-			}
-		}
-		switch {
+		holders := t.holders[i]
+		switch best := leastLoaded(holders, req, i, load, s.peer); {
 		case best != nil:
 			taken[best.peer]++
 			out = append(out, choice{piece: i, from: best})
-		case len(t.holders[i]) == 0 && t.fromCDN[i] == 0 && cdnFree > 0:
+		case len(holders) == 0 && t.fromCDN[i] == 0 && cdnFree > 0:
 			cdnFree--
 			out = append(out, choice{piece: i})
 		}
 	}
 	return out
+}
+
+// leastLoaded returns the holder of piece i with the fewest uploads and a
+// free slot, req excepted. It walks the holders from a point that depends on
+// the piece, so that equally loaded holders share the pieces, and stops at
+// the first idle one.
+func leastLoaded(holders []*member, req *member, i int, load func(*member) int, slots int) *member {
+	n := len(holders)
+	if n == 0 {
+		return nil
+	}
+	var best *member
+	bestLoad := slots
+	start := int(spread(uint64(n), i) % uint64(n))
+	for k := range n {
+		m := holders[(start+k)%n]
+		if m == req {
+			continue
+		}
+		if l := load(m); l < bestLoad {
+			best, bestLoad = m, l
+			if l == 0 {
+				break
+			}
+		}
+	}
+	return best
+}
+
+func (rarestFirst) canServe(t *task, req *member, i int, s slots) bool {
+	if !t.isPublished(i) || req.have.Has(i) || req.inflight[i] != nil {
+		return false
+	}
+	for _, h := range t.holders[i] {
+		if h != req && h.peer.uploading < s.peer {
+			return true
+		}
+	}
+	return len(t.holders[i]) == 0 && t.fromCDN[i] == 0 && s.cdnBusy < s.cdn
 }
 
 // candidates returns the published pieces req neither holds nor has in
@@ -158,16 +163,7 @@ func candidates(t *task, req *member) []int {
 	return out
 }
 
-// peerHash is a stable hash of a peer ID, mixed with a piece index by spread
-// to break ties between equally loaded holders: deterministic, yet different
-// pieces of one task go to different holders.
-func peerHash(id string) uint64 {
-	h := fnv.New64a()
-	_, _ = h.Write([]byte(id))
-	return h.Sum64()
-}
-
-// spread mixes a peer hash with a piece index (splitmix64 finaliser).
+// spread mixes a value with a piece index (splitmix64 finaliser).
 func spread(h uint64, piece int) uint64 {
 	x := h ^ (uint64(piece)+1)*0x9e3779b97f4a7c15
 	x ^= x >> 30
@@ -186,24 +182,39 @@ const (
 	// refused, timeout, a server error.
 	failTransfer failureKind = iota
 	// failMissing: the source answered that it does not have the piece
-	// ("range not available"). It counts as a transfer failure and the
-	// source no longer counts as a holder of the piece.
+	// ("range not available", a 404). It counts as a transfer failure and
+	// the source no longer counts as a holder of the piece.
 	failMissing
 	// failIntegrity: the bytes served did not match the piece's digest or
 	// size. The source is struck out of the task at once.
 	failIntegrity
+	// failRequester: the requester gave up on its own (it was cancelled, or
+	// found the assignment unusable); the source is not to blame.
+	failRequester
 )
 
 // classifyFailure maps the free-text Error of a schedapi.PieceResult to a
-// failure kind. Peers say "digest mismatch", "size mismatch" or "range not
-// available"; anything else is a transfer failure.
+// failure kind. It knows the reasons pkg/peer and pkg/peer/upload give:
+// "digest mismatch", "short body" and "long body" (a size mismatch), "status
+// 404" (the upload server's "range not available"), "canceled", "bad
+// assignment: ...". Anything else is a transfer failure.
 func classifyFailure(reason string) failureKind {
 	r := strings.ToLower(reason)
+	has := func(subs ...string) bool {
+		for _, s := range subs {
+			if strings.Contains(r, s) {
+				return true
+			}
+		}
+		return false
+	}
 	switch {
-	case strings.Contains(r, "digest mismatch"), strings.Contains(r, "size mismatch"):
+	case has("digest mismatch", "size mismatch", "short body", "long body"):
 		return failIntegrity
-	case strings.Contains(r, "range not available"):
+	case has("range not available", "status 404", "status 416"):
 		return failMissing
+	case has("canceled", "cancelled", "bad assignment"):
+		return failRequester
 	default:
 		return failTransfer
 	}

@@ -84,7 +84,7 @@ func (f fixture) build(t *testing.T, cfg Config) (*state, *task) {
 		}
 		tk.strikes[name] = rec
 		for _, i := range tk.members[name].have.Indices() {
-			unlistHolder(tk, i, tk.members[name])
+			st.unlistHolder(tk, i, tk.members[name])
 		}
 	}
 	for name, n := range f.uploading {

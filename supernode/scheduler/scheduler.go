@@ -150,7 +150,9 @@ func (s *Scheduler) Run(ctx context.Context) error {
 
 // call runs fn on the event loop and waits for it. It gives up with
 // ctx.Err() if ctx ends before the loop takes fn, or ErrClosed if the loop
-// has ended. Once taken, fn runs at once and to the end.
+// has ended. Once taken, fn runs at once and to the end. An idle loop takes
+// fn even if ctx is already done, so that a poll with no time to wait still
+// gets an answer.
 func (s *Scheduler) call(ctx context.Context, fn func()) error {
 	done := make(chan struct{})
 	ev := func() {
@@ -159,10 +161,14 @@ func (s *Scheduler) call(ctx context.Context, fn func()) error {
 	}
 	select {
 	case s.events <- ev:
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-s.stopped:
-		return ErrClosed
+	default:
+		select {
+		case s.events <- ev:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.stopped:
+			return ErrClosed
+		}
 	}
 	<-done
 	return nil

@@ -104,6 +104,34 @@ func TestPollEmptyOnDeadline(t *testing.T) {
 	require.Len(t, resp.Assignments, 1)
 }
 
+// TestPollWithoutWait polls with a context that is already done: an idle
+// scheduler still answers it, with assignments if there are any.
+func TestPollWithoutWait(t *testing.T) {
+	t.Parallel()
+	s := startScheduler(t, Config{})
+	id := addTask(t, s, t.Name(), 2, 0)
+	join(t, s, id, "r")
+	done, cancel := context.WithCancel(t.Context())
+	cancel()
+	var resp schedapi.PiecesResponse
+	require.Eventually(t, func() bool {
+		var err error
+		resp, err = s.Poll(done, id, "r", 4)
+		return err == nil
+	}, 5*time.Second, time.Millisecond)
+	require.Empty(t, resp.Assignments)
+	require.Equal(t, schedapi.TaskRunning, resp.State)
+	waitParked(t, s, id, 0)
+
+	require.NoError(t, s.PublishPiece(t.Context(), id, 0, pieceDigest(id, 0)))
+	require.Eventually(t, func() bool {
+		var err error
+		resp, err = s.Poll(done, id, "r", 4)
+		return err == nil
+	}, 5*time.Second, time.Millisecond)
+	require.Len(t, resp.Assignments, 1)
+}
+
 func TestStateChangeWakesPollers(t *testing.T) {
 	t.Parallel()
 	tests := []struct {

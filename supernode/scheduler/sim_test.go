@@ -79,22 +79,30 @@ func TestSimulatedSwarm(t *testing.T) {
 	}
 }
 
-func simulateSwarm(t *testing.T, corrupt int) {
+func simulateSwarm(t *testing.T, corrupt int) { simulateSwarmN(t, 32, 200, corrupt) }
+
+// BenchmarkSimulatedSwarm measures the scheduler with a larger swarm: 300
+// peers fetching 300 pieces, 90,000 transfers per iteration.
+func BenchmarkSimulatedSwarm(b *testing.B) {
+	for b.Loop() {
+		simulateSwarmN(b, 300, 300, 0)
+	}
+}
+
+func simulateSwarmN(t testing.TB, peers, pieces, corrupt int) {
 	const (
-		peers      = 32
-		pieces     = 200
 		pieceSize  = 1000
 		peerSlots  = 4
 		cdnSlots   = 16
 		perPoll    = 8
-		maxPolls   = 20 * pieces
-		simTimeout = 45 * time.Second
+		simTimeout = 300 * time.Second
 	)
+	maxPolls := 20 * pieces
 	s := startScheduler(t, Config{PeerUploadSlots: peerSlots, CDNUploadSlots: cdnSlots})
 	ctx, cancel := context.WithTimeout(t.Context(), simTimeout)
 	defer cancel()
 	id := testTaskID(t.Name())
-	require.NoError(t, s.AddTask(ctx, TaskSpec{ID: id, URL: "http://127.0.0.1:1/big", PieceSize: pieceSize, Size: pieces * pieceSize}))
+	require.NoError(t, s.AddTask(ctx, TaskSpec{ID: id, URL: "http://127.0.0.1:1/big", PieceSize: pieceSize, Size: int64(pieces) * pieceSize}))
 
 	w := &swarm{
 		held: map[string]map[int]bool{}, uploading: map[string]int{}, maxUpload: map[string]int{},
@@ -119,7 +127,7 @@ func simulateSwarm(t *testing.T, corrupt int) {
 				time.Sleep(time.Millisecond)
 			}
 		}
-		return s.Succeed(gctx, id, pieces*pieceSize, "")
+		return s.Succeed(gctx, id, int64(pieces)*pieceSize, "")
 	})
 	for _, name := range names {
 		g.Go(func() error {
@@ -195,6 +203,6 @@ func simulateSwarm(t *testing.T, corrupt int) {
 		}
 		require.LessOrEqual(t, n, limit, "concurrent uploads of %s", src)
 	}
-	t.Logf("CDN served %d of %d transfers (%.2fx the task); %d failed", w.fromCDN, w.total, float64(w.fromCDN)/pieces, failed)
+	t.Logf("CDN served %d of %d transfers (%.2fx the task); %d failed", w.fromCDN, w.total, float64(w.fromCDN)/float64(pieces), failed)
 	require.Less(t, w.fromCDN, 3*pieces, "the CDN served too much: the load is not spread")
 }

@@ -23,7 +23,6 @@ const maxPieces = 1 << 20
 // peer is a peer known to the scheduler, in any number of tasks.
 type peer struct {
 	id, addr string
-	hash     uint64
 	lastSeen time.Time
 	// uploading counts the assignments this peer serves, over all tasks:
 	// the upload slots it has taken.
@@ -174,8 +173,23 @@ type state struct {
 	cdnBusy int
 	// assignments counts assignments in flight, over all tasks.
 	assignments int
-	// dirty holds the tasks whose parked polls may now be answerable.
-	dirty map[*task]struct{}
+	// dirty holds, per task, what changed since the last flush that may
+	// let a parked poll of the task be answered.
+	dirty map[*task]*changes
+}
+
+// changes records what improved in a task since its parked polls were last
+// retried, so that flush retries only the polls that may gain from it.
+type changes struct {
+	// all: retry every parked poll (the task changed state, or a sweep).
+	all bool
+	// pieces: pieces that were published, gained a holder, lost their last
+	// holder, or whose assignment ended.
+	pieces map[int]struct{}
+	// sources: members one of whose upload slots was freed.
+	sources map[*member]struct{}
+	// cdn: a CDN upload slot was freed.
+	cdn bool
 }
 
 func newState(cfg Config, cdn schedapi.Peer, p selectionPolicy, now func() time.Time, log *zap.Logger, m *metrics) *state {
@@ -188,7 +202,7 @@ func newState(cfg Config, cdn schedapi.Peer, p selectionPolicy, now func() time.
 		m:      m,
 		tasks:  make(map[string]*task),
 		peers:  make(map[string]*peer),
-		dirty:  make(map[*task]struct{}),
+		dirty:  make(map[*task]*changes),
 	}
 }
 
@@ -227,21 +241,52 @@ func (st *state) member(taskID, peerID string) (*task, *member, error) {
 	return t, m, nil
 }
 
-// touch marks t's parked polls for a retry.
-func (st *state) touch(t *task) { st.dirty[t] = struct{}{} }
+// changed returns the change record of t, creating it.
+func (st *state) changed(t *task) *changes {
+	c := st.dirty[t]
+	if c == nil {
+		c = &changes{}
+		st.dirty[t] = c
+	}
+	return c
+}
 
-// touchPeer marks the tasks p is in: a slot of p freed up.
-func (st *state) touchPeer(p *peer) {
+// changedAll marks every parked poll of t for a retry.
+func (st *state) changedAll(t *task) { st.changed(t).all = true }
+
+// changedPiece records that piece i of t may have become available.
+func (st *state) changedPiece(t *task, i int) {
+	if len(t.waiters) == 0 {
+		return
+	}
+	c := st.changed(t)
+	if c.pieces == nil {
+		c.pieces = make(map[int]struct{})
+	}
+	c.pieces[i] = struct{}{}
+}
+
+// changedSource records that peer p has a free upload slot, in every task
+// it is in: slots are per peer, not per task.
+func (st *state) changedSource(p *peer) {
 	for _, m := range p.tasks {
-		st.touch(m.task)
+		if len(m.task.waiters) == 0 {
+			continue
+		}
+		c := st.changed(m.task)
+		if c.sources == nil {
+			c.sources = make(map[*member]struct{})
+		}
+		c.sources[m] = struct{}{}
 	}
 }
 
-// touchWaiting marks every task with parked polls: a CDN slot freed up.
-func (st *state) touchWaiting() {
+// changedCDN records that the CDN has a free upload slot, in every task
+// with parked polls.
+func (st *state) changedCDN() {
 	for _, t := range st.tasks {
 		if len(t.waiters) > 0 {
-			st.touch(t)
+			st.changed(t).cdn = true
 		}
 	}
 }
@@ -249,7 +294,7 @@ func (st *state) touchWaiting() {
 func (st *state) setState(t *task, s schedapi.TaskState) {
 	st.m.taskState(t.state, s)
 	t.state = s
-	st.touch(t)
+	st.changedAll(t)
 }
 
 func (st *state) addTask(spec TaskSpec) error {
@@ -331,7 +376,6 @@ func (st *state) setSize(taskID string, size int64) error {
 	if err := t.fitCount(size); err != nil {
 		return fmt.Errorf("set size of task %s: %s: %w", taskID, err, ErrInvalid)
 	}
-	st.touch(t)
 	return nil
 }
 
@@ -358,7 +402,7 @@ func (st *state) publish(taskID string, n int, d digest.Digest) error {
 	t.grow(n + 1)
 	t.digests[n] = d
 	t.published++
-	st.touch(t)
+	st.changedPiece(t, n)
 	return nil
 }
 
@@ -496,7 +540,7 @@ func (st *state) checkPeer(p schedapi.Peer) error {
 func (st *state) seen(id, addr string) *peer {
 	p := st.peers[id]
 	if p == nil {
-		p = &peer{id: id, hash: peerHash(id), tasks: make(map[string]*member)}
+		p = &peer{id: id, tasks: make(map[string]*member)}
 		st.peers[id] = p
 	}
 	if addr != "" {
@@ -536,7 +580,6 @@ func (st *state) join(taskID string, sp schedapi.Peer, have *piece.Set) (schedap
 		}
 		st.addHeld(m, i)
 	}
-	st.touch(t)
 	return t.info(), nil
 }
 
@@ -546,10 +589,12 @@ func (st *state) addHeld(m *member, i int) {
 		return
 	}
 	m.have.Add(i)
-	if t := m.task; !t.isStruck(m.peer.id) {
+	t := m.task
+	if !t.isStruck(m.peer.id) {
 		t.grow(i + 1)
 		t.holders[i] = append(t.holders[i], m)
 	}
+	st.changedPiece(t, i)
 }
 
 // dropHeld records that m does not hold piece i after all.
@@ -558,10 +603,12 @@ func (st *state) dropHeld(m *member, i int) {
 		return
 	}
 	m.have.Remove(i)
-	unlistHolder(m.task, i, m)
+	st.unlistHolder(m.task, i, m)
 }
 
-func unlistHolder(t *task, i int, m *member) {
+// unlistHolder stops counting m as a source of piece i. When it was the
+// last, the CDN may serve the piece again.
+func (st *state) unlistHolder(t *task, i int, m *member) {
 	if i >= len(t.holders) {
 		return
 	}
@@ -570,6 +617,9 @@ func unlistHolder(t *task, i int, m *member) {
 		hs[j] = hs[len(hs)-1]
 		hs[len(hs)-1] = nil
 		t.holders[i] = hs[:len(hs)-1]
+		if len(t.holders[i]) == 0 {
+			st.changedPiece(t, i)
+		}
 	}
 }
 
@@ -585,7 +635,7 @@ func (st *state) dropMember(m *member) {
 	}
 	if !t.isStruck(m.peer.id) {
 		for _, i := range m.have.Indices() {
-			unlistHolder(t, i, m)
+			st.unlistHolder(t, i, m)
 		}
 	}
 	kept := t.waiters[:0]
@@ -600,7 +650,6 @@ func (st *state) dropMember(m *member) {
 	t.waiters = kept
 	delete(t.members, m.peer.id)
 	delete(m.peer.tasks, t.id)
-	st.touch(t)
 }
 
 func (st *state) leave(taskID, peerID string) error {
@@ -639,14 +688,15 @@ func (st *state) endAssignment(a *assignment) {
 	if a.from == nil {
 		st.cdnBusy--
 		a.task.fromCDN[a.piece]--
-		st.touchWaiting()
+		st.changedCDN()
 	} else {
 		delete(a.from.serving, a)
 		a.from.peer.uploading--
-		st.touchPeer(a.from.peer)
+		st.changedSource(a.from.peer)
 	}
 	st.assignments--
-	st.touch(a.task)
+	// The requester wants the piece again, and the CDN may serve it again.
+	st.changedPiece(a.task, a.piece)
 }
 
 // assign asks the policy for up to max pieces for m and records them.
@@ -654,7 +704,7 @@ func (st *state) assign(t *task, m *member, max int) []schedapi.Assignment {
 	if t.state == schedapi.TaskFailed {
 		return nil
 	}
-	chosen := st.policy.choose(t, m, max, slots{peer: st.cfg.PeerUploadSlots, cdn: st.cfg.CDNUploadSlots, cdnBusy: st.cdnBusy})
+	chosen := st.policy.choose(t, m, max, st.slots())
 	if len(chosen) == 0 {
 		return nil
 	}
@@ -687,7 +737,7 @@ func (st *state) poll(w *waiter) {
 	}
 	m.peer.lastSeen = st.now()
 	w.t, w.m, w.state = t, m, t.state
-	if !st.tryAnswer(w) {
+	if !st.tryAnswer(w, nil) {
 		w.parked = true
 		m.peer.polling++
 		t.waiters = append(t.waiters, w)
@@ -695,14 +745,16 @@ func (st *state) poll(w *waiter) {
 }
 
 // tryAnswer answers w if it has assignments, if its task changed state since
-// it arrived or failed, or if its peer holds all of a succeeded task.
-func (st *state) tryAnswer(w *waiter) bool {
+// it arrived or failed, or if its peer holds all of a succeeded task. With
+// ch set, the policy is consulted only if what changed may serve w.
+func (st *state) tryAnswer(w *waiter, ch *flushView) bool {
 	t, m := w.t, w.m
+	done := t.state != w.state || t.state == schedapi.TaskFailed || t.complete(m)
 	resp := schedapi.PiecesResponse{}
-	if t.state != schedapi.TaskFailed && !t.complete(m) {
+	if t.state != schedapi.TaskFailed && !t.complete(m) && (ch == nil || ch.mayServe(m)) {
 		resp.Assignments = st.assign(t, m, w.max)
 	}
-	if len(resp.Assignments) == 0 && t.state == w.state && t.state != schedapi.TaskFailed && !t.complete(m) {
+	if len(resp.Assignments) == 0 && !done {
 		return false
 	}
 	resp.TaskInfo = t.info()
@@ -723,16 +775,22 @@ func (st *state) unpark(w *waiter) {
 	w.answer(schedapi.PiecesResponse{TaskInfo: t.info()}, nil)
 }
 
-// flush retries the parked polls of every task something happened to, oldest
-// first.
+// flush retries the parked polls of every task something changed in, oldest
+// first. A poll is handed to the policy only when what changed could serve
+// it, so that one published piece or one freed slot does not cost a policy
+// run for every parked peer.
 func (st *state) flush() {
-	for t := range st.dirty {
+	for t, c := range st.dirty {
 		if len(t.waiters) == 0 {
 			continue
 		}
+		var view *flushView
+		if !c.all {
+			view = &flushView{st: st, t: t, c: c}
+		}
 		kept := t.waiters[:0]
 		for _, w := range t.waiters {
-			if !st.tryAnswer(w) {
+			if !st.tryAnswer(w, view) {
 				kept = append(kept, w)
 			}
 		}
@@ -740,6 +798,69 @@ func (st *state) flush() {
 		t.waiters = kept
 	}
 	clear(st.dirty)
+}
+
+// flushView answers, for one task and one flush, whether what changed may
+// let the policy assign something to a parked member. It errs on the side of
+// yes: the policy decides.
+type flushView struct {
+	st *state
+	t  *task
+	c  *changes
+	// held caches the pieces of each changed source.
+	held map[*member][]int
+	// orphans caches the pieces no peer may serve (the CDN's to serve).
+	orphans    []int
+	orphansSet bool
+}
+
+func (v *flushView) mayServe(m *member) bool {
+	st, t := v.st, v.t
+	s := st.slots()
+	for i := range v.c.pieces {
+		if st.policy.canServe(t, m, i, s) {
+			return true
+		}
+	}
+	for src := range v.c.sources {
+		if src == m || t.members[src.peer.id] != src || t.isStruck(src.peer.id) || src.peer.uploading >= s.peer {
+			continue
+		}
+		if v.held == nil {
+			v.held = make(map[*member][]int)
+		}
+		pieces, ok := v.held[src]
+		if !ok {
+			pieces = src.have.Indices()
+			v.held[src] = pieces
+		}
+		for _, i := range pieces {
+			if st.policy.canServe(t, m, i, s) {
+				return true
+			}
+		}
+	}
+	if v.c.cdn && s.cdnBusy < s.cdn {
+		if !v.orphansSet {
+			v.orphansSet = true
+			for i := range t.digests {
+				if t.isPublished(i) && len(t.holders[i]) == 0 {
+					v.orphans = append(v.orphans, i)
+				}
+			}
+		}
+		for _, i := range v.orphans {
+			if st.policy.canServe(t, m, i, s) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// slots returns the upload capacity as it stands.
+func (st *state) slots() slots {
+	return slots{peer: st.cfg.PeerUploadSlots, cdn: st.cfg.CDNUploadSlots, cdnBusy: st.cdnBusy}
 }
 
 func (st *state) report(taskID, peerID string, results []schedapi.PieceResult) error {
@@ -778,7 +899,6 @@ func (st *state) applyResult(t *task, m *member, r schedapi.PieceResult) {
 	if r.OK {
 		if t.isPublished(r.Piece) {
 			st.addHeld(m, r.Piece)
-			st.touch(t)
 		}
 		if r.Bytes > 0 {
 			if r.From == st.cdn.ID {
@@ -793,7 +913,10 @@ func (st *state) applyResult(t *task, m *member, r schedapi.PieceResult) {
 		return
 	}
 	kind := classifyFailure(r.Error)
-	if kind == failMissing {
+	switch kind {
+	case failRequester:
+		return
+	case failMissing:
 		st.dropHeld(src, r.Piece)
 	}
 	rec, out := strike(t.strikes[src.peer.id], kind, st.cfg.StrikeLimit)
@@ -801,7 +924,7 @@ func (st *state) applyResult(t *task, m *member, r schedapi.PieceResult) {
 	st.m.strike(kind)
 	if out {
 		for _, i := range src.have.Indices() {
-			unlistHolder(t, i, src)
+			st.unlistHolder(t, i, src)
 		}
 		st.m.struckOut()
 		st.log.Warn("peer struck out as a source",
@@ -831,9 +954,15 @@ func (st *state) heartbeat(peerID, addr string, tasks []string) ([]string, error
 }
 
 // sweep times out stale assignments, expires silent peers and forgets failed
-// tasks past their TTL.
+// tasks past their TTL. It also has every parked poll retried, a safety net
+// that bounds how long a poll can miss a change.
 func (st *state) sweep() {
 	now := st.now()
+	for _, t := range st.tasks {
+		if len(t.waiters) > 0 {
+			st.changedAll(t)
+		}
+	}
 	for _, t := range st.tasks {
 		for _, m := range t.members {
 			for _, a := range m.inflight {

@@ -17,8 +17,14 @@ func TestClassifyFailure(t *testing.T) {
 		{"digest mismatch", failIntegrity},
 		{"piece 3: Digest Mismatch: got sha256:ab", failIntegrity},
 		{"size mismatch: got 10 bytes, want 100", failIntegrity},
+		{"short body", failIntegrity},
+		{"long body", failIntegrity},
 		{"range not available", failMissing},
 		{"404: range not available", failMissing},
+		{"status 404", failMissing},
+		{"status 503", failTransfer},
+		{"canceled", failRequester},
+		{"bad assignment: piece 3 out of range", failRequester},
 		{"connection refused", failTransfer},
 		{"context deadline exceeded", failTransfer},
 		{"", failTransfer},
@@ -85,6 +91,9 @@ func TestReportStrikes(t *testing.T) {
 		{name: "one refused connection is tolerated", errs: []string{"connection refused"}, wantHeld: true},
 		{name: "strike limit failures strike", errs: []string{"connection refused", "timeout"}, wantStruck: true, wantHeld: true},
 		{name: "range not available drops the piece", errs: []string{"range not available"}, wantHeld: false},
+		{name: "a 404 drops the piece", errs: []string{"status 404"}, wantHeld: false},
+		{name: "short body strikes at once", errs: []string{"short body"}, wantStruck: true, wantHeld: true},
+		{name: "requester cancellations do not count", errs: []string{"canceled", "canceled", "bad assignment: x"}, wantHeld: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -170,7 +179,7 @@ func TestReportStrikeRules(t *testing.T) {
 		st, tk := fix.build(t, Config{StrikeLimit: 1})
 		tk.strikes["a"] = strikeRecord{failures: 1, struck: true}
 		for _, i := range tk.members["a"].have.Indices() {
-			unlistHolder(tk, i, tk.members["a"])
+			st.unlistHolder(tk, i, tk.members["a"])
 		}
 		require.NoError(t, st.leave(tk.id, "a"))
 		_, err := st.join(tk.id, peerAt("a", 3), tk.members["b"].have.Clone())
