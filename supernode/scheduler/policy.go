@@ -47,8 +47,9 @@ func newPolicy(name string) (selectionPolicy, error) {
 // rarestFirst orders the candidate pieces by rarity (peers holding the piece
 // plus assignments of it in flight), then by index, and gives each one to the
 // peer holding it with the fewest uploads in flight (ties broken by an order
-// that depends on the piece, so equally loaded holders share the pieces). Counting in-flight assignments in the rarity spreads a
-// flash crowd over all pieces instead of sending everyone to piece 0.
+// that depends on the piece, so equally loaded holders share the pieces).
+// Counting in-flight assignments in the rarity spreads a flash crowd over all
+// pieces instead of sending everyone to piece 0.
 //
 // The CDN is the source of last resort: it serves a piece only when no peer
 // that may serve holds it, and only to one requester at a time (like a

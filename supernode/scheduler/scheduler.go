@@ -193,6 +193,21 @@ func do0(ctx context.Context, s *Scheduler, fn func() error) error {
 	return err
 }
 
+// TaskSpec describes a task the CDN starts seeding.
+type TaskSpec struct {
+	// ID is the task ID (see pkg/taskid).
+	ID string
+	// URL is the source. Credentials in it are not kept.
+	URL string
+	// PieceSize is the size of every piece but the last; 0 picks
+	// piece.SizeFor(Size).
+	PieceSize int64
+	// Size is the content length, or -1 when unknown.
+	Size int64
+	// ContentDigest is the digest of the whole content, when known.
+	ContentDigest digest.Digest
+}
+
 // AddTask starts scheduling a task the CDN has begun to seed. A task with
 // the same ID that failed is replaced (its peers must register again);
 // any other gives ErrTaskExists.
@@ -252,8 +267,9 @@ func (s *Scheduler) Join(ctx context.Context, taskID string, p schedapi.Peer, ha
 // with nothing to assign while the task runs, it waits until there is, until
 // the task succeeds or fails, or until ctx is done, which gives the task's
 // info and no assignments, not an error. A failed task, or a succeeded one
-// the peer holds entirely, is answered at once. It fails with
-// ErrTaskNotFound, ErrPeerNotFound (the peer must register again), or
+// the peer holds entirely, is answered at once. If ctx is cancelled (the
+// caller hung up) just as assignments come, they are given back. It fails
+// with ErrTaskNotFound, ErrPeerNotFound (the peer must register again), or
 // ctx.Err() if ctx ends before the scheduler saw the poll.
 func (s *Scheduler) Poll(ctx context.Context, taskID, peerID string, max int) (schedapi.PiecesResponse, error) {
 	if max <= 0 || max > schedapi.MaxAssignments {
@@ -265,7 +281,7 @@ func (s *Scheduler) Poll(ctx context.Context, taskID, peerID string, max int) (s
 	}
 	select {
 	case r := <-w.reply:
-		return r.resp, r.err
+		return s.deliver(ctx, w, r)
 	case <-ctx.Done():
 	case <-s.stopped:
 		return s.lastReply(w, ErrClosed)
@@ -277,7 +293,18 @@ func (s *Scheduler) Poll(ctx context.Context, taskID, peerID string, max int) (s
 	case <-s.stopped:
 		return s.lastReply(w, ctx.Err())
 	}
-	r := <-w.reply // unpark has run: w is answered
+	return s.deliver(ctx, w, <-w.reply) // unpark has run: w is answered
+}
+
+// deliver returns a poll's answer. If the caller was cancelled (it hung up,
+// as opposed to its wait running out), nobody will fetch the assignments:
+// they are given back at once rather than holding slots until they time out.
+func (s *Scheduler) deliver(ctx context.Context, w *waiter, r pollReply) (schedapi.PiecesResponse, error) {
+	if r.err == nil && len(r.resp.Assignments) > 0 && errors.Is(ctx.Err(), context.Canceled) {
+		if err := s.call(context.WithoutCancel(ctx), func() { s.st.release(w) }); err == nil {
+			r.resp.Assignments = nil
+		}
+	}
 	return r.resp, r.err
 }
 

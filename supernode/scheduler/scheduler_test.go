@@ -111,8 +111,8 @@ func TestPollWithoutWait(t *testing.T) {
 	s := startScheduler(t, Config{})
 	id := addTask(t, s, t.Name(), 2, 0)
 	join(t, s, id, "r")
-	done, cancel := context.WithCancel(t.Context())
-	cancel()
+	done, cancel := context.WithTimeout(t.Context(), 0) // a wait of zero
+	defer cancel()
 	var resp schedapi.PiecesResponse
 	require.Eventually(t, func() bool {
 		var err error
@@ -130,6 +130,49 @@ func TestPollWithoutWait(t *testing.T) {
 		return err == nil
 	}, 5*time.Second, time.Millisecond)
 	require.Len(t, resp.Assignments, 1)
+}
+
+// TestCancelledPollGivesAssignmentsBack: a poll answered with assignments
+// whose caller hung up gives them back, so the slots and pieces are free at
+// once; a poll whose wait merely ran out keeps them.
+func TestCancelledPollGivesAssignmentsBack(t *testing.T) {
+	t.Parallel()
+	s := startScheduler(t, Config{CDNUploadSlots: 1})
+	id := addTask(t, s, t.Name(), 2, 2)
+	join(t, s, id, "r")
+	answer := func() (*waiter, pollReply) {
+		w := newWaiter(id, "r", 1)
+		require.NoError(t, s.call(t.Context(), func() { s.st.poll(w) }))
+		r := <-w.reply
+		require.NoError(t, r.err)
+		require.Len(t, r.resp.Assignments, 1)
+		return w, r
+	}
+
+	w, r := answer()
+	hungUp, cancel := context.WithCancel(t.Context())
+	cancel()
+	resp, err := s.deliver(hungUp, w, r)
+	require.NoError(t, err)
+	require.Empty(t, resp.Assignments)
+	require.Equal(t, schedapi.TaskRunning, resp.State)
+
+	w, r = answer() // the CDN slot is free again, and piece 0 with it
+	require.Equal(t, 0, r.resp.Assignments[0].Piece)
+	timedOut, cancel2 := context.WithTimeout(t.Context(), -time.Second)
+	defer cancel2()
+	resp, err = s.deliver(timedOut, w, r)
+	require.NoError(t, err)
+	require.Len(t, resp.Assignments, 1)
+	status, err := s.Task(t.Context(), id)
+	require.NoError(t, err)
+	require.Equal(t, 0, status.Peers[0].Pieces)
+	ch := pollAsync(t.Context(), s, id, "r", 1)
+	waitParked(t, s, id, 1) // the one CDN slot is taken
+	require.NoError(t, s.Report(t.Context(), id, "r", []schedapi.PieceResult{{Piece: 0, From: cdnPeer.ID, OK: true}}))
+	rr := receive(t, ch)
+	require.NoError(t, rr.err)
+	require.Equal(t, 1, rr.resp.Assignments[0].Piece)
 }
 
 func TestStateChangeWakesPollers(t *testing.T) {

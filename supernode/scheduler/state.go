@@ -20,6 +20,9 @@ import (
 // pieces, as many as a piece.Set carries on the wire.
 const maxPieces = 1 << 20
 
+// maxErrorLen bounds the error text of a failed task that peers are told.
+const maxErrorLen = 1024
+
 // peer is a peer known to the scheduler, in any number of tasks.
 type peer struct {
 	id, addr string
@@ -66,9 +69,9 @@ type task struct {
 	state     schedapi.TaskState
 	err       string
 
-	// digests, holders, inflight and fromCDN are indexed by piece and always have
-	// the same length: the piece count when known, else one past the
-	// highest piece published so far.
+	// digests, holders, inflight and fromCDN are indexed by piece and
+	// always have the same length: the piece count when known, else one
+	// past the highest piece published so far.
 	digests   []digest.Digest // "" until published
 	published int
 	// holders lists the members holding each piece that may serve it: a
@@ -119,7 +122,7 @@ func (t *task) isPublished(i int) bool { return i >= 0 && i < len(t.digests) && 
 
 // complete reports whether m holds every piece of a succeeded task.
 func (t *task) complete(m *member) bool {
-	return t.state == schedapi.TaskSucceeded && m.have.HasAll(t.count)
+	return t.state == schedapi.TaskSucceeded && m.have.Len() >= t.count && m.have.HasAll(t.count)
 }
 
 // pollReply is the answer to a poll.
@@ -140,6 +143,7 @@ type waiter struct {
 	state    schedapi.TaskState // the task's state when the poll arrived
 	parked   bool
 	answered bool
+	given    []*assignment // the assignments of the answer
 }
 
 func newWaiter(taskID, peerID string, max int) *waiter {
@@ -204,21 +208,6 @@ func newState(cfg Config, cdn schedapi.Peer, p selectionPolicy, now func() time.
 		peers:  make(map[string]*peer),
 		dirty:  make(map[*task]*changes),
 	}
-}
-
-// TaskSpec describes a task the CDN starts seeding.
-type TaskSpec struct {
-	// ID is the task ID (see pkg/taskid).
-	ID string
-	// URL is the source. Credentials in it are not kept.
-	URL string
-	// PieceSize is the size of every piece but the last; 0 picks
-	// piece.SizeFor(Size).
-	PieceSize int64
-	// Size is the content length, or -1 when unknown.
-	Size int64
-	// ContentDigest is the digest of the whole content, when known.
-	ContentDigest digest.Digest
 }
 
 func (st *state) task(id string) (*task, error) {
@@ -428,13 +417,13 @@ func (st *state) succeed(taskID string, size int64, content digest.Digest) error
 	case t.state != schedapi.TaskRunning:
 		return fmt.Errorf("succeed task %s: task is %s: %w", taskID, t.state, ErrInvalid)
 	}
+	if count := piece.Count(size, t.pieceSize); t.published != count {
+		return fmt.Errorf("succeed task %s: %d of %d pieces published: %w", taskID, t.published, count, ErrInvalid)
+	}
 	if t.size < 0 {
 		if err := t.fitCount(size); err != nil {
 			return fmt.Errorf("succeed task %s: %s: %w", taskID, err, ErrInvalid)
 		}
-	}
-	if t.published != t.count {
-		return fmt.Errorf("succeed task %s: %d of %d pieces published: %w", taskID, t.published, t.count, ErrInvalid)
 	}
 	if content != "" {
 		t.content = content
@@ -458,6 +447,9 @@ func (st *state) fail(taskID string, cause error) error {
 	t.err = "source fetch failed"
 	if cause != nil {
 		t.err = cause.Error()
+	}
+	if len(t.err) > maxErrorLen {
+		t.err = t.err[:maxErrorLen] + "..."
 	}
 	t.failedAt = st.now()
 	// Nothing of a failed task is worth fetching any more.
@@ -753,6 +745,9 @@ func (st *state) tryAnswer(w *waiter, ch *flushView) bool {
 	resp := schedapi.PiecesResponse{}
 	if t.state != schedapi.TaskFailed && !t.complete(m) && (ch == nil || ch.mayServe(m)) {
 		resp.Assignments = st.assign(t, m, w.max)
+		for _, a := range resp.Assignments {
+			w.given = append(w.given, m.inflight[a.Piece])
+		}
 	}
 	if len(resp.Assignments) == 0 && !done {
 		return false
@@ -773,6 +768,14 @@ func (st *state) unpark(w *waiter) {
 		t.waiters = slices.Delete(t.waiters, i, i+1)
 	}
 	w.answer(schedapi.PiecesResponse{TaskInfo: t.info()}, nil)
+}
+
+// release ends the assignments w was answered with: nobody will fetch them.
+func (st *state) release(w *waiter) {
+	for _, a := range w.given {
+		st.endAssignment(a)
+	}
+	w.given = nil
 }
 
 // flush retries the parked polls of every task something changed in, oldest
