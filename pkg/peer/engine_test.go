@@ -143,15 +143,16 @@ func TestBadHolder(t *testing.T) {
 		mode   holderMode
 		dead   bool
 		reason string
+		kind   schedapi.FailureReason
 	}{
-		{"corrupt bytes", corrupt, false, "digest mismatch"},
-		{"short body", short, false, "short body"},
-		{"cut body", cut, false, "short body"},
-		{"long body", long, false, "long body"},
-		{"long chunked body", longChunked, false, "long body"},
-		{"not found", notFound, false, "status 404"},
-		{"stalled", stall, false, "timeout"},
-		{"dead", good, true, "connection refused"},
+		{"corrupt bytes", corrupt, false, "digest mismatch", schedapi.ReasonCorrupt},
+		{"short body", short, false, "short body", schedapi.ReasonCorrupt},
+		{"cut body", cut, false, "body cut short", schedapi.ReasonTransfer},
+		{"long body", long, false, "long body", schedapi.ReasonCorrupt},
+		{"long chunked body", longChunked, false, "long body", schedapi.ReasonCorrupt},
+		{"not found", notFound, false, "status 404", schedapi.ReasonMissing},
+		{"stalled", stall, false, "timeout", schedapi.ReasonTransfer},
+		{"dead", good, true, "connection refused", schedapi.ReasonTransfer},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -190,6 +191,7 @@ func TestBadHolder(t *testing.T) {
 				failed++
 				require.Equal(t, "bad", r.From)
 				require.Equal(t, tt.reason, r.Error)
+				require.Equal(t, tt.kind, r.Reason)
 			}
 			require.Equal(t, 4, failed, fmtPieces(reports))
 			require.Equal(t, 4, ok, fmtPieces(reports))

@@ -26,6 +26,7 @@ var (
 	errDigestMismatch = errors.New("digest mismatch")
 	errShortBody      = errors.New("short body")
 	errLongBody       = errors.New("long body")
+	errCutBody        = errors.New("body cut short")
 )
 
 type statusError struct{ code int }
@@ -59,6 +60,7 @@ func (t *task) fetch(ctx context.Context, a schedapi.Assignment) fetchResult {
 	}
 	res.Duration = time.Since(start)
 	if err != nil {
+		res.Reason = failureKind(err)
 		res.Error = failureReason(err)
 		t.e.metrics.pieces.WithLabelValues("failed", from).Inc()
 		t.e.metrics.failures.WithLabelValues(reasonLabel(err)).Inc()
@@ -116,6 +118,11 @@ func (e *Engine) fetchPiece(ctx context.Context, taskID string, a schedapi.Assig
 	body := &limitedReader{ctx: ctx, r: resp.Body, limiters: e.limiters}
 	if _, err := io.ReadFull(body, buf); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			if resp.ContentLength == a.Length {
+				// The right length was announced and the connection
+				// broke: a transfer failure, not a lie.
+				return errCutBody
+			}
 			return errShortBody
 		}
 		return err
@@ -169,14 +176,28 @@ func waitLimiters(ctx context.Context, ls []*rate.Limiter, n int) error {
 	return nil
 }
 
-// failureReason names a piece failure for the supernode: "digest
+// failureKind classifies a piece failure for the supernode's strike rules.
+func failureKind(err error) schedapi.FailureReason {
+	var se *statusError
+	switch {
+	case errors.Is(err, errDigestMismatch), errors.Is(err, errShortBody), errors.Is(err, errLongBody):
+		return schedapi.ReasonCorrupt
+	case errors.As(err, &se) && (se.code == http.StatusNotFound || se.code == http.StatusRequestedRangeNotSatisfiable):
+		return schedapi.ReasonMissing
+	case errors.Is(err, context.Canceled):
+		return schedapi.ReasonAborted
+	}
+	return schedapi.ReasonTransfer
+}
+
+// failureReason names a piece failure in words, for logs: "digest
 // mismatch", "short body", "long body", "timeout", "connection refused",
 // "status 404", ...
 func failureReason(err error) string {
 	var se *statusError
 	var ne net.Error
 	switch {
-	case errors.Is(err, errDigestMismatch), errors.Is(err, errShortBody), errors.Is(err, errLongBody):
+	case errors.Is(err, errDigestMismatch), errors.Is(err, errShortBody), errors.Is(err, errLongBody), errors.Is(err, errCutBody):
 		return err.Error()
 	case errors.As(err, &se):
 		return se.Error()
@@ -199,7 +220,7 @@ func reasonLabel(err error) string {
 		return "status"
 	}
 	switch r := failureReason(err); r {
-	case "digest mismatch", "short body", "long body", "timeout", "connection refused", "connection reset", "canceled":
+	case "digest mismatch", "short body", "long body", "body cut short", "timeout", "connection refused", "connection reset", "canceled":
 		return r
 	}
 	return "other"

@@ -140,7 +140,7 @@ func (t *task) p2p(ctx context.Context) error {
 				}
 				if err := t.checkAssignment(a); err != nil {
 					t.log.Warn("bad assignment", zap.Int("piece", a.Piece), zap.Error(err))
-					rep.add(ctx, schedapi.PieceResult{Piece: a.Piece, From: a.From.ID, Error: "bad assignment: " + err.Error()})
+					rep.add(ctx, schedapi.PieceResult{Piece: a.Piece, From: a.From.ID, Reason: schedapi.ReasonAborted, Error: "bad assignment: " + err.Error()})
 					continue
 				}
 				if t.hasPiece(a.Piece) {
@@ -321,11 +321,19 @@ func (t *task) commit(ctx context.Context) error {
 	defer t.ioMu.Unlock()
 	w := t.w
 	err := w.Commit(ctx, size, expected)
-	switch {
-	case err == nil, errors.Is(err, content.ErrAlreadyExists):
-	case errors.Is(err, content.ErrDigestMismatch):
-		return fmt.Errorf("%w: want %s: %w", ErrDigestMismatch, expected, err)
-	default:
+	if err != nil && !errors.Is(err, content.ErrAlreadyExists) {
+		// A failed commit removed the ingest: nothing in it may be read
+		// any more. Readers wait for the download's final error.
+		_ = w.Close()
+		t.mu.Lock()
+		t.w = nil
+		t.gen++
+		t.verified = piece.NewSet(0)
+		t.notifyLocked()
+		t.mu.Unlock()
+		if errors.Is(err, content.ErrDigestMismatch) {
+			return fmt.Errorf("%w: want %s: %w", ErrDigestMismatch, expected, err)
+		}
 		return fmt.Errorf("commit: %w", err)
 	}
 	dgst := w.Digest()

@@ -146,13 +146,36 @@ type PieceResult struct {
 	// From is the ID of the peer the piece was fetched from.
 	From string `json:"from"`
 	OK   bool   `json:"ok"`
-	// Error says what went wrong when OK is false ("digest mismatch",
-	// "connection refused", ...). Failures strike From.
+	// Reason classifies a failure (OK false); the supernode strikes From
+	// by it. An empty or unknown reason counts as ReasonTransfer.
+	Reason FailureReason `json:"reason,omitempty"`
+	// Error says in words what went wrong ("digest mismatch", "connection
+	// refused", ...), for logs only: nothing is decided on it.
 	Error string `json:"error,omitempty"`
 	// Bytes and Duration describe the transfer, for load accounting.
 	Bytes    int64         `json:"bytes,omitempty"`
 	Duration time.Duration `json:"duration,omitempty"`
 }
+
+// FailureReason classifies a failed piece transfer.
+type FailureReason string
+
+const (
+	// ReasonCorrupt: the bytes served did not match the piece's digest or
+	// length. The source is struck out of the task at once.
+	ReasonCorrupt FailureReason = "corrupt"
+	// ReasonMissing: the source answered that it does not have the range.
+	// It no longer counts as a holder of the piece, and the failure counts
+	// towards its strike limit.
+	ReasonMissing FailureReason = "missing"
+	// ReasonTransfer: the connection was refused or broke, the transfer
+	// timed out, or the source answered an unexpected status. It counts
+	// towards the source's strike limit.
+	ReasonTransfer FailureReason = "transfer"
+	// ReasonAborted: the requester gave up on its own (it was cancelled or
+	// found the assignment unusable). The source is not to blame.
+	ReasonAborted FailureReason = "aborted"
+)
 
 // ReportRequest carries piece results, batched.
 type ReportRequest struct {

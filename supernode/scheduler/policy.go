@@ -2,7 +2,8 @@ package scheduler
 
 import (
 	"fmt"
-	"strings"
+
+	"github.com/damselfly/damselfly/pkg/schedapi"
 )
 
 // choice is one piece the policy picked for a requester, and its source.
@@ -194,27 +195,15 @@ const (
 	failRequester
 )
 
-// classifyFailure maps the free-text Error of a schedapi.PieceResult to a
-// failure kind. It knows the reasons pkg/peer and pkg/peer/upload give:
-// "digest mismatch", "short body" and "long body" (a size mismatch), "status
-// 404" (the upload server's "range not available"), "canceled", "bad
-// assignment: ...". Anything else is a transfer failure.
-func classifyFailure(reason string) failureKind {
-	r := strings.ToLower(reason)
-	has := func(subs ...string) bool {
-		for _, s := range subs {
-			if strings.Contains(r, s) {
-				return true
-			}
-		}
-		return false
-	}
-	switch {
-	case has("digest mismatch", "size mismatch", "short body", "long body"):
+// classifyFailure maps the reason of a failed schedapi.PieceResult to a
+// failure kind. An empty or unknown reason is a transfer failure.
+func classifyFailure(reason schedapi.FailureReason) failureKind {
+	switch reason {
+	case schedapi.ReasonCorrupt:
 		return failIntegrity
-	case has("range not available", "status 404", "status 416"):
+	case schedapi.ReasonMissing:
 		return failMissing
-	case has("canceled", "cancelled", "bad assignment"):
+	case schedapi.ReasonAborted:
 		return failRequester
 	default:
 		return failTransfer

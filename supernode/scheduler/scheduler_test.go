@@ -706,7 +706,7 @@ func TestMetrics(t *testing.T) {
 	require.InDelta(t, 1, metricValue(t, s.st.m.assignments.WithLabelValues("peer")), 0)
 
 	as := resp.Assignments[0]
-	require.NoError(t, s.Report(ctx, id, "r", []schedapi.PieceResult{{Piece: as.Piece, From: "a", Error: "digest mismatch"}}))
+	require.NoError(t, s.Report(ctx, id, "r", []schedapi.PieceResult{{Piece: as.Piece, From: "a", Reason: schedapi.ReasonCorrupt, Error: "digest mismatch"}}))
 	require.NoError(t, s.Fail(ctx, id, errors.New("x")))
 	_, err = s.TaskInfo(ctx, id)
 	require.NoError(t, err)

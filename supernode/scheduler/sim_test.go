@@ -156,7 +156,7 @@ func simulateSwarmN(t testing.TB, peers, pieces, corrupt int) {
 				}
 				for _, a := range resp.Assignments {
 					if !w.finish(name, a) {
-						results = append(results, schedapi.PieceResult{Piece: a.Piece, From: a.From.ID, Error: "digest mismatch"})
+						results = append(results, schedapi.PieceResult{Piece: a.Piece, From: a.From.ID, Reason: schedapi.ReasonCorrupt, Error: "digest mismatch"})
 						continue
 					}
 					have++

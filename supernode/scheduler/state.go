@@ -915,7 +915,7 @@ func (st *state) applyResult(t *task, m *member, r schedapi.PieceResult) {
 	if src == nil {
 		return
 	}
-	kind := classifyFailure(r.Error)
+	kind := classifyFailure(r.Reason)
 	switch kind {
 	case failRequester:
 		return

@@ -11,26 +11,18 @@ import (
 func TestClassifyFailure(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
-		reason string
+		reason schedapi.FailureReason
 		want   failureKind
 	}{
-		{"digest mismatch", failIntegrity},
-		{"piece 3: Digest Mismatch: got sha256:ab", failIntegrity},
-		{"size mismatch: got 10 bytes, want 100", failIntegrity},
-		{"short body", failIntegrity},
-		{"long body", failIntegrity},
-		{"range not available", failMissing},
-		{"404: range not available", failMissing},
-		{"status 404", failMissing},
-		{"status 503", failTransfer},
-		{"canceled", failRequester},
-		{"bad assignment: piece 3 out of range", failRequester},
-		{"connection refused", failTransfer},
-		{"context deadline exceeded", failTransfer},
+		{schedapi.ReasonCorrupt, failIntegrity},
+		{schedapi.ReasonMissing, failMissing},
+		{schedapi.ReasonTransfer, failTransfer},
+		{schedapi.ReasonAborted, failRequester},
 		{"", failTransfer},
+		{"something new", failTransfer},
 	}
 	for _, tt := range tests {
-		t.Run(tt.reason, func(t *testing.T) {
+		t.Run(string(tt.reason), func(t *testing.T) {
 			t.Parallel()
 			require.Equal(t, tt.want, classifyFailure(tt.reason))
 		})
@@ -79,21 +71,18 @@ func TestReportStrikes(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name string
-		// errs are the failures r reports, one per assignment from a.
-		errs       []string
+		// reasons are the failures r reports, one per assignment from a.
+		reasons    []schedapi.FailureReason
 		wantStruck bool
 		// wantHeld is whether a still counts as holding piece 0, the
 		// first piece it failed.
 		wantHeld bool
 	}{
-		{name: "digest mismatch strikes at once", errs: []string{"digest mismatch"}, wantStruck: true, wantHeld: true},
-		{name: "size mismatch strikes at once", errs: []string{"size mismatch"}, wantStruck: true, wantHeld: true},
-		{name: "one refused connection is tolerated", errs: []string{"connection refused"}, wantHeld: true},
-		{name: "strike limit failures strike", errs: []string{"connection refused", "timeout"}, wantStruck: true, wantHeld: true},
-		{name: "range not available drops the piece", errs: []string{"range not available"}, wantHeld: false},
-		{name: "a 404 drops the piece", errs: []string{"status 404"}, wantHeld: false},
-		{name: "short body strikes at once", errs: []string{"short body"}, wantStruck: true, wantHeld: true},
-		{name: "requester cancellations do not count", errs: []string{"canceled", "canceled", "bad assignment: x"}, wantHeld: true},
+		{name: "corrupt strikes at once", reasons: []schedapi.FailureReason{schedapi.ReasonCorrupt}, wantStruck: true, wantHeld: true},
+		{name: "one transfer failure is tolerated", reasons: []schedapi.FailureReason{schedapi.ReasonTransfer}, wantHeld: true},
+		{name: "strike limit failures strike", reasons: []schedapi.FailureReason{schedapi.ReasonTransfer, ""}, wantStruck: true, wantHeld: true},
+		{name: "missing drops the piece", reasons: []schedapi.FailureReason{schedapi.ReasonMissing}, wantHeld: false},
+		{name: "requester aborts do not count", reasons: []schedapi.FailureReason{schedapi.ReasonAborted, schedapi.ReasonAborted, schedapi.ReasonAborted}, wantHeld: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -103,12 +92,12 @@ func TestReportStrikes(t *testing.T) {
 			_, err := st.join(tk.id, peerAt("r", 2), nil)
 			require.NoError(t, err)
 			r, a := tk.members["r"], tk.members["a"]
-			for i, reason := range tt.errs {
+			for i, reason := range tt.reasons {
 				got := st.assign(tk, r, 1)
 				require.Len(t, got, 1)
 				require.Equal(t, "a", got[0].From.ID, "failure %d", i)
 				require.Equal(t, 1, a.peer.uploading)
-				require.NoError(t, st.report(tk.id, "r", []schedapi.PieceResult{{Piece: got[0].Piece, From: "a", Error: reason}}))
+				require.NoError(t, st.report(tk.id, "r", []schedapi.PieceResult{{Piece: got[0].Piece, From: "a", Reason: reason}}))
 				require.Zero(t, a.peer.uploading, "the failure frees the slot")
 				require.Empty(t, r.inflight)
 			}
@@ -146,7 +135,7 @@ func TestReportStrikeRules(t *testing.T) {
 			require.Len(t, got, 1)
 			require.True(t, got[0].FromCDN)
 			require.Equal(t, 1, st.cdnBusy)
-			require.NoError(t, st.report(tk.id, "r", []schedapi.PieceResult{{Piece: got[0].Piece, From: cdnPeer.ID, Error: "digest mismatch"}}))
+			require.NoError(t, st.report(tk.id, "r", []schedapi.PieceResult{{Piece: got[0].Piece, From: cdnPeer.ID, Reason: schedapi.ReasonCorrupt, Error: "digest mismatch"}}))
 			require.Zero(t, st.cdnBusy)
 		}
 		require.False(t, tk.isStruck(cdnPeer.ID))
@@ -165,12 +154,12 @@ func TestReportStrikeRules(t *testing.T) {
 		}
 		// r blames a peer it was not sent to: no one is struck, but the
 		// assignment is over.
-		require.NoError(t, st.report(tk.id, "r", []schedapi.PieceResult{{Piece: got[0].Piece, From: other, Error: "digest mismatch"}}))
+		require.NoError(t, st.report(tk.id, "r", []schedapi.PieceResult{{Piece: got[0].Piece, From: other, Reason: schedapi.ReasonCorrupt, Error: "digest mismatch"}}))
 		require.False(t, tk.isStruck("a"))
 		require.False(t, tk.isStruck("b"))
 		require.Empty(t, tk.members["r"].inflight)
 		// Failures without an assignment strike no one either.
-		require.NoError(t, st.report(tk.id, "r", []schedapi.PieceResult{{Piece: 3, From: "a", Error: "digest mismatch"}}))
+		require.NoError(t, st.report(tk.id, "r", []schedapi.PieceResult{{Piece: 3, From: "a", Reason: schedapi.ReasonCorrupt, Error: "digest mismatch"}}))
 		require.False(t, tk.isStruck("a"))
 	})
 
