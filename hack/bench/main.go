@@ -135,7 +135,7 @@ func benchP2P(ctx context.Context, o options, org *origin, work, want string) (r
 	defer stop()
 	sn := exec.CommandContext(sctx, filepath.Join(o.binDir, "supernode"),
 		"--listen", addr, "--data-dir", filepath.Join(work, "supernode"),
-		"--admin-token", "bench", "--log-level", "warn")
+		"--admin-token", "bench", "--log-level", "warn", "--source-allow", "127.0.0.1/32")
 	sn.Stderr = os.Stderr
 	if err := sn.Start(); err != nil {
 		return result{}, fmt.Errorf("start supernode: %w", err)
