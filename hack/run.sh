@@ -12,7 +12,8 @@ stop() {
 	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
 }
-trap stop INT TERM EXIT
+trap 'stop; exit 0' INT TERM
+trap stop EXIT
 
 ./bin/supernode --listen "${SUPERNODE_LISTEN:-:8002}" --data-dir "$data/supernode" &
 pids+=($!)
