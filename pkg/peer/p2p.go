@@ -324,13 +324,7 @@ func (t *task) commit(ctx context.Context) error {
 	if err != nil && !errors.Is(err, content.ErrAlreadyExists) {
 		// A failed commit removed the ingest: nothing in it may be read
 		// any more. Readers wait for the download's final error.
-		_ = w.Close()
-		t.mu.Lock()
-		t.w = nil
-		t.gen++
-		t.verified = piece.NewSet(0)
-		t.notifyLocked()
-		t.mu.Unlock()
+		t.dropIngestLocked()
 		if errors.Is(err, content.ErrDigestMismatch) {
 			return fmt.Errorf("%w: want %s: %w", ErrDigestMismatch, expected, err)
 		}
@@ -340,17 +334,9 @@ func (t *task) commit(ctx context.Context) error {
 	if dgst == "" {
 		dgst = expected
 	}
-	blob, err := t.e.store.ReaderAt(ctx, dgst)
-	if err != nil {
-		return fmt.Errorf("open committed content: %w", err)
+	if err := t.publishLocked(ctx, Result{Digest: dgst, Size: size}); err != nil {
+		return err
 	}
-	_ = w.Close()
-	t.mu.Lock()
-	t.w = nil
-	t.gen++
-	t.blob = blob
-	t.result = Result{Digest: dgst, Size: size}
-	t.mu.Unlock()
 	t.log.Info("download complete", zap.Stringer("digest", dgst), zap.Int64("size", size))
 	return nil
 }

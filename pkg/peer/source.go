@@ -10,7 +10,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/damselfly/damselfly/pkg/content"
-	"github.com/damselfly/damselfly/pkg/piece"
 	"github.com/damselfly/damselfly/pkg/source"
 )
 
@@ -24,17 +23,10 @@ const sourceBuf = 256 << 10
 func (t *task) fromSource(ctx context.Context) error {
 	// Drop the P2P ingest (and with it what was served of it).
 	t.ioMu.Lock()
-	if t.w != nil {
-		_ = t.w.Close()
-	}
+	t.dropIngestLocked()
 	t.mu.Lock()
-	t.w = nil
-	t.gen++
 	t.mode = modeSource
-	t.verified = &piece.Set{}
-	t.srcOff = 0
 	t.progress.Completed = 0
-	t.notifyLocked()
 	t.mu.Unlock()
 	t.ioMu.Unlock()
 
@@ -93,21 +85,12 @@ func (t *task) fromSource(ctx context.Context) error {
 	t.ioMu.Lock()
 	defer t.ioMu.Unlock()
 	if err := w.Commit(ctx, total, got); err != nil && !errors.Is(err, content.ErrAlreadyExists) {
+		t.dropIngestLocked()
 		return fmt.Errorf("commit: %w", err)
 	}
-	blob, err := t.e.store.ReaderAt(ctx, got)
-	if err != nil {
-		return fmt.Errorf("open committed content: %w", err)
+	if err := t.publishLocked(ctx, Result{Digest: got, Size: total, FromSource: true}); err != nil {
+		return err
 	}
-	_ = w.Close()
-	t.mu.Lock()
-	t.w = nil
-	t.gen++
-	t.blob = blob
-	t.info.Size = total
-	t.progress.Size = total
-	t.result = Result{Digest: got, Size: total, FromSource: true}
-	t.mu.Unlock()
 	t.log.Info("downloaded from source", zap.Stringer("digest", got), zap.Int64("size", total))
 	return nil
 }

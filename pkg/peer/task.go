@@ -334,3 +334,40 @@ func (t *task) readIngest(p []byte, off int64, gen int) (int, error) {
 }
 
 var errSwapped = errors.New("ingest swapped")
+
+// dropIngestLocked closes the ingest and makes nothing of it readable: after
+// a failed commit (which removed it), or before starting afresh. The caller
+// holds ioMu.
+func (t *task) dropIngestLocked() {
+	if t.w != nil {
+		_ = t.w.Close()
+	}
+	t.mu.Lock()
+	t.w = nil
+	t.gen++
+	t.verified = &piece.Set{}
+	t.srcOff = 0
+	t.notifyLocked()
+	t.mu.Unlock()
+}
+
+// publishLocked switches reads from the committed ingest to its blob. The
+// caller holds ioMu.
+func (t *task) publishLocked(ctx context.Context, res Result) error {
+	blob, err := t.e.store.ReaderAt(ctx, res.Digest)
+	if err != nil {
+		return fmt.Errorf("open committed content: %w", err)
+	}
+	if t.w != nil {
+		_ = t.w.Close()
+	}
+	t.mu.Lock()
+	t.w = nil
+	t.gen++
+	t.blob = blob
+	t.info.Size = res.Size
+	t.progress.Size = res.Size
+	t.result = res
+	t.mu.Unlock()
+	return nil
+}
