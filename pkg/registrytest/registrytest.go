@@ -1,0 +1,286 @@
+// Package registrytest runs a real OCI registry (distribution/v3, filesystem
+// storage) on 127.0.0.1 for tests, benchmarks and demos, optionally behind
+// Bearer token auth served by an embedded token server. It counts what the
+// registry serves, so callers can prove which pulls reached it, and pushes
+// generated images whose layers are real gzip tarballs that container
+// runtimes can unpack.
+package registrytest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/distribution/distribution/v3/configuration"
+	"github.com/distribution/distribution/v3/registry/handlers"
+	digest "github.com/opencontainers/go-digest"
+	"github.com/sirupsen/logrus"
+
+	// The registry's auth and storage back ends register themselves.
+	_ "github.com/distribution/distribution/v3/registry/auth/token"
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
+)
+
+// Registry is a running registry.
+type Registry struct {
+	// URL is the registry's base URL, http://127.0.0.1:<port>.
+	URL *url.URL
+	// Host is URL's host:port.
+	Host string
+
+	srv    *http.Server
+	tokens *tokenServer // nil without token auth
+	dir    string
+	ownDir bool
+	admin  [2]string // user and password the fixture pushes with
+
+	mu    sync.Mutex
+	stats Stats
+}
+
+// Stats counts what the registry served.
+type Stats struct {
+	// Requests counts every request.
+	Requests int
+	// BlobGETs counts GETs of each blob.
+	BlobGETs map[digest.Digest]int
+	// BlobBytes is the body bytes sent in answer to blob GETs.
+	BlobBytes int64
+	// ManifestGETs counts GETs of manifests by "repo:ref" (ref a tag or a
+	// digest).
+	ManifestGETs map[string]int
+}
+
+type options struct {
+	users  map[string]string
+	dir    string
+	listen string
+}
+
+// Option configures a Registry.
+type Option func(*options)
+
+// WithTokenAuth puts the registry behind Bearer token auth. users maps user
+// names to passwords; they get pull and push on every repository. Anonymous
+// token requests get a token with no access.
+func WithTokenAuth(users map[string]string) Option {
+	return func(o *options) {
+		if o.users == nil {
+			o.users = map[string]string{}
+		}
+		for u, p := range users {
+			o.users[u] = p
+		}
+	}
+}
+
+// WithDir keeps the registry's storage in dir (default: a temporary
+// directory removed by Close).
+func WithDir(dir string) Option { return func(o *options) { o.dir = dir } }
+
+// WithListen sets the registry's listen address (default 127.0.0.1:0).
+func WithListen(addr string) Option { return func(o *options) { o.listen = addr } }
+
+// New starts a registry for a test and closes it when the test ends.
+func New(t testing.TB, opts ...Option) *Registry {
+	t.Helper()
+	r, err := Start(t.Context(), append([]Option{WithDir(t.TempDir())}, opts...)...)
+	if err != nil {
+		t.Fatalf("start registry: %v", err)
+	}
+	t.Cleanup(r.Close)
+	return r
+}
+
+// Start starts a registry. ctx bounds only the start.
+func Start(ctx context.Context, opts ...Option) (*Registry, error) {
+	o := options{listen: "127.0.0.1:0"}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	r := &Registry{dir: o.dir}
+	if r.dir == "" {
+		dir, err := os.MkdirTemp("", "registrytest-")
+		if err != nil {
+			return nil, err
+		}
+		r.dir, r.ownDir = dir, true
+	}
+	r.ResetStats()
+
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		r.cleanupDir()
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	r.Host = ln.Addr().String()
+	r.URL = &url.URL{Scheme: "http", Host: r.Host}
+
+	cfg := &configuration.Configuration{
+		Storage: configuration.Storage{
+			"filesystem":  configuration.Parameters{"rootdirectory": filepath.Join(r.dir, "storage")},
+			"maintenance": configuration.Parameters{"uploadpurging": map[any]any{"enabled": false}},
+		},
+	}
+	cfg.Log.Level = "error"
+	cfg.HTTP.Addr = r.Host
+	cfg.HTTP.Secret = randomString()
+	// The registry logs every request through logrus's standard logger at
+	// info level; a fixture keeps only its errors.
+	logrus.SetLevel(logrus.ErrorLevel)
+
+	if o.users != nil {
+		users := map[string]string{}
+		for u, p := range o.users {
+			users[u] = p
+		}
+		r.admin = [2]string{"registrytest-admin", randomString()}
+		users[r.admin[0]] = r.admin[1]
+		ts, err := startTokenServer(users, r.dir)
+		if err != nil {
+			_ = ln.Close()
+			r.cleanupDir()
+			return nil, err
+		}
+		r.tokens = ts
+		cfg.Auth = configuration.Auth{"token": configuration.Parameters{
+			"realm":          ts.realm,
+			"service":        tokenService,
+			"issuer":         tokenIssuer,
+			"rootcertbundle": ts.rootBundle,
+		}}
+	}
+
+	app := handlers.NewApp(ctx, cfg)
+	r.srv = &http.Server{
+		Handler:           r.count(app),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	go func() { _ = r.srv.Serve(ln) }()
+	return r, nil
+}
+
+// Close stops the registry (and its token server) and removes its storage
+// when it created it.
+func (r *Registry) Close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = r.srv.Shutdown(ctx)
+	if r.tokens != nil {
+		r.tokens.close(ctx)
+	}
+	r.cleanupDir()
+}
+
+func (r *Registry) cleanupDir() {
+	if r.ownDir {
+		_ = os.RemoveAll(r.dir)
+	}
+}
+
+// Realm returns the token server's URL, or "" without token auth.
+func (r *Registry) Realm() string {
+	if r.tokens == nil {
+		return ""
+	}
+	return r.tokens.realm
+}
+
+// Stats returns a copy of the counters.
+func (r *Registry) Stats() Stats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.stats
+	s.BlobGETs = make(map[digest.Digest]int, len(r.stats.BlobGETs))
+	for k, v := range r.stats.BlobGETs {
+		s.BlobGETs[k] = v
+	}
+	s.ManifestGETs = make(map[string]int, len(r.stats.ManifestGETs))
+	for k, v := range r.stats.ManifestGETs {
+		s.ManifestGETs[k] = v
+	}
+	return s
+}
+
+// ResetStats zeroes the counters.
+func (r *Registry) ResetStats() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.stats = Stats{BlobGETs: map[digest.Digest]int{}, ManifestGETs: map[string]int{}}
+}
+
+var (
+	blobPath     = regexp.MustCompile(`^/v2/(.+)/blobs/(sha256:[a-f0-9]{64})$`)
+	manifestPath = regexp.MustCompile(`^/v2/(.+)/manifests/([^/]+)$`)
+)
+
+// count wraps the registry with the counters.
+func (r *Registry) count(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		r.mu.Lock()
+		r.stats.Requests++
+		r.mu.Unlock()
+		if req.Method != http.MethodGet {
+			next.ServeHTTP(w, req)
+			return
+		}
+		if m := blobPath.FindStringSubmatch(req.URL.Path); m != nil {
+			cw := &countingWriter{ResponseWriter: w}
+			next.ServeHTTP(cw, req)
+			r.mu.Lock()
+			if cw.status == 0 || cw.status < 300 {
+				r.stats.BlobGETs[digest.Digest(m[2])]++
+			}
+			r.stats.BlobBytes += cw.n
+			r.mu.Unlock()
+			return
+		}
+		if m := manifestPath.FindStringSubmatch(req.URL.Path); m != nil {
+			r.mu.Lock()
+			r.stats.ManifestGETs[m[1]+":"+m[2]]++
+			r.mu.Unlock()
+		}
+		next.ServeHTTP(w, req)
+	})
+}
+
+type countingWriter struct {
+	http.ResponseWriter
+	status int
+	n      int64
+}
+
+func (c *countingWriter) WriteHeader(code int) {
+	if c.status == 0 {
+		c.status = code
+	}
+	c.ResponseWriter.WriteHeader(code)
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	if c.status == 0 {
+		c.status = http.StatusOK
+	}
+	n, err := c.ResponseWriter.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func (c *countingWriter) Flush() {
+	if f, ok := c.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (c *countingWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
+
+var errNoTokenAuth = errors.New("registry has no token auth")
