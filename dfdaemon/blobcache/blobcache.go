@@ -1,0 +1,622 @@
+// Package blobcache is the node's long-lived cache of content: it runs every
+// download of a dfdaemon through the peer engine, keeps the finished ones
+// offered to other peers, and keeps the content store under a disk quota.
+//
+// Lifecycle of a task in the cache:
+//
+//  1. Acquire (or Open) starts the task's download in the engine, or joins
+//     it, and hands out a Lease. The download runs on the cache's own
+//     context: a client that hangs up does not stop it, so the content is
+//     still cached and others waiting for it still get it.
+//  2. While any Lease is held, the task's content is in use and is never
+//     evicted.
+//  3. A committed task stays registered with the supernode as a seed, so
+//     other nodes fetch pieces from this one, until it has not been used
+//     locally for SeedTTL. Then the engine leaves it on the supernode; the
+//     content stays in the store and a later Acquire seeds it again at once.
+//  4. When the committed content exceeds Quota (checked every CheckInterval
+//     and after every commit), the least recently used blobs that no Lease
+//     holds are deleted until usage is at most LowWater of the quota. Their
+//     tasks are left on the supernode first, so peers stop being sent here
+//     for them.
+//
+// A failed download is dropped at once: the next Acquire starts afresh.
+// Blobs committed by an earlier run of the node are counted and evicted
+// like the others, but offered to peers only after they are used again.
+package blobcache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"sync"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/damselfly/damselfly/pkg/content"
+	"github.com/damselfly/damselfly/pkg/peer"
+	"github.com/damselfly/damselfly/pkg/taskid"
+)
+
+// Defaults of Config.
+const (
+	DefaultQuota         ByteSize = 20 << 30
+	DefaultLowWater               = 0.9
+	DefaultCheckInterval          = time.Minute
+	DefaultSeedTTL                = time.Hour
+)
+
+// ErrClosed is returned by Acquire once the cache has stopped.
+var ErrClosed = errors.New("blob cache closed")
+
+// Config bounds the node's cache.
+type Config struct {
+	// Quota is the most bytes of committed content the node keeps (default
+	// 20GiB). Content in use may exceed it until released.
+	Quota ByteSize `yaml:"quota"`
+	// LowWater is the fraction of Quota eviction frees space down to
+	// (default 0.9), so that one commit does not trigger eviction after
+	// eviction.
+	LowWater float64 `yaml:"lowWater"`
+	// CheckInterval is how often usage is checked besides after each
+	// commit, and seeds past SeedTTL are dropped (default 1m).
+	CheckInterval time.Duration `yaml:"checkInterval"`
+	// SeedTTL is how long after its last local use a blob is still offered
+	// to other peers through the supernode (default 1h).
+	SeedTTL time.Duration `yaml:"seedTTL"`
+}
+
+// ApplyDefaults returns c with unset fields set to their defaults.
+func (c Config) ApplyDefaults() Config {
+	if c.Quota == 0 {
+		c.Quota = DefaultQuota
+	}
+	if c.LowWater == 0 {
+		c.LowWater = DefaultLowWater
+	}
+	if c.CheckInterval == 0 {
+		c.CheckInterval = DefaultCheckInterval
+	}
+	if c.SeedTTL == 0 {
+		c.SeedTTL = DefaultSeedTTL
+	}
+	return c
+}
+
+// Validate reports every value out of range, each naming its key.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Quota <= 0 {
+		errs = append(errs, fmt.Errorf("cache.quota %d: must be positive", c.Quota))
+	}
+	if c.LowWater <= 0 || c.LowWater > 1 {
+		errs = append(errs, fmt.Errorf("cache.lowWater %g: must be in (0, 1]", c.LowWater))
+	}
+	if c.CheckInterval <= 0 {
+		errs = append(errs, fmt.Errorf("cache.checkInterval %s: must be positive", c.CheckInterval))
+	}
+	if c.SeedTTL <= 0 {
+		errs = append(errs, fmt.Errorf("cache.seedTTL %s: must be positive", c.SeedTTL))
+	}
+	return errors.Join(errs...)
+}
+
+// engine is what the cache drives: *peer.Engine.
+type engine interface {
+	Download(ctx context.Context, req peer.Request) (*peer.Download, error)
+}
+
+// Cache runs downloads through the engine and keeps the store under its
+// quota. It is safe for concurrent use; Run must be running for it to
+// evict, and stops it.
+type Cache struct {
+	cfg     Config
+	store   content.Manager
+	engine  engine
+	logger  *zap.Logger
+	metrics *metrics
+	kick    chan struct{}
+
+	life context.Context
+	stop context.CancelFunc
+	wg   sync.WaitGroup // start and watch goroutines
+
+	mu       sync.Mutex
+	closed   bool
+	tasks    map[string]*entry
+	byDigest map[digest.Digest]map[*entry]struct{}
+	evicting map[digest.Digest]chan struct{}
+}
+
+// entry is one task the cache holds a Download handle of.
+type entry struct {
+	id    string
+	ready chan struct{} // closed once dl or err is set
+	dl    *peer.Download
+	err   error
+
+	// Guarded by Cache.mu.
+	leases    int
+	lastUse   time.Time
+	committed bool
+	digest    digest.Digest
+	size      int64
+}
+
+// Option configures a Cache.
+type Option func(*options)
+
+type options struct {
+	logger     *zap.Logger
+	registerer prometheus.Registerer
+}
+
+// WithLogger sets the logger (default: no-op).
+func WithLogger(l *zap.Logger) Option { return func(o *options) { o.logger = l } }
+
+// WithMetrics registers the cache's metrics with reg.
+func WithMetrics(reg prometheus.Registerer) Option { return func(o *options) { o.registerer = reg } }
+
+// New returns a cache of the content in store, downloaded by eng. store
+// must be the engine's store.
+func New(cfg Config, store content.Manager, eng engine, opts ...Option) (*Cache, error) {
+	cfg = cfg.ApplyDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if store == nil || eng == nil {
+		return nil, errors.New("blobcache: a store and an engine are required")
+	}
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	c := &Cache{
+		cfg:      cfg,
+		store:    store,
+		engine:   eng,
+		logger:   o.logger,
+		kick:     make(chan struct{}, 1),
+		tasks:    make(map[string]*entry),
+		byDigest: make(map[digest.Digest]map[*entry]struct{}),
+		evicting: make(map[digest.Digest]chan struct{}),
+	}
+	if c.logger == nil {
+		c.logger = zap.NewNop()
+	}
+	c.life, c.stop = context.WithCancel(context.Background())
+	m, err := newMetrics(o.registerer, c)
+	if err != nil {
+		return nil, err
+	}
+	m.quota.Set(float64(cfg.Quota))
+	c.metrics = m
+	return c, nil
+}
+
+// Lease is a hold on one task: its content is not evicted until Release.
+type Lease struct {
+	c    *Cache
+	e    *entry
+	once sync.Once
+}
+
+// TaskID returns the task's ID.
+func (l *Lease) TaskID() string { return l.e.id }
+
+// NewReader returns the content from off on as the engine verifies it (see
+// peer.Download.NewReader): it ends with io.EOF only after the whole
+// content is verified, and with the download's error if it fails.
+func (l *Lease) NewReader(off int64) io.ReadCloser { return l.e.dl.NewReader(off) }
+
+// Progress returns the download's byte counts; Size is -1 while unknown.
+func (l *Lease) Progress() peer.Progress { return l.e.dl.Progress() }
+
+// Done is closed when the download has finished, successfully or not.
+func (l *Lease) Done() <-chan struct{} { return l.e.dl.Done() }
+
+// Wait blocks until the download finishes or ctx ends.
+func (l *Lease) Wait(ctx context.Context) (peer.Result, error) { return l.e.dl.Wait(ctx) }
+
+// Release gives the lease back. It is safe to call more than once.
+func (l *Lease) Release() { l.once.Do(func() { l.c.release(l.e) }) }
+
+// taskKey names the task of req the way the engine and the supernode do.
+func taskKey(req peer.Request) (string, error) {
+	if req.Digest != "" {
+		return taskid.ForDigest(req.Digest)
+	}
+	return taskid.ForURL(req.URL, req.Filter, req.Identifier)
+}
+
+// Acquire starts the download of req, or joins it, and returns a lease on
+// it once the engine has taken it on. The download itself does not depend
+// on ctx: it goes on when the caller hangs up.
+func (c *Cache) Acquire(ctx context.Context, req peer.Request) (*Lease, error) {
+	id, err := taskKey(req)
+	if err != nil {
+		return nil, fmt.Errorf("acquire: %w: %w", peer.ErrInvalid, err)
+	}
+	d, isDigest := taskid.Digest(id)
+	for {
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return nil, ErrClosed
+		}
+		if ch := c.evicting[d]; isDigest && ch != nil {
+			c.mu.Unlock()
+			select {
+			case <-ch:
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		e := c.tasks[id]
+		created := e == nil
+		if created {
+			e = &entry{id: id, ready: make(chan struct{})}
+			c.tasks[id] = e
+			c.wg.Add(1)
+		}
+		e.leases++
+		e.lastUse = time.Now()
+		c.mu.Unlock()
+
+		if created {
+			go c.start(e, req)
+		}
+		select {
+		case <-e.ready:
+		case <-ctx.Done():
+			c.release(e)
+			return nil, ctx.Err()
+		}
+		if e.err != nil {
+			c.release(e)
+			return nil, e.err
+		}
+		return &Lease{c: c, e: e}, nil
+	}
+}
+
+// Open acquires req and returns its content from off on; closing the
+// reader releases the lease.
+func (c *Cache) Open(ctx context.Context, req peer.Request, off int64) (io.ReadCloser, error) {
+	l, err := c.Acquire(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	return &leaseReader{ReadCloser: l.NewReader(off), l: l}, nil
+}
+
+type leaseReader struct {
+	io.ReadCloser
+	l *Lease
+}
+
+func (r *leaseReader) Close() error {
+	err := r.ReadCloser.Close()
+	r.l.Release()
+	return err
+}
+
+// start hands the task to the engine on the cache's context.
+func (c *Cache) start(e *entry, req peer.Request) {
+	defer c.wg.Done()
+	dl, err := c.engine.Download(c.life, req)
+	c.mu.Lock()
+	if err != nil {
+		e.err = err
+		c.dropLocked(e)
+		close(e.ready)
+		c.mu.Unlock()
+		return
+	}
+	e.dl = dl
+	close(e.ready)
+	if c.closed {
+		// Shutdown missed this one: it is not in the maps any more.
+		c.mu.Unlock()
+		_ = dl.Close()
+		return
+	}
+	c.wg.Add(1)
+	c.mu.Unlock()
+	go c.watch(e)
+}
+
+// watch records the outcome of e's download.
+func (c *Cache) watch(e *entry) {
+	defer c.wg.Done()
+	res, err := e.dl.Wait(c.life)
+	c.mu.Lock()
+	if err != nil {
+		dropped := c.dropLocked(e)
+		c.mu.Unlock()
+		if dropped {
+			c.logger.Debug("download failed", zap.String("task", e.id), zap.Error(err))
+			_ = e.dl.Close()
+		}
+		return
+	}
+	if c.tasks[e.id] == e {
+		e.committed, e.digest, e.size = true, res.Digest, res.Size
+		set := c.byDigest[res.Digest]
+		if set == nil {
+			set = make(map[*entry]struct{})
+			c.byDigest[res.Digest] = set
+		}
+		set[e] = struct{}{}
+	}
+	c.mu.Unlock()
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// dropLocked removes e from the maps; it reports whether e was still there.
+func (c *Cache) dropLocked(e *entry) bool {
+	if c.tasks[e.id] != e {
+		return false
+	}
+	delete(c.tasks, e.id)
+	if set := c.byDigest[e.digest]; set != nil {
+		delete(set, e)
+		if len(set) == 0 {
+			delete(c.byDigest, e.digest)
+		}
+	}
+	return true
+}
+
+func (c *Cache) release(e *entry) {
+	c.mu.Lock()
+	e.leases--
+	e.lastUse = time.Now()
+	c.mu.Unlock()
+}
+
+// Run checks the quota and the seeds every CheckInterval and after each
+// commit until ctx ends; then it drops every task (leaving them on the
+// supernode) and waits for its goroutines. It returns nil.
+func (c *Cache) Run(ctx context.Context) error {
+	defer c.shutdown()
+	tick := time.NewTicker(c.cfg.CheckInterval)
+	defer tick.Stop()
+	c.check(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		case <-c.kick:
+		}
+		c.check(ctx)
+	}
+}
+
+func (c *Cache) shutdown() {
+	c.mu.Lock()
+	c.closed = true
+	var all []*entry
+	for _, e := range c.tasks {
+		all = append(all, e)
+	}
+	clear(c.tasks)
+	clear(c.byDigest)
+	c.mu.Unlock()
+	c.stop()
+	var wg sync.WaitGroup
+	for _, e := range all {
+		select {
+		case <-e.ready:
+		default:
+			continue // start closes it
+		}
+		if e.dl != nil {
+			wg.Go(func() { _ = e.dl.Close() })
+		}
+	}
+	wg.Wait()
+	c.wg.Wait()
+}
+
+// Check runs one quota and seed check now. Run calls it on its own; it is
+// exported for operators' tools and tests.
+func (c *Cache) Check(ctx context.Context) { c.check(ctx) }
+
+func (c *Cache) check(ctx context.Context) {
+	c.expireSeeds()
+	if err := c.enforceQuota(ctx); err != nil && ctx.Err() == nil {
+		c.logger.Warn("enforce cache quota", zap.Error(err))
+	}
+}
+
+// expireSeeds leaves the tasks not used for SeedTTL; their content stays.
+func (c *Cache) expireSeeds() {
+	cutoff := time.Now().Add(-c.cfg.SeedTTL)
+	var expired []*entry
+	c.mu.Lock()
+	for _, e := range c.tasks {
+		if e.committed && e.leases == 0 && e.lastUse.Before(cutoff) {
+			c.dropLocked(e)
+			expired = append(expired, e)
+		}
+	}
+	c.mu.Unlock()
+	for _, e := range expired {
+		c.logger.Debug("stop seeding", zap.String("task", e.id))
+		_ = e.dl.Close()
+	}
+}
+
+// enforceQuota deletes least recently used blobs nothing holds until the
+// usage is at most LowWater of the quota.
+func (c *Cache) enforceQuota(ctx context.Context) error {
+	var infos []content.Info
+	var usage int64
+	err := c.store.Walk(ctx, func(i content.Info) error {
+		infos = append(infos, i)
+		usage += i.Size
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("walk store: %w", err)
+	}
+	c.metrics.usage.Set(float64(usage))
+	quota := int64(c.cfg.Quota)
+	if usage <= quota {
+		return nil
+	}
+	target := int64(float64(quota) * c.cfg.LowWater)
+
+	c.mu.Lock()
+	used := make(map[digest.Digest]time.Time, len(infos))
+	for _, i := range infos {
+		t := i.AccessedAt
+		for e := range c.byDigest[i.Digest] {
+			if e.lastUse.After(t) {
+				t = e.lastUse
+			}
+		}
+		used[i.Digest] = t
+	}
+	c.mu.Unlock()
+	sort.SliceStable(infos, func(a, b int) bool { return used[infos[a].Digest].Before(used[infos[b].Digest]) })
+
+	var errs []error
+	for _, i := range infos {
+		if usage <= target || ctx.Err() != nil {
+			break
+		}
+		ok, err := c.evict(ctx, i.Digest)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if ok {
+			usage -= i.Size
+			c.metrics.evictions.Inc()
+			c.metrics.evictedBytes.Add(float64(i.Size))
+			c.logger.Info("evicted", zap.Stringer("digest", i.Digest), zap.Int64("size", i.Size))
+		}
+	}
+	c.metrics.usage.Set(float64(usage))
+	if usage > target {
+		c.logger.Warn("cache over quota: the rest is in use",
+			zap.Int64("usage", usage), zap.Int64("quota", quota))
+	}
+	return errors.Join(errs...)
+}
+
+// evict deletes blob d unless something holds it: its tasks are left on
+// the supernode first. Acquires of d wait until it is gone.
+func (c *Cache) evict(ctx context.Context, d digest.Digest) (bool, error) {
+	id, err := taskid.ForDigest(d)
+	if err != nil {
+		return false, nil // not a digest a task can name; not ours to judge
+	}
+	c.mu.Lock()
+	if e := c.tasks[id]; e != nil && !e.committed {
+		c.mu.Unlock()
+		return false, nil // being downloaded or opened right now
+	}
+	holders := c.byDigest[d]
+	for e := range holders {
+		if e.leases > 0 {
+			c.mu.Unlock()
+			return false, nil
+		}
+	}
+	var drop []*entry
+	for e := range holders {
+		drop = append(drop, e)
+	}
+	for _, e := range drop {
+		c.dropLocked(e)
+	}
+	done := make(chan struct{})
+	c.evicting[d] = done
+	c.mu.Unlock()
+
+	for _, e := range drop {
+		_ = e.dl.Close() // leaves the task on the supernode
+	}
+	err = c.store.Delete(ctx, d)
+
+	c.mu.Lock()
+	delete(c.evicting, d)
+	close(done)
+	c.mu.Unlock()
+	if err != nil && !errors.Is(err, content.ErrNotFound) {
+		return false, fmt.Errorf("delete %s: %w", d, err)
+	}
+	return err == nil, nil
+}
+
+// Seeding returns the IDs of the tasks the cache holds, downloading or
+// offered to peers.
+func (c *Cache) Seeding() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ids := make([]string, 0, len(c.tasks))
+	for id := range c.tasks {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+type metrics struct {
+	usage        prometheus.Gauge
+	quota        prometheus.Gauge
+	evictions    prometheus.Counter
+	evictedBytes prometheus.Counter
+	tasks        prometheus.GaugeFunc
+}
+
+func newMetrics(reg prometheus.Registerer, c *Cache) (*metrics, error) {
+	m := &metrics{
+		usage: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "damselfly", Subsystem: "dfdaemon_cache", Name: "usage_bytes",
+			Help: "Bytes of committed content in the node's store, as of the last check.",
+		}),
+		quota: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "damselfly", Subsystem: "dfdaemon_cache", Name: "quota_bytes",
+			Help: "The configured cache quota.",
+		}),
+		evictions: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "damselfly", Subsystem: "dfdaemon_cache", Name: "evictions_total",
+			Help: "Blobs deleted to keep the store under its quota.",
+		}),
+		evictedBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "damselfly", Subsystem: "dfdaemon_cache", Name: "evicted_bytes_total",
+			Help: "Bytes deleted to keep the store under its quota.",
+		}),
+		tasks: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "damselfly", Subsystem: "dfdaemon_cache", Name: "tasks",
+			Help: "Tasks the node holds: downloading, or offered to other peers.",
+		}, func() float64 {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			return float64(len(c.tasks))
+		}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	for _, col := range []prometheus.Collector{m.usage, m.quota, m.evictions, m.evictedBytes, m.tasks} {
+		if err := reg.Register(col); err != nil {
+			return nil, fmt.Errorf("blobcache: register metrics: %w", err)
+		}
+	}
+	return m, nil
+}
