@@ -1,0 +1,581 @@
+// Package proxy is dfdaemon's HTTP(S) forward proxy: the handler behind a
+// node's HTTP_PROXY. Each request in absolute form (GET http://host/path) is
+// matched against URL rules; a GET that a rule sends through the P2P network
+// is downloaded by a Fetcher and streamed to the client, anything else is
+// forwarded to its origin. A CONNECT is a TCP tunnel, or, for the hosts the
+// configuration lists, is intercepted: TLS is terminated with a leaf
+// certificate signed by the user's CA, and the decrypted requests are routed
+// by the same rules as https://host/path.
+//
+// Routing of one request:
+//
+//   - GET matching a rule with useP2P, without Range or conditional headers:
+//     Fetcher. If the fetch fails before the first byte the request is
+//     forwarded directly (or answered 502 with disableFallback); after the
+//     first byte a failure aborts the response, so the client sees a
+//     truncated body, never a complete-looking one.
+//   - every other request: forwarded directly, hop-by-hop headers removed
+//     (RFC 9110 §7.6.1), bodies streamed both ways.
+//   - CONNECT: the port must be allowed (default 443 only), then tunnel or
+//     intercept.
+//
+// The proxy never logs header values, query strings or user information.
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+// Fetcher downloads a URL through the P2P network (dfdaemon implements it
+// over the peer engine). body streams verified bytes in order; size is the
+// content length, -1 when unknown. A failure after the first byte must
+// surface as a Read error, never as an early io.EOF. header holds the
+// client's end-to-end request headers (Authorization among them) for the
+// source fetch.
+type Fetcher interface {
+	Fetch(ctx context.Context, url string, header http.Header) (body io.ReadCloser, size int64, err error)
+}
+
+// Option configures a Proxy.
+type Option func(*options)
+
+type options struct {
+	log       *zap.Logger
+	transport http.RoundTripper
+	reg       prometheus.Registerer
+	rootCAs   *x509.CertPool
+	resolve   Resolver
+	now       func() time.Time
+}
+
+// WithLogger sets the logger (default: none).
+func WithLogger(l *zap.Logger) Option { return func(o *options) { o.log = l } }
+
+// WithTransport replaces the transport of direct requests. The outbound
+// policy, WithRootCAs and WithResolver do not apply to it; CONNECT tunnels
+// still use the proxy's own dialer.
+func WithTransport(rt http.RoundTripper) Option { return func(o *options) { o.transport = rt } }
+
+// WithMetrics registers the proxy's metrics with reg.
+func WithMetrics(reg prometheus.Registerer) Option { return func(o *options) { o.reg = reg } }
+
+// WithRootCAs sets the roots origin certificates are verified against on
+// direct https requests (default: the system roots). Tests use it to trust
+// their httptest origins.
+func WithRootCAs(pool *x509.CertPool) Option { return func(o *options) { o.rootCAs = pool } }
+
+// WithResolver replaces DNS for direct connections and tunnels, e.g. to
+// resolve test host names to 127.0.0.1. The outbound policy still applies.
+func WithResolver(r Resolver) Option { return func(o *options) { o.resolve = r } }
+
+// withClock sets the clock of certificate issuing.
+func withClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
+
+// viaPseudonym names the proxy in Via headers (RFC 9110 §7.6.3).
+const viaPseudonym = "damselfly"
+
+// RouteHeader is set on responses the proxy produced from the P2P network
+// ("p2p") or forwarded after a P2P failure ("fallback").
+const RouteHeader = "X-Damselfly-Route"
+
+// Proxy is the forward proxy handler. It is safe for concurrent use.
+type Proxy struct {
+	cfg       Config
+	fetcher   Fetcher
+	rules     []rule
+	hijack    []*regexp.Regexp
+	certs     *certCache
+	ports     map[int]bool
+	dialer    *dialer
+	transport *http.Transport // the proxy's own transport, nil with WithTransport
+	direct    *httputil.ReverseProxy
+	log       *zap.Logger
+	m         *metrics
+
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{} // hijacked client and tunnel connections
+	closed bool
+}
+
+// rule is a compiled Rule.
+type rule struct {
+	re       *regexp.Regexp
+	useP2P   bool
+	redirect string
+}
+
+// New validates cfg (after ApplyDefaults) and builds a proxy that fetches
+// P2P routes with f. f may be nil when no rule uses P2P.
+func New(cfg Config, f Fetcher, opts ...Option) (*Proxy, error) {
+	cfg = cfg.ApplyDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	o := options{log: zap.NewNop(), now: time.Now}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	m, err := newMetrics(o.reg)
+	if err != nil {
+		return nil, fmt.Errorf("proxy metrics: %w", err)
+	}
+	p := &Proxy{
+		cfg:     cfg,
+		fetcher: f,
+		ports:   make(map[int]bool, len(cfg.ConnectPorts)),
+		log:     o.log,
+		m:       m,
+		conns:   make(map[net.Conn]struct{}),
+	}
+	for _, r := range cfg.Rules {
+		p.rules = append(p.rules, rule{re: regexp.MustCompile(r.Regex), useP2P: r.UseP2P, redirect: r.Redirect})
+		if r.UseP2P && f == nil {
+			return nil, fmt.Errorf("proxy rule %q uses P2P but there is no fetcher: %w", r.Regex, ErrInvalid)
+		}
+	}
+	for _, h := range cfg.Hijack.Hosts {
+		p.hijack = append(p.hijack, regexp.MustCompile(h))
+	}
+	if len(p.hijack) > 0 {
+		authority, err := loadCA(cfg.Hijack.CACert, cfg.Hijack.CAKey)
+		if err != nil {
+			return nil, fmt.Errorf("proxy hijack: %w", err)
+		}
+		p.certs = newCertCache(authority, cfg.Hijack.LeafValidity, cfg.Hijack.CertCacheSize, o.now, m.certs.Inc)
+	}
+	for _, port := range cfg.ConnectPorts {
+		p.ports[port] = true
+	}
+	policy, err := newDialPolicy(cfg.Outbound)
+	if err != nil {
+		return nil, fmt.Errorf("proxy outbound: %w", err)
+	}
+	p.dialer = newDialer(policy, cfg.DialTimeout, o.resolve)
+	rt := o.transport
+	if rt == nil {
+		p.transport = &http.Transport{
+			Proxy:                 nil, // never chain to $HTTP_PROXY, which may be this proxy
+			DialContext:           p.dialer.DialContext,
+			TLSClientConfig:       &tls.Config{RootCAs: o.rootCAs, MinVersion: tls.VersionTLS12},
+			TLSHandshakeTimeout:   cfg.TLSHandshakeTimeout,
+			ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
+			ExpectContinueTimeout: time.Second,
+			IdleConnTimeout:       90 * time.Second,
+			MaxIdleConns:          100,
+			MaxIdleConnsPerHost:   16,
+			DisableCompression:    true, // pass Content-Encoding through untouched
+			ForceAttemptHTTP2:     true,
+		}
+		rt = p.transport
+	}
+	p.direct = &httputil.ReverseProxy{
+		Rewrite:        p.rewrite,
+		Transport:      rt,
+		FlushInterval:  -1, // stream every chunk as it arrives
+		ModifyResponse: addVia,
+		ErrorHandler:   p.directError,
+		ErrorLog:       zap.NewStdLog(p.log.WithOptions(zap.IncreaseLevel(zap.DebugLevel))),
+	}
+	return p, nil
+}
+
+// IsProxyRequest reports whether r is addressed to a forward proxy: a
+// CONNECT, or a request whose target is an absolute URL (RFC 9112 §3.2.2).
+// dfdaemon's listener uses it to tell proxy requests from mirror requests.
+func IsProxyRequest(r *http.Request) bool {
+	return r.Method == http.MethodConnect || (r.URL != nil && r.URL.IsAbs() && !strings.HasPrefix(r.RequestURI, "/"))
+}
+
+// ServeHTTP handles one proxy request: CONNECT, or an absolute-form request
+// of any method.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if headerSize(r) > p.cfg.MaxHeaderBytes {
+		p.reject(w, http.StatusRequestHeaderFieldsTooLarge, "request header too large")
+		return
+	}
+	if r.Method == http.MethodConnect {
+		p.serveConnect(w, r)
+		return
+	}
+	u := r.URL
+	if u == nil || !u.IsAbs() || u.Host == "" || u.Hostname() == "" {
+		p.reject(w, http.StatusBadRequest, "not a proxy request: the target must be an absolute http(s) URL")
+		return
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		p.reject(w, http.StatusBadRequest, "unsupported scheme "+u.Scheme)
+		return
+	}
+	if u.User != nil {
+		p.reject(w, http.StatusBadRequest, "user information in the URL is not supported")
+		return
+	}
+	target := &url.URL{Scheme: u.Scheme, Host: strings.ToLower(u.Host), Path: u.Path, RawPath: u.RawPath, RawQuery: u.RawQuery}
+	p.route(w, r, target)
+}
+
+// route sends one request with a known target URL through P2P or direct,
+// as the first matching rule says.
+func (p *Proxy) route(w http.ResponseWriter, r *http.Request, target *url.URL) {
+	target, useP2P, err := p.match(target)
+	if err != nil {
+		p.log.Warn("proxy redirect rule produced a bad URL", zap.String("url", redactURL(target)), zap.Error(err))
+		p.reject(w, http.StatusBadGateway, "proxy redirect rule produced a bad URL")
+		return
+	}
+	if useP2P && r.Method == http.MethodGet && p2pEligible(r.Header) {
+		p.serveP2P(w, r, target)
+		return
+	}
+	p.serveDirect(w, r, target, routeDirect)
+}
+
+// match applies the first rule matching u: whether to use P2P, and the URL
+// after its redirect.
+func (p *Proxy) match(u *url.URL) (*url.URL, bool, error) {
+	s := u.String()
+	for _, rl := range p.rules {
+		if !rl.re.MatchString(s) {
+			continue
+		}
+		switch {
+		case rl.redirect == "":
+			return u, rl.useP2P, nil
+		case strings.Contains(rl.redirect, "://"):
+			nu, err := url.Parse(rl.re.ReplaceAllString(s, rl.redirect))
+			if err != nil {
+				return u, false, err
+			}
+			if (nu.Scheme != "http" && nu.Scheme != "https") || nu.Hostname() == "" || nu.User != nil {
+				return u, false, errors.New("redirect is not an absolute http(s) URL")
+			}
+			return nu, rl.useP2P, nil
+		default:
+			nu := *u
+			nu.Host = strings.ToLower(rl.redirect)
+			return &nu, rl.useP2P, nil
+		}
+	}
+	return u, false, nil
+}
+
+// p2pEligible reports whether a GET with header h can be answered with the
+// whole content from the P2P network: ranged and conditional requests go
+// direct, as Dragonfly does, because a P2P download always starts at byte
+// zero and the origin answers them cheaply.
+func p2pEligible(h http.Header) bool {
+	for _, k := range []string{"Range", "If-Range", "If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since"} {
+		if _, ok := h[k]; ok {
+			return false
+		}
+	}
+	return true
+}
+
+// copyBufSize is the unit the proxy reads and flushes P2P bodies in.
+const copyBufSize = 64 << 10
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
+
+// serveP2P answers a GET from the Fetcher, streaming each chunk as it
+// arrives.
+func (p *Proxy) serveP2P(w http.ResponseWriter, r *http.Request, target *url.URL) {
+	ctx := r.Context()
+	bufp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bufp)
+	buf := *bufp
+
+	body, size, err := p.fetcher.Fetch(ctx, target.String(), fetchHeader(r.Header))
+	var n int
+	var rerr error
+	if err == nil {
+		defer body.Close()
+		n, rerr = readSome(body, buf)
+		if n == 0 && rerr != nil && !errors.Is(rerr, io.EOF) {
+			err = rerr
+		}
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return // the client is gone
+		}
+		if !p.cfg.DisableFallback {
+			p.log.Warn("p2p download failed, forwarding directly", zap.String("url", redactURL(target)), zap.String("error", redactError(err)))
+			w.Header().Set(RouteHeader, routeFallback)
+			p.serveDirect(w, r, target, routeFallback)
+			return
+		}
+		p.log.Warn("p2p download failed", zap.String("url", redactURL(target)), zap.String("error", redactError(err)))
+		p.reject(w, http.StatusBadGateway, "peer-to-peer download failed")
+		return
+	}
+	p.m.requests.WithLabelValues(routeP2P).Inc()
+	p.log.Debug("proxy request", zap.String("route", routeP2P), zap.String("url", redactURL(target)))
+
+	h := w.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set(RouteHeader, routeP2P)
+	h.Set("Via", "1.1 "+viaPseudonym)
+	if size >= 0 {
+		h.Set("Content-Length", fmt.Sprint(size))
+	}
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	var sent int64
+	defer func() { p.m.bytes.WithLabelValues(routeP2P).Add(float64(sent)) }()
+	for {
+		if n > 0 {
+			if size >= 0 && sent+int64(n) > size {
+				p.abort(target, fmt.Errorf("p2p body longer than its size %d", size))
+			}
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return // the client is gone
+			}
+			sent += int64(n)
+			_ = rc.Flush()
+		}
+		if errors.Is(rerr, io.EOF) {
+			break
+		}
+		if rerr != nil {
+			p.abort(target, rerr)
+		}
+		n, rerr = readSome(body, buf)
+	}
+	if size >= 0 && sent != size {
+		p.abort(target, fmt.Errorf("p2p body ended after %d of %d bytes", sent, size))
+	}
+}
+
+// abort ends a response whose status is already sent without completing
+// it: net/http closes the connection (or resets the stream), so the client
+// sees a truncated body and never mistakes it for the whole content.
+func (p *Proxy) abort(target *url.URL, err error) {
+	p.log.Warn("p2p download failed mid-stream", zap.String("url", redactURL(target)), zap.String("error", redactError(err)))
+	panic(http.ErrAbortHandler)
+}
+
+// readSome reads until it gets at least one byte or an error, giving up on
+// a reader that keeps returning nothing.
+func readSome(r io.Reader, buf []byte) (int, error) {
+	for range 100 {
+		n, err := r.Read(buf)
+		if n > 0 || err != nil {
+			return n, err
+		}
+	}
+	return 0, io.ErrNoProgress
+}
+
+type targetKey struct{}
+
+// serveDirect forwards r to target with the reverse proxy engine of
+// net/http/httputil, which strips hop-by-hop headers, streams both bodies
+// and handles protocol upgrades.
+func (p *Proxy) serveDirect(w http.ResponseWriter, r *http.Request, target *url.URL, route string) {
+	p.m.requests.WithLabelValues(route).Inc()
+	p.log.Debug("proxy request", zap.String("route", route), zap.String("method", r.Method), zap.String("url", redactURL(target)))
+	cw := &countingWriter{ResponseWriter: w}
+	defer func() { p.m.bytes.WithLabelValues(route).Add(float64(cw.n)) }()
+	p.direct.ServeHTTP(cw, r.WithContext(context.WithValue(r.Context(), targetKey{}, target)))
+}
+
+// rewrite points the outbound request at the routed target.
+func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
+	target, _ := pr.In.Context().Value(targetKey{}).(*url.URL)
+	if target == nil {
+		target = pr.In.URL // not reached: serveDirect always sets it
+	}
+	u := *target
+	pr.Out.URL = &u
+	pr.Out.Host = ""
+	pr.Out.RequestURI = ""
+	if p.cfg.XForwardedFor {
+		pr.SetXForwarded()
+	}
+	pr.Out.Header.Add("Via", protoVersion(pr.In.ProtoMajor, pr.In.ProtoMinor)+" "+viaPseudonym)
+}
+
+// addVia names the proxy in the response's Via header.
+func addVia(resp *http.Response) error {
+	resp.Header.Add("Via", protoVersion(resp.ProtoMajor, resp.ProtoMinor)+" "+viaPseudonym)
+	return nil
+}
+
+func protoVersion(major, minor int) string {
+	if major >= 2 {
+		return fmt.Sprint(major)
+	}
+	return fmt.Sprintf("%d.%d", major, minor)
+}
+
+// directError answers a forwarded request whose origin could not be
+// reached: 403 when the outbound policy denied the address, 504 on a
+// timeout, 502 otherwise.
+func (p *Proxy) directError(w http.ResponseWriter, r *http.Request, err error) {
+	if r.Context().Err() != nil {
+		return // the client is gone
+	}
+	target, _ := r.Context().Value(targetKey{}).(*url.URL)
+	status, msg := dialStatus(err)
+	p.log.Warn("proxy: origin request failed", zap.String("url", redactURL(target)), zap.Int("status", status), zap.String("error", redactError(err)))
+	http.Error(w, msg, status)
+}
+
+// dialStatus maps an error reaching an origin to a status and a short text.
+func dialStatus(err error) (int, string) {
+	var ne net.Error
+	switch {
+	case errors.Is(err, errDenied):
+		return http.StatusForbidden, "destination denied by the proxy's outbound policy"
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return http.StatusGatewayTimeout, "origin timed out"
+	default:
+		return http.StatusBadGateway, "origin unreachable"
+	}
+}
+
+// reject answers a request the proxy refuses by itself.
+func (p *Proxy) reject(w http.ResponseWriter, status int, msg string) {
+	p.m.requests.WithLabelValues(routeRejected).Inc()
+	w.Header().Set("Connection", "close")
+	http.Error(w, msg, status)
+}
+
+// Close ends every CONNECT tunnel and intercepted connection and drops the
+// idle connections to origins. Requests in progress on other connections
+// are not affected; register it with http.Server.RegisterOnShutdown, since
+// a server's Shutdown does not track hijacked connections.
+func (p *Proxy) Close() error {
+	p.mu.Lock()
+	p.closed = true
+	conns := make([]net.Conn, 0, len(p.conns))
+	for c := range p.conns {
+		conns = append(conns, c)
+	}
+	p.mu.Unlock()
+	for _, c := range conns {
+		_ = c.Close()
+	}
+	if p.transport != nil {
+		p.transport.CloseIdleConnections()
+	}
+	return nil
+}
+
+// track registers hijacked connections for Close; false once the proxy is
+// closed.
+func (p *Proxy) track(cs ...net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return false
+	}
+	for _, c := range cs {
+		p.conns[c] = struct{}{}
+	}
+	return true
+}
+
+func (p *Proxy) untrack(cs ...net.Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range cs {
+		delete(p.conns, c)
+	}
+}
+
+// hopHeaders are the hop-by-hop fields of RFC 9110 §7.6.1, plus the
+// proxy-only ones.
+var hopHeaders = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+	"Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+// fetchHeader returns the client's headers that matter to a source fetch of
+// the whole content: end-to-end fields, without hop-by-hop ones, without
+// what describes this message's body or representation encoding (the P2P
+// network stores the identity encoding), and without forwarding traces.
+func fetchHeader(in http.Header) http.Header {
+	h := in.Clone()
+	for _, v := range in.Values("Connection") {
+		for f := range strings.SplitSeq(v, ",") {
+			if f = strings.TrimSpace(f); f != "" {
+				h.Del(f)
+			}
+		}
+	}
+	for _, k := range hopHeaders {
+		h.Del(k)
+	}
+	for _, k := range []string{"Accept-Encoding", "Content-Length", "Expect", "Via", "Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
+		h.Del(k)
+	}
+	return h
+}
+
+// headerSize approximates the size of r's header section as received: the
+// request line, Host and every field with its separators.
+func headerSize(r *http.Request) int {
+	n := len(r.Method) + len(r.RequestURI) + len(r.Proto) + 4
+	n += len("Host: ") + len(r.Host) + 2
+	for k, vs := range r.Header {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return n
+}
+
+// redactURL is u without user information and query: what may be logged.
+func redactURL(u *url.URL) string {
+	if u == nil {
+		return ""
+	}
+	return (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
+}
+
+// urlQuery finds the query (and fragment) of URLs quoted in error texts.
+var urlQuery = regexp.MustCompile(`([a-zA-Z][a-zA-Z0-9+.-]*://[^\s?#"']*)[?#][^\s"']*`)
+
+// urlUser finds user information in URLs quoted in error texts.
+var urlUser = regexp.MustCompile(`([a-zA-Z][a-zA-Z0-9+.-]*://)[^\s/@"']*@`)
+
+// redactError is err's text with any URL's query and user information
+// removed: transport errors quote the URL they failed on.
+func redactError(err error) string {
+	s := urlQuery.ReplaceAllString(err.Error(), "$1?REDACTED")
+	return urlUser.ReplaceAllString(s, "${1}REDACTED@")
+}
+
+// countingWriter counts the response body bytes a handler writes.
+type countingWriter struct {
+	http.ResponseWriter
+	n int64
+}
+
+func (c *countingWriter) Write(b []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(b)
+	c.n += int64(n)
+	return n, err
+}
+
+func (c *countingWriter) Flush() { _ = http.NewResponseController(c.ResponseWriter).Flush() }
+
+func (c *countingWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }

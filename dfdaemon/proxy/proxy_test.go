@@ -1,0 +1,436 @@
+package proxy
+
+import (
+	"bytes"
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+)
+
+// blobRule sends every /blob/ URL through P2P.
+var blobRule = Rule{Regex: `^https?://[^/]+/blob/`, UseP2P: true}
+
+func TestP2PRuleHitIsServedFromFetcher(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t)
+	u := o.URL + "/blob/a?token=s3cret"
+	content := bytes.Repeat([]byte("p2p-content;"), 10000)
+	f := newMemFetcher(map[string][]byte{u: content})
+	reg := prometheus.NewRegistry()
+	_, pu := startProxy(t, Config{Rules: []Rule{blobRule}}, f, WithMetrics(reg))
+	c := proxyClient(t, pu, nil)
+
+	resp, body := get(t, c, u, http.Header{
+		"Authorization":       {"Bearer client-token"},
+		"Proxy-Authorization": {"Basic cHJveHk6cHc="},
+		"Accept-Encoding":     {"gzip"},
+		"Connection":          {"X-Hop"},
+		"X-Hop":               {"1"},
+	})
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Equal(t, content, body)
+	require.Equal(t, int64(len(content)), resp.ContentLength)
+	require.Equal(t, "p2p", resp.Header.Get(RouteHeader))
+	require.Equal(t, 0, o.Hits("/blob/a"), "the origin must not be asked for a P2P URL")
+
+	calls := f.Calls()
+	require.Len(t, calls, 1)
+	require.Equal(t, u, calls[0].url)
+	require.Equal(t, "Bearer client-token", calls[0].header.Get("Authorization"), "the client's credentials go to the source fetch")
+	for _, k := range []string{"Proxy-Authorization", "Accept-Encoding", "Connection", "X-Hop"} {
+		require.Empty(t, calls[0].header.Values(k), k)
+	}
+	require.Equal(t, 1.0, counterValue(t, reg, "damselfly_proxy_requests_total", "route", "p2p"))
+	require.Equal(t, float64(len(content)), counterValue(t, reg, "damselfly_proxy_bytes_total", "route", "p2p"))
+}
+
+func TestRoutingDirect(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t)
+	f := newMemFetcher(map[string][]byte{})
+	rules := []Rule{
+		{Regex: `/blob/exempt`, UseP2P: false},
+		blobRule,
+	}
+	_, pu := startProxy(t, Config{Rules: rules}, f)
+	c := proxyClient(t, pu, nil)
+
+	tests := []struct {
+		name   string
+		method string
+		path   string
+		header http.Header
+		status int
+	}{
+		{name: "no rule matches", method: http.MethodGet, path: "/other", status: http.StatusOK},
+		{name: "an earlier rule exempts", method: http.MethodGet, path: "/blob/exempt", status: http.StatusOK},
+		{name: "HEAD is direct", method: http.MethodHead, path: "/blob/head", status: http.StatusOK},
+		{name: "ranged GET is direct", method: http.MethodGet, path: "/blob/ranged", header: http.Header{"Range": {"bytes=10-19"}}, status: http.StatusPartialContent},
+		{name: "conditional GET is direct", method: http.MethodGet, path: "/blob/cond", header: http.Header{"If-Modified-Since": {time.Now().UTC().Format(http.TimeFormat)}}, status: http.StatusNotModified},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req, err := http.NewRequestWithContext(t.Context(), tt.method, o.URL+tt.path, nil)
+			require.NoError(t, err)
+			for k, v := range tt.header {
+				req.Header[k] = v
+			}
+			resp, err := c.Do(req)
+			require.NoError(t, err)
+			body, err := io.ReadAll(resp.Body)
+			require.NoError(t, err)
+			require.NoError(t, resp.Body.Close())
+			require.Equal(t, tt.status, resp.StatusCode)
+			require.Equal(t, 1, o.Hits(tt.path))
+			require.Empty(t, resp.Header.Get(RouteHeader))
+			require.Contains(t, resp.Header.Values("Via"), "1.1 damselfly")
+			switch tt.status {
+			case http.StatusOK:
+				if tt.method == http.MethodGet {
+					require.Equal(t, blobBody(tt.path), body)
+				}
+			case http.StatusPartialContent:
+				require.Equal(t, blobBody(tt.path)[10:20], body)
+			}
+		})
+	}
+	require.Empty(t, f.Calls(), "no request above may use P2P")
+}
+
+func TestDirectForwardingHeadersAndBodies(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t)
+	_, pu := startProxy(t, Config{Rules: []Rule{blobRule}}, newMemFetcher(nil))
+	c := proxyClient(t, pu, nil)
+
+	t.Run("request body streamed, query kept", func(t *testing.T) {
+		payload := bytes.Repeat([]byte("upload;"), 50000)
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodPut, o.URL+"/echo?a=1&b=2", bytes.NewReader(payload))
+		require.NoError(t, err)
+		resp, err := c.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		require.Equal(t, "PUT", resp.Header.Get("X-Method"))
+		require.Equal(t, "a=1&b=2", resp.Header.Get("X-Query"))
+		require.Equal(t, payload, body)
+	})
+	t.Run("hop-by-hop request fields removed", func(t *testing.T) {
+		resp, _ := get(t, c, o.URL+"/seen", http.Header{
+			"Connection":          {"X-Private"},
+			"X-Private":           {"1"},
+			"Keep-Alive":          {"timeout=5"},
+			"Proxy-Authorization": {"Basic cHJveHk6cHc="},
+			"Authorization":       {"Bearer end-to-end"},
+			"X-Forwarded-For":     {"10.9.9.9"},
+		})
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		seen := o.Seen("/seen")
+		for _, k := range []string{"X-Private", "Keep-Alive", "Proxy-Authorization", "X-Forwarded-For"} {
+			require.Empty(t, seen.Values(k), k)
+		}
+		require.Equal(t, "Bearer end-to-end", seen.Get("Authorization"))
+		require.Contains(t, seen.Values("Via"), "1.1 damselfly")
+	})
+	t.Run("hop-by-hop response fields removed", func(t *testing.T) {
+		resp, body := get(t, c, o.URL+"/hop", nil)
+		require.Equal(t, "hop", string(body))
+		require.Empty(t, resp.Header.Get("X-Secret"))
+		require.Empty(t, resp.Header.Get("Keep-Alive"))
+		require.Equal(t, "end", resp.Header.Get("X-End"))
+	})
+	t.Run("redirects reach the client", func(t *testing.T) {
+		c := *c
+		c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+		resp, _ := get(t, &c, o.URL+"/redirect", nil)
+		require.Equal(t, http.StatusFound, resp.StatusCode)
+		require.Equal(t, "/blob/redirected", resp.Header.Get("Location"))
+	})
+}
+
+func TestXForwardedFor(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t)
+	_, pu := startProxy(t, Config{XForwardedFor: true}, nil)
+	get(t, proxyClient(t, pu, nil), o.URL+"/xff", nil)
+	require.Equal(t, "127.0.0.1", o.Seen("/xff").Get("X-Forwarded-For"))
+}
+
+func TestP2PFailureBeforeFirstByte(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name      string
+		fetcher   func(u string) *memFetcher
+		fallback  bool
+		wantRoute string
+	}{
+		{
+			name: "fetch error falls back to the origin",
+			fetcher: func(string) *memFetcher {
+				f := newMemFetcher(nil)
+				f.failBefore = errors.New("supernode unreachable")
+				return f
+			},
+			fallback: true,
+		},
+		{
+			name: "first read error falls back to the origin",
+			fetcher: func(u string) *memFetcher {
+				f := newMemFetcher(map[string][]byte{u: []byte("x")})
+				f.failFirst = errors.New("task failed")
+				return f
+			},
+			fallback: true,
+		},
+		{
+			name: "fetch error with fallback disabled is a 502",
+			fetcher: func(string) *memFetcher {
+				f := newMemFetcher(nil)
+				f.failBefore = errors.New("supernode unreachable")
+				return f
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			o := newOrigin(t)
+			u := o.URL + "/blob/fb"
+			f := tt.fetcher(u)
+			_, pu := startProxy(t, Config{Rules: []Rule{blobRule}, DisableFallback: !tt.fallback}, f)
+			resp, body := get(t, proxyClient(t, pu, nil), u, nil)
+			require.Len(t, f.Calls(), 1)
+			if tt.fallback {
+				require.Equal(t, http.StatusOK, resp.StatusCode)
+				require.Equal(t, blobBody("/blob/fb"), body)
+				require.Equal(t, "fallback", resp.Header.Get(RouteHeader))
+				require.Equal(t, 1, o.Hits("/blob/fb"))
+				return
+			}
+			require.Equal(t, http.StatusBadGateway, resp.StatusCode)
+			require.Equal(t, "peer-to-peer download failed\n", string(body))
+			require.Equal(t, 0, o.Hits("/blob/fb"))
+		})
+	}
+}
+
+func TestP2PFailureMidStreamTruncates(t *testing.T) {
+	t.Parallel()
+	for _, unknown := range []bool{false, true} {
+		name := "known size"
+		if unknown {
+			name = "unknown size"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			o := newOrigin(t)
+			u := o.URL + "/blob/mid"
+			f := newMemFetcher(map[string][]byte{u: bytes.Repeat([]byte("z"), 100000)})
+			f.failAfter = 5000
+			f.unknownSize = unknown
+			_, pu := startProxy(t, Config{Rules: []Rule{blobRule}}, f)
+			c := proxyClient(t, pu, nil)
+			req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, u, nil)
+			require.NoError(t, err)
+			resp, err := c.Do(req)
+			require.NoError(t, err)
+			defer resp.Body.Close()
+			require.Equal(t, http.StatusOK, resp.StatusCode)
+			body, err := io.ReadAll(resp.Body)
+			require.Error(t, err, "a failed P2P body must not look complete")
+			require.Len(t, body, 5000)
+			require.Equal(t, 0, o.Hits("/blob/mid"))
+		})
+	}
+}
+
+func TestP2PStreamsBeforeFetchEnds(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t)
+	u := o.URL + "/blob/stream"
+	content := bytes.Repeat([]byte("s"), 50000)
+	f := newMemFetcher(map[string][]byte{u: content})
+	f.gate = make(chan struct{})
+	_, pu := startProxy(t, Config{Rules: []Rule{blobRule}}, f)
+	c := proxyClient(t, pu, nil)
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, u, nil)
+	require.NoError(t, err)
+	resp, err := c.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	first := make([]byte, 1000)
+	_, err = io.ReadFull(resp.Body, first) // only the first chunk exists yet
+	require.NoError(t, err)
+	require.Equal(t, content[:1000], first)
+	close(f.gate)
+	rest, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Equal(t, content[1000:], rest)
+}
+
+func TestRedirectRules(t *testing.T) {
+	t.Parallel()
+	real := newOrigin(t)
+	mirror := newOrigin(t)
+	mirrorHost := "mirror.test:" + mirror.Port()
+	f := newMemFetcher(map[string][]byte{"http://" + mirrorHost + "/blob/x": []byte("from p2p via mirror")})
+	rules := []Rule{
+		{Regex: `^http://[^/]+/blob/`, UseP2P: true, Redirect: mirrorHost},
+		{Regex: `^http://[^/]+/files/(.*)$`, Redirect: "http://" + mirrorHost + "/moved/$1"},
+	}
+	_, pu := startProxy(t, Config{Rules: rules}, f)
+	c := proxyClient(t, pu, nil)
+
+	_, body := get(t, c, real.URL+"/blob/x", nil)
+	require.Equal(t, "from p2p via mirror", string(body))
+	require.Equal(t, "http://"+mirrorHost+"/blob/x", f.Calls()[0].url)
+
+	resp, body := get(t, c, real.URL+"/files/a/b", nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Equal(t, blobBody("/moved/a/b"), body)
+	require.Equal(t, 1, mirror.Hits("/moved/a/b"))
+	require.Equal(t, 0, real.Hits("/files/a/b"))
+	require.Equal(t, 0, real.Hits("/blob/x"))
+}
+
+func TestOutboundPolicy(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t)
+	tlsOrigin := httptestTLS(t)
+	_, pu := serveProxy(t, Config{ConnectPorts: []int{tlsOrigin.PortNumber(t)}}, nil)
+	c := proxyClient(t, pu, nil)
+
+	resp, body := get(t, c, o.URL+"/denied", nil)
+	require.Equal(t, http.StatusForbidden, resp.StatusCode)
+	require.Contains(t, string(body), "outbound policy")
+	require.Equal(t, 0, o.Hits("/denied"))
+
+	_, code := rawRequest(t, pu.Host, "CONNECT "+tlsOrigin.Listener.Addr().String()+" HTTP/1.1\r\nHost: x\r\n\r\n")
+	require.Equal(t, http.StatusForbidden, code)
+
+	// With a deny list a network that is otherwise allowed is refused too.
+	_, pu2 := serveProxy(t, Config{Outbound: OutboundConfig{Allow: []string{"127.0.0.2"}, Deny: []string{"127.0.0.0/8"}}}, nil)
+	resp, _ = get(t, proxyClient(t, pu2, nil), o.URL+"/denied2", nil)
+	require.Equal(t, http.StatusForbidden, resp.StatusCode)
+}
+
+func TestMalformedRequests(t *testing.T) {
+	t.Parallel()
+	tlsOrigin := httptestTLS(t)
+	_, pu := startProxy(t, Config{ConnectPorts: []int{443, tlsOrigin.PortNumber(t)}, MaxHeaderBytes: 4096}, nil)
+	tests := []struct {
+		name string
+		raw  string
+		code int
+	}{
+		{"origin-form target", "GET /relative HTTP/1.1\r\nHost: x\r\n\r\n", http.StatusBadRequest},
+		{"unsupported scheme", "GET ftp://files.test/a HTTP/1.1\r\nHost: files.test\r\n\r\n", http.StatusBadRequest},
+		{"user information", "GET http://u:p@files.test/a HTTP/1.1\r\nHost: files.test\r\n\r\n", http.StatusBadRequest},
+		{"CONNECT without port", "CONNECT files.test HTTP/1.1\r\nHost: files.test\r\n\r\n", http.StatusBadRequest},
+		{"CONNECT with a bad port", "CONNECT files.test:https HTTP/1.1\r\nHost: files.test:https\r\n\r\n", http.StatusBadRequest},
+		{"CONNECT to port 0", "CONNECT files.test:0 HTTP/1.1\r\nHost: files.test:0\r\n\r\n", http.StatusBadRequest},
+		{"CONNECT to a port not allowed", "CONNECT files.test:22 HTTP/1.1\r\nHost: files.test:22\r\n\r\n", http.StatusForbidden},
+		{"garbage request line", "HELLO\r\n\r\n", http.StatusBadRequest},
+		{"oversized header", "GET http://files.test/a HTTP/1.1\r\nHost: files.test\r\nX-Big: " + strings.Repeat("b", 5000) + "\r\n\r\n", http.StatusRequestHeaderFieldsTooLarge},
+		{"oversized CONNECT", "CONNECT files.test:443 HTTP/1.1\r\nHost: files.test:443\r\nX-Big: " + strings.Repeat("b", 5000) + "\r\n\r\n", http.StatusRequestHeaderFieldsTooLarge},
+		{"CONNECT to an unknown host", "CONNECT nowhere.invalid:443 HTTP/1.1\r\nHost: nowhere.invalid:443\r\n\r\n", http.StatusBadGateway},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			line, code := rawRequest(t, pu.Host, tt.raw)
+			require.Equal(t, tt.code, code, line)
+		})
+	}
+}
+
+func TestLogsCarryNoSecrets(t *testing.T) {
+	t.Parallel()
+	core, logs := observer.New(zapcore.DebugLevel)
+	o := newOrigin(t)
+	f := newMemFetcher(nil)
+	f.failBefore = &url.Error{Op: "Get", URL: o.URL + "/blob/s?X-Amz-Signature=leaked-sig", Err: errors.New("boom")}
+	_, pu := startProxy(t, Config{Rules: []Rule{blobRule}}, f, WithLogger(zap.New(core)))
+	c := proxyClient(t, pu, nil)
+	get(t, c, o.URL+"/blob/s?X-Amz-Signature=leaked-sig", http.Header{"Authorization": {"Bearer leaked-token"}, "Cookie": {"leaked-cookie"}})
+	get(t, c, "http://nowhere.invalid/x?leaked-query=1", http.Header{"Authorization": {"Bearer leaked-token"}})
+
+	require.NotZero(t, logs.Len())
+	for _, e := range logs.All() {
+		line := e.Message
+		for k, v := range e.ContextMap() {
+			line += " " + k + "=" + toString(v)
+		}
+		require.NotContains(t, line, "leaked", "log line: %s", line)
+	}
+	require.NotEmpty(t, logs.FilterMessage("p2p download failed, forwarding directly").All())
+}
+
+func toString(v any) string { return fmt.Sprint(v) }
+
+func TestRedactError(t *testing.T) {
+	t.Parallel()
+	err := &url.Error{Op: "Get", URL: "https://user:pw@host.test/p/a?sig=1&x=2#frag", Err: errors.New("EOF")}
+	got := redactError(err)
+	require.Equal(t, `Get "https://REDACTED@host.test/p/a?REDACTED": EOF`, got)
+}
+
+func TestIsProxyRequest(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		raw  string
+		want bool
+	}{
+		{"absolute form", "GET http://host.test/v2/ HTTP/1.1\r\nHost: host.test\r\n\r\n", true},
+		{"CONNECT", "CONNECT host.test:443 HTTP/1.1\r\nHost: host.test:443\r\n\r\n", true},
+		{"origin form", "GET /v2/ HTTP/1.1\r\nHost: host.test\r\n\r\n", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req, err := http.ReadRequest(bufio.NewReader(strings.NewReader(tt.raw)))
+			require.NoError(t, err)
+			require.Equal(t, tt.want, IsProxyRequest(req))
+		})
+	}
+}
+
+func TestNewNeedsFetcherForP2PRules(t *testing.T) {
+	t.Parallel()
+	_, err := New(Config{Rules: []Rule{blobRule}}, nil)
+	require.ErrorIs(t, err, ErrInvalid)
+}
+
+// counterValue returns the value of the counter name{label=value} in reg.
+func counterValue(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == label && lp.GetValue() == value {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
