@@ -36,6 +36,8 @@ import (
 	"time"
 
 	"github.com/damselfly/damselfly/pkg/registrytest"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 func main() {
@@ -56,7 +58,17 @@ type Info struct {
 	// Realm is the token server's URL when --auth is set.
 	Realm string `json:"realm,omitempty"`
 	// Images are the images pushed at start.
-	Images []registrytest.Image `json:"images"`
+	Images []Image `json:"images"`
+}
+
+// Image is a pushed image as the JSON of --info and /_images shows it.
+type Image struct {
+	Repo      string               `json:"repo"`
+	Tag       string               `json:"tag"`
+	Manifest  digest.Digest        `json:"manifest"`
+	MediaType string               `json:"mediaType"`
+	Config    ocispec.Descriptor   `json:"config"`
+	Layers    []ocispec.Descriptor `json:"layers"`
 }
 
 type options struct {
@@ -98,14 +110,17 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(Info))
 	}
 	defer reg.Close()
 
-	info := Info{Registry: reg.Host, Realm: reg.Realm(), Images: []registrytest.Image{}}
+	info := Info{Registry: reg.Host, Realm: reg.Realm(), Images: []Image{}}
 	for _, ref := range o.push {
 		repo, tag, _ := strings.Cut(ref, ":")
 		img, err := reg.PushRandomImage(startCtx, repo, tag, o.layerSizes...)
 		if err != nil {
 			return fmt.Errorf("push %s: %w", ref, err)
 		}
-		info.Images = append(info.Images, img)
+		info.Images = append(info.Images, Image{
+			Repo: img.Repo, Tag: img.Tag, Manifest: img.Manifest, MediaType: img.MediaType,
+			Config: img.Config, Layers: img.Layers,
+		})
 	}
 	// Pushing is not what callers want to measure.
 	reg.ResetStats()

@@ -77,7 +77,7 @@ func TestRunServesRegistryStatsAndInfo(t *testing.T) {
 	}
 
 	// /_images lists the pushed image; reset zeroes the counters.
-	var imgs []registrytest.Image
+	var imgs []Image
 	if err := json.Unmarshal(get(t, "http://"+info.Control+"/_images"), &imgs); err != nil || len(imgs) != 1 || imgs[0].Manifest != img.Manifest {
 		t.Fatalf("/_images: %v %+v", err, imgs)
 	}
