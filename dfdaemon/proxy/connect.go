@@ -44,6 +44,10 @@ func (p *Proxy) serveConnect(w http.ResponseWriter, r *http.Request) {
 		p.reject(w, http.StatusForbidden, "CONNECT to port "+portStr+" is not allowed")
 		return
 	}
+	if p.isClosed() {
+		p.reject(w, http.StatusServiceUnavailable, "proxy is shutting down")
+		return
+	}
 	host = strings.ToLower(host)
 	if p.intercepts(host) {
 		p.intercept(w, r, host, port)

@@ -251,8 +251,9 @@ func serveProxy(t *testing.T, cfg Config, f Fetcher, opts ...Option) (*Proxy, *u
 func proxyClient(t *testing.T, proxyURL *url.URL, roots *x509.CertPool) *http.Client {
 	t.Helper()
 	tr := &http.Transport{
-		Proxy:           http.ProxyURL(proxyURL),
-		TLSClientConfig: &tls.Config{RootCAs: roots},
+		Proxy:             http.ProxyURL(proxyURL),
+		TLSClientConfig:   &tls.Config{RootCAs: roots},
+		ForceAttemptHTTP2: true, // offer h2: an intercepted connection must still speak HTTP/1.1
 	}
 	t.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: tr, Timeout: 20 * time.Second}
