@@ -1,0 +1,675 @@
+// Package preheat seeds content into the supernode's CDN before anyone asks
+// for it: every layer (and the config) of an image, or one file.
+//
+// A preheat is created with Create, which checks the request and returns at
+// once with the preheat's ID; the work runs in the background on a context
+// detached from the request, bounded by a timeout. For an image the reference
+// is resolved (index -> the platform's manifest -> config and layers) with the
+// request's credentials, or else the configured ones for that registry, and
+// each blob is handed to the CDN as a digest task (TaskID = the blob digest,
+// URL = its /v2/ blob URL, Header = the Authorization the resolver obtained).
+// The preheat then follows each task until it succeeds or fails. Get returns
+// the progress.
+//
+// Credentials live only in memory for the run: they are never logged, never
+// part of a Status, never written anywhere. Records are kept in memory,
+// bounded; the oldest finished ones are dropped first.
+package preheat
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/damselfly/damselfly/pkg/schedapi"
+	"github.com/damselfly/damselfly/pkg/source/registrysource"
+	"github.com/damselfly/damselfly/pkg/taskid"
+	"github.com/damselfly/damselfly/supernode/cdn"
+	"github.com/damselfly/damselfly/supernode/scheduler"
+)
+
+var (
+	// ErrInvalid: a malformed preheat request.
+	ErrInvalid = errors.New("invalid preheat request")
+	// ErrNotFound: no preheat has that ID (or it was dropped).
+	ErrNotFound = errors.New("preheat not found")
+	// ErrClosed: the preheater has stopped.
+	ErrClosed = errors.New("preheat stopped")
+)
+
+// Request types.
+const (
+	TypeImage = "image"
+	TypeFile  = "file"
+)
+
+// State of a preheat or of one of its layers.
+type State string
+
+// States.
+const (
+	StatePending   State = "pending" // a layer not handed to the CDN yet
+	StateRunning   State = "running"
+	StateSucceeded State = "succeeded"
+	StateFailed    State = "failed"
+	StateSkipped   State = "skipped" // a non-distributable layer
+)
+
+const (
+	defaultMaxRecords       = 1000
+	defaultLayerConcurrency = 4
+	defaultMaxRunning       = 8
+	minPoll                 = 20 * time.Millisecond
+	maxPoll                 = time.Second
+	maxHeaders              = 64
+)
+
+// Request asks for a preheat.
+type Request struct {
+	// Type is "image" or "file".
+	Type string `json:"type"`
+	// URL is the image reference ("host[:port]/repo:tag", "repo@sha256:...")
+	// for an image, the http(s) URL for a file.
+	URL string `json:"url"`
+	// Platform picks the manifest of an index: "os/arch[/variant]"
+	// (default linux on the supernode's architecture). Images only.
+	Platform string `json:"platform,omitempty"`
+	// Username, Password or Token authenticate to the registry; none: the
+	// configured credentials of that registry, if any. Images only.
+	Username string `json:"username,omitempty"`
+	Password string `json:"password,omitempty"`
+	Token    string `json:"token,omitempty"`
+	// Digest is the file's expected sha256 digest; with it the file is a
+	// digest task. Files only.
+	Digest string `json:"digest,omitempty"`
+	// Headers are sent to the file's source. Files only.
+	Headers map[string]string `json:"headers,omitempty"`
+}
+
+// Status is a preheat's progress.
+type Status struct {
+	ID    string `json:"id"`
+	Type  string `json:"type"`
+	State State  `json:"state"`
+	Error string `json:"error,omitempty"`
+	// Image is the resolved reference, host/repo:tag or host/repo@digest.
+	Image string `json:"image,omitempty"`
+	// URL is a file's URL without user info or query.
+	URL      string `json:"url,omitempty"`
+	Platform string `json:"platform,omitempty"`
+	// Manifest is the image manifest's digest, once resolved.
+	Manifest digest.Digest `json:"manifest,omitempty"`
+	// Layers are the blobs seeded: the image config first, then the layers
+	// (or the one file).
+	Layers     []Layer    `json:"layers"`
+	CreatedAt  time.Time  `json:"createdAt"`
+	FinishedAt *time.Time `json:"finishedAt,omitempty"`
+}
+
+// Layer is one blob of a preheat and its CDN task.
+type Layer struct {
+	Digest     digest.Digest `json:"digest,omitempty"`
+	TaskID     string        `json:"taskId"`
+	MediaType  string        `json:"mediaType,omitempty"`
+	Size       int64         `json:"size"`
+	State      State         `json:"state"`
+	Published  int           `json:"published"`
+	PieceCount int           `json:"pieceCount"`
+	Error      string        `json:"error,omitempty"`
+}
+
+// Resolver resolves image references; *registrysource.Client is one.
+type Resolver interface {
+	ParseImage(ref string) (registrysource.ImageRef, error)
+	Resolve(ctx context.Context, ref string, platform *ocispec.Platform, creds registrysource.Credentials) (*registrysource.Image, error)
+}
+
+// Seeder is the part of the CDN and scheduler a preheat drives.
+type Seeder interface {
+	// Ensure makes sure the CDN has, or is fetching, a task.
+	Ensure(ctx context.Context, req cdn.Request) (schedapi.TaskInfo, error)
+	// Task reports a task's progress.
+	Task(ctx context.Context, taskID string) (scheduler.TaskStatus, error)
+}
+
+// Option configures a Preheater.
+type Option func(*Preheater)
+
+// WithLogger sets the logger (default: no logging).
+func WithLogger(l *zap.Logger) Option {
+	return func(p *Preheater) {
+		if l != nil {
+			p.log = l
+		}
+	}
+}
+
+// WithRegistryCredentials sets default credentials by registry host
+// (lower case "host[:port]"; "docker.io" also covers Docker Hub's
+// registry-1.docker.io).
+func WithRegistryCredentials(creds map[string]registrysource.Credentials) Option {
+	return func(p *Preheater) {
+		for h, c := range creds {
+			p.creds[strings.ToLower(h)] = c
+		}
+	}
+}
+
+// WithTimeout bounds each preheat (default 1h).
+func WithTimeout(d time.Duration) Option {
+	return func(p *Preheater) {
+		if d > 0 {
+			p.timeout = d
+		}
+	}
+}
+
+// WithMaxRecords bounds the preheats kept (default 1000).
+func WithMaxRecords(n int) Option {
+	return func(p *Preheater) {
+		if n > 0 {
+			p.maxRecords = n
+		}
+	}
+}
+
+// WithLayerConcurrency bounds how many blobs of one preheat are handed to
+// the CDN and followed at once (default 4).
+func WithLayerConcurrency(n int) Option {
+	return func(p *Preheater) {
+		if n > 0 {
+			p.layerConcurrency = n
+		}
+	}
+}
+
+// Preheater runs preheats. It is safe for concurrent use.
+type Preheater struct {
+	resolver         Resolver
+	seeder           Seeder
+	log              *zap.Logger
+	creds            map[string]registrysource.Credentials
+	timeout          time.Duration
+	maxRecords       int
+	layerConcurrency int
+
+	base    context.Context // parent of every run; cancelled by Run's end
+	cancel  context.CancelFunc
+	running chan struct{} // slots of preheats running at once
+	wg      sync.WaitGroup
+
+	mu      sync.Mutex
+	closed  bool
+	records map[string]*Status
+	order   []string // IDs, oldest first
+}
+
+// New returns a Preheater that resolves images with resolver and seeds
+// blobs with seeder. Run must run for it to stop cleanly.
+func New(resolver Resolver, seeder Seeder, opts ...Option) *Preheater {
+	base, cancel := context.WithCancel(context.Background())
+	p := &Preheater{
+		resolver:         resolver,
+		seeder:           seeder,
+		log:              zap.NewNop(),
+		creds:            map[string]registrysource.Credentials{},
+		timeout:          DefaultTimeout,
+		maxRecords:       defaultMaxRecords,
+		layerConcurrency: defaultLayerConcurrency,
+		base:             base,
+		cancel:           cancel,
+		running:          make(chan struct{}, defaultMaxRunning),
+		records:          map[string]*Status{},
+	}
+	for _, o := range opts {
+		o(p)
+	}
+	return p
+}
+
+// Run waits until ctx is done, then cancels the preheats in progress (they
+// fail) and returns nil once they have stopped. Create fails with
+// ErrClosed after that.
+func (p *Preheater) Run(ctx context.Context) error {
+	<-ctx.Done()
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	p.cancel()
+	p.wg.Wait()
+	return nil
+}
+
+// job is what a run needs beyond its Status: the secrets stay here.
+type job struct {
+	id       string
+	image    registrysource.ImageRef
+	platform *ocispec.Platform
+	creds    registrysource.Credentials
+	fileURL  string
+	digest   digest.Digest
+	header   http.Header
+}
+
+// Create checks req and starts the preheat in the background.
+func (p *Preheater) Create(_ context.Context, req Request) (Status, error) {
+	j, st, err := p.parse(req)
+	if err != nil {
+		return Status{}, err
+	}
+	id, err := newID()
+	if err != nil {
+		return Status{}, fmt.Errorf("preheat id: %w", err)
+	}
+	j.id, st.ID = id, id
+	st.State = StateRunning
+	st.CreatedAt = time.Now().UTC()
+
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return Status{}, ErrClosed
+	}
+	p.records[id] = &st
+	p.order = append(p.order, id)
+	p.trimLocked()
+	p.wg.Add(1)
+	p.mu.Unlock()
+
+	go p.run(j)
+	p.log.Info("preheat started", zap.String("preheat", id), zap.String("type", st.Type),
+		zap.String("image", st.Image), zap.String("url", st.URL), zap.String("platform", st.Platform))
+	return st.clone(), nil
+}
+
+// Get returns a preheat's status.
+func (p *Preheater) Get(_ context.Context, id string) (Status, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st, ok := p.records[id]
+	if !ok {
+		return Status{}, fmt.Errorf("preheat %q: %w", truncate(id), ErrNotFound)
+	}
+	return st.clone(), nil
+}
+
+// parse checks a request and splits it into the job (with its secrets) and
+// the public status.
+func (p *Preheater) parse(req Request) (job, Status, error) {
+	invalid := func(format string, args ...any) (job, Status, error) {
+		return job{}, Status{}, fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), ErrInvalid)
+	}
+	switch req.Type {
+	case TypeImage:
+		if req.Digest != "" || len(req.Headers) > 0 {
+			return invalid("digest and headers are for type %q", TypeFile)
+		}
+		if req.Token != "" && (req.Username != "" || req.Password != "") {
+			return invalid("token or username/password, not both")
+		}
+		ir, err := p.resolver.ParseImage(strings.TrimSpace(req.URL))
+		if err != nil {
+			return job{}, Status{}, fmt.Errorf("url: %w: %w", ErrInvalid, err)
+		}
+		j := job{image: ir, creds: registrysource.Credentials{Username: req.Username, Password: req.Password, Token: req.Token}}
+		st := Status{Type: TypeImage, Image: ir.String(), Layers: []Layer{}}
+		if req.Platform != "" {
+			pl, err := registrysource.ParsePlatform(req.Platform)
+			if err != nil {
+				return job{}, Status{}, fmt.Errorf("platform: %w: %w", ErrInvalid, err)
+			}
+			j.platform = &pl
+		}
+		pl := registrysource.DefaultPlatform()
+		if j.platform != nil {
+			pl = *j.platform
+		}
+		st.Platform = platformString(pl)
+		if j.creds.IsZero() {
+			j.creds = p.configured(ir.Base.Host)
+		}
+		return j, st, nil
+	case TypeFile:
+		if req.Username != "" || req.Password != "" || req.Token != "" || req.Platform != "" {
+			return invalid("username, password, token and platform are for type %q; send credentials in headers", TypeImage)
+		}
+		u, err := url.Parse(req.URL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return invalid("url: want an http(s) URL")
+		}
+		j := job{fileURL: u.String()}
+		st := Status{Type: TypeFile, URL: redact(u)}
+		if req.Digest != "" {
+			d, err := digest.Parse(req.Digest)
+			if err != nil || d.Algorithm() != digest.SHA256 {
+				return invalid("digest: want sha256:<64 hex>")
+			}
+			j.digest = d
+		}
+		if len(req.Headers) > maxHeaders {
+			return invalid("headers: more than %d", maxHeaders)
+		}
+		j.header = http.Header{}
+		for k, v := range req.Headers {
+			if !validHeaderName(k) || strings.ContainsAny(v, "\r\n\x00") {
+				return invalid("headers: invalid header %q", truncate(k))
+			}
+			j.header.Set(k, v)
+		}
+		id, err := p.fileTaskID(j)
+		if err != nil {
+			return invalid("url: %v", err)
+		}
+		st.Layers = []Layer{{Digest: j.digest, TaskID: id, Size: -1, State: StatePending, PieceCount: -1}}
+		return j, st, nil
+	case "":
+		return invalid("type: missing (%q or %q)", TypeImage, TypeFile)
+	default:
+		return invalid("type %q: want %q or %q", truncate(req.Type), TypeImage, TypeFile)
+	}
+}
+
+// configured returns the configured credentials of a registry host.
+func (p *Preheater) configured(host string) registrysource.Credentials {
+	host = strings.ToLower(host)
+	if c, ok := p.creds[host]; ok {
+		return c
+	}
+	if host == "registry-1.docker.io" {
+		for _, alias := range []string{"docker.io", "index.docker.io"} {
+			if c, ok := p.creds[alias]; ok {
+				return c
+			}
+		}
+	}
+	return registrysource.Credentials{}
+}
+
+func (p *Preheater) fileTaskID(j job) (string, error) {
+	if j.digest != "" {
+		return taskid.ForDigest(j.digest)
+	}
+	return taskid.ForURL(j.fileURL, nil, "")
+}
+
+// trimLocked drops records over the bound: finished ones first, oldest
+// first; running ones only when nothing else is left.
+func (p *Preheater) trimLocked() {
+	for len(p.order) > p.maxRecords {
+		drop := -1
+		for i, id := range p.order {
+			if s := p.records[id]; s.State != StateRunning {
+				drop = i
+				break
+			}
+		}
+		if drop < 0 {
+			drop = 0
+		}
+		delete(p.records, p.order[drop])
+		p.order = append(p.order[:drop], p.order[drop+1:]...)
+	}
+}
+
+// update applies fn to the record of id, if it is still kept.
+func (p *Preheater) update(id string, fn func(*Status)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if st, ok := p.records[id]; ok {
+		fn(st)
+	}
+}
+
+// run does one preheat.
+func (p *Preheater) run(j job) {
+	defer p.wg.Done()
+	ctx, cancel := context.WithTimeout(p.base, p.timeout)
+	defer cancel()
+	log := p.log.With(zap.String("preheat", j.id))
+
+	var err error
+	select {
+	case p.running <- struct{}{}:
+		defer func() { <-p.running }()
+		if j.fileURL != "" {
+			err = p.runFile(ctx, j)
+		} else {
+			err = p.runImage(ctx, j, log)
+		}
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		err = fmt.Errorf("timed out after %v", p.timeout)
+	case errors.Is(err, context.Canceled):
+		err = errors.New("cancelled: the supernode is stopping")
+	}
+	now := time.Now().UTC()
+	var state State
+	p.update(j.id, func(st *Status) {
+		st.FinishedAt = &now
+		switch {
+		case err != nil:
+			st.State, st.Error = StateFailed, err.Error()
+		default:
+			st.State = StateSucceeded
+			for _, l := range st.Layers {
+				if l.State == StateFailed {
+					st.State = StateFailed
+					if st.Error == "" {
+						st.Error = fmt.Sprintf("blob %s: %s", l.Digest, l.Error)
+					}
+				}
+			}
+		}
+		state = st.State
+	})
+	if err != nil {
+		log.Warn("preheat failed", zap.Error(err))
+		return
+	}
+	log.Info("preheat finished", zap.String("state", string(state)))
+}
+
+// runImage resolves the image and seeds its blobs.
+func (p *Preheater) runImage(ctx context.Context, j job, log *zap.Logger) error {
+	img, err := p.resolver.Resolve(ctx, j.image.String(), j.platform, j.creds)
+	if err != nil {
+		return err
+	}
+	blobs := append([]ocispec.Descriptor{img.Config}, img.Layers...)
+	layers := make([]Layer, 0, len(blobs))
+	seen := map[digest.Digest]bool{}
+	for _, b := range blobs {
+		if seen[b.Digest] {
+			continue
+		}
+		seen[b.Digest] = true
+		id, err := taskid.ForDigest(b.Digest)
+		if err != nil {
+			return fmt.Errorf("blob %s: %w", b.Digest, err)
+		}
+		l := Layer{Digest: b.Digest, TaskID: id, MediaType: b.MediaType, Size: b.Size, State: StatePending, PieceCount: -1}
+		if nonDistributable(b) {
+			l.State = StateSkipped
+		}
+		layers = append(layers, l)
+	}
+	p.update(j.id, func(st *Status) {
+		st.Manifest = img.Manifest
+		st.Layers = append([]Layer(nil), layers...)
+		if img.Platform != nil {
+			st.Platform = platformString(*img.Platform)
+		}
+	})
+	log.Info("preheat resolved", zap.Stringer("digest", img.Manifest), zap.Int("blobs", len(layers)))
+
+	var g errgroup.Group
+	g.SetLimit(p.layerConcurrency)
+	for i, l := range layers {
+		if l.State == StateSkipped {
+			continue
+		}
+		g.Go(func() error {
+			u, err := registrysource.BlobURL(img.Base, img.Repo, l.Digest)
+			if err == nil {
+				// Asked per blob: a token cached by the resolver is
+				// reused until shortly before it expires.
+				var h http.Header
+				if h, err = img.Auth.Header(ctx); err == nil {
+					err = p.seed(ctx, j.id, i, cdn.Request{TaskID: l.TaskID, URL: u, Header: h, Digest: l.Digest})
+				}
+			}
+			if err != nil {
+				p.update(j.id, func(st *Status) {
+					st.Layers[i].State, st.Layers[i].Error = StateFailed, err.Error()
+				})
+			}
+			return nil
+		})
+	}
+	_ = g.Wait()
+	return ctx.Err()
+}
+
+// runFile seeds one file.
+func (p *Preheater) runFile(ctx context.Context, j job) error {
+	id, err := p.fileTaskID(j)
+	if err != nil {
+		return err
+	}
+	if err := p.seed(ctx, j.id, 0, cdn.Request{TaskID: id, URL: j.fileURL, Header: j.header, Digest: j.digest}); err != nil {
+		p.update(j.id, func(st *Status) {
+			st.Layers[0].State, st.Layers[0].Error = StateFailed, err.Error()
+		})
+	}
+	return ctx.Err()
+}
+
+// seed hands one task to the CDN and follows it until it settles, keeping
+// layer i of the record up to date. A task that fails is recorded, not
+// returned; the error is for what stopped the following.
+func (p *Preheater) seed(ctx context.Context, id string, i int, req cdn.Request) error {
+	info, err := p.seeder.Ensure(ctx, req)
+	if err != nil {
+		return err
+	}
+	p.setLayer(id, i, info, -1)
+	wait := minPoll
+	for state := info.State; state == schedapi.TaskRunning; {
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		wait = min(wait*2, maxPoll)
+		ts, err := p.seeder.Task(ctx, req.TaskID)
+		if errors.Is(err, scheduler.ErrTaskNotFound) {
+			return fmt.Errorf("task %s is gone from the scheduler", req.TaskID)
+		}
+		if err != nil {
+			return err
+		}
+		p.setLayer(id, i, ts.TaskInfo, ts.Published)
+		state = ts.State
+	}
+	return nil
+}
+
+// setLayer records a task's progress; published -1: unknown (all pieces of
+// a succeeded task are published).
+func (p *Preheater) setLayer(id string, i int, info schedapi.TaskInfo, published int) {
+	p.update(id, func(st *Status) {
+		if i >= len(st.Layers) {
+			return
+		}
+		l := &st.Layers[i]
+		l.State = State(info.State)
+		l.PieceCount = info.PieceCount
+		if info.Size >= 0 {
+			l.Size = info.Size
+		}
+		switch {
+		case info.State == schedapi.TaskSucceeded:
+			l.Published = max(info.PieceCount, 0)
+		case published >= 0:
+			l.Published = published
+		}
+		if info.State == schedapi.TaskFailed {
+			l.Error = info.Error
+		}
+	})
+}
+
+// nonDistributable reports layers that are not in the registry (foreign
+// layers pointing at URLs).
+func nonDistributable(d ocispec.Descriptor) bool {
+	return len(d.URLs) > 0 || strings.Contains(d.MediaType, "foreign") || strings.Contains(d.MediaType, "nondistributable")
+}
+
+func (s *Status) clone() Status {
+	c := *s
+	c.Layers = append([]Layer{}, s.Layers...)
+	if s.FinishedAt != nil {
+		t := *s.FinishedAt
+		c.FinishedAt = &t
+	}
+	return c
+}
+
+func newID() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b[:]), nil
+}
+
+func platformString(p ocispec.Platform) string {
+	s := p.OS + "/" + p.Architecture
+	if p.Variant != "" {
+		s += "/" + p.Variant
+	}
+	return s
+}
+
+// redact drops user info, query and fragment.
+func redact(u *url.URL) string {
+	r := url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path, RawPath: u.RawPath}
+	return r.String()
+}
+
+func validHeaderName(k string) bool {
+	if k == "" || len(k) > 256 {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
+
+func truncate(s string) string {
+	if len(s) > 200 {
+		return s[:200] + "..."
+	}
+	return s
+}
