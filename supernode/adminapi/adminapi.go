@@ -7,6 +7,11 @@
 //	DELETE /api/v1/tasks/:id  cancel the task's fetch, forget it, delete
 //	                          its cached content
 //	GET    /api/v1/peers      every known peer: {"peers": [...]}
+//	POST   /api/v1/preheats   seed an image's blobs (or a file) into the
+//	                          CDN: 202 with the preheat's status
+//	GET    /api/v1/preheats/:id  a preheat's progress
+//
+// The preheat routes exist when the handler is built WithPreheater.
 //
 // Every route requires "Authorization: Bearer <token>"; anything else is
 // 401 with "WWW-Authenticate: Bearer". Errors are JSON {"code","message"}.
@@ -18,7 +23,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -30,8 +37,21 @@ import (
 	"github.com/damselfly/damselfly/pkg/httpx"
 	"github.com/damselfly/damselfly/pkg/taskid"
 	"github.com/damselfly/damselfly/supernode/cdn"
+	"github.com/damselfly/damselfly/supernode/preheat"
 	"github.com/damselfly/damselfly/supernode/scheduler"
 )
+
+// Preheater starts and reports preheats.
+type Preheater interface {
+	Create(ctx context.Context, req preheat.Request) (preheat.Status, error)
+	Get(ctx context.Context, id string) (preheat.Status, error)
+}
+
+// maxPreheatBody bounds a preheat request body.
+const maxPreheatBody = 1 << 20
+
+// errBadBody marks a request body that is not the JSON a route takes.
+var errBadBody = errors.New("invalid request body")
 
 // Scheduler is the part of the scheduler the admin API reads.
 type Scheduler interface {
@@ -55,6 +75,12 @@ type Option func(*options)
 type options struct {
 	log     *zap.Logger
 	metrics *httpx.Metrics
+	preheat Preheater
+}
+
+// WithPreheater serves the preheat routes with p.
+func WithPreheater(p Preheater) Option {
+	return func(o *options) { o.preheat = p }
 }
 
 // WithLogger sets the logger. The default discards logs.
@@ -82,7 +108,7 @@ func New(sched Scheduler, c CDN, token string, opts ...Option) http.Handler {
 		opt(&o)
 	}
 	gin.SetMode(gin.ReleaseMode)
-	h := &handlers{sched: sched, cdn: c, log: o.log}
+	h := &handlers{sched: sched, cdn: c, preheat: o.preheat, log: o.log}
 
 	e := gin.New()
 	e.HandleMethodNotAllowed = true
@@ -106,6 +132,10 @@ func New(sched Scheduler, c CDN, token string, opts ...Option) http.Handler {
 	v1.GET("/tasks/:id", h.getTask)
 	v1.DELETE("/tasks/:id", h.deleteTask)
 	v1.GET("/peers", h.listPeers)
+	if o.preheat != nil {
+		v1.POST("/preheats", h.createPreheat)
+		v1.GET("/preheats/:id", h.getPreheat)
+	}
 	return o.metrics.Instrument("admin", e, o.log)
 }
 
@@ -142,14 +172,15 @@ func (h *handlers) errors(c *gin.Context) {
 	err := c.Errors.Last().Err
 	status, body := http.StatusInternalServerError, errorBody{Code: "INTERNAL", Message: "internal error"}
 	switch {
-	case errors.Is(err, scheduler.ErrTaskNotFound), errors.Is(err, cdn.ErrNotFound):
+	case errors.Is(err, scheduler.ErrTaskNotFound), errors.Is(err, cdn.ErrNotFound), errors.Is(err, preheat.ErrNotFound):
 		status, body = http.StatusNotFound, errorBody{Code: "NOT_FOUND", Message: err.Error()}
 	case errors.Is(err, scheduler.ErrTaskExists):
 		status, body = http.StatusConflict, errorBody{Code: "CONFLICT", Message: err.Error()}
 	case errors.Is(err, taskid.ErrInvalid),
-		errors.Is(err, scheduler.ErrInvalid), errors.Is(err, cdn.ErrInvalid):
+		errors.Is(err, scheduler.ErrInvalid), errors.Is(err, cdn.ErrInvalid),
+		errors.Is(err, preheat.ErrInvalid), errors.Is(err, errBadBody):
 		status, body = http.StatusBadRequest, errorBody{Code: "INVALID_ARGUMENT", Message: err.Error()}
-	case errors.Is(err, scheduler.ErrClosed), errors.Is(err, cdn.ErrClosed):
+	case errors.Is(err, scheduler.ErrClosed), errors.Is(err, cdn.ErrClosed), errors.Is(err, preheat.ErrClosed):
 		status, body = http.StatusServiceUnavailable, errorBody{Code: "UNAVAILABLE", Message: "supernode is shutting down"}
 	default:
 		h.log.Error("admin api request", zap.String("method", c.Request.Method), zap.String("path", c.Request.URL.Path), zap.Error(err))
@@ -158,9 +189,10 @@ func (h *handlers) errors(c *gin.Context) {
 }
 
 type handlers struct {
-	sched Scheduler
-	cdn   CDN
-	log   *zap.Logger
+	sched   Scheduler
+	cdn     CDN
+	preheat Preheater
+	log     *zap.Logger
 }
 
 // Task is a task as the admin API shows it.
@@ -285,4 +317,57 @@ func (h *handlers) listPeers(c *gin.Context) {
 		out.Peers = append(out.Peers, Peer{ID: p.ID, Addr: p.Addr, Tasks: p.Tasks, LastSeen: p.LastSeen})
 	}
 	c.JSON(http.StatusOK, out)
+}
+
+// createPreheat starts a preheat. The body may carry registry credentials:
+// it is never logged.
+func (h *handlers) createPreheat(c *gin.Context) {
+	var req preheat.Request
+	dec := json.NewDecoder(http.MaxBytesReader(c.Writer, c.Request.Body, maxPreheatBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		_ = c.Error(fmt.Errorf("%w: %s", errBadBody, jsonProblem(err)))
+		return
+	}
+	if dec.More() {
+		_ = c.Error(fmt.Errorf("%w: more than one JSON value", errBadBody))
+		return
+	}
+	st, err := h.preheat.Create(c.Request.Context(), req)
+	if err != nil {
+		_ = c.Error(err)
+		return
+	}
+	c.Header("Location", "/api/v1/preheats/"+st.ID)
+	c.JSON(http.StatusAccepted, st)
+}
+
+func (h *handlers) getPreheat(c *gin.Context) {
+	st, err := h.preheat.Get(c.Request.Context(), c.Param("id"))
+	if err != nil {
+		_ = c.Error(err)
+		return
+	}
+	c.JSON(http.StatusOK, st)
+}
+
+// jsonProblem describes a decoding error without quoting the body (which
+// may hold a password).
+func jsonProblem(err error) string {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &syn):
+		return fmt.Sprintf("malformed JSON at offset %d", syn.Offset)
+	case errors.As(err, &typ):
+		return fmt.Sprintf("field %q: want %s", typ.Field, typ.Type)
+	case errors.As(err, &tooBig):
+		return fmt.Sprintf("larger than %d bytes", tooBig.Limit)
+	case errors.Is(err, io.EOF):
+		return "empty body"
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		return strings.TrimPrefix(err.Error(), "json: ")
+	}
+	return "not a JSON object"
 }
