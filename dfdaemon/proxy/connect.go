@@ -91,6 +91,7 @@ func (p *Proxy) tunnel(w http.ResponseWriter, r *http.Request, addr string) {
 		http.Error(w, "cannot take over the connection", http.StatusInternalServerError)
 		return
 	}
+	_ = client.SetDeadline(time.Time{}) // the server's deadlines do not apply to a tunnel
 	p.m.requests.WithLabelValues(routeTunnel).Inc()
 	if !p.track(client, upstream) {
 		_ = client.Close()
@@ -176,6 +177,7 @@ func (p *Proxy) intercept(w http.ResponseWriter, r *http.Request, host string, p
 	}
 	defer p.untrack(client)
 	defer client.Close()
+	_ = client.SetDeadline(time.Time{}) // the server's deadlines do not apply here
 	_ = client.SetWriteDeadline(time.Now().Add(p.cfg.TLSHandshakeTimeout))
 	if _, err := client.Write([]byte(established)); err != nil {
 		return

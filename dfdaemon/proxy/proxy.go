@@ -302,6 +302,9 @@ func (p *Proxy) serveP2P(w http.ResponseWriter, r *http.Request, target *url.URL
 	buf := *bufp
 
 	body, size, err := p.fetcher.Fetch(ctx, target.String(), fetchHeader(r.Header))
+	if err == nil && body == nil {
+		err = errors.New("fetcher returned no body")
+	}
 	var n int
 	var rerr error
 	if err == nil {

@@ -3,12 +3,14 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -436,4 +438,44 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name, label, value str
 		}
 	}
 	return 0
+}
+
+// countingTransport counts the requests it carries.
+type countingTransport struct {
+	rt http.RoundTripper
+	n  atomic.Int64
+}
+
+func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	c.n.Add(1)
+	return c.rt.RoundTrip(r)
+}
+
+func TestWithTransport(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t)
+	base := &http.Transport{}
+	t.Cleanup(base.CloseIdleConnections)
+	ct := &countingTransport{rt: base}
+	// The injected transport is the caller's: the outbound policy (which
+	// denies 127.0.0.1 here) does not apply to it.
+	_, pu := serveProxy(t, Config{}, nil, WithTransport(ct))
+	resp, body := get(t, proxyClient(t, pu, nil), o.URL+"/via-transport", nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Equal(t, blobBody("/via-transport"), body)
+	require.Equal(t, int64(1), ct.n.Load())
+}
+
+func TestFetcherWithoutBodyIsAFailure(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t)
+	_, pu := startProxy(t, Config{Rules: []Rule{blobRule}, DisableFallback: true}, nilBodyFetcher{})
+	resp, _ := get(t, proxyClient(t, pu, nil), o.URL+"/blob/nil", nil)
+	require.Equal(t, http.StatusBadGateway, resp.StatusCode)
+}
+
+type nilBodyFetcher struct{}
+
+func (nilBodyFetcher) Fetch(context.Context, string, http.Header) (io.ReadCloser, int64, error) {
+	return nil, 0, nil
 }
