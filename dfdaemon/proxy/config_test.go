@@ -67,6 +67,7 @@ func TestConfigValidate(t *testing.T) {
 	require.NoError(t, err)
 	leafKey := write("leaf.key", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: leafKeyDER}))
 	hosts := []string{`^p2p\.test$`}
+	expired := newTestCAValid(t, "expired CA", time.Now().Add(-48*time.Hour), time.Now().Add(-24*time.Hour))
 
 	tests := []struct {
 		name  string
@@ -90,6 +91,7 @@ func TestConfigValidate(t *testing.T) {
 		{name: "garbage key", cfg: Config{Hijack: HijackConfig{CACert: good.certFile, CAKey: garbage, Hosts: hosts}}, wants: []string{"failed to find any PEM data in key input"}},
 		{name: "key of another CA", cfg: Config{Hijack: HijackConfig{CACert: good.certFile, CAKey: other.keyFile, Hosts: hosts}}, wants: []string{"private key does not match public key"}},
 		{name: "certificate is not a CA", cfg: Config{Hijack: HijackConfig{CACert: leafCert, CAKey: leafKey, Hosts: hosts}}, wants: []string{`certificate "leaf.test" is not a CA`}},
+		{name: "expired CA", cfg: Config{Hijack: HijackConfig{CACert: expired.certFile, CAKey: expired.keyFile, Hosts: hosts}}, wants: []string{"not valid now"}},
 		{name: "ports, networks, sizes, durations", cfg: Config{
 			ConnectPorts:   []int{0, 70000},
 			Outbound:       OutboundConfig{Allow: []string{"10.0.0.0/33"}, Deny: []string{"nonsense"}},

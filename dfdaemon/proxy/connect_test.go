@@ -262,7 +262,7 @@ func TestTunnelIdleTimeout(t *testing.T) {
 	_, port, _ := net.SplitHostPort(echo)
 	portN, err := parsePort(port)
 	require.NoError(t, err)
-	const idle = 300 * time.Millisecond
+	const idle = 500 * time.Millisecond
 	_, pu := startProxy(t, Config{ConnectPorts: []int{portN}, TunnelIdleTimeout: idle}, nil)
 	c := openTunnel(t, pu.Host, echo)
 
@@ -276,7 +276,7 @@ func TestTunnelIdleTimeout(t *testing.T) {
 		_, err = io.ReadFull(c, buf)
 		require.NoError(t, err)
 		require.Equal(t, msg, string(buf))
-		time.Sleep(idle / 3)
+		time.Sleep(idle / 5)
 	}
 	// Silence closes it.
 	start := time.Now()

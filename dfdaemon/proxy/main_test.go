@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"math/big"
 	"net"
 	"net/http"
@@ -146,9 +147,16 @@ func originHandler(o *origin) http.Handler {
 		o.mu.Unlock()
 		switch {
 		case r.URL.Path == "/echo":
+			// Read all first: an HTTP/1 server does not read a request body
+			// once the response has started.
+			body, err := io.ReadAll(r.Body)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
 			w.Header().Set("X-Method", r.Method)
 			w.Header().Set("X-Query", r.URL.RawQuery)
-			_, _ = io.Copy(w, r.Body)
+			_, _ = w.Write(body)
 		case r.URL.Path == "/hop":
 			w.Header().Set("Connection", "X-Secret")
 			w.Header().Set("X-Secret", "hop")
@@ -177,6 +185,7 @@ func newTLSOrigin(t *testing.T, cert tls.Certificate) *origin {
 	t.Helper()
 	o := &origin{hits: map[string]int{}, seen: map[string]http.Header{}}
 	o.Server = httptest.NewUnstartedServer(originHandler(o))
+	o.Config.ErrorLog = log.New(io.Discard, "", 0) // handshakes refused on purpose
 	o.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	o.StartTLS()
 	t.Cleanup(o.Close)
@@ -188,7 +197,9 @@ func newTLSOrigin(t *testing.T, cert tls.Certificate) *origin {
 func httptestTLS(t *testing.T) *origin {
 	t.Helper()
 	o := &origin{hits: map[string]int{}, seen: map[string]http.Header{}}
-	o.Server = httptest.NewTLSServer(originHandler(o))
+	o.Server = httptest.NewUnstartedServer(originHandler(o))
+	o.Config.ErrorLog = log.New(io.Discard, "", 0) // handshakes refused on purpose
+	o.StartTLS()
 	t.Cleanup(o.Close)
 	return o
 }
@@ -285,13 +296,19 @@ type testCA struct {
 
 func newTestCA(t *testing.T, name string) *testCA {
 	t.Helper()
+	return newTestCAValid(t, name, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
+}
+
+// newTestCAValid makes a CA valid from notBefore to notAfter.
+func newTestCAValid(t *testing.T, name string, notBefore, notAfter time.Time) *testCA {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	require.NoError(t, err)
 	tmpl := &x509.Certificate{
 		SerialNumber:          big.NewInt(time.Now().UnixNano()),
 		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
+		NotBefore:             notBefore,
+		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
