@@ -1,7 +1,7 @@
 // Package cmd is the supernode command: it parses flags, loads and
-// validates the configuration, wires the scheduler, the CDN, the peer API,
-// the CDN's upload server and the admin API onto one HTTP listener, and runs
-// them until its context ends.
+// validates the configuration, wires the scheduler, the CDN, the preheater,
+// the peer API, the CDN's upload server and the admin API onto one HTTP
+// listener, and runs them until its context ends.
 //
 // Run has no global state (no flag.CommandLine, no global prometheus
 // registry, no global logger), so tests run many supernodes in one process.
@@ -36,10 +36,12 @@ import (
 	"github.com/damselfly/damselfly/pkg/peer/upload"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/source/httpsource"
+	"github.com/damselfly/damselfly/pkg/source/registrysource"
 	"github.com/damselfly/damselfly/pkg/version"
 	"github.com/damselfly/damselfly/supernode/adminapi"
 	"github.com/damselfly/damselfly/supernode/cdn"
 	"github.com/damselfly/damselfly/supernode/peerapi"
+	"github.com/damselfly/damselfly/supernode/preheat"
 	"github.com/damselfly/damselfly/supernode/scheduler"
 )
 
@@ -264,6 +266,14 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		return err
 	}
 	httpm := httpx.NewMetrics(reg, "damselfly")
+	// Preheats resolve images through the same policy-checked client the
+	// CDN fetches with.
+	resolver := registrysource.New(registrysource.WithHTTPClient(sourceHC),
+		registrysource.WithInsecureRegistries(cfg.Preheat.InsecureRegistries),
+		registrysource.WithLogger(logger.Named("registry")))
+	heater := preheat.New(resolver, preheatSeeder{cdn: seed, sched: sched},
+		preheat.WithRegistryCredentials(cfg.Preheat.Credentials()), preheat.WithTimeout(cfg.Preheat.Timeout),
+		preheat.WithLogger(logger.Named("preheat")))
 
 	mux := http.NewServeMux()
 	mux.Handle("/api/peer/", peerapi.New(sched, seed,
@@ -271,7 +281,8 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	mux.Handle("/upload/", upload.New(seed,
 		upload.WithLogger(logger.Named("upload")), upload.WithMetrics(httpm)).Handler())
 	mux.Handle("/api/v1/", adminapi.New(sched, seed, token,
-		adminapi.WithLogger(logger.Named("adminapi")), adminapi.WithHTTPMetrics(httpm)))
+		adminapi.WithLogger(logger.Named("adminapi")), adminapi.WithHTTPMetrics(httpm),
+		adminapi.WithPreheater(heater)))
 	mux.Handle("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = io.WriteString(w, "ok\n")
@@ -298,6 +309,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return sched.Run(gctx) })
 	g.Go(func() error { return seed.Run(gctx) })
+	g.Go(func() error { return heater.Run(gctx) })
 	g.Go(func() error {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("serve: %w", err)
@@ -422,4 +434,23 @@ func (a cdnScheduler) Fail(ctx context.Context, id string, cause error) error {
 // RemoveTask forwards to the scheduler.
 func (a cdnScheduler) RemoveTask(ctx context.Context, id string) error {
 	return a.s.RemoveTask(ctx, id)
+}
+
+// preheatSeeder gives preheats the CDN's Ensure and the scheduler's task
+// progress.
+type preheatSeeder struct {
+	cdn   *cdn.CDN
+	sched *scheduler.Scheduler
+}
+
+var _ preheat.Seeder = preheatSeeder{}
+
+// Ensure forwards to the CDN.
+func (p preheatSeeder) Ensure(ctx context.Context, req cdn.Request) (schedapi.TaskInfo, error) {
+	return p.cdn.Ensure(ctx, req)
+}
+
+// Task forwards to the scheduler.
+func (p preheatSeeder) Task(ctx context.Context, id string) (scheduler.TaskStatus, error) {
+	return p.sched.Task(ctx, id)
 }

@@ -30,7 +30,11 @@ import (
 	"github.com/damselfly/damselfly/supernode/adminapi"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	// The embedded registry of the preheat tests starts a notification
+	// broadcaster that has no way to stop.
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/docker/go-events.(*Broadcaster).run"))
+}
 
 // syncBuffer is a goroutine-safe log sink.
 type syncBuffer struct {

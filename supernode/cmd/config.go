@@ -15,6 +15,7 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/log"
 	"github.com/damselfly/damselfly/supernode/cdn"
+	"github.com/damselfly/damselfly/supernode/preheat"
 	"github.com/damselfly/damselfly/supernode/scheduler"
 )
 
@@ -49,6 +50,9 @@ type Config struct {
 	Scheduler scheduler.Config `yaml:"scheduler"`
 	// CDN tunes source fetches.
 	CDN cdn.Config `yaml:"cdn"`
+	// Preheat holds registry credentials and insecure registries for
+	// preheats (POST /api/v1/preheats).
+	Preheat preheat.Config `yaml:"preheat"`
 	// Log sets the log level and format.
 	Log log.Config `yaml:"log"`
 }
@@ -78,6 +82,7 @@ func (c Config) ApplyDefaults() Config {
 	c.Scheduler = c.Scheduler.ApplyDefaults()
 	c.CDN.Dir = filepath.Join(c.DataDir, "cdn")
 	c.CDN = c.CDN.ApplyDefaults()
+	c.Preheat = c.Preheat.ApplyDefaults()
 	c.Log = c.Log.ApplyDefaults()
 	return c
 }
@@ -108,6 +113,9 @@ func (c Config) Validate() error {
 		errs = append(errs, err)
 	}
 	if err := c.CDN.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Preheat.Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	if err := c.Log.Validate(); err != nil {

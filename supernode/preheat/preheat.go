@@ -282,7 +282,8 @@ func (p *Preheater) Create(_ context.Context, req Request) (Status, error) {
 		p.mu.Unlock()
 		return Status{}, ErrClosed
 	}
-	p.records[id] = &st
+	rec := st.clone()
+	p.records[id] = &rec
 	p.order = append(p.order, id)
 	p.trimLocked()
 	p.wg.Add(1)
@@ -291,7 +292,7 @@ func (p *Preheater) Create(_ context.Context, req Request) (Status, error) {
 	go p.run(j)
 	p.log.Info("preheat started", zap.String("preheat", id), zap.String("type", st.Type),
 		zap.String("image", st.Image), zap.String("url", st.URL), zap.String("platform", st.Platform))
-	return st.clone(), nil
+	return st, nil
 }
 
 // Get returns a preheat's status.
