@@ -235,7 +235,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (p *Proxy) route(w http.ResponseWriter, r *http.Request, target *url.URL) {
 	target, useP2P, err := p.match(target)
 	if err != nil {
-		p.log.Warn("proxy redirect rule produced a bad URL", zap.String("url", redactURL(target)), zap.Error(err))
+		p.log.Warn("proxy redirect rule produced a bad URL", zap.String("url", redactURL(target)), zap.String("error", redactError(err)))
 		p.reject(w, http.StatusBadGateway, "proxy redirect rule produced a bad URL")
 		return
 	}
@@ -310,7 +310,10 @@ func (p *Proxy) serveP2P(w http.ResponseWriter, r *http.Request, target *url.URL
 	if err == nil {
 		defer body.Close()
 		n, rerr = readSome(body, buf)
-		if n == 0 && rerr != nil && !errors.Is(rerr, io.EOF) {
+		switch {
+		case n == 0 && errors.Is(rerr, io.EOF) && size > 0:
+			err = fmt.Errorf("p2p body empty, expected %d bytes: %w", size, io.ErrUnexpectedEOF)
+		case n == 0 && rerr != nil && !errors.Is(rerr, io.EOF):
 			err = rerr
 		}
 	}

@@ -479,3 +479,47 @@ type nilBodyFetcher struct{}
 func (nilBodyFetcher) Fetch(context.Context, string, http.Header) (io.ReadCloser, int64, error) {
 	return nil, 0, nil
 }
+
+// sizedFetcher serves body but claims size.
+type sizedFetcher struct {
+	body string
+	size int64
+}
+
+func (f sizedFetcher) Fetch(context.Context, string, http.Header) (io.ReadCloser, int64, error) {
+	return io.NopCloser(strings.NewReader(f.body)), f.size, nil
+}
+
+func TestP2PEmptyBodies(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name      string
+		f         sizedFetcher
+		wantRoute string
+		wantBody  []byte
+	}{
+		{name: "empty content is served from P2P", f: sizedFetcher{size: 0}, wantRoute: "p2p", wantBody: []byte{}},
+		{name: "no byte of a non-empty content falls back", f: sizedFetcher{size: 10}, wantRoute: "fallback", wantBody: blobBody("/blob/empty")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			o := newOrigin(t)
+			_, pu := startProxy(t, Config{Rules: []Rule{blobRule}}, tt.f)
+			resp, body := get(t, proxyClient(t, pu, nil), o.URL+"/blob/empty", nil)
+			require.Equal(t, http.StatusOK, resp.StatusCode)
+			require.Equal(t, tt.wantRoute, resp.Header.Get(RouteHeader))
+			require.Equal(t, tt.wantBody, body)
+		})
+	}
+}
+
+func TestRedirectToBadURLIsA502(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t)
+	rules := []Rule{{Regex: `^http://[^/]+/nohost/(.*)$`, Redirect: "http:///$1"}}
+	_, pu := startProxy(t, Config{Rules: rules}, nil)
+	resp, _ := get(t, proxyClient(t, pu, nil), o.URL+"/nohost/x", nil)
+	require.Equal(t, http.StatusBadGateway, resp.StatusCode)
+	require.Equal(t, 0, o.Hits("/nohost/x"))
+}
