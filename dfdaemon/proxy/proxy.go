@@ -61,7 +61,6 @@ type options struct {
 	reg       prometheus.Registerer
 	rootCAs   *x509.CertPool
 	resolve   Resolver
-	now       func() time.Time
 }
 
 // WithLogger sets the logger (default: none).
@@ -83,9 +82,6 @@ func WithRootCAs(pool *x509.CertPool) Option { return func(o *options) { o.rootC
 // WithResolver replaces DNS for direct connections and tunnels, e.g. to
 // resolve test host names to 127.0.0.1. The outbound policy still applies.
 func WithResolver(r Resolver) Option { return func(o *options) { o.resolve = r } }
-
-// withClock sets the clock of certificate issuing.
-func withClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
 
 // viaPseudonym names the proxy in Via headers (RFC 9110 §7.6.3).
 const viaPseudonym = "damselfly"
@@ -127,7 +123,7 @@ func New(cfg Config, f Fetcher, opts ...Option) (*Proxy, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	o := options{log: zap.NewNop(), now: time.Now}
+	o := options{log: zap.NewNop()}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -157,7 +153,7 @@ func New(cfg Config, f Fetcher, opts ...Option) (*Proxy, error) {
 		if err != nil {
 			return nil, fmt.Errorf("proxy hijack: %w", err)
 		}
-		p.certs = newCertCache(authority, cfg.Hijack.LeafValidity, cfg.Hijack.CertCacheSize, o.now, m.certs.Inc)
+		p.certs = newCertCache(authority, cfg.Hijack.LeafValidity, cfg.Hijack.CertCacheSize, time.Now, m.certs.Inc)
 	}
 	for _, port := range cfg.ConnectPorts {
 		p.ports[port] = true
