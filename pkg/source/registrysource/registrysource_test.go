@@ -635,3 +635,89 @@ func TestContextCancelled(t *testing.T) {
 	_, err := c.GetManifest(ctx, reg.URL, "app", "1", nil, nil)
 	require.ErrorIs(t, err, context.Canceled)
 }
+
+// front puts an httptest server in front of the registry that answers
+// unauthenticated requests with challenge and lets through those check
+// accepts.
+func front(t *testing.T, target *url.URL, challenge string, check func(*http.Request) bool) *url.URL {
+	rp := httputil.NewSingleHostReverseProxy(target)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !check(r) {
+			w.Header().Set("WWW-Authenticate", challenge)
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = io.WriteString(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	u, _ := url.Parse(srv.URL)
+	return u
+}
+
+func TestBasicAuthRegistry(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t)
+	img, err := reg.PushRandomImage(t.Context(), "app", "1", 100)
+	require.NoError(t, err)
+	base := front(t, reg.URL, `Basic realm="registry"`, func(r *http.Request) bool {
+		u, p, ok := r.BasicAuth()
+		return ok && u == user && p == pass
+	})
+	rec, hc := newRecorder(t)
+	c := registrysource.New(registrysource.WithHTTPClient(hc), registrysource.WithInsecureRegistries([]string{base.Host}))
+
+	got, err := c.Resolve(t.Context(), base.Host+"/app:1", nil, registrysource.Credentials{Username: user, Password: pass})
+	require.NoError(t, err)
+	require.Equal(t, img.Manifest, got.Manifest)
+	h, err := got.Auth.Header(t.Context())
+	require.NoError(t, err)
+	_, err = c.HeadBlob(t.Context(), base, "app", img.Layers[0].Digest, h)
+	require.NoError(t, err)
+	require.Empty(t, rec.to("/token"), "no token dance for Basic")
+
+	_, err = c.Resolve(t.Context(), base.Host+"/app:1", nil, registrysource.Credentials{Username: user, Password: "wrong"})
+	var re *registrysource.ResponseError
+	require.ErrorAs(t, err, &re)
+	require.Equal(t, http.StatusUnauthorized, re.StatusCode)
+	require.Equal(t, errcode.ErrorCodeUnauthorized, re.Errors()[0].(errcode.Error).Code)
+}
+
+func TestRealmMustBeHTTP(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t)
+	_, err := reg.PushRandomImage(t.Context(), "app", "1", 100)
+	require.NoError(t, err)
+	for _, realm := range []string{"file:///etc/passwd", "gopher://h/x", "http:///nohost"} {
+		base := front(t, reg.URL, `Bearer realm="`+realm+`",service="s"`, func(*http.Request) bool { return false })
+		c := newClient(t, registrysource.WithInsecureRegistries([]string{base.Host}))
+		_, err := c.Resolve(t.Context(), base.Host+"/app:1", nil, registrysource.Credentials{Username: user, Password: pass})
+		require.ErrorIs(t, err, registrysource.ErrInvalid, realm)
+	}
+}
+
+func TestNoCredentialsToPlainHTTPRealmOfHTTPSRegistry(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t, registrytest.WithTokenAuth(map[string]string{user: pass}))
+	_, err := reg.PushRandomImage(t.Context(), "private/app", "1", 100)
+	require.NoError(t, err)
+	// The registry behind TLS; its realm stays http://127.0.0.1:<port>.
+	srv := httptest.NewTLSServer(httputil.NewSingleHostReverseProxy(reg.URL))
+	t.Cleanup(srv.Close)
+	tr := srv.Client().Transport.(*http.Transport).Clone()
+	t.Cleanup(tr.CloseIdleConnections)
+	rec := &recorder{next: tr}
+	c := registrysource.New(registrysource.WithHTTPClient(&http.Client{Transport: rec}))
+	host := strings.TrimPrefix(srv.URL, "https://")
+
+	_, err = c.Resolve(t.Context(), host+"/private/app:1", nil, registrysource.Credentials{Username: user, Password: pass})
+	var re *registrysource.ResponseError
+	require.ErrorAs(t, err, &re)
+	require.Equal(t, http.StatusUnauthorized, re.StatusCode)
+	toks := rec.to("/token")
+	require.NotEmpty(t, toks)
+	for _, r := range toks {
+		require.Empty(t, r.auth, "no password over plain http for an https registry")
+	}
+}
