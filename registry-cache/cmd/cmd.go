@@ -1,0 +1,275 @@
+// Package cmd is the registry-cache command: it parses flags, loads and
+// validates the configuration, wires the manifest cache and the /v2/ server
+// in front of the upstream registry, and serves them with /healthz and
+// /metrics until its context ends.
+//
+// Run has no global state (no flag.CommandLine, no global prometheus
+// registry, no global logger), so tests run many registry caches in one
+// process.
+package cmd
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/damselfly/damselfly/pkg/httpx"
+	"github.com/damselfly/damselfly/pkg/log"
+	"github.com/damselfly/damselfly/pkg/source/registrysource"
+	"github.com/damselfly/damselfly/pkg/version"
+	"github.com/damselfly/damselfly/registry-cache/cache"
+	"github.com/damselfly/damselfly/registry-cache/server"
+)
+
+const (
+	shutdownTimeout       = 10 * time.Second
+	readHeaderTimeout     = 10 * time.Second
+	idleTimeout           = 2 * time.Minute
+	maxHeaderBytes        = 64 << 10
+	dialTimeout           = 10 * time.Second
+	tlsHandshakeTimeout   = 10 * time.Second
+	responseHeaderTimeout = 30 * time.Second
+)
+
+// Option configures Run.
+type Option func(*runOptions)
+
+type runOptions struct {
+	log    *zap.Logger
+	ready  func(net.Addr)
+	hc     *http.Client
+	stdout io.Writer
+	stderr io.Writer
+}
+
+// WithLogger makes Run log to l instead of building a logger from the
+// configuration.
+func WithLogger(l *zap.Logger) Option {
+	return func(o *runOptions) { o.log = l }
+}
+
+// WithReady is called with the listener's address once it is bound, before
+// any request is served.
+func WithReady(fn func(addr net.Addr)) Option {
+	return func(o *runOptions) { o.ready = fn }
+}
+
+// WithHTTPClient makes the cache and the pass-through reach the upstream
+// with hc instead of the client built by Run.
+func WithHTTPClient(hc *http.Client) Option {
+	return func(o *runOptions) { o.hc = hc }
+}
+
+// WithStdout sets where --help and --version are written (default
+// os.Stdout).
+func WithStdout(w io.Writer) Option {
+	return func(o *runOptions) { o.stdout = w }
+}
+
+// withStderr sets where logs go when no logger is given.
+func withStderr(w io.Writer) Option {
+	return func(o *runOptions) { o.stderr = w }
+}
+
+// flags holds the parsed command line.
+type flags struct {
+	config, listen, upstream string
+	logLevel, logFormat      string
+	version                  bool
+}
+
+func newFlagSet(f *flags, out io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("registry-cache", flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.StringVar(&f.config, "config", "", "YAML config `file` (see docs/registry-cache.md); flags override it")
+	fs.StringVar(&f.listen, "listen", "", "`host:port` of the HTTP listener (default "+DefaultListen+")")
+	fs.StringVar(&f.upstream, "upstream", "", "base `URL` of the upstream registry, scheme://host[:port] (default "+DefaultUpstream+")")
+	fs.StringVar(&f.logLevel, "log-level", "", "log `level`: debug, info, warn, error (default info)")
+	fs.StringVar(&f.logFormat, "log-format", "", "log `format`: json or console (default console)")
+	fs.BoolVar(&f.version, "version", false, "print the version and exit")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: registry-cache [flags]\n\n"+
+			"The Damselfly registry cache: a pull-through manifest cache in front of one registry,\n"+
+			"serving the OCI distribution read API on /v2/.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// Run runs the registry cache with the command-line args until ctx is done.
+// It returns nil after a clean shutdown, and an error for a bad command line
+// or config before anything listens.
+func Run(ctx context.Context, args []string, opts ...Option) error {
+	o := runOptions{stdout: os.Stdout, stderr: os.Stderr}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	var f flags
+	fset := newFlagSet(&f, o.stdout)
+	if err := fset.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return fmt.Errorf("command line: %w", err)
+	}
+	if fset.NArg() > 0 {
+		return fmt.Errorf("command line: unexpected argument %q", fset.Arg(0))
+	}
+	if f.version {
+		fmt.Fprintln(o.stdout, version.String("registry-cache"))
+		return nil
+	}
+	cfg, err := buildConfig(fset, &f)
+	if err != nil {
+		return err
+	}
+	logger := o.log
+	if logger == nil {
+		if logger, err = log.New(cfg.Log, o.stderr); err != nil {
+			return err
+		}
+		defer logger.Sync() //nolint:errcheck // nothing to do about it at exit
+	}
+	err = run(ctx, cfg, o, logger)
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// buildConfig layers defaults, the config file and the flags, then
+// validates the result.
+func buildConfig(fset *flag.FlagSet, f *flags) (Config, error) {
+	var cfg Config
+	if f.config != "" {
+		var err error
+		if cfg, err = loadConfig(f.config); err != nil {
+			return Config{}, err
+		}
+	}
+	fset.Visit(func(fl *flag.Flag) {
+		switch fl.Name {
+		case "listen":
+			cfg.Listen = f.listen
+		case "upstream":
+			cfg.Upstream = f.upstream
+		case "log-level":
+			cfg.Log.Level = f.logLevel
+		case "log-format":
+			cfg.Log.Format = f.logFormat
+		}
+	})
+	cfg = cfg.ApplyDefaults()
+	if err := cfg.Validate(); err != nil {
+		return Config{}, fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	return cfg, nil
+}
+
+// upstreamClient is the HTTP client towards the upstream: proxy settings
+// from the environment, bounded dial, TLS handshake and wait for response
+// headers, no bound on a body (blobs stream for as long as they take), and
+// Go's redirect policy, which drops Authorization on a hop to another host.
+func upstreamClient() *http.Client {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.Proxy = http.ProxyFromEnvironment
+	t.DialContext = (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext
+	t.TLSHandshakeTimeout = tlsHandshakeTimeout
+	t.ResponseHeaderTimeout = responseHeaderTimeout
+	t.MaxIdleConnsPerHost = 32
+	return &http.Client{Transport: t}
+}
+
+// run wires and runs the components.
+func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) error {
+	upstream, err := parseUpstream(cfg.Upstream)
+	if err != nil {
+		return fmt.Errorf("upstream: %w", err)
+	}
+	hc := o.hc
+	if hc == nil {
+		hc = upstreamClient()
+		defer hc.CloseIdleConnections()
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	fetcher := registrysource.New(registrysource.WithHTTPClient(hc), registrysource.WithLogger(logger.Named("registry")))
+	mc, err := cache.New(cfg.Cache, fetcher, cache.WithLogger(logger.Named("cache")), cache.WithMetrics(reg))
+	if err != nil {
+		return err
+	}
+	httpm := httpx.NewMetrics(reg, "damselfly")
+	srv, err := server.New(mc, upstream, server.WithHTTPClient(hc),
+		server.WithLogger(logger.Named("server")), server.WithHTTPMetrics(httpm))
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	defer ln.Close()
+
+	mux := http.NewServeMux()
+	mux.Handle("/v2/", srv.Handler())
+	mux.Handle("/v2", srv.Handler())
+	mux.Handle("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = io.WriteString(w, "ok\n")
+	}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+
+	// No ReadTimeout or WriteTimeout: blobs passed through stream for as
+	// long as they take.
+	hs := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          zap.NewStdLog(logger.Named("http")),
+	}
+	logger.Info("registry-cache listening",
+		zap.String("addr", ln.Addr().String()), zap.String("upstream", upstream.String()),
+		zap.Duration("tagTTL", cfg.Cache.TagTTL), zap.Int64("maxBytes", cfg.Cache.MaxBytes),
+		zap.String("version", version.Version()))
+	if o.ready != nil {
+		o.ready(ln.Addr())
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), shutdownTimeout)
+		defer cancel()
+		if err := hs.Shutdown(sctx); err != nil {
+			_ = hs.Close()
+			logger.Warn("http shutdown", zap.Error(err))
+		}
+		return nil
+	})
+	err = g.Wait()
+	logger.Info("registry-cache stopped")
+	return err
+}

@@ -1,0 +1,116 @@
+package cmd
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/damselfly/damselfly/pkg/log"
+	"github.com/damselfly/damselfly/registry-cache/cache"
+)
+
+// Defaults of the top-level keys.
+const (
+	DefaultListen   = ":5001"
+	DefaultUpstream = "https://registry-1.docker.io"
+)
+
+// Config is the registry-cache's configuration: a YAML file (--config),
+// with command-line flags taking precedence. docs/registry-cache.md holds
+// the annotated default.
+type Config struct {
+	// Listen is the address of the HTTP listener: /v2/, /healthz, /metrics.
+	Listen string `yaml:"listen"`
+	// Upstream is the base URL of the registry in front of which the cache
+	// stands, scheme://host[:port] (a path prefix, if the registry has one,
+	// is kept). Clients send their own credentials; the URL holds none.
+	Upstream string `yaml:"upstream"`
+	// Cache tunes the manifest cache.
+	Cache cache.Config `yaml:"cache"`
+	// Log sets the log level and format.
+	Log log.Config `yaml:"log"`
+}
+
+// ApplyDefaults fills unset fields.
+func (c Config) ApplyDefaults() Config {
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.Upstream == "" {
+		c.Upstream = DefaultUpstream
+	}
+	c.Cache = c.Cache.ApplyDefaults()
+	c.Log = c.Log.ApplyDefaults()
+	return c
+}
+
+// Validate reports every problem of the config, each naming its key.
+func (c Config) Validate() error {
+	var errs []error
+	if _, port, err := net.SplitHostPort(c.Listen); err != nil {
+		errs = append(errs, fmt.Errorf("listen %q: must be host:port", c.Listen))
+	} else if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+		errs = append(errs, fmt.Errorf("listen %q: bad port %q", c.Listen, port))
+	}
+	if _, err := parseUpstream(c.Upstream); err != nil {
+		errs = append(errs, fmt.Errorf("upstream: %w", err))
+	}
+	if err := c.Cache.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Log.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// parseUpstream parses and checks the upstream base URL. Errors never
+// repeat a password given in it.
+func parseUpstream(s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, errors.New("not a URL")
+	}
+	switch {
+	case u.Scheme != "http" && u.Scheme != "https":
+		return nil, fmt.Errorf("%q: scheme must be http or https", u.Redacted())
+	case u.Host == "":
+		return nil, fmt.Errorf("%q: no host", u.Redacted())
+	case u.User != nil:
+		return nil, fmt.Errorf("%q: no user info; clients send their own credentials", u.Redacted())
+	case u.RawQuery != "" || u.Fragment != "":
+		return nil, fmt.Errorf("%q: no query or fragment", u.Redacted())
+	}
+	u.Path = strings.TrimRight(u.Path, "/")
+	u.RawPath = ""
+	return u, nil
+}
+
+// loadConfig reads a YAML config file. Unknown keys are errors: a typo must
+// not silently fall back to a default.
+func loadConfig(path string) (Config, error) {
+	var c Config
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return c, fmt.Errorf("config: %w", err)
+	}
+	return decodeConfig(b, path)
+}
+
+func decodeConfig(b []byte, name string) (Config, error) {
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return c, fmt.Errorf("config %s: %w", name, err)
+	}
+	return c, nil
+}
