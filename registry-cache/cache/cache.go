@@ -19,6 +19,13 @@
 //   - Upstream 404s, per tag key or per permission key, for
 //     Config.NegativeTTL.
 //
+// A tag is resolved with a GET the first time. Once some partition has
+// resolved it, later resolutions (another partition, or the same one after
+// the TTL) ask with a HEAD carrying the client's credentials first: when the
+// digest it names is cached, no body is fetched (registries such as Docker
+// Hub do not count HEADs against pull limits); when it is not, a GET
+// follows.
+//
 // # Credentials
 //
 // A client's Authorization header is forwarded to the upstream as it is, and
@@ -269,6 +276,10 @@ type keys struct {
 	// scope: (upstream, repo, partition); a read permission or digest 404
 	// is scope + digest.
 	scope string
+	// hint: (upstream, repo, ref, accept) without the partition: the digest
+	// some partition last resolved the tag to. It only tells whether asking
+	// with HEAD first may spare a GET; it grants nothing.
+	hint string
 }
 
 func (k keys) access(d digest.Digest) string { return "a\x00" + k.scope + "\x00" + d.String() }
@@ -279,6 +290,7 @@ func (c *Cache) keys(req Request) keys {
 	return keys{
 		tag:   "t\x00" + up + "\x00" + req.Repo + "\x00" + req.Ref + "\x00" + normaliseAccept(req.Accept) + "\x00" + part,
 		scope: up + "\x00" + req.Repo + "\x00" + part,
+		hint:  "h\x00" + up + "\x00" + req.Repo + "\x00" + req.Ref + "\x00" + normaliseAccept(req.Accept),
 	}
 }
 
@@ -417,7 +429,19 @@ func (c *Cache) fillTag(ctx context.Context, req Request, k keys) (*Manifest, er
 			return b.manifest(e.digest, false), nil
 		}
 	}
+	_, hinted := c.entries.get(k.hint)
 	c.mu.Unlock()
+
+	if hinted {
+		// Another partition resolved this tag: its manifest is likely
+		// cached. A HEAD with this client's credentials confirms both the
+		// digest and the client's access, and spares a GET when the body is
+		// here (registries such as Docker Hub do not count HEADs against
+		// pull limits).
+		if m, done, err := c.resolveByHead(ctx, req, k); done {
+			return m, err
+		}
+	}
 
 	m, err := c.f.GetManifest(ctx, req.Upstream, req.Repo, req.Ref, req.Accept, req.header())
 	if err == nil {
@@ -427,16 +451,47 @@ func (c *Cache) fillTag(ctx context.Context, req Request, k keys) (*Manifest, er
 		return nil, c.upstreamError(http.MethodGet, req, k.tag, err)
 	}
 	c.m.upstream.WithLabelValues(http.MethodGet, resultOK).Inc()
-	now := c.now()
 	c.mu.Lock()
 	c.storeBody(m)
-	c.entries.add(k.tag, &entry{digest: m.Digest, until: now.Add(c.cfg.TagTTL)})
-	c.entries.add(k.access(m.Digest), &entry{until: now.Add(c.cfg.AccessTTL)})
-	c.syncGauges()
+	c.resolved(k, m.Digest)
 	c.mu.Unlock()
 	c.log.Debug("manifest fetched", zap.String("repo", req.Repo), zap.String("ref", req.Ref),
 		zap.Stringer("digest", m.Digest), zap.String("upstream", req.Upstream.Host))
 	return &Manifest{Digest: m.Digest, MediaType: m.MediaType, Body: m.Body}, nil
+}
+
+// resolveByHead resolves a tag with a HEAD. done is false when the digest
+// the upstream names is not cached (or the HEAD named none): then a GET is
+// needed.
+func (c *Cache) resolveByHead(ctx context.Context, req Request, k keys) (m *Manifest, done bool, err error) {
+	desc, err := c.f.HeadManifest(ctx, req.Upstream, req.Repo, req.Ref, req.Accept, req.header())
+	if err != nil {
+		return nil, true, c.upstreamError(http.MethodHead, req, k.tag, err)
+	}
+	c.m.upstream.WithLabelValues(http.MethodHead, resultOK).Inc()
+	if desc.Digest.Validate() != nil {
+		return nil, false, nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b, ok := c.bodies.get(desc.Digest)
+	if !ok {
+		return nil, false, nil
+	}
+	c.resolved(k, desc.Digest)
+	c.log.Debug("tag resolved by HEAD", zap.String("repo", req.Repo), zap.String("ref", req.Ref),
+		zap.Stringer("digest", desc.Digest), zap.String("upstream", req.Upstream.Host))
+	return b.manifest(desc.Digest, false), true, nil
+}
+
+// resolved records that k's tag resolves to d for k's partition, which may
+// read d. c.mu is held.
+func (c *Cache) resolved(k keys, d digest.Digest) {
+	now := c.now()
+	c.entries.add(k.tag, &entry{digest: d, until: now.Add(c.cfg.TagTTL)})
+	c.entries.add(k.hint, &entry{digest: d, until: now.Add(c.cfg.TagTTL)})
+	c.entries.add(k.access(d), &entry{until: now.Add(c.cfg.AccessTTL)})
+	c.syncGauges()
 }
 
 // getDigest serves a manifest by digest: the body from the cache when this

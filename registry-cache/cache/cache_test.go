@@ -80,7 +80,7 @@ func TestTagLifecycle(t *testing.T) {
 		private bool  // the repository starts wanting credentials
 		want    string
 		stale   bool
-		gets    int // total upstream GETs after the step
+		calls   int // upstream requests (GET or HEAD) so far
 	}
 	const (
 		ok          = "ok"
@@ -94,52 +94,52 @@ func TestTagLifecycle(t *testing.T) {
 		steps []step
 	}{
 		{"fresh entry answers without the upstream", []step{
-			{want: ok, gets: 1}, {advance: 29 * time.Second, want: ok, gets: 1},
+			{want: ok, calls: 1}, {advance: 29 * time.Second, want: ok, calls: 1},
 		}},
 		{"TTL expiry asks once more", []step{
-			{want: ok, gets: 1}, {advance: 30 * time.Second, want: ok, gets: 2}, {want: ok, gets: 2},
+			{want: ok, calls: 1}, {advance: 30 * time.Second, want: ok, calls: 2}, {want: ok, calls: 2},
 		}},
 		{"5xx within the stale window serves stale", []step{
-			{want: ok, gets: 1},
-			{advance: 30*time.Second + 4*time.Minute, fail: respErr(http.StatusServiceUnavailable), want: ok, stale: true, gets: 2},
-			{fail: respErr(http.StatusBadGateway), want: ok, stale: true, gets: 3},
+			{want: ok, calls: 1},
+			{advance: 30*time.Second + 4*time.Minute, fail: respErr(http.StatusServiceUnavailable), want: ok, stale: true, calls: 2},
+			{fail: respErr(http.StatusBadGateway), want: ok, stale: true, calls: 3},
 		}},
 		{"connection error within the window serves stale", []step{
-			{want: ok, gets: 1}, {advance: time.Minute, fail: connErr, want: ok, stale: true, gets: 2},
+			{want: ok, calls: 1}, {advance: time.Minute, fail: connErr, want: ok, stale: true, calls: 2},
 		}},
 		{"429 within the window serves stale", []step{
-			{want: ok, gets: 1}, {advance: time.Minute, fail: respErr(http.StatusTooManyRequests), want: ok, stale: true, gets: 2},
+			{want: ok, calls: 1}, {advance: time.Minute, fail: respErr(http.StatusTooManyRequests), want: ok, stale: true, calls: 2},
 		}},
 		{"beyond the stale window the failure is returned", []step{
-			{want: ok, gets: 1},
-			{advance: 30*time.Second + 5*time.Minute, fail: respErr(http.StatusInternalServerError), want: unavailable, gets: 2},
+			{want: ok, calls: 1},
+			{advance: 30*time.Second + 5*time.Minute, fail: respErr(http.StatusInternalServerError), want: unavailable, calls: 2},
 		}},
 		{"recovery after stale serves fresh", []step{
-			{want: ok, gets: 1},
-			{advance: time.Minute, fail: connErr, want: ok, stale: true, gets: 2},
-			{want: ok, gets: 3},
-			{advance: time.Second, want: ok, gets: 3},
+			{want: ok, calls: 1},
+			{advance: time.Minute, fail: connErr, want: ok, stale: true, calls: 2},
+			{want: ok, calls: 3},
+			{advance: time.Second, want: ok, calls: 3},
 		}},
 		{"404 after expiry is not served stale, and is cached", []step{
-			{want: ok, gets: 1},
-			{advance: time.Minute, remove: true, want: notFound, gets: 2},
-			{advance: 4 * time.Second, want: notFound, gets: 2},
-			{advance: time.Second, want: notFound, gets: 3},
+			{want: ok, calls: 1},
+			{advance: time.Minute, remove: true, want: notFound, calls: 2},
+			{advance: 4 * time.Second, want: notFound, calls: 2},
+			{advance: time.Second, want: notFound, calls: 3},
 		}},
 		{"401 after expiry is not served stale, never cached", []step{
-			{want: ok, gets: 1},
-			{advance: time.Minute, private: true, want: denied, gets: 2},
-			{want: denied, gets: 3},
+			{want: ok, calls: 1},
+			{advance: time.Minute, private: true, want: denied, calls: 2},
+			{want: denied, calls: 3},
 		}},
 		{"401 drops a fresh-looking entry of the partition", []step{
-			{want: ok, gets: 1},
-			{advance: 31 * time.Second, private: true, want: denied, gets: 2},
+			{want: ok, calls: 1},
+			{advance: 31 * time.Second, private: true, want: denied, calls: 2},
 			// Even within the stale window an outage must not bring it back.
-			{fail: connErr, want: unavailable, gets: 3},
+			{fail: connErr, want: unavailable, calls: 3},
 		}},
 		{"no upstream at all and nothing cached", []step{
-			{fail: connErr, want: unavailable, gets: 1},
-			{fail: connErr, want: unavailable, gets: 2},
+			{fail: connErr, want: unavailable, calls: 1},
+			{fail: connErr, want: unavailable, calls: 2},
 		}},
 	}
 	for _, tt := range tests {
@@ -179,8 +179,11 @@ func TestTagLifecycle(t *testing.T) {
 					require.NotEmpty(t, re.Header.Get("WWW-Authenticate"), "the challenge reaches the client")
 					require.NotErrorIs(t, err, ErrUnavailable)
 				}
-				gets, _ := f.reg.calls()
-				require.Equal(t, s.gets, gets, "upstream GETs after step %d", i)
+				gets, heads := f.reg.calls()
+				require.Equal(t, s.calls, gets+heads, "upstream requests after step %d", i)
+				if s.want == ok {
+					require.Equal(t, 1, gets, "the body is fetched once; later resolutions are HEADs")
+				}
 			}
 		})
 	}
@@ -210,7 +213,7 @@ func TestMetrics(t *testing.T) {
 	require.Equal(t, 1.0, counter(t, f.c.m.stale.WithLabelValues(kindTag)))
 	require.Equal(t, 1.0, counter(t, f.c.m.upstream.WithLabelValues("GET", resultOK)))
 	require.Equal(t, 1.0, counter(t, f.c.m.upstream.WithLabelValues("GET", resultNotFound)))
-	require.Equal(t, 1.0, counter(t, f.c.m.upstream.WithLabelValues("GET", resultError)))
+	require.Equal(t, 1.0, counter(t, f.c.m.upstream.WithLabelValues("HEAD", resultError)), "revalidation is a HEAD")
 	require.Equal(t, 500.0, counter(t, f.c.m.bytes))
 	require.Equal(t, 1.0, counter(t, f.c.m.manifests))
 
@@ -271,8 +274,9 @@ func TestConcurrentCallersOneUpstreamCall(t *testing.T) {
 
 		time.Sleep(30 * time.Second)
 		round()
-		gets, _ = reg.calls()
-		require.Equal(t, 2, gets)
+		gets, heads := reg.calls()
+		require.Equal(t, 1, gets)
+		require.Equal(t, 1, heads, "one revalidation for 200 callers")
 	})
 }
 
@@ -448,7 +452,7 @@ func TestPartitions(t *testing.T) {
 			{"", "1", "ok", 1, 0}, {"", "1", "ok", 1, 0}, {"", "@", "ok", 1, 0},
 		}},
 		{"private tag fetched by alice is not served to anonymous", true, []call{
-			{alice, "1", "ok", 1, 0}, {"", "1", "denied", 2, 0}, {alice, "1", "ok", 2, 0},
+			{alice, "1", "ok", 1, 0}, {"", "1", "denied", 1, 1}, {"", "1", "denied", 1, 2}, {alice, "1", "ok", 1, 2},
 		}},
 		{"private digest fetched by alice is not served to anonymous or eve", true, []call{
 			{alice, "1", "ok", 1, 0}, {"", "@", "denied", 1, 1}, {eve, "@", "denied", 1, 2}, {"", "@", "denied", 1, 3},
@@ -456,8 +460,9 @@ func TestPartitions(t *testing.T) {
 		{"bob may read it: a HEAD with his credentials, no body fetch", true, []call{
 			{alice, "1", "ok", 1, 0}, {bob, "@", "ok", 1, 1}, {bob, "@", "ok", 1, 1}, {alice, "@", "ok", 1, 1},
 		}},
-		{"credentialed clients of a public image get their own tag entry", false, []call{
-			{"", "1", "ok", 1, 0}, {alice, "1", "ok", 2, 0}, {alice, "1", "ok", 2, 0}, {"", "1", "ok", 2, 0},
+		{"another partition resolves the tag with a HEAD, the body is not fetched again", false, []call{
+			{"", "1", "ok", 1, 0}, {alice, "1", "ok", 1, 1}, {alice, "1", "ok", 1, 1}, {"", "1", "ok", 1, 1},
+			{bob, "@", "ok", 1, 2},
 		}},
 	}
 	for _, tt := range tests {
@@ -709,4 +714,42 @@ func TestManifestClientShape(t *testing.T) {
 	var re *registrysource.ResponseError
 	require.ErrorAs(t, err, &re, "a media type the client does not accept")
 	require.Equal(t, http.StatusNotFound, re.StatusCode)
+}
+
+// TestTagMoved: a revalidation by HEAD that names a digest not cached
+// fetches it; one that names a cached digest does not.
+func TestTagMoved(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, Config{TagTTL: 30 * time.Second})
+	m1 := f.reg.put("library/app", "1", docker2, 300)
+	m, err := f.get(t, "library/app", "1", "")
+	require.NoError(t, err)
+	require.Equal(t, m1.Digest, m.Digest)
+
+	// The tag moves to a new manifest.
+	f.reg.mu.Lock()
+	delete(f.reg.tags, "library/app:1")
+	f.reg.mu.Unlock()
+	m2 := f.reg.put("library/app", "1", docker2, 310)
+
+	m, err = f.get(t, "library/app", "1", "")
+	require.NoError(t, err)
+	require.Equal(t, m1.Digest, m.Digest, "within the TTL the old resolution stands")
+
+	f.clock.Advance(30 * time.Second)
+	m, err = f.get(t, "library/app", "1", "")
+	require.NoError(t, err)
+	require.Equal(t, m2.Digest, m.Digest)
+	require.Equal(t, m2.Body, m.Body)
+	gets, heads := f.reg.calls()
+	require.Equal(t, 2, gets, "the new manifest was fetched")
+	require.Equal(t, 1, heads)
+
+	// Another client: a HEAD names m2, which is cached now.
+	m, err = f.get(t, "library/app", "1", "Bearer other")
+	require.NoError(t, err)
+	require.Equal(t, m2.Digest, m.Digest)
+	gets, heads = f.reg.calls()
+	require.Equal(t, 2, gets)
+	require.Equal(t, 2, heads)
 }

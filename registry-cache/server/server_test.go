@@ -222,8 +222,10 @@ func TestConcurrentPullsOneUpstreamGET(t *testing.T) {
 	round()
 	require.Equal(t, 1, reg.Stats().ManifestGETs["library/app:latest"])
 	e.clock.Advance(30 * time.Second)
+	before := reg.Stats().Requests
 	round()
-	require.Equal(t, 2, reg.Stats().ManifestGETs["library/app:latest"], "one more after the TTL")
+	require.Equal(t, before+1, reg.Stats().Requests, "one more upstream request after the TTL")
+	require.Equal(t, 1, reg.Stats().ManifestGETs["library/app:latest"], "a HEAD: the digest has not changed")
 }
 
 func TestErrors(t *testing.T) {
@@ -314,6 +316,17 @@ func TestTokenAuth(t *testing.T) {
 		require.Equal(t, http.StatusOK, r.status)
 		require.Equal(t, d.Digest, digest.FromBytes(r.body))
 	}
+
+	// Another token of alice's (registries hand out short-lived ones): the
+	// tag is resolved with a HEAD, the manifest is not fetched again.
+	tok2, err := reg.Token(t.Context(), "alice", "wonderland", "repository:team/app:pull")
+	require.NoError(t, err)
+	require.NotEqual(t, tok, tok2)
+	gets := reg.Stats().ManifestGETs["team/app:1"]
+	r = e.do(t, http.MethodGet, "/v2/team/app/manifests/1", "Accept", acceptAll, "Authorization", "Bearer "+tok2)
+	require.Equal(t, http.StatusOK, r.status)
+	require.Equal(t, img.ManifestBody, r.body)
+	require.Equal(t, gets, reg.Stats().ManifestGETs["team/app:1"])
 
 	// The cache holds the manifest now; a client without a token, or with
 	// an anonymous token (no access), must still be refused.
