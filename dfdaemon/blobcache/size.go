@@ -6,6 +6,8 @@ import (
 	"math"
 	"strconv"
 	"strings"
+
+	"gopkg.in/yaml.v3"
 )
 
 // ByteSize is a number of bytes that reads and writes as text with an
@@ -86,5 +88,17 @@ func (b *ByteSize) UnmarshalText(text []byte) error {
 		return err
 	}
 	*b = v
+	return nil
+}
+
+// UnmarshalYAML parses a YAML scalar as ParseByteSize does; errors name the
+// line.
+func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: a size must be a number or a string such as 10GiB", n.Line)
+	}
+	if err := b.UnmarshalText([]byte(n.Value)); err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
 	return nil
 }

@@ -288,12 +288,7 @@ func (m *Mirror) serveBlob(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := r.Context()
 	auth := clientAuth(r)
-	key := authKey{base: base.String(), repo: repo, digest: d, cred: credHash(auth)}
-	size, how, err := m.auth.check(ctx, key, func(hctx context.Context) (int64, error) {
-		desc, err := m.reg.HeadBlob(hctx, base, repo, d, auth)
-		return desc.Size, err
-	})
-	m.metrics.auth.WithLabelValues(how).Inc()
+	size, err := m.Authorize(ctx, base, repo, d, auth)
 	if err != nil {
 		m.upstreamError(w, r, err, errcode.ErrorCodeBlobUnknown)
 		return
@@ -357,6 +352,29 @@ func (m *Mirror) serveBlob(w http.ResponseWriter, r *http.Request) {
 		panic(http.ErrAbortHandler)
 	}
 	lw.start()
+}
+
+// Authorize confirms that the credentials in header (its Authorization,
+// nothing else of it is used) may read blob d of repo on the upstream at
+// base, and returns the blob's size (-1 when the upstream sends none). It
+// asks the upstream with a HEAD unless the same credentials were confirmed
+// for the blob less than AuthTTL ago; when the upstream cannot be reached, a
+// confirmation less than AuthGrace old still counts. Errors are the
+// upstream's: a *registrysource.ResponseError for a definite no (401, 403,
+// 404, ...), anything else when it could not answer. The forward proxy
+// uses it for registry blob URLs too.
+func (m *Mirror) Authorize(ctx context.Context, base *url.URL, repo string, d digest.Digest, header http.Header) (int64, error) {
+	auth := http.Header{}
+	for _, v := range header.Values("Authorization") {
+		auth.Add("Authorization", v)
+	}
+	key := authKey{base: base.String(), repo: repo, digest: d, cred: credHash(auth)}
+	size, how, err := m.auth.check(ctx, key, func(hctx context.Context) (int64, error) {
+		desc, err := m.reg.HeadBlob(hctx, base, repo, d, auth)
+		return desc.Size, err
+	})
+	m.metrics.auth.WithLabelValues(how).Inc()
+	return size, err
 }
 
 // blobFailed answers a download that failed before any byte was sent.

@@ -1,0 +1,391 @@
+// Package cmd is the dfdaemon command: it parses flags, loads and validates
+// the configuration, and runs a node's long-lived peer: the peer engine and
+// its upload server, the blob cache with its disk quota, and one
+// runtime-facing listener serving the registry mirror (/v2/...), the forward
+// proxy (absolute-form requests and CONNECT), /healthz and /metrics.
+//
+// Run has no global state (no flag.CommandLine, no global prometheus
+// registry, no global logger), so tests run many dfdaemons in one process.
+package cmd
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/damselfly/damselfly/dfdaemon/blobcache"
+	"github.com/damselfly/damselfly/dfdaemon/mirror"
+	"github.com/damselfly/damselfly/dfdaemon/proxy"
+	"github.com/damselfly/damselfly/pkg/content/local"
+	"github.com/damselfly/damselfly/pkg/httpx"
+	"github.com/damselfly/damselfly/pkg/log"
+	"github.com/damselfly/damselfly/pkg/peer"
+	"github.com/damselfly/damselfly/pkg/peer/upload"
+	"github.com/damselfly/damselfly/pkg/schedapi"
+	"github.com/damselfly/damselfly/pkg/schedclient"
+	"github.com/damselfly/damselfly/pkg/source/registrysource"
+	"github.com/damselfly/damselfly/pkg/version"
+	"github.com/damselfly/damselfly/registry-cache/cache"
+)
+
+const (
+	shutdownTimeout   = 10 * time.Second
+	readHeaderTimeout = 30 * time.Second
+	idleTimeout       = 2 * time.Minute
+)
+
+// Option configures Run.
+type Option func(*runOptions)
+
+type runOptions struct {
+	log    *zap.Logger
+	ready  func(mirror, peer net.Addr)
+	stdout io.Writer
+	stderr io.Writer
+	proxy  []proxy.Option
+}
+
+// WithLogger makes Run log to l instead of building a logger from the
+// configuration.
+func WithLogger(l *zap.Logger) Option {
+	return func(o *runOptions) { o.log = l }
+}
+
+// WithReady is called with the addresses of the mirror/proxy listener and
+// of the upload server once both are bound, before any request is served.
+func WithReady(fn func(mirror, peer net.Addr)) Option {
+	return func(o *runOptions) { o.ready = fn }
+}
+
+// WithStdout sets where --help and --version are written (default
+// os.Stdout).
+func WithStdout(w io.Writer) Option {
+	return func(o *runOptions) { o.stdout = w }
+}
+
+// WithStderr sets where logs go when no logger is given (default
+// os.Stderr).
+func WithStderr(w io.Writer) Option {
+	return func(o *runOptions) { o.stderr = w }
+}
+
+// WithProxyOptions passes options to the forward proxy, e.g.
+// proxy.WithResolver in tests that name origins by host name.
+func WithProxyOptions(opts ...proxy.Option) Option {
+	return func(o *runOptions) { o.proxy = append(o.proxy, opts...) }
+}
+
+// flags holds the parsed command line.
+type flags struct {
+	config, listen, peerListen, advertiseIP, nodes string
+	registry, dataDir, logLevel, logFormat         string
+	version                                        bool
+}
+
+func newFlagSet(f *flags, out io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("dfdaemon", flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.StringVar(&f.config, "config", "", "YAML config `file` (see docs/dfdaemon.yaml); flags override it")
+	fs.StringVar(&f.listen, "listen", "", "`host:port` of the registry mirror and forward proxy (default "+DefaultListen+")")
+	fs.StringVar(&f.peerListen, "peer-listen", "", "`host:port` of the upload server other peers fetch pieces from (default "+DefaultPeerListen+")")
+	fs.StringVar(&f.advertiseIP, "advertise-ip", "", "`IP` other peers reach this node at (default: the host of --peer-listen, else the local address towards the first supernode)")
+	fs.StringVar(&f.nodes, "node", "", "comma-separated supernodes `host:port[,host:port]` (default "+DefaultNode+")")
+	fs.StringVar(&f.registry, "registry", "", "upstream `URL` of requests that name no registry: docker registry-mirrors, direct pulls (default "+mirror.DefaultRegistry+")")
+	fs.StringVar(&f.dataDir, "data-dir", "", "`dir` of the node's content cache (default "+DefaultDataDir+")")
+	fs.StringVar(&f.logLevel, "log-level", "", "log `level`: debug, info, warn, error (default info)")
+	fs.StringVar(&f.logFormat, "log-format", "", "log `format`: json or console (default console)")
+	fs.BoolVar(&f.version, "version", false, "print the version and exit")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: dfdaemon [flags]\n\n"+
+			"The Damselfly node daemon: a registry mirror and forward proxy whose blob\n"+
+			"downloads go peer to peer, and the node's long-lived peer cache.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// Run runs dfdaemon with the command-line args until ctx is done. It
+// returns nil after a clean shutdown, and an error for a bad command line or
+// config before anything listens.
+func Run(ctx context.Context, args []string, opts ...Option) error {
+	o := runOptions{stdout: os.Stdout, stderr: os.Stderr}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	var f flags
+	fset := newFlagSet(&f, o.stdout)
+	if err := fset.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return fmt.Errorf("command line: %w", err)
+	}
+	if fset.NArg() > 0 {
+		return fmt.Errorf("command line: unexpected argument %q", fset.Arg(0))
+	}
+	if f.version {
+		fmt.Fprintln(o.stdout, version.String("dfdaemon"))
+		return nil
+	}
+	cfg, err := buildConfig(fset, &f)
+	if err != nil {
+		return err
+	}
+	logger := o.log
+	if logger == nil {
+		if logger, err = log.New(cfg.Log, o.stderr); err != nil {
+			return err
+		}
+		defer logger.Sync() //nolint:errcheck // nothing to do about it at exit
+	}
+	err = run(ctx, cfg, o, logger)
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// buildConfig layers defaults, the config file and the flags, then
+// validates the result.
+func buildConfig(fset *flag.FlagSet, f *flags) (Config, error) {
+	var cfg Config
+	if f.config != "" {
+		var err error
+		if cfg, err = loadConfig(f.config); err != nil {
+			return Config{}, err
+		}
+	}
+	fset.Visit(func(fl *flag.Flag) {
+		switch fl.Name {
+		case "listen":
+			cfg.Listen = f.listen
+		case "peer-listen":
+			cfg.PeerListen = f.peerListen
+		case "advertise-ip":
+			cfg.AdvertiseIP = f.advertiseIP
+		case "node":
+			cfg.Nodes = nil
+			for s := range strings.SplitSeq(f.nodes, ",") {
+				if s = strings.TrimSpace(s); s != "" {
+					cfg.Nodes = append(cfg.Nodes, s)
+				}
+			}
+		case "registry":
+			cfg.Mirror.Registry = f.registry
+		case "data-dir":
+			cfg.DataDir = f.dataDir
+		case "log-level":
+			cfg.Log.Level = f.logLevel
+		case "log-format":
+			cfg.Log.Format = f.logFormat
+		}
+	})
+	cfg = cfg.ApplyDefaults()
+	if err := cfg.Validate(); err != nil {
+		return Config{}, fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	return cfg, nil
+}
+
+// run wires and runs the components.
+func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) error {
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	store, err := local.New(filepath.Join(cfg.DataDir, "content"), local.WithLogger(logger.Named("content")))
+	if err != nil {
+		return fmt.Errorf("content store: %w", err)
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	httpm := httpx.NewMetrics(reg, "damselfly")
+
+	peerLn, err := net.Listen("tcp", cfg.PeerListen)
+	if err != nil {
+		return fmt.Errorf("peer listen: %w", err)
+	}
+	defer peerLn.Close()
+	self := schedapi.Peer{
+		ID:   newPeerID(),
+		Addr: net.JoinHostPort(advertiseIP(cfg, logger), strconv.Itoa(peerLn.Addr().(*net.TCPAddr).Port)),
+	}
+	logger = logger.With(zap.String("peer", self.ID))
+
+	sc, err := schedclient.New(cfg.Nodes, schedclient.WithLogger(logger.Named("schedclient")))
+	if err != nil {
+		return fmt.Errorf("nodes: %w", err)
+	}
+	eng, err := peer.New(cfg.Peer, store, sc, self,
+		peer.WithLogger(logger.Named("peer")), peer.WithMetrics(reg))
+	if err != nil {
+		return err
+	}
+	blobs, err := blobcache.New(cfg.Cache, store, eng,
+		blobcache.WithLogger(logger.Named("cache")), blobcache.WithMetrics(reg))
+	if err != nil {
+		return err
+	}
+
+	upstreamHC := upstreamClient()
+	rs := registrysource.New(registrysource.WithHTTPClient(upstreamHC), registrysource.WithLogger(logger.Named("registry")))
+	manifests, err := cache.New(cfg.ManifestCache, rs,
+		cache.WithLogger(logger.Named("manifests")), cache.WithMetrics(reg))
+	if err != nil {
+		return err
+	}
+	mir, err := mirror.New(cfg.Mirror, blobs,
+		mirror.WithManifests(manifests), mirror.WithHTTPClient(upstreamHC),
+		mirror.WithLogger(logger.Named("mirror")), mirror.WithMetrics(reg))
+	if err != nil {
+		return err
+	}
+	proxyOpts := append([]proxy.Option{proxy.WithLogger(logger.Named("proxy")), proxy.WithMetrics(reg)}, o.proxy...)
+	prx, err := proxy.New(cfg.Proxy, &p2pFetcher{blobs: blobs, auth: mir}, proxyOpts...)
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	defer ln.Close()
+
+	mux := http.NewServeMux()
+	mirrorH := httpm.Instrument("mirror", mir, logger.Named("http"))
+	mux.Handle("/v2/", mirrorH)
+	mux.Handle("/v2", mirrorH)
+	mux.Handle("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = io.WriteString(w, "ok\n")
+	}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	proxyH := httpm.Instrument("proxy", prx, logger.Named("http"))
+	front := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if proxy.IsProxyRequest(r) {
+			proxyH.ServeHTTP(w, r)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+	// No ReadTimeout or WriteTimeout: blob streams and tunnels outlive any
+	// fixed bound.
+	srv := &http.Server{
+		Handler:           front,
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    cfg.Proxy.MaxHeaderBytes,
+		ErrorLog:          zap.NewStdLog(logger.Named("http")),
+	}
+	srv.RegisterOnShutdown(func() { _ = prx.Close() })
+
+	logger.Info("dfdaemon listening",
+		zap.String("addr", ln.Addr().String()), zap.String("peerAddr", peerLn.Addr().String()),
+		zap.String("advertise", self.Addr), zap.Strings("nodes", cfg.Nodes),
+		zap.String("registry", cfg.Mirror.Registry), zap.String("dataDir", cfg.DataDir),
+		zap.String("quota", cfg.Cache.Quota.String()), zap.String("version", version.Version()))
+	if o.ready != nil {
+		o.ready(ln.Addr(), peerLn.Addr())
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		return upload.New(eng, upload.WithLogger(logger.Named("upload")), upload.WithMetrics(httpm)).Run(gctx, peerLn)
+	})
+	g.Go(func() error { return eng.Run(gctx) })
+	g.Go(func() error { return blobs.Run(gctx) })
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), shutdownTimeout)
+		defer cancel()
+		if err := srv.Shutdown(sctx); err != nil {
+			_ = srv.Close()
+			logger.Warn("http shutdown", zap.Error(err))
+		}
+		return nil
+	})
+	err = g.Wait()
+	logger.Info("dfdaemon stopped")
+	return err
+}
+
+// upstreamClient is the HTTP client of the mirror's own requests to
+// registries (HEADs, manifests, /v2/, tag lists). Proxy variables are
+// ignored: this node may itself be the proxy they name. Go's redirect policy
+// drops Authorization on a hop to another host.
+func upstreamClient() *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.Proxy = nil
+	tr.ResponseHeaderTimeout = time.Minute
+	return &http.Client{Transport: tr}
+}
+
+// advertiseIP is the IP other peers reach this node at: the configured one,
+// the host of PeerListen when it names one, or the local address the OS
+// would use towards the first supernode (a UDP "dial" sends no packet).
+func advertiseIP(cfg Config, logger *zap.Logger) string {
+	if cfg.AdvertiseIP != "" {
+		return cfg.AdvertiseIP
+	}
+	if host, _, err := net.SplitHostPort(cfg.PeerListen); err == nil && host != "" {
+		if ip := net.ParseIP(host); ip != nil && !ip.IsUnspecified() {
+			return host
+		}
+	}
+	conn, err := net.Dial("udp", cfg.Nodes[0])
+	if err != nil {
+		logger.Warn("find the local address towards the supernode; advertising 127.0.0.1", zap.Error(err))
+		return "127.0.0.1"
+	}
+	defer conn.Close()
+	return conn.LocalAddr().(*net.UDPAddr).IP.String()
+}
+
+// newPeerID returns a fresh peer ID: host name and random suffix, within
+// [A-Za-z0-9._-].
+func newPeerID() string {
+	host, _ := os.Hostname()
+	var b strings.Builder
+	for _, c := range host {
+		if b.Len() >= 40 {
+			break
+		}
+		if c == '.' || c == '_' || c == '-' || (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') {
+			b.WriteRune(c)
+		}
+	}
+	name := b.String()
+	if name == "" {
+		name = "host"
+	}
+	var r [6]byte
+	_, _ = rand.Read(r[:])
+	return "dfdaemon-" + name + "-" + hex.EncodeToString(r[:])
+}

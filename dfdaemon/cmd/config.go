@@ -1,0 +1,179 @@
+package cmd
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/damselfly/damselfly/dfdaemon/blobcache"
+	"github.com/damselfly/damselfly/dfdaemon/mirror"
+	"github.com/damselfly/damselfly/dfdaemon/proxy"
+	"github.com/damselfly/damselfly/pkg/log"
+	"github.com/damselfly/damselfly/pkg/peer"
+	"github.com/damselfly/damselfly/registry-cache/cache"
+)
+
+// Defaults of the top-level keys.
+const (
+	DefaultListen     = ":65001"
+	DefaultPeerListen = ":65002"
+	DefaultNode       = "127.0.0.1:8002"
+	DefaultDataDir    = ".damselfly/dfdaemon"
+)
+
+// DefaultProxyRules are the forward proxy's rules when the config sets none
+// (an explicit empty list means none): registry blob downloads by sha256
+// digest go through the P2P network, everything else is forwarded.
+func DefaultProxyRules() []proxy.Rule {
+	return []proxy.Rule{{Regex: `^https?://[^/]+/v2/.+/blobs/sha256:[a-f0-9]{64}$`, UseP2P: true}}
+}
+
+// Config is dfdaemon's configuration: a YAML file (--config), with
+// command-line flags taking precedence. It composes the configs of the
+// packages it wires. docs/dfdaemon.yaml is the annotated default.
+type Config struct {
+	// Listen is the address of the runtime-facing listener: the registry
+	// mirror (/v2/...), the forward proxy (absolute-form requests and
+	// CONNECT), /healthz and /metrics.
+	Listen string `yaml:"listen"`
+	// PeerListen is the address of the upload server other peers fetch
+	// this node's pieces from.
+	PeerListen string `yaml:"peerListen"`
+	// AdvertiseIP is the IP other peers reach this node at. Empty: the
+	// host of PeerListen when it names one, else the local address towards
+	// the first supernode.
+	AdvertiseIP string `yaml:"advertiseIP"`
+	// Nodes are the supernodes (host:port); a task goes to one of them by
+	// rendezvous hash of its ID.
+	Nodes []string `yaml:"nodes"`
+	// DataDir holds the node's content store (content/).
+	DataDir string `yaml:"dataDir"`
+	// Mirror configures the registry mirror: the default upstream, the
+	// upstreams ?ns= may name, how long a client's access is trusted.
+	Mirror mirror.Config `yaml:"mirror"`
+	// ManifestCache tunes the in-process manifest cache (registry-cache).
+	ManifestCache cache.Config `yaml:"manifestCache"`
+	// Proxy configures the forward proxy: rules, HTTPS interception,
+	// outbound policy.
+	Proxy proxy.Config `yaml:"proxy"`
+	// Cache bounds the node's content store and how long it seeds.
+	Cache blobcache.Config `yaml:"cache"`
+	// Peer tunes the peer engine.
+	Peer peer.Config `yaml:"peer"`
+	// Log sets the log level and format.
+	Log log.Config `yaml:"log"`
+}
+
+// ApplyDefaults fills unset fields.
+func (c Config) ApplyDefaults() Config {
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.PeerListen == "" {
+		c.PeerListen = DefaultPeerListen
+	}
+	if len(c.Nodes) == 0 {
+		c.Nodes = []string{DefaultNode}
+	}
+	if c.DataDir == "" {
+		c.DataDir = DefaultDataDir
+	}
+	if c.Proxy.Rules == nil {
+		c.Proxy.Rules = DefaultProxyRules()
+	}
+	c.Mirror = c.Mirror.ApplyDefaults()
+	c.ManifestCache = c.ManifestCache.ApplyDefaults()
+	c.Proxy = c.Proxy.ApplyDefaults()
+	c.Cache = c.Cache.ApplyDefaults()
+	c.Peer = c.Peer.ApplyDefaults()
+	c.Log = c.Log.ApplyDefaults()
+	return c
+}
+
+// Validate reports every problem of the config, each naming its key.
+func (c Config) Validate() error {
+	var errs []error
+	if err := checkHostPort(c.Listen, true); err != nil {
+		errs = append(errs, fmt.Errorf("listen: %w", err))
+	}
+	if err := checkHostPort(c.PeerListen, true); err != nil {
+		errs = append(errs, fmt.Errorf("peerListen: %w", err))
+	}
+	if c.AdvertiseIP != "" {
+		if ip, err := netip.ParseAddr(c.AdvertiseIP); err != nil || ip.IsUnspecified() {
+			errs = append(errs, fmt.Errorf("advertiseIP %q: want an IP address peers can reach", c.AdvertiseIP))
+		}
+	}
+	if len(c.Nodes) == 0 {
+		errs = append(errs, errors.New("nodes: at least one supernode is required"))
+	}
+	for i, n := range c.Nodes {
+		if err := checkHostPort(n, false); err != nil {
+			errs = append(errs, fmt.Errorf("nodes[%d]: %w", i, err))
+		}
+	}
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("dataDir: must be set"))
+	}
+	for _, err := range []error{
+		c.Mirror.Validate(),
+		prefixed("manifestCache", c.ManifestCache.Validate()),
+		c.Proxy.Validate(),
+		c.Cache.Validate(),
+		c.Peer.Validate(),
+		c.Log.Validate(),
+	} {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// prefixed names the key of a nested config's problems.
+func prefixed(key string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("%s: %w", key, err)
+}
+
+// checkHostPort validates host:port; the host may be empty (all interfaces)
+// and the port 0 (any free port) only when listening.
+func checkHostPort(addr string, listen bool) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q: must be host:port", addr)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 0 || p > 65535 || (p == 0 && !listen) {
+		return fmt.Errorf("%q: bad port %q", addr, port)
+	}
+	if !listen && host == "" {
+		return fmt.Errorf("%q: no host", addr)
+	}
+	return nil
+}
+
+// loadConfig reads a YAML config file. Unknown keys are errors: a typo must
+// not silently fall back to a default.
+func loadConfig(path string) (Config, error) {
+	var c Config
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return c, fmt.Errorf("config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
