@@ -369,7 +369,7 @@ var forwardedHeaders = []string{
 var returnedHeaders = []string{
 	"Content-Type", "Content-Length", "Content-Range", "Content-Encoding", "Accept-Ranges",
 	"Docker-Content-Digest", apiVersionHeader, "ETag", "Last-Modified", "Cache-Control",
-	"WWW-Authenticate", "Link", "Retry-After",
+	"WWW-Authenticate", "Link", "Retry-After", "Location",
 }
 
 // pass forwards r to target and streams the answer back. A 4xx is passed
