@@ -346,13 +346,14 @@ func accepts(accept []string, mt string) bool {
 	if len(types) == 0 {
 		return true
 	}
+	mt, _, _ = strings.Cut(mt, ";")
+	mt = strings.ToLower(strings.TrimSpace(mt))
 	for _, t := range types {
 		name, params, _ := strings.Cut(t, ";")
 		if slices.Contains(strings.Split(params, ";"), "q=0") {
 			continue
 		}
-		if name == "*/*" || name == strings.ToLower(mt) ||
-			(strings.HasSuffix(name, "/*") && strings.HasPrefix(strings.ToLower(mt), strings.TrimSuffix(name, "*"))) {
+		if name == "*/*" || name == mt || (strings.HasSuffix(name, "/*") && strings.HasPrefix(mt, strings.TrimSuffix(name, "*"))) {
 			return true
 		}
 	}
@@ -411,7 +412,7 @@ func (c *Cache) getTag(ctx context.Context, req Request, k keys) (*Manifest, err
 	}
 	if e != nil && !e.notFound && b != nil && errors.Is(err, ErrUnavailable) && c.now().Before(e.until.Add(c.cfg.staleWindow())) {
 		c.m.stale.WithLabelValues(kindTag).Inc()
-		c.log.Info("serving stale manifest, upstream failed", zap.String("repo", req.Repo), zap.String("ref", req.Ref),
+		c.log.Debug("serving stale manifest, upstream failed", zap.String("repo", req.Repo), zap.String("ref", req.Ref),
 			zap.Stringer("digest", e.digest), zap.String("upstream", req.Upstream.Host), zap.Error(err))
 		return b.manifest(e.digest, true), nil
 	}
@@ -527,7 +528,7 @@ func (c *Cache) getDigest(ctx context.Context, req Request, k keys, d digest.Dig
 	}
 	if e != nil && !e.notFound && b != nil && errors.Is(err, ErrUnavailable) && c.now().Before(e.until.Add(c.cfg.staleWindow())) {
 		c.m.stale.WithLabelValues(kindDigest).Inc()
-		c.log.Info("serving manifest on a stale permission, upstream failed", zap.String("repo", req.Repo),
+		c.log.Debug("serving manifest on a stale permission, upstream failed", zap.String("repo", req.Repo),
 			zap.Stringer("digest", d), zap.String("upstream", req.Upstream.Host), zap.Error(err))
 		return c.acceptable(req, b.manifest(d, true))
 	}

@@ -685,6 +685,7 @@ func TestAcceptTypes(t *testing.T) {
 	require.True(t, accepts([]string{"application/*"}, docker2))
 	require.False(t, accepts([]string{docker2 + ";q=0", ociMan}, docker2))
 	require.False(t, accepts([]string{ociMan}, docker2))
+	require.True(t, accepts([]string{docker2}, docker2+"; charset=utf-8"))
 }
 
 // TestManifestClientShape: the registry-client-shaped method answers a 404
