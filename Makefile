@@ -43,6 +43,10 @@ test: deps ## Vet, then run every test with the race detector
 test-short: ## Unit tests only (skips in-process end-to-end tests)
 	$(GO) test -short ./...
 
+.PHONY: e2e
+e2e: ## Real dockerd, containerd, crane and skopeo pull through dfdaemon (root; installs what is missing)
+	./hack/e2e-runtimes.sh
+
 .PHONY: bench
 bench: build ## Benchmark N dfget peers vs N direct downloads from a throttled origin (see docs/benchmarks.md)
 	$(GO) run ./hack/bench $(BENCH_FLAGS)
