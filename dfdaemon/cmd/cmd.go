@@ -261,7 +261,12 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		return err
 	}
 	proxyOpts := append([]proxy.Option{proxy.WithLogger(logger.Named("proxy")), proxy.WithMetrics(reg)}, o.proxy...)
-	prx, err := proxy.New(cfg.Proxy, &p2pFetcher{blobs: blobs, auth: mir}, proxyOpts...)
+	proxyHC, err := outboundClient(cfg.Proxy.Outbound)
+	if err != nil {
+		return err
+	}
+	fetcher := &p2pFetcher{blobs: blobs, auth: mirror.NewAuthorizer(cfg.Mirror, proxyHC)}
+	prx, err := proxy.New(cfg.Proxy, fetcher, proxyOpts...)
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -281,7 +282,29 @@ func TestRunMirrorProxyHealthMetrics(t *testing.T) {
 	require.Empty(t, resp.Header.Get(proxy.RouteHeader), "forwarded, not P2P")
 	require.Contains(t, string(body), "v1")
 
+	// Many clients asking for the tag at once: one upstream resolution.
+	errs := make(chan error, 10)
+	for range cap(errs) {
+		go func() {
+			req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://"+d.addr+"/v2/team/app/manifests/v1", nil)
+			req.Header.Set("Accept", registrytest.MediaTypeManifest)
+			resp, err := plainClient.Do(req)
+			if err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if !bytes.Equal(b, img.ManifestBody) {
+					err = io.ErrUnexpectedEOF
+				}
+			}
+			errs <- err
+		}()
+	}
+	for range cap(errs) {
+		require.NoError(t, <-errs)
+	}
+
 	s := reg.Stats()
+	require.Equal(t, 1, s.ManifestGETs["team/app:v1"], "the tag reached the registry once per TTL")
 	require.Equal(t, 1, s.BlobGETs[layer], "the proxy's fetch of the layer came from the cache")
 	require.Equal(t, 1, s.BlobGETs[cfgBlob])
 
@@ -355,4 +378,50 @@ func TestManyDaemonsInOneProcess(t *testing.T) {
 		require.Equal(t, img.Layers[0].Digest, digest.FromBytes(body))
 	}
 	require.Equal(t, 1, reg.Stats().BlobGETs[img.Layers[0].Digest], "later daemons got the layer from peers")
+}
+
+func TestProxyP2PRespectsOutboundPolicy(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t)
+	img, err := reg.PushRandomImage(t.Context(), "team/app", "v1", 10_000)
+	require.NoError(t, err)
+	sn := startSupernode(t)
+	// No outbound allow: the registry on loopback is out of the proxy's reach.
+	d := startDaemon(t, "--node", sn, "--registry", reg.URL.String())
+	reg.ResetStats()
+	proxyURL, err := url.Parse("http://" + d.addr)
+	require.NoError(t, err)
+	viaProxy := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(proxyURL), DisableKeepAlives: true}}
+	resp, body := get(t, viaProxy, reg.URL.String()+"/v2/team/app/blobs/"+img.Layers[0].Digest.String(), nil)
+	require.NotEqual(t, http.StatusOK, resp.StatusCode)
+	require.NotEqual(t, img.Layers[0].Digest, digest.FromBytes(body))
+	require.Zero(t, reg.Stats().Requests, "nothing reached the registry")
+}
+
+func TestOutboundPolicy(t *testing.T) {
+	t.Parallel()
+	allow, err := parseNetworks([]string{"127.0.0.1", "::ffff:10.1.0.0/112"})
+	require.NoError(t, err)
+	deny, err := parseNetworks([]string{"10.0.0.0/8"})
+	require.NoError(t, err)
+	tests := []struct {
+		ip   string
+		want bool
+	}{
+		{"127.0.0.1", true},
+		{"127.0.0.2", false},
+		{"::1", false},
+		{"169.254.169.254", false},
+		{"fe80::1", false},
+		{"0.0.0.0", false},
+		{"224.0.0.1", false},
+		{"10.2.3.4", false},
+		{"10.1.0.9", true},
+		{"93.184.216.34", true},
+	}
+	for _, tt := range tests {
+		require.Equal(t, tt.want, allowed(netip.MustParseAddr(tt.ip).Unmap(), allow, deny), tt.ip)
+	}
+	_, err = parseNetworks([]string{"localhost"})
+	require.Error(t, err)
 }

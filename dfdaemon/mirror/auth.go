@@ -12,6 +12,7 @@ import (
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/damselfly/damselfly/pkg/source/registrysource"
@@ -49,6 +50,54 @@ const (
 	authDenied   = "denied"   // it said no (401, 403, 404, ...)
 	authFailed   = "failed"   // unreachable and no grace
 )
+
+// Authorizer confirms with an upstream registry that a client may read a
+// blob, with the client's own credentials, and remembers the answer
+// briefly. The mirror has one; NewAuthorizer makes others, for example one
+// whose HTTP client enforces the forward proxy's outbound policy.
+type Authorizer struct {
+	cache  *authCache
+	reg    *registrysource.Client
+	checks *prometheus.CounterVec // nil: not counted
+}
+
+// NewAuthorizer returns an authorizer with the AuthTTL and AuthGrace of cfg
+// (defaults applied) that asks upstreams through hc (nil: a default client
+// without proxy).
+func NewAuthorizer(cfg Config, hc *http.Client) *Authorizer {
+	cfg = cfg.ApplyDefaults()
+	if hc == nil {
+		hc = defaultUpstreamClient()
+	}
+	return &Authorizer{
+		cache: newAuthCache(cfg.AuthTTL, cfg.AuthGrace),
+		reg:   registrysource.New(registrysource.WithHTTPClient(hc)),
+	}
+}
+
+// Authorize confirms that the credentials in header (its Authorization,
+// nothing else of it is used) may read blob d of repo on the upstream at
+// base, and returns the blob's size (-1 when the upstream sends none). It
+// asks the upstream with a HEAD unless the same credentials were confirmed
+// for the blob less than AuthTTL ago; when the upstream cannot be reached,
+// a confirmation less than AuthGrace old still counts. Errors are the
+// upstream's: a *registrysource.ResponseError for a definite no (401, 403,
+// 404, ...), anything else when it could not answer.
+func (a *Authorizer) Authorize(ctx context.Context, base *url.URL, repo string, d digest.Digest, header http.Header) (int64, error) {
+	auth := http.Header{}
+	for _, v := range header.Values("Authorization") {
+		auth.Add("Authorization", v)
+	}
+	key := authKey{base: base.String(), repo: repo, digest: d, cred: credHash(auth)}
+	size, how, err := a.cache.check(ctx, key, func(hctx context.Context) (int64, error) {
+		desc, err := a.reg.HeadBlob(hctx, base, repo, d, auth)
+		return desc.Size, err
+	})
+	if a.checks != nil {
+		a.checks.WithLabelValues(how).Inc()
+	}
+	return size, err
+}
 
 // authCache remembers which credentials the upstream let read which blob.
 type authCache struct {

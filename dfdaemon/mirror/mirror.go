@@ -107,7 +107,7 @@ type Mirror struct {
 	manifests Manifests
 	reg       *registrysource.Client
 	hc        *http.Client
-	auth      *authCache
+	auth      *Authorizer
 	router    *mux.Router
 	logger    *zap.Logger
 	metrics   *metrics
@@ -161,16 +161,12 @@ func New(cfg Config, blobs Blobs, opts ...Option) (*Mirror, error) {
 		manifests: o.manifests,
 		hc:        o.hc,
 		logger:    o.logger,
-		auth:      newAuthCache(cfg.AuthTTL, cfg.AuthGrace),
 	}
 	if m.logger == nil {
 		m.logger = zap.NewNop()
 	}
 	if m.hc == nil {
-		tr := http.DefaultTransport.(*http.Transport).Clone()
-		tr.Proxy = nil
-		tr.ResponseHeaderTimeout = headTimeout
-		m.hc = &http.Client{Transport: tr}
+		m.hc = defaultUpstreamClient()
 	}
 	m.reg = registrysource.New(registrysource.WithHTTPClient(m.hc), registrysource.WithLogger(m.logger.Named("registry")))
 	if m.manifests == nil {
@@ -189,6 +185,7 @@ func New(cfg Config, blobs Blobs, opts ...Option) (*Mirror, error) {
 		return nil, err
 	}
 	m.metrics = met
+	m.auth = &Authorizer{cache: newAuthCache(cfg.AuthTTL, cfg.AuthGrace), reg: m.reg, checks: met.auth}
 
 	// A router of our own: v2.Router() is shared by the whole process.
 	r := v2.RouterWithPrefix("")
@@ -220,6 +217,16 @@ func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	m.router.ServeHTTP(w, r)
+}
+
+// defaultUpstreamClient ignores proxy variables (this node may be the
+// proxy they name) and keeps Go's redirect policy, which drops
+// Authorization on a hop to another host.
+func defaultUpstreamClient() *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.Proxy = nil
+	tr.ResponseHeaderTimeout = headTimeout
+	return &http.Client{Transport: tr}
 }
 
 // errNotAllowed: ?ns= names a registry the mirror may not fetch from.
@@ -354,27 +361,10 @@ func (m *Mirror) serveBlob(w http.ResponseWriter, r *http.Request) {
 	lw.start()
 }
 
-// Authorize confirms that the credentials in header (its Authorization,
-// nothing else of it is used) may read blob d of repo on the upstream at
-// base, and returns the blob's size (-1 when the upstream sends none). It
-// asks the upstream with a HEAD unless the same credentials were confirmed
-// for the blob less than AuthTTL ago; when the upstream cannot be reached, a
-// confirmation less than AuthGrace old still counts. Errors are the
-// upstream's: a *registrysource.ResponseError for a definite no (401, 403,
-// 404, ...), anything else when it could not answer. The forward proxy
-// uses it for registry blob URLs too.
+// Authorize confirms that the credentials in header may read blob d of
+// repo on the upstream at base (see Authorizer.Authorize).
 func (m *Mirror) Authorize(ctx context.Context, base *url.URL, repo string, d digest.Digest, header http.Header) (int64, error) {
-	auth := http.Header{}
-	for _, v := range header.Values("Authorization") {
-		auth.Add("Authorization", v)
-	}
-	key := authKey{base: base.String(), repo: repo, digest: d, cred: credHash(auth)}
-	size, how, err := m.auth.check(ctx, key, func(hctx context.Context) (int64, error) {
-		desc, err := m.reg.HeadBlob(hctx, base, repo, d, auth)
-		return desc.Size, err
-	})
-	m.metrics.auth.WithLabelValues(how).Inc()
-	return size, err
+	return m.auth.Authorize(ctx, base, repo, d, header)
 }
 
 // blobFailed answers a download that failed before any byte was sent.
