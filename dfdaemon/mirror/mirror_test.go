@@ -528,3 +528,94 @@ func TestManyNodesOneUpstreamFetch(t *testing.T) {
 		require.Equal(t, 1, s.BlobGETs[b.Digest], "%s", b.Digest)
 	}
 }
+
+// An upstream that answers blob requests with a redirect to blob storage
+// on another host, as registries backed by object stores do. The storage
+// refuses requests carrying Authorization (as S3 does with a signed URL).
+func TestBlobRedirectToStorage(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t)
+	img, err := reg.PushRandomImage(t.Context(), "team/app", "v1", 700_000)
+	require.NoError(t, err)
+	layer := img.Layers[0]
+
+	var storageAuth, storageHits atomic.Int32
+	storage := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		storageHits.Add(1)
+		if r.Header.Get("Authorization") != "" {
+			storageAuth.Add(1)
+			http.Error(w, "only one auth mechanism allowed", http.StatusBadRequest)
+			return
+		}
+		if r.URL.Query().Get("sig") != "ok" {
+			http.Error(w, "unsigned", http.StatusForbidden)
+			return
+		}
+		req, _ := http.NewRequestWithContext(r.Context(), r.Method, reg.URL.String()+"/v2/team/app/blobs/"+strings.TrimPrefix(r.URL.Path, "/blob/"), nil)
+		if rg := r.Header.Get("Range"); rg != "" {
+			req.Header.Set("Range", rg)
+		}
+		resp, err := testClient.Do(req)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		for _, k := range []string{"Content-Length", "Content-Range", "Content-Type"} {
+			if v := resp.Header.Get(k); v != "" {
+				w.Header().Set(k, v)
+			}
+		}
+		w.WriteHeader(resp.StatusCode)
+		_, _ = io.Copy(w, resp.Body)
+	}))
+	t.Cleanup(storage.Close)
+	// Another host name for the same machine: Go drops Authorization on
+	// a redirect to a different host.
+	storageURL := strings.Replace(storage.URL, "127.0.0.1", "localhost", 1)
+
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/blobs/") {
+			if r.Header.Get("Authorization") != "Bearer good" {
+				w.Header().Set("WWW-Authenticate", `Basic realm="front"`)
+				w.WriteHeader(http.StatusUnauthorized)
+				return
+			}
+			d := r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]
+			http.Redirect(w, r, storageURL+"/blob/"+d+"?sig=ok", http.StatusTemporaryRedirect)
+			return
+		}
+		req, _ := http.NewRequestWithContext(r.Context(), r.Method, reg.URL.String()+r.URL.RequestURI(), nil)
+		req.Header = r.Header.Clone()
+		resp, err := testClient.Do(req)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		for k, vs := range resp.Header {
+			w.Header()[k] = vs
+		}
+		w.WriteHeader(resp.StatusCode)
+		_, _ = io.Copy(w, resp.Body)
+	}))
+	t.Cleanup(front.Close)
+
+	sn := startSupernode(t)
+	n := startNode(t, sn, mirror.Config{Registry: front.URL})
+	u := n.url + "/v2/team/app/blobs/" + layer.Digest.String()
+
+	r := do(t, http.MethodGet, u, nil)
+	require.Equal(t, http.StatusUnauthorized, r.status)
+	require.Equal(t, `Basic realm="front"`, r.header.Get("WWW-Authenticate"))
+
+	h := do(t, http.MethodHead, u, hdr("Authorization", "Bearer good"))
+	require.Equal(t, http.StatusOK, h.status)
+	require.Equal(t, fmt.Sprint(layer.Size), h.header.Get("Content-Length"))
+	r = do(t, http.MethodGet, u, hdr("Authorization", "Bearer good"))
+	require.NoError(t, r.err)
+	require.Equal(t, http.StatusOK, r.status, "%s", r.body)
+	require.Equal(t, layer.Digest, digest.FromBytes(r.body))
+	require.Positive(t, storageHits.Load())
+	require.Zero(t, storageAuth.Load(), "Authorization never reached the storage host")
+}
