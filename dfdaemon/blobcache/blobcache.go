@@ -12,7 +12,8 @@
 //     evicted.
 //  3. A committed task stays registered with the supernode as a seed, so
 //     other nodes fetch pieces from this one, until it has not been used
-//     locally for SeedTTL. Then the engine leaves it on the supernode; the
+//     locally for SeedTTL (or MaxSeeds more recently used ones push it
+//     out). Then the engine leaves it on the supernode; the
 //     content stays in the store and a later Acquire seeds it again at once.
 //  4. When the committed content exceeds Quota (checked every CheckInterval
 //     and after every commit), the least recently used blobs that no Lease
@@ -49,6 +50,7 @@ const (
 	DefaultLowWater               = 0.9
 	DefaultCheckInterval          = time.Minute
 	DefaultSeedTTL                = time.Hour
+	DefaultMaxSeeds               = 1000
 )
 
 // ErrClosed is returned by Acquire once the cache has stopped.
@@ -69,6 +71,11 @@ type Config struct {
 	// SeedTTL is how long after its last local use a blob is still offered
 	// to other peers through the supernode (default 1h).
 	SeedTTL time.Duration `yaml:"seedTTL"`
+	// MaxSeeds bounds how many finished blobs are offered to other peers
+	// at once (default 1000); past it the least recently used stop being
+	// offered first. Each one costs an open file and a line in every
+	// heartbeat to the supernode.
+	MaxSeeds int `yaml:"maxSeeds"`
 }
 
 // ApplyDefaults returns c with unset fields set to their defaults.
@@ -84,6 +91,9 @@ func (c Config) ApplyDefaults() Config {
 	}
 	if c.SeedTTL == 0 {
 		c.SeedTTL = DefaultSeedTTL
+	}
+	if c.MaxSeeds == 0 {
+		c.MaxSeeds = DefaultMaxSeeds
 	}
 	return c
 }
@@ -102,6 +112,9 @@ func (c Config) Validate() error {
 	}
 	if c.SeedTTL <= 0 {
 		errs = append(errs, fmt.Errorf("cache.seedTTL %s: must be positive", c.SeedTTL))
+	}
+	if c.MaxSeeds < 1 {
+		errs = append(errs, fmt.Errorf("cache.maxSeeds %d: must be at least 1", c.MaxSeeds))
 	}
 	return errors.Join(errs...)
 }
@@ -440,16 +453,33 @@ func (c *Cache) check(ctx context.Context) {
 	}
 }
 
-// expireSeeds leaves the tasks not used for SeedTTL; their content stays.
+// expireSeeds leaves the tasks not used for SeedTTL, and the least
+// recently used beyond MaxSeeds; their content stays.
 func (c *Cache) expireSeeds() {
 	cutoff := time.Now().Add(-c.cfg.SeedTTL)
-	var expired []*entry
+	var expired, idle []*entry
+	seeds := 0
 	c.mu.Lock()
 	for _, e := range c.tasks {
-		if e.committed && e.leases == 0 && e.lastUse.Before(cutoff) {
-			c.dropLocked(e)
-			expired = append(expired, e)
+		if !e.committed {
+			continue
 		}
+		seeds++
+		if e.leases > 0 {
+			continue
+		}
+		if e.lastUse.Before(cutoff) {
+			expired = append(expired, e)
+		} else {
+			idle = append(idle, e)
+		}
+	}
+	if over := seeds - len(expired) - c.cfg.MaxSeeds; over > 0 {
+		sort.Slice(idle, func(a, b int) bool { return idle[a].lastUse.Before(idle[b].lastUse) })
+		expired = append(expired, idle[:min(over, len(idle))]...)
+	}
+	for _, e := range expired {
+		c.dropLocked(e)
 	}
 	c.mu.Unlock()
 	for _, e := range expired {

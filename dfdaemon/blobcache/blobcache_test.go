@@ -328,6 +328,23 @@ func TestSeedExpiresButContentStays(t *testing.T) {
 	require.Equal(t, gets, o.getCount(d), "no new source fetch")
 }
 
+func TestMaxSeeds(t *testing.T) {
+	t.Parallel()
+	sn := startSupernode(t)
+	o := newOrigin(t)
+	n := startNode(t, sn, blobcache.Config{MaxSeeds: 2, CheckInterval: time.Hour})
+	var ds []digest.Digest
+	for range 3 {
+		d, u, _ := o.add(t, 10_000)
+		n.fetch(t, d, u)
+		ds = append(ds, d)
+		time.Sleep(20 * time.Millisecond)
+	}
+	n.cache.Check(t.Context())
+	require.ElementsMatch(t, []string{ds[1].String(), ds[2].String()}, n.cache.Seeding(), "the oldest seed dropped")
+	require.True(t, has(t, n.store, ds[0]), "its content stays")
+}
+
 func TestDownloadOutlivesTheClientAndIsShared(t *testing.T) {
 	t.Parallel()
 	sn := startSupernode(t)
@@ -413,9 +430,9 @@ func TestConfig(t *testing.T) {
 	c := blobcache.Config{}.ApplyDefaults()
 	require.NoError(t, c.Validate())
 	require.Equal(t, blobcache.DefaultQuota, c.Quota)
-	err := blobcache.Config{Quota: -1, LowWater: 2, CheckInterval: -1, SeedTTL: -1}.Validate()
+	err := blobcache.Config{Quota: -1, LowWater: 2, CheckInterval: -1, SeedTTL: -1, MaxSeeds: -1}.Validate()
 	require.Error(t, err)
-	for _, key := range []string{"cache.quota", "cache.lowWater", "cache.checkInterval", "cache.seedTTL"} {
+	for _, key := range []string{"cache.quota", "cache.lowWater", "cache.checkInterval", "cache.seedTTL", "cache.maxSeeds"} {
 		require.ErrorContains(t, err, key)
 	}
 }
