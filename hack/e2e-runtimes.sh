@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
 # End-to-end test of Damselfly with the real container runtimes and registry
-# clients (make e2e): dockerd with registry-mirrors, containerd with
-# hosts.toml, crane and skopeo pull one generated image through dfdaemon, and a
-# second node pulls it from peers instead of the registry.
+# clients (make e2e). Two test registries (one open, one behind Bearer token
+# auth), a supernode, two dfdaemons (nodes A and B), containerd and dockerd:
+#
+#   - dockerd with registry-mirrors, containerd with hosts.toml (per registry
+#     and _default), crane and skopeo pull a generated image through dfdaemon;
+#   - a second node pulls it from peers: the registry sends no more bytes;
+#   - a private image: every client gets its own token from the registry's
+#     realm through dfdaemon (docker's stored login, ctr --user, skopeo
+#     --src-creds), and a client without credentials gets 401 for blobs the
+#     node already holds;
+#   - each registry sends each blob once over all of it.
 #
 # Runs as root on Debian (bookworm), no stdin needed. Installs what is missing
-# (docker.io, containerd, skopeo from apt; crane with go install into
+# (docker.io, containerd, skopeo, jq, curl from apt; crane with go install into
 # bin/tools), builds the binaries, starts every daemon on private sockets and
-# ports under one temporary directory, and stops and removes all of it on
-# exit. Nothing touches the system's own docker or containerd.
+# 127.0.0.1 ports under one temporary directory, and stops and removes all of
+# it on exit. Nothing touches the system's own docker or containerd.
 #
 # Environment:
 #   E2E_KEEP=1       keep the work directory (logs, data) after the run
 #   E2E_WORKDIR=DIR  parent of the work directory (default /tmp)
-#   E2E_LAYERS=LIST  uncompressed layer sizes of the image (default 3MiB,4MiB,5MiB)
+#   E2E_LAYERS=LIST  uncompressed layer sizes of the images (default 3MiB,4MiB,5MiB)
 #
 # Exit status: 0 when every check passed, 1 otherwise.
 set -o errexit -o nounset -o pipefail
@@ -25,11 +33,12 @@ export DEBIAN_FRONTEND=noninteractive
 
 CRANE_VERSION=v0.22.1
 LAYERS=${E2E_LAYERS:-3MiB,4MiB,5MiB}
-IMAGE_REPO=library/e2e
-IMAGE_TAG=1
 # docker.io's client: the one matching the daemon (an unrelated, newer client
 # may be installed as /usr/local/bin/docker).
 DOCKER=/usr/bin/docker
+# The private registry's only user.
+PRIV_USER=e2e
+PRIV_PASS=e2e-$RANDOM$RANDOM
 
 START=$SECONDS
 log() { printf '[%4ds] %s\n' $((SECONDS - START)) "$*"; }
@@ -124,7 +133,7 @@ cleanup() {
 	if [ "$rc" -ne 0 ] || [ "$FAILED" -ne 0 ]; then
 		print_logs
 	fi
-	# Stop in reverse order of start: clients' daemons first, registry last.
+	# Stop in reverse order of start: the runtimes first, registries last.
 	local i pid n
 	for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
 		pid=${PIDS[$i]}
@@ -191,21 +200,39 @@ metric() {
 	curl -fsS --max-time 5 "$1" | awk -v re="$2" '$0 !~ /^#/ && $0 ~ re { s += $NF } END { printf "%d\n", s }'
 }
 
-# --- 3. the test registry with a generated image --------------------------
+# --- 3. two test registries with generated images -------------------------
 
 log "work directory $WORK"
-start registry bin/tools/testregistry --listen 127.0.0.1:0 --data-dir "$WORK/registry" \
-	--push "$IMAGE_REPO:$IMAGE_TAG" --layer-sizes "$LAYERS" --info "$WORK/registry.json"
-wait_for "test registry with $IMAGE_REPO:$IMAGE_TAG" 60 registry test -s "$WORK/registry.json"
-REG=$(jq -r .registry "$WORK/registry.json")
-CONTROL=$(jq -r .control "$WORK/registry.json")
-MANIFEST_DIGEST=$(jq -r .images[0].manifest "$WORK/registry.json")
-CONFIG_DIGEST=$(jq -r .images[0].config.digest "$WORK/registry.json")
-mapfile -t BLOB_DIGESTS < <(jq -r '.images[0] | (.config.digest, .layers[].digest)' "$WORK/registry.json")
-IMAGE_BYTES=$(jq '.images[0] | ([.config.size] + [.layers[].size]) | add' "$WORK/registry.json")
-log "registry http://$REG: $IMAGE_REPO:$IMAGE_TAG manifest $MANIFEST_DIGEST, ${#BLOB_DIGESTS[@]} blobs, $IMAGE_BYTES bytes"
 
-registry_blob_bytes() { curl -fsS --max-time 5 "http://$CONTROL/_stats" | jq .BlobBytes; }
+# start_registry PREFIX REPO:TAG [testregistry flags]: a registry holding one
+# generated image, described by PREFIX_HOST, _CONTROL, _REF (repo:tag),
+# _MANIFEST, _CONFIG, _BLOBS (config and layer digests) and _BYTES (their sum).
+start_registry() {
+	local prefix=$1 ref=$2 name info
+	shift 2
+	name=registry-${prefix,,}
+	info=$WORK/$name.json
+	start "$name" bin/tools/testregistry --listen 127.0.0.1:0 --data-dir "$WORK/$name" \
+		--push "$ref" --layer-sizes "$LAYERS" --info "$info" "$@"
+	wait_for "$name with $ref" 60 "$name" test -s "$info"
+	printf -v "${prefix}_HOST" '%s' "$(jq -r .registry "$info")"
+	printf -v "${prefix}_CONTROL" '%s' "$(jq -r .control "$info")"
+	printf -v "${prefix}_REF" '%s' "$ref"
+	printf -v "${prefix}_MANIFEST" '%s' "$(jq -r '.images[0].manifest' "$info")"
+	printf -v "${prefix}_CONFIG" '%s' "$(jq -r '.images[0].config.digest' "$info")"
+	printf -v "${prefix}_BYTES" '%s' "$(jq '.images[0] | ([.config.size] + [.layers[].size]) | add' "$info")"
+	mapfile -t "${prefix}_BLOBS" < <(jq -r '.images[0] | (.config.digest, .layers[].digest)' "$info")
+	local -n host=${prefix}_HOST manifest=${prefix}_MANIFEST bytes=${prefix}_BYTES blobs=${prefix}_BLOBS
+	log "$name http://$host: $ref manifest $manifest, ${#blobs[@]} blobs, $bytes bytes"
+}
+start_registry PUB library/e2e:1
+start_registry PRIV library/private:1 --auth "$PRIV_USER:$PRIV_PASS"
+
+# registry_blob_bytes PREFIX: the body bytes the registry sent for blob GETs.
+registry_blob_bytes() {
+	local -n control=${1}_CONTROL
+	curl -fsS --max-time 5 "http://$control/_stats" | jq .BlobBytes
+}
 
 # --- 4. supernode and two dfdaemons ----------------------------------------
 
@@ -214,27 +241,29 @@ start supernode bin/supernode --listen "127.0.0.1:$SN_PORT" --advertise-addr "12
 	--data-dir "$WORK/supernode" --source-allow 127.0.0.1/32
 wait_for "supernode on 127.0.0.1:$SN_PORT" 30 supernode http_ok "http://127.0.0.1:$SN_PORT/healthz"
 
-# start_dfdaemon NAME: a dfdaemon whose upstream (docker registry-mirrors,
-# direct use and containerd's ?ns=docker.io) is the test registry, and which
-# also accepts containerd's ?ns=<test registry>.
+# start_dfdaemon NAME REGISTRY OTHER: a dfdaemon whose upstream for docker's
+# registry-mirrors and direct use is REGISTRY, and which lets containerd name
+# OTHER with ?ns= (the config of docs/runtimes/containerd.md).
 start_dfdaemon() {
-	local name=$1 port peer_port
+	local name=$1 registry=$2 other=$3 port peer_port
 	port=$(free_port)
 	peer_port=$(free_port)
 	cat >"$WORK/$name.yaml" <<-EOF
 		mirror:
 		  upstreams:
-		    - host: "$REG"
+		    - host: "$other"
 		      insecure: true
 	EOF
 	start "$name" bin/dfdaemon --config "$WORK/$name.yaml" \
 		--listen "127.0.0.1:$port" --peer-listen "127.0.0.1:$peer_port" --advertise-ip 127.0.0.1 \
-		--node "127.0.0.1:$SN_PORT" --registry "http://$REG" --data-dir "$WORK/$name"
-	wait_for "$name on 127.0.0.1:$port" 30 "$name" http_ok "http://127.0.0.1:$port/healthz"
+		--node "127.0.0.1:$SN_PORT" --registry "http://$registry" --data-dir "$WORK/$name"
+	wait_for "$name on 127.0.0.1:$port (registry $registry, ns $other)" 30 "$name" http_ok "http://127.0.0.1:$port/healthz"
 	printf -v "${name//-/_}_PORT" '%s' "$port"
 }
-start_dfdaemon dfdaemon-a
-start_dfdaemon dfdaemon-b
+# Node A mirrors the open registry, node B the private one; each also serves
+# the other registry to containerd through ?ns=.
+start_dfdaemon dfdaemon-a "$PUB_HOST" "$PRIV_HOST"
+start_dfdaemon dfdaemon-b "$PRIV_HOST" "$PUB_HOST"
 MIRROR_A=127.0.0.1:$dfdaemon_a_PORT
 MIRROR_B=127.0.0.1:$dfdaemon_b_PORT
 
@@ -266,20 +295,24 @@ fi
 log "containerd snapshotter: $SNAPSHOTTER"
 
 DOCKER_SOCK=$WORK/docker.sock
-mkdir -p "$WORK/docker/data" "$WORK/docker/exec"
-# dockerd starts without a mirror; the first check writes the daemon.json of
-# docs/runtimes/docker.md and reloads it, as an operator would.
+mkdir -p "$WORK/docker/data" "$WORK/docker/exec" "$WORK/docker/client"
+# dockerd starts without a mirror; the checks write the daemon.json of
+# docs/runtimes/docker.md and reload it, as an operator would.
 echo '{}' >"$WORK/docker/daemon.json"
 start dockerd dockerd --config-file "$WORK/docker/daemon.json" \
 	--host "unix://$DOCKER_SOCK" --containerd "$CTRD_SOCK" \
 	--data-root "$WORK/docker/data" --exec-root "$WORK/docker/exec" --pidfile "$WORK/docker/dockerd.pid" \
 	--storage-driver vfs --iptables=false --ip6tables=false --ip-masq=false --bridge none \
 	--exec-opt native.cgroupdriver=cgroupfs
-DOCKER_CMD=("$DOCKER" --host "unix://$DOCKER_SOCK")
+# The client's own config directory: no stored logins until a check adds one.
+DOCKER_CMD=(env "DOCKER_CONFIG=$WORK/docker/client" "$DOCKER" --host "unix://$DOCKER_SOCK")
 wait_for "dockerd at $DOCKER_SOCK" 60 dockerd "${DOCKER_CMD[@]}" version
 "${DOCKER_CMD[@]}" version --format 'docker client {{.Client.Version}}, daemon {{.Server.Version}} (API {{.Server.APIVersion}})'
 
 # --- 6. checks -------------------------------------------------------------
+
+# skopeo's signature policy for these copies (the system one may not exist).
+echo '{"default":[{"type":"insecureAcceptAnything"}]}' >"$WORK/policy.json"
 
 # check NAME FUNCTION: runs FUNCTION in a subshell with errexit; its output
 # goes to $LOGS/check-<FUNCTION>.log and is shown when it fails.
@@ -287,7 +320,10 @@ check() {
 	local name=$1 fn=$2 rc t0=$SECONDS
 	log "CHECK $name"
 	set +o errexit
-	( set -o errexit; "$fn" ) >"$LOGS/check-$fn.log" 2>&1
+	(
+		set -o errexit
+		"$fn"
+	) >"$LOGS/check-$fn.log" 2>&1
 	rc=$?
 	set -o errexit
 	sed 's/^/    /' "$LOGS/check-$fn.log" | grep -E '^    (info|ERROR):' || true
@@ -305,11 +341,12 @@ check() {
 info() { echo "info: $*"; }
 fail() { echo "ERROR: $*"; exit 1; }
 
-# verify_blobs DIR NAMING: every blob of the image is in DIR, with the right
-# sha256. NAMING "oci": DIR/blobs/sha256/<hex>; "dir": DIR/<hex>.
+# verify_blobs PREFIX DIR NAMING: every blob of PREFIX's image is in DIR, with
+# the right sha256. NAMING "oci": DIR/blobs/sha256/<hex>; "dir": DIR/<hex>.
 verify_blobs() {
-	local dir=$1 naming=$2 d hex f got
-	for d in "${BLOB_DIGESTS[@]}"; do
+	local -n blobs=${1}_BLOBS
+	local dir=$2 naming=$3 d hex f got
+	for d in "${blobs[@]}"; do
 		hex=${d#sha256:}
 		case "$naming" in
 		oci) f=$dir/blobs/sha256/$hex ;;
@@ -319,20 +356,35 @@ verify_blobs() {
 		got=$(sha256sum "$f" | cut -d' ' -f1)
 		[ "$got" = "$hex" ] || fail "blob $d in $dir has sha256 $got"
 	done
-	info "all ${#BLOB_DIGESTS[@]} blobs present with the right sha256"
+	info "all ${#blobs[@]} blobs present with the right sha256"
 }
 
 # mirror_blob_bytes PORT: blob bytes dfdaemon's mirror has sent to clients.
 mirror_blob_bytes() { metric "http://127.0.0.1:$1/metrics" '^damselfly_mirror_blob_bytes_total'; }
 
-check_docker_reload() {
+# expect_mirror_bytes PREFIX NODE BEFORE: the mirror of NODE (a or b) has sent
+# at least PREFIX's image blob bytes since BEFORE.
+expect_mirror_bytes() {
+	local -n bytes=${1}_BYTES port=dfdaemon_${2}_PORT
+	local after
+	after=$(mirror_blob_bytes "$port")
+	info "dfdaemon ${2^^} sent $((after - $3)) blob bytes (image blobs: $bytes bytes)"
+	# Runtimes fall back to the registry itself when a mirror fails: only
+	# dfdaemon's own count shows the blobs came through it.
+	[ $((after - $3)) -ge "$bytes" ] || fail "the blobs did not come through dfdaemon ${2^^}"
+}
+
+# docker_mirror NODE: daemon.json with registry-mirrors = that node's
+# dfdaemon, reloaded with SIGHUP.
+docker_mirror() {
+	local mirror=$1 n mirrors want
 	cat >"$WORK/docker/daemon.json" <<-EOF
 		{
-		  "registry-mirrors": ["http://$MIRROR_A"]
+		  "registry-mirrors": ["http://$mirror"]
 		}
 	EOF
 	kill -HUP "$(pid_of dockerd)"
-	local n mirrors want="[\"http://$MIRROR_A/\"]"
+	want="[\"http://$mirror/\"]"
 	for ((n = 0; n < 40; n++)); do
 		mirrors=$("${DOCKER_CMD[@]}" info --format '{{json .RegistryConfig.Mirrors}}')
 		[ "$mirrors" = "$want" ] && break
@@ -342,155 +394,225 @@ check_docker_reload() {
 	[ "$mirrors" = "$want" ] || fail "dockerd did not pick up the mirror"
 }
 
-check_docker() {
-	local before after
-	before=$(mirror_blob_bytes "$dfdaemon_a_PORT")
-	timeout 300 "${DOCKER_CMD[@]}" pull "$IMAGE_REPO:$IMAGE_TAG"
-	after=$(mirror_blob_bytes "$dfdaemon_a_PORT")
-	info "dfdaemon A sent $((after - before)) blob bytes during the pull (image blobs: $IMAGE_BYTES bytes)"
-	[ $((after - before)) -ge "$IMAGE_BYTES" ] || fail "docker did not get the blobs from dfdaemon A"
-	local id
-	id=$("${DOCKER_CMD[@]}" image inspect --format '{{.Id}}' "docker.io/$IMAGE_REPO:$IMAGE_TAG")
-	info "docker image id $id"
-	[ "$id" = "$CONFIG_DIGEST" ] || fail "image id $id, want the config digest $CONFIG_DIGEST"
-	local want got
-	want=$(jq -r '.images[0].manifest' "$WORK/registry.json")
-	got=$("${DOCKER_CMD[@]}" image inspect --format '{{range .RepoDigests}}{{.}} {{end}}' "$IMAGE_REPO:$IMAGE_TAG")
-	info "repo digests: $got"
-	case "$got" in *"@$want"*) ;; *) fail "repo digests do not name the manifest $want" ;; esac
+# docker_pull PREFIX NODE: docker pulls PREFIX's image by its Docker Hub name
+# (only the mirror can serve it: there is no Docker Hub here) and has the
+# right image.
+docker_pull() {
+	local -n ref=${1}_REF config=${1}_CONFIG manifest=${1}_MANIFEST port=dfdaemon_${2}_PORT
+	local name=${ref#library/} before id digests
+	before=$(mirror_blob_bytes "$port")
+	timeout 300 "${DOCKER_CMD[@]}" pull "$name"
+	expect_mirror_bytes "$1" "$2" "$before"
+	id=$("${DOCKER_CMD[@]}" image inspect --format '{{.Id}}' "docker.io/$ref")
+	info "docker image $name: id $id"
+	[ "$id" = "$config" ] || fail "image id $id, want the config digest $config"
+	digests=$("${DOCKER_CMD[@]}" image inspect --format '{{range .RepoDigests}}{{.}} {{end}}' "docker.io/$ref")
+	info "docker image $name: repo digests $digests"
+	case "$digests" in *"@$manifest"*) ;; *) fail "repo digests do not name the manifest $manifest" ;; esac
 }
 
-# write_hosts DIR HOST SERVER MIRROR: DIR/HOST/hosts.toml naming MIRROR as a
-# pull/resolve mirror in front of SERVER (the file of docs/runtimes/containerd.md).
-write_hosts() {
-	mkdir -p "$1/$2"
-	cat >"$1/$2/hosts.toml" <<-EOF
-		server = "$3"
+check_docker_reload() { docker_mirror "$MIRROR_A"; }
+check_docker() { docker_pull PUB a; }
 
-		[host."http://$4"]
-		  capabilities = ["pull", "resolve"]
-	EOF
+# hosts_toml DIR HOST MIRROR [SERVER]: DIR/HOST/hosts.toml naming MIRROR as a
+# pull/resolve mirror, in front of SERVER when given (the files of
+# docs/runtimes/containerd.md).
+hosts_toml() {
+	mkdir -p "$1/$2"
+	{
+		[ $# -ge 4 ] && printf 'server = "%s"\n\n' "$4"
+		printf '[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n' "$3"
+	} >"$1/$2/hosts.toml"
 }
 
 # containerd shares content between namespaces: a pull finds blobs another
-# pull left and fetches nothing. Each containerd check starts without any blob
-# of the image and removes its image (and so its content) at the end.
+# pull left and fetches nothing. Each containerd pull starts without any blob
+# of its image and removes the image (and so its content) at the end.
 CTRD_BLOBS=$WORK/containerd/root/io.containerd.content.v1.content/blobs/sha256
 assert_no_containerd_blobs() {
+	local -n blobs=${1}_BLOBS
 	local d
-	for d in "${BLOB_DIGESTS[@]}"; do
+	for d in "${blobs[@]}"; do
 		[ ! -e "$CTRD_BLOBS/${d#sha256:}" ] || fail "containerd already holds blob $d"
 	done
 }
-remove_containerd_image() {
-	"${CTR[@]}" -n "$1" images rm --sync "$2"
-	assert_no_containerd_blobs
-}
 
-check_containerd_default() {
-	local hosts=$WORK/certs.d-default before after got
-	mkdir -p "$hosts/_default"
-	cat >"$hosts/_default/hosts.toml" <<-EOF
-		[host."http://$MIRROR_A"]
-		  capabilities = ["pull", "resolve"]
-	EOF
-	assert_no_containerd_blobs
-	before=$(mirror_blob_bytes "$dfdaemon_a_PORT")
-	timeout 300 "${CTR[@]}" -n e2e-default images pull --snapshotter "$SNAPSHOTTER" --hosts-dir "$hosts" \
-		"$REG/$IMAGE_REPO:$IMAGE_TAG"
-	after=$(mirror_blob_bytes "$dfdaemon_a_PORT")
-	got=$("${CTR[@]}" -n e2e-default images ls | awk -v n="$REG/$IMAGE_REPO:$IMAGE_TAG" '$1 == n { print $3 }')
-	info "containerd image $REG/$IMAGE_REPO:$IMAGE_TAG: $got"
-	[ "$got" = "$MANIFEST_DIGEST" ] || fail "image digest $got, want $MANIFEST_DIGEST"
-	info "dfdaemon A sent $((after - before)) blob bytes during the pull (image blobs: $IMAGE_BYTES bytes)"
-	[ $((after - before)) -ge "$IMAGE_BYTES" ] || fail "containerd did not get the blobs from dfdaemon A"
-	remove_containerd_image e2e-default "$REG/$IMAGE_REPO:$IMAGE_TAG"
+# ctr_pull PREFIX NODE HOSTS_DIR [ctr pull flags]: ctr pulls PREFIX's image by
+# its own registry's name with --hosts-dir HOSTS_DIR, through NODE's
+# dfdaemon, gets the right image, then removes it.
+ctr_pull() {
+	local prefix=$1 node=$2 hosts=$3 ns
+	shift 3
+	local -n host=${prefix}_HOST ref=${prefix}_REF manifest=${prefix}_MANIFEST port=dfdaemon_${node}_PORT
+	local image=$host/$ref before got
+	ns=e2e-$RANDOM
+	assert_no_containerd_blobs "$prefix"
+	before=$(mirror_blob_bytes "$port")
+	timeout 300 "${CTR[@]}" -n "$ns" images pull --snapshotter "$SNAPSHOTTER" --hosts-dir "$hosts" "$@" "$image"
+	expect_mirror_bytes "$prefix" "$node" "$before"
+	got=$("${CTR[@]}" -n "$ns" images ls | awk -v n="$image" '$1 == n { print $3 }')
+	info "containerd image $image: $got"
+	[ "$got" = "$manifest" ] || fail "image digest $got, want $manifest"
+	"${CTR[@]}" -n "$ns" images rm --sync "$image"
+	assert_no_containerd_blobs "$prefix"
 }
 
 check_containerd_registry() {
-	local hosts=$WORK/certs.d before after got
-	write_hosts "$hosts" "$REG" "http://$REG" "$MIRROR_A"
-	assert_no_containerd_blobs
-	before=$(mirror_blob_bytes "$dfdaemon_a_PORT")
-	timeout 300 "${CTR[@]}" -n e2e images pull --snapshotter "$SNAPSHOTTER" --hosts-dir "$hosts" \
-		"$REG/$IMAGE_REPO:$IMAGE_TAG"
-	after=$(mirror_blob_bytes "$dfdaemon_a_PORT")
-	got=$("${CTR[@]}" -n e2e images ls | awk -v n="$REG/$IMAGE_REPO:$IMAGE_TAG" '$1 == n { print $3 }')
-	info "containerd image $REG/$IMAGE_REPO:$IMAGE_TAG: $got"
-	[ "$got" = "$MANIFEST_DIGEST" ] || fail "image digest $got, want $MANIFEST_DIGEST"
-	info "dfdaemon A sent $((after - before)) blob bytes during the pull (image blobs: $IMAGE_BYTES bytes)"
-	# containerd falls back to the registry itself when a mirror fails: only
-	# dfdaemon's own count shows the blobs came through it.
-	[ $((after - before)) -ge "$IMAGE_BYTES" ] ||
-		fail "containerd did not get the blobs from dfdaemon A"
-	remove_containerd_image e2e "$REG/$IMAGE_REPO:$IMAGE_TAG"
+	hosts_toml "$WORK/certs.d" "$PUB_HOST" "$MIRROR_A" "http://$PUB_HOST"
+	ctr_pull PUB a "$WORK/certs.d"
+}
+
+check_containerd_default() {
+	hosts_toml "$WORK/certs.d-default" _default "$MIRROR_A"
+	ctr_pull PUB a "$WORK/certs.d-default"
 }
 
 check_crane() {
-	local ref=$MIRROR_A/$IMAGE_REPO:$IMAGE_TAG got
-	got=$(timeout 120 "$CRANE" digest --insecure "$ref")
+	local ref=$MIRROR_A/$PUB_REF got
+	got=$(DOCKER_CONFIG=$WORK/crane-anonymous timeout 120 "$CRANE" digest --insecure "$ref")
 	info "crane digest $ref: $got"
-	[ "$got" = "$MANIFEST_DIGEST" ] || fail "manifest digest $got, want $MANIFEST_DIGEST"
-	timeout 300 "$CRANE" pull --insecure --format oci "$ref" "$WORK/out/crane-a"
-	verify_blobs "$WORK/out/crane-a" oci
+	[ "$got" = "$PUB_MANIFEST" ] || fail "manifest digest $got, want $PUB_MANIFEST"
+	DOCKER_CONFIG=$WORK/crane-anonymous timeout 300 "$CRANE" pull --insecure --format oci "$ref" "$WORK/out/crane-pub"
+	verify_blobs PUB "$WORK/out/crane-pub" oci
 }
 
-check_skopeo() {
-	local ref=docker://$MIRROR_A/$IMAGE_REPO:$IMAGE_TAG got
-	echo '{"default":[{"type":"insecureAcceptAnything"}]}' >"$WORK/policy.json"
-	timeout 300 skopeo --policy "$WORK/policy.json" copy --src-tls-verify=false "$ref" "dir:$WORK/out/skopeo-a"
-	got=$(sha256sum "$WORK/out/skopeo-a/manifest.json" | cut -d' ' -f1)
-	info "skopeo manifest sha256:$got"
-	[ "sha256:$got" = "$MANIFEST_DIGEST" ] || fail "manifest sha256:$got, want $MANIFEST_DIGEST"
-	verify_blobs "$WORK/out/skopeo-a" dir
+# skopeo_copy PREFIX NODE [skopeo copy flags]: skopeo copies PREFIX's image
+# through NODE's dfdaemon (direct use) into a dir: layout and checks it.
+skopeo_copy() {
+	local prefix=$1 node=$2
+	shift 2
+	local -n ref=${prefix}_REF manifest=${prefix}_MANIFEST port=dfdaemon_${node}_PORT
+	local src=docker://127.0.0.1:$port/$ref dst=$WORK/out/skopeo-${prefix,,} got
+	timeout 300 skopeo --policy "$WORK/policy.json" copy --src-tls-verify=false "$@" "$src" "dir:$dst"
+	got=sha256:$(sha256sum "$dst/manifest.json" | cut -d' ' -f1)
+	info "skopeo $src: manifest $got"
+	[ "$got" = "$manifest" ] || fail "manifest $got, want $manifest"
+	verify_blobs "$prefix" "$dst" dir
 }
+
+check_skopeo() { skopeo_copy PUB a; }
 
 check_second_node() {
-	local before after ref=$MIRROR_B/$IMAGE_REPO:$IMAGE_TAG
-	before=$(registry_blob_bytes)
-	info "registry blob bytes after the pulls through node A: $before (image blobs: $IMAGE_BYTES bytes)"
-	timeout 300 "$CRANE" pull --insecure --format oci "$ref" "$WORK/out/crane-b"
-	verify_blobs "$WORK/out/crane-b" oci
-	after=$(registry_blob_bytes)
-	info "registry blob bytes after node B pulled: $after (grew by $((after - before)))"
+	local before after m=http://127.0.0.1:$dfdaemon_b_PORT/metrics from_peer from_cdn from_source
+	before=$(registry_blob_bytes PUB)
+	info "open registry: blob bytes after the pulls through node A: $before (image blobs: $PUB_BYTES bytes)"
+	hosts_toml "$WORK/certs.d-b" "$PUB_HOST" "$MIRROR_B" "http://$PUB_HOST"
+	ctr_pull PUB b "$WORK/certs.d-b"
+	after=$(registry_blob_bytes PUB)
+	info "open registry: blob bytes after node B pulled: $after (grew by $((after - before)))"
 	[ "$after" -eq "$before" ] || fail "the registry sent $((after - before)) more blob bytes for node B"
-	local m=http://127.0.0.1:$dfdaemon_b_PORT/metrics from_peer from_cdn from_source
 	from_peer=$(metric "$m" '^damselfly_peer_received_bytes_total\{from="peer"\}')
 	from_cdn=$(metric "$m" '^damselfly_peer_received_bytes_total\{from="cdn"\}')
 	from_source=$(metric "$m" '^damselfly_peer_received_bytes_total\{from="source"\}')
 	info "node B received $from_peer bytes from peers, $from_cdn from the supernode's CDN, $from_source from the source"
 	[ "$from_source" -eq 0 ] || fail "node B fetched from the source itself"
 	[ "$from_peer" -gt 0 ] || fail "node B received nothing from other peers"
-	[ $((from_peer + from_cdn)) -ge "$IMAGE_BYTES" ] || fail "node B received fewer P2P bytes than the image holds"
+	[ $((from_peer + from_cdn)) -ge "$PUB_BYTES" ] || fail "node B received fewer P2P bytes than the image holds"
 }
 
-check_registry_once() {
-	local stats d n
-	stats=$(curl -fsS --max-time 5 "http://$CONTROL/_stats")
-	for d in "${BLOB_DIGESTS[@]}"; do
-		n=$(jq -r --arg d "$d" '.BlobGETs[$d] // 0' <<<"$stats")
-		info "registry GETs of $d: $n"
-		[ "$n" -eq 1 ] || fail "blob $d was fetched from the registry $n times"
+# The private registry, through node B (its --registry) and node A (?ns=).
+
+check_docker_private() {
+	docker_mirror "$MIRROR_B"
+	# What `docker login` stores for Docker Hub; docker login itself would
+	# talk to Docker Hub.
+	printf '{"auths":{"https://index.docker.io/v1/":{"auth":"%s"}}}\n' \
+		"$(printf '%s:%s' "$PRIV_USER" "$PRIV_PASS" | base64 -w0)" >"$WORK/docker/client/config.json"
+	docker_pull PRIV b
+}
+
+# crane (v0.22) is not used for the private image: it refuses a token realm on
+# a private IP literal other than the registry's own host:port, and the test
+# registry's realm is 127.0.0.1:<another port>.
+
+check_anonymous_denied() {
+	local repo=${PRIV_REF%:*} tag=${PRIV_REF##*:} d code hdr out token url
+	# Node B holds every blob of the image now.
+	for d in "${PRIV_BLOBS[@]}"; do
+		[ -f "$WORK/dfdaemon-b/content/blobs/sha256/${d#sha256:}" ] || fail "node B does not hold $d"
 	done
-	n=$(jq .BlobBytes <<<"$stats")
-	info "registry blob bytes: $n (image blobs: $IMAGE_BYTES bytes)"
-	[ "$n" -eq "$IMAGE_BYTES" ] || fail "the registry sent $n blob bytes for an image of $IMAGE_BYTES"
+	info "node B holds all ${#PRIV_BLOBS[@]} blobs of $PRIV_REF"
+	if out=$(timeout 120 skopeo --policy "$WORK/policy.json" copy --src-tls-verify=false --src-no-creds \
+		"docker://$MIRROR_B/$PRIV_REF" "dir:$WORK/out/skopeo-anonymous" 2>&1); then
+		fail "skopeo copied $PRIV_REF without credentials"
+	fi
+	info "skopeo without credentials: $(tail -n 1 <<<"$out")"
+	grep -qiE 'unauthorized|authentication required|denied' <<<"$out" || fail "skopeo failed for another reason"
+	# What a client without credentials gets from the registry's realm.
+	token=$(curl -fsS --max-time 10 -G "$(jq -r .realm "$WORK/registry-priv.json")" \
+		--data-urlencode service=registrytest --data-urlencode "scope=repository:$repo:pull" | jq -r '.token // .access_token')
+	[ -n "$token" ] && [ "$token" != null ] || fail "no anonymous token from the realm"
+	for url in "manifests/$tag" "manifests/$PRIV_MANIFEST"; do
+		code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 30 "http://$MIRROR_B/v2/$repo/$url")
+		[ "$code" = 401 ] || fail "anonymous GET $url: $code, want 401"
+	done
+	for d in "${PRIV_BLOBS[@]}"; do
+		url=http://$MIRROR_B/v2/$repo/blobs/$d
+		code=$(curl -sS -o "$WORK/out/anon-body" -D "$WORK/out/anon-headers" -w '%{http_code}' --max-time 30 "$url")
+		[ "$code" = 401 ] || fail "anonymous GET of blob $d: $code, want 401"
+		hdr=$(grep -i '^www-authenticate:' "$WORK/out/anon-headers" | tr -d '\r')
+		case "$hdr" in *Bearer*realm=*) ;; *) fail "anonymous GET of blob $d: no Bearer challenge ($hdr)" ;; esac
+		jq -e '.errors[0].code' "$WORK/out/anon-body" >/dev/null || fail "anonymous GET of blob $d: body is not OCI error JSON"
+		code=$(curl -sS -o /dev/null -r 0-99 -w '%{http_code}' --max-time 30 "$url")
+		[ "$code" = 401 ] || fail "anonymous Range GET of blob $d: $code, want 401"
+		code=$(curl -sS -o /dev/null -I -w '%{http_code}' --max-time 30 "$url")
+		[ "$code" = 401 ] || fail "anonymous HEAD of blob $d: $code, want 401"
+		code=$(curl -sS -o /dev/null -H "Authorization: Bearer $token" -w '%{http_code}' --max-time 30 "$url")
+		case "$code" in 401 | 403) ;; *) fail "GET of blob $d with an anonymous token: $code, want 401 or 403" ;; esac
+	done
+	info "anonymous GET, HEAD and Range GET of the manifest and every blob: 401, $hdr"
+	info "GET of every blob with the realm's anonymous token: refused"
+}
+
+check_containerd_private() {
+	local before after
+	before=$(registry_blob_bytes PRIV)
+	hosts_toml "$WORK/certs.d-a" "$PRIV_HOST" "$MIRROR_A" "http://$PRIV_HOST"
+	ctr_pull PRIV a "$WORK/certs.d-a" --user "$PRIV_USER:$PRIV_PASS"
+	after=$(registry_blob_bytes PRIV)
+	info "private registry: blob bytes $before before node A pulled, $after after"
+	[ "$after" -eq "$before" ] || fail "the registry sent $((after - before)) more blob bytes for node A"
+}
+
+check_skopeo_private() { skopeo_copy PRIV b --src-creds "$PRIV_USER:$PRIV_PASS"; }
+
+check_registries_once() {
+	local prefix stats d n
+	for prefix in PUB PRIV; do
+		local -n control=${prefix}_CONTROL blobs=${prefix}_BLOBS bytes=${prefix}_BYTES
+		stats=$(curl -fsS --max-time 5 "http://$control/_stats")
+		for d in "${blobs[@]}"; do
+			n=$(jq -r --arg d "$d" '.BlobGETs[$d] // 0' <<<"$stats")
+			[ "$n" -eq 1 ] || fail "registry $prefix: blob $d was fetched $n times"
+		done
+		n=$(jq .BlobBytes <<<"$stats")
+		info "registry $prefix: each of ${#blobs[@]} blobs fetched once, $n blob bytes sent (image blobs: $bytes bytes)"
+		[ "$n" -eq "$bytes" ] || fail "registry $prefix sent $n blob bytes for an image of $bytes"
+		unset -n control blobs bytes
+	done
 }
 
 check "dockerd reloads daemon.json with registry-mirrors = dfdaemon A (SIGHUP)" check_docker_reload
-check "dockerd (registry-mirrors = dfdaemon A) pulls $IMAGE_REPO:$IMAGE_TAG" check_docker
-check "containerd pulls $REG/$IMAGE_REPO:$IMAGE_TAG via certs.d/$REG/hosts.toml (mirror dfdaemon A, ?ns=)" check_containerd_registry
-check "containerd pulls $REG/$IMAGE_REPO:$IMAGE_TAG via certs.d/_default/hosts.toml (mirror dfdaemon A)" check_containerd_default
-check "crane pulls through dfdaemon A" check_crane
-check "skopeo copies through dfdaemon A" check_skopeo
-check "second node: dfdaemon B pulls without the registry sending blob bytes" check_second_node
-check "the registry sent each blob once across all the pulls above" check_registry_once
+check "dockerd (registry-mirrors = dfdaemon A) pulls ${PUB_REF#library/}" check_docker
+check "containerd pulls $PUB_HOST/$PUB_REF via certs.d/$PUB_HOST/hosts.toml (mirror dfdaemon A, ?ns=)" check_containerd_registry
+check "containerd pulls $PUB_HOST/$PUB_REF via certs.d/_default/hosts.toml (mirror dfdaemon A)" check_containerd_default
+check "crane pulls $PUB_REF through dfdaemon A" check_crane
+check "skopeo copies $PUB_REF through dfdaemon A" check_skopeo
+check "second node: containerd through dfdaemon B gets $PUB_REF from peers, not the registry" check_second_node
+check "private: dockerd with a stored login pulls ${PRIV_REF#library/} through dfdaemon B" check_docker_private
+check "private: no credentials, no manifest or blob (skopeo, GET, HEAD, Range) although node B holds them" check_anonymous_denied
+check "private: containerd (ctr --user) through dfdaemon A (?ns=) gets it from peers" check_containerd_private
+check "private: skopeo --src-creds through dfdaemon B" check_skopeo_private
+check "each registry sent each blob once across all the pulls above" check_registries_once
 
 echo
 echo "==== e2e-runtimes summary ($((SECONDS - START))s) ===="
 printf '%s\n' "${RESULTS[@]}"
-STATS=$(curl -fsS --max-time 5 "http://$CONTROL/_stats" || echo '{}')
-echo "registry: $(jq -c '{Requests, BlobBytes, BlobGETs}' <<<"$STATS")"
+for prefix in PUB PRIV; do
+	declare -n control=${prefix}_CONTROL
+	echo "registry $prefix: $(curl -fsS --max-time 5 "http://$control/_stats" | jq -c '{Requests, BlobBytes, BlobGETs}' || true)"
+	unset -n control
+done
 passed=$(printf '%s\n' "${RESULTS[@]}" | grep -c '^PASS' || true)
 failed=$(printf '%s\n' "${RESULTS[@]}" | grep -c '^FAIL' || true)
 echo "e2e-runtimes: $passed passed, $failed failed"
