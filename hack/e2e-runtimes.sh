@@ -87,6 +87,7 @@ CRANE=$PROJECT_ROOT/bin/tools/crane
 log "building"
 make build >/dev/null
 go build -o bin/tools/testregistry ./hack/testregistry
+go build -o bin/tools/cripull ./hack/cripull
 [ -x bin/dfdaemon ] || die "bin/dfdaemon was not built"
 
 # --- 2. the work directory, processes and cleanup -------------------------
@@ -269,12 +270,25 @@ MIRROR_B=127.0.0.1:$dfdaemon_b_PORT
 
 # --- 5. containerd and dockerd on private sockets -------------------------
 
+# overlayfs where the kernel and file system allow it, else native.
+SNAPSHOTTER=native
+probe=$WORK/overlay-probe
+mkdir -p "$probe/lower" "$probe/upper" "$probe/work" "$probe/merged"
+if mount -t overlay overlay -o "lowerdir=$probe/lower,upperdir=$probe/upper,workdir=$probe/work" "$probe/merged" 2>/dev/null; then
+	umount "$probe/merged"
+	SNAPSHOTTER=overlayfs
+fi
+log "containerd snapshotter: $SNAPSHOTTER"
+
+# containerd with its CRI plugin (what the kubelet and crictl use) reading
+# registry hosts from config_path, as docs/runtimes/containerd.md says.
 CTRD_SOCK=$WORK/containerd.sock
+CRI_HOSTS=$WORK/certs.d-cri
+mkdir -p "$CRI_HOSTS" "$WORK/cni/net.d" "$WORK/cni/bin"
 cat >"$WORK/containerd.toml" <<EOF
 version = 2
 root = "$WORK/containerd/root"
 state = "$WORK/containerd/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [grpc]
   address = "$CTRD_SOCK"
 [ttrpc]
@@ -283,16 +297,22 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   address = ""
 [metrics]
   address = ""
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  snapshotter = "$SNAPSHOTTER"
+[plugins."io.containerd.grpc.v1.cri".cni]
+  bin_dir = "$WORK/cni/bin"
+  conf_dir = "$WORK/cni/net.d"
+[plugins."io.containerd.grpc.v1.cri".registry]
+  config_path = "$CRI_HOSTS"
 EOF
 start containerd containerd --config "$WORK/containerd.toml"
 CTR=(ctr --address "$CTRD_SOCK")
 wait_for "containerd at $CTRD_SOCK" 30 containerd "${CTR[@]}" version
-# overlayfs where the kernel and file system allow it, else native.
-SNAPSHOTTER=native
-if "${CTR[@]}" plugins ls 2>/dev/null | awk '$1 == "io.containerd.snapshotter.v1" && $2 == "overlayfs" { print $NF }' | grep -qx ok; then
-	SNAPSHOTTER=overlayfs
-fi
-log "containerd snapshotter: $SNAPSHOTTER"
+"${CTR[@]}" plugins ls | awk '$1 == "io.containerd.grpc.v1" && $2 == "cri" { print $NF }' | grep -qx ok ||
+	die "containerd's CRI plugin did not load (see $LOGS/containerd.log)"
 
 DOCKER_SOCK=$WORK/docker.sock
 mkdir -p "$WORK/docker/data" "$WORK/docker/exec" "$WORK/docker/client"
@@ -457,6 +477,30 @@ ctr_pull() {
 	assert_no_containerd_blobs "$prefix"
 }
 
+# cri_pull PREFIX NODE [cripull flags]: pulls PREFIX's image through the CRI
+# image service (the kubelet's path; hosts from config_path = $CRI_HOSTS,
+# where HOST/hosts.toml names NODE's dfdaemon), checks the image ID, then
+# removes every image of the CRI namespace.
+cri_pull() {
+	local prefix=$1 node=$2
+	shift 2
+	local -n host=${prefix}_HOST ref=${prefix}_REF config=${prefix}_CONFIG port=dfdaemon_${node}_PORT
+	local image=$host/$ref before got refs
+	hosts_toml "$CRI_HOSTS" "$host" "127.0.0.1:$port" "http://$host"
+	assert_no_containerd_blobs "$prefix"
+	before=$(mirror_blob_bytes "$port")
+	got=$(bin/tools/cripull --address "$CTRD_SOCK" --timeout 300s "$@" "$image")
+	expect_mirror_bytes "$prefix" "$node" "$before"
+	info "CRI PullImage $image: image $got"
+	[ "$got" = "$config" ] || fail "image $got, want the config digest $config"
+	mapfile -t refs < <("${CTR[@]}" -n k8s.io images ls -q)
+	[ ${#refs[@]} -eq 0 ] || "${CTR[@]}" -n k8s.io images rm --sync "${refs[@]}" >/dev/null
+	assert_no_containerd_blobs "$prefix"
+}
+
+check_cri() { cri_pull PUB a; }
+check_cri_private() { cri_pull PRIV a --user "$PRIV_USER:$PRIV_PASS"; }
+
 check_containerd_registry() {
 	hosts_toml "$WORK/certs.d" "$PUB_HOST" "$MIRROR_A" "http://$PUB_HOST"
 	ctr_pull PUB a "$WORK/certs.d"
@@ -596,12 +640,14 @@ check "dockerd reloads daemon.json with registry-mirrors = dfdaemon A (SIGHUP)" 
 check "dockerd (registry-mirrors = dfdaemon A) pulls ${PUB_REF#library/}" check_docker
 check "containerd pulls $PUB_HOST/$PUB_REF via certs.d/$PUB_HOST/hosts.toml (mirror dfdaemon A, ?ns=)" check_containerd_registry
 check "containerd pulls $PUB_HOST/$PUB_REF via certs.d/_default/hosts.toml (mirror dfdaemon A)" check_containerd_default
+check "containerd CRI (kubelet, crictl) pulls $PUB_HOST/$PUB_REF via config_path hosts.toml (mirror dfdaemon A)" check_cri
 check "crane pulls $PUB_REF through dfdaemon A" check_crane
 check "skopeo copies $PUB_REF through dfdaemon A" check_skopeo
 check "second node: containerd through dfdaemon B gets $PUB_REF from peers, not the registry" check_second_node
 check "private: dockerd with a stored login pulls ${PRIV_REF#library/} through dfdaemon B" check_docker_private
 check "private: no credentials, no manifest or blob (skopeo, GET, HEAD, Range) although node B holds them" check_anonymous_denied
 check "private: containerd (ctr --user) through dfdaemon A (?ns=) gets it from peers" check_containerd_private
+check "private: containerd CRI with credentials through dfdaemon A (?ns=)" check_cri_private
 check "private: skopeo --src-creds through dfdaemon B" check_skopeo_private
 check "each registry sent each blob once across all the pulls above" check_registries_once
 
