@@ -636,6 +636,26 @@ check_registries_once() {
 	done
 }
 
+check_fallback() {
+	local pid n before after out image=$PUB_HOST/$PUB_REF
+	pid=$(pid_of dfdaemon-a)
+	kill -TERM "$pid"
+	for ((n = 0; n < 100; n++)); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	! kill -0 "$pid" 2>/dev/null || fail "dfdaemon A did not stop"
+	info "dfdaemon A stopped"
+	assert_no_containerd_blobs PUB
+	before=$(registry_blob_bytes PUB)
+	out=$(timeout 300 "${CTR[@]}" -n e2e-fallback images pull --snapshotter "$SNAPSHOTTER" --hosts-dir "$WORK/certs.d" "$image" 2>&1)
+	after=$(registry_blob_bytes PUB)
+	if grep -q 'trying next host' <<<"$out"; then info "ctr logged: trying next host"; fi
+	info "open registry sent $((after - before)) blob bytes for the pull (image blobs: $PUB_BYTES bytes)"
+	[ $((after - before)) -ge "$PUB_BYTES" ] || fail "the pull did not go to the registry"
+	"${CTR[@]}" -n e2e-fallback images rm --sync "$image" >/dev/null
+}
+
 check "dockerd reloads daemon.json with registry-mirrors = dfdaemon A (SIGHUP)" check_docker_reload
 check "dockerd (registry-mirrors = dfdaemon A) pulls ${PUB_REF#library/}" check_docker
 check "containerd pulls $PUB_HOST/$PUB_REF via certs.d/$PUB_HOST/hosts.toml (mirror dfdaemon A, ?ns=)" check_containerd_registry
@@ -650,6 +670,7 @@ check "private: containerd (ctr --user) through dfdaemon A (?ns=) gets it from p
 check "private: containerd CRI with credentials through dfdaemon A (?ns=)" check_cri_private
 check "private: skopeo --src-creds through dfdaemon B" check_skopeo_private
 check "each registry sent each blob once across all the pulls above" check_registries_once
+check "fallback: with dfdaemon A stopped, containerd pulls from the registry itself (watch the metrics)" check_fallback
 
 echo
 echo "==== e2e-runtimes summary ($((SECONDS - START))s) ===="
