@@ -150,7 +150,7 @@ cleanup() {
 		wait "$pid" 2>/dev/null
 	done
 	# Anything the daemons left mounted under the work directory.
-	grep -o " $WORK[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
+	grep -o " ${WORK}[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
 	if [ "${E2E_KEEP:-0}" = 1 ]; then
 		echo "work directory kept: $WORK"
 	else
@@ -183,7 +183,7 @@ USED_PORTS=" "
 free_port() {
 	local p n
 	for ((n = 0; n < 200; n++)); do
-		p=$((20000 + RANDOM % 30000))
+		p=$((20000 + RANDOM % 12000))
 		case "$USED_PORTS" in *" $p "*) continue ;; esac
 		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
 			USED_PORTS+="$p "
@@ -265,8 +265,8 @@ start_dfdaemon() {
 # the other registry to containerd through ?ns=.
 start_dfdaemon dfdaemon-a "$PUB_HOST" "$PRIV_HOST"
 start_dfdaemon dfdaemon-b "$PRIV_HOST" "$PUB_HOST"
-MIRROR_A=127.0.0.1:$dfdaemon_a_PORT
-MIRROR_B=127.0.0.1:$dfdaemon_b_PORT
+# shellcheck disable=SC2154 # set by start_dfdaemon with printf -v
+MIRROR_A=127.0.0.1:$dfdaemon_a_PORT MIRROR_B=127.0.0.1:$dfdaemon_b_PORT
 
 # --- 5. containerd and dockerd on private sockets -------------------------
 
@@ -585,7 +585,7 @@ check_anonymous_denied() {
 	# What a client without credentials gets from the registry's realm.
 	token=$(curl -fsS --max-time 10 -G "$(jq -r .realm "$WORK/registry-priv.json")" \
 		--data-urlencode service=registrytest --data-urlencode "scope=repository:$repo:pull" | jq -r '.token // .access_token')
-	[ -n "$token" ] && [ "$token" != null ] || fail "no anonymous token from the realm"
+	if [ -z "$token" ] || [ "$token" = null ]; then fail "no anonymous token from the realm"; fi
 	for url in "manifests/$tag" "manifests/$PRIV_MANIFEST"; do
 		code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 30 "http://$MIRROR_B/v2/$repo/$url")
 		[ "$code" = 401 ] || fail "anonymous GET $url: $code, want 401"
