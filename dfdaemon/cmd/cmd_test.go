@@ -24,9 +24,18 @@ import (
 	supernodecmd "github.com/damselfly/damselfly/supernode/cmd"
 )
 
-// The embedded registry leaves its event broadcaster running.
+// The embedded registry leaves its event broadcaster running. Its Close
+// also gives up after a 5s Shutdown without closing connections that were
+// dialled but never used (the supernode's source client dials such spares
+// when fetches race), so a pair of idle HTTP connection goroutines may
+// outlive it.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/docker/go-events.(*Broadcaster).run"))
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreTopFunction("github.com/docker/go-events.(*Broadcaster).run"),
+		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
+		goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"),
+		goleak.IgnoreAnyFunction("net/http.(*conn).serve"),
+	)
 }
 
 func TestDocsConfigIsDefault(t *testing.T) {

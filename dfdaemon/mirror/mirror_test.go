@@ -30,9 +30,18 @@ import (
 	supernodecmd "github.com/damselfly/damselfly/supernode/cmd"
 )
 
-// The embedded registry leaves its event broadcaster running.
+// The embedded registry leaves its event broadcaster running. Its Close
+// also gives up after a 5s Shutdown without closing connections that were
+// dialled but never used (the supernode's source client dials such spares
+// when fetches race), so a pair of idle HTTP connection goroutines may
+// outlive it.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/docker/go-events.(*Broadcaster).run"))
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreTopFunction("github.com/docker/go-events.(*Broadcaster).run"),
+		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
+		goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"),
+		goleak.IgnoreAnyFunction("net/http.(*conn).serve"),
+	)
 }
 
 // startSupernode runs a real supernode in-process on 127.0.0.1.
@@ -90,7 +99,7 @@ func startNode(t *testing.T, sn string, cfg mirror.Config, opts ...mirror.Option
 	require.NoError(t, err)
 	cache, err := blobcache.New(blobcache.Config{}, store, eng)
 	require.NoError(t, err)
-	m, err := mirror.New(cfg, cache, opts...)
+	m, err := mirror.New(cfg, cache, append([]mirror.Option{mirror.WithHTTPClient(upstreamClient(t))}, opts...)...)
 	require.NoError(t, err)
 	srv := httptest.NewServer(m)
 
@@ -107,6 +116,18 @@ func startNode(t *testing.T, sn string, cfg mirror.Config, opts ...mirror.Option
 		}
 	})
 	return &node{url: srv.URL, store: store, cache: cache}
+}
+
+// upstreamClient is a mirror's client of the upstream whose idle
+// connections are closed when the test ends, before the registry stops: a
+// connection the transport dialled but never used would otherwise keep a
+// registry connection open past its shutdown.
+func upstreamClient(t *testing.T) *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.Proxy = nil
+	hc := &http.Client{Transport: tr}
+	t.Cleanup(hc.CloseIdleConnections)
+	return hc
 }
 
 // testClient keeps no idle connections, which would outlive the tests.
@@ -426,7 +447,8 @@ func TestBrokenDownloadNeverEndsCleanly(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			m, err := mirror.New(mirror.Config{Registry: reg.URL.String()}, brokenBlobs{data: body, after: tt.after})
+			m, err := mirror.New(mirror.Config{Registry: reg.URL.String()}, brokenBlobs{data: body, after: tt.after},
+				mirror.WithHTTPClient(upstreamClient(t)))
 			require.NoError(t, err)
 			srv := httptest.NewServer(m)
 			defer srv.Close()
@@ -446,7 +468,8 @@ func TestBrokenDownloadNeverEndsCleanly(t *testing.T) {
 
 	t.Run("fails before the first byte", func(t *testing.T) {
 		t.Parallel()
-		m, err := mirror.New(mirror.Config{Registry: reg.URL.String()}, brokenBlobs{data: body, after: 0})
+		m, err := mirror.New(mirror.Config{Registry: reg.URL.String()}, brokenBlobs{data: body, after: 0},
+			mirror.WithHTTPClient(upstreamClient(t)))
 		require.NoError(t, err)
 		srv := httptest.NewServer(m)
 		defer srv.Close()
