@@ -218,7 +218,7 @@ func (p *Proxy) intercept(w http.ResponseWriter, r *http.Request, host string, p
 		ReadHeaderTimeout: p.cfg.ReadHeaderTimeout,
 		IdleTimeout:       p.cfg.TunnelIdleTimeout,
 		MaxHeaderBytes:    p.cfg.MaxHeaderBytes,
-		ErrorLog:          zap.NewStdLog(p.log.WithOptions(zap.IncreaseLevel(zap.DebugLevel))),
+		ErrorLog:          p.debugLog,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 		ConnState: func(_ net.Conn, s http.ConnState) {
 			if s == http.StateClosed || s == http.StateHijacked {

@@ -29,6 +29,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -40,6 +41,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // Fetcher downloads a URL through the P2P network (dfdaemon implements it
@@ -102,7 +104,10 @@ type Proxy struct {
 	transport *http.Transport // the proxy's own transport, nil with WithTransport
 	direct    *httputil.ReverseProxy
 	log       *zap.Logger
-	m         *metrics
+	// debugLog takes net/http's own error lines (client resets, TLS
+	// handshake noise) at debug level.
+	debugLog *log.Logger
+	m        *metrics
 
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{} // hijacked client and tunnel connections
@@ -137,7 +142,11 @@ func New(cfg Config, f Fetcher, opts ...Option) (*Proxy, error) {
 		ports:   make(map[int]bool, len(cfg.ConnectPorts)),
 		log:     o.log,
 		m:       m,
-		conns:   make(map[net.Conn]struct{}),
+		debugLog: func() *log.Logger {
+			l, _ := zap.NewStdLogAt(o.log, zapcore.DebugLevel)
+			return l
+		}(),
+		conns: make(map[net.Conn]struct{}),
 	}
 	for _, r := range cfg.Rules {
 		p.rules = append(p.rules, rule{re: regexp.MustCompile(r.Regex), useP2P: r.UseP2P, redirect: r.Redirect})
@@ -186,7 +195,7 @@ func New(cfg Config, f Fetcher, opts ...Option) (*Proxy, error) {
 		FlushInterval:  -1, // stream every chunk as it arrives
 		ModifyResponse: addVia,
 		ErrorHandler:   p.directError,
-		ErrorLog:       zap.NewStdLog(p.log.WithOptions(zap.IncreaseLevel(zap.DebugLevel))),
+		ErrorLog:       p.debugLog,
 	}
 	return p, nil
 }
