@@ -431,7 +431,15 @@ docker_pull() {
 	case "$digests" in *"@$manifest"*) ;; *) fail "repo digests do not name the manifest $manifest" ;; esac
 }
 
-check_docker_reload() { docker_mirror "$MIRROR_A"; }
+check_docker_reload() {
+	docker_mirror "$MIRROR_A"
+	# The mirror is plain HTTP: docker allows that for 127.0.0.0/8 without
+	# any insecure-registries entry.
+	local insecure
+	insecure=$("${DOCKER_CMD[@]}" info --format '{{json .RegistryConfig.InsecureRegistryCIDRs}}')
+	info "docker info: insecure registry networks $insecure (daemon.json lists none)"
+	grep -q '"127.0.0.0/8"' <<<"$insecure" || fail "127.0.0.0/8 is not an insecure registry network"
+}
 check_docker() { docker_pull PUB a; }
 
 # hosts_toml DIR HOST MIRROR [SERVER]: DIR/HOST/hosts.toml naming MIRROR as a
@@ -675,6 +683,7 @@ check "fallback: with dfdaemon A stopped, containerd pulls from the registry its
 echo
 echo "==== e2e-runtimes summary ($((SECONDS - START))s) ===="
 printf '%s\n' "${RESULTS[@]}"
+echo "registry counters (the fallback check fetched the open image once more):"
 for prefix in PUB PRIV; do
 	declare -n control=${prefix}_CONTROL
 	echo "registry $prefix: $(curl -fsS --max-time 5 "http://$control/_stats" | jq -c '{Requests, BlobBytes, BlobGETs}' || true)"
