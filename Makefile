@@ -29,8 +29,12 @@ deps: ## Download Go modules
 ##@ Run
 
 .PHONY: run
-run: build ## Start a supernode (and a dfdaemon once it exists) in the foreground; data under ./.damselfly
+run: build ## Start a supernode and a dfdaemon in the foreground; data under ./.damselfly
 	./hack/run.sh
+
+.PHONY: demo
+demo: ## Offline demo: embedded registry, supernode, three dfdaemons pulling one image at once
+	$(GO) run ./hack/demo $(DEMO_FLAGS)
 
 ##@ Test
 
