@@ -44,6 +44,8 @@ START=$SECONDS
 log() { printf '[%4ds] %s\n' $((SECONDS - START)) "$*"; }
 die() { log "FATAL: $*"; exit 1; }
 
+[ "$(id -u)" -eq 0 ] || die "run as root (sudo make e2e): it installs packages and runs dockerd and containerd"
+
 # --- 1. install what is missing -------------------------------------------
 
 install_packages() {
@@ -66,7 +68,7 @@ install_packages() {
 		made_policy=1
 	fi
 	local rc=0
-	{ apt-get update -q && apt-get install -y -q --no-install-recommends "${need[@]}"; } || rc=$?
+	{ timeout 300 apt-get update -q && timeout 900 apt-get install -y -q --no-install-recommends "${need[@]}"; } || rc=$?
 	[ -n "$made_policy" ] && rm -f "$policy"
 	[ "$rc" -eq 0 ] || die "apt-get install ${need[*]} failed"
 }
@@ -77,7 +79,7 @@ install_crane() {
 	fi
 	log "installing crane $CRANE_VERSION into bin/tools"
 	mkdir -p bin/tools
-	GOBIN="$PROJECT_ROOT/bin/tools" go install "github.com/google/go-containerregistry/cmd/crane@$CRANE_VERSION"
+	GOBIN="$PROJECT_ROOT/bin/tools" timeout 600 go install "github.com/google/go-containerregistry/cmd/crane@$CRANE_VERSION"
 }
 
 install_packages
