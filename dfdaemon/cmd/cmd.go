@@ -36,13 +36,13 @@ import (
 	"github.com/damselfly/damselfly/pkg/content/local"
 	"github.com/damselfly/damselfly/pkg/httpx"
 	"github.com/damselfly/damselfly/pkg/log"
+	"github.com/damselfly/damselfly/pkg/manifestcache"
 	"github.com/damselfly/damselfly/pkg/peer"
 	"github.com/damselfly/damselfly/pkg/peer/upload"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/schedclient"
 	"github.com/damselfly/damselfly/pkg/source/registrysource"
 	"github.com/damselfly/damselfly/pkg/version"
-	"github.com/damselfly/damselfly/registry-cache/cache"
 )
 
 const (
@@ -249,8 +249,8 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 
 	upstreamHC := upstreamClient()
 	rs := registrysource.New(registrysource.WithHTTPClient(upstreamHC), registrysource.WithLogger(logger.Named("registry")))
-	manifests, err := cache.New(cfg.ManifestCache, rs,
-		cache.WithLogger(logger.Named("manifests")), cache.WithMetrics(reg))
+	manifests, err := manifestcache.New(cfg.ManifestCache, rs,
+		manifestcache.WithLogger(logger.Named("manifests")), manifestcache.WithMetrics(reg))
 	if err != nil {
 		return err
 	}

@@ -16,8 +16,8 @@ import (
 	"github.com/damselfly/damselfly/dfdaemon/mirror"
 	"github.com/damselfly/damselfly/dfdaemon/proxy"
 	"github.com/damselfly/damselfly/pkg/log"
+	"github.com/damselfly/damselfly/pkg/manifestcache"
 	"github.com/damselfly/damselfly/pkg/peer"
-	"github.com/damselfly/damselfly/registry-cache/cache"
 )
 
 // Defaults of the top-level keys.
@@ -59,7 +59,7 @@ type Config struct {
 	// upstreams ?ns= may name, how long a client's access is trusted.
 	Mirror mirror.Config `yaml:"mirror"`
 	// ManifestCache tunes the in-process manifest cache (registry-cache).
-	ManifestCache cache.Config `yaml:"manifestCache"`
+	ManifestCache manifestcache.Config `yaml:"manifestCache"`
 	// Proxy configures the forward proxy: rules, HTTPS interception,
 	// outbound policy.
 	Proxy proxy.Config `yaml:"proxy"`

@@ -27,9 +27,9 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/httpx"
 	"github.com/damselfly/damselfly/pkg/log"
+	"github.com/damselfly/damselfly/pkg/manifestcache"
 	"github.com/damselfly/damselfly/pkg/source/registrysource"
 	"github.com/damselfly/damselfly/pkg/version"
-	"github.com/damselfly/damselfly/registry-cache/cache"
 	"github.com/damselfly/damselfly/registry-cache/server"
 )
 
@@ -209,7 +209,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	fetcher := registrysource.New(registrysource.WithHTTPClient(hc), registrysource.WithLogger(logger.Named("registry")))
-	mc, err := cache.New(cfg.Cache, fetcher, cache.WithLogger(logger.Named("cache")), cache.WithMetrics(reg))
+	mc, err := manifestcache.New(cfg.Cache, fetcher, manifestcache.WithLogger(logger.Named("cache")), manifestcache.WithMetrics(reg))
 	if err != nil {
 		return err
 	}

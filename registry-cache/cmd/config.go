@@ -14,7 +14,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/damselfly/damselfly/pkg/log"
-	"github.com/damselfly/damselfly/registry-cache/cache"
+	"github.com/damselfly/damselfly/pkg/manifestcache"
 )
 
 // Defaults of the top-level keys.
@@ -34,7 +34,7 @@ type Config struct {
 	// is kept). Clients send their own credentials; the URL holds none.
 	Upstream string `yaml:"upstream"`
 	// Cache tunes the manifest cache.
-	Cache cache.Config `yaml:"cache"`
+	Cache manifestcache.Config `yaml:"cache"`
 	// Log sets the log level and format.
 	Log log.Config `yaml:"log"`
 }

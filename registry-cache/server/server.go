@@ -1,6 +1,6 @@
 // Package server is the registry-cache's /v2/ surface: the read side of the
 // OCI distribution API in front of an upstream registry, with manifests
-// served through registry-cache/cache and everything else passed through.
+// served through pkg/manifestcache and everything else passed through.
 //
 //   - GET /v2/: the upstream's answer, passed through (a 401 with its
 //     WWW-Authenticate challenge included, so the client gets its own token
@@ -47,8 +47,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/damselfly/damselfly/pkg/httpx"
+	"github.com/damselfly/damselfly/pkg/manifestcache"
 	"github.com/damselfly/damselfly/pkg/source/registrysource"
-	"github.com/damselfly/damselfly/registry-cache/cache"
 )
 
 const errGroup = "damselfly.registry-cache"
@@ -103,7 +103,7 @@ func WithHTTPMetrics(m *httpx.Metrics) Option {
 
 // Server serves the /v2/ read API. It is safe for concurrent use.
 type Server struct {
-	cache    *cache.Cache
+	cache    *manifestcache.Cache
 	upstream *url.URL
 	hc       *http.Client
 	log      *zap.Logger
@@ -113,7 +113,7 @@ type Server struct {
 // New returns a server answering manifests from c. upstream is the registry
 // Handler serves (scheme://host[:port]); it may be nil when only the Serve*
 // methods are used.
-func New(c *cache.Cache, upstream *url.URL, opts ...Option) (*Server, error) {
+func New(c *manifestcache.Cache, upstream *url.URL, opts ...Option) (*Server, error) {
 	if c == nil {
 		return nil, errors.New("server: nil cache")
 	}
@@ -258,7 +258,7 @@ func (s *Server) ServeManifest(w http.ResponseWriter, r *http.Request, upstream 
 		serveError(w, err)
 		return
 	}
-	m, err := s.cache.Get(r.Context(), cache.Request{
+	m, err := s.cache.Get(r.Context(), manifestcache.Request{
 		Upstream:      upstream,
 		Repo:          repo,
 		Ref:           ref,
@@ -392,7 +392,7 @@ func (s *Server) pass(w http.ResponseWriter, r *http.Request, target, what strin
 	}
 	resp, err := s.hc.Do(req)
 	if err != nil {
-		s.fail(w, r, nil, what, fmt.Errorf("%w: %w", cache.ErrUnavailable, err))
+		s.fail(w, r, nil, what, fmt.Errorf("%w: %w", manifestcache.ErrUnavailable, err))
 		return
 	}
 	defer resp.Body.Close()
@@ -400,7 +400,7 @@ func (s *Server) pass(w http.ResponseWriter, r *http.Request, target, what strin
 		re := &registrysource.ResponseError{Method: r.Method, URL: redactURL(target), StatusCode: resp.StatusCode,
 			Header: resp.Header, Body: readCapped(resp.Body, maxErrorBody)}
 		if resp.StatusCode >= 500 {
-			s.fail(w, r, nil, what, fmt.Errorf("%w: %w", cache.ErrUnavailable, re))
+			s.fail(w, r, nil, what, fmt.Errorf("%w: %w", manifestcache.ErrUnavailable, re))
 			return
 		}
 		s.fail(w, r, nil, what, re)
@@ -461,19 +461,19 @@ func serveError(w http.ResponseWriter, err error) int {
 	switch {
 	case errors.As(err, &ec):
 		// Already an errcode: our own validation.
-	case errors.Is(err, cache.ErrBadRequest):
+	case errors.Is(err, manifestcache.ErrBadRequest):
 		err = errcode.ErrorCodeNameInvalid.WithMessage(err.Error())
-	case errors.Is(err, cache.ErrNotFound):
+	case errors.Is(err, manifestcache.ErrNotFound):
 		err = errcode.ErrorCodeManifestUnknown
-	case errors.Is(err, cache.ErrUnavailable) && errors.As(err, &re) && re.StatusCode == http.StatusTooManyRequests:
+	case errors.Is(err, manifestcache.ErrUnavailable) && errors.As(err, &re) && re.StatusCode == http.StatusTooManyRequests:
 		copyHeaders(h, re.Header, "Retry-After")
 		err = errcode.ErrorCodeTooManyRequests
-	case errors.Is(err, cache.ErrUnavailable) && errors.As(err, &re) && re.StatusCode == http.StatusServiceUnavailable:
+	case errors.Is(err, manifestcache.ErrUnavailable) && errors.As(err, &re) && re.StatusCode == http.StatusServiceUnavailable:
 		copyHeaders(h, re.Header, "Retry-After")
 		err = errcode.ErrorCodeUnavailable.WithMessage("upstream registry unavailable")
-	case errors.Is(err, cache.ErrUnavailable) && unreachable(err):
+	case errors.Is(err, manifestcache.ErrUnavailable) && unreachable(err):
 		err = errcode.ErrorCodeUnavailable.WithMessage("upstream registry unreachable")
-	case errors.Is(err, cache.ErrUnavailable):
+	case errors.Is(err, manifestcache.ErrUnavailable):
 		err = ErrorCodeUpstream
 	case errors.As(err, &re):
 		return servePassedError(w, re)

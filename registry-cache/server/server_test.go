@@ -21,9 +21,9 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/damselfly/damselfly/pkg/manifestcache"
 	"github.com/damselfly/damselfly/pkg/registrytest"
 	"github.com/damselfly/damselfly/pkg/source/registrysource"
-	"github.com/damselfly/damselfly/registry-cache/cache"
 )
 
 // The embedded registry leaves its notification broadcasters running.
@@ -53,20 +53,20 @@ func (c *clock) Advance(d time.Duration) {
 type env struct {
 	upstream *url.URL
 	clock    *clock
-	cache    *cache.Cache
+	cache    *manifestcache.Cache
 	srv      *Server
 	url      string
 	client   *http.Client
 }
 
 // newEnv starts the server in front of upstream.
-func newEnv(t *testing.T, upstream *url.URL, cfg cache.Config) *env {
+func newEnv(t *testing.T, upstream *url.URL, cfg manifestcache.Config) *env {
 	t.Helper()
 	tr := &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 64}
 	hc := &http.Client{Transport: tr}
 	e := &env{upstream: upstream, clock: &clock{t: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)}}
 	var err error
-	e.cache, err = cache.New(cfg, registrysource.New(registrysource.WithHTTPClient(hc)), cache.WithClock(e.clock.Now))
+	e.cache, err = manifestcache.New(cfg, registrysource.New(registrysource.WithHTTPClient(hc)), manifestcache.WithClock(e.clock.Now))
 	require.NoError(t, err)
 	e.srv, err = New(e.cache, upstream, WithHTTPClient(hc))
 	require.NoError(t, err)
@@ -126,7 +126,7 @@ func TestPullThrough(t *testing.T) {
 	reg := registrytest.New(t)
 	img, err := reg.PushRandomImage(t.Context(), "library/app", "1.0", 1000, 2000)
 	require.NoError(t, err)
-	e := newEnv(t, reg.URL, cache.Config{})
+	e := newEnv(t, reg.URL, manifestcache.Config{})
 	reg.ResetStats()
 
 	// HEAD by tag, GET by tag, GET by digest: what a runtime does.
@@ -194,7 +194,7 @@ func TestConcurrentPullsOneUpstreamGET(t *testing.T) {
 	reg := registrytest.New(t)
 	img, err := reg.PushRandomImage(t.Context(), "library/app", "latest", 100)
 	require.NoError(t, err)
-	e := newEnv(t, reg.URL, cache.Config{TagTTL: 30 * time.Second})
+	e := newEnv(t, reg.URL, manifestcache.Config{TagTTL: 30 * time.Second})
 	reg.ResetStats()
 
 	round := func() {
@@ -233,7 +233,7 @@ func TestErrors(t *testing.T) {
 	reg := registrytest.New(t)
 	_, err := reg.PushRandomImage(t.Context(), "library/app", "1", 100)
 	require.NoError(t, err)
-	e := newEnv(t, reg.URL, cache.Config{})
+	e := newEnv(t, reg.URL, manifestcache.Config{})
 	reg.ResetStats()
 
 	tests := []struct {
@@ -286,7 +286,7 @@ func TestTokenAuth(t *testing.T) {
 	reg := registrytest.New(t, registrytest.WithTokenAuth(map[string]string{"alice": "wonderland"}))
 	img, err := reg.PushRandomImage(t.Context(), "team/app", "1", 500)
 	require.NoError(t, err)
-	e := newEnv(t, reg.URL, cache.Config{})
+	e := newEnv(t, reg.URL, manifestcache.Config{})
 
 	// The base endpoint's challenge is passed through.
 	r := e.do(t, http.MethodGet, "/v2/")
@@ -387,7 +387,7 @@ func TestChallengeFromAuthProxy(t *testing.T) {
 	reg := registrytest.New(t)
 	img, err := reg.PushRandomImage(t.Context(), "library/app", "1", 100)
 	require.NoError(t, err)
-	e := newEnv(t, authProxy(t, reg, "s3cret"), cache.Config{})
+	e := newEnv(t, authProxy(t, reg, "s3cret"), manifestcache.Config{})
 
 	for _, path := range []string{"/v2/", "/v2/library/app/manifests/1", "/v2/library/app/tags/list",
 		"/v2/library/app/blobs/" + img.Layers[0].Digest.String()} {
@@ -449,7 +449,7 @@ func TestUpstreamFailures(t *testing.T) {
 	}))
 	t.Cleanup(front.Close)
 	fu, _ := url.Parse(front.URL)
-	e := newEnv(t, fu, cache.Config{TagTTL: 30 * time.Second, StaleIfError: 5 * time.Minute})
+	e := newEnv(t, fu, manifestcache.Config{TagTTL: 30 * time.Second, StaleIfError: 5 * time.Minute})
 
 	r := e.do(t, http.MethodGet, "/v2/library/app/manifests/1", "Accept", acceptAll)
 	require.Equal(t, http.StatusOK, r.status)
@@ -489,7 +489,7 @@ func TestUpstreamFailures(t *testing.T) {
 	require.NoError(t, err)
 	dead := &url.URL{Scheme: "http", Host: ln.Addr().String()}
 	require.NoError(t, ln.Close())
-	e2 := newEnv(t, dead, cache.Config{})
+	e2 := newEnv(t, dead, manifestcache.Config{})
 	for _, path := range []string{"/v2/", "/v2/library/app/manifests/1", "/v2/library/app/blobs/" + img.Layers[0].Digest.String()} {
 		r = e2.do(t, http.MethodGet, path)
 		require.Equal(t, http.StatusServiceUnavailable, r.status, path)
@@ -521,7 +521,7 @@ func TestBlobRedirect(t *testing.T) {
 	}))
 	t.Cleanup(front.Close)
 	fu, _ := url.Parse(front.URL)
-	e := newEnv(t, fu, cache.Config{})
+	e := newEnv(t, fu, manifestcache.Config{})
 
 	r := e.do(t, http.MethodGet, "/v2/library/app/blobs/"+d.String(), "Authorization", "Bearer t")
 	require.Equal(t, http.StatusOK, r.status)
@@ -541,7 +541,7 @@ func TestServeManifestPerRequestUpstream(t *testing.T) {
 	require.NoError(t, err)
 	imgB, err := regB.PushRandomImage(t.Context(), "library/app", "1", 100)
 	require.NoError(t, err)
-	c, err := cache.New(cache.Config{}, registrysource.New())
+	c, err := manifestcache.New(manifestcache.Config{}, registrysource.New())
 	require.NoError(t, err)
 	s, err := New(c, nil)
 	require.NoError(t, err)
@@ -564,7 +564,7 @@ func TestServeManifestPerRequestUpstream(t *testing.T) {
 
 func TestNew(t *testing.T) {
 	t.Parallel()
-	c, err := cache.New(cache.Config{}, registrysource.New())
+	c, err := manifestcache.New(manifestcache.Config{}, registrysource.New())
 	require.NoError(t, err)
 	for _, u := range []string{"ftp://x", "http://", "http://u:p@host", "http://host?q=1"} {
 		pu, err := url.Parse(u)
@@ -592,15 +592,15 @@ func TestServeErrorStatuses(t *testing.T) {
 		status int
 		code   string
 	}{
-		{"not found", cache.ErrNotFound, 404, "MANIFEST_UNKNOWN"},
-		{"bad request", cache.ErrBadRequest, 400, "NAME_INVALID"},
+		{"not found", manifestcache.ErrNotFound, 404, "MANIFEST_UNKNOWN"},
+		{"bad request", manifestcache.ErrBadRequest, 400, "NAME_INVALID"},
 		{"401 passed", re(401, "WWW-Authenticate", "Basic realm=x"), 401, "UNAUTHORIZED"},
 		{"403 passed", re(403), 403, "DENIED"},
 		{"other 4xx passed", re(400), 400, "UPSTREAM_ERROR"},
-		{"429 unavailable", joinErr(cache.ErrUnavailable, re(429, "Retry-After", "3")), 429, "TOOMANYREQUESTS"},
-		{"5xx", joinErr(cache.ErrUnavailable, re(500)), 502, "UPSTREAM_ERROR"},
-		{"digest mismatch", joinErr(cache.ErrUnavailable, registrysource.ErrDigestMismatch), 502, "UPSTREAM_ERROR"},
-		{"timeout", joinErr(cache.ErrUnavailable, context.DeadlineExceeded), 503, "UNAVAILABLE"},
+		{"429 unavailable", joinErr(manifestcache.ErrUnavailable, re(429, "Retry-After", "3")), 429, "TOOMANYREQUESTS"},
+		{"5xx", joinErr(manifestcache.ErrUnavailable, re(500)), 502, "UPSTREAM_ERROR"},
+		{"digest mismatch", joinErr(manifestcache.ErrUnavailable, registrysource.ErrDigestMismatch), 502, "UPSTREAM_ERROR"},
+		{"timeout", joinErr(manifestcache.ErrUnavailable, context.DeadlineExceeded), 503, "UNAVAILABLE"},
 		{"unknown", io.ErrUnexpectedEOF, 500, "UNKNOWN"},
 		{"errcode", errcode.ErrorCodeTagInvalid, 400, "TAG_INVALID"},
 	}

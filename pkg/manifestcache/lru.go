@@ -1,4 +1,4 @@
-package cache
+package manifestcache
 
 import "container/list"
 

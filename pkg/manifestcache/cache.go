@@ -1,4 +1,4 @@
-// Package cache is the registry-cache's manifest hot-cache: it answers
+// Package manifestcache is the registry-cache's manifest hot-cache: it answers
 // manifest requests (by tag or by digest, for any upstream registry) from
 // memory, and asks the upstream at most once per key and TTL however many
 // clients ask at once.
@@ -53,7 +53,7 @@
 // Config.StaleIfError past its TTL is served, marked Stale. Beyond that
 // window, or with nothing cached, the error is returned wrapping
 // ErrUnavailable.
-package cache
+package manifestcache
 
 import (
 	"context"
