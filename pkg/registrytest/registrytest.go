@@ -175,6 +175,9 @@ func (r *Registry) Close() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = r.srv.Shutdown(ctx)
+	// Shutdown leaves connections a client opened but never used; Close
+	// ends them too, so nothing outlives the registry.
+	_ = r.srv.Close()
 	if r.tokens != nil {
 		r.tokens.close(ctx)
 	}
@@ -234,14 +237,7 @@ func (r *Registry) count(next http.Handler) http.Handler {
 			return
 		}
 		if m := blobPath.FindStringSubmatch(req.URL.Path); m != nil {
-			cw := &countingWriter{ResponseWriter: w}
-			next.ServeHTTP(cw, req)
-			r.mu.Lock()
-			if cw.status == 0 || cw.status < 300 {
-				r.stats.BlobGETs[digest.Digest(m[2])]++
-			}
-			r.stats.BlobBytes += cw.n
-			r.mu.Unlock()
+			next.ServeHTTP(&countingWriter{ResponseWriter: w, r: r, blob: digest.Digest(m[2])}, req)
 			return
 		}
 		if m := manifestPath.FindStringSubmatch(req.URL.Path); m != nil {
@@ -253,26 +249,36 @@ func (r *Registry) count(next http.Handler) http.Handler {
 	})
 }
 
+// countingWriter counts a blob GET when its status is written and its
+// bytes as they are written, so the counters are up to date before the
+// client has seen the end of the answer.
 type countingWriter struct {
 	http.ResponseWriter
-	status int
-	n      int64
+	r       *Registry
+	blob    digest.Digest
+	written bool
 }
 
 func (c *countingWriter) WriteHeader(code int) {
-	if c.status == 0 {
-		c.status = code
+	if !c.written {
+		c.written = true
+		if code < 300 {
+			c.r.mu.Lock()
+			c.r.stats.BlobGETs[c.blob]++
+			c.r.mu.Unlock()
+		}
 	}
 	c.ResponseWriter.WriteHeader(code)
 }
 
 func (c *countingWriter) Write(p []byte) (int, error) {
-	if c.status == 0 {
-		c.status = http.StatusOK
+	if !c.written {
+		c.WriteHeader(http.StatusOK)
 	}
-	n, err := c.ResponseWriter.Write(p)
-	c.n += int64(n)
-	return n, err
+	c.r.mu.Lock()
+	c.r.stats.BlobBytes += int64(len(p))
+	c.r.mu.Unlock()
+	return c.ResponseWriter.Write(p)
 }
 
 func (c *countingWriter) Flush() {

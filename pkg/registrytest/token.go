@@ -87,7 +87,10 @@ func startTokenServer(users map[string]string, dir string) (*tokenServer, error)
 	return ts, nil
 }
 
-func (ts *tokenServer) close(ctx context.Context) { _ = ts.srv.Shutdown(ctx) }
+func (ts *tokenServer) close(ctx context.Context) {
+	_ = ts.srv.Shutdown(ctx)
+	_ = ts.srv.Close()
+}
 
 // serveToken follows the registry token protocol: Basic credentials (or
 // none) and scope parameters in, a signed token out. Known users get pull
