@@ -139,7 +139,7 @@ func run(ctx context.Context, o *options, rc runConfig, logger *zap.Logger, stde
 		_ = ln.Close()
 		return usagef("--node: %v", err)
 	}
-	eng, err := peer.New(peer.Config{}, store, sc, self, engOpts...)
+	eng, err := peer.New(peer.Config{PieceTimeout: o.pieceTimeout}, store, sc, self, engOpts...)
 	if err != nil {
 		_ = ln.Close()
 		return err

@@ -35,24 +35,25 @@ func usagef(format string, args ...any) error {
 
 // options is the parsed command line.
 type options struct {
-	url         string
-	output      string
-	nodes       []string
-	digest      digest.Digest
-	header      http.Header
-	filter      []string
-	identifier  string
-	localLimit  int64 // bytes per second, 0 for none
-	totalLimit  int64
-	notbs       bool
-	timeout     time.Duration
-	peerListen  string
-	advertiseIP string
-	dataDir     string
-	log         log.Config
-	quiet       bool
-	version     bool
-	help        bool
+	url          string
+	output       string
+	nodes        []string
+	digest       digest.Digest
+	header       http.Header
+	filter       []string
+	identifier   string
+	localLimit   int64 // bytes per second, 0 for none
+	totalLimit   int64
+	notbs        bool
+	timeout      time.Duration
+	pieceTimeout time.Duration
+	peerListen   string
+	advertiseIP  string
+	dataDir      string
+	log          log.Config
+	quiet        bool
+	version      bool
+	help         bool
 }
 
 // headerFlag collects repeated --header 'K: V'.
@@ -144,6 +145,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	})
 	fs.BoolVar(&o.notbs, "notbs", false, "never download from the source")
 	fs.DurationVar(&o.timeout, "timeout", 0, "give up after `D` (0: no limit)")
+	fs.DurationVar(&o.pieceTimeout, "piece-timeout", 0, "advanced: bound on one piece fetch from a peer, `D` (0: 60s); a peer slower than this is reported")
 	fs.StringVar(&o.peerListen, "peer-listen", ":0", "`ADDR` of the upload server serving pieces to other peers")
 	fs.StringVar(&o.advertiseIP, "advertise-ip", "", "`IP` other peers reach this one at (default: the local address towards the first supernode)")
 	fs.StringVar(&o.dataDir, "data-dir", "", "`DIR` for pieces in progress (default: a hidden directory beside FILE, removed at exit)")
@@ -182,6 +184,9 @@ func parseArgs(args []string) (*options, *flag.FlagSet, error) {
 	}
 	if o.timeout < 0 {
 		return nil, fs, usagef("--timeout must not be negative")
+	}
+	if o.pieceTimeout < 0 {
+		return nil, fs, usagef("--piece-timeout must not be negative")
 	}
 	if o.advertiseIP != "" && net.ParseIP(o.advertiseIP) == nil {
 		return nil, fs, usagef("--advertise-ip %q: not an IP address", o.advertiseIP)
