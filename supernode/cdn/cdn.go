@@ -153,6 +153,10 @@ type CDN struct {
 	stopping chan struct{}
 	work     sync.WaitGroup
 
+	// dropMu serialises dropIfGone: the check that a settled task's
+	// content is gone and the removal of the task are one step.
+	dropMu sync.Mutex
+
 	mu      sync.Mutex
 	closed  bool
 	fetches map[string]*fetch // running fetches by task ID
@@ -246,7 +250,7 @@ func (c *CDN) Ensure(ctx context.Context, req Request) (schedapi.TaskInfo, error
 	if err := ctx.Err(); err != nil {
 		return schedapi.TaskInfo{}, err
 	}
-	if info, err := c.sched.TaskInfo(ctx, req.TaskID); err == nil && info.State != schedapi.TaskFailed {
+	if info, err := c.sched.TaskInfo(ctx, req.TaskID); err == nil && info.State != schedapi.TaskFailed && !c.dropIfGone(ctx, req.TaskID) {
 		return info, nil
 	}
 	ch := c.group.DoChan(req.TaskID, func() (any, error) {
@@ -302,7 +306,7 @@ func (c *CDN) ensure(ctx context.Context, req Request, expected digest.Digest) (
 	c.mu.Lock()
 	_, running := c.fetches[req.TaskID]
 	c.mu.Unlock()
-	if info, err := c.sched.TaskInfo(ctx, req.TaskID); err == nil && (running || info.State != schedapi.TaskFailed) {
+	if info, err := c.sched.TaskInfo(ctx, req.TaskID); err == nil && (running || (info.State != schedapi.TaskFailed && !c.dropIfGone(ctx, req.TaskID))) {
 		return info, nil
 	}
 	log := c.log.With(zap.String("task", req.TaskID), zap.String("url", redactURL(req.URL)))
@@ -504,8 +508,13 @@ func sourceErrorMessage(rawURL string, err error) error {
 }
 
 // writeFileAtomic writes data to path through a temporary file and a rename.
+// The directory is created when it is missing (an operator may have wiped
+// the data directory under a running supernode).
 func writeFileAtomic(path string, data []byte) error {
 	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return err
+	}
 	tmp, err := os.CreateTemp(dir, ".tmp-*")
 	if err != nil {
 		return err

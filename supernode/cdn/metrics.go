@@ -6,6 +6,7 @@ type metrics struct {
 	sourceBytes prometheus.Counter
 	fetches     *prometheus.CounterVec
 	cacheHits   prometheus.Counter
+	contentGone prometheus.Counter
 }
 
 // newMetrics builds the CDN's metrics and registers them with reg, when
@@ -24,11 +25,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "damselfly", Subsystem: "cdn", Name: "cache_hits_total",
 			Help: "Tasks served from cached content without a source fetch.",
 		}),
+		contentGone: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "damselfly", Subsystem: "cdn", Name: "content_gone_total",
+			Help: "Succeeded tasks dropped because their content vanished from the store; they are fetched again.",
+		}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.sourceBytes, m.fetches, m.cacheHits} {
+	for _, c := range []prometheus.Collector{m.sourceBytes, m.fetches, m.cacheHits, m.contentGone} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

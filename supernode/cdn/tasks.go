@@ -42,11 +42,18 @@ func (c *CDN) Open(ctx context.Context, taskID string) (upload.Task, error) {
 	d, ok := taskid.Digest(taskID)
 	if !ok {
 		if d, ok = c.cache.taskDigest(taskID); !ok {
-			return nil, fmt.Errorf("open task %s: %w: %w", taskID, ErrNotFound, upload.ErrNotFound)
+			// The task record may be lost while the scheduler still
+			// serves the task: its content digest names the blob.
+			if d, ok = c.settledDigest(ctx, taskID); !ok {
+				return nil, fmt.Errorf("open task %s: %w: %w", taskID, ErrNotFound, upload.ErrNotFound)
+			}
 		}
 	}
 	ra, err := c.store.ReaderAt(ctx, d)
 	if errors.Is(err, content.ErrNotFound) {
+		// Content the scheduler still hands out is gone: drop the task so
+		// that it is fetched again instead of failing every peer.
+		c.dropIfGone(ctx, taskID)
 		return nil, fmt.Errorf("open task %s: %w: %w", taskID, ErrNotFound, upload.ErrNotFound)
 	}
 	if err != nil {

@@ -270,6 +270,11 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest)
 		return fmt.Errorf("commit %s: content %s: %w", w.ref, dgst, content.ErrAlreadyExists)
 	}
 	dir := s.ingestDir(w.ref)
+	// The blobs directory may have been removed under a running store.
+	if err := os.MkdirAll(s.blobDir(), dirPerm); err != nil {
+		w.discard()
+		return fmt.Errorf("commit %s: %w", w.ref, err)
+	}
 	if err := os.Rename(filepath.Join(dir, "data"), target); err != nil {
 		w.discard()
 		return fmt.Errorf("commit %s: publish: %w", w.ref, err)
