@@ -11,6 +11,7 @@ REVISION     ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS      := -X $(PKG)/pkg/version.version=$(VERSION) -X $(PKG)/pkg/version.revision=$(REVISION)
 BINARIES     := $(patsubst %/main.go,%,$(wildcard supernode/main.go dfget/main.go dfdaemon/main.go registry-cache/main.go))
 TEST_TIMEOUT ?= 12m
+FUZZTIME     ?= 60s
 
 ##@ Build
 
@@ -39,9 +40,14 @@ demo: ## Offline demo: embedded registry, supernode, three dfdaemons pulling one
 ##@ Test
 
 .PHONY: test
-test: deps ## Vet, then run every test with the race detector
+test: deps ## Vet, run every test with the race detector, then every fuzz target for 2s
 	$(GO) vet ./...
 	$(GO) test -race -timeout $(TEST_TIMEOUT) ./...
+	GO=$(GO) ./hack/fuzz.sh 2s
+
+.PHONY: fuzz
+fuzz: ## Run every fuzz target for FUZZTIME (default 60s) each; stops at the first crasher
+	GO=$(GO) ./hack/fuzz.sh $(FUZZTIME)
 
 .PHONY: test-short
 test-short: ## Unit tests only (skips in-process end-to-end tests)

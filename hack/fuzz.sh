@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Runs every Go fuzz target of the module for a while each.
+#
+#   hack/fuzz.sh [FUZZTIME]     e.g. hack/fuzz.sh 2s (make test), hack/fuzz.sh 60s (make fuzz)
+#
+# Targets are found with `go test -list '^Fuzz'` in each package that declares
+# one, and each runs alone in its package (`-run '^$' -fuzz '^Name$'`). The
+# first crasher stops the run: its input, written by go test under
+# testdata/fuzz/<Name>/, is printed and the script exits 1. Each target is
+# bounded by FUZZTIME plus FUZZ_BUILD_SLACK seconds for compiling, so a hung
+# target cannot hang the run.
+set -euo pipefail
+
+fuzztime="${1:-${FUZZTIME:-10s}}"
+slack="${FUZZ_BUILD_SLACK:-180}"
+go="${GO:-go}"
+
+cd "$(dirname "$0")/.."
+
+case "$fuzztime" in
+*x) secs=$(( ${fuzztime%x} / 1000 + 1 )) ;; # iteration counts: roughly bounded
+*s) secs=${fuzztime%s} ;;
+*m) secs=$(( ${fuzztime%m} * 60 )) ;;
+*) echo "fuzz.sh: FUZZTIME must look like 2s, 1m or 1000x, not $fuzztime" >&2; exit 2 ;;
+esac
+limit=$(( ${secs%%.*} + slack ))
+
+# Packages with a fuzz target; go test -list then names the targets of each.
+mapfile -t dirs < <(grep -rlE --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*\(' . |
+	grep -v '/testdata/' | xargs -r -n1 dirname | sort -u)
+if [ "${#dirs[@]}" -eq 0 ]; then
+	echo "fuzz.sh: no fuzz targets" >&2
+	exit 1
+fi
+
+count=0
+start=$SECONDS
+for dir in "${dirs[@]}"; do
+	list=$("$go" test -list '^Fuzz' "$dir") || { echo "$list"; exit 1; }
+	for name in $(grep -E '^Fuzz' <<<"$list"); do
+		count=$(( count + 1 ))
+		echo "fuzz $dir $name ($fuzztime)"
+		before=$(find "$dir/testdata/fuzz/$name" -type f 2>/dev/null | sort || true)
+		if ! out=$(timeout --kill-after=10 "$limit" "$go" test -run '^$' -fuzz "^${name}\$" -fuzztime "$fuzztime" "$dir" 2>&1); then
+			echo "$out" | tail -40
+			after=$(find "$dir/testdata/fuzz/$name" -type f 2>/dev/null | sort || true)
+			for f in $(comm -13 <(echo "$before") <(echo "$after")); do
+				echo "--- crasher $f"
+				cat "$f"
+			done
+			echo "FAIL: $dir $name"
+			exit 1
+		fi
+	done
+done
+echo "fuzz: $count targets passed in $(( SECONDS - start ))s"
