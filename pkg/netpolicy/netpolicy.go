@@ -66,17 +66,21 @@ type Config struct {
 	Deny []string `yaml:"deny"`
 }
 
-// Validate reports every malformed entry, each naming its key.
-func (c Config) Validate() error {
+// Validate reports every malformed entry, each naming its key below
+// prefix (e.g. "source" gives "source.allow").
+func (c Config) Validate(prefix string) error {
+	if prefix != "" {
+		prefix += "."
+	}
 	var errs []error
 	for _, s := range c.Allow {
 		if _, err := parseEntry(s); err != nil {
-			errs = append(errs, fmt.Errorf("allow: %w", err))
+			errs = append(errs, fmt.Errorf("%sallow: %w", prefix, err))
 		}
 	}
 	for _, s := range c.Deny {
 		if _, err := parseEntry(s); err != nil {
-			errs = append(errs, fmt.Errorf("deny: %w", err))
+			errs = append(errs, fmt.Errorf("%sdeny: %w", prefix, err))
 		}
 	}
 	return errors.Join(errs...)

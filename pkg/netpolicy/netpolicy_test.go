@@ -115,13 +115,13 @@ func TestParse(t *testing.T) {
 	t.Parallel()
 	good := []string{"10.0.0.0/8", "127.0.0.1", "::1", "fe80::/10", "::ffff:10.0.0.0/104", "localhost", "registry.example.com.", " 10.0.0.1 ", "a-b.c"}
 	for _, s := range good {
-		require.NoError(t, netpolicy.Config{Allow: []string{s}}.Validate(), s)
+		require.NoError(t, netpolicy.Config{Allow: []string{s}}.Validate(""), s)
 	}
 	bad := []string{"", "10.0.0.0/33", "::ffff:0:0/90", "1.2.3.4.5", "300.1.1.1", "-bad.example", "bad_host", "a..b", "http://x", "fe80::1%eth0/64", strings.Repeat("a", 64) + ".com", "host:80"}
 	for _, s := range bad {
-		err := netpolicy.Config{Deny: []string{s}}.Validate()
+		err := netpolicy.Config{Deny: []string{s}}.Validate("source")
 		require.Error(t, err, s)
-		require.Contains(t, err.Error(), "deny", s)
+		require.Contains(t, err.Error(), "source.deny", s)
 		_, err = netpolicy.New(netpolicy.Config{Allow: []string{s}})
 		require.Error(t, err, s)
 	}

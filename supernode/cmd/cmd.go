@@ -35,6 +35,7 @@ import (
 	"github.com/damselfly/damselfly/pkg/log"
 	"github.com/damselfly/damselfly/pkg/peer/upload"
 	"github.com/damselfly/damselfly/pkg/schedapi"
+	"github.com/damselfly/damselfly/pkg/netpolicy"
 	"github.com/damselfly/damselfly/pkg/source/httpsource"
 	"github.com/damselfly/damselfly/pkg/source/registrysource"
 	"github.com/damselfly/damselfly/pkg/version"
@@ -109,7 +110,7 @@ func withEnv(fn func(string) (string, bool)) Option {
 // flags holds the parsed command line.
 type flags struct {
 	config, listen, dataDir, advertise, adminToken string
-	sourceAllow                                    string
+	sourceAllow, sourceDeny                        []string
 	logLevel, logFormat                            string
 	version                                        bool
 }
@@ -122,7 +123,8 @@ func newFlagSet(f *flags, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&f.dataDir, "data-dir", "", "`dir` for content, piece metadata and the generated admin token (default "+DefaultDataDir+")")
 	fs.StringVar(&f.advertise, "advertise-addr", "", "`host:port` peers use to reach this supernode's CDN (default: the listen address, unspecified host replaced by the first non-loopback IPv4)")
 	fs.StringVar(&f.adminToken, "admin-token", "", "admin API bearer `token` (prefer $"+EnvAdminToken+"; default: generated into <data-dir>/admin-token)")
-	fs.StringVar(&f.sourceAllow, "source-allow", "", "comma-separated `networks` (CIDR or IP) sources may be fetched from although the source policy denies them, e.g. 127.0.0.1/32")
+	fs.Var(netpolicy.ListFlag{List: &f.sourceAllow}, "source-allow", "`CIDR|IP|HOST` sources may be fetched from although the source policy denies them, e.g. 127.0.0.1/32 (repeatable, comma-separated)")
+	fs.Var(netpolicy.ListFlag{List: &f.sourceDeny}, "source-deny", "`CIDR|IP|HOST` sources are never fetched from (repeatable, comma-separated)")
 	fs.StringVar(&f.logLevel, "log-level", "", "log `level`: debug, info, warn, error (default info)")
 	fs.StringVar(&f.logFormat, "log-format", "", "log `format`: json or console (default console)")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
@@ -199,11 +201,9 @@ func buildConfig(fset *flag.FlagSet, f *flags, lookupEnv func(string) (string, b
 		case "admin-token":
 			cfg.AdminToken = f.adminToken
 		case "source-allow":
-			for s := range strings.SplitSeq(f.sourceAllow, ",") {
-				if s = strings.TrimSpace(s); s != "" {
-					cfg.Source.Allow = append(cfg.Source.Allow, s)
-				}
-			}
+			cfg.Source.Allow = append(cfg.Source.Allow, f.sourceAllow...)
+		case "source-deny":
+			cfg.Source.Deny = append(cfg.Source.Deny, f.sourceDeny...)
 		case "log-level":
 			cfg.Log.Level = f.logLevel
 		case "log-format":
@@ -232,11 +232,9 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	}
 	sourceHC := o.sourceHC
 	if sourceHC == nil {
-		policy, err := newDialPolicy(cfg.Source)
-		if err != nil {
+		if sourceHC, err = sourceHTTPClient(cfg.Source); err != nil {
 			return fmt.Errorf("source policy: %w", err)
 		}
-		sourceHC = sourceHTTPClient(policy)
 	}
 
 	ln, err := net.Listen("tcp", cfg.Listen)

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -201,7 +200,8 @@ func TestBadConfigFailsBeforeListening(t *testing.T) {
 		{"several problems", []string{"--config", cfgFile("scheduler:\n  peerUploadSlots: -1\nlog:\n  level: loud\n"), "--advertise-addr", "0.0.0.0:1"},
 			[]string{"peerUploadSlots", "log level", "advertiseAddr"}},
 		{"unknown key", []string{"--config", cfgFile("listne: :1\n")}, []string{"listne"}},
-		{"bad source network", []string{"--source-allow", "localhost"}, []string{"source.allow", "localhost"}},
+		{"bad source network", []string{"--config", cfgFile("source:\n  allow: [10.0.0.0/33]\n  deny: [bad_host]\n")}, []string{"source.allow", "10.0.0.0/33", "source.deny", "bad_host"}},
+		{"bad source flag", []string{"--source-deny", "10.0.0.0/8,http://x"}, []string{"source-deny", "http://x"}},
 		{"negative fetch timeout", []string{"--config", cfgFile("cdn:\n  fetchTimeout: -1s\n")}, []string{"cdn.fetchTimeout"}},
 		{"missing config file", []string{"--config", "/nonexistent/supernode.yaml"}, []string{"config"}},
 		{"unknown flag", []string{"--colour"}, []string{"colour"}},
@@ -255,14 +255,16 @@ log:
 `), 0o600))
 	var f flags
 	fset := newFlagSet(&f, io.Discard)
-	require.NoError(t, fset.Parse([]string{"--config", p, "--listen", "127.0.0.1:0", "--source-allow", "127.0.0.1, ::1"}))
+	require.NoError(t, fset.Parse([]string{"--config", p, "--listen", "127.0.0.1:0", "--source-allow", "127.0.0.1, ::1",
+		"--source-allow", "registry.local", "--source-deny", "10.9.0.0/16", "--source-deny", "192.0.2.1"}))
 	cfg, err := buildConfig(fset, &f, noEnv)
 	require.NoError(t, err)
 	require.Equal(t, "127.0.0.1:0", cfg.Listen, "flags override the file")
 	require.Equal(t, "sn.example:8002", cfg.AdvertiseAddr)
 	require.Equal(t, "/from/file", cfg.DataDir)
 	require.Equal(t, filepath.Join("/from/file", "cdn"), cfg.CDN.Dir)
-	require.Equal(t, []string{"10.0.0.0/8", "127.0.0.1", "::1"}, cfg.Source.Allow)
+	require.Equal(t, []string{"10.0.0.0/8", "127.0.0.1", "::1", "registry.local"}, cfg.Source.Allow)
+	require.Equal(t, []string{"10.9.0.0/16", "192.0.2.1"}, cfg.Source.Deny)
 	require.Equal(t, 3*time.Second, cfg.Scheduler.PeerTTL)
 	require.Equal(t, 5*time.Minute, cfg.CDN.FetchTimeout)
 	require.Equal(t, "warn", cfg.Log.Level)
@@ -276,35 +278,6 @@ func TestDocsConfigIsValid(t *testing.T) {
 	require.NoError(t, cfg.ApplyDefaults().Validate())
 	want := Config{}.ApplyDefaults()
 	require.Equal(t, want, cfg.ApplyDefaults(), "the documented config is the default")
-}
-
-func TestDialPolicy(t *testing.T) {
-	t.Parallel()
-	p, err := newDialPolicy(SourceConfig{Allow: []string{"127.0.0.1"}, Deny: []string{"10.0.0.0/8"}})
-	require.NoError(t, err)
-	tests := []struct {
-		ip      string
-		allowed bool
-	}{
-		{"127.0.0.1", true},
-		{"127.0.0.2", false},
-		{"::1", false},
-		{"::ffff:127.0.0.1", true},
-		{"169.254.169.254", false},
-		{"fe80::1", false},
-		{"0.0.0.0", false},
-		{"10.1.2.3", false},
-		{"192.168.1.1", true},
-		{"93.184.216.34", true},
-	}
-	for _, tt := range tests {
-		err := p.check(netip.MustParseAddr(tt.ip))
-		if tt.allowed {
-			require.NoError(t, err, tt.ip)
-		} else {
-			require.ErrorIs(t, err, errDenied, tt.ip)
-		}
-	}
 }
 
 func TestAdvertiseFrom(t *testing.T) {
@@ -434,11 +407,38 @@ func TestSourcePolicyDeniesLoopback(t *testing.T) {
 	var rr schedapi.RegisterResponse
 	require.NoError(t, json.Unmarshal(b, &rr))
 	require.Equal(t, schedapi.TaskFailed, rr.State)
-	require.Contains(t, rr.Error, "denied by the source policy")
+	require.Contains(t, rr.Error, "denied by the outbound policy")
+	require.Contains(t, rr.Error, "--source-allow", "the error says how to allow it")
 	id, err := taskid.ForURL(u, nil, "")
 	require.NoError(t, err)
 	require.Equal(t, id, rr.TaskID)
 	require.Zero(t, gets.Load(), "the origin was never contacted")
+}
+
+func TestSourcePolicyChecksRedirectHops(t *testing.T) {
+	t.Parallel()
+	origin, gets := newOrigin(t, []byte("private"))
+	// Only 127.0.0.2 is allowed: the redirector there sends the CDN to the
+	// origin on 127.0.0.1, which it must not reach.
+	ln, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Skipf("no 127.0.0.2 on this machine: %v", err)
+	}
+	redirector := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, origin.URL+"/secret", http.StatusFound)
+	}), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = redirector.Serve(ln) }()
+	t.Cleanup(func() { _ = redirector.Close() })
+	sn := start(t, []string{"--data-dir", t.TempDir(), "--source-allow", "127.0.0.2"})
+	status, b := sn.do(t, http.MethodPost, schedapi.RegisterPath(), "", schedapi.RegisterRequest{
+		Peer: schedapi.Peer{ID: "p", Addr: "127.0.0.1:1"}, URL: "http://" + ln.Addr().String() + "/start",
+	})
+	require.Equal(t, http.StatusOK, status, string(b))
+	var rr schedapi.RegisterResponse
+	require.NoError(t, json.Unmarshal(b, &rr))
+	require.Equal(t, schedapi.TaskFailed, rr.State)
+	require.Contains(t, rr.Error, "denied by the outbound policy")
+	require.Zero(t, gets.Load(), "the redirect target was never contacted")
 }
 
 func TestWithSourceClient(t *testing.T) {

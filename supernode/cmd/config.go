@@ -14,6 +14,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/damselfly/damselfly/pkg/log"
+	"github.com/damselfly/damselfly/pkg/netpolicy"
 	"github.com/damselfly/damselfly/supernode/cdn"
 	"github.com/damselfly/damselfly/supernode/preheat"
 	"github.com/damselfly/damselfly/supernode/scheduler"
@@ -44,8 +45,14 @@ type Config struct {
 	// DAMSELFLY_ADMIN_TOKEN environment variable. Empty everywhere: a
 	// random token is generated once and kept in <dataDir>/admin-token.
 	AdminToken string `yaml:"adminToken"`
-	// Source is the policy for the CDN's outbound requests.
-	Source SourceConfig `yaml:"source"`
+	// Source says which addresses the CDN may fetch from (sources,
+	// preheat's registries and token realms). The resolved IP of every
+	// connection, including each redirect hop, is checked when it is
+	// dialled. Loopback, link-local (cloud metadata services), unspecified
+	// and multicast addresses are denied unless Allow covers them; Deny
+	// adds networks. Entries are CIDRs, IPs or host names (see
+	// pkg/netpolicy). Proxy environment variables are ignored.
+	Source netpolicy.Config `yaml:"source"`
 	// Scheduler tunes piece scheduling.
 	Scheduler scheduler.Config `yaml:"scheduler"`
 	// CDN tunes source fetches.
@@ -55,20 +62,6 @@ type Config struct {
 	Preheat preheat.Config `yaml:"preheat"`
 	// Log sets the log level and format.
 	Log log.Config `yaml:"log"`
-}
-
-// SourceConfig says which addresses the CDN may fetch from. The resolved IP
-// of every connection, including each redirect hop, is checked when it is
-// dialled. Loopback, link-local (cloud metadata services), unspecified and
-// multicast addresses are denied unless Allow covers them. Proxy environment
-// variables are ignored, so that the check applies to the source itself.
-type SourceConfig struct {
-	// Allow lists networks (CIDR, or a bare IP) that are allowed even
-	// though Deny or the built-in list covers them, for example
-	// 127.0.0.1/32 for a registry on the same machine.
-	Allow []string `yaml:"allow"`
-	// Deny lists further networks that sources may not be reached at.
-	Deny []string `yaml:"deny"`
 }
 
 // ApplyDefaults fills unset fields.
@@ -103,11 +96,8 @@ func (c Config) Validate() error {
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("dataDir: must be set"))
 	}
-	if _, err := parseNetworks(c.Source.Allow); err != nil {
-		errs = append(errs, fmt.Errorf("source.allow: %w", err))
-	}
-	if _, err := parseNetworks(c.Source.Deny); err != nil {
-		errs = append(errs, fmt.Errorf("source.deny: %w", err))
+	if err := c.Source.Validate("source"); err != nil {
+		errs = append(errs, err)
 	}
 	if err := c.Scheduler.Validate(); err != nil {
 		errs = append(errs, err)
@@ -144,24 +134,6 @@ func checkHostPort(addr string, listen bool) error {
 func isUnspecified(host string) bool {
 	ip, err := netip.ParseAddr(host)
 	return err == nil && ip.IsUnspecified()
-}
-
-// parseNetworks parses CIDRs or bare IPs.
-func parseNetworks(list []string) ([]netip.Prefix, error) {
-	out := make([]netip.Prefix, 0, len(list))
-	var errs []error
-	for _, s := range list {
-		if p, err := netip.ParsePrefix(s); err == nil {
-			out = append(out, p.Masked())
-			continue
-		}
-		if ip, err := netip.ParseAddr(s); err == nil {
-			out = append(out, netip.PrefixFrom(ip.Unmap(), ip.Unmap().BitLen()))
-			continue
-		}
-		errs = append(errs, fmt.Errorf("%q: not a CIDR or IP address", s))
-	}
-	return out, errors.Join(errs...)
 }
 
 // loadConfig reads a YAML config file. Unknown keys are errors: a typo must

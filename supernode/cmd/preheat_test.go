@@ -124,7 +124,7 @@ func TestPreheatFollowsTheSourcePolicy(t *testing.T) {
 	require.NoError(t, json.Unmarshal(b, &st))
 	st = sn.waitPreheat(t, st.ID, "tok")
 	require.Equal(t, preheat.StateFailed, st.State)
-	require.Contains(t, st.Error, "denied by the source policy")
+	require.Contains(t, st.Error, "denied by the outbound policy")
 	require.Zero(t, reg.Stats().Requests, "loopback is denied unless allowed")
 }
 
