@@ -224,6 +224,12 @@ func baseURL(node string) (string, error) {
 // Nodes returns the supernodes' base URLs, in the order given.
 func (c *Client) Nodes() []string { return slices.Clone(c.nodes) }
 
+// Order returns the supernodes' base URLs in the rendezvous order of
+// taskID: the first owns the task while it is up, the next takes the task
+// over when it is not. Every client with the same list computes the same
+// order.
+func (c *Client) Order(taskID string) []string { return rendezvous(c.nodes, taskID) }
+
 // nodeFor returns the supernodes in the order a call about taskID tries
 // them: the one the task was registered on first, then by highest random
 // weight of (node, task). Every peer computes the same order, so a task has
