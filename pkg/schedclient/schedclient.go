@@ -399,50 +399,60 @@ func (c *Client) Leave(ctx context.Context, taskID, peerID string) error {
 }
 
 // Heartbeat keeps the peer alive in the tasks of req. With several
-// supernodes each gets the tasks it owns; the answer merges their unknown
-// tasks. A supernode that cannot be reached makes its tasks unknown only if
-// no supernode answered at all (then the error wraps ErrUnreachable).
+// supernodes each gets the tasks it owns. The tasks of a supernode that
+// cannot be reached go to the next supernode in their order, which answers
+// them unknown if they have not moved there yet: the caller then registers
+// them again, and the task continues on that supernode. The answer merges
+// the unknown tasks of every supernode that answered; if none did, the
+// error wraps ErrUnreachable.
 func (c *Client) Heartbeat(ctx context.Context, peerID string, req schedapi.HeartbeatRequest) (schedapi.HeartbeatResponse, error) {
 	var out schedapi.HeartbeatResponse
 	if err := checkIDs("", peerID); err != nil {
 		return out, fmt.Errorf("heartbeat: %w", err)
 	}
-	groups := map[string][]string{}
-	var order []string
-	for _, t := range req.Tasks {
-		n := c.nodeFor(t)[0]
-		if _, ok := groups[n]; !ok {
-			order = append(order, n)
-		}
-		groups[n] = append(groups[n], t)
-	}
-	if len(order) == 0 {
-		order = []string{c.nodeFor(peerID)[0]}
-		groups[order[0]] = nil
-	}
+	down := map[string]bool{}
+	pending := slices.Clone(req.Tasks)
 	var errs []error
 	answered := false
-	for _, n := range order {
-		body, err := json.Marshal(schedapi.HeartbeatRequest{Addr: req.Addr, Tasks: groups[n]})
-		if err != nil {
-			return out, fmt.Errorf("heartbeat: %w", err)
+	// Every round either ends or marks one more node down.
+	for round := 0; round <= len(c.nodes); round++ {
+		groups, order := c.heartbeatGroups(pending, peerID, down)
+		if len(order) == 0 {
+			break
 		}
-		var resp schedapi.HeartbeatResponse
-		_, err = c.do(ctx, call{
-			name:       "heartbeat",
-			method:     http.MethodPost,
-			path:       schedapi.HeartbeatPath(peerID),
-			body:       body,
-			nodes:      []string{n},
-			idempotent: true,
-			out:        &resp,
-		})
-		if err != nil {
-			errs = append(errs, err)
-			continue
+		pending = nil
+		for _, n := range order {
+			body, err := json.Marshal(schedapi.HeartbeatRequest{Addr: req.Addr, Tasks: groups[n]})
+			if err != nil {
+				return out, fmt.Errorf("heartbeat: %w", err)
+			}
+			var resp schedapi.HeartbeatResponse
+			_, err = c.do(ctx, call{
+				name:       "heartbeat",
+				method:     http.MethodPost,
+				path:       schedapi.HeartbeatPath(peerID),
+				body:       body,
+				nodes:      []string{n},
+				idempotent: true,
+				out:        &resp,
+			})
+			if err != nil {
+				if ctx.Err() != nil {
+					return out, err
+				}
+				errs = append(errs, err)
+				if errors.Is(err, ErrUnreachable) {
+					down[n] = true
+					pending = append(pending, groups[n]...)
+				}
+				continue
+			}
+			answered = true
+			out.Unknown = append(out.Unknown, resp.Unknown...)
 		}
-		answered = true
-		out.Unknown = append(out.Unknown, resp.Unknown...)
+		if len(pending) == 0 {
+			break
+		}
 	}
 	if !answered {
 		return out, errors.Join(errs...)
@@ -451,6 +461,34 @@ func (c *Client) Heartbeat(ctx context.Context, peerID string, req schedapi.Hear
 		c.logger.Warn("heartbeat partly failed", zap.String("peer", peerID), zap.Error(errors.Join(errs...)))
 	}
 	return out, nil
+}
+
+// heartbeatGroups assigns each task to the first node of its order that is
+// not down. With no task at all, the peer still heartbeats one node. Tasks
+// whose every node is down are left out.
+func (c *Client) heartbeatGroups(tasks []string, peerID string, down map[string]bool) (map[string][]string, []string) {
+	groups := map[string][]string{}
+	var order []string
+	add := func(n, task string) {
+		if _, ok := groups[n]; !ok {
+			order = append(order, n)
+		}
+		if task != "" {
+			groups[n] = append(groups[n], task)
+		}
+	}
+	for _, t := range tasks {
+		for _, n := range c.nodeFor(t) {
+			if !down[n] {
+				add(n, t)
+				break
+			}
+		}
+	}
+	if len(tasks) == 0 && len(down) == 0 {
+		add(c.nodeFor(peerID)[0], "")
+	}
+	return groups, order
 }
 
 func checkIDs(taskID, peerID string) error {

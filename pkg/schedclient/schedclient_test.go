@@ -450,6 +450,55 @@ func TestHeartbeatGroupsTasksByNode(t *testing.T) {
 	require.Equal(t, 3, a.count("heartbeat")+b.count("heartbeat"))
 }
 
+// The tasks of a supernode that cannot be reached are heartbeated to the
+// next one in their order; it answers them unknown, so the peer registers
+// them there.
+func TestHeartbeatMovesTasksOfDeadNode(t *testing.T) {
+	t.Parallel()
+	live := newFakeNode(t)
+	live.unknown = []string{task1, task2}
+	dead := deadAddr(t)
+	c, err := New([]string{dead, live.addr}, WithRetry(1, 0))
+	require.NoError(t, err)
+	c.sticky[task1] = "http://" + dead
+	c.sticky[task2] = "http://" + live.addr
+	resp, err := c.Heartbeat(t.Context(), "p1", schedapi.HeartbeatRequest{Addr: "127.0.0.1:9", Tasks: []string{task1, task2}})
+	require.NoError(t, err)
+	require.ElementsMatch(t, []string{task1, task2}, resp.Unknown)
+	require.Len(t, live.beats, 2, "one beat for its own task, one for the moved one")
+	require.Equal(t, []string{task2}, live.beats[0].Tasks)
+	require.Equal(t, []string{task1}, live.beats[1].Tasks)
+
+	// Every node down: an error wrapping ErrUnreachable, nothing unknown.
+	c2, err := New([]string{dead, deadAddr(t)}, WithRetry(1, 0))
+	require.NoError(t, err)
+	resp, err = c2.Heartbeat(t.Context(), "p1", schedapi.HeartbeatRequest{Addr: "127.0.0.1:9", Tasks: []string{task1}})
+	require.ErrorIs(t, err, ErrUnreachable)
+	require.Empty(t, resp.Unknown)
+}
+
+// Order is the rendezvous order, the same for every client of the same
+// supernodes whatever the order they were given in, and it does not follow
+// the task's registration.
+func TestOrder(t *testing.T) {
+	t.Parallel()
+	a, err := New([]string{"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"})
+	require.NoError(t, err)
+	b, err := New([]string{"127.0.0.1:3", "127.0.0.1:1", "127.0.0.1:2"})
+	require.NoError(t, err)
+	owners := map[string]bool{}
+	for i := range 30 {
+		id := fmt.Sprintf("%064x", i)
+		require.Equal(t, a.Order(id), b.Order(id))
+		require.ElementsMatch(t, a.Nodes(), a.Order(id))
+		owners[a.Order(id)[0]] = true
+	}
+	require.Len(t, owners, 3, "30 tasks spread over the three nodes")
+	a.sticky[task2] = a.Order(task2)[2]
+	require.Equal(t, a.Order(task2)[2], a.nodeFor(task2)[0], "calls go to the node the task is on")
+	require.Equal(t, b.Order(task2), a.Order(task2))
+}
+
 func TestNeverLogsRegisterHeader(t *testing.T) {
 	t.Parallel()
 	core, logs := observer.New(zapcore.DebugLevel)
