@@ -125,6 +125,13 @@ func run(ctx context.Context, o *options, rc runConfig, logger *zap.Logger, stde
 	if rc.httpClient != nil {
 		scOpts = append(scOpts, schedclient.WithHTTPClient(rc.httpClient))
 		engOpts = append(engOpts, peer.WithHTTPClient(rc.httpClient))
+	} else {
+		outOpts, err := outboundOptions(o, peer.Config{PieceTimeout: o.pieceTimeout}, logger)
+		if err != nil {
+			_ = ln.Close()
+			return err
+		}
+		engOpts = append(engOpts, outOpts...)
 	}
 	if o.totalLimit > 0 {
 		total := newLimiter(o.totalLimit)

@@ -214,7 +214,8 @@ func (s *syncBuffer) String() string {
 func runDfget(t *testing.T, ctx context.Context, args ...string) (string, string, error) {
 	t.Helper()
 	var stdout, stderr syncBuffer
-	base := []string{"--peer-listen", "127.0.0.1:0", "--advertise-ip", "127.0.0.1"}
+	base := []string{"--peer-listen", "127.0.0.1:0", "--advertise-ip", "127.0.0.1",
+		"--source-allow", "127.0.0.1/32", "--peer-allow", "127.0.0.1/32"}
 	err := Run(ctx, append(base, args...), &stdout, &stderr)
 	return stdout.String(), stderr.String(), err
 }

@@ -15,6 +15,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/damselfly/damselfly/pkg/log"
+	"github.com/damselfly/damselfly/pkg/netpolicy"
 	"github.com/damselfly/damselfly/pkg/taskid"
 )
 
@@ -50,6 +51,8 @@ type options struct {
 	peerListen   string
 	advertiseIP  string
 	dataDir      string
+	sourcePolicy netpolicy.Config
+	peerPolicy   netpolicy.Config
 	log          log.Config
 	quiet        bool
 	version      bool
@@ -153,6 +156,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.log.Format, "log-format", "console", "log `FORMAT`: console or json")
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress bar, no notices")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
+	policyFlags(fs, o)
 	return fs
 }
 

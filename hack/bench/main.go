@@ -154,7 +154,8 @@ func benchP2P(ctx context.Context, o options, org *origin, work, want string) (r
 			var stderr bytes.Buffer
 			cmd := exec.CommandContext(gctx, filepath.Join(o.binDir, "dfget"),
 				"-u", org.url+"/file.bin", "-o", out, "--node", addr, "--notbs",
-				"--peer-listen", "127.0.0.1:0", "--advertise-ip", "127.0.0.1", "--log-level", "warn")
+				"--peer-listen", "127.0.0.1:0", "--advertise-ip", "127.0.0.1", "--log-level", "warn",
+				"--source-allow", "127.0.0.1/32", "--peer-allow", "127.0.0.1/32")
 			cmd.Stderr = &stderr
 			if err := cmd.Run(); err != nil {
 				return fmt.Errorf("dfget %d: %w: %s", i, err, stderr.String())

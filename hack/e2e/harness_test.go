@@ -249,6 +249,9 @@ func startDfget(t *testing.T, ctx context.Context, url, out string, args ...stri
 		"-u", url, "-o", out,
 		"--peer-listen", "127.0.0.1:0", "--advertise-ip", "127.0.0.1",
 		"--log-level", "warn",
+		// The origin, the CDN and the peers all live on loopback, which the
+		// outbound policies deny by default.
+		"--source-allow", "127.0.0.1/32", "--peer-allow", "127.0.0.1/32",
 	}, args...)
 	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "dfget"), full...)
 	d := &dfget{cmd: cmd, out: out, stderr: &syncBuffer{}, done: make(chan error, 1)}
