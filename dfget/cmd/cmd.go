@@ -100,12 +100,12 @@ func run(ctx context.Context, o *options, rc runConfig, logger *zap.Logger, stde
 
 	dataDir := o.dataDir
 	if dataDir == "" {
-		// Beside the output: one filesystem, so the final move is a rename.
-		dataDir, err = os.MkdirTemp(filepath.Dir(out), "."+filepath.Base(out)+".dfget-")
+		var release func()
+		dataDir, release, err = newDataDir(out, logger)
 		if err != nil {
 			return fmt.Errorf("data dir: %w", err)
 		}
-		defer os.RemoveAll(dataDir)
+		defer release()
 	}
 	store, err := local.New(dataDir, local.WithLogger(logger.Named("store")))
 	if err != nil {
@@ -146,7 +146,7 @@ func run(ctx context.Context, o *options, rc runConfig, logger *zap.Logger, stde
 		_ = ln.Close()
 		return usagef("--node: %v", err)
 	}
-	eng, err := peer.New(peer.Config{PieceTimeout: o.pieceTimeout}, store, sc, self, engOpts...)
+	eng, err := peer.New(peer.Config{PieceTimeout: o.pieceTimeout, StallTimeout: o.stallTimeout}, store, sc, self, engOpts...)
 	if err != nil {
 		_ = ln.Close()
 		return err

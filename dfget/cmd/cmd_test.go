@@ -47,7 +47,7 @@ func TestParseArgs(t *testing.T) {
 			"--url", "http://o/f?sig=1&x=2", "--output", "out", "--node", "10.0.0.1:8002, 10.0.0.2:8002",
 			"--digest", dgst, "--header", "Authorization: Bearer t", "--header", "x-extra:  v2 ",
 			"--filter", "sig&exp", "--identifier", "id1", "--locallimit", "20M", "--totallimit", "1GiB",
-			"--notbs", "--timeout", "90s", "--piece-timeout", "5s", "--peer-listen", "127.0.0.1:0", "--advertise-ip", "10.1.2.3",
+			"--notbs", "--timeout", "90s", "--piece-timeout", "5s", "--stall-timeout", "7s", "--peer-listen", "127.0.0.1:0", "--advertise-ip", "10.1.2.3",
 			"--data-dir", "/tmp/d", "--log-level", "debug", "--log-format", "json", "--quiet",
 		}, "", func(t *testing.T, o *options) {
 			require.Equal(t, []string{"10.0.0.1:8002", "10.0.0.2:8002"}, o.nodes)
@@ -60,6 +60,7 @@ func TestParseArgs(t *testing.T) {
 			require.True(t, o.notbs)
 			require.Equal(t, 90*time.Second, o.timeout)
 			require.Equal(t, 5*time.Second, o.pieceTimeout)
+			require.Equal(t, 7*time.Second, o.stallTimeout)
 			require.Equal(t, "10.1.2.3", o.advertiseIP)
 			require.Equal(t, "/tmp/d", o.dataDir)
 			require.Equal(t, "json", o.log.Format)
@@ -79,6 +80,7 @@ func TestParseArgs(t *testing.T) {
 		{"bad log level", []string{"-u", "http://o/f", "-o", "out", "--log-level", "loud"}, "log level", nil},
 		{"negative timeout", []string{"-u", "http://o/f", "-o", "out", "--timeout", "-1s"}, "must not be negative", nil},
 		{"negative piece timeout", []string{"-u", "http://o/f", "-o", "out", "--piece-timeout", "-1s"}, "must not be negative", nil},
+		{"negative stall timeout", []string{"-u", "http://o/f", "-o", "out", "--stall-timeout", "-1s"}, "must not be negative", nil},
 		{"unknown flag", []string{"-u", "http://o/f", "-o", "out", "--fast"}, "not defined: -fast", nil},
 		{"extra argument", []string{"-u", "http://o/f", "-o", "out", "more"}, `unexpected argument "more"`, nil},
 		{"help", []string{"--help"}, "", func(t *testing.T, o *options) { require.True(t, o.help) }},

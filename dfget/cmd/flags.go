@@ -48,6 +48,7 @@ type options struct {
 	notbs        bool
 	timeout      time.Duration
 	pieceTimeout time.Duration
+	stallTimeout time.Duration
 	peerListen   string
 	advertiseIP  string
 	dataDir      string
@@ -149,6 +150,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.BoolVar(&o.notbs, "notbs", false, "never download from the source")
 	fs.DurationVar(&o.timeout, "timeout", 0, "give up after `D` (0: no limit)")
 	fs.DurationVar(&o.pieceTimeout, "piece-timeout", 0, "advanced: bound on one piece fetch from a peer, `D` (0: 60s); a peer slower than this is reported")
+	fs.DurationVar(&o.stallTimeout, "stall-timeout", 0, "advanced: P2P has failed when no piece is verified for `D` (0: 60s); then dfget goes to the source, or fails with --notbs")
 	fs.StringVar(&o.peerListen, "peer-listen", ":0", "`ADDR` of the upload server serving pieces to other peers")
 	fs.StringVar(&o.advertiseIP, "advertise-ip", "", "`IP` other peers reach this one at (default: the local address towards the first supernode)")
 	fs.StringVar(&o.dataDir, "data-dir", "", "`DIR` for pieces in progress (default: a hidden directory beside FILE, removed at exit)")
@@ -191,6 +193,9 @@ func parseArgs(args []string) (*options, *flag.FlagSet, error) {
 	}
 	if o.pieceTimeout < 0 {
 		return nil, fs, usagef("--piece-timeout must not be negative")
+	}
+	if o.stallTimeout < 0 {
+		return nil, fs, usagef("--stall-timeout must not be negative")
 	}
 	if o.advertiseIP != "" && net.ParseIP(o.advertiseIP) == nil {
 		return nil, fs, usagef("--advertise-ip %q: not an IP address", o.advertiseIP)
