@@ -168,6 +168,14 @@ type fakeSched struct {
 	forget atomic.Bool
 	// unknown is answered to heartbeats.
 	unknown atomic.Bool
+	// lost makes polls and reports answer TASK_NOT_FOUND until the next
+	// registration, as a restarted supernode would (see restart).
+	lost atomic.Bool
+	// down is how many more requests get their connection closed without
+	// an answer, as a supernode that dies would do.
+	down atomic.Int32
+
+	srv *httptest.Server
 
 	mu        sync.Mutex
 	changed   chan struct{}
@@ -201,9 +209,9 @@ func newFakeSched(t *testing.T, data []byte, from func(piece, attempt int) (sche
 	}
 	f.taskID = strings.Repeat("ab", 32)
 	mux := http.NewServeMux()
-	mux.HandleFunc(schedapi.RouteRegister, f.register)
-	mux.HandleFunc(schedapi.RoutePieces, f.poll)
-	mux.HandleFunc(schedapi.RouteReport, f.report)
+	mux.HandleFunc(schedapi.RouteRegister, f.dropping(f.register))
+	mux.HandleFunc(schedapi.RoutePieces, f.dropping(f.losing(schedapi.CodeTaskNotFound, f.poll)))
+	mux.HandleFunc(schedapi.RouteReport, f.dropping(f.losing(schedapi.CodePeerNotFound, f.report)))
 	mux.HandleFunc(schedapi.RouteLeave, func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		f.leaves++
@@ -222,10 +230,59 @@ func newFakeSched(t *testing.T, data []byte, from func(piece, attempt int) (sche
 		}
 		_ = json.NewEncoder(w).Encode(resp)
 	})
-	srv := httptest.NewServer(mux)
-	t.Cleanup(srv.Close)
-	f.addr = strings.TrimPrefix(srv.URL, "http://")
+	f.srv = httptest.NewServer(mux)
+	t.Cleanup(f.srv.Close)
+	f.addr = strings.TrimPrefix(f.srv.URL, "http://")
 	return f
+}
+
+// dropping closes the connection of a request while f.down lasts.
+func (f *fakeSched) dropping(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		for {
+			n := f.down.Load()
+			if n <= 0 {
+				h(w, r)
+				return
+			}
+			if f.down.CompareAndSwap(n, n-1) {
+				break
+			}
+		}
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err == nil {
+			_ = conn.Close()
+		}
+	}
+}
+
+// losing answers code while f.lost is set.
+func (f *fakeSched) losing(code schedapi.ErrorCode, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if f.lost.Load() {
+			w.WriteHeader(http.StatusNotFound)
+			_ = json.NewEncoder(w).Encode(schedapi.Error{Code: code, Message: "unknown"})
+			return
+		}
+		h(w, r)
+	}
+}
+
+// restart forgets the task's swarm, as a supernode started again (or one
+// taking the task over) would: nothing is held or assigned until peers
+// register again with what they have.
+func (f *fakeSched) restart() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.lost.Store(true)
+	f.done, f.assigned, f.attempts = map[int]bool{}, map[int]bool{}, map[int]int{}
+	f.notifyLocked()
+}
+
+// kill stops the supernode: open connections are cut, new ones refused.
+func (f *fakeSched) kill() {
+	f.srv.CloseClientConnections()
+	f.srv.Close()
 }
 
 func (f *fakeSched) info() schedapi.TaskInfo {
@@ -264,6 +321,7 @@ func (f *fakeSched) register(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.registers = append(f.registers, req)
+	f.lost.Store(false)
 	if req.Have != nil {
 		for _, i := range req.Have.Indices() {
 			f.done[i] = true
@@ -284,6 +342,12 @@ func (f *fakeSched) poll(w http.ResponseWriter, r *http.Request) {
 	defer timer.Stop()
 	for {
 		f.mu.Lock()
+		if f.lost.Load() {
+			f.mu.Unlock()
+			w.WriteHeader(http.StatusNotFound)
+			_ = json.NewEncoder(w).Encode(schedapi.Error{Code: schedapi.CodeTaskNotFound, Message: "restarted"})
+			return
+		}
 		f.polls++
 		startInfo := f.info()
 		var out []schedapi.Assignment
@@ -372,6 +436,8 @@ func (s *fakeSource) Fetch(ctx context.Context, req source.Request) (*source.Res
 
 // testEngine builds an engine against a supernode address.
 type engineSetup struct {
+	// nodes, when set, are the supernodes instead of the one address.
+	nodes []string
 	cfg   Config
 	store content.Store
 	opts  []Option
@@ -380,7 +446,11 @@ type engineSetup struct {
 
 func newTestEngine(t *testing.T, schedAddr string, s engineSetup) *Engine {
 	t.Helper()
-	sc, err := schedclient.New([]string{schedAddr}, schedclient.WithRetry(1, 0))
+	nodes := s.nodes
+	if nodes == nil {
+		nodes = []string{schedAddr}
+	}
+	sc, err := schedclient.New(nodes, schedclient.WithRetry(1, 0))
 	require.NoError(t, err)
 	if s.store == nil {
 		s.store = contenttest.NewMemory()

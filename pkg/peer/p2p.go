@@ -189,57 +189,118 @@ func (t *task) p2p(ctx context.Context) error {
 	return t.commit(ctx)
 }
 
-// pollFailed handles a failed poll: the supernode forgot this peer (register
-// again with what it holds), the task failed (give up on P2P), or the
-// supernode is unreachable for now (retry until the stall timer fires).
-func (t *task) pollFailed(ctx context.Context, err error) error {
+// pollAction is what the engine does after a failed poll.
+type pollAction int
+
+const (
+	// pollRetryLater: the supernode cannot be reached for now (killed,
+	// restarting, overloaded): poll again after a pause, until the stall
+	// timer gives up on P2P.
+	pollRetryLater pollAction = iota
+	// pollRegister: the supernode does not know the task or this peer in
+	// it (it restarted, or the task moved to another supernode): register
+	// again, declaring the verified pieces.
+	pollRegister
+	// pollGiveUp: P2P cannot succeed (the task failed, the request is
+	// rejected).
+	pollGiveUp
+)
+
+// decidePoll maps a poll error to what to do about it.
+func decidePoll(err error) pollAction {
 	switch {
 	case errors.Is(err, schedclient.ErrTaskNotFound), errors.Is(err, schedclient.ErrPeerNotFound):
-		t.mu.Lock()
-		have, ps := t.verified.Clone(), t.info.PieceSize
-		t.mu.Unlock()
-		resp, rerr := t.e.sched.Register(ctx, t.registerRequest(have, ps))
-		if rerr != nil {
-			t.log.Debug("register again", zap.Error(rerr))
-			return nil
+		return pollRegister
+	case errors.Is(err, schedclient.ErrTaskFailed), errors.Is(err, schedclient.ErrInvalid):
+		return pollGiveUp
+	}
+	return pollRetryLater
+}
+
+// pollFailed handles a failed poll as decidePoll says. A nil return means
+// poll again after a pause.
+func (t *task) pollFailed(ctx context.Context, err error) error {
+	switch decidePoll(err) {
+	case pollRegister:
+		return t.registerAgain(ctx)
+	case pollGiveUp:
+		if errors.Is(err, schedclient.ErrTaskFailed) {
+			return fmt.Errorf("%w: task failed on the supernode: %w", ErrP2PFailed, err)
 		}
-		if resp.TaskID != t.id {
-			return fmt.Errorf("%w: supernode moved the task to %s", ErrP2PFailed, resp.TaskID)
-		}
-		return t.updateInfo(resp.TaskInfo)
-	case errors.Is(err, schedclient.ErrTaskFailed):
-		return fmt.Errorf("%w: task failed on the supernode: %w", ErrP2PFailed, err)
-	case errors.Is(err, schedclient.ErrInvalid):
 		return fmt.Errorf("%w: %w", ErrP2PFailed, err)
 	}
 	t.log.Debug("poll", zap.Error(err))
 	return nil
 }
 
+// registerAgain registers with the supernode that now has the task (the
+// same one restarted, or the next in the task's rendezvous order), declaring
+// the pieces verified so far with the piece size they were cut with: the
+// supernode counts them as held and schedules only the rest. A failure to
+// register is retried with the next poll.
+func (t *task) registerAgain(ctx context.Context) error {
+	t.mu.Lock()
+	have, ps := t.verified.Clone(), t.info.PieceSize
+	t.mu.Unlock()
+	resp, err := t.e.sched.Register(ctx, t.registerRequest(have, ps))
+	if err != nil {
+		if errors.Is(err, schedclient.ErrInvalid) {
+			return fmt.Errorf("%w: register again: %w", ErrP2PFailed, err)
+		}
+		t.log.Debug("register again", zap.Error(err))
+		return nil
+	}
+	if resp.TaskID != t.id {
+		return fmt.Errorf("%w: supernode moved the task to %s", ErrP2PFailed, resp.TaskID)
+	}
+	t.log.Info("registered again", zap.Int("pieces", have.Len()))
+	return t.updateInfo(resp.TaskInfo)
+}
+
 // updateInfo takes a new TaskInfo from the supernode.
 func (t *task) updateInfo(info schedapi.TaskInfo) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if info.State == schedapi.TaskFailed {
-		return fmt.Errorf("%w: task failed on the supernode: %s", ErrP2PFailed, info.Error)
+	merged, err := mergeInfo(t.info, info)
+	if err != nil {
+		return err
 	}
-	if info.PieceSize != t.info.PieceSize {
-		return fmt.Errorf("%w: piece size changed from %d to %d", ErrP2PFailed, t.info.PieceSize, info.PieceSize)
-	}
-	if t.info.Size >= 0 && info.Size != t.info.Size {
-		return fmt.Errorf("%w: size changed from %d to %d", ErrP2PFailed, t.info.Size, info.Size)
-	}
-	if t.info.ContentDigest != "" && info.ContentDigest != t.info.ContentDigest {
-		return fmt.Errorf("%w: content digest changed from %s to %s", ErrP2PFailed, t.info.ContentDigest, info.ContentDigest)
-	}
-	info.TaskID = t.id
-	changed := info != t.info
-	t.info = info
-	t.progress.Size = info.Size
+	changed := merged != t.info
+	t.info = merged
+	t.progress.Size = merged.Size
 	if changed {
 		t.notifyLocked()
 	}
 	return nil
+}
+
+// mergeInfo checks a TaskInfo from the supernode against what the task
+// already knows and returns the new one. The piece size, a known size and a
+// known content digest never change: pieces already verified were cut and
+// will be committed by them. A supernode that took the task over (after a
+// restart, or from a dead one) may not know the size or the content digest
+// yet: what the task learnt stays.
+func mergeInfo(old, info schedapi.TaskInfo) (schedapi.TaskInfo, error) {
+	if info.State == schedapi.TaskFailed {
+		return old, fmt.Errorf("%w: task failed on the supernode: %s", ErrP2PFailed, info.Error)
+	}
+	if info.PieceSize != old.PieceSize {
+		return old, fmt.Errorf("%w: piece size changed from %d to %d", ErrP2PFailed, old.PieceSize, info.PieceSize)
+	}
+	if old.Size >= 0 {
+		if info.Size >= 0 && info.Size != old.Size {
+			return old, fmt.Errorf("%w: size changed from %d to %d", ErrP2PFailed, old.Size, info.Size)
+		}
+		info.Size, info.PieceCount = old.Size, old.PieceCount
+	}
+	if old.ContentDigest != "" {
+		if info.ContentDigest != "" && info.ContentDigest != old.ContentDigest {
+			return old, fmt.Errorf("%w: content digest changed from %s to %s", ErrP2PFailed, old.ContentDigest, info.ContentDigest)
+		}
+		info.ContentDigest = old.ContentDigest
+	}
+	info.TaskID = old.TaskID
+	return info, nil
 }
 
 // checkAssignment rejects assignments that do not fit the task.
