@@ -205,6 +205,40 @@ func TestUpstreamFaultsThroughMirror(t *testing.T) {
 			require.True(t, strings.HasPrefix(ranges[1], "bytes="), "the second GET resumes: %q", ranges[1])
 			require.NotEqual(t, "bytes=0-", ranges[1], "the second GET resumes where the first broke")
 		}},
+		{"200 error page instead of the blob", func(t *testing.T, ctx context.Context, u *faultyUpstream, mirror string) {
+			page := []byte("<html><body><h1>502 Bad Gateway</h1></body></html>")
+			var broken atomic.Bool
+			broken.Store(true)
+			u.setFault(func(w http.ResponseWriter, r *http.Request) bool {
+				if !broken.Load() || r.Method != http.MethodGet || r.URL.Path != u.layerPath() {
+					return false
+				}
+				w.Header().Set("Content-Type", "text/html")
+				_, _ = w.Write(page)
+				return true
+			})
+			// The page is not the blob: the client never gets a response
+			// that ends cleanly with it (an error status, or the connection
+			// dropped before the end).
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+mirror+u.layerPath(), nil)
+			require.NoError(t, err)
+			resp, err := http.DefaultClient.Do(req)
+			if err == nil {
+				body, rerr := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if rerr == nil {
+					require.NotEqual(t, http.StatusOK, resp.StatusCode, "an error page was served as the blob: %.200q", body)
+					require.NotContains(t, string(body), "Bad Gateway")
+				}
+			}
+			require.GreaterOrEqual(t, u.count(http.MethodGet, u.layerPath()), 1, "the upstream was never asked")
+
+			// Nothing was cached: once the upstream is fixed, the blob is right.
+			broken.Store(false)
+			st, _, body := mirrorGet(t, ctx, "http://"+mirror+u.layerPath())
+			require.Equal(t, http.StatusOK, st, "%.200q", body)
+			require.Equal(t, u.layer, body)
+		}},
 		{"lying Docker-Content-Digest", func(t *testing.T, ctx context.Context, u *faultyUpstream, mirror string) {
 			lie := digest.FromString("not this manifest")
 			manifestPath := "/v2/" + u.img.Repo + "/manifests/" + u.img.Tag
