@@ -259,7 +259,8 @@ start_dfdaemon() {
 	EOF
 	start "$name" bin/dfdaemon --config "$WORK/$name.yaml" \
 		--listen "127.0.0.1:$port" --peer-listen "127.0.0.1:$peer_port" --advertise-ip 127.0.0.1 \
-		--node "127.0.0.1:$SN_PORT" --registry "http://$registry" --data-dir "$WORK/$name"
+		--node "127.0.0.1:$SN_PORT" --registry "http://$registry" --data-dir "$WORK/$name" \
+		--source-allow 127.0.0.1/32 --peer-allow 127.0.0.1/32
 	wait_for "$name on 127.0.0.1:$port (registry $registry, ns $other)" 30 "$name" http_ok "http://127.0.0.1:$port/healthz"
 	printf -v "${name//-/_}_PORT" '%s' "$port"
 }

@@ -37,10 +37,12 @@ import (
 	"github.com/damselfly/damselfly/pkg/httpx"
 	"github.com/damselfly/damselfly/pkg/log"
 	"github.com/damselfly/damselfly/pkg/manifestcache"
+	"github.com/damselfly/damselfly/pkg/netpolicy"
 	"github.com/damselfly/damselfly/pkg/peer"
 	"github.com/damselfly/damselfly/pkg/peer/upload"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/schedclient"
+	"github.com/damselfly/damselfly/pkg/source/httpsource"
 	"github.com/damselfly/damselfly/pkg/source/registrysource"
 	"github.com/damselfly/damselfly/pkg/version"
 )
@@ -96,6 +98,7 @@ func WithProxyOptions(opts ...proxy.Option) Option {
 type flags struct {
 	config, listen, peerListen, advertiseIP, nodes string
 	registry, dataDir, logLevel, logFormat         string
+	source, peers                                  netpolicy.Config
 	version                                        bool
 }
 
@@ -111,6 +114,10 @@ func newFlagSet(f *flags, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&f.dataDir, "data-dir", "", "`dir` of the node's content cache (default "+DefaultDataDir+")")
 	fs.StringVar(&f.logLevel, "log-level", "", "log `level`: debug, info, warn, error (default info)")
 	fs.StringVar(&f.logFormat, "log-format", "", "log `format`: json or console (default console)")
+	fs.Var(netpolicy.ListFlag{List: &f.source.Allow}, "source-allow", "`CIDR|IP|HOST` registries and sources may be reached at although denied by default, e.g. 127.0.0.1/32; adds to source.allow (repeatable, comma-separated)")
+	fs.Var(netpolicy.ListFlag{List: &f.source.Deny}, "source-deny", "`CIDR|IP|HOST` registries and sources are never reached at; adds to source.deny (repeatable, comma-separated)")
+	fs.Var(netpolicy.ListFlag{List: &f.peers.Allow}, "peer-allow", "`CIDR|IP|HOST` of peers and CDNs pieces may be fetched from although denied by default; adds to peerPolicy.allow (repeatable, comma-separated)")
+	fs.Var(netpolicy.ListFlag{List: &f.peers.Deny}, "peer-deny", "`CIDR|IP|HOST` of peers never fetched from; adds to peerPolicy.deny (repeatable, comma-separated)")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: dfdaemon [flags]\n\n"+
@@ -195,6 +202,14 @@ func buildConfig(fset *flag.FlagSet, f *flags) (Config, error) {
 			cfg.Log.Level = f.logLevel
 		case "log-format":
 			cfg.Log.Format = f.logFormat
+		case "source-allow":
+			cfg.Source.Allow = append(cfg.Source.Allow, f.source.Allow...)
+		case "source-deny":
+			cfg.Source.Deny = append(cfg.Source.Deny, f.source.Deny...)
+		case "peer-allow":
+			cfg.PeerPolicy.Allow = append(cfg.PeerPolicy.Allow, f.peers.Allow...)
+		case "peer-deny":
+			cfg.PeerPolicy.Deny = append(cfg.PeerPolicy.Deny, f.peers.Deny...)
 		}
 	})
 	cfg = cfg.ApplyDefaults()
@@ -236,8 +251,13 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	if err != nil {
 		return fmt.Errorf("nodes: %w", err)
 	}
-	eng, err := peer.New(cfg.Peer, store, sc, self,
-		peer.WithLogger(logger.Named("peer")), peer.WithMetrics(reg))
+	out, err := newOutbound(cfg)
+	if err != nil {
+		return err
+	}
+	src := httpsource.New(httpsource.WithHTTPClient(out.upstream), httpsource.WithLogger(logger.Named("source")))
+	eng, err := peer.New(cfg.Peer, store, sc, self, append(out.engineOptions(peer.WithSource(src)),
+		peer.WithLogger(logger.Named("peer")), peer.WithMetrics(reg))...)
 	if err != nil {
 		return err
 	}
@@ -247,7 +267,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		return err
 	}
 
-	upstreamHC := upstreamClient()
+	upstreamHC := out.upstream
 	rs := registrysource.New(registrysource.WithHTTPClient(upstreamHC), registrysource.WithLogger(logger.Named("registry")))
 	manifests, err := manifestcache.New(cfg.ManifestCache, rs,
 		manifestcache.WithLogger(logger.Named("manifests")), manifestcache.WithMetrics(reg))
@@ -261,12 +281,10 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		return err
 	}
 	proxyOpts := append([]proxy.Option{proxy.WithLogger(logger.Named("proxy")), proxy.WithMetrics(reg)}, o.proxy...)
-	proxyHC, err := outboundClient(cfg.Proxy.Outbound)
-	if err != nil {
-		return err
-	}
-	fetcher := &p2pFetcher{blobs: blobs, auth: mirror.NewAuthorizer(cfg.Mirror, proxyHC)}
-	prx, err := proxy.New(cfg.Proxy, fetcher, proxyOpts...)
+	fetcher := &p2pFetcher{blobs: blobs, auth: mirror.NewAuthorizer(cfg.Mirror, out.proxy)}
+	prxCfg := cfg.Proxy
+	prxCfg.Outbound = cfg.Source.Merge(cfg.Proxy.Outbound)
+	prx, err := proxy.New(prxCfg, fetcher, proxyOpts...)
 	if err != nil {
 		return err
 	}
@@ -339,17 +357,6 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	err = g.Wait()
 	logger.Info("dfdaemon stopped")
 	return err
-}
-
-// upstreamClient is the HTTP client of the mirror's own requests to
-// registries (HEADs, manifests, /v2/, tag lists). Proxy variables are
-// ignored: this node may itself be the proxy they name. Go's redirect policy
-// drops Authorization on a hop to another host.
-func upstreamClient() *http.Client {
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.Proxy = nil
-	tr.ResponseHeaderTimeout = time.Minute
-	return &http.Client{Transport: tr}
 }
 
 // advertiseIP is the IP other peers reach this node at: the configured one,

@@ -17,6 +17,7 @@ import (
 	"github.com/damselfly/damselfly/dfdaemon/proxy"
 	"github.com/damselfly/damselfly/pkg/log"
 	"github.com/damselfly/damselfly/pkg/manifestcache"
+	"github.com/damselfly/damselfly/pkg/netpolicy"
 	"github.com/damselfly/damselfly/pkg/peer"
 )
 
@@ -53,6 +54,17 @@ type Config struct {
 	// Nodes are the supernodes (host:port); a task goes to one of them by
 	// rendezvous hash of its ID.
 	Nodes []string `yaml:"nodes"`
+	// Source says which addresses registries and sources may be reached
+	// at: the mirror's upstream requests, token realms, the peer engine's
+	// source fallback and (with proxy.outbound added) the forward proxy.
+	// Loopback, link-local, unspecified and multicast addresses are denied
+	// unless Allow covers them (pkg/netpolicy; docs/SECURITY.md).
+	Source netpolicy.Config `yaml:"source"`
+	// PeerPolicy says which addresses pieces may be fetched from: other
+	// peers and the supernodes' CDN, as handed out by the scheduler. The
+	// same built-in deny list applies; it is separate from Source so that
+	// peers on private networks need not open those networks to sources.
+	PeerPolicy netpolicy.Config `yaml:"peerPolicy"`
 	// DataDir holds the node's content store (content/).
 	DataDir string `yaml:"dataDir"`
 	// Mirror configures the registry mirror: the default upstream, the
@@ -123,6 +135,8 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("dataDir: must be set"))
 	}
 	for _, err := range []error{
+		c.Source.Validate("source"),
+		c.PeerPolicy.Validate("peerPolicy"),
 		c.Mirror.Validate(),
 		prefixed("manifestCache", c.ManifestCache.Validate()),
 		c.Proxy.Validate(),

@@ -3,11 +3,12 @@ package proxy
 import (
 	"errors"
 	"fmt"
-	"net/netip"
 	"net/url"
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/damselfly/damselfly/pkg/netpolicy"
 )
 
 // Defaults applied by Config.ApplyDefaults.
@@ -111,16 +112,12 @@ type HijackConfig struct {
 	CertCacheSize int `yaml:"certCacheSize"`
 }
 
-// OutboundConfig is the address policy of direct connections.
-// Loopback (127.0.0.0/8, ::1), link-local (169.254.0.0/16, fe80::/10),
-// unspecified and multicast addresses are denied unless Allow covers them.
-type OutboundConfig struct {
-	// Allow lists networks (CIDR or single IP) the proxy may connect to
-	// although the built-in deny list covers them, e.g. 127.0.0.1/32.
-	Allow []string `yaml:"allow"`
-	// Deny lists further networks the proxy never connects to.
-	Deny []string `yaml:"deny"`
-}
+// OutboundConfig is the address policy of direct connections
+// (pkg/netpolicy): loopback, link-local (cloud metadata), unspecified and
+// multicast addresses are denied unless Allow covers them; Deny adds
+// entries. Entries are CIDRs, IPs or host names. dfdaemon gives the proxy
+// its node-wide source policy with these entries added.
+type OutboundConfig = netpolicy.Config
 
 // ApplyDefaults returns c with every unset field set to its default.
 func (c Config) ApplyDefaults() Config {
@@ -188,11 +185,8 @@ func (c Config) Validate() error {
 	if c.Hijack.CertCacheSize < 1 {
 		bad("hijack.certCacheSize %d: must be at least 1", c.Hijack.CertCacheSize)
 	}
-	if _, err := parseNetworks(c.Outbound.Allow); err != nil {
-		bad("outbound.allow: %v", err)
-	}
-	if _, err := parseNetworks(c.Outbound.Deny); err != nil {
-		bad("outbound.deny: %v", err)
+	if err := c.Outbound.Validate("outbound"); err != nil {
+		bad("%v", err)
 	}
 	if len(c.ConnectPorts) == 0 {
 		bad("connectPorts: at least one port is required")
@@ -259,36 +253,4 @@ func validHostPort(s string) bool {
 		return err == nil && n > 0
 	}
 	return !strings.HasSuffix(s, ":")
-}
-
-// builtinDeny are the networks direct connections never reach unless
-// Outbound.Allow covers them: this machine, link-local addresses (cloud
-// metadata services live there), unspecified and multicast addresses.
-var builtinDeny = []netip.Prefix{
-	netip.MustParsePrefix("127.0.0.0/8"),
-	netip.MustParsePrefix("::1/128"),
-	netip.MustParsePrefix("169.254.0.0/16"),
-	netip.MustParsePrefix("fe80::/10"),
-	netip.MustParsePrefix("0.0.0.0/8"),
-	netip.MustParsePrefix("::/128"),
-	netip.MustParsePrefix("224.0.0.0/4"),
-	netip.MustParsePrefix("ff00::/8"),
-}
-
-// parseNetworks parses CIDRs and single IPs.
-func parseNetworks(ss []string) ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	var errs []error
-	for _, s := range ss {
-		if p, err := netip.ParsePrefix(s); err == nil {
-			out = append(out, p.Masked())
-			continue
-		}
-		if a, err := netip.ParseAddr(s); err == nil {
-			out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
-			continue
-		}
-		errs = append(errs, fmt.Errorf("%q is neither a CIDR nor an IP", s))
-	}
-	return out, errors.Join(errs...)
 }

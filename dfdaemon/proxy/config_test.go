@@ -94,13 +94,13 @@ func TestConfigValidate(t *testing.T) {
 		{name: "expired CA", cfg: Config{Hijack: HijackConfig{CACert: expired.certFile, CAKey: expired.keyFile, Hosts: hosts}}, wants: []string{"not valid now"}},
 		{name: "ports, networks, sizes, durations", cfg: Config{
 			ConnectPorts:   []int{0, 70000},
-			Outbound:       OutboundConfig{Allow: []string{"10.0.0.0/33"}, Deny: []string{"nonsense"}},
+			Outbound:       OutboundConfig{Allow: []string{"10.0.0.0/33"}, Deny: []string{"non_sense"}},
 			MaxHeaderBytes: 100,
 			DialTimeout:    -time.Second,
 			Hijack:         HijackConfig{LeafValidity: time.Second, CertCacheSize: -1},
 		}, wants: []string{
 			"connectPorts: 0 is not a port", "connectPorts: 70000 is not a port",
-			`outbound.allow: "10.0.0.0/33"`, `outbound.deny: "nonsense"`,
+			`outbound.allow: "10.0.0.0/33"`, `outbound.deny: "non_sense"`,
 			"maxHeaderBytes 100", "dialTimeout -1s", "hijack.leafValidity 1s", "hijack.certCacheSize -1",
 		}},
 	}

@@ -7,54 +7,10 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
-	"syscall"
 	"time"
+
+	"github.com/damselfly/damselfly/pkg/netpolicy"
 )
-
-// errDenied marks a connection refused by the outbound policy.
-var errDenied = errors.New("denied by the proxy's outbound policy")
-
-// dialPolicy decides which addresses the proxy may connect to.
-type dialPolicy struct {
-	allow, deny []netip.Prefix
-}
-
-func newDialPolicy(c OutboundConfig) (dialPolicy, error) {
-	allow, err := parseNetworks(c.Allow)
-	if err != nil {
-		return dialPolicy{}, err
-	}
-	deny, err := parseNetworks(c.Deny)
-	if err != nil {
-		return dialPolicy{}, err
-	}
-	return dialPolicy{allow: allow, deny: append(deny, builtinDeny...)}, nil
-}
-
-func (p dialPolicy) check(ip netip.Addr) error {
-	ip = ip.Unmap()
-	for _, n := range p.allow {
-		if n.Contains(ip) {
-			return nil
-		}
-	}
-	for _, n := range p.deny {
-		if n.Contains(ip) {
-			return fmt.Errorf("address %s: %w (allow it with outbound.allow)", ip, errDenied)
-		}
-	}
-	return nil
-}
-
-// control is a net.Dialer Control: it sees the resolved address of every
-// connection, so neither DNS nor a redirect gets around the policy.
-func (p dialPolicy) control(_, address string, _ syscall.RawConn) error {
-	ap, err := netip.ParseAddrPort(address)
-	if err != nil {
-		return fmt.Errorf("address %q: %w", address, errDenied)
-	}
-	return p.check(ap.Addr())
-}
 
 // Resolver returns the addresses of a host name. It replaces DNS for the
 // proxy's direct connections (WithResolver); the outbound policy still
@@ -67,9 +23,9 @@ type dialer struct {
 	resolve Resolver // nil: the system resolver via net.Dialer
 }
 
-func newDialer(policy dialPolicy, timeout time.Duration, resolve Resolver) *dialer {
+func newDialer(policy netpolicy.Policy, timeout time.Duration, resolve Resolver) *dialer {
 	return &dialer{
-		d:       net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second, Control: policy.control},
+		d:       *policy.Dialer(&net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}),
 		resolve: resolve,
 	}
 }

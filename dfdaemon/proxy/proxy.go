@@ -42,6 +42,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/damselfly/damselfly/pkg/netpolicy"
 )
 
 // Fetcher downloads a URL through the P2P network (dfdaemon implements it
@@ -167,7 +169,7 @@ func New(cfg Config, f Fetcher, opts ...Option) (*Proxy, error) {
 	for _, port := range cfg.ConnectPorts {
 		p.ports[port] = true
 	}
-	policy, err := newDialPolicy(cfg.Outbound)
+	policy, err := netpolicy.New(cfg.Outbound, netpolicy.WithHint("outbound.allow"))
 	if err != nil {
 		return nil, fmt.Errorf("proxy outbound: %w", err)
 	}
@@ -453,7 +455,7 @@ func (p *Proxy) directError(w http.ResponseWriter, r *http.Request, err error) {
 func dialStatus(err error) (int, string) {
 	var ne net.Error
 	switch {
-	case errors.Is(err, errDenied):
+	case errors.Is(err, netpolicy.ErrDenied):
 		return http.StatusForbidden, "destination denied by the proxy's outbound policy"
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
 		return http.StatusGatewayTimeout, "origin timed out"

@@ -100,6 +100,7 @@ func run(ctx context.Context) error {
 				"--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0", "--advertise-ip", "127.0.0.1",
 				"--node", snAddr.String(), "--registry", reg.URL.String(),
 				"--data-dir", filepath.Join(work, fmt.Sprintf("node-%d", i)), "--log-level", "error",
+				"--source-allow", "127.0.0.1/32", "--peer-allow", "127.0.0.1/32",
 			}, dfdaemoncmd.WithReady(func(mirror, _ net.Addr) { ready <- mirror }))
 		})
 		a, err := await(gctx, ready)

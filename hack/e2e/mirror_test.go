@@ -28,6 +28,8 @@ func startDfdaemon(t *testing.T, node string, upstream string, extraArgs ...stri
 		"--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0", "--advertise-ip", "127.0.0.1",
 		"--node", node, "--registry", upstream,
 		"--data-dir", filepath.Join(t.TempDir(), "dfdaemon"), "--log-level", "warn",
+		// The registry, the CDN and the peers live on loopback.
+		"--source-allow", "127.0.0.1/32", "--peer-allow", "127.0.0.1/32",
 	}, extraArgs...)
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan net.Addr, 1)
