@@ -268,6 +268,7 @@ func startLoggedDfdaemon(t *testing.T, l *zap.Logger, node, upstream string, ext
 	args := append([]string{
 		"--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0", "--advertise-ip", "127.0.0.1",
 		"--node", node, "--registry", upstream, "--data-dir", dir,
+		"--source-allow", "127.0.0.1/32", "--peer-allow", "127.0.0.1/32",
 	}, extraArgs...)
 	ready := make(chan net.Addr, 1)
 	a := runInProcess(t, "dfdaemon", func(ctx context.Context) error {
