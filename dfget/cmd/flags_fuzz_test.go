@@ -1,0 +1,62 @@
+package cmd
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+)
+
+func FuzzParseRate(f *testing.F) {
+	for _, s := range []string{
+		"20M", "20MiB", "20MB", "1.5G", "1k", "100", "1B", "0", "0.5", "-1M", "1e9", "NaN", "Inf", "0x10",
+		"1M/s", "1iB", "M", "", " 5 K ", "1125899906842624", "1125899906842625", "9999999999999999999G",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		n, err := ParseRate(s)
+		if err != nil {
+			if n != 0 {
+				t.Fatalf("ParseRate(%q) = %d with error %v", s, n, err)
+			}
+			return
+		}
+		if n < 1 || n > 1<<50 {
+			t.Fatalf("ParseRate(%q) = %d: outside [1, 2^50]", s, n)
+		}
+	})
+}
+
+func FuzzHeaderFlag(f *testing.F) {
+	for _, s := range []string{
+		"Authorization: Bearer x", "x-a:b", "X-A: b\r\nEvil: 1", "X-A: b\nc", ": v", "no colon", "A B: c",
+		"A:", "A: : b", "\x00: v", "Host: evil", "K:\tv\t", "K: v\x00",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		fl := headerFlag{h: http.Header{}}
+		if err := fl.Set(s); err != nil {
+			if len(fl.h) != 0 {
+				t.Fatalf("Set(%q) failed (%v) but added %v", s, err, fl.h)
+			}
+			return
+		}
+		if len(fl.h) != 1 {
+			t.Fatalf("Set(%q) added %d names", s, len(fl.h))
+		}
+		for k, vs := range fl.h {
+			if k == "" || !validToken(k) || http.CanonicalHeaderKey(k) != k {
+				t.Fatalf("Set(%q): name %q", s, k)
+			}
+			if len(vs) != 1 || strings.ContainsAny(vs[0], "\r\n") || strings.TrimSpace(vs[0]) != vs[0] {
+				t.Fatalf("Set(%q): values %q", s, vs)
+			}
+			// The value written on the wire stays one header line.
+			var b strings.Builder
+			if err := fl.h.Write(&b); err != nil || strings.Count(b.String(), "\r\n") != 1 {
+				t.Fatalf("Set(%q): header writes as %q (%v)", s, b.String(), err)
+			}
+		}
+	})
+}
