@@ -135,8 +135,8 @@ func peerPieces(t *testing.T, sn *supernode, taskID string) (map[string]int, boo
 func TestSupernodeRestartMidTask(t *testing.T) {
 	skipShort(t)
 	t.Parallel()
-	const peers, size = 4, 40 * mib
-	o := newOrigin(t, size, 8*mib) // five seconds for one copy
+	const peers, size = 4, 32 * mib
+	o := newOrigin(t, size, 8*mib) // four seconds for one copy: peers cannot finish before the kill
 	sn := newSupernodeProc(t)
 	url := o.url("restart.bin")
 	id, err := taskid.ForURL(url, nil, "")
@@ -274,7 +274,7 @@ func TestSupernodesSpreadTasks(t *testing.T) {
 func TestSupernodeFailover(t *testing.T) {
 	skipShort(t)
 	t.Parallel()
-	const peers, size = 4, 40 * mib
+	const peers, size = 4, 32 * mib
 	o := newOrigin(t, size, 8*mib)
 	sns := []*snProc{newSupernodeProc(t), newSupernodeProc(t), newSupernodeProc(t)}
 	nodes := []string{sns[0].addr, sns[1].addr, sns[2].addr}
