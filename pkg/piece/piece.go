@@ -61,8 +61,12 @@ func Digest(p []byte) digest.Digest {
 // ValidateDigest checks that d is a well-formed sha256 digest, the only
 // algorithm a piece may be verified with.
 func ValidateDigest(d digest.Digest) error {
+	// Validate first: Algorithm panics on a string without ':'.
+	if err := d.Validate(); err != nil {
+		return err
+	}
 	if d.Algorithm() != digest.SHA256 {
 		return fmt.Errorf("piece digest %q: only sha256 is accepted", d)
 	}
-	return d.Validate()
+	return nil
 }

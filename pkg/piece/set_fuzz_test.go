@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	digest "github.com/opencontainers/go-digest"
 )
 
 func FuzzSetUnmarshalJSON(f *testing.F) {
@@ -47,6 +49,24 @@ func FuzzSetUnmarshalJSON(f *testing.F) {
 		enc2, _ := json.Marshal(&back)
 		if !bytes.Equal(enc, enc2) {
 			t.Fatalf("encoding not canonical: %s then %s", enc, enc2)
+		}
+	})
+}
+
+func FuzzValidateDigest(f *testing.F) {
+	for _, s := range []string{
+		"sha256:" + strings.Repeat("ab", 32), "sha256:" + strings.Repeat("AB", 32), "sha256:", "sha256", "0", "",
+		"md5:d41d8cd98f00b204e9800998ecf8427e", "sha512:" + strings.Repeat("ab", 64), ":", "sha256:../x",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if ValidateDigest(digest.Digest(s)) != nil {
+			return
+		}
+		hexPart, ok := strings.CutPrefix(s, "sha256:")
+		if !ok || len(hexPart) != 64 || strings.Trim(hexPart, "0123456789abcdef") != "" {
+			t.Fatalf("ValidateDigest accepted %q", s)
 		}
 	})
 }

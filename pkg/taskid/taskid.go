@@ -25,11 +25,12 @@ var ErrInvalid = errors.New("invalid task id")
 
 // ForDigest returns the ID of the task that downloads content with digest d.
 func ForDigest(d digest.Digest) (string, error) {
-	if d.Algorithm() != digest.SHA256 {
-		return "", fmt.Errorf("task digest %q: only sha256 is supported: %w", d, ErrInvalid)
-	}
+	// Validate first: Algorithm panics on a string without ':'.
 	if err := d.Validate(); err != nil {
-		return "", fmt.Errorf("task digest %q: %w", d, ErrInvalid)
+		return "", fmt.Errorf("task digest %q: %w", truncate(string(d)), ErrInvalid)
+	}
+	if d.Algorithm() != digest.SHA256 {
+		return "", fmt.Errorf("task digest %q: only sha256 is supported: %w", truncate(string(d)), ErrInvalid)
 	}
 	return d.String(), nil
 }

@@ -5,6 +5,8 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+
+	digest "github.com/opencontainers/go-digest"
 )
 
 const validHex = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
@@ -17,9 +19,17 @@ func FuzzValidate(f *testing.F) {
 	} {
 		f.Add(s)
 	}
+	f.Add("0")
+	f.Add("sha256")
 	f.Fuzz(func(t *testing.T, id string) {
 		err := Validate(id)
 		d, isDigest := Digest(id)
+		// ForDigest takes any string a client sends as a digest.
+		if fromDigest, ferr := ForDigest(digest.Digest(id)); (ferr == nil) != isDigest || (ferr == nil && fromDigest != id) {
+			t.Fatalf("ForDigest(%q) = %q, %v; Digest says %v", id, fromDigest, ferr, isDigest)
+		} else if ferr != nil && !errors.Is(ferr, ErrInvalid) {
+			t.Fatalf("ForDigest(%q) = %v, not ErrInvalid", id, ferr)
+		}
 		if err != nil {
 			if !errors.Is(err, ErrInvalid) {
 				t.Fatalf("Validate(%q) = %v, not ErrInvalid", id, err)
