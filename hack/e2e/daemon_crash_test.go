@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -11,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,26 +21,6 @@ import (
 	"github.com/damselfly/damselfly/pkg/registrytest"
 )
 
-var (
-	buildDfdaemonOnce sync.Once
-	buildDfdaemonErr  error
-)
-
-// dfdaemonBinary builds bin/dfdaemon once for the package, for tests that
-// must kill it for real.
-func dfdaemonBinary(t *testing.T) string {
-	t.Helper()
-	buildDfdaemonOnce.Do(func() {
-		cmd := exec.Command("go", "build", "-o", binDir, "github.com/damselfly/damselfly/dfdaemon")
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			buildDfdaemonErr = fmt.Errorf("build dfdaemon: %w\n%s", err, out)
-		}
-	})
-	require.NoError(t, buildDfdaemonErr)
-	return filepath.Join(binDir, "dfdaemon")
-}
-
 // dfdaemonProc is a dfdaemon running as its own process.
 type dfdaemonProc struct {
 	cmd    *exec.Cmd
@@ -53,9 +31,8 @@ type dfdaemonProc struct {
 
 func startDfdaemonProc(t *testing.T, node, upstream, dataDir string) *dfdaemonProc {
 	t.Helper()
-	bin := dfdaemonBinary(t)
 	addr := closedAddr(t)
-	cmd := exec.Command(bin,
+	cmd := exec.Command(filepath.Join(binDir, "dfdaemon"),
 		"--listen", addr, "--peer-listen", closedAddr(t), "--advertise-ip", "127.0.0.1",
 		"--node", node, "--registry", upstream, "--data-dir", dataDir, "--log-level", "warn",
 		"--source-allow", "127.0.0.1/32", "--peer-allow", "127.0.0.1/32")
@@ -149,7 +126,8 @@ func TestDfdaemonKilledMidDownload(t *testing.T) {
 	require.NoError(t, err)
 	layer := img.Layers[0].Digest
 	upstream := throttledProxy(t, reg.URL.String(), 8*mib)
-	sn := startSupernode(t)
+	// The dead dfdaemon's assignments free their slots within seconds.
+	sn := startSupernode(t, "--config", writeConfig(t, "scheduler:\n  peerTTL: 2s\n  assignmentTimeout: 3s\n"))
 	dataDir := filepath.Join(t.TempDir(), "dfdaemon")
 	ingest := filepath.Join(dataDir, "content", "ingest")
 

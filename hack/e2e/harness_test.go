@@ -48,10 +48,11 @@ func runMain(m *testing.M) int {
 	defer os.RemoveAll(dir)
 	binDir = dir
 	if !testing.Short() {
-		cmd := exec.Command("go", "build", "-o", dir, "github.com/damselfly/damselfly/dfget")
+		// dfdaemon runs as a process where a test must kill it for real.
+		cmd := exec.Command("go", "build", "-o", dir, "github.com/damselfly/damselfly/dfget", "github.com/damselfly/damselfly/dfdaemon")
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, "build dfget:", err)
+			fmt.Fprintln(os.Stderr, "build dfget and dfdaemon:", err)
 			return 1
 		}
 	}
