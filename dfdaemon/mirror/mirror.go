@@ -333,7 +333,7 @@ func (m *Mirror) serveBlob(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, http.StatusBadRequest, errcode.ErrorCodeNameInvalid.WithMessage("invalid repository name"))
 		return
 	}
-	rc, err := m.blobs.Open(ctx, peer.Request{URL: blobURL, Header: auth, Digest: d, BackToSource: true}, start)
+	rc, err := m.blobs.Open(ctx, peer.Request{URL: blobURL, Header: auth, Digest: d, Size: size, BackToSource: true}, start)
 	if err != nil {
 		m.blobFailed(w, r, d, err)
 		return
@@ -379,7 +379,7 @@ func (m *Mirror) blobFailed(w http.ResponseWriter, r *http.Request, d digest.Dig
 	switch {
 	case errors.Is(err, peer.ErrInvalid):
 		writeError(w, r, http.StatusBadRequest, errcode.ErrorCodeDigestInvalid.WithMessage("invalid blob request"))
-	case errors.Is(err, peer.ErrDigestMismatch):
+	case errors.Is(err, peer.ErrDigestMismatch), errors.Is(err, peer.ErrSizeMismatch):
 		writeError(w, r, http.StatusBadGateway, errcode.ErrorCodeUnknown.WithMessage("the upstream's content does not match its digest"))
 	default:
 		writeError(w, r, http.StatusServiceUnavailable, errcode.ErrorCodeUnavailable.WithMessage("blob download failed"))

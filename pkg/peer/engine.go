@@ -55,6 +55,9 @@ var (
 	ErrP2PFailed = errors.New("p2p download failed")
 	// ErrDigestMismatch: the content does not hash to the expected digest.
 	ErrDigestMismatch = errors.New("digest mismatch")
+	// ErrSizeMismatch: the supernode or the source announces a size other
+	// than the expected one (Request.Size), before any byte is readable.
+	ErrSizeMismatch = errors.New("size mismatch")
 	// ErrNotFound: the engine has no such task.
 	ErrNotFound = errors.New("task not found")
 	// ErrClosed: the download was closed before it finished.
@@ -216,6 +219,12 @@ type Request struct {
 	Filter []string
 	// Identifier separates tasks that share a URL.
 	Identifier string
+	// Size, when positive, is the expected size of the whole content (for
+	// example from the registry's HEAD of a blob). A supernode or a source
+	// announcing another size fails the download with ErrSizeMismatch
+	// before any byte is readable, rather than serving bytes that cannot
+	// verify (an error page answered with 200, say).
+	Size int64
 	// BackToSource allows falling back to the source when P2P fails.
 	BackToSource bool
 }

@@ -757,3 +757,28 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name string, labels ma
 	t.Fatalf("no counter %s%v", name, labels)
 	return 0
 }
+
+// An expected size the supernode's source contradicts (an error page served
+// with 200, say) fails the download before any byte is readable, and does
+// not fall back to the source.
+func TestExpectedSizeMismatch(t *testing.T) {
+	t.Parallel()
+	data := randomData(t, 2*testPieceSize+5)
+	h := newHolder(t, "good", data, good)
+	f := newFakeSched(t, data, func(int, int) (schedapi.Peer, bool) { return h.peer, false })
+	e := newTestEngine(t, f.addr, engineSetup{})
+	d, err := e.Download(t.Context(), Request{URL: "http://origin.test/file", Size: int64(len(data)) + 1, BackToSource: true})
+	require.NoError(t, err)
+	defer d.Close()
+	r := d.NewReader(0)
+	defer r.Close()
+	b, err := io.ReadAll(r)
+	require.ErrorIs(t, err, ErrSizeMismatch)
+	require.Empty(t, b, "nothing is readable")
+	_, err = d.Wait(t.Context())
+	require.ErrorIs(t, err, ErrSizeMismatch)
+	_, err = e.store.Info(t.Context(), digest.FromBytes(data))
+	require.ErrorIs(t, err, content.ErrNotFound, "nothing is committed")
+	reports, _, _, _ := f.snapshot()
+	require.Empty(t, reports, "no piece was fetched")
+}

@@ -358,6 +358,9 @@ func (t *task) complete() (bool, error) {
 	if t.req.Digest != "" && t.info.ContentDigest != "" && digest.Digest(t.info.ContentDigest) != t.req.Digest {
 		return false, fmt.Errorf("%w: want %s, supernode has %s", ErrDigestMismatch, t.req.Digest, t.info.ContentDigest)
 	}
+	if t.req.Size > 0 && t.info.Size >= 0 && t.info.Size != t.req.Size {
+		return false, fmt.Errorf("%w: want %d bytes, the supernode's source has %d", ErrSizeMismatch, t.req.Size, t.info.Size)
+	}
 	size, ps := t.info.Size, t.info.PieceSize
 	if size < 0 || ps <= 0 {
 		return false, nil

@@ -46,6 +46,9 @@ func (t *task) fromSource(ctx context.Context) error {
 		return fmt.Errorf("source: %w", err)
 	}
 	defer resp.Body.Close()
+	if t.req.Size > 0 && resp.Size >= 0 && resp.Size != t.req.Size {
+		return fmt.Errorf("source: %w: want %d bytes, the source has %d", ErrSizeMismatch, t.req.Size, resp.Size)
+	}
 	t.mu.Lock()
 	t.progress.Size = resp.Size
 	if resp.Size >= 0 {
