@@ -83,4 +83,3 @@ func TestMalformedHeadersAndBodies(t *testing.T) {
 	}
 	require.Zero(t, o.Hits("/echo"), "nothing malformed reached the origin")
 }
-
