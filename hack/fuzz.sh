@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Runs every Go fuzz target of the module for a while each.
 #
-#   hack/fuzz.sh [FUZZTIME]     e.g. hack/fuzz.sh 2s (make test), hack/fuzz.sh 60s (make fuzz)
+#   hack/fuzz.sh [FUZZTIME]     e.g. hack/fuzz.sh 1s (make test), hack/fuzz.sh 60s (make fuzz)
 #
-# Targets are found with `go test -list '^Fuzz'` in each package that declares
-# one, and each runs alone in its package (`-run '^$' -fuzz '^Name$'`). The
+# Targets are found with `go test -list '^Fuzz'` over the packages that
+# declare one, and each runs alone in its package (`-run '^$' -fuzz '^Name$'`). The
 # first crasher stops the run: its input, written by go test under
 # testdata/fuzz/<Name>/, is printed and the script exits 1. Each target is
 # bounded by FUZZTIME plus FUZZ_BUILD_SLACK seconds for compiling, so a hung
@@ -33,24 +33,45 @@ if [ "${#dirs[@]}" -eq 0 ]; then
 	exit 1
 fi
 
+# One go test -list for all of them: it prints each package's targets, then
+# "ok <import path> <time>".
+module=$("$go" list -m)
+list=$("$go" test -list '^Fuzz' "${dirs[@]}") || { echo "$list"; exit 1; }
+targets=()
+pending=()
+while read -r line; do
+	case "$line" in
+	Fuzz*) pending+=("$line") ;;
+	ok*)
+		pkg=$(awk '{print $2}' <<<"$line")
+		dir=".${pkg#"$module"}"
+		for name in "${pending[@]}"; do targets+=("$dir $name"); done
+		pending=()
+		;;
+	esac
+done <<<"$list"
+if [ "${#targets[@]}" -eq 0 ]; then
+	echo "fuzz.sh: go test -list found no fuzz targets" >&2
+	exit 1
+fi
+
 count=0
 start=$SECONDS
-for dir in "${dirs[@]}"; do
-	list=$("$go" test -list '^Fuzz' "$dir") || { echo "$list"; exit 1; }
-	for name in $(grep -E '^Fuzz' <<<"$list"); do
-		count=$(( count + 1 ))
-		echo "fuzz $dir $name ($fuzztime)"
-		before=$(find "$dir/testdata/fuzz/$name" -type f 2>/dev/null | sort || true)
-		if ! out=$(timeout --kill-after=10 "$limit" "$go" test -run '^$' -fuzz "^${name}\$" -fuzztime "$fuzztime" "$dir" 2>&1); then
-			echo "$out" | tail -40
-			after=$(find "$dir/testdata/fuzz/$name" -type f 2>/dev/null | sort || true)
-			for f in $(comm -13 <(echo "$before") <(echo "$after")); do
-				echo "--- crasher $f"
-				cat "$f"
-			done
-			echo "FAIL: $dir $name"
-			exit 1
-		fi
-	done
+for target in "${targets[@]}"; do
+	dir=${target% *}
+	name=${target#* }
+	count=$(( count + 1 ))
+	echo "fuzz $dir $name ($fuzztime)"
+	before=$(find "$dir/testdata/fuzz/$name" -type f 2>/dev/null | sort || true)
+	if ! out=$(timeout --kill-after=10 "$limit" "$go" test -run '^$' -fuzz "^${name}\$" -fuzztime "$fuzztime" "$dir" 2>&1); then
+		echo "$out" | tail -40
+		after=$(find "$dir/testdata/fuzz/$name" -type f 2>/dev/null | sort || true)
+		for f in $(comm -13 <(echo "$before") <(echo "$after")); do
+			echo "--- crasher $f"
+			cat "$f"
+		done
+		echo "FAIL: $dir $name"
+		exit 1
+	fi
 done
 echo "fuzz: $count targets passed in $(( SECONDS - start ))s"
