@@ -338,22 +338,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	})
 	g.Go(func() error { return eng.Run(gctx) })
 	g.Go(func() error { return blobs.Run(gctx) })
-	g.Go(func() error {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("serve: %w", err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		<-gctx.Done()
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), shutdownTimeout)
-		defer cancel()
-		if err := srv.Shutdown(sctx); err != nil {
-			_ = srv.Close()
-			logger.Warn("http shutdown", zap.Error(err))
-		}
-		return nil
-	})
+	g.Go(func() error { return httpx.Serve(gctx, srv, ln, shutdownTimeout) })
 	err = g.Wait()
 	logger.Info("dfdaemon stopped")
 	return err

@@ -253,22 +253,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("serve: %w", err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		<-gctx.Done()
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), shutdownTimeout)
-		defer cancel()
-		if err := hs.Shutdown(sctx); err != nil {
-			_ = hs.Close()
-			logger.Warn("http shutdown", zap.Error(err))
-		}
-		return nil
-	})
+	g.Go(func() error { return httpx.Serve(gctx, hs, ln, shutdownTimeout) })
 	err = g.Wait()
 	logger.Info("registry-cache stopped")
 	return err

@@ -33,9 +33,9 @@ import (
 	"github.com/damselfly/damselfly/pkg/content/local"
 	"github.com/damselfly/damselfly/pkg/httpx"
 	"github.com/damselfly/damselfly/pkg/log"
+	"github.com/damselfly/damselfly/pkg/netpolicy"
 	"github.com/damselfly/damselfly/pkg/peer/upload"
 	"github.com/damselfly/damselfly/pkg/schedapi"
-	"github.com/damselfly/damselfly/pkg/netpolicy"
 	"github.com/damselfly/damselfly/pkg/source/httpsource"
 	"github.com/damselfly/damselfly/pkg/source/registrysource"
 	"github.com/damselfly/damselfly/pkg/version"
@@ -308,22 +308,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	g.Go(func() error { return sched.Run(gctx) })
 	g.Go(func() error { return seed.Run(gctx) })
 	g.Go(func() error { return heater.Run(gctx) })
-	g.Go(func() error {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("serve: %w", err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		<-gctx.Done()
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(gctx), shutdownTimeout)
-		defer cancel()
-		if err := srv.Shutdown(sctx); err != nil {
-			_ = srv.Close()
-			logger.Warn("http shutdown", zap.Error(err))
-		}
-		return nil
-	})
+	g.Go(func() error { return httpx.Serve(gctx, srv, ln, shutdownTimeout) })
 	err = g.Wait()
 	logger.Info("supernode stopped")
 	return err

@@ -142,24 +142,8 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 		MaxHeaderBytes:    32 << 10,
 		ErrorLog:          zap.NewStdLog(s.log.Named("http")),
 	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
+	if err := httpx.Serve(ctx, srv, ln, shutdownTimeout); err != nil {
 		return fmt.Errorf("upload server: %w", err)
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
-	defer cancel()
-	err := srv.Shutdown(sctx)
-	if err != nil {
-		_ = srv.Close()
-	}
-	if serr := <-errc; !errors.Is(serr, http.ErrServerClosed) && err == nil {
-		err = serr
-	}
-	if err != nil {
-		return fmt.Errorf("upload server shutdown: %w", err)
 	}
 	return nil
 }
