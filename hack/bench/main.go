@@ -1,10 +1,22 @@
-// Command bench measures Damselfly against direct downloads, side by side in
-// one run: N dfget peers fetch one file through a supernode from an origin
-// whose egress is throttled, then N plain HTTP clients fetch the same file
-// straight from the same origin. It prints origin egress / file size and
-// p50/p99/max completion times for both.
+// Command bench measures Damselfly on loopback. It has three modes (-mode):
 //
-//	go run ./hack/bench -n 8 -size 256 -origin-rate 100
+//   - swarm (the default) compares Damselfly against direct downloads, side
+//     by side in one run: N dfget peers fetch one file through a supernode
+//     from an origin whose egress is throttled, then N plain HTTP clients
+//     fetch the same file straight from the same origin. It prints origin
+//     egress / file size and p50/p99/max completion times for both.
+//
+//   - stream pulls one large layer through a dfdaemon and straight from the
+//     registry, alternating, and prints the throughput of each, their ratio
+//     and dfdaemon's peak RSS (stream.go).
+//
+//   - manifests sends GET manifest by tag through a registry-cache from many
+//     concurrent clients and prints requests/s, latency percentiles and how
+//     many requests reached the upstream (manifests.go).
+//
+//     go run ./hack/bench -n 8 -size 256 -origin-rate 100
+//     go run ./hack/bench -mode stream -size 1024 -rounds 3
+//     go run ./hack/bench -mode manifests -clients 200 -duration 10s
 //
 // The binaries are taken from ./bin (make build).
 package main
@@ -43,23 +55,42 @@ func main() {
 }
 
 type options struct {
+	mode       string
 	peers      int
 	sizeMiB    int
 	originRate int
 	binDir     string
 	keep       bool
+
+	// stream
+	rounds int
+
+	// manifests
+	clients  int
+	duration time.Duration
+	tags     int
+	tagTTL   time.Duration
 }
 
 func run() error {
 	var o options
-	flag.IntVar(&o.peers, "n", 8, "number of concurrent downloaders per mode")
-	flag.IntVar(&o.sizeMiB, "size", 256, "file size in MiB")
-	flag.IntVar(&o.originRate, "origin-rate", 100, "origin egress limit in MiB/s, shared by all its connections")
-	flag.StringVar(&o.binDir, "bin", "bin", "directory holding the supernode and dfget binaries")
+	flag.StringVar(&o.mode, "mode", "swarm", "what to measure: swarm (dfget peers vs direct downloads), stream (one pull through dfdaemon vs direct) or manifests (manifest GETs through registry-cache)")
+	flag.IntVar(&o.peers, "n", 8, "swarm: number of concurrent downloaders per mode")
+	flag.IntVar(&o.sizeMiB, "size", 0, "file or layer size in MiB (default 256 in swarm mode, 1024 in stream mode)")
+	flag.IntVar(&o.originRate, "origin-rate", 100, "swarm: origin egress limit in MiB/s, shared by all its connections")
+	flag.StringVar(&o.binDir, "bin", "bin", "directory holding the supernode, dfget, dfdaemon and registry-cache binaries")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory")
+	flag.IntVar(&o.rounds, "rounds", 3, "stream: pulls of each kind, alternating (medians are reported)")
+	flag.IntVar(&o.clients, "clients", 200, "manifests: concurrent clients")
+	flag.DurationVar(&o.duration, "duration", 10*time.Second, "manifests: how long the clients send requests")
+	flag.IntVar(&o.tags, "tags", 4, "manifests: tags the clients ask for, round robin")
+	flag.DurationVar(&o.tagTTL, "tag-ttl", 0, "manifests: registry-cache cache.tagTTL (default: registry-cache's default, 30s)")
 	flag.Parse()
-	if o.peers < 1 || o.sizeMiB < 1 || o.originRate < 1 {
-		return errors.New("-n, -size and -origin-rate must be positive")
+	if o.sizeMiB == 0 {
+		o.sizeMiB = 256
+		if o.mode == "stream" {
+			o.sizeMiB = 1024
+		}
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
@@ -73,6 +104,22 @@ func run() error {
 		defer os.RemoveAll(work)
 	}
 
+	switch o.mode {
+	case "swarm":
+		return runSwarm(ctx, o, work)
+	case "stream":
+		return runStream(ctx, o, work)
+	case "manifests":
+		return runManifests(ctx, o, work)
+	default:
+		return fmt.Errorf("-mode %q: want swarm, stream or manifests", o.mode)
+	}
+}
+
+func runSwarm(ctx context.Context, o options, work string) error {
+	if o.peers < 1 || o.sizeMiB < 1 || o.originRate < 1 {
+		return errors.New("-n, -size and -origin-rate must be positive")
+	}
 	data := make([]byte, o.sizeMiB*mib)
 	if _, err := rand.Read(data); err != nil {
 		return err

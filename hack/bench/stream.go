@@ -1,0 +1,221 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"text/tabwriter"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/damselfly/damselfly/pkg/registrytest"
+)
+
+const streamRepo = "bench/stream"
+
+// runStream pulls one single-layer image's layer through a dfdaemon and
+// straight from the registry, alternating, -rounds times each. Every
+// dfdaemon pull is cold: each round starts a fresh supernode and dfdaemon
+// with empty data dirs, so the bytes go registry -> supernode CDN ->
+// dfdaemon -> client. A second pull of the same layer from that dfdaemon
+// measures its local cache.
+func runStream(ctx context.Context, o options, work string) error {
+	if o.sizeMiB < 1 || o.rounds < 1 {
+		return errors.New("-size and -rounds must be positive")
+	}
+	reg, err := registrytest.Start(ctx, registrytest.WithDir(filepath.Join(work, "registry")))
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+
+	fmt.Printf("pushing a %d MiB single-layer image of random bytes to the registry...\n", o.sizeMiB)
+	layer, err := pushStreamImage(ctx, reg, int64(o.sizeMiB)*mib)
+	if err != nil {
+		return err
+	}
+	size := float64(o.sizeMiB) * mib
+	fmt.Printf("layer %s, %d MiB; %d rounds, each: direct pull, then a cold and a cached pull through a fresh supernode + dfdaemon\n\n",
+		layer, o.sizeMiB, o.rounds)
+
+	var direct, cold, warm, coldRSS, warmRSS, snRSS []float64
+	for round := range o.rounds {
+		d, err := timedPull(ctx, reg.URL.String()+"/v2/"+streamRepo+"/blobs/"+layer.String(), layer)
+		if err != nil {
+			return fmt.Errorf("round %d: direct: %w", round+1, err)
+		}
+		direct = append(direct, size/d.Seconds())
+
+		res, err := streamRound(ctx, o, filepath.Join(work, fmt.Sprintf("round-%d", round)), reg.URL.String(), layer)
+		if err != nil {
+			return fmt.Errorf("round %d: %w", round+1, err)
+		}
+		cold = append(cold, size/res.cold.Seconds())
+		warm = append(warm, size/res.warm.Seconds())
+		coldRSS = append(coldRSS, float64(res.coldRSS))
+		warmRSS = append(warmRSS, float64(res.warmRSS))
+		snRSS = append(snRSS, float64(res.supernodeRSS))
+		fmt.Printf("round %d: direct %.0f MiB/s, dfdaemon cold %.0f MiB/s (peak RSS %.0f MiB), cached %.0f MiB/s (peak RSS %.0f MiB); supernode peak RSS %.0f MiB\n",
+			round+1, direct[round]/mib, cold[round]/mib, coldRSS[round]/mib, warm[round]/mib, warmRSS[round]/mib, snRSS[round]/mib)
+	}
+
+	fmt.Println()
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "pull\tmedian MiB/s\tmin\tmax\tvs direct\tdfdaemon peak RSS (max)\t")
+	row := func(name string, xs, rss []float64) {
+		ratio := median(xs) / median(direct)
+		r := "-"
+		if rss != nil {
+			r = fmt.Sprintf("%.0f MiB", slices.Max(rss)/mib)
+		}
+		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.0f\t%.2fx\t%s\t\n", name, median(xs)/mib, slices.Min(xs)/mib, slices.Max(xs)/mib, ratio, r)
+	}
+	row("direct from registry", direct, nil)
+	row("dfdaemon, cold (P2P)", cold, coldRSS)
+	row("dfdaemon, cached", warm, warmRSS)
+	tw.Flush()
+	fmt.Printf("\nsupernode peak RSS (max over rounds): %.0f MiB\n", slices.Max(snRSS)/mib)
+	fmt.Printf("targets: dfdaemon cold >= 0.9x direct: %s; dfdaemon peak RSS <= 100 MB: %s\n",
+		verdict(median(cold)/median(direct) >= 0.9), verdict(slices.Max(warmRSS) <= 100e6))
+	return nil
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "MISSED"
+}
+
+// median returns the median of xs (the mean of the middle two for an even
+// count).
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	n := len(s)
+	if n == 0 {
+		return 0
+	}
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+// pushStreamImage pushes streamRepo:latest with one layer of size random
+// bytes. The layer is never unpacked, so its blob is the random bytes
+// themselves rather than a gzipped tar: generating and gzipping a 1 GiB tar
+// would take three copies in memory for nothing the benchmark looks at.
+func pushStreamImage(ctx context.Context, reg *registrytest.Registry, size int64) (digest.Digest, error) {
+	blob := make([]byte, size)
+	if _, err := rand.Read(blob); err != nil {
+		return "", err
+	}
+	d := digest.FromBytes(blob)
+	img, err := reg.PushImage(ctx, streamRepo, "latest", []registrytest.Layer{{Blob: blob, DiffID: d}})
+	if err != nil {
+		return "", err
+	}
+	if len(img.Layers) != 1 || img.Layers[0].Digest != d {
+		return "", fmt.Errorf("pushed layers %v, want %s", img.Layers, d)
+	}
+	return d, nil
+}
+
+type streamResult struct {
+	cold, warm                     time.Duration
+	coldRSS, warmRSS, supernodeRSS int64
+}
+
+// streamRound starts a supernode and a dfdaemon with empty data dirs under
+// dir, pulls the layer through the dfdaemon twice and stops both.
+func streamRound(ctx context.Context, o options, dir, registry string, layer digest.Digest) (res streamResult, err error) {
+	defer os.RemoveAll(dir)
+	snAddr, err := freeAddr()
+	if err != nil {
+		return res, err
+	}
+	sn, err := startProc(ctx, o, "supernode", "http://"+snAddr+"/healthz",
+		"--listen", snAddr, "--data-dir", filepath.Join(dir, "supernode"),
+		"--admin-token", "bench", "--log-level", "warn", "--source-allow", "127.0.0.1/32")
+	if err != nil {
+		return res, err
+	}
+	defer sn.stop()
+	listen, err := freeAddr()
+	if err != nil {
+		return res, err
+	}
+	peerListen, err := freeAddr()
+	if err != nil {
+		return res, err
+	}
+	dfd, err := startProc(ctx, o, "dfdaemon", "http://"+listen+"/healthz",
+		"--listen", listen, "--peer-listen", peerListen, "--advertise-ip", "127.0.0.1",
+		"--node", snAddr, "--registry", registry, "--data-dir", filepath.Join(dir, "dfdaemon"),
+		"--log-level", "warn", "--source-allow", "127.0.0.1/32", "--peer-allow", "127.0.0.1/32")
+	if err != nil {
+		return res, err
+	}
+	defer dfd.stop()
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("%w\nsupernode: %s\ndfdaemon: %s", err, sn.stderr.String(), dfd.stderr.String())
+		}
+	}()
+
+	url := "http://" + listen + "/v2/" + streamRepo + "/blobs/" + layer.String()
+	if res.cold, err = timedPull(ctx, url, layer); err != nil {
+		return res, fmt.Errorf("dfdaemon cold: %w", err)
+	}
+	if res.coldRSS, err = dfd.peakRSS(); err != nil {
+		return res, err
+	}
+	if res.warm, err = timedPull(ctx, url, layer); err != nil {
+		return res, fmt.Errorf("dfdaemon cached: %w", err)
+	}
+	if res.warmRSS, err = dfd.peakRSS(); err != nil {
+		return res, err
+	}
+	if res.supernodeRSS, err = sn.peakRSS(); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+// timedPull GETs url, checks that the body's sha256 is want and returns how
+// long it took from sending the request to the last byte.
+func timedPull(ctx context.Context, url string, want digest.Digest) (time.Duration, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+		return 0, fmt.Errorf("GET %s: %s: %s", url, resp.Status, b)
+	}
+	h := sha256.New()
+	n, err := io.CopyBuffer(h, resp.Body, make([]byte, 256<<10))
+	if err != nil {
+		return 0, fmt.Errorf("GET %s: after %d bytes: %w", url, n, err)
+	}
+	took := time.Since(start)
+	if got := digest.NewDigest(digest.SHA256, h); got != want {
+		return 0, fmt.Errorf("GET %s: %d bytes of digest %s, want %s", url, n, got, want)
+	}
+	return took, nil
+}
