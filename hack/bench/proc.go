@@ -17,10 +17,11 @@ import (
 // proc is a Damselfly binary running as a subprocess, so that its memory can
 // be read from /proc.
 type proc struct {
-	name   string
-	cmd    *exec.Cmd
-	stderr *lockedBuffer
-	done   chan error
+	name     string
+	cmd      *exec.Cmd
+	stderr   *lockedBuffer
+	done     chan error
+	stopOnce sync.Once
 }
 
 type lockedBuffer struct {
@@ -60,15 +61,18 @@ func startProc(ctx context.Context, o options, name, healthURL string, args ...s
 	return p, nil
 }
 
-// stop interrupts the process and waits for it, killing it after 15s.
+// stop interrupts the process and waits for it, killing it after 15s. Only
+// the first call does anything.
 func (p *proc) stop() {
-	_ = p.cmd.Process.Signal(os.Interrupt)
-	select {
-	case <-p.done:
-	case <-time.After(15 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
+	p.stopOnce.Do(func() {
+		_ = p.cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-p.done:
+		case <-time.After(15 * time.Second):
+			_ = p.cmd.Process.Kill()
+			<-p.done
+		}
+	})
 }
 
 // peakRSS returns the process's peak resident set size (VmHWM) in bytes.
