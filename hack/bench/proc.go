@@ -97,3 +97,31 @@ func (p *proc) peakRSS() (int64, error) {
 	}
 	return 0, fmt.Errorf("%s: no VmHWM in /proc/%d/status", p.name, p.cmd.Process.Pid)
 }
+
+// cpuTime returns the user plus system CPU time the process has used.
+func (p *proc) cpuTime() (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	// The fields after the command name, which is in parentheses and may
+	// hold spaces: state is field 3, utime 14 and stime 15.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("%s: malformed /proc/%d/stat", p.name, p.cmd.Process.Pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("%s: short /proc/%d/stat", p.name, p.cmd.Process.Pid)
+	}
+	var ticks int64
+	for _, s := range f[11:13] {
+		v, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("%s: /proc/%d/stat: %w", p.name, p.cmd.Process.Pid, err)
+		}
+		ticks += v
+	}
+	// USER_HZ is 100 on every Linux platform Go supports.
+	return time.Duration(ticks) * 10 * time.Millisecond, nil
+}

@@ -67,6 +67,9 @@ func runStream(ctx context.Context, o options, work string) error {
 		snRSS = append(snRSS, float64(res.supernodeRSS))
 		fmt.Printf("round %d: direct %.0f MiB/s; dfdaemon cold %.0f MiB/s (peak RSS %.0f MiB), cached %.0f MiB/s (%.0f MiB); second dfdaemon from the CDN copy %.0f MiB/s (%.0f MiB); supernode peak RSS %.0f MiB\n",
 			round+1, direct[round]/mib, cold[round]/mib, coldRSS[round]/mib, warm[round]/mib, warmRSS[round]/mib, second[round]/mib, secondRSS[round]/mib, snRSS[round]/mib)
+		fmt.Printf("  CPU time: cold pull %.1fs (supernode %.1fs, dfdaemon %.1fs) in %.1fs; second dfdaemon's pull %.1fs (supernode %.1fs, dfdaemon %.1fs) in %.1fs\n",
+			(res.coldCPU[0] + res.coldCPU[1]).Seconds(), res.coldCPU[0].Seconds(), res.coldCPU[1].Seconds(), res.cold.Seconds(),
+			(res.secondCPU[0] + res.secondCPU[1]).Seconds(), res.secondCPU[0].Seconds(), res.secondCPU[1].Seconds(), res.second.Seconds())
 	}
 
 	fmt.Println()
@@ -136,6 +139,9 @@ func pushStreamImage(ctx context.Context, reg *registrytest.Registry, size int64
 type streamResult struct {
 	cold, warm, second                        time.Duration
 	coldRSS, warmRSS, secondRSS, supernodeRSS int64
+	// CPU time the supernode and the dfdaemon used during the cold pull and
+	// the supernode and the second dfdaemon during the second dfdaemon's.
+	coldCPU, secondCPU [2]time.Duration
 }
 
 // streamRound starts a supernode and a dfdaemon with empty data dirs under
@@ -194,9 +200,18 @@ func streamRound(ctx context.Context, o options, dir, registry string, layer dig
 	}()
 
 	url := "http://" + listen + "/v2/" + streamRepo + "/blobs/" + layer.String()
+	cpu0, err := cpuTimes(sn, dfd)
+	if err != nil {
+		return res, err
+	}
 	if res.cold, err = timedPull(ctx, url, layer); err != nil {
 		return res, fmt.Errorf("dfdaemon cold: %w", err)
 	}
+	if res.coldCPU, err = cpuTimes(sn, dfd); err != nil {
+		return res, err
+	}
+	res.coldCPU[0] -= cpu0[0]
+	res.coldCPU[1] -= cpu0[1]
 	if res.coldRSS, err = dfd.peakRSS(); err != nil {
 		return res, err
 	}
@@ -209,9 +224,17 @@ func streamRound(ctx context.Context, o options, dir, registry string, layer dig
 	// The first dfdaemon is still a seed; stop it so that every piece comes
 	// from the supernode's CDN copy.
 	dfd.stop()
+	if cpu0, err = cpuTimes(sn, dfd2); err != nil {
+		return res, err
+	}
 	if res.second, err = timedPull(ctx, "http://"+listen2+"/v2/"+streamRepo+"/blobs/"+layer.String(), layer); err != nil {
 		return res, fmt.Errorf("second dfdaemon: %w", err)
 	}
+	if res.secondCPU, err = cpuTimes(sn, dfd2); err != nil {
+		return res, err
+	}
+	res.secondCPU[0] -= cpu0[0]
+	res.secondCPU[1] -= cpu0[1]
 	if res.secondRSS, err = dfd2.peakRSS(); err != nil {
 		return res, err
 	}
@@ -221,8 +244,18 @@ func streamRound(ctx context.Context, o options, dir, registry string, layer dig
 	return res, nil
 }
 
+func cpuTimes(sn, dfd *proc) (t [2]time.Duration, err error) {
+	if t[0], err = sn.cpuTime(); err != nil {
+		return t, err
+	}
+	t[1], err = dfd.cpuTime()
+	return t, err
+}
+
 // timedPull GETs url, checks that the body's sha256 is want and returns how
-// long it took from sending the request to the last byte.
+// long it took from sending the request to the last byte. It also logs when
+// the first byte and the last 64 KiB arrived: dfdaemon holds the last 64 KiB
+// back until the whole blob is verified and committed.
 func timedPull(ctx context.Context, url string, want digest.Digest) (time.Duration, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
@@ -239,13 +272,32 @@ func timedPull(ctx context.Context, url string, want digest.Digest) (time.Durati
 		return 0, fmt.Errorf("GET %s: %s: %s", url, resp.Status, b)
 	}
 	h := sha256.New()
-	n, err := io.CopyBuffer(h, resp.Body, make([]byte, 256<<10))
-	if err != nil {
-		return 0, fmt.Errorf("GET %s: after %d bytes: %w", url, n, err)
+	buf := make([]byte, 256<<10)
+	var n int64
+	var first, tail time.Duration
+	for {
+		m, rerr := resp.Body.Read(buf)
+		if m > 0 {
+			if n == 0 {
+				first = time.Since(start)
+			}
+			n += int64(m)
+			h.Write(buf[:m])
+			if tail == 0 && resp.ContentLength > 0 && n >= resp.ContentLength-64<<10 {
+				tail = time.Since(start)
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return 0, fmt.Errorf("GET %s: after %d bytes: %w", url, n, rerr)
+		}
 	}
 	took := time.Since(start)
 	if got := digest.NewDigest(digest.SHA256, h); got != want {
 		return 0, fmt.Errorf("GET %s: %d bytes of digest %s, want %s", url, n, got, want)
 	}
+	fmt.Printf("  %s: first byte %.2fs, all but the last 64 KiB at %.2fs, done %.2fs\n", url, first.Seconds(), tail.Seconds(), took.Seconds())
 	return took, nil
 }
