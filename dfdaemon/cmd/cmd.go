@@ -12,7 +12,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -33,9 +32,9 @@ import (
 	"github.com/damselfly/damselfly/dfdaemon/blobcache"
 	"github.com/damselfly/damselfly/dfdaemon/mirror"
 	"github.com/damselfly/damselfly/dfdaemon/proxy"
+	"github.com/damselfly/damselfly/pkg/command"
 	"github.com/damselfly/damselfly/pkg/content/local"
 	"github.com/damselfly/damselfly/pkg/httpx"
-	"github.com/damselfly/damselfly/pkg/log"
 	"github.com/damselfly/damselfly/pkg/manifestcache"
 	"github.com/damselfly/damselfly/pkg/netpolicy"
 	"github.com/damselfly/damselfly/pkg/peer"
@@ -138,14 +137,8 @@ func Run(ctx context.Context, args []string, opts ...Option) error {
 	}
 	var f flags
 	fset := newFlagSet(&f, o.stdout)
-	if err := fset.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return fmt.Errorf("command line: %w", err)
-	}
-	if fset.NArg() > 0 {
-		return fmt.Errorf("command line: unexpected argument %q", fset.Arg(0))
+	if help, err := command.ParseArgs(fset, args); help || err != nil {
+		return err
 	}
 	if f.version {
 		fmt.Fprintln(o.stdout, version.String("dfdaemon"))
@@ -155,18 +148,12 @@ func Run(ctx context.Context, args []string, opts ...Option) error {
 	if err != nil {
 		return err
 	}
-	logger := o.log
-	if logger == nil {
-		if logger, err = log.New(cfg.Log, o.stderr); err != nil {
-			return err
-		}
-		defer logger.Sync() //nolint:errcheck // nothing to do about it at exit
+	logger, sync, err := command.Logger(o.log, cfg.Log, o.stderr)
+	if err != nil {
+		return err
 	}
-	err = run(ctx, cfg, o, logger)
-	if errors.Is(err, context.Canceled) {
-		return nil
-	}
-	return err
+	defer sync()
+	return command.Exit(run(ctx, cfg, o, logger))
 }
 
 // buildConfig layers defaults, the config file and the flags, then

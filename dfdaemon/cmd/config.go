@@ -1,16 +1,13 @@
 package cmd
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
-	"os"
 	"strconv"
 
-	"gopkg.in/yaml.v3"
+	"github.com/damselfly/damselfly/pkg/command"
 
 	"github.com/damselfly/damselfly/dfdaemon/blobcache"
 	"github.com/damselfly/damselfly/dfdaemon/mirror"
@@ -176,18 +173,9 @@ func checkHostPort(addr string, listen bool) error {
 	return nil
 }
 
-// loadConfig reads a YAML config file. Unknown keys are errors: a typo must
-// not silently fall back to a default.
+// loadConfig reads a YAML config file; unknown keys are errors.
 func loadConfig(path string) (Config, error) {
 	var c Config
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return c, fmt.Errorf("config: %w", err)
-	}
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
-		return c, fmt.Errorf("config %s: %w", path, err)
-	}
-	return c, nil
+	err := command.LoadYAML(path, &c)
+	return c, err
 }

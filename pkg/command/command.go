@@ -1,0 +1,75 @@
+// Package command is the command-line plumbing the long-running binaries
+// (supernode, dfdaemon, registry-cache) share: parsing flags, reading a YAML
+// config strictly, building the logger, and telling a clean stop from a
+// failure. Each binary's cmd package keeps its own flags and Config.
+package command
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+
+	"go.uber.org/zap"
+	"gopkg.in/yaml.v3"
+
+	"github.com/damselfly/damselfly/pkg/log"
+)
+
+// ParseArgs parses args with fs. It returns help=true, and no error, when
+// the user asked for --help (fs has printed the usage): the caller returns
+// at once. Positional arguments are an error: the binaries take none.
+func ParseArgs(fs *flag.FlagSet, args []string) (help bool, err error) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return true, nil
+		}
+		return false, fmt.Errorf("command line: %w", err)
+	}
+	if fs.NArg() > 0 {
+		return false, fmt.Errorf("command line: unexpected argument %q", fs.Arg(0))
+	}
+	return false, nil
+}
+
+// LoadYAML decodes the YAML file at path into v. Unknown keys are errors,
+// so that a misspelt key does not silently fall back to a default; an empty
+// file leaves v as it is.
+func LoadYAML(path string, v any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	return nil
+}
+
+// Logger returns given when it is set (a test or an embedding program chose
+// the logger), else a logger built from c writing to w. sync flushes it
+// at exit.
+func Logger(given *zap.Logger, c log.Config, w io.Writer) (l *zap.Logger, sync func(), err error) {
+	if given != nil {
+		return given, func() {}, nil
+	}
+	l, err = log.New(c, w)
+	if err != nil {
+		return nil, nil, err
+	}
+	return l, func() { _ = l.Sync() }, nil
+}
+
+// Exit maps the error a binary's run ended with to what Run returns: a
+// cancelled context is a clean stop (nil).
+func Exit(err error) error {
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}

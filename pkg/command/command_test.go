@@ -1,0 +1,98 @@
+package command
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+
+	"github.com/damselfly/damselfly/pkg/log"
+)
+
+func TestParseArgs(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name     string
+		args     []string
+		wantHelp bool
+		wantErr  string
+	}{
+		{"flags", []string{"--listen", ":1"}, false, ""},
+		{"help", []string{"--help"}, true, ""},
+		{"unknown flag", []string{"--nope"}, false, "command line"},
+		{"positional", []string{"extra"}, false, `unexpected argument "extra"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			fs := flag.NewFlagSet("x", flag.ContinueOnError)
+			fs.SetOutput(&bytes.Buffer{})
+			listen := fs.String("listen", "", "")
+			help, err := ParseArgs(fs, tt.args)
+			require.Equal(t, tt.wantHelp, help)
+			if tt.wantErr != "" {
+				require.ErrorContains(t, err, tt.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			if len(tt.args) == 2 {
+				require.Equal(t, ":1", *listen)
+			}
+		})
+	}
+}
+
+func TestLoadYAML(t *testing.T) {
+	t.Parallel()
+	type cfg struct {
+		Listen string `yaml:"listen"`
+	}
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(p, []byte(body), 0o600))
+		return p
+	}
+	var c cfg
+	require.NoError(t, LoadYAML(write("ok.yaml", "listen: :9\n"), &c))
+	require.Equal(t, ":9", c.Listen)
+
+	c = cfg{Listen: "kept"}
+	require.NoError(t, LoadYAML(write("empty.yaml", ""), &c))
+	require.Equal(t, "kept", c.Listen)
+
+	require.ErrorContains(t, LoadYAML(write("typo.yaml", "lisen: :9\n"), &c), "field lisen not found")
+	require.ErrorContains(t, LoadYAML(filepath.Join(dir, "missing.yaml"), &c), "config:")
+}
+
+func TestLoggerAndExit(t *testing.T) {
+	t.Parallel()
+	given := zap.NewNop()
+	l, sync, err := Logger(given, log.Config{}, &bytes.Buffer{})
+	require.NoError(t, err)
+	require.Same(t, given, l)
+	sync()
+
+	var buf bytes.Buffer
+	l, sync, err = Logger(nil, log.Config{Level: "info", Format: "json"}, &buf)
+	require.NoError(t, err)
+	l.Info("hello")
+	sync()
+	require.Contains(t, buf.String(), `"msg":"hello"`)
+
+	_, _, err = Logger(nil, log.Config{Level: "loud"}, &buf)
+	require.Error(t, err)
+
+	require.NoError(t, Exit(context.Canceled))
+	require.NoError(t, Exit(fmt.Errorf("run: %w", context.Canceled)))
+	boom := errors.New("boom")
+	require.ErrorIs(t, Exit(boom), boom)
+	require.NoError(t, Exit(nil))
+}
