@@ -1,0 +1,394 @@
+// Package simulate is a discrete-event simulator of one task distributed to
+// a swarm of virtual peers, driven by the real scheduler state and selection
+// policy (scheduler.SimState). Nothing runs on sockets or goroutines: time is
+// virtual and every transfer is a fluid flow whose rate the bandwidth model
+// recomputes at each event.
+//
+// The model:
+//   - the origin feeds the CDN at OriginRate, piece after piece; each piece
+//     is published to the scheduler when it is stored, and the task succeeds
+//     after the last one;
+//   - every peer joins at time zero and keeps up to Concurrency pieces in
+//     flight: whenever it has a free slot and no poll waiting, it polls the
+//     scheduler for as many assignments as it has free slots; a poll that
+//     gets nothing waits (parked, as in the real scheduler) until a change
+//     lets the scheduler answer it;
+//   - a transfer's rate is min(source upload / source's active uploads,
+//     sink download / sink's active downloads), recomputed for every
+//     transfer of the source and of the sink whenever a transfer starts or
+//     ends. Bandwidth one transfer cannot use is not redistributed (no
+//     max-min fairness), so the model errs on the slow side;
+//   - the CDN uploads at CDNUpload shared the same way (its slot count is
+//     the scheduler's CDNUploadSlots); latency, protocol overhead, disk,
+//     failures, peer churn and the scheduler's own run time are not
+//     modelled, nor are expiry and assignment timeouts.
+package simulate
+
+import (
+	"container/heap"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+
+	"github.com/damselfly/damselfly/pkg/piece"
+	"github.com/damselfly/damselfly/pkg/schedapi"
+	"github.com/damselfly/damselfly/supernode/scheduler"
+)
+
+// Scenario is one task sent to a swarm. Sizes are in bytes, rates in bytes
+// per second.
+type Scenario struct {
+	// Size of the task.
+	Size int64
+	// PieceSize; 0 picks piece.SizeFor(Size), as the supernode does.
+	PieceSize int64
+	// Peers is the number of downloading peers.
+	Peers int
+	// PeerUpload and PeerDownload are every peer's rate limits.
+	PeerUpload, PeerDownload float64
+	// CDNUpload is the supernode's upload rate, OriginRate the rate at
+	// which the origin feeds the CDN.
+	CDNUpload, OriginRate float64
+	// Concurrency is the number of pieces a peer keeps in flight; 0 means 8.
+	Concurrency int
+	// Scheduler configures the scheduler under test (defaults applied).
+	Scheduler scheduler.Config
+	// MaxEvents bounds the run; 0 means 50 times the transfers needed.
+	MaxEvents int
+}
+
+// Result is what a run measured. Durations are simulated time except Wall.
+type Result struct {
+	Peers, Pieces int
+	PieceSize     int64
+	// P50, P99 and Max are the completion times of the peers (nearest
+	// rank), Ideal is Size / PeerDownload.
+	P50, P99, Max, Ideal time.Duration
+	// OriginBytes, CDNBytes and PeerBytes are the bytes the origin, the
+	// CDN and the peers uploaded.
+	OriginBytes, CDNBytes, PeerBytes int64
+	// Transfers is the number of piece transfers, Events the number of
+	// events processed.
+	Transfers, Events int
+	// SimTime is the simulated time at which the last peer completed,
+	// Wall the real time the run took.
+	SimTime, Wall time.Duration
+}
+
+const cdnID = "cdn"
+
+// taskID is the simulated task's ID (any 64 lowercase hex digits will do).
+const taskID = "8bb2b8a4e6a4c15d83bb2d3d94ab0b95e6ff5a6c6e88b8a0d4a1f3cd1e2b5a71"
+
+// eps absorbs float rounding when a transfer's remaining bytes are checked.
+const eps = 1e-6
+
+type node struct {
+	idx      int
+	id       string
+	up, down float64
+	uploads  []*transfer
+	// downloads are the transfers this node receives.
+	downloads []*transfer
+	have      int
+	done      bool
+	doneAt    float64
+	// parked is the max of the poll waiting for an answer, 0 when none.
+	parked int
+}
+
+type transfer struct {
+	piece     int
+	length    int64
+	from, to  *node
+	remaining float64
+	rate      float64
+	last      float64
+	version   int
+}
+
+type event struct {
+	at      float64
+	seq     int
+	publish int // piece to publish, or -1
+	x       *transfer
+	version int
+}
+
+type queue []event
+
+func (q queue) Len() int { return len(q) }
+func (q queue) Less(i, j int) bool {
+	if q[i].at != q[j].at {
+		return q[i].at < q[j].at
+	}
+	return q[i].seq < q[j].seq
+}
+func (q queue) Swap(i, j int) { q[i], q[j] = q[j], q[i] }
+func (q *queue) Push(x any)   { *q = append(*q, x.(event)) }
+func (q *queue) Pop() any     { old := *q; e := old[len(old)-1]; *q = old[:len(old)-1]; return e }
+func (q *queue) add(e event)  { heap.Push(q, e) }
+func (q *queue) next() event  { return heap.Pop(q).(event) }
+func (q queue) empty() bool   { return len(q) == 0 }
+func (r *sim) push(e event)   { r.seq++; e.seq = r.seq; r.q.add(e) }
+
+func (r *sim) pending() []answer {
+	a := r.answers
+	r.answers = nil
+	return a
+}
+
+type answer struct {
+	peer string
+	resp schedapi.PiecesResponse
+}
+
+type sim struct {
+	sc        Scenario
+	st        *scheduler.SimState
+	now       float64
+	base      time.Time
+	q         queue
+	seq       int
+	cdn       *node
+	peers     []*node
+	byID      map[string]*node
+	count     int
+	pieceSize int64
+	answers   []answer
+	res       Result
+	left      int
+}
+
+// Run simulates sc and returns what it measured.
+func Run(sc Scenario) (Result, error) {
+	start := time.Now()
+	if sc.Size <= 0 || sc.Peers <= 0 || sc.PeerUpload <= 0 || sc.PeerDownload <= 0 || sc.CDNUpload <= 0 || sc.OriginRate <= 0 {
+		return Result{}, errors.New("simulate: size, peers and every rate must be positive")
+	}
+	if sc.Concurrency <= 0 {
+		sc.Concurrency = 8
+	}
+	if sc.PieceSize <= 0 {
+		sc.PieceSize = piece.SizeFor(sc.Size)
+	}
+	r := &sim{sc: sc, base: time.Unix(0, 0), byID: make(map[string]*node), pieceSize: sc.PieceSize}
+	r.count = piece.Count(sc.Size, sc.PieceSize)
+	if sc.MaxEvents <= 0 {
+		sc.MaxEvents = 50 * (sc.Peers + 1) * (r.count + 1)
+	}
+	st, err := scheduler.NewSimState(sc.Scheduler, schedapi.Peer{ID: cdnID, Addr: "10.255.255.254:65001"},
+		func() time.Time { return r.base.Add(time.Duration(r.now * float64(time.Second))) },
+		func(peerID string, resp schedapi.PiecesResponse) {
+			r.answers = append(r.answers, answer{peer: peerID, resp: resp})
+		})
+	if err != nil {
+		return Result{}, fmt.Errorf("simulate: %w", err)
+	}
+	r.st = st
+	if err := st.AddTask(scheduler.TaskSpec{ID: taskID, URL: "http://origin.invalid/blob", PieceSize: sc.PieceSize, Size: sc.Size}); err != nil {
+		return Result{}, fmt.Errorf("simulate: %w", err)
+	}
+	r.cdn = &node{idx: -1, id: cdnID, up: sc.CDNUpload, down: math.Inf(1)}
+	r.byID[cdnID] = r.cdn
+	for i := range sc.Peers {
+		n := &node{idx: i, id: fmt.Sprintf("peer-%05d", i), up: sc.PeerUpload, down: sc.PeerDownload}
+		r.peers = append(r.peers, n)
+		r.byID[n.id] = n
+		addr := fmt.Sprintf("10.%d.%d.%d:65001", i>>16&0xff, i>>8&0xff, i&0xff)
+		if _, err := st.Join(taskID, schedapi.Peer{ID: n.id, Addr: addr}, nil); err != nil {
+			return Result{}, fmt.Errorf("simulate: %w", err)
+		}
+	}
+	r.left = sc.Peers
+	// The origin feeds the CDN piece after piece.
+	for i := range r.count {
+		_, n := piece.Bounds(i, sc.Size, sc.PieceSize)
+		off, _ := piece.Bounds(i, sc.Size, sc.PieceSize)
+		r.push(event{at: float64(off+n) / sc.OriginRate, publish: i})
+	}
+	r.res.OriginBytes = sc.Size
+	if err := r.drive(slices.Clone(r.peers)...); err != nil {
+		return Result{}, err
+	}
+	for r.left > 0 {
+		if r.q.empty() {
+			return Result{}, fmt.Errorf("simulate: stalled at %.3fs with %d peers incomplete", r.now, r.left)
+		}
+		if r.res.Events >= sc.MaxEvents {
+			return Result{}, fmt.Errorf("simulate: more than %d events", sc.MaxEvents)
+		}
+		e := r.q.next()
+		if e.publish < 0 && e.version != e.x.version {
+			continue // the transfer was re-rated since
+		}
+		r.res.Events++
+		r.now = e.at
+		if e.publish >= 0 {
+			err = r.publish(e.publish)
+		} else {
+			err = r.complete(e.x)
+		}
+		if err != nil {
+			return Result{}, err
+		}
+	}
+	r.finish(start)
+	return r.res, nil
+}
+
+func (r *sim) publish(i int) error {
+	if err := r.st.PublishPiece(taskID, i, digest.FromString(fmt.Sprintf("piece %d", i))); err != nil {
+		return fmt.Errorf("simulate: %w", err)
+	}
+	if i == r.count-1 {
+		if err := r.st.Succeed(taskID, r.sc.Size, ""); err != nil {
+			return fmt.Errorf("simulate: %w", err)
+		}
+	}
+	return r.drive()
+}
+
+// drive starts the transfers of every answered poll and has the given peers,
+// and every peer whose poll was answered, poll again for their free slots,
+// until nothing is left to do.
+func (r *sim) drive(poll ...*node) error {
+	for {
+		for _, a := range r.pending() {
+			n := r.byID[a.peer]
+			n.parked = 0
+			if err := r.start(n, a.resp.Assignments); err != nil {
+				return err
+			}
+			poll = append(poll, n)
+		}
+		if len(poll) == 0 {
+			return nil
+		}
+		n := poll[0]
+		poll = poll[1:]
+		free := r.sc.Concurrency - len(n.downloads)
+		if n.done || free <= 0 || n.parked > 0 {
+			continue
+		}
+		resp, ok, err := r.st.Poll(taskID, n.id, free)
+		if err != nil {
+			return fmt.Errorf("simulate: poll of %s: %w", n.id, err)
+		}
+		if !ok {
+			n.parked = free
+			continue
+		}
+		n.parked = 0
+		if err := r.start(n, resp.Assignments); err != nil {
+			return err
+		}
+		if len(resp.Assignments) > 0 {
+			poll = append(poll, n)
+		}
+	}
+}
+
+// start begins the transfers of the assignments n was given.
+func (r *sim) start(n *node, as []schedapi.Assignment) error {
+	for _, a := range as {
+		src := r.byID[a.From.ID]
+		if src == nil || src == n {
+			return fmt.Errorf("simulate: %s assigned piece %d from %q", n.id, a.Piece, a.From.ID)
+		}
+		x := &transfer{piece: a.Piece, length: a.Length, from: src, to: n, remaining: float64(a.Length), last: r.now}
+		affected := r.settle(src, n)
+		src.uploads = append(src.uploads, x)
+		n.downloads = append(n.downloads, x)
+		r.rerate(append(affected, x))
+		r.res.Transfers++
+	}
+	return nil
+}
+
+// settle brings the progress of every transfer of a and b up to now and
+// returns them.
+func (r *sim) settle(a, b *node) []*transfer {
+	out := make([]*transfer, 0, len(a.uploads)+len(b.downloads)+1)
+	for _, x := range a.uploads {
+		x.remaining -= x.rate * (r.now - x.last)
+		x.last = r.now
+		out = append(out, x)
+	}
+	for _, x := range b.downloads {
+		if x.from == a {
+			continue // already among a's uploads
+		}
+		x.remaining -= x.rate * (r.now - x.last)
+		x.last = r.now
+		out = append(out, x)
+	}
+	return out
+}
+
+// rerate recomputes the rate of each transfer and schedules its completion.
+func (r *sim) rerate(xs []*transfer) {
+	for _, x := range xs {
+		x.rate = min(x.from.up/float64(len(x.from.uploads)), x.to.down/float64(len(x.to.downloads)))
+		x.version++
+		r.push(event{at: r.now + max(x.remaining, 0)/x.rate, publish: -1, x: x, version: x.version})
+	}
+}
+
+func (r *sim) complete(x *transfer) error {
+	src, n := x.from, x.to
+	affected := r.settle(src, n)
+	if x.remaining > eps*float64(x.length)+eps {
+		return fmt.Errorf("simulate: transfer of piece %d to %s ended with %.0f bytes left", x.piece, n.id, x.remaining)
+	}
+	src.uploads = remove(src.uploads, x)
+	n.downloads = remove(n.downloads, x)
+	affected = slices.DeleteFunc(affected, func(y *transfer) bool { return y == x })
+	r.rerate(affected)
+	if src == r.cdn {
+		r.res.CDNBytes += x.length
+	} else {
+		r.res.PeerBytes += x.length
+	}
+	n.have++
+	if n.have == r.count {
+		n.done, n.doneAt = true, r.now
+		r.left--
+	}
+	if err := r.st.Report(taskID, n.id, []schedapi.PieceResult{{Piece: x.piece, From: src.id, OK: true, Bytes: x.length}}); err != nil {
+		return fmt.Errorf("simulate: report of %s: %w", n.id, err)
+	}
+	return r.drive(n)
+}
+
+func remove(xs []*transfer, x *transfer) []*transfer {
+	i := slices.Index(xs, x)
+	if i < 0 {
+		return xs
+	}
+	xs[i] = xs[len(xs)-1]
+	xs[len(xs)-1] = nil
+	return xs[:len(xs)-1]
+}
+
+func (r *sim) finish(start time.Time) {
+	times := make([]float64, 0, len(r.peers))
+	for _, n := range r.peers {
+		times = append(times, n.doneAt)
+	}
+	slices.Sort(times)
+	d := func(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+	rank := func(p float64) float64 {
+		i := int(math.Ceil(p*float64(len(times)))) - 1
+		return times[max(i, 0)]
+	}
+	r.res.Peers, r.res.Pieces, r.res.PieceSize = len(r.peers), r.count, r.pieceSize
+	r.res.P50, r.res.P99, r.res.Max = d(rank(0.50)), d(rank(0.99)), d(times[len(times)-1])
+	r.res.Ideal = d(float64(r.sc.Size) / r.sc.PeerDownload)
+	r.res.SimTime = d(r.now)
+	r.res.Wall = time.Since(start)
+}
