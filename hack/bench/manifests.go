@@ -8,9 +8,11 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -83,6 +85,11 @@ func runManifests(ctx context.Context, o options, work string) error {
 		lat      []time.Duration
 		wg       sync.WaitGroup
 	)
+	rcCPU0, err := rc.cpuTime()
+	if err != nil {
+		return err
+	}
+	selfCPU0 := selfCPUTime()
 	start := time.Now()
 	deadline := start.Add(o.duration)
 	for c := range o.clients {
@@ -110,6 +117,12 @@ func runManifests(ctx context.Context, o options, work string) error {
 	wg.Wait()
 	elapsed := time.Since(start)
 	st := reg.Stats()
+	rcCPU, err := rc.cpuTime()
+	if err != nil {
+		return err
+	}
+	rcCPU -= rcCPU0
+	selfCPU := selfCPUTime() - selfCPU0
 
 	slices.Sort(lat)
 	ms := func(p int) float64 {
@@ -130,6 +143,8 @@ func runManifests(ctx context.Context, o options, work string) error {
 	fmt.Fprintf(tw, "%d\t%d\t%d\t%.0f\t%.2fms\t%.2fms\t%.2fms\t%d (%d tags)\t%d\t\n", o.clients, len(lat), failures.Load(), rps,
 		ms(50), ms(99), ms(100), upstreamGETs, o.tags, st.Requests)
 	tw.Flush()
+	fmt.Printf("\nCPU time in %.1fs: registry-cache %.1fs (%.0f µs/request), the clients (this process) %.1fs, out of %d cores\n",
+		elapsed.Seconds(), rcCPU.Seconds(), float64(rcCPU.Microseconds())/float64(max(len(lat), 1)), selfCPU.Seconds(), runtime.NumCPU())
 	if firstErr != nil {
 		fmt.Printf("\nfirst error: %v\n", firstErr)
 	}
@@ -165,4 +180,13 @@ func getManifest(ctx context.Context, client *http.Client, url, want string, buf
 		return fmt.Errorf("GET %s: digest %q, want %s", url, got, want)
 	}
 	return nil
+}
+
+// selfCPUTime returns the user plus system CPU time this process has used.
+func selfCPUTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
