@@ -35,9 +35,12 @@ func TestProcStats(t *testing.T) {
 		b := make([]byte, 64<<20)
 		// Touch every page, and keep at it until the child has used 100ms
 		// of CPU (bounded in wall time on a busy machine).
-		for start := time.Now(); selfCPUTime() < 100*time.Millisecond && time.Since(start) < 30*time.Second; {
+		for start := time.Now(); ; {
 			for i := 0; i < len(b); i += 4096 {
 				b[i]++
+			}
+			if selfCPUTime() >= 100*time.Millisecond || time.Since(start) > 30*time.Second {
+				break
 			}
 		}
 		os.Stdout.WriteString("ready\n")
