@@ -48,7 +48,7 @@ func runStream(ctx context.Context, o options, work string) error {
 
 	var direct, cold, warm, second, coldRSS, warmRSS, secondRSS, snRSS []float64
 	for round := range o.rounds {
-		d, err := timedPull(ctx, reg.URL.String()+"/v2/"+streamRepo+"/blobs/"+layer.String(), layer)
+		d, err := timedPull(ctx, "direct", reg.URL.String()+"/v2/"+streamRepo+"/blobs/"+layer.String(), layer)
 		if err != nil {
 			return fmt.Errorf("round %d: direct: %w", round+1, err)
 		}
@@ -204,7 +204,7 @@ func streamRound(ctx context.Context, o options, dir, registry string, layer dig
 	if err != nil {
 		return res, err
 	}
-	if res.cold, err = timedPull(ctx, url, layer); err != nil {
+	if res.cold, err = timedPull(ctx, "dfdaemon, cold", url, layer); err != nil {
 		return res, fmt.Errorf("dfdaemon cold: %w", err)
 	}
 	if res.coldCPU, err = cpuTimes(sn, dfd); err != nil {
@@ -215,7 +215,7 @@ func streamRound(ctx context.Context, o options, dir, registry string, layer dig
 	if res.coldRSS, err = dfd.peakRSS(); err != nil {
 		return res, err
 	}
-	if res.warm, err = timedPull(ctx, url, layer); err != nil {
+	if res.warm, err = timedPull(ctx, "dfdaemon, cached", url, layer); err != nil {
 		return res, fmt.Errorf("dfdaemon cached: %w", err)
 	}
 	if res.warmRSS, err = dfd.peakRSS(); err != nil {
@@ -227,7 +227,7 @@ func streamRound(ctx context.Context, o options, dir, registry string, layer dig
 	if cpu0, err = cpuTimes(sn, dfd2); err != nil {
 		return res, err
 	}
-	if res.second, err = timedPull(ctx, "http://"+listen2+"/v2/"+streamRepo+"/blobs/"+layer.String(), layer); err != nil {
+	if res.second, err = timedPull(ctx, "2nd dfdaemon, from CDN copy", "http://"+listen2+"/v2/"+streamRepo+"/blobs/"+layer.String(), layer); err != nil {
 		return res, fmt.Errorf("second dfdaemon: %w", err)
 	}
 	if res.secondCPU, err = cpuTimes(sn, dfd2); err != nil {
@@ -256,7 +256,7 @@ func cpuTimes(sn, dfd *proc) (t [2]time.Duration, err error) {
 // long it took from sending the request to the last byte. It also logs when
 // the first byte and the last 64 KiB arrived: dfdaemon holds the last 64 KiB
 // back until the whole blob is verified and committed.
-func timedPull(ctx context.Context, url string, want digest.Digest) (time.Duration, error) {
+func timedPull(ctx context.Context, label, url string, want digest.Digest) (time.Duration, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return 0, err
@@ -298,6 +298,6 @@ func timedPull(ctx context.Context, url string, want digest.Digest) (time.Durati
 	if got := digest.NewDigest(digest.SHA256, h); got != want {
 		return 0, fmt.Errorf("GET %s: %d bytes of digest %s, want %s", url, n, got, want)
 	}
-	fmt.Printf("  %s: first byte %.2fs, all but the last 64 KiB at %.2fs, done %.2fs\n", url, first.Seconds(), tail.Seconds(), took.Seconds())
+	fmt.Printf("  %-28s first byte %.2fs, all but the last 64 KiB at %.2fs, done %.2fs\n", label+":", first.Seconds(), tail.Seconds(), took.Seconds())
 	return took, nil
 }
