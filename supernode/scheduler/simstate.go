@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
@@ -52,10 +53,24 @@ func NewSimState(cfg Config, cdn schedapi.Peer, now func() time.Time, onAnswer f
 // after runs the loop's flush and hands the answers of parked polls out.
 func (s *SimState) after(err error) error {
 	s.st.flush()
+	// Every poll still parked is in its task's waiters: when they number
+	// as many as s.parked, none was answered.
+	waiting := 0
+	for _, t := range s.st.tasks {
+		waiting += len(t.waiters)
+	}
+	if waiting == len(s.parked) {
+		return err
+	}
+	var answered []string
 	for id, w := range s.parked {
-		if !w.answered {
-			continue
+		if w.answered {
+			answered = append(answered, id)
 		}
+	}
+	slices.Sort(answered) // a deterministic order
+	for _, id := range answered {
+		w := s.parked[id]
 		delete(s.parked, id)
 		r := <-w.reply
 		if r.err == nil && s.onAnswer != nil {
