@@ -61,6 +61,10 @@ e2e: ## Real dockerd, containerd, crane and skopeo pull through dfdaemon (root; 
 bench: build ## Benchmark N dfget peers vs N direct downloads from a throttled origin (see docs/benchmarks.md)
 	$(GO) run ./hack/bench $(BENCH_FLAGS)
 
+.PHONY: sim
+sim: ## Scale simulator: the real scheduler policy driving thousands of virtual peers (see docs/benchmarks.md)
+	$(GO) run ./hack/sim $(SIM_FLAGS)
+
 ##@ Quality
 
 .PHONY: lint

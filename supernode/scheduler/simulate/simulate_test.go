@@ -106,3 +106,18 @@ func TestInvalid(t *testing.T) {
 	_, err := Run(Scenario{Size: 100, Peers: 1})
 	require.Error(t, err)
 }
+
+// TestDeterministic: the same scenario gives the same figures twice.
+func TestDeterministic(t *testing.T) {
+	t.Parallel()
+	sc := Scenario{
+		Size: 16 << 20, PieceSize: 1 << 20, Peers: 30,
+		PeerUpload: 50e6, PeerDownload: 100e6, CDNUpload: 200e6, OriginRate: 400e6,
+	}
+	a, err := Run(sc)
+	require.NoError(t, err)
+	b, err := Run(sc)
+	require.NoError(t, err)
+	a.Wall, b.Wall = 0, 0
+	require.Equal(t, a, b)
+}
