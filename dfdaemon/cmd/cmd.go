@@ -10,8 +10,6 @@ package cmd
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"flag"
 	"fmt"
 	"io"
@@ -229,7 +227,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	}
 	defer peerLn.Close()
 	self := schedapi.Peer{
-		ID:   newPeerID(),
+		ID:   peer.NewID("dfdaemon"),
 		Addr: net.JoinHostPort(advertiseIP(cfg, logger), strconv.Itoa(peerLn.Addr().(*net.TCPAddr).Port)),
 	}
 	logger = logger.With(zap.String("peer", self.ID))
@@ -331,45 +329,13 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	return err
 }
 
-// advertiseIP is the IP other peers reach this node at: the configured one,
-// the host of PeerListen when it names one, or the local address the OS
-// would use towards the first supernode (a UDP "dial" sends no packet).
+// advertiseIP is the IP other peers reach this node at (peer.AdvertiseIP),
+// 127.0.0.1 when the way to the supernode cannot be found.
 func advertiseIP(cfg Config, logger *zap.Logger) string {
-	if cfg.AdvertiseIP != "" {
-		return cfg.AdvertiseIP
-	}
-	if host, _, err := net.SplitHostPort(cfg.PeerListen); err == nil && host != "" {
-		if ip := net.ParseIP(host); ip != nil && !ip.IsUnspecified() {
-			return host
-		}
-	}
-	conn, err := net.Dial("udp", cfg.Nodes[0])
+	ip, err := peer.AdvertiseIP(cfg.AdvertiseIP, cfg.PeerListen, cfg.Nodes[0])
 	if err != nil {
 		logger.Warn("find the local address towards the supernode; advertising 127.0.0.1", zap.Error(err))
 		return "127.0.0.1"
 	}
-	defer conn.Close()
-	return conn.LocalAddr().(*net.UDPAddr).IP.String()
-}
-
-// newPeerID returns a fresh peer ID: host name and random suffix, within
-// [A-Za-z0-9._-].
-func newPeerID() string {
-	host, _ := os.Hostname()
-	var b strings.Builder
-	for _, c := range host {
-		if b.Len() >= 40 {
-			break
-		}
-		if c == '.' || c == '_' || c == '-' || (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') {
-			b.WriteRune(c)
-		}
-	}
-	name := b.String()
-	if name == "" {
-		name = "host"
-	}
-	var r [6]byte
-	_, _ = rand.Read(r[:])
-	return "dfdaemon-" + name + "-" + hex.EncodeToString(r[:])
+	return ip
 }

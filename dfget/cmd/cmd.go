@@ -5,8 +5,6 @@ package cmd
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -116,7 +114,7 @@ func run(ctx context.Context, o *options, rc runConfig, logger *zap.Logger, stde
 	if err != nil {
 		return fmt.Errorf("peer listen: %w", err)
 	}
-	self := schedapi.Peer{ID: newPeerID(), Addr: net.JoinHostPort(advertiseIP(o, logger), strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))}
+	self := schedapi.Peer{ID: peer.NewID("dfget"), Addr: net.JoinHostPort(advertiseIP(o, logger), strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))}
 	logger = logger.With(zap.String("peer", self.ID))
 
 	scOpts := []schedclient.Option{schedclient.WithLogger(logger.Named("schedclient"))}
@@ -286,47 +284,15 @@ func newLimiter(bps int64) *rate.Limiter {
 	return rate.NewLimiter(rate.Limit(bps), int(burst))
 }
 
-// advertiseIP is the IP other peers reach this one at: --advertise-ip, the
-// host of --peer-listen when it names one, or the local address the OS
-// would use towards the first supernode (a UDP "dial" sends no packet).
+// advertiseIP is the IP other peers reach this one at (peer.AdvertiseIP),
+// 127.0.0.1 when the way to the supernode cannot be found.
 func advertiseIP(o *options, logger *zap.Logger) string {
-	if o.advertiseIP != "" {
-		return o.advertiseIP
-	}
-	if host, _, err := net.SplitHostPort(o.peerListen); err == nil && host != "" {
-		if ip := net.ParseIP(host); ip != nil && !ip.IsUnspecified() {
-			return host
-		}
-	}
-	conn, err := net.Dial("udp", o.nodes[0])
+	ip, err := peer.AdvertiseIP(o.advertiseIP, o.peerListen, o.nodes[0])
 	if err != nil {
 		logger.Warn("find the local address towards the supernode; advertising 127.0.0.1", zap.Error(err))
 		return "127.0.0.1"
 	}
-	defer conn.Close()
-	return conn.LocalAddr().(*net.UDPAddr).IP.String()
-}
-
-// newPeerID returns a fresh peer ID: host name and random suffix, within
-// [A-Za-z0-9._-].
-func newPeerID() string {
-	host, _ := os.Hostname()
-	var b strings.Builder
-	for _, c := range host {
-		if b.Len() >= 40 {
-			break
-		}
-		if c == '.' || c == '_' || c == '-' || (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') {
-			b.WriteRune(c)
-		}
-	}
-	var r [6]byte
-	_, _ = rand.Read(r[:])
-	name := b.String()
-	if name == "" {
-		name = "host"
-	}
-	return "dfget-" + name + "-" + hex.EncodeToString(r[:])
+	return ip
 }
 
 func isTerminal(w io.Writer) bool {
