@@ -57,6 +57,8 @@ var (
 	ErrDigestMismatch = errors.New("digest mismatch")
 	// ErrSizeMismatch: the supernode or the source announces a size other
 	// than the expected one (Request.Size), before any byte is readable.
+	// From the supernode it is also an ErrP2PFailed (the source may still
+	// be tried); from the source it is final.
 	ErrSizeMismatch = errors.New("size mismatch")
 	// ErrNotFound: the engine has no such task.
 	ErrNotFound = errors.New("task not found")
@@ -222,8 +224,9 @@ type Request struct {
 	// Size, when positive, is the expected size of the whole content (for
 	// example from the registry's HEAD of a blob). A supernode or a source
 	// announcing another size fails the download with ErrSizeMismatch
-	// before any byte is readable, rather than serving bytes that cannot
-	// verify (an error page answered with 200, say).
+	// before any byte is readable (after trying the source, when allowed),
+	// rather than serving bytes that cannot verify (an error page answered
+	// with 200, say).
 	Size int64
 	// BackToSource allows falling back to the source when P2P fails.
 	BackToSource bool

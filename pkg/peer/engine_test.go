@@ -759,15 +759,14 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name string, labels ma
 }
 
 // An expected size the supernode's source contradicts (an error page served
-// with 200, say) fails the download before any byte is readable, and does
-// not fall back to the source.
+// with 200, say) fails the download before any byte is readable.
 func TestExpectedSizeMismatch(t *testing.T) {
 	t.Parallel()
 	data := randomData(t, 2*testPieceSize+5)
 	h := newHolder(t, "good", data, good)
 	f := newFakeSched(t, data, func(int, int) (schedapi.Peer, bool) { return h.peer, false })
 	e := newTestEngine(t, f.addr, engineSetup{})
-	d, err := e.Download(t.Context(), Request{URL: "http://origin.test/file", Size: int64(len(data)) + 1, BackToSource: true})
+	d, err := e.Download(t.Context(), Request{URL: "http://origin.test/file", Size: int64(len(data)) + 1})
 	require.NoError(t, err)
 	defer d.Close()
 	r := d.NewReader(0)

@@ -359,7 +359,10 @@ func (t *task) complete() (bool, error) {
 		return false, fmt.Errorf("%w: want %s, supernode has %s", ErrDigestMismatch, t.req.Digest, t.info.ContentDigest)
 	}
 	if t.req.Size > 0 && t.info.Size >= 0 && t.info.Size != t.req.Size {
-		return false, fmt.Errorf("%w: want %d bytes, the supernode's source has %d", ErrSizeMismatch, t.req.Size, t.info.Size)
+		// A P2P failure too: the supernode's copy may be stale (a fetch of a
+		// broken upstream still running), so the source gets a chance,
+		// where the same check applies before any byte.
+		return false, fmt.Errorf("%w: %w: want %d bytes, the supernode's source has %d", ErrP2PFailed, ErrSizeMismatch, t.req.Size, t.info.Size)
 	}
 	size, ps := t.info.Size, t.info.PieceSize
 	if size < 0 || ps <= 0 {
