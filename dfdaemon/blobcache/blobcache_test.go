@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,7 +27,7 @@ import (
 	"github.com/damselfly/damselfly/pkg/peer/upload"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/schedclient"
-	supernodecmd "github.com/damselfly/damselfly/supernode/cmd"
+	"github.com/damselfly/damselfly/supernode/supernodetest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -38,33 +37,7 @@ const adminToken = "blobcache-test-token"
 // startSupernode runs a real supernode in-process on 127.0.0.1.
 func startSupernode(t *testing.T) string {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan net.Addr, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- supernodecmd.Run(ctx, []string{
-			"--listen", "127.0.0.1:0", "--data-dir", filepath.Join(t.TempDir(), "sn"),
-			"--admin-token", adminToken, "--log-level", "error", "--source-allow", "127.0.0.1/32",
-		}, supernodecmd.WithReady(func(a net.Addr) { ready <- a }))
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			require.NoError(t, err)
-		case <-time.After(20 * time.Second):
-			t.Error("supernode did not stop")
-		}
-	})
-	select {
-	case a := <-ready:
-		return a.String()
-	case err := <-done:
-		t.Fatalf("supernode: %v", err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("supernode did not start")
-	}
-	return ""
+	return supernodetest.Start(t, adminToken).Addr
 }
 
 // origin serves blobs at /blobs/<digest> and counts GETs per path.

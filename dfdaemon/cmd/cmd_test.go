@@ -20,7 +20,7 @@ import (
 	"github.com/damselfly/damselfly/dfdaemon/blobcache"
 	"github.com/damselfly/damselfly/dfdaemon/proxy"
 	"github.com/damselfly/damselfly/pkg/registrytest"
-	supernodecmd "github.com/damselfly/damselfly/supernode/cmd"
+	"github.com/damselfly/damselfly/supernode/supernodetest"
 )
 
 // The embedded registry leaves its event broadcaster running. Its Close
@@ -158,33 +158,7 @@ log:
 // startSupernode runs a real supernode in-process on 127.0.0.1.
 func startSupernode(t *testing.T) string {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan net.Addr, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- supernodecmd.Run(ctx, []string{
-			"--listen", "127.0.0.1:0", "--data-dir", filepath.Join(t.TempDir(), "sn"),
-			"--admin-token", "cmd-test", "--log-level", "error", "--source-allow", "127.0.0.1/32",
-		}, supernodecmd.WithReady(func(a net.Addr) { ready <- a }))
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			require.NoError(t, err)
-		case <-time.After(20 * time.Second):
-			t.Error("supernode did not stop")
-		}
-	})
-	select {
-	case a := <-ready:
-		return a.String()
-	case err := <-done:
-		t.Fatalf("supernode: %v", err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("supernode did not start")
-	}
-	return ""
+	return supernodetest.Start(t, "cmd-test").Addr
 }
 
 type daemon struct {

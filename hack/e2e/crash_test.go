@@ -3,10 +3,8 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io/fs"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -16,7 +14,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	supernodecmd "github.com/damselfly/damselfly/supernode/cmd"
+	"github.com/damselfly/damselfly/supernode/supernodetest"
 )
 
 // stoppableSupernode is a supernode in this process that a test stops on
@@ -29,44 +27,8 @@ type stoppableSupernode struct {
 
 func startStoppableSupernode(t *testing.T, extraArgs ...string) *stoppableSupernode {
 	t.Helper()
-	dir := filepath.Join(t.TempDir(), "data")
-	token := "e2e-admin-token"
-	args := append([]string{
-		"--listen", "127.0.0.1:0", "--data-dir", dir, "--admin-token", token,
-		"--log-level", "error", "--source-allow", "127.0.0.1/32",
-	}, extraArgs...)
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan net.Addr, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- supernodecmd.Run(ctx, args, supernodecmd.WithReady(func(a net.Addr) { ready <- a }))
-	}()
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil && !errors.Is(err, context.Canceled) {
-				t.Errorf("supernode exited: %v", err)
-			}
-		case <-time.After(15 * time.Second):
-			t.Errorf("supernode did not stop within 15s")
-		}
-	}
-	t.Cleanup(stop)
-	select {
-	case a := <-ready:
-		return &stoppableSupernode{supernode: supernode{addr: a.String(), token: token}, dataDir: dir, stop: stop}
-	case err := <-done:
-		t.Fatalf("supernode did not start: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("supernode did not start within 30s")
-	}
-	return nil
+	sn := supernodetest.Start(t, "e2e-admin-token", extraArgs...)
+	return &stoppableSupernode{supernode: supernode{addr: sn.Addr, token: sn.Token}, dataDir: sn.DataDir, stop: sn.Stop}
 }
 
 // piecesHeldBy returns how many pieces the supernode says the peer at addr

@@ -9,7 +9,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -28,7 +27,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/time/rate"
 
-	supernodecmd "github.com/damselfly/damselfly/supernode/cmd"
+	"github.com/damselfly/damselfly/supernode/supernodetest"
 )
 
 // binDir holds the binaries built once for the whole package.
@@ -133,42 +132,8 @@ type supernode struct {
 
 func startSupernode(t *testing.T, extraArgs ...string) *supernode {
 	t.Helper()
-	dir := t.TempDir()
-	token := "e2e-admin-token"
-	args := append([]string{
-		"--listen", "127.0.0.1:0",
-		"--data-dir", filepath.Join(dir, "data"),
-		"--admin-token", token,
-		"--log-level", "warn",
-		// The test origin lives on loopback, which the source policy denies by default.
-		"--source-allow", "127.0.0.1/32",
-	}, extraArgs...)
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan net.Addr, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- supernodecmd.Run(ctx, args, supernodecmd.WithReady(func(a net.Addr) { ready <- a }))
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil && !errors.Is(err, context.Canceled) {
-				t.Errorf("supernode exited: %v", err)
-			}
-		case <-time.After(15 * time.Second):
-			t.Errorf("supernode did not stop within 15s")
-		}
-	})
-	select {
-	case a := <-ready:
-		return &supernode{addr: a.String(), token: token}
-	case err := <-done:
-		t.Fatalf("supernode did not start: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("supernode did not start within 30s")
-	}
-	return nil
+	sn := supernodetest.Start(t, "e2e-admin-token", append([]string{"--log-level", "warn"}, extraArgs...)...)
+	return &supernode{addr: sn.Addr, token: sn.Token}
 }
 
 // writeConfig writes a supernode YAML config and returns its path.
