@@ -40,10 +40,9 @@ demo: ## Offline demo: embedded registry, supernode, three dfdaemons pulling one
 ##@ Test
 
 .PHONY: test
-test: deps ## Vet, run every test with the race detector, then every fuzz target for 1s
+test: deps ## Vet, then every test (and every fuzz target's saved corpus) with the race detector
 	$(GO) vet ./...
 	$(GO) test -race -timeout $(TEST_TIMEOUT) ./...
-	GO=$(GO) ./hack/fuzz.sh 1s
 
 .PHONY: fuzz
 fuzz: ## Run every fuzz target for FUZZTIME (default 60s) each; stops at the first crasher

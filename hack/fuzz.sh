@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every Go fuzz target of the module for a while each.
 #
-#   hack/fuzz.sh [FUZZTIME]     e.g. hack/fuzz.sh 1s (make test), hack/fuzz.sh 60s (make fuzz)
+#   hack/fuzz.sh [FUZZTIME]     e.g. hack/fuzz.sh 60s (make fuzz)
 #
 # Targets are found with `go test -list '^Fuzz'` over the packages that
 # declare one, and each runs alone in its package (`-run '^$' -fuzz '^Name$'`). The

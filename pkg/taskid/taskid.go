@@ -60,10 +60,10 @@ func Normalize(rawURL string, filter []string) (string, error) {
 	if u.Scheme != "http" && u.Scheme != "https" {
 		return "", fmt.Errorf("url %q: scheme must be http or https", rawURL)
 	}
-	if u.Host == "" {
+	host := strings.ToLower(u.Hostname())
+	if host == "" {
 		return "", fmt.Errorf("url %q: no host", rawURL)
 	}
-	host := strings.ToLower(u.Hostname())
 	port := u.Port()
 	if (u.Scheme == "http" && port == "80") || (u.Scheme == "https" && port == "443") {
 		port = ""
