@@ -66,8 +66,10 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
@@ -136,6 +138,39 @@ type Manifest struct {
 	// Stale reports that the upstream failed and the manifest was served
 	// from an entry past its TTL, within Config.StaleIfError.
 	Stale bool
+	// Headers are the manifest's response header values, prepared once
+	// when it was fetched. Shared: they must not be modified.
+	Headers *Headers
+}
+
+// Headers are the header values of an answer with a manifest, formatted
+// once per fetch so that a server answering from the cache formats nothing
+// per request. Each is a one-element slice to be assigned to an
+// http.Header under its canonical key; the slices are shared and must not
+// be modified (http.Header.Set and Add replace or copy them).
+type Headers struct {
+	// ContentType is the media type, or application/octet-stream when the
+	// upstream named none.
+	ContentType []string
+	// Digest is the Docker-Content-Digest value.
+	Digest []string
+	// ETag is the quoted digest.
+	ETag []string
+	// ContentLength is the body's length in decimal.
+	ContentLength []string
+}
+
+// NewHeaders formats the response header values of a manifest.
+func NewHeaders(d digest.Digest, mediaType string, size int) *Headers {
+	if mediaType == "" {
+		mediaType = "application/octet-stream"
+	}
+	return &Headers{
+		ContentType:   []string{mediaType},
+		Digest:        []string{d.String()},
+		ETag:          []string{`"` + d.String() + `"`},
+		ContentLength: []string{strconv.Itoa(size)},
+	}
 }
 
 // Option configures a Cache.
@@ -167,6 +202,8 @@ type Cache struct {
 	m    *metrics
 	hkey []byte // HMAC key of the credential partitions
 	sf   singleflight.Group
+	// upMemo is the last upstream key computed.
+	upMemo atomic.Pointer[upstreamMemo]
 
 	mu      sync.Mutex
 	bodies  *lru[digest.Digest, *body]
@@ -180,6 +217,7 @@ type Cache struct {
 type body struct {
 	mediaType string
 	data      []byte
+	headers   *Headers
 }
 
 // entry is a tag resolution (digest set), a read permission (digest empty)
@@ -230,9 +268,11 @@ func (c *Cache) Get(ctx context.Context, req Request) (*Manifest, error) {
 		return nil, err
 	}
 	k := c.keys(req)
-	if d, err := digest.Parse(req.Ref); err == nil {
-		return c.getDigest(ctx, req, k, d)
+	if strings.IndexByte(req.Ref, ':') >= 0 {
+		// validate accepted it: a sha256 digest.
+		return c.getDigest(ctx, req, k, digest.Digest(req.Ref))
 	}
+	k.tag = "t\x00" + k.up + "\x00" + req.Repo + "\x00" + req.Ref + "\x00" + k.accept + "\x00" + k.part
 	return c.getTag(ctx, req, k)
 }
 
@@ -259,39 +299,70 @@ func (r Request) validate() error {
 	if r.Upstream == nil || (r.Upstream.Scheme != "http" && r.Upstream.Scheme != "https") || r.Upstream.Host == "" {
 		return fmt.Errorf("%w: upstream must be an http(s) URL with a host", ErrBadRequest)
 	}
-	if err := registrysource.ValidateRepository(r.Repo); err != nil {
-		return fmt.Errorf("%w: %w", ErrBadRequest, err)
+	if !ValidRepository(r.Repo) {
+		return fmt.Errorf("%w: repository %q: %w", ErrBadRequest, truncate(r.Repo), registrysource.ErrInvalid)
 	}
-	if err := registrysource.ValidateReference(r.Ref); err != nil {
-		return fmt.Errorf("%w: %w", ErrBadRequest, err)
+	if !ValidReference(r.Ref) {
+		return fmt.Errorf("%w: reference %q: %w", ErrBadRequest, truncate(r.Ref), registrysource.ErrInvalid)
 	}
 	return nil
 }
 
-// keys are the cache keys of one request.
-type keys struct {
-	// tag: (upstream, repo, ref, accept, partition); for a digest ref it is
-	// unused.
-	tag string
-	// scope: (upstream, repo, partition); a read permission or digest 404
-	// is scope + digest.
-	scope string
-	// hint: (upstream, repo, ref, accept) without the partition: the digest
-	// some partition last resolved the tag to. It only tells whether asking
-	// with HEAD first may spare a GET; it grants nothing.
-	hint string
+func truncate(s string) string {
+	if len(s) > 300 {
+		return s[:300] + "..."
+	}
+	return s
 }
 
-func (k keys) access(d digest.Digest) string { return "a\x00" + k.scope + "\x00" + d.String() }
+// keys are the parts of one request's cache keys. Only the key a lookup
+// needs is built: a cache hit builds one string.
+type keys struct {
+	up, repo, ref string
+	// accept is the normalised Accept set; set for a tag only.
+	accept string
+	// part is the credential partition.
+	part string
+	// tag: (upstream, repo, ref, accept, partition); set for a tag only.
+	tag string
+}
+
+// access is the key of a read permission, or a digest 404, of d:
+// (upstream, repo, partition, digest).
+func (k keys) access(d digest.Digest) string {
+	return "a\x00" + k.up + "\x00" + k.repo + "\x00" + k.part + "\x00" + d.String()
+}
+
+// hint: (upstream, repo, ref, accept) without the partition: the digest
+// some partition last resolved the tag to. It only tells whether asking with
+// HEAD first may spare a GET; it grants nothing.
+func (k keys) hint() string {
+	return "h\x00" + k.up + "\x00" + k.repo + "\x00" + k.ref + "\x00" + k.accept
+}
 
 func (c *Cache) keys(req Request) keys {
-	part := c.partition(req.Authorization)
-	up := upstreamKey(req.Upstream)
-	return keys{
-		tag:   "t\x00" + up + "\x00" + req.Repo + "\x00" + req.Ref + "\x00" + normaliseAccept(req.Accept) + "\x00" + part,
-		scope: up + "\x00" + req.Repo + "\x00" + part,
-		hint:  "h\x00" + up + "\x00" + req.Repo + "\x00" + req.Ref + "\x00" + normaliseAccept(req.Accept),
+	k := keys{up: c.upstreamKey(req.Upstream), repo: req.Repo, ref: req.Ref, part: c.partition(req.Authorization)}
+	if strings.IndexByte(req.Ref, ':') < 0 {
+		k.accept = normaliseAccept(req.Accept)
 	}
+	return k
+}
+
+// upstreamMemo is the last upstream key computed, so that a server with one
+// upstream (registry-cache) does not format it per request.
+type upstreamMemo struct {
+	scheme, host, path, key string
+}
+
+func (c *Cache) upstreamKey(u *url.URL) string {
+	if m := c.upMemo.Load(); u.RawPath == "" && m != nil && m.scheme == u.Scheme && m.host == u.Host && m.path == u.Path {
+		return m.key
+	}
+	key := upstreamKey(u)
+	if u.RawPath == "" {
+		c.upMemo.Store(&upstreamMemo{scheme: u.Scheme, host: u.Host, path: u.Path, key: key})
+	}
+	return key
 }
 
 // partition is the credential partition of an Authorization header: empty
@@ -337,27 +408,70 @@ func acceptTypes(accept []string) []string {
 	return slices.Compact(out)
 }
 
-func normaliseAccept(accept []string) string { return strings.Join(acceptTypes(accept), ",") }
+// normaliseAccept is acceptTypes joined with ",". One Accept value that is
+// already normal (one lowercase media type without parameters or spaces,
+// what most clients send per header line) is returned as it is.
+func normaliseAccept(accept []string) string {
+	switch len(accept) {
+	case 0:
+		return ""
+	case 1:
+		if normalMediaType(accept[0]) {
+			return accept[0]
+		}
+	}
+	return strings.Join(acceptTypes(accept), ",")
+}
+
+func normalMediaType(v string) bool {
+	if v == "" {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		switch c := v[i]; {
+		case c == ',', c == ';', c <= ' ', c >= 0x7f, 'A' <= c && c <= 'Z':
+			return false
+		}
+	}
+	return true
+}
 
 // accepts reports whether a client sending accept takes a manifest of media
-// type mt: no Accept at all, a wildcard, or mt listed (with q > 0).
+// type mt: no Accept at all, a wildcard, or mt listed (with q > 0). It
+// reads the media ranges as acceptTypes does (a range's name is its first
+// non-empty ";" field, trimmed and compared without case), without
+// allocating.
 func accepts(accept []string, mt string) bool {
-	types := acceptTypes(accept)
-	if len(types) == 0 {
-		return true
-	}
 	mt, _, _ = strings.Cut(mt, ";")
-	mt = strings.ToLower(strings.TrimSpace(mt))
-	for _, t := range types {
-		name, params, _ := strings.Cut(t, ";")
-		if slices.Contains(strings.Split(params, ";"), "q=0") {
-			continue
-		}
-		if name == "*/*" || name == mt || (strings.HasSuffix(name, "/*") && strings.HasPrefix(mt, strings.TrimSuffix(name, "*"))) {
-			return true
+	mt = strings.TrimSpace(mt)
+	seen := false
+	for _, v := range accept {
+		for part := range strings.SplitSeq(v, ",") {
+			name, refused := "", false
+			for f := range strings.SplitSeq(part, ";") {
+				if f = strings.TrimSpace(f); f == "" {
+					continue
+				}
+				if name == "" {
+					name = f
+				} else if strings.EqualFold(f, "q=0") {
+					refused = true
+				}
+			}
+			if name == "" {
+				continue
+			}
+			seen = true
+			if refused {
+				continue
+			}
+			if name == "*/*" || strings.EqualFold(name, mt) ||
+				(strings.HasSuffix(name, "/*") && len(mt) >= len(name)-1 && strings.EqualFold(mt[:len(name)-1], name[:len(name)-1])) {
+				return true
+			}
 		}
 	}
-	return false
+	return !seen
 }
 
 // manifestTypes are asked for on every fetch by digest, with the client's
@@ -399,19 +513,19 @@ func (c *Cache) getTag(ctx context.Context, req Request, k keys) (*Manifest, err
 	c.mu.Unlock()
 	switch {
 	case e != nil && e.notFound && now.Before(e.until):
-		c.m.negative.WithLabelValues(kindTag).Inc()
+		c.m.negativeTag.Inc()
 		return nil, fmt.Errorf("%s:%s: %w", req.Repo, req.Ref, ErrNotFound)
 	case e != nil && !e.notFound && b != nil && now.Before(e.until):
-		c.m.hits.WithLabelValues(kindTag).Inc()
+		c.m.hitTag.Inc()
 		return b.manifest(e.digest, false), nil
 	}
-	c.m.misses.WithLabelValues(kindTag).Inc()
+	c.m.missTag.Inc()
 	v, err := c.do(ctx, k.tag, func(ctx context.Context) (*Manifest, error) { return c.fillTag(ctx, req, k) })
 	if err == nil {
 		return v, nil
 	}
 	if e != nil && !e.notFound && b != nil && errors.Is(err, ErrUnavailable) && c.now().Before(e.until.Add(c.cfg.staleWindow())) {
-		c.m.stale.WithLabelValues(kindTag).Inc()
+		c.m.staleTag.Inc()
 		c.log.Debug("serving stale manifest, upstream failed", zap.String("repo", req.Repo), zap.String("ref", req.Ref),
 			zap.Stringer("digest", e.digest), zap.String("upstream", req.Upstream.Host), zap.Error(err))
 		return b.manifest(e.digest, true), nil
@@ -430,7 +544,7 @@ func (c *Cache) fillTag(ctx context.Context, req Request, k keys) (*Manifest, er
 			return b.manifest(e.digest, false), nil
 		}
 	}
-	_, hinted := c.entries.get(k.hint)
+	_, hinted := c.entries.get(k.hint())
 	c.mu.Unlock()
 
 	if hinted {
@@ -458,7 +572,7 @@ func (c *Cache) fillTag(ctx context.Context, req Request, k keys) (*Manifest, er
 	c.mu.Unlock()
 	c.log.Debug("manifest fetched", zap.String("repo", req.Repo), zap.String("ref", req.Ref),
 		zap.Stringer("digest", m.Digest), zap.String("upstream", req.Upstream.Host))
-	return &Manifest{Digest: m.Digest, MediaType: m.MediaType, Body: m.Body}, nil
+	return fetched(m), nil
 }
 
 // resolveByHead resolves a tag with a HEAD. done is false when the digest
@@ -490,7 +604,7 @@ func (c *Cache) resolveByHead(ctx context.Context, req Request, k keys) (m *Mani
 func (c *Cache) resolved(k keys, d digest.Digest) {
 	now := c.now()
 	c.entries.add(k.tag, &entry{digest: d, until: now.Add(c.cfg.TagTTL)})
-	c.entries.add(k.hint, &entry{digest: d, until: now.Add(c.cfg.TagTTL)})
+	c.entries.add(k.hint(), &entry{digest: d, until: now.Add(c.cfg.TagTTL)})
 	c.entries.add(k.access(d), &entry{until: now.Add(c.cfg.AccessTTL)})
 	c.syncGauges()
 }
@@ -506,13 +620,13 @@ func (c *Cache) getDigest(ctx context.Context, req Request, k keys, d digest.Dig
 	c.mu.Unlock()
 	switch {
 	case e != nil && e.notFound && now.Before(e.until):
-		c.m.negative.WithLabelValues(kindDigest).Inc()
+		c.m.negativeDigest.Inc()
 		return nil, fmt.Errorf("%s@%s: %w", req.Repo, d, ErrNotFound)
 	case e != nil && !e.notFound && b != nil && now.Before(e.until):
-		c.m.hits.WithLabelValues(kindDigest).Inc()
+		c.m.hitDigest.Inc()
 		return c.acceptable(req, b.manifest(d, false))
 	}
-	c.m.misses.WithLabelValues(kindDigest).Inc()
+	c.m.missDigest.Inc()
 	var (
 		m   *Manifest
 		err error
@@ -527,7 +641,7 @@ func (c *Cache) getDigest(ctx context.Context, req Request, k keys, d digest.Dig
 		return c.acceptable(req, m)
 	}
 	if e != nil && !e.notFound && b != nil && errors.Is(err, ErrUnavailable) && c.now().Before(e.until.Add(c.cfg.staleWindow())) {
-		c.m.stale.WithLabelValues(kindDigest).Inc()
+		c.m.staleDigest.Inc()
 		c.log.Debug("serving manifest on a stale permission, upstream failed", zap.String("repo", req.Repo),
 			zap.Stringer("digest", d), zap.String("upstream", req.Upstream.Host), zap.Error(err))
 		return c.acceptable(req, b.manifest(d, true))
@@ -595,7 +709,7 @@ func (c *Cache) fillDigest(ctx context.Context, req Request, ak string, d digest
 	c.mu.Unlock()
 	c.log.Debug("manifest fetched", zap.String("repo", req.Repo), zap.Stringer("digest", d),
 		zap.String("upstream", req.Upstream.Host))
-	return &Manifest{Digest: m.Digest, MediaType: m.MediaType, Body: m.Body}, nil
+	return fetched(m), nil
 }
 
 // upstreamError counts a failed upstream request, updates the entry at key
@@ -681,12 +795,20 @@ func verify(m *registrysource.Manifest, want digest.Digest) error {
 	return nil
 }
 
-// storeBody keeps a verified body. c.mu is held.
+// fetched is the answer of a fill with m, just fetched and verified.
+func fetched(m *registrysource.Manifest) *Manifest {
+	return &Manifest{Digest: m.Digest, MediaType: m.MediaType, Body: m.Body,
+		Headers: NewHeaders(m.Digest, m.MediaType, len(m.Body))}
+}
+
+// storeBody keeps a verified body, with its response headers prepared.
+// c.mu is held.
 func (c *Cache) storeBody(m *registrysource.Manifest) {
 	if _, ok := c.bodies.get(m.Digest); ok {
 		return
 	}
-	if !c.bodies.add(m.Digest, &body{mediaType: m.MediaType, data: m.Body}) {
+	b := &body{mediaType: m.MediaType, data: m.Body, headers: NewHeaders(m.Digest, m.MediaType, len(m.Body))}
+	if !c.bodies.add(m.Digest, b) {
 		c.m.uncacheable.Inc()
 	}
 }
@@ -708,7 +830,7 @@ func (c *Cache) syncGauges() {
 }
 
 func (b *body) manifest(d digest.Digest, stale bool) *Manifest {
-	return &Manifest{Digest: d, MediaType: b.mediaType, Body: b.data, Stale: stale}
+	return &Manifest{Digest: d, MediaType: b.mediaType, Body: b.data, Stale: stale, Headers: b.headers}
 }
 
 // do runs fill once per key among concurrent callers, on a context detached

@@ -19,6 +19,12 @@ type metrics struct {
 	manifests   prometheus.Gauge
 	entries     prometheus.Gauge
 	uncacheable prometheus.Counter
+
+	// Children bound once, so that a cache hit looks no label up.
+	hitTag, hitDigest           prometheus.Counter
+	missTag, missDigest         prometheus.Counter
+	negativeTag, negativeDigest prometheus.Counter
+	staleTag, staleDigest       prometheus.Counter
 }
 
 // Label values.
@@ -66,6 +72,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.entries = register(reg, m.entries)
 		m.uncacheable = register(reg, m.uncacheable)
 	}
+	m.hitTag, m.hitDigest = m.hits.WithLabelValues(kindTag), m.hits.WithLabelValues(kindDigest)
+	m.missTag, m.missDigest = m.misses.WithLabelValues(kindTag), m.misses.WithLabelValues(kindDigest)
+	m.negativeTag, m.negativeDigest = m.negative.WithLabelValues(kindTag), m.negative.WithLabelValues(kindDigest)
+	m.staleTag, m.staleDigest = m.stale.WithLabelValues(kindTag), m.stale.WithLabelValues(kindDigest)
 	return m
 }
 
