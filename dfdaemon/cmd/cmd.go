@@ -37,6 +37,7 @@ import (
 	"github.com/damselfly/damselfly/pkg/netpolicy"
 	"github.com/damselfly/damselfly/pkg/peer"
 	"github.com/damselfly/damselfly/pkg/peer/upload"
+	"github.com/damselfly/damselfly/pkg/ratelimit"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/schedclient"
 	"github.com/damselfly/damselfly/pkg/source/httpsource"
@@ -96,6 +97,7 @@ type flags struct {
 	config, listen, peerListen, advertiseIP, nodes string
 	registry, dataDir, logLevel, logFormat         string
 	source, peers                                  netpolicy.Config
+	downloadRate, uploadRate                       ratelimit.Rate
 	version                                        bool
 }
 
@@ -115,6 +117,8 @@ func newFlagSet(f *flags, out io.Writer) *flag.FlagSet {
 	fs.Var(netpolicy.ListFlag{List: &f.source.Deny}, "source-deny", "`CIDR|IP|HOST` registries and sources are never reached at; adds to source.deny (repeatable, comma-separated)")
 	fs.Var(netpolicy.ListFlag{List: &f.peers.Allow}, "peer-allow", "`CIDR|IP|HOST` of peers and CDNs pieces may be fetched from although denied by default; adds to peerPolicy.allow (repeatable, comma-separated)")
 	fs.Var(netpolicy.ListFlag{List: &f.peers.Deny}, "peer-deny", "`CIDR|IP|HOST` of peers never fetched from; adds to peerPolicy.deny (repeatable, comma-separated)")
+	fs.Var(&f.downloadRate, "download-rate", "`RATE` cap on the bytes/s of pieces this node receives, e.g. 100M (K, M, G; optional B or iB; 0: unlimited); sets rateLimit.download")
+	fs.Var(&f.uploadRate, "upload-rate", "`RATE` cap on the bytes/s of pieces this node sends to other peers (0: unlimited); sets rateLimit.upload")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: dfdaemon [flags]\n\n"+
@@ -195,6 +199,10 @@ func buildConfig(fset *flag.FlagSet, f *flags) (Config, error) {
 			cfg.PeerPolicy.Allow = append(cfg.PeerPolicy.Allow, f.peers.Allow...)
 		case "peer-deny":
 			cfg.PeerPolicy.Deny = append(cfg.PeerPolicy.Deny, f.peers.Deny...)
+		case "download-rate":
+			cfg.RateLimit.Download = f.downloadRate
+		case "upload-rate":
+			cfg.RateLimit.Upload = f.uploadRate
 		}
 	})
 	cfg = cfg.ApplyDefaults()
@@ -242,7 +250,8 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	}
 	src := httpsource.New(httpsource.WithHTTPClient(out.upstream), httpsource.WithLogger(logger.Named("source")))
 	eng, err := peer.New(cfg.Peer, store, sc, self, append(out.engineOptions(peer.WithSource(src)),
-		peer.WithLogger(logger.Named("peer")), peer.WithMetrics(reg))...)
+		peer.WithLogger(logger.Named("peer")), peer.WithMetrics(reg),
+		peer.WithDownloadLimiter(cfg.RateLimit.Download.Limiter()))...)
 	if err != nil {
 		return err
 	}
@@ -312,14 +321,17 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		zap.String("addr", ln.Addr().String()), zap.String("peerAddr", peerLn.Addr().String()),
 		zap.String("advertise", self.Addr), zap.Strings("nodes", cfg.Nodes),
 		zap.String("registry", cfg.Mirror.Registry), zap.String("dataDir", cfg.DataDir),
-		zap.String("quota", cfg.Cache.Quota.String()), zap.String("version", version.Version()))
+		zap.String("quota", cfg.Cache.Quota.String()),
+		zap.Stringer("downloadRate", cfg.RateLimit.Download), zap.Stringer("uploadRate", cfg.RateLimit.Upload),
+		zap.String("version", version.Version()))
 	if o.ready != nil {
 		o.ready(ln.Addr(), peerLn.Addr())
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		return upload.New(eng, upload.WithLogger(logger.Named("upload")), upload.WithMetrics(httpm)).Run(gctx, peerLn)
+		return upload.New(eng, upload.WithLogger(logger.Named("upload")), upload.WithMetrics(httpm),
+			upload.WithLimiter(cfg.RateLimit.Upload.Limiter())).Run(gctx, peerLn)
 	})
 	g.Go(func() error { return eng.Run(gctx) })
 	g.Go(func() error { return blobs.Run(gctx) })

@@ -3,6 +3,7 @@ package cmd
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/damselfly/damselfly/dfdaemon/blobcache"
 	"github.com/damselfly/damselfly/dfdaemon/proxy"
+	"github.com/damselfly/damselfly/pkg/ratelimit"
 	"github.com/damselfly/damselfly/pkg/registrytest"
 	"github.com/damselfly/damselfly/supernode/supernodetest"
 )
@@ -73,6 +75,10 @@ func TestBadConfigFailsBeforeListening(t *testing.T) {
 		{"bad proxy rule", []string{"--config", writeFile(t, "proxy:\n  rules:\n    - regex: '('\n      useP2P: true\n")}, []string{"rules[0]"}},
 		{"hijack without CA", []string{"--config", writeFile(t, "proxy:\n  hijack:\n    hosts: ['^x$']\n")}, []string{"caCert"}},
 		{"unknown key", []string{"--config", writeFile(t, "listne: :1\n")}, []string{"listne"}},
+		{"bad download rate flag", []string{"--download-rate", "fast"}, []string{"download-rate", `"fast"`}},
+		{"negative upload rate flag", []string{"--upload-rate", "-1M"}, []string{"upload-rate", `"-1M"`}},
+		{"bad rate in file", []string{"--config", writeFile(t, "rateLimit:\n  download: 16M\n  upload: 5Q\n")}, []string{"line 3", `"5Q"`}},
+		{"unknown rate key", []string{"--config", writeFile(t, "rateLimit:\n  downlaod: 16M\n")}, []string{"downlaod"}},
 		{"missing config file", []string{"--config", "/nonexistent/dfdaemon.yaml"}, []string{"config"}},
 		{"unknown flag", []string{"--colour"}, []string{"colour"}},
 		{"stray argument", []string{"serve"}, []string{"serve"}},
@@ -102,7 +108,7 @@ func TestVersionAndHelp(t *testing.T) {
 
 	out.Reset()
 	require.NoError(t, Run(t.Context(), []string{"--help"}, WithStdout(&out)))
-	for _, f := range []string{"config", "listen", "peer-listen", "advertise-ip", "node", "registry", "data-dir", "log-level", "log-format", "version"} {
+	for _, f := range []string{"config", "listen", "peer-listen", "advertise-ip", "node", "registry", "data-dir", "log-level", "log-format", "download-rate", "upload-rate", "version"} {
 		require.Contains(t, out.String(), "-"+f)
 	}
 }
@@ -126,10 +132,13 @@ proxy:
   rules: []
 log:
   level: warn
+rateLimit:
+  download: 16MiB/s
+  upload: 1048576
 `)
 	var f flags
 	fset := newFlagSet(&f, io.Discard)
-	require.NoError(t, fset.Parse([]string{"--config", p, "--node", "a:1, b:2", "--data-dir", "/from/flag", "--registry", "https://r.example"}))
+	require.NoError(t, fset.Parse([]string{"--config", p, "--node", "a:1, b:2", "--data-dir", "/from/flag", "--registry", "https://r.example", "--upload-rate", "2.5M"}))
 	cfg, err := buildConfig(fset, &f)
 	require.NoError(t, err)
 	require.Equal(t, "127.0.0.1:7001", cfg.Listen)
@@ -144,6 +153,8 @@ log:
 	require.Equal(t, "warn", cfg.Log.Level)
 	require.Equal(t, "console", cfg.Log.Format, "defaults fill the rest")
 	require.Equal(t, 30*time.Second, cfg.Mirror.AuthTTL)
+	require.Equal(t, ratelimit.Rate(16<<20), cfg.RateLimit.Download, "rate from the file")
+	require.Equal(t, ratelimit.Rate(5<<19), cfg.RateLimit.Upload, "flag wins")
 
 	// Without a file: the defaults, including the P2P rule for blobs.
 	f = flags{}
@@ -153,6 +164,61 @@ log:
 	require.NoError(t, err)
 	require.Equal(t, DefaultProxyRules(), cfg.Proxy.Rules)
 	require.Equal(t, []string{DefaultNode}, cfg.Nodes)
+	require.Zero(t, cfg.RateLimit.Download, "unlimited by default")
+	require.Zero(t, cfg.RateLimit.Upload)
+
+	// A flag of 0 lifts the file's limit.
+	f = flags{}
+	fset = newFlagSet(&f, io.Discard)
+	require.NoError(t, fset.Parse([]string{"--config", p, "--download-rate", "0"}))
+	cfg, err = buildConfig(fset, &f)
+	require.NoError(t, err)
+	require.Zero(t, cfg.RateLimit.Download)
+	require.Equal(t, ratelimit.Rate(1<<20), cfg.RateLimit.Upload)
+}
+
+func TestRateLimitValidate(t *testing.T) {
+	t.Parallel()
+	require.NoError(t, RateLimitConfig{}.Validate())
+	require.NoError(t, RateLimitConfig{Download: 1, Upload: 1 << 30}.Validate())
+	err := RateLimitConfig{Download: -1, Upload: -2}.Validate()
+	require.ErrorContains(t, err, "rateLimit.download")
+	require.ErrorContains(t, err, "rateLimit.upload")
+	err = Config{RateLimit: RateLimitConfig{Upload: -1}}.ApplyDefaults().Validate()
+	require.ErrorContains(t, err, "rateLimit.upload")
+}
+
+// TestRateLimitsApplied pulls a blob through a dfdaemon limited to 1 MiB/s
+// down and up, then fetches it from the node's upload server: neither can
+// beat its limit (the limiter's burst is a tenth of a second's worth),
+// where unlimited both take milliseconds on loopback.
+func TestRateLimitsApplied(t *testing.T) {
+	t.Parallel()
+	const size, limit = 1_200_000, 1 << 20
+	reg := registrytest.New(t)
+	img, err := reg.PushRandomImage(t.Context(), "team/app", "v1", size)
+	require.NoError(t, err)
+	layer := img.Layers[0]
+	sn := startSupernode(t)
+	d := startDaemon(t, "--node", sn, "--registry", reg.URL.String(), "--advertise-ip", "127.0.0.1",
+		"--source-allow", "127.0.0.1/32", "--download-rate", "1M", "--upload-rate", "1MiB/s")
+	// The fewest seconds limit allows for the layer: all but one burst.
+	least := time.Duration(float64(layer.Size-limit/10) / limit * float64(time.Second))
+
+	start := time.Now()
+	resp, body := get(t, plainClient, "http://"+d.addr+"/v2/team/app/blobs/"+layer.Digest.String(), nil)
+	took := time.Since(start)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Equal(t, layer.Digest, digest.FromBytes(body))
+	require.GreaterOrEqual(t, took, least, "download paced at 1 MiB/s")
+
+	start = time.Now()
+	resp, body = get(t, plainClient, "http://"+d.peerAddr+"/upload/v1/tasks/"+layer.Digest.String(),
+		http.Header{"Range": {fmt.Sprintf("bytes=0-%d", layer.Size-1)}})
+	took = time.Since(start)
+	require.Equal(t, http.StatusPartialContent, resp.StatusCode)
+	require.Equal(t, layer.Digest, digest.FromBytes(body))
+	require.GreaterOrEqual(t, took, least, "upload paced at 1 MiB/s")
 }
 
 // startSupernode runs a real supernode in-process on 127.0.0.1.

@@ -16,6 +16,7 @@ import (
 	"github.com/damselfly/damselfly/pkg/manifestcache"
 	"github.com/damselfly/damselfly/pkg/netpolicy"
 	"github.com/damselfly/damselfly/pkg/peer"
+	"github.com/damselfly/damselfly/pkg/ratelimit"
 )
 
 // Defaults of the top-level keys.
@@ -76,6 +77,8 @@ type Config struct {
 	Cache blobcache.Config `yaml:"cache"`
 	// Peer tunes the peer engine.
 	Peer peer.Config `yaml:"peer"`
+	// RateLimit caps the node's piece traffic.
+	RateLimit RateLimitConfig `yaml:"rateLimit"`
 	// Log sets the log level and format.
 	Log log.Config `yaml:"log"`
 }
@@ -139,11 +142,34 @@ func (c Config) Validate() error {
 		c.Proxy.Validate(),
 		c.Cache.Validate(),
 		c.Peer.Validate(),
+		c.RateLimit.Validate(),
 		c.Log.Validate(),
 	} {
 		if err != nil {
 			errs = append(errs, err)
 		}
+	}
+	return errors.Join(errs...)
+}
+
+// RateLimitConfig caps the bytes per second of the node's piece traffic,
+// like a network link of that speed would. 0 means unlimited.
+type RateLimitConfig struct {
+	// Download caps what the peer engine receives: pieces from other peers
+	// and the supernodes' CDN, and the source fallback.
+	Download ratelimit.Rate `yaml:"download"`
+	// Upload caps what the upload server sends to other peers.
+	Upload ratelimit.Rate `yaml:"upload"`
+}
+
+// Validate reports a negative rate.
+func (c RateLimitConfig) Validate() error {
+	var errs []error
+	if c.Download < 0 {
+		errs = append(errs, fmt.Errorf("rateLimit.download: %d is negative (0 means unlimited)", c.Download))
+	}
+	if c.Upload < 0 {
+		errs = append(errs, fmt.Errorf("rateLimit.upload: %d is negative (0 means unlimited)", c.Upload))
 	}
 	return errors.Join(errs...)
 }

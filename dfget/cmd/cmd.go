@@ -19,12 +19,12 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/term"
-	"golang.org/x/time/rate"
 
 	"github.com/damselfly/damselfly/pkg/content/local"
 	"github.com/damselfly/damselfly/pkg/log"
 	"github.com/damselfly/damselfly/pkg/peer"
 	"github.com/damselfly/damselfly/pkg/peer/upload"
+	"github.com/damselfly/damselfly/pkg/ratelimit"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/schedclient"
 	"github.com/damselfly/damselfly/pkg/version"
@@ -132,12 +132,12 @@ func run(ctx context.Context, o *options, rc runConfig, logger *zap.Logger, stde
 		engOpts = append(engOpts, outOpts...)
 	}
 	if o.totalLimit > 0 {
-		total := newLimiter(o.totalLimit)
+		total := ratelimit.NewLimiter(o.totalLimit)
 		engOpts = append(engOpts, peer.WithDownloadLimiter(total))
 		upOpts = append(upOpts, upload.WithLimiter(total))
 	}
 	if o.localLimit > 0 {
-		engOpts = append(engOpts, peer.WithDownloadLimiter(newLimiter(o.localLimit)))
+		engOpts = append(engOpts, peer.WithDownloadLimiter(ratelimit.NewLimiter(o.localLimit)))
 	}
 	sc, err := schedclient.New(o.nodes, scOpts...)
 	if err != nil {
@@ -274,14 +274,6 @@ func p2pReason(err error, fallback string, o *options) string {
 		return fmt.Sprintf("supernode %s unreachable", strings.Join(o.nodes, ","))
 	}
 	return strings.TrimPrefix(fallback, peer.ErrP2PFailed.Error()+": ")
-}
-
-// newLimiter returns a limiter of bps bytes per second whose burst allows
-// reads of a useful size.
-func newLimiter(bps int64) *rate.Limiter {
-	burst := min(max(bps/10, 16<<10), 4<<20)
-	burst = min(burst, max(bps, 1))
-	return rate.NewLimiter(rate.Limit(bps), int(burst))
 }
 
 // advertiseIP is the IP other peers reach this one at (peer.AdvertiseIP),

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/textproto"
-	"strconv"
 	"strings"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/log"
 	"github.com/damselfly/damselfly/pkg/netpolicy"
+	"github.com/damselfly/damselfly/pkg/ratelimit"
 	"github.com/damselfly/damselfly/pkg/taskid"
 )
 
@@ -216,44 +216,7 @@ func printUsage(w io.Writer, fs *flag.FlagSet) {
 	fs.SetOutput(io.Discard)
 }
 
-// ParseRate parses a byte rate such as 20M (20 MiB/s): a number, optionally
-// with a fraction, then an optional K, M or G (powers of 1024) and an
-// optional B or iB. It must be positive.
-func ParseRate(s string) (int64, error) {
-	v := strings.TrimSpace(s)
-	if v == "" {
-		return 0, errors.New("empty rate")
-	}
-	upper := strings.ToUpper(v)
-	upper = strings.TrimSuffix(upper, "/S")
-	switch {
-	case strings.HasSuffix(upper, "IB"):
-		upper = strings.TrimSuffix(upper, "IB")
-		if !strings.HasSuffix(upper, "K") && !strings.HasSuffix(upper, "M") && !strings.HasSuffix(upper, "G") {
-			return 0, fmt.Errorf("rate %q: iB needs K, M or G", s)
-		}
-	case strings.HasSuffix(upper, "B"):
-		upper = strings.TrimSuffix(upper, "B")
-	}
-	mult := 1.0
-	switch {
-	case strings.HasSuffix(upper, "K"):
-		mult = 1 << 10
-	case strings.HasSuffix(upper, "M"):
-		mult = 1 << 20
-	case strings.HasSuffix(upper, "G"):
-		mult = 1 << 30
-	}
-	if mult != 1 {
-		upper = upper[:len(upper)-1]
-	}
-	n, err := strconv.ParseFloat(upper, 64)
-	if err != nil || n != n || upper == "" || strings.ContainsAny(upper, "eEnNxXpP+") {
-		return 0, fmt.Errorf("rate %q: want a number with an optional K, M or G suffix", s)
-	}
-	bps := n * mult
-	if bps < 1 || bps > 1<<50 {
-		return 0, fmt.Errorf("rate %q: out of range", s)
-	}
-	return int64(bps), nil
-}
+// ParseRate parses a byte rate such as 20M (20 MiB/s) as ratelimit.Parse
+// does: a number, optionally with a fraction, then an optional K, M or G
+// (powers of 1024) and an optional B or iB. It must be positive.
+func ParseRate(s string) (int64, error) { return ratelimit.Parse(s) }
