@@ -13,7 +13,12 @@
 //     Accept, Range and the conditional headers), following redirects (Go's
 //     client drops Authorization on a hop to another host); never cached.
 //
-// Requests are matched with distribution's v2.Router(). Errors are
+// A GET or HEAD of /v2/<name>/manifests/<reference> whose name and
+// reference follow the distribution grammar is recognised by hand (the
+// grammar in pkg/manifestcache, fuzzed against distribution's route
+// regular expressions) and answered from the cache with the header values
+// the cache prepared when it fetched the manifest. Every other request is
+// matched with distribution's v2.Router(). Errors are
 // distribution error JSON (errcode), mapped to a status in one place,
 // serveError: invalid names, tags and digests are 400 (NAME_INVALID,
 // TAG_INVALID, DIGEST_INVALID) and never reach the upstream; an unknown
@@ -161,6 +166,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		serveError(w, errcode.ErrorCodeUnavailable.WithMessage("no upstream registry configured"))
 		return
 	}
+	if repo, ref, ok := manifestPath(r.URL.Path); ok {
+		s.serveManifest(w, r, s.upstream, repo, ref)
+		return
+	}
 	var m mux.RouteMatch
 	if !v2.Router().Match(r, &m) || m.Route == nil {
 		s.serveUnmatched(w, r)
@@ -186,6 +195,29 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// manifestPath splits a path /v2/<name>/manifests/<reference> whose name
+// and reference are valid (what v2.Router() would match as the manifest
+// route, with these variables, and ServeManifest would accept). ok is false
+// for anything else, which goes to the router.
+func manifestPath(p string) (name, ref string, ok bool) {
+	rest, found := strings.CutPrefix(p, "/v2/")
+	if !found {
+		return "", "", false
+	}
+	// A reference has no "/": it follows the last "/manifests/".
+	i := strings.LastIndex(rest, manifestsSep)
+	if i < 0 {
+		return "", "", false
+	}
+	name, ref = rest[:i], rest[i+len(manifestsSep):]
+	if !manifestcache.ValidRepository(name) || !manifestcache.ValidReference(ref) {
+		return "", "", false
+	}
+	return name, ref, true
+}
+
+const manifestsSep = "/manifests/"
+
 // serveUnmatched answers a path v2.Router() did not match: a 400 when it
 // has the shape of a manifest, blob or tags path with an invalid part, else
 // a 404.
@@ -206,7 +238,7 @@ func (s *Server) serveUnmatched(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		name, ref := rest[:i], rest[i+len(sep):]
-		if err := registrysource.ValidateRepository(name); err != nil {
+		if !manifestcache.ValidRepository(name) {
 			serveError(w, errcode.ErrorCodeNameInvalid.WithDetail(name))
 			return
 		}
@@ -235,10 +267,10 @@ func refError(ref string) error {
 // checkNameRef validates a repository name and a manifest reference before
 // anything reaches the cache or the upstream.
 func checkNameRef(repo, ref string) error {
-	if err := registrysource.ValidateRepository(repo); err != nil {
+	if !manifestcache.ValidRepository(repo) {
 		return errcode.ErrorCodeNameInvalid.WithDetail(repo)
 	}
-	if err := registrysource.ValidateReference(ref); err != nil {
+	if !manifestcache.ValidReference(ref) {
 		return refError(ref)
 	}
 	return nil
@@ -258,6 +290,24 @@ func (s *Server) ServeManifest(w http.ResponseWriter, r *http.Request, upstream 
 		serveError(w, err)
 		return
 	}
+	s.serveManifest(w, r, upstream, repo, ref)
+}
+
+// Header values set on every manifest answer, shared (see
+// manifestcache.Headers).
+var (
+	apiVersionValue = []string{apiVersion}
+	staleWarning    = []string{`110 - "Response is Stale"`}
+)
+
+// serveManifest is ServeManifest for a valid repo and ref (any method: a
+// write is 405). The header
+// values come prepared from the cache: a hit formats nothing.
+func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request, upstream *url.URL, repo, ref string) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		serveError(w, errcode.ErrorCodeUnsupported.WithMessage("the registry cache serves pulls only"))
+		return
+	}
 	m, err := s.cache.Get(r.Context(), manifestcache.Request{
 		Upstream:      upstream,
 		Repo:          repo,
@@ -269,35 +319,40 @@ func (s *Server) ServeManifest(w http.ResponseWriter, r *http.Request, upstream 
 		s.fail(w, r, upstream, repo+":"+ref, err)
 		return
 	}
+	hd := m.Headers
+	if hd == nil {
+		hd = manifestcache.NewHeaders(m.Digest, m.MediaType, len(m.Body))
+	}
+	// Canonical keys, assigned directly: net/http copies the header map
+	// before it writes it.
 	h := w.Header()
-	mt := m.MediaType
-	if mt == "" {
-		mt = "application/octet-stream"
-	}
-	etag := `"` + m.Digest.String() + `"`
-	h.Set("Content-Type", mt)
-	h.Set("Docker-Content-Digest", m.Digest.String())
-	h.Set("ETag", etag)
-	h.Set(apiVersionHeader, apiVersion)
+	h["Content-Type"] = hd.ContentType
+	h["Docker-Content-Digest"] = hd.Digest
+	h["Etag"] = hd.ETag
+	h[apiVersionHeader] = apiVersionValue
 	if m.Stale {
-		h.Set("Warning", `110 - "Response is Stale"`)
+		h["Warning"] = staleWarning
 	}
-	if inm := r.Header.Get("If-None-Match"); inm != "" && etagMatch(inm, etag) {
+	if inm := r.Header["If-None-Match"]; len(inm) > 0 && etagMatch(inm, hd.ETag[0]) {
 		w.WriteHeader(http.StatusNotModified)
 		return
 	}
-	h.Set("Content-Length", strconv.Itoa(len(m.Body)))
+	h["Content-Length"] = hd.ContentLength
 	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodGet {
 		_, _ = w.Write(m.Body)
 	}
 }
 
-func etagMatch(header, etag string) bool {
-	for v := range strings.SplitSeq(header, ",") {
-		v = strings.TrimPrefix(strings.TrimSpace(v), "W/")
-		if v == "*" || v == etag {
-			return true
+// etagMatch reports whether If-None-Match values name etag (weakly
+// compared, as RFC 9110 asks for If-None-Match) or are "*".
+func etagMatch(values []string, etag string) bool {
+	for _, header := range values {
+		for v := range strings.SplitSeq(header, ",") {
+			v = strings.TrimPrefix(strings.TrimSpace(v), "W/")
+			if v == "*" || v == etag {
+				return true
+			}
 		}
 	}
 	return false
