@@ -70,6 +70,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	v2 "github.com/distribution/distribution/v3/registry/api/v2"
@@ -390,6 +391,16 @@ func (m *Mirror) blobFailed(w http.ResponseWriter, r *http.Request, d digest.Dig
 // of the whole blob.
 const holdBack = 64 << 10
 
+// copyBufSize is the buffer a blob is copied to the client through: a read
+// takes what is verified up to that much, so large reads mean few system
+// calls per byte.
+const copyBufSize = 1 << 20
+
+var copyBufs = sync.Pool{New: func() any {
+	b := make([]byte, copyBufSize)
+	return &b
+}}
+
 // errShort: the blob ended before the length the upstream announced.
 var errShort = errors.New("blob shorter than announced")
 
@@ -398,19 +409,20 @@ var errShort = errors.New("blob shorter than announced")
 // with io.EOF, which the engine's reader returns only once the whole blob's
 // digest is verified.
 func copyBlob(w io.Writer, r io.Reader, want int64, toEnd bool) error {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
 	if want < 0 {
-		_, err := io.Copy(w, r) // io.EOF, and so success, only after verification
+		_, err := io.CopyBuffer(w, r, *bp) // io.EOF, and so success, only after verification
 		return err
 	}
 	tail := int64(0)
 	if toEnd {
 		tail = min(want, holdBack)
 	}
-	if n, err := io.CopyN(w, r, want-tail); err != nil {
-		if errors.Is(err, io.EOF) {
-			return fmt.Errorf("%w: %d of %d bytes", errShort, n, want)
-		}
+	if n, err := io.CopyBuffer(w, io.LimitReader(r, want-tail), *bp); err != nil {
 		return err
+	} else if n < want-tail {
+		return fmt.Errorf("%w: %d of %d bytes", errShort, n, want)
 	}
 	if !toEnd {
 		return nil

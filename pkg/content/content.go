@@ -103,6 +103,10 @@ type Writer interface {
 	// Digest returns the digest of the content once Commit has succeeded
 	// (or failed with ErrAlreadyExists), and "" before.
 	Digest() digest.Digest
+	// Sync makes the bytes written so far durable. It may run alongside
+	// WriteAt and ReadAt: calling it before Commit, outside any lock that
+	// readers need, leaves Commit's own flush little to do.
+	Sync() error
 	// Commit publishes the ingest as a blob of size bytes. expected may be
 	// empty, in which case the computed digest names the blob.
 	Commit(ctx context.Context, size int64, expected digest.Digest) error

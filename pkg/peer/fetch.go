@@ -55,10 +55,12 @@ func (t *task) fetch(ctx context.Context, a schedapi.Assignment) fetchResult {
 	}
 
 	err := t.e.fetchPiece(ctx, t.id, a, buf)
+	received := time.Since(start)
 	if err == nil && piece.Digest(buf) != digest.Digest(a.Digest) {
 		err = errDigestMismatch
 	}
 	res.Duration = time.Since(start)
+	hashed := res.Duration
 	if err != nil {
 		res.Reason = failureKind(err)
 		res.Error = failureReason(err)
@@ -75,6 +77,9 @@ func (t *task) fetch(ctx context.Context, a schedapi.Assignment) fetchResult {
 	}
 	res.OK = true
 	res.Bytes = a.Length
+	t.log.Debug("piece stored", zap.Int("piece", a.Piece), zap.String("peer", a.From.ID),
+		zap.Duration("received", received), zap.Duration("hashed", hashed-received),
+		zap.Duration("stored", time.Since(start)-hashed))
 	t.e.metrics.pieces.WithLabelValues("ok", from).Inc()
 	t.e.metrics.bytes.WithLabelValues(from).Add(float64(a.Length))
 	return fetchResult{a: a, res: res}

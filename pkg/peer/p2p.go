@@ -23,10 +23,8 @@ const (
 	// emptyPollPause keeps a supernode that answers empty polls at once
 	// from spinning the loop.
 	emptyPollPause = 50 * time.Millisecond
-	// reportBatch and reportDelay bound how long a result waits to be
-	// reported.
-	reportBatch = 16
-	reportDelay = 100 * time.Millisecond
+	// reportBatch bounds how many results one report carries.
+	reportBatch = schedapi.MaxAssignments
 )
 
 type pollResult struct {
@@ -104,7 +102,10 @@ func (t *task) p2p(ctx context.Context) error {
 			polling = true
 			limit := cfg.Concurrency - len(inflight)
 			go func() {
+				start := time.Now()
 				resp, err := t.e.sched.Pieces(pctx, t.id, t.e.self.ID, limit, cfg.PollWait)
+				t.log.Debug("poll answered", zap.Int("limit", limit), zap.Int("assignments", len(resp.Assignments)),
+					zap.Duration("took", time.Since(start)), zap.Error(err))
 				polls <- pollResult{resp, err}
 			}()
 		}
@@ -384,9 +385,22 @@ func (t *task) commit(ctx context.Context) error {
 	}
 	t.mu.Unlock()
 
+	// Flush the ingest to disk while readers still read it: Commit's own
+	// fsync, under the lock that holds them off, then has little to do.
+	t.ioMu.RLock()
+	if t.w != nil {
+		if err := t.w.Sync(); err != nil {
+			t.log.Debug("sync ingest", zap.Error(err))
+		}
+	}
+	t.ioMu.RUnlock()
+
 	t.ioMu.Lock()
 	defer t.ioMu.Unlock()
 	w := t.w
+	if w == nil {
+		return fmt.Errorf("commit: %w", ErrClosed)
+	}
 	err := w.Commit(ctx, size, expected)
 	if err != nil && !errors.Is(err, content.ErrAlreadyExists) {
 		// A failed commit removed the ingest: nothing in it may be read
@@ -408,7 +422,10 @@ func (t *task) commit(ctx context.Context) error {
 	return nil
 }
 
-// reporter batches piece results to the supernode.
+// reporter sends piece results to the supernode as soon as they come: an
+// assignment holds an upload slot of its source until it is reported, so a
+// result that waits keeps that slot from the next requester. Results that
+// arrive while a report is on its way go together in the next one.
 type reporter struct {
 	t    *task
 	in   chan schedapi.PieceResult
@@ -435,40 +452,30 @@ func (r *reporter) close() {
 
 func (r *reporter) run(ctx context.Context) {
 	defer close(r.done)
-	var pending []schedapi.PieceResult
-	var timer *time.Timer
-	var fire <-chan time.Time
-	flush := func() {
-		if timer != nil {
-			timer.Stop()
-			timer, fire = nil, nil
+	pending := make([]schedapi.PieceResult, 0, reportBatch)
+	for res := range r.in {
+		pending = append(pending[:0], res)
+		open := true
+	drain: // whatever queued up while the last report was on its way
+		for open && len(pending) < reportBatch {
+			select {
+			case res, ok := <-r.in:
+				if !ok {
+					open = false
+					break drain
+				}
+				pending = append(pending, res)
+			default:
+				break drain
+			}
 		}
-		if len(pending) == 0 || ctx.Err() != nil {
-			pending = nil
+		if ctx.Err() == nil {
+			if err := r.t.e.sched.Report(ctx, r.t.id, r.t.e.self.ID, pending); err != nil {
+				r.t.log.Debug("report", zap.Int("results", len(pending)), zap.Error(err))
+			}
+		}
+		if !open {
 			return
-		}
-		if err := r.t.e.sched.Report(ctx, r.t.id, r.t.e.self.ID, pending); err != nil {
-			r.t.log.Debug("report", zap.Int("results", len(pending)), zap.Error(err))
-		}
-		pending = nil
-	}
-	for {
-		select {
-		case res, ok := <-r.in:
-			if !ok {
-				flush()
-				return
-			}
-			pending = append(pending, res)
-			if len(pending) >= reportBatch {
-				flush()
-			} else if timer == nil {
-				timer = time.NewTimer(reportDelay)
-				fire = timer.C
-			}
-		case <-fire:
-			timer, fire = nil, nil
-			flush()
 		}
 	}
 }

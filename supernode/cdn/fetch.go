@@ -143,6 +143,47 @@ func (c *CDN) finish(f *fetch) {
 	close(f.done)
 }
 
+// sourceChunk is one piece's bytes read from the source (possibly short, at
+// the end), or the error that ended the reading.
+type sourceChunk struct {
+	p       []byte
+	err     error
+	release func() // gives the buffer back for the next read
+}
+
+// readPieces reads r into pieceSize chunks on its own goroutine, one chunk
+// ahead of the consumer: two buffers, one being filled while the other is
+// stored. The channel is closed after the chunk carrying an error (io.EOF at
+// the end), or when ctx ends.
+func readPieces(ctx context.Context, r io.Reader, pieceSize int64) <-chan sourceChunk {
+	out := make(chan sourceChunk)
+	free := make(chan []byte, 2)
+	free <- make([]byte, pieceSize)
+	free <- make([]byte, pieceSize)
+	go func() {
+		defer close(out)
+		for {
+			var buf []byte
+			select {
+			case buf = <-free:
+			case <-ctx.Done():
+				return
+			}
+			k, err := io.ReadFull(r, buf)
+			ch := sourceChunk{p: buf[:k], err: err, release: func() { free <- buf }}
+			select {
+			case out <- ch:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return out
+}
+
 // stream copies the source body into the ingest one piece at a time,
 // publishing each piece as soon as it is stored, then commits and settles
 // the task.
@@ -156,7 +197,6 @@ func (c *CDN) stream(ctx context.Context, f *fetch, body io.ReadCloser, rawURL s
 	if err != nil && errors.Is(err, errSourceRead) {
 		err = sourceErrorMessage(rawURL, err)
 	}
-	body.Close()
 	if err != nil {
 		f.abort()
 		if ctx.Err() != nil {
@@ -187,8 +227,14 @@ func (c *CDN) stream(ctx context.Context, f *fetch, body io.ReadCloser, rawURL s
 
 // copyPieces reads the body into the ingest, publishes every piece, checks
 // the digest and commits the blob. It returns the content digest and the
-// piece metadata.
-func (c *CDN) copyPieces(ctx context.Context, f *fetch, body io.Reader, expected digest.Digest) (digest.Digest, pieceMeta, error) {
+// piece metadata. It closes body.
+//
+// Three things overlap, so that a fetch keeps two cores busy: the next
+// piece is read from the source while the current one is stored and hashed,
+// and the piece digest is computed while the ingest writer stores the piece
+// and feeds the content digest (which the writer computes as the bytes
+// stream, so no one hashes the content twice).
+func (c *CDN) copyPieces(ctx context.Context, f *fetch, body io.ReadCloser, expected digest.Digest) (digest.Digest, pieceMeta, error) {
 	f.mu.RLock()
 	w, size, pieceSize := f.w, f.size, f.pieceSize
 	f.mu.RUnlock()
@@ -197,25 +243,37 @@ func (c *CDN) copyPieces(ctx context.Context, f *fetch, body io.Reader, expected
 	if size >= 0 {
 		r = io.LimitReader(body, size)
 	}
-	buf := make([]byte, pieceSize)
-	whole := digest.SHA256.Digester()
+	rctx, stopReading := context.WithCancel(ctx)
+	chunks := readPieces(rctx, r, pieceSize)
+	defer func() {
+		stopReading()
+		body.Close() // unblocks a read in flight
+		for range chunks {
+		}
+	}()
+
 	var pieces []digest.Digest
 	var off int64
 	for n := 0; ; n++ {
+		ch, ok := <-chunks
+		if !ok {
+			return "", pieceMeta{}, ctx.Err()
+		}
 		if err := ctx.Err(); err != nil {
 			return "", pieceMeta{}, err
 		}
-		k, rerr := io.ReadFull(r, buf)
-		if k > 0 {
-			p := buf[:k]
-			f.read.Add(int64(k))
-			c.metrics.sourceBytes.Add(float64(k))
-			pd := piece.Digest(p)
-			whole.Hash().Write(p)
-			if _, err := w.WriteAt(p, off); err != nil {
-				return "", pieceMeta{}, fmt.Errorf("store piece %d: %w", n, err)
+		if p := ch.p; len(p) > 0 {
+			f.read.Add(int64(len(p)))
+			c.metrics.sourceBytes.Add(float64(len(p)))
+			pdc := make(chan digest.Digest, 1)
+			go func() { pdc <- piece.Digest(p) }()
+			_, werr := w.WriteAt(p, off)
+			pd := <-pdc
+			ch.release()
+			if werr != nil {
+				return "", pieceMeta{}, fmt.Errorf("store piece %d: %w", n, werr)
 			}
-			off += int64(k)
+			off += int64(len(p))
 			pieces = append(pieces, pd)
 			// Readable locally before any peer is told about it.
 			f.mu.Lock()
@@ -224,12 +282,14 @@ func (c *CDN) copyPieces(ctx context.Context, f *fetch, body io.Reader, expected
 			if err := c.sched.PublishPiece(ctx, f.taskID, n, pd); err != nil {
 				return "", pieceMeta{}, fmt.Errorf("publish piece %d: %w", n, err)
 			}
+		} else {
+			ch.release()
 		}
-		if errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF) {
+		if errors.Is(ch.err, io.EOF) || errors.Is(ch.err, io.ErrUnexpectedEOF) {
 			break
 		}
-		if rerr != nil {
-			return "", pieceMeta{}, fmt.Errorf("%w: %w", errSourceRead, rerr)
+		if ch.err != nil {
+			return "", pieceMeta{}, fmt.Errorf("%w: %w", errSourceRead, ch.err)
 		}
 	}
 	if size >= 0 && off != size {
@@ -243,17 +303,25 @@ func (c *CDN) copyPieces(ctx context.Context, f *fetch, body io.Reader, expected
 		f.size = off
 		f.mu.Unlock()
 	}
-	d := whole.Digest()
-	if expected != "" && d != expected {
-		return "", pieceMeta{}, fmt.Errorf("content digest mismatch: expected %s, source sent %s", expected, d)
+	// Flush the ingest while peers still read it, so that the fsync in
+	// Commit, which holds them off, has little left to write.
+	if err := w.Sync(); err != nil {
+		return "", pieceMeta{}, fmt.Errorf("sync: %w", err)
 	}
-
 	// Readers are held off while the ingest turns into a blob.
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	err := w.Commit(ctx, off, d)
+	err := w.Commit(ctx, off, expected)
+	if errors.Is(err, content.ErrDigestMismatch) {
+		return "", pieceMeta{}, fmt.Errorf("content digest mismatch: expected %s: %w", expected, err)
+	}
 	if err != nil && !errors.Is(err, content.ErrAlreadyExists) {
 		return "", pieceMeta{}, fmt.Errorf("commit: %w", err)
+	}
+	d := w.Digest()
+	if d == "" {
+		// Only a store that cannot name what it already has gets here.
+		d = expected
 	}
 	_ = w.Close()
 	f.w = nil

@@ -281,6 +281,17 @@ func (w *memWriter) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
+// Sync has nothing to flush in memory; like a file, it fails once the
+// writer has ended.
+func (w *memWriter) Sync() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.done {
+		return fmt.Errorf("ingest %s: %w", w.ref, fs.ErrClosed)
+	}
+	return nil
+}
+
 func (w *memWriter) Digest() digest.Digest {
 	w.mu.Lock()
 	defer w.mu.Unlock()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"sync"
@@ -35,6 +36,7 @@ func Suite(t *testing.T, newStore func(t *testing.T) content.Store) {
 		{"WriteAtOutOfOrder", testWriteAtOutOfOrder},
 		{"ConcurrentWriteAt", testConcurrentWriteAt},
 		{"ReadAtDuringIngest", testReadAtDuringIngest},
+		{"SyncDuringIngest", testSyncDuringIngest},
 		{"WriteAfterCommit", testWriteAfterCommit},
 		{"ListStatuses", testListStatuses},
 		{"Walk", testWalk},
@@ -376,6 +378,51 @@ func testReadAtDuringIngest(t *testing.T, s content.Store) {
 	require.Equal(t, data, all)
 	// Nothing is readable as committed content yet.
 	requireNoBlob(t, s, digest.SHA256.FromBytes(data))
+}
+
+// testSyncDuringIngest syncs while pieces are written out of order and read
+// back, then commits: Sync changes nothing of the content, and fails once
+// the writer has ended.
+func testSyncDuringIngest(t *testing.T, s content.Store) {
+	ctx := t.Context()
+	const pieces, pieceSize = 16, 4096
+	data := randomBytes(t, pieces*pieceSize-3)
+	d := digest.SHA256.FromBytes(data)
+	w, err := s.Writer(ctx, "sync-during")
+	require.NoError(t, err)
+	defer w.Close()
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*pieces)
+	for i := range pieces {
+		wg.Go(func() {
+			off := (pieces - 1 - i) * pieceSize
+			end := min(off+pieceSize, len(data))
+			if _, err := w.WriteAt(data[off:end], int64(off)); err != nil {
+				errs <- err
+				return
+			}
+			got := make([]byte, end-off)
+			if _, err := w.ReadAt(got, int64(off)); err != nil && !errors.Is(err, io.EOF) {
+				errs <- err
+			} else if !bytes.Equal(got, data[off:end]) {
+				errs <- fmt.Errorf("read back at %d: bytes differ", off)
+			}
+		})
+		wg.Go(func() {
+			if err := w.Sync(); err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	require.NoError(t, w.Sync())
+	require.NoError(t, w.Commit(ctx, int64(len(data)), d))
+	require.Equal(t, data, readAll(t, s, d))
+	require.Error(t, w.Sync(), "a committed writer has nothing to sync")
 }
 
 func testWriteAfterCommit(t *testing.T, s content.Store) {

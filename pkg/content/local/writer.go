@@ -12,6 +12,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
@@ -44,6 +45,11 @@ type writer struct {
 	hasher  digest.Digester
 	hashed  int64 // length of the prefix fed to hasher
 	hashErr error // a read-back failure; the hash is unusable
+
+	// hashedAt and hashFailed mirror hashed and hashErr != nil for
+	// advanceHash's look after it released hashMu.
+	hashedAt   atomic.Int64
+	hashFailed atomic.Bool
 
 	mu        sync.Mutex
 	spans     []span // written ranges: sorted, disjoint, not adjacent
@@ -134,32 +140,60 @@ func (w *writer) WriteAt(p []byte, off int64) (int, error) {
 // p, just written at off, is hashed directly when it continues the prefix;
 // ranges written earlier that the prefix now reaches are read back from the
 // file (normally from the page cache).
+//
+// A writer never waits for another one's hashing: when the hash is busy,
+// the goroutine hashing looks at the written ranges again before it lets
+// go, and once more after, so a range recorded while it hashed is never
+// left behind.
 func (w *writer) advanceHash(p []byte, off int64) {
-	w.hashMu.Lock()
-	defer w.hashMu.Unlock()
+	for {
+		if !w.hashMu.TryLock() {
+			return
+		}
+		w.hashLocked(p, off)
+		p = nil
+		w.hashMu.Unlock()
+		w.mu.Lock()
+		more := prefix(w.spans) > w.hashedAt.Load()
+		w.mu.Unlock()
+		if !more || w.hashFailed.Load() {
+			return
+		}
+	}
+}
+
+// hashLocked does advanceHash's work. w.hashMu must be held.
+func (w *writer) hashLocked(p []byte, off int64) {
 	if w.hashErr != nil {
 		return
 	}
+	defer func() { w.hashedAt.Store(w.hashed) }()
 	if end := off + int64(len(p)); off <= w.hashed && end > w.hashed {
 		_, _ = w.hasher.Hash().Write(p[w.hashed-off:])
 		w.hashed = end
 	}
-	w.mu.Lock()
-	to := prefix(w.spans)
-	w.mu.Unlock()
-	if to <= w.hashed {
-		return
-	}
-	buf := make([]byte, min(hashReadBuf, to-w.hashed))
-	for w.hashed < to {
-		chunk := buf[:min(int64(len(buf)), to-w.hashed)]
-		n, err := w.file.ReadAt(chunk, w.hashed)
-		_, _ = w.hasher.Hash().Write(chunk[:n])
-		w.hashed += int64(n)
-		if err != nil && w.hashed < to {
-			w.hashErr = fmt.Errorf("read back ingest at %d: %w", w.hashed, err)
-			w.store.log.Warn("hash ingest", zap.String("ref", w.ref), zap.Error(err))
+	var buf []byte
+	for {
+		w.mu.Lock()
+		to := prefix(w.spans)
+		w.mu.Unlock()
+		if to <= w.hashed {
 			return
+		}
+		if buf == nil {
+			buf = make([]byte, min(hashReadBuf, to-w.hashed))
+		}
+		for w.hashed < to {
+			chunk := buf[:min(int64(len(buf)), to-w.hashed)]
+			n, err := w.file.ReadAt(chunk, w.hashed)
+			_, _ = w.hasher.Hash().Write(chunk[:n])
+			w.hashed += int64(n)
+			if err != nil && w.hashed < to {
+				w.hashErr = fmt.Errorf("read back ingest at %d: %w", w.hashed, err)
+				w.hashFailed.Store(true)
+				w.store.log.Warn("hash ingest", zap.String("ref", w.ref), zap.Error(err))
+				return
+			}
 		}
 	}
 }
@@ -178,6 +212,24 @@ func (w *writer) ReadAt(p []byte, off int64) (int, error) {
 		return n, fmt.Errorf("ingest %s: read: %w", w.ref, err)
 	}
 	return n, err
+}
+
+// Sync flushes the ingest file to disk. It holds ioMu shared, like WriteAt,
+// so it runs alongside writes and reads; Commit's own fsync then has little
+// left to write.
+func (w *writer) Sync() error {
+	w.ioMu.RLock()
+	defer w.ioMu.RUnlock()
+	w.mu.Lock()
+	done := w.done
+	w.mu.Unlock()
+	if done {
+		return w.closedErr()
+	}
+	if err := w.file.Sync(); err != nil {
+		return fmt.Errorf("ingest %s: sync: %w", w.ref, err)
+	}
+	return nil
 }
 
 // Digest returns the committed digest, or "" before a successful Commit.
@@ -227,8 +279,8 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest)
 	}
 	// No write is in flight (ioMu): hash whatever the prefix still lacks,
 	// normally nothing.
-	w.advanceHash(nil, 0)
 	w.hashMu.Lock()
+	w.hashLocked(nil, 0)
 	hashErr, dgst := w.hashErr, w.hasher.Digest()
 	w.hashMu.Unlock()
 	w.mu.Lock()
