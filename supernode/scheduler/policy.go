@@ -2,6 +2,8 @@ package scheduler
 
 import (
 	"fmt"
+	"math/bits"
+	"slices"
 
 	"github.com/damselfly/damselfly/pkg/schedapi"
 )
@@ -67,26 +69,30 @@ func (rarestFirst) choose(t *task, req *member, max int, s slots) []choice {
 	if max <= 0 {
 		return nil
 	}
-	order := candidates(t, req)
+	cdnFree := s.cdn - s.cdnBusy
+	// Only the servable pieces can be chosen: ordering just those keeps a
+	// poll's cost to what it may get, not to the task's size.
+	var orphan bitset
+	if cdnFree > 0 {
+		orphan = t.orphan
+	}
+	order := t.order(req, t.peerOK, orphan)
 	if len(order) == 0 {
 		return nil
 	}
-	cdnFree := s.cdn - s.cdnBusy
 	// Slots taken by the choices made so far in this call.
-	taken := make(map[*peer]int)
-	load := func(m *member) int { return m.peer.uploading + taken[m.peer] }
-
+	var taken takenSlots
 	var out []choice
-	for _, i := range order {
+	for _, key := range order {
 		if len(out) == max {
 			break
 		}
-		holders := t.holders[i]
-		switch best := leastLoaded(holders, req, i, load, s.peer); {
+		i := int(uint32(key))
+		switch best := leastLoaded(t, i, req, &taken, s.peer); {
 		case best != nil:
-			taken[best.peer]++
+			taken.add(best.peer)
 			out = append(out, choice{piece: i, from: best})
-		case len(holders) == 0 && t.fromCDN[i] == 0 && cdnFree > 0:
+		case len(t.holders[i]) == 0 && t.fromCDN[i] == 0 && cdnFree > 0:
 			cdnFree--
 			out = append(out, choice{piece: i})
 		}
@@ -94,11 +100,47 @@ func (rarestFirst) choose(t *task, req *member, max int, s slots) []choice {
 	return out
 }
 
-// leastLoaded returns the holder of piece i with the fewest uploads and a
-// free slot, req excepted. It walks the holders from a point that depends on
-// the piece, so that equally loaded holders share the pieces, and stops at
-// the first idle one.
-func leastLoaded(holders []*member, req *member, i int, load func(*member) int, slots int) *member {
+// takenSlots counts the slots of each peer taken within one choose call
+// (at most schedapi.MaxAssignments entries: a linear search is cheapest).
+type takenSlots []struct {
+	p *peer
+	n int
+}
+
+func (ts *takenSlots) add(p *peer) {
+	for k := range *ts {
+		if (*ts)[k].p == p {
+			(*ts)[k].n++
+			return
+		}
+	}
+	*ts = append(*ts, struct {
+		p *peer
+		n int
+	}{p, 1})
+}
+
+func (ts takenSlots) of(p *peer) int {
+	for _, e := range ts {
+		if e.p == p {
+			return e.n
+		}
+	}
+	return 0
+}
+
+// leastLoaded returns the holder of piece i with the fewest uploads (its
+// own plus those taken in this call) and a free slot, req excepted. It
+// walks either the piece's holders or the task's members with a free slot,
+// whichever list is shorter, from a point that depends on the piece, so
+// that equally loaded holders share the pieces, and stops at the first idle
+// one. In a busy swarm few members have a free slot; in an idle one the
+// first holder is idle: either way the walk is short.
+func leastLoaded(t *task, i int, req *member, taken *takenSlots, slots int) *member {
+	holders, viaFree := t.holders[i], false
+	if len(t.freeMembers) < len(holders) {
+		holders, viaFree = t.freeMembers, true
+	}
 	n := len(holders)
 	if n == 0 {
 		return nil
@@ -108,10 +150,10 @@ func leastLoaded(holders []*member, req *member, i int, load func(*member) int, 
 	start := int(spread(uint64(n), i) % uint64(n))
 	for k := range n {
 		m := holders[(start+k)%n]
-		if m == req {
+		if m == req || (viaFree && !m.held.has(i)) {
 			continue
 		}
-		if l := load(m); l < bestLoad {
+		if l := m.peer.uploading + taken.of(m.peer); l < bestLoad {
 			best, bestLoad = m, l
 			if l == 0 {
 				break
@@ -122,47 +164,37 @@ func leastLoaded(holders []*member, req *member, i int, load func(*member) int, 
 }
 
 func (rarestFirst) canServe(t *task, req *member, i int, s slots) bool {
-	if !t.isPublished(i) || req.have.Has(i) || req.inflight[i] != nil {
-		return false
-	}
-	for _, h := range t.holders[i] {
-		if h != req && h.peer.uploading < s.peer {
-			return true
-		}
-	}
-	return len(t.holders[i]) == 0 && t.fromCDN[i] == 0 && s.cdnBusy < s.cdn
+	return t.isPublished(i) && !req.busy.has(i) && t.servable(i, s.cdnBusy < s.cdn)
 }
 
 // candidates returns the published pieces req neither holds nor has in
-// flight, rarest first and then by index. It sorts by counting, as rarity is
-// a small integer.
+// flight, rarest first and then by index.
 func candidates(t *task, req *member) []int {
-	var idx []int
-	maxRarity := 0
-	for i, d := range t.digests {
-		if d == "" || req.have.Has(i) || req.inflight[i] != nil {
-			continue
-		}
-		idx = append(idx, i)
-		maxRarity = max(maxRarity, t.rarity(i))
-	}
-	if len(idx) < 2 {
-		return idx
-	}
-	counts := make([]int, maxRarity+2)
-	for _, i := range idx {
-		counts[t.rarity(i)+1]++
-	}
-	for r := 1; r < len(counts); r++ {
-		counts[r] += counts[r-1]
-	}
-	out := make([]int, len(idx))
-	for _, i := range idx { // idx is ascending, so ties stay by index
-		r := t.rarity(i)
-		out[counts[r]] = i
-		counts[r]++
+	keys := t.order(req, t.pub, nil)
+	out := make([]int, len(keys))
+	for k, key := range keys {
+		out[k] = int(uint32(key))
 	}
 	return out
+}
+
+// order returns the pieces of a or b that req neither holds nor has in
+// flight, rarest first (peers holding the piece plus
+// assignments of it in flight) and then by index, each as rarity<<32 |
+// index. The slice is the task's scratch buffer, valid until the next call.
+func (t *task) order(req *member, a, b bitset) []uint64 {
+	keys := t.scratch[:0]
+	for w := range max(len(a), len(b)) {
+		x := (a.word(w) | b.word(w)) &^ req.busy.word(w)
+		for x != 0 {
+			i := w<<6 | bits.TrailingZeros64(x)
+			x &= x - 1
+			keys = append(keys, uint64(t.rarity(i))<<32|uint64(i))
+		}
+	}
+	slices.Sort(keys)
+	t.scratch = keys
+	return keys
 }
 
 // spread mixes a value with a piece index (splitmix64 finaliser).

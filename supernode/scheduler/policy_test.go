@@ -92,7 +92,7 @@ func (f fixture) build(t *testing.T, cfg Config) (*state, *task) {
 			st.cdnBusy += n
 			continue
 		}
-		st.peers[name].uploading += n
+		st.addUploads(st.peers[name], n)
 	}
 	return st, tk
 }
@@ -316,7 +316,7 @@ func TestRarestFirstSpreadsLoad(t *testing.T) {
 		require.Len(t, c, 1)
 		require.Equal(t, i, c[0].piece)
 		first[c[0].from.peer.id] = true
-		m.have.Add(i)
+		st.addHeld(m, i)
 	}
 	require.Greater(t, len(first), 1, "every piece went to the same holder")
 }

@@ -3,6 +3,7 @@ package scheduler
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
@@ -24,6 +25,8 @@ type SimState struct {
 	parked map[string]*waiter
 	// onAnswer receives every answer to a parked poll.
 	onAnswer func(peerID string, resp schedapi.PiecesResponse)
+	// answered are the parked polls answered since the last flush.
+	answered []*waiter
 }
 
 // NewSimState returns a scheduler state for cfg (defaults applied, then
@@ -53,29 +56,23 @@ func NewSimState(cfg Config, cdn schedapi.Peer, now func() time.Time, onAnswer f
 // after runs the loop's flush and hands the answers of parked polls out.
 func (s *SimState) after(err error) error {
 	s.st.flush()
-	// Every poll still parked is in its task's waiters: when they number
-	// as many as s.parked, none was answered.
-	waiting := 0
-	for _, t := range s.st.tasks {
-		waiting += len(t.waiters)
-	}
-	if waiting == len(s.parked) {
+	if len(s.answered) == 0 {
 		return err
 	}
-	var answered []string
-	for id, w := range s.parked {
-		if w.answered {
-			answered = append(answered, id)
-		}
-	}
-	slices.Sort(answered) // a deterministic order
-	for _, id := range answered {
-		w := s.parked[id]
-		delete(s.parked, id)
+	// A deterministic order: by peer.
+	slices.SortFunc(s.answered, func(a, b *waiter) int { return strings.Compare(a.peerID, b.peerID) })
+	answered := s.answered
+	s.answered = nil
+	for _, w := range answered {
+		delete(s.parked, w.peerID)
 		r := <-w.reply
 		if r.err == nil && s.onAnswer != nil {
-			s.onAnswer(id, r.resp)
+			s.onAnswer(w.peerID, r.resp)
 		}
+	}
+	clear(answered)
+	if s.answered == nil {
+		s.answered = answered[:0]
 	}
 	return err
 }
@@ -115,6 +112,7 @@ func (s *SimState) Poll(taskID, peerID string, max int) (schedapi.PiecesResponse
 	}
 	if old := s.parked[peerID]; old != nil {
 		delete(s.parked, peerID)
+		old.notify = nil
 		s.st.unpark(old)
 		<-old.reply
 	}
@@ -124,6 +122,7 @@ func (s *SimState) Poll(taskID, peerID string, max int) (schedapi.PiecesResponse
 		r := <-w.reply
 		return r.resp, true, s.after(r.err)
 	}
+	w.notify = func(w *waiter) { s.answered = append(s.answered, w) }
 	s.parked[peerID] = w
 	return schedapi.PiecesResponse{}, false, s.after(nil)
 }

@@ -47,6 +47,17 @@ type member struct {
 	inflight map[int]*assignment
 	// serving holds the assignments this peer is the source of.
 	serving map[*assignment]struct{}
+
+	// held mirrors have; busy holds the pieces held or in flight, those
+	// the member does not want.
+	held, busy bitset
+	// freeAt is the member's place in its task's freeMembers, -1 when it
+	// is not there.
+	freeAt int
+	// waiting counts the member's parked polls; touched is set while it is
+	// in the current change record's members.
+	waiting int
+	touched bool
 }
 
 // assignment is one piece in flight from a source to a requester. It holds
@@ -73,6 +84,7 @@ type task struct {
 	// always have the same length: the piece count when known, else one
 	// past the highest piece published so far.
 	digests   []digest.Digest // "" until published
+	pub       bitset          // the published pieces
 	published int
 	// holders lists the members holding each piece that may serve it: a
 	// struck-out member is not listed.
@@ -80,6 +92,21 @@ type task struct {
 	inflight []int
 	// fromCDN counts the assignments of each piece served by the CDN.
 	fromCDN []int
+	// free counts the holders of each piece whose peer has a free upload
+	// slot.
+	free []int
+	// peerOK holds the published pieces with a free holder; orphan the
+	// published pieces with no holder and no CDN transfer, which the CDN
+	// may serve. Together they are what can be served right now.
+	peerOK, orphan bitset
+	// freeMembers lists the members, not struck out, whose peer has a free
+	// upload slot.
+	freeMembers []*member
+	// ch records what changed since the parked polls were last retried,
+	// nil when nothing did.
+	ch *changes
+	// scratch is the policy's reusable buffer.
+	scratch []uint64
 
 	members map[string]*member
 	strikes map[string]strikeRecord
@@ -115,6 +142,7 @@ func (t *task) grow(n int) {
 	t.holders = append(t.holders, make([][]*member, extra)...)
 	t.inflight = append(t.inflight, make([]int, extra)...)
 	t.fromCDN = append(t.fromCDN, make([]int, extra)...)
+	t.free = append(t.free, make([]int, extra)...)
 }
 
 // isPublished reports whether piece i has a digest.
@@ -144,6 +172,8 @@ type waiter struct {
 	parked   bool
 	answered bool
 	given    []*assignment // the assignments of the answer
+	// notify, if set, is called when the poll is answered (SimState).
+	notify func(*waiter)
 }
 
 func newWaiter(taskID, peerID string, max int) *waiter {
@@ -156,9 +186,13 @@ func (w *waiter) answer(resp schedapi.PiecesResponse, err error) {
 	}
 	if w.parked {
 		w.m.peer.polling--
+		w.m.waiting--
 	}
 	w.answered, w.parked = true, false
 	w.reply <- pollReply{resp: resp, err: err}
+	if w.notify != nil {
+		w.notify(w)
+	}
 }
 
 // state is everything the scheduler knows. It is owned by one goroutine (the
@@ -177,9 +211,11 @@ type state struct {
 	cdnBusy int
 	// assignments counts assignments in flight, over all tasks.
 	assignments int
-	// dirty holds, per task, what changed since the last flush that may
-	// let a parked poll of the task be answered.
-	dirty map[*task]*changes
+	// dirty lists the tasks with a change record (task.ch) since the last
+	// flush.
+	dirty []*task
+	// want is flush's reusable buffer.
+	want bitset
 }
 
 // changes records what improved in a task since its parked polls were last
@@ -187,13 +223,15 @@ type state struct {
 type changes struct {
 	// all: retry every parked poll (the task changed state, or a sweep).
 	all bool
-	// pieces: pieces that were published, gained a holder, lost their last
-	// holder, or whose assignment ended.
-	pieces map[int]struct{}
-	// sources: members one of whose upload slots was freed.
-	sources map[*member]struct{}
-	// cdn: a CDN upload slot was freed.
+	// pieces: pieces that became servable (task.refresh).
+	pieces bitset
+	// cdn: the CDN got a free upload slot back, so the orphan pieces became
+	// servable.
 	cdn bool
+	// members: members with parked polls that want a piece again (an
+	// assignment of theirs ended without the piece, or they lost it) or
+	// that completed the task.
+	members []*member
 }
 
 func newState(cfg Config, cdn schedapi.Peer, p selectionPolicy, now func() time.Time, log *zap.Logger, m *metrics) *state {
@@ -206,7 +244,6 @@ func newState(cfg Config, cdn schedapi.Peer, p selectionPolicy, now func() time.
 		m:      m,
 		tasks:  make(map[string]*task),
 		peers:  make(map[string]*peer),
-		dirty:  make(map[*task]*changes),
 	}
 }
 
@@ -232,46 +269,18 @@ func (st *state) member(taskID, peerID string) (*task, *member, error) {
 
 // changed returns the change record of t, creating it.
 func (st *state) changed(t *task) *changes {
-	c := st.dirty[t]
-	if c == nil {
-		c = &changes{}
-		st.dirty[t] = c
+	if t.ch == nil {
+		t.ch = &changes{}
+		st.dirty = append(st.dirty, t)
 	}
-	return c
+	return t.ch
 }
 
 // changedAll marks every parked poll of t for a retry.
 func (st *state) changedAll(t *task) { st.changed(t).all = true }
 
-// changedPiece records that piece i of t may have become available.
-func (st *state) changedPiece(t *task, i int) {
-	if len(t.waiters) == 0 {
-		return
-	}
-	c := st.changed(t)
-	if c.pieces == nil {
-		c.pieces = make(map[int]struct{})
-	}
-	c.pieces[i] = struct{}{}
-}
-
-// changedSource records that peer p has a free upload slot, in every task
-// it is in: slots are per peer, not per task.
-func (st *state) changedSource(p *peer) {
-	for _, m := range p.tasks {
-		if len(m.task.waiters) == 0 {
-			continue
-		}
-		c := st.changed(m.task)
-		if c.sources == nil {
-			c.sources = make(map[*member]struct{})
-		}
-		c.sources[m] = struct{}{}
-	}
-}
-
-// changedCDN records that the CDN has a free upload slot, in every task
-// with parked polls.
+// changedCDN records that the CDN got a free upload slot back, in every
+// task with parked polls.
 func (st *state) changedCDN() {
 	for _, t := range st.tasks {
 		if len(t.waiters) > 0 {
@@ -345,6 +354,7 @@ func (t *task) fitCount(size int64) error {
 	}
 	t.grow(count)
 	t.digests, t.holders, t.inflight, t.fromCDN = t.digests[:count], t.holders[:count], t.inflight[:count], t.fromCDN[:count]
+	t.free = t.free[:count]
 	t.size, t.count = size, count
 	return nil
 }
@@ -390,8 +400,9 @@ func (st *state) publish(taskID string, n int, d digest.Digest) error {
 	}
 	t.grow(n + 1)
 	t.digests[n] = d
+	t.pub.set(n)
 	t.published++
-	st.changedPiece(t, n)
+	st.refresh(t, n)
 	return nil
 }
 
@@ -455,7 +466,7 @@ func (st *state) fail(taskID string, cause error) error {
 	// Nothing of a failed task is worth fetching any more.
 	for _, m := range t.members {
 		for _, a := range m.inflight {
-			st.endAssignment(a)
+			st.endAssignment(a, false)
 		}
 	}
 	st.setState(t, schedapi.TaskFailed)
@@ -485,7 +496,6 @@ func (st *state) dropTask(t *task) {
 	}
 	st.m.taskState(t.state, "")
 	delete(st.tasks, t.id)
-	delete(st.dirty, t)
 }
 
 func (st *state) taskInfo(taskID string) (schedapi.TaskInfo, error) {
@@ -559,9 +569,13 @@ func (st *state) join(taskID string, sp schedapi.Peer, have *piece.Set) (schedap
 			have:     &piece.Set{},
 			inflight: make(map[int]*assignment),
 			serving:  make(map[*assignment]struct{}),
+			freeAt:   -1,
 		}
 		t.members[p.id] = m
 		p.tasks[t.id] = m
+		if st.peerFree(p) && !t.isStruck(p.id) {
+			t.addFree(m)
+		}
 	}
 	for _, i := range have.Indices() {
 		// With the count known, a declared piece is taken even if not yet
@@ -581,12 +595,20 @@ func (st *state) addHeld(m *member, i int) {
 		return
 	}
 	m.have.Add(i)
+	m.held.set(i)
+	m.busy.set(i)
 	t := m.task
 	if !t.isStruck(m.peer.id) {
 		t.grow(i + 1)
 		t.holders[i] = append(t.holders[i], m)
+		if st.peerFree(m.peer) {
+			t.free[i]++
+		}
+		st.refresh(t, i)
 	}
-	st.changedPiece(t, i)
+	if m.waiting > 0 && t.complete(m) {
+		st.touch(m)
+	}
 }
 
 // dropHeld records that m does not hold piece i after all.
@@ -595,12 +617,19 @@ func (st *state) dropHeld(m *member, i int) {
 		return
 	}
 	m.have.Remove(i)
+	m.held.clear(i)
+	m.syncBusy(i)
 	st.unlistHolder(m.task, i, m)
+	st.touch(m)
 }
 
 // unlistHolder stops counting m as a source of piece i. When it was the
-// last, the CDN may serve the piece again.
+// last, the CDN may serve the piece again. A member struck out of the task
+// also leaves the task's free members.
 func (st *state) unlistHolder(t *task, i int, m *member) {
+	if t.isStruck(m.peer.id) {
+		t.dropFree(m)
+	}
 	if i >= len(t.holders) {
 		return
 	}
@@ -609,9 +638,10 @@ func (st *state) unlistHolder(t *task, i int, m *member) {
 		hs[j] = hs[len(hs)-1]
 		hs[len(hs)-1] = nil
 		t.holders[i] = hs[:len(hs)-1]
-		if len(t.holders[i]) == 0 {
-			st.changedPiece(t, i)
+		if st.peerFree(m.peer) {
+			t.free[i]--
 		}
+		st.refresh(t, i)
 	}
 }
 
@@ -620,16 +650,17 @@ func (st *state) unlistHolder(t *task, i int, m *member) {
 func (st *state) dropMember(m *member) {
 	t := m.task
 	for _, a := range m.inflight {
-		st.endAssignment(a)
+		st.endAssignment(a, false)
 	}
 	for a := range m.serving {
-		st.endAssignment(a)
+		st.endAssignment(a, false)
 	}
 	if !t.isStruck(m.peer.id) {
 		for _, i := range m.have.Indices() {
 			st.unlistHolder(t, i, m)
 		}
 	}
+	t.dropFree(m)
 	kept := t.waiters[:0]
 	for _, w := range t.waiters {
 		if w.m == m {
@@ -657,13 +688,15 @@ func (st *state) leave(taskID, peerID string) error {
 func (st *state) startAssignment(t *task, to *member, i int, from *member) *assignment {
 	a := &assignment{task: t, piece: i, to: to, from: from, deadline: st.now().Add(st.cfg.AssignmentTimeout)}
 	to.inflight[i] = a
+	to.busy.set(i)
 	t.inflight[i]++
 	if from == nil {
 		st.cdnBusy++
 		t.fromCDN[i]++
+		st.refresh(t, i)
 	} else {
 		from.serving[a] = struct{}{}
-		from.peer.uploading++
+		st.addUploads(from.peer, 1)
 	}
 	st.assignments++
 	st.m.assigned(from == nil)
@@ -671,24 +704,30 @@ func (st *state) startAssignment(t *task, to *member, i int, from *member) *assi
 }
 
 // endAssignment frees the slot a held and lets its piece be assigned again.
-func (st *state) endAssignment(a *assignment) {
+// Unless the piece was delivered, the requester wants it again.
+func (st *state) endAssignment(a *assignment, delivered bool) {
 	if a.to.inflight[a.piece] != a {
 		return
 	}
+	t := a.task
 	delete(a.to.inflight, a.piece)
-	a.task.inflight[a.piece]--
+	a.to.syncBusy(a.piece)
+	t.inflight[a.piece]--
 	if a.from == nil {
 		st.cdnBusy--
-		a.task.fromCDN[a.piece]--
-		st.changedCDN()
+		if st.cdnBusy == st.cfg.CDNUploadSlots-1 {
+			st.changedCDN()
+		}
+		t.fromCDN[a.piece]--
+		st.refresh(t, a.piece)
 	} else {
 		delete(a.from.serving, a)
-		a.from.peer.uploading--
-		st.changedSource(a.from.peer)
+		st.addUploads(a.from.peer, -1)
 	}
 	st.assignments--
-	// The requester wants the piece again, and the CDN may serve it again.
-	st.changedPiece(a.task, a.piece)
+	if !delivered {
+		st.touch(a.to)
+	}
 }
 
 // assign asks the policy for up to max pieces for m and records them.
@@ -729,21 +768,22 @@ func (st *state) poll(w *waiter) {
 	}
 	m.peer.lastSeen = st.now()
 	w.t, w.m, w.state = t, m, t.state
-	if !st.tryAnswer(w, nil) {
+	if !st.tryAnswer(w) {
 		w.parked = true
 		m.peer.polling++
+		m.waiting++
 		t.waiters = append(t.waiters, w)
 	}
 }
 
 // tryAnswer answers w if it has assignments, if its task changed state since
-// it arrived or failed, or if its peer holds all of a succeeded task. With
-// ch set, the policy is consulted only if what changed may serve w.
-func (st *state) tryAnswer(w *waiter, ch *flushView) bool {
+// it arrived or failed, or if its peer holds all of a succeeded task.
+func (st *state) tryAnswer(w *waiter) bool {
 	t, m := w.t, w.m
-	done := t.state != w.state || t.state == schedapi.TaskFailed || t.complete(m)
+	complete := t.complete(m)
+	done := t.state != w.state || t.state == schedapi.TaskFailed || complete
 	resp := schedapi.PiecesResponse{}
-	if t.state != schedapi.TaskFailed && !t.complete(m) && (ch == nil || ch.mayServe(m)) {
+	if t.state != schedapi.TaskFailed && !complete {
 		resp.Assignments = st.assign(t, m, w.max)
 		for _, a := range resp.Assignments {
 			w.given = append(w.given, m.inflight[a.Piece])
@@ -773,92 +813,95 @@ func (st *state) unpark(w *waiter) {
 // release ends the assignments w was answered with: nobody will fetch them.
 func (st *state) release(w *waiter) {
 	for _, a := range w.given {
-		st.endAssignment(a)
+		st.endAssignment(a, false)
 	}
 	w.given = nil
 }
 
 // flush retries the parked polls of every task something changed in, oldest
-// first. A poll is handed to the policy only when what changed could serve
-// it, so that one published piece or one freed slot does not cost a policy
-// run for every parked peer.
+// first. After a state change or a sweep every parked poll is run through
+// the policy. Otherwise only the polls that may gain are: those wanting a
+// piece that became servable (and only until no such piece is left
+// servable), and those of members that want a piece again or completed. A
+// parked poll never wants a piece that is servable (it would have been
+// answered), so nothing else can serve it, and one published piece or one
+// freed slot does not cost a walk over every parked peer.
 func (st *state) flush() {
-	for t, c := range st.dirty {
-		if len(t.waiters) == 0 {
+	// A retry only takes slots and pieces, so it records no new change;
+	// the index loop is safe all the same.
+	for k := 0; k < len(st.dirty); k++ {
+		t := st.dirty[k]
+		c := t.ch
+		t.ch = nil
+		if c == nil || len(t.waiters) == 0 {
 			continue
 		}
-		var view *flushView
-		if !c.all {
-			view = &flushView{st: st, t: t, c: c}
-		}
-		kept := t.waiters[:0]
-		for _, w := range t.waiters {
-			if !st.tryAnswer(w, view) {
-				kept = append(kept, w)
-			}
-		}
-		clear(t.waiters[len(kept):])
-		t.waiters = kept
-	}
-	clear(st.dirty)
-}
-
-// flushView answers, for one task and one flush, whether what changed may
-// let the policy assign something to a parked member. It errs on the side of
-// yes: the policy decides.
-type flushView struct {
-	st *state
-	t  *task
-	c  *changes
-	// held caches the pieces of each changed source.
-	held map[*member][]int
-	// orphans caches the pieces no peer may serve (the CDN's to serve).
-	orphans    []int
-	orphansSet bool
-}
-
-func (v *flushView) mayServe(m *member) bool {
-	st, t := v.st, v.t
-	s := st.slots()
-	for i := range v.c.pieces {
-		if st.policy.canServe(t, m, i, s) {
-			return true
-		}
-	}
-	for src := range v.c.sources {
-		if src == m || t.members[src.peer.id] != src || t.isStruck(src.peer.id) || src.peer.uploading >= s.peer {
-			continue
-		}
-		if v.held == nil {
-			v.held = make(map[*member][]int)
-		}
-		pieces, ok := v.held[src]
-		if !ok {
-			pieces = src.have.Indices()
-			v.held[src] = pieces
-		}
-		for _, i := range pieces {
-			if st.policy.canServe(t, m, i, s) {
-				return true
-			}
-		}
-	}
-	if v.c.cdn && s.cdnBusy < s.cdn {
-		if !v.orphansSet {
-			v.orphansSet = true
-			for i := range t.digests {
-				if t.isPublished(i) && len(t.holders[i]) == 0 {
-					v.orphans = append(v.orphans, i)
+		if c.all {
+			kept := t.waiters[:0]
+			for _, w := range t.waiters {
+				if !st.tryAnswer(w) {
+					kept = append(kept, w)
 				}
 			}
+			clear(t.waiters[len(kept):])
+			t.waiters = kept
+		} else {
+			st.retry(t, c)
 		}
-		for _, i := range v.orphans {
-			if st.policy.canServe(t, m, i, s) {
-				return true
+		for _, m := range c.members {
+			m.touched = false
+		}
+	}
+	clear(st.dirty)
+	st.dirty = st.dirty[:0]
+}
+
+// retry retries the parked polls of t that what c records may serve.
+func (st *state) retry(t *task, c *changes) {
+	cdnFree := st.cdnBusy < st.cfg.CDNUploadSlots
+	// want: the pieces that became servable and still are.
+	want := st.want[:0]
+	n := len(c.pieces)
+	if c.cdn && cdnFree {
+		n = max(n, len(t.orphan))
+	}
+	rose := false
+	for w := range n {
+		x := c.pieces.word(w)
+		if c.cdn && cdnFree {
+			x |= t.orphan.word(w)
+		}
+		x &= t.servableWord(w, cdnFree)
+		rose = rose || x != 0
+		want = append(want, x)
+	}
+	st.want = want
+	touched := len(c.members) > 0
+	if !rose && !touched {
+		return
+	}
+	kept := t.waiters[:0]
+	for k, w := range t.waiters {
+		if !rose && !touched {
+			kept = append(kept, t.waiters[k:]...)
+			break
+		}
+		if !(w.m.touched || rose && w.m.wants(want)) || !st.tryAnswer(w) {
+			kept = append(kept, w)
+			continue
+		}
+		if rose {
+			// The answer took slots: keep what is still servable.
+			cdnFree = st.cdnBusy < st.cfg.CDNUploadSlots
+			rose = false
+			for i := range want {
+				want[i] &= t.servableWord(i, cdnFree)
+				rose = rose || want[i] != 0
 			}
 		}
 	}
-	return false
+	clear(t.waiters[len(kept):])
+	t.waiters = kept
 }
 
 // slots returns the upload capacity as it stands.
@@ -896,7 +939,7 @@ func (st *state) applyResult(t *task, m *member, r schedapi.PieceResult) {
 		if a.from != nil && a.from.peer.id == r.From {
 			src = a.from
 		}
-		st.endAssignment(a)
+		st.endAssignment(a, r.OK && t.isPublished(r.Piece))
 	}
 	st.m.result(r.OK)
 	if r.OK {
@@ -929,6 +972,7 @@ func (st *state) applyResult(t *task, m *member, r schedapi.PieceResult) {
 		for _, i := range src.have.Indices() {
 			st.unlistHolder(t, i, src)
 		}
+		t.dropFree(src)
 		st.m.struckOut()
 		st.log.Warn("peer struck out as a source",
 			zap.String("task", t.id), zap.String("peer", src.peer.id), zap.Int("piece", r.Piece),
@@ -971,7 +1015,7 @@ func (st *state) sweep() {
 			for _, a := range m.inflight {
 				if !now.Before(a.deadline) {
 					st.log.Debug("assignment timed out", zap.String("task", t.id), zap.String("peer", m.peer.id), zap.Int("piece", a.piece))
-					st.endAssignment(a)
+					st.endAssignment(a, false)
 				}
 			}
 		}

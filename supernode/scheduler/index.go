@@ -1,0 +1,188 @@
+package scheduler
+
+import "math/bits"
+
+// The indexes below keep the scheduler's cost per event independent of the
+// swarm size: which pieces someone could be served right now, which members
+// have a free upload slot, and what changed since the parked polls were last
+// retried. Every one is maintained where the state it summarises changes;
+// checkIndex (index_test.go) recounts them from scratch.
+
+// bitset is a set of piece indices.
+type bitset []uint64
+
+func (b *bitset) set(i int) {
+	w := i >> 6
+	if w >= len(*b) {
+		*b = append(*b, make([]uint64, w+1-len(*b))...)
+	}
+	(*b)[w] |= 1 << (uint(i) & 63)
+}
+
+func (b bitset) clear(i int) {
+	if w := i >> 6; w < len(b) {
+		b[w] &^= 1 << (uint(i) & 63)
+	}
+}
+
+func (b bitset) has(i int) bool {
+	w := i >> 6
+	return i >= 0 && w < len(b) && b[w]&(1<<(uint(i)&63)) != 0
+}
+
+func (b bitset) empty() bool {
+	for _, w := range b {
+		if w != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// word returns word w of b, zero past its end.
+func (b bitset) word(w int) uint64 {
+	if w < len(b) {
+		return b[w]
+	}
+	return 0
+}
+
+// servable reports whether piece i can be served to someone who wants it as
+// things stand: a peer that may serve it has a free slot, or no peer holds
+// it, the CDN is not sending it to anyone and (cdnFree) has a free slot.
+func (t *task) servable(i int, cdnFree bool) bool {
+	return t.peerOK.has(i) || (cdnFree && t.orphan.has(i))
+}
+
+// servableWord returns word w of the servable pieces.
+func (t *task) servableWord(w int, cdnFree bool) uint64 {
+	x := t.peerOK.word(w)
+	if cdnFree {
+		x |= t.orphan.word(w)
+	}
+	return x
+}
+
+// refresh recomputes the servability bits of piece i after one of their
+// inputs changed (published, holders, free holders, CDN transfers), and
+// records a piece that became servable for the parked polls.
+func (st *state) refresh(t *task, i int) {
+	pub := t.digests[i] != ""
+	ok := pub && t.free[i] > 0
+	orphan := pub && len(t.holders[i]) == 0 && t.fromCDN[i] == 0
+	rose := false
+	if ok != t.peerOK.has(i) {
+		if ok {
+			t.peerOK.set(i)
+			rose = true
+		} else {
+			t.peerOK.clear(i)
+		}
+	}
+	if orphan != t.orphan.has(i) {
+		if orphan {
+			t.orphan.set(i)
+			rose = true
+		} else {
+			t.orphan.clear(i)
+		}
+	}
+	if rose && len(t.waiters) > 0 {
+		st.changed(t).pieces.set(i)
+	}
+}
+
+// peerFree reports whether p has a free upload slot.
+func (st *state) peerFree(p *peer) bool { return p.uploading < st.cfg.PeerUploadSlots }
+
+// addUploads changes the uploads p serves by d. When p runs out of free
+// slots, or gets one back, every piece it may serve loses or gains a free
+// holder: the cost is the number of pieces p holds, paid only when p crosses
+// its slot limit.
+func (st *state) addUploads(p *peer, d int) {
+	was := st.peerFree(p)
+	p.uploading += d
+	now := st.peerFree(p)
+	if was == now {
+		return
+	}
+	delta := -1
+	if now {
+		delta = 1
+	}
+	for _, m := range p.tasks {
+		t := m.task
+		if t.isStruck(p.id) {
+			continue
+		}
+		if now {
+			t.addFree(m)
+		} else {
+			t.dropFree(m)
+		}
+		for wi, w := range m.held {
+			for w != 0 {
+				i := wi<<6 | bits.TrailingZeros64(w)
+				w &= w - 1
+				t.free[i] += delta
+				if t.free[i] == max(delta, 0) { // 0 -> 1 or 1 -> 0
+					st.refresh(t, i)
+				}
+			}
+		}
+	}
+}
+
+// addFree puts m in its task's list of members with a free upload slot.
+func (t *task) addFree(m *member) {
+	if m.freeAt >= 0 {
+		return
+	}
+	m.freeAt = len(t.freeMembers)
+	t.freeMembers = append(t.freeMembers, m)
+}
+
+// dropFree takes m out of its task's list of members with a free slot.
+func (t *task) dropFree(m *member) {
+	i := m.freeAt
+	if i < 0 {
+		return
+	}
+	last := len(t.freeMembers) - 1
+	moved := t.freeMembers[last]
+	t.freeMembers[i] = moved
+	moved.freeAt = i
+	t.freeMembers[last] = nil
+	t.freeMembers = t.freeMembers[:last]
+	m.freeAt = -1
+}
+
+// syncBusy brings bit i of m.busy (held or in flight) up to date.
+func (m *member) syncBusy(i int) {
+	if m.held.has(i) || m.inflight[i] != nil {
+		m.busy.set(i)
+	} else {
+		m.busy.clear(i)
+	}
+}
+
+// touch has the parked polls of m retried at the next flush: m wants a piece
+// again, or it completed the task.
+func (st *state) touch(m *member) {
+	if m.waiting == 0 || m.touched {
+		return
+	}
+	m.touched = true
+	c := st.changed(m.task)
+	c.members = append(c.members, m)
+}
+
+// wants reports whether m neither holds nor has in flight some piece of c.
+func (m *member) wants(c bitset) bool {
+	for w, x := range c {
+		if x&^m.busy.word(w) != 0 {
+			return true
+		}
+	}
+	return false
+}

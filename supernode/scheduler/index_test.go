@@ -1,0 +1,222 @@
+package scheduler
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+
+	"github.com/damselfly/damselfly/pkg/piece"
+	"github.com/damselfly/damselfly/pkg/schedapi"
+)
+
+// checkIndex recounts every index of st from scratch and compares: the free
+// holders of each piece, the servable pieces, the members with a free slot,
+// each member's held and busy pieces and parked polls, each peer's uploads.
+// It also checks what the flush relies on: no parked poll could be answered.
+func checkIndex(t *testing.T, st *state, step int) {
+	t.Helper()
+	fail := func(format string, args ...any) {
+		t.Helper()
+		t.Fatalf("step %d: "+format, append([]any{step}, args...)...)
+	}
+	uploads := map[*peer]int{}
+	for _, tk := range st.tasks {
+		if tk.ch != nil {
+			fail("change record left after flush: %+v", tk.ch)
+		}
+		for i := range tk.digests {
+			free := 0
+			for _, h := range tk.holders[i] {
+				if tk.isStruck(h.peer.id) || !h.have.Has(i) {
+					fail("holder %s of piece %d is struck or does not hold it", h.peer.id, i)
+				}
+				if h.peer.uploading < st.cfg.PeerUploadSlots {
+					free++
+				}
+			}
+			pub := tk.digests[i] != ""
+			if free != tk.free[i] || pub != tk.pub.has(i) || (pub && free > 0) != tk.peerOK.has(i) ||
+				(pub && len(tk.holders[i]) == 0 && tk.fromCDN[i] == 0) != tk.orphan.has(i) {
+				fail("piece %d: free %d (recount %d), published %v, peerOK %v, orphan %v",
+					i, tk.free[i], free, pub, tk.peerOK.has(i), tk.orphan.has(i))
+			}
+		}
+		for _, m := range tk.members {
+			wantFree := !tk.isStruck(m.peer.id) && m.peer.uploading < st.cfg.PeerUploadSlots
+			if wantFree != (m.freeAt >= 0) || (m.freeAt >= 0 && tk.freeMembers[m.freeAt] != m) {
+				fail("%s: in free members %v, should be %v", m.peer.id, m.freeAt >= 0, wantFree)
+			}
+			for i := range len(tk.digests) + 1 {
+				if m.have.Has(i) != m.held.has(i) || (m.have.Has(i) || m.inflight[i] != nil) != m.busy.has(i) {
+					fail("%s piece %d: held %v busy %v", m.peer.id, i, m.held.has(i), m.busy.has(i))
+				}
+				if m.have.Has(i) && !tk.isStruck(m.peer.id) && !slices.Contains(tk.holders[i], m) {
+					fail("%s not listed as a holder of %d", m.peer.id, i)
+				}
+			}
+			waiting := 0
+			for _, w := range tk.waiters {
+				if w.m == m {
+					waiting++
+				}
+			}
+			if waiting != m.waiting || m.touched {
+				fail("%s: %d parked polls counted, %d parked, touched %v", m.peer.id, m.waiting, waiting, m.touched)
+			}
+			for a := range m.serving {
+				uploads[m.peer]++
+				if a.to.inflight[a.piece] != a {
+					fail("%s serves an assignment that is not in flight", m.peer.id)
+				}
+			}
+		}
+		for _, m := range tk.freeMembers {
+			if tk.members[m.peer.id] != m {
+				fail("free member %s left the task", m.peer.id)
+			}
+		}
+		for _, w := range tk.waiters {
+			if !w.parked || tk.state != w.state || tk.complete(w.m) {
+				fail("%s parked across a state change or complete", w.peerID)
+			}
+			for i := range tk.digests {
+				if st.policy.canServe(tk, w.m, i, st.slots()) {
+					fail("parked %s could get piece %d", w.peerID, i)
+				}
+			}
+			if got := st.policy.choose(tk, w.m, w.max, st.slots()); len(got) > 0 {
+				fail("parked %s could be served %+v", w.peerID, got)
+			}
+		}
+	}
+	for _, p := range st.peers {
+		if uploads[p] != p.uploading {
+			fail("%s: %d uploads counted, %d served", p.id, p.uploading, uploads[p])
+		}
+	}
+}
+
+// TestIndexMatchesRecount drives a state through random events (joins,
+// leaves, polls, results of every kind, cancelled polls, publications, task
+// failures, timeouts) over two tasks sharing peers, flushing after each as
+// the event loop does, and checks every index against a recount each time.
+func TestIndexMatchesRecount(t *testing.T) {
+	t.Parallel()
+	for seed := range uint64(40) {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			t.Parallel()
+			randomIndexRun(t, seed, 600)
+		})
+	}
+}
+
+func randomIndexRun(t *testing.T, seed uint64, steps int) {
+	rng := rand.New(rand.NewPCG(seed, 99))
+	cfg := Config{PeerUploadSlots: 2, CDNUploadSlots: 2, StrikeLimit: 2}.ApplyDefaults()
+	pol, err := newPolicy(cfg.Policy)
+	require.NoError(t, err)
+	m, err := newMetrics(nil)
+	require.NoError(t, err)
+	clock := newFakeClock()
+	st := newState(cfg, cdnPeer, pol, clock.Now, zap.NewNop(), m)
+
+	const pieces = 10
+	ids := []string{testTaskID(t.Name() + "/a"), testTaskID(t.Name() + "/b")}
+	next := map[string]int{} // next piece to publish
+	add := func(id string) {
+		size := int64(pieces * 10)
+		if rng.IntN(3) == 0 {
+			size = -1
+		}
+		require.NoError(t, st.addTask(TaskSpec{ID: id, PieceSize: 10, Size: size}))
+		next[id] = 0
+	}
+	for _, id := range ids {
+		add(id)
+	}
+	peers := []string{"p0", "p1", "p2", "p3", "p4", "p5"}
+	type flight struct {
+		task, peer, from string
+		piece            int
+	}
+	var flights []flight
+	var polls, answered []*waiter
+	collect := func() {
+		kept := polls[:0]
+		for _, w := range polls {
+			if !w.answered {
+				kept = append(kept, w)
+				continue
+			}
+			r := <-w.reply
+			for _, a := range r.resp.Assignments {
+				flights = append(flights, flight{task: w.taskID, peer: w.peerID, from: a.From.ID, piece: a.Piece})
+			}
+			answered = append(answered, w)
+		}
+		polls = kept
+	}
+	reasons := []schedapi.FailureReason{schedapi.ReasonTransfer, schedapi.ReasonMissing, schedapi.ReasonCorrupt, schedapi.ReasonAborted}
+	for step := range steps {
+		id := ids[rng.IntN(len(ids))]
+		p := peers[rng.IntN(len(peers))]
+		switch op := rng.IntN(20); {
+		case op < 3:
+			have := &piece.Set{}
+			for i := range pieces {
+				if rng.IntN(4) == 0 {
+					have.Add(i)
+				}
+			}
+			_, _ = st.join(id, peerAt(p, 20000+rng.IntN(9)), have)
+		case op < 4:
+			_ = st.leave(id, p)
+		case op < 9:
+			w := newWaiter(id, p, 1+rng.IntN(4))
+			st.poll(w)
+			polls = append(polls, w)
+		case op < 14 && len(flights) > 0:
+			k := rng.IntN(len(flights))
+			f := flights[k]
+			flights = append(flights[:k], flights[k+1:]...)
+			r := schedapi.PieceResult{Piece: f.piece, From: f.from, OK: rng.IntN(3) > 0, Bytes: 10}
+			if !r.OK {
+				r.Reason = reasons[rng.IntN(len(reasons))]
+				if r.Reason == schedapi.ReasonCorrupt && rng.IntN(3) > 0 {
+					r.Reason = schedapi.ReasonTransfer
+				}
+			}
+			_ = st.report(f.task, f.peer, []schedapi.PieceResult{r})
+		case op < 15 && len(polls) > 0:
+			st.unpark(polls[rng.IntN(len(polls))])
+		case op < 15 && len(answered) > 0:
+			st.release(answered[rng.IntN(len(answered))]) // the caller hung up
+		case op < 18:
+			tk := st.tasks[id]
+			switch {
+			case tk == nil || tk.state == schedapi.TaskFailed: // failed, or failed and forgotten
+				add(id)
+			case next[id] < pieces:
+				require.NoError(t, st.publish(id, next[id], pieceDigest(id, next[id])))
+				next[id]++
+			case tk.state == schedapi.TaskRunning:
+				require.NoError(t, st.succeed(id, pieces*10, ""))
+			}
+		case op < 19:
+			if tk := st.tasks[id]; tk != nil && tk.state == schedapi.TaskRunning && rng.IntN(10) == 0 {
+				require.NoError(t, st.fail(id, fmt.Errorf("origin gone")))
+			}
+		default:
+			clock.Advance(time.Duration(rng.IntN(40)) * time.Second)
+			st.sweep()
+		}
+		st.flush()
+		collect()
+		checkIndex(t, st, step)
+	}
+}
