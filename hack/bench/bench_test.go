@@ -1,9 +1,16 @@
 package main
 
 import (
+	"bytes"
+	"image"
+	"image/color"
+	"image/png"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -72,4 +79,116 @@ func TestProcStats(t *testing.T) {
 	// /proc counts whole clock ticks; allow for the rounding.
 	require.GreaterOrEqual(t, cpu, 50*time.Millisecond, "the child spun for 100ms of CPU")
 	require.Less(t, cpu, time.Minute)
+}
+
+// TestThrottle sends 256 KiB through a throttle of 1 MiB/s: every byte
+// arrives, the count is exact, and it takes at least the time the rate
+// allows (all but one burst).
+func TestThrottle(t *testing.T) {
+	t.Parallel()
+	const size = 256 << 10
+	payload := bytes.Repeat([]byte("damselfly"), size/9+1)[:size]
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write(payload)
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	th, err := startThrottle(ln.Addr().String(), 1<<20)
+	require.NoError(t, err)
+	t.Cleanup(th.Close)
+
+	hc := &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
+	start := time.Now()
+	resp, err := hc.Get("http://" + th.Addr() + "/")
+	require.NoError(t, err)
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	took := time.Since(start)
+	require.Equal(t, payload, body)
+	require.Greater(t, th.Sent(), int64(size), "the body and the response header")
+	require.Less(t, th.Sent(), int64(size+1024))
+	least := time.Duration(float64(size-throttleChunk) / (1 << 20) * float64(time.Second))
+	require.GreaterOrEqual(t, took, least)
+	th.Reset()
+	require.Zero(t, th.Sent())
+}
+
+// TestThrottledReader paces a reader at its limiter's rate.
+func TestThrottledReader(t *testing.T) {
+	t.Parallel()
+	const size = 192 << 10
+	r := &throttledReader{ctx: t.Context(), r: bytes.NewReader(make([]byte, size)), lim: newByteLimiter(1 << 20)}
+	start := time.Now()
+	n, err := io.Copy(io.Discard, r)
+	require.NoError(t, err)
+	require.Equal(t, int64(size), n)
+	require.GreaterOrEqual(t, time.Since(start), time.Duration(float64(size-throttleChunk)/(1<<20)*float64(time.Second)))
+}
+
+// TestChartPNG draws the suite's chart and decodes it: a PNG of the
+// requested size, with each mode's colour on it.
+func TestChartPNG(t *testing.T) {
+	t.Parallel()
+	rep := report{size: 32 << 20, ideal: 4, rate: 8 << 20}
+	for _, n := range []int{1, 2, 4, 8, 16} {
+		rep.results = append(rep.results,
+			scenario{mode: modeDirect, n: n, times: []float64{4 * float64(n)}},
+			scenario{mode: modePullThrough, n: n, times: []float64{4*float64(n) + 0.5}},
+			scenario{mode: modeDamselfly, n: n, times: []float64{4.5, 5}})
+	}
+	b, err := encodeChart(rep.chart())
+	require.NoError(t, err)
+	img, err := png.Decode(bytes.NewReader(b))
+	require.NoError(t, err)
+	require.Equal(t, image.Rect(0, 0, 1000, 600), img.Bounds())
+	seen := map[color.RGBA]int{}
+	bounds := img.Bounds()
+	for y := bounds.Min.Y; y < bounds.Max.Y; y++ {
+		for x := bounds.Min.X; x < bounds.Max.X; x++ {
+			r, g, b, a := img.At(x, y).RGBA()
+			seen[color.RGBA{uint8(r >> 8), uint8(g >> 8), uint8(b >> 8), uint8(a >> 8)}]++
+		}
+	}
+	for _, m := range allModes() {
+		require.Greater(t, seen[modeColor(m)], 200, "lines of %s", m)
+	}
+	require.Greater(t, seen[chartInk], 500, "axes and text")
+
+	path := filepath.Join(t.TempDir(), "chart.png")
+	require.NoError(t, writeChartFile(path, rep.chart()))
+	f, err := os.Open(path)
+	require.NoError(t, err)
+	defer f.Close()
+	cfg, err := png.DecodeConfig(f)
+	require.NoError(t, err)
+	require.Equal(t, 1000, cfg.Width)
+	require.Equal(t, 600, cfg.Height)
+}
+
+func TestMetricsSum(t *testing.T) {
+	t.Parallel()
+	m := metricsText{
+		`damselfly_peer_received_bytes_total{from="cdn"} 1.048576e+06`,
+		`damselfly_peer_received_bytes_total{from="peer"} 3000`,
+		`damselfly_peer_received_bytes_total_extra{from="peer"} 7`,
+		`damselfly_peer_source_fallbacks_total 2`,
+	}
+	require.Equal(t, 1048576.0, m.sum("damselfly_peer_received_bytes_total", `from="cdn"`))
+	require.Equal(t, 1051576.0, m.sum("damselfly_peer_received_bytes_total", ""))
+	require.Equal(t, 2.0, m.sum("damselfly_peer_source_fallbacks_total", ""))
+	require.Zero(t, m.sum("missing", ""))
+}
+
+func TestParseInts(t *testing.T) {
+	t.Parallel()
+	v, err := parseInts("1, 2,16")
+	require.NoError(t, err)
+	require.Equal(t, []int{1, 2, 16}, v)
+	for _, bad := range []string{"", "0", "1,,2", "x", "-4"} {
+		_, err := parseInts(bad)
+		require.Error(t, err, bad)
+	}
 }

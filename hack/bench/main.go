@@ -1,10 +1,13 @@
 // Command bench measures Damselfly on loopback. It has three modes (-mode):
 //
-//   - swarm (the default) compares Damselfly against direct downloads, side
-//     by side in one run: N dfget peers fetch one file through a supernode
-//     from an origin whose egress is throttled, then N plain HTTP clients
-//     fetch the same file straight from the same origin. It prints origin
-//     egress / file size and p50/p99/max completion times for both.
+//   - swarm (the default) is the suite of swarm.go: in one run it starts a
+//     real registry as origin behind an egress throttle, and for each N
+//     pulls one image on N nodes at once three ways, side by side: straight
+//     from the origin, through one distribution pull-through cache, and
+//     through N dfdaemons (each with a download and an upload rate limit)
+//     and a supernode. It prints origin egress / image size, completion
+//     times against the ideal and the CPU and memory of every component,
+//     and can write the table as Markdown (-markdown) and a chart (-chart).
 //
 //   - stream pulls one large layer through a dfdaemon and straight from the
 //     registry, alternating, and prints the throughput of each, their ratio
@@ -14,7 +17,7 @@
 //     concurrent clients and prints requests/s, latency percentiles and how
 //     many requests reached the upstream (manifests.go).
 //
-//     go run ./hack/bench -n 8 -size 256 -origin-rate 100
+//     go run ./hack/bench -n 1,4,16 -layers 24,12,8,4 -rate 8M
 //     go run ./hack/bench -mode stream -size 1024 -rounds 3
 //     go run ./hack/bench -mode manifests -clients 200 -duration 10s
 //
@@ -22,27 +25,17 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
-	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"slices"
-	"sync/atomic"
-	"text/tabwriter"
+	"strconv"
+	"strings"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-	"golang.org/x/time/rate"
+	"github.com/damselfly/damselfly/pkg/ratelimit"
 )
 
 const mib = 1 << 20
@@ -55,15 +48,28 @@ func main() {
 }
 
 type options struct {
-	mode       string
-	peers      int
-	sizeMiB    int
-	originRate int
-	binDir     string
-	keep       bool
+	mode   string
+	binDir string
+	keep   bool
+
+	// swarm
+	ns          []int
+	layersMiB   []int
+	rate        ratelimit.Rate // per node, both directions
+	originRate  ratelimit.Rate // 0: the per-node rate
+	modes       []string
+	parallel    int
+	markdown    string
+	chart       string
+	timeline    bool
+	serve       string // internal: run as the origin or pull-through child
+	upstream    string
+	serveDir    string
+	swarmBudget time.Duration
 
 	// stream
-	rounds int
+	sizeMiB int
+	rounds  int
 
 	// manifests
 	clients  int
@@ -73,28 +79,65 @@ type options struct {
 }
 
 func run() error {
-	var o options
-	flag.StringVar(&o.mode, "mode", "swarm", "what to measure: swarm (dfget peers vs direct downloads), stream (one pull through dfdaemon vs direct) or manifests (manifest GETs through registry-cache)")
-	flag.IntVar(&o.peers, "n", 8, "swarm: number of concurrent downloaders per mode")
-	flag.IntVar(&o.sizeMiB, "size", 0, "file or layer size in MiB (default 256 in swarm mode, 1024 in stream mode)")
-	flag.IntVar(&o.originRate, "origin-rate", 100, "swarm: origin egress limit in MiB/s, shared by all its connections")
+	o := options{ns: []int{1, 2, 4, 8, 16}, layersMiB: []int{16, 8, 4, 4}, rate: 8 << 20, modes: allModes()}
+	flag.StringVar(&o.mode, "mode", "swarm", "what to measure: swarm (image pulls on N nodes: direct, pull-through cache, dfdaemon), stream (one pull through dfdaemon vs direct) or manifests (manifest GETs through registry-cache)")
 	flag.StringVar(&o.binDir, "bin", "bin", "directory holding the supernode, dfget, dfdaemon and registry-cache binaries")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory")
+	flag.Func("n", "swarm: comma-separated node counts to sweep (default 1,2,4,8,16)", func(s string) error {
+		v, err := parseInts(s)
+		o.ns = v
+		return err
+	})
+	flag.Func("layers", "swarm: comma-separated layer sizes of the image in MiB (default 16,8,4,4)", func(s string) error {
+		v, err := parseInts(s)
+		o.layersMiB = v
+		return err
+	})
+	flag.Var(&o.rate, "rate", "swarm: per-node bandwidth in bytes/s (K, M, G suffixes): each dfdaemon's download and upload limit, and each direct or pull-through client's download limit (default 8M)")
+	flag.Var(&o.originRate, "origin-rate", "swarm: the origin's egress limit, shared by all its connections (default: -rate)")
+	flag.Func("modes", "swarm: comma-separated modes to run: "+strings.Join(allModes(), ","), func(s string) error {
+		o.modes = nil
+		for m := range strings.SplitSeq(s, ",") {
+			if m = strings.TrimSpace(m); m != "" {
+				o.modes = append(o.modes, m)
+			}
+		}
+		return nil
+	})
+	flag.IntVar(&o.parallel, "parallel", 3, "swarm: blobs each client downloads at once (docker's default max-concurrent-downloads)")
+	flag.StringVar(&o.markdown, "markdown", "", "swarm: also write the results as Markdown tables to `file`")
+	flag.StringVar(&o.chart, "chart", "", "swarm: write a PNG chart of p50 and p99 completion time vs N to `file` (e.g. docs/bench-swarm.png)")
+	flag.BoolVar(&o.timeline, "timeline", false, "swarm: print when each client finished each blob")
+	flag.DurationVar(&o.swarmBudget, "timeout", 30*time.Minute, "bound on the whole run")
+	flag.StringVar(&o.serve, "serve", "", "internal: run as the suite's origin or pull-through cache child process")
+	flag.StringVar(&o.upstream, "upstream", "", "internal: the pull-through cache's upstream URL")
+	flag.StringVar(&o.serveDir, "serve-dir", "", "internal: the child's storage directory")
+	flag.IntVar(&o.sizeMiB, "size", 1024, "stream: layer size in MiB")
 	flag.IntVar(&o.rounds, "rounds", 3, "stream: pulls of each kind, alternating (medians are reported)")
 	flag.IntVar(&o.clients, "clients", 200, "manifests: concurrent clients")
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "manifests: how long the clients send requests")
 	flag.IntVar(&o.tags, "tags", 4, "manifests: tags the clients ask for, round robin")
 	flag.DurationVar(&o.tagTTL, "tag-ttl", 0, "manifests: registry-cache cache.tagTTL (default: registry-cache's default, 30s)")
 	flag.Parse()
-	if o.sizeMiB == 0 {
-		o.sizeMiB = 256
-		if o.mode == "stream" {
-			o.sizeMiB = 1024
-		}
+	if flag.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", flag.Args())
+	}
+	if o.originRate == 0 {
+		o.originRate = o.rate
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), o.swarmBudget)
 	defer cancel()
+
+	switch o.serve {
+	case "":
+	case "origin":
+		return serveOrigin(ctx, o)
+	case "pullthrough":
+		return servePullThrough(ctx, o)
+	default:
+		return fmt.Errorf("-serve %q: want origin or pullthrough", o.serve)
+	}
 
 	work, err := os.MkdirTemp("", "damselfly-bench-")
 	if err != nil {
@@ -102,6 +145,8 @@ func run() error {
 	}
 	if !o.keep {
 		defer os.RemoveAll(work)
+	} else {
+		fmt.Println("work directory:", work)
 	}
 
 	switch o.mode {
@@ -116,51 +161,17 @@ func run() error {
 	}
 }
 
-func runSwarm(ctx context.Context, o options, work string) error {
-	if o.peers < 1 || o.sizeMiB < 1 || o.originRate < 1 {
-		return errors.New("-n, -size and -origin-rate must be positive")
+// parseInts parses a comma-separated list of positive integers.
+func parseInts(s string) ([]int, error) {
+	var out []int
+	for f := range strings.SplitSeq(s, ",") {
+		v, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || v < 1 {
+			return nil, fmt.Errorf("%q: want positive integers separated by commas", s)
+		}
+		out = append(out, v)
 	}
-	data := make([]byte, o.sizeMiB*mib)
-	if _, err := rand.Read(data); err != nil {
-		return err
-	}
-	sum := sha256.Sum256(data)
-	want := hex.EncodeToString(sum[:])
-
-	org, err := startOrigin(data, o.originRate*mib)
-	if err != nil {
-		return err
-	}
-	defer org.close()
-
-	fmt.Printf("file %d MiB, %d downloaders per mode, origin egress limited to %d MiB/s (ideal for one copy: %.2fs)\n\n",
-		o.sizeMiB, o.peers, o.originRate, float64(o.sizeMiB)/float64(o.originRate))
-
-	p2p, err := benchP2P(ctx, o, org, work, want)
-	if err != nil {
-		return fmt.Errorf("p2p: %w", err)
-	}
-	direct, err := benchDirect(ctx, o, org, want)
-	if err != nil {
-		return fmt.Errorf("direct: %w", err)
-	}
-
-	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "mode\tN\torigin egress / size\tp50\tp99\tmax\t")
-	for _, r := range []result{p2p, direct} {
-		fmt.Fprintf(tw, "%s\t%d\t%.3f\t%.2fs\t%.2fs\t%.2fs\t\n", r.mode, o.peers,
-			float64(r.egress)/float64(len(data)), pct(r.times, 50), pct(r.times, 99), pct(r.times, 100))
-	}
-	tw.Flush()
-	fmt.Printf("\np2p vs direct: p50 %.2fx faster, origin egress %.1fx lower\n",
-		pct(direct.times, 50)/pct(p2p.times, 50), float64(direct.egress)/float64(p2p.egress))
-	return nil
-}
-
-type result struct {
-	mode   string
-	egress int64
-	times  []float64 // seconds, sorted
+	return out, nil
 }
 
 // pct returns the p-th percentile (nearest rank) of sorted xs.
@@ -170,102 +181,6 @@ func pct(xs []float64, p int) float64 {
 	}
 	i := (p*len(xs) + 99) / 100
 	return xs[max(i-1, 0)]
-}
-
-func benchP2P(ctx context.Context, o options, org *origin, work, want string) (result, error) {
-	org.reset()
-	addr, err := freeAddr()
-	if err != nil {
-		return result{}, err
-	}
-	sctx, stop := context.WithCancel(ctx)
-	defer stop()
-	sn := exec.CommandContext(sctx, filepath.Join(o.binDir, "supernode"),
-		"--listen", addr, "--data-dir", filepath.Join(work, "supernode"),
-		"--admin-token", "bench", "--log-level", "warn", "--source-allow", "127.0.0.1/32")
-	sn.Stderr = os.Stderr
-	if err := sn.Start(); err != nil {
-		return result{}, fmt.Errorf("start supernode: %w", err)
-	}
-	defer func() { _ = sn.Process.Signal(os.Interrupt); _ = sn.Wait() }()
-	if err := waitHealthy(ctx, "http://"+addr+"/healthz"); err != nil {
-		return result{}, err
-	}
-
-	times := make([]float64, o.peers)
-	start := time.Now()
-	g, gctx := errgroup.WithContext(ctx)
-	for i := range o.peers {
-		g.Go(func() error {
-			out := filepath.Join(work, fmt.Sprintf("p2p-%d", i))
-			var stderr bytes.Buffer
-			cmd := exec.CommandContext(gctx, filepath.Join(o.binDir, "dfget"),
-				"-u", org.url+"/file.bin", "-o", out, "--node", addr, "--notbs",
-				"--peer-listen", "127.0.0.1:0", "--advertise-ip", "127.0.0.1", "--log-level", "warn",
-				"--source-allow", "127.0.0.1/32", "--peer-allow", "127.0.0.1/32")
-			cmd.Stderr = &stderr
-			if err := cmd.Run(); err != nil {
-				return fmt.Errorf("dfget %d: %w: %s", i, err, stderr.String())
-			}
-			times[i] = time.Since(start).Seconds()
-			return checkFile(out, want)
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return result{}, err
-	}
-	slices.Sort(times)
-	return result{mode: "dfget p2p", egress: org.served.Load(), times: times}, nil
-}
-
-func benchDirect(ctx context.Context, o options, org *origin, want string) (result, error) {
-	org.reset()
-	times := make([]float64, o.peers)
-	start := time.Now()
-	g, gctx := errgroup.WithContext(ctx)
-	for i := range o.peers {
-		g.Go(func() error {
-			req, err := http.NewRequestWithContext(gctx, http.MethodGet, org.url+"/file.bin", nil)
-			if err != nil {
-				return err
-			}
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				return err
-			}
-			defer resp.Body.Close()
-			h := sha256.New()
-			if _, err := io.Copy(h, resp.Body); err != nil {
-				return err
-			}
-			times[i] = time.Since(start).Seconds()
-			if got := hex.EncodeToString(h.Sum(nil)); got != want {
-				return fmt.Errorf("direct %d: sha256 %s, want %s", i, got, want)
-			}
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return result{}, err
-	}
-	slices.Sort(times)
-	return result{mode: "direct", egress: org.served.Load(), times: times}, nil
-}
-
-func checkFile(path, want string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return err
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != want {
-		return fmt.Errorf("%s: sha256 %s, want %s", path, got, want)
-	}
-	return nil
 }
 
 func waitHealthy(ctx context.Context, url string) error {
@@ -278,7 +193,11 @@ func waitHealthy(ctx context.Context, url string) error {
 				return nil
 			}
 		}
-		time.Sleep(50 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
 	return fmt.Errorf("%s not healthy after 30s", url)
 }
@@ -290,55 +209,4 @@ func freeAddr() (string, error) {
 	}
 	defer ln.Close()
 	return ln.Addr().String(), nil
-}
-
-// origin serves one file, throttled to a total egress rate, and counts the
-// bytes it sends.
-type origin struct {
-	url     string
-	srv     *http.Server
-	served  atomic.Int64
-	limiter *rate.Limiter
-}
-
-func startOrigin(data []byte, bytesPerSec int) (*origin, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	o := &origin{url: "http://" + ln.Addr().String(), limiter: rate.NewLimiter(rate.Limit(bytesPerSec), 256<<10)}
-	mod := time.Now()
-	o.srv = &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		http.ServeContent(&throttled{ResponseWriter: w, o: o, ctx: r.Context()}, r, "file.bin", mod, bytes.NewReader(data))
-	})}
-	go func() { _ = o.srv.Serve(ln) }()
-	return o, nil
-}
-
-func (o *origin) reset() { o.served.Store(0) }
-
-func (o *origin) close() { _ = o.srv.Close() }
-
-type throttled struct {
-	http.ResponseWriter
-	o   *origin
-	ctx context.Context
-}
-
-func (t *throttled) Write(p []byte) (int, error) {
-	n := 0
-	for len(p) > 0 {
-		chunk := p[:min(len(p), 64<<10)]
-		if err := t.o.limiter.WaitN(t.ctx, len(chunk)); err != nil {
-			return n, err
-		}
-		m, err := t.ResponseWriter.Write(chunk)
-		n += m
-		t.o.served.Add(int64(m))
-		if err != nil {
-			return n, err
-		}
-		p = p[len(chunk):]
-	}
-	return n, nil
 }

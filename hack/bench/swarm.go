@@ -1,0 +1,539 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"image"
+	"math"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
+
+	"github.com/damselfly/damselfly/pkg/ratelimit"
+)
+
+// The swarm suite's modes.
+const (
+	modeDirect      = "direct"
+	modePullThrough = "pull-through"
+	modeDamselfly   = "damselfly"
+)
+
+func allModes() []string { return []string{modeDirect, modePullThrough, modeDamselfly} }
+
+// Targets at the largest N (issue 5).
+const (
+	targetEgress = 1.02 // origin egress / image size, damselfly
+	targetP99    = 1.25 // p99 completion / ideal, damselfly
+)
+
+// scenario is one mode at one N.
+type scenario struct {
+	mode string
+	n    int
+	// origin counters during the pulls
+	origin originStats
+	// completion time of each client in seconds since the common start,
+	// sorted
+	times []float64
+	pulls []pullResult
+	// CPU seconds used during the pulls, and peak RSS in bytes
+	originCPU, benchCPU              float64
+	supernodeCPU                     float64
+	supernodeRSS                     int64
+	dfdCPUSum, dfdCPUMax             float64
+	dfdRSSMax, dfdRSSSum             int64
+	cacheCPU                         float64
+	cacheRSS                         int64
+	fromCDN, fromPeers, fromSource   float64 // dfdaemons' received bytes by origin
+	pieceFailures, sourceFallbacks   float64
+	assignmentsCDN, assignmentsPeers float64
+	startDaemons                     time.Duration
+}
+
+// runSwarm is the swarm suite: for each N of -n, each mode of -modes, one
+// scenario, then the table, the targets, and the optional Markdown and
+// chart.
+func runSwarm(ctx context.Context, o options, work string) error {
+	if len(o.ns) == 0 || len(o.layersMiB) == 0 || o.rate <= 0 || o.originRate <= 0 {
+		return errors.New("-n, -layers, -rate and -origin-rate must be positive")
+	}
+	for _, m := range o.modes {
+		if !slices.Contains(allModes(), m) {
+			return fmt.Errorf("-modes: unknown mode %q (want %s)", m, strings.Join(allModes(), ", "))
+		}
+	}
+	fmt.Printf("pushing the image (layers %s MiB) to the origin...\n", joinInts(o.layersMiB))
+	org, err := startOrigin(ctx, o, work)
+	if err != nil {
+		return fmt.Errorf("origin: %w", err)
+	}
+	defer org.stop()
+	size := org.info.Size()
+	ideal := float64(size) / float64(o.rate)
+	fmt.Printf("image %s:%s: %d blobs, %.1f MiB; per-node rate %s/s down (and up for dfdaemons), origin egress %s/s; ideal %.2fs\n\n",
+		org.info.Repo, org.info.Tag, len(org.info.Blobs), float64(size)/mib, o.rate, o.originRate, ideal)
+
+	var results []scenario
+	for _, n := range o.ns {
+		for _, mode := range o.modes {
+			sc, err := runScenario(ctx, o, org, filepath.Join(work, fmt.Sprintf("%s-%d", mode, n)), mode, n)
+			if err != nil {
+				return fmt.Errorf("%s, N=%d: %w", mode, n, err)
+			}
+			results = append(results, sc)
+			fmt.Printf("%-12s N=%-3d origin egress %6.3fx  p50 %6.2fs  p99 %6.2fs  max %6.2fs  (%.2fx ideal at p99)\n",
+				mode, n, float64(sc.origin.Egress)/float64(size), pct(sc.times, 50), pct(sc.times, 99), pct(sc.times, 100), pct(sc.times, 99)/ideal)
+			if o.timeline {
+				printTimeline(sc)
+			}
+		}
+	}
+
+	rep := report{results: results, size: size, ideal: ideal, rate: o.rate, originRate: o.originRate, layers: o.layersMiB, blobs: len(org.info.Blobs)}
+	if oc, err := org.cpuTime(); err == nil {
+		rep.originCPUTotal = oc.Seconds()
+	}
+	if r, err := org.peakRSS(); err == nil {
+		rep.originRSS = r
+	}
+	fmt.Println()
+	rep.writeText(os.Stdout)
+	if o.markdown != "" {
+		if err := os.WriteFile(o.markdown, []byte(rep.markdown()), 0o644); err != nil {
+			return err
+		}
+		fmt.Println("\nwrote", o.markdown)
+	}
+	if o.chart != "" {
+		if err := writeChartFile(o.chart, rep.chart()); err != nil {
+			return err
+		}
+		fmt.Println("wrote", o.chart)
+	}
+	return nil
+}
+
+// runScenario pulls the image on n clients at once in one mode.
+func runScenario(ctx context.Context, o options, org *origin, dir, mode string, n int) (sc scenario, err error) {
+	sc = scenario{mode: mode, n: n}
+	defer os.RemoveAll(dir)
+	bases := make([]string, n)
+	lims := make([]*rate.Limiter, n)
+	var cache, sn *proc
+	var snAddr string
+	var dfds []*proc
+	var dfdAddrs []string
+	defer func() {
+		// Stop the children at once: each takes a moment to shut down.
+		var g errgroup.Group
+		for _, p := range append(dfds, sn, cache) {
+			if p != nil {
+				g.Go(func() error { p.stop(); return nil })
+			}
+		}
+		_ = g.Wait()
+	}()
+
+	t0 := time.Now()
+	switch mode {
+	case modeDirect:
+		for i := range n {
+			bases[i], lims[i] = org.info.URL, newByteLimiter(int64(o.rate))
+		}
+	case modePullThrough:
+		p, rl, err := startChild(ctx, "pull-through cache", "-serve", "pullthrough", "-upstream", org.info.URL, "-serve-dir", dir)
+		if err != nil {
+			return sc, err
+		}
+		cache = p
+		if err := waitHealthy(ctx, rl.URL+"/v2/"); err != nil {
+			return sc, err
+		}
+		for i := range n {
+			bases[i], lims[i] = rl.URL, newByteLimiter(int64(o.rate))
+		}
+	case modeDamselfly:
+		if snAddr, err = freeAddr(); err != nil {
+			return sc, err
+		}
+		sn, err = startProc(ctx, o, "supernode", "http://"+snAddr+"/healthz",
+			"--listen", snAddr, "--data-dir", filepath.Join(dir, "supernode"),
+			"--admin-token", "bench", "--log-level", "warn", "--source-allow", "127.0.0.1/32")
+		if err != nil {
+			return sc, err
+		}
+		var g errgroup.Group
+		dfds = make([]*proc, n)
+		dfdAddrs = make([]string, n)
+		for i := range n {
+			g.Go(func() error {
+				listen, err := freeAddr()
+				if err != nil {
+					return err
+				}
+				peerListen, err := freeAddr()
+				if err != nil {
+					return err
+				}
+				p, err := startProc(ctx, o, "dfdaemon", "http://"+listen+"/healthz",
+					"--listen", listen, "--peer-listen", peerListen, "--advertise-ip", "127.0.0.1",
+					"--node", snAddr, "--registry", org.info.URL, "--data-dir", filepath.Join(dir, fmt.Sprintf("dfdaemon-%d", i)),
+					"--log-level", "warn", "--source-allow", "127.0.0.1/32", "--peer-allow", "127.0.0.1/32",
+					"--download-rate", o.rate.String(), "--upload-rate", o.rate.String())
+				if err != nil {
+					return err
+				}
+				dfds[i], dfdAddrs[i] = p, "http://"+listen
+				return nil
+			})
+		}
+		if err := g.Wait(); err != nil {
+			return sc, err
+		}
+		copy(bases, dfdAddrs)
+	default:
+		return sc, fmt.Errorf("unknown mode %q", mode)
+	}
+	sc.startDaemons = time.Since(t0)
+
+	if err := org.reset(ctx); err != nil {
+		return sc, err
+	}
+	procs := append([]*proc{org.proc, sn, cache}, dfds...)
+	cpu0, err := cpuSeconds(procs)
+	if err != nil {
+		return sc, err
+	}
+	bench0 := benchCPUSeconds()
+
+	start := time.Now()
+	sc.pulls = make([]pullResult, n)
+	g, gctx := errgroup.WithContext(ctx)
+	for i := range n {
+		g.Go(func() error {
+			r, err := pullImage(gctx, bases[i], org.info.Repo, org.info.Tag, lims[i], o.parallel, start)
+			if err != nil {
+				return fmt.Errorf("client %d: %w", i, err)
+			}
+			sc.pulls[i] = r
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		for _, p := range append([]*proc{sn, cache}, dfds...) {
+			if p != nil {
+				if s := p.stderr.String(); s != "" {
+					err = fmt.Errorf("%w\n%s: %.2000s", err, p.name, s)
+				}
+			}
+		}
+		return sc, err
+	}
+	sc.benchCPU = benchCPUSeconds() - bench0
+	cpu1, err := cpuSeconds(procs)
+	if err != nil {
+		return sc, err
+	}
+	for _, r := range sc.pulls {
+		sc.times = append(sc.times, r.done.Seconds())
+	}
+	slices.Sort(sc.times)
+	if sc.origin, err = org.stats(ctx); err != nil {
+		return sc, err
+	}
+	sc.originCPU = cpu1[0] - cpu0[0]
+	if sn != nil {
+		sc.supernodeCPU = cpu1[1] - cpu0[1]
+		if sc.supernodeRSS, err = sn.peakRSS(); err != nil {
+			return sc, err
+		}
+		m, err := scrape(ctx, "http://"+snAddr+"/metrics")
+		if err != nil {
+			return sc, err
+		}
+		sc.assignmentsCDN = m.sum("damselfly_scheduler_assignments_total", `source="cdn"`)
+		sc.assignmentsPeers = m.sum("damselfly_scheduler_assignments_total", `source="peer"`)
+	}
+	if cache != nil {
+		sc.cacheCPU = cpu1[2] - cpu0[2]
+		if sc.cacheRSS, err = cache.peakRSS(); err != nil {
+			return sc, err
+		}
+	}
+	for i, p := range dfds {
+		c := cpu1[3+i] - cpu0[3+i]
+		sc.dfdCPUSum += c
+		sc.dfdCPUMax = max(sc.dfdCPUMax, c)
+		r, err := p.peakRSS()
+		if err != nil {
+			return sc, err
+		}
+		sc.dfdRSSSum += r
+		sc.dfdRSSMax = max(sc.dfdRSSMax, r)
+		m, err := scrape(ctx, dfdAddrs[i]+"/metrics")
+		if err != nil {
+			return sc, err
+		}
+		sc.fromCDN += m.sum("damselfly_peer_received_bytes_total", `from="cdn"`)
+		sc.fromPeers += m.sum("damselfly_peer_received_bytes_total", `from="peer"`)
+		sc.fromSource += m.sum("damselfly_peer_received_bytes_total", `from="source"`)
+		sc.pieceFailures += m.sum("damselfly_peer_piece_failures_total", "")
+		sc.sourceFallbacks += m.sum("damselfly_peer_source_fallbacks_total", "")
+	}
+	return sc, nil
+}
+
+// cpuSeconds returns the CPU seconds each process has used; 0 for nil.
+func cpuSeconds(ps []*proc) ([]float64, error) {
+	out := make([]float64, len(ps))
+	for i, p := range ps {
+		if p == nil {
+			continue
+		}
+		d, err := p.cpuTime()
+		if err != nil {
+			return nil, err
+		}
+		out[i] = d.Seconds()
+	}
+	return out, nil
+}
+
+// benchCPUSeconds is the CPU time of this process: the clients.
+func benchCPUSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
+// metricsText is a Prometheus text exposition.
+type metricsText []string
+
+func scrape(ctx context.Context, url string) (metricsText, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	var m metricsText
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if line := sc.Text(); line != "" && line[0] != '#' {
+			m = append(m, line)
+		}
+	}
+	return m, sc.Err()
+}
+
+// sum adds the values of the samples of metric whose labels contain
+// label (every sample when label is empty).
+func (m metricsText) sum(metric, label string) float64 {
+	var total float64
+	for _, line := range m {
+		name, rest, _ := strings.Cut(line, " ")
+		labels := ""
+		if i := strings.IndexByte(line, '{'); i >= 0 && i < len(name) {
+			j := strings.LastIndexByte(line, '}')
+			if j < i {
+				continue
+			}
+			name, labels, rest = line[:i], line[i:j+1], strings.TrimSpace(line[j+1:])
+		}
+		if name != metric || !strings.Contains(labels, label) {
+			continue
+		}
+		v, err := strconv.ParseFloat(strings.Fields(rest)[0], 64)
+		if err == nil {
+			total += v
+		}
+	}
+	return total
+}
+
+func printTimeline(sc scenario) {
+	for i, p := range sc.pulls {
+		var b strings.Builder
+		for _, bt := range p.blobs {
+			fmt.Fprintf(&b, " %s %.1fMiB %.2f-%.2fs;", bt.digest.Encoded()[:8], float64(bt.size)/mib, bt.start.Seconds(), bt.end.Seconds())
+		}
+		fmt.Printf("    client %2d done %.2fs:%s\n", i, p.done.Seconds(), b.String())
+	}
+}
+
+func joinInts(xs []int) string {
+	s := make([]string, len(xs))
+	for i, x := range xs {
+		s[i] = strconv.Itoa(x)
+	}
+	return strings.Join(s, ",")
+}
+
+// report renders the results.
+type report struct {
+	results          []scenario
+	size             int64
+	ideal            float64
+	rate, originRate ratelimit.Rate
+	layers           []int
+	blobs            int
+	originCPUTotal   float64
+	originRSS        int64
+}
+
+func (r report) writeText(w *os.File) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "mode\tN\torigin egress/size\tp50\tp99\tmax\tp50/ideal\tp99/ideal\tmax/ideal\t")
+	for _, s := range r.results {
+		fmt.Fprintf(tw, "%s\t%d\t%.3f\t%.2fs\t%.2fs\t%.2fs\t%.2f\t%.2f\t%.2f\t\n", s.mode, s.n, float64(s.origin.Egress)/float64(r.size),
+			pct(s.times, 50), pct(s.times, 99), pct(s.times, 100), pct(s.times, 50)/r.ideal, pct(s.times, 99)/r.ideal, pct(s.times, 100)/r.ideal)
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "mode\tN\torigin CPU\tsupernode CPU\tsupernode RSS\tdfdaemons CPU (sum)\t(max)\tdfdaemon RSS (max)\t(sum)\tcache CPU\tcache RSS\tclients CPU\tfrom CDN/size\tfrom peers/size\t")
+	for _, s := range r.results {
+		fmt.Fprintf(tw, "%s\t%d\t%.1fs\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.1fs\t%s\t%s\t\n", s.mode, s.n, s.originCPU,
+			secs(s.supernodeCPU, s.mode == modeDamselfly), mibs(s.supernodeRSS),
+			secs(s.dfdCPUSum, s.mode == modeDamselfly), secs(s.dfdCPUMax, s.mode == modeDamselfly), mibs(s.dfdRSSMax), mibs(s.dfdRSSSum),
+			secs(s.cacheCPU, s.mode == modePullThrough), mibs(s.cacheRSS), s.benchCPU,
+			ratio(s.fromCDN, r.size, s.mode == modeDamselfly), ratio(s.fromPeers, r.size, s.mode == modeDamselfly))
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "\norigin: %.1fs CPU in all, peak RSS %s (it holds nothing in memory; the registry reads its files)\n", r.originCPUTotal, mibs(r.originRSS))
+	for _, line := range r.targets() {
+		fmt.Fprintln(w, line)
+	}
+}
+
+func secs(v float64, show bool) string {
+	if !show {
+		return "-"
+	}
+	return fmt.Sprintf("%.1fs", v)
+}
+
+func mibs(b int64) string {
+	if b == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f MiB", float64(b)/mib)
+}
+
+func ratio(v float64, size int64, show bool) string {
+	if !show {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", v/float64(size))
+}
+
+// targets checks the issue's targets at the largest N that ran.
+func (r report) targets() []string {
+	var top *scenario
+	for i := range r.results {
+		s := &r.results[i]
+		if s.mode == modeDamselfly && (top == nil || s.n > top.n) {
+			top = s
+		}
+	}
+	if top == nil {
+		return nil
+	}
+	eg := float64(top.origin.Egress) / float64(r.size)
+	p99 := pct(top.times, 99) / r.ideal
+	out := []string{
+		fmt.Sprintf("target: damselfly origin egress <= %.2fx image size at N=%d: %.3fx, %s", targetEgress, top.n, eg, metOrMissed(eg <= targetEgress)),
+		fmt.Sprintf("target: damselfly p99 <= %.2fx ideal at N=%d: %.2fx, %s", targetP99, top.n, p99, metOrMissed(p99 <= targetP99)),
+	}
+	for _, s := range r.results {
+		if s.n == top.n && s.mode != modeDamselfly {
+			out = append(out, fmt.Sprintf("  %s at N=%d: origin egress %.2fx, p99 %.2fx ideal; damselfly p99 is %.1fx faster",
+				s.mode, s.n, float64(s.origin.Egress)/float64(r.size), pct(s.times, 99)/r.ideal, pct(s.times, 99)/pct(top.times, 99)))
+		}
+	}
+	if top.n < 16 {
+		out = append(out, fmt.Sprintf("  (the targets are set for N=16; the largest N here is %d)", top.n))
+	}
+	return out
+}
+
+func metOrMissed(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "MISSED"
+}
+
+// chart is completion time p50 (solid) and p99 (dashed) against N, one
+// colour per mode, with the ideal as a reference line.
+func (r report) chart() *image.RGBA {
+	spec := chartSpec{
+		title:  fmt.Sprintf("%.0f MiB image, %s/s per node: completion time vs nodes", float64(r.size)/mib, r.rate),
+		xLabel: "nodes pulling at once (N)", yLabel: "seconds", logX: true,
+		hline: r.ideal, hlineLabel: "ideal " + trimFloat(math.Round(r.ideal*100)/100) + "s",
+		w: 1000, h: 600,
+	}
+	for _, mode := range allModes() {
+		var xs, p50, p99 []float64
+		for _, s := range r.results {
+			if s.mode == mode {
+				xs = append(xs, float64(s.n))
+				p50 = append(p50, pct(s.times, 50))
+				p99 = append(p99, pct(s.times, 99))
+			}
+		}
+		if len(xs) == 0 {
+			continue
+		}
+		spec.series = append(spec.series,
+			chartSeries{label: mode + " p50", color: modeColor(mode), xs: xs, ys: p50},
+			chartSeries{label: mode + " p99", color: modeColor(mode), dashed: true, xs: xs, ys: p99})
+	}
+	return drawChart(spec)
+}
+
+// markdown renders the results as two Markdown tables.
+func (r report) markdown() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Image: %d blobs (layers %s MiB, random so incompressible, plus config), %.1f MiB with the manifest; per-node rate %s/s; origin egress %s/s; ideal %.2f s.\n\n",
+		r.blobs, joinInts(r.layers), float64(r.size)/mib, r.rate, r.originRate, r.ideal)
+	b.WriteString("| mode | N | origin egress / size | p50 | p99 | max | p50 / ideal | p99 / ideal | max / ideal |\n|---|---|---|---|---|---|---|---|---|\n")
+	for _, s := range r.results {
+		fmt.Fprintf(&b, "| %s | %d | %.3f | %.2f s | %.2f s | %.2f s | %.2f | %.2f | %.2f |\n", s.mode, s.n, float64(s.origin.Egress)/float64(r.size),
+			pct(s.times, 50), pct(s.times, 99), pct(s.times, 100), pct(s.times, 50)/r.ideal, pct(s.times, 99)/r.ideal, pct(s.times, 100)/r.ideal)
+	}
+	b.WriteString("\nCPU seconds during the pulls and peak RSS:\n\n")
+	b.WriteString("| mode | N | origin CPU | supernode CPU | supernode RSS | dfdaemons CPU (sum) | dfdaemon CPU (max) | dfdaemon RSS (max) | pull-through CPU | pull-through RSS | clients CPU | from CDN / size | from peers / size |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, s := range r.results {
+		d, p := s.mode == modeDamselfly, s.mode == modePullThrough
+		fmt.Fprintf(&b, "| %s | %d | %.1f s | %s | %s | %s | %s | %s | %s | %s | %.1f s | %s | %s |\n", s.mode, s.n, s.originCPU,
+			secs(s.supernodeCPU, d), mibs(s.supernodeRSS), secs(s.dfdCPUSum, d), secs(s.dfdCPUMax, d), mibs(s.dfdRSSMax),
+			secs(s.cacheCPU, p), mibs(s.cacheRSS), s.benchCPU, ratio(s.fromCDN, r.size, d), ratio(s.fromPeers, r.size, d))
+	}
+	b.WriteString("\n")
+	for _, line := range r.targets() {
+		b.WriteString(strings.TrimSpace(line) + "\n")
+	}
+	return b.String()
+}
