@@ -344,3 +344,53 @@ func TestUsageAndAccessTime(t *testing.T) {
 	require.True(t, info.AccessedAt.After(old.Add(time.Hour)), "ReaderAt touches the access time")
 	require.WithinDuration(t, old, info.CreatedAt, time.Second, "and keeps the creation time")
 }
+
+// TestWriteBehind writes more than writebackEvery, out of order and
+// concurrently, so that writeback starts while pieces are still written and
+// hashed: the committed blob is exactly the bytes, and a writer closed while
+// its writeback may still be starting leaves nothing behind.
+func TestWriteBehind(t *testing.T) {
+	t.Parallel()
+	const pieceSize = 1 << 20
+	pieces := writebackEvery/pieceSize + 8
+	data := randomBytes(t, pieces*pieceSize-5)
+	d := digest.FromBytes(data)
+	root := t.TempDir()
+	s := newStore(t, root)
+	ctx := t.Context()
+
+	w, err := s.Writer(ctx, "write-behind")
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	errs := make(chan error, pieces)
+	for _, i := range mrand.Perm(pieces) {
+		wg.Go(func() {
+			off := i * pieceSize
+			if _, err := w.WriteAt(data[off:min(off+pieceSize, len(data))], int64(off)); err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	require.NoError(t, w.Commit(ctx, int64(len(data)), d))
+	require.NoError(t, w.Close())
+	ra, err := s.ReaderAt(ctx, d)
+	require.NoError(t, err)
+	got := make([]byte, len(data))
+	_, err = ra.ReadAt(got, 0)
+	require.NoError(t, err)
+	require.NoError(t, ra.Close())
+	require.Equal(t, d, digest.FromBytes(got))
+
+	aborted, err := s.Writer(ctx, "write-behind-aborted")
+	require.NoError(t, err)
+	_, err = aborted.Write(data[:writebackEvery+1])
+	require.NoError(t, err)
+	require.NoError(t, aborted.Close())
+	_, err = s.Status(ctx, "write-behind-aborted")
+	require.ErrorIs(t, err, content.ErrNotFound)
+}

@@ -21,6 +21,12 @@ import (
 	"github.com/damselfly/damselfly/pkg/content"
 )
 
+// writebackEvery is how many bytes an ingest takes before the kernel is
+// asked to start writing them to disk. Without it a large ingest stays dirty
+// in the page cache until Commit's fsync, which then writes it all while
+// the last readers wait.
+const writebackEvery = 32 << 20
+
 // hashReadBuf is the buffer size used to read back written ranges that the
 // growing hashed prefix reaches.
 const hashReadBuf = 256 << 10
@@ -50,6 +56,11 @@ type writer struct {
 	// advanceHash's look after it released hashMu.
 	hashedAt   atomic.Int64
 	hashFailed atomic.Bool
+
+	// dirty counts the bytes written since writeback was last started;
+	// writingBack is set while a goroutine starts it.
+	dirty       atomic.Int64
+	writingBack atomic.Bool
 
 	mu        sync.Mutex
 	spans     []span // written ranges: sorted, disjoint, not adjacent
@@ -129,11 +140,26 @@ func (w *writer) WriteAt(p []byte, off int64) (int, error) {
 		w.updatedAt = time.Now()
 		w.mu.Unlock()
 		w.advanceHash(p[:n], off)
+		w.writeBehind(int64(n))
 	}
 	if err != nil {
 		return n, fmt.Errorf("ingest %s: write: %w", w.ref, err)
 	}
 	return n, nil
+}
+
+// writeBehind starts writeback of the file, on another goroutine, once
+// writebackEvery bytes have been written since the last time.
+func (w *writer) writeBehind(n int64) {
+	if w.dirty.Add(n) < writebackEvery || !w.writingBack.CompareAndSwap(false, true) {
+		return
+	}
+	w.dirty.Store(0)
+	go func() {
+		defer w.writingBack.Store(false)
+		// A file closed meanwhile fails here, harmlessly.
+		_ = startWriteback(w.file)
+	}()
 }
 
 // advanceHash extends the hashed prefix as far as the written ranges allow.
