@@ -10,15 +10,15 @@
 //   - 6000x1g: a 1 GB file to 6,000 peers at 10 Gb/s each;
 //   - custom: what the flags below say.
 //
-// The presets use 128 MiB pieces to keep each run under about a minute
-// (-piece-size auto gives the supernode's own, 4 MiB, at a far higher cost).
-// The flags -peers, -size, -piece-size, -peer-rate, -cdn-rate,
-// -origin-rate, -concurrency, -peer-slots and -cdn-slots override the
-// chosen scenarios. Sizes take B, KB, MB, GB (powers of 1000) or KiB, MiB,
-// GiB; rates are sizes per second (MB/s) or bits per second (Gb/s, Mb/s).
+// The presets use the supernode's own piece size (piece.SizeFor: 4 MiB) and
+// 0.25 ms one-way latency (a 0.5 ms round trip, one datacenter). The flags
+// -peers, -size, -piece-size, -peer-rate, -cdn-rate, -origin-rate,
+// -concurrency, -peer-slots, -cdn-slots and -latency override the chosen
+// scenarios. Sizes take B, KB, MB, GB (powers of 1000) or KiB, MiB, GiB;
+// rates are sizes per second (MB/s) or bits per second (Gb/s, Mb/s).
 //
 //	go run ./hack/sim
-//	go run ./hack/sim -scenario kraken -peers 100 -piece-size auto
+//	go run ./hack/sim -scenario kraken -peers 100 -latency 1ms
 package main
 
 import (
@@ -48,21 +48,20 @@ type named struct {
 	sc   simulate.Scenario
 }
 
+// presetLatency is the presets' one-way latency.
+const presetLatency = 250 * time.Microsecond
+
 func presets() []named {
 	return []named{
-		// Both presets use 128 MiB pieces, not piece.SizeFor's 4 MiB: the
-		// scheduler's cost per event grows with pieces x peers^2 (see
-		// docs/benchmarks.md), and at 4 MiB a run would take hours.
-		// -piece-size auto restores the supernode's piece size.
 		{"kraken", simulate.Scenario{
-			Size: 3e9, PieceSize: 128 << 20, Peers: 2600,
+			Size: 3e9, Peers: 2600,
 			PeerUpload: 300e6, PeerDownload: 300e6,
-			CDNUpload: 1.25e9, OriginRate: 1.25e9,
+			CDNUpload: 1.25e9, OriginRate: 1.25e9, Latency: presetLatency,
 		}},
 		{"6000x1g", simulate.Scenario{
-			Size: 1e9, PieceSize: 128 << 20, Peers: 6000,
+			Size: 1e9, Peers: 6000,
 			PeerUpload: 1.25e9, PeerDownload: 1.25e9,
-			CDNUpload: 1.25e9, OriginRate: 1.25e9,
+			CDNUpload: 1.25e9, OriginRate: 1.25e9, Latency: presetLatency,
 		}},
 	}
 }
@@ -72,13 +71,14 @@ func run(args []string) error {
 	which := fs.String("scenario", "all", "scenarios to run: kraken, 6000x1g, custom, or all (kraken and 6000x1g)")
 	peers := fs.Int("peers", 0, "number of peers")
 	size := fs.String("size", "", "task size, e.g. 3GB")
-	pieceSize := fs.String("piece-size", "", "piece size, or auto for piece.SizeFor(size) as the supernode picks (default: 128MiB for the presets, auto for custom)")
+	pieceSize := fs.String("piece-size", "", "piece size, or auto for piece.SizeFor(size) as the supernode picks (the default)")
 	peerRate := fs.String("peer-rate", "", "upload and download rate of every peer, e.g. 300MB/s or 10Gb/s")
 	cdnRate := fs.String("cdn-rate", "", "upload rate of the CDN (default 10Gb/s)")
 	originRate := fs.String("origin-rate", "", "rate at which the origin feeds the CDN (default 10Gb/s)")
 	conc := fs.Int("concurrency", 0, "pieces each peer keeps in flight (default 8)")
 	peerSlots := fs.Int("peer-slots", 0, "scheduler peerUploadSlots (default 4)")
 	cdnSlots := fs.Int("cdn-slots", 0, "scheduler cdnUploadSlots (default 16)")
+	latency := fs.Duration("latency", -1, "one-way latency of polls, reports, answers and transfer requests (default 0.25ms for the presets, 0 for custom)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the runs to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -146,22 +146,25 @@ func run(args []string) error {
 		if err := setRate(&sc.OriginRate, *originRate); err != nil {
 			return fmt.Errorf("-origin-rate: %w", err)
 		}
+		if *latency >= 0 {
+			sc.Latency = *latency
+		}
 		sc.Concurrency = *conc
 		sc.Scheduler = scheduler.Config{PeerUploadSlots: *peerSlots, CDNUploadSlots: *cdnSlots}
 	}
 
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tpeers\tsize\tpieces\tpeer rate\tideal\tp50\tp99\tmax\tp50/ideal\tp99/ideal\torigin/size\tcdn/size\ttransfers\tsim time\twall\t")
+	fmt.Fprintln(tw, "scenario\tpeers\tsize\tpieces\tpeer rate\tlatency\tideal\tp50\tp90\tp99\tmax\tp50/ideal\tp99/ideal\tmax/ideal\torigin/size\tcdn/size\ttransfers\tsim time\twall\t")
 	for _, r := range runs {
 		res, err := simulate.Run(r.sc)
 		if err != nil {
 			return fmt.Errorf("%s: %w", r.name, err)
 		}
 		s := float64(r.sc.Size)
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%d x %s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.2f\t%.2f\t%.2f\t%d\t%s\t%s\t\n",
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d x %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%d\t%s\t%s\t\n",
 			r.name, res.Peers, human(r.sc.Size), res.Pieces, human(res.PieceSize), human(int64(r.sc.PeerDownload))+"/s",
-			secs(res.Ideal), secs(res.P50), secs(res.P99), secs(res.Max),
-			res.P50.Seconds()/res.Ideal.Seconds(), res.P99.Seconds()/res.Ideal.Seconds(),
+			r.sc.Latency, secs(res.Ideal), secs(res.P50), secs(res.P90), secs(res.P99), secs(res.Max),
+			res.P50.Seconds()/res.Ideal.Seconds(), res.P99.Seconds()/res.Ideal.Seconds(), res.Max.Seconds()/res.Ideal.Seconds(),
 			float64(res.OriginBytes)/s, float64(res.CDNBytes)/s, res.Transfers,
 			secs(res.SimTime), res.Wall.Round(10*time.Millisecond))
 		if err := tw.Flush(); err != nil {

@@ -9,23 +9,25 @@
 //     is published to the scheduler when it is stored, and the task succeeds
 //     after the last one;
 //   - every peer joins at time zero and keeps up to Concurrency pieces in
-//     flight: whenever it has a free slot and no poll waiting, it polls the
+//     flight: whenever it has a free slot and no poll out, it polls the
 //     scheduler for as many assignments as it has free slots; a poll that
 //     gets nothing waits (parked, as in the real scheduler) until a change
 //     lets the scheduler answer it;
+//   - a poll, a report and an answer each take Latency to arrive; a
+//     transfer's first byte arrives a round trip (2 x Latency) after its
+//     assignment;
 //   - a transfer's rate is min(source upload / source's active uploads,
 //     sink download / sink's active downloads), recomputed for every
 //     transfer of the source and of the sink whenever a transfer starts or
 //     ends. Bandwidth one transfer cannot use is not redistributed (no
 //     max-min fairness), so the model errs on the slow side;
 //   - the CDN uploads at CDNUpload shared the same way (its slot count is
-//     the scheduler's CDNUploadSlots); latency, protocol overhead, disk,
-//     failures, peer churn and the scheduler's own run time are not
-//     modelled, nor are expiry and assignment timeouts.
+//     the scheduler's CDNUploadSlots); TCP dynamics, protocol overhead,
+//     disk, CPU, failures, peer churn and the scheduler's own run time are
+//     not modelled, nor are expiry and assignment timeouts.
 package simulate
 
 import (
-	"container/heap"
 	"errors"
 	"fmt"
 	"math"
@@ -55,6 +57,11 @@ type Scenario struct {
 	CDNUpload, OriginRate float64
 	// Concurrency is the number of pieces a peer keeps in flight; 0 means 8.
 	Concurrency int
+	// Latency is the one-way latency between any two nodes: a poll or a
+	// report reaches the scheduler, an answer reaches its peer, one latency
+	// after it was sent, and a transfer's first byte arrives a round trip
+	// after its assignment did.
+	Latency time.Duration
 	// Scheduler configures the scheduler under test (defaults applied).
 	Scheduler scheduler.Config
 	// MaxEvents bounds the run; 0 means 50 times the transfers needed.
@@ -65,9 +72,9 @@ type Scenario struct {
 type Result struct {
 	Peers, Pieces int
 	PieceSize     int64
-	// P50, P99 and Max are the completion times of the peers (nearest
+	// P50, P90, P99 and Max are the completion times of the peers (nearest
 	// rank), Ideal is Size / PeerDownload.
-	P50, P99, Max, Ideal time.Duration
+	P50, P90, P99, Max, Ideal time.Duration
 	// OriginBytes, CDNBytes and PeerBytes are the bytes the origin, the
 	// CDN and the peers uploaded.
 	OriginBytes, CDNBytes, PeerBytes int64
@@ -94,11 +101,15 @@ type node struct {
 	uploads  []*transfer
 	// downloads are the transfers this node receives.
 	downloads []*transfer
-	have      int
-	done      bool
-	doneAt    float64
-	// parked is the max of the poll waiting for an answer, 0 when none.
-	parked int
+	// pending counts the assignments received whose transfer has not
+	// started yet.
+	pending int
+	have    int
+	done    bool
+	doneAt  float64
+	// polling is set while the node's poll is on its way, parked in the
+	// scheduler, or its answer on the way back.
+	polling bool
 }
 
 type transfer struct {
@@ -108,43 +119,115 @@ type transfer struct {
 	remaining float64
 	rate      float64
 	last      float64
-	version   int
+	// done is the transfer's completion event, kept in the queue and moved
+	// whenever the transfer is re-rated.
+	done *event
 }
+
+// Event kinds.
+const (
+	evPublish  = iota // the origin delivered piece to the CDN
+	evComplete        // transfer x delivered its last byte
+	evPoll            // n's poll reaches the scheduler
+	evAnswer          // an answer (as) reaches n
+	evStart           // the first byte of assignment a reaches n
+	evReport          // n's report of res reaches the scheduler
+)
 
 type event struct {
-	at      float64
-	seq     int
-	publish int // piece to publish, or -1
-	x       *transfer
-	version int
+	at   float64
+	seq  int
+	kind int
+	// idx is the event's place in the queue.
+	idx   int
+	piece int
+	n     *node
+	x     *transfer
+	as    []schedapi.Assignment
+	a     schedapi.Assignment
+	res   schedapi.PieceResult
 }
 
-type queue []event
+// queue is a binary heap of events by time, then by scheduling order; an
+// event knows its place so that it can be moved.
+type queue []*event
 
-func (q queue) Len() int { return len(q) }
-func (q queue) Less(i, j int) bool {
+func (q queue) less(i, j int) bool {
 	if q[i].at != q[j].at {
 		return q[i].at < q[j].at
 	}
 	return q[i].seq < q[j].seq
 }
-func (q queue) Swap(i, j int) { q[i], q[j] = q[j], q[i] }
-func (q *queue) Push(x any)   { *q = append(*q, x.(event)) }
-func (q *queue) Pop() any     { old := *q; e := old[len(old)-1]; *q = old[:len(old)-1]; return e }
-func (q *queue) add(e event)  { heap.Push(q, e) }
-func (q *queue) next() event  { return heap.Pop(q).(event) }
-func (q queue) empty() bool   { return len(q) == 0 }
-func (r *sim) push(e event)   { r.seq++; e.seq = r.seq; r.q.add(e) }
 
-func (r *sim) pending() []answer {
-	a := r.answers
-	r.answers = nil
-	return a
+func (q queue) swap(i, j int) {
+	q[i], q[j] = q[j], q[i]
+	q[i].idx, q[j].idx = i, j
 }
 
-type answer struct {
-	peer string
-	resp schedapi.PiecesResponse
+func (q queue) up(i int) {
+	for i > 0 {
+		p := (i - 1) / 2
+		if !q.less(i, p) {
+			return
+		}
+		q.swap(i, p)
+		i = p
+	}
+}
+
+func (q queue) down(i int) bool {
+	start := i
+	for {
+		l := 2*i + 1
+		if l >= len(q) {
+			break
+		}
+		c := l
+		if r := l + 1; r < len(q) && q.less(r, l) {
+			c = r
+		}
+		if !q.less(c, i) {
+			break
+		}
+		q.swap(i, c)
+		i = c
+	}
+	return i > start
+}
+
+func (q *queue) add(e *event) {
+	e.idx = len(*q)
+	*q = append(*q, e)
+	q.up(e.idx)
+}
+
+func (q *queue) next() *event {
+	old := *q
+	e := old[0]
+	last := len(old) - 1
+	old.swap(0, last)
+	old[last] = nil
+	*q = old[:last]
+	q.down(0)
+	e.idx = -1
+	return e
+}
+
+// move re-sorts e after its time changed.
+func (q queue) move(e *event) {
+	if !q.down(e.idx) {
+		q.up(e.idx)
+	}
+}
+
+func (q queue) empty() bool { return len(q) == 0 }
+
+// push schedules e at its time, after every event already scheduled for
+// that time.
+func (r *sim) push(e *event) {
+	r.seq++
+	e.seq = r.seq
+	r.q.add(e)
 }
 
 type sim struct {
@@ -159,9 +242,10 @@ type sim struct {
 	byID      map[string]*node
 	count     int
 	pieceSize int64
-	answers   []answer
-	res       Result
-	left      int
+	// lat is the one-way latency in seconds.
+	lat  float64
+	res  Result
+	left int
 }
 
 // Run simulates sc and returns what it measured.
@@ -176,7 +260,7 @@ func Run(sc Scenario) (Result, error) {
 	if sc.PieceSize <= 0 {
 		sc.PieceSize = piece.SizeFor(sc.Size)
 	}
-	r := &sim{sc: sc, base: time.Unix(0, 0), byID: make(map[string]*node), pieceSize: sc.PieceSize}
+	r := &sim{sc: sc, base: time.Unix(0, 0), byID: make(map[string]*node), pieceSize: sc.PieceSize, lat: sc.Latency.Seconds()}
 	r.count = piece.Count(sc.Size, sc.PieceSize)
 	if sc.MaxEvents <= 0 {
 		sc.MaxEvents = 50 * (sc.Peers + 1) * (r.count + 1)
@@ -184,7 +268,8 @@ func Run(sc Scenario) (Result, error) {
 	st, err := scheduler.NewSimState(sc.Scheduler, schedapi.Peer{ID: cdnID, Addr: "10.255.255.254:65001"},
 		func() time.Time { return r.base.Add(time.Duration(r.now * float64(time.Second))) },
 		func(peerID string, resp schedapi.PiecesResponse) {
-			r.answers = append(r.answers, answer{peer: peerID, resp: resp})
+			// A parked poll was answered: the answer travels back.
+			r.push(&event{at: r.now + r.lat, kind: evAnswer, n: r.byID[peerID], as: resp.Assignments})
 		})
 	if err != nil {
 		return Result{}, fmt.Errorf("simulate: %w", err)
@@ -207,13 +292,14 @@ func Run(sc Scenario) (Result, error) {
 	r.left = sc.Peers
 	// The origin feeds the CDN piece after piece.
 	for i := range r.count {
-		_, n := piece.Bounds(i, sc.Size, sc.PieceSize)
-		off, _ := piece.Bounds(i, sc.Size, sc.PieceSize)
-		r.push(event{at: float64(off+n) / sc.OriginRate, publish: i})
+		off, n := piece.Bounds(i, sc.Size, sc.PieceSize)
+		r.push(&event{at: float64(off+n) / sc.OriginRate, kind: evPublish, piece: i})
 	}
 	r.res.OriginBytes = sc.Size
-	if err := r.drive(slices.Clone(r.peers)...); err != nil {
-		return Result{}, err
+	// Every peer polls at once; its poll reaches the scheduler one
+	// latency later.
+	for _, n := range r.peers {
+		r.poll(n)
 	}
 	for r.left > 0 {
 		if r.q.empty() {
@@ -223,15 +309,23 @@ func Run(sc Scenario) (Result, error) {
 			return Result{}, fmt.Errorf("simulate: more than %d events", sc.MaxEvents)
 		}
 		e := r.q.next()
-		if e.publish < 0 && e.version != e.x.version {
-			continue // the transfer was re-rated since
-		}
 		r.res.Events++
 		r.now = e.at
-		if e.publish >= 0 {
-			err = r.publish(e.publish)
-		} else {
+		switch e.kind {
+		case evPublish:
+			err = r.publish(e.piece)
+		case evComplete:
 			err = r.complete(e.x)
+		case evPoll:
+			err = r.arrive(e.n)
+		case evAnswer:
+			err = r.answer(e.n, e.as)
+		case evStart:
+			err = r.start(e.n, e.a)
+		case evReport:
+			if err = r.st.Report(taskID, e.n.id, []schedapi.PieceResult{e.res}); err != nil {
+				err = fmt.Errorf("simulate: report of %s: %w", e.n.id, err)
+			}
 		}
 		if err != nil {
 			return Result{}, err
@@ -250,63 +344,70 @@ func (r *sim) publish(i int) error {
 			return fmt.Errorf("simulate: %w", err)
 		}
 	}
-	return r.drive()
+	return nil
 }
 
-// drive starts the transfers of every answered poll and has the given peers,
-// and every peer whose poll was answered, poll again for their free slots,
-// until nothing is left to do.
-func (r *sim) drive(poll ...*node) error {
-	for {
-		for _, a := range r.pending() {
-			n := r.byID[a.peer]
-			n.parked = 0
-			if err := r.start(n, a.resp.Assignments); err != nil {
-				return err
-			}
-			poll = append(poll, n)
-		}
-		if len(poll) == 0 {
-			return nil
-		}
-		n := poll[0]
-		poll = poll[1:]
-		free := r.sc.Concurrency - len(n.downloads)
-		if n.done || free <= 0 || n.parked > 0 {
-			continue
-		}
-		resp, ok, err := r.st.Poll(taskID, n.id, free)
-		if err != nil {
-			return fmt.Errorf("simulate: poll of %s: %w", n.id, err)
-		}
-		if !ok {
-			n.parked = free
-			continue
-		}
-		n.parked = 0
-		if err := r.start(n, resp.Assignments); err != nil {
-			return err
-		}
-		if len(resp.Assignments) > 0 {
-			poll = append(poll, n)
-		}
+// poll sends n's poll for its free download slots, unless it has one out
+// already, is done, or has no free slot.
+func (r *sim) poll(n *node) {
+	if n.done || n.polling || r.sc.Concurrency-len(n.downloads)-n.pending <= 0 {
+		return
 	}
+	n.polling = true
+	r.push(&event{at: r.now + r.lat, kind: evPoll, n: n})
 }
 
-// start begins the transfers of the assignments n was given.
-func (r *sim) start(n *node, as []schedapi.Assignment) error {
+// arrive has the scheduler take n's poll: answered at once, the answer
+// travels back; otherwise it is parked until a change answers it.
+func (r *sim) arrive(n *node) error {
+	free := r.sc.Concurrency - len(n.downloads) - n.pending
+	if n.done || free <= 0 {
+		n.polling = false
+		return nil
+	}
+	resp, ok, err := r.st.Poll(taskID, n.id, free)
+	if err != nil {
+		return fmt.Errorf("simulate: poll of %s: %w", n.id, err)
+	}
+	if ok {
+		r.push(&event{at: r.now + r.lat, kind: evAnswer, n: n, as: resp.Assignments})
+	}
+	return nil
+}
+
+// answer hands n its assignments: each transfer starts a round trip later
+// (the request to the source, the first byte back), and n polls again for
+// what slots it has left.
+func (r *sim) answer(n *node, as []schedapi.Assignment) error {
+	n.polling = false
 	for _, a := range as {
 		src := r.byID[a.From.ID]
 		if src == nil || src == n {
 			return fmt.Errorf("simulate: %s assigned piece %d from %q", n.id, a.Piece, a.From.ID)
 		}
-		x := &transfer{piece: a.Piece, length: a.Length, from: src, to: n, remaining: float64(a.Length), last: r.now}
-		affected := r.settle(src, n)
-		src.uploads = append(src.uploads, x)
-		n.downloads = append(n.downloads, x)
-		r.rerate(append(affected, x))
-		r.res.Transfers++
+		n.pending++
+		if r.lat == 0 {
+			if err := r.start(n, a); err != nil {
+				return err
+			}
+			continue
+		}
+		r.push(&event{at: r.now + 2*r.lat, kind: evStart, n: n, a: a})
 	}
+	r.poll(n)
+	return nil
+}
+
+// start begins the transfer of assignment a to n.
+func (r *sim) start(n *node, a schedapi.Assignment) error {
+	n.pending--
+	src := r.byID[a.From.ID]
+	x := &transfer{piece: a.Piece, length: a.Length, from: src, to: n, remaining: float64(a.Length), last: r.now}
+	affected := r.settle(src, n)
+	src.uploads = append(src.uploads, x)
+	n.downloads = append(n.downloads, x)
+	r.rerate(append(affected, x))
+	r.res.Transfers++
 	return nil
 }
 
@@ -330,15 +431,25 @@ func (r *sim) settle(a, b *node) []*transfer {
 	return out
 }
 
-// rerate recomputes the rate of each transfer and schedules its completion.
+// rerate recomputes the rate of each transfer and moves its completion.
 func (r *sim) rerate(xs []*transfer) {
 	for _, x := range xs {
 		x.rate = min(x.from.up/float64(len(x.from.uploads)), x.to.down/float64(len(x.to.downloads)))
-		x.version++
-		r.push(event{at: r.now + max(x.remaining, 0)/x.rate, publish: -1, x: x, version: x.version})
+		at := r.now + max(x.remaining, 0)/x.rate
+		if x.done == nil {
+			x.done = &event{kind: evComplete, x: x}
+			x.done.at = at
+			r.push(x.done)
+			continue
+		}
+		r.seq++
+		x.done.at, x.done.seq = at, r.seq
+		r.q.move(x.done)
 	}
 }
 
+// complete ends transfer x: n reports the piece, which reaches the
+// scheduler one latency later, and polls for the freed slot.
 func (r *sim) complete(x *transfer) error {
 	src, n := x.from, x.to
 	affected := r.settle(src, n)
@@ -359,10 +470,16 @@ func (r *sim) complete(x *transfer) error {
 		n.done, n.doneAt = true, r.now
 		r.left--
 	}
-	if err := r.st.Report(taskID, n.id, []schedapi.PieceResult{{Piece: x.piece, From: src.id, OK: true, Bytes: x.length}}); err != nil {
-		return fmt.Errorf("simulate: report of %s: %w", n.id, err)
+	res := schedapi.PieceResult{Piece: x.piece, From: src.id, OK: true, Bytes: x.length}
+	if r.lat == 0 {
+		if err := r.st.Report(taskID, n.id, []schedapi.PieceResult{res}); err != nil {
+			return fmt.Errorf("simulate: report of %s: %w", n.id, err)
+		}
+	} else {
+		r.push(&event{at: r.now + r.lat, kind: evReport, n: n, res: res})
 	}
-	return r.drive(n)
+	r.poll(n)
+	return nil
 }
 
 func remove(xs []*transfer, x *transfer) []*transfer {
@@ -387,7 +504,7 @@ func (r *sim) finish(start time.Time) {
 		return times[max(i, 0)]
 	}
 	r.res.Peers, r.res.Pieces, r.res.PieceSize = len(r.peers), r.count, r.pieceSize
-	r.res.P50, r.res.P99, r.res.Max = d(rank(0.50)), d(rank(0.99)), d(times[len(times)-1])
+	r.res.P50, r.res.P90, r.res.P99, r.res.Max = d(rank(0.50)), d(rank(0.90)), d(rank(0.99)), d(times[len(times)-1])
 	r.res.Ideal = d(float64(r.sc.Size) / r.sc.PeerDownload)
 	r.res.SimTime = d(r.now)
 	r.res.Wall = time.Since(start)

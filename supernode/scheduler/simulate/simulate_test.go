@@ -121,3 +121,16 @@ func TestDeterministic(t *testing.T) {
 	a.Wall, b.Wall = 0, 0
 	require.Equal(t, a, b)
 }
+
+// TestLatency: with 10 ms one-way latency the poll reaches the scheduler at
+// 10 ms, its answer the peer at 20 ms, the first byte arrives a round trip
+// later (40 ms), and the 1 s transfer ends at 1.04 s.
+func TestLatency(t *testing.T) {
+	t.Parallel()
+	res, err := Run(Scenario{
+		Size: 100, PieceSize: 100, Peers: 1, Latency: 10 * time.Millisecond,
+		PeerUpload: 100, PeerDownload: 100, CDNUpload: 1000, OriginRate: 1e9,
+	})
+	require.NoError(t, err)
+	within(t, 1.04, res.Max, "max")
+}
