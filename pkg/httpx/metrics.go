@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -81,6 +83,43 @@ var knownMethods = map[string]bool{
 	http.MethodOptions: true, http.MethodTrace: true,
 }
 
+// codeCounters are the request counters of one handler, by method and
+// status, bound on first use and then read without a lock or a label
+// lookup: a copy-on-write map.
+type codeCounters struct {
+	vec     *prometheus.CounterVec
+	handler string
+	mu      sync.Mutex // serialises additions
+	m       atomic.Pointer[map[string]prometheus.Counter]
+}
+
+// counter returns the counter of method (unknown methods count as OTHER)
+// and status.
+func (c *codeCounters) counter(method string, status int) prometheus.Counter {
+	if !knownMethods[method] {
+		method = "OTHER"
+	}
+	var buf [24]byte
+	key := strconv.AppendInt(append(append(buf[:0], method...), ' '), int64(status), 10)
+	if m := c.m.Load(); m != nil {
+		if ctr, ok := (*m)[string(key)]; ok {
+			return ctr
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	next := map[string]prometheus.Counter{}
+	if m := c.m.Load(); m != nil {
+		for k, v := range *m {
+			next[k] = v
+		}
+	}
+	ctr := c.vec.WithLabelValues(c.handler, method, strconv.Itoa(status))
+	next[string(key)] = ctr
+	c.m.Store(&next)
+	return ctr
+}
+
 // Instrument wraps h so that every request is counted and timed under the
 // handler label, and logged at debug level by log (nil: not logged). The log
 // line carries the method, path, status, bytes and duration, never headers
@@ -89,6 +128,17 @@ var knownMethods = map[string]bool{
 func (m *Metrics) Instrument(handler string, h http.Handler, log *zap.Logger) http.Handler {
 	if log == nil {
 		log = zap.NewNop()
+	}
+	// The handler's children are bound once: a request looks no label up.
+	var (
+		codes    *codeCounters
+		duration prometheus.Observer
+		written  prometheus.Counter
+	)
+	if m != nil {
+		codes = &codeCounters{vec: m.requests, handler: handler}
+		duration = m.duration.WithLabelValues(handler)
+		written = m.bytes.WithLabelValues(handler)
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
@@ -102,13 +152,9 @@ func (m *Metrics) Instrument(handler string, h http.Handler, log *zap.Logger) ht
 			}
 			d := time.Since(start)
 			if m != nil {
-				method := r.Method
-				if !knownMethods[method] {
-					method = "OTHER"
-				}
-				m.requests.WithLabelValues(handler, method, strconv.Itoa(status)).Inc()
-				m.duration.WithLabelValues(handler).Observe(d.Seconds())
-				m.bytes.WithLabelValues(handler).Add(float64(rec.bytes))
+				codes.counter(r.Method, status).Inc()
+				duration.Observe(d.Seconds())
+				written.Add(float64(rec.bytes))
 			}
 			if ce := log.Check(zap.DebugLevel, "http request"); ce != nil {
 				ce.Write(

@@ -2,6 +2,7 @@ package server
 
 import (
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/manifestcache"
 	"github.com/damselfly/damselfly/pkg/registrytest"
+	"github.com/damselfly/damselfly/pkg/source/registrysource"
 )
 
 // checkManifestPath compares manifestPath with distribution's router on p:
@@ -142,4 +144,39 @@ func TestManifestChallenge(t *testing.T) {
 			}
 		}
 	}
+}
+
+// discard is a minimal http.ResponseWriter, so that the benchmark measures
+// the handler and not a recorder.
+type discard struct {
+	h      http.Header
+	status int
+}
+
+func (d *discard) Header() http.Header         { return d.h }
+func (d *discard) WriteHeader(code int)        { d.status = code }
+func (d *discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// BenchmarkManifestHit is the handler's own cost of a cache hit by tag,
+// without net/http: go test -run X -bench ManifestHit -benchmem.
+func BenchmarkManifestHit(b *testing.B) {
+	reg := registrytest.New(b)
+	_, err := reg.PushRandomImage(b.Context(), "library/app", "1", 100)
+	require.NoError(b, err)
+	c, err := manifestcache.New(manifestcache.Config{}, registrysource.New())
+	require.NoError(b, err)
+	s, err := New(c, reg.URL)
+	require.NoError(b, err)
+	req := httptest.NewRequestWithContext(b.Context(), http.MethodGet, "/v2/library/app/manifests/1", nil)
+	req.Header.Set("Accept", "application/vnd.docker.distribution.manifest.v2+json")
+	w := &discard{h: http.Header{}}
+	s.ServeHTTP(w, req)
+	require.Equal(b, http.StatusOK, w.status)
+	b.ReportAllocs()
+	for b.Loop() {
+		w.status = 0
+		clear(w.h)
+		s.ServeHTTP(w, req)
+	}
+	require.Equal(b, http.StatusOK, w.status)
 }
