@@ -57,7 +57,7 @@ e2e: ## Real dockerd, containerd, crane and skopeo pull through dfdaemon (root; 
 	./hack/e2e-runtimes.sh
 
 .PHONY: bench
-bench: build ## Benchmark N dfget peers vs N direct downloads from a throttled origin (see docs/benchmarks.md)
+bench: build ## Swarm suite: an image pulled on N nodes direct, via a pull-through cache and via dfdaemons (BENCH_FLAGS, see docs/benchmarks.md)
 	$(GO) run ./hack/bench $(BENCH_FLAGS)
 
 .PHONY: sim

@@ -17,7 +17,7 @@
 //     concurrent clients and prints requests/s, latency percentiles and how
 //     many requests reached the upstream (manifests.go).
 //
-//     go run ./hack/bench -n 1,4,16 -layers 24,12,8,4 -rate 8M
+//     go run ./hack/bench -n 1,4,16 -layers 24,12,8,4 -rate 8M -chart docs/bench-swarm.png
 //     go run ./hack/bench -mode stream -size 1024 -rounds 3
 //     go run ./hack/bench -mode manifests -clients 200 -duration 10s
 //
@@ -56,8 +56,11 @@ type options struct {
 	ns          []int
 	layersMiB   []int
 	rate        ratelimit.Rate // per node, both directions
+	uploadRate  ratelimit.Rate // dfdaemons' upload; -1: the per-node rate
 	originRate  ratelimit.Rate // 0: the per-node rate
 	modes       []string
+	snConfig    string
+	dfdConfig   string
 	parallel    int
 	markdown    string
 	chart       string
@@ -79,21 +82,22 @@ type options struct {
 }
 
 func run() error {
-	o := options{ns: []int{1, 2, 4, 8, 16}, layersMiB: []int{16, 8, 4, 4}, rate: 8 << 20, modes: allModes()}
+	o := options{ns: []int{1, 4, 16}, layersMiB: []int{24, 12, 8, 4}, rate: 8 << 20, uploadRate: -1, modes: allModes()}
 	flag.StringVar(&o.mode, "mode", "swarm", "what to measure: swarm (image pulls on N nodes: direct, pull-through cache, dfdaemon), stream (one pull through dfdaemon vs direct) or manifests (manifest GETs through registry-cache)")
 	flag.StringVar(&o.binDir, "bin", "bin", "directory holding the supernode, dfget, dfdaemon and registry-cache binaries")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory")
-	flag.Func("n", "swarm: comma-separated node counts to sweep (default 1,2,4,8,16)", func(s string) error {
+	flag.Func("n", "swarm: comma-separated node counts to sweep (default 1,4,16)", func(s string) error {
 		v, err := parseInts(s)
 		o.ns = v
 		return err
 	})
-	flag.Func("layers", "swarm: comma-separated layer sizes of the image in MiB (default 16,8,4,4)", func(s string) error {
+	flag.Func("layers", "swarm: comma-separated layer sizes of the image in MiB (default 24,12,8,4)", func(s string) error {
 		v, err := parseInts(s)
 		o.layersMiB = v
 		return err
 	})
 	flag.Var(&o.rate, "rate", "swarm: per-node bandwidth in bytes/s (K, M, G suffixes): each dfdaemon's download and upload limit, and each direct or pull-through client's download limit (default 8M)")
+	flag.Var(&o.uploadRate, "upload-rate", "swarm: the dfdaemons' upload limit, for experiments (default: -rate; 0: unlimited)")
 	flag.Var(&o.originRate, "origin-rate", "swarm: the origin's egress limit, shared by all its connections (default: -rate)")
 	flag.Func("modes", "swarm: comma-separated modes to run: "+strings.Join(allModes(), ","), func(s string) error {
 		o.modes = nil
@@ -104,6 +108,8 @@ func run() error {
 		}
 		return nil
 	})
+	flag.StringVar(&o.snConfig, "supernode-config", "", "swarm: YAML `file` passed to the supernode's --config, for experiments with its scheduler (see docs/supernode.yaml)")
+	flag.StringVar(&o.dfdConfig, "dfdaemon-config", "", "swarm: YAML `file` passed to every dfdaemon's --config, for experiments with the peer engine (see docs/dfdaemon.yaml); the suite's flags override it")
 	flag.IntVar(&o.parallel, "parallel", 3, "swarm: blobs each client downloads at once (docker's default max-concurrent-downloads)")
 	flag.StringVar(&o.markdown, "markdown", "", "swarm: also write the results as Markdown tables to `file`")
 	flag.StringVar(&o.chart, "chart", "", "swarm: write a PNG chart of p50 and p99 completion time vs N to `file` (e.g. docs/bench-swarm.png)")
@@ -124,6 +130,9 @@ func run() error {
 	}
 	if o.originRate == 0 {
 		o.originRate = o.rate
+	}
+	if o.uploadRate < 0 {
+		o.uploadRate = o.rate
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), o.swarmBudget)

@@ -82,8 +82,8 @@ func runSwarm(ctx context.Context, o options, work string) error {
 	defer org.stop()
 	size := org.info.Size()
 	ideal := float64(size) / float64(o.rate)
-	fmt.Printf("image %s:%s: %d blobs, %.1f MiB; per-node rate %s/s down (and up for dfdaemons), origin egress %s/s; ideal %.2fs\n\n",
-		org.info.Repo, org.info.Tag, len(org.info.Blobs), float64(size)/mib, o.rate, o.originRate, ideal)
+	fmt.Printf("image %s:%s: %d blobs, %.1f MiB; per-node download %s/s, dfdaemon upload %s/s, origin egress %s/s; ideal %.2fs\n\n",
+		org.info.Repo, org.info.Tag, len(org.info.Blobs), float64(size)/mib, o.rate, o.uploadRate, o.originRate, ideal)
 
 	var results []scenario
 	for _, n := range o.ns {
@@ -168,9 +168,12 @@ func runScenario(ctx context.Context, o options, org *origin, dir, mode string, 
 		if snAddr, err = freeAddr(); err != nil {
 			return sc, err
 		}
-		sn, err = startProc(ctx, o, "supernode", "http://"+snAddr+"/healthz",
-			"--listen", snAddr, "--data-dir", filepath.Join(dir, "supernode"),
-			"--admin-token", "bench", "--log-level", "warn", "--source-allow", "127.0.0.1/32")
+		args := []string{"--listen", snAddr, "--data-dir", filepath.Join(dir, "supernode"),
+			"--admin-token", "bench", "--log-level", "warn", "--source-allow", "127.0.0.1/32"}
+		if o.snConfig != "" {
+			args = append(args, "--config", o.snConfig)
+		}
+		sn, err = startProc(ctx, o, "supernode", "http://"+snAddr+"/healthz", args...)
 		if err != nil {
 			return sc, err
 		}
@@ -187,11 +190,14 @@ func runScenario(ctx context.Context, o options, org *origin, dir, mode string, 
 				if err != nil {
 					return err
 				}
-				p, err := startProc(ctx, o, "dfdaemon", "http://"+listen+"/healthz",
-					"--listen", listen, "--peer-listen", peerListen, "--advertise-ip", "127.0.0.1",
+				args := []string{"--listen", listen, "--peer-listen", peerListen, "--advertise-ip", "127.0.0.1",
 					"--node", snAddr, "--registry", org.info.URL, "--data-dir", filepath.Join(dir, fmt.Sprintf("dfdaemon-%d", i)),
 					"--log-level", "warn", "--source-allow", "127.0.0.1/32", "--peer-allow", "127.0.0.1/32",
-					"--download-rate", o.rate.String(), "--upload-rate", o.rate.String())
+					"--download-rate", o.rate.String(), "--upload-rate", o.uploadRate.String()}
+				if o.dfdConfig != "" {
+					args = append(args, "--config", o.dfdConfig)
+				}
+				p, err := startProc(ctx, o, "dfdaemon", "http://"+listen+"/healthz", args...)
 				if err != nil {
 					return err
 				}
@@ -421,7 +427,7 @@ func (r report) writeText(w *os.File) {
 			ratio(s.fromCDN, r.size, s.mode == modeDamselfly), ratio(s.fromPeers, r.size, s.mode == modeDamselfly))
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "\norigin: %.1fs CPU in all, peak RSS %s (it holds nothing in memory; the registry reads its files)\n", r.originCPUTotal, mibs(r.originRSS))
+	fmt.Fprintf(w, "\norigin: %.1fs CPU in all, peak RSS %s (most of it from generating and pushing the image at start)\n", r.originCPUTotal, mibs(r.originRSS))
 	for _, line := range r.targets() {
 		fmt.Fprintln(w, line)
 	}
