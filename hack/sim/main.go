@@ -154,17 +154,17 @@ func run(args []string) error {
 	}
 
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tpeers\tsize\tpieces\tpeer rate\tlatency\tideal\tp50\tp90\tp99\tmax\tp50/ideal\tp99/ideal\tmax/ideal\torigin/size\tcdn/size\ttransfers\tsim time\twall\t")
+	fmt.Fprintln(tw, "scenario\tpeers\tsize\tpieces\tpeer rate\tlatency\tideal\tp50\tp90\tp99\tmax\tp50/ideal\tp99/ideal\tmax/ideal\tstart p99\torigin/size\tcdn/size\ttransfers\tsim time\twall\t")
 	for _, r := range runs {
 		res, err := simulate.Run(r.sc)
 		if err != nil {
 			return fmt.Errorf("%s: %w", r.name, err)
 		}
 		s := float64(r.sc.Size)
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%d x %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%d\t%s\t%s\t\n",
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d x %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.2f\t%.2f\t%s\t%.2f\t%.2f\t%d\t%s\t%s\t\n",
 			r.name, res.Peers, human(r.sc.Size), res.Pieces, human(res.PieceSize), human(int64(r.sc.PeerDownload))+"/s",
 			r.sc.Latency, secs(res.Ideal), secs(res.P50), secs(res.P90), secs(res.P99), secs(res.Max),
-			res.P50.Seconds()/res.Ideal.Seconds(), res.P99.Seconds()/res.Ideal.Seconds(), res.Max.Seconds()/res.Ideal.Seconds(),
+			res.P50.Seconds()/res.Ideal.Seconds(), res.P99.Seconds()/res.Ideal.Seconds(), res.Max.Seconds()/res.Ideal.Seconds(), secs(res.StartP99),
 			float64(res.OriginBytes)/s, float64(res.CDNBytes)/s, res.Transfers,
 			secs(res.SimTime), res.Wall.Round(10*time.Millisecond))
 		if err := tw.Flush(); err != nil {

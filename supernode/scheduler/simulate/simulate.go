@@ -75,6 +75,9 @@ type Result struct {
 	// P50, P90, P99 and Max are the completion times of the peers (nearest
 	// rank), Ideal is Size / PeerDownload.
 	P50, P90, P99, Max, Ideal time.Duration
+	// StartP99 is the time by which 99 % of the peers had their first
+	// transfer under way: the swarm's start-up.
+	StartP99 time.Duration
 	// OriginBytes, CDNBytes and PeerBytes are the bytes the origin, the
 	// CDN and the peers uploaded.
 	OriginBytes, CDNBytes, PeerBytes int64
@@ -107,6 +110,8 @@ type node struct {
 	have    int
 	done    bool
 	doneAt  float64
+	// startAt is when the node's first transfer started, -1 before.
+	startAt float64
 	// polling is set while the node's poll is on its way, parked in the
 	// scheduler, or its answer on the way back.
 	polling bool
@@ -281,7 +286,7 @@ func Run(sc Scenario) (Result, error) {
 	r.cdn = &node{idx: -1, id: cdnID, up: sc.CDNUpload, down: math.Inf(1)}
 	r.byID[cdnID] = r.cdn
 	for i := range sc.Peers {
-		n := &node{idx: i, id: fmt.Sprintf("peer-%05d", i), up: sc.PeerUpload, down: sc.PeerDownload}
+		n := &node{idx: i, id: fmt.Sprintf("peer-%05d", i), up: sc.PeerUpload, down: sc.PeerDownload, startAt: -1}
 		r.peers = append(r.peers, n)
 		r.byID[n.id] = n
 		addr := fmt.Sprintf("10.%d.%d.%d:65001", i>>16&0xff, i>>8&0xff, i&0xff)
@@ -401,6 +406,9 @@ func (r *sim) answer(n *node, as []schedapi.Assignment) error {
 // start begins the transfer of assignment a to n.
 func (r *sim) start(n *node, a schedapi.Assignment) error {
 	n.pending--
+	if n.startAt < 0 {
+		n.startAt = r.now
+	}
 	src := r.byID[a.From.ID]
 	x := &transfer{piece: a.Piece, length: a.Length, from: src, to: n, remaining: float64(a.Length), last: r.now}
 	affected := r.settle(src, n)
@@ -494,15 +502,20 @@ func remove(xs []*transfer, x *transfer) []*transfer {
 
 func (r *sim) finish(start time.Time) {
 	times := make([]float64, 0, len(r.peers))
+	starts := make([]float64, 0, len(r.peers))
 	for _, n := range r.peers {
 		times = append(times, n.doneAt)
+		starts = append(starts, n.startAt)
 	}
 	slices.Sort(times)
+	slices.Sort(starts)
 	d := func(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
-	rank := func(p float64) float64 {
-		i := int(math.Ceil(p*float64(len(times)))) - 1
-		return times[max(i, 0)]
+	rankOf := func(xs []float64, p float64) float64 {
+		i := int(math.Ceil(p*float64(len(xs)))) - 1
+		return xs[max(i, 0)]
 	}
+	rank := func(p float64) float64 { return rankOf(times, p) }
+	r.res.StartP99 = d(rankOf(starts, 0.99))
 	r.res.Peers, r.res.Pieces, r.res.PieceSize = len(r.peers), r.count, r.pieceSize
 	r.res.P50, r.res.P90, r.res.P99, r.res.Max = d(rank(0.50)), d(rank(0.90)), d(rank(0.99)), d(times[len(times)-1])
 	r.res.Ideal = d(float64(r.sc.Size) / r.sc.PeerDownload)
