@@ -103,8 +103,8 @@ type task struct {
 	// upload slot.
 	freeMembers []*member
 	// ch records what changed since the parked polls were last retried,
-	// nil when nothing did.
-	ch *changes
+	// nil when nothing did; spare is the last record, kept for reuse.
+	ch, spare *changes
 	// scratch is the policy's reusable buffer.
 	scratch []uint64
 
@@ -270,7 +270,10 @@ func (st *state) member(taskID, peerID string) (*task, *member, error) {
 // changed returns the change record of t, creating it.
 func (st *state) changed(t *task) *changes {
 	if t.ch == nil {
-		t.ch = &changes{}
+		t.ch, t.spare = t.spare, nil
+		if t.ch == nil {
+			t.ch = &changes{}
+		}
 		st.dirty = append(st.dirty, t)
 	}
 	return t.ch
@@ -833,10 +836,12 @@ func (st *state) flush() {
 		t := st.dirty[k]
 		c := t.ch
 		t.ch = nil
-		if c == nil || len(t.waiters) == 0 {
+		if c == nil {
 			continue
 		}
-		if c.all {
+		switch {
+		case len(t.waiters) == 0:
+		case c.all:
 			kept := t.waiters[:0]
 			for _, w := range t.waiters {
 				if !st.tryAnswer(w) {
@@ -845,12 +850,16 @@ func (st *state) flush() {
 			}
 			clear(t.waiters[len(kept):])
 			t.waiters = kept
-		} else {
+		default:
 			st.retry(t, c)
 		}
 		for _, m := range c.members {
 			m.touched = false
 		}
+		clear(c.pieces)
+		clear(c.members)
+		*c = changes{pieces: c.pieces, members: c.members[:0]}
+		t.spare = c
 	}
 	clear(st.dirty)
 	st.dirty = st.dirty[:0]
