@@ -29,7 +29,9 @@ func BenchmarkPollEvent(b *testing.B) {
 type benchSwarm struct {
 	s        *SimState
 	inflight map[string]int
-	queue    []benchFlight
+	// queue[head:] are the assignments in flight.
+	queue []benchFlight
+	head  int
 }
 
 type benchFlight struct {
@@ -108,11 +110,15 @@ func (w *benchSwarm) poll(b *testing.B, peerID string) {
 // step reports the oldest assignment as received and has its peer poll
 // again. It returns false when nothing is in flight any more.
 func (w *benchSwarm) step(b *testing.B) bool {
-	if len(w.queue) == 0 {
+	if w.head == len(w.queue) {
 		return false
 	}
-	f := w.queue[0]
-	w.queue = w.queue[1:]
+	f := w.queue[w.head]
+	w.head++
+	if w.head > len(w.queue)/2 { // keep the queue's memory bounded
+		n := copy(w.queue, w.queue[w.head:])
+		w.queue, w.head = w.queue[:n], 0
+	}
 	w.inflight[f.peer]--
 	res := []schedapi.PieceResult{{Piece: f.a.Piece, From: f.a.From.ID, OK: true, Bytes: f.a.Length}}
 	if err := w.s.Report(benchTask, f.peer, res); err != nil {

@@ -103,9 +103,6 @@ func (st *state) addUploads(p *peer, d int) {
 	was := st.peerFree(p)
 	p.uploading += d
 	now := st.peerFree(p)
-	if was == now {
-		return
-	}
 	delta := -1
 	if now {
 		delta = 1
@@ -115,10 +112,12 @@ func (st *state) addUploads(p *peer, d int) {
 		if t.isStruck(p.id) {
 			continue
 		}
+		t.dropFree(m)
 		if now {
-			t.addFree(m)
-		} else {
-			t.dropFree(m)
+			t.addFree(m) // under its new load
+		}
+		if was == now {
+			continue
 		}
 		for wi, w := range m.held {
 			for w != 0 {
@@ -133,28 +132,36 @@ func (st *state) addUploads(p *peer, d int) {
 	}
 }
 
-// addFree puts m in its task's list of members with a free upload slot.
+// addFree puts m in its task's members with a free upload slot, under its
+// peer's current load.
 func (t *task) addFree(m *member) {
 	if m.freeAt >= 0 {
 		return
 	}
-	m.freeAt = len(t.freeMembers)
-	t.freeMembers = append(t.freeMembers, m)
+	l := m.peer.uploading
+	for len(t.freeByLoad) <= l {
+		t.freeByLoad = append(t.freeByLoad, nil)
+	}
+	m.freeLoad, m.freeAt = l, len(t.freeByLoad[l])
+	t.freeByLoad[l] = append(t.freeByLoad[l], m)
+	t.nfree++
 }
 
-// dropFree takes m out of its task's list of members with a free slot.
+// dropFree takes m out of its task's members with a free slot.
 func (t *task) dropFree(m *member) {
 	i := m.freeAt
 	if i < 0 {
 		return
 	}
-	last := len(t.freeMembers) - 1
-	moved := t.freeMembers[last]
-	t.freeMembers[i] = moved
+	b := t.freeByLoad[m.freeLoad]
+	last := len(b) - 1
+	moved := b[last]
+	b[i] = moved
 	moved.freeAt = i
-	t.freeMembers[last] = nil
-	t.freeMembers = t.freeMembers[:last]
+	b[last] = nil
+	t.freeByLoad[m.freeLoad] = b[:last]
 	m.freeAt = -1
+	t.nfree--
 }
 
 // syncBusy brings bit i of m.busy (held or in flight) up to date.

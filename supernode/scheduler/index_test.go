@@ -48,7 +48,7 @@ func checkIndex(t *testing.T, st *state, step int) {
 		}
 		for _, m := range tk.members {
 			wantFree := !tk.isStruck(m.peer.id) && m.peer.uploading < st.cfg.PeerUploadSlots
-			if wantFree != (m.freeAt >= 0) || (m.freeAt >= 0 && tk.freeMembers[m.freeAt] != m) {
+			if wantFree != (m.freeAt >= 0) || (m.freeAt >= 0 && (m.freeLoad != m.peer.uploading || tk.freeByLoad[m.freeLoad][m.freeAt] != m)) {
 				fail("%s: in free members %v, should be %v", m.peer.id, m.freeAt >= 0, wantFree)
 			}
 			for i := range len(tk.digests) + 1 {
@@ -75,9 +75,32 @@ func checkIndex(t *testing.T, st *state, step int) {
 				}
 			}
 		}
-		for _, m := range tk.freeMembers {
-			if tk.members[m.peer.id] != m {
-				fail("free member %s left the task", m.peer.id)
+		nfree := 0
+		for _, ms := range tk.freeByLoad {
+			for _, m := range ms {
+				nfree++
+				if tk.members[m.peer.id] != m {
+					fail("free member %s left the task", m.peer.id)
+				}
+			}
+		}
+		if nfree != tk.nfree {
+			fail("%d free members counted, %d listed", tk.nfree, nfree)
+		}
+		// Both ways of finding the least loaded source agree on its load.
+		for _, req := range tk.members {
+			var taken takenSlots
+			for _, m := range tk.members {
+				if id := m.peer.id; id[len(id)-1]%2 == 0 {
+					taken.add(m.peer) // as if chosen earlier in the same call
+				}
+			}
+			for i := range tk.digests {
+				a := leastLoadedHolder(tk, i, req, &taken, st.cfg.PeerUploadSlots)
+				b := leastLoadedFree(tk, i, req, &taken, st.cfg.PeerUploadSlots)
+				if (a == nil) != (b == nil) || (a != nil && a.peer.uploading+taken.of(a.peer) != b.peer.uploading+taken.of(b.peer)) {
+					fail("least loaded source of %d for %s: %v by holders, %v by free members", i, req.peer.id, a, b)
+				}
 			}
 		}
 		for _, w := range tk.waiters {

@@ -130,17 +130,24 @@ func (ts takenSlots) of(p *peer) int {
 }
 
 // leastLoaded returns the holder of piece i with the fewest uploads (its
-// own plus those taken in this call) and a free slot, req excepted. It
-// walks either the piece's holders or the task's members with a free slot,
-// whichever list is shorter, from a point that depends on the piece, so
-// that equally loaded holders share the pieces, and stops at the first idle
-// one. In a busy swarm few members have a free slot; in an idle one the
-// first holder is idle: either way the walk is short.
+// own plus those taken in this call) and a free slot, req excepted. When the
+// piece has fewer holders than the task has members with a free slot, it
+// walks the holders from a point that depends on the piece, so that equally
+// loaded holders share the pieces, and stops at the first idle one.
+// Otherwise it walks the members with a free slot, least loaded first, and
+// stops at the first holder that no less loaded one can beat. In a busy swarm
+// few members have a free slot; in an idle one the first holder is idle:
+// either way the walk is short.
 func leastLoaded(t *task, i int, req *member, taken *takenSlots, slots int) *member {
-	holders, viaFree := t.holders[i], false
-	if len(t.freeMembers) < len(holders) {
-		holders, viaFree = t.freeMembers, true
+	if t.nfree < len(t.holders[i]) {
+		return leastLoadedFree(t, i, req, taken, slots)
 	}
+	return leastLoadedHolder(t, i, req, taken, slots)
+}
+
+// leastLoadedHolder is leastLoaded over the holders of the piece.
+func leastLoadedHolder(t *task, i int, req *member, taken *takenSlots, slots int) *member {
+	holders := t.holders[i]
 	n := len(holders)
 	if n == 0 {
 		return nil
@@ -150,13 +157,42 @@ func leastLoaded(t *task, i int, req *member, taken *takenSlots, slots int) *mem
 	start := int(spread(uint64(n), i) % uint64(n))
 	for k := range n {
 		m := holders[(start+k)%n]
-		if m == req || (viaFree && !m.held.has(i)) {
+		if m == req {
 			continue
 		}
 		if l := m.peer.uploading + taken.of(m.peer); l < bestLoad {
 			best, bestLoad = m, l
 			if l == 0 {
 				break
+			}
+		}
+	}
+	return best
+}
+
+// leastLoadedFree is leastLoaded over the members with a free slot.
+func leastLoadedFree(t *task, i int, req *member, taken *takenSlots, slots int) *member {
+	var best *member
+	bestLoad := slots
+	for load, ms := range t.freeByLoad {
+		if load >= bestLoad {
+			break // nobody from here on can beat best
+		}
+		n := len(ms)
+		if n == 0 {
+			continue
+		}
+		start := int(spread(uint64(n), i) % uint64(n))
+		for k := range n {
+			m := ms[(start+k)%n]
+			if m == req || !m.held.has(i) {
+				continue
+			}
+			if l := load + taken.of(m.peer); l < bestLoad {
+				best, bestLoad = m, l
+				if l == load {
+					break // the least this load can do
+				}
 			}
 		}
 	}

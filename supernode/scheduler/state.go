@@ -51,9 +51,9 @@ type member struct {
 	// held mirrors have; busy holds the pieces held or in flight, those
 	// the member does not want.
 	held, busy bitset
-	// freeAt is the member's place in its task's freeMembers, -1 when it
-	// is not there.
-	freeAt int
+	// freeAt is the member's place in its task's freeByLoad[freeLoad], -1
+	// when it is not there.
+	freeAt, freeLoad int
 	// waiting counts the member's parked polls; touched is set while it is
 	// in the current change record's members.
 	waiting int
@@ -99,9 +99,10 @@ type task struct {
 	// published pieces with no holder and no CDN transfer, which the CDN
 	// may serve. Together they are what can be served right now.
 	peerOK, orphan bitset
-	// freeMembers lists the members, not struck out, whose peer has a free
-	// upload slot.
-	freeMembers []*member
+	// freeByLoad lists the members, not struck out, whose peer has a free
+	// upload slot, by the peer's uploads; nfree counts them.
+	freeByLoad [][]*member
+	nfree      int
 	// ch records what changed since the parked polls were last retried,
 	// nil when nothing did; spare is the last record, kept for reuse.
 	ch, spare *changes
