@@ -101,7 +101,7 @@ func runSwarm(ctx context.Context, o options, work string) error {
 		}
 	}
 
-	rep := report{results: results, size: size, ideal: ideal, rate: o.rate, originRate: o.originRate, layers: o.layersMiB, blobs: len(org.info.Blobs)}
+	rep := report{results: results, size: size, ideal: ideal, rate: o.rate, originRate: o.originRate, uploadRate: o.uploadRate, layers: o.layersMiB, blobs: len(org.info.Blobs)}
 	if oc, err := org.cpuTime(); err == nil {
 		rep.originCPUTotal = oc.Seconds()
 	}
@@ -402,6 +402,7 @@ type report struct {
 	size             int64
 	ideal            float64
 	rate, originRate ratelimit.Rate
+	uploadRate       ratelimit.Rate
 	layers           []int
 	blobs            int
 	originCPUTotal   float64
@@ -418,13 +419,14 @@ func (r report) writeText(w *os.File) {
 	tw.Flush()
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "mode\tN\torigin CPU\tsupernode CPU\tsupernode RSS\tdfdaemons CPU (sum)\t(max)\tdfdaemon RSS (max)\t(sum)\tcache CPU\tcache RSS\tclients CPU\tfrom CDN/size\tfrom peers/size\t")
+	fmt.Fprintln(tw, "mode\tN\torigin CPU\tsupernode CPU\tsupernode RSS\tdfdaemons CPU (sum)\t(max)\tdfdaemon RSS (max)\t(sum)\tcache CPU\tcache RSS\tclients CPU\tfrom CDN/size\tfrom peers/size\tdownload use\tpeer upload use\t")
 	for _, s := range r.results {
-		fmt.Fprintf(tw, "%s\t%d\t%.1fs\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.1fs\t%s\t%s\t\n", s.mode, s.n, s.originCPU,
-			secs(s.supernodeCPU, s.mode == modeDamselfly), mibs(s.supernodeRSS),
-			secs(s.dfdCPUSum, s.mode == modeDamselfly), secs(s.dfdCPUMax, s.mode == modeDamselfly), mibs(s.dfdRSSMax), mibs(s.dfdRSSSum),
+		d := s.mode == modeDamselfly
+		fmt.Fprintf(tw, "%s\t%d\t%.1f s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.1f s\t%s\t%s\t%s\t%s\t\n", s.mode, s.n, s.originCPU,
+			secs(s.supernodeCPU, d), mibs(s.supernodeRSS),
+			secs(s.dfdCPUSum, d), secs(s.dfdCPUMax, d), mibs(s.dfdRSSMax), mibs(s.dfdRSSSum),
 			secs(s.cacheCPU, s.mode == modePullThrough), mibs(s.cacheRSS), s.benchCPU,
-			ratio(s.fromCDN, r.size, s.mode == modeDamselfly), ratio(s.fromPeers, r.size, s.mode == modeDamselfly))
+			ratio(s.fromCDN, r.size, d), ratio(s.fromPeers, r.size, d), r.use(s.fromCDN+s.fromPeers+s.fromSource, s, r.rate, d), r.use(s.fromPeers, s, r.uploadRate, d))
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "\norigin: %.1fs CPU in all, peak RSS %s (most of it from generating and pushing the image at start)\n", r.originCPUTotal, mibs(r.originRSS))
@@ -433,12 +435,25 @@ func (r report) writeText(w *os.File) {
 	}
 }
 
+// use is the share of the nodes' link capacity (rate each, for as long as
+// the last pull took) that bytes used: how busy the links were.
+func (r report) use(bytes float64, s scenario, rate ratelimit.Rate, show bool) string {
+	t := pct(s.times, 100)
+	if !show || rate <= 0 || t <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f%%", 100*bytes/(float64(s.n)*float64(rate)*t))
+}
+
 func secs(v float64, show bool) string {
 	if !show {
 		return "-"
 	}
-	return fmt.Sprintf("%.1fs", v)
+	return fmt.Sprintf("%.1f s", v)
 }
+
+// mibps renders a rate in MiB/s.
+func mibps(r ratelimit.Rate) string { return trimFloat(float64(r)/mib) + " MiB/s" }
 
 func mibs(b int64) string {
 	if b == 0 {
@@ -495,7 +510,7 @@ func metOrMissed(ok bool) string {
 // colour per mode, with the ideal as a reference line.
 func (r report) chart() *image.RGBA {
 	spec := chartSpec{
-		title:  fmt.Sprintf("%.0f MiB image, %s/s per node: completion time vs nodes", float64(r.size)/mib, r.rate),
+		title:  fmt.Sprintf("%.0f MiB image, %s MiB/s per node: completion time vs nodes", float64(r.size)/mib, trimFloat(float64(r.rate)/mib)),
 		xLabel: "nodes pulling at once (N)", yLabel: "seconds", logX: true,
 		hline: r.ideal, hlineLabel: "ideal " + trimFloat(math.Round(r.ideal*100)/100) + "s",
 		w: 1000, h: 600,
@@ -522,20 +537,21 @@ func (r report) chart() *image.RGBA {
 // markdown renders the results as two Markdown tables.
 func (r report) markdown() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "Image: %d blobs (layers %s MiB, random so incompressible, plus config), %.1f MiB with the manifest; per-node rate %s/s; origin egress %s/s; ideal %.2f s.\n\n",
-		r.blobs, joinInts(r.layers), float64(r.size)/mib, r.rate, r.originRate, r.ideal)
+	fmt.Fprintf(&b, "Image: %d blobs (layers %s MiB, random so incompressible, plus config), %.1f MiB with the manifest; per-node download %s, dfdaemon upload %s; origin egress %s; ideal %.2f s.\n\n",
+		r.blobs, joinInts(r.layers), float64(r.size)/mib, mibps(r.rate), mibps(r.uploadRate), mibps(r.originRate), r.ideal)
 	b.WriteString("| mode | N | origin egress / size | p50 | p99 | max | p50 / ideal | p99 / ideal | max / ideal |\n|---|---|---|---|---|---|---|---|---|\n")
 	for _, s := range r.results {
 		fmt.Fprintf(&b, "| %s | %d | %.3f | %.2f s | %.2f s | %.2f s | %.2f | %.2f | %.2f |\n", s.mode, s.n, float64(s.origin.Egress)/float64(r.size),
 			pct(s.times, 50), pct(s.times, 99), pct(s.times, 100), pct(s.times, 50)/r.ideal, pct(s.times, 99)/r.ideal, pct(s.times, 100)/r.ideal)
 	}
 	b.WriteString("\nCPU seconds during the pulls and peak RSS:\n\n")
-	b.WriteString("| mode | N | origin CPU | supernode CPU | supernode RSS | dfdaemons CPU (sum) | dfdaemon CPU (max) | dfdaemon RSS (max) | pull-through CPU | pull-through RSS | clients CPU | from CDN / size | from peers / size |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| mode | N | origin CPU | supernode CPU | supernode RSS | dfdaemons CPU (sum) | dfdaemon CPU (max) | dfdaemon RSS (max) | pull-through CPU | pull-through RSS | clients CPU | from CDN / size | from peers / size | download use | peer upload use |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, s := range r.results {
 		d, p := s.mode == modeDamselfly, s.mode == modePullThrough
-		fmt.Fprintf(&b, "| %s | %d | %.1f s | %s | %s | %s | %s | %s | %s | %s | %.1f s | %s | %s |\n", s.mode, s.n, s.originCPU,
+		fmt.Fprintf(&b, "| %s | %d | %.1f s | %s | %s | %s | %s | %s | %s | %s | %.1f s | %s | %s | %s | %s |\n", s.mode, s.n, s.originCPU,
 			secs(s.supernodeCPU, d), mibs(s.supernodeRSS), secs(s.dfdCPUSum, d), secs(s.dfdCPUMax, d), mibs(s.dfdRSSMax),
-			secs(s.cacheCPU, p), mibs(s.cacheRSS), s.benchCPU, ratio(s.fromCDN, r.size, d), ratio(s.fromPeers, r.size, d))
+			secs(s.cacheCPU, p), mibs(s.cacheRSS), s.benchCPU, ratio(s.fromCDN, r.size, d), ratio(s.fromPeers, r.size, d),
+			r.use(s.fromCDN+s.fromPeers+s.fromSource, s, r.rate, d), r.use(s.fromPeers, s, r.uploadRate, d))
 	}
 	b.WriteString("\n")
 	for _, line := range r.targets() {
