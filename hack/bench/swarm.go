@@ -95,6 +95,10 @@ func runSwarm(ctx context.Context, o options, work string) error {
 			results = append(results, sc)
 			fmt.Printf("%-12s N=%-3d origin egress %6.3fx  p50 %6.2fs  p99 %6.2fs  max %6.2fs  (%.2fx ideal at p99)\n",
 				mode, n, float64(sc.origin.Egress)/float64(size), pct(sc.times, 50), pct(sc.times, 99), pct(sc.times, 100), pct(sc.times, 99)/ideal)
+			if mode == modeDamselfly {
+				fmt.Printf("             supernode: %.0f piece assignments from the CDN, %.0f from peers; dfdaemons: %.0f failed piece fetches, %.0f source fallbacks; %s to start the daemons\n",
+					sc.assignmentsCDN, sc.assignmentsPeers, sc.pieceFailures, sc.sourceFallbacks, sc.startDaemons.Round(time.Millisecond))
+			}
 			if o.timeline {
 				printTimeline(sc)
 			}
