@@ -140,6 +140,14 @@ func (f *fixture) settle(t *testing.T, id string) fakeTask {
 	t.Helper()
 	task, ok := f.sched.waitFor(id, wait, settled)
 	require.True(t, ok, "task %s did not settle: %+v", id, task.info)
+	// The fetch settles the task, then lets go of it: until then the CDN
+	// still counts it as running (and, say, does not drop it).
+	require.Eventually(t, func() bool {
+		f.cdn.mu.Lock()
+		defer f.cdn.mu.Unlock()
+		_, running := f.cdn.fetches[id]
+		return !running
+	}, wait, time.Millisecond, "the fetch of task %s did not end after it settled", id)
 	return task
 }
 
