@@ -13,7 +13,7 @@
 // The presets use the supernode's own piece size (piece.SizeFor: 4 MiB) and
 // 0.25 ms one-way latency (a 0.5 ms round trip, one datacenter). The flags
 // -peers, -size, -piece-size, -peer-rate, -cdn-rate, -origin-rate,
-// -concurrency, -peer-slots, -cdn-slots and -latency override the chosen
+// -concurrency, -peer-slots, -cdn-slots, -cdn-fanout and -latency override the chosen
 // scenarios. Sizes take B, KB, MB, GB (powers of 1000) or KiB, MiB, GiB;
 // rates are sizes per second (MB/s) or bits per second (Gb/s, Mb/s).
 //
@@ -78,6 +78,7 @@ func run(args []string) error {
 	conc := fs.Int("concurrency", 0, "pieces each peer keeps in flight (default 8)")
 	peerSlots := fs.Int("peer-slots", 0, "scheduler peerUploadSlots (default 4)")
 	cdnSlots := fs.Int("cdn-slots", 0, "scheduler cdnUploadSlots (default 16)")
+	cdnFanout := fs.Int("cdn-fanout", 0, "scheduler cdnPieceFanout (default 4; 1 super-seeds)")
 	latency := fs.Duration("latency", -1, "one-way latency of polls, reports, answers and transfer requests (default 0.25ms for the presets, 0 for custom)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the runs to this file")
 	if err := fs.Parse(args); err != nil {
@@ -150,7 +151,7 @@ func run(args []string) error {
 			sc.Latency = *latency
 		}
 		sc.Concurrency = *conc
-		sc.Scheduler = scheduler.Config{PeerUploadSlots: *peerSlots, CDNUploadSlots: *cdnSlots}
+		sc.Scheduler = scheduler.Config{PeerUploadSlots: *peerSlots, CDNUploadSlots: *cdnSlots, CDNPieceFanout: *cdnFanout}
 	}
 
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)

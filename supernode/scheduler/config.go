@@ -11,6 +11,7 @@ const (
 	DefaultPolicy            = PolicyRarestFirst
 	DefaultPeerUploadSlots   = 4
 	DefaultCDNUploadSlots    = 16
+	DefaultCDNPieceFanout    = 4
 	DefaultPeerTTL           = 30 * time.Second
 	DefaultAssignmentTimeout = 60 * time.Second
 	DefaultStrikeLimit       = 2
@@ -32,6 +33,12 @@ type Config struct {
 	// CDNUploadSlots is how many piece uploads the supernode's own upload
 	// listener serves at once, over all tasks.
 	CDNUploadSlots int `yaml:"cdnUploadSlots"`
+	// CDNPieceFanout is how many requesters the CDN may send one piece to
+	// at once. The CDN serves a piece only when no peer holding it (and
+	// not struck out) has a free upload slot. With 1 it serves a piece
+	// only while no peer holds it at all (super-seeding: each piece leaves
+	// the CDN about once).
+	CDNPieceFanout int `yaml:"cdnPieceFanout"`
 	// PeerTTL is how long a peer that neither polls, reports nor heartbeats
 	// stays known. An expired peer leaves every task it was in.
 	PeerTTL time.Duration `yaml:"peerTTL"`
@@ -57,6 +64,9 @@ func (c Config) ApplyDefaults() Config {
 	}
 	if c.CDNUploadSlots == 0 {
 		c.CDNUploadSlots = DefaultCDNUploadSlots
+	}
+	if c.CDNPieceFanout == 0 {
+		c.CDNPieceFanout = DefaultCDNPieceFanout
 	}
 	if c.PeerTTL == 0 {
 		c.PeerTTL = DefaultPeerTTL
@@ -84,6 +94,9 @@ func (c Config) Validate() error {
 	}
 	if c.CDNUploadSlots < 1 {
 		errs = append(errs, fmt.Errorf("scheduler cdnUploadSlots %d: must be at least 1: %w", c.CDNUploadSlots, ErrInvalid))
+	}
+	if c.CDNPieceFanout < 1 {
+		errs = append(errs, fmt.Errorf("scheduler cdnPieceFanout %d: must be at least 1: %w", c.CDNPieceFanout, ErrInvalid))
 	}
 	if c.PeerTTL <= 0 {
 		errs = append(errs, fmt.Errorf("scheduler peerTTL %v: must be positive: %w", c.PeerTTL, ErrInvalid))

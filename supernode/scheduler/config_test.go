@@ -16,6 +16,7 @@ func TestConfigDefaults(t *testing.T) {
 		Policy:            "rarest-first",
 		PeerUploadSlots:   4,
 		CDNUploadSlots:    16,
+		CDNPieceFanout:    DefaultCDNPieceFanout,
 		PeerTTL:           30 * time.Second,
 		AssignmentTimeout: 60 * time.Second,
 		StrikeLimit:       2,
@@ -38,6 +39,7 @@ func TestConfigValidate(t *testing.T) {
 		{name: "defaults"},
 		{name: "unknown policy", mutate: func(c *Config) { c.Policy = "random" }, wantErr: []string{`policy "random"`}},
 		{name: "no peer slots", mutate: func(c *Config) { c.PeerUploadSlots = -1 }, wantErr: []string{"peerUploadSlots"}},
+		{name: "no CDN fanout", mutate: func(c *Config) { c.CDNPieceFanout = -2 }, wantErr: []string{"cdnPieceFanout"}},
 		{name: "no cdn slots", mutate: func(c *Config) { c.CDNUploadSlots = -2 }, wantErr: []string{"cdnUploadSlots"}},
 		{name: "negative durations", mutate: func(c *Config) {
 			c.PeerTTL, c.AssignmentTimeout, c.FailedTaskTTL = -1, -time.Second, -time.Minute

@@ -48,17 +48,17 @@ func (b bitset) word(w int) uint64 {
 }
 
 // servable reports whether piece i can be served to someone who wants it as
-// things stand: a peer that may serve it has a free slot, or no peer holds
-// it, the CDN is not sending it to anyone and (cdnFree) has a free slot.
+// things stand: a peer that may serve it has a free slot, or none has and
+// the CDN may serve it (cdnMay) and (cdnFree) has a free slot.
 func (t *task) servable(i int, cdnFree bool) bool {
-	return t.peerOK.has(i) || (cdnFree && t.orphan.has(i))
+	return t.peerOK.has(i) || (cdnFree && t.cdnOK.has(i))
 }
 
 // servableWord returns word w of the servable pieces.
 func (t *task) servableWord(w int, cdnFree bool) uint64 {
 	x := t.peerOK.word(w)
 	if cdnFree {
-		x |= t.orphan.word(w)
+		x |= t.cdnOK.word(w)
 	}
 	return x
 }
@@ -69,7 +69,7 @@ func (t *task) servableWord(w int, cdnFree bool) uint64 {
 func (st *state) refresh(t *task, i int) {
 	pub := t.digests[i] != ""
 	ok := pub && t.free[i] > 0
-	orphan := pub && len(t.holders[i]) == 0 && t.fromCDN[i] == 0
+	cdnOK := pub && t.free[i] == 0 && cdnMay(t, i, st.cfg.CDNPieceFanout)
 	rose := false
 	if ok != t.peerOK.has(i) {
 		if ok {
@@ -79,17 +79,28 @@ func (st *state) refresh(t *task, i int) {
 			t.peerOK.clear(i)
 		}
 	}
-	if orphan != t.orphan.has(i) {
-		if orphan {
-			t.orphan.set(i)
+	if cdnOK != t.cdnOK.has(i) {
+		if cdnOK {
+			t.cdnOK.set(i)
 			rose = true
 		} else {
-			t.orphan.clear(i)
+			t.cdnOK.clear(i)
 		}
 	}
 	if rose && len(t.waiters) > 0 {
 		st.changed(t).pieces.set(i)
 	}
+}
+
+// cdnMay reports whether the CDN may start one more transfer of piece i,
+// given that no peer holding it has a free slot: fewer than fanout of its
+// transfers are in flight and, with a fanout of 1 (super-seeding), no peer
+// holds it.
+func cdnMay(t *task, i, fanout int) bool {
+	if fanout <= 1 {
+		return t.fromCDN[i] == 0 && len(t.holders[i]) == 0
+	}
+	return t.fromCDN[i] < fanout
 }
 
 // peerFree reports whether p has a free upload slot.

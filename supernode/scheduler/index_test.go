@@ -39,11 +39,20 @@ func checkIndex(t *testing.T, st *state, step int) {
 					free++
 				}
 			}
+			fromCDN := 0
+			for _, m := range tk.members {
+				if a := m.inflight[i]; a != nil && a.from == nil {
+					fromCDN++
+				}
+			}
+			if fromCDN != tk.fromCDN[i] || fromCDN > st.cfg.CDNPieceFanout {
+				fail("piece %d: %d CDN transfers in flight, counted %d, fanout %d", i, fromCDN, tk.fromCDN[i], st.cfg.CDNPieceFanout)
+			}
 			pub := tk.digests[i] != ""
 			if free != tk.free[i] || pub != tk.pub.has(i) || (pub && free > 0) != tk.peerOK.has(i) ||
-				(pub && len(tk.holders[i]) == 0 && tk.fromCDN[i] == 0) != tk.orphan.has(i) {
-				fail("piece %d: free %d (recount %d), published %v, peerOK %v, orphan %v",
-					i, tk.free[i], free, pub, tk.peerOK.has(i), tk.orphan.has(i))
+				(pub && free == 0 && cdnRecount(tk, fromCDN, i, st.cfg.CDNPieceFanout)) != tk.cdnOK.has(i) {
+				fail("piece %d: free %d (recount %d), published %v, peerOK %v, cdnOK %v",
+					i, tk.free[i], free, pub, tk.peerOK.has(i), tk.cdnOK.has(i))
 			}
 		}
 		for _, m := range tk.members {
@@ -124,6 +133,16 @@ func checkIndex(t *testing.T, st *state, step int) {
 	}
 }
 
+// cdnRecount reports, from the task's holders and the CDN's transfers of
+// piece i in flight, whether the CDN may start one more transfer of it when
+// no holder has a free slot.
+func cdnRecount(tk *task, fromCDN, i, fanout int) bool {
+	if fanout == 1 {
+		return fromCDN == 0 && len(tk.holders[i]) == 0
+	}
+	return fromCDN < fanout
+}
+
 // TestIndexMatchesRecount drives a state through random events (joins,
 // leaves, polls, results of every kind, cancelled polls, publications, task
 // failures, timeouts) over two tasks sharing peers, flushing after each as
@@ -140,7 +159,9 @@ func TestIndexMatchesRecount(t *testing.T) {
 
 func randomIndexRun(t *testing.T, seed uint64, steps int) {
 	rng := rand.New(rand.NewPCG(seed, 99))
-	cfg := Config{PeerUploadSlots: 2, CDNUploadSlots: 2, StrikeLimit: 2}.ApplyDefaults()
+	// Every third run super-seeds (fanout 1); the others let the CDN send a
+	// piece to 2 or 3 requesters at once.
+	cfg := Config{PeerUploadSlots: 2, CDNUploadSlots: 3, CDNPieceFanout: 1 + int(seed%3), StrikeLimit: 2}.ApplyDefaults()
 	pol, err := newPolicy(cfg.Policy)
 	require.NoError(t, err)
 	m, err := newMetrics(nil)

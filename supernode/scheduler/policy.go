@@ -22,6 +22,9 @@ type slots struct {
 	// cdn is the number of upload slots of the CDN, and cdnBusy how many of
 	// them are taken.
 	cdn, cdnBusy int
+	// cdnFanout is how many transfers of one piece the CDN may serve at
+	// once (Config.CDNPieceFanout).
+	cdnFanout int
 }
 
 // selectionPolicy decides which pieces a peer fetches next and from whom. It
@@ -55,14 +58,19 @@ func newPolicy(name string) (selectionPolicy, error) {
 // pieces instead of sending everyone to piece 0.
 //
 // The CDN is the source of last resort: it serves a piece only when no peer
-// that may serve holds it, and only to one requester at a time (like a
-// BitTorrent super-seed). A piece some peer holds waits for a free slot of
-// such a peer rather than loading the CDN; a piece already on its way from
-// the CDN to one peer is fetched from that peer once it has it. So the CDN
-// uploads each piece about once however large the swarm, and a piece is
-// served by the CDN again only when its copies are gone (holders left,
-// expired, lost it or were struck out) or its CDN transfer ended without
-// success.
+// that may serve it has a free slot, to at most cdnFanout requesters at once.
+// Peers with a free slot always come first, so the CDN's upload grows only
+// while the peers' slots are all taken: the CDN fills the gap while a piece
+// spreads hop by hop from peer to peer, instead of leaving the requesters
+// idle. The origin is not involved: the CDN serves from its own copy.
+//
+// With a fanout of 1 the CDN super-seeds (like a BitTorrent super-seed): it
+// serves a piece only while no peer holds it, to one requester at a time, and
+// a piece already on its way from the CDN to one peer is fetched from that
+// peer once it has it. It then uploads each piece about once however large
+// the swarm, and serves a piece again only when its copies are gone (holders
+// left, expired, lost it or were struck out) or its CDN transfer ended
+// without success.
 type rarestFirst struct{}
 
 func (rarestFirst) choose(t *task, req *member, max int, s slots) []choice {
@@ -72,11 +80,11 @@ func (rarestFirst) choose(t *task, req *member, max int, s slots) []choice {
 	cdnFree := s.cdn - s.cdnBusy
 	// Only the servable pieces can be chosen: ordering just those keeps a
 	// poll's cost to what it may get, not to the task's size.
-	var orphan bitset
+	var cdnOK bitset
 	if cdnFree > 0 {
-		orphan = t.orphan
+		cdnOK = t.cdnOK
 	}
-	order := t.order(req, t.peerOK, orphan)
+	order := t.order(req, t.peerOK, cdnOK)
 	if len(order) == 0 {
 		return nil
 	}
@@ -92,7 +100,7 @@ func (rarestFirst) choose(t *task, req *member, max int, s slots) []choice {
 		case best != nil:
 			taken.add(best.peer)
 			out = append(out, choice{piece: i, from: best})
-		case len(t.holders[i]) == 0 && t.fromCDN[i] == 0 && cdnFree > 0:
+		case cdnFree > 0 && cdnMay(t, i, s.cdnFanout):
 			cdnFree--
 			out = append(out, choice{piece: i})
 		}

@@ -107,7 +107,7 @@ func chooseFor(t *testing.T, st *state, tk *task, req string, max int) []string 
 		require.NoError(t, err)
 		m = tk.members[req]
 	}
-	chosen := st.policy.choose(tk, m, max, slots{peer: st.cfg.PeerUploadSlots, cdn: st.cfg.CDNUploadSlots, cdnBusy: st.cdnBusy})
+	chosen := st.policy.choose(tk, m, max, st.slots())
 	out := []string{}
 	for _, c := range chosen {
 		src := "cdn"
@@ -181,7 +181,8 @@ func TestRarestFirstPolicy(t *testing.T) {
 			want: []string{"2<-a", "1<-a", "0<-a"},
 		},
 		{
-			name: "the cdn serves a piece to one peer at a time",
+			name: "super-seed: the cdn serves a piece to one peer at a time",
+			cfg:  Config{CDNPieceFanout: 1},
 			fix: fixture{pieces: 4, inflight: []flight{
 				{to: "x", piece: 0, from: ""}, {to: "y", piece: 2, from: ""},
 			}},
@@ -199,14 +200,77 @@ func TestRarestFirstPolicy(t *testing.T) {
 			want: []string{"1<-c", "0<-a"},
 		},
 		{
-			name: "peer slot cap: busy holders are not replaced by the cdn",
-			cfg:  Config{PeerUploadSlots: 2},
+			name: "super-seed: busy holders are not replaced by the cdn",
+			cfg:  Config{PeerUploadSlots: 2, CDNPieceFanout: 1},
 			fix: fixture{pieces: 4, holders: map[string][]int{"a": {0, 1, 2}, "b": {1}},
 				uploading: map[string]int{"a": 1}},
 			req: "r", max: 4,
 			// 3 is only at the CDN; 0 and 2 only at a, which has one slot
 			// left, so 2 waits; 1 goes to b.
 			want: []string{"3<-cdn", "0<-a", "1<-b"},
+		},
+		{
+			name: "fanout: busy holders are helped by the cdn",
+			cfg:  Config{PeerUploadSlots: 2, CDNPieceFanout: 2},
+			fix: fixture{pieces: 4, holders: map[string][]int{"a": {0, 1, 2}, "b": {1}},
+				uploading: map[string]int{"a": 1}},
+			req: "r", max: 4,
+			// as above, but 2, whose only holder has no slot left, comes
+			// from the CDN.
+			want: []string{"3<-cdn", "0<-a", "2<-cdn", "1<-b"},
+		},
+		{
+			name: "fanout: the cdn serves a piece to a second peer",
+			cfg:  Config{CDNPieceFanout: 2},
+			fix:  fixture{pieces: 2, inflight: []flight{{to: "x", piece: 0, from: ""}}},
+			req:  "r", max: 2,
+			want: []string{"1<-cdn", "0<-cdn"},
+		},
+		{
+			name: "fanout: no more than the fanout at once",
+			cfg:  Config{CDNPieceFanout: 2},
+			fix: fixture{pieces: 2, inflight: []flight{
+				{to: "x", piece: 0, from: ""}, {to: "y", piece: 0, from: ""},
+			}},
+			req: "r", max: 2,
+			want: []string{"1<-cdn"},
+		},
+		{
+			name: "fanout: a holder with a free slot comes first",
+			cfg:  Config{CDNPieceFanout: 4},
+			fix:  fixture{pieces: 1, holders: map[string][]int{"a": {0}}, uploading: map[string]int{"a": 3}},
+			req:  "r", max: 1,
+			want: []string{"0<-a"},
+		},
+		{
+			name: "fanout: slots taken in this call count",
+			cfg:  Config{PeerUploadSlots: 1, CDNPieceFanout: 2},
+			fix:  fixture{pieces: 2, holders: map[string][]int{"a": {0, 1}}},
+			req:  "r", max: 2,
+			want: []string{"0<-a", "1<-cdn"},
+		},
+		{
+			name: "super-seed: a held piece never comes from the cdn",
+			cfg:  Config{PeerUploadSlots: 1, CDNPieceFanout: 1},
+			fix:  fixture{pieces: 2, holders: map[string][]int{"a": {0, 1}}},
+			req:  "r", max: 2,
+			want: []string{"0<-a"},
+		},
+		{
+			name: "fanout: struck holders do not count",
+			cfg:  Config{CDNPieceFanout: 2},
+			fix: fixture{pieces: 1, holders: map[string][]int{"a": {0}}, struck: []string{"a"},
+				inflight: []flight{{to: "x", piece: 0, from: ""}}},
+			req: "r", max: 1,
+			want: []string{"0<-cdn"},
+		},
+		{
+			name: "fanout: the cdn slot cap still holds",
+			cfg:  Config{CDNUploadSlots: 2, CDNPieceFanout: 4},
+			fix: fixture{pieces: 3, holders: map[string][]int{"a": {0, 1, 2}},
+				uploading: map[string]int{"a": 4, "cdn": 1}},
+			req: "r", max: 3,
+			want: []string{"0<-cdn"},
 		},
 		{
 			name: "cdn slot cap: pieces no one can serve are skipped",

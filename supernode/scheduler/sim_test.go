@@ -22,6 +22,10 @@ type swarm struct {
 	maxUpload map[string]int
 	fromCDN   int
 	total     int
+	// cdnPiece counts the CDN's transfers of each piece in flight;
+	// maxCDNPiece is the most of one piece there ever were at once.
+	cdnPiece    map[int]int
+	maxCDNPiece int
 	// corrupt names the peers that serve bad bytes; failed counts the
 	// transfers from each that failed verification.
 	corrupt map[string]bool
@@ -39,6 +43,8 @@ func (w *swarm) start(a schedapi.Assignment) error {
 	w.total++
 	if a.FromCDN {
 		w.fromCDN++
+		w.cdnPiece[a.Piece]++
+		w.maxCDNPiece = max(w.maxCDNPiece, w.cdnPiece[a.Piece])
 	}
 	return nil
 }
@@ -48,6 +54,9 @@ func (w *swarm) finish(peerID string, a schedapi.Assignment) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.uploading[a.From.ID]--
+	if a.FromCDN {
+		w.cdnPiece[a.Piece]--
+	}
 	if w.corrupt[a.From.ID] {
 		w.failed[a.From.ID]++
 		return false
@@ -59,37 +68,42 @@ func (w *swarm) finish(peerID string, a schedapi.Assignment) bool {
 // TestSimulatedSwarm runs 32 peers fetching a 200-piece task while the CDN
 // publishes it, each peer reporting every assignment as soon as it gets it.
 // Every peer must end with every piece, no source may exceed its upload
-// slots, and the CDN must serve only a small multiple of the task, not every
-// peer. In the second run some peers serve corrupt data: they are struck out
-// after their first failures and everyone still completes.
+// slots, the CDN may send no piece to more than cdnPieceFanout peers at once,
+// and it must serve only a small multiple of the task (super-seeding), or a
+// small share of the transfers, not every peer. In the corrupt runs some
+// peers serve corrupt data: they are struck out after their first failures
+// and everyone still completes.
 func TestSimulatedSwarm(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name    string
 		corrupt int
+		fanout  int
 	}{
-		{name: "healthy"},
-		{name: "four corrupt peers", corrupt: 4},
+		{name: "super-seed healthy", fanout: 1},
+		{name: "super-seed four corrupt peers", corrupt: 4, fanout: 1},
+		{name: "fanout healthy", fanout: DefaultCDNPieceFanout},
+		{name: "fanout four corrupt peers", corrupt: 4, fanout: DefaultCDNPieceFanout},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			simulateSwarm(t, tt.corrupt)
+			simulateSwarmN(t, 32, 200, tt.corrupt, tt.fanout)
 		})
 	}
 }
-
-func simulateSwarm(t *testing.T, corrupt int) { simulateSwarmN(t, 32, 200, corrupt) }
 
 // BenchmarkSimulatedSwarm measures the scheduler with a larger swarm: 300
 // peers fetching 300 pieces, 90,000 transfers per iteration.
 func BenchmarkSimulatedSwarm(b *testing.B) {
 	for b.Loop() {
-		simulateSwarmN(b, 300, 300, 0)
+		simulateSwarmN(b, 300, 300, 0, 0)
 	}
 }
 
-func simulateSwarmN(t testing.TB, peers, pieces, corrupt int) {
+// simulateSwarmN runs the swarm with the given cdnPieceFanout (0: the
+// default).
+func simulateSwarmN(t testing.TB, peers, pieces, corrupt, fanout int) {
 	const (
 		pieceSize  = 1000
 		peerSlots  = 4
@@ -98,7 +112,8 @@ func simulateSwarmN(t testing.TB, peers, pieces, corrupt int) {
 		simTimeout = 300 * time.Second
 	)
 	maxPolls := 20 * pieces
-	s := startScheduler(t, Config{PeerUploadSlots: peerSlots, CDNUploadSlots: cdnSlots})
+	cfg := Config{PeerUploadSlots: peerSlots, CDNUploadSlots: cdnSlots, CDNPieceFanout: fanout}.ApplyDefaults()
+	s := startScheduler(t, cfg)
 	ctx, cancel := context.WithTimeout(t.Context(), simTimeout)
 	defer cancel()
 	id := testTaskID(t.Name())
@@ -106,7 +121,7 @@ func simulateSwarmN(t testing.TB, peers, pieces, corrupt int) {
 
 	w := &swarm{
 		held: map[string]map[int]bool{}, uploading: map[string]int{}, maxUpload: map[string]int{},
-		corrupt: map[string]bool{}, failed: map[string]int{},
+		corrupt: map[string]bool{}, failed: map[string]int{}, cdnPiece: map[int]int{},
 	}
 	names := make([]string, peers)
 	for i := range names {
@@ -204,5 +219,10 @@ func simulateSwarmN(t testing.TB, peers, pieces, corrupt int) {
 		require.LessOrEqual(t, n, limit, "concurrent uploads of %s", src)
 	}
 	t.Logf("CDN served %d of %d transfers (%.2fx the task); %d failed", w.fromCDN, w.total, float64(w.fromCDN)/float64(pieces), failed)
-	require.Less(t, w.fromCDN, 3*pieces, "the CDN served too much: the load is not spread")
+	require.LessOrEqual(t, w.maxCDNPiece, cfg.CDNPieceFanout, "concurrent CDN transfers of one piece")
+	if cfg.CDNPieceFanout == 1 {
+		require.Less(t, w.fromCDN, 3*pieces, "the CDN served too much: the load is not spread")
+	} else {
+		require.Less(t, w.fromCDN, w.total/4, "the CDN served too much: the load is not spread")
+	}
 }

@@ -95,10 +95,10 @@ type task struct {
 	// free counts the holders of each piece whose peer has a free upload
 	// slot.
 	free []int
-	// peerOK holds the published pieces with a free holder; orphan the
-	// published pieces with no holder and no CDN transfer, which the CDN
-	// may serve. Together they are what can be served right now.
-	peerOK, orphan bitset
+	// peerOK holds the published pieces with a free holder; cdnOK the
+	// published pieces without one that the CDN may serve (cdnMay).
+	// Together they are what can be served right now.
+	peerOK, cdnOK bitset
 	// freeByLoad lists the members, not struck out, whose peer has a free
 	// upload slot, by the peer's uploads; nfree counts them.
 	freeByLoad [][]*member
@@ -226,7 +226,7 @@ type changes struct {
 	all bool
 	// pieces: pieces that became servable (task.refresh).
 	pieces bitset
-	// cdn: the CDN got a free upload slot back, so the orphan pieces became
+	// cdn: the CDN got a free upload slot back, so the cdnOK pieces became
 	// servable.
 	cdn bool
 	// members: members with parked polls that want a piece again (an
@@ -873,13 +873,13 @@ func (st *state) retry(t *task, c *changes) {
 	want := st.want[:0]
 	n := len(c.pieces)
 	if c.cdn && cdnFree {
-		n = max(n, len(t.orphan))
+		n = max(n, len(t.cdnOK))
 	}
 	rose := false
 	for w := range n {
 		x := c.pieces.word(w)
 		if c.cdn && cdnFree {
-			x |= t.orphan.word(w)
+			x |= t.cdnOK.word(w)
 		}
 		x &= t.servableWord(w, cdnFree)
 		rose = rose || x != 0
@@ -916,7 +916,7 @@ func (st *state) retry(t *task, c *changes) {
 
 // slots returns the upload capacity as it stands.
 func (st *state) slots() slots {
-	return slots{peer: st.cfg.PeerUploadSlots, cdn: st.cfg.CDNUploadSlots, cdnBusy: st.cdnBusy}
+	return slots{peer: st.cfg.PeerUploadSlots, cdn: st.cfg.CDNUploadSlots, cdnBusy: st.cdnBusy, cdnFanout: st.cfg.CDNPieceFanout}
 }
 
 func (st *state) report(taskID, peerID string, results []schedapi.PieceResult) error {

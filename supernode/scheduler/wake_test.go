@@ -26,7 +26,7 @@ func (p *countingPolicy) choose(t *task, req *member, max int, s slots) []choice
 func TestFlushRetriesOnlyWhoMayGain(t *testing.T) {
 	t.Parallel()
 	const waiting = 40
-	st := newTestState(t, Config{PeerUploadSlots: 4})
+	st := newTestState(t, Config{PeerUploadSlots: 4, CDNPieceFanout: 1})
 	pol := &countingPolicy{selectionPolicy: st.policy}
 	st.policy = pol
 	id := testTaskID(t.Name())

@@ -15,16 +15,28 @@ func within(t *testing.T, want float64, got time.Duration, what string) {
 	require.InDelta(t, want, got.Seconds(), want/100, "%s: %v", what, got)
 }
 
-// TestTwoPeersOnePiece: the CDN sends the only piece to one peer at that
-// peer's download rate (1 s); the other waits for it (the CDN serves a piece
-// to one requester at a time) and gets it from the first at that peer's
-// upload rate (2 s more).
+// TestTwoPeersOnePiece: super-seeding, the CDN sends the only piece to one
+// peer at that peer's download rate (1 s); the other waits for it (the CDN
+// serves a piece to one requester at a time) and gets it from the first at
+// that peer's upload rate (2 s more). With a fanout of 2 both get it from the
+// CDN at once (1 s).
 func TestTwoPeersOnePiece(t *testing.T) {
 	t.Parallel()
-	res, err := Run(Scenario{
+	sc := Scenario{
 		Size: 100, PieceSize: 100, Peers: 2,
 		PeerUpload: 50, PeerDownload: 100, CDNUpload: 1000, OriginRate: 1e9,
-	})
+		Scheduler: scheduler.Config{CDNPieceFanout: 2},
+	}
+	res, err := Run(sc)
+	require.NoError(t, err)
+	require.Equal(t, 2, res.Transfers)
+	within(t, 1, res.Max, "max")
+	require.Equal(t, int64(100), res.OriginBytes)
+	require.Equal(t, int64(200), res.CDNBytes)
+	require.Zero(t, res.PeerBytes)
+
+	sc.Scheduler.CDNPieceFanout = 1
+	res, err = Run(sc)
 	require.NoError(t, err)
 	require.Equal(t, 1, res.Pieces)
 	require.Equal(t, 2, res.Transfers)
@@ -54,15 +66,15 @@ func TestFairShare(t *testing.T) {
 	}
 }
 
-// TestCDNShared: with two CDN upload slots and a slow CDN, two peers each
-// get one of two pieces from the CDN at half its rate (2 s), then swap them
-// at their upload rate (1 s): 3 s for both.
+// TestCDNShared: super-seeding with two CDN upload slots and a slow CDN, two
+// peers each get one of two pieces from the CDN at half its rate (2 s), then
+// swap them at their upload rate (1 s): 3 s for both.
 func TestCDNShared(t *testing.T) {
 	t.Parallel()
 	res, err := Run(Scenario{
 		Size: 200, PieceSize: 100, Peers: 2,
 		PeerUpload: 100, PeerDownload: 1000, CDNUpload: 100, OriginRate: 1e9,
-		Scheduler: scheduler.Config{CDNUploadSlots: 2},
+		Scheduler: scheduler.Config{CDNUploadSlots: 2, CDNPieceFanout: 1},
 	})
 	require.NoError(t, err)
 	within(t, 3, res.P50, "p50")
@@ -83,22 +95,33 @@ func TestOriginPaces(t *testing.T) {
 	within(t, 2, res.Max, "max")
 }
 
-// TestSwarm: 50 peers, 32 pieces: everyone completes, the CDN uploads
-// about one copy, the peers carry the rest, and nobody beats the ideal.
+// TestSwarm: 50 peers, 32 pieces: everyone completes, the peers carry most
+// of it, and nobody beats the ideal. Super-seeding (cdnPieceFanout 1), the
+// CDN uploads about one copy; with the default fanout it uploads more, but
+// still a small share, and nobody finishes later for it.
 func TestSwarm(t *testing.T) {
 	t.Parallel()
 	const size = 32 << 20
-	res, err := Run(Scenario{
-		Size: size, PieceSize: 1 << 20, Peers: 50,
-		PeerUpload: 100e6, PeerDownload: 100e6, CDNUpload: 1e9, OriginRate: 1e9,
-	})
-	require.NoError(t, err)
-	require.Equal(t, int64(50*size), res.CDNBytes+res.PeerBytes)
-	require.Less(t, res.CDNBytes, int64(2*size))
-	require.GreaterOrEqual(t, res.P50, res.Ideal)
-	require.LessOrEqual(t, res.P50, res.P99)
-	require.LessOrEqual(t, res.P99, res.Max)
-	require.Less(t, res.Max, 10*res.Ideal)
+	run := func(fanout int) Result {
+		res, err := Run(Scenario{
+			Size: size, PieceSize: 1 << 20, Peers: 50,
+			PeerUpload: 100e6, PeerDownload: 100e6, CDNUpload: 1e9, OriginRate: 1e9,
+			Scheduler: scheduler.Config{CDNPieceFanout: fanout},
+		})
+		require.NoError(t, err)
+		require.Equal(t, int64(50*size), res.CDNBytes+res.PeerBytes)
+		require.Equal(t, int64(size), res.OriginBytes)
+		require.GreaterOrEqual(t, res.P50, res.Ideal)
+		require.LessOrEqual(t, res.P50, res.P99)
+		require.LessOrEqual(t, res.P99, res.Max)
+		require.Less(t, res.Max, 10*res.Ideal)
+		return res
+	}
+	seed := run(1)
+	require.Less(t, seed.CDNBytes, int64(2*size))
+	fan := run(0)
+	require.Less(t, fan.CDNBytes, int64(50*size/4))
+	require.LessOrEqual(t, fan.P99, seed.P99)
 }
 
 func TestInvalid(t *testing.T) {
