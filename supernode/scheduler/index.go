@@ -47,18 +47,36 @@ func (b bitset) word(w int) uint64 {
 	return 0
 }
 
+// cdnRoom says what the CDN may still take on: any piece only it may serve
+// (free: it has a free slot), and copies of pieces peers hold (spare: fewer
+// than dupLimit of its slots are taken).
+type cdnRoom struct{ free, spare bool }
+
+// dupLimit is how many CDN slots may be taken for the CDN to still send a
+// piece some peer holds (all of whose holders are busy): half of them, so
+// that the other half stays for pieces only the CDN has.
+func dupLimit(cdnSlots int) int { return max(cdnSlots/2, 1) }
+
+// room returns what the CDN may still take on with s.
+func (s slots) room() cdnRoom {
+	return cdnRoom{free: s.cdnBusy < s.cdn, spare: s.cdnBusy < dupLimit(s.cdn)}
+}
+
 // servable reports whether piece i can be served to someone who wants it as
 // things stand: a peer that may serve it has a free slot, or none has and
-// the CDN may serve it (cdnMay) and (cdnFree) has a free slot.
-func (t *task) servable(i int, cdnFree bool) bool {
-	return t.peerOK.has(i) || (cdnFree && t.cdnOK.has(i))
+// the CDN may serve it (cdnMay) and has room for it.
+func (t *task) servable(i int, cdn cdnRoom) bool {
+	return t.peerOK.has(i) || (cdn.free && t.cdnOK.has(i)) || (cdn.spare && t.cdnDup.has(i))
 }
 
 // servableWord returns word w of the servable pieces.
-func (t *task) servableWord(w int, cdnFree bool) uint64 {
+func (t *task) servableWord(w int, cdn cdnRoom) uint64 {
 	x := t.peerOK.word(w)
-	if cdnFree {
+	if cdn.free {
 		x |= t.cdnOK.word(w)
+	}
+	if cdn.spare {
+		x |= t.cdnDup.word(w)
 	}
 	return x
 }
@@ -69,27 +87,27 @@ func (t *task) servableWord(w int, cdnFree bool) uint64 {
 func (st *state) refresh(t *task, i int) {
 	pub := t.digests[i] != ""
 	ok := pub && t.free[i] > 0
-	cdnOK := pub && t.free[i] == 0 && cdnMay(t, i, st.cfg.CDNPieceFanout)
-	rose := false
-	if ok != t.peerOK.has(i) {
-		if ok {
-			t.peerOK.set(i)
-			rose = true
-		} else {
-			t.peerOK.clear(i)
-		}
-	}
-	if cdnOK != t.cdnOK.has(i) {
-		if cdnOK {
-			t.cdnOK.set(i)
-			rose = true
-		} else {
-			t.cdnOK.clear(i)
-		}
-	}
+	cdn := pub && t.free[i] == 0 && cdnMay(t, i, st.cfg.CDNPieceFanout)
+	held := len(t.holders[i]) > 0
+	rose := setBit(&t.peerOK, i, ok)
+	rose = setBit(&t.cdnOK, i, cdn && !held) || rose
+	rose = setBit(&t.cdnDup, i, cdn && held) || rose
 	if rose && len(t.waiters) > 0 {
 		st.changed(t).pieces.set(i)
 	}
+}
+
+// setBit sets bit i of b to on and reports whether it rose.
+func setBit(b *bitset, i int, on bool) bool {
+	if on == b.has(i) {
+		return false
+	}
+	if on {
+		b.set(i)
+	} else {
+		b.clear(i)
+	}
+	return on
 }
 
 // cdnMay reports whether the CDN may start one more transfer of piece i,

@@ -50,9 +50,10 @@ func checkIndex(t *testing.T, st *state, step int) {
 			}
 			pub := tk.digests[i] != ""
 			if free != tk.free[i] || pub != tk.pub.has(i) || (pub && free > 0) != tk.peerOK.has(i) ||
-				(pub && free == 0 && cdnRecount(tk, fromCDN, i, st.cfg.CDNPieceFanout)) != tk.cdnOK.has(i) {
-				fail("piece %d: free %d (recount %d), published %v, peerOK %v, cdnOK %v",
-					i, tk.free[i], free, pub, tk.peerOK.has(i), tk.cdnOK.has(i))
+				(pub && free == 0 && cdnRecount(tk, fromCDN, i, st.cfg.CDNPieceFanout) && len(tk.holders[i]) == 0) != tk.cdnOK.has(i) ||
+				(pub && free == 0 && cdnRecount(tk, fromCDN, i, st.cfg.CDNPieceFanout) && len(tk.holders[i]) > 0) != tk.cdnDup.has(i) {
+				fail("piece %d: free %d (recount %d), published %v, peerOK %v, cdnOK %v, cdnDup %v",
+					i, tk.free[i], free, pub, tk.peerOK.has(i), tk.cdnOK.has(i), tk.cdnDup.has(i))
 			}
 		}
 		for _, m := range tk.members {

@@ -62,7 +62,10 @@ func newPolicy(name string) (selectionPolicy, error) {
 // Peers with a free slot always come first, so the CDN's upload grows only
 // while the peers' slots are all taken: the CDN fills the gap while a piece
 // spreads hop by hop from peer to peer, instead of leaving the requesters
-// idle. The origin is not involved: the CDN serves from its own copy.
+// idle. It sends a piece some peer holds only while fewer than half its slots
+// are taken (dupLimit): the rest stay for the pieces only it has, which
+// everyone else waits for. The origin is not involved: the CDN serves from
+// its own copy.
 //
 // With a fanout of 1 the CDN super-seeds (like a BitTorrent super-seed): it
 // serves a piece only while no peer holds it, to one requester at a time, and
@@ -77,17 +80,20 @@ func (rarestFirst) choose(t *task, req *member, max int, s slots) []choice {
 	if max <= 0 {
 		return nil
 	}
-	cdnFree := s.cdn - s.cdnBusy
 	// Only the servable pieces can be chosen: ordering just those keeps a
 	// poll's cost to what it may get, not to the task's size.
-	var cdnOK bitset
-	if cdnFree > 0 {
+	var cdnOK, cdnDup bitset
+	if room := s.room(); room.free {
 		cdnOK = t.cdnOK
+		if room.spare {
+			cdnDup = t.cdnDup
+		}
 	}
-	order := t.order(req, t.peerOK, cdnOK)
+	order := t.order(req, t.peerOK, cdnOK, cdnDup)
 	if len(order) == 0 {
 		return nil
 	}
+	cdnBusy := s.cdnBusy
 	// Slots taken by the choices made so far in this call.
 	var taken takenSlots
 	var out []choice
@@ -100,8 +106,8 @@ func (rarestFirst) choose(t *task, req *member, max int, s slots) []choice {
 		case best != nil:
 			taken.add(best.peer)
 			out = append(out, choice{piece: i, from: best})
-		case cdnFree > 0 && cdnMay(t, i, s.cdnFanout):
-			cdnFree--
+		case cdnBusy < s.cdn && cdnMay(t, i, s.cdnFanout) && (len(t.holders[i]) == 0 || cdnBusy < dupLimit(s.cdn)):
+			cdnBusy++
 			out = append(out, choice{piece: i})
 		}
 	}
@@ -208,13 +214,13 @@ func leastLoadedFree(t *task, i int, req *member, taken *takenSlots, slots int) 
 }
 
 func (rarestFirst) canServe(t *task, req *member, i int, s slots) bool {
-	return t.isPublished(i) && !req.busy.has(i) && t.servable(i, s.cdnBusy < s.cdn)
+	return t.isPublished(i) && !req.busy.has(i) && t.servable(i, s.room())
 }
 
 // candidates returns the published pieces req neither holds nor has in
 // flight, rarest first and then by index.
 func candidates(t *task, req *member) []int {
-	keys := t.order(req, t.pub, nil)
+	keys := t.order(req, t.pub, nil, nil)
 	out := make([]int, len(keys))
 	for k, key := range keys {
 		out[k] = int(uint32(key))
@@ -222,14 +228,14 @@ func candidates(t *task, req *member) []int {
 	return out
 }
 
-// order returns the pieces of a or b that req neither holds nor has in
+// order returns the pieces of a, b or c that req neither holds nor has in
 // flight, rarest first (peers holding the piece plus
 // assignments of it in flight) and then by index, each as rarity<<32 |
 // index. The slice is the task's scratch buffer, valid until the next call.
-func (t *task) order(req *member, a, b bitset) []uint64 {
+func (t *task) order(req *member, a, b, c bitset) []uint64 {
 	keys := t.scratch[:0]
-	for w := range max(len(a), len(b)) {
-		x := (a.word(w) | b.word(w)) &^ req.busy.word(w)
+	for w := range max(len(a), len(b), len(c)) {
+		x := (a.word(w) | b.word(w) | c.word(w)) &^ req.busy.word(w)
 		for x != 0 {
 			i := w<<6 | bits.TrailingZeros64(x)
 			x &= x - 1

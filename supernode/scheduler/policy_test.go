@@ -265,11 +265,28 @@ func TestRarestFirstPolicy(t *testing.T) {
 			want: []string{"0<-cdn"},
 		},
 		{
+			name: "fanout: copies of held pieces only while half the cdn's slots are free",
+			cfg:  Config{CDNUploadSlots: 4, CDNPieceFanout: 4},
+			fix: fixture{pieces: 2, holders: map[string][]int{"a": {0}},
+				uploading: map[string]int{"a": 4, "cdn": 1}},
+			req: "r", max: 2,
+			// 1 is only at the CDN; 0's holder is busy, and the CDN may copy
+			// it while fewer than 2 of its 4 slots are taken: 1 took one.
+			want: []string{"1<-cdn"},
+		},
+		{
+			name: "fanout: a copy of a held piece when the cdn has room",
+			cfg:  Config{CDNUploadSlots: 4, CDNPieceFanout: 4},
+			fix: fixture{pieces: 2, holders: map[string][]int{"a": {0, 1}},
+				uploading: map[string]int{"a": 4, "cdn": 1}},
+			req: "r", max: 2,
+			want: []string{"0<-cdn"},
+		},
+		{
 			name: "fanout: the cdn slot cap still holds",
 			cfg:  Config{CDNUploadSlots: 2, CDNPieceFanout: 4},
-			fix: fixture{pieces: 3, holders: map[string][]int{"a": {0, 1, 2}},
-				uploading: map[string]int{"a": 4, "cdn": 1}},
-			req: "r", max: 3,
+			fix:  fixture{pieces: 3, uploading: map[string]int{"cdn": 1}},
+			req:  "r", max: 3,
 			want: []string{"0<-cdn"},
 		},
 		{

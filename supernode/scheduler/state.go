@@ -96,9 +96,10 @@ type task struct {
 	// slot.
 	free []int
 	// peerOK holds the published pieces with a free holder; cdnOK the
-	// published pieces without one that the CDN may serve (cdnMay).
-	// Together they are what can be served right now.
-	peerOK, cdnOK bitset
+	// published pieces no peer holds, cdnDup those whose holders are all
+	// busy, that the CDN may serve (cdnMay). With the CDN's room they are
+	// what can be served right now.
+	peerOK, cdnOK, cdnDup bitset
 	// freeByLoad lists the members, not struck out, whose peer has a free
 	// upload slot, by the peer's uploads; nfree counts them.
 	freeByLoad [][]*member
@@ -226,8 +227,8 @@ type changes struct {
 	all bool
 	// pieces: pieces that became servable (task.refresh).
 	pieces bitset
-	// cdn: the CDN got a free upload slot back, so the cdnOK pieces became
-	// servable.
+	// cdn: the CDN got a free upload slot back (or one under dupLimit),
+	// so the cdnOK (or cdnDup) pieces became servable.
 	cdn bool
 	// members: members with parked polls that want a piece again (an
 	// assignment of theirs ended without the piece, or they lost it) or
@@ -719,7 +720,7 @@ func (st *state) endAssignment(a *assignment, delivered bool) {
 	t.inflight[a.piece]--
 	if a.from == nil {
 		st.cdnBusy--
-		if st.cdnBusy == st.cfg.CDNUploadSlots-1 {
+		if st.cdnBusy == st.cfg.CDNUploadSlots-1 || st.cdnBusy == dupLimit(st.cfg.CDNUploadSlots)-1 {
 			st.changedCDN()
 		}
 		t.fromCDN[a.piece]--
@@ -868,20 +869,20 @@ func (st *state) flush() {
 
 // retry retries the parked polls of t that what c records may serve.
 func (st *state) retry(t *task, c *changes) {
-	cdnFree := st.cdnBusy < st.cfg.CDNUploadSlots
+	room := st.slots().room()
 	// want: the pieces that became servable and still are.
 	want := st.want[:0]
 	n := len(c.pieces)
-	if c.cdn && cdnFree {
-		n = max(n, len(t.cdnOK))
+	if c.cdn && room.free {
+		n = max(n, len(t.cdnOK), len(t.cdnDup))
 	}
 	rose := false
 	for w := range n {
 		x := c.pieces.word(w)
-		if c.cdn && cdnFree {
-			x |= t.cdnOK.word(w)
+		if c.cdn {
+			x |= t.cdnOK.word(w) | t.cdnDup.word(w)
 		}
-		x &= t.servableWord(w, cdnFree)
+		x &= t.servableWord(w, room)
 		rose = rose || x != 0
 		want = append(want, x)
 	}
@@ -902,10 +903,10 @@ func (st *state) retry(t *task, c *changes) {
 		}
 		if rose {
 			// The answer took slots: keep what is still servable.
-			cdnFree = st.cdnBusy < st.cfg.CDNUploadSlots
+			room = st.slots().room()
 			rose = false
 			for i := range want {
-				want[i] &= t.servableWord(i, cdnFree)
+				want[i] &= t.servableWord(i, room)
 				rose = rose || want[i] != 0
 			}
 		}

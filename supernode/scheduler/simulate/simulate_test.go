@@ -98,7 +98,7 @@ func TestOriginPaces(t *testing.T) {
 // TestSwarm: 50 peers, 32 pieces: everyone completes, the peers carry most
 // of it, and nobody beats the ideal. Super-seeding (cdnPieceFanout 1), the
 // CDN uploads about one copy; with the default fanout it uploads more, but
-// still a small share, and nobody finishes later for it.
+// still a small share, and the last peer finishes no more than 1% later.
 func TestSwarm(t *testing.T) {
 	t.Parallel()
 	const size = 32 << 20
@@ -121,7 +121,7 @@ func TestSwarm(t *testing.T) {
 	require.Less(t, seed.CDNBytes, int64(2*size))
 	fan := run(0)
 	require.Less(t, fan.CDNBytes, int64(50*size/4))
-	require.LessOrEqual(t, fan.P99, seed.P99)
+	require.LessOrEqual(t, fan.P99, seed.P99+seed.P99/100)
 }
 
 func TestInvalid(t *testing.T) {
