@@ -11,7 +11,7 @@ const (
 	DefaultPolicy            = PolicyRarestFirst
 	DefaultPeerUploadSlots   = 4
 	DefaultCDNUploadSlots    = 16
-	DefaultCDNPieceFanout    = 4
+	DefaultCDNPieceFanout    = 16
 	DefaultPeerTTL           = 30 * time.Second
 	DefaultAssignmentTimeout = 60 * time.Second
 	DefaultStrikeLimit       = 2

@@ -87,7 +87,7 @@ func (t *task) servableWord(w int, cdn cdnRoom) uint64 {
 func (st *state) refresh(t *task, i int) {
 	pub := t.digests[i] != ""
 	ok := pub && t.free[i] > 0
-	cdn := pub && t.free[i] == 0 && cdnMay(t, i, st.cfg.CDNPieceFanout)
+	cdn := pub && t.free[i] == 0 && cdnMay(t, i, t.cdnFanout(st.cfg.CDNPieceFanout, st.cfg.CDNUploadSlots))
 	held := len(t.holders[i]) > 0
 	rose := setBit(&t.peerOK, i, ok)
 	rose = setBit(&t.cdnOK, i, cdn && !held) || rose
@@ -108,6 +108,30 @@ func setBit(b *bitset, i int, on bool) bool {
 		b.clear(i)
 	}
 	return on
+}
+
+// cdnFanout is the fanout the CDN uses in t: fanout while t has no more
+// members than the CDN has upload slots, so that it can serve all of them at
+// once; 1 (super-seeding) in a larger swarm, where the CDN's link is a small
+// share of the swarm's and sending each new piece once, at full speed, is
+// what everyone waits for.
+func (t *task) cdnFanout(fanout, cdnSlots int) int {
+	if len(t.members) > cdnSlots {
+		return 1
+	}
+	return fanout
+}
+
+// refreshAll recomputes the servability bits of every piece of t, after its
+// CDN fanout changed (cdnFanout). Paid only when the member count crosses
+// the CDN's slot count.
+func (st *state) refreshAll(t *task) {
+	if st.cfg.CDNPieceFanout == 1 {
+		return
+	}
+	for i := range t.digests {
+		st.refresh(t, i)
+	}
 }
 
 // cdnMay reports whether the CDN may start one more transfer of piece i,

@@ -58,7 +58,8 @@ func newPolicy(name string) (selectionPolicy, error) {
 // pieces instead of sending everyone to piece 0.
 //
 // The CDN is the source of last resort: it serves a piece only when no peer
-// that may serve it has a free slot, to at most cdnFanout requesters at once.
+// that may serve it has a free slot, to at most cdnFanout requesters at once
+// (while the task has no more members than the CDN has slots, else one).
 // Peers with a free slot always come first, so the CDN's upload grows only
 // while the peers' slots are all taken: the CDN fills the gap while a piece
 // spreads hop by hop from peer to peer, instead of leaving the requesters
@@ -94,6 +95,7 @@ func (rarestFirst) choose(t *task, req *member, max int, s slots) []choice {
 		return nil
 	}
 	cdnBusy := s.cdnBusy
+	fanout := t.cdnFanout(s.cdnFanout, s.cdn)
 	// Slots taken by the choices made so far in this call.
 	var taken takenSlots
 	var out []choice
@@ -106,7 +108,7 @@ func (rarestFirst) choose(t *task, req *member, max int, s slots) []choice {
 		case best != nil:
 			taken.add(best.peer)
 			out = append(out, choice{piece: i, from: best})
-		case cdnBusy < s.cdn && cdnMay(t, i, s.cdnFanout) && (len(t.holders[i]) == 0 || cdnBusy < dupLimit(s.cdn)):
+		case cdnBusy < s.cdn && cdnMay(t, i, fanout) && (len(t.holders[i]) == 0 || cdnBusy < dupLimit(s.cdn)):
 			cdnBusy++
 			out = append(out, choice{piece: i})
 		}

@@ -581,6 +581,9 @@ func (st *state) join(taskID string, sp schedapi.Peer, have *piece.Set) (schedap
 		if st.peerFree(p) && !t.isStruck(p.id) {
 			t.addFree(m)
 		}
+		if len(t.members) == st.cfg.CDNUploadSlots+1 {
+			st.refreshAll(t) // the CDN's fanout drops to 1
+		}
 	}
 	for _, i := range have.Indices() {
 		// With the count known, a declared piece is taken even if not yet
@@ -678,6 +681,9 @@ func (st *state) dropMember(m *member) {
 	t.waiters = kept
 	delete(t.members, m.peer.id)
 	delete(m.peer.tasks, t.id)
+	if len(t.members) == st.cfg.CDNUploadSlots {
+		st.refreshAll(t) // the CDN's fanout is back
+	}
 }
 
 func (st *state) leave(taskID, peerID string) error {
