@@ -78,7 +78,7 @@ func run(args []string) error {
 	conc := fs.Int("concurrency", 0, "pieces each peer keeps in flight (default 8)")
 	peerSlots := fs.Int("peer-slots", 0, "scheduler peerUploadSlots (default 4)")
 	cdnSlots := fs.Int("cdn-slots", 0, "scheduler cdnUploadSlots (default 16)")
-	cdnFanout := fs.Int("cdn-fanout", 0, "scheduler cdnPieceFanout (default 4; 1 super-seeds)")
+	cdnFanout := fs.Int("cdn-fanout", 0, "scheduler cdnPieceFanout (default 16; 1 super-seeds)")
 	latency := fs.Duration("latency", -1, "one-way latency of polls, reports, answers and transfer requests (default 0.25ms for the presets, 0 for custom)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the runs to this file")
 	if err := fs.Parse(args); err != nil {
