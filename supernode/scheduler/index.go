@@ -87,11 +87,20 @@ func (t *task) servableWord(w int, cdn cdnRoom) uint64 {
 func (st *state) refresh(t *task, i int) {
 	pub := t.digests[i] != ""
 	ok := pub && t.free[i] > 0
-	cdn := pub && t.free[i] == 0 && cdnMay(t, i, t.cdnFanout(st.cfg.CDNPieceFanout, st.cfg.CDNUploadSlots))
-	held := len(t.holders[i]) > 0
-	rose := setBit(&t.peerOK, i, ok)
-	rose = setBit(&t.cdnOK, i, cdn && !held) || rose
-	rose = setBit(&t.cdnDup, i, cdn && held) || rose
+	cdn := pub && !ok && cdnMay(t, i, t.cdnFanout(st.cfg.CDNPieceFanout, st.cfg.CDNUploadSlots))
+	orphan := cdn && len(t.holders[i]) == 0
+	dup := cdn && !orphan
+	rose := false
+	// The bits rarely change: test them inline, flip them out of line.
+	if ok != t.peerOK.has(i) {
+		rose = setBit(&t.peerOK, i, ok)
+	}
+	if orphan != t.cdnOK.has(i) {
+		rose = setBit(&t.cdnOK, i, orphan) || rose
+	}
+	if dup != t.cdnDup.has(i) {
+		rose = setBit(&t.cdnDup, i, dup) || rose
+	}
 	if rose && len(t.waiters) > 0 {
 		st.changed(t).pieces.set(i)
 	}
