@@ -82,11 +82,7 @@ func runManifests(ctx context.Context, o options, work string) error {
 		digests[i] = img.Manifest.String()
 	}
 
-	addr, err := freeAddr()
-	if err != nil {
-		return err
-	}
-	args := []string{"--listen", addr, "--upstream", reg.URL.String(), "--log-level", "warn"}
+	var extra []string
 	ttl, ttlDur := "30s (default)", 30*time.Second
 	if o.tagTTL > 0 {
 		ttlDur = o.tagTTL
@@ -94,13 +90,16 @@ func runManifests(ctx context.Context, o options, work string) error {
 		if err := os.WriteFile(cfg, fmt.Appendf(nil, "cache:\n  tagTTL: %s\n", o.tagTTL), 0o644); err != nil {
 			return err
 		}
-		args = append(args, "--config", cfg)
+		extra = append(extra, "--config", cfg)
 		ttl = o.tagTTL.String()
 	}
-	rc, err := startProc(ctx, o, "registry-cache", "http://"+addr+"/healthz", args...)
+	rc, addrs, err := startOnFreePorts(ctx, o, "registry-cache", 1, func(a []string) (string, []string) {
+		return "http://" + a[0] + "/healthz", append([]string{"--listen", a[0], "--upstream", reg.URL.String(), "--log-level", "warn"}, extra...)
+	})
 	if err != nil {
 		return err
 	}
+	addr := addrs[0]
 	defer rc.stop()
 
 	if os.Getenv("GOMAXPROCS") == "" {

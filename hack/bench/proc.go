@@ -125,3 +125,30 @@ func (p *proc) cpuTime() (time.Duration, error) {
 	// USER_HZ is 100 on every Linux platform Go supports.
 	return time.Duration(ticks) * 10 * time.Millisecond, nil
 }
+
+// startOnFreePorts starts bin/<name> on k free loopback addresses, which
+// build turns into the health URL and the arguments. An address is free when
+// picked but may be taken (by another daemon or an outgoing connection)
+// before the daemon binds it, so a start that fails on a taken address is
+// tried again with new ones, up to three times.
+func startOnFreePorts(ctx context.Context, o options, name string, k int, build func(addrs []string) (healthURL string, args []string)) (*proc, []string, error) {
+	var err error
+	for range 3 {
+		addrs := make([]string, k)
+		for i := range addrs {
+			if addrs[i], err = freeAddr(); err != nil {
+				return nil, nil, err
+			}
+		}
+		health, args := build(addrs)
+		var p *proc
+		p, err = startProc(ctx, o, name, health, args...)
+		if err == nil {
+			return p, addrs, nil
+		}
+		if !strings.Contains(err.Error(), "address already in use") {
+			return nil, nil, err
+		}
+	}
+	return nil, nil, err
+}

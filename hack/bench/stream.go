@@ -150,45 +150,31 @@ type streamResult struct {
 // copy), and stops them.
 func streamRound(ctx context.Context, o options, dir, registry string, layer digest.Digest) (res streamResult, err error) {
 	defer os.RemoveAll(dir)
-	snAddr, err := freeAddr()
-	if err != nil {
-		return res, err
-	}
-	sn, err := startProc(ctx, o, "supernode", "http://"+snAddr+"/healthz",
-		"--listen", snAddr, "--data-dir", filepath.Join(dir, "supernode"),
-		"--admin-token", "bench", "--log-level", "warn", "--source-allow", "127.0.0.1/32")
+	sn, snAddrs, err := startOnFreePorts(ctx, o, "supernode", 1, func(a []string) (string, []string) {
+		return "http://" + a[0] + "/healthz", []string{"--listen", a[0], "--data-dir", filepath.Join(dir, "supernode"),
+			"--admin-token", "bench", "--log-level", "warn", "--source-allow", "127.0.0.1/32"}
+	})
 	if err != nil {
 		return res, err
 	}
 	defer sn.stop()
-	listen, err := freeAddr()
-	if err != nil {
-		return res, err
+	dfdaemon := func(dataDir string) (*proc, string, error) {
+		p, a, err := startOnFreePorts(ctx, o, "dfdaemon", 2, func(a []string) (string, []string) {
+			return "http://" + a[0] + "/healthz", []string{"--listen", a[0], "--peer-listen", a[1], "--advertise-ip", "127.0.0.1",
+				"--node", snAddrs[0], "--registry", registry, "--data-dir", filepath.Join(dir, dataDir),
+				"--log-level", "warn", "--source-allow", "127.0.0.1/32", "--peer-allow", "127.0.0.1/32"}
+		})
+		if err != nil {
+			return nil, "", err
+		}
+		return p, a[0], nil
 	}
-	peerListen, err := freeAddr()
-	if err != nil {
-		return res, err
-	}
-	dfd, err := startProc(ctx, o, "dfdaemon", "http://"+listen+"/healthz",
-		"--listen", listen, "--peer-listen", peerListen, "--advertise-ip", "127.0.0.1",
-		"--node", snAddr, "--registry", registry, "--data-dir", filepath.Join(dir, "dfdaemon"),
-		"--log-level", "warn", "--source-allow", "127.0.0.1/32", "--peer-allow", "127.0.0.1/32")
+	dfd, listen, err := dfdaemon("dfdaemon")
 	if err != nil {
 		return res, err
 	}
 	defer dfd.stop()
-	listen2, err := freeAddr()
-	if err != nil {
-		return res, err
-	}
-	peerListen2, err := freeAddr()
-	if err != nil {
-		return res, err
-	}
-	dfd2, err := startProc(ctx, o, "dfdaemon", "http://"+listen2+"/healthz",
-		"--listen", listen2, "--peer-listen", peerListen2, "--advertise-ip", "127.0.0.1",
-		"--node", snAddr, "--registry", registry, "--data-dir", filepath.Join(dir, "dfdaemon2"),
-		"--log-level", "warn", "--source-allow", "127.0.0.1/32", "--peer-allow", "127.0.0.1/32")
+	dfd2, listen2, err := dfdaemon("dfdaemon2")
 	if err != nil {
 		return res, err
 	}

@@ -169,43 +169,38 @@ func runScenario(ctx context.Context, o options, org *origin, dir, mode string, 
 			bases[i], lims[i] = rl.URL, newByteLimiter(int64(o.rate))
 		}
 	case modeDamselfly:
-		if snAddr, err = freeAddr(); err != nil {
-			return sc, err
-		}
-		args := []string{"--listen", snAddr, "--data-dir", filepath.Join(dir, "supernode"),
-			"--admin-token", "bench", "--log-level", "warn", "--source-allow", "127.0.0.1/32"}
-		if o.snConfig != "" {
-			args = append(args, "--config", o.snConfig)
-		}
-		sn, err = startProc(ctx, o, "supernode", "http://"+snAddr+"/healthz", args...)
+		var addrs []string
+		sn, addrs, err = startOnFreePorts(ctx, o, "supernode", 1, func(a []string) (string, []string) {
+			args := []string{"--listen", a[0], "--data-dir", filepath.Join(dir, "supernode"),
+				"--admin-token", "bench", "--log-level", "warn", "--source-allow", "127.0.0.1/32"}
+			if o.snConfig != "" {
+				args = append(args, "--config", o.snConfig)
+			}
+			return "http://" + a[0] + "/healthz", args
+		})
 		if err != nil {
 			return sc, err
 		}
+		snAddr = addrs[0]
 		var g errgroup.Group
 		dfds = make([]*proc, n)
 		dfdAddrs = make([]string, n)
 		for i := range n {
 			g.Go(func() error {
-				listen, err := freeAddr()
+				p, addrs, err := startOnFreePorts(ctx, o, "dfdaemon", 2, func(a []string) (string, []string) {
+					args := []string{"--listen", a[0], "--peer-listen", a[1], "--advertise-ip", "127.0.0.1",
+						"--node", snAddr, "--registry", org.info.URL, "--data-dir", filepath.Join(dir, fmt.Sprintf("dfdaemon-%d", i)),
+						"--log-level", "warn", "--source-allow", "127.0.0.1/32", "--peer-allow", "127.0.0.1/32",
+						"--download-rate", o.rate.String(), "--upload-rate", o.uploadRate.String()}
+					if o.dfdConfig != "" {
+						args = append(args, "--config", o.dfdConfig)
+					}
+					return "http://" + a[0] + "/healthz", args
+				})
 				if err != nil {
 					return err
 				}
-				peerListen, err := freeAddr()
-				if err != nil {
-					return err
-				}
-				args := []string{"--listen", listen, "--peer-listen", peerListen, "--advertise-ip", "127.0.0.1",
-					"--node", snAddr, "--registry", org.info.URL, "--data-dir", filepath.Join(dir, fmt.Sprintf("dfdaemon-%d", i)),
-					"--log-level", "warn", "--source-allow", "127.0.0.1/32", "--peer-allow", "127.0.0.1/32",
-					"--download-rate", o.rate.String(), "--upload-rate", o.uploadRate.String()}
-				if o.dfdConfig != "" {
-					args = append(args, "--config", o.dfdConfig)
-				}
-				p, err := startProc(ctx, o, "dfdaemon", "http://"+listen+"/healthz", args...)
-				if err != nil {
-					return err
-				}
-				dfds[i], dfdAddrs[i] = p, "http://"+listen
+				dfds[i], dfdAddrs[i] = p, "http://"+addrs[0]
 				return nil
 			})
 		}

@@ -139,9 +139,13 @@ func (t *throttle) copy(ctx context.Context, dst io.Writer, src io.Reader) (int6
 			if err := t.lim.WaitN(ctx, n); err != nil {
 				return total, err
 			}
+			// Counted before it is written, so that a client that has
+			// the bytes never reads a count without them; what dst did not
+			// take is taken off again.
+			t.sent.Add(int64(n))
 			m, werr := dst.Write(buf[:n])
 			total += int64(m)
-			t.sent.Add(int64(m))
+			t.sent.Add(int64(m - n))
 			if werr != nil {
 				return total, werr
 			}
