@@ -101,47 +101,6 @@ func TestParseArgs(t *testing.T) {
 	}
 }
 
-func TestParseRate(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		in   string
-		want int64
-		ok   bool
-	}{
-		{"100", 100, true},
-		{"20M", 20 << 20, true},
-		{"20m", 20 << 20, true},
-		{"20MB", 20 << 20, true},
-		{"20MiB", 20 << 20, true},
-		{"512K", 512 << 10, true},
-		{"512KB/s", 512 << 10, true},
-		{"1.5G", 3 << 29, true},
-		{"2g", 2 << 30, true},
-		{"64B", 64, true},
-		{"", 0, false},
-		{"M", 0, false},
-		{"20X", 0, false},
-		{"20iB", 0, false},
-		{"-5M", 0, false},
-		{"0", 0, false},
-		{"NaN", 0, false},
-		{"1e3", 0, false},
-		{"0.5", 0, false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.in, func(t *testing.T) {
-			t.Parallel()
-			got, err := ParseRate(tt.in)
-			if !tt.ok {
-				require.Error(t, err)
-				return
-			}
-			require.NoError(t, err)
-			require.Equal(t, tt.want, got)
-		})
-	}
-}
-
 func TestRenderProgress(t *testing.T) {
 	t.Parallel()
 	tests := []struct {

@@ -138,12 +138,12 @@ func newFlagSet(o *options) *flag.FlagSet {
 	})
 	fs.StringVar(&o.identifier, "identifier", "", "`S` separates downloads of one URL with different content")
 	fs.Func("locallimit", "download `RATE` of this dfget, e.g. 20M (K, M, G; optional B or iB)", func(v string) error {
-		r, err := ParseRate(v)
+		r, err := ratelimit.Parse(v)
 		o.localLimit = r
 		return err
 	})
 	fs.Func("totallimit", "`RATE` cap on everything this dfget sends and receives", func(v string) error {
-		r, err := ParseRate(v)
+		r, err := ratelimit.Parse(v)
 		o.totalLimit = r
 		return err
 	})
@@ -215,8 +215,3 @@ func printUsage(w io.Writer, fs *flag.FlagSet) {
 	fs.PrintDefaults()
 	fs.SetOutput(io.Discard)
 }
-
-// ParseRate parses a byte rate such as 20M (20 MiB/s) as ratelimit.Parse
-// does: a number, optionally with a fraction, then an optional K, M or G
-// (powers of 1024) and an optional B or iB. It must be positive.
-func ParseRate(s string) (int64, error) { return ratelimit.Parse(s) }
