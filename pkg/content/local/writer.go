@@ -102,6 +102,16 @@ func (w *writer) closedErr() error {
 	return fmt.Errorf("ingest %s: %w", w.ref, fs.ErrClosed)
 }
 
+// ended returns closedErr once the writer was committed or closed, else nil.
+func (w *writer) ended() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.done {
+		return w.closedErr()
+	}
+	return nil
+}
+
 // Write appends p at the append offset (the end of the previous Write).
 func (w *writer) Write(p []byte) (int, error) {
 	w.mu.Lock()
@@ -127,11 +137,8 @@ func (w *writer) WriteAt(p []byte, off int64) (int, error) {
 	}
 	w.ioMu.RLock()
 	defer w.ioMu.RUnlock()
-	w.mu.Lock()
-	done := w.done
-	w.mu.Unlock()
-	if done {
-		return 0, w.closedErr()
+	if err := w.ended(); err != nil {
+		return 0, err
 	}
 	n, err := w.file.WriteAt(p, off)
 	if n > 0 {
@@ -227,11 +234,8 @@ func (w *writer) hashLocked(p []byte, off int64) {
 // ReadAt reads bytes of the ingest. It fails once the writer has committed
 // or closed.
 func (w *writer) ReadAt(p []byte, off int64) (int, error) {
-	w.mu.Lock()
-	done := w.done
-	w.mu.Unlock()
-	if done {
-		return 0, w.closedErr()
+	if err := w.ended(); err != nil {
+		return 0, err
 	}
 	n, err := w.file.ReadAt(p, off)
 	if err != nil && !errors.Is(err, io.EOF) {
@@ -246,11 +250,8 @@ func (w *writer) ReadAt(p []byte, off int64) (int, error) {
 func (w *writer) Sync() error {
 	w.ioMu.RLock()
 	defer w.ioMu.RUnlock()
-	w.mu.Lock()
-	done := w.done
-	w.mu.Unlock()
-	if done {
-		return w.closedErr()
+	if err := w.ended(); err != nil {
+		return err
 	}
 	if err := w.file.Sync(); err != nil {
 		return fmt.Errorf("ingest %s: sync: %w", w.ref, err)
@@ -297,11 +298,8 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest)
 	}
 	w.ioMu.Lock()
 	defer w.ioMu.Unlock()
-	w.mu.Lock()
-	done := w.done
-	w.mu.Unlock()
-	if done {
-		return w.closedErr()
+	if err := w.ended(); err != nil {
+		return err
 	}
 	// No write is in flight (ioMu): hash whatever the prefix still lacks,
 	// normally nothing.
