@@ -27,6 +27,7 @@ import (
 	// The pull-through cache's storage.
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 
+	"github.com/damselfly/damselfly/pkg/httpx"
 	"github.com/damselfly/damselfly/pkg/registrytest"
 )
 
@@ -111,7 +112,7 @@ func serveOrigin(ctx context.Context, o options) error {
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
-	mux.HandleFunc("GET /info", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, info) })
+	mux.HandleFunc("GET /info", func(w http.ResponseWriter, _ *http.Request) { httpx.WriteJSON(w, http.StatusOK, info) })
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {
 		s := reg.Stats()
 		st := originStats{Egress: th.Sent(), BlobBytes: s.BlobBytes, Requests: s.Requests}
@@ -121,7 +122,7 @@ func serveOrigin(ctx context.Context, o options) error {
 		for _, n := range s.ManifestGETs {
 			st.ManifestGETs += n
 		}
-		writeJSON(w, st)
+		httpx.WriteJSON(w, http.StatusOK, st)
 	})
 	mux.HandleFunc("POST /reset", func(w http.ResponseWriter, _ *http.Request) {
 		reg.ResetStats()
@@ -180,11 +181,6 @@ func serveChild(ctx context.Context, h http.Handler, ready func(addr string) rea
 	_ = srv.Shutdown(sctx)
 	_ = srv.Close()
 	return nil
-}
-
-func writeJSON(w http.ResponseWriter, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(v)
 }
 
 // startChild runs this binary with -serve and args, and returns the process
