@@ -299,10 +299,10 @@ func (r Request) validate() error {
 	if r.Upstream == nil || (r.Upstream.Scheme != "http" && r.Upstream.Scheme != "https") || r.Upstream.Host == "" {
 		return fmt.Errorf("%w: upstream must be an http(s) URL with a host", ErrBadRequest)
 	}
-	if !ValidRepository(r.Repo) {
+	if registrysource.ValidateRepository(r.Repo) != nil {
 		return fmt.Errorf("%w: repository %q: %w", ErrBadRequest, truncate(r.Repo), registrysource.ErrInvalid)
 	}
-	if !ValidReference(r.Ref) {
+	if registrysource.ValidateReference(r.Ref) != nil {
 		return fmt.Errorf("%w: reference %q: %w", ErrBadRequest, truncate(r.Ref), registrysource.ErrInvalid)
 	}
 	return nil

@@ -15,7 +15,7 @@
 //
 // A GET or HEAD of /v2/<name>/manifests/<reference> whose name and
 // reference follow the distribution grammar is recognised by hand (the
-// grammar in pkg/manifestcache, fuzzed against distribution's route
+// grammar in pkg/source/registrysource, fuzzed against distribution's route
 // regular expressions) and answered from the cache with the header values
 // the cache prepared when it fetched the manifest. Every other request is
 // matched with distribution's v2.Router(). Errors are
@@ -210,7 +210,7 @@ func manifestPath(p string) (name, ref string, ok bool) {
 		return "", "", false
 	}
 	name, ref = rest[:i], rest[i+len(manifestsSep):]
-	if !manifestcache.ValidRepository(name) || !manifestcache.ValidReference(ref) {
+	if registrysource.ValidateRepository(name) != nil || registrysource.ValidateReference(ref) != nil {
 		return "", "", false
 	}
 	return name, ref, true
@@ -238,7 +238,7 @@ func (s *Server) serveUnmatched(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		name, ref := rest[:i], rest[i+len(sep):]
-		if !manifestcache.ValidRepository(name) {
+		if registrysource.ValidateRepository(name) != nil {
 			serveError(w, errcode.ErrorCodeNameInvalid.WithDetail(name))
 			return
 		}
@@ -267,10 +267,10 @@ func refError(ref string) error {
 // checkNameRef validates a repository name and a manifest reference before
 // anything reaches the cache or the upstream.
 func checkNameRef(repo, ref string) error {
-	if !manifestcache.ValidRepository(repo) {
+	if registrysource.ValidateRepository(repo) != nil {
 		return errcode.ErrorCodeNameInvalid.WithDetail(repo)
 	}
-	if !manifestcache.ValidReference(ref) {
+	if registrysource.ValidateReference(ref) != nil {
 		return refError(ref)
 	}
 	return nil

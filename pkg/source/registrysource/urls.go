@@ -3,31 +3,16 @@ package registrysource
 import (
 	"fmt"
 	"net/url"
-	"regexp"
 	"strings"
 
-	"github.com/distribution/reference"
 	digest "github.com/opencontainers/go-digest"
 )
-
-// anchoredTag is the tag grammar of distribution/reference, whole string.
-var anchoredTag = regexp.MustCompile(`^(?:` + reference.TagRegexp.String() + `)$`)
-
-// probeDomain is put in front of a repository name so that the reference
-// grammar parses all of the name as the path: without it the first
-// component could be taken for a registry host (which allows upper case and
-// a port).
-const probeDomain = "registry.invalid"
 
 // ValidateRepository reports whether repo is a repository path on a
 // registry, such as "library/alpine": lowercase components of the
 // distribution grammar separated by "/", no host, at most 255 characters.
 func ValidateRepository(repo string) error {
-	if repo == "" || len(repo) > reference.RepositoryNameTotalLengthMax {
-		return fmt.Errorf("repository %q: %w", truncate(repo), ErrInvalid)
-	}
-	named, err := reference.WithName(probeDomain + "/" + repo)
-	if err != nil || reference.Path(named) != repo {
+	if !validRepository(repo) {
 		return fmt.Errorf("repository %q: %w", truncate(repo), ErrInvalid)
 	}
 	return nil
@@ -45,7 +30,7 @@ func parseRef(ref string) (tag string, d digest.Digest, err error) {
 		d, err = parseDigest(ref)
 		return "", d, err
 	}
-	if !anchoredTag.MatchString(ref) {
+	if !validTag(ref) {
 		return "", "", fmt.Errorf("reference %q: %w", truncate(ref), ErrInvalid)
 	}
 	return ref, "", nil
@@ -53,11 +38,10 @@ func parseRef(ref string) (tag string, d digest.Digest, err error) {
 
 // parseDigest accepts only a well-formed sha256 digest.
 func parseDigest(s string) (digest.Digest, error) {
-	d, err := digest.Parse(s)
-	if err != nil || d.Algorithm() != digest.SHA256 {
+	if !validSHA256(s) {
 		return "", fmt.Errorf("digest %q: %w", truncate(s), ErrInvalid)
 	}
-	return d, nil
+	return digest.Digest(s), nil
 }
 
 // checkBase requires http(s)://host[:port] (a trailing "/" is fine).

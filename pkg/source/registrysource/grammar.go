@@ -1,12 +1,12 @@
-package manifestcache
+package registrysource
 
 import "strings"
 
 // The distribution reference grammar (github.com/distribution/reference),
-// checked by hand: these run on every manifest request, where the regular
+// checked by hand: ValidateRepository and ValidateReference run on every
+// manifest request of the mirror and the registry cache, where the regular
 // expressions cost more than the rest of a cache hit. A fuzz test keeps them
-// equal to registrysource.ValidateRepository and ValidateReference, which use
-// the regular expressions.
+// equal to distribution/reference's regular expressions.
 //
 //	path            := path-component ['/' path-component]*   (at most 255 bytes)
 //	path-component  := alpha-numeric [separator alpha-numeric]*
@@ -18,10 +18,10 @@ import "strings"
 // maxRepositoryLength is reference.RepositoryNameTotalLengthMax.
 const maxRepositoryLength = 255
 
-// ValidRepository reports whether name is a repository path of the
+// validRepository reports whether name is a repository path of the
 // distribution grammar, such as "library/alpine": lowercase path components
 // separated by "/", no registry host, at most 255 bytes.
-func ValidRepository(name string) bool {
+func validRepository(name string) bool {
 	if name == "" || len(name) > maxRepositoryLength {
 		return false
 	}
@@ -65,8 +65,8 @@ func ValidRepository(name string) bool {
 	return prev == 'a'
 }
 
-// ValidTag reports whether tag is a tag of the distribution grammar.
-func ValidTag(tag string) bool {
+// validTag reports whether tag is a tag of the distribution grammar.
+func validTag(tag string) bool {
 	if tag == "" || len(tag) > 128 || !isWord(tag[0]) {
 		return false
 	}
@@ -82,9 +82,9 @@ func isWord(c byte) bool {
 	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_'
 }
 
-// ValidSHA256 reports whether d is a well-formed sha256 digest:
+// validSHA256 reports whether d is a well-formed sha256 digest:
 // "sha256:" and 64 lowercase hexadecimal digits.
-func ValidSHA256(d string) bool {
+func validSHA256(d string) bool {
 	hex, ok := strings.CutPrefix(d, "sha256:")
 	if !ok || len(hex) != 64 {
 		return false
@@ -95,13 +95,4 @@ func ValidSHA256(d string) bool {
 		}
 	}
 	return true
-}
-
-// ValidReference reports whether ref is a manifest reference the cache
-// serves: a tag, or a sha256 digest. A reference with a ":" is a digest.
-func ValidReference(ref string) bool {
-	if strings.IndexByte(ref, ':') >= 0 {
-		return ValidSHA256(ref)
-	}
-	return ValidTag(ref)
 }
