@@ -29,6 +29,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/damselfly/damselfly/pkg/content"
+	"github.com/damselfly/damselfly/pkg/ratelimit"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/source"
 	"github.com/damselfly/damselfly/pkg/taskid"
@@ -50,6 +51,10 @@ type Config struct {
 	// FetchTimeout bounds one source fetch, from the first request to the
 	// commit of the content. Default 2h.
 	FetchTimeout time.Duration `yaml:"fetchTimeout"`
+	// UploadRate caps the bytes per second the CDN sends to peers, over
+	// all its piece uploads, as a network link of that speed would. 0
+	// (the default) means unlimited.
+	UploadRate ratelimit.Rate `yaml:"uploadRate"`
 	// Dir holds piece metadata (meta/<hex>.json) and the content digest of
 	// URL tasks (tasks/<task>.json). The binary sets it from its data
 	// directory; it is not read from the config file.
@@ -69,6 +74,9 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.FetchTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("cdn.fetchTimeout %s: must be positive", c.FetchTimeout))
+	}
+	if c.UploadRate < 0 {
+		errs = append(errs, fmt.Errorf("cdn.uploadRate: %d is negative (0 means unlimited)", c.UploadRate))
 	}
 	if c.Dir == "" {
 		errs = append(errs, errors.New("cdn dir: must be set"))

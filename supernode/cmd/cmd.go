@@ -35,6 +35,7 @@ import (
 	"github.com/damselfly/damselfly/pkg/httpx"
 	"github.com/damselfly/damselfly/pkg/netpolicy"
 	"github.com/damselfly/damselfly/pkg/peer/upload"
+	"github.com/damselfly/damselfly/pkg/ratelimit"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/source/httpsource"
 	"github.com/damselfly/damselfly/pkg/source/registrysource"
@@ -112,6 +113,7 @@ type flags struct {
 	config, listen, dataDir, advertise, adminToken string
 	sourceAllow, sourceDeny                        []string
 	logLevel, logFormat                            string
+	uploadRate                                     ratelimit.Rate
 	version                                        bool
 }
 
@@ -125,6 +127,7 @@ func newFlagSet(f *flags, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&f.adminToken, "admin-token", "", "admin API bearer `token` (prefer $"+EnvAdminToken+"; default: generated into <data-dir>/admin-token)")
 	fs.Var(netpolicy.ListFlag{List: &f.sourceAllow}, "source-allow", "`CIDR|IP|HOST` sources may be fetched from although the source policy denies them, e.g. 127.0.0.1/32 (repeatable, comma-separated)")
 	fs.Var(netpolicy.ListFlag{List: &f.sourceDeny}, "source-deny", "`CIDR|IP|HOST` sources are never fetched from (repeatable, comma-separated)")
+	fs.Var(&f.uploadRate, "upload-rate", "`RATE` cap on the bytes/s the CDN sends to peers, e.g. 1G or 500M (0: unlimited); sets cdn.uploadRate")
 	fs.StringVar(&f.logLevel, "log-level", "", "log `level`: debug, info, warn, error (default info)")
 	fs.StringVar(&f.logFormat, "log-format", "", "log `format`: json or console (default console)")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
@@ -191,6 +194,8 @@ func buildConfig(fset *flag.FlagSet, f *flags, lookupEnv func(string) (string, b
 			cfg.Source.Allow = append(cfg.Source.Allow, f.sourceAllow...)
 		case "source-deny":
 			cfg.Source.Deny = append(cfg.Source.Deny, f.sourceDeny...)
+		case "upload-rate":
+			cfg.CDN.UploadRate = f.uploadRate
 		case "log-level":
 			cfg.Log.Level = f.logLevel
 		case "log-format":
@@ -264,7 +269,8 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	mux.Handle("/api/peer/", peerapi.New(sched, seed,
 		peerapi.WithLogger(logger.Named("peerapi")), peerapi.WithHTTPMetrics(httpm)).Handler())
 	mux.Handle("/upload/", upload.New(seed,
-		upload.WithLogger(logger.Named("upload")), upload.WithMetrics(httpm)).Handler())
+		upload.WithLogger(logger.Named("upload")), upload.WithMetrics(httpm),
+		upload.WithLimiter(cfg.CDN.UploadRate.Limiter())).Handler())
 	mux.Handle("/api/v1/", adminapi.New(sched, seed, token,
 		adminapi.WithLogger(logger.Named("adminapi")), adminapi.WithHTTPMetrics(httpm),
 		adminapi.WithPreheater(heater)))
@@ -286,7 +292,8 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	}
 	logger.Info("supernode listening",
 		zap.String("addr", ln.Addr().String()), zap.String("advertise", advertise),
-		zap.String("dataDir", cfg.DataDir), zap.String("version", version.Version()))
+		zap.String("dataDir", cfg.DataDir), zap.Stringer("uploadRate", cfg.CDN.UploadRate),
+		zap.String("version", version.Version()))
 	if o.ready != nil {
 		o.ready(ln.Addr())
 	}

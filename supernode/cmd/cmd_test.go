@@ -24,6 +24,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/damselfly/damselfly/pkg/peer/upload"
+	"github.com/damselfly/damselfly/pkg/ratelimit"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/taskid"
 	"github.com/damselfly/damselfly/supernode/adminapi"
@@ -203,6 +204,8 @@ func TestBadConfigFailsBeforeListening(t *testing.T) {
 		{"bad source network", []string{"--config", cfgFile("source:\n  allow: [10.0.0.0/33]\n  deny: [bad_host]\n")}, []string{"source.allow", "10.0.0.0/33", "source.deny", "bad_host"}},
 		{"bad source flag", []string{"--source-deny", "10.0.0.0/8,http://x"}, []string{"source-deny", "http://x"}},
 		{"negative fetch timeout", []string{"--config", cfgFile("cdn:\n  fetchTimeout: -1s\n")}, []string{"cdn.fetchTimeout"}},
+		{"bad upload rate", []string{"--config", cfgFile("cdn:\n  uploadRate: fast\n")}, []string{"fast"}},
+		{"bad upload rate flag", []string{"--upload-rate", "-5M"}, []string{"upload-rate"}},
 		{"missing config file", []string{"--config", "/nonexistent/supernode.yaml"}, []string{"config"}},
 		{"unknown flag", []string{"--colour"}, []string{"colour"}},
 		{"stray argument", []string{"serve"}, []string{"serve"}},
@@ -232,7 +235,7 @@ func TestVersionAndHelp(t *testing.T) {
 
 	out.Reset()
 	require.NoError(t, Run(t.Context(), []string{"--help"}, WithStdout(&out)))
-	for _, f := range []string{"--config", "-listen", "-data-dir", "-advertise-addr", "-admin-token", "-log-level", "-log-format"} {
+	for _, f := range []string{"--config", "-listen", "-data-dir", "-advertise-addr", "-admin-token", "-upload-rate", "-log-level", "-log-format"} {
 		require.Contains(t, out.String(), strings.TrimLeft(f, "-"))
 	}
 }
@@ -250,13 +253,14 @@ scheduler:
   peerTTL: 3s
 cdn:
   fetchTimeout: 5m
+  uploadRate: 1G
 log:
   level: warn
 `), 0o600))
 	var f flags
 	fset := newFlagSet(&f, io.Discard)
 	require.NoError(t, fset.Parse([]string{"--config", p, "--listen", "127.0.0.1:0", "--source-allow", "127.0.0.1, ::1",
-		"--source-allow", "registry.local", "--source-deny", "10.9.0.0/16", "--source-deny", "192.0.2.1"}))
+		"--source-allow", "registry.local", "--source-deny", "10.9.0.0/16", "--source-deny", "192.0.2.1", "--upload-rate", "500M"}))
 	cfg, err := buildConfig(fset, &f, noEnv)
 	require.NoError(t, err)
 	require.Equal(t, "127.0.0.1:0", cfg.Listen, "flags override the file")
@@ -267,6 +271,7 @@ log:
 	require.Equal(t, []string{"10.9.0.0/16", "192.0.2.1"}, cfg.Source.Deny)
 	require.Equal(t, 3*time.Second, cfg.Scheduler.PeerTTL)
 	require.Equal(t, 5*time.Minute, cfg.CDN.FetchTimeout)
+	require.Equal(t, ratelimit.Rate(500<<20), cfg.CDN.UploadRate, "the flag overrides cdn.uploadRate")
 	require.Equal(t, "warn", cfg.Log.Level)
 	require.Equal(t, "console", cfg.Log.Format, "defaults fill the rest")
 }
