@@ -58,6 +58,7 @@ type options struct {
 	rate        ratelimit.Rate // per node, both directions
 	uploadRate  ratelimit.Rate // dfdaemons' upload; -1: the per-node rate
 	originRate  ratelimit.Rate // 0: the per-node rate
+	cdnRate     ratelimit.Rate // the supernode CDN's upload; 0: unlimited
 	modes       []string
 	snConfig    string
 	dfdConfig   string
@@ -98,6 +99,7 @@ func run() error {
 	})
 	flag.Var(&o.rate, "rate", "swarm: per-node bandwidth in bytes/s (K, M, G suffixes): each dfdaemon's download and upload limit, and each direct or pull-through client's download limit (default 8M)")
 	flag.Var(&o.uploadRate, "upload-rate", "swarm: the dfdaemons' upload limit, for experiments (default: -rate; 0: unlimited)")
+	flag.Var(&o.cdnRate, "cdn-rate", "swarm: the supernode CDN's upload limit (its --upload-rate; default 0: unlimited)")
 	flag.Var(&o.originRate, "origin-rate", "swarm: the origin's egress limit, shared by all its connections (default: -rate)")
 	flag.Func("modes", "swarm: comma-separated modes to run: "+strings.Join(allModes(), ","), func(s string) error {
 		o.modes = nil

@@ -82,8 +82,12 @@ func runSwarm(ctx context.Context, o options, work string) error {
 	defer org.stop()
 	size := org.info.Size()
 	ideal := float64(size) / float64(o.rate)
-	fmt.Printf("image %s:%s: %d blobs, %.1f MiB; per-node download %s/s, dfdaemon upload %s/s, origin egress %s/s; ideal %.2fs\n\n",
-		org.info.Repo, org.info.Tag, len(org.info.Blobs), float64(size)/mib, o.rate, o.uploadRate, o.originRate, ideal)
+	cdnRate := "unlimited"
+	if o.cdnRate > 0 {
+		cdnRate = o.cdnRate.String() + "/s"
+	}
+	fmt.Printf("image %s:%s: %d blobs, %.1f MiB; per-node download %s/s, dfdaemon upload %s/s, origin egress %s/s, supernode CDN upload %s; ideal %.2fs\n\n",
+		org.info.Repo, org.info.Tag, len(org.info.Blobs), float64(size)/mib, o.rate, o.uploadRate, o.originRate, cdnRate, ideal)
 
 	var results []scenario
 	for _, n := range o.ns {
@@ -173,6 +177,9 @@ func runScenario(ctx context.Context, o options, org *origin, dir, mode string, 
 		sn, addrs, err = startOnFreePorts(ctx, o, "supernode", 1, func(a []string) (string, []string) {
 			args := []string{"--listen", a[0], "--data-dir", filepath.Join(dir, "supernode"),
 				"--admin-token", "bench", "--log-level", "warn", "--source-allow", "127.0.0.1/32"}
+			if o.cdnRate > 0 {
+				args = append(args, "--upload-rate", o.cdnRate.String())
+			}
 			if o.snConfig != "" {
 				args = append(args, "--config", o.snConfig)
 			}
