@@ -17,7 +17,7 @@
 //     concurrent clients and prints requests/s, latency percentiles and how
 //     many requests reached the upstream (manifests.go).
 //
-//     go run ./hack/bench -n 1,4,16 -layers 24,12,8,4 -rate 8M -chart docs/bench-swarm.png
+//     go run ./hack/bench -n 1,4,16 -layers 96,48,32,16 -rate 8M -chart docs/bench-swarm.png
 //     go run ./hack/bench -mode stream -size 1024 -rounds 3
 //     go run ./hack/bench -mode manifests -clients 200 -duration 10s
 //
@@ -83,7 +83,7 @@ type options struct {
 }
 
 func run() error {
-	o := options{ns: []int{1, 4, 16}, layersMiB: []int{24, 12, 8, 4}, rate: 8 << 20, uploadRate: -1, modes: allModes()}
+	o := options{ns: []int{1, 4, 16}, layersMiB: []int{96, 48, 32, 16}, rate: 8 << 20, uploadRate: -1, modes: allModes()}
 	flag.StringVar(&o.mode, "mode", "swarm", "what to measure: swarm (image pulls on N nodes: direct, pull-through cache, dfdaemon), stream (one pull through dfdaemon vs direct) or manifests (manifest GETs through registry-cache)")
 	flag.StringVar(&o.binDir, "bin", "bin", "directory holding the supernode, dfget, dfdaemon and registry-cache binaries")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory")
@@ -92,7 +92,7 @@ func run() error {
 		o.ns = v
 		return err
 	})
-	flag.Func("layers", "swarm: comma-separated layer sizes of the image in MiB (default 24,12,8,4)", func(s string) error {
+	flag.Func("layers", "swarm: comma-separated layer sizes of the image in MiB (default 96,48,32,16)", func(s string) error {
 		v, err := parseInts(s)
 		o.layersMiB = v
 		return err
