@@ -168,20 +168,6 @@ func TestChartPNG(t *testing.T) {
 	require.Equal(t, 600, cfg.Height)
 }
 
-func TestMetricsSum(t *testing.T) {
-	t.Parallel()
-	m := metricsText{
-		`damselfly_peer_received_bytes_total{from="cdn"} 1.048576e+06`,
-		`damselfly_peer_received_bytes_total{from="peer"} 3000`,
-		`damselfly_peer_received_bytes_total_extra{from="peer"} 7`,
-		`damselfly_peer_source_fallbacks_total 2`,
-	}
-	require.Equal(t, 1048576.0, m.sum("damselfly_peer_received_bytes_total", `from="cdn"`))
-	require.Equal(t, 1051576.0, m.sum("damselfly_peer_received_bytes_total", ""))
-	require.Equal(t, 2.0, m.sum("damselfly_peer_source_fallbacks_total", ""))
-	require.Zero(t, m.sum("missing", ""))
-}
-
 func TestParseInts(t *testing.T) {
 	t.Parallel()
 	v, err := parseInts("1, 2,16")

@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"image"
 	"math"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -20,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 
+	"github.com/damselfly/damselfly/hack/internal/promtext"
 	"github.com/damselfly/damselfly/pkg/ratelimit"
 )
 
@@ -271,12 +270,12 @@ func runScenario(ctx context.Context, o options, org *origin, dir, mode string, 
 		if sc.supernodeRSS, err = sn.peakRSS(); err != nil {
 			return sc, err
 		}
-		m, err := scrape(ctx, "http://"+snAddr+"/metrics")
+		m, err := promtext.Scrape(ctx, "http://"+snAddr+"/metrics")
 		if err != nil {
 			return sc, err
 		}
-		sc.assignmentsCDN = m.sum("damselfly_scheduler_assignments_total", `source="cdn"`)
-		sc.assignmentsPeers = m.sum("damselfly_scheduler_assignments_total", `source="peer"`)
+		sc.assignmentsCDN = m.Sum("damselfly_scheduler_assignments_total", `source="cdn"`)
+		sc.assignmentsPeers = m.Sum("damselfly_scheduler_assignments_total", `source="peer"`)
 	}
 	if cache != nil {
 		sc.cacheCPU = cpu1[2] - cpu0[2]
@@ -294,15 +293,15 @@ func runScenario(ctx context.Context, o options, org *origin, dir, mode string, 
 		}
 		sc.dfdRSSSum += r
 		sc.dfdRSSMax = max(sc.dfdRSSMax, r)
-		m, err := scrape(ctx, dfdAddrs[i]+"/metrics")
+		m, err := promtext.Scrape(ctx, dfdAddrs[i]+"/metrics")
 		if err != nil {
 			return sc, err
 		}
-		sc.fromCDN += m.sum("damselfly_peer_received_bytes_total", `from="cdn"`)
-		sc.fromPeers += m.sum("damselfly_peer_received_bytes_total", `from="peer"`)
-		sc.fromSource += m.sum("damselfly_peer_received_bytes_total", `from="source"`)
-		sc.pieceFailures += m.sum("damselfly_peer_piece_failures_total", "")
-		sc.sourceFallbacks += m.sum("damselfly_peer_source_fallbacks_total", "")
+		sc.fromCDN += m.Sum("damselfly_peer_received_bytes_total", `from="cdn"`)
+		sc.fromPeers += m.Sum("damselfly_peer_received_bytes_total", `from="peer"`)
+		sc.fromSource += m.Sum("damselfly_peer_received_bytes_total", `from="source"`)
+		sc.pieceFailures += m.Sum("damselfly_peer_piece_failures_total", "")
+		sc.sourceFallbacks += m.Sum("damselfly_peer_source_fallbacks_total", "")
 	}
 	return sc, nil
 }
@@ -330,58 +329,6 @@ func benchCPUSeconds() float64 {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
-}
-
-// metricsText is a Prometheus text exposition.
-type metricsText []string
-
-func scrape(ctx context.Context, url string) (metricsText, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	var m metricsText
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		if line := sc.Text(); line != "" && line[0] != '#' {
-			m = append(m, line)
-		}
-	}
-	return m, sc.Err()
-}
-
-// sum adds the values of the samples of metric whose labels contain
-// label (every sample when label is empty).
-func (m metricsText) sum(metric, label string) float64 {
-	var total float64
-	for _, line := range m {
-		name, rest, _ := strings.Cut(line, " ")
-		labels := ""
-		if i := strings.IndexByte(line, '{'); i >= 0 && i < len(name) {
-			j := strings.LastIndexByte(line, '}')
-			if j < i {
-				continue
-			}
-			name, labels, rest = line[:i], line[i:j+1], strings.TrimSpace(line[j+1:])
-		}
-		if name != metric || !strings.Contains(labels, label) {
-			continue
-		}
-		v, err := strconv.ParseFloat(strings.Fields(rest)[0], 64)
-		if err == nil {
-			total += v
-		}
-	}
-	return total
 }
 
 func printTimeline(sc scenario) {

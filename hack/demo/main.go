@@ -8,7 +8,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -19,7 +18,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -29,6 +27,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	dfdaemoncmd "github.com/damselfly/damselfly/dfdaemon/cmd"
+	"github.com/damselfly/damselfly/hack/internal/promtext"
 	"github.com/damselfly/damselfly/pkg/registrytest"
 	supernodecmd "github.com/damselfly/damselfly/supernode/cmd"
 )
@@ -204,37 +203,18 @@ func fetch(req *http.Request, want digest.Digest) error {
 	return nil
 }
 
-// receivedBytes reads damselfly_peer_received_bytes_total{from=...} from a
-// dfdaemon's metrics.
+// receivedBytes reads damselfly_peer_received_bytes_total by its "from"
+// label (cdn, peer, source) from a dfdaemon's metrics.
 func receivedBytes(ctx context.Context, addr string) (map[string]int64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	m, err := promtext.Scrape(ctx, "http://"+addr+"/metrics")
 	if err != nil {
 		return nil, err
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
 	out := map[string]int64{}
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line := sc.Text()
-		rest, ok := strings.CutPrefix(line, `damselfly_peer_received_bytes_total{from="`)
-		if !ok {
-			continue
-		}
-		from, val, ok := strings.Cut(rest, `"} `)
-		if !ok {
-			continue
-		}
-		f, err := strconv.ParseFloat(val, 64)
-		if err != nil {
-			return nil, fmt.Errorf("metrics line %q: %w", line, err)
-		}
-		out[from] = int64(f)
+	for _, from := range []string{"cdn", "peer", "source"} {
+		out[from] = int64(m.Sum("damselfly_peer_received_bytes_total", `from="`+from+`"`))
 	}
-	return out, sc.Err()
+	return out, nil
 }
 
 func human(n int64) string {
