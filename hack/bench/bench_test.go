@@ -59,11 +59,11 @@ func TestProcStats(t *testing.T) {
 	out, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
-	p := &proc{name: "child", cmd: cmd, done: make(chan error, 1)}
-	go func() { p.done <- cmd.Wait() }()
+	p := &proc{name: "child", cmd: cmd}
+	p.watch()
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
-		<-p.done
+		<-p.exited
 	})
 	line := make([]byte, 6)
 	_, err = io.ReadFull(out, line)
@@ -177,4 +177,24 @@ func TestParseInts(t *testing.T) {
 		_, err := parseInts(bad)
 		require.Error(t, err, bad)
 	}
+}
+
+// A daemon that exits at start ends startProc's wait at once, with its
+// stderr in the error, instead of after the health check's 30 s deadline.
+func TestStartProcDaemonExitsAtStart(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	script := "#!/bin/sh\necho 'listen tcp 127.0.0.1:1: bind: address already in use' >&2\nexit 1\n"
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "supernode"), []byte(script), 0o755))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	health := "http://" + ln.Addr().String() + "/healthz"
+	require.NoError(t, ln.Close())
+
+	start := time.Now()
+	_, err = startProc(t.Context(), options{binDir: dir}, "supernode", health)
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "exited before it was healthy")
+	require.Contains(t, err.Error(), "address already in use")
+	require.Less(t, time.Since(start), 20*time.Second, "the wait ends when the process exits")
 }

@@ -190,7 +190,7 @@ func startChild(ctx context.Context, name string, args ...string) (*proc, readyL
 	if err != nil {
 		return nil, readyLine{}, err
 	}
-	p := &proc{name: name, stderr: &lockedBuffer{}, done: make(chan error, 1)}
+	p := &proc{name: name, stderr: &lockedBuffer{}}
 	p.cmd = exec.Command(self, args...)
 	p.cmd.Stderr = p.stderr
 	out, err := p.cmd.StdoutPipe()
@@ -200,7 +200,7 @@ func startChild(ctx context.Context, name string, args ...string) (*proc, readyL
 	if err := p.cmd.Start(); err != nil {
 		return nil, readyLine{}, fmt.Errorf("start %s: %w", name, err)
 	}
-	go func() { p.done <- p.cmd.Wait() }()
+	p.watch()
 	lines := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(out)

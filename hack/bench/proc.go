@@ -20,8 +20,18 @@ type proc struct {
 	name     string
 	cmd      *exec.Cmd
 	stderr   *lockedBuffer
-	done     chan error
+	exited   chan struct{} // closed once the process has exited (watch)
+	waitErr  error         // what Wait returned, set before exited is closed
 	stopOnce sync.Once
+}
+
+// watch reaps the started process in the background.
+func (p *proc) watch() {
+	p.exited = make(chan struct{})
+	go func() {
+		p.waitErr = p.cmd.Wait()
+		close(p.exited)
+	}()
 }
 
 type lockedBuffer struct {
@@ -47,14 +57,31 @@ func (b *lockedBuffer) String() string {
 // startProc starts bin/<name> with args and waits until healthURL answers
 // 200.
 func startProc(ctx context.Context, o options, name, healthURL string, args ...string) (*proc, error) {
-	p := &proc{name: name, stderr: &lockedBuffer{}, done: make(chan error, 1)}
+	p := &proc{name: name, stderr: &lockedBuffer{}}
 	p.cmd = exec.Command(filepath.Join(o.binDir, name), args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.stderr, p.stderr
 	if err := p.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	go func() { p.done <- p.cmd.Wait() }()
-	if err := waitHealthy(ctx, healthURL); err != nil {
+	p.watch()
+	// A daemon that exits at start (a taken port, a bad flag) ends the wait
+	// at once instead of after waitHealthy's deadline.
+	hctx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-p.exited:
+			cancel()
+		case <-hctx.Done():
+		}
+	}()
+	err := waitHealthy(hctx, healthURL)
+	cancel()
+	if err != nil {
+		select {
+		case <-p.exited:
+			err = fmt.Errorf("exited before it was healthy (%v)", p.waitErr)
+		default:
+		}
 		p.stop()
 		return nil, fmt.Errorf("%s: %w: %s", name, err, p.stderr.String())
 	}
@@ -67,10 +94,10 @@ func (p *proc) stop() {
 	p.stopOnce.Do(func() {
 		_ = p.cmd.Process.Signal(os.Interrupt)
 		select {
-		case <-p.done:
+		case <-p.exited:
 		case <-time.After(15 * time.Second):
 			_ = p.cmd.Process.Kill()
-			<-p.done
+			<-p.exited
 		}
 	})
 }
