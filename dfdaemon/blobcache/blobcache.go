@@ -139,6 +139,11 @@ type Cache struct {
 	stop context.CancelFunc
 	wg   sync.WaitGroup // start and watch goroutines
 
+	// checkMu runs one check at a time: a check decides what to evict from
+	// its own walk of the store, so two at once would both evict for the
+	// same excess.
+	checkMu sync.Mutex
+
 	mu       sync.Mutex
 	closed   bool
 	tasks    map[string]*entry
@@ -447,6 +452,8 @@ func (c *Cache) shutdown() {
 func (c *Cache) Check(ctx context.Context) { c.check(ctx) }
 
 func (c *Cache) check(ctx context.Context) {
+	c.checkMu.Lock()
+	defer c.checkMu.Unlock()
 	c.expireSeeds()
 	if err := c.enforceQuota(ctx); err != nil && ctx.Err() == nil {
 		c.logger.Warn("enforce cache quota", zap.Error(err))

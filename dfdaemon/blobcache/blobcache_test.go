@@ -450,3 +450,39 @@ func TestByteSize(t *testing.T) {
 	require.Equal(t, "20GiB", blobcache.ByteSize(20<<30).String())
 	require.Equal(t, "1001", blobcache.ByteSize(1001).String())
 }
+
+// Checks that run at once (the one after a commit, an operator's, the
+// periodic one) evict what one check would: each walks the store after the
+// others have deleted, instead of all deleting from the same stale view.
+func TestConcurrentChecksEvictOnce(t *testing.T) {
+	t.Parallel()
+	sn := startSupernode(t)
+	n := startNode(t, sn, blobcache.Config{Quota: 2 * mib, LowWater: 1, CheckInterval: time.Hour})
+	// Three blobs written straight into the store: over the quota by one,
+	// with no commit through the cache to start a check of its own.
+	var ds []digest.Digest
+	for range 3 {
+		b := make([]byte, mib)
+		_, _ = rand.Read(b)
+		d := digest.FromBytes(b)
+		w, err := n.store.Writer(t.Context(), "direct-"+d.Encoded())
+		require.NoError(t, err)
+		_, err = w.WriteAt(b, 0)
+		require.NoError(t, err)
+		require.NoError(t, w.Commit(t.Context(), int64(len(b)), d))
+		require.NoError(t, w.Close())
+		ds = append(ds, d)
+	}
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() { n.cache.Check(t.Context()) })
+	}
+	wg.Wait()
+	kept := 0
+	for _, d := range ds {
+		if has(t, n.store, d) {
+			kept++
+		}
+	}
+	require.Equal(t, 2, kept, "one blob over the quota: one evicted")
+}
