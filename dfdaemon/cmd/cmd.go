@@ -237,6 +237,8 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	self := schedapi.Peer{
 		ID:   peer.NewID("dfdaemon"),
 		Addr: net.JoinHostPort(advertiseIP(cfg, logger), strconv.Itoa(peerLn.Addr().(*net.TCPAddr).Port)),
+		// Told to the supernode, which sizes the CDN's fanout with it.
+		DownloadRate: int64(cfg.RateLimit.Download),
 	}
 	logger = logger.With(zap.String("peer", self.ID))
 

@@ -114,7 +114,8 @@ func run(ctx context.Context, o *options, rc runConfig, logger *zap.Logger, stde
 	if err != nil {
 		return fmt.Errorf("peer listen: %w", err)
 	}
-	self := schedapi.Peer{ID: peer.NewID("dfget"), Addr: net.JoinHostPort(advertiseIP(o, logger), strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))}
+	self := schedapi.Peer{ID: peer.NewID("dfget"), Addr: net.JoinHostPort(advertiseIP(o, logger), strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)),
+		DownloadRate: downloadRate(o.localLimit, o.totalLimit)}
 	logger = logger.With(zap.String("peer", self.ID))
 
 	scOpts := []schedclient.Option{schedclient.WithLogger(logger.Named("schedclient"))}
@@ -290,4 +291,17 @@ func advertiseIP(o *options, logger *zap.Logger) string {
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// downloadRate is the most this dfget receives per second under its
+// limits (each 0 when unset), 0 when neither is set.
+func downloadRate(local, total int64) int64 {
+	switch {
+	case local > 0 && total > 0:
+		return min(local, total)
+	case local > 0:
+		return local
+	default:
+		return max(total, 0)
+	}
 }

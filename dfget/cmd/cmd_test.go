@@ -275,3 +275,16 @@ func TestOutputChecks(t *testing.T) {
 	require.ErrorContains(t, err, "does not exist")
 	require.False(t, errors.Is(err, ErrUsage))
 }
+
+func TestDownloadRateReported(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct{ local, total, want int64 }{
+		{0, 0, 0},
+		{5 << 20, 0, 5 << 20},
+		{0, 7 << 20, 7 << 20},
+		{5 << 20, 7 << 20, 5 << 20},
+		{9 << 20, 7 << 20, 7 << 20},
+	} {
+		require.Equal(t, tt.want, downloadRate(tt.local, tt.total), "local %d total %d", tt.local, tt.total)
+	}
+}

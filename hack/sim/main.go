@@ -79,6 +79,7 @@ func run(args []string) error {
 	peerSlots := fs.Int("peer-slots", 0, "scheduler peerUploadSlots (default 4)")
 	cdnSlots := fs.Int("cdn-slots", 0, "scheduler cdnUploadSlots (default 16)")
 	cdnFanout := fs.Int("cdn-fanout", 0, "scheduler cdnPieceFanout (default 16; 1 super-seeds)")
+	rates := fs.Bool("rates", false, "tell the scheduler the CDN's upload rate (as cdn.uploadRate does), so the CDN's fanout follows it and the peers' reported download rates")
 	latency := fs.Duration("latency", -1, "one-way latency of polls, reports, answers and transfer requests (default 0.25ms for the presets, 0 for custom)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the runs to this file")
 	if err := fs.Parse(args); err != nil {
@@ -152,6 +153,12 @@ func run(args []string) error {
 		}
 		sc.Concurrency = *conc
 		sc.Scheduler = scheduler.Config{PeerUploadSlots: *peerSlots, CDNUploadSlots: *cdnSlots, CDNPieceFanout: *cdnFanout}
+	}
+
+	if *rates {
+		for i := range runs {
+			runs[i].sc.Scheduler.CDNUploadRate = int64(runs[i].sc.CDNUpload)
+		}
 	}
 
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)

@@ -201,6 +201,9 @@ func validatePeer(p schedapi.Peer) error {
 	if err != nil || host == "" || port == "" || port == "0" {
 		return fmt.Errorf("peer addr %q: want host:port of the upload server", p.Addr)
 	}
+	if p.DownloadRate < 0 {
+		return fmt.Errorf("peer download rate %d: must not be negative", p.DownloadRate)
+	}
 	return nil
 }
 

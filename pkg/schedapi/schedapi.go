@@ -61,6 +61,11 @@ type Peer struct {
 	ID string `json:"id"`
 	// Addr is host:port of the peer's upload server (pkg/peer/upload).
 	Addr string `json:"addr"`
+	// DownloadRate is the bytes per second the peer receives pieces at
+	// most (its configured download limit), or 0 when it does not know.
+	// With the CDN's upload rate it tells the scheduler how many copies of
+	// a piece the CDN's link can send at once at full speed.
+	DownloadRate int64 `json:"downloadRate,omitempty"`
 }
 
 // RegisterRequest asks the supernode to join a task, creating it (and

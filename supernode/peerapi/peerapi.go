@@ -287,6 +287,9 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 	if err := checkAddr(req.Peer.Addr); err != nil {
 		return err
 	}
+	if req.Peer.DownloadRate < 0 {
+		return invalid("peer downloadRate %d: must not be negative", req.Peer.DownloadRate)
+	}
 	if err := checkSourceURL(req.URL); err != nil {
 		return err
 	}

@@ -164,6 +164,7 @@ func TestBadInputIs4xx(t *testing.T) {
 		{"empty peer id", http.MethodPost, schedapi.RegisterPath(), jsonBody(t, with(func(r *schedapi.RegisterRequest) { r.Peer.ID = "" })), 400},
 		{"long peer id", http.MethodPost, schedapi.RegisterPath(), jsonBody(t, with(func(r *schedapi.RegisterRequest) { r.Peer.ID = strings.Repeat("p", 129) })), 400},
 		{"addr without port", http.MethodPost, schedapi.RegisterPath(), jsonBody(t, with(func(r *schedapi.RegisterRequest) { r.Peer.Addr = "127.0.0.1" })), 400},
+		{"negative download rate", http.MethodPost, schedapi.RegisterPath(), jsonBody(t, with(func(r *schedapi.RegisterRequest) { r.Peer.DownloadRate = -1 })), 400},
 		{"addr bad port", http.MethodPost, schedapi.RegisterPath(), jsonBody(t, with(func(r *schedapi.RegisterRequest) { r.Peer.Addr = "h:99999" })), 400},
 		{"file url", http.MethodPost, schedapi.RegisterPath(), jsonBody(t, with(func(r *schedapi.RegisterRequest) { r.URL = "file:///etc/passwd" })), 400},
 		{"ftp url", http.MethodPost, schedapi.RegisterPath(), jsonBody(t, with(func(r *schedapi.RegisterRequest) { r.URL = "ftp://h/x" })), 400},

@@ -39,6 +39,13 @@ type Config struct {
 	// only while no peer holds it at all (super-seeding: each piece leaves
 	// the CDN about once).
 	CDNPieceFanout int `yaml:"cdnPieceFanout"`
+	// CDNUploadRate is the bytes per second the CDN sends at most
+	// (cdn.uploadRate; 0: unknown). The binary sets it; it is not read
+	// from the scheduler's section of the config file. When it is set and
+	// every member of a task reported its DownloadRate, the CDN's fanout
+	// in that task is CDNUploadRate over the fastest member's rate (at
+	// least 1, at most CDNPieceFanout), whatever the task's size.
+	CDNUploadRate int64 `yaml:"-"`
 	// PeerTTL is how long a peer that neither polls, reports nor heartbeats
 	// stays known. An expired peer leaves every task it was in.
 	PeerTTL time.Duration `yaml:"peerTTL"`

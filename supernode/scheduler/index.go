@@ -87,7 +87,7 @@ func (t *task) servableWord(w int, cdn cdnRoom) uint64 {
 func (st *state) refresh(t *task, i int) {
 	pub := t.digests[i] != ""
 	ok := pub && t.free[i] > 0
-	cdn := pub && !ok && cdnMay(t, i, t.cdnFanout(st.cfg.CDNPieceFanout, st.cfg.CDNUploadSlots))
+	cdn := pub && !ok && cdnMay(t, i, t.fanout)
 	orphan := cdn && len(t.holders[i]) == 0
 	dup := cdn && !orphan
 	rose := false
@@ -119,21 +119,42 @@ func setBit(b *bitset, i int, on bool) bool {
 	return on
 }
 
-// cdnFanout is the fanout the CDN uses in t: fanout while t has no more
-// members than the CDN has upload slots, so that it can serve all of them at
-// once; 1 (super-seeding) in a larger swarm, where the CDN's link is a small
-// share of the swarm's and sending each new piece once, at full speed, is
-// what everyone waits for.
-func (t *task) cdnFanout(fanout, cdnSlots int) int {
-	if len(t.members) > cdnSlots {
+// fanoutFor is the fanout the CDN uses in t. When the CDN's upload rate is
+// known and every member reported its download rate, it is as many copies
+// as the CDN's link sends at once at the fastest member's rate (between 1
+// and CDNPieceFanout), whatever the swarm's size. Otherwise it is
+// CDNPieceFanout while t has no more members than the CDN has upload slots,
+// so that it can serve all of them at once, and 1 (super-seeding) in a
+// larger swarm, where the CDN's link is likely a small share of the swarm's
+// and sending each new piece once, at full speed, is what everyone waits
+// for.
+func (st *state) fanoutFor(t *task) int {
+	f := st.cfg.CDNPieceFanout
+	if f == 1 {
 		return 1
 	}
-	return fanout
+	if st.cfg.CDNUploadRate > 0 && len(t.members) > 0 && t.unrated == 0 {
+		return int(max(1, min(st.cfg.CDNUploadRate/t.maxRate, int64(f))))
+	}
+	if len(t.members) > st.cfg.CDNUploadSlots {
+		return 1
+	}
+	return f
+}
+
+// updateFanout recomputes t's CDN fanout after its members changed, and
+// the servability of its pieces when the fanout changed.
+func (st *state) updateFanout(t *task) {
+	if f := st.fanoutFor(t); f != t.fanout {
+		t.fanout = f
+		st.refreshAll(t)
+	}
 }
 
 // refreshAll recomputes the servability bits of every piece of t, after its
-// CDN fanout changed (cdnFanout). Paid only when the member count crosses
-// the CDN's slot count.
+// CDN fanout changed (updateFanout). Paid only when the fanout changes: when
+// the member count crosses the CDN's slot count, or the fastest member's
+// rate changes.
 func (st *state) refreshAll(t *task) {
 	if st.cfg.CDNPieceFanout == 1 {
 		return

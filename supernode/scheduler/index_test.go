@@ -26,9 +26,22 @@ func checkIndex(t *testing.T, st *state, step int) {
 	}
 	uploads := map[*peer]int{}
 	for _, tk := range st.tasks {
-		fanout := st.cfg.CDNPieceFanout
-		if len(tk.members) > st.cfg.CDNUploadSlots {
+		fanout, unrated, fastest := st.cfg.CDNPieceFanout, 0, int64(0)
+		for _, m := range tk.members {
+			if m.rate == 0 {
+				unrated++
+			}
+			fastest = max(fastest, m.rate)
+		}
+		switch {
+		case fanout == 1:
+		case st.cfg.CDNUploadRate > 0 && len(tk.members) > 0 && unrated == 0:
+			fanout = int(max(1, min(st.cfg.CDNUploadRate/fastest, int64(fanout))))
+		case len(tk.members) > st.cfg.CDNUploadSlots:
 			fanout = 1
+		}
+		if tk.fanout != fanout {
+			fail("task %s: fanout %d, recount %d (%d members, %d unrated, fastest %d)", tk.id, tk.fanout, fanout, len(tk.members), unrated, fastest)
 		}
 		if tk.ch != nil {
 			fail("change record left after flush: %+v", tk.ch)
@@ -167,6 +180,14 @@ func randomIndexRun(t *testing.T, seed uint64, steps int) {
 	// Every third run super-seeds (fanout 1); the others let the CDN send a
 	// piece to 2 or 3 requesters at once.
 	cfg := Config{PeerUploadSlots: 2, CDNUploadSlots: 3, CDNPieceFanout: 1 + int(seed%3), StrikeLimit: 2}.ApplyDefaults()
+	// In half the runs the CDN's upload rate is known and peers report
+	// download rates (now and then none), so the fanout follows the
+	// fastest member: 100/200 -> 1, 100/50 -> 2, 100/30 -> 3.
+	rates := []int64{0}
+	if seed%4 >= 2 {
+		cfg.CDNUploadRate = 100
+		rates = []int64{0, 30, 30, 50, 50, 200}
+	}
 	pol, err := newPolicy(cfg.Policy)
 	require.NoError(t, err)
 	m, err := newMetrics(nil)
@@ -222,7 +243,9 @@ func randomIndexRun(t *testing.T, seed uint64, steps int) {
 					have.Add(i)
 				}
 			}
-			_, _ = st.join(id, peerAt(p, 20000+rng.IntN(9)), have)
+			sp := peerAt(p, 20000+rng.IntN(9))
+			sp.DownloadRate = rates[rng.IntN(len(rates))]
+			_, _ = st.join(id, sp, have)
 		case op < 4:
 			_ = st.leave(id, p)
 		case op < 9:

@@ -22,9 +22,6 @@ type slots struct {
 	// cdn is the number of upload slots of the CDN, and cdnBusy how many of
 	// them are taken.
 	cdn, cdnBusy int
-	// cdnFanout is how many transfers of one piece the CDN may serve at
-	// once (Config.CDNPieceFanout).
-	cdnFanout int
 }
 
 // selectionPolicy decides which pieces a peer fetches next and from whom. It
@@ -58,8 +55,10 @@ func newPolicy(name string) (selectionPolicy, error) {
 // pieces instead of sending everyone to piece 0.
 //
 // The CDN is the source of last resort: it serves a piece only when no peer
-// that may serve it has a free slot, to at most cdnFanout requesters at once
-// (while the task has no more members than the CDN has slots, else one).
+// that may serve it has a free slot, to at most the task's fanout requesters
+// at once (fanoutFor: from the CDN's and the members' rates when all are
+// known, else CDNPieceFanout while the task has no more members than the
+// CDN has slots, and one in a larger task).
 // Peers with a free slot always come first, so the CDN's upload grows only
 // while the peers' slots are all taken: the CDN fills the gap while a piece
 // spreads hop by hop from peer to peer, instead of leaving the requesters
@@ -95,7 +94,7 @@ func (rarestFirst) choose(t *task, req *member, max int, s slots) []choice {
 		return nil
 	}
 	cdnBusy := s.cdnBusy
-	fanout := t.cdnFanout(s.cdnFanout, s.cdn)
+	fanout := t.fanout
 	// Slots taken by the choices made so far in this call.
 	var taken takenSlots
 	var out []choice

@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -29,6 +30,11 @@ type fixture struct {
 	inflight  []flight
 	struck    []string
 	uploading map[string]int // extra busy upload slots per peer ("cdn" for the CDN)
+	// rate is the download rate every member reports, except those in
+	// unrated; idle adds that many members holding nothing.
+	rate    int64
+	unrated []string
+	idle    int
 }
 
 const fixturePieceSize = 100
@@ -58,11 +64,18 @@ func (f fixture) build(t *testing.T, cfg Config) (*state, *task) {
 		for _, i := range have {
 			set.Add(i)
 		}
-		_, err := st.join(id, peerAt(name, port), set)
+		sp := peerAt(name, port)
+		if !slices.Contains(f.unrated, name) {
+			sp.DownloadRate = f.rate
+		}
+		_, err := st.join(id, sp, set)
 		require.NoError(t, err)
 	}
 	for name, have := range f.holders {
 		join(name, have...)
+	}
+	for i := range f.idle {
+		join(fmt.Sprintf("idle%d", i))
 	}
 	tk := st.tasks[id]
 	for _, fl := range f.inflight {
@@ -288,6 +301,45 @@ func TestRarestFirstPolicy(t *testing.T) {
 			fix:  fixture{pieces: 3, uploading: map[string]int{"cdn": 1}},
 			req:  "r", max: 3,
 			want: []string{"0<-cdn"},
+		},
+		{
+			name: "rates known: the cdn's rate over the fastest member's is the fanout, in a task past the slot cap",
+			cfg:  Config{CDNUploadSlots: 4, CDNPieceFanout: 16, CDNUploadRate: 300},
+			fix: fixture{pieces: 1, rate: 100, idle: 4, holders: map[string][]int{"r": nil}, inflight: []flight{
+				{to: "x", piece: 0, from: ""}, {to: "y", piece: 0, from: ""},
+			}},
+			req: "r", max: 1,
+			// 7 members, more than the 4 CDN slots, yet the fanout is
+			// 300/100 = 3: a third copy.
+			want: []string{"0<-cdn"},
+		},
+		{
+			name: "rates known: no more copies than the rates allow",
+			cfg:  Config{CDNUploadSlots: 8, CDNPieceFanout: 16, CDNUploadRate: 300},
+			fix: fixture{pieces: 1, rate: 100, holders: map[string][]int{"r": nil}, inflight: []flight{
+				{to: "x", piece: 0, from: ""}, {to: "y", piece: 0, from: ""}, {to: "z", piece: 0, from: ""},
+			}},
+			req: "r", max: 1,
+			// 4 members, within the slots, but 300/100 = 3 copies at once.
+			want: []string{},
+		},
+		{
+			name: "rates known: a cdn no faster than a member super-seeds",
+			cfg:  Config{CDNUploadSlots: 8, CDNPieceFanout: 16, CDNUploadRate: 100},
+			fix:  fixture{pieces: 1, rate: 100, holders: map[string][]int{"r": nil}, inflight: []flight{{to: "x", piece: 0, from: ""}}},
+			req:  "r", max: 1,
+			want: []string{},
+		},
+		{
+			name: "a member without a rate: the slot count decides",
+			cfg:  Config{CDNUploadSlots: 4, CDNPieceFanout: 16, CDNUploadRate: 300},
+			fix: fixture{pieces: 1, rate: 100, idle: 4, holders: map[string][]int{"r": nil}, unrated: []string{"idle0"}, inflight: []flight{
+				{to: "x", piece: 0, from: ""},
+			}},
+			req: "r", max: 1,
+			// 7 members past 4 slots: super-seeding, piece 0 is already on
+			// its way from the CDN.
+			want: []string{},
 		},
 		{
 			name: "cdn slot cap: pieces no one can serve are skipped",

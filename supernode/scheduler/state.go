@@ -54,6 +54,9 @@ type member struct {
 	// freeAt is the member's place in its task's freeByLoad[freeLoad], -1
 	// when it is not there.
 	freeAt, freeLoad int
+	// rate is the DownloadRate the peer reported when it joined (0:
+	// unknown).
+	rate int64
 	// waiting counts the member's parked polls; touched is set while it is
 	// in the current change record's members.
 	waiting int
@@ -113,6 +116,12 @@ type task struct {
 	members map[string]*member
 	strikes map[string]strikeRecord
 	waiters []*waiter
+	// fanout is the CDN's fanout in this task (fanoutFor), kept current as
+	// members come and go; unrated counts the members that reported no
+	// download rate, maxRate is the fastest reported one.
+	fanout  int
+	unrated int
+	maxRate int64
 
 	createdAt, failedAt          time.Time
 	bytesFromCDN, bytesFromPeers int64
@@ -338,6 +347,7 @@ func (st *state) addTask(spec TaskSpec) error {
 		strikes:   make(map[string]strikeRecord),
 		createdAt: st.now(),
 	}
+	t.fanout = st.fanoutFor(t)
 	t.grow(max(count, 0))
 	st.tasks[t.id] = t
 	st.setState(t, schedapi.TaskRunning)
@@ -540,6 +550,9 @@ func (st *state) checkPeer(p schedapi.Peer) error {
 	if !validAddr(p.Addr) {
 		return fmt.Errorf("peer %s addr %q: must be host:port: %w", p.ID, p.Addr, ErrInvalid)
 	}
+	if p.DownloadRate < 0 {
+		return fmt.Errorf("peer %s download rate %d: must not be negative: %w", p.ID, p.DownloadRate, ErrInvalid)
+	}
 	return nil
 }
 
@@ -575,15 +588,18 @@ func (st *state) join(taskID string, sp schedapi.Peer, have *piece.Set) (schedap
 			inflight: make(map[int]*assignment),
 			serving:  make(map[*assignment]struct{}),
 			freeAt:   -1,
+			rate:     sp.DownloadRate,
 		}
 		t.members[p.id] = m
 		p.tasks[t.id] = m
 		if st.peerFree(p) && !t.isStruck(p.id) {
 			t.addFree(m)
 		}
-		if len(t.members) == st.cfg.CDNUploadSlots+1 {
-			st.refreshAll(t) // the CDN's fanout drops to 1
+		if m.rate == 0 {
+			t.unrated++
 		}
+		t.maxRate = max(t.maxRate, m.rate)
+		st.updateFanout(t)
 	}
 	for _, i := range have.Indices() {
 		// With the count known, a declared piece is taken even if not yet
@@ -681,9 +697,16 @@ func (st *state) dropMember(m *member) {
 	t.waiters = kept
 	delete(t.members, m.peer.id)
 	delete(m.peer.tasks, t.id)
-	if len(t.members) == st.cfg.CDNUploadSlots {
-		st.refreshAll(t) // the CDN's fanout is back
+	if m.rate == 0 {
+		t.unrated--
 	}
+	if m.rate == t.maxRate && m.rate > 0 {
+		t.maxRate = 0
+		for _, o := range t.members {
+			t.maxRate = max(t.maxRate, o.rate)
+		}
+	}
+	st.updateFanout(t)
 }
 
 func (st *state) leave(taskID, peerID string) error {
@@ -923,7 +946,7 @@ func (st *state) retry(t *task, c *changes) {
 
 // slots returns the upload capacity as it stands.
 func (st *state) slots() slots {
-	return slots{peer: st.cfg.PeerUploadSlots, cdn: st.cfg.CDNUploadSlots, cdnBusy: st.cdnBusy, cdnFanout: st.cfg.CDNPieceFanout}
+	return slots{peer: st.cfg.PeerUploadSlots, cdn: st.cfg.CDNUploadSlots, cdnBusy: st.cdnBusy}
 }
 
 func (st *state) report(taskID, peerID string, results []schedapi.PieceResult) error {

@@ -290,7 +290,10 @@ func Run(sc Scenario) (Result, error) {
 		r.peers = append(r.peers, n)
 		r.byID[n.id] = n
 		addr := fmt.Sprintf("10.%d.%d.%d:65001", i>>16&0xff, i>>8&0xff, i&0xff)
-		if _, err := st.Join(taskID, schedapi.Peer{ID: n.id, Addr: addr}, nil); err != nil {
+		// Peers report their download limit, as dfdaemons with
+		// rateLimit.download do; the scheduler uses it only when it also
+		// knows the CDN's rate (Scheduler.CDNUploadRate).
+		if _, err := st.Join(taskID, schedapi.Peer{ID: n.id, Addr: addr, DownloadRate: int64(sc.PeerDownload)}, nil); err != nil {
 			return Result{}, fmt.Errorf("simulate: %w", err)
 		}
 	}
