@@ -209,10 +209,13 @@ type Task struct {
 	CreatedAt     time.Time `json:"createdAt"`
 	// BytesFromSource were read from the source by the CDN; BytesFromCDN
 	// and BytesFromPeers were sent to peers by the CDN and by other peers.
-	BytesFromSource int64      `json:"bytesFromSource"`
-	BytesFromCDN    int64      `json:"bytesFromCdn"`
-	BytesFromPeers  int64      `json:"bytesFromPeers"`
-	Peers           []TaskPeer `json:"peers"`
+	BytesFromSource int64 `json:"bytesFromSource"`
+	BytesFromCDN    int64 `json:"bytesFromCdn"`
+	BytesFromPeers  int64 `json:"bytesFromPeers"`
+	// CDNFanout is how many peers the CDN may send one piece to at once in
+	// this task now (1: it super-seeds).
+	CDNFanout int        `json:"cdnFanout"`
+	Peers     []TaskPeer `json:"peers"`
 }
 
 // TaskList answers GET /api/v1/tasks.
@@ -227,12 +230,15 @@ type PeerList struct {
 
 // TaskPeer is one peer in one task.
 type TaskPeer struct {
-	ID        string    `json:"id"`
-	Addr      string    `json:"addr"`
-	Pieces    int       `json:"pieces"`
-	Struck    bool      `json:"struck"`
-	Uploading int       `json:"uploading"`
-	LastSeen  time.Time `json:"lastSeen"`
+	ID        string `json:"id"`
+	Addr      string `json:"addr"`
+	Pieces    int    `json:"pieces"`
+	Struck    bool   `json:"struck"`
+	Uploading int    `json:"uploading"`
+	// DownloadRate is the download limit the peer reported, bytes/s (0:
+	// none).
+	DownloadRate int64     `json:"downloadRate"`
+	LastSeen     time.Time `json:"lastSeen"`
 }
 
 // Peer is a known peer.
@@ -249,10 +255,11 @@ func (h *handlers) task(ts scheduler.TaskStatus) Task {
 		PieceCount: ts.PieceCount, Published: ts.Published, ContentDigest: ts.ContentDigest,
 		Error: ts.Error, URL: ts.URL, CreatedAt: ts.CreatedAt,
 		BytesFromSource: h.cdn.SourceBytes(ts.TaskID), BytesFromCDN: ts.BytesFromCDN, BytesFromPeers: ts.BytesFromPeers,
-		Peers: make([]TaskPeer, 0, len(ts.Peers)),
+		CDNFanout: ts.CDNFanout, Peers: make([]TaskPeer, 0, len(ts.Peers)),
 	}
 	for _, p := range ts.Peers {
-		t.Peers = append(t.Peers, TaskPeer{ID: p.ID, Addr: p.Addr, Pieces: p.Pieces, Struck: p.Struck, Uploading: p.Uploading, LastSeen: p.LastSeen})
+		t.Peers = append(t.Peers, TaskPeer{ID: p.ID, Addr: p.Addr, Pieces: p.Pieces, Struck: p.Struck, Uploading: p.Uploading,
+			DownloadRate: p.DownloadRate, LastSeen: p.LastSeen})
 	}
 	return t
 }

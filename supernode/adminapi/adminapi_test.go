@@ -55,7 +55,8 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	s, err := scheduler.New(scheduler.Config{}, schedapi.Peer{ID: "supernode", Addr: "127.0.0.1:8002"})
+	// The CDN's rate over the one member's: a fanout of 8.
+	s, err := scheduler.New(scheduler.Config{CDNUploadRate: 64 << 20}, schedapi.Peer{ID: "supernode", Addr: "127.0.0.1:8002"})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -68,7 +69,7 @@ func newFixture(t *testing.T) *fixture {
 	d := digest.FromBytes(body)
 	require.NoError(t, s.AddTask(t.Context(), scheduler.TaskSpec{ID: d.String(), URL: "http://origin/blob", Size: int64(len(body)), ContentDigest: d}))
 	require.NoError(t, s.PublishPiece(t.Context(), d.String(), 0, piece.Digest(body)))
-	_, err = s.Join(t.Context(), d.String(), schedapi.Peer{ID: "peer-1", Addr: "127.0.0.1:65002"}, nil)
+	_, err = s.Join(t.Context(), d.String(), schedapi.Peer{ID: "peer-1", Addr: "127.0.0.1:65002", DownloadRate: 8 << 20}, nil)
 	require.NoError(t, err)
 
 	f := &fixture{sched: s, cdn: &fakeCDN{sched: s}, task: d.String()}
@@ -173,6 +174,8 @@ func TestTasksAndPeers(t *testing.T) {
 	require.Len(t, task.Peers, 1)
 	require.Equal(t, "peer-1", task.Peers[0].ID)
 	require.Equal(t, "127.0.0.1:65002", task.Peers[0].Addr)
+	require.Equal(t, int64(8<<20), task.Peers[0].DownloadRate)
+	require.Equal(t, 8, task.CDNFanout, "64 MiB/s of CDN over the member's 8 MiB/s")
 
 	resp, b = f.do(t, http.MethodGet, "/api/v1/peers", auth)
 	require.Equal(t, 200, resp.StatusCode, string(b))

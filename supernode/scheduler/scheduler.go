@@ -350,7 +350,9 @@ type PeerState struct {
 	Struck bool
 	// Uploading is how many of the task's pieces the peer serves now.
 	Uploading int
-	LastSeen  time.Time
+	// DownloadRate is what the peer reported when it joined (0: unknown).
+	DownloadRate int64
+	LastSeen     time.Time
 }
 
 // TaskStatus is a task as the admin API shows it.
@@ -365,7 +367,10 @@ type TaskStatus struct {
 	// BytesFromCDN and BytesFromPeers add up the Bytes of OK piece results,
 	// by whether the source was the CDN or a peer.
 	BytesFromCDN, BytesFromPeers int64
-	CreatedAt                    time.Time
+	// CDNFanout is how many requesters the CDN may send one piece to at
+	// once in this task now (1: super-seeding).
+	CDNFanout int
+	CreatedAt time.Time
 }
 
 // PeerStatus is a peer as the admin API shows it.
@@ -383,17 +388,19 @@ func (t *task) status() TaskStatus {
 		Published:      t.published,
 		BytesFromCDN:   t.bytesFromCDN,
 		BytesFromPeers: t.bytesFromPeers,
+		CDNFanout:      t.fanout,
 		CreatedAt:      t.createdAt,
 		Peers:          make([]PeerState, 0, len(t.members)),
 	}
 	for _, m := range t.members {
 		ts.Peers = append(ts.Peers, PeerState{
-			ID:        m.peer.id,
-			Addr:      m.peer.addr,
-			Pieces:    m.have.Len(),
-			Struck:    t.isStruck(m.peer.id),
-			Uploading: len(m.serving),
-			LastSeen:  m.peer.lastSeen,
+			ID:           m.peer.id,
+			Addr:         m.peer.addr,
+			Pieces:       m.have.Len(),
+			Struck:       t.isStruck(m.peer.id),
+			Uploading:    len(m.serving),
+			DownloadRate: m.rate,
+			LastSeen:     m.peer.lastSeen,
 		})
 	}
 	slices.SortFunc(ts.Peers, func(a, b PeerState) int { return strings.Compare(a.ID, b.ID) })
