@@ -16,6 +16,22 @@ import (
 	"github.com/damselfly/damselfly/pkg/content"
 )
 
+// WritePieces writes data into w as pieces of pieceSize (the last one
+// shorter), each on its own goroutine, started in the order of the piece
+// indexes in order, and returns every write's error.
+func WritePieces(w io.WriterAt, data []byte, pieceSize int, order []int) error {
+	var wg sync.WaitGroup
+	errs := make([]error, len(order))
+	for k, i := range order {
+		wg.Go(func() {
+			off := i * pieceSize
+			_, errs[k] = w.WriteAt(data[off:min(off+pieceSize, len(data))], int64(off))
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
 // Suite runs the conformance tests of the content.Store contract against
 // stores made by newStore, one fresh store per subtest.
 func Suite(t *testing.T, newStore func(t *testing.T) content.Store) {
@@ -335,22 +351,11 @@ func testConcurrentWriteAt(t *testing.T, s content.Store) {
 	w, err := s.Writer(ctx, "concurrent")
 	require.NoError(t, err)
 	defer w.Close()
-	var wg sync.WaitGroup
-	errs := make(chan error, pieces)
-	for i := pieces - 1; i >= 0; i-- {
-		wg.Go(func() {
-			off := i * pieceSize
-			end := min(off+pieceSize, len(data))
-			if _, err := w.WriteAt(data[off:end], int64(off)); err != nil {
-				errs <- err
-			}
-		})
+	order := make([]int, pieces)
+	for i := range order {
+		order[i] = pieces - 1 - i
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		require.NoError(t, err)
-	}
+	require.NoError(t, WritePieces(w, data, pieceSize, order))
 	require.NoError(t, w.Commit(ctx, int64(len(data)), d))
 	require.Equal(t, data, readAll(t, s, d))
 }

@@ -361,21 +361,7 @@ func TestWriteBehind(t *testing.T) {
 
 	w, err := s.Writer(ctx, "write-behind")
 	require.NoError(t, err)
-	var wg sync.WaitGroup
-	errs := make(chan error, pieces)
-	for _, i := range mrand.Perm(pieces) {
-		wg.Go(func() {
-			off := i * pieceSize
-			if _, err := w.WriteAt(data[off:min(off+pieceSize, len(data))], int64(off)); err != nil {
-				errs <- err
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		require.NoError(t, err)
-	}
+	require.NoError(t, contenttest.WritePieces(w, data, pieceSize, mrand.Perm(pieces)))
 	require.NoError(t, w.Commit(ctx, int64(len(data)), d))
 	require.NoError(t, w.Close())
 	ra, err := s.ReaderAt(ctx, d)
