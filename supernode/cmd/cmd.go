@@ -244,9 +244,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
-	schedCfg := cfg.Scheduler
-	schedCfg.CDNUploadRate = int64(cfg.CDN.UploadRate)
-	sched, err := scheduler.New(schedCfg, schedapi.Peer{ID: CDNPeerID, Addr: advertise},
+	sched, err := scheduler.New(cfg.Scheduler, schedapi.Peer{ID: CDNPeerID, Addr: advertise},
 		scheduler.WithLogger(logger), scheduler.WithMetrics(reg))
 	if err != nil {
 		return err

@@ -70,6 +70,7 @@ func (c Config) ApplyDefaults() Config {
 		c.DataDir = DefaultDataDir
 	}
 	c.Scheduler = c.Scheduler.ApplyDefaults()
+	c.Scheduler.CDNUploadRate = int64(c.CDN.UploadRate)
 	c.CDN.Dir = filepath.Join(c.DataDir, "cdn")
 	c.CDN = c.CDN.ApplyDefaults()
 	c.Preheat = c.Preheat.ApplyDefaults()
