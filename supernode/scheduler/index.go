@@ -142,6 +142,44 @@ func (st *state) fanoutFor(t *task) int {
 	return f
 }
 
+// addRate counts a joining member's reported download rate (0: none).
+func (t *task) addRate(r int64) {
+	if r == 0 {
+		t.unrated++
+		return
+	}
+	t.noteMax(r)
+}
+
+// removeRate forgets the rate of a member that has left t.members. The
+// members are rescanned only when the last of the fastest has left.
+func (t *task) removeRate(r int64) {
+	if r == 0 {
+		t.unrated--
+		return
+	}
+	if r != t.maxRate {
+		return
+	}
+	if t.atMax--; t.atMax > 0 {
+		return
+	}
+	t.maxRate = 0
+	for _, m := range t.members {
+		t.noteMax(m.rate)
+	}
+}
+
+// noteMax counts r in maxRate and atMax.
+func (t *task) noteMax(r int64) {
+	switch {
+	case r > t.maxRate:
+		t.maxRate, t.atMax = r, 1
+	case r == t.maxRate && r > 0:
+		t.atMax++
+	}
+}
+
 // updateFanout recomputes t's CDN fanout after its members changed, and
 // the servability of its pieces when the fanout changed.
 func (st *state) updateFanout(t *task) {

@@ -118,10 +118,13 @@ type task struct {
 	waiters []*waiter
 	// fanout is the CDN's fanout in this task (fanoutFor), kept current as
 	// members come and go; unrated counts the members that reported no
-	// download rate, maxRate is the fastest reported one.
+	// download rate, maxRate is the fastest reported one and atMax how many
+	// members reported it (so that members leaving rescan the task only
+	// when the last of the fastest goes).
 	fanout  int
 	unrated int
 	maxRate int64
+	atMax   int
 
 	createdAt, failedAt          time.Time
 	bytesFromCDN, bytesFromPeers int64
@@ -595,10 +598,7 @@ func (st *state) join(taskID string, sp schedapi.Peer, have *piece.Set) (schedap
 		if st.peerFree(p) && !t.isStruck(p.id) {
 			t.addFree(m)
 		}
-		if m.rate == 0 {
-			t.unrated++
-		}
-		t.maxRate = max(t.maxRate, m.rate)
+		t.addRate(m.rate)
 		st.updateFanout(t)
 	}
 	for _, i := range have.Indices() {
@@ -697,15 +697,7 @@ func (st *state) dropMember(m *member) {
 	t.waiters = kept
 	delete(t.members, m.peer.id)
 	delete(m.peer.tasks, t.id)
-	if m.rate == 0 {
-		t.unrated--
-	}
-	if m.rate == t.maxRate && m.rate > 0 {
-		t.maxRate = 0
-		for _, o := range t.members {
-			t.maxRate = max(t.maxRate, o.rate)
-		}
-	}
+	t.removeRate(m.rate)
 	st.updateFanout(t)
 }
 
