@@ -21,6 +21,13 @@ func TestConfigDefaults(t *testing.T) {
 		AssignmentTimeout: 60 * time.Second,
 		StrikeLimit:       2,
 		FailedTaskTTL:     10 * time.Second,
+		MinPieceRate:      1 << 20,
+		AssignmentGrace:   5 * time.Second,
+		CDNStartGrace:     2 * time.Second,
+		MaxOutstanding:    16,
+		MaxTasks:          10000,
+		MaxTasksPerPeer:   5000,
+		IdleTaskTTL:       10 * time.Minute,
 	}, c)
 	require.NoError(t, c.Validate())
 
@@ -44,6 +51,10 @@ func TestConfigValidate(t *testing.T) {
 		{name: "negative durations", mutate: func(c *Config) {
 			c.PeerTTL, c.AssignmentTimeout, c.FailedTaskTTL = -1, -time.Second, -time.Minute
 		}, wantErr: []string{"peerTTL", "assignmentTimeout", "failedTaskTTL"}},
+		{name: "bad bounds", mutate: func(c *Config) {
+			c.MaxOutstanding, c.MaxTasks, c.MaxTasksPerPeer, c.MinPieceRate = schedapi.MaxAssignments+1, -1, -1, -1
+			c.AssignmentGrace, c.CDNStartGrace, c.IdleTaskTTL = -1, -1, -1
+		}, wantErr: []string{"maxOutstanding", "maxTasks ", "maxTasksPerPeer", "minPieceRate", "assignmentGrace", "cdnStartGrace", "idleTaskTTL"}},
 		{name: "all at once", mutate: func(c *Config) {
 			c.Policy, c.StrikeLimit, c.PeerUploadSlots = "x", -1, -1
 		}, wantErr: []string{`policy "x"`, "strikeLimit", "peerUploadSlots"}},
@@ -87,7 +98,31 @@ func TestNewRejectsBadCDN(t *testing.T) {
 
 func TestSweepInterval(t *testing.T) {
 	t.Parallel()
-	require.Equal(t, time.Second, Config{}.ApplyDefaults().sweepInterval())
+	require.Equal(t, 500*time.Millisecond, Config{}.ApplyDefaults().sweepInterval(), "a quarter of cdnStartGrace")
+	require.Equal(t, time.Second, Config{CDNStartGrace: time.Minute, AssignmentGrace: time.Minute}.ApplyDefaults().sweepInterval())
 	require.Equal(t, 250*time.Millisecond, Config{PeerTTL: time.Second}.ApplyDefaults().sweepInterval())
 	require.Equal(t, 10*time.Millisecond, Config{AssignmentTimeout: time.Millisecond}.ApplyDefaults().sweepInterval())
+}
+
+func TestTransferTimeout(t *testing.T) {
+	t.Parallel()
+	c := Config{}.ApplyDefaults()
+	tests := []struct {
+		name string
+		n    int64
+		rate int64
+		want time.Duration
+	}{
+		{name: "4 MiB at 1 MiB/s plus grace", n: 4 << 20, want: 9 * time.Second},
+		{name: "empty piece: the grace", n: 0, want: 5 * time.Second},
+		{name: "huge piece: capped by assignmentTimeout", n: 1 << 30, want: time.Minute},
+		{name: "fast requester: the floor rate still applies", n: 4 << 20, rate: 1 << 30, want: 9 * time.Second},
+		{name: "slow requester: its rate over maxOutstanding", n: 1 << 20, rate: 8 << 20, want: 7 * time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			require.Equal(t, tt.want, c.transferTimeout(tt.n, tt.rate))
+		})
+	}
 }

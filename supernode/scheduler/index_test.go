@@ -134,6 +134,12 @@ func checkIndex(t *testing.T, st *state, step int) {
 			if !w.parked || tk.state != w.state || tk.complete(w.m) {
 				fail("%s parked across a state change or complete", w.peerID)
 			}
+			if tk.strikes[w.peerID].barred || len(w.m.inflight) >= st.cfg.MaxOutstanding || len(w.m.avoid) > 0 {
+				// Barred and capped members get nothing whatever the
+				// policy says; one that avoids a source may wait for a
+				// sweep (the index does not track whom each avoids).
+				continue
+			}
 			for i := range tk.digests {
 				if st.policy.canServe(tk, w.m, i, st.slots()) {
 					fail("parked %s could get piece %d", w.peerID, i)
@@ -179,7 +185,7 @@ func randomIndexRun(t *testing.T, seed uint64, steps int) {
 	rng := rand.New(rand.NewPCG(seed, 99))
 	// Every third run super-seeds (fanout 1); the others let the CDN send a
 	// piece to 2 or 3 requesters at once.
-	cfg := Config{PeerUploadSlots: 2, CDNUploadSlots: 3, CDNPieceFanout: 1 + int(seed%3), StrikeLimit: 2}.ApplyDefaults()
+	cfg := Config{PeerUploadSlots: 2, CDNUploadSlots: 3, CDNPieceFanout: 1 + int(seed%3), StrikeLimit: 2, MaxOutstanding: 3}.ApplyDefaults()
 	// In half the runs the CDN's upload rate is known and peers report
 	// download rates (now and then none), so the fanout follows the
 	// fastest member: 100/200 -> 1, 100/50 -> 2, 100/30 -> 3.

@@ -107,7 +107,10 @@ func (rarestFirst) choose(t *task, req *member, max int, s slots) []choice {
 		case best != nil:
 			taken.add(best.peer)
 			out = append(out, choice{piece: i, from: best})
-		case cdnBusy < s.cdn && cdnMay(t, i, fanout) && (len(t.holders[i]) == 0 || cdnBusy < dupLimit(s.cdn)):
+		case cdnBusy < s.cdn && cdnMay(t, i, fanout) && (len(t.holders[i]) == 0 || cdnBusy < dupLimit(s.cdn)),
+			// Every holder with a free slot is one req no longer fetches
+			// from (it reported the peer corrupt): the CDN stands in.
+			cdnBusy < s.cdn && len(req.avoid) > 0 && t.fromCDN[i] < fanout:
 			cdnBusy++
 			out = append(out, choice{piece: i})
 		}
@@ -172,7 +175,7 @@ func leastLoadedHolder(t *task, i int, req *member, taken *takenSlots, slots int
 	start := int(spread(uint64(n), i) % uint64(n))
 	for k := range n {
 		m := holders[(start+k)%n]
-		if m == req {
+		if m == req || req.avoids(m.peer) {
 			continue
 		}
 		if l := m.peer.uploading + taken.of(m.peer); l < bestLoad {
@@ -200,7 +203,7 @@ func leastLoadedFree(t *task, i int, req *member, taken *takenSlots, slots int) 
 		start := int(spread(uint64(n), i) % uint64(n))
 		for k := range n {
 			m := ms[(start+k)%n]
-			if m == req || !m.held.has(i) {
+			if m == req || !m.held.has(i) || req.avoids(m.peer) {
 				continue
 			}
 			if l := load + taken.of(m.peer); l < bestLoad {
@@ -293,10 +296,23 @@ func classifyFailure(reason schedapi.FailureReason) failureKind {
 	}
 }
 
-// strikeRecord counts one peer's failures as a source in one task.
+// strikeRecord counts one peer's failures as a source in one task, and its
+// conduct as a requester there. It outlives the peer's membership, so that
+// leaving and registering again wipes nothing.
 type strikeRecord struct {
 	failures int
 	struck   bool
+
+	// used counts the requester's assignments it reported; unused those
+	// that expired or were revoked without a report.
+	used, unused int
+	// contradicted counts the requester's corrupt reports that another
+	// requester contradicted: it verified the same piece from the same
+	// source.
+	contradicted int
+	// barred: the requester gets no more assignments in the task and its
+	// reports are ignored. A barred peer is struck out as a source too.
+	barred bool
 }
 
 // strike returns the record after one more failure of kind k, and whether

@@ -11,10 +11,26 @@
 //
 // An assignment holds one upload slot of its source (PeerUploadSlots per
 // peer, CDNUploadSlots for the supernode) until the requester reports it,
-// it times out (AssignmentTimeout), or the requester or source leaves or
-// expires (PeerTTL). A source that serves corrupt data is struck out of the
-// task at once; one that fails StrikeLimit times in a task is struck out
-// too. Struck-out peers may still download, but are no longer sources.
+// it times out (the piece's transfer time at MinPieceRate plus
+// AssignmentGrace, at most AssignmentTimeout), a CDN assignment is not
+// started within CDNStartGrace (WithStartReports), or the requester or
+// source leaves or expires (PeerTTL). A requester has at most MaxOutstanding
+// assignments in flight in a task.
+//
+// A source that fails StrikeLimit times in a task is struck out of it;
+// struck-out peers may still download, but are no longer sources. A corrupt
+// report is evidence, not a verdict: the reporter is no longer sent to that
+// source, and the source is struck out when a second requester reports it
+// corrupt. A requester is barred from a task (no more assignments, its
+// reports ignored, no longer a source) when its assignments keep going
+// unused (StrikeLimit of them expired or revoked, more than it reported) or
+// its corrupt reports keep being contradicted (StrikeLimit times another
+// requester verified the piece it reported from the same source).
+//
+// The scheduler knows at most MaxTasks tasks, and a peer is a member of at
+// most MaxTasksPerPeer; beyond, AddTask and Join fail with ErrLimit. A
+// succeeded task without members for IdleTaskTTL, and a failed one after
+// FailedTaskTTL, is forgotten (WithTaskForgotten).
 package scheduler
 
 import (
@@ -23,6 +39,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -46,6 +63,9 @@ var (
 	ErrInvalid = errors.New("invalid argument")
 	// ErrClosed: Run has returned; the scheduler answers no more calls.
 	ErrClosed = errors.New("scheduler stopped")
+	// ErrLimit: a bound is reached (MaxTasks, MaxTasksPerPeer); the call
+	// may succeed later. The peer API answers it 503 UNAVAILABLE.
+	ErrLimit = errors.New("scheduler limit reached")
 )
 
 // Option configures a Scheduler.
@@ -77,12 +97,34 @@ func WithMetrics(reg prometheus.Registerer) Option {
 	return func(s *Scheduler) { s.reg = reg }
 }
 
+// WithStartReports tells the scheduler that the CDN's upload server calls
+// TransferStarted when it starts sending a piece (upload.WithTransferStart).
+// CDN assignments whose transfer has not started within CDNStartGrace are
+// then revoked and count as unused against their requester. Without it, the
+// scheduler cannot tell a CDN assignment not yet started from one under way.
+func WithStartReports() Option {
+	return func(s *Scheduler) { s.startReports = true }
+}
+
+// WithTaskForgotten sets fn, called with the ID of each task the scheduler
+// forgets on its own: a succeeded task without members for IdleTaskTTL, a
+// failed one after FailedTaskTTL (not one removed by RemoveTask). The caller
+// may then drop what it keeps for the task. fn runs on its own goroutine,
+// may call the Scheduler, and Run waits for it before returning.
+func WithTaskForgotten(fn func(taskID string)) Option {
+	return func(s *Scheduler) { s.forgotten = fn }
+}
+
 // Scheduler assigns pieces of tasks to peers. Build it with New and start it
 // with Run.
 type Scheduler struct {
 	logger *zap.Logger
 	now    func() time.Time
 	reg    prometheus.Registerer
+
+	startReports bool
+	forgotten    func(taskID string)
+	callbacks    sync.WaitGroup
 
 	st      *state // owned by Run's goroutine
 	sweep   time.Duration
@@ -122,6 +164,10 @@ func New(cfg Config, cdn schedapi.Peer, opts ...Option) (*Scheduler, error) {
 	}
 	s.logger = s.logger.Named("scheduler")
 	s.st = newState(cfg, cdn, pol, s.now, s.logger, m)
+	s.st.startReports = s.startReports
+	if fn := s.forgotten; fn != nil {
+		s.st.forgotten = func(id string) { s.callbacks.Go(func() { fn(id) }) }
+	}
 	return s, nil
 }
 
@@ -131,6 +177,9 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	if !s.started.CompareAndSwap(false, true) {
 		return fmt.Errorf("run scheduler: already run: %w", ErrClosed)
 	}
+	// Callbacks may call the scheduler: they see ErrClosed once stopped is
+	// closed, which happens before they are waited for.
+	defer s.callbacks.Wait()
 	defer close(s.stopped)
 	tick := time.NewTicker(s.sweep)
 	defer tick.Stop()
@@ -326,6 +375,16 @@ func (s *Scheduler) lastReply(w *waiter, err error) (schedapi.PiecesResponse, er
 // out of range or no source make the whole report ErrInvalid.
 func (s *Scheduler) Report(ctx context.Context, taskID, peerID string, results []schedapi.PieceResult) error {
 	return do0(ctx, s, func() error { return s.st.report(taskID, peerID, results) })
+}
+
+// TransferStarted tells the scheduler that the CDN began sending bytes
+// [off, off+n) of a task to peerID (the requester named by the
+// schedapi.HeaderPeer request header). The CDN assignments of the pieces in
+// the range are then started: they are no longer revoked for not starting,
+// and their deadline counts from now. Anything it does not match is
+// ignored.
+func (s *Scheduler) TransferStarted(ctx context.Context, taskID, peerID string, off, n int64) error {
+	return s.call(ctx, func() { s.st.started(taskID, peerID, off, n) })
 }
 
 // Leave takes peerID out of a task: it no longer serves or fetches it, and

@@ -706,13 +706,13 @@ func TestMetrics(t *testing.T) {
 	require.InDelta(t, 1, metricValue(t, s.st.m.assignments.WithLabelValues("peer")), 0)
 
 	as := resp.Assignments[0]
-	require.NoError(t, s.Report(ctx, id, "r", []schedapi.PieceResult{{Piece: as.Piece, From: "a", Reason: schedapi.ReasonCorrupt, Error: "digest mismatch"}}))
+	require.NoError(t, s.Report(ctx, id, "r", []schedapi.PieceResult{{Piece: as.Piece, From: "a", Reason: schedapi.ReasonTransfer, Error: "timeout"}}))
 	require.NoError(t, s.Fail(ctx, id, errors.New("x")))
 	_, err = s.TaskInfo(ctx, id)
 	require.NoError(t, err)
 	require.InDelta(t, 0, metricValue(t, s.st.m.inflight), 0)
 	require.InDelta(t, 1, metricValue(t, s.st.m.struck), 0)
-	require.InDelta(t, 1, metricValue(t, s.st.m.strikes.WithLabelValues("integrity")), 0)
+	require.InDelta(t, 1, metricValue(t, s.st.m.strikes.WithLabelValues("transfer")), 0)
 	require.InDelta(t, 0, metricValue(t, s.st.m.tasks.WithLabelValues("running")), 0)
 	require.InDelta(t, 1, metricValue(t, s.st.m.tasks.WithLabelValues("failed")), 0)
 

@@ -61,6 +61,23 @@ type member struct {
 	// in the current change record's members.
 	waiting int
 	touched bool
+	// avoid lists the sources this member reported corrupt: it is not
+	// sent to them again, whether or not others corroborate it.
+	avoid []*peer
+	// servedOK holds the pieces this member served, as an assigned
+	// source, that the requester verified: evidence against a corrupt
+	// report of the same piece from it.
+	servedOK bitset
+}
+
+// avoids reports whether m is not to be sent to p.
+func (m *member) avoids(p *peer) bool {
+	for _, a := range m.avoid {
+		if a == p {
+			return true
+		}
+	}
+	return false
 }
 
 // assignment is one piece in flight from a source to a requester. It holds
@@ -70,7 +87,13 @@ type assignment struct {
 	piece    int
 	to       *member
 	from     *member // nil when the CDN is the source
+	length   int64
 	deadline time.Time
+	// started is false for a CDN assignment whose transfer the CDN has not
+	// reported started yet (WithStartReports); startBy is when it is
+	// revoked if it has not.
+	started bool
+	startBy time.Time
 }
 
 // task is the scheduler's view of one task.
@@ -115,6 +138,10 @@ type task struct {
 
 	members map[string]*member
 	strikes map[string]strikeRecord
+	// accused holds the corrupt reports not yet corroborated nor
+	// contradicted: by accused source peer ID, the pieces each accuser
+	// reported corrupt from it.
+	accused map[string]map[string][]int
 	waiters []*waiter
 	// fanout is the CDN's fanout in this task (fanoutFor), kept current as
 	// members come and go; unrated counts the members that reported no
@@ -127,6 +154,8 @@ type task struct {
 	atMax   int
 
 	createdAt, failedAt          time.Time
+	// emptySince is when the last member left (or the task was created).
+	emptySince                   time.Time
 	bytesFromCDN, bytesFromPeers int64
 }
 
@@ -230,6 +259,11 @@ type state struct {
 	dirty []*task
 	// want is flush's reusable buffer.
 	want bitset
+	// startReports: the CDN reports the start of its transfers (started);
+	// CDN assignments not started within CDNStartGrace are revoked.
+	startReports bool
+	// forgotten, if set, is told the ID of each task the sweep forgets.
+	forgotten func(taskID string)
 }
 
 // changes records what improved in a task since its parked polls were last
@@ -338,6 +372,9 @@ func (st *state) addTask(spec TaskSpec) error {
 			return fmt.Errorf("add task %s: %w", spec.ID, ErrTaskExists)
 		}
 		st.dropTask(old)
+	} else if len(st.tasks) >= st.cfg.MaxTasks {
+		st.log.Warn("task refused: too many tasks", zap.String("task", spec.ID), zap.Int("maxTasks", st.cfg.MaxTasks))
+		return fmt.Errorf("add task %s: %d tasks known (maxTasks): %w", spec.ID, len(st.tasks), ErrLimit)
 	}
 	t := &task{
 		id:        spec.ID,
@@ -348,8 +385,10 @@ func (st *state) addTask(spec TaskSpec) error {
 		content:   spec.ContentDigest,
 		members:   make(map[string]*member),
 		strikes:   make(map[string]strikeRecord),
+		accused:   make(map[string]map[string][]int),
 		createdAt: st.now(),
 	}
+	t.emptySince = t.createdAt
 	t.fanout = st.fanoutFor(t)
 	t.grow(max(count, 0))
 	st.tasks[t.id] = t
@@ -581,6 +620,11 @@ func (st *state) join(taskID string, sp schedapi.Peer, have *piece.Set) (schedap
 	if err != nil {
 		return schedapi.TaskInfo{}, fmt.Errorf("join: %w", err)
 	}
+	if p := st.peers[sp.ID]; p != nil && p.tasks[taskID] == nil && len(p.tasks) >= st.cfg.MaxTasksPerPeer {
+		st.log.Warn("join refused: peer in too many tasks", zap.String("task", taskID), zap.String("peer", sp.ID),
+			zap.Int("maxTasksPerPeer", st.cfg.MaxTasksPerPeer))
+		return schedapi.TaskInfo{}, fmt.Errorf("join %s: peer %s is in %d tasks (maxTasksPerPeer): %w", taskID, sp.ID, len(p.tasks), ErrLimit)
+	}
 	p := st.seen(sp.ID, sp.Addr)
 	m := t.members[p.id]
 	if m == nil {
@@ -697,6 +741,9 @@ func (st *state) dropMember(m *member) {
 	t.waiters = kept
 	delete(t.members, m.peer.id)
 	delete(m.peer.tasks, t.id)
+	if len(t.members) == 0 {
+		t.emptySince = st.now()
+	}
 	t.removeRate(m.rate)
 	st.updateFanout(t)
 }
@@ -711,8 +758,20 @@ func (st *state) leave(taskID, peerID string) error {
 }
 
 // startAssignment records that to fetches piece i from from (nil: the CDN).
+//
+// Its deadline is the time a transfer of the piece at MinPieceRate takes
+// (Config.transferTimeout). A CDN assignment, when the CDN reports starts,
+// must also start within CDNStartGrace; its deadline then counts from the
+// start.
 func (st *state) startAssignment(t *task, to *member, i int, from *member) *assignment {
-	a := &assignment{task: t, piece: i, to: to, from: from, deadline: st.now().Add(st.cfg.AssignmentTimeout)}
+	_, n := piece.Bounds(i, t.size, t.pieceSize)
+	now := st.now()
+	a := &assignment{task: t, piece: i, to: to, from: from, length: n, started: true,
+		deadline: now.Add(st.cfg.transferTimeout(n, to.rate))}
+	if from == nil && st.startReports {
+		a.started = false
+		a.startBy = now.Add(st.cfg.CDNStartGrace)
+	}
 	to.inflight[i] = a
 	to.busy.set(i)
 	t.inflight[i]++
@@ -751,14 +810,19 @@ func (st *state) endAssignment(a *assignment, delivered bool) {
 		st.addUploads(a.from.peer, -1)
 	}
 	st.assignments--
-	if !delivered {
+	if !delivered || len(a.to.inflight) == st.cfg.MaxOutstanding-1 {
+		// It wants the piece again, or may have more now.
 		st.touch(a.to)
 	}
 }
 
 // assign asks the policy for up to max pieces for m and records them.
+//
+// A member gets no more than MaxOutstanding assignments in flight, and none
+// once barred from the task.
 func (st *state) assign(t *task, m *member, max int) []schedapi.Assignment {
-	if t.state == schedapi.TaskFailed {
+	max = min(max, st.cfg.MaxOutstanding-len(m.inflight))
+	if t.state == schedapi.TaskFailed || max <= 0 || t.strikes[m.peer.id].barred {
 		return nil
 	}
 	chosen := st.policy.choose(t, m, max, st.slots())
@@ -963,8 +1027,13 @@ func (st *state) report(taskID, peerID string, results []schedapi.PieceResult) e
 
 // applyResult records one piece result of requester m. Only a failure of a
 // source the scheduler assigned counts against it, so that no peer can strike
-// another it was not sent to.
+// another it was not sent to. A corrupt report is evidence, not a verdict
+// (accuse). The results of a barred requester are ignored.
 func (st *state) applyResult(t *task, m *member, r schedapi.PieceResult) {
+	rec := t.strikes[m.peer.id]
+	if rec.barred {
+		return
+	}
 	a := m.inflight[r.Piece]
 	var src *member
 	if a != nil {
@@ -972,11 +1041,17 @@ func (st *state) applyResult(t *task, m *member, r schedapi.PieceResult) {
 			src = a.from
 		}
 		st.endAssignment(a, r.OK && t.isPublished(r.Piece))
+		rec.used++
+		t.strikes[m.peer.id] = rec
 	}
 	st.m.result(r.OK)
 	if r.OK {
 		if t.isPublished(r.Piece) {
 			st.addHeld(m, r.Piece)
+		}
+		if src != nil {
+			src.servedOK.set(r.Piece)
+			st.contradict(t, src, r.Piece, m)
 		}
 		if r.Bytes > 0 {
 			if r.From == st.cdn.ID {
@@ -996,19 +1071,168 @@ func (st *state) applyResult(t *task, m *member, r schedapi.PieceResult) {
 		return
 	case failMissing:
 		st.dropHeld(src, r.Piece)
+	case failIntegrity:
+		st.accuse(t, m, src, r)
+		return
 	}
+	st.strikeSource(t, src, kind, r.Piece, r.Error)
+}
+
+// strikeSource counts one failure of kind against src, striking it out as
+// a source of t when that was one too many.
+func (st *state) strikeSource(t *task, src *member, kind failureKind, i int, why string) {
 	rec, out := strike(t.strikes[src.peer.id], kind, st.cfg.StrikeLimit)
 	t.strikes[src.peer.id] = rec
 	st.m.strike(kind)
-	if out {
-		for _, i := range src.have.Indices() {
-			st.unlistHolder(t, i, src)
+	if !out {
+		return
+	}
+	st.unlistSource(t, src)
+	st.log.Warn("peer struck out as a source",
+		zap.String("task", t.id), zap.String("peer", src.peer.id), zap.Int("piece", i),
+		zap.String("reason", why), zap.Int("failures", rec.failures))
+}
+
+// unlistSource stops counting src, now struck out, as a holder of anything
+// in t.
+func (st *state) unlistSource(t *task, src *member) {
+	for _, i := range src.have.Indices() {
+		st.unlistHolder(t, i, src)
+	}
+	t.dropFree(src)
+	st.m.struckOut()
+}
+
+// accuse records requester m's report that src served piece r.Piece
+// corrupt. m is not sent to src again at once. src is struck out only when
+// the report is corroborated: a second requester, not barred, reports src
+// corrupt in the task. A report that src served the same piece verified to
+// someone else (before or after) contradicts it instead; a requester
+// contradicted StrikeLimit times is barred from the task.
+func (st *state) accuse(t *task, m, src *member, r schedapi.PieceResult) {
+	if !m.avoids(src.peer) {
+		m.avoid = append(m.avoid, src.peer)
+		st.touch(m)
+	}
+	if src.servedOK.has(r.Piece) {
+		st.log.Info("corrupt report contradicted", zap.String("task", t.id), zap.String("reporter", m.peer.id),
+			zap.String("peer", src.peer.id), zap.Int("piece", r.Piece))
+		st.contradicted(t, m.peer.id)
+		return
+	}
+	by := t.accused[src.peer.id]
+	if by == nil {
+		by = make(map[string][]int)
+		t.accused[src.peer.id] = by
+	}
+	if !slices.Contains(by[m.peer.id], r.Piece) {
+		by[m.peer.id] = append(by[m.peer.id], r.Piece)
+	}
+	accusers := 0
+	for id := range by {
+		if !t.strikes[id].barred {
+			accusers++
 		}
-		t.dropFree(src)
-		st.m.struckOut()
-		st.log.Warn("peer struck out as a source",
-			zap.String("task", t.id), zap.String("peer", src.peer.id), zap.Int("piece", r.Piece),
-			zap.String("reason", r.Error), zap.Int("failures", rec.failures))
+	}
+	st.log.Info("corrupt report", zap.String("task", t.id), zap.String("reporter", m.peer.id),
+		zap.String("peer", src.peer.id), zap.Int("piece", r.Piece), zap.Int("accusers", accusers))
+	if accusers >= 2 {
+		delete(t.accused, src.peer.id)
+		st.strikeSource(t, src, failIntegrity, r.Piece, r.Error)
+	}
+}
+
+// contradict settles the corrupt reports against src for piece i: ok, a
+// requester other than their authors, verified it from src.
+func (st *state) contradict(t *task, src *member, i int, ok *member) {
+	by := t.accused[src.peer.id]
+	for id, pieces := range by {
+		if id == ok.peer.id {
+			continue
+		}
+		if j := slices.Index(pieces, i); j >= 0 {
+			pieces = slices.Delete(pieces, j, j+1)
+			if len(pieces) == 0 {
+				delete(by, id)
+			} else {
+				by[id] = pieces
+			}
+			st.log.Info("corrupt report contradicted", zap.String("task", t.id), zap.String("reporter", id),
+				zap.String("peer", src.peer.id), zap.Int("piece", i))
+			st.contradicted(t, id)
+		}
+	}
+	if len(by) == 0 {
+		delete(t.accused, src.peer.id)
+	}
+}
+
+// contradicted counts one contradicted corrupt report of requester id.
+func (st *state) contradicted(t *task, id string) {
+	rec := t.strikes[id]
+	rec.contradicted++
+	t.strikes[id] = rec
+	if rec.contradicted >= st.cfg.StrikeLimit {
+		st.bar(t, id, "corrupt reports contradicted")
+	}
+}
+
+// unused records that an assignment of requester m expired or was revoked
+// without a report. A requester with StrikeLimit unused assignments, more
+// than it reported, is barred from the task: it hoards.
+func (st *state) unused(t *task, m *member) {
+	rec := t.strikes[m.peer.id]
+	rec.unused++
+	t.strikes[m.peer.id] = rec
+	if rec.unused >= st.cfg.StrikeLimit && rec.unused > rec.used {
+		st.bar(t, m.peer.id, "assignments left unused")
+	}
+}
+
+// bar excludes requester id from t: it gets no more assignments there, its
+// assignments end, its reports are ignored, and it is no longer a source.
+func (st *state) bar(t *task, id, why string) {
+	rec := t.strikes[id]
+	if rec.barred {
+		return
+	}
+	wasStruck := rec.struck
+	rec.barred, rec.struck = true, true
+	t.strikes[id] = rec
+	st.log.Warn("peer barred from task", zap.String("task", t.id), zap.String("peer", id), zap.String("reason", why),
+		zap.Int("unused", rec.unused), zap.Int("used", rec.used), zap.Int("contradicted", rec.contradicted))
+	m := t.members[id]
+	if m == nil {
+		return
+	}
+	for _, a := range m.inflight {
+		st.endAssignment(a, false)
+	}
+	if !wasStruck {
+		st.unlistSource(t, m)
+	}
+}
+
+// started records that the CDN began sending bytes [off, off+n) of a task
+// to peerID: its CDN assignments of the pieces in that range are started,
+// and their deadline counts from now.
+func (st *state) started(taskID, peerID string, off, n int64) {
+	t := st.tasks[taskID]
+	if t == nil || off < 0 || n <= 0 {
+		return
+	}
+	m := t.members[peerID]
+	if m == nil {
+		return
+	}
+	now := st.now()
+	m.peer.lastSeen = now
+	first, last := off/t.pieceSize, (off+n-1)/t.pieceSize
+	for i := first; i <= last && i < first+schedapi.MaxAssignments; i++ {
+		if a := m.inflight[int(i)]; a != nil && a.from == nil && !a.started {
+			a.started = true
+			a.deadline = now.Add(st.cfg.transferTimeout(a.length, m.rate))
+		}
 	}
 }
 
@@ -1032,8 +1256,10 @@ func (st *state) heartbeat(peerID, addr string, tasks []string) ([]string, error
 	return unknown, nil
 }
 
-// sweep times out stale assignments, expires silent peers and forgets failed
-// tasks past their TTL. It also has every parked poll retried, a safety net
+// sweep times out stale assignments (and CDN assignments not started in
+// time), counting each against its requester, expires silent peers, and
+// forgets failed tasks past FailedTaskTTL and succeeded ones without members
+// for IdleTaskTTL. It also has every parked poll retried, a safety net
 // that bounds how long a poll can miss a change.
 func (st *state) sweep() {
 	now := st.now()
@@ -1045,10 +1271,16 @@ func (st *state) sweep() {
 	for _, t := range st.tasks {
 		for _, m := range t.members {
 			for _, a := range m.inflight {
-				if !now.Before(a.deadline) {
+				switch {
+				case !a.started && !now.Before(a.startBy):
+					st.log.Debug("CDN assignment not started", zap.String("task", t.id), zap.String("peer", m.peer.id), zap.Int("piece", a.piece))
+				case !now.Before(a.deadline):
 					st.log.Debug("assignment timed out", zap.String("task", t.id), zap.String("peer", m.peer.id), zap.Int("piece", a.piece))
-					st.endAssignment(a, false)
+				default:
+					continue
 				}
+				st.endAssignment(a, false)
+				st.unused(t, m)
 			}
 		}
 	}
@@ -1066,8 +1298,17 @@ func (st *state) sweep() {
 		st.log.Info("peer expired", zap.String("peer", id), zap.Time("lastSeen", p.lastSeen))
 	}
 	for _, t := range st.tasks {
-		if t.state == schedapi.TaskFailed && now.Sub(t.failedAt) >= st.cfg.FailedTaskTTL {
-			st.dropTask(t)
+		failed := t.state == schedapi.TaskFailed && now.Sub(t.failedAt) >= st.cfg.FailedTaskTTL
+		idle := t.state == schedapi.TaskSucceeded && len(t.members) == 0 && now.Sub(t.emptySince) >= st.cfg.IdleTaskTTL
+		if !failed && !idle {
+			continue
+		}
+		st.dropTask(t)
+		if idle {
+			st.log.Info("idle task forgotten", zap.String("task", t.id), zap.Time("emptySince", t.emptySince))
+		}
+		if st.forgotten != nil {
+			st.forgotten(t.id)
 		}
 	}
 }
