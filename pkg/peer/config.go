@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/damselfly/damselfly/pkg/ratelimit"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 )
 
@@ -17,8 +18,18 @@ type Config struct {
 	// (default 10s, at most schedapi.MaxWait).
 	PollWait time.Duration `yaml:"pollWait"`
 	// PieceTimeout bounds one piece fetch from another peer, from the
-	// request to the last byte (default 60s).
+	// request to the last byte (default 60s). A fetch usually fails much
+	// sooner: see PieceMinRate.
 	PieceTimeout time.Duration `yaml:"pieceTimeout"`
+	// PieceMinRate is the slowest a piece may arrive, in bytes per second
+	// (default 1 MiB/s): a fetch of n bytes fails as too slow ("transfer",
+	// which counts towards the source's strikes) after PieceGrace plus
+	// n/PieceMinRate, not counting the time this peer's own rate limits
+	// held it back. The piece then goes to another source.
+	PieceMinRate ratelimit.Rate `yaml:"pieceMinRate"`
+	// PieceGrace is added to every piece's transfer time: connecting, the
+	// request, the first byte (default 3s).
+	PieceGrace time.Duration `yaml:"pieceGrace"`
 	// StallTimeout: when no piece has been verified for this long, P2P is
 	// considered failed (default 60s).
 	StallTimeout time.Duration `yaml:"stallTimeout"`
@@ -34,6 +45,8 @@ const (
 	DefaultPieceTimeout      = 60 * time.Second
 	DefaultStallTimeout      = 60 * time.Second
 	DefaultHeartbeatInterval = 10 * time.Second
+	DefaultPieceMinRate      = 1 << 20
+	DefaultPieceGrace        = 3 * time.Second
 )
 
 // ApplyDefaults returns c with unset fields set to their defaults.
@@ -52,6 +65,12 @@ func (c Config) ApplyDefaults() Config {
 	}
 	if c.HeartbeatInterval == 0 {
 		c.HeartbeatInterval = DefaultHeartbeatInterval
+	}
+	if c.PieceMinRate == 0 {
+		c.PieceMinRate = DefaultPieceMinRate
+	}
+	if c.PieceGrace == 0 {
+		c.PieceGrace = DefaultPieceGrace
 	}
 	return c
 }
@@ -74,8 +93,22 @@ func (c Config) Validate() error {
 	if c.HeartbeatInterval <= 0 {
 		errs = append(errs, fmt.Errorf("heartbeatInterval %s: must be positive", c.HeartbeatInterval))
 	}
+	if c.PieceMinRate < 1 {
+		errs = append(errs, fmt.Errorf("pieceMinRate %d: must be positive", c.PieceMinRate))
+	}
+	if c.PieceGrace <= 0 {
+		errs = append(errs, fmt.Errorf("pieceGrace %s: must be positive", c.PieceGrace))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("peer config: %w", err)
 	}
 	return nil
+}
+
+// pieceDeadline is how long a fetch of n bytes may take, not counting time
+// spent waiting for this peer's own rate limiters: PieceGrace plus n at
+// PieceMinRate, at most PieceTimeout.
+func (c Config) pieceDeadline(n int64) time.Duration {
+	d := c.PieceGrace + time.Duration(float64(n)/float64(c.PieceMinRate)*float64(time.Second))
+	return min(d, c.PieceTimeout)
 }

@@ -34,7 +34,10 @@ func TestConfig(t *testing.T) {
 	t.Parallel()
 	def := Config{}.ApplyDefaults()
 	require.Equal(t, Config{Concurrency: 8, PollWait: 10 * time.Second, PieceTimeout: time.Minute,
+		PieceMinRate: 1 << 20, PieceGrace: 3 * time.Second,
 		StallTimeout: time.Minute, HeartbeatInterval: 10 * time.Second}, def)
+	require.Equal(t, 7*time.Second, def.pieceDeadline(4<<20), "4 MiB at 1 MiB/s plus 3s")
+	require.Equal(t, time.Minute, def.pieceDeadline(1<<30), "at most pieceTimeout")
 	require.NoError(t, def.Validate())
 	tests := []struct {
 		name string
@@ -45,6 +48,8 @@ func TestConfig(t *testing.T) {
 		{"poll wait over max", func(c *Config) { c.PollWait = schedapi.MaxWait + time.Second }},
 		{"negative piece timeout", func(c *Config) { c.PieceTimeout = -time.Second }},
 		{"negative stall timeout", func(c *Config) { c.StallTimeout = -1 }},
+		{"negative piece rate", func(c *Config) { c.PieceMinRate = -1 }},
+		{"negative piece grace", func(c *Config) { c.PieceGrace = -1 }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -152,6 +157,9 @@ func TestBadHolder(t *testing.T) {
 		{"long chunked body", longChunked, false, "long body", schedapi.ReasonCorrupt},
 		{"not found", notFound, false, "status 404", schedapi.ReasonMissing},
 		{"stalled", stall, false, "timeout", schedapi.ReasonTransfer},
+		// A slow loris: every byte comes, far below pieceMinRate; it fails
+		// at its rate deadline, not at pieceTimeout (30s here).
+		{"trickling", trickle, false, "too slow", schedapi.ReasonTransfer},
 		{"dead", good, true, "connection refused", schedapi.ReasonTransfer},
 	}
 	for _, tt := range tests {
@@ -177,7 +185,13 @@ func TestBadHolder(t *testing.T) {
 			if tt.mode == stall {
 				pieceTimeout = 300 * time.Millisecond
 			}
-			e := newTestEngine(t, f.addr, engineSetup{cfg: Config{PieceTimeout: pieceTimeout}})
+			cfg := Config{PieceTimeout: pieceTimeout}
+			if tt.mode == trickle {
+				// 64 KiB at 256 KiB/s: 250ms plus 100ms. The good holder
+				// is far faster; the trickle (100 B/s) far slower.
+				cfg.PieceMinRate, cfg.PieceGrace = 256<<10, 100*time.Millisecond
+			}
+			e := newTestEngine(t, f.addr, engineSetup{cfg: cfg})
 			d, err := e.Download(t.Context(), Request{URL: "http://origin.test/file"})
 			require.NoError(t, err)
 			defer d.Close()
@@ -201,6 +215,7 @@ func TestBadHolder(t *testing.T) {
 			}
 			require.Equal(t, 4, failed, fmtPieces(reports))
 			require.Equal(t, 4, ok, fmtPieces(reports))
+			require.Equal(t, "self", goodH.requester.Load(), "a piece request names its requester")
 		})
 	}
 }

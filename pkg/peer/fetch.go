@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"sync"
 	"syscall"
 	"time"
 
@@ -27,6 +28,9 @@ var (
 	errShortBody      = errors.New("short body")
 	errLongBody       = errors.New("long body")
 	errCutBody        = errors.New("body cut short")
+	// errTooSlow: the piece did not arrive within its deadline at
+	// Config.PieceMinRate.
+	errTooSlow = errors.New("too slow")
 )
 
 type statusError struct{ code int }
@@ -96,16 +100,29 @@ func (t *task) writePiece(p []byte, off int64) error {
 }
 
 // fetchPiece reads exactly len(buf) bytes of a piece from the assigned
-// peer's upload server, within PieceTimeout.
-func (e *Engine) fetchPiece(ctx context.Context, taskID string, a schedapi.Assignment, buf []byte) error {
+// peer's upload server, within PieceTimeout and, not counting the time this
+// peer's own rate limiters hold it back, within its deadline at
+// PieceMinRate (Config.pieceDeadline): a source that trickles fails with
+// errTooSlow long before the stall timer, and is reported for it.
+func (e *Engine) fetchPiece(ctx context.Context, taskID string, a schedapi.Assignment, buf []byte) (err error) {
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.PieceTimeout)
 	defer cancel()
+	var slow *slowGuard
+	if d := e.cfg.pieceDeadline(a.Length); d < e.cfg.PieceTimeout {
+		ctx, slow = newSlowGuard(ctx, d)
+		defer func() {
+			if slow.stop() && err != nil {
+				err = errTooSlow
+			}
+		}()
+	}
 	u := url.URL{Scheme: "http", Host: a.From.Addr, Path: upload.Path(taskID)}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return err
 	}
 	req.Header.Set("Range", httpx.FormatRange(a.Offset, a.Length))
+	req.Header.Set(schedapi.HeaderPeer, e.self.ID)
 	resp, err := e.httpClient.Do(req)
 	if err != nil {
 		return err
@@ -120,7 +137,7 @@ func (e *Engine) fetchPiece(ctx context.Context, taskID string, a schedapi.Assig
 	case resp.ContentLength > a.Length:
 		return errLongBody
 	}
-	body := &limitedReader{ctx: ctx, r: resp.Body, limiters: e.limiters}
+	body := &limitedReader{ctx: ctx, r: resp.Body, limiters: e.limiters, slow: slow}
 	if _, err := io.ReadFull(body, buf); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			if resp.ContentLength == a.Length {
@@ -142,24 +159,74 @@ func (e *Engine) fetchPiece(ctx context.Context, taskID string, a schedapi.Assig
 	return nil
 }
 
-// limitedReader reads through rate limiters.
+// limitedReader reads through rate limiters. The time it waits for them is
+// added to slow's deadline: the source is not to blame for it.
 type limitedReader struct {
 	ctx      context.Context
 	r        io.Reader
 	limiters []*rate.Limiter
+	slow     *slowGuard
 }
 
 func (l *limitedReader) Read(p []byte) (int, error) {
-	if len(l.limiters) > 0 && len(p) > readChunk {
+	if len(l.limiters) == 0 {
+		return l.r.Read(p)
+	}
+	if len(p) > readChunk {
 		p = p[:readChunk]
 	}
 	n, err := l.r.Read(p)
 	if n > 0 {
-		if werr := waitLimiters(l.ctx, l.limiters, n); werr != nil {
+		start := time.Now()
+		werr := waitLimiters(l.ctx, l.limiters, n)
+		l.slow.extend(time.Since(start))
+		if werr != nil {
 			return n, werr
 		}
 	}
 	return n, err
+}
+
+// slowGuard cancels a piece fetch whose deadline passes. The deadline can
+// be pushed back (extend) by time the fetch spent waiting on this peer's
+// own limiters. One timer per piece; nothing on the read path without
+// limiters.
+type slowGuard struct {
+	cancel   context.CancelCauseFunc
+	mu       sync.Mutex
+	timer    *time.Timer
+	deadline time.Time
+}
+
+// newSlowGuard returns a context that is cancelled with errTooSlow when d
+// has passed, unless extended or stopped.
+func newSlowGuard(ctx context.Context, d time.Duration) (context.Context, *slowGuard) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	g := &slowGuard{cancel: cancel, deadline: time.Now().Add(d)}
+	g.timer = time.AfterFunc(d, func() { cancel(errTooSlow) })
+	return ctx, g
+}
+
+// extend pushes the deadline back by d. A nil guard does nothing.
+func (g *slowGuard) extend(d time.Duration) {
+	if g == nil || d <= 0 {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.deadline = g.deadline.Add(d)
+	if g.timer.Stop() {
+		g.timer.Reset(time.Until(g.deadline))
+	}
+}
+
+// stop releases the guard and reports whether its deadline had fired.
+func (g *slowGuard) stop() bool {
+	g.mu.Lock()
+	fired := !g.timer.Stop()
+	g.mu.Unlock()
+	g.cancel(nil)
+	return fired
 }
 
 // waitLimiters takes n tokens from every limiter, in chunks a limiter's
@@ -202,7 +269,8 @@ func failureReason(err error) string {
 	var se *statusError
 	var ne net.Error
 	switch {
-	case errors.Is(err, errDigestMismatch), errors.Is(err, errShortBody), errors.Is(err, errLongBody), errors.Is(err, errCutBody):
+	case errors.Is(err, errDigestMismatch), errors.Is(err, errShortBody), errors.Is(err, errLongBody), errors.Is(err, errCutBody),
+		errors.Is(err, errTooSlow):
 		return err.Error()
 	case errors.As(err, &se):
 		return se.Error()
@@ -225,7 +293,7 @@ func reasonLabel(err error) string {
 		return "status"
 	}
 	switch r := failureReason(err); r {
-	case "digest mismatch", "short body", "long body", "body cut short", "timeout", "connection refused", "connection reset", "canceled":
+	case "digest mismatch", "short body", "long body", "body cut short", "too slow", "timeout", "connection refused", "connection reset", "canceled":
 		return r
 	}
 	return "other"

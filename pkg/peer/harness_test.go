@@ -54,12 +54,15 @@ const (
 	notFound    // 404
 	stall       // sends nothing until the client gives up
 	gated       // waits until its piece is released
+	trickle     // announces the piece, then sends a byte every 10ms
 )
 
 // holder is another peer's upload server, serving data with a behaviour.
 type holder struct {
 	peer     schedapi.Peer
 	requests atomic.Int64
+	// requester is the schedapi.HeaderPeer of the last request.
+	requester atomic.Value
 	mu       sync.Mutex
 	gates    map[int64]chan struct{} // by piece offset, for gated
 }
@@ -69,6 +72,7 @@ func newHolder(t *testing.T, id string, data []byte, mode holderMode) *holder {
 	h := &holder{gates: map[int64]chan struct{}{}}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h.requests.Add(1)
+		h.requester.Store(r.Header.Get(schedapi.HeaderPeer))
 		if !strings.HasPrefix(r.URL.Path, "/upload/v1/tasks/") {
 			http.Error(w, "bad path", http.StatusBadRequest)
 			return
@@ -109,6 +113,21 @@ func newHolder(t *testing.T, id string, data []byte, mode holderMode) *holder {
 			http.Error(w, "range not available", http.StatusNotFound)
 		case stall:
 			<-r.Context().Done()
+		case trickle:
+			w.Header().Set("Content-Range", rg.ContentRange(int64(len(data))))
+			w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+			w.WriteHeader(http.StatusPartialContent)
+			for _, c := range body {
+				if _, err := w.Write([]byte{c}); err != nil {
+					return
+				}
+				w.(http.Flusher).Flush()
+				select {
+				case <-r.Context().Done():
+					return
+				case <-time.After(10 * time.Millisecond):
+				}
+			}
 		case gated:
 			select {
 			case <-h.gate(rg.Start):

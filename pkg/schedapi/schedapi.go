@@ -45,6 +45,12 @@ func ReportPath(task, peer string) string {
 func LeavePath(task, peer string) string { return "/api/peer/v1/tasks/" + task + "/peers/" + peer }
 func HeartbeatPath(peer string) string   { return "/api/peer/v1/peers/" + peer + "/heartbeat" }
 
+// HeaderPeer is the request header in which a peer names itself (its peer
+// ID) on every piece request to an upload server, so that the supernode's
+// CDN can tell the scheduler whose assignment a transfer it starts serves.
+// It identifies, it does not authenticate.
+const HeaderPeer = "X-Damselfly-Peer"
+
 // Limits every server and client of this API keeps.
 const (
 	// MaxWait is the longest a pieces long poll waits.

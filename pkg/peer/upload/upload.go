@@ -21,6 +21,10 @@
 //   - Without a Range header the whole content is served (200) only if all
 //     of it is verified, else 404 "range not available".
 //
+// A request may name its requester in the schedapi.HeaderPeer header; with
+// WithTransferStart the server reports each content transfer it starts to
+// a named requester (the supernode's CDN tells its scheduler).
+//
 // Nothing unverified is ever sent. Errors that are the client's fault are 4xx;
 // the server answers 5xx only for its own failures (a task that cannot be
 // opened or read).
@@ -41,6 +45,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/damselfly/damselfly/pkg/httpx"
+	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/taskid"
 )
 
@@ -74,6 +79,8 @@ const (
 
 	bufSize         = 256 << 10
 	shutdownTimeout = 5 * time.Second
+	// maxPeerIDLen bounds a schedapi.HeaderPeer value passed on.
+	maxPeerIDLen = 128
 )
 
 // Path returns the URL path serving taskID.
@@ -103,11 +110,26 @@ func WithMetrics(m *httpx.Metrics) Option {
 	return func(s *Server) { s.metrics = m }
 }
 
+// TransferStartFunc is told that the server starts sending bytes
+// [off, off+n) of a task to the peer that named itself peerID in the
+// schedapi.HeaderPeer request header. It runs on the request's goroutine
+// before the response header is sent, so it must return quickly.
+type TransferStartFunc func(ctx context.Context, taskID, peerID string, off, n int64)
+
+// WithTransferStart calls fn for every GET the server starts answering with
+// content to a request naming its peer (schedapi.HeaderPeer). The
+// supernode's CDN uses it to tell the scheduler which assignments are under
+// way.
+func WithTransferStart(fn TransferStartFunc) Option {
+	return func(s *Server) { s.started = fn }
+}
+
 // Server is the piece upload server.
 type Server struct {
 	tasks   Tasks
 	log     *zap.Logger
 	limiter *rate.Limiter
+	started TransferStartFunc
 	metrics *httpx.Metrics
 	bufs    sync.Pool
 	handler http.Handler
@@ -262,6 +284,9 @@ func (s *Server) serveTask(w http.ResponseWriter, r *http.Request) error {
 	first := buf[:min(int64(len(buf)), rg.Length)]
 	if err := s.readChunk(ctx, t, first, rg.Start); err != nil {
 		return fmt.Errorf("task %s: %w", id, err)
+	}
+	if peerID := r.Header.Get(schedapi.HeaderPeer); s.started != nil && peerID != "" && len(peerID) <= maxPeerIDLen {
+		s.started(ctx, id, peerID, rg.Start, rg.Length)
 	}
 	w.WriteHeader(status)
 	if _, err := w.Write(first); err != nil {

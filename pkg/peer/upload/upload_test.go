@@ -23,6 +23,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/damselfly/damselfly/pkg/httpx"
+	"github.com/damselfly/damselfly/pkg/schedapi"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -320,4 +321,58 @@ func TestRunListenerError(t *testing.T) {
 	require.NoError(t, ln.Close())
 	tasks, _ := newFakeTasks(t)
 	require.Error(t, New(tasks).Run(t.Context(), ln))
+}
+
+// The start callback hears of every GET answered with content that names
+// its requester, with the range served, and of nothing else: not a HEAD, not
+// a refusal, not an anonymous request.
+func TestTransferStart(t *testing.T) {
+	t.Parallel()
+	tasks, _ := newFakeTasks(t)
+	type start struct {
+		task, peer string
+		off, n     int64
+	}
+	var mu sync.Mutex
+	var got []start
+	srv := httptest.NewServer(New(tasks, WithTransferStart(func(_ context.Context, task, peer string, off, n int64) {
+		mu.Lock()
+		defer mu.Unlock()
+		got = append(got, start{task, peer, off, n})
+	})).Handler())
+	t.Cleanup(srv.Close)
+
+	tests := []struct {
+		name, method, task, peer, rng string
+		status                        int
+		want                          []start
+	}{
+		{name: "named GET", method: http.MethodGet, task: idFull, peer: "p1", rng: "bytes=100-199", status: http.StatusPartialContent,
+			want: []start{{idFull, "p1", 100, 100}}},
+		{name: "anonymous GET", method: http.MethodGet, task: idFull, rng: "bytes=0-9", status: http.StatusPartialContent},
+		{name: "HEAD", method: http.MethodHead, task: idFull, peer: "p1", rng: "bytes=0-9", status: http.StatusPartialContent},
+		{name: "range not available", method: http.MethodGet, task: idPartial, peer: "p1", rng: "bytes=999-1001", status: http.StatusNotFound},
+		{name: "peer ID too long", method: http.MethodGet, task: idFull, peer: strings.Repeat("x", 129), rng: "bytes=0-9", status: http.StatusPartialContent},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			mu.Lock()
+			got = nil
+			mu.Unlock()
+			req, err := http.NewRequestWithContext(t.Context(), tt.method, srv.URL+Path(tt.task), nil)
+			require.NoError(t, err)
+			req.Header.Set("Range", tt.rng)
+			if tt.peer != "" {
+				req.Header.Set(schedapi.HeaderPeer, tt.peer)
+			}
+			resp, err := srv.Client().Do(req)
+			require.NoError(t, err)
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			require.Equal(t, tt.status, resp.StatusCode)
+			mu.Lock()
+			defer mu.Unlock()
+			require.Equal(t, tt.want, got)
+		})
+	}
 }
