@@ -63,8 +63,8 @@ type holder struct {
 	requests atomic.Int64
 	// requester is the schedapi.HeaderPeer of the last request.
 	requester atomic.Value
-	mu       sync.Mutex
-	gates    map[int64]chan struct{} // by piece offset, for gated
+	mu        sync.Mutex
+	gates     map[int64]chan struct{} // by piece offset, for gated
 }
 
 func newHolder(t *testing.T, id string, data []byte, mode holderMode) *holder {

@@ -153,7 +153,7 @@ type task struct {
 	maxRate int64
 	atMax   int
 
-	createdAt, failedAt          time.Time
+	createdAt, failedAt time.Time
 	// emptySince is when the last member left (or the task was created).
 	emptySince                   time.Time
 	bytesFromCDN, bytesFromPeers int64
