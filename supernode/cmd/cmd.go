@@ -244,8 +244,12 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
+	// The CDN's upload server reports the transfers it starts
+	// (upload.WithTransferStart below), so CDN assignments not started in
+	// time are revoked. TODO(lead): scheduler.WithTaskForgotten, for the
+	// CDN to drop its state and files of a forgotten task.
 	sched, err := scheduler.New(cfg.Scheduler, schedapi.Peer{ID: CDNPeerID, Addr: advertise},
-		scheduler.WithLogger(logger), scheduler.WithMetrics(reg))
+		scheduler.WithLogger(logger), scheduler.WithMetrics(reg), scheduler.WithStartReports())
 	if err != nil {
 		return err
 	}
@@ -270,7 +274,10 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		peerapi.WithLogger(logger.Named("peerapi")), peerapi.WithHTTPMetrics(httpm)).Handler())
 	mux.Handle("/upload/", upload.New(seed,
 		upload.WithLogger(logger.Named("upload")), upload.WithMetrics(httpm),
-		upload.WithLimiter(cfg.CDN.UploadRate.Limiter())).Handler())
+		upload.WithLimiter(cfg.CDN.UploadRate.Limiter()),
+		upload.WithTransferStart(func(ctx context.Context, taskID, peerID string, off, n int64) {
+			_ = sched.TransferStarted(ctx, taskID, peerID, off, n)
+		})).Handler())
 	mux.Handle("/api/v1/", adminapi.New(sched, seed, token,
 		adminapi.WithLogger(logger.Named("adminapi")), adminapi.WithHTTPMetrics(httpm),
 		adminapi.WithPreheater(heater)))
