@@ -125,6 +125,7 @@ func TestCDNStartGrace(t *testing.T) {
 	t.Parallel()
 	cfg := Config{CDNStartGrace: time.Second, AssignmentGrace: 5 * time.Second, StrikeLimit: 100}
 	a := newAbuseState(t, cfg, 4, 100, true, map[string][]int{"r": nil})
+	a.t.members["r"].proven = true // else it gets one at a time (TestCDNLapse)
 	got := a.poll(t, "r", 2)
 	require.Len(t, got, 2)
 	require.True(t, got[0].FromCDN)
@@ -168,9 +169,12 @@ func TestHoardersBarred(t *testing.T) {
 				members[fmt.Sprintf("hoarder-%02d", i)] = nil
 			}
 			a := newAbuseState(t, Config{}, 8, 100, tt.startReports, members)
-			for i := range 20 {
-				a.poll(t, fmt.Sprintf("hoarder-%02d", i), schedapi.MaxAssignments)
+			hoard := func() {
+				for i := range 20 {
+					a.poll(t, fmt.Sprintf("hoarder-%02d", i), schedapi.MaxAssignments)
+				}
 			}
+			hoard()
 			require.Equal(t, 8, a.cdnBusy, "the hoarders took every piece from the CDN (super-seeding: one copy at a time)")
 			w := newWaiter(a.t.id, "honest", 8)
 			a.state.poll(w)
@@ -179,7 +183,14 @@ func TestHoardersBarred(t *testing.T) {
 
 			a.advance(tt.wait)
 			require.True(t, w.answered, "the honest requester is served once the hoarders' assignments end")
-			require.NotEmpty(t, (<-w.reply).resp.Assignments)
+			r := <-w.reply
+			require.NotEmpty(t, r.resp.Assignments)
+			for _, as := range r.resp.Assignments {
+				a.report(t, "honest", schedapi.PieceResult{Piece: as.Piece, From: as.From.ID, OK: true})
+			}
+			// They keep at it, and lose again.
+			hoard()
+			a.advance(tt.wait)
 			barred := 0
 			for id, rec := range a.t.strikes {
 				if rec.barred {
@@ -387,9 +398,12 @@ func TestTransferStartedKeepsAssignment(t *testing.T) {
 	join(t, s, id, "r")
 	resp, err := s.Poll(ctx, id, "r", 2)
 	require.NoError(t, err)
-	require.Len(t, resp.Assignments, 2)
+	require.Len(t, resp.Assignments, 1, "one CDN assignment until a transfer starts")
 	first := resp.Assignments[0]
 	require.NoError(t, s.TransferStarted(context.Background(), id, "r", first.Offset, first.Length))
+	resp, err = s.Poll(ctx, id, "r", 2)
+	require.NoError(t, err)
+	require.Len(t, resp.Assignments, 1, "the rest, now that it fetches")
 	clock.Advance(time.Second)
 	require.NoError(t, s.sweepNow(ctx))
 	st, err := s.Task(ctx, id)
@@ -398,4 +412,36 @@ func TestTransferStartedKeepsAssignment(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 1, inflight, "the started assignment stays, the other is revoked")
 	require.Len(t, st.Peers, 1)
+}
+
+// A CDN assignment not started within cdnLapse gives its slot and its
+// piece's fanout back, and its requester gets nothing more from the CDN
+// until it starts: the piece goes to the next requester at once. Starting
+// late takes the slot again.
+func TestCDNLapse(t *testing.T) {
+	t.Parallel()
+	cfg := Config{CDNStartGrace: 2 * time.Second, CDNPieceFanout: 1}
+	a := newAbuseState(t, cfg, 1, 100, true, map[string][]int{"hoarder": nil, "honest": nil})
+	require.Equal(t, 100*time.Millisecond, a.cfg.cdnLapse())
+	got := a.poll(t, "hoarder", 4)
+	require.Len(t, got, 1)
+	require.Empty(t, a.poll(t, "honest", 4), "super-seeding: one copy at a time")
+
+	w := newWaiter(a.t.id, "honest", 4)
+	a.state.poll(w)
+	a.flush()
+	a.clock.Advance(100 * time.Millisecond)
+	a.lapseDue()
+	a.flush()
+	require.True(t, w.answered, "the lapsed piece goes to the parked requester")
+	require.Len(t, (<-w.reply).resp.Assignments, 1)
+	require.Equal(t, 1, a.cdnBusy)
+	require.Equal(t, 1, a.t.members["hoarder"].lapsed)
+
+	// The hoarder's late start takes a slot again.
+	a.started(a.t.id, "hoarder", 0, 100)
+	require.Equal(t, 2, a.cdnBusy)
+	require.Zero(t, a.t.members["hoarder"].lapsed)
+	a.report(t, "hoarder", schedapi.PieceResult{Piece: 0, From: cdnPeer.ID, OK: true})
+	require.Equal(t, 1, a.cdnBusy)
 }

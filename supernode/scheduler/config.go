@@ -224,3 +224,9 @@ func (c Config) transferTimeout(n, rate int64) time.Duration {
 	d := c.AssignmentGrace + time.Duration(float64(n)/float64(r)*float64(time.Second))
 	return min(d, c.AssignmentTimeout)
 }
+
+// cdnLapse is how long a CDN assignment may wait for its transfer to start
+// before it stops holding a CDN slot (it is revoked at CDNStartGrace): an
+// eighth of the grace, at most 100ms. A peer told to fetch from the CDN
+// asks it within milliseconds; one that does not costs others that long.
+func (c Config) cdnLapse() time.Duration { return min(c.CDNStartGrace/8, 100*time.Millisecond) }

@@ -58,7 +58,7 @@ func checkIndex(t *testing.T, st *state, step int) {
 			}
 			fromCDN := 0
 			for _, m := range tk.members {
-				if a := m.inflight[i]; a != nil && a.from == nil {
+				if a := m.inflight[i]; a != nil && a.from == nil && !a.lapsed {
 					fromCDN++
 				}
 			}
@@ -200,6 +200,9 @@ func randomIndexRun(t *testing.T, seed uint64, steps int) {
 	require.NoError(t, err)
 	clock := newFakeClock()
 	st := newState(cfg, cdnPeer, pol, clock.Now, zap.NewNop(), m)
+	// In half the runs the CDN reports the transfers it starts, and CDN
+	// assignments lapse and are revoked.
+	st.startReports = seed%2 == 1
 
 	const pieces = 10
 	ids := []string{testTaskID(t.Name() + "/a"), testTaskID(t.Name() + "/b")}
@@ -258,6 +261,9 @@ func randomIndexRun(t *testing.T, seed uint64, steps int) {
 			w := newWaiter(id, p, 1+rng.IntN(4))
 			st.poll(w)
 			polls = append(polls, w)
+		case op < 14 && len(flights) > 0 && st.startReports && rng.IntN(3) == 0:
+			f := flights[rng.IntN(len(flights))]
+			st.started(f.task, f.peer, int64(f.piece)*10, 10)
 		case op < 14 && len(flights) > 0:
 			k := rng.IntN(len(flights))
 			f := flights[k]
@@ -290,6 +296,11 @@ func randomIndexRun(t *testing.T, seed uint64, steps int) {
 				require.NoError(t, st.fail(id, fmt.Errorf("origin gone")))
 			}
 		default:
+			if rng.IntN(2) == 0 {
+				clock.Advance(time.Duration(rng.IntN(400)) * time.Millisecond)
+				st.lapseDue()
+				break
+			}
 			clock.Advance(time.Duration(rng.IntN(40)) * time.Second)
 			st.sweep()
 		}

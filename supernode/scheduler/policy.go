@@ -83,7 +83,7 @@ func (rarestFirst) choose(t *task, req *member, max int, s slots) []choice {
 	// Only the servable pieces can be chosen: ordering just those keeps a
 	// poll's cost to what it may get, not to the task's size.
 	var cdnOK, cdnDup bitset
-	if room := s.room(); room.free {
+	if room := s.room(); room.free && req.lapsed == 0 {
 		cdnOK = t.cdnOK
 		if room.spare {
 			cdnDup = t.cdnDup
@@ -95,6 +95,11 @@ func (rarestFirst) choose(t *task, req *member, max int, s slots) []choice {
 	}
 	cdnBusy := s.cdnBusy
 	fanout := t.fanout
+	// An unproven requester gets one CDN assignment at a time.
+	cdnLeft := s.cdn
+	if !req.proven {
+		cdnLeft = 1 - req.fromCDN
+	}
 	// Slots taken by the choices made so far in this call.
 	var taken takenSlots
 	var out []choice
@@ -107,11 +112,15 @@ func (rarestFirst) choose(t *task, req *member, max int, s slots) []choice {
 		case best != nil:
 			taken.add(best.peer)
 			out = append(out, choice{piece: i, from: best})
+		case req.lapsed > 0 || cdnLeft <= 0:
+			// It has not started what the CDN last sent it, or has not
+			// proven it fetches at all.
 		case cdnBusy < s.cdn && cdnMay(t, i, fanout) && (len(t.holders[i]) == 0 || cdnBusy < dupLimit(s.cdn)),
 			// Every holder with a free slot is one req no longer fetches
 			// from (it reported the peer corrupt): the CDN stands in.
 			cdnBusy < s.cdn && len(req.avoid) > 0 && t.fromCDN[i] < fanout:
 			cdnBusy++
+			cdnLeft--
 			out = append(out, choice{piece: i})
 		}
 	}
@@ -218,7 +227,13 @@ func leastLoadedFree(t *task, i int, req *member, taken *takenSlots, slots int) 
 }
 
 func (rarestFirst) canServe(t *task, req *member, i int, s slots) bool {
-	return t.isPublished(i) && !req.busy.has(i) && t.servable(i, s.room())
+	if !t.isPublished(i) || req.busy.has(i) {
+		return false
+	}
+	if req.lapsed > 0 || (!req.proven && req.fromCDN > 0) {
+		return t.peerOK.has(i) // and the CDN's room is not for req
+	}
+	return t.servable(i, s.room())
 }
 
 // candidates returns the published pieces req neither holds nor has in

@@ -183,6 +183,14 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	defer close(s.stopped)
 	tick := time.NewTicker(s.sweep)
 	defer tick.Stop()
+	// With start reports, CDN assignments not started in time lapse
+	// between sweeps.
+	var lapse <-chan time.Time
+	if s.startReports {
+		lt := time.NewTicker(max(s.st.cfg.cdnLapse()/2, time.Millisecond))
+		defer lt.Stop()
+		lapse = lt.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -191,6 +199,8 @@ func (s *Scheduler) Run(ctx context.Context) error {
 			ev()
 		case <-tick.C:
 			s.st.sweep()
+		case <-lapse:
+			s.st.lapseDue()
 		}
 		s.st.flush()
 		s.st.m.observe(s.st)

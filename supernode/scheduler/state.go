@@ -64,6 +64,15 @@ type member struct {
 	// avoid lists the sources this member reported corrupt: it is not
 	// sent to them again, whether or not others corroborate it.
 	avoid []*peer
+	// lapsed counts the member's lapsed CDN assignments: while it has any,
+	// it is sent nothing more from the CDN.
+	lapsed int
+	// fromCDN counts the member's CDN assignments in flight. Until it is
+	// proven (a CDN transfer of it started, or it reported a piece
+	// verified) it gets one at a time: a hoarder takes one piece from the
+	// CDN, not all of them.
+	fromCDN int
+	proven  bool
 	// servedOK holds the pieces this member served, as an assigned
 	// source, that the requester verified: evidence against a corrupt
 	// report of the same piece from it.
@@ -90,10 +99,15 @@ type assignment struct {
 	length   int64
 	deadline time.Time
 	// started is false for a CDN assignment whose transfer the CDN has not
-	// reported started yet (WithStartReports); startBy is when it is
-	// revoked if it has not.
+	// reported started yet (WithStartReports); at is when it was made, and
+	// startBy when it is revoked if it has not started.
 	started bool
+	at      time.Time
 	startBy time.Time
+	// lapsed: a CDN assignment not started within cdnLapse. It no longer
+	// holds a CDN slot nor counts towards its piece's fanout, so that
+	// others may be sent the piece; it takes them again if it starts.
+	lapsed bool
 }
 
 // task is the scheduler's view of one task.
@@ -262,6 +276,10 @@ type state struct {
 	// startReports: the CDN reports the start of its transfers (started);
 	// CDN assignments not started within CDNStartGrace are revoked.
 	startReports bool
+	// fresh lists, oldest first, the CDN assignments made while
+	// startReports, to lapse those not started in time (lapseDue). Entries
+	// that ended, started or lapsed are skipped.
+	fresh []*assignment
 	// forgotten, if set, is told the ID of each task the sweep forgets.
 	forgotten func(taskID string)
 }
@@ -636,6 +654,7 @@ func (st *state) join(taskID string, sp schedapi.Peer, have *piece.Set) (schedap
 			serving:  make(map[*assignment]struct{}),
 			freeAt:   -1,
 			rate:     sp.DownloadRate,
+			proven:   !st.startReports,
 		}
 		t.members[p.id] = m
 		p.tasks[t.id] = m
@@ -769,16 +788,16 @@ func (st *state) startAssignment(t *task, to *member, i int, from *member) *assi
 	a := &assignment{task: t, piece: i, to: to, from: from, length: n, started: true,
 		deadline: now.Add(st.cfg.transferTimeout(n, to.rate))}
 	if from == nil && st.startReports {
-		a.started = false
+		a.started, a.at = false, now
 		a.startBy = now.Add(st.cfg.CDNStartGrace)
+		st.fresh = append(st.fresh, a)
 	}
 	to.inflight[i] = a
 	to.busy.set(i)
 	t.inflight[i]++
 	if from == nil {
-		st.cdnBusy++
-		t.fromCDN[i]++
-		st.refresh(t, i)
+		to.fromCDN++
+		st.takeCDN(t, i, 1)
 	} else {
 		from.serving[a] = struct{}{}
 		st.addUploads(from.peer, 1)
@@ -799,12 +818,15 @@ func (st *state) endAssignment(a *assignment, delivered bool) {
 	a.to.syncBusy(a.piece)
 	t.inflight[a.piece]--
 	if a.from == nil {
-		st.cdnBusy--
-		if st.cdnBusy == st.cfg.CDNUploadSlots-1 || st.cdnBusy == dupLimit(st.cfg.CDNUploadSlots)-1 {
-			st.changedCDN()
+		a.to.fromCDN--
+		if a.lapsed {
+			a.lapsed = false
+			if a.to.lapsed--; a.to.lapsed == 0 {
+				st.touch(a.to)
+			}
+		} else {
+			st.takeCDN(t, a.piece, -1)
 		}
-		t.fromCDN[a.piece]--
-		st.refresh(t, a.piece)
 	} else {
 		delete(a.from.serving, a)
 		st.addUploads(a.from.peer, -1)
@@ -814,6 +836,40 @@ func (st *state) endAssignment(a *assignment, delivered bool) {
 		// It wants the piece again, or may have more now.
 		st.touch(a.to)
 	}
+}
+
+// takeCDN takes (d 1) or gives back (d -1) a CDN slot and one of piece i's
+// CDN transfers in t.
+func (st *state) takeCDN(t *task, i, d int) {
+	st.cdnBusy += d
+	t.fromCDN[i] += d
+	if d < 0 && (st.cdnBusy == st.cfg.CDNUploadSlots-1 || st.cdnBusy == dupLimit(st.cfg.CDNUploadSlots)-1) {
+		st.changedCDN()
+	}
+	st.refresh(t, i)
+}
+
+// lapseDue lapses the CDN assignments not started within cdnLapse: each
+// gives its slot and its piece's fanout back, and its requester gets no
+// more CDN assignments until it starts or ends. A requester that hoards
+// thus blocks the CDN for a moment only, and one at a time.
+func (st *state) lapseDue() {
+	cutoff := st.now().Add(-st.cfg.cdnLapse())
+	k := 0
+	for ; k < len(st.fresh); k++ {
+		a := st.fresh[k]
+		if a.started || a.lapsed || a.to.inflight[a.piece] != a {
+			continue
+		}
+		if a.at.After(cutoff) {
+			break
+		}
+		a.lapsed = true
+		a.to.lapsed++
+		st.takeCDN(a.task, a.piece, -1)
+	}
+	clear(st.fresh[:k])
+	st.fresh = st.fresh[k:]
 }
 
 // assign asks the policy for up to max pieces for m and records them.
@@ -1046,6 +1102,10 @@ func (st *state) applyResult(t *task, m *member, r schedapi.PieceResult) {
 	}
 	st.m.result(r.OK)
 	if r.OK {
+		if a != nil && !m.proven {
+			m.proven = true
+			st.touch(m)
+		}
 		if t.isPublished(r.Piece) {
 			st.addHeld(m, r.Piece)
 		}
@@ -1229,9 +1289,23 @@ func (st *state) started(taskID, peerID string, off, n int64) {
 	m.peer.lastSeen = now
 	first, last := off/t.pieceSize, (off+n-1)/t.pieceSize
 	for i := first; i <= last && i < first+schedapi.MaxAssignments; i++ {
-		if a := m.inflight[int(i)]; a != nil && a.from == nil && !a.started {
-			a.started = true
-			a.deadline = now.Add(st.cfg.transferTimeout(a.length, m.rate))
+		a := m.inflight[int(i)]
+		if a == nil || a.from != nil || a.started {
+			continue
+		}
+		a.started = true
+		a.deadline = now.Add(st.cfg.transferTimeout(a.length, m.rate))
+		if !m.proven {
+			m.proven = true
+			st.touch(m)
+		}
+		if a.lapsed {
+			// Late, but under way: it holds a slot again.
+			a.lapsed = false
+			if m.lapsed--; m.lapsed == 0 {
+				st.touch(m)
+			}
+			st.takeCDN(t, a.piece, 1)
 		}
 	}
 }
@@ -1262,6 +1336,7 @@ func (st *state) heartbeat(peerID, addr string, tasks []string) ([]string, error
 // for IdleTaskTTL. It also has every parked poll retried, a safety net
 // that bounds how long a poll can miss a change.
 func (st *state) sweep() {
+	st.lapseDue()
 	now := st.now()
 	for _, t := range st.tasks {
 		if len(t.waiters) > 0 {
