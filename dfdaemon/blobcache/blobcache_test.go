@@ -114,7 +114,7 @@ func startNode(t *testing.T, snAddr string, cfg blobcache.Config) *node {
 	require.NoError(t, err)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	sc, err := schedclient.New([]string{snAddr})
+	sc, err := schedclient.New([]string{snAddr}, schedclient.WithClusterKeys(supernodetest.Keys()))
 	require.NoError(t, err)
 	self := schedapi.Peer{ID: "node-" + strings.ReplaceAll(t.Name(), "/", "-"), Addr: ln.Addr().String()}
 	eng, err := peer.New(peer.Config{PollWait: 500 * time.Millisecond}, store, sc, self)
@@ -124,7 +124,7 @@ func startNode(t *testing.T, snAddr string, cfg blobcache.Config) *node {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Go(func() { _ = upload.New(eng).Run(ctx, ln) })
+	wg.Go(func() { _ = upload.New(eng, supernodetest.Keys()).Run(ctx, ln) })
 	wg.Go(func() { _ = eng.Run(ctx) })
 	wg.Go(func() { _ = c.Run(ctx) })
 	t.Cleanup(func() { cancel(); wg.Wait() })

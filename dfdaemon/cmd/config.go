@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strconv"
 
+	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/command"
 
 	"github.com/damselfly/damselfly/dfdaemon/blobcache"
@@ -52,6 +53,12 @@ type Config struct {
 	// Nodes are the supernodes (host:port); a task goes to one of them by
 	// rendezvous hash of its ID.
 	Nodes []string `yaml:"nodes"`
+	// Cluster gives the cluster token this node presents to the supernodes
+	// and to other peers, and requires from peers fetching its pieces:
+	// clusterToken ("token" or "new,old" while rotating) or
+	// clusterTokenFile. $DAMSELFLY_CLUSTER_TOKEN and --cluster-token-file
+	// win over both. Required.
+	Cluster clusterauth.Config `yaml:",inline"`
 	// Source says which addresses registries and sources may be reached
 	// at: the mirror's upstream requests, token realms, the peer engine's
 	// source fallback and (with proxy.outbound added) the forward proxy.

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/command"
 
 	"github.com/damselfly/damselfly/pkg/log"
@@ -42,6 +43,12 @@ type Config struct {
 	// DAMSELFLY_ADMIN_TOKEN environment variable. Empty everywhere: a
 	// random token is generated once and kept in <dataDir>/admin-token.
 	AdminToken string `yaml:"adminToken"`
+	// Cluster gives the cluster token every member presents on the peer API
+	// and upload servers: clusterToken ("token" or "new,old" while rotating)
+	// or clusterTokenFile. $DAMSELFLY_CLUSTER_TOKEN and --cluster-token-file
+	// win over both. None given: a random token is generated once and kept
+	// in <dataDir>/cluster-token (mode 0600).
+	Cluster clusterauth.Config `yaml:",inline"`
 	// Source says which addresses the CDN may fetch from (sources,
 	// preheat's registries and token realms). The resolved IP of every
 	// connection, including each redirect hop, is checked when it is

@@ -22,6 +22,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	"go.uber.org/zap"
 
+	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/httpx"
 	"github.com/damselfly/damselfly/pkg/piece"
 	"github.com/damselfly/damselfly/pkg/schedapi"
@@ -82,13 +83,16 @@ func WithHTTPMetrics(m *httpx.Metrics) Option {
 type Server struct {
 	sched   Scheduler
 	seed    Seeder
+	keys    clusterauth.Keys
 	log     *zap.Logger
 	metrics *httpx.Metrics
 }
 
-// New returns a peer API server over the scheduler and the seeder.
-func New(sched Scheduler, seed Seeder, opts ...Option) *Server {
-	s := &Server{sched: sched, seed: seed, log: zap.NewNop()}
+// New returns a peer API server over the scheduler and the seeder. Every
+// request must present one of keys (pkg/clusterauth); with no keys, every
+// request is refused.
+func New(sched Scheduler, seed Seeder, keys clusterauth.Keys, opts ...Option) *Server {
+	s := &Server{sched: sched, seed: seed, keys: keys, log: zap.NewNop()}
 	for _, o := range opts {
 		o(s)
 	}
@@ -125,6 +129,11 @@ func (s *Server) wrap(name string, h handlerFunc) http.Handler {
 				s.writeError(w, r, fmt.Errorf("panic in %s handler: %v", name, p))
 			}
 		}()
+		if !s.keys.Valid(r) {
+			w.Header().Set("WWW-Authenticate", clusterauth.Challenge)
+			s.writeError(w, r, errUnauthenticated)
+			return
+		}
 		if err := h(w, r); err != nil {
 			s.writeError(w, r, err)
 		}
@@ -139,6 +148,8 @@ type apiError struct {
 }
 
 func (e *apiError) Error() string { return e.msg }
+
+var errUnauthenticated = &apiError{status: http.StatusUnauthorized, code: schedapi.CodeUnauthenticated, msg: clusterauth.Message}
 
 // writeError maps err to a status and a schedapi.Error. This is the only
 // place that does.
