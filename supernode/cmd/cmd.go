@@ -275,7 +275,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		preheat.WithLogger(logger.Named("preheat")))
 
 	mux := http.NewServeMux()
-	mux.Handle("/api/peer/", peerapi.New(sched, seed, keys,
+	mux.Handle("/api/peer/", peerapi.New(sched, seed, keys, peerapi.WithLimits(cfg.PeerAPI),
 		peerapi.WithLogger(logger.Named("peerapi")), peerapi.WithHTTPMetrics(httpm)).Handler())
 	mux.Handle("/upload/", upload.New(seed, keys,
 		upload.WithLogger(logger.Named("upload")), upload.WithMetrics(httpm),

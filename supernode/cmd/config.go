@@ -14,6 +14,7 @@ import (
 	"github.com/damselfly/damselfly/pkg/log"
 	"github.com/damselfly/damselfly/pkg/netpolicy"
 	"github.com/damselfly/damselfly/supernode/cdn"
+	"github.com/damselfly/damselfly/supernode/peerapi"
 	"github.com/damselfly/damselfly/supernode/preheat"
 	"github.com/damselfly/damselfly/supernode/scheduler"
 )
@@ -57,6 +58,8 @@ type Config struct {
 	// adds networks. Entries are CIDRs, IPs or host names (see
 	// pkg/netpolicy). Proxy environment variables are ignored.
 	Source netpolicy.Config `yaml:"source"`
+	// PeerAPI bounds the register and poll requests of one client address.
+	PeerAPI peerapi.Config `yaml:"peerAPI"`
 	// Scheduler tunes piece scheduling.
 	Scheduler scheduler.Config `yaml:"scheduler"`
 	// CDN tunes source fetches.
@@ -76,6 +79,7 @@ func (c Config) ApplyDefaults() Config {
 	if c.DataDir == "" {
 		c.DataDir = DefaultDataDir
 	}
+	c.PeerAPI = c.PeerAPI.ApplyDefaults()
 	c.Scheduler = c.Scheduler.ApplyDefaults()
 	c.Scheduler.CDNUploadRate = int64(c.CDN.UploadRate)
 	c.CDN.Dir = filepath.Join(c.DataDir, "cdn")
@@ -102,6 +106,9 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("dataDir: must be set"))
 	}
 	if err := c.Source.Validate("source"); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.PeerAPI.Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	if err := c.Scheduler.Validate(); err != nil {

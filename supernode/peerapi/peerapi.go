@@ -73,6 +73,12 @@ func WithLogger(l *zap.Logger) Option {
 	}
 }
 
+// WithLimits sets the per-address request rates (default: Config{} with
+// its defaults).
+func WithLimits(c Config) Option {
+	return func(s *Server) { s.limits = c.ApplyDefaults() }
+}
+
 // WithHTTPMetrics counts and times every request under a handler label per
 // route.
 func WithHTTPMetrics(m *httpx.Metrics) Option {
@@ -84,6 +90,7 @@ type Server struct {
 	sched   Scheduler
 	seed    Seeder
 	keys    clusterauth.Keys
+	limits  Config
 	log     *zap.Logger
 	metrics *httpx.Metrics
 }
@@ -92,7 +99,7 @@ type Server struct {
 // request must present one of keys (pkg/clusterauth); with no keys, every
 // request is refused.
 func New(sched Scheduler, seed Seeder, keys clusterauth.Keys, opts ...Option) *Server {
-	s := &Server{sched: sched, seed: seed, keys: keys, log: zap.NewNop()}
+	s := &Server{sched: sched, seed: seed, keys: keys, limits: Config{}.ApplyDefaults(), log: zap.NewNop()}
 	for _, o := range opts {
 		o(s)
 	}
@@ -102,9 +109,11 @@ func New(sched Scheduler, seed Seeder, keys clusterauth.Keys, opts ...Option) *S
 // Handler returns the routes of pkg/schedapi. Any other path under
 // /api/peer/ is answered 404 with a schedapi.Error.
 func (s *Server) Handler() http.Handler {
+	registers := newClientLimits(s.limits.RegisterRate, s.limits.RegisterBurst)
+	polls := newClientLimits(s.limits.PollRate, s.limits.PollBurst)
 	mux := http.NewServeMux()
-	mux.Handle(schedapi.RouteRegister, s.wrap("register", s.register))
-	mux.Handle(schedapi.RoutePieces, s.wrap("pieces", s.pieces))
+	mux.Handle(schedapi.RouteRegister, s.wrap("register", s.limited(registers, s.register)))
+	mux.Handle(schedapi.RoutePieces, s.wrap("pieces", s.limited(polls, s.pieces)))
 	mux.Handle(schedapi.RouteReport, s.wrap("report", s.report))
 	mux.Handle(schedapi.RouteLeave, s.wrap("leave", s.leave))
 	mux.Handle(schedapi.RouteHeartbeat, s.wrap("heartbeat", s.heartbeat))

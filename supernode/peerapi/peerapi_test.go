@@ -508,3 +508,47 @@ type seederFunc func(ctx context.Context, req cdn.Request) (schedapi.TaskInfo, e
 func (f seederFunc) Ensure(ctx context.Context, req cdn.Request) (schedapi.TaskInfo, error) {
 	return f(ctx, req)
 }
+
+// One client address gets its registration and poll rates and no more: past
+// the burst it is answered 429 with Retry-After, and nothing reaches the
+// scheduler or the CDN; another address is not slowed by it.
+func TestRateLimitPerAddress(t *testing.T) {
+	t.Parallel()
+	f := &fake{}
+	h := New(f, f, testKeys, WithLimits(Config{RegisterRate: 0.001, RegisterBurst: 3, PollRate: 0.001, PollBurst: 2})).Handler()
+	id := "sha256:" + strings.Repeat("c", 64)
+	send := func(addr, method, path string, body any) *httptest.ResponseRecorder {
+		var r io.Reader
+		if body != nil {
+			r = jsonBody(t, body)
+		}
+		req := httptest.NewRequestWithContext(t.Context(), method, path, r)
+		req.RemoteAddr = addr
+		testKeys.Set(req.Header)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec
+	}
+	reg := schedapi.RegisterRequest{Peer: goodPeer, URL: "http://h/x", Digest: id}
+	for i := range 3 {
+		require.Equal(t, http.StatusOK, send("10.1.1.1:5000", http.MethodPost, schedapi.RegisterPath(), reg).Code, "registration %d", i)
+	}
+	before := f.calls()
+	rec := send("10.1.1.1:5001", http.MethodPost, schedapi.RegisterPath(), reg)
+	require.Equal(t, http.StatusTooManyRequests, rec.Code, rec.Body.String())
+	require.NotEmpty(t, rec.Header().Get("Retry-After"))
+	var e schedapi.Error
+	require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &e))
+	require.Equal(t, schedapi.CodeUnavailable, e.Code)
+	require.Equal(t, before, f.calls(), "a refused registration reaches nothing")
+	require.Equal(t, http.StatusOK, send("10.1.1.2:5000", http.MethodPost, schedapi.RegisterPath(), reg).Code, "another address has its own rate")
+
+	poll := schedapi.PiecesPath(id, goodPeer.ID) + "?wait=0s"
+	for range 2 {
+		require.Equal(t, http.StatusOK, send("10.1.1.3:1", http.MethodGet, poll, nil).Code)
+	}
+	require.Equal(t, http.StatusTooManyRequests, send("10.1.1.3:1", http.MethodGet, poll, nil).Code)
+	// Reports are not polls: they are not limited by the poll rate.
+	rep := schedapi.ReportRequest{Results: []schedapi.PieceResult{{Piece: 0, From: "seed", OK: true}}}
+	require.Equal(t, http.StatusNoContent, send("10.1.1.3:1", http.MethodPost, schedapi.ReportPath(id, goodPeer.ID), rep).Code)
+}
