@@ -21,6 +21,13 @@
 //     tasks are left on the supernode first, so peers stop being sent here
 //     for them.
 //
+// Committed content is checked, not trusted: the store hashes a blob again
+// before a read when it was not verified by this run or its file changed
+// since; a background scrub re-hashes every blob every ScrubInterval at
+// ScrubRate. A blob that fails is removed by the store; the cache then drops
+// its tasks (a reader that met it fails, never ending cleanly), and the next
+// Acquire downloads it again.
+//
 // A failed download is dropped at once: the next Acquire starts afresh.
 // Blobs committed by an earlier run of the node are counted and evicted
 // like the others, but offered to peers only after they are used again.
@@ -51,6 +58,8 @@ const (
 	DefaultCheckInterval          = time.Minute
 	DefaultSeedTTL                = time.Hour
 	DefaultMaxSeeds               = 1000
+	DefaultScrubInterval          = 24 * time.Hour
+	DefaultScrubRate     ByteSize = 32 << 20
 )
 
 // ErrClosed is returned by Acquire once the cache has stopped.
@@ -76,6 +85,13 @@ type Config struct {
 	// offered first. Each one costs an open file and a line in every
 	// heartbeat to the supernode.
 	MaxSeeds int `yaml:"maxSeeds"`
+	// ScrubInterval is how often every committed blob is hashed again in
+	// the background (default 24h); a blob that no longer matches its
+	// digest is removed and fetched again when next asked for.
+	ScrubInterval time.Duration `yaml:"scrubInterval"`
+	// ScrubRate bounds the bytes per second the scrub reads (default
+	// 32MiB), so it never competes with pulls.
+	ScrubRate ByteSize `yaml:"scrubRate"`
 }
 
 // ApplyDefaults returns c with unset fields set to their defaults.
@@ -94,6 +110,12 @@ func (c Config) ApplyDefaults() Config {
 	}
 	if c.MaxSeeds == 0 {
 		c.MaxSeeds = DefaultMaxSeeds
+	}
+	if c.ScrubInterval == 0 {
+		c.ScrubInterval = DefaultScrubInterval
+	}
+	if c.ScrubRate == 0 {
+		c.ScrubRate = DefaultScrubRate
 	}
 	return c
 }
@@ -115,6 +137,12 @@ func (c Config) Validate() error {
 	}
 	if c.MaxSeeds < 1 {
 		errs = append(errs, fmt.Errorf("cache.maxSeeds %d: must be at least 1", c.MaxSeeds))
+	}
+	if c.ScrubInterval <= 0 {
+		errs = append(errs, fmt.Errorf("cache.scrubInterval %s: must be positive", c.ScrubInterval))
+	}
+	if c.ScrubRate <= 0 {
+		errs = append(errs, fmt.Errorf("cache.scrubRate %d: must be positive", c.ScrubRate))
 	}
 	return errors.Join(errs...)
 }
@@ -229,8 +257,42 @@ func (l *Lease) TaskID() string { return l.e.id }
 
 // NewReader returns the content from off on as the engine verifies it (see
 // peer.Download.NewReader): it ends with io.EOF only after the whole
-// content is verified, and with the download's error if it fails.
-func (l *Lease) NewReader(off int64) io.ReadCloser { return l.e.dl.NewReader(off) }
+// content is verified, and with the download's error if it fails. A reader
+// that finds the committed content gone or corrupt fails, and the task is
+// dropped so that the next Acquire downloads it again.
+func (l *Lease) NewReader(off int64) io.ReadCloser {
+	return &checkedReader{ReadCloser: l.e.dl.NewReader(off), c: l.c, e: l.e}
+}
+
+// checkedReader drops its task when the store no longer has its content.
+type checkedReader struct {
+	io.ReadCloser
+	c *Cache
+	e *entry
+}
+
+func (r *checkedReader) Read(p []byte) (int, error) {
+	n, err := r.ReadCloser.Read(p)
+	if err != nil && errors.Is(err, content.ErrNotFound) {
+		r.c.lost(r.e, err)
+	}
+	return n, err
+}
+
+// lost drops e, whose committed content the store no longer has: the
+// download handle is closed (the task is left on the supernode) and the
+// next Acquire starts afresh.
+func (c *Cache) lost(e *entry, cause error) {
+	c.mu.Lock()
+	dropped := c.dropLocked(e)
+	c.mu.Unlock()
+	if !dropped {
+		return
+	}
+	c.metrics.lost.Inc()
+	c.logger.Warn("cached content lost; it will be downloaded again", zap.String("task", e.id), zap.Error(cause))
+	go func() { _ = e.dl.Close() }()
+}
 
 // Progress returns the download's byte counts; Size is -1 while unknown.
 func (l *Lease) Progress() peer.Progress { return l.e.dl.Progress() }
@@ -407,6 +469,11 @@ func (c *Cache) release(e *entry) {
 // supernode) and waits for its goroutines. It returns nil.
 func (c *Cache) Run(ctx context.Context) error {
 	defer c.shutdown()
+	if v, ok := c.store.(verifier); ok {
+		scrubDone := make(chan struct{})
+		go func() { defer close(scrubDone); c.scrubLoop(ctx, v) }()
+		defer func() { <-scrubDone }()
+	}
 	tick := time.NewTicker(c.cfg.CheckInterval)
 	defer tick.Stop()
 	c.check(ctx)
@@ -613,6 +680,9 @@ func (c *Cache) Seeding() []string {
 }
 
 type metrics struct {
+	lost         prometheus.Counter
+	scrubbed     prometheus.Counter
+	corrupt      prometheus.Counter
 	usage        prometheus.Gauge
 	quota        prometheus.Gauge
 	evictions    prometheus.Counter
@@ -622,6 +692,18 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer, c *Cache) (*metrics, error) {
 	m := &metrics{
+		lost: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "damselfly", Subsystem: "dfdaemon_cache", Name: "lost_total",
+			Help: "Tasks dropped because their committed content was gone or failed verification when read.",
+		}),
+		scrubbed: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "damselfly", Subsystem: "dfdaemon_cache", Name: "scrubbed_bytes_total",
+			Help: "Bytes of committed content hashed again by the background scrub.",
+		}),
+		corrupt: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "damselfly", Subsystem: "dfdaemon_cache", Name: "scrub_corrupt_total",
+			Help: "Blobs the background scrub found not matching their digest (removed).",
+		}),
 		usage: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: "damselfly", Subsystem: "dfdaemon_cache", Name: "usage_bytes",
 			Help: "Bytes of committed content in the node's store, as of the last check.",
@@ -650,7 +732,7 @@ func newMetrics(reg prometheus.Registerer, c *Cache) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, col := range []prometheus.Collector{m.usage, m.quota, m.evictions, m.evictedBytes, m.tasks} {
+	for _, col := range []prometheus.Collector{m.lost, m.scrubbed, m.corrupt, m.usage, m.quota, m.evictions, m.evictedBytes, m.tasks} {
 		if err := reg.Register(col); err != nil {
 			return nil, fmt.Errorf("blobcache: register metrics: %w", err)
 		}

@@ -212,7 +212,7 @@ func (s *Store) Delete(ctx context.Context, dgst digest.Digest) error {
 // accessed now. A blob this store has not verified since it was opened, or
 // whose file changed since, is hashed first (see verify.go); one that does
 // not match its digest is removed and reported as content.ErrNotFound
-// (wrapping ErrCorrupt).
+// (wrapping content.ErrCorrupt).
 func (s *Store) ReaderAt(ctx context.Context, dgst digest.Digest) (content.ReaderAt, error) {
 	if err := validateDigest(dgst); err != nil {
 		return nil, err

@@ -90,13 +90,9 @@ func (s *Store) Stats() VerifyStats {
 	return s.vstats
 }
 
-// ErrCorrupt is wrapped, with content.ErrNotFound, by the error of a read of
-// a blob whose bytes no longer match its digest: the blob has been removed.
-var ErrCorrupt = errors.New("committed content failed verification and was removed")
-
 // Verify hashes the committed blob dgst again, whatever the store knew of
 // it, and removes it when it does not match (content.ErrNotFound and
-// ErrCorrupt). pace, when set, is called with each chunk's size before it is
+// content.ErrCorrupt). pace, when set, is called with each chunk's size before it is
 // read, to bound a background scrub's disk and CPU use.
 func (s *Store) Verify(ctx context.Context, dgst digest.Digest, pace func(ctx context.Context, n int) error) error {
 	if err := validateDigest(dgst); err != nil {
@@ -216,5 +212,5 @@ func (s *Store) hashFile(ctx context.Context, dgst digest.Digest, f *os.File, st
 	}
 	s.log.Warn("committed content does not match its digest: removed, it will be fetched again",
 		zap.Stringer("digest", dgst), zap.Int64("size", off))
-	return fmt.Errorf("content %s: %w: %w", dgst, content.ErrNotFound, ErrCorrupt)
+	return fmt.Errorf("content %s: %w: %w", dgst, content.ErrNotFound, content.ErrCorrupt)
 }

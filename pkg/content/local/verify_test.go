@@ -81,7 +81,7 @@ func TestCorruptBlobNeverRead(t *testing.T) {
 			}
 			_, err = readAll(t, s, d)
 			require.ErrorIs(t, err, content.ErrNotFound)
-			require.ErrorIs(t, err, ErrCorrupt)
+			require.ErrorIs(t, err, content.ErrCorrupt)
 			require.NoFileExists(t, s.blobPath(d), "the corrupt blob is removed")
 			require.EqualValues(t, 1, s.Stats().Failed)
 			_, err = s.Info(t.Context(), d)
@@ -154,7 +154,7 @@ func TestVerifyFindsHiddenDamage(t *testing.T) {
 	pace := func(ctx context.Context, n int) error { paced += n; return ctx.Err() }
 	require.NoError(t, s.Verify(t.Context(), commit(t, s, randomBytes(t, 100)), pace), "an intact blob passes")
 	err = s.Verify(t.Context(), d, pace)
-	require.ErrorIs(t, err, ErrCorrupt)
+	require.ErrorIs(t, err, content.ErrCorrupt)
 	require.NoFileExists(t, p)
 	require.Positive(t, paced)
 	require.ErrorIs(t, s.Verify(t.Context(), d, nil), content.ErrNotFound)
