@@ -94,3 +94,38 @@ func getLoose(t *testing.T, c *http.Client, u string, h http.Header) (int, strin
 	body, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, resp.Header.Get(proxy.RouteHeader), body
 }
+
+// A blob of a registry the node is not configured for still goes through
+// P2P, as a URL task of its own whose content is checked against the digest.
+func TestProxyUnconfiguredRegistryBlobIsURLTask(t *testing.T) {
+	t.Parallel()
+	blob := make([]byte, 200_000)
+	_, _ = rand.Read(blob)
+	d := digest.FromBytes(blob)
+	var gets atomic.Int64
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v2/pub/app/blobs/"+d.String() {
+			http.NotFound(w, r)
+			return
+		}
+		gets.Add(1)
+		w.Header().Set("Content-Length", strconv.Itoa(len(blob)))
+		_, _ = w.Write(blob)
+	}))
+	t.Cleanup(origin.Close)
+	reg := registrytest.New(t)
+	sn := startSupernode(t)
+	cfg := writeFile(t, "proxy:\n  outbound:\n    allow: [127.0.0.1/32]\n")
+	dd := startDaemon(t, "--node", sn, "--registry", reg.URL.String(), "--config", cfg, "--source-allow", "127.0.0.1/32")
+	proxyURL, err := url.Parse("http://" + dd.addr)
+	require.NoError(t, err)
+	viaProxy := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(proxyURL), DisableKeepAlives: true}}
+
+	for range 2 {
+		resp, body := get(t, viaProxy, origin.URL+"/v2/pub/app/blobs/"+d.String(), nil)
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		require.Equal(t, "p2p", resp.Header.Get(proxy.RouteHeader))
+		require.Equal(t, d, digest.FromBytes(body))
+	}
+	require.Equal(t, int64(1), gets.Load(), "one URL task, fetched once")
+}
