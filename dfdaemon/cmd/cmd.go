@@ -225,6 +225,9 @@ func buildConfig(fset *flag.FlagSet, f *flags) (Config, error) {
 
 // run wires and runs the components.
 func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) error {
+	if err := command.CheckDataDir(cfg.DataDir); err != nil {
+		return err
+	}
 	keys, from, err := cfg.Cluster.Load(o.lookupEnv)
 	if err != nil {
 		return fmt.Errorf("%w: dfdaemon needs the supernode's cluster token (its <data-dir>/%s): set $%s, --cluster-token-file or clusterToken", err, clusterauth.FileName, clusterauth.EnvToken)
@@ -293,7 +296,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		return err
 	}
 	proxyOpts := append([]proxy.Option{proxy.WithLogger(logger.Named("proxy")), proxy.WithMetrics(reg)}, o.proxy...)
-	fetcher := &p2pFetcher{blobs: blobs, auth: mirror.NewAuthorizer(cfg.Mirror, out.proxy)}
+	fetcher := &p2pFetcher{blobs: blobs, auth: mirror.NewAuthorizer(cfg.Mirror, out.proxy), trusted: cfg.Mirror.Registries()}
 	prxCfg := cfg.Proxy
 	prxCfg.Outbound = cfg.Source.Merge(cfg.Proxy.Outbound)
 	prx, err := proxy.New(prxCfg, fetcher, proxyOpts...)

@@ -22,7 +22,7 @@ import (
 
 // Defaults of the top-level keys.
 const (
-	DefaultListen     = ":65001"
+	DefaultListen     = "127.0.0.1:65001"
 	DefaultPeerListen = ":65002"
 	DefaultNode       = "127.0.0.1:8002"
 	DefaultDataDir    = ".damselfly/dfdaemon"
@@ -41,7 +41,8 @@ func DefaultProxyRules() []proxy.Rule {
 type Config struct {
 	// Listen is the address of the runtime-facing listener: the registry
 	// mirror (/v2/...), the forward proxy (absolute-form requests and
-	// CONNECT), /healthz and /metrics.
+	// CONNECT), /healthz and /metrics. Loopback by default: the runtimes
+	// are on the node, and the listener serves whoever reaches it.
 	Listen string `yaml:"listen"`
 	// PeerListen is the address of the upload server other peers fetch
 	// this node's pieces from.

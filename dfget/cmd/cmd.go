@@ -21,6 +21,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/damselfly/damselfly/pkg/clusterauth"
+	"github.com/damselfly/damselfly/pkg/command"
 	"github.com/damselfly/damselfly/pkg/content/local"
 	"github.com/damselfly/damselfly/pkg/log"
 	"github.com/damselfly/damselfly/pkg/peer"
@@ -116,6 +117,9 @@ func run(ctx context.Context, o *options, rc runConfig, logger *zap.Logger, stde
 			return fmt.Errorf("data dir: %w", err)
 		}
 		defer release()
+	}
+	if err := command.CheckDataDir(dataDir); err != nil {
+		return err
 	}
 	store, err := local.New(dataDir, local.WithLogger(logger.Named("store")))
 	if err != nil {

@@ -216,6 +216,9 @@ func buildConfig(fset *flag.FlagSet, f *flags, lookupEnv func(string) (string, b
 
 // run wires and runs the components.
 func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) error {
+	if err := command.CheckDataDir(cfg.DataDir); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
