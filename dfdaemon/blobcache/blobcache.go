@@ -40,6 +40,7 @@ import (
 	"io"
 	"sort"
 	"sync"
+	"syscall"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
@@ -58,6 +59,8 @@ const (
 	DefaultCheckInterval          = time.Minute
 	DefaultSeedTTL                = time.Hour
 	DefaultMaxSeeds               = 1000
+	DefaultDiskHighWater          = 0.90
+	DefaultDiskLowWater           = 0.85
 	DefaultScrubInterval          = 24 * time.Hour
 	DefaultScrubRate     ByteSize = 32 << 20
 )
@@ -85,6 +88,13 @@ type Config struct {
 	// offered first. Each one costs an open file and a line in every
 	// heartbeat to the supernode.
 	MaxSeeds int `yaml:"maxSeeds"`
+	// DiskHighWater is the fraction of the filesystem's size that, once in
+	// use (by anything), makes the cache evict (default 0.9), whatever its
+	// quota; DiskLowWater is the fraction it evicts down to (default
+	// 0.85). A download of known size first makes room for itself so that
+	// it stays under DiskHighWater.
+	DiskHighWater float64 `yaml:"diskHighWater"`
+	DiskLowWater  float64 `yaml:"diskLowWater"`
 	// ScrubInterval is how often every committed blob is hashed again in
 	// the background (default 24h); a blob that no longer matches its
 	// digest is removed and fetched again when next asked for.
@@ -110,6 +120,12 @@ func (c Config) ApplyDefaults() Config {
 	}
 	if c.MaxSeeds == 0 {
 		c.MaxSeeds = DefaultMaxSeeds
+	}
+	if c.DiskHighWater == 0 {
+		c.DiskHighWater = DefaultDiskHighWater
+	}
+	if c.DiskLowWater == 0 {
+		c.DiskLowWater = min(DefaultDiskLowWater, c.DiskHighWater)
 	}
 	if c.ScrubInterval == 0 {
 		c.ScrubInterval = DefaultScrubInterval
@@ -138,6 +154,12 @@ func (c Config) Validate() error {
 	if c.MaxSeeds < 1 {
 		errs = append(errs, fmt.Errorf("cache.maxSeeds %d: must be at least 1", c.MaxSeeds))
 	}
+	if c.DiskHighWater <= 0 || c.DiskHighWater > 1 {
+		errs = append(errs, fmt.Errorf("cache.diskHighWater %g: must be in (0, 1]", c.DiskHighWater))
+	}
+	if c.DiskLowWater <= 0 || c.DiskLowWater > c.DiskHighWater {
+		errs = append(errs, fmt.Errorf("cache.diskLowWater %g: must be in (0, cache.diskHighWater]", c.DiskLowWater))
+	}
 	if c.ScrubInterval <= 0 {
 		errs = append(errs, fmt.Errorf("cache.scrubInterval %s: must be positive", c.ScrubInterval))
 	}
@@ -162,6 +184,7 @@ type Cache struct {
 	logger  *zap.Logger
 	metrics *metrics
 	kick    chan struct{}
+	statfs  func(path string) (diskSpace, error)
 
 	life context.Context
 	stop context.CancelFunc
@@ -231,6 +254,7 @@ func New(cfg Config, store content.Manager, eng engine, opts ...Option) (*Cache,
 		tasks:    make(map[string]*entry),
 		byDigest: make(map[digest.Digest]map[*entry]struct{}),
 		evicting: make(map[digest.Digest]chan struct{}),
+		statfs:   statfs,
 	}
 	if c.logger == nil {
 		c.logger = zap.NewNop()
@@ -390,6 +414,14 @@ func (r *leaseReader) Close() error {
 // start hands the task to the engine on the cache's context.
 func (c *Cache) start(e *entry, req peer.Request) {
 	defer c.wg.Done()
+	if req.Size > 0 {
+		// Make room first, so that the download does not fill the disk.
+		c.checkMu.Lock()
+		if err := c.makeRoom(c.life, req.Size); err != nil && c.life.Err() == nil {
+			c.logger.Warn("make room for a download", zap.String("task", e.id), zap.Error(err))
+		}
+		c.checkMu.Unlock()
+	}
 	dl, err := c.engine.Download(c.life, req)
 	c.mu.Lock()
 	if err != nil {
@@ -421,7 +453,16 @@ func (c *Cache) watch(e *entry) {
 		dropped := c.dropLocked(e)
 		c.mu.Unlock()
 		if dropped {
-			c.logger.Debug("download failed", zap.String("task", e.id), zap.Error(err))
+			if errors.Is(err, syscall.ENOSPC) {
+				// Evict now; the next request downloads it again.
+				c.logger.Warn("download failed: the cache's disk is full; evicting", zap.String("task", e.id), zap.Error(err))
+				select {
+				case c.kick <- struct{}{}:
+				default:
+				}
+			} else {
+				c.logger.Debug("download failed", zap.String("task", e.id), zap.Error(err))
+			}
 			_ = e.dl.Close()
 		}
 		return
@@ -563,8 +604,13 @@ func (c *Cache) expireSeeds() {
 }
 
 // enforceQuota deletes least recently used blobs nothing holds until the
-// usage is at most LowWater of the quota.
-func (c *Cache) enforceQuota(ctx context.Context) error {
+// usage is at most LowWater of the quota and the filesystem is at most
+// DiskLowWater full, once either is over its mark.
+func (c *Cache) enforceQuota(ctx context.Context) error { return c.makeRoom(ctx, 0) }
+
+// makeRoom is enforceQuota with room for incoming more bytes: it also
+// evicts when the filesystem would pass DiskHighWater with them.
+func (c *Cache) makeRoom(ctx context.Context, incoming int64) error {
 	var infos []content.Info
 	var usage int64
 	err := c.store.Walk(ctx, func(i content.Info) error {
@@ -577,10 +623,21 @@ func (c *Cache) enforceQuota(ctx context.Context) error {
 	}
 	c.metrics.usage.Set(float64(usage))
 	quota := int64(c.cfg.Quota)
-	if usage <= quota {
+	var need int64 // bytes to free
+	if usage+incoming > quota {
+		need = usage + incoming - int64(float64(quota)*c.cfg.LowWater)
+	}
+	disk, diskErr := c.disk()
+	if diskErr == nil && disk.total > 0 {
+		c.metrics.diskFree.Set(float64(disk.free))
+		used := disk.total - disk.free
+		if float64(used+incoming) > c.cfg.DiskHighWater*float64(disk.total) {
+			need = max(need, used+incoming-int64(c.cfg.DiskLowWater*float64(disk.total)))
+		}
+	}
+	if need <= 0 {
 		return nil
 	}
-	target := int64(float64(quota) * c.cfg.LowWater)
 
 	c.mu.Lock()
 	used := make(map[digest.Digest]time.Time, len(infos))
@@ -597,8 +654,9 @@ func (c *Cache) enforceQuota(ctx context.Context) error {
 	sort.SliceStable(infos, func(a, b int) bool { return used[infos[a].Digest].Before(used[infos[b].Digest]) })
 
 	var errs []error
+	var freed int64
 	for _, i := range infos {
-		if usage <= target || ctx.Err() != nil {
+		if freed >= need || ctx.Err() != nil {
 			break
 		}
 		ok, err := c.evict(ctx, i.Digest)
@@ -607,6 +665,7 @@ func (c *Cache) enforceQuota(ctx context.Context) error {
 			continue
 		}
 		if ok {
+			freed += i.Size
 			usage -= i.Size
 			c.metrics.evictions.Inc()
 			c.metrics.evictedBytes.Add(float64(i.Size))
@@ -614,9 +673,10 @@ func (c *Cache) enforceQuota(ctx context.Context) error {
 		}
 	}
 	c.metrics.usage.Set(float64(usage))
-	if usage > target {
-		c.logger.Warn("cache over quota: the rest is in use",
-			zap.Int64("usage", usage), zap.Int64("quota", quota))
+	if freed < need {
+		c.logger.Warn("cache cannot free enough: the rest is in use",
+			zap.Int64("usage", usage), zap.Int64("quota", quota), zap.Int64("short", need-freed),
+			zap.Int64("diskFree", disk.free), zap.Int64("diskTotal", disk.total))
 	}
 	return errors.Join(errs...)
 }
@@ -680,6 +740,7 @@ func (c *Cache) Seeding() []string {
 }
 
 type metrics struct {
+	diskFree     prometheus.Gauge
 	lost         prometheus.Counter
 	scrubbed     prometheus.Counter
 	corrupt      prometheus.Counter
@@ -692,6 +753,10 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer, c *Cache) (*metrics, error) {
 	m := &metrics{
+		diskFree: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "damselfly", Subsystem: "dfdaemon_cache", Name: "disk_free_bytes",
+			Help: "Free bytes of the filesystem holding the cache, as of the last check.",
+		}),
 		lost: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "damselfly", Subsystem: "dfdaemon_cache", Name: "lost_total",
 			Help: "Tasks dropped because their committed content was gone or failed verification when read.",
@@ -732,7 +797,7 @@ func newMetrics(reg prometheus.Registerer, c *Cache) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, col := range []prometheus.Collector{m.lost, m.scrubbed, m.corrupt, m.usage, m.quota, m.evictions, m.evictedBytes, m.tasks} {
+	for _, col := range []prometheus.Collector{m.diskFree, m.lost, m.scrubbed, m.corrupt, m.usage, m.quota, m.evictions, m.evictedBytes, m.tasks} {
 		if err := reg.Register(col); err != nil {
 			return nil, fmt.Errorf("blobcache: register metrics: %w", err)
 		}

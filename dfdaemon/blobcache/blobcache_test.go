@@ -112,6 +112,12 @@ func startNode(t *testing.T, snAddr string, cfg blobcache.Config) *node {
 	t.Helper()
 	store, err := local.New(t.TempDir())
 	require.NoError(t, err)
+	return startNodeOn(t, snAddr, store, cfg)
+}
+
+// startNodeOn is startNode on a given store.
+func startNodeOn(t *testing.T, snAddr string, store *local.Store, cfg blobcache.Config) *node {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	sc, err := schedclient.New([]string{snAddr}, schedclient.WithClusterKeys(supernodetest.Keys()))
