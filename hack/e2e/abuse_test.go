@@ -13,17 +13,18 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/schedclient"
+	"github.com/damselfly/damselfly/supernode/supernodetest"
 )
 
 // Members that abuse the scheduler: hoarders, a slow-loris holder, a false
 // corrupt reporter. Each victim's dfget must finish verified and about as
 // fast as without the attack.
 
-// peerAPIClient is the one place these tests build a client of the peer API
-// (the cluster credential goes here).
+// peerAPIClient is the one place these tests build a client of the peer API,
+// a member holding the cluster token.
 func peerAPIClient(t *testing.T, node string) *schedclient.Client {
 	t.Helper()
-	sc, err := schedclient.New([]string{node})
+	sc, err := schedclient.New([]string{node}, schedclient.WithClusterKeys(supernodetest.Keys()))
 	require.NoError(t, err)
 	return sc
 }

@@ -123,6 +123,7 @@ func (e *Engine) fetchPiece(ctx context.Context, taskID string, a schedapi.Assig
 	}
 	req.Header.Set("Range", httpx.FormatRange(a.Offset, a.Length))
 	req.Header.Set(schedapi.HeaderPeer, e.self.ID)
+	e.keys.Set(req.Header)
 	resp, err := e.httpClient.Do(req)
 	if err != nil {
 		return err
