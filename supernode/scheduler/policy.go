@@ -67,6 +67,12 @@ func newPolicy(name string) (selectionPolicy, error) {
 // everyone else waits for. The origin is not involved: the CDN serves from
 // its own copy.
 //
+// A requester is never sent to a source it reported corrupt (member.avoid);
+// when every free holder of a piece is one of those, the CDN serves it
+// within its fanout. A requester with a lapsed CDN assignment (not started
+// in time), or an unproven one already holding a CDN assignment, gets
+// nothing more from the CDN.
+//
 // With a fanout of 1 the CDN super-seeds (like a BitTorrent super-seed): it
 // serves a piece only while no peer holds it, to one requester at a time, and
 // a piece already on its way from the CDN to one peer is fetched from that
