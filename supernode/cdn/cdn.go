@@ -51,6 +51,19 @@ type Config struct {
 	// FetchTimeout bounds one source fetch, from the first request to the
 	// commit of the content. Default 2h.
 	FetchTimeout time.Duration `yaml:"fetchTimeout"`
+	// MaxSourceSize is the most bytes the CDN takes from one source, in
+	// bytes: a source announcing more is refused at once, and a source of
+	// unknown length is cut (and the task fails) when it passes it, so an
+	// endless body cannot fill the data directory. Default 64 GiB.
+	MaxSourceSize int64 `yaml:"maxSourceSize"`
+	// MinSourceRate is the rate below which a digest task's source is
+	// abandoned for the next candidate another member offered, averaged
+	// over MinSourceRateWindow. A source slower than that is kept while
+	// no other candidate is left. Default 1 MiB/s.
+	MinSourceRate ratelimit.Rate `yaml:"minSourceRate"`
+	// MinSourceRateWindow is the span MinSourceRate is averaged over, from
+	// the first request of a source on. Default 10s.
+	MinSourceRateWindow time.Duration `yaml:"minSourceRateWindow"`
 	// UploadRate caps the bytes per second the CDN sends to peers, over
 	// all its piece uploads, as a network link of that speed would. 0
 	// (the default) means unlimited.
@@ -61,10 +74,29 @@ type Config struct {
 	Dir string `yaml:"-"`
 }
 
+const (
+	// DefaultMaxSourceSize is cdn.maxSourceSize's default, 64 GiB: above
+	// the largest image layers and files seen in clusters (model weights
+	// of tens of GiB), far below what an endless body would write.
+	DefaultMaxSourceSize = 64 << 30
+	// DefaultMinSourceRate is cdn.minSourceRate's default, 1 MiB/s: an
+	// origin that slow would keep a 1 GiB layer for a quarter of an hour.
+	DefaultMinSourceRate = 1 << 20
+)
+
 // ApplyDefaults fills unset fields.
 func (c Config) ApplyDefaults() Config {
 	if c.FetchTimeout == 0 {
 		c.FetchTimeout = 2 * time.Hour
+	}
+	if c.MaxSourceSize == 0 {
+		c.MaxSourceSize = DefaultMaxSourceSize
+	}
+	if c.MinSourceRate == 0 {
+		c.MinSourceRate = DefaultMinSourceRate
+	}
+	if c.MinSourceRateWindow == 0 {
+		c.MinSourceRateWindow = 10 * time.Second
 	}
 	return c
 }
@@ -74,6 +106,15 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.FetchTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("cdn.fetchTimeout %s: must be positive", c.FetchTimeout))
+	}
+	if c.MaxSourceSize <= 0 {
+		errs = append(errs, fmt.Errorf("cdn.maxSourceSize %d: must be positive", c.MaxSourceSize))
+	}
+	if c.MinSourceRate < 0 {
+		errs = append(errs, fmt.Errorf("cdn.minSourceRate: %d is negative", c.MinSourceRate))
+	}
+	if c.MinSourceRateWindow <= 0 {
+		errs = append(errs, fmt.Errorf("cdn.minSourceRateWindow %s: must be positive", c.MinSourceRateWindow))
 	}
 	if c.UploadRate < 0 {
 		errs = append(errs, fmt.Errorf("cdn.uploadRate: %d is negative (0 means unlimited)", c.UploadRate))
@@ -120,6 +161,10 @@ type Request struct {
 	// Digest, when set, is the expected content digest; the task ID must be
 	// the task ID of that digest.
 	Digest digest.Digest
+	// Size, when positive, is the content size the requesting member knows
+	// (from a registry's manifest or HEAD). A source of a digest task that
+	// announces another size is not used.
+	Size int64
 }
 
 // Option configures a CDN.
@@ -171,6 +216,9 @@ type CDN struct {
 	// sourceBytes counts the bytes read from the source per task, for
 	// tasks fetched by this process.
 	sourceBytes map[string]int64
+	// pending holds the sources offered for a digest task whose fetch is
+	// about to start; the fetch takes them over.
+	pending map[string]*candidates
 }
 
 // New returns a CDN storing content in store and fetching it with src. It
@@ -206,6 +254,7 @@ func New(cfg Config, store content.Store, src source.Client, sched Scheduler, op
 		stopping:    make(chan struct{}),
 		fetches:     make(map[string]*fetch),
 		sourceBytes: make(map[string]int64),
+		pending:     make(map[string]*candidates),
 	}, nil
 }
 
@@ -250,6 +299,9 @@ func (c *CDN) begin() bool {
 // from ctx, bounded by Config.FetchTimeout; Ensure waits only until the
 // source has answered and the task is added to the scheduler. A source that
 // refuses the request (404, ...) yields a failed task, not an error.
+//
+// For a digest task, req's source is offered as a candidate of the fetch
+// (see candidates.go), whether Ensure starts the fetch or one is running.
 func (c *CDN) Ensure(ctx context.Context, req Request) (schedapi.TaskInfo, error) {
 	expected, err := checkRequest(req)
 	if err != nil {
@@ -258,14 +310,21 @@ func (c *CDN) Ensure(ctx context.Context, req Request) (schedapi.TaskInfo, error
 	if err := ctx.Err(); err != nil {
 		return schedapi.TaskInfo{}, err
 	}
+	if expected != "" {
+		c.offer(req, false)
+	}
 	if info, err := c.sched.TaskInfo(ctx, req.TaskID); err == nil && info.State != schedapi.TaskFailed && !c.dropIfGone(ctx, req.TaskID) {
 		return info, nil
+	}
+	if expected != "" {
+		c.offer(req, true)
 	}
 	ch := c.group.DoChan(req.TaskID, func() (any, error) {
 		if !c.begin() {
 			return nil, ErrClosed
 		}
 		defer c.work.Done()
+		defer c.dropPending(req.TaskID)
 		// The work outlives the caller that started it: other callers
 		// wait on it, and the fetch it starts runs on. Only Run's stop
 		// cuts it short.
@@ -291,6 +350,30 @@ func (c *CDN) Ensure(ctx context.Context, req Request) (schedapi.TaskInfo, error
 	}
 }
 
+// offer adds req's source to the candidates of the task's running fetch,
+// or, with start, to those of the fetch about to start.
+func (c *CDN) offer(req Request, start bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cs := c.pending[req.TaskID]
+	if f := c.fetches[req.TaskID]; f != nil {
+		cs = f.cands
+	} else if cs == nil && start && !c.closed {
+		cs = &candidates{}
+		c.pending[req.TaskID] = cs
+	}
+	if cs != nil && cs.offer(req) {
+		c.log.Debug("source offered", zap.String("task", req.TaskID), zap.String("source", redactURL(req.URL)), zap.Int64("size", req.Size))
+	}
+}
+
+// dropPending forgets the sources offered for a fetch that did not start.
+func (c *CDN) dropPending(taskID string) {
+	c.mu.Lock()
+	delete(c.pending, taskID)
+	c.mu.Unlock()
+}
+
 // checkRequest validates req and returns the content digest it expects.
 func checkRequest(req Request) (digest.Digest, error) {
 	if err := taskid.Validate(req.TaskID); err != nil {
@@ -299,6 +382,9 @@ func checkRequest(req Request) (digest.Digest, error) {
 	u, err := url.Parse(req.URL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return "", fmt.Errorf("cdn task %s: source url must be http or https: %w", req.TaskID, ErrInvalid)
+	}
+	if req.Size < 0 {
+		return "", fmt.Errorf("cdn task %s: size %d is negative: %w", req.TaskID, req.Size, ErrInvalid)
 	}
 	expected, byDigest := taskid.Digest(req.TaskID)
 	if req.Digest != "" && (!byDigest || req.Digest != expected) {
@@ -471,6 +557,46 @@ func (c *CDN) Delete(ctx context.Context, taskID string) error {
 		return fmt.Errorf("delete task %s: %w", taskID, ErrNotFound)
 	}
 	c.log.Info("task deleted", zap.String("task", taskID))
+	return nil
+}
+
+// Forget drops what the CDN holds for a task the scheduler forgot (an idle
+// task): a running fetch is cancelled and waited for (within ctx), its
+// ingest is deleted from disk, and the candidate sources and counters kept
+// for the task are dropped from memory. Committed content and its metadata
+// stay: they are the verified cache a later registration is served from.
+// Forget does not call the scheduler, but a fetch it cancels settles its
+// task with the scheduler before it stops: call Forget from outside the
+// scheduler's event loop (its forget callback should start it on a
+// goroutine). Forgetting an unknown task is not an error.
+func (c *CDN) Forget(ctx context.Context, taskID string) error {
+	if err := taskid.Validate(taskID); err != nil {
+		return fmt.Errorf("forget task: %w: %w", err, ErrInvalid)
+	}
+	c.mu.Lock()
+	f := c.fetches[taskID]
+	delete(c.pending, taskID)
+	c.mu.Unlock()
+	if f != nil {
+		f.cancel()
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return fmt.Errorf("forget task %s: %w", taskID, ctx.Err())
+		}
+	}
+	// The fetch removed its ingest as it stopped; one left by an error
+	// goes here. An ingest a new fetch holds is left to it.
+	if im, ok := c.store.(content.IngestManager); ok {
+		err := im.Abort(ctx, taskid.FileName(taskID))
+		if err != nil && !errors.Is(err, content.ErrNotFound) && !errors.Is(err, content.ErrUnavailable) {
+			return fmt.Errorf("forget task %s: %w", taskID, err)
+		}
+	}
+	c.mu.Lock()
+	delete(c.sourceBytes, taskID)
+	c.mu.Unlock()
+	c.log.Debug("task forgotten", zap.String("task", taskID), zap.Bool("fetchCancelled", f != nil))
 	return nil
 }
 
