@@ -134,6 +134,21 @@ func (cs *candidates) request(c *candidate) (url string, header http.Header, siz
 	return c.url, c.header, c.size
 }
 
+// knownSizes returns the content sizes the offering members know, without
+// repeats.
+func (cs *candidates) knownSizes() []int64 {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	var sizes []int64
+	for _, c := range cs.list {
+		if c.size > 0 && !slices.Contains(sizes, c.size) {
+			sizes = append(sizes, c.size)
+		}
+	}
+	slices.Sort(sizes)
+	return sizes
+}
+
 // failure says why every candidate failed: the one error when there was
 // one source, else each source (redacted) with its error.
 func (cs *candidates) failure() error {

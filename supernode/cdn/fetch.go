@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -156,7 +157,7 @@ func (c *CDN) openNext(ctx context.Context, f *fetch, off, size int64, log *zap.
 		if cand == nil || ctx.Err() != nil {
 			return sourceBody{}, false
 		}
-		url, header, known := f.cands.request(cand)
+		url, header, own := f.cands.request(cand)
 		// The body lives on cctx: cancelling it ends this source only.
 		cctx, cancel := context.WithCancel(ctx)
 		var slow atomic.Bool
@@ -169,7 +170,7 @@ func (c *CDN) openNext(ctx context.Context, f *fetch, off, size int64, log *zap.
 				cancel()
 			})
 		}()
-		resp, err := c.openSource(cctx, url, header, off, size, known)
+		resp, err := c.openSource(cctx, url, header, off, size, own, f.cands.knownSizes)
 		close(answered)
 		<-watched
 		if err == nil && !slow.Load() {
@@ -215,9 +216,11 @@ func (c *CDN) watchAnswer(answered <-chan struct{}, waiting func() bool, slow fu
 // request from off > 0 is asked again from the start (it may ignore
 // ranges); the pieces before off are then checked as they come again. The
 // size the source announces must be within Config.MaxSourceSize and agree
-// with size (the task's, -1 while unknown) and known (what the offering
-// member knows, 0 when nothing). Errors never carry the URL's query.
-func (c *CDN) openSource(ctx context.Context, url string, header http.Header, off, size, known int64) (*source.Response, error) {
+// with size (the task's, -1 while unknown), with own (what the offering
+// member knows, 0 when nothing) and be one of known() (the sizes the
+// members offering sources know, asked once the source has answered) when
+// any member knows one. Errors never carry the URL's query.
+func (c *CDN) openSource(ctx context.Context, url string, header http.Header, off, size, own int64, known func() []int64) (*source.Response, error) {
 	resp, err := c.src.Fetch(ctx, source.Request{URL: url, Header: header, Offset: off})
 	var se *source.StatusError
 	if err != nil && off > 0 && ctx.Err() == nil && !errors.Is(err, source.ErrNotFound) && !errors.As(err, &se) {
@@ -227,13 +230,15 @@ func (c *CDN) openSource(ctx context.Context, url string, header http.Header, of
 		return nil, sourceErrorMessage(url, err)
 	}
 	var bad error
-	switch announced := resp.Size; {
+	switch announced, known := resp.Size, known(); {
 	case resp.Offset != 0 && resp.Offset != off:
 		bad = fmt.Errorf("source answered from byte %d, not %d", resp.Offset, off)
 	case announced > c.cfg.MaxSourceSize:
 		bad = fmt.Errorf("source announces %d bytes, more than cdn.maxSourceSize (%d)", announced, c.cfg.MaxSourceSize)
-	case known > 0 && announced >= 0 && announced != known:
-		bad = fmt.Errorf("source announces %d bytes, the member that offered it knows %d", announced, known)
+	case own > 0 && announced >= 0 && announced != own:
+		bad = fmt.Errorf("source announces %d bytes, the member that offered it knows %d", announced, own)
+	case len(known) > 0 && announced >= 0 && !slices.Contains(known, announced):
+		bad = fmt.Errorf("source announces %d bytes, the members know %v", announced, known)
 	case size >= 0 && announced >= 0 && announced != size:
 		bad = fmt.Errorf("source announces %d bytes, the task has %d", announced, size)
 	}
