@@ -453,3 +453,25 @@ func TestCandidatesBounded(t *testing.T) {
 	require.True(t, cs.offer(Request{URL: "http://b"}))
 	require.NotContains(t, cs.list, c, "a failed candidate makes room first")
 }
+
+func TestFetchKeepsMinFreeSpace(t *testing.T) {
+	t.Parallel()
+	body := blob(28, 1<<20)
+	known := honestSource(t, body)
+	chunked := endless(t)
+	dir := t.TempDir()
+	store := newLocal(t, filepath.Join(dir, "content"))
+	// More free space than any disk has: nothing may be written.
+	f := newSourceFixture(t, Config{MinFreeSpace: 1 << 62, Dir: filepath.Join(dir, "cdn")}, store)
+	for _, url := range []string{known.URL + "/known", chunked.URL + "/unknown"} {
+		id, err := taskid.ForURL(url, nil, "")
+		require.NoError(t, err)
+		_, err = f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: url})
+		require.NoError(t, err)
+		task := f.settle(t, id)
+		require.Equal(t, schedapi.TaskFailed, task.info.State, url)
+		require.Contains(t, task.info.Error, "cdn.minFreeSpace", url)
+		require.Empty(t, task.pieces, url)
+	}
+	require.Empty(t, filesUnder(t, filepath.Join(dir, "content", "ingest")))
+}

@@ -56,6 +56,11 @@ type Config struct {
 	// unknown length is cut (and the task fails) when it passes it, so an
 	// endless body cannot fill the data directory. Default 64 GiB.
 	MaxSourceSize int64 `yaml:"maxSourceSize"`
+	// MinFreeSpace is the free space, in bytes, the CDN leaves on the data
+	// directory's filesystem: a source whose announced size would leave
+	// less is refused, and a fetch that gets there fails, so sources
+	// together cannot fill the disk. Default 1 GiB.
+	MinFreeSpace int64 `yaml:"minFreeSpace"`
 	// MinSourceRate is the rate below which a digest task's source is
 	// abandoned for the next candidate another member offered, averaged
 	// over MinSourceRateWindow. A source slower than that is kept while
@@ -79,6 +84,9 @@ const (
 	// the largest image layers and files seen in clusters (model weights
 	// of tens of GiB), far below what an endless body would write.
 	DefaultMaxSourceSize = 64 << 30
+	// DefaultMinFreeSpace is cdn.minFreeSpace's default, 1 GiB: room for
+	// the metadata, logs and commits of the fetches in flight.
+	DefaultMinFreeSpace = 1 << 30
 	// DefaultMinSourceRate is cdn.minSourceRate's default, 1 MiB/s: an
 	// origin that slow would keep a 1 GiB layer for a quarter of an hour.
 	DefaultMinSourceRate = 1 << 20
@@ -91,6 +99,9 @@ func (c Config) ApplyDefaults() Config {
 	}
 	if c.MaxSourceSize == 0 {
 		c.MaxSourceSize = DefaultMaxSourceSize
+	}
+	if c.MinFreeSpace == 0 {
+		c.MinFreeSpace = DefaultMinFreeSpace
 	}
 	if c.MinSourceRate == 0 {
 		c.MinSourceRate = DefaultMinSourceRate
@@ -109,6 +120,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxSourceSize <= 0 {
 		errs = append(errs, fmt.Errorf("cdn.maxSourceSize %d: must be positive", c.MaxSourceSize))
+	}
+	if c.MinFreeSpace <= 0 {
+		errs = append(errs, fmt.Errorf("cdn.minFreeSpace %d: must be positive", c.MinFreeSpace))
 	}
 	if c.MinSourceRate < 0 {
 		errs = append(errs, fmt.Errorf("cdn.minSourceRate: %d is negative", c.MinSourceRate))

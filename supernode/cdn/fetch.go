@@ -189,6 +189,20 @@ func (c *CDN) openNext(ctx context.Context, f *fetch, off, size int64, log *zap.
 	}
 }
 
+// checkSpace returns an error when writing n more bytes would leave less
+// than Config.MinFreeSpace free on the data directory's filesystem. Where
+// the free space cannot be read, only Config.MaxSourceSize bounds a fetch.
+func (c *CDN) checkSpace(n int64) error {
+	free, err := freeSpace(c.cfg.Dir)
+	if err != nil {
+		return nil //nolint:nilerr // unknown free space bounds nothing
+	}
+	if free-n < c.cfg.MinFreeSpace {
+		return fmt.Errorf("cdn data directory has %d bytes free: %d more would leave less than cdn.minFreeSpace (%d)", free, n, c.cfg.MinFreeSpace)
+	}
+	return nil
+}
+
 // watchAnswer calls slow, once, when answered is still open after
 // Config.MinSourceRateWindow while waiting reports another candidate.
 func (c *CDN) watchAnswer(answered <-chan struct{}, waiting func() bool, slow func()) {
@@ -241,6 +255,8 @@ func (c *CDN) openSource(ctx context.Context, url string, header http.Header, of
 		bad = fmt.Errorf("source announces %d bytes, the members know %v", announced, known)
 	case size >= 0 && announced >= 0 && announced != size:
 		bad = fmt.Errorf("source announces %d bytes, the task has %d", announced, size)
+	case announced > off:
+		bad = c.checkSpace(announced - off)
 	}
 	if bad != nil {
 		resp.Body.Close()
@@ -511,6 +527,10 @@ func (c *CDN) copyFrom(ctx context.Context, f *fetch, src sourceBody, w content.
 			if size < 0 && st.off+int64(len(p)) > c.cfg.MaxSourceSize {
 				ch.release()
 				return fmt.Errorf("source sends more than cdn.maxSourceSize (%d bytes)", c.cfg.MaxSourceSize)
+			}
+			if err := c.checkSpace(int64(len(p))); err != nil {
+				ch.release()
+				return err
 			}
 			f.read.Add(int64(len(p)))
 			c.metrics.sourceBytes.Add(float64(len(p)))
