@@ -502,6 +502,7 @@ func (c *CDN) Delete(ctx context.Context, taskID string) error {
 	found := false
 	c.mu.Lock()
 	f := c.fetches[taskID]
+	delete(c.pending, taskID)
 	c.mu.Unlock()
 	if f != nil {
 		found = true
