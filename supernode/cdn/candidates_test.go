@@ -436,6 +436,24 @@ func TestForgetKeepsCommittedContent(t *testing.T) {
 	require.Equal(t, body, readBlob(t, store, d), "verified content stays as the cache")
 	_, err = os.Stat(filepath.Join(dir, "cdn", "meta", d.Encoded()+".json"))
 	require.NoError(t, err)
+
+	// URL tasks of the same content each leave a record until forgotten.
+	var ids []string
+	for i := range 5 {
+		url := src.URL + "/copy/" + strconv.Itoa(i)
+		uid, err := taskid.ForURL(url, nil, "")
+		require.NoError(t, err)
+		_, err = f.cdn.Ensure(t.Context(), Request{TaskID: uid, URL: url})
+		require.NoError(t, err)
+		require.Equal(t, schedapi.TaskSucceeded, f.settle(t, uid).info.State)
+		ids = append(ids, uid)
+	}
+	require.Len(t, filesUnder(t, filepath.Join(dir, "cdn", "tasks")), 5)
+	for _, uid := range ids {
+		require.NoError(t, f.cdn.Forget(t.Context(), uid))
+	}
+	require.Empty(t, filesUnder(t, filepath.Join(dir, "cdn", "tasks")), "forgotten URL tasks leave no record")
+	require.Equal(t, body, readBlob(t, store, d))
 }
 
 func TestCandidatesBounded(t *testing.T) {

@@ -577,9 +577,12 @@ func (c *CDN) Delete(ctx context.Context, taskID string) error {
 
 // Forget drops what the CDN holds for a task the scheduler forgot (an idle
 // task): a running fetch is cancelled and waited for (within ctx), its
-// ingest is deleted from disk, and the candidate sources and counters kept
-// for the task are dropped from memory. Committed content and its metadata
-// stay: they are the verified cache a later registration is served from.
+// ingest and, for a URL task, its task record are deleted from disk, and
+// the candidate sources and counters kept for the task are dropped from
+// memory. Committed content and its piece metadata stay: they are the
+// verified cache, shared by digest, that a digest task is served from; a
+// forgotten URL task is fetched again by its next registration (and finds
+// its content already committed).
 // Forget does not call the scheduler, but a fetch it cancels settles its
 // task with the scheduler before it stops: call Forget from outside the
 // scheduler's event loop (its forget callback should start it on a
@@ -598,6 +601,13 @@ func (c *CDN) Forget(ctx context.Context, taskID string) error {
 		case <-f.done:
 		case <-ctx.Done():
 			return fmt.Errorf("forget task %s: %w", taskID, ctx.Err())
+		}
+	}
+	// A URL task's record (which content its URL resolved to) is per task:
+	// registrations of endless distinct URLs must not leave a file each.
+	if _, byDigest := taskid.Digest(taskID); !byDigest {
+		if err := c.cache.removeTask(taskID); err != nil {
+			return fmt.Errorf("forget task %s: %w", taskID, err)
 		}
 	}
 	// The fetch removed its ingest as it stopped; one left by an error
