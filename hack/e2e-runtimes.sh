@@ -41,6 +41,9 @@ PRIV_USER=e2e
 PRIV_PASS=e2e-$RANDOM$RANDOM
 
 START=$SECONDS
+# One cluster: every supernode and dfdaemon this script starts presents it.
+DAMSELFLY_CLUSTER_TOKEN=e2e-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+export DAMSELFLY_CLUSTER_TOKEN
 log() { printf '[%4ds] %s\n' $((SECONDS - START)) "$*"; }
 die() { log "FATAL: $*"; exit 1; }
 
@@ -263,6 +266,7 @@ start_dfdaemon() {
 		--source-allow 127.0.0.1/32 --peer-allow 127.0.0.1/32
 	wait_for "$name on 127.0.0.1:$port (registry $registry, ns $other)" 30 "$name" http_ok "http://127.0.0.1:$port/healthz"
 	printf -v "${name//-/_}_PORT" '%s' "$port"
+	printf -v "${name//-/_}_PEER_PORT" '%s' "$peer_port"
 }
 # Node A mirrors the open registry, node B the private one; each also serves
 # the other registry to containerd through ?ns=.
@@ -617,6 +621,18 @@ check_anonymous_denied() {
 	done
 	info "anonymous GET, HEAD and Range GET of the manifest and every blob: 401, $hdr"
 	info "GET of every blob with the realm's anonymous token: refused"
+	# The peer port of node B and the supernode's CDN serve members only:
+	# knowing the digest is not enough.
+	# shellcheck disable=SC2154 # set by start_dfdaemon with printf -v
+	for base in "http://127.0.0.1:$dfdaemon_b_PEER_PORT" "http://127.0.0.1:$SN_PORT"; do
+		for d in "${PRIV_BLOBS[@]}"; do
+			code=$(curl -sS -o /dev/null -r 0-99 -w '%{http_code}' --max-time 30 "$base/upload/v1/tasks/$d")
+			[ "$code" = 401 ] || fail "GET of blob $d from $base/upload without the cluster token: $code, want 401"
+			code=$(curl -sS -o /dev/null -r 0-99 -H "Authorization: Bearer $DAMSELFLY_CLUSTER_TOKEN" -w '%{http_code}' --max-time 30 "$base/upload/v1/tasks/$d")
+			[ "$code" = 206 ] || fail "GET of blob $d from $base/upload with the cluster token: $code, want 206"
+		done
+	done
+	info "upload servers of node B and the supernode: 401 without the cluster token, 206 with it"
 }
 
 check_containerd_private() {

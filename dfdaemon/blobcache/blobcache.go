@@ -21,6 +21,13 @@
 //     tasks are left on the supernode first, so peers stop being sent here
 //     for them.
 //
+// Committed content is checked, not trusted: the store hashes a blob again
+// before a read when it was not verified by this run or its file changed
+// since; a background scrub re-hashes every blob every ScrubInterval at
+// ScrubRate. A blob that fails is removed by the store; the cache then drops
+// its tasks (a reader that met it fails, never ending cleanly), and the next
+// Acquire downloads it again.
+//
 // A failed download is dropped at once: the next Acquire starts afresh.
 // Blobs committed by an earlier run of the node are counted and evicted
 // like the others, but offered to peers only after they are used again.
@@ -33,6 +40,7 @@ import (
 	"io"
 	"sort"
 	"sync"
+	"syscall"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
@@ -51,6 +59,10 @@ const (
 	DefaultCheckInterval          = time.Minute
 	DefaultSeedTTL                = time.Hour
 	DefaultMaxSeeds               = 1000
+	DefaultDiskHighWater          = 0.90
+	DefaultDiskLowWater           = 0.85
+	DefaultScrubInterval          = 24 * time.Hour
+	DefaultScrubRate     ByteSize = 32 << 20
 )
 
 // ErrClosed is returned by Acquire once the cache has stopped.
@@ -76,6 +88,20 @@ type Config struct {
 	// offered first. Each one costs an open file and a line in every
 	// heartbeat to the supernode.
 	MaxSeeds int `yaml:"maxSeeds"`
+	// DiskHighWater is the fraction of the filesystem's size that, once in
+	// use (by anything), makes the cache evict (default 0.9), whatever its
+	// quota; DiskLowWater is the fraction it evicts down to (default
+	// 0.85). A download of known size first makes room for itself so that
+	// it stays under DiskHighWater.
+	DiskHighWater float64 `yaml:"diskHighWater"`
+	DiskLowWater  float64 `yaml:"diskLowWater"`
+	// ScrubInterval is how often every committed blob is hashed again in
+	// the background (default 24h); a blob that no longer matches its
+	// digest is removed and fetched again when next asked for.
+	ScrubInterval time.Duration `yaml:"scrubInterval"`
+	// ScrubRate bounds the bytes per second the scrub reads (default
+	// 32MiB), so it never competes with pulls.
+	ScrubRate ByteSize `yaml:"scrubRate"`
 }
 
 // ApplyDefaults returns c with unset fields set to their defaults.
@@ -94,6 +120,18 @@ func (c Config) ApplyDefaults() Config {
 	}
 	if c.MaxSeeds == 0 {
 		c.MaxSeeds = DefaultMaxSeeds
+	}
+	if c.DiskHighWater == 0 {
+		c.DiskHighWater = DefaultDiskHighWater
+	}
+	if c.DiskLowWater == 0 {
+		c.DiskLowWater = min(DefaultDiskLowWater, c.DiskHighWater)
+	}
+	if c.ScrubInterval == 0 {
+		c.ScrubInterval = DefaultScrubInterval
+	}
+	if c.ScrubRate == 0 {
+		c.ScrubRate = DefaultScrubRate
 	}
 	return c
 }
@@ -116,6 +154,18 @@ func (c Config) Validate() error {
 	if c.MaxSeeds < 1 {
 		errs = append(errs, fmt.Errorf("cache.maxSeeds %d: must be at least 1", c.MaxSeeds))
 	}
+	if c.DiskHighWater <= 0 || c.DiskHighWater > 1 {
+		errs = append(errs, fmt.Errorf("cache.diskHighWater %g: must be in (0, 1]", c.DiskHighWater))
+	}
+	if c.DiskLowWater <= 0 || c.DiskLowWater > c.DiskHighWater {
+		errs = append(errs, fmt.Errorf("cache.diskLowWater %g: must be in (0, cache.diskHighWater]", c.DiskLowWater))
+	}
+	if c.ScrubInterval <= 0 {
+		errs = append(errs, fmt.Errorf("cache.scrubInterval %s: must be positive", c.ScrubInterval))
+	}
+	if c.ScrubRate <= 0 {
+		errs = append(errs, fmt.Errorf("cache.scrubRate %d: must be positive", c.ScrubRate))
+	}
 	return errors.Join(errs...)
 }
 
@@ -134,6 +184,7 @@ type Cache struct {
 	logger  *zap.Logger
 	metrics *metrics
 	kick    chan struct{}
+	statfs  func(path string) (diskSpace, error)
 
 	life context.Context
 	stop context.CancelFunc
@@ -203,6 +254,7 @@ func New(cfg Config, store content.Manager, eng engine, opts ...Option) (*Cache,
 		tasks:    make(map[string]*entry),
 		byDigest: make(map[digest.Digest]map[*entry]struct{}),
 		evicting: make(map[digest.Digest]chan struct{}),
+		statfs:   statfs,
 	}
 	if c.logger == nil {
 		c.logger = zap.NewNop()
@@ -229,8 +281,42 @@ func (l *Lease) TaskID() string { return l.e.id }
 
 // NewReader returns the content from off on as the engine verifies it (see
 // peer.Download.NewReader): it ends with io.EOF only after the whole
-// content is verified, and with the download's error if it fails.
-func (l *Lease) NewReader(off int64) io.ReadCloser { return l.e.dl.NewReader(off) }
+// content is verified, and with the download's error if it fails. A reader
+// that finds the committed content gone or corrupt fails, and the task is
+// dropped so that the next Acquire downloads it again.
+func (l *Lease) NewReader(off int64) io.ReadCloser {
+	return &checkedReader{ReadCloser: l.e.dl.NewReader(off), c: l.c, e: l.e}
+}
+
+// checkedReader drops its task when the store no longer has its content.
+type checkedReader struct {
+	io.ReadCloser
+	c *Cache
+	e *entry
+}
+
+func (r *checkedReader) Read(p []byte) (int, error) {
+	n, err := r.ReadCloser.Read(p)
+	if err != nil && errors.Is(err, content.ErrNotFound) {
+		r.c.lost(r.e, err)
+	}
+	return n, err
+}
+
+// lost drops e, whose committed content the store no longer has: the
+// download handle is closed (the task is left on the supernode) and the
+// next Acquire starts afresh.
+func (c *Cache) lost(e *entry, cause error) {
+	c.mu.Lock()
+	dropped := c.dropLocked(e)
+	c.mu.Unlock()
+	if !dropped {
+		return
+	}
+	c.metrics.lost.Inc()
+	c.logger.Warn("cached content lost; it will be downloaded again", zap.String("task", e.id), zap.Error(cause))
+	go func() { _ = e.dl.Close() }()
+}
 
 // Progress returns the download's byte counts; Size is -1 while unknown.
 func (l *Lease) Progress() peer.Progress { return l.e.dl.Progress() }
@@ -328,6 +414,14 @@ func (r *leaseReader) Close() error {
 // start hands the task to the engine on the cache's context.
 func (c *Cache) start(e *entry, req peer.Request) {
 	defer c.wg.Done()
+	if req.Size > 0 {
+		// Make room first, so that the download does not fill the disk.
+		c.checkMu.Lock()
+		if err := c.makeRoom(c.life, req.Size); err != nil && c.life.Err() == nil {
+			c.logger.Warn("make room for a download", zap.String("task", e.id), zap.Error(err))
+		}
+		c.checkMu.Unlock()
+	}
 	dl, err := c.engine.Download(c.life, req)
 	c.mu.Lock()
 	if err != nil {
@@ -359,7 +453,16 @@ func (c *Cache) watch(e *entry) {
 		dropped := c.dropLocked(e)
 		c.mu.Unlock()
 		if dropped {
-			c.logger.Debug("download failed", zap.String("task", e.id), zap.Error(err))
+			if errors.Is(err, syscall.ENOSPC) {
+				// Evict now; the next request downloads it again.
+				c.logger.Warn("download failed: the cache's disk is full; evicting", zap.String("task", e.id), zap.Error(err))
+				select {
+				case c.kick <- struct{}{}:
+				default:
+				}
+			} else {
+				c.logger.Debug("download failed", zap.String("task", e.id), zap.Error(err))
+			}
 			_ = e.dl.Close()
 		}
 		return
@@ -407,6 +510,11 @@ func (c *Cache) release(e *entry) {
 // supernode) and waits for its goroutines. It returns nil.
 func (c *Cache) Run(ctx context.Context) error {
 	defer c.shutdown()
+	if v, ok := c.store.(verifier); ok {
+		scrubDone := make(chan struct{})
+		go func() { defer close(scrubDone); c.scrubLoop(ctx, v) }()
+		defer func() { <-scrubDone }()
+	}
 	tick := time.NewTicker(c.cfg.CheckInterval)
 	defer tick.Stop()
 	c.check(ctx)
@@ -496,8 +604,13 @@ func (c *Cache) expireSeeds() {
 }
 
 // enforceQuota deletes least recently used blobs nothing holds until the
-// usage is at most LowWater of the quota.
-func (c *Cache) enforceQuota(ctx context.Context) error {
+// usage is at most LowWater of the quota and the filesystem is at most
+// DiskLowWater full, once either is over its mark.
+func (c *Cache) enforceQuota(ctx context.Context) error { return c.makeRoom(ctx, 0) }
+
+// makeRoom is enforceQuota with room for incoming more bytes: it also
+// evicts when the filesystem would pass DiskHighWater with them.
+func (c *Cache) makeRoom(ctx context.Context, incoming int64) error {
 	var infos []content.Info
 	var usage int64
 	err := c.store.Walk(ctx, func(i content.Info) error {
@@ -510,10 +623,21 @@ func (c *Cache) enforceQuota(ctx context.Context) error {
 	}
 	c.metrics.usage.Set(float64(usage))
 	quota := int64(c.cfg.Quota)
-	if usage <= quota {
+	var need int64 // bytes to free
+	if usage+incoming > quota {
+		need = usage + incoming - int64(float64(quota)*c.cfg.LowWater)
+	}
+	disk, diskErr := c.disk()
+	if diskErr == nil && disk.total > 0 {
+		c.metrics.diskFree.Set(float64(disk.free))
+		used := disk.total - disk.free
+		if float64(used+incoming) > c.cfg.DiskHighWater*float64(disk.total) {
+			need = max(need, used+incoming-int64(c.cfg.DiskLowWater*float64(disk.total)))
+		}
+	}
+	if need <= 0 {
 		return nil
 	}
-	target := int64(float64(quota) * c.cfg.LowWater)
 
 	c.mu.Lock()
 	used := make(map[digest.Digest]time.Time, len(infos))
@@ -530,8 +654,9 @@ func (c *Cache) enforceQuota(ctx context.Context) error {
 	sort.SliceStable(infos, func(a, b int) bool { return used[infos[a].Digest].Before(used[infos[b].Digest]) })
 
 	var errs []error
+	var freed int64
 	for _, i := range infos {
-		if usage <= target || ctx.Err() != nil {
+		if freed >= need || ctx.Err() != nil {
 			break
 		}
 		ok, err := c.evict(ctx, i.Digest)
@@ -540,6 +665,7 @@ func (c *Cache) enforceQuota(ctx context.Context) error {
 			continue
 		}
 		if ok {
+			freed += i.Size
 			usage -= i.Size
 			c.metrics.evictions.Inc()
 			c.metrics.evictedBytes.Add(float64(i.Size))
@@ -547,9 +673,10 @@ func (c *Cache) enforceQuota(ctx context.Context) error {
 		}
 	}
 	c.metrics.usage.Set(float64(usage))
-	if usage > target {
-		c.logger.Warn("cache over quota: the rest is in use",
-			zap.Int64("usage", usage), zap.Int64("quota", quota))
+	if freed < need {
+		c.logger.Warn("cache cannot free enough: the rest is in use",
+			zap.Int64("usage", usage), zap.Int64("quota", quota), zap.Int64("short", need-freed),
+			zap.Int64("diskFree", disk.free), zap.Int64("diskTotal", disk.total))
 	}
 	return errors.Join(errs...)
 }
@@ -613,6 +740,10 @@ func (c *Cache) Seeding() []string {
 }
 
 type metrics struct {
+	diskFree     prometheus.Gauge
+	lost         prometheus.Counter
+	scrubbed     prometheus.Counter
+	corrupt      prometheus.Counter
 	usage        prometheus.Gauge
 	quota        prometheus.Gauge
 	evictions    prometheus.Counter
@@ -622,6 +753,22 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer, c *Cache) (*metrics, error) {
 	m := &metrics{
+		diskFree: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "damselfly", Subsystem: "dfdaemon_cache", Name: "disk_free_bytes",
+			Help: "Free bytes of the filesystem holding the cache, as of the last check.",
+		}),
+		lost: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "damselfly", Subsystem: "dfdaemon_cache", Name: "lost_total",
+			Help: "Tasks dropped because their committed content was gone or failed verification when read.",
+		}),
+		scrubbed: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "damselfly", Subsystem: "dfdaemon_cache", Name: "scrubbed_bytes_total",
+			Help: "Bytes of committed content hashed again by the background scrub.",
+		}),
+		corrupt: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "damselfly", Subsystem: "dfdaemon_cache", Name: "scrub_corrupt_total",
+			Help: "Blobs the background scrub found not matching their digest (removed).",
+		}),
 		usage: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: "damselfly", Subsystem: "dfdaemon_cache", Name: "usage_bytes",
 			Help: "Bytes of committed content in the node's store, as of the last check.",
@@ -650,7 +797,7 @@ func newMetrics(reg prometheus.Registerer, c *Cache) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, col := range []prometheus.Collector{m.usage, m.quota, m.evictions, m.evictedBytes, m.tasks} {
+	for _, col := range []prometheus.Collector{m.diskFree, m.lost, m.scrubbed, m.corrupt, m.usage, m.quota, m.evictions, m.evictedBytes, m.tasks} {
 		if err := reg.Register(col); err != nil {
 			return nil, fmt.Errorf("blobcache: register metrics: %w", err)
 		}

@@ -112,9 +112,15 @@ func startNode(t *testing.T, snAddr string, cfg blobcache.Config) *node {
 	t.Helper()
 	store, err := local.New(t.TempDir())
 	require.NoError(t, err)
+	return startNodeOn(t, snAddr, store, cfg)
+}
+
+// startNodeOn is startNode on a given store.
+func startNodeOn(t *testing.T, snAddr string, store *local.Store, cfg blobcache.Config) *node {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	sc, err := schedclient.New([]string{snAddr})
+	sc, err := schedclient.New([]string{snAddr}, schedclient.WithClusterKeys(supernodetest.Keys()))
 	require.NoError(t, err)
 	self := schedapi.Peer{ID: "node-" + strings.ReplaceAll(t.Name(), "/", "-"), Addr: ln.Addr().String()}
 	eng, err := peer.New(peer.Config{PollWait: 500 * time.Millisecond}, store, sc, self)
@@ -124,7 +130,7 @@ func startNode(t *testing.T, snAddr string, cfg blobcache.Config) *node {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Go(func() { _ = upload.New(eng).Run(ctx, ln) })
+	wg.Go(func() { _ = upload.New(eng, supernodetest.Keys()).Run(ctx, ln) })
 	wg.Go(func() { _ = eng.Run(ctx) })
 	wg.Go(func() { _ = c.Run(ctx) })
 	t.Cleanup(func() { cancel(); wg.Wait() })

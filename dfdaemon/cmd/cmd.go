@@ -30,6 +30,7 @@ import (
 	"github.com/damselfly/damselfly/dfdaemon/blobcache"
 	"github.com/damselfly/damselfly/dfdaemon/mirror"
 	"github.com/damselfly/damselfly/dfdaemon/proxy"
+	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/command"
 	"github.com/damselfly/damselfly/pkg/content/local"
 	"github.com/damselfly/damselfly/pkg/httpx"
@@ -55,11 +56,12 @@ const (
 type Option func(*runOptions)
 
 type runOptions struct {
-	log    *zap.Logger
-	ready  func(mirror, peer net.Addr)
-	stdout io.Writer
-	stderr io.Writer
-	proxy  []proxy.Option
+	log       *zap.Logger
+	ready     func(mirror, peer net.Addr)
+	stdout    io.Writer
+	stderr    io.Writer
+	proxy     []proxy.Option
+	lookupEnv func(string) (string, bool)
 }
 
 // WithLogger makes Run log to l instead of building a logger from the
@@ -86,6 +88,11 @@ func WithStderr(w io.Writer) Option {
 	return func(o *runOptions) { o.stderr = w }
 }
 
+// withEnv replaces the environment lookup, for tests.
+func withEnv(fn func(string) (string, bool)) Option {
+	return func(o *runOptions) { o.lookupEnv = fn }
+}
+
 // WithProxyOptions passes options to the forward proxy, e.g.
 // proxy.WithResolver in tests that name origins by host name.
 func WithProxyOptions(opts ...proxy.Option) Option {
@@ -96,6 +103,7 @@ func WithProxyOptions(opts ...proxy.Option) Option {
 type flags struct {
 	config, listen, peerListen, advertiseIP, nodes string
 	registry, dataDir, logLevel, logFormat         string
+	clusterTokenFile                               string
 	source, peers                                  netpolicy.Config
 	downloadRate, uploadRate                       ratelimit.Rate
 	version                                        bool
@@ -109,6 +117,7 @@ func newFlagSet(f *flags, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&f.peerListen, "peer-listen", "", "`host:port` of the upload server other peers fetch pieces from (default "+DefaultPeerListen+")")
 	fs.StringVar(&f.advertiseIP, "advertise-ip", "", "`IP` other peers reach this node at (default: the host of --peer-listen, else the local address towards the first supernode)")
 	fs.StringVar(&f.nodes, "node", "", "comma-separated supernodes `host:port[,host:port]` (default "+DefaultNode+")")
+	fs.StringVar(&f.clusterTokenFile, "cluster-token-file", "", "`file` holding the supernode's cluster token (or $"+clusterauth.EnvToken+", or clusterToken in the config)")
 	fs.StringVar(&f.registry, "registry", "", "upstream `URL` of requests that name no registry: docker registry-mirrors, direct pulls (default "+mirror.DefaultRegistry+")")
 	fs.StringVar(&f.dataDir, "data-dir", "", "`dir` of the node's content cache (default "+DefaultDataDir+")")
 	fs.StringVar(&f.logLevel, "log-level", "", "log `level`: debug, info, warn, error (default info)")
@@ -133,7 +142,7 @@ func newFlagSet(f *flags, out io.Writer) *flag.FlagSet {
 // returns nil after a clean shutdown, and an error for a bad command line or
 // config before anything listens.
 func Run(ctx context.Context, args []string, opts ...Option) error {
-	o := runOptions{stdout: os.Stdout, stderr: os.Stderr}
+	o := runOptions{stdout: os.Stdout, stderr: os.Stderr, lookupEnv: os.LookupEnv}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -183,6 +192,8 @@ func buildConfig(fset *flag.FlagSet, f *flags) (Config, error) {
 					cfg.Nodes = append(cfg.Nodes, s)
 				}
 			}
+		case "cluster-token-file":
+			cfg.Cluster.FlagFile = f.clusterTokenFile
 		case "registry":
 			cfg.Mirror.Registry = f.registry
 		case "data-dir":
@@ -214,6 +225,14 @@ func buildConfig(fset *flag.FlagSet, f *flags) (Config, error) {
 
 // run wires and runs the components.
 func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) error {
+	if err := command.CheckDataDir(cfg.DataDir); err != nil {
+		return err
+	}
+	keys, from, err := cfg.Cluster.Load(o.lookupEnv)
+	if err != nil {
+		return fmt.Errorf("%w: dfdaemon needs the supernode's cluster token (its <data-dir>/%s): set $%s, --cluster-token-file or clusterToken", err, clusterauth.FileName, clusterauth.EnvToken)
+	}
+	logger.Info("cluster token loaded", zap.String("from", from), zap.Bool("rotating", keys.Rotating()))
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
@@ -242,7 +261,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	}
 	logger = logger.With(zap.String("peer", self.ID))
 
-	sc, err := schedclient.New(cfg.Nodes, schedclient.WithLogger(logger.Named("schedclient")))
+	sc, err := schedclient.New(cfg.Nodes, schedclient.WithLogger(logger.Named("schedclient")), schedclient.WithClusterKeys(keys))
 	if err != nil {
 		return fmt.Errorf("nodes: %w", err)
 	}
@@ -277,7 +296,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		return err
 	}
 	proxyOpts := append([]proxy.Option{proxy.WithLogger(logger.Named("proxy")), proxy.WithMetrics(reg)}, o.proxy...)
-	fetcher := &p2pFetcher{blobs: blobs, auth: mirror.NewAuthorizer(cfg.Mirror, out.proxy)}
+	fetcher := &p2pFetcher{blobs: blobs, auth: mirror.NewAuthorizer(cfg.Mirror, out.proxy), trusted: cfg.Mirror.Registries()}
 	prxCfg := cfg.Proxy
 	prxCfg.Outbound = cfg.Source.Merge(cfg.Proxy.Outbound)
 	prx, err := proxy.New(prxCfg, fetcher, proxyOpts...)
@@ -332,7 +351,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		return upload.New(eng, upload.WithLogger(logger.Named("upload")), upload.WithMetrics(httpm),
+		return upload.New(eng, keys, upload.WithLogger(logger.Named("upload")), upload.WithMetrics(httpm),
 			upload.WithLimiter(cfg.RateLimit.Upload.Limiter())).Run(gctx, peerLn)
 	})
 	g.Go(func() error { return eng.Run(gctx) })

@@ -82,6 +82,9 @@ func TestBadConfigFailsBeforeListening(t *testing.T) {
 		{"missing config file", []string{"--config", "/nonexistent/dfdaemon.yaml"}, []string{"config"}},
 		{"unknown flag", []string{"--colour"}, []string{"colour"}},
 		{"stray argument", []string{"serve"}, []string{"serve"}},
+		{"no cluster token", []string{"--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0"}, []string{"no cluster token", "DAMSELFLY_CLUSTER_TOKEN", "--cluster-token-file"}},
+		{"missing token file", []string{"--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0", "--cluster-token-file", "/nonexistent/token"}, []string{"cluster token file", "/nonexistent/token"}},
+		{"three tokens", []string{"--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0", "--config", writeFile(t, "clusterToken: a-token-0123456789,b-token-0123456789,c-token-0123456789\n")}, []string{"clusterToken", "at most 2"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -89,7 +92,7 @@ func TestBadConfigFailsBeforeListening(t *testing.T) {
 			var out bytes.Buffer
 			readyCalled := false
 			args := append([]string{"--data-dir", t.TempDir()}, tt.args...)
-			err := Run(t.Context(), args, WithStdout(&out), WithStderr(io.Discard),
+			err := Run(t.Context(), args, WithStdout(&out), WithStderr(io.Discard), withEnv(noEnv),
 				WithReady(func(net.Addr, net.Addr) { readyCalled = true }))
 			require.Error(t, err)
 			for _, w := range tt.want {
@@ -214,7 +217,7 @@ func TestRateLimitsApplied(t *testing.T) {
 
 	start = time.Now()
 	resp, body = get(t, plainClient, "http://"+d.peerAddr+"/upload/v1/tasks/"+layer.Digest.String(),
-		http.Header{"Range": {fmt.Sprintf("bytes=0-%d", layer.Size-1)}})
+		http.Header{"Range": {fmt.Sprintf("bytes=0-%d", layer.Size-1)}, "Authorization": {"Bearer " + supernodetest.ClusterToken}})
 	took = time.Since(start)
 	require.Equal(t, http.StatusPartialContent, resp.StatusCode)
 	require.Equal(t, layer.Digest, digest.FromBytes(body))
@@ -232,6 +235,17 @@ type daemon struct {
 	stop           func() error
 }
 
+func noEnv(string) (string, bool) { return "", false }
+
+// clusterTokenFile writes supernodetest's cluster token for a dfdaemon to
+// present and returns its path.
+func clusterTokenFile(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "cluster-token")
+	require.NoError(t, os.WriteFile(p, []byte(supernodetest.ClusterToken+"\n"), 0o600))
+	return p
+}
+
 // startDaemon runs dfdaemon in-process; stop cancels it and returns Run's
 // error once it has returned.
 func startDaemon(t *testing.T, args ...string) *daemon {
@@ -245,9 +259,10 @@ func startDaemon(t *testing.T, args ...string) *daemon {
 		"--data-dir", filepath.Join(t.TempDir(), "dfdaemon"), "--log-level", "error",
 		// The supernode's CDN and the other peers live on loopback.
 		"--peer-allow", "127.0.0.1/32",
+		"--cluster-token-file", clusterTokenFile(t),
 	}, args...)
 	go func() {
-		done <- Run(ctx, args, WithStderr(io.Discard), WithReady(func(m, p net.Addr) { ready <- addrs{m, p} }))
+		done <- Run(ctx, args, WithStderr(io.Discard), withEnv(noEnv), WithReady(func(m, p net.Addr) { ready <- addrs{m, p} }))
 	}()
 	var result error
 	stopped := false
@@ -373,9 +388,14 @@ func TestRunMirrorProxyHealthMetrics(t *testing.T) {
 	resp, _ = get(t, plainClient, "http://"+d.addr+"/nothing", nil)
 	require.Equal(t, http.StatusNotFound, resp.StatusCode)
 
-	// Other peers can fetch the node's pieces.
-	resp, _ = get(t, plainClient, "http://"+d.peerAddr+"/upload/v1/tasks/"+layer.String(), http.Header{"Range": {"bytes=0-9"}})
+	// Other members can fetch the node's pieces; nobody else can, knowing
+	// the digest is not enough.
+	resp, _ = get(t, plainClient, "http://"+d.peerAddr+"/upload/v1/tasks/"+layer.String(),
+		http.Header{"Range": {"bytes=0-9"}, "Authorization": {"Bearer " + supernodetest.ClusterToken}})
 	require.Equal(t, http.StatusPartialContent, resp.StatusCode, "the node seeds what it pulled")
+	resp, body = get(t, plainClient, "http://"+d.peerAddr+"/upload/v1/tasks/"+layer.String(), http.Header{"Range": {"bytes=0-9"}})
+	require.Equal(t, http.StatusUnauthorized, resp.StatusCode, "an outsider gets nothing")
+	require.Contains(t, string(body), "cluster token")
 
 	start := time.Now()
 	require.NoError(t, d.stop())

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strconv"
 
+	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/command"
 
 	"github.com/damselfly/damselfly/dfdaemon/blobcache"
@@ -21,7 +22,7 @@ import (
 
 // Defaults of the top-level keys.
 const (
-	DefaultListen     = ":65001"
+	DefaultListen     = "127.0.0.1:65001"
 	DefaultPeerListen = ":65002"
 	DefaultNode       = "127.0.0.1:8002"
 	DefaultDataDir    = ".damselfly/dfdaemon"
@@ -40,7 +41,8 @@ func DefaultProxyRules() []proxy.Rule {
 type Config struct {
 	// Listen is the address of the runtime-facing listener: the registry
 	// mirror (/v2/...), the forward proxy (absolute-form requests and
-	// CONNECT), /healthz and /metrics.
+	// CONNECT), /healthz and /metrics. Loopback by default: the runtimes
+	// are on the node, and the listener serves whoever reaches it.
 	Listen string `yaml:"listen"`
 	// PeerListen is the address of the upload server other peers fetch
 	// this node's pieces from.
@@ -52,6 +54,12 @@ type Config struct {
 	// Nodes are the supernodes (host:port); a task goes to one of them by
 	// rendezvous hash of its ID.
 	Nodes []string `yaml:"nodes"`
+	// Cluster gives the cluster token this node presents to the supernodes
+	// and to other peers, and requires from peers fetching its pieces:
+	// clusterToken ("token" or "new,old" while rotating) or
+	// clusterTokenFile. $DAMSELFLY_CLUSTER_TOKEN and --cluster-token-file
+	// win over both. Required.
+	Cluster clusterauth.Config `yaml:",inline"`
 	// Source says which addresses registries and sources may be reached
 	// at: the mirror's upstream requests, token realms, the peer engine's
 	// source fallback and (with proxy.outbound added) the forward proxy.

@@ -2,8 +2,6 @@ package cmd
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,6 +11,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/damselfly/damselfly/dfdaemon/blobcache"
+	"github.com/damselfly/damselfly/dfdaemon/mirror"
 	"github.com/damselfly/damselfly/dfdaemon/proxy"
 	"github.com/damselfly/damselfly/pkg/peer"
 	"github.com/damselfly/damselfly/pkg/source/registrysource"
@@ -27,17 +26,24 @@ type blobAuthorizer interface {
 // p2pFetcher is the forward proxy's way into the peer engine: every fetch
 // goes through the node's blob cache.
 //
-// A registry blob URL (.../v2/<name>/blobs/sha256:<hex>) becomes the task
-// of that digest, shared with the mirror and every other node, after the
-// client's own credentials have been confirmed on the registry exactly as
-// the mirror does; a refusal fails the fetch, so the proxy forwards the
-// request and the client gets the registry's own answer. Any other URL is a
-// URL task; when the request carries credentials (Authorization or Cookie)
-// the task is kept apart per credential, so cached content is never served
-// to a client with other credentials.
+// A registry blob URL (.../v2/<name>/blobs/sha256:<hex>) of a registry the
+// node's configuration names (mirror.registry, mirror.upstreams; see
+// mirror.Registries) becomes the task of that digest, shared with the
+// mirror and every other node, after the client's own credentials have
+// been confirmed on that registry exactly as the mirror does; a refusal
+// fails the fetch, so the proxy forwards the request and the client gets
+// the registry's own answer. A blob URL of any other host is never
+// authorised by that host: it is a URL task of its own (its ID from the URL
+// and the client's credentials, so it shares nothing with the digest tasks
+// or the node's cached blobs), checked against the digest in its path. Any
+// other URL is a URL task; when the request carries credentials
+// (Authorization or Cookie) the task is kept apart per credential, so
+// cached content is never served to a client with other credentials.
 type p2pFetcher struct {
 	blobs *blobcache.Cache
 	auth  blobAuthorizer
+	// trusted are the registries whose yes may open a digest task.
+	trusted mirror.Registries
 }
 
 var _ proxy.Fetcher = (*p2pFetcher)(nil)
@@ -53,28 +59,26 @@ func (f *p2pFetcher) Fetch(ctx context.Context, rawURL string, header http.Heade
 	}
 	req := peer.Request{URL: rawURL, BackToSource: true}
 	size := int64(-1)
+	var verify digest.Digest
 	if m := blobPath.FindStringSubmatch(u.EscapedPath()); m != nil && u.RawQuery == "" &&
 		registrysource.ValidateRepository(m[1]) == nil {
 		d := digest.Digest(m[2])
 		base := &url.URL{Scheme: u.Scheme, Host: u.Host}
-		if size, err = f.auth.Authorize(ctx, base, m[1], d, header); err != nil {
-			return nil, 0, fmt.Errorf("fetch: authorize blob: %w", err)
+		shared := f.trusted.Names(base)
+		if shared {
+			if size, err = f.auth.Authorize(ctx, base, m[1], d, header); err != nil {
+				return nil, 0, fmt.Errorf("fetch: authorize blob: %w", err)
+			}
 		}
-		req.Digest = d
-		req.Header = http.Header{}
-		for _, v := range header.Values("Authorization") {
-			req.Header.Add("Authorization", v)
+		if req, shared, err = f.trusted.BlobRequest(base, m[1], d, header, size); err != nil {
+			return nil, 0, fmt.Errorf("fetch: %w", err)
+		}
+		if !shared {
+			verify = d
 		}
 	} else {
 		req.Header = header.Clone()
-		if creds := header.Values("Authorization"); len(creds) > 0 || header.Get("Cookie") != "" {
-			h := sha256.New()
-			for _, v := range append(creds, header.Values("Cookie")...) {
-				h.Write([]byte(v))
-				h.Write([]byte{0})
-			}
-			req.Identifier = "credentials:" + hex.EncodeToString(h.Sum(nil))
-		}
+		req.Identifier = mirror.CredentialIdentifier(header)
 	}
 	lease, err := f.blobs.Acquire(ctx, req)
 	if err != nil {
@@ -83,7 +87,13 @@ func (f *p2pFetcher) Fetch(ctx context.Context, rawURL string, header http.Heade
 	if size < 0 {
 		size = lease.Progress().Size
 	}
-	return &leaseBody{ReadCloser: lease.NewReader(0), lease: lease}, size, nil
+	var body io.ReadCloser = &leaseBody{ReadCloser: lease.NewReader(0), lease: lease}
+	if verify != "" {
+		if body, err = mirror.VerifyDigest(body, verify, 0); err != nil {
+			return nil, 0, fmt.Errorf("fetch: %w", err)
+		}
+	}
+	return body, size, nil
 }
 
 // leaseBody releases the lease with the body.

@@ -34,7 +34,9 @@ type Config struct {
 	Upstreams []Upstream `yaml:"upstreams"`
 	// AllowAnyUpstream lets ?ns= name any registry (reached over https).
 	// Off by default: the mirror would otherwise fetch from wherever its
-	// clients point it.
+	// clients point it. Such a registry is not one the config names
+	// (Registries): it cannot authorise reads of the shared digest tasks,
+	// and its blobs are URL tasks of their own.
 	AllowAnyUpstream bool `yaml:"allowAnyUpstream"`
 	// AuthTTL is how long a successful HEAD of a blob with a client's
 	// credentials lets the same credentials read that blob again without

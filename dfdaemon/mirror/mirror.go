@@ -44,7 +44,13 @@
 //
 // Then the blob is downloaded through the peer engine as task "sha256:<hex>"
 // (shared by every client and every node) and streamed as its pieces are
-// verified. Content-Length and Docker-Content-Digest come from the HEAD. A
+// verified. That holds for the registries the configuration names
+// (Config.Registry, Config.Upstreams; see Registries) only: a registry
+// reached through Config.AllowAnyUpstream has no say over the cluster's
+// digest tasks, so a yes from it only starts a URL task of its own (keyed by
+// the blob's URL and the client's credentials), whose content is checked
+// against the digest here and never comes from the node's cache of the
+// digest. Content-Length and Docker-Content-Digest come from the HEAD. A
 // Range is served from the stream. When the response reaches the end of the
 // blob, its last bytes are held back until the engine has verified the whole
 // blob's digest; if the download fails the connection is aborted, so a
@@ -104,6 +110,7 @@ type Mirror struct {
 	cfg       Config
 	def       *url.URL
 	upstreams map[string]*url.URL
+	trusted   Registries
 	blobs     Blobs
 	manifests Manifests
 	reg       *registrysource.Client
@@ -158,6 +165,7 @@ func New(cfg Config, blobs Blobs, opts ...Option) (*Mirror, error) {
 		cfg:       cfg,
 		def:       def,
 		upstreams: map[string]*url.URL{},
+		trusted:   cfg.Registries(),
 		blobs:     blobs,
 		manifests: o.manifests,
 		hc:        o.hc,
@@ -329,12 +337,19 @@ func (m *Mirror) serveBlob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	blobURL, err := registrysource.BlobURL(base, repo, d)
+	req, shared, err := m.trusted.BlobRequest(base, repo, d, auth, size)
 	if err != nil {
 		writeError(w, r, http.StatusBadRequest, errcode.ErrorCodeNameInvalid.WithMessage("invalid repository name"))
 		return
 	}
-	rc, err := m.blobs.Open(ctx, peer.Request{URL: blobURL, Header: auth, Digest: d, Size: size, BackToSource: true}, start)
+	var rc io.ReadCloser
+	if shared {
+		rc, err = m.blobs.Open(ctx, req, start)
+	} else if rc, err = m.blobs.Open(ctx, req, 0); err == nil {
+		// A registry the config does not name: its own URL task, checked
+		// against d here from its first byte.
+		rc, err = VerifyDigest(rc, d, start)
+	}
 	if err != nil {
 		m.blobFailed(w, r, d, err)
 		return

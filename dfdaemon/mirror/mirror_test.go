@@ -65,7 +65,7 @@ func startNode(t *testing.T, sn string, cfg mirror.Config, opts ...mirror.Option
 	require.NoError(t, err)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	sc, err := schedclient.New([]string{sn})
+	sc, err := schedclient.New([]string{sn}, schedclient.WithClusterKeys(supernodetest.Keys()))
 	require.NoError(t, err)
 	self := schedapi.Peer{ID: fmt.Sprintf("mirror-node-%d", nodeSeq.Add(1)), Addr: ln.Addr().String()}
 	eng, err := peer.New(peer.Config{PollWait: 500 * time.Millisecond}, store, sc, self)
@@ -78,7 +78,7 @@ func startNode(t *testing.T, sn string, cfg mirror.Config, opts ...mirror.Option
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{}, 3)
-	go func() { _ = upload.New(eng).Run(ctx, ln); done <- struct{}{} }()
+	go func() { _ = upload.New(eng, supernodetest.Keys()).Run(ctx, ln); done <- struct{}{} }()
 	go func() { _ = eng.Run(ctx); done <- struct{}{} }()
 	go func() { _ = cache.Run(ctx); done <- struct{}{} }()
 	t.Cleanup(func() {

@@ -20,6 +20,8 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/term"
 
+	"github.com/damselfly/damselfly/pkg/clusterauth"
+	"github.com/damselfly/damselfly/pkg/command"
 	"github.com/damselfly/damselfly/pkg/content/local"
 	"github.com/damselfly/damselfly/pkg/log"
 	"github.com/damselfly/damselfly/pkg/peer"
@@ -36,6 +38,7 @@ type Option func(*runConfig)
 type runConfig struct {
 	logger     *zap.Logger
 	httpClient *http.Client
+	lookupEnv  func(string) (string, bool)
 }
 
 // WithLogger sets the logger instead of one built from --log-level and
@@ -48,6 +51,11 @@ func WithLogger(l *zap.Logger) Option {
 // source.
 func WithHTTPClient(hc *http.Client) Option {
 	return func(c *runConfig) { c.httpClient = hc }
+}
+
+// withEnv replaces the environment lookup, for tests.
+func withEnv(fn func(string) (string, bool)) Option {
+	return func(c *runConfig) { c.lookupEnv = fn }
 }
 
 // progressEvery is how often the progress bar is redrawn.
@@ -70,7 +78,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, opts ...O
 		fmt.Fprintln(stdout, version.String("dfget"))
 		return nil
 	}
-	var rc runConfig
+	rc := runConfig{lookupEnv: os.LookupEnv}
 	for _, opt := range opts {
 		opt(&rc)
 	}
@@ -96,6 +104,11 @@ func run(ctx context.Context, o *options, rc runConfig, logger *zap.Logger, stde
 		return fmt.Errorf("output directory %s does not exist", filepath.Dir(out))
 	}
 
+	keys, _, err := clusterauth.Config{FlagFile: o.tokenFile}.Load(rc.lookupEnv)
+	if err != nil {
+		return fmt.Errorf("%w: dfget needs the supernode's cluster token (its <data-dir>/%s): set $%s or --cluster-token-file", err, clusterauth.FileName, clusterauth.EnvToken)
+	}
+
 	dataDir := o.dataDir
 	if dataDir == "" {
 		var release func()
@@ -104,6 +117,9 @@ func run(ctx context.Context, o *options, rc runConfig, logger *zap.Logger, stde
 			return fmt.Errorf("data dir: %w", err)
 		}
 		defer release()
+	}
+	if err := command.CheckDataDir(dataDir); err != nil {
+		return err
 	}
 	store, err := local.New(dataDir, local.WithLogger(logger.Named("store")))
 	if err != nil {
@@ -118,7 +134,7 @@ func run(ctx context.Context, o *options, rc runConfig, logger *zap.Logger, stde
 		DownloadRate: downloadRate(o.localLimit, o.totalLimit)}
 	logger = logger.With(zap.String("peer", self.ID))
 
-	scOpts := []schedclient.Option{schedclient.WithLogger(logger.Named("schedclient"))}
+	scOpts := []schedclient.Option{schedclient.WithLogger(logger.Named("schedclient")), schedclient.WithClusterKeys(keys)}
 	engOpts := []peer.Option{peer.WithLogger(logger.Named("peer"))}
 	upOpts := []upload.Option{upload.WithLogger(logger.Named("upload"))}
 	if rc.httpClient != nil {
@@ -154,7 +170,7 @@ func run(ctx context.Context, o *options, rc runConfig, logger *zap.Logger, stde
 	// Serve pieces to others while downloading.
 	srvCtx, stopServers := context.WithCancel(context.WithoutCancel(ctx))
 	var g errgroup.Group
-	g.Go(func() error { return upload.New(eng, upOpts...).Run(srvCtx, ln) })
+	g.Go(func() error { return upload.New(eng, keys, upOpts...).Run(srvCtx, ln) })
 	g.Go(func() error { return eng.Run(srvCtx) })
 	defer func() {
 		stopServers()

@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/peer"
 )
 
@@ -176,9 +177,38 @@ func runDfget(t *testing.T, ctx context.Context, args ...string) (string, string
 	t.Helper()
 	var stdout, stderr syncBuffer
 	base := []string{"--peer-listen", "127.0.0.1:0", "--advertise-ip", "127.0.0.1",
-		"--source-allow", "127.0.0.1/32", "--peer-allow", "127.0.0.1/32"}
-	err := Run(ctx, append(base, args...), &stdout, &stderr)
+		"--source-allow", "127.0.0.1/32", "--peer-allow", "127.0.0.1/32",
+		"--cluster-token-file", tokenFile(t)}
+	err := Run(ctx, append(base, args...), &stdout, &stderr, withEnv(noEnv))
 	return stdout.String(), stderr.String(), err
+}
+
+// tokenFile writes a cluster token for dfget to present and returns its path.
+func tokenFile(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "cluster-token")
+	require.NoError(t, os.WriteFile(p, []byte("dfget-test-cluster-token-0123456789\n"), 0o600))
+	return p
+}
+
+func noEnv(string) (string, bool) { return "", false }
+
+// Without a cluster token dfget says at once which token it needs and where
+// to put it, and writes nothing.
+func TestNoClusterToken(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	var stdout, stderr syncBuffer
+	err := Run(t.Context(), []string{"-u", "http://127.0.0.1:1/f", "-o", filepath.Join(dir, "out"), "--node", deadNode(t), "--quiet"},
+		&stdout, &stderr, withEnv(noEnv))
+	require.ErrorIs(t, err, clusterauth.ErrNoToken)
+	require.Contains(t, err.Error(), clusterauth.EnvToken)
+	require.Contains(t, err.Error(), "--cluster-token-file")
+	require.Empty(t, dirEntries(t, dir))
+
+	err = Run(t.Context(), []string{"-u", "http://127.0.0.1:1/f", "-o", filepath.Join(dir, "out"), "--node", deadNode(t), "--quiet"},
+		&stdout, &stderr, withEnv(func(k string) (string, bool) { return "a,b,c", k == clusterauth.EnvToken }))
+	require.ErrorContains(t, err, "$"+clusterauth.EnvToken)
 }
 
 func dirEntries(t *testing.T, dir string) []string {

@@ -13,6 +13,7 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 
+	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/log"
 	"github.com/damselfly/damselfly/pkg/netpolicy"
 	"github.com/damselfly/damselfly/pkg/ratelimit"
@@ -52,6 +53,7 @@ type options struct {
 	peerListen   string
 	advertiseIP  string
 	dataDir      string
+	tokenFile    string
 	sourcePolicy netpolicy.Config
 	peerPolicy   netpolicy.Config
 	log          log.Config
@@ -153,6 +155,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.DurationVar(&o.stallTimeout, "stall-timeout", 0, "advanced: P2P has failed when no piece is verified for `D` (0: 60s); then dfget goes to the source, or fails with --notbs")
 	fs.StringVar(&o.peerListen, "peer-listen", ":0", "`ADDR` of the upload server serving pieces to other peers")
 	fs.StringVar(&o.advertiseIP, "advertise-ip", "", "`IP` other peers reach this one at (default: the local address towards the first supernode)")
+	fs.StringVar(&o.tokenFile, "cluster-token-file", "", "`FILE` holding the supernode's cluster token (default: $"+clusterauth.EnvToken+")")
 	fs.StringVar(&o.dataDir, "data-dir", "", "`DIR` for pieces in progress (default: a hidden directory beside FILE, removed at exit)")
 	fs.StringVar(&o.log.Level, "log-level", "error", "log `LEVEL`: debug, info, warn, error")
 	fs.StringVar(&o.log.Format, "log-format", "console", "log `FORMAT`: console or json")

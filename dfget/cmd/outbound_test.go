@@ -32,8 +32,8 @@ func runPolicy(t *testing.T, args ...string) (string, error) {
 	var stdout, stderr syncBuffer
 	dir := t.TempDir()
 	base := []string{"--peer-listen", "127.0.0.1:0", "--advertise-ip", "127.0.0.1", "--node", deadNode(t),
-		"--quiet", "-o", filepath.Join(dir, "out.bin")}
-	err := Run(t.Context(), append(base, args...), &stdout, &stderr)
+		"--quiet", "-o", filepath.Join(dir, "out.bin"), "--cluster-token-file", tokenFile(t)}
+	err := Run(t.Context(), append(base, args...), &stdout, &stderr, withEnv(noEnv))
 	if err != nil {
 		require.Empty(t, dirEntries(t, dir), "no output file, no leftovers")
 	}

@@ -94,7 +94,7 @@ func runManifests(ctx context.Context, o options, work string) error {
 		ttl = o.tagTTL.String()
 	}
 	rc, addrs, err := startOnFreePorts(ctx, o, "registry-cache", 1, func(a []string) (string, []string) {
-		return "http://" + a[0] + "/healthz", append([]string{"--listen", a[0], "--upstream", reg.URL.String(), "--log-level", "warn"}, extra...)
+		return "http://" + a[0] + "/healthz", append([]string{"--listen", a[0], "--upstream", reg.URL.String(), "--source-allow", "127.0.0.1/32", "--log-level", "warn"}, extra...)
 	})
 	if err != nil {
 		return err

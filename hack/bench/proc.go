@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -12,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/damselfly/damselfly/pkg/clusterauth"
 )
 
 // proc is a Damselfly binary running as a subprocess, so that its memory can
@@ -54,12 +58,22 @@ func (b *lockedBuffer) String() string {
 	return b.buf.String()
 }
 
+// clusterToken is the cluster token of every process a run starts, new for
+// each run.
+var clusterToken = func() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return "bench-" + hex.EncodeToString(b[:])
+}()
+
 // startProc starts bin/<name> with args and waits until healthURL answers
 // 200.
 func startProc(ctx context.Context, o options, name, healthURL string, args ...string) (*proc, error) {
 	p := &proc{name: name, stderr: &lockedBuffer{}}
 	p.cmd = exec.Command(filepath.Join(o.binDir, name), args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.stderr, p.stderr
+	// Every supernode and dfdaemon of a run is one cluster.
+	p.cmd.Env = append(os.Environ(), clusterauth.EnvToken+"="+clusterToken)
 	if err := p.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}

@@ -28,6 +28,7 @@ import (
 
 	dfdaemoncmd "github.com/damselfly/damselfly/dfdaemon/cmd"
 	"github.com/damselfly/damselfly/hack/internal/promtext"
+	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/registrytest"
 	supernodecmd "github.com/damselfly/damselfly/supernode/cmd"
 )
@@ -100,6 +101,8 @@ func run(ctx context.Context) error {
 				"--node", snAddr.String(), "--registry", reg.URL.String(),
 				"--data-dir", filepath.Join(work, fmt.Sprintf("node-%d", i)), "--log-level", "error",
 				"--source-allow", "127.0.0.1/32", "--peer-allow", "127.0.0.1/32",
+				// The token the supernode generated on its first start.
+				"--cluster-token-file", filepath.Join(work, "supernode", clusterauth.FileName),
 			}, dfdaemoncmd.WithReady(func(mirror, _ net.Addr) { ready <- mirror }))
 		})
 		a, err := await(gctx, ready)

@@ -36,6 +36,7 @@ func startDfdaemonProc(t *testing.T, node, upstream, dataDir string) *dfdaemonPr
 		"--listen", addr, "--peer-listen", closedAddr(t), "--advertise-ip", "127.0.0.1",
 		"--node", node, "--registry", upstream, "--data-dir", dataDir, "--log-level", "warn",
 		"--source-allow", "127.0.0.1/32", "--peer-allow", "127.0.0.1/32")
+	cmd.Env = memberEnv()
 	p := &dfdaemonProc{cmd: cmd, addr: addr, stderr: &syncBuffer{}, done: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = p.stderr, p.stderr
 	require.NoError(t, cmd.Start())

@@ -27,6 +27,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/time/rate"
 
+	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/supernode/supernodetest"
 )
 
@@ -122,6 +123,21 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 		p = p[n:]
 	}
 	return written, nil
+}
+
+// memberEnv is the environment of a member process: this one's, with the
+// cluster token of every supernode the tests start.
+func memberEnv() []string {
+	return append(os.Environ(), clusterauth.EnvToken+"="+supernodetest.ClusterToken)
+}
+
+// clusterTokenFile writes the cluster token of every supernode the tests
+// start to a file, for --cluster-token-file.
+func clusterTokenFile(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "cluster-token")
+	require.NoError(t, os.WriteFile(p, []byte(supernodetest.ClusterToken+"\n"), 0o600))
+	return p
 }
 
 // supernode is a supernode running in this process.
@@ -220,6 +236,7 @@ func startDfget(t *testing.T, ctx context.Context, url, out string, args ...stri
 		"--source-allow", "127.0.0.1/32", "--peer-allow", "127.0.0.1/32",
 	}, args...)
 	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "dfget"), full...)
+	cmd.Env = memberEnv()
 	d := &dfget{cmd: cmd, out: out, stderr: &syncBuffer{}, done: make(chan error, 1)}
 	cmd.Stderr = d.stderr
 	cmd.Stdout = d.stderr

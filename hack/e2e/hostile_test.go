@@ -16,6 +16,7 @@ import (
 	"github.com/damselfly/damselfly/pkg/httpx"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/schedclient"
+	"github.com/damselfly/damselfly/supernode/supernodetest"
 )
 
 // liarMode is how a hostile peer answers the piece requests it gets.
@@ -118,7 +119,7 @@ func startLiar(t *testing.T, ctx context.Context, node, url string, mode liarMod
 	srvDone := make(chan error, 1)
 	go func() { srvDone <- srv.Serve(ln) }()
 
-	sc, err := schedclient.New([]string{node})
+	sc, err := schedclient.New([]string{node}, schedclient.WithClusterKeys(supernodetest.Keys()))
 	require.NoError(t, err)
 	reg, err := sc.Register(ctx, schedapi.RegisterRequest{
 		Peer: schedapi.Peer{ID: l.id, Addr: ln.Addr().String()},

@@ -30,6 +30,7 @@ func startDfdaemon(t *testing.T, node string, upstream string, extraArgs ...stri
 		"--data-dir", filepath.Join(t.TempDir(), "dfdaemon"), "--log-level", "warn",
 		// The registry, the CDN and the peers live on loopback.
 		"--source-allow", "127.0.0.1/32", "--peer-allow", "127.0.0.1/32",
+		"--cluster-token-file", clusterTokenFile(t),
 	}, extraArgs...)
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan net.Addr, 1)

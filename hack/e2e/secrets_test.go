@@ -27,6 +27,7 @@ import (
 	dfdaemoncmd "github.com/damselfly/damselfly/dfdaemon/cmd"
 	"github.com/damselfly/damselfly/pkg/registrytest"
 	supernodecmd "github.com/damselfly/damselfly/supernode/cmd"
+	"github.com/damselfly/damselfly/supernode/supernodetest"
 )
 
 // Credentials used on every path (a runtime's registry token through the
@@ -117,7 +118,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 
 	tokens := alice.allTokens()
 	require.NotEmpty(t, tokens, "the client never needed a token, so the search proves nothing")
-	secrets := append([]string{password, canary, fileCanary}, tokens...)
+	secrets := append([]string{password, canary, fileCanary, supernodetest.ClusterToken}, tokens...)
 
 	// Every admin answer, every task ID, the metrics of both servers.
 	answers = append(answers, sn.adminRaw(t, "/api/v1/tasks"), sn.adminRaw(t, "/api/v1/peers"))
@@ -250,7 +251,7 @@ func startLoggedSupernode(t *testing.T, l *zap.Logger, extraArgs ...string) (*su
 	token := "e2e-admin-token"
 	args := append([]string{
 		"--listen", "127.0.0.1:0", "--data-dir", dir, "--admin-token", token,
-		"--source-allow", "127.0.0.1/32",
+		"--source-allow", "127.0.0.1/32", "--cluster-token-file", clusterTokenFile(t),
 	}, extraArgs...)
 	ready := make(chan net.Addr, 1)
 	a := runInProcess(t, "supernode", func(ctx context.Context) error {
@@ -269,6 +270,7 @@ func startLoggedDfdaemon(t *testing.T, l *zap.Logger, node, upstream string, ext
 		"--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0", "--advertise-ip", "127.0.0.1",
 		"--node", node, "--registry", upstream, "--data-dir", dir,
 		"--source-allow", "127.0.0.1/32", "--peer-allow", "127.0.0.1/32",
+		"--cluster-token-file", clusterTokenFile(t),
 	}, extraArgs...)
 	ready := make(chan net.Addr, 1)
 	a := runInProcess(t, "dfdaemon", func(ctx context.Context) error {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/schedclient"
 	"github.com/damselfly/damselfly/pkg/taskid"
+	"github.com/damselfly/damselfly/supernode/supernodetest"
 )
 
 var (
@@ -71,6 +72,7 @@ func newSupernodeProc(t *testing.T, extraArgs ...string) *snProc {
 func (p *snProc) start(t *testing.T) {
 	t.Helper()
 	cmd := exec.Command(supernodeBinary(t), p.args...)
+	cmd.Env = memberEnv()
 	p.stderr = &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = p.stderr, p.stderr
 	require.NoError(t, cmd.Start())
@@ -222,7 +224,7 @@ func TestSupernodesSpreadTasks(t *testing.T) {
 	o := newOrigin(t, 1*mib+7, 0)
 	sns := []*snProc{newSupernodeProc(t), newSupernodeProc(t), newSupernodeProc(t)}
 	nodes := []string{sns[0].addr, sns[1].addr, sns[2].addr}
-	sc, err := schedclient.New(nodes)
+	sc, err := schedclient.New(nodes, schedclient.WithClusterKeys(supernodetest.Keys()))
 	require.NoError(t, err)
 	byBase := map[string]*snProc{}
 	for _, s := range sns {
@@ -278,7 +280,7 @@ func TestSupernodeFailover(t *testing.T) {
 	o := newOrigin(t, size, 8*mib)
 	sns := []*snProc{newSupernodeProc(t), newSupernodeProc(t), newSupernodeProc(t)}
 	nodes := []string{sns[0].addr, sns[1].addr, sns[2].addr}
-	sc, err := schedclient.New(nodes)
+	sc, err := schedclient.New(nodes, schedclient.WithClusterKeys(supernodetest.Keys()))
 	require.NoError(t, err)
 	byBase := map[string]*snProc{}
 	for _, s := range sns {

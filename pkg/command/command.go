@@ -1,7 +1,8 @@
-// Package command is the command-line plumbing the long-running binaries
-// (supernode, dfdaemon, registry-cache) share: parsing flags, reading a YAML
-// config strictly, building the logger, and telling a clean stop from a
-// failure. Each binary's cmd package keeps its own flags and Config.
+// Package command is the command-line plumbing the binaries share (the
+// long-running supernode, dfdaemon and registry-cache, and dfget where it
+// applies): parsing flags, reading a YAML config strictly, building the
+// logger, checking a data dir, and telling a clean stop from a failure.
+// Each binary's cmd package keeps its own flags and Config.
 package command
 
 import (
@@ -12,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 
 	"go.uber.org/zap"
 	"gopkg.in/yaml.v3"
@@ -72,4 +74,49 @@ func Exit(err error) error {
 		return nil
 	}
 	return err
+}
+
+// CheckDataDir refuses a data dir that every user of the machine may write
+// to: anyone could then plant or swap content, ingests, lock files or the
+// generated tokens the binary keeps there. It answers with one line naming
+// the fix, e.g. "data dir /x is world-writable (mode 0777): fix with chmod
+// o-w /x". A dir that does not exist yet is fine (the binary creates it
+// 0750); a path that is not a directory is an error. Only the dir itself is
+// checked, not its parents. Every binary with a data dir calls it at start,
+// before it reads or writes anything there.
+func CheckDataDir(dir string) error {
+	fi, err := os.Stat(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	name := dir
+	if abs, err := filepath.Abs(dir); err == nil {
+		name = abs
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("data dir %s is not a directory", name)
+	}
+	if fi.Mode().Perm()&0o002 != 0 {
+		return fmt.Errorf("data dir %s is world-writable (mode %#o): fix with chmod o-w %s", name, unixMode(fi.Mode()), name)
+	}
+	return nil
+}
+
+// unixMode is m's permission bits with setuid, setgid and sticky in their
+// octal places, as ls and chmod write them.
+func unixMode(m os.FileMode) uint32 {
+	u := uint32(m.Perm())
+	if m&os.ModeSetuid != 0 {
+		u |= 0o4000
+	}
+	if m&os.ModeSetgid != 0 {
+		u |= 0o2000
+	}
+	if m&os.ModeSticky != 0 {
+		u |= 0o1000
+	}
+	return u
 }

@@ -96,3 +96,34 @@ func TestLoggerAndExit(t *testing.T) {
 	require.ErrorIs(t, Exit(boom), boom)
 	require.NoError(t, Exit(nil))
 }
+
+func TestCheckDataDir(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	mk := func(name string, mode os.FileMode) string {
+		p := filepath.Join(root, name)
+		require.NoError(t, os.Mkdir(p, 0o700))
+		require.NoError(t, os.Chmod(p, mode)) // not subject to the umask
+		return p
+	}
+	for _, ok := range []string{mk("private", 0o700), mk("shared-group", 0o770), mk("readable", 0o755), filepath.Join(root, "missing")} {
+		require.NoError(t, CheckDataDir(ok), ok)
+	}
+
+	open := mk("open", 0o777)
+	err := CheckDataDir(open)
+	require.EqualError(t, err, "data dir "+open+" is world-writable (mode 0777): fix with chmod o-w "+open)
+	sticky := mk("sticky", 0o777|os.ModeSticky)
+	require.ErrorContains(t, CheckDataDir(sticky), "world-writable (mode 01777)")
+	require.ErrorContains(t, CheckDataDir(mk("write-only", 0o703)), "world-writable")
+
+	wd, err := os.Getwd()
+	require.NoError(t, err)
+	rel, err := filepath.Rel(wd, open)
+	require.NoError(t, err)
+	require.ErrorContains(t, CheckDataDir(rel), "data dir "+open+" ", "named by its absolute path")
+
+	file := filepath.Join(root, "file")
+	require.NoError(t, os.WriteFile(file, nil, 0o600))
+	require.ErrorContains(t, CheckDataDir(file), "not a directory")
+}

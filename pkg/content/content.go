@@ -17,7 +17,9 @@
 //     published under its digest. A mismatch removes the ingest and returns
 //     ErrDigestMismatch or ErrSizeMismatch; nothing is published.
 //  4. Provider.ReaderAt reads committed blobs only: readers never see
-//     unverified bytes.
+//     unverified bytes. A store may check a committed blob again before it
+//     hands it out (pkg/content/local does after a restart, and when the
+//     file changed); one that fails is removed: ErrNotFound and ErrCorrupt.
 package content
 
 import (
@@ -43,6 +45,10 @@ var (
 	ErrSizeMismatch = errors.New("content size mismatch")
 	// ErrInvalid: a malformed ref or digest.
 	ErrInvalid = errors.New("invalid content ref or digest")
+	// ErrCorrupt: a committed blob no longer matched its digest when it
+	// was checked, and was removed. It comes wrapped with ErrNotFound, so
+	// callers that fetch what is not found fetch it again.
+	ErrCorrupt = errors.New("committed content failed verification and was removed")
 )
 
 // Info describes a committed blob.

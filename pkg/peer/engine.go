@@ -37,6 +37,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 
+	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/content"
 	"github.com/damselfly/damselfly/pkg/peer/upload"
 	"github.com/damselfly/damselfly/pkg/piece"
@@ -73,6 +74,7 @@ type Engine struct {
 	cfg        Config
 	store      content.Store
 	sched      *schedclient.Client
+	keys       clusterauth.Keys // sent with piece requests: sched's
 	self       schedapi.Peer
 	logger     *zap.Logger
 	httpClient *http.Client
@@ -140,6 +142,9 @@ func New(cfg Config, store content.Store, sched *schedclient.Client, self scheda
 	if store == nil || sched == nil {
 		return nil, errors.New("peer: a store and a supernode client are required")
 	}
+	if sched.ClusterKeys().IsZero() {
+		return nil, fmt.Errorf("peer: the supernode client has no cluster token: %w", clusterauth.ErrNoToken)
+	}
 	if err := validatePeer(self); err != nil {
 		return nil, fmt.Errorf("peer: %w", err)
 	}
@@ -151,6 +156,7 @@ func New(cfg Config, store content.Store, sched *schedclient.Client, self scheda
 		cfg:        cfg,
 		store:      store,
 		sched:      sched,
+		keys:       sched.ClusterKeys(),
 		self:       self,
 		logger:     o.logger,
 		httpClient: o.httpClient,

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 	"golang.org/x/time/rate"
 
+	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/content"
 	"github.com/damselfly/damselfly/pkg/content/contenttest"
 	"github.com/damselfly/damselfly/pkg/content/local"
@@ -58,7 +59,7 @@ func TestConfig(t *testing.T) {
 
 func TestNewRejectsBadSelf(t *testing.T) {
 	t.Parallel()
-	sc, err := schedclient.New([]string{"127.0.0.1:1"})
+	sc, err := schedclient.New([]string{"127.0.0.1:1"}, schedclient.WithClusterKeys(testKeys))
 	require.NoError(t, err)
 	for _, self := range []schedapi.Peer{{ID: "", Addr: "127.0.0.1:1"}, {ID: "a/b", Addr: "127.0.0.1:1"}, {ID: "a", Addr: ":0"}, {ID: "a", Addr: "x"}} {
 		_, err := New(Config{}, contenttest.NewMemory(), sc, self)
@@ -786,4 +787,14 @@ func TestExpectedSizeMismatch(t *testing.T) {
 	require.ErrorIs(t, err, content.ErrNotFound, "nothing is committed")
 	reports, _, _, _ := f.snapshot()
 	require.Empty(t, reports, "no piece was fetched")
+}
+
+// An engine cannot be built without the cluster token: it could neither
+// register nor fetch a piece.
+func TestNewNeedsClusterToken(t *testing.T) {
+	t.Parallel()
+	sc, err := schedclient.New([]string{"127.0.0.1:1"})
+	require.NoError(t, err)
+	_, err = New(Config{}, contenttest.NewMemory(), sc, schedapi.Peer{ID: "a", Addr: "127.0.0.1:1"})
+	require.ErrorIs(t, err, clusterauth.ErrNoToken)
 }

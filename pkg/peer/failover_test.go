@@ -159,7 +159,7 @@ func TestFailoverToNextSupernode(t *testing.T) {
 	const url = "http://origin.test/file"
 	route, err := taskid.ForURL(url, nil, "")
 	require.NoError(t, err)
-	sc, err := schedclient.New([]string{a.addr, b.addr})
+	sc, err := schedclient.New([]string{a.addr, b.addr}, schedclient.WithClusterKeys(testKeys))
 	require.NoError(t, err)
 	owner, next := a, b
 	if sc.Order(route)[0] != "http://"+a.addr {

@@ -106,6 +106,7 @@ func (e *Engine) fetchPiece(ctx context.Context, taskID string, a schedapi.Assig
 		return err
 	}
 	req.Header.Set("Range", httpx.FormatRange(a.Offset, a.Length))
+	e.keys.Set(req.Header)
 	resp, err := e.httpClient.Do(req)
 	if err != nil {
 		return err

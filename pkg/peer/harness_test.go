@@ -20,6 +20,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	"github.com/stretchr/testify/require"
 
+	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/content"
 	"github.com/damselfly/damselfly/pkg/content/contenttest"
 	"github.com/damselfly/damselfly/pkg/httpx"
@@ -56,6 +57,9 @@ const (
 	gated       // waits until its piece is released
 )
 
+// testKeys is the cluster token of every peer in these tests.
+var testKeys = clusterauth.MustParse("peer-test-cluster-token-0123456789")
+
 // holder is another peer's upload server, serving data with a behaviour.
 type holder struct {
 	peer     schedapi.Peer
@@ -69,6 +73,10 @@ func newHolder(t *testing.T, id string, data []byte, mode holderMode) *holder {
 	h := &holder{gates: map[int64]chan struct{}{}}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h.requests.Add(1)
+		if !testKeys.Valid(r) {
+			http.Error(w, "cluster token", http.StatusUnauthorized)
+			return
+		}
 		if !strings.HasPrefix(r.URL.Path, "/upload/v1/tasks/") {
 			http.Error(w, "bad path", http.StatusBadRequest)
 			return
@@ -450,7 +458,7 @@ func newTestEngine(t *testing.T, schedAddr string, s engineSetup) *Engine {
 	if nodes == nil {
 		nodes = []string{schedAddr}
 	}
-	sc, err := schedclient.New(nodes, schedclient.WithRetry(1, 0))
+	sc, err := schedclient.New(nodes, schedclient.WithRetry(1, 0), schedclient.WithClusterKeys(testKeys))
 	require.NoError(t, err)
 	if s.store == nil {
 		s.store = contenttest.NewMemory()
@@ -512,7 +520,7 @@ func (u *uploadServer) serve(t *testing.T, e *Engine) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- upload.New(e).Run(ctx, u.ln) }()
+	go func() { done <- upload.New(e, testKeys).Run(ctx, u.ln) }()
 	t.Cleanup(func() {
 		cancel()
 		require.NoError(t, <-done)

@@ -1,6 +1,7 @@
 // Package registrytest runs a real OCI registry (distribution/v3, filesystem
 // storage) on 127.0.0.1 for tests, benchmarks and demos, optionally behind
-// Bearer token auth served by an embedded token server. It counts what the
+// Bearer token auth served by an embedded token server (at /token on the
+// registry's own host and port, or on a port of its own). It counts what the
 // registry serves, so callers can prove which pulls reached it, and pushes
 // generated images whose layers are real gzip tarballs that container
 // runtimes can unpack.
@@ -61,9 +62,10 @@ type Stats struct {
 }
 
 type options struct {
-	users  map[string]string
-	dir    string
-	listen string
+	users    map[string]string
+	dir      string
+	listen   string
+	ownRealm bool
 }
 
 // Option configures a Registry.
@@ -82,6 +84,13 @@ func WithTokenAuth(users map[string]string) Option {
 		}
 	}
 }
+
+// WithRealmOnOwnPort serves the token realm on a listener of its own
+// (http://127.0.0.1:<another port>/token), as a separate auth service would,
+// instead of on the registry's own host and port (the default, as GHCR or
+// Harbor do). Clients send passwords only to a realm on the registry's own
+// host and port.
+func WithRealmOnOwnPort() Option { return func(o *options) { o.ownRealm = true } }
 
 // WithDir keeps the registry's storage in dir (default: a temporary
 // directory removed by Close).
@@ -145,7 +154,11 @@ func Start(ctx context.Context, opts ...Option) (*Registry, error) {
 		}
 		r.admin = [2]string{"registrytest-admin", randomString()}
 		users[r.admin[0]] = r.admin[1]
-		ts, err := startTokenServer(users, r.dir)
+		realmHost := r.Host
+		if o.ownRealm {
+			realmHost = ""
+		}
+		ts, err := startTokenServer(users, r.dir, realmHost)
 		if err != nil {
 			_ = ln.Close()
 			r.cleanupDir()
@@ -161,8 +174,20 @@ func Start(ctx context.Context, opts ...Option) (*Registry, error) {
 	}
 
 	app := handlers.NewApp(ctx, cfg)
+	var h http.Handler = r.count(app)
+	if r.tokens != nil && r.tokens.srv == nil {
+		// The realm on the registry's own host and port; not counted.
+		reg, tokens := h, r.tokens
+		h = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+			if req.URL.Path == tokenPath && req.Method == http.MethodGet {
+				tokens.serveToken(w, req)
+				return
+			}
+			reg.ServeHTTP(w, req)
+		})
+	}
 	r.srv = &http.Server{
-		Handler:           r.count(app),
+		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	go func() { _ = r.srv.Serve(ln) }()

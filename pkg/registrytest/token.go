@@ -44,7 +44,10 @@ type tokenServer struct {
 	srv        *http.Server
 }
 
-func startTokenServer(users map[string]string, dir string) (*tokenServer, error) {
+// startTokenServer starts the token server: on the registry's listener at
+// registryHost (its realm is then http://<registryHost>/token), or on a
+// listener of its own when registryHost is empty.
+func startTokenServer(users map[string]string, dir, registryHost string) (*tokenServer, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -69,25 +72,36 @@ func startTokenServer(users map[string]string, dir string) (*tokenServer, error)
 	if err := os.WriteFile(bundle, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
 	ts := &tokenServer{
-		realm:      "http://" + ln.Addr().String() + "/token",
 		rootBundle: bundle,
 		users:      users,
 		key:        key,
 		kid:        token.GetJWKThumbprint(&key.PublicKey),
 	}
+	if registryHost != "" {
+		// The registry's own listener serves /token.
+		ts.realm = "http://" + registryHost + tokenPath
+		return ts, nil
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	ts.realm = "http://" + ln.Addr().String() + tokenPath
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /token", ts.serveToken)
+	mux.HandleFunc("GET "+tokenPath, ts.serveToken)
 	ts.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = ts.srv.Serve(ln) }()
 	return ts, nil
 }
 
+// tokenPath is the token endpoint's path.
+const tokenPath = "/token"
+
 func (ts *tokenServer) close(ctx context.Context) {
+	if ts.srv == nil {
+		return // served by the registry's listener
+	}
 	_ = ts.srv.Shutdown(ctx)
 	_ = ts.srv.Close()
 }

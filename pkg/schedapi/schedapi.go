@@ -214,10 +214,13 @@ type Error struct {
 type ErrorCode string
 
 const (
-	CodeInvalid      ErrorCode = "INVALID_ARGUMENT" // 400
-	CodeTaskNotFound ErrorCode = "TASK_NOT_FOUND"   // 404
-	CodePeerNotFound ErrorCode = "PEER_NOT_FOUND"   // 404: register again
-	CodeTaskFailed   ErrorCode = "TASK_FAILED"      // 409
-	CodeUnavailable  ErrorCode = "UNAVAILABLE"      // 503: try again later
-	CodeInternal     ErrorCode = "INTERNAL"         // 500
+	CodeInvalid ErrorCode = "INVALID_ARGUMENT" // 400
+	// CodeUnauthenticated: the request carries no valid cluster token
+	// (pkg/clusterauth). Nothing was registered, assigned or served.
+	CodeUnauthenticated ErrorCode = "UNAUTHENTICATED" // 401
+	CodeTaskNotFound    ErrorCode = "TASK_NOT_FOUND"  // 404
+	CodePeerNotFound    ErrorCode = "PEER_NOT_FOUND"  // 404: register again
+	CodeTaskFailed      ErrorCode = "TASK_FAILED"     // 409
+	CodeUnavailable     ErrorCode = "UNAVAILABLE"     // 503: try again later
+	CodeInternal        ErrorCode = "INTERNAL"        // 500
 )

@@ -10,7 +10,7 @@
 //
 // Error contract: a non-2xx answer is an *APIError; errors.Is matches it
 // against ErrTaskNotFound, ErrPeerNotFound, ErrTaskFailed, ErrInvalid and
-// ErrUnavailable by its code. A supernode that cannot be reached (dial,
+// ErrUnavailable and ErrUnauthenticated by its code. A supernode that cannot be reached (dial,
 // connection reset, timeout before an answer) yields an error wrapping
 // ErrUnreachable. Idempotent calls are retried a bounded number of times on
 // connection errors and 503 answers.
@@ -39,6 +39,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	"go.uber.org/zap"
 
+	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/taskid"
 )
@@ -57,6 +58,9 @@ var (
 	ErrInvalid = errors.New("invalid request")
 	// ErrUnavailable: the supernode is overloaded or not ready.
 	ErrUnavailable = errors.New("supernode unavailable")
+	// ErrUnauthenticated: the supernode refused the cluster token (none was
+	// given, or not the cluster's).
+	ErrUnauthenticated = errors.New("cluster token refused")
 )
 
 // APIError is a non-2xx answer from a supernode.
@@ -91,6 +95,8 @@ func (e *APIError) Is(target error) bool {
 		return e.Code == schedapi.CodeInvalid || (e.Code == "" && e.StatusCode == http.StatusBadRequest)
 	case ErrUnavailable:
 		return e.Code == schedapi.CodeUnavailable || e.StatusCode == http.StatusServiceUnavailable
+	case ErrUnauthenticated:
+		return e.Code == schedapi.CodeUnauthenticated || e.StatusCode == http.StatusUnauthorized
 	}
 	return false
 }
@@ -112,6 +118,7 @@ const (
 // Client talks to a list of supernodes. It is safe for concurrent use.
 type Client struct {
 	nodes       []string // base URLs, "http://host:port"
+	keys        clusterauth.Keys
 	httpClient  *http.Client
 	logger      *zap.Logger
 	callTimeout time.Duration
@@ -142,6 +149,12 @@ func WithLogger(l *zap.Logger) Option {
 			c.logger = l
 		}
 	}
+}
+
+// WithClusterKeys sets the cluster token sent on every call. Without it
+// every supernode answers ErrUnauthenticated.
+func WithClusterKeys(k clusterauth.Keys) Option {
+	return func(c *Client) { c.keys = k }
 }
 
 // WithCallTimeout bounds each HTTP exchange (default DefaultCallTimeout).
@@ -223,6 +236,10 @@ func baseURL(node string) (string, error) {
 
 // Nodes returns the supernodes' base URLs, in the order given.
 func (c *Client) Nodes() []string { return slices.Clone(c.nodes) }
+
+// ClusterKeys returns the cluster token(s) the client sends: a peer presents
+// the same ones to the other members' upload servers.
+func (c *Client) ClusterKeys() clusterauth.Keys { return c.keys }
 
 // Order returns the supernodes' base URLs in the rendezvous order of
 // taskID: the first owns the task while it is up, the next takes the task
@@ -592,6 +609,7 @@ func (c *Client) once(parent context.Context, node string, cl call) error {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set("Accept", "application/json")
+	c.keys.Set(req.Header)
 	resp, err := c.httpClient.Do(req)
 	if err != nil {
 		if parent.Err() != nil {

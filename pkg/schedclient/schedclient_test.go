@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 )
 
@@ -529,4 +530,37 @@ func TestAPIErrorIsNotConfusedWithOthers(t *testing.T) {
 	require.ErrorIs(t, err, ErrTaskNotFound)
 	require.False(t, errors.Is(err, ErrUnreachable))
 	require.Equal(t, "wrap: supernode: 404 TASK_NOT_FOUND: Not Found", err.Error())
+}
+
+// The client presents its cluster token on every call, and a supernode's
+// refusal is ErrUnauthenticated, not retried and not taken for an outage.
+func TestClusterToken(t *testing.T) {
+	t.Parallel()
+	keys := clusterauth.MustParse("schedclient-test-token-0123456789")
+	var calls atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		if !keys.Valid(r) {
+			w.Header().Set("WWW-Authenticate", clusterauth.Challenge)
+			w.WriteHeader(http.StatusUnauthorized)
+			_ = json.NewEncoder(w).Encode(schedapi.Error{Code: schedapi.CodeUnauthenticated, Message: clusterauth.Message})
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(srv.Close)
+	id := "sha256:" + strings.Repeat("b", 64)
+
+	with, err := New([]string{srv.URL}, WithClusterKeys(keys))
+	require.NoError(t, err)
+	require.NoError(t, with.Leave(t.Context(), id, "p"))
+
+	without, err := New([]string{srv.URL})
+	require.NoError(t, err)
+	before := calls.Load()
+	err = without.Leave(t.Context(), id, "p")
+	require.ErrorIs(t, err, ErrUnauthenticated)
+	require.NotErrorIs(t, err, ErrUnreachable)
+	require.Contains(t, err.Error(), clusterauth.EnvToken, "the error says what to set")
+	require.Equal(t, before+1, calls.Load(), "a refusal is not retried")
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/damselfly/damselfly/pkg/command"
 	"github.com/damselfly/damselfly/pkg/httpx"
 	"github.com/damselfly/damselfly/pkg/manifestcache"
+	"github.com/damselfly/damselfly/pkg/netpolicy"
 	"github.com/damselfly/damselfly/pkg/source/registrysource"
 	"github.com/damselfly/damselfly/pkg/version"
 	"github.com/damselfly/damselfly/registry-cache/server"
@@ -66,7 +67,8 @@ func WithReady(fn func(addr net.Addr)) Option {
 }
 
 // WithHTTPClient makes the cache and the pass-through reach the upstream
-// with hc instead of the client built by Run.
+// with hc instead of the client built by Run from the source policy. It is a
+// test seam: hc is not checked against the policy.
 func WithHTTPClient(hc *http.Client) Option {
 	return func(o *runOptions) { o.hc = hc }
 }
@@ -86,6 +88,7 @@ func withStderr(w io.Writer) Option {
 type flags struct {
 	config, listen, upstream string
 	logLevel, logFormat      string
+	source                   netpolicy.Config
 	version                  bool
 }
 
@@ -95,6 +98,8 @@ func newFlagSet(f *flags, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&f.config, "config", "", "YAML config `file` (see docs/registry-cache.md); flags override it")
 	fs.StringVar(&f.listen, "listen", "", "`host:port` of the HTTP listener (default "+DefaultListen+")")
 	fs.StringVar(&f.upstream, "upstream", "", "base `URL` of the upstream registry, scheme://host[:port] (default "+DefaultUpstream+")")
+	fs.Var(netpolicy.ListFlag{List: &f.source.Allow}, "source-allow", "`CIDR|IP|HOST` the upstream (and its token realm, its redirects) may be reached at although denied by default, e.g. 127.0.0.1/32; adds to source.allow (repeatable, comma-separated)")
+	fs.Var(netpolicy.ListFlag{List: &f.source.Deny}, "source-deny", "`CIDR|IP|HOST` never reached; adds to source.deny (repeatable, comma-separated)")
 	fs.StringVar(&f.logLevel, "log-level", "", "log `level`: debug, info, warn, error (default info)")
 	fs.StringVar(&f.logFormat, "log-format", "", "log `format`: json or console (default console)")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
@@ -156,6 +161,10 @@ func buildConfig(fset *flag.FlagSet, f *flags) (Config, error) {
 			cfg.Log.Level = f.logLevel
 		case "log-format":
 			cfg.Log.Format = f.logFormat
+		case "source-allow":
+			cfg.Source.Allow = append(cfg.Source.Allow, f.source.Allow...)
+		case "source-deny":
+			cfg.Source.Deny = append(cfg.Source.Deny, f.source.Deny...)
 		}
 	})
 	cfg = cfg.ApplyDefaults()
@@ -165,18 +174,25 @@ func buildConfig(fset *flag.FlagSet, f *flags) (Config, error) {
 	return cfg, nil
 }
 
-// upstreamClient is the HTTP client towards the upstream: proxy settings
-// from the environment, bounded dial, TLS handshake and wait for response
-// headers, no bound on a body (blobs stream for as long as they take), and
-// Go's redirect policy, which drops Authorization on a hop to another host.
-func upstreamClient() *http.Client {
+// upstreamClient is the HTTP client towards the upstream: every connection
+// is checked against the source policy at dial time, by resolved IP, each
+// redirect hop included (at most netpolicy.MaxRedirects); proxy environment
+// variables are ignored (the check applies to the destination itself);
+// bounded TLS handshake and wait for response headers, no bound on a body
+// (blobs stream for as long as they take); Go drops Authorization on a hop
+// to another host.
+func upstreamClient(c netpolicy.Config) (*http.Client, error) {
+	p, err := netpolicy.New(c, netpolicy.WithHint("--source-allow or source.allow"))
+	if err != nil {
+		return nil, err
+	}
 	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.Proxy = http.ProxyFromEnvironment
-	t.DialContext = (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext
 	t.TLSHandshakeTimeout = tlsHandshakeTimeout
 	t.ResponseHeaderTimeout = responseHeaderTimeout
 	t.MaxIdleConnsPerHost = 32
-	return &http.Client{Transport: t}
+	hc := p.HTTPClient(t)
+	hc.Transport.(*http.Transport).DialContext = p.DialContext(&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second})
+	return hc, nil
 }
 
 // run wires and runs the components.
@@ -187,7 +203,9 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	}
 	hc := o.hc
 	if hc == nil {
-		hc = upstreamClient()
+		if hc, err = upstreamClient(cfg.Source); err != nil {
+			return fmt.Errorf("source: %w", err)
+		}
 		defer hc.CloseIdleConnections()
 	}
 	reg := prometheus.NewRegistry()

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -34,7 +35,14 @@ const acceptAll = "application/vnd.oci.image.index.v1+json, application/vnd.oci.
 	"application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json"
 
 // start runs the command until the test ends and returns its base URL.
+// The upstreams of these tests live on loopback, which it allows.
 func start(t *testing.T, args ...string) string {
+	t.Helper()
+	return startPolicy(t, append([]string{"--source-allow", "127.0.0.1/32"}, args...)...)
+}
+
+// startPolicy is start with the default outbound policy.
+func startPolicy(t *testing.T, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan net.Addr, 1)
@@ -335,4 +343,70 @@ func TestParseUpstream(t *testing.T) {
 		_, err := parseUpstream(in)
 		require.Error(t, err, in)
 	}
+}
+
+// TestUpstreamRedirectChecked: every redirect hop of the upstream is
+// checked against the outbound policy. The upstream (allowed on 127.0.0.2)
+// redirects a blob to storage on 127.0.0.1 and to the cloud metadata
+// address: both refused by default, before any byte is sent there; with
+// 127.0.0.1 allowed the redirect to it is followed.
+func TestUpstreamRedirectChecked(t *testing.T) {
+	t.Parallel()
+	blob := []byte("layer bytes behind a redirect")
+	var storageHits atomic.Int64
+	storage := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		storageHits.Add(1)
+		_, _ = w.Write(blob)
+	}))
+	t.Cleanup(storage.Close)
+	ln, err := net.Listen("tcp", "127.0.0.2:0")
+	require.NoError(t, err)
+	d := digest.FromBytes(blob)
+	upstream := &httptest.Server{Listener: ln, Config: &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/v2/team/app/blobs/" + d.String():
+			http.Redirect(w, r, storage.URL+"/blob?sig=1", http.StatusTemporaryRedirect)
+		case "/v2/team/meta/blobs/" + d.String():
+			http.Redirect(w, r, "http://169.254.169.254/latest/meta-data/", http.StatusTemporaryRedirect)
+		default:
+			w.WriteHeader(http.StatusOK)
+		}
+	})}}
+	upstream.Start()
+	t.Cleanup(upstream.Close)
+	hc := client(t)
+
+	base := startPolicy(t, "--upstream", upstream.URL, "--source-allow", "127.0.0.2/32")
+	for _, repo := range []string{"team/app", "team/meta"} {
+		status, _, body := get(t, hc, base+"/v2/"+repo+"/blobs/"+d.String())
+		require.GreaterOrEqual(t, status, 500, "%s: %s", repo, body)
+		require.NotContains(t, string(body), string(blob))
+	}
+	require.Zero(t, storageHits.Load(), "nothing reached the loopback storage")
+
+	base = startPolicy(t, "--upstream", upstream.URL, "--source-allow", "127.0.0.2/32,127.0.0.1/32")
+	status, _, body := get(t, hc, base+"/v2/team/app/blobs/"+d.String())
+	require.Equal(t, http.StatusOK, status, "%s", body)
+	require.Equal(t, blob, body)
+	status, _, _ = get(t, hc, base+"/v2/team/meta/blobs/"+d.String())
+	require.GreaterOrEqual(t, status, 500, "link-local stays denied")
+}
+
+// TestSourcePolicyInConfig: source.allow in the file and --source-allow add
+// up; a malformed entry is reported with its key.
+func TestSourcePolicyInConfig(t *testing.T) {
+	t.Parallel()
+	file := filepath.Join(t.TempDir(), "rc.yaml")
+	require.NoError(t, os.WriteFile(file, []byte("source:\n  allow: [10.0.0.0/8]\n  deny: [192.168.0.0/16]\n"), 0o600))
+	var f flags
+	fset := newFlagSet(&f, io.Discard)
+	require.NoError(t, fset.Parse([]string{"--config", file, "--source-allow", "127.0.0.1/32"}))
+	cfg, err := buildConfig(fset, &f)
+	require.NoError(t, err)
+	require.Equal(t, []string{"10.0.0.0/8", "127.0.0.1/32"}, cfg.Source.Allow)
+	require.Equal(t, []string{"192.168.0.0/16"}, cfg.Source.Deny)
+
+	require.NoError(t, os.WriteFile(file, []byte("source:\n  allow: [\"not a cidr/99\"]\n"), 0o600))
+	err = Run(t.Context(), []string{"--config", file}, WithLogger(zap.NewNop()), WithStdout(io.Discard))
+	require.ErrorContains(t, err, "source.allow")
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/log"
 	"github.com/damselfly/damselfly/pkg/manifestcache"
+	"github.com/damselfly/damselfly/pkg/netpolicy"
 )
 
 // Defaults of the top-level keys.
@@ -33,6 +34,13 @@ type Config struct {
 	// stands, scheme://host[:port] (a path prefix, if the registry has one,
 	// is kept). Clients send their own credentials; the URL holds none.
 	Upstream string `yaml:"upstream"`
+	// Source says which addresses the upstream may be reached at: every
+	// connection the cache makes (manifests, blobs and tag lists passed
+	// through, token realms) and every redirect hop is checked against the
+	// resolved IP when it is dialled. Loopback, link-local (cloud metadata),
+	// unspecified and multicast addresses are denied unless Allow covers
+	// them (pkg/netpolicy; docs/SECURITY.md).
+	Source netpolicy.Config `yaml:"source"`
 	// Cache tunes the manifest cache.
 	Cache manifestcache.Config `yaml:"cache"`
 	// Log sets the log level and format.
@@ -62,6 +70,9 @@ func (c Config) Validate() error {
 	}
 	if _, err := parseUpstream(c.Upstream); err != nil {
 		errs = append(errs, fmt.Errorf("upstream: %w", err))
+	}
+	if err := c.Source.Validate("source"); err != nil {
+		errs = append(errs, err)
 	}
 	if err := c.Cache.Validate(); err != nil {
 		errs = append(errs, err)

@@ -23,6 +23,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/content"
 	"github.com/damselfly/damselfly/pkg/content/contenttest"
 	"github.com/damselfly/damselfly/pkg/content/local"
@@ -651,11 +652,13 @@ func TestServedByUploadServer(t *testing.T) {
 	d := digest.FromBytes(body)
 	id, err := taskid.ForDigest(d)
 	require.NoError(t, err)
-	srv := httptest.NewServer(upload.New(f.cdn).Handler())
+	keys := clusterauth.MustParse("cdn-test-cluster-token-0123456789")
+	srv := httptest.NewServer(upload.New(f.cdn, keys).Handler())
 	defer srv.Close()
 	get := func(rng string) (int, []byte) {
 		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, srv.URL+upload.Path(id), nil)
 		require.NoError(t, err)
+		keys.Set(req.Header)
 		if rng != "" {
 			req.Header.Set("Range", rng)
 		}

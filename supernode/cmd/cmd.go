@@ -30,6 +30,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/command"
 	"github.com/damselfly/damselfly/pkg/content/local"
 	"github.com/damselfly/damselfly/pkg/httpx"
@@ -111,6 +112,7 @@ func withEnv(fn func(string) (string, bool)) Option {
 // flags holds the parsed command line.
 type flags struct {
 	config, listen, dataDir, advertise, adminToken string
+	clusterTokenFile                               string
 	sourceAllow, sourceDeny                        []string
 	logLevel, logFormat                            string
 	uploadRate                                     ratelimit.Rate
@@ -125,6 +127,7 @@ func newFlagSet(f *flags, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&f.dataDir, "data-dir", "", "`dir` for content, piece metadata and the generated admin token (default "+DefaultDataDir+")")
 	fs.StringVar(&f.advertise, "advertise-addr", "", "`host:port` peers use to reach this supernode's CDN (default: the listen address, unspecified host replaced by the first non-loopback IPv4)")
 	fs.StringVar(&f.adminToken, "admin-token", "", "admin API bearer `token` (prefer $"+EnvAdminToken+"; default: generated into <data-dir>/admin-token)")
+	fs.StringVar(&f.clusterTokenFile, "cluster-token-file", "", "`file` holding the cluster token members present (\"token\" or \"new,old\"; or $"+clusterauth.EnvToken+"; default: generated into <data-dir>/"+clusterauth.FileName+")")
 	fs.Var(netpolicy.ListFlag{List: &f.sourceAllow}, "source-allow", "`CIDR|IP|HOST` sources may be fetched from although the source policy denies them, e.g. 127.0.0.1/32 (repeatable, comma-separated)")
 	fs.Var(netpolicy.ListFlag{List: &f.sourceDeny}, "source-deny", "`CIDR|IP|HOST` sources are never fetched from (repeatable, comma-separated)")
 	fs.Var(&f.uploadRate, "upload-rate", "`RATE` cap on the bytes/s the CDN sends to peers, e.g. 1G or 500M (0: unlimited); sets cdn.uploadRate")
@@ -190,6 +193,8 @@ func buildConfig(fset *flag.FlagSet, f *flags, lookupEnv func(string) (string, b
 			cfg.AdvertiseAddr = f.advertise
 		case "admin-token":
 			cfg.AdminToken = f.adminToken
+		case "cluster-token-file":
+			cfg.Cluster.FlagFile = f.clusterTokenFile
 		case "source-allow":
 			cfg.Source.Allow = append(cfg.Source.Allow, f.sourceAllow...)
 		case "source-deny":
@@ -211,10 +216,17 @@ func buildConfig(fset *flag.FlagSet, f *flags, lookupEnv func(string) (string, b
 
 // run wires and runs the components.
 func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) error {
+	if err := command.CheckDataDir(cfg.DataDir); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
 	token, err := adminToken(cfg, logger)
+	if err != nil {
+		return err
+	}
+	keys, err := clusterKeys(cfg, o.lookupEnv, logger)
 	if err != nil {
 		return err
 	}
@@ -266,9 +278,9 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		preheat.WithLogger(logger.Named("preheat")))
 
 	mux := http.NewServeMux()
-	mux.Handle("/api/peer/", peerapi.New(sched, seed,
+	mux.Handle("/api/peer/", peerapi.New(sched, seed, keys, peerapi.WithLimits(cfg.PeerAPI),
 		peerapi.WithLogger(logger.Named("peerapi")), peerapi.WithHTTPMetrics(httpm)).Handler())
-	mux.Handle("/upload/", upload.New(seed,
+	mux.Handle("/upload/", upload.New(seed, keys,
 		upload.WithLogger(logger.Named("upload")), upload.WithMetrics(httpm),
 		upload.WithLimiter(cfg.CDN.UploadRate.Limiter())).Handler())
 	mux.Handle("/api/v1/", adminapi.New(sched, seed, token,
@@ -371,6 +383,29 @@ func adminToken(cfg Config, logger *zap.Logger) (string, error) {
 	}
 	logger.Info("admin token generated", zap.String("path", path))
 	return tok, nil
+}
+
+// clusterKeys returns the configured cluster token(s), or the one kept in
+// the data dir, generating it on first start. Tokens are never logged.
+func clusterKeys(cfg Config, lookupEnv func(string) (string, bool), logger *zap.Logger) (clusterauth.Keys, error) {
+	keys, from, err := cfg.Cluster.Load(lookupEnv)
+	if errors.Is(err, clusterauth.ErrNoToken) {
+		path := filepath.Join(cfg.DataDir, clusterauth.FileName)
+		var generated bool
+		keys, generated, err = clusterauth.LoadOrGenerate(path)
+		from = path
+		if generated {
+			logger.Info("cluster token generated: give it to every dfdaemon and dfget ($"+clusterauth.EnvToken+" or --cluster-token-file)", zap.String("path", path))
+		}
+	}
+	if err != nil {
+		return clusterauth.Keys{}, err
+	}
+	if keys.Weak() {
+		logger.Warn("cluster token is short: use at least 16 random characters", zap.String("from", from))
+	}
+	logger.Info("cluster token loaded", zap.String("from", from), zap.Bool("rotating", keys.Rotating()))
+	return keys, nil
 }
 
 // cdnScheduler adapts the scheduler to what the CDN drives.

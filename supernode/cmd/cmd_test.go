@@ -7,11 +7,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,6 +25,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/peer/upload"
 	"github.com/damselfly/damselfly/pkg/ratelimit"
 	"github.com/damselfly/damselfly/pkg/schedapi"
@@ -57,9 +60,10 @@ func (s *syncBuffer) String() string {
 func noEnv(string) (string, bool) { return "", false }
 
 type supernode struct {
-	base string
-	logs *syncBuffer
-	stop func()
+	base    string
+	cluster string // the cluster token it generated or was given
+	logs    *syncBuffer
+	stop    func()
 }
 
 // start runs a supernode in this process until the test ends.
@@ -86,7 +90,13 @@ func start(t *testing.T, args []string, opts ...Option) *supernode {
 	t.Cleanup(stop)
 	select {
 	case a := <-ready:
-		return &supernode{base: "http://" + a.String(), logs: logs, stop: stop}
+		sn := &supernode{base: "http://" + a.String(), logs: logs, stop: stop}
+		if i := slices.Index(args, "--data-dir"); i >= 0 && i+1 < len(args) {
+			if b, err := os.ReadFile(filepath.Join(args[i+1], clusterauth.FileName)); err == nil {
+				sn.cluster = strings.TrimSpace(string(b))
+			}
+		}
+		return sn
 	case err := <-done:
 		t.Fatalf("supernode exited: %v", err)
 	case <-time.After(20 * time.Second):
@@ -116,6 +126,13 @@ func (s *supernode) do(t *testing.T, method, path, token string, body any) (int,
 	return resp.StatusCode, b
 }
 
+// member calls the peer API or the upload server with the cluster token.
+func (s *supernode) member(t *testing.T, method, path string, body any) (int, []byte) {
+	t.Helper()
+	require.NotEmpty(t, s.cluster, "the supernode's cluster token")
+	return s.do(t, method, path, s.cluster, body)
+}
+
 func TestServesHealthMetricsAndAdmin(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -138,11 +155,19 @@ func TestServesHealthMetricsAndAdmin(t *testing.T) {
 	status, body = sn.do(t, http.MethodGet, "/api/v1/tasks", "t0ken", nil)
 	require.Equal(t, http.StatusOK, status, string(body))
 
-	// The peer API answers malformed input with 4xx.
-	status, _ = sn.do(t, http.MethodPost, schedapi.RegisterPath(), "", map[string]string{"url": "ftp://x"})
+	// The peer API and the upload server answer outsiders 401, whatever
+	// they ask; the admin token is not the cluster token.
+	for _, tok := range []string{"", "t0ken"} {
+		status, _ = sn.do(t, http.MethodPost, schedapi.RegisterPath(), tok, map[string]string{"url": "ftp://x"})
+		require.Equal(t, http.StatusUnauthorized, status)
+		status, _ = sn.do(t, http.MethodGet, upload.Path(strings.Repeat("a", 64)), tok, nil)
+		require.Equal(t, http.StatusUnauthorized, status)
+	}
+	// The peer API answers a member's malformed input with 4xx.
+	status, _ = sn.member(t, http.MethodPost, schedapi.RegisterPath(), map[string]string{"url": "ftp://x"})
 	require.Equal(t, http.StatusBadRequest, status)
 	// The upload server is mounted.
-	status, _ = sn.do(t, http.MethodGet, upload.Path(strings.Repeat("a", 64)), "", nil)
+	status, _ = sn.member(t, http.MethodGet, upload.Path(strings.Repeat("a", 64)), nil)
 	require.Equal(t, http.StatusNotFound, status)
 }
 
@@ -325,7 +350,7 @@ func TestPeerFlowAndRestart(t *testing.T) {
 
 	peer := schedapi.Peer{ID: "peer-a", Addr: "127.0.0.1:1"}
 	reg := schedapi.RegisterRequest{Peer: peer, URL: origin.URL + "/blob?token=secret", Digest: d.String()}
-	status, b := sn.do(t, http.MethodPost, schedapi.RegisterPath(), "", reg)
+	status, b := sn.member(t, http.MethodPost, schedapi.RegisterPath(), reg)
 	require.Equal(t, http.StatusOK, status, string(b))
 	var rr schedapi.RegisterResponse
 	require.NoError(t, json.Unmarshal(b, &rr))
@@ -337,7 +362,7 @@ func TestPeerFlowAndRestart(t *testing.T) {
 	got := make([]byte, len(body))
 	have := map[int]bool{}
 	for round := 0; len(have) < rr.PieceCount && round < 50; round++ {
-		status, b = sn.do(t, http.MethodGet, schedapi.PiecesPath(rr.TaskID, peer.ID)+"?wait=2s", "", nil)
+		status, b = sn.member(t, http.MethodGet, schedapi.PiecesPath(rr.TaskID, peer.ID)+"?wait=2s", nil)
 		require.Equal(t, http.StatusOK, status, string(b))
 		var pr schedapi.PiecesResponse
 		require.NoError(t, json.Unmarshal(b, &pr))
@@ -347,6 +372,7 @@ func TestPeerFlowAndRestart(t *testing.T) {
 			req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://"+a.From.Addr+upload.Path(rr.TaskID), nil)
 			require.NoError(t, err)
 			req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", a.Offset, a.Offset+a.Length-1))
+			req.Header.Set("Authorization", "Bearer "+sn.cluster)
 			resp, err := http.DefaultClient.Do(req)
 			require.NoError(t, err)
 			data, err := io.ReadAll(resp.Body)
@@ -360,7 +386,7 @@ func TestPeerFlowAndRestart(t *testing.T) {
 			results = append(results, schedapi.PieceResult{Piece: a.Piece, From: a.From.ID, OK: true, Bytes: int64(len(data))})
 		}
 		if len(results) > 0 {
-			status, b = sn.do(t, http.MethodPost, schedapi.ReportPath(rr.TaskID, peer.ID), "", schedapi.ReportRequest{Results: results})
+			status, b = sn.member(t, http.MethodPost, schedapi.ReportPath(rr.TaskID, peer.ID), schedapi.ReportRequest{Results: results})
 			require.Equal(t, http.StatusNoContent, status, string(b))
 		}
 	}
@@ -384,7 +410,7 @@ func TestPeerFlowAndRestart(t *testing.T) {
 	// After a restart over the same data dir the task is served from the
 	// cache: no request to the origin.
 	sn = start(t, args)
-	status, b = sn.do(t, http.MethodPost, schedapi.RegisterPath(), "", reg)
+	status, b = sn.member(t, http.MethodPost, schedapi.RegisterPath(), reg)
 	require.Equal(t, http.StatusOK, status, string(b))
 	require.NoError(t, json.Unmarshal(b, &rr))
 	require.Equal(t, schedapi.TaskSucceeded, rr.State)
@@ -395,7 +421,7 @@ func TestPeerFlowAndRestart(t *testing.T) {
 	require.Equal(t, http.StatusNoContent, status, string(b))
 	status, _ = sn.do(t, http.MethodGet, "/api/v1/tasks/"+rr.TaskID, "tok", nil)
 	require.Equal(t, http.StatusNotFound, status)
-	status, b = sn.do(t, http.MethodPost, schedapi.RegisterPath(), "", reg)
+	status, b = sn.member(t, http.MethodPost, schedapi.RegisterPath(), reg)
 	require.Equal(t, http.StatusOK, status, string(b))
 	require.EqualValues(t, 2, gets.Load())
 }
@@ -405,7 +431,7 @@ func TestSourcePolicyDeniesLoopback(t *testing.T) {
 	origin, gets := newOrigin(t, []byte("private"))
 	sn := start(t, []string{"--data-dir", t.TempDir()})
 	u := origin.URL + "/metadata"
-	status, b := sn.do(t, http.MethodPost, schedapi.RegisterPath(), "", schedapi.RegisterRequest{
+	status, b := sn.member(t, http.MethodPost, schedapi.RegisterPath(), schedapi.RegisterRequest{
 		Peer: schedapi.Peer{ID: "p", Addr: "127.0.0.1:1"}, URL: u,
 	})
 	require.Equal(t, http.StatusOK, status, string(b))
@@ -435,7 +461,7 @@ func TestSourcePolicyChecksRedirectHops(t *testing.T) {
 	go func() { _ = redirector.Serve(ln) }()
 	t.Cleanup(func() { _ = redirector.Close() })
 	sn := start(t, []string{"--data-dir", t.TempDir(), "--source-allow", "127.0.0.2"})
-	status, b := sn.do(t, http.MethodPost, schedapi.RegisterPath(), "", schedapi.RegisterRequest{
+	status, b := sn.member(t, http.MethodPost, schedapi.RegisterPath(), schedapi.RegisterRequest{
 		Peer: schedapi.Peer{ID: "p", Addr: "127.0.0.1:1"}, URL: "http://" + ln.Addr().String() + "/start",
 	})
 	require.Equal(t, http.StatusOK, status, string(b))
@@ -451,7 +477,7 @@ func TestWithSourceClient(t *testing.T) {
 	body := []byte("hello through the test seam")
 	origin, gets := newOrigin(t, body)
 	sn := start(t, []string{"--data-dir", t.TempDir()}, WithSourceClient(origin.Client()))
-	status, b := sn.do(t, http.MethodPost, schedapi.RegisterPath(), "", schedapi.RegisterRequest{
+	status, b := sn.member(t, http.MethodPost, schedapi.RegisterPath(), schedapi.RegisterRequest{
 		Peer: schedapi.Peer{ID: "p", Addr: "127.0.0.1:1"}, URL: origin.URL + "/x",
 	})
 	require.Equal(t, http.StatusOK, status, string(b))
@@ -459,4 +485,62 @@ func TestWithSourceClient(t *testing.T) {
 	require.NoError(t, json.Unmarshal(b, &rr))
 	require.NotEqual(t, schedapi.TaskFailed, rr.State, rr.Error)
 	require.EqualValues(t, 1, gets.Load())
+}
+
+// The cluster token: generated once into the data dir (0600, never logged,
+// kept over a restart, distinct from the admin token) unless the
+// environment or a file gives it; "new,old" accepts both while rotating.
+func TestClusterToken(t *testing.T) {
+	t.Parallel()
+	register := func(sn *supernode, tok string) int {
+		status, _ := sn.do(t, http.MethodPost, schedapi.RegisterPath(), tok, map[string]string{"url": "ftp://x"})
+		return status // 400 once past the token check
+	}
+	t.Run("generated", func(t *testing.T) {
+		t.Parallel()
+		dir := t.TempDir()
+		sn := start(t, []string{"--data-dir", dir})
+		path := filepath.Join(dir, clusterauth.FileName)
+		fi, err := os.Stat(path)
+		require.NoError(t, err)
+		require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+		require.Len(t, sn.cluster, 64)
+		admin, err := os.ReadFile(filepath.Join(dir, adminTokenFile))
+		require.NoError(t, err)
+		require.NotEqual(t, strings.TrimSpace(string(admin)), sn.cluster)
+		require.Equal(t, http.StatusBadRequest, register(sn, sn.cluster))
+		require.Equal(t, http.StatusUnauthorized, register(sn, strings.TrimSpace(string(admin))), "the admin token is not a cluster token")
+		tok := sn.cluster
+		sn.stop()
+		require.Contains(t, sn.logs.String(), path)
+		require.NotContains(t, sn.logs.String(), tok, "the token is never logged")
+		sn = start(t, []string{"--data-dir", dir})
+		require.Equal(t, tok, sn.cluster, "a restart keeps the token")
+		require.Equal(t, http.StatusBadRequest, register(sn, tok))
+	})
+	t.Run("environment, rotating", func(t *testing.T) {
+		t.Parallel()
+		dir := t.TempDir()
+		env := func(k string) (string, bool) {
+			return "new-cluster-token-0123456789,old-cluster-token-0123456789", k == clusterauth.EnvToken
+		}
+		sn := start(t, []string{"--data-dir", dir}, withEnv(env))
+		_, err := os.Stat(filepath.Join(dir, clusterauth.FileName))
+		require.ErrorIs(t, err, fs.ErrNotExist, "nothing generated when the environment gives the token")
+		require.Equal(t, http.StatusBadRequest, register(sn, "new-cluster-token-0123456789"))
+		require.Equal(t, http.StatusBadRequest, register(sn, "old-cluster-token-0123456789"))
+		require.Equal(t, http.StatusUnauthorized, register(sn, "other-cluster-token-0123456789"))
+		sn.stop()
+		require.NotContains(t, sn.logs.String(), "cluster-token-0123456789")
+	})
+	t.Run("file flag wins over the environment", func(t *testing.T) {
+		t.Parallel()
+		dir := t.TempDir()
+		file := filepath.Join(t.TempDir(), "token")
+		require.NoError(t, os.WriteFile(file, []byte("from-file-token-0123456789\n"), 0o600))
+		env := func(k string) (string, bool) { return "from-env-token-0123456789", k == clusterauth.EnvToken }
+		sn := start(t, []string{"--data-dir", dir, "--cluster-token-file", file}, withEnv(env))
+		require.Equal(t, http.StatusBadRequest, register(sn, "from-file-token-0123456789"))
+		require.Equal(t, http.StatusUnauthorized, register(sn, "from-env-token-0123456789"))
+	})
 }

@@ -8,11 +8,13 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/command"
 
 	"github.com/damselfly/damselfly/pkg/log"
 	"github.com/damselfly/damselfly/pkg/netpolicy"
 	"github.com/damselfly/damselfly/supernode/cdn"
+	"github.com/damselfly/damselfly/supernode/peerapi"
 	"github.com/damselfly/damselfly/supernode/preheat"
 	"github.com/damselfly/damselfly/supernode/scheduler"
 )
@@ -42,6 +44,12 @@ type Config struct {
 	// DAMSELFLY_ADMIN_TOKEN environment variable. Empty everywhere: a
 	// random token is generated once and kept in <dataDir>/admin-token.
 	AdminToken string `yaml:"adminToken"`
+	// Cluster gives the cluster token every member presents on the peer API
+	// and upload servers: clusterToken ("token" or "new,old" while rotating)
+	// or clusterTokenFile. $DAMSELFLY_CLUSTER_TOKEN and --cluster-token-file
+	// win over both. None given: a random token is generated once and kept
+	// in <dataDir>/cluster-token (mode 0600).
+	Cluster clusterauth.Config `yaml:",inline"`
 	// Source says which addresses the CDN may fetch from (sources,
 	// preheat's registries and token realms). The resolved IP of every
 	// connection, including each redirect hop, is checked when it is
@@ -50,6 +58,8 @@ type Config struct {
 	// adds networks. Entries are CIDRs, IPs or host names (see
 	// pkg/netpolicy). Proxy environment variables are ignored.
 	Source netpolicy.Config `yaml:"source"`
+	// PeerAPI bounds the register and poll requests of one client address.
+	PeerAPI peerapi.Config `yaml:"peerAPI"`
 	// Scheduler tunes piece scheduling.
 	Scheduler scheduler.Config `yaml:"scheduler"`
 	// CDN tunes source fetches.
@@ -69,6 +79,7 @@ func (c Config) ApplyDefaults() Config {
 	if c.DataDir == "" {
 		c.DataDir = DefaultDataDir
 	}
+	c.PeerAPI = c.PeerAPI.ApplyDefaults()
 	c.Scheduler = c.Scheduler.ApplyDefaults()
 	c.Scheduler.CDNUploadRate = int64(c.CDN.UploadRate)
 	c.CDN.Dir = filepath.Join(c.DataDir, "cdn")
@@ -95,6 +106,9 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("dataDir: must be set"))
 	}
 	if err := c.Source.Validate("source"); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.PeerAPI.Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	if err := c.Scheduler.Validate(); err != nil {

@@ -57,6 +57,7 @@ func TestListenerRefusesBadInput(t *testing.T) {
 
 	big := "X-Big: " + strings.Repeat("b", 100<<10) + "\r\n"
 	auth := "Authorization: Bearer tok\r\n"
+	member := "Authorization: Bearer " + sn.cluster + "\r\n"
 	register := `{"peer":{"id":"p","addr":"127.0.0.1:1"},"url":"http://127.0.0.1:1/` + strings.Repeat("a", 1<<20) + `"}`
 	preheat := `{"type":"file","url":"http://127.0.0.1:1/` + strings.Repeat("a", 1<<20) + `"}`
 	hex := strings.Repeat("ab", 32)
@@ -68,13 +69,15 @@ func TestListenerRefusesBadInput(t *testing.T) {
 		{"oversized header on the peer api", "POST /api/peer/v1/register HTTP/1.1\r\nHost: s\r\nContent-Length: 2\r\n" + big + "\r\n{}", 431},
 		{"oversized header on the admin api", "GET /api/v1/tasks HTTP/1.1\r\nHost: s\r\n" + auth + big + "\r\n", 431},
 		{"oversized header on upload", "GET /upload/v1/tasks/" + hex + " HTTP/1.1\r\nHost: s\r\n" + big + "\r\n", 431},
-		{"oversized register body", post("/api/peer/v1/register", "", register), 413},
+		{"oversized register body", post("/api/peer/v1/register", member, register), 413},
+		{"oversized register body, no cluster token", post("/api/peer/v1/register", "", register), 401},
 		{"oversized preheat body", post("/api/v1/preheats", auth, preheat), 400},
-		{"file url register", post("/api/peer/v1/register", "", `{"peer":{"id":"p","addr":"127.0.0.1:1"},"url":"file:///x"}`), 400},
-		{"upload traversal", "GET /upload/v1/tasks/..%2F..%2Fetc%2Fpasswd HTTP/1.1\r\nHost: s\r\nRange: bytes=0-1\r\n\r\n", 400},
-		{"upload absolute path", "GET /upload/v1/tasks/%2Fetc%2Fpasswd HTTP/1.1\r\nHost: s\r\n\r\n", 400},
-		{"upload nul", "GET /upload/v1/tasks/" + hex[:63] + "%00 HTTP/1.1\r\nHost: s\r\n\r\n", 400},
-		{"upload unknown task overflowing range", "GET /upload/v1/tasks/" + hex + " HTTP/1.1\r\nHost: s\r\nRange: bytes=0-99999999999999999999\r\n\r\n", 404},
+		{"file url register", post("/api/peer/v1/register", member, `{"peer":{"id":"p","addr":"127.0.0.1:1"},"url":"file:///x"}`), 400},
+		{"upload traversal", "GET /upload/v1/tasks/..%2F..%2Fetc%2Fpasswd HTTP/1.1\r\nHost: s\r\nRange: bytes=0-1\r\n" + member + "\r\n", 400},
+		{"upload traversal, no cluster token", "GET /upload/v1/tasks/..%2F..%2Fetc%2Fpasswd HTTP/1.1\r\nHost: s\r\nRange: bytes=0-1\r\n\r\n", 401},
+		{"upload absolute path", "GET /upload/v1/tasks/%2Fetc%2Fpasswd HTTP/1.1\r\nHost: s\r\n" + member + "\r\n", 400},
+		{"upload nul", "GET /upload/v1/tasks/" + hex[:63] + "%00 HTTP/1.1\r\nHost: s\r\n" + member + "\r\n", 400},
+		{"upload unknown task overflowing range", "GET /upload/v1/tasks/" + hex + " HTTP/1.1\r\nHost: s\r\nRange: bytes=0-99999999999999999999\r\n" + member + "\r\n", 404},
 		// %2F is a "/": no admin route has a task ID with slashes.
 		{"admin get traversal", "GET /api/v1/tasks/..%2F..%2Fetc%2Fpasswd HTTP/1.1\r\nHost: s\r\n" + auth + "\r\n", 404},
 		{"admin delete traversal", "DELETE /api/v1/tasks/..%2F..%2Fdata HTTP/1.1\r\nHost: s\r\n" + auth + "\r\n", 404},
@@ -82,10 +85,10 @@ func TestListenerRefusesBadInput(t *testing.T) {
 		{"admin delete dotdot is redirected to its clean path", "DELETE /api/v1/tasks/.. HTTP/1.1\r\nHost: s\r\n" + auth + "\r\n", 307},
 		{"admin delete nul", "DELETE /api/v1/tasks/" + hex[:63] + "%00 HTTP/1.1\r\nHost: s\r\n" + auth + "\r\n", 400},
 		{"admin delete unknown", "DELETE /api/v1/tasks/" + hex + " HTTP/1.1\r\nHost: s\r\n" + auth + "\r\n", 404},
-		{"pieces traversal", "GET /api/peer/v1/tasks/..%2F..%2Fetc/peers/p/pieces HTTP/1.1\r\nHost: s\r\n\r\n", 400},
-		{"pieces piece count overflow", "GET /api/peer/v1/tasks/" + hex + "/peers/p/pieces?max=99999999999999999999 HTTP/1.1\r\nHost: s\r\n\r\n", 400},
-		{"report piece overflow", post("/api/peer/v1/tasks/"+hex+"/peers/p/reports", "", `{"results":[{"piece":99999999999999999999,"from":"q"}]}`), 400},
-		{"report negative piece", post("/api/peer/v1/tasks/"+hex+"/peers/p/reports", "", `{"results":[{"piece":-1,"from":"q"}]}`), 400},
+		{"pieces traversal", "GET /api/peer/v1/tasks/..%2F..%2Fetc/peers/p/pieces HTTP/1.1\r\nHost: s\r\n" + member + "\r\n", 400},
+		{"pieces piece count overflow", "GET /api/peer/v1/tasks/" + hex + "/peers/p/pieces?max=99999999999999999999 HTTP/1.1\r\nHost: s\r\n" + member + "\r\n", 400},
+		{"report piece overflow", post("/api/peer/v1/tasks/"+hex+"/peers/p/reports", member, `{"results":[{"piece":99999999999999999999,"from":"q"}]}`), 400},
+		{"report negative piece", post("/api/peer/v1/tasks/"+hex+"/peers/p/reports", member, `{"results":[{"piece":-1,"from":"q"}]}`), 400},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -91,7 +91,7 @@ preheat:
 	for i, blob := range img.Layers {
 		u, err := registrysource.BlobURL(reg.URL, "library/app", blob.Digest)
 		require.NoError(t, err)
-		status, b := sn.do(t, http.MethodPost, schedapi.RegisterPath(), "", schedapi.RegisterRequest{
+		status, b := sn.member(t, http.MethodPost, schedapi.RegisterPath(), schedapi.RegisterRequest{
 			Peer: schedapi.Peer{ID: fmt.Sprintf("peer-%d", i), Addr: "127.0.0.1:1"}, URL: u, Digest: blob.Digest.String(),
 		})
 		require.Equal(t, http.StatusOK, status, string(b))

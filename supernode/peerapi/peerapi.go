@@ -22,6 +22,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	"go.uber.org/zap"
 
+	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/httpx"
 	"github.com/damselfly/damselfly/pkg/piece"
 	"github.com/damselfly/damselfly/pkg/schedapi"
@@ -72,6 +73,12 @@ func WithLogger(l *zap.Logger) Option {
 	}
 }
 
+// WithLimits sets the per-address request rates (default: Config{} with
+// its defaults).
+func WithLimits(c Config) Option {
+	return func(s *Server) { s.limits = c.ApplyDefaults() }
+}
+
 // WithHTTPMetrics counts and times every request under a handler label per
 // route.
 func WithHTTPMetrics(m *httpx.Metrics) Option {
@@ -82,13 +89,17 @@ func WithHTTPMetrics(m *httpx.Metrics) Option {
 type Server struct {
 	sched   Scheduler
 	seed    Seeder
+	keys    clusterauth.Keys
+	limits  Config
 	log     *zap.Logger
 	metrics *httpx.Metrics
 }
 
-// New returns a peer API server over the scheduler and the seeder.
-func New(sched Scheduler, seed Seeder, opts ...Option) *Server {
-	s := &Server{sched: sched, seed: seed, log: zap.NewNop()}
+// New returns a peer API server over the scheduler and the seeder. Every
+// request must present one of keys (pkg/clusterauth); with no keys, every
+// request is refused.
+func New(sched Scheduler, seed Seeder, keys clusterauth.Keys, opts ...Option) *Server {
+	s := &Server{sched: sched, seed: seed, keys: keys, limits: Config{}.ApplyDefaults(), log: zap.NewNop()}
 	for _, o := range opts {
 		o(s)
 	}
@@ -98,9 +109,11 @@ func New(sched Scheduler, seed Seeder, opts ...Option) *Server {
 // Handler returns the routes of pkg/schedapi. Any other path under
 // /api/peer/ is answered 404 with a schedapi.Error.
 func (s *Server) Handler() http.Handler {
+	registers := newClientLimits(s.limits.RegisterRate, s.limits.RegisterBurst)
+	polls := newClientLimits(s.limits.PollRate, s.limits.PollBurst)
 	mux := http.NewServeMux()
-	mux.Handle(schedapi.RouteRegister, s.wrap("register", s.register))
-	mux.Handle(schedapi.RoutePieces, s.wrap("pieces", s.pieces))
+	mux.Handle(schedapi.RouteRegister, s.wrap("register", s.limited(registers, s.register)))
+	mux.Handle(schedapi.RoutePieces, s.wrap("pieces", s.limited(polls, s.pieces)))
 	mux.Handle(schedapi.RouteReport, s.wrap("report", s.report))
 	mux.Handle(schedapi.RouteLeave, s.wrap("leave", s.leave))
 	mux.Handle(schedapi.RouteHeartbeat, s.wrap("heartbeat", s.heartbeat))
@@ -125,6 +138,11 @@ func (s *Server) wrap(name string, h handlerFunc) http.Handler {
 				s.writeError(w, r, fmt.Errorf("panic in %s handler: %v", name, p))
 			}
 		}()
+		if !s.keys.Valid(r) {
+			w.Header().Set("WWW-Authenticate", clusterauth.Challenge)
+			s.writeError(w, r, errUnauthenticated)
+			return
+		}
 		if err := h(w, r); err != nil {
 			s.writeError(w, r, err)
 		}
@@ -139,6 +157,8 @@ type apiError struct {
 }
 
 func (e *apiError) Error() string { return e.msg }
+
+var errUnauthenticated = &apiError{status: http.StatusUnauthorized, code: schedapi.CodeUnauthenticated, msg: clusterauth.Message}
 
 // writeError maps err to a status and a schedapi.Error. This is the only
 // place that does.

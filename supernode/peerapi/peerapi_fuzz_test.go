@@ -138,12 +138,13 @@ func FuzzPeerAPI(f *testing.F) {
 		f.Add(s.method, s.path, []byte(s.body))
 	}
 	be := &strictBackend{}
-	h := New(be, be).Handler()
+	h := New(be, be, testKeys).Handler()
 	f.Fuzz(func(t *testing.T, method, path string, body []byte) {
 		req, err := http.NewRequest(method, "http://supernode"+path, bytes.NewReader(body))
 		if err != nil {
 			return // not a request line a server would hand to the handler
 		}
+		testKeys.Set(req.Header)
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, req)
 		if rec.Code >= 500 {

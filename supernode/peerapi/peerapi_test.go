@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/piece"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/taskid"
@@ -26,6 +27,54 @@ import (
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// testKeys is the cluster token of the servers under test.
+var testKeys = clusterauth.MustParse("peerapi-test-cluster-token-0123456789")
+
+// Outsiders get nothing: every route, without the cluster token or with a
+// wrong one, is answered 401 UNAUTHENTICATED with a challenge, and nothing
+// reaches the scheduler or the CDN (no task created, no source fetched).
+func TestClusterTokenRequired(t *testing.T) {
+	t.Parallel()
+	f := &fake{}
+	srv := newServer(t, f)
+	id := "sha256:" + strings.Repeat("a", 64)
+	routes := []struct {
+		method, path string
+		body         any
+	}{
+		{http.MethodPost, schedapi.RegisterPath(), schedapi.RegisterRequest{Peer: goodPeer, URL: "http://10.0.0.1/secret", Digest: id}},
+		{http.MethodGet, schedapi.PiecesPath(id, goodPeer.ID) + "?max=64&wait=0s", nil},
+		{http.MethodPost, schedapi.ReportPath(id, goodPeer.ID), schedapi.ReportRequest{Results: []schedapi.PieceResult{{Piece: 0, From: "seed", Reason: schedapi.ReasonCorrupt}}}},
+		{http.MethodDelete, schedapi.LeavePath(id, goodPeer.ID), nil},
+		{http.MethodPost, schedapi.HeartbeatPath(goodPeer.ID), schedapi.HeartbeatRequest{Addr: goodPeer.Addr, Tasks: []string{id}}},
+		{http.MethodGet, "/api/peer/v1/nothing-here", nil},
+	}
+	for _, auth := range []string{"", "Bearer wrong-token-0123456789", "Bearer " + strings.Repeat("x", 5000)} {
+		for _, rt := range routes {
+			var body io.Reader
+			if rt.body != nil {
+				body = jsonBody(t, rt.body)
+			}
+			req, err := http.NewRequestWithContext(t.Context(), rt.method, srv.URL+rt.path, body)
+			require.NoError(t, err)
+			if auth != "" {
+				req.Header.Set("Authorization", auth)
+			}
+			resp, err := srv.Client().Do(req)
+			require.NoError(t, err)
+			b, err := io.ReadAll(resp.Body)
+			require.NoError(t, err)
+			require.NoError(t, resp.Body.Close())
+			require.Equal(t, http.StatusUnauthorized, resp.StatusCode, "%s %s", rt.method, rt.path)
+			require.Equal(t, clusterauth.Challenge, resp.Header.Get("WWW-Authenticate"))
+			var e schedapi.Error
+			require.NoError(t, json.Unmarshal(b, &e))
+			require.Equal(t, schedapi.CodeUnauthenticated, e.Code)
+		}
+	}
+	require.Zero(t, f.calls(), "nothing reached the scheduler or the CDN")
+}
 
 // fake records calls and answers with canned results.
 type fake struct {
@@ -111,7 +160,7 @@ func (f *fake) calls() int {
 
 func newServer(t *testing.T, f *fake) *httptest.Server {
 	t.Helper()
-	srv := httptest.NewServer(New(f, f).Handler())
+	srv := httptest.NewServer(New(f, f, testKeys).Handler())
 	t.Cleanup(srv.Close)
 	return srv
 }
@@ -120,6 +169,7 @@ func do(t *testing.T, srv *httptest.Server, method, path string, body io.Reader)
 	t.Helper()
 	req, err := http.NewRequestWithContext(t.Context(), method, srv.URL+path, body)
 	require.NoError(t, err)
+	testKeys.Set(req.Header)
 	resp, err := srv.Client().Do(req)
 	require.NoError(t, err)
 	defer resp.Body.Close()
@@ -426,7 +476,7 @@ func TestWithScheduler(t *testing.T) {
 		}
 		return s.TaskInfo(ctx, req.TaskID)
 	})
-	srv := httptest.NewServer(New(s, seed).Handler())
+	srv := httptest.NewServer(New(s, seed, testKeys).Handler())
 	defer srv.Close()
 
 	status, b := do(t, srv, http.MethodPost, schedapi.RegisterPath(), jsonBody(t, schedapi.RegisterRequest{Peer: goodPeer, URL: "http://h/x", Digest: d.String()}))
@@ -457,4 +507,48 @@ type seederFunc func(ctx context.Context, req cdn.Request) (schedapi.TaskInfo, e
 
 func (f seederFunc) Ensure(ctx context.Context, req cdn.Request) (schedapi.TaskInfo, error) {
 	return f(ctx, req)
+}
+
+// One client address gets its registration and poll rates and no more: past
+// the burst it is answered 429 with Retry-After, and nothing reaches the
+// scheduler or the CDN; another address is not slowed by it.
+func TestRateLimitPerAddress(t *testing.T) {
+	t.Parallel()
+	f := &fake{}
+	h := New(f, f, testKeys, WithLimits(Config{RegisterRate: 0.001, RegisterBurst: 3, PollRate: 0.001, PollBurst: 2})).Handler()
+	id := "sha256:" + strings.Repeat("c", 64)
+	send := func(addr, method, path string, body any) *httptest.ResponseRecorder {
+		var r io.Reader
+		if body != nil {
+			r = jsonBody(t, body)
+		}
+		req := httptest.NewRequestWithContext(t.Context(), method, path, r)
+		req.RemoteAddr = addr
+		testKeys.Set(req.Header)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec
+	}
+	reg := schedapi.RegisterRequest{Peer: goodPeer, URL: "http://h/x", Digest: id}
+	for i := range 3 {
+		require.Equal(t, http.StatusOK, send("10.1.1.1:5000", http.MethodPost, schedapi.RegisterPath(), reg).Code, "registration %d", i)
+	}
+	before := f.calls()
+	rec := send("10.1.1.1:5001", http.MethodPost, schedapi.RegisterPath(), reg)
+	require.Equal(t, http.StatusTooManyRequests, rec.Code, rec.Body.String())
+	require.NotEmpty(t, rec.Header().Get("Retry-After"))
+	var e schedapi.Error
+	require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &e))
+	require.Equal(t, schedapi.CodeUnavailable, e.Code)
+	require.Equal(t, before, f.calls(), "a refused registration reaches nothing")
+	require.Equal(t, http.StatusOK, send("10.1.1.2:5000", http.MethodPost, schedapi.RegisterPath(), reg).Code, "another address has its own rate")
+
+	poll := schedapi.PiecesPath(id, goodPeer.ID) + "?wait=0s"
+	for range 2 {
+		require.Equal(t, http.StatusOK, send("10.1.1.3:1", http.MethodGet, poll, nil).Code)
+	}
+	require.Equal(t, http.StatusTooManyRequests, send("10.1.1.3:1", http.MethodGet, poll, nil).Code)
+	// Reports are not polls: they are not limited by the poll rate.
+	rep := schedapi.ReportRequest{Results: []schedapi.PieceResult{{Piece: 0, From: "seed", OK: true}}}
+	require.Equal(t, http.StatusNoContent, send("10.1.1.3:1", http.MethodPost, schedapi.ReportPath(id, goodPeer.ID), rep).Code)
 }

@@ -14,3 +14,11 @@ func accessTime(fi fs.FileInfo) time.Time {
 	}
 	return fi.ModTime()
 }
+
+// inode returns the file's inode number, 0 when the platform does not say.
+func inode(fi fs.FileInfo) uint64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Ino
+	}
+	return 0
+}

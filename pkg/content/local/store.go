@@ -57,6 +57,10 @@ type Store struct {
 
 	mu     sync.Mutex
 	active map[string]*writer // refs held by an open writer
+
+	verify verifier // see verify.go
+	vmu    sync.Mutex
+	vstats VerifyStats
 }
 
 // New opens (creating if needed) a store under root and removes every
@@ -70,6 +74,7 @@ func New(root string, opts ...Option) (*Store, error) {
 		return nil, fmt.Errorf("content store root: %w", err)
 	}
 	s := &Store{root: abs, log: zap.NewNop(), active: make(map[string]*writer)}
+	s.verify.init()
 	for _, o := range opts {
 		o(s)
 	}
@@ -193,6 +198,7 @@ func (s *Store) Delete(ctx context.Context, dgst digest.Digest) error {
 	if err := validateDigest(dgst); err != nil {
 		return err
 	}
+	s.verify.forget(dgst)
 	if err := os.Remove(s.blobPath(dgst)); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("content %s: %w", dgst, content.ErrNotFound)
@@ -203,23 +209,27 @@ func (s *Store) Delete(ctx context.Context, dgst digest.Digest) error {
 }
 
 // ReaderAt opens a committed blob for reading and, best effort, marks it as
-// accessed now.
+// accessed now. A blob this store has not verified since it was opened, or
+// whose file changed since, is hashed first (see verify.go); one that does
+// not match its digest is removed and reported as content.ErrNotFound
+// (wrapping content.ErrCorrupt).
 func (s *Store) ReaderAt(ctx context.Context, dgst digest.Digest) (content.ReaderAt, error) {
 	if err := validateDigest(dgst); err != nil {
 		return nil, err
 	}
 	p := s.blobPath(dgst)
-	f, err := os.Open(p)
+	f, err := s.openBlob(dgst)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("content %s: %w", dgst, content.ErrNotFound)
-		}
-		return nil, fmt.Errorf("open content %s: %w", dgst, err)
+		return nil, err
 	}
 	fi, err := f.Stat()
 	if err != nil {
 		_ = f.Close()
 		return nil, fmt.Errorf("stat content %s: %w", dgst, err)
+	}
+	if err := s.ensureVerified(ctx, dgst, f, fi); err != nil {
+		_ = f.Close()
+		return nil, err
 	}
 	if err := os.Chtimes(p, time.Now(), fi.ModTime()); err != nil {
 		s.log.Debug("touch content", zap.Stringer("digest", dgst), zap.Error(err))

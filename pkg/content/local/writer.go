@@ -340,11 +340,13 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest)
 
 	s := w.store
 	target := s.blobPath(dgst)
-	if _, err := os.Lstat(target); err == nil {
+	if fi, err := os.Lstat(target); err == nil && s.verify.verified(dgst, stampOf(fi)) {
 		w.dgst = dgst
 		w.discard()
 		return fmt.Errorf("commit %s: content %s: %w", w.ref, dgst, content.ErrAlreadyExists)
 	}
+	// A blob already there that this store has not verified (an earlier
+	// run's, or changed on disk since) is replaced by these verified bytes.
 	dir := s.ingestDir(w.ref)
 	// The blobs directory may have been removed under a running store.
 	if err := os.MkdirAll(s.blobDir(), dirPerm); err != nil {
@@ -359,6 +361,9 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest)
 		// The blob is published; only its durability across a power cut is
 		// in doubt. Keep it: its bytes were verified and fsynced.
 		s.log.Warn("sync blob dir", zap.Stringer("digest", dgst), zap.Error(err))
+	}
+	if fi, err := os.Lstat(target); err == nil {
+		s.verify.set(dgst, stampOf(fi))
 	}
 	w.dgst = dgst
 	w.discard()

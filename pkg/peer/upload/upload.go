@@ -40,6 +40,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 
+	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/httpx"
 	"github.com/damselfly/damselfly/pkg/taskid"
 )
@@ -106,6 +107,7 @@ func WithMetrics(m *httpx.Metrics) Option {
 // Server is the piece upload server.
 type Server struct {
 	tasks   Tasks
+	keys    clusterauth.Keys
 	log     *zap.Logger
 	limiter *rate.Limiter
 	metrics *httpx.Metrics
@@ -113,9 +115,12 @@ type Server struct {
 	handler http.Handler
 }
 
-// New returns a server of the tasks opened by tasks.
-func New(tasks Tasks, opts ...Option) *Server {
-	s := &Server{tasks: tasks, log: zap.NewNop()}
+// New returns a server of the tasks opened by tasks to the members of the
+// cluster: every request must present one of keys (pkg/clusterauth), or it
+// is answered 401 before any task is looked at. With no keys every request
+// is refused.
+func New(tasks Tasks, keys clusterauth.Keys, opts ...Option) *Server {
+	s := &Server{tasks: tasks, keys: keys, log: zap.NewNop()}
 	for _, o := range opts {
 		o(s)
 	}
@@ -168,6 +173,11 @@ func (e *streamError) Unwrap() error { return e.err }
 // become statuses.
 func (s *Server) wrap(h func(http.ResponseWriter, *http.Request) error) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !s.keys.Valid(r) {
+			w.Header().Set("WWW-Authenticate", clusterauth.Challenge)
+			http.Error(w, clusterauth.Message, http.StatusUnauthorized)
+			return
+		}
 		err := h(w, r)
 		if err == nil {
 			return

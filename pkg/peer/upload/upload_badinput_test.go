@@ -24,7 +24,7 @@ import (
 func TestBadRangeAndPathMatrix(t *testing.T) {
 	t.Parallel()
 	tasks, data := newFakeTasks(t)
-	h := New(tasks).Handler()
+	h := member(New(tasks, testKeys).Handler())
 	tests := []struct {
 		name, path, rng string
 		status          int
@@ -97,13 +97,13 @@ func TestOversizedHeaders(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	var wg sync.WaitGroup
 	var runErr error
-	wg.Go(func() { runErr = New(tasks).Run(ctx, ln) })
+	wg.Go(func() { runErr = New(tasks, testKeys).Run(ctx, ln) })
 	defer func() {
 		cancel()
 		wg.Wait()
 		require.NoError(t, runErr)
 	}()
-	client := &http.Client{Transport: &http.Transport{}}
+	client := &http.Client{Transport: memberTransport{&http.Transport{}}}
 	defer client.CloseIdleConnections()
 
 	get := func(extra http.Header) (int, []byte) {
@@ -152,7 +152,7 @@ func FuzzUploadRange(f *testing.F) {
 		idUnknown: {data: data[:2000], size: -1, verified: [][2]int64{{1000, 2000}}},
 		idEmpty:   {data: nil, size: 0, verified: [][2]int64{{0, 0}}},
 	}}
-	h := New(tasks).Handler()
+	h := member(New(tasks, testKeys).Handler())
 	f.Fuzz(func(t *testing.T, task, rng string) {
 		req, err := http.NewRequest(http.MethodGet, "http://peer"+RoutePrefix+task, nil)
 		if err != nil {

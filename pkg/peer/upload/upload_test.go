@@ -22,10 +22,90 @@ import (
 	"go.uber.org/goleak"
 	"golang.org/x/time/rate"
 
+	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/httpx"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// testKeys is the cluster token of the servers under test.
+var testKeys = clusterauth.MustParse("upload-test-cluster-token,upload-test-previous-token")
+
+// member sends testKeys' token with every request, as a cluster member does.
+func member(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r = r.Clone(r.Context())
+		testKeys.Set(r.Header)
+		h.ServeHTTP(w, r)
+	})
+}
+
+// memberTransport sends testKeys' token with every request.
+type memberTransport struct{ base http.RoundTripper }
+
+func (m memberTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	testKeys.Set(r.Header)
+	return m.base.RoundTrip(r)
+}
+
+// Only members are served: a request without the cluster token, with a
+// wrong one or with a malformed header gets 401 and a challenge, and no
+// byte of the task, whatever the task; a previous token is still accepted
+// while rotating; a server without keys serves nobody.
+func TestClusterToken(t *testing.T) {
+	t.Parallel()
+	tasks, data := newFakeTasks(t)
+	srv := httptest.NewServer(New(tasks, testKeys).Handler())
+	t.Cleanup(srv.Close)
+	closed := httptest.NewServer(New(tasks, clusterauth.Keys{}).Handler())
+	t.Cleanup(closed.Close)
+	tests := []struct {
+		name, url, auth string
+		status          int
+	}{
+		{"no token", srv.URL, "", http.StatusUnauthorized},
+		{"wrong token", srv.URL, "Bearer upload-test-cluster-tokeX", http.StatusUnauthorized},
+		{"token prefix", srv.URL, "Bearer upload-test-cluster", http.StatusUnauthorized},
+		{"basic scheme", srv.URL, "Basic dXBsb2FkLXRlc3QtY2x1c3Rlci10b2tlbg==", http.StatusUnauthorized},
+		{"bare token", srv.URL, "upload-test-cluster-token", http.StatusUnauthorized},
+		{"empty bearer", srv.URL, "Bearer ", http.StatusUnauthorized},
+		{"current token", srv.URL, "Bearer upload-test-cluster-token", http.StatusPartialContent},
+		{"previous token", srv.URL, "Bearer upload-test-previous-token", http.StatusPartialContent},
+		{"lower-case scheme", srv.URL, "bearer upload-test-cluster-token", http.StatusPartialContent},
+		{"server without keys", closed.URL, "Bearer upload-test-cluster-token", http.StatusUnauthorized},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			for _, id := range []string{idFull, "sha256:" + strings.Repeat("0", 64)} {
+				req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, tt.url+Path(id), nil)
+				require.NoError(t, err)
+				req.Header.Set("Range", "bytes=0-99")
+				if tt.auth != "" {
+					req.Header.Set("Authorization", tt.auth)
+				}
+				resp, err := http.DefaultClient.Do(req)
+				require.NoError(t, err)
+				body, err := io.ReadAll(resp.Body)
+				require.NoError(t, err)
+				require.NoError(t, resp.Body.Close())
+				if tt.status == http.StatusUnauthorized {
+					require.Equal(t, http.StatusUnauthorized, resp.StatusCode, "task %s", id)
+					require.Equal(t, clusterauth.Challenge, resp.Header.Get("WWW-Authenticate"))
+					require.NotContains(t, string(body), string(data[:8]))
+					continue
+				}
+				if id == idFull {
+					require.Equal(t, tt.status, resp.StatusCode)
+					require.Equal(t, data[:100], body)
+				} else {
+					require.Equal(t, http.StatusNotFound, resp.StatusCode)
+				}
+			}
+		})
+	}
+}
 
 // fakeTask serves data of which only the verified spans may be read.
 type fakeTask struct {
@@ -116,7 +196,7 @@ func newFakeTasks(t *testing.T) (*fakeTasks, []byte) {
 func TestServe(t *testing.T) {
 	t.Parallel()
 	tasks, data := newFakeTasks(t)
-	srv := httptest.NewServer(New(tasks).Handler())
+	srv := httptest.NewServer(member(New(tasks, testKeys).Handler()))
 	t.Cleanup(srv.Close)
 
 	tests := []struct {
@@ -213,7 +293,7 @@ func TestReadFailureMidStreamCutsResponse(t *testing.T) {
 	tasks := &fakeTasks{tasks: map[string]fakeTask{
 		idFull: {data: data, size: sizeFull, verified: [][2]int64{{0, sizeFull}}, failFrom: 600 << 10},
 	}}
-	srv := httptest.NewServer(New(tasks).Handler())
+	srv := httptest.NewServer(member(New(tasks, testKeys).Handler()))
 	t.Cleanup(srv.Close)
 	resp, err := srv.Client().Get(srv.URL + Path(idFull))
 	require.NoError(t, err)
@@ -230,7 +310,7 @@ func TestRateLimit(t *testing.T) {
 	tasks, data := newFakeTasks(t)
 	// 64 KiB/s with an 8 KiB burst: 48 KiB takes at least (48-8)/64 s.
 	lim := rate.NewLimiter(64<<10, 8<<10)
-	srv := httptest.NewServer(New(tasks, WithLimiter(lim)).Handler())
+	srv := httptest.NewServer(member(New(tasks, testKeys, WithLimiter(lim)).Handler()))
 	t.Cleanup(srv.Close)
 
 	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, srv.URL+Path(idFull), nil)
@@ -253,7 +333,7 @@ func TestMetrics(t *testing.T) {
 	t.Parallel()
 	tasks, _ := newFakeTasks(t)
 	reg := prometheus.NewRegistry()
-	srv := httptest.NewServer(New(tasks, WithMetrics(httpx.NewMetrics(reg, "peer"))).Handler())
+	srv := httptest.NewServer(member(New(tasks, testKeys, WithMetrics(httpx.NewMetrics(reg, "peer"))).Handler()))
 	t.Cleanup(srv.Close)
 	for _, id := range []string{idFull, idMissing} {
 		resp, err := srv.Client().Get(srv.URL + Path(id))
@@ -289,12 +369,12 @@ func TestRun(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(t.Context())
-	s := New(tasks)
+	s := New(tasks, testKeys)
 	var wg sync.WaitGroup
 	var runErr error
 	wg.Go(func() { runErr = s.Run(ctx, ln) })
 
-	client := &http.Client{Transport: &http.Transport{}}
+	client := &http.Client{Transport: memberTransport{&http.Transport{}}}
 	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://"+ln.Addr().String()+Path(idPartial), nil)
 	require.NoError(t, err)
 	req.Header.Set("Range", "bytes=0-999")
@@ -319,5 +399,5 @@ func TestRunListenerError(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, ln.Close())
 	tasks, _ := newFakeTasks(t)
-	require.Error(t, New(tasks).Run(t.Context(), ln))
+	require.Error(t, New(tasks, testKeys).Run(t.Context(), ln))
 }

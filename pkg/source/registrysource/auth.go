@@ -179,8 +179,8 @@ func (c *Client) token(ctx context.Context, base *url.URL, ch challenge, scope s
 	}
 	realm.Fragment = ""
 	send := creds.Username != "" || creds.Password != ""
-	if send && !strings.EqualFold(realm.Hostname(), base.Hostname()) {
-		c.log.Warn("token realm is on another host: asking for an anonymous token",
+	if send && !SameOrigin(realm, base) {
+		c.log.Warn("token realm is on another host or port: asking for an anonymous token",
 			zap.String("registry", base.Host), zap.String("realm", realm.Host))
 		send = false
 	}
@@ -436,4 +436,27 @@ func isTokenChar(b byte) bool {
 		return true
 	}
 	return strings.IndexByte("!#$%&'*+-.^_`|~/:", b) >= 0
+}
+
+// SameOrigin reports whether a and b name the same host (case-insensitive)
+// and the same port, a port left out being its scheme's default (443 for
+// https, 80 for http). It is the rule for where a password may go: to a
+// token realm only on the registry's own host and port, since another port
+// of the same host can be another service, run by someone else.
+func SameOrigin(a, b *url.URL) bool {
+	return strings.EqualFold(a.Hostname(), b.Hostname()) && effectivePort(a) == effectivePort(b)
+}
+
+// effectivePort is u's port, or its scheme's default.
+func effectivePort(u *url.URL) string {
+	if p := u.Port(); p != "" {
+		return p
+	}
+	switch strings.ToLower(u.Scheme) {
+	case "https":
+		return "443"
+	case "http":
+		return "80"
+	}
+	return ""
 }

@@ -20,8 +20,9 @@
 // (Client.Authorizer) answers the registry's challenge itself. For Bearer it
 // asks the realm for a token with service and scope=repository:<repo>:pull,
 // sending the username and password with Basic auth only when the realm is
-// served by the registry's own host name over a scheme at least as safe as
-// the registry's; otherwise it asks anonymously and logs a warning. Tokens
+// served by the registry's own host and port (SameOrigin) over a scheme at
+// least as safe as the registry's; otherwise it asks anonymously and logs a
+// warning. Tokens
 // are cached by the Client until shortly before they expire. For Basic it
 // sends the credentials to the registry. A Credentials.Token is used as the
 // bearer token as it is. Resolve uses an Authorizer.

@@ -721,3 +721,54 @@ func TestNoCredentialsToPlainHTTPRealmOfHTTPSRegistry(t *testing.T) {
 		require.Empty(t, r.auth, "no password over plain http for an https registry")
 	}
 }
+
+// TestRealmOnAnotherPortGetsNoCredentials: a token realm on the registry's
+// IP but another port (a separate service, maybe someone else's) gets no
+// password; the registry's own port does.
+func TestRealmOnAnotherPortGetsNoCredentials(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t, registrytest.WithTokenAuth(map[string]string{user: pass}), registrytest.WithRealmOnOwnPort())
+	_, err := reg.PushRandomImage(t.Context(), "private/app", "1", 100)
+	require.NoError(t, err)
+	realm, err := url.Parse(reg.Realm())
+	require.NoError(t, err)
+	require.Equal(t, reg.URL.Hostname(), realm.Hostname(), "same IP")
+	require.NotEqual(t, reg.URL.Port(), realm.Port(), "another port")
+	core, logs := observer.New(zapcore.DebugLevel)
+	rec, hc := newRecorder(t)
+	c := registrysource.New(registrysource.WithHTTPClient(hc), registrysource.WithLogger(zap.New(core)),
+		registrysource.WithInsecureRegistries([]string{reg.Host}))
+
+	_, err = c.Resolve(t.Context(), reg.Host+"/private/app:1", nil, registrysource.Credentials{Username: user, Password: pass})
+	var re *registrysource.ResponseError
+	require.ErrorAs(t, err, &re)
+	require.Equal(t, http.StatusUnauthorized, re.StatusCode, "an anonymous token has no access")
+	toks := rec.to("/token")
+	require.NotEmpty(t, toks)
+	for _, r := range toks {
+		require.Empty(t, r.auth, "no password to a realm on another port")
+	}
+	require.NotEmpty(t, logs.FilterMessageSnippet("another host or port").All())
+}
+
+func TestSameOrigin(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		a, b string
+		want bool
+	}{
+		{"https://ghcr.io/token", "https://ghcr.io", true},
+		{"https://GHCR.io:443/token", "https://ghcr.io", true},
+		{"http://10.0.0.1:5000/token", "http://10.0.0.1:5000", true},
+		{"http://10.0.0.1:5001/token", "http://10.0.0.1:5000", false},
+		{"http://10.0.0.1/token", "http://10.0.0.1:5000", false},
+		{"https://h/token", "http://h", false}, // 443 is not 80
+		{"https://auth.docker.io/token", "https://registry-1.docker.io", false},
+	} {
+		a, err := url.Parse(tt.a)
+		require.NoError(t, err)
+		b, err := url.Parse(tt.b)
+		require.NoError(t, err)
+		require.Equal(t, tt.want, registrysource.SameOrigin(a, b), "%s %s", tt.a, tt.b)
+	}
+}
