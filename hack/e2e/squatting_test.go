@@ -14,6 +14,7 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/schedclient"
+	"github.com/damselfly/damselfly/supernode/supernodetest"
 )
 
 // Digest-task squatting (issue 9, finding 4): a member registers a digest
@@ -66,10 +67,10 @@ func TestSquattingSource(t *testing.T) {
 }
 
 // memberClient is the one place this file talks to the peer API directly,
-// as a member of the cluster would.
+// as a member of the cluster (holding its token) would.
 func memberClient(t *testing.T, node string) *schedclient.Client {
 	t.Helper()
-	sc, err := schedclient.New([]string{node})
+	sc, err := schedclient.New([]string{node}, schedclient.WithClusterKeys(supernodetest.Keys()))
 	require.NoError(t, err)
 	return sc
 }
