@@ -32,7 +32,15 @@ import (
 // from the first offer until the fetch they served ends or the task is
 // forgotten.
 
-// maxCandidates bounds the sources kept for one task.
+// A source whose bytes alone failed the task's digest is blamed: it is not
+// tried again for that task, whoever offers it, until the task is forgotten
+// or deleted. When several sources contributed, none is blamed.
+
+// errLied is the failure of a source blamed for a digest mismatch.
+var errLied = errors.New("source sent content that did not match the task's digest before")
+
+// maxCandidates bounds the sources kept for one task (and the sources
+// blamed for it).
 const maxCandidates = 8
 
 // errTooSlow is the failure of a source that sent less than the minimum
@@ -98,6 +106,21 @@ func (cs *candidates) offer(req Request) bool {
 // sameHeader reports whether a and b hold the same values.
 func sameHeader(a, b http.Header) bool {
 	return maps.EqualFunc(a, b, slices.Equal[[]string])
+}
+
+// refuse marks the candidates of the given URLs not tried yet as failed
+// with err.
+func (cs *candidates) refuse(urls []string, err error) {
+	if len(urls) == 0 {
+		return
+	}
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	for _, c := range cs.list {
+		if !c.tried && slices.Contains(urls, c.url) {
+			c.tried, c.failed = true, err
+		}
+	}
 }
 
 // next hands out the first candidate not tried yet, or nil.

@@ -493,3 +493,43 @@ func TestFetchKeepsMinFreeSpace(t *testing.T) {
 	}
 	require.Empty(t, filesUnder(t, filepath.Join(dir, "content", "ingest")))
 }
+
+func TestSourceFailingTheDigestIsNotTriedAgain(t *testing.T) {
+	t.Parallel()
+	body := blob(29, 2<<20)
+	wrong := blob(30, len(body))
+	liar := newSourceServer(t, func(s *sourceServer, w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(wrong)))
+		_, _ = w.Write(wrong)
+	})
+	honest := honestSource(t, body)
+	f := newSourceFixture(t, Config{}, nil)
+	d := digest.FromBytes(body)
+	id, err := taskid.ForDigest(d)
+	require.NoError(t, err)
+
+	_, err = f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: liar.URL + "/blob", Digest: d})
+	require.NoError(t, err)
+	task := f.settle(t, id)
+	require.Equal(t, schedapi.TaskFailed, task.info.State)
+	require.Contains(t, task.info.Error, "digest mismatch")
+
+	// The liar registers first again: its source is not asked again.
+	info, err := f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: liar.URL + "/blob", Digest: d})
+	require.NoError(t, err)
+	require.Equal(t, schedapi.TaskFailed, info.State)
+	require.Contains(t, info.Error, "did not match the task's digest before")
+	require.EqualValues(t, 1, liar.gets.Load())
+
+	_, err = f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: honest.URL + "/blob", Digest: d})
+	require.NoError(t, err)
+	task = f.settle(t, id)
+	require.Equal(t, schedapi.TaskSucceeded, task.info.State, task.info.Error)
+	require.Equal(t, body, readBlob(t, f.store, d))
+
+	// Forgetting the task forgets the blame.
+	require.NoError(t, f.cdn.Forget(t.Context(), id))
+	f.cdn.mu.Lock()
+	require.Empty(t, f.cdn.blamed)
+	f.cdn.mu.Unlock()
+}

@@ -19,6 +19,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -233,6 +234,9 @@ type CDN struct {
 	// pending holds the sources offered for a digest task whose fetch is
 	// about to start; the fetch takes them over.
 	pending map[string]*candidates
+	// blamed lists, per digest task, the source URLs whose content failed
+	// its digest (at most maxCandidates each).
+	blamed map[string][]string
 }
 
 // New returns a CDN storing content in store and fetching it with src. It
@@ -269,6 +273,7 @@ func New(cfg Config, store content.Store, src source.Client, sched Scheduler, op
 		fetches:     make(map[string]*fetch),
 		sourceBytes: make(map[string]int64),
 		pending:     make(map[string]*candidates),
+		blamed:      make(map[string][]string),
 	}, nil
 }
 
@@ -377,8 +382,24 @@ func (c *CDN) offer(req Request, start bool) {
 		c.pending[req.TaskID] = cs
 	}
 	if cs != nil && cs.offer(req) {
+		cs.refuse(c.blamed[req.TaskID], errLied)
 		c.log.Debug("source offered", zap.String("task", req.TaskID), zap.String("source", redactURL(req.URL)), zap.Int64("size", req.Size))
 	}
+}
+
+// blame remembers that url's content failed the digest of a task.
+func (c *CDN) blame(taskID, url string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b := c.blamed[taskID]
+	if slices.Contains(b, url) {
+		return
+	}
+	if len(b) >= maxCandidates {
+		b = b[1:]
+	}
+	c.blamed[taskID] = append(b, url)
+	c.log.Warn("source blamed for a digest mismatch: not used for this task again", zap.String("task", taskID), zap.String("source", redactURL(url)))
 }
 
 // dropPending forgets the sources offered for a fetch that did not start.
@@ -503,6 +524,7 @@ func (c *CDN) Delete(ctx context.Context, taskID string) error {
 	c.mu.Lock()
 	f := c.fetches[taskID]
 	delete(c.pending, taskID)
+	delete(c.blamed, taskID)
 	c.mu.Unlock()
 	if f != nil {
 		found = true
@@ -594,6 +616,7 @@ func (c *CDN) Forget(ctx context.Context, taskID string) error {
 	c.mu.Lock()
 	f := c.fetches[taskID]
 	delete(c.pending, taskID)
+	delete(c.blamed, taskID)
 	c.mu.Unlock()
 	if f != nil {
 		f.cancel()

@@ -95,6 +95,7 @@ func (c *CDN) startFetch(ctx context.Context, req Request, expected digest.Diges
 	} else {
 		f.cands.offer(req)
 	}
+	f.cands.refuse(c.blamed[req.TaskID], errLied)
 	c.fetches[req.TaskID] = f
 	c.mu.Unlock()
 	started := false
@@ -369,6 +370,8 @@ func (c *CDN) stream(ctx context.Context, f *fetch, src sourceBody, expected dig
 type stored struct {
 	pieces []digest.Digest
 	off    int64
+	// from lists the sources the stored pieces came from.
+	from []*candidate
 }
 
 // copyPieces reads the sources into the ingest, publishes every piece,
@@ -424,11 +427,23 @@ func (c *CDN) copyPieces(ctx context.Context, f *fetch, src sourceBody, expected
 	if err := w.Sync(); err != nil {
 		return "", pieceMeta{}, fmt.Errorf("sync: %w", err)
 	}
-	// Readers are held off while the ingest turns into a blob.
+	// Readers are held off while the ingest turns into a blob; a source is
+	// blamed after they are let go (c.mu is taken before f.mu elsewhere).
+	var liar *candidate
+	defer func() {
+		if liar != nil {
+			url, _, _ := f.cands.request(liar)
+			c.blame(f.taskID, url)
+		}
+	}()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	err := w.Commit(ctx, off, expected)
 	if errors.Is(err, content.ErrDigestMismatch) {
+		if len(st.from) == 1 {
+			// One source sent every byte: it is the one that lied.
+			liar = st.from[0]
+		}
 		return "", pieceMeta{}, fmt.Errorf("content digest mismatch: expected %s: %w", expected, err)
 	}
 	if err != nil && !errors.Is(err, content.ErrAlreadyExists) {
@@ -545,6 +560,9 @@ func (c *CDN) copyFrom(ctx context.Context, f *fetch, src sourceBody, w content.
 			st.off += int64(len(p))
 			pos = st.off
 			st.pieces = append(st.pieces, pd)
+			if !slices.Contains(st.from, src.cand) {
+				st.from = append(st.from, src.cand)
+			}
 			// Readable locally before any peer is told about it.
 			f.mu.Lock()
 			f.published.Add(n)
