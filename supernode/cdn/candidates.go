@@ -19,22 +19,24 @@ import (
 // keeps up to maxCandidates of them per task and fetches from one at a time,
 // in the order they were first offered. It gives a source up for the next
 // one when it fails (an error status, a broken or stalled transfer that
-// cannot resume), when it announces a size that contradicts the size its
-// member knows or the size the task already has, or when it sends less
-// than Config.MinSourceRate over Config.MinSourceRateWindow while another
-// candidate is waiting. The next source resumes where the verified pieces
-// end, with a Range request; a source that ignores ranges is read from the
-// start and must send the pieces already published again, byte for byte.
-// The task's digest decides at the end. A URL task has exactly one source,
-// its URL with the headers of the registration that started the fetch.
+// cannot resume); when it announces more than Config.MaxSourceSize, a size
+// other than the one its member knows, a size none of the offering members
+// knows (while any knows one) or, after the first, a size other than the
+// task's; when it has not answered, or has sent less than
+// Config.MinSourceRate, over Config.MinSourceRateWindow while another
+// candidate is waiting (a slow source with no alternative is kept). The
+// next source resumes where the stored pieces end, with a Range request; a
+// source that ignores ranges is read from the start and must send the
+// pieces already published again, byte for byte. The task's digest decides
+// at the end; a source whose bytes alone failed it is blamed and not tried
+// again for that task, whoever offers it, until the task is forgotten or
+// deleted. A URL task has exactly one source, its URL with the headers of
+// the registration that started the fetch.
 //
-// Candidates live in memory only (their headers may carry credentials):
-// from the first offer until the fetch they served ends or the task is
-// forgotten.
-
-// A source whose bytes alone failed the task's digest is blamed: it is not
-// tried again for that task, whoever offers it, until the task is forgotten
-// or deleted. When several sources contributed, none is blamed.
+// Candidates live in memory only (their headers may carry credentials, and
+// are never logged): from the first offer until the fetch they served ends
+// or the task is forgotten. When the set is full, a failed candidate, else
+// the oldest not tried yet, makes room for a new offer.
 
 // errLied is the failure of a source blamed for a digest mismatch.
 var errLied = errors.New("source sent content that did not match the task's digest before")
