@@ -1,17 +1,15 @@
 package cdn
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"net/http"
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
-	"time"
+
+	"go.uber.org/zap"
 )
 
 // Sources are candidates, not owners. Every member registering for a digest
@@ -205,57 +203,42 @@ type sourceFailure struct{ err error }
 func (e *sourceFailure) Error() string { return e.err.Error() }
 func (e *sourceFailure) Unwrap() error { return e.err }
 
-// countingReader counts the bytes read through it.
-type countingReader struct {
-	r io.Reader
-	n atomic.Int64
+// offer adds req's source to the candidates of the task's running fetch,
+// or, with start, to those of the fetch about to start.
+func (c *CDN) offer(req Request, start bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cs := c.pending[req.TaskID]
+	if f := c.fetches[req.TaskID]; f != nil {
+		cs = f.cands
+	} else if cs == nil && start && !c.closed {
+		cs = &candidates{}
+		c.pending[req.TaskID] = cs
+	}
+	if cs != nil && cs.offer(req) {
+		cs.refuse(c.blamed[req.TaskID], errLied)
+		c.log.Debug("source offered", zap.String("task", req.TaskID), zap.String("source", redactURL(req.URL)), zap.Int64("size", req.Size))
+	}
 }
 
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n.Add(int64(n))
-	return n, err
-}
-
-// watchRate calls slow once, and returns, when the bytes read through cr
-// over the last window are fewer than minRate allows while waiting reports
-// another candidate to move to. It returns when ctx is done.
-func watchRate(ctx context.Context, cr *countingReader, minRate int64, window time.Duration, waiting func() bool, slow func()) {
-	if minRate <= 0 || window <= 0 {
+// blame remembers that url's content failed the digest of a task.
+func (c *CDN) blame(taskID, url string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b := c.blamed[taskID]
+	if slices.Contains(b, url) {
 		return
 	}
-	type sample struct {
-		at time.Time
-		n  int64
+	if len(b) >= maxCandidates {
+		b = b[1:]
 	}
-	tick := max(window/8, 10*time.Millisecond)
-	t := time.NewTicker(tick)
-	defer t.Stop()
-	samples := []sample{{time.Now(), cr.n.Load()}}
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-t.C:
-			samples = append(samples, sample{now, cr.n.Load()})
-			// Keep the newest sample at least a window old as the base.
-			cut := 0
-			for i, s := range samples {
-				if now.Sub(s.at) >= window {
-					cut = i
-				}
-			}
-			samples = samples[cut:]
-			base := samples[0]
-			span := now.Sub(base.at)
-			if span < window {
-				continue
-			}
-			got := samples[len(samples)-1].n - base.n
-			if float64(got) < float64(minRate)*span.Seconds() && waiting() {
-				slow()
-				return
-			}
-		}
-	}
+	c.blamed[taskID] = append(b, url)
+	c.log.Warn("source blamed for a digest mismatch: not used for this task again", zap.String("task", taskID), zap.String("source", redactURL(url)))
+}
+
+// dropPending forgets the sources offered for a fetch that did not start.
+func (c *CDN) dropPending(taskID string) {
+	c.mu.Lock()
+	delete(c.pending, taskID)
+	c.mu.Unlock()
 }

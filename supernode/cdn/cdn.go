@@ -6,6 +6,13 @@
 // a later task for the same content is served from the cache without asking
 // the source again, after a restart too.
 //
+// A digest task's sources are candidates its members offer, not the first
+// registrant's alone: the fetch moves on from one that fails, lies about the
+// size or is too slow (candidates.go, sources.go). No source may send more
+// than Config.MaxSourceSize, nor fill the data directory's filesystem past
+// Config.MinFreeSpace. What the CDN holds for a task the scheduler forgot is
+// dropped by Forget (forget.go).
+//
 // The CDN also serves its own content to peers: it implements the
 // upload.Tasks contract of pkg/peer/upload, reading pieces of a fetch in
 // progress from the ingest and finished content from the committed blob.
@@ -19,10 +26,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
-	"time"
 
 	digest "github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,7 +35,6 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/damselfly/damselfly/pkg/content"
-	"github.com/damselfly/damselfly/pkg/ratelimit"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/source"
 	"github.com/damselfly/damselfly/pkg/taskid"
@@ -46,99 +50,6 @@ var (
 	// ErrClosed is returned by Ensure once Run has stopped the CDN.
 	ErrClosed = errors.New("cdn stopped")
 )
-
-// Config tunes the CDN.
-type Config struct {
-	// FetchTimeout bounds one source fetch, from the first request to the
-	// commit of the content. Default 2h.
-	FetchTimeout time.Duration `yaml:"fetchTimeout"`
-	// MaxSourceSize is the most bytes the CDN takes from one source, in
-	// bytes: a source announcing more is refused at once, and a source of
-	// unknown length is cut (and the task fails) when it passes it, so an
-	// endless body cannot fill the data directory. Default 64 GiB.
-	MaxSourceSize int64 `yaml:"maxSourceSize"`
-	// MinFreeSpace is the free space, in bytes, the CDN leaves on the data
-	// directory's filesystem: a source whose announced size would leave
-	// less is refused, and a fetch that gets there fails, so sources
-	// together cannot fill the disk. Default 1 GiB.
-	MinFreeSpace int64 `yaml:"minFreeSpace"`
-	// MinSourceRate is the rate below which a digest task's source is
-	// abandoned for the next candidate another member offered, averaged
-	// over MinSourceRateWindow. A source slower than that is kept while
-	// no other candidate is left. Default 1 MiB/s.
-	MinSourceRate ratelimit.Rate `yaml:"minSourceRate"`
-	// MinSourceRateWindow is the span MinSourceRate is averaged over, from
-	// the first request of a source on. Default 10s.
-	MinSourceRateWindow time.Duration `yaml:"minSourceRateWindow"`
-	// UploadRate caps the bytes per second the CDN sends to peers, over
-	// all its piece uploads, as a network link of that speed would. 0
-	// (the default) means unlimited.
-	UploadRate ratelimit.Rate `yaml:"uploadRate"`
-	// Dir holds piece metadata (meta/<hex>.json) and the content digest of
-	// URL tasks (tasks/<task>.json). The binary sets it from its data
-	// directory; it is not read from the config file.
-	Dir string `yaml:"-"`
-}
-
-const (
-	// DefaultMaxSourceSize is cdn.maxSourceSize's default, 64 GiB: above
-	// the largest image layers and files seen in clusters (model weights
-	// of tens of GiB), far below what an endless body would write.
-	DefaultMaxSourceSize = 64 << 30
-	// DefaultMinFreeSpace is cdn.minFreeSpace's default, 1 GiB: room for
-	// the metadata, logs and commits of the fetches in flight.
-	DefaultMinFreeSpace = 1 << 30
-	// DefaultMinSourceRate is cdn.minSourceRate's default, 1 MiB/s: an
-	// origin that slow would keep a 1 GiB layer for a quarter of an hour.
-	DefaultMinSourceRate = 1 << 20
-)
-
-// ApplyDefaults fills unset fields.
-func (c Config) ApplyDefaults() Config {
-	if c.FetchTimeout == 0 {
-		c.FetchTimeout = 2 * time.Hour
-	}
-	if c.MaxSourceSize == 0 {
-		c.MaxSourceSize = DefaultMaxSourceSize
-	}
-	if c.MinFreeSpace == 0 {
-		c.MinFreeSpace = DefaultMinFreeSpace
-	}
-	if c.MinSourceRate == 0 {
-		c.MinSourceRate = DefaultMinSourceRate
-	}
-	if c.MinSourceRateWindow == 0 {
-		c.MinSourceRateWindow = 10 * time.Second
-	}
-	return c
-}
-
-// Validate reports every problem of the config.
-func (c Config) Validate() error {
-	var errs []error
-	if c.FetchTimeout <= 0 {
-		errs = append(errs, fmt.Errorf("cdn.fetchTimeout %s: must be positive", c.FetchTimeout))
-	}
-	if c.MaxSourceSize <= 0 {
-		errs = append(errs, fmt.Errorf("cdn.maxSourceSize %d: must be positive", c.MaxSourceSize))
-	}
-	if c.MinFreeSpace <= 0 {
-		errs = append(errs, fmt.Errorf("cdn.minFreeSpace %d: must be positive", c.MinFreeSpace))
-	}
-	if c.MinSourceRate < 0 {
-		errs = append(errs, fmt.Errorf("cdn.minSourceRate: %d is negative", c.MinSourceRate))
-	}
-	if c.MinSourceRateWindow <= 0 {
-		errs = append(errs, fmt.Errorf("cdn.minSourceRateWindow %s: must be positive", c.MinSourceRateWindow))
-	}
-	if c.UploadRate < 0 {
-		errs = append(errs, fmt.Errorf("cdn.uploadRate: %d is negative (0 means unlimited)", c.UploadRate))
-	}
-	if c.Dir == "" {
-		errs = append(errs, errors.New("cdn dir: must be set"))
-	}
-	return errors.Join(errs...)
-}
 
 // TaskSpec describes a task the CDN adds to the scheduler.
 type TaskSpec struct {
@@ -369,46 +280,6 @@ func (c *CDN) Ensure(ctx context.Context, req Request) (schedapi.TaskInfo, error
 	}
 }
 
-// offer adds req's source to the candidates of the task's running fetch,
-// or, with start, to those of the fetch about to start.
-func (c *CDN) offer(req Request, start bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	cs := c.pending[req.TaskID]
-	if f := c.fetches[req.TaskID]; f != nil {
-		cs = f.cands
-	} else if cs == nil && start && !c.closed {
-		cs = &candidates{}
-		c.pending[req.TaskID] = cs
-	}
-	if cs != nil && cs.offer(req) {
-		cs.refuse(c.blamed[req.TaskID], errLied)
-		c.log.Debug("source offered", zap.String("task", req.TaskID), zap.String("source", redactURL(req.URL)), zap.Int64("size", req.Size))
-	}
-}
-
-// blame remembers that url's content failed the digest of a task.
-func (c *CDN) blame(taskID, url string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	b := c.blamed[taskID]
-	if slices.Contains(b, url) {
-		return
-	}
-	if len(b) >= maxCandidates {
-		b = b[1:]
-	}
-	c.blamed[taskID] = append(b, url)
-	c.log.Warn("source blamed for a digest mismatch: not used for this task again", zap.String("task", taskID), zap.String("source", redactURL(url)))
-}
-
-// dropPending forgets the sources offered for a fetch that did not start.
-func (c *CDN) dropPending(taskID string) {
-	c.mu.Lock()
-	delete(c.pending, taskID)
-	c.mu.Unlock()
-}
-
 // checkRequest validates req and returns the content digest it expects.
 func checkRequest(req Request) (digest.Digest, error) {
 	if err := taskid.Validate(req.TaskID); err != nil {
@@ -508,144 +379,6 @@ func (c *CDN) SourceBytes(taskID string) int64 {
 		return f.read.Load()
 	}
 	return c.sourceBytes[taskID]
-}
-
-// Delete cancels a running fetch of the task, removes the task from the
-// scheduler and deletes its cached content and metadata. Content is shared
-// by digest: the other tasks served from the same content (the digest task,
-// URL tasks that resolved to it) are removed from the scheduler too, and
-// fetched again by their next registration. Delete returns an error
-// wrapping ErrNotFound when there was nothing to delete.
-func (c *CDN) Delete(ctx context.Context, taskID string) error {
-	if err := taskid.Validate(taskID); err != nil {
-		return fmt.Errorf("delete task: %w: %w", err, ErrInvalid)
-	}
-	found := false
-	c.mu.Lock()
-	f := c.fetches[taskID]
-	delete(c.pending, taskID)
-	delete(c.blamed, taskID)
-	c.mu.Unlock()
-	if f != nil {
-		found = true
-		f.cancel()
-		select {
-		case <-f.done:
-		case <-ctx.Done():
-			return fmt.Errorf("delete task %s: %w", taskID, ctx.Err())
-		}
-	}
-	if err := c.sched.RemoveTask(ctx, taskID); err == nil {
-		found = true
-	} else if _, infoErr := c.sched.TaskInfo(ctx, taskID); infoErr == nil {
-		// The task is there but could not be removed.
-		return fmt.Errorf("delete task %s: %w", taskID, err)
-	}
-	d, byDigest := taskid.Digest(taskID)
-	if !byDigest {
-		var ok bool
-		d, ok = c.cache.taskDigest(taskID)
-		if ok {
-			found = true
-		}
-		if err := c.cache.removeTask(taskID); err != nil {
-			return fmt.Errorf("delete task %s: %w", taskID, err)
-		}
-	}
-	if d != "" {
-		// Every other task served from this content goes with it.
-		others := c.cache.tasksFor(d)
-		if !byDigest {
-			others = append(others, d.String())
-		}
-		for _, other := range others {
-			if other == taskID {
-				continue
-			}
-			c.mu.Lock()
-			_, running := c.fetches[other]
-			c.mu.Unlock()
-			if running {
-				// It is fetching its own copy, not reading this one.
-				continue
-			}
-			if err := c.sched.RemoveTask(ctx, other); err == nil {
-				c.log.Info("task sharing deleted content removed", zap.String("task", other), zap.String("deleted", taskID))
-			}
-			if _, isDigest := taskid.Digest(other); !isDigest {
-				if err := c.cache.removeTask(other); err != nil {
-					return fmt.Errorf("delete task %s: %w", taskID, err)
-				}
-			}
-		}
-		if err := c.store.Delete(ctx, d); err == nil {
-			found = true
-		} else if !errors.Is(err, content.ErrNotFound) {
-			return fmt.Errorf("delete task %s content: %w", taskID, err)
-		}
-		if err := c.cache.removeMeta(d); err != nil {
-			return fmt.Errorf("delete task %s: %w", taskID, err)
-		}
-	}
-	c.mu.Lock()
-	delete(c.sourceBytes, taskID)
-	c.mu.Unlock()
-	if !found {
-		return fmt.Errorf("delete task %s: %w", taskID, ErrNotFound)
-	}
-	c.log.Info("task deleted", zap.String("task", taskID))
-	return nil
-}
-
-// Forget drops what the CDN holds for a task the scheduler forgot (an idle
-// task): a running fetch is cancelled and waited for (within ctx), its
-// ingest and, for a URL task, its task record are deleted from disk, and
-// the candidate sources and counters kept for the task are dropped from
-// memory. Committed content and its piece metadata stay: they are the
-// verified cache, shared by digest, that a digest task is served from; a
-// forgotten URL task is fetched again by its next registration (and finds
-// its content already committed).
-// Forget does not call the scheduler, but a fetch it cancels settles its
-// task with the scheduler before it stops: call Forget from outside the
-// scheduler's event loop (its forget callback should start it on a
-// goroutine). Forgetting an unknown task is not an error.
-func (c *CDN) Forget(ctx context.Context, taskID string) error {
-	if err := taskid.Validate(taskID); err != nil {
-		return fmt.Errorf("forget task: %w: %w", err, ErrInvalid)
-	}
-	c.mu.Lock()
-	f := c.fetches[taskID]
-	delete(c.pending, taskID)
-	delete(c.blamed, taskID)
-	c.mu.Unlock()
-	if f != nil {
-		f.cancel()
-		select {
-		case <-f.done:
-		case <-ctx.Done():
-			return fmt.Errorf("forget task %s: %w", taskID, ctx.Err())
-		}
-	}
-	// A URL task's record (which content its URL resolved to) is per task:
-	// registrations of endless distinct URLs must not leave a file each.
-	if _, byDigest := taskid.Digest(taskID); !byDigest {
-		if err := c.cache.removeTask(taskID); err != nil {
-			return fmt.Errorf("forget task %s: %w", taskID, err)
-		}
-	}
-	// The fetch removed its ingest as it stopped; one left by an error
-	// goes here. An ingest a new fetch holds is left to it.
-	if im, ok := c.store.(content.IngestManager); ok {
-		err := im.Abort(ctx, taskid.FileName(taskID))
-		if err != nil && !errors.Is(err, content.ErrNotFound) && !errors.Is(err, content.ErrUnavailable) {
-			return fmt.Errorf("forget task %s: %w", taskID, err)
-		}
-	}
-	c.mu.Lock()
-	delete(c.sourceBytes, taskID)
-	c.mu.Unlock()
-	c.log.Debug("task forgotten", zap.String("task", taskID), zap.Bool("fetchCancelled", f != nil))
-	return nil
 }
 
 // redactURL returns u without userinfo, query and fragment, for logs and
