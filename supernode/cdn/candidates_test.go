@@ -533,3 +533,31 @@ func TestSourceFailingTheDigestIsNotTriedAgain(t *testing.T) {
 	require.Empty(t, f.cdn.blamed)
 	f.cdn.mu.Unlock()
 }
+
+func TestSourceNotAnsweringGivesWay(t *testing.T) {
+	t.Parallel()
+	body := blob(31, 1<<20)
+	mute := newSourceServer(t, func(s *sourceServer, w http.ResponseWriter, r *http.Request) {
+		<-r.Context().Done() // never a header
+	})
+	honest := honestSource(t, body)
+	f := newSourceFixture(t, Config{}, nil)
+	d := digest.FromBytes(body)
+	id, err := taskid.ForDigest(d)
+	require.NoError(t, err)
+
+	start := time.Now()
+	first := make(chan error, 1)
+	go func() {
+		_, err := f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: mute.URL + "/blob", Digest: d})
+		first <- err
+	}()
+	require.Eventually(t, func() bool { return mute.gets.Load() == 1 }, wait, time.Millisecond)
+	_, err = f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: honest.URL + "/blob", Digest: d})
+	require.NoError(t, err)
+	require.NoError(t, <-first)
+	task := f.settle(t, id)
+	require.Equal(t, schedapi.TaskSucceeded, task.info.State, task.info.Error)
+	require.Less(t, time.Since(start), 3*time.Second)
+	require.Equal(t, body, readBlob(t, f.store, d))
+}
