@@ -285,6 +285,7 @@ func (e *Engine) Download(ctx context.Context, req Request) (*Download, error) {
 		Digest:     req.Digest.String(),
 		Filter:     req.Filter,
 		Identifier: req.Identifier,
+		Size:       max(req.Size, 0),
 	}
 	if have != nil {
 		reg.Have, reg.PieceSize = allPieces(have.Size)

@@ -146,6 +146,7 @@ func (t *task) registerRequest(have *piece.Set, pieceSize int64) schedapi.Regist
 		Digest:     t.req.Digest.String(),
 		Filter:     t.req.Filter,
 		Identifier: t.req.Identifier,
+		Size:       max(t.req.Size, 0),
 		Have:       have,
 		PieceSize:  pieceSize,
 	}

@@ -91,6 +91,11 @@ type RegisterRequest struct {
 	Filter []string `json:"filter,omitempty"`
 	// Identifier separates tasks that share a URL.
 	Identifier string `json:"identifier,omitempty"`
+	// Size, when positive, is the content size the peer knows (a
+	// registry's manifest or HEAD says it). The supernode does not fetch a
+	// digest task from this registration's URL if that source announces
+	// another size. 0 when unknown.
+	Size int64 `json:"size,omitempty"`
 	// Have lists pieces the peer already holds verified (after a supernode
 	// restart, a peer re-registers with what it has). PieceSize must then be
 	// the piece size those pieces were cut with.

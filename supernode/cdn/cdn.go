@@ -6,6 +6,13 @@
 // a later task for the same content is served from the cache without asking
 // the source again, after a restart too.
 //
+// A digest task's sources are candidates its members offer, not the first
+// registrant's alone: the fetch moves on from one that fails, lies about the
+// size or is too slow (candidates.go, sources.go). No source may send more
+// than Config.MaxSourceSize, nor fill the data directory's filesystem past
+// Config.MinFreeSpace. What the CDN holds for a task the scheduler forgot is
+// dropped by Forget (forget.go).
+//
 // The CDN also serves its own content to peers: it implements the
 // upload.Tasks contract of pkg/peer/upload, reading pieces of a fetch in
 // progress from the ingest and finished content from the committed blob.
@@ -21,7 +28,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"time"
 
 	digest "github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,7 +35,6 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/damselfly/damselfly/pkg/content"
-	"github.com/damselfly/damselfly/pkg/ratelimit"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/source"
 	"github.com/damselfly/damselfly/pkg/taskid"
@@ -45,44 +50,6 @@ var (
 	// ErrClosed is returned by Ensure once Run has stopped the CDN.
 	ErrClosed = errors.New("cdn stopped")
 )
-
-// Config tunes the CDN.
-type Config struct {
-	// FetchTimeout bounds one source fetch, from the first request to the
-	// commit of the content. Default 2h.
-	FetchTimeout time.Duration `yaml:"fetchTimeout"`
-	// UploadRate caps the bytes per second the CDN sends to peers, over
-	// all its piece uploads, as a network link of that speed would. 0
-	// (the default) means unlimited.
-	UploadRate ratelimit.Rate `yaml:"uploadRate"`
-	// Dir holds piece metadata (meta/<hex>.json) and the content digest of
-	// URL tasks (tasks/<task>.json). The binary sets it from its data
-	// directory; it is not read from the config file.
-	Dir string `yaml:"-"`
-}
-
-// ApplyDefaults fills unset fields.
-func (c Config) ApplyDefaults() Config {
-	if c.FetchTimeout == 0 {
-		c.FetchTimeout = 2 * time.Hour
-	}
-	return c
-}
-
-// Validate reports every problem of the config.
-func (c Config) Validate() error {
-	var errs []error
-	if c.FetchTimeout <= 0 {
-		errs = append(errs, fmt.Errorf("cdn.fetchTimeout %s: must be positive", c.FetchTimeout))
-	}
-	if c.UploadRate < 0 {
-		errs = append(errs, fmt.Errorf("cdn.uploadRate: %d is negative (0 means unlimited)", c.UploadRate))
-	}
-	if c.Dir == "" {
-		errs = append(errs, errors.New("cdn dir: must be set"))
-	}
-	return errors.Join(errs...)
-}
 
 // TaskSpec describes a task the CDN adds to the scheduler.
 type TaskSpec struct {
@@ -120,6 +87,10 @@ type Request struct {
 	// Digest, when set, is the expected content digest; the task ID must be
 	// the task ID of that digest.
 	Digest digest.Digest
+	// Size, when positive, is the content size the requesting member knows
+	// (from a registry's manifest or HEAD). A source of a digest task that
+	// announces another size is not used.
+	Size int64
 }
 
 // Option configures a CDN.
@@ -171,6 +142,12 @@ type CDN struct {
 	// sourceBytes counts the bytes read from the source per task, for
 	// tasks fetched by this process.
 	sourceBytes map[string]int64
+	// pending holds the sources offered for a digest task whose fetch is
+	// about to start; the fetch takes them over.
+	pending map[string]*candidates
+	// blamed lists, per digest task, the source URLs whose content failed
+	// its digest (at most maxCandidates each).
+	blamed map[string][]string
 }
 
 // New returns a CDN storing content in store and fetching it with src. It
@@ -206,6 +183,8 @@ func New(cfg Config, store content.Store, src source.Client, sched Scheduler, op
 		stopping:    make(chan struct{}),
 		fetches:     make(map[string]*fetch),
 		sourceBytes: make(map[string]int64),
+		pending:     make(map[string]*candidates),
+		blamed:      make(map[string][]string),
 	}, nil
 }
 
@@ -250,6 +229,9 @@ func (c *CDN) begin() bool {
 // from ctx, bounded by Config.FetchTimeout; Ensure waits only until the
 // source has answered and the task is added to the scheduler. A source that
 // refuses the request (404, ...) yields a failed task, not an error.
+//
+// For a digest task, req's source is offered as a candidate of the fetch
+// (see candidates.go), whether Ensure starts the fetch or one is running.
 func (c *CDN) Ensure(ctx context.Context, req Request) (schedapi.TaskInfo, error) {
 	expected, err := checkRequest(req)
 	if err != nil {
@@ -258,14 +240,21 @@ func (c *CDN) Ensure(ctx context.Context, req Request) (schedapi.TaskInfo, error
 	if err := ctx.Err(); err != nil {
 		return schedapi.TaskInfo{}, err
 	}
+	if expected != "" {
+		c.offer(req, false)
+	}
 	if info, err := c.sched.TaskInfo(ctx, req.TaskID); err == nil && info.State != schedapi.TaskFailed && !c.dropIfGone(ctx, req.TaskID) {
 		return info, nil
+	}
+	if expected != "" {
+		c.offer(req, true)
 	}
 	ch := c.group.DoChan(req.TaskID, func() (any, error) {
 		if !c.begin() {
 			return nil, ErrClosed
 		}
 		defer c.work.Done()
+		defer c.dropPending(req.TaskID)
 		// The work outlives the caller that started it: other callers
 		// wait on it, and the fetch it starts runs on. Only Run's stop
 		// cuts it short.
@@ -299,6 +288,9 @@ func checkRequest(req Request) (digest.Digest, error) {
 	u, err := url.Parse(req.URL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return "", fmt.Errorf("cdn task %s: source url must be http or https: %w", req.TaskID, ErrInvalid)
+	}
+	if req.Size < 0 {
+		return "", fmt.Errorf("cdn task %s: size %d is negative: %w", req.TaskID, req.Size, ErrInvalid)
 	}
 	expected, byDigest := taskid.Digest(req.TaskID)
 	if req.Digest != "" && (!byDigest || req.Digest != expected) {
@@ -387,91 +379,6 @@ func (c *CDN) SourceBytes(taskID string) int64 {
 		return f.read.Load()
 	}
 	return c.sourceBytes[taskID]
-}
-
-// Delete cancels a running fetch of the task, removes the task from the
-// scheduler and deletes its cached content and metadata. Content is shared
-// by digest: the other tasks served from the same content (the digest task,
-// URL tasks that resolved to it) are removed from the scheduler too, and
-// fetched again by their next registration. Delete returns an error
-// wrapping ErrNotFound when there was nothing to delete.
-func (c *CDN) Delete(ctx context.Context, taskID string) error {
-	if err := taskid.Validate(taskID); err != nil {
-		return fmt.Errorf("delete task: %w: %w", err, ErrInvalid)
-	}
-	found := false
-	c.mu.Lock()
-	f := c.fetches[taskID]
-	c.mu.Unlock()
-	if f != nil {
-		found = true
-		f.cancel()
-		select {
-		case <-f.done:
-		case <-ctx.Done():
-			return fmt.Errorf("delete task %s: %w", taskID, ctx.Err())
-		}
-	}
-	if err := c.sched.RemoveTask(ctx, taskID); err == nil {
-		found = true
-	} else if _, infoErr := c.sched.TaskInfo(ctx, taskID); infoErr == nil {
-		// The task is there but could not be removed.
-		return fmt.Errorf("delete task %s: %w", taskID, err)
-	}
-	d, byDigest := taskid.Digest(taskID)
-	if !byDigest {
-		var ok bool
-		d, ok = c.cache.taskDigest(taskID)
-		if ok {
-			found = true
-		}
-		if err := c.cache.removeTask(taskID); err != nil {
-			return fmt.Errorf("delete task %s: %w", taskID, err)
-		}
-	}
-	if d != "" {
-		// Every other task served from this content goes with it.
-		others := c.cache.tasksFor(d)
-		if !byDigest {
-			others = append(others, d.String())
-		}
-		for _, other := range others {
-			if other == taskID {
-				continue
-			}
-			c.mu.Lock()
-			_, running := c.fetches[other]
-			c.mu.Unlock()
-			if running {
-				// It is fetching its own copy, not reading this one.
-				continue
-			}
-			if err := c.sched.RemoveTask(ctx, other); err == nil {
-				c.log.Info("task sharing deleted content removed", zap.String("task", other), zap.String("deleted", taskID))
-			}
-			if _, isDigest := taskid.Digest(other); !isDigest {
-				if err := c.cache.removeTask(other); err != nil {
-					return fmt.Errorf("delete task %s: %w", taskID, err)
-				}
-			}
-		}
-		if err := c.store.Delete(ctx, d); err == nil {
-			found = true
-		} else if !errors.Is(err, content.ErrNotFound) {
-			return fmt.Errorf("delete task %s content: %w", taskID, err)
-		}
-		if err := c.cache.removeMeta(d); err != nil {
-			return fmt.Errorf("delete task %s: %w", taskID, err)
-		}
-	}
-	c.mu.Lock()
-	delete(c.sourceBytes, taskID)
-	c.mu.Unlock()
-	if !found {
-		return fmt.Errorf("delete task %s: %w", taskID, ErrNotFound)
-	}
-	c.log.Info("task deleted", zap.String("task", taskID))
-	return nil
 }
 
 // redactURL returns u without userinfo, query and fragment, for logs and

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,7 +15,6 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/content"
 	"github.com/damselfly/damselfly/pkg/piece"
-	"github.com/damselfly/damselfly/pkg/source"
 	"github.com/damselfly/damselfly/pkg/taskid"
 )
 
@@ -44,6 +44,8 @@ type fetch struct {
 	size      int64 // -1 while unknown
 	pieceSize int64
 	published *piece.Set
+	// cands are the sources offered for the task.
+	cands *candidates
 	// refs counts the open upload handles plus one for the fetch itself;
 	// blob is closed when it drops to zero.
 	refs int
@@ -70,9 +72,10 @@ func (f *fetch) abort() {
 	}
 }
 
-// startFetch asks the source for the content, adds the task to the
-// scheduler and leaves a goroutine streaming the body. A source that refuses
-// the request yields a failed task and a nil error.
+// startFetch asks the first candidate source that answers for the
+// content, adds the task to the scheduler and leaves a goroutine streaming
+// the body. When no candidate answers, the task is added failed and the
+// error is nil.
 func (c *CDN) startFetch(ctx context.Context, req Request, expected digest.Digest, log *zap.Logger) error {
 	// The fetch gets its own detached context: it outlives ensure.
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.FetchTimeout)
@@ -83,6 +86,14 @@ func (c *CDN) startFetch(ctx context.Context, req Request, expected digest.Diges
 		cancel()
 		return ErrClosed
 	}
+	f.cands = c.pending[req.TaskID]
+	delete(c.pending, req.TaskID)
+	if f.cands == nil || expected == "" {
+		f.cands = newCandidates(req)
+	} else {
+		f.cands.offer(req)
+	}
+	f.cands.refuse(c.blamed[req.TaskID], errLied)
 	c.fetches[req.TaskID] = f
 	c.mu.Unlock()
 	started := false
@@ -94,17 +105,18 @@ func (c *CDN) startFetch(ctx context.Context, req Request, expected digest.Diges
 	}()
 
 	spec := TaskSpec{ID: req.TaskID, URL: redactURL(req.URL), PieceSize: piece.SizeFor(-1), Size: -1, ContentDigest: expected}
-	resp, err := c.src.Fetch(fctx, source.Request{URL: req.URL, Header: req.Header})
-	if err != nil {
-		return c.addFailed(ctx, spec, sourceErrorMessage(req.URL, err), log)
+	src, ok := c.openNext(fctx, f, 0, -1, log)
+	if !ok {
+		return c.addFailed(ctx, spec, f.cands.failure(), log)
 	}
-	size := resp.Size
+	size := src.resp.Size
 	if size < -1 {
 		size = -1
 	}
 	w, err := c.store.Writer(fctx, taskid.FileName(req.TaskID))
 	if err != nil {
-		resp.Body.Close()
+		src.resp.Body.Close()
+		src.cancel()
 		log.Error("open ingest", zap.Error(err))
 		return c.addFailed(ctx, spec, errors.New("cdn content store unavailable"), log)
 	}
@@ -113,13 +125,14 @@ func (c *CDN) startFetch(ctx context.Context, req Request, expected digest.Diges
 	f.w, f.size, f.pieceSize = w, size, spec.PieceSize
 	f.mu.Unlock()
 	if err := c.sched.AddTask(ctx, spec); err != nil {
-		resp.Body.Close()
+		src.resp.Body.Close()
+		src.cancel()
 		f.abort()
 		return fmt.Errorf("add task %s: %w", req.TaskID, err)
 	}
 	log.Info("source fetch started", zap.Int64("size", size), zap.Int64("pieceSize", spec.PieceSize))
 	started = true
-	go c.stream(fctx, f, resp.Body, req.URL, expected, log)
+	go c.stream(fctx, f, src, expected, log)
 	return nil
 }
 
@@ -184,19 +197,16 @@ func readPieces(ctx context.Context, r io.Reader, pieceSize int64) <-chan source
 	return out
 }
 
-// stream copies the source body into the ingest one piece at a time,
-// publishing each piece as soon as it is stored, then commits and settles
-// the task.
-func (c *CDN) stream(ctx context.Context, f *fetch, body io.ReadCloser, rawURL string, expected digest.Digest, log *zap.Logger) {
+// stream copies the source bodies into the ingest one piece at a time,
+// moving to the next candidate when one fails, publishing each piece as
+// soon as it is stored, then commits and settles the task.
+func (c *CDN) stream(ctx context.Context, f *fetch, src sourceBody, expected digest.Digest, log *zap.Logger) {
 	defer f.cancel()
 	defer c.finish(f)
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
 	defer cancel()
 
-	d, m, err := c.copyPieces(ctx, f, body, expected)
-	if err != nil && errors.Is(err, errSourceRead) {
-		err = sourceErrorMessage(rawURL, err)
-	}
+	d, m, err := c.copyPieces(ctx, f, src, expected, log)
 	if err != nil {
 		f.abort()
 		if ctx.Err() != nil {
@@ -225,76 +235,55 @@ func (c *CDN) stream(ctx context.Context, f *fetch, body io.ReadCloser, rawURL s
 	log.Info("source fetch done", zap.Stringer("digest", d), zap.Int64("size", m.Size), zap.Int("pieces", len(m.Pieces)))
 }
 
-// copyPieces reads the body into the ingest, publishes every piece, checks
-// the digest and commits the blob. It returns the content digest and the
-// piece metadata. It closes body.
+// stored is what a fetch has stored and published so far: whole pieces,
+// from the first on.
+type stored struct {
+	pieces []digest.Digest
+	off    int64
+	// from lists the sources the stored pieces came from.
+	from []*candidate
+}
+
+// copyPieces reads the sources into the ingest, publishes every piece,
+// checks the digest and commits the blob. It returns the content digest and
+// the piece metadata. It closes every body it reads.
 //
 // Three things overlap, so that a fetch keeps two cores busy: the next
 // piece is read from the source while the current one is stored and hashed,
 // and the piece digest is computed while the ingest writer stores the piece
 // and feeds the content digest (which the writer computes as the bytes
 // stream, so no one hashes the content twice).
-func (c *CDN) copyPieces(ctx context.Context, f *fetch, body io.ReadCloser, expected digest.Digest) (digest.Digest, pieceMeta, error) {
+func (c *CDN) copyPieces(ctx context.Context, f *fetch, src sourceBody, expected digest.Digest, log *zap.Logger) (digest.Digest, pieceMeta, error) {
 	f.mu.RLock()
 	w, size, pieceSize := f.w, f.size, f.pieceSize
 	f.mu.RUnlock()
 
-	var r io.Reader = body
-	if size >= 0 {
-		r = io.LimitReader(body, size)
-	}
-	rctx, stopReading := context.WithCancel(ctx)
-	chunks := readPieces(rctx, r, pieceSize)
-	defer func() {
-		stopReading()
-		body.Close() // unblocks a read in flight
-		for range chunks {
-		}
-	}()
-
-	var pieces []digest.Digest
-	var off int64
-	for n := 0; ; n++ {
-		ch, ok := <-chunks
-		if !ok {
-			return "", pieceMeta{}, ctx.Err()
-		}
-		if err := ctx.Err(); err != nil {
-			return "", pieceMeta{}, err
-		}
-		if p := ch.p; len(p) > 0 {
-			f.read.Add(int64(len(p)))
-			c.metrics.sourceBytes.Add(float64(len(p)))
-			pdc := make(chan digest.Digest, 1)
-			go func() { pdc <- piece.Digest(p) }()
-			_, werr := w.WriteAt(p, off)
-			pd := <-pdc
-			ch.release()
-			if werr != nil {
-				return "", pieceMeta{}, fmt.Errorf("store piece %d: %w", n, werr)
-			}
-			off += int64(len(p))
-			pieces = append(pieces, pd)
-			// Readable locally before any peer is told about it.
-			f.mu.Lock()
-			f.published.Add(n)
-			f.mu.Unlock()
-			if err := c.sched.PublishPiece(ctx, f.taskID, n, pd); err != nil {
-				return "", pieceMeta{}, fmt.Errorf("publish piece %d: %w", n, err)
-			}
-		} else {
-			ch.release()
-		}
-		if errors.Is(ch.err, io.EOF) || errors.Is(ch.err, io.ErrUnexpectedEOF) {
+	var st stored
+	for {
+		err := c.copyFrom(ctx, f, src, w, size, pieceSize, &st)
+		if err == nil {
 			break
 		}
-		if ch.err != nil {
-			return "", pieceMeta{}, fmt.Errorf("%w: %w", errSourceRead, ch.err)
+		var sf *sourceFailure
+		if ctx.Err() != nil {
+			return "", pieceMeta{}, ctx.Err()
 		}
+		if !errors.As(err, &sf) {
+			return "", pieceMeta{}, err
+		}
+		f.cands.fail(src.cand, sf.err)
+		c.metrics.sourcesGivenUp.Inc()
+		log.Warn("source given up", zap.String("source", redactURL(src.url)), zap.Int64("offset", st.off), zap.Error(sf.err))
+		var ok bool
+		if src, ok = c.openNext(ctx, f, st.off, size, log); !ok {
+			if ctx.Err() != nil {
+				return "", pieceMeta{}, ctx.Err()
+			}
+			return "", pieceMeta{}, f.cands.failure()
+		}
+		log.Info("source fetch resumed from another source", zap.String("source", redactURL(src.url)), zap.Int64("offset", st.off))
 	}
-	if size >= 0 && off != size {
-		return "", pieceMeta{}, fmt.Errorf("source body ended after %d of %d bytes", off, size)
-	}
+	off, pieces := st.off, st.pieces
 	if size < 0 {
 		if err := c.sched.SetSize(ctx, f.taskID, off); err != nil {
 			return "", pieceMeta{}, fmt.Errorf("set size: %w", err)
@@ -308,11 +297,23 @@ func (c *CDN) copyPieces(ctx context.Context, f *fetch, body io.ReadCloser, expe
 	if err := w.Sync(); err != nil {
 		return "", pieceMeta{}, fmt.Errorf("sync: %w", err)
 	}
-	// Readers are held off while the ingest turns into a blob.
+	// Readers are held off while the ingest turns into a blob; a source is
+	// blamed after they are let go (c.mu is taken before f.mu elsewhere).
+	var liar *candidate
+	defer func() {
+		if liar != nil {
+			url, _, _ := f.cands.request(liar)
+			c.blame(f.taskID, url)
+		}
+	}()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	err := w.Commit(ctx, off, expected)
 	if errors.Is(err, content.ErrDigestMismatch) {
+		if len(st.from) == 1 {
+			// One source sent every byte: it is the one that lied.
+			liar = st.from[0]
+		}
 		return "", pieceMeta{}, fmt.Errorf("content digest mismatch: expected %s: %w", expected, err)
 	}
 	if err != nil && !errors.Is(err, content.ErrAlreadyExists) {
@@ -329,4 +330,126 @@ func (c *CDN) copyPieces(ctx context.Context, f *fetch, body io.ReadCloser, expe
 		f.blob = blob
 	}
 	return d, pieceMeta{Digest: d, Size: off, PieceSize: pieceSize, Pieces: pieces}, nil
+}
+
+// copyFrom reads one source's body to the end of the content, storing and
+// publishing the pieces after st and checking again those before it (a
+// source read from the start). It returns nil once the content is
+// complete, a *sourceFailure when this source is to be given up for the
+// next, and any other error when the fetch cannot go on. It closes the
+// body.
+func (c *CDN) copyFrom(ctx context.Context, f *fetch, src sourceBody, w content.Writer, size, pieceSize int64, st *stored) error {
+	body, start := src.resp.Body, src.resp.Offset
+	cr := &countingReader{r: body}
+	var r io.Reader = cr
+	if size >= 0 {
+		r = io.LimitReader(cr, size-start)
+	} else {
+		// One byte more than allowed tells an endless body from one that
+		// ends at the limit.
+		r = io.LimitReader(cr, c.cfg.MaxSourceSize-start+1)
+	}
+	rctx, stopReading := context.WithCancel(ctx)
+	var slow atomic.Bool
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		watchRate(rctx, cr, int64(c.cfg.MinSourceRate), c.cfg.MinSourceRateWindow, f.cands.waiting, func() {
+			slow.Store(true)
+			src.cancel()
+			body.Close() // unblocks the read in flight
+		})
+	}()
+	chunks := readPieces(rctx, r, pieceSize)
+	defer func() {
+		stopReading()
+		src.cancel()
+		body.Close() // unblocks a read in flight
+		for range chunks {
+		}
+		<-watched
+	}()
+
+	pos := start
+	for n := int(start / pieceSize); ; n++ {
+		ch, ok := <-chunks
+		if !ok {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			return errors.New("source reader stopped")
+		}
+		if err := ctx.Err(); err != nil {
+			ch.release()
+			return err
+		}
+		p := ch.p
+		end := errors.Is(ch.err, io.EOF) || errors.Is(ch.err, io.ErrUnexpectedEOF)
+		if ch.err != nil && !end {
+			// A short piece is not stored: the next source resumes at
+			// the piece's start.
+			ch.release()
+			if slow.Load() {
+				return &sourceFailure{fmt.Errorf("%w: less than %s/s over %s", errTooSlow, c.cfg.MinSourceRate, c.cfg.MinSourceRateWindow)}
+			}
+			return &sourceFailure{sourceErrorMessage(src.url, fmt.Errorf("%w: %w", errSourceRead, ch.err))}
+		}
+		switch {
+		case len(p) == 0:
+			ch.release()
+		case n < len(st.pieces):
+			// Read from the start: the piece was published from
+			// another source and must come again byte for byte.
+			same := piece.Digest(p) == st.pieces[n]
+			ch.release()
+			if !same {
+				return &sourceFailure{fmt.Errorf("source sends other bytes than the previous source in piece %d", n)}
+			}
+			pos += int64(len(p))
+			f.read.Add(int64(len(p)))
+			c.metrics.sourceBytes.Add(float64(len(p)))
+		default:
+			if size < 0 && st.off+int64(len(p)) > c.cfg.MaxSourceSize {
+				ch.release()
+				return fmt.Errorf("source sends more than cdn.maxSourceSize (%d bytes)", c.cfg.MaxSourceSize)
+			}
+			if err := c.checkSpace(int64(len(p))); err != nil {
+				ch.release()
+				return err
+			}
+			f.read.Add(int64(len(p)))
+			c.metrics.sourceBytes.Add(float64(len(p)))
+			pdc := make(chan digest.Digest, 1)
+			go func() { pdc <- piece.Digest(p) }()
+			_, werr := w.WriteAt(p, st.off)
+			pd := <-pdc
+			ch.release()
+			if werr != nil {
+				return fmt.Errorf("store piece %d: %w", n, werr)
+			}
+			st.off += int64(len(p))
+			pos = st.off
+			st.pieces = append(st.pieces, pd)
+			if !slices.Contains(st.from, src.cand) {
+				st.from = append(st.from, src.cand)
+			}
+			// Readable locally before any peer is told about it.
+			f.mu.Lock()
+			f.published.Add(n)
+			f.mu.Unlock()
+			if err := c.sched.PublishPiece(ctx, f.taskID, n, pd); err != nil {
+				return fmt.Errorf("publish piece %d: %w", n, err)
+			}
+		}
+		if end {
+			break
+		}
+	}
+	switch {
+	case pos < st.off:
+		return &sourceFailure{fmt.Errorf("source body ended after %d bytes, before the %d already stored", pos, st.off)}
+	case size >= 0 && st.off != size:
+		return &sourceFailure{fmt.Errorf("source body ended after %d of %d bytes", st.off, size)}
+	}
+	return nil
 }

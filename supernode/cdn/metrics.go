@@ -7,6 +7,8 @@ type metrics struct {
 	fetches     *prometheus.CounterVec
 	cacheHits   prometheus.Counter
 	contentGone prometheus.Counter
+	// sourcesGivenUp counts candidate sources abandoned for the next.
+	sourcesGivenUp prometheus.Counter
 }
 
 // newMetrics builds the CDN's metrics and registers them with reg, when
@@ -29,11 +31,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "damselfly", Subsystem: "cdn", Name: "content_gone_total",
 			Help: "Succeeded tasks dropped because their content vanished from the store; they are fetched again.",
 		}),
+		sourcesGivenUp: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "damselfly", Subsystem: "cdn", Name: "sources_given_up_total",
+			Help: "Sources a fetch gave up (failed, lied about the size, too slow) to try the next candidate.",
+		}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.sourceBytes, m.fetches, m.cacheHits, m.contentGone} {
+	for _, c := range []prometheus.Collector{m.sourceBytes, m.fetches, m.cacheHits, m.contentGone, m.sourcesGivenUp} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

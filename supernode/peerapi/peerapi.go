@@ -322,6 +322,9 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 	if req.PieceSize < 0 {
 		return invalid("pieceSize: negative")
 	}
+	if req.Size < 0 {
+		return invalid("size: negative")
+	}
 	var (
 		id  string
 		d   digest.Digest
@@ -336,7 +339,7 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return invalid("task: %v", err)
 	}
-	info, err := s.seed.Ensure(r.Context(), cdn.Request{TaskID: id, URL: req.URL, Header: req.Header, Digest: d})
+	info, err := s.seed.Ensure(r.Context(), cdn.Request{TaskID: id, URL: req.URL, Header: req.Header, Digest: d, Size: req.Size})
 	if err != nil {
 		return fmt.Errorf("register %s: %w", id, err)
 	}
