@@ -258,15 +258,22 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	)
 	// The CDN's upload server reports the transfers it starts
 	// (upload.WithTransferStart below), so CDN assignments not started in
-	// time are revoked. TODO(lead): scheduler.WithTaskForgotten, for the
-	// CDN to drop its state and files of a forgotten task.
+	// time are revoked. An idle task the scheduler forgets is forgotten by
+	// the CDN too, files included; the callback runs on its own goroutine
+	// once Run has started, after seed is set.
+	var seed *cdn.CDN
 	sched, err := scheduler.New(cfg.Scheduler, schedapi.Peer{ID: CDNPeerID, Addr: advertise},
-		scheduler.WithLogger(logger), scheduler.WithMetrics(reg), scheduler.WithStartReports())
+		scheduler.WithLogger(logger), scheduler.WithMetrics(reg), scheduler.WithStartReports(),
+		scheduler.WithTaskForgotten(func(taskID string) {
+			if err := seed.Forget(ctx, taskID); err != nil && ctx.Err() == nil {
+				logger.Warn("forget task", zap.String("task", taskID), zap.Error(err))
+			}
+		}))
 	if err != nil {
 		return err
 	}
 	src := httpsource.New(httpsource.WithHTTPClient(sourceHC), httpsource.WithLogger(logger.Named("source")))
-	seed, err := cdn.New(cfg.CDN, store, src, cdnScheduler{sched},
+	seed, err = cdn.New(cfg.CDN, store, src, cdnScheduler{sched},
 		cdn.WithLogger(logger.Named("cdn")), cdn.WithMetrics(reg))
 	if err != nil {
 		return err

@@ -340,14 +340,15 @@ func TestTaskBounds(t *testing.T) {
 }
 
 // A succeeded task without members for idleTaskTTL is forgotten and the
-// callback told; a running one, or one with members, is kept.
+// callback told; a running one, or one with members, is kept; a failed one
+// is forgotten after failedTaskTTL without the callback.
 func TestIdleTasksForgotten(t *testing.T) {
 	t.Parallel()
 	clock := newFakeClock()
 	var mu sync.Mutex
 	var forgotten []string
 	done := make(chan struct{}, 10)
-	s := startScheduler(t, Config{IdleTaskTTL: time.Minute, FailedTaskTTL: time.Hour, PeerTTL: time.Hour}, WithClock(clock.Now),
+	s := startScheduler(t, Config{IdleTaskTTL: time.Minute, FailedTaskTTL: time.Minute, PeerTTL: time.Hour}, WithClock(clock.Now),
 		WithTaskForgotten(func(id string) {
 			mu.Lock()
 			forgotten = append(forgotten, id)
@@ -360,14 +361,18 @@ func TestIdleTasksForgotten(t *testing.T) {
 	busy := addTask(t, s, t.Name()+"/busy", 1, 1)
 	require.NoError(t, s.Succeed(ctx, busy, 100, ""))
 	running := addTask(t, s, t.Name()+"/running", 1, 1)
+	failed := addTask(t, s, t.Name()+"/failed", 1, 1)
+	require.NoError(t, s.Fail(ctx, failed, fmt.Errorf("origin gone")))
 	join(t, s, idle, "p")
 	join(t, s, busy, "p")
 	clock.Advance(2 * time.Minute)
 	require.NoError(t, s.sweepNow(ctx))
+	_, err := s.TaskInfo(ctx, failed)
+	require.ErrorIs(t, err, ErrTaskNotFound, "failed and forgotten")
 	require.NoError(t, s.Leave(ctx, idle, "p"))
 	clock.Advance(59 * time.Second)
 	require.NoError(t, s.sweepNow(ctx))
-	_, err := s.TaskInfo(ctx, idle)
+	_, err = s.TaskInfo(ctx, idle)
 	require.NoError(t, err, "empty for less than idleTaskTTL")
 
 	clock.Advance(time.Second)

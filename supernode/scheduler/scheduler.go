@@ -29,8 +29,8 @@
 //
 // The scheduler knows at most MaxTasks tasks, and a peer is a member of at
 // most MaxTasksPerPeer; beyond, AddTask and Join fail with ErrLimit. A
-// succeeded task without members for IdleTaskTTL, and a failed one after
-// FailedTaskTTL, is forgotten (WithTaskForgotten).
+// succeeded task without members for IdleTaskTTL is forgotten
+// (WithTaskForgotten), as is a failed one after FailedTaskTTL.
 package scheduler
 
 import (
@@ -106,10 +106,11 @@ func WithStartReports() Option {
 	return func(s *Scheduler) { s.startReports = true }
 }
 
-// WithTaskForgotten sets fn, called with the ID of each task the scheduler
-// forgets on its own: a succeeded task without members for IdleTaskTTL, a
-// failed one after FailedTaskTTL (not one removed by RemoveTask). The caller
-// may then drop what it keeps for the task. fn runs on its own goroutine,
+// WithTaskForgotten sets fn, called with the ID of each idle task the
+// scheduler forgets: a succeeded task without members for IdleTaskTTL (not a
+// failed one past FailedTaskTTL, nor one removed by RemoveTask). The caller
+// may then drop what it keeps for the task; a registration may re-create
+// the task meanwhile, which fn must not undo. fn runs on its own goroutine,
 // may call the Scheduler, and Run waits for it before returning.
 func WithTaskForgotten(fn func(taskID string)) Option {
 	return func(s *Scheduler) { s.forgotten = fn }

@@ -280,7 +280,8 @@ type state struct {
 	// startReports, to lapse those not started in time (lapseDue). Entries
 	// that ended, started or lapsed are skipped.
 	fresh []*assignment
-	// forgotten, if set, is told the ID of each task the sweep forgets.
+	// forgotten, if set, is told the ID of each idle task the sweep
+	// forgets.
 	forgotten func(taskID string)
 }
 
@@ -1379,9 +1380,10 @@ func (st *state) sweep() {
 			continue
 		}
 		st.dropTask(t)
-		if idle {
-			st.log.Info("idle task forgotten", zap.String("task", t.id), zap.Time("emptySince", t.emptySince))
+		if !idle {
+			continue
 		}
+		st.log.Info("idle task forgotten", zap.String("task", t.id), zap.Time("emptySince", t.emptySince))
 		if st.forgotten != nil {
 			st.forgotten(t.id)
 		}
