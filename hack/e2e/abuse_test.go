@@ -283,3 +283,33 @@ func (s *supernode) adminGetNoFail(ctx context.Context, path string, v any) erro
 	}
 	return json.NewDecoder(resp.Body).Decode(v)
 }
+
+// Registrations are bounded: a peer ID joins at most scheduler.maxTasksPerPeer
+// tasks and the supernode knows at most scheduler.maxTasks; beyond, the
+// registration is refused and nothing is scheduled for it. Tasks whose members
+// are gone are forgotten after scheduler.idleTaskTTL, which makes room again.
+func TestRegistrationBounds(t *testing.T) {
+	skipShort(t)
+	t.Parallel()
+	o := newOrigin(t, 1*mib, 0)
+	sn := startSupernode(t, "--config", writeConfig(t,
+		"scheduler:\n  maxTasks: 3\n  maxTasksPerPeer: 2\n  peerTTL: 1s\n  idleTaskTTL: 1s\n"))
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	sc := peerAPIClient(t, sn.addr)
+	register := func(peerID, name string) error {
+		_, err := sc.Register(ctx, schedapi.RegisterRequest{Peer: schedapi.Peer{ID: peerID, Addr: closedAddr(t)}, URL: o.url(name)})
+		return err
+	}
+	require.NoError(t, register("p1", "a"))
+	require.NoError(t, register("p1", "b"))
+	require.Error(t, register("p1", "c"), "p1 is in maxTasksPerPeer tasks")
+	require.NoError(t, register("p2", "c"))
+	require.Error(t, register("p2", "d"), "maxTasks tasks are known")
+	require.Len(t, sn.tasks(t), 3)
+
+	// Nobody polls: the peers expire, their tasks are idle, then forgotten.
+	require.Eventually(t, func() bool { return len(sn.tasks(t)) == 0 }, 30*time.Second, 100*time.Millisecond,
+		"idle tasks are forgotten")
+	require.NoError(t, register("p3", "d"), "forgetting made room")
+}

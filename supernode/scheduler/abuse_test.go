@@ -325,9 +325,13 @@ func TestTaskBounds(t *testing.T) {
 	err := s.AddTask(ctx, TaskSpec{ID: testTaskID(t.Name() + "/3"), Size: 1})
 	require.ErrorIs(t, err, ErrLimit)
 
+	require.ErrorIs(t, s.Admit(ctx, testTaskID(t.Name()+"/3"), "p"), ErrLimit, "a fourth task")
+	require.NoError(t, s.Admit(ctx, ids[0], "p"))
 	join(t, s, ids[0], "p")
 	join(t, s, ids[1], "p")
 	join(t, s, ids[1], "p") // again: not a new task
+	require.NoError(t, s.Admit(ctx, ids[1], "p"))
+	require.ErrorIs(t, s.Admit(ctx, ids[2], "p"), ErrLimit)
 	_, err = s.Join(ctx, ids[2], peerAt("p", 1), nil)
 	require.ErrorIs(t, err, ErrLimit)
 	join(t, s, ids[2], "q")

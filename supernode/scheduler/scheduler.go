@@ -313,6 +313,15 @@ func (s *Scheduler) TaskInfo(ctx context.Context, taskID string) (schedapi.TaskI
 	return do(ctx, s, func() (schedapi.TaskInfo, error) { return s.st.taskInfo(taskID) })
 }
 
+// Admit reports, with ErrLimit, whether Join of peerID to a task, creating
+// the task first if it is unknown, would be refused for a bound
+// (MaxTasksPerPeer, MaxTasks), so that a registration can be refused before
+// the CDN starts anything for it. Nothing is reserved: AddTask and Join
+// check again.
+func (s *Scheduler) Admit(ctx context.Context, taskID, peerID string) error {
+	return do0(ctx, s, func() error { return s.st.admit(taskID, peerID) })
+}
+
 // Join adds peer p to a task (ErrTaskNotFound if there is none), or
 // refreshes its address if it is already in. have, which may be nil, lists
 // pieces p already holds; pieces past the piece count (or, while the count

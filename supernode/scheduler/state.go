@@ -631,6 +631,16 @@ func (st *state) seen(id, addr string) *peer {
 	return p
 }
 
+func (st *state) admit(taskID, peerID string) error {
+	if p := st.peers[peerID]; p != nil && p.tasks[taskID] == nil && len(p.tasks) >= st.cfg.MaxTasksPerPeer {
+		return fmt.Errorf("admit %s: peer %s is in %d tasks (maxTasksPerPeer): %w", taskID, peerID, len(p.tasks), ErrLimit)
+	}
+	if t := st.tasks[taskID]; t == nil && len(st.tasks) >= st.cfg.MaxTasks {
+		return fmt.Errorf("admit %s: %d tasks known (maxTasks): %w", taskID, len(st.tasks), ErrLimit)
+	}
+	return nil
+}
+
 func (st *state) join(taskID string, sp schedapi.Peer, have *piece.Set) (schedapi.TaskInfo, error) {
 	if err := st.checkPeer(sp); err != nil {
 		return schedapi.TaskInfo{}, fmt.Errorf("join: %w", err)
