@@ -261,10 +261,18 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	// time are revoked. An idle task the scheduler forgets is forgotten by
 	// the CDN too, files included; the callback runs on its own goroutine
 	// once Run has started, after seed is set.
-	var seed *cdn.CDN
-	sched, err := scheduler.New(cfg.Scheduler, schedapi.Peer{ID: CDNPeerID, Addr: advertise},
+	var (
+		seed  *cdn.CDN
+		sched *scheduler.Scheduler
+	)
+	sched, err = scheduler.New(cfg.Scheduler, schedapi.Peer{ID: CDNPeerID, Addr: advertise},
 		scheduler.WithLogger(logger), scheduler.WithMetrics(reg), scheduler.WithStartReports(),
 		scheduler.WithTaskForgotten(func(taskID string) {
+			// A registration may have created the task again meanwhile:
+			// then it is not the CDN's to forget.
+			if _, err := sched.TaskInfo(ctx, taskID); !errors.Is(err, scheduler.ErrTaskNotFound) {
+				return
+			}
 			if err := seed.Forget(ctx, taskID); err != nil && ctx.Err() == nil {
 				logger.Warn("forget task", zap.String("task", taskID), zap.Error(err))
 			}

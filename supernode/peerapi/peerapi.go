@@ -48,6 +48,9 @@ const (
 
 // Scheduler is the part of the scheduler the peer API drives.
 type Scheduler interface {
+	// Admit says whether peerID may join taskID (ErrLimit when the
+	// scheduler's task bounds refuse it), before anything is created.
+	Admit(ctx context.Context, taskID, peerID string) error
 	Join(ctx context.Context, taskID string, p schedapi.Peer, have *piece.Set) (schedapi.TaskInfo, error)
 	Poll(ctx context.Context, taskID, peerID string, max int) (schedapi.PiecesResponse, error)
 	Report(ctx context.Context, taskID, peerID string, results []schedapi.PieceResult) error
@@ -180,6 +183,8 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, ErrInvalid), errors.Is(err, scheduler.ErrInvalid),
 		errors.Is(err, cdn.ErrInvalid), errors.Is(err, taskid.ErrInvalid):
 		status, code, msg = http.StatusBadRequest, schedapi.CodeInvalid, err.Error()
+	case errors.Is(err, scheduler.ErrLimit):
+		status, code, msg = http.StatusServiceUnavailable, schedapi.CodeUnavailable, err.Error()
 	case errors.Is(err, scheduler.ErrClosed), errors.Is(err, cdn.ErrClosed):
 		status, code, msg = http.StatusServiceUnavailable, schedapi.CodeUnavailable, "supernode is shutting down"
 	case r.Context().Err() != nil:
@@ -338,6 +343,11 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 	}
 	if err != nil {
 		return invalid("task: %v", err)
+	}
+	// Bounds first: a refused registration creates no task and starts no
+	// source fetch.
+	if err := s.sched.Admit(r.Context(), id, req.Peer.ID); err != nil {
+		return fmt.Errorf("register %s: %w", id, err)
 	}
 	info, err := s.seed.Ensure(r.Context(), cdn.Request{TaskID: id, URL: req.URL, Header: req.Header, Digest: d, Size: req.Size})
 	if err != nil {

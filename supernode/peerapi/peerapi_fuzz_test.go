@@ -57,6 +57,11 @@ func (b *strictBackend) Ensure(_ context.Context, req cdn.Request) (schedapi.Tas
 	return schedapi.TaskInfo{TaskID: req.TaskID, State: schedapi.TaskRunning, Size: -1, PieceSize: 4 << 20, PieceCount: -1}, nil
 }
 
+func (b *strictBackend) Admit(_ context.Context, taskID, peerID string) error {
+	b.ids(taskID, peerID)
+	return nil
+}
+
 func (b *strictBackend) Join(_ context.Context, taskID string, p schedapi.Peer, have *piece.Set) (schedapi.TaskInfo, error) {
 	b.ids(taskID, p.ID)
 	if checkAddr(p.Addr) != nil {

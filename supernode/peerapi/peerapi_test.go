@@ -86,6 +86,13 @@ type fake struct {
 	info     schedapi.TaskInfo // Ensure's answer
 	err      error             // returned by every scheduler call when set
 	pollWait bool              // Poll waits for ctx like the real one
+	admitErr error             // returned by Admit when set
+}
+
+func (f *fake) Admit(ctx context.Context, taskID, peerID string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.admitErr
 }
 
 type joinCall struct {
@@ -551,4 +558,18 @@ func TestRateLimitPerAddress(t *testing.T) {
 	// Reports are not polls: they are not limited by the poll rate.
 	rep := schedapi.ReportRequest{Results: []schedapi.PieceResult{{Piece: 0, From: "seed", OK: true}}}
 	require.Equal(t, http.StatusNoContent, send("10.1.1.3:1", http.MethodPost, schedapi.ReportPath(id, goodPeer.ID), rep).Code)
+}
+
+// A registration the scheduler's bounds refuse is 503 UNAVAILABLE, and
+// nothing is created: the CDN is not asked to ensure the task.
+func TestRegisterOverBounds(t *testing.T) {
+	t.Parallel()
+	f := &fake{admitErr: fmt.Errorf("peer p joins too many tasks: %w", scheduler.ErrLimit)}
+	srv := newServer(t, f)
+	status, b := do(t, srv, http.MethodPost, schedapi.RegisterPath(), jsonBody(t, schedapi.RegisterRequest{Peer: goodPeer, URL: "http://h/x"}))
+	require.Equal(t, http.StatusServiceUnavailable, status, string(b))
+	var e schedapi.Error
+	require.NoError(t, json.Unmarshal(b, &e))
+	require.Equal(t, schedapi.CodeUnavailable, e.Code)
+	require.Zero(t, f.calls(), "no task created, no source fetched")
 }
