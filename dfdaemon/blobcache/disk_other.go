@@ -4,4 +4,6 @@ package blobcache
 
 import "errors"
 
-func statfs(string) (diskSpace, error) { return diskSpace{}, errors.New("free space is measured on unix only") }
+func statfs(string) (diskSpace, error) {
+	return diskSpace{}, errors.New("free space is measured on unix only")
+}
