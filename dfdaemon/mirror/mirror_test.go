@@ -21,11 +21,13 @@ import (
 	"github.com/damselfly/damselfly/dfdaemon/blobcache"
 	"github.com/damselfly/damselfly/dfdaemon/mirror"
 	"github.com/damselfly/damselfly/pkg/content/local"
+	"github.com/damselfly/damselfly/pkg/manifestcache"
 	"github.com/damselfly/damselfly/pkg/peer"
 	"github.com/damselfly/damselfly/pkg/peer/upload"
 	"github.com/damselfly/damselfly/pkg/registrytest"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/schedclient"
+	"github.com/damselfly/damselfly/pkg/source/registrysource"
 	"github.com/damselfly/damselfly/supernode/supernodetest"
 )
 
@@ -263,6 +265,35 @@ func TestPullThroughMirror(t *testing.T) {
 		require.Equal(t, http.StatusOK, r.status)
 		require.Equal(t, "registry/2.0", r.header.Get("Docker-Distribution-API-Version"))
 	})
+}
+
+// TestManifestByDigestWhateverAccept: a Docker schema 2 manifest asked for
+// by digest with only the OCI manifest type in Accept is served, as the
+// registry itself serves it, with the registry's Content-Type: through the
+// registry-cache (as dfdaemon runs) and straight from the upstream.
+func TestManifestByDigestWhateverAccept(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t)
+	img, err := reg.PushRandomImage(t.Context(), "team/app", "v1", 1000)
+	require.NoError(t, err)
+	sn := startSupernode(t)
+	mc, err := manifestcache.New(manifestcache.Config{}, registrysource.New(registrysource.WithHTTPClient(upstreamClient(t))))
+	require.NoError(t, err)
+	cached := startNode(t, sn, mirror.Config{Registry: reg.URL.String()}, mirror.WithManifests(mc))
+	plain := startNode(t, sn, mirror.Config{Registry: reg.URL.String()})
+	path := "/v2/team/app/manifests/" + img.Manifest.String()
+	oci := hdr("Accept", "application/vnd.oci.image.manifest.v1+json")
+
+	direct := do(t, http.MethodGet, reg.URL.String()+path, oci)
+	require.Equal(t, http.StatusOK, direct.status, "the registry answers")
+	for _, n := range []*node{cached, plain} {
+		for i := range 2 {
+			r := do(t, http.MethodGet, n.url+path, oci)
+			require.Equal(t, http.StatusOK, r.status, "attempt %d: %s", i, r.body)
+			require.Equal(t, img.ManifestBody, r.body)
+			require.Equal(t, direct.header.Get("Content-Type"), r.header.Get("Content-Type"))
+		}
+	}
 }
 
 func TestErrors(t *testing.T) {
