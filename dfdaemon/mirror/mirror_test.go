@@ -517,7 +517,105 @@ func TestUpstreamUnreachable(t *testing.T) {
 	r = do(t, http.MethodGet, noGrace.url+path, alice)
 	require.Equal(t, http.StatusServiceUnavailable, r.status, "no grace: fail closed")
 	r = do(t, http.MethodGet, noGrace.url+"/v2/", alice)
-	require.Equal(t, http.StatusServiceUnavailable, r.status)
+	require.Equal(t, http.StatusOK, r.status, "the ping is answered by the mirror; it grants nothing")
+}
+
+// TestRegistryOutageAfterPull: the registry stops after a pull. A client
+// that pings /v2/ first (crane, skopeo, regctl) gets the mirror's own 200,
+// and then everything the node holds for it: manifests by tag and digest
+// (stale-if-error) and blobs (confirmed for this client within AuthGrace),
+// all verified. A client never confirmed gets nothing: 503.
+func TestRegistryOutageAfterPull(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t)
+	img, err := reg.PushRandomImage(t.Context(), "team/app", "v1", 300_000, 40_000)
+	require.NoError(t, err)
+	sn := startSupernode(t)
+	// Every TTL short, so the outage is met by the stale and grace rules
+	// rather than by fresh entries.
+	mc, err := manifestcache.New(manifestcache.Config{TagTTL: time.Millisecond, AccessTTL: time.Millisecond},
+		registrysource.New(registrysource.WithHTTPClient(upstreamClient(t))))
+	require.NoError(t, err)
+	n := startNode(t, sn, mirror.Config{Registry: reg.URL.String(), AuthTTL: time.Millisecond}, mirror.WithManifests(mc))
+	pull := func(t *testing.T, auth http.Header) {
+		t.Helper()
+		r := do(t, http.MethodGet, n.url+"/v2/", auth)
+		require.Equal(t, http.StatusOK, r.status, "%s", r.body)
+		require.Equal(t, "registry/2.0", r.header.Get("Docker-Distribution-API-Version"))
+		require.JSONEq(t, "{}", string(r.body))
+		h := do(t, http.MethodHead, n.url+"/v2/", auth)
+		require.Equal(t, http.StatusOK, h.status)
+		for _, ref := range []string{"v1", img.Manifest.String()} {
+			r = do(t, http.MethodGet, n.url+"/v2/team/app/manifests/"+ref, hdr(append([]string{"Accept", registrytest.MediaTypeManifest}, flat(auth)...)...))
+			require.Equal(t, http.StatusOK, r.status, "%s: %s", ref, r.body)
+			require.Equal(t, img.ManifestBody, r.body)
+		}
+		for _, b := range img.Blobs() {
+			r = do(t, http.MethodGet, n.url+"/v2/team/app/blobs/"+b.Digest.String(), auth)
+			require.NoError(t, r.err)
+			require.Equal(t, http.StatusOK, r.status, "%s: %s", b.Digest, r.body)
+			require.Equal(t, b.Digest, digest.FromBytes(r.body))
+		}
+	}
+	pull(t, nil)
+	reg.Close()
+	time.Sleep(5 * time.Millisecond) // past every TTL
+	t.Run("confirmed client pulls through the outage", func(t *testing.T) { pull(t, nil) })
+	t.Run("a client never confirmed gets nothing", func(t *testing.T) {
+		other := hdr("Authorization", "Bearer someone-else")
+		r := do(t, http.MethodGet, n.url+"/v2/", other)
+		require.Equal(t, http.StatusOK, r.status, "the ping grants nothing")
+		r = do(t, http.MethodGet, n.url+"/v2/team/app/blobs/"+img.Layers[0].Digest.String(), other)
+		require.Equal(t, http.StatusServiceUnavailable, r.status)
+		require.Equal(t, []string{"UNAVAILABLE"}, errorCodes(t, r.body))
+		r = do(t, http.MethodGet, n.url+"/v2/team/app/manifests/"+img.Manifest.String(), hdr("Authorization", "Bearer someone-else", "Accept", registrytest.MediaTypeManifest))
+		require.Equal(t, http.StatusServiceUnavailable, r.status, "%s", r.body)
+		r = do(t, http.MethodGet, n.url+"/v2/team/app/manifests/v1", hdr("Authorization", "Bearer someone-else", "Accept", registrytest.MediaTypeManifest))
+		require.Equal(t, http.StatusServiceUnavailable, r.status, "%s", r.body)
+	})
+}
+
+// flat turns a header into key, value pairs for hdr.
+func flat(h http.Header) []string {
+	var kv []string
+	for k, vs := range h {
+		for _, v := range vs {
+			kv = append(kv, k, v)
+		}
+	}
+	return kv
+}
+
+// TestPingAnsweredByMirror: /v2/ is the upstream's answer while it answers
+// (a 401 challenge passes through, so clients get tokens); an upstream
+// that answers 5xx, or none at all, gets the mirror's own 200.
+func TestPingAnsweredByMirror(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t, registrytest.WithTokenAuth(map[string]string{"alice": "s3cret"}))
+	sn := startSupernode(t)
+	n := startNode(t, sn, mirror.Config{Registry: reg.URL.String()})
+	r := do(t, http.MethodGet, n.url+"/v2/", nil)
+	require.Equal(t, http.StatusUnauthorized, r.status)
+	require.Contains(t, r.header.Get("WWW-Authenticate"), "Bearer realm=")
+
+	failing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "no backend", http.StatusBadGateway) // a load balancer without registry
+	}))
+	defer failing.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	closed := "http://" + ln.Addr().String()
+	require.NoError(t, ln.Close()) // nothing listens: connection refused
+	for _, up := range []string{failing.URL, closed} {
+		n := startNode(t, sn, mirror.Config{Registry: up})
+		for _, method := range []string{http.MethodGet, http.MethodHead} {
+			r := do(t, method, n.url+"/v2/", nil)
+			require.Equal(t, http.StatusOK, r.status, "%s %s: %s", method, up, r.body)
+			require.Equal(t, "registry/2.0", r.header.Get("Docker-Distribution-API-Version"))
+		}
+		r := do(t, http.MethodGet, n.url+"/v2/team/app/manifests/v1", nil)
+		require.Equal(t, http.StatusServiceUnavailable, r.status, "nothing cached: %s", r.body)
+	}
 }
 
 func TestManyNodesOneUpstreamFetch(t *testing.T) {

@@ -490,10 +490,21 @@ func TestUpstreamFailures(t *testing.T) {
 	dead := &url.URL{Scheme: "http", Host: ln.Addr().String()}
 	require.NoError(t, ln.Close())
 	e2 := newEnv(t, dead, manifestcache.Config{})
-	for _, path := range []string{"/v2/", "/v2/library/app/manifests/1", "/v2/library/app/blobs/" + img.Layers[0].Digest.String()} {
+	for _, path := range []string{"/v2/library/app/manifests/1", "/v2/library/app/blobs/" + img.Layers[0].Digest.String()} {
 		r = e2.do(t, http.MethodGet, path)
 		require.Equal(t, http.StatusServiceUnavailable, r.status, path)
 		require.Equal(t, "UNAVAILABLE", errorCode(t, r))
+	}
+	// The ping is answered by the cache itself, so that clients that ping
+	// first reach what it can serve stale.
+	for _, ee := range []*env{e, e2} {
+		mode.Store("500")
+		for _, method := range []string{http.MethodGet, http.MethodHead} {
+			r = ee.do(t, method, "/v2/")
+			require.Equal(t, http.StatusOK, r.status, "%s: %s", method, r.body)
+			require.Equal(t, "registry/2.0", r.header.Get("Docker-Distribution-Api-Version"))
+		}
+		require.Equal(t, "{}", string(ee.do(t, http.MethodGet, "/v2/").body))
 	}
 }
 
