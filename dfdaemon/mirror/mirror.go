@@ -35,7 +35,9 @@
 // gets a private blob another client pulled.
 //
 // When the upstream cannot be reached (connection failure, timeout, 5xx)
-// the mirror fails closed: 503 UNAVAILABLE, with one exception. If the same
+// the mirror fails closed: 503 UNAVAILABLE, with one exception. A 429 is
+// treated alike, except that it reaches the client as 429 with its
+// Retry-After: a rate limit is no verdict on access. If the same
 // credentials were confirmed for the same blob of the same repository less
 // than Config.AuthGrace (5m) ago, the blob is served: a pull that was
 // authorised moments ago may finish through a short upstream outage, and
@@ -785,7 +787,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		auth: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "damselfly", Subsystem: "mirror", Name: "blob_auth_checks_total",
-			Help: "Blob authorisations by outcome: upstream (asked now), cached, grace (upstream unreachable), denied, failed.",
+			Help: "Blob authorisations by outcome: upstream (asked now), cached, grace (upstream unreachable or 429), denied, failed.",
 		}, []string{"result"}),
 		blobBytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "damselfly", Subsystem: "mirror", Name: "blob_bytes_total",

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -616,6 +617,118 @@ func TestPingAnsweredByMirror(t *testing.T) {
 		r := do(t, http.MethodGet, n.url+"/v2/team/app/manifests/v1", nil)
 		require.Equal(t, http.StatusServiceUnavailable, r.status, "nothing cached: %s", r.body)
 	}
+}
+
+// rateLimited fronts a real registry with a rate limiter that, while
+// limit holds a path fragment (optionally after a method and a space: "GET
+// /blobs/"), answers every request whose path contains it with 429 and
+// Retry-After: 7, as Docker Hub does; everything else reaches the registry.
+func rateLimited(t *testing.T, reg *registrytest.Registry) (base string, limit *atomic.Value) {
+	t.Helper()
+	limit = &atomic.Value{}
+	limit.Store("")
+	rp := httputil.NewSingleHostReverseProxy(reg.URL)
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.Proxy = nil
+	rp.Transport = tr
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		l := limit.Load().(string)
+		if m, rest, ok := strings.Cut(l, " "); ok {
+			if m != r.Method {
+				l = ""
+			} else {
+				l = rest
+			}
+		}
+		if l != "" && strings.Contains(r.URL.Path, l) {
+			w.Header().Set("Retry-After", "7")
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusTooManyRequests)
+			if r.Method != http.MethodHead {
+				_, _ = io.WriteString(w, `{"errors":[{"code":"TOOMANYREQUESTS","message":"pull rate limit"}]}`)
+			}
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() {
+		front.Close()
+		tr.CloseIdleConnections()
+	})
+	return front.URL, limit
+}
+
+// TestUpstream429PassesThrough: an upstream 429 reaches the client as 429
+// TOOMANYREQUESTS with its Retry-After, for manifests (through the
+// registry-cache, nothing cached to stand in), blob checks, tag lists and
+// the ping; a manifest cached stands in for it (stale-if-error).
+func TestUpstream429PassesThrough(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t)
+	img, err := reg.PushRandomImage(t.Context(), "team/app", "v1", 1000)
+	require.NoError(t, err)
+	base, limit := rateLimited(t, reg)
+	sn := startSupernode(t)
+	mc, err := manifestcache.New(manifestcache.Config{TagTTL: time.Millisecond},
+		registrysource.New(registrysource.WithHTTPClient(upstreamClient(t))))
+	require.NoError(t, err)
+	n := startNode(t, sn, mirror.Config{Registry: base, AuthTTL: time.Millisecond, AuthGrace: -1}, mirror.WithManifests(mc))
+	accept := hdr("Accept", registrytest.MediaTypeManifest)
+
+	limit.Store("/")
+	for _, tc := range []struct{ method, path string }{
+		{http.MethodGet, "/v2/"},
+		{http.MethodGet, "/v2/team/app/manifests/v1"},
+		{http.MethodHead, "/v2/team/app/manifests/v1"},
+		{http.MethodGet, "/v2/team/app/manifests/" + img.Manifest.String()},
+		{http.MethodGet, "/v2/team/app/blobs/" + img.Layers[0].Digest.String()},
+		{http.MethodHead, "/v2/team/app/blobs/" + img.Layers[0].Digest.String()},
+		{http.MethodGet, "/v2/team/app/tags/list"},
+	} {
+		r := do(t, tc.method, n.url+tc.path, accept)
+		require.Equal(t, http.StatusTooManyRequests, r.status, "%s %s: %s", tc.method, tc.path, r.body)
+		require.Equal(t, "7", r.header.Get("Retry-After"), "%s %s", tc.method, tc.path)
+		if tc.method == http.MethodGet {
+			require.Equal(t, []string{"TOOMANYREQUESTS"}, errorCodes(t, r.body), "%s %s", tc.method, tc.path)
+		}
+	}
+
+	limit.Store("")
+	r := do(t, http.MethodGet, n.url+"/v2/team/app/manifests/v1", accept)
+	require.Equal(t, http.StatusOK, r.status)
+	time.Sleep(5 * time.Millisecond) // past the tag's TTL
+	limit.Store("/manifests/")
+	r = do(t, http.MethodGet, n.url+"/v2/team/app/manifests/v1", accept)
+	require.Equal(t, http.StatusOK, r.status, "a cached manifest stands in: %s", r.body)
+	require.Equal(t, img.ManifestBody, r.body)
+}
+
+// TestBlobCheck429KeepsGrace: a 429 to the read check of a blob is no
+// verdict on access: a client confirmed within AuthGrace keeps reading the
+// blob the node holds, and one never confirmed gets the 429 with its
+// Retry-After.
+func TestBlobCheck429KeepsGrace(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t)
+	img, err := reg.PushRandomImage(t.Context(), "team/app", "v1", 100_000)
+	require.NoError(t, err)
+	base, limit := rateLimited(t, reg)
+	sn := startSupernode(t)
+	n := startNode(t, sn, mirror.Config{Registry: base, AuthTTL: time.Millisecond, AuthGrace: time.Hour})
+	path := n.url + "/v2/team/app/blobs/" + img.Layers[0].Digest.String()
+	r := do(t, http.MethodGet, path, nil)
+	require.Equal(t, http.StatusOK, r.status)
+
+	limit.Store("HEAD /blobs/")
+	time.Sleep(5 * time.Millisecond) // past AuthTTL
+	for range 2 {
+		r = do(t, http.MethodGet, path, nil)
+		require.Equal(t, http.StatusOK, r.status, "confirmed within the grace: %s", r.body)
+		require.Equal(t, img.Layers[0].Digest, digest.FromBytes(r.body))
+	}
+	r = do(t, http.MethodGet, path, hdr("Authorization", "Bearer never-confirmed"))
+	require.Equal(t, http.StatusTooManyRequests, r.status)
+	require.Equal(t, "7", r.header.Get("Retry-After"))
 }
 
 func TestManyNodesOneUpstreamFetch(t *testing.T) {
