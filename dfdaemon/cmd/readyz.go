@@ -146,8 +146,17 @@ func (r *readiness) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 // warnIfNone checks the supernodes once at start and logs a warning naming
 // the addresses tried when none answers. dfdaemon runs either way: blobs
 // then come from their origins until a supernode answers.
+// The probe is bounded by ctx (it does not outlive Run) and its answer is
+// what /readyz says first.
 func (r *readiness) warnIfNone(ctx context.Context, logger *zap.Logger) {
-	if res := r.check(ctx); !res.ok && ctx.Err() == nil {
+	res := r.probe(ctx)
+	if ctx.Err() != nil {
+		return
+	}
+	r.mu.Lock()
+	r.checked, r.last = r.now(), res
+	r.mu.Unlock()
+	if !res.ok {
 		logger.Warn("no supernode answers; pulls go to the origin until one does (check --node, and GET /readyz)",
 			zap.Strings("nodes", r.nodes), zap.String("reason", res.detail))
 	}
