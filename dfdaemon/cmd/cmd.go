@@ -2,7 +2,8 @@
 // the configuration, and runs a node's long-lived peer: the peer engine and
 // its upload server, the blob cache with its disk quota, and one
 // runtime-facing listener serving the registry mirror (/v2/...), the forward
-// proxy (absolute-form requests and CONNECT), /healthz and /metrics.
+// proxy (absolute-form requests and CONNECT), /healthz (liveness), /readyz
+// (whether a supernode answers; see readyz.go) and /metrics.
 //
 // Run has no global state (no flag.CommandLine, no global prometheus
 // registry, no global logger), so tests run many dfdaemons in one process.
@@ -318,6 +319,9 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = io.WriteString(w, "ok\n")
 	}))
+	ready := newReadiness(sc.Nodes())
+	defer ready.hc.CloseIdleConnections()
+	mux.Handle("GET /readyz", ready)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	proxyH := httpm.Instrument("proxy", prx, logger.Named("http"))
 	front := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -357,6 +361,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	g.Go(func() error { return eng.Run(gctx) })
 	g.Go(func() error { return blobs.Run(gctx) })
 	g.Go(func() error { return httpx.Serve(gctx, srv, ln, shutdownTimeout) })
+	g.Go(func() error { ready.warnIfNone(gctx, logger); return nil })
 	err = g.Wait()
 	logger.Info("dfdaemon stopped")
 	return err

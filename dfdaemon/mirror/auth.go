@@ -79,10 +79,11 @@ func NewAuthorizer(cfg Config, hc *http.Client) *Authorizer {
 // nothing else of it is used) may read blob d of repo on the upstream at
 // base, and returns the blob's size (-1 when the upstream sends none). It
 // asks the upstream with a HEAD unless the same credentials were confirmed
-// for the blob less than AuthTTL ago; when the upstream cannot be reached,
-// a confirmation less than AuthGrace old still counts. Errors are the
-// upstream's: a *registrysource.ResponseError for a definite no (401, 403,
-// 404, ...), anything else when it could not answer.
+// for the blob less than AuthTTL ago; when the upstream cannot be reached
+// or answers 429, a confirmation less than AuthGrace old still counts.
+// Errors are the upstream's: a *registrysource.ResponseError for a definite
+// no (401, 403, 404, ...) or a 429 without such a confirmation, anything
+// else when it could not answer.
 func (a *Authorizer) Authorize(ctx context.Context, base *url.URL, repo string, d digest.Digest, header http.Header) (int64, error) {
 	auth := http.Header{}
 	for _, v := range header.Values("Authorization") {
@@ -147,7 +148,10 @@ func (a *authCache) check(ctx context.Context, key authKey, head func(context.Co
 		a.store(key, authResult{size: size, at: a.now()})
 		return size, authUpstream, nil
 	}
-	if unreachable(res.Err) {
+	if unreachable(res.Err) || throttled(res.Err) {
+		// A 429 says nothing about access: like an outage, it leaves a
+		// recent yes standing, and goes to the client (with Retry-After)
+		// when there is none.
 		if ok && a.grace > 0 && now.Sub(prev.at) < a.grace {
 			return prev.size, authGrace, nil
 		}
@@ -178,6 +182,12 @@ func (a *authCache) store(key authKey, r authResult) {
 		}
 	}
 	a.m[key] = r
+}
+
+// throttled reports whether the upstream answered 429 Too Many Requests.
+func throttled(err error) bool {
+	var re *registrysource.ResponseError
+	return errors.As(err, &re) && re.StatusCode == http.StatusTooManyRequests
 }
 
 // unreachable reports whether err means the upstream could not answer (a

@@ -35,12 +35,21 @@
 // gets a private blob another client pulled.
 //
 // When the upstream cannot be reached (connection failure, timeout, 5xx)
-// the mirror fails closed: 503 UNAVAILABLE, with one exception. If the same
+// the mirror fails closed: 503 UNAVAILABLE, with one exception. A 429 is
+// treated alike, except that it reaches the client as 429 with its
+// Retry-After: a rate limit is no verdict on access. If the same
 // credentials were confirmed for the same blob of the same repository less
 // than Config.AuthGrace (5m) ago, the blob is served: a pull that was
 // authorised moments ago may finish through a short upstream outage, and
 // nobody gains access they were not just granted. A negative AuthGrace
 // turns this off.
+//
+// GET /v2/ is the one request the mirror answers itself when the upstream
+// cannot answer (unreachable, 5xx): 200 with "{}", so that clients which ping
+// first (crane, skopeo, regctl) go on to the manifests and blobs the node
+// can still serve under the rules above. It grants nothing: every later
+// request is decided as it would be without the ping. An upstream that does
+// answer is passed through (a 401 challenge, so clients get their tokens).
 //
 // Then the blob is downloaded through the peer engine as task "sha256:<hex>"
 // (shared by every client and every node) and streamed as its pieces are
@@ -579,6 +588,13 @@ func (m *Mirror) serveTags(w http.ResponseWriter, r *http.Request) {
 
 // serveBase answers /v2/ as the upstream does for these credentials, so
 // that a runtime learns the upstream's challenge and gets its own token.
+// When the upstream cannot answer (connection refused, reset or timed out,
+// or a 5xx), the mirror answers the ping itself, 200 with "{}": clients
+// that ping first (crane, skopeo, regctl) then reach what the node can
+// still serve through the outage, and every other request is still decided
+// as before (stale manifests, blobs within Config.AuthGrace, 503 otherwise).
+// A definite answer of the upstream (401 with its challenge, 403, 429) goes
+// to the client as it is.
 func (m *Mirror) serveBase(w http.ResponseWriter, r *http.Request) {
 	base, err := m.upstream(r)
 	if err != nil {
@@ -587,14 +603,38 @@ func (m *Mirror) serveBase(w http.ResponseWriter, r *http.Request) {
 	}
 	resp, err := m.get(r, base.String()+"/v2/")
 	if err != nil {
+		if r.Context().Err() != nil {
+			return
+		}
+		if unreachable(err) {
+			m.pingOutage(w, r, base, err)
+			return
+		}
 		m.upstreamError(w, r, err, errcode.ErrorCodeUnknown)
 		return
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode >= 500 {
+		m.pingOutage(w, r, base, responseError(resp))
+		return
+	}
 	if resp.StatusCode != http.StatusOK {
 		m.upstreamError(w, r, responseError(resp), errcode.ErrorCodeUnknown)
 		return
 	}
+	writeBase(w, r)
+}
+
+// pingOutage answers /v2/ for an upstream that cannot answer.
+func (m *Mirror) pingOutage(w http.ResponseWriter, r *http.Request, base *url.URL, err error) {
+	m.logger.Warn("upstream unreachable; answering /v2/ from the mirror", zap.String("upstream", base.Host), zap.Error(err))
+	m.metrics.outagePings.Inc()
+	writeBase(w, r)
+}
+
+// writeBase writes the answer to a /v2/ ping: 200 with "{}" (the
+// Docker-Distribution-API-Version header is set by ServeHTTP).
+func writeBase(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", "2")
 	w.WriteHeader(http.StatusOK)
@@ -738,25 +778,30 @@ func (u upstreamManifests) Manifest(ctx context.Context, base *url.URL, repo, re
 }
 
 type metrics struct {
-	auth      *prometheus.CounterVec
-	blobBytes prometheus.Counter
+	auth        *prometheus.CounterVec
+	blobBytes   prometheus.Counter
+	outagePings prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		auth: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "damselfly", Subsystem: "mirror", Name: "blob_auth_checks_total",
-			Help: "Blob authorisations by outcome: upstream (asked now), cached, grace (upstream unreachable), denied, failed.",
+			Help: "Blob authorisations by outcome: upstream (asked now), cached, grace (upstream unreachable or 429), denied, failed.",
 		}, []string{"result"}),
 		blobBytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "damselfly", Subsystem: "mirror", Name: "blob_bytes_total",
 			Help: "Blob bytes sent to clients.",
 		}),
+		outagePings: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "damselfly", Subsystem: "mirror", Name: "outage_pings_total",
+			Help: "GET /v2/ answered by the mirror itself because the upstream could not answer (unreachable or 5xx).",
+		}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.auth, m.blobBytes} {
+	for _, c := range []prometheus.Collector{m.auth, m.blobBytes, m.outagePings} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("mirror: register metrics: %w", err)
 		}

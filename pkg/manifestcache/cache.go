@@ -16,6 +16,15 @@
 //   - Read permissions: (upstream, repository, digest, credential partition)
 //     confirmed for Config.AccessTTL, by the fetch that brought the body or
 //     by a HEAD to the upstream with the client's own credentials.
+//   - With each tag resolution and read permission, the media type its
+//     upstream gave for that repository (its Content-Type): one digest
+//     served by two upstreams or repositories is answered with each one's
+//     own type, not with the first one seen.
+//
+// By digest the content is pinned: a manifest asked for by digest is
+// fetched with every manifest media type in Accept and served whatever the
+// client's Accept, as registries do. By tag the client's Accept is
+// forwarded and part of the key.
 //   - Upstream 404s, per tag key or per permission key, for
 //     Config.NegativeTTL.
 //
@@ -84,8 +93,7 @@ import (
 
 var (
 	// ErrNotFound: the upstream answered 404 for the manifest (now, or
-	// within Config.NegativeTTL), or the manifest asked for by digest is of
-	// a media type the client's Accept header excludes.
+	// within Config.NegativeTTL).
 	ErrNotFound = errors.New("manifest unknown")
 	// ErrUnavailable: the upstream failed (5xx, 429, unreachable, timed out,
 	// or sent a body that does not match its digest) and nothing cached
@@ -221,11 +229,40 @@ type body struct {
 }
 
 // entry is a tag resolution (digest set), a read permission (digest empty)
-// or a remembered 404 (notFound), valid until the given time.
+// or a remembered 404 (notFound), valid until the given time. A resolution
+// or permission also keeps the media type its upstream gave for its
+// repository, with its prepared headers, when that differs from the cached
+// body's (nil: the body's): one digest may be served by several upstreams
+// and repositories, each naming its type.
 type entry struct {
 	digest   digest.Digest
 	notFound bool
 	until    time.Time
+	typed    *typed
+}
+
+// typed is a media type and the headers prepared with it.
+type typed struct {
+	mediaType string
+	headers   *Headers
+}
+
+// typeOf is what an entry keeps for media type mt of body b: nil when it is
+// b's own, or when the upstream named none or a generic one (then the body's
+// stands, as registrysource reads a GET's Content-Type).
+func typeOf(b *body, d digest.Digest, mt string) *typed {
+	if b == nil || mt == b.mediaType || genericType(mt) {
+		return nil
+	}
+	return &typed{mediaType: mt, headers: NewHeaders(d, mt, len(b.data))}
+}
+
+func genericType(mt string) bool {
+	switch mt {
+	case "", "application/json", "text/plain", "application/octet-stream":
+		return true
+	}
+	return false
 }
 
 // New returns a cache over f. cfg is defaulted and validated.
@@ -279,7 +316,7 @@ func (c *Cache) Get(ctx context.Context, req Request) (*Manifest, error) {
 // Manifest is Get in the shape of a registry client's GetManifest, for
 // callers that take either (dfdaemon's mirror): header carries the client's
 // Authorization (nothing else of it is used), and every 404 — from the
-// upstream, remembered, or a media type the client does not accept — is a
+// upstream or remembered — is a
 // *registrysource.ResponseError with StatusCode 404 that also matches
 // ErrNotFound and source.ErrNotFound. Other errors are as for Get.
 func (c *Cache) Manifest(ctx context.Context, base *url.URL, repo, ref string, accept []string, header http.Header) (*registrysource.Manifest, error) {
@@ -436,44 +473,6 @@ func normalMediaType(v string) bool {
 	return true
 }
 
-// accepts reports whether a client sending accept takes a manifest of media
-// type mt: no Accept at all, a wildcard, or mt listed (with q > 0). It
-// reads the media ranges as acceptTypes does (a range's name is its first
-// non-empty ";" field, trimmed and compared without case), without
-// allocating.
-func accepts(accept []string, mt string) bool {
-	mt, _, _ = strings.Cut(mt, ";")
-	mt = strings.TrimSpace(mt)
-	seen := false
-	for _, v := range accept {
-		for part := range strings.SplitSeq(v, ",") {
-			name, refused := "", false
-			for f := range strings.SplitSeq(part, ";") {
-				if f = strings.TrimSpace(f); f == "" {
-					continue
-				}
-				if name == "" {
-					name = f
-				} else if strings.EqualFold(f, "q=0") {
-					refused = true
-				}
-			}
-			if name == "" {
-				continue
-			}
-			seen = true
-			if refused {
-				continue
-			}
-			if name == "*/*" || strings.EqualFold(name, mt) ||
-				(strings.HasSuffix(name, "/*") && len(mt) >= len(name)-1 && strings.EqualFold(mt[:len(name)-1], name[:len(name)-1])) {
-				return true
-			}
-		}
-	}
-	return !seen
-}
-
 // manifestTypes are asked for on every fetch by digest, with the client's
 // own: the digest fixes the content, and a registry would otherwise refuse
 // media types the first client's Accept did not list.
@@ -517,7 +516,7 @@ func (c *Cache) getTag(ctx context.Context, req Request, k keys) (*Manifest, err
 		return nil, fmt.Errorf("%s:%s: %w", req.Repo, req.Ref, ErrNotFound)
 	case e != nil && !e.notFound && b != nil && now.Before(e.until):
 		c.m.hitTag.Inc()
-		return b.manifest(e.digest, false), nil
+		return b.manifest(e.digest, e.typed, false), nil
 	}
 	c.m.missTag.Inc()
 	v, err := c.do(ctx, k.tag, func(ctx context.Context) (*Manifest, error) { return c.fillTag(ctx, req, k) })
@@ -528,7 +527,7 @@ func (c *Cache) getTag(ctx context.Context, req Request, k keys) (*Manifest, err
 		c.m.staleTag.Inc()
 		c.log.Debug("serving stale manifest, upstream failed", zap.String("repo", req.Repo), zap.String("ref", req.Ref),
 			zap.Stringer("digest", e.digest), zap.String("upstream", req.Upstream.Host), zap.Error(err))
-		return b.manifest(e.digest, true), nil
+		return b.manifest(e.digest, e.typed, true), nil
 	}
 	return nil, err
 }
@@ -541,7 +540,7 @@ func (c *Cache) fillTag(ctx context.Context, req Request, k keys) (*Manifest, er
 	if e, ok := c.entries.get(k.tag); ok && !e.notFound && c.now().Before(e.until) {
 		if b, ok := c.bodies.get(e.digest); ok {
 			c.mu.Unlock()
-			return b.manifest(e.digest, false), nil
+			return b.manifest(e.digest, e.typed, false), nil
 		}
 	}
 	_, hinted := c.entries.get(k.hint())
@@ -568,7 +567,7 @@ func (c *Cache) fillTag(ctx context.Context, req Request, k keys) (*Manifest, er
 	c.m.upstream.WithLabelValues(http.MethodGet, resultOK).Inc()
 	c.mu.Lock()
 	c.storeBody(m)
-	c.resolved(k, m.Digest)
+	c.resolved(k, m.Digest, c.typeFor(m.Digest, m.MediaType))
 	c.mu.Unlock()
 	c.log.Debug("manifest fetched", zap.String("repo", req.Repo), zap.String("ref", req.Ref),
 		zap.Stringer("digest", m.Digest), zap.String("upstream", req.Upstream.Host))
@@ -593,19 +592,20 @@ func (c *Cache) resolveByHead(ctx context.Context, req Request, k keys) (m *Mani
 	if !ok {
 		return nil, false, nil
 	}
-	c.resolved(k, desc.Digest)
+	ty := typeOf(b, desc.Digest, desc.MediaType)
+	c.resolved(k, desc.Digest, ty)
 	c.log.Debug("tag resolved by HEAD", zap.String("repo", req.Repo), zap.String("ref", req.Ref),
 		zap.Stringer("digest", desc.Digest), zap.String("upstream", req.Upstream.Host))
-	return b.manifest(desc.Digest, false), true, nil
+	return b.manifest(desc.Digest, ty, false), true, nil
 }
 
-// resolved records that k's tag resolves to d for k's partition, which may
-// read d. c.mu is held.
-func (c *Cache) resolved(k keys, d digest.Digest) {
+// resolved records that k's tag resolves to d, of the media type ty (nil:
+// the body's), for k's partition, which may read d. c.mu is held.
+func (c *Cache) resolved(k keys, d digest.Digest, ty *typed) {
 	now := c.now()
-	c.entries.add(k.tag, &entry{digest: d, until: now.Add(c.cfg.TagTTL)})
+	c.entries.add(k.tag, &entry{digest: d, until: now.Add(c.cfg.TagTTL), typed: ty})
 	c.entries.add(k.hint(), &entry{digest: d, until: now.Add(c.cfg.TagTTL)})
-	c.entries.add(k.access(d), &entry{until: now.Add(c.cfg.AccessTTL)})
+	c.entries.add(k.access(d), &entry{until: now.Add(c.cfg.AccessTTL), typed: ty})
 	c.syncGauges()
 }
 
@@ -624,7 +624,7 @@ func (c *Cache) getDigest(ctx context.Context, req Request, k keys, d digest.Dig
 		return nil, fmt.Errorf("%s@%s: %w", req.Repo, d, ErrNotFound)
 	case e != nil && !e.notFound && b != nil && now.Before(e.until):
 		c.m.hitDigest.Inc()
-		return c.acceptable(req, b.manifest(d, false))
+		return b.manifest(d, e.typed, false), nil
 	}
 	c.m.missDigest.Inc()
 	var (
@@ -638,24 +638,15 @@ func (c *Cache) getDigest(ctx context.Context, req Request, k keys, d digest.Dig
 		m, err = c.do(ctx, "g"+ak, func(ctx context.Context) (*Manifest, error) { return c.fillDigest(ctx, req, ak, d) })
 	}
 	if err == nil {
-		return c.acceptable(req, m)
+		return m, nil
 	}
 	if e != nil && !e.notFound && b != nil && errors.Is(err, ErrUnavailable) && c.now().Before(e.until.Add(c.cfg.staleWindow())) {
 		c.m.staleDigest.Inc()
 		c.log.Debug("serving manifest on a stale permission, upstream failed", zap.String("repo", req.Repo),
 			zap.Stringer("digest", d), zap.String("upstream", req.Upstream.Host), zap.Error(err))
-		return c.acceptable(req, b.manifest(d, true))
+		return b.manifest(d, e.typed, true), nil
 	}
 	return nil, err
-}
-
-// acceptable answers like a registry does for a manifest whose media type
-// the client's Accept excludes: manifest unknown.
-func (c *Cache) acceptable(req Request, m *Manifest) (*Manifest, error) {
-	if !accepts(req.Accept, m.MediaType) {
-		return nil, fmt.Errorf("%s@%s: media type %s not accepted by the client: %w", req.Repo, m.Digest, m.MediaType, ErrNotFound)
-	}
-	return m, nil
 }
 
 // confirm asks the upstream, with the client's credentials, whether the
@@ -665,7 +656,7 @@ func (c *Cache) confirm(ctx context.Context, req Request, ak string, d digest.Di
 	e, ok := c.entries.get(ak)
 	c.mu.Unlock()
 	if ok && !e.notFound && c.now().Before(e.until) {
-		return b.manifest(d, false), nil
+		return b.manifest(d, e.typed, false), nil
 	}
 	desc, err := c.f.HeadManifest(ctx, req.Upstream, req.Repo, d.String(), digestAccept(req.Accept, b.mediaType), req.header())
 	if err == nil && desc.Digest != "" && desc.Digest != d {
@@ -675,12 +666,13 @@ func (c *Cache) confirm(ctx context.Context, req Request, ak string, d digest.Di
 		return nil, c.upstreamError(http.MethodHead, req, ak, err)
 	}
 	c.m.upstream.WithLabelValues(http.MethodHead, resultOK).Inc()
+	ty := typeOf(b, d, desc.MediaType)
 	now := c.now()
 	c.mu.Lock()
-	c.entries.add(ak, &entry{until: now.Add(c.cfg.AccessTTL)})
+	c.entries.add(ak, &entry{until: now.Add(c.cfg.AccessTTL), typed: ty})
 	c.syncGauges()
 	c.mu.Unlock()
-	return b.manifest(d, false), nil
+	return b.manifest(d, ty, false), nil
 }
 
 // fillDigest fetches a manifest by digest and caches it.
@@ -689,7 +681,7 @@ func (c *Cache) fillDigest(ctx context.Context, req Request, ak string, d digest
 	if e, ok := c.entries.get(ak); ok && !e.notFound && c.now().Before(e.until) {
 		if b, ok := c.bodies.get(d); ok {
 			c.mu.Unlock()
-			return b.manifest(d, false), nil
+			return b.manifest(d, e.typed, false), nil
 		}
 	}
 	c.mu.Unlock()
@@ -704,7 +696,7 @@ func (c *Cache) fillDigest(ctx context.Context, req Request, ak string, d digest
 	now := c.now()
 	c.mu.Lock()
 	c.storeBody(m)
-	c.entries.add(ak, &entry{until: now.Add(c.cfg.AccessTTL)})
+	c.entries.add(ak, &entry{until: now.Add(c.cfg.AccessTTL), typed: c.typeFor(d, m.MediaType)})
 	c.syncGauges()
 	c.mu.Unlock()
 	c.log.Debug("manifest fetched", zap.String("repo", req.Repo), zap.Stringer("digest", d),
@@ -801,6 +793,13 @@ func fetched(m *registrysource.Manifest) *Manifest {
 		Headers: NewHeaders(m.Digest, m.MediaType, len(m.Body))}
 }
 
+// typeFor is typeOf for the cached body of d (nil when it is not cached:
+// a manifest larger than MaxBytes). c.mu is held.
+func (c *Cache) typeFor(d digest.Digest, mt string) *typed {
+	b, _ := c.bodies.get(d)
+	return typeOf(b, d, mt)
+}
+
 // storeBody keeps a verified body, with its response headers prepared.
 // c.mu is held.
 func (c *Cache) storeBody(m *registrysource.Manifest) {
@@ -829,7 +828,11 @@ func (c *Cache) syncGauges() {
 	}
 }
 
-func (b *body) manifest(d digest.Digest, stale bool) *Manifest {
+// manifest is b served as d, with the media type of ty (nil: b's own).
+func (b *body) manifest(d digest.Digest, ty *typed, stale bool) *Manifest {
+	if ty != nil {
+		return &Manifest{Digest: d, MediaType: ty.mediaType, Body: b.data, Stale: stale, Headers: ty.headers}
+	}
 	return &Manifest{Digest: d, MediaType: b.mediaType, Body: b.data, Stale: stale, Headers: b.headers}
 }
 

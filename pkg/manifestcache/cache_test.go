@@ -562,10 +562,12 @@ func TestAcceptNegotiation(t *testing.T) {
 	m, err = f.get(t, "library/app", idx.Digest.String(), "", ociIdx)
 	require.NoError(t, err)
 	require.Equal(t, ociIdx, m.MediaType)
-	// ...but a client whose Accept excludes the type gets what a registry
-	// answers: manifest unknown.
-	_, err = f.get(t, "library/app", idx.Digest.String(), "", docker2)
-	require.ErrorIs(t, err, ErrNotFound)
+	// ...and so is every later client's, whatever its Accept: by digest
+	// the content is pinned (a registry answers 200 too).
+	m, err = f.get(t, "library/app", idx.Digest.String(), "", docker2)
+	require.NoError(t, err)
+	require.Equal(t, idx.Digest, m.Digest)
+	require.Equal(t, ociIdx, m.MediaType)
 	m, err = f.get(t, "library/app", idx.Digest.String(), "", "*/*")
 	require.NoError(t, err)
 	require.Equal(t, idx.Digest, m.Digest)
@@ -681,11 +683,6 @@ func TestAcceptTypes(t *testing.T) {
 	for _, tt := range tests {
 		require.Equal(t, tt.want, normaliseAccept(tt.in), "%q", tt.in)
 	}
-	require.True(t, accepts(nil, docker2))
-	require.True(t, accepts([]string{"application/*"}, docker2))
-	require.False(t, accepts([]string{docker2 + ";q=0", ociMan}, docker2))
-	require.False(t, accepts([]string{ociMan}, docker2))
-	require.True(t, accepts([]string{docker2}, docker2+"; charset=utf-8"))
 }
 
 // TestManifestClientShape: the registry-client-shaped method answers a 404
@@ -711,10 +708,73 @@ func TestManifestClientShape(t *testing.T) {
 		require.ErrorIs(t, err, ErrNotFound)
 		require.ErrorIs(t, err, source.ErrNotFound)
 	}
-	_, err = f.c.Manifest(t.Context(), upstream, "library/app", m0.Digest.String(), []string{ociMan}, http.Header{"Authorization": {"Bearer x"}})
-	var re *registrysource.ResponseError
-	require.ErrorAs(t, err, &re, "a media type the client does not accept")
-	require.Equal(t, http.StatusNotFound, re.StatusCode)
+	m, err = f.c.Manifest(t.Context(), upstream, "library/app", m0.Digest.String(), []string{ociMan}, http.Header{"Authorization": {"Bearer x"}})
+	require.NoError(t, err, "by digest, whatever the Accept")
+	require.Equal(t, docker2, m.MediaType)
+}
+
+// TestDigestWhateverAccept: a manifest asked for by digest is served
+// whatever the client's Accept, from the upstream and from the cache; the
+// content is pinned by the digest.
+func TestDigestWhateverAccept(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, Config{})
+	m0 := f.reg.put("library/app", "1", docker2, 300)
+	for i := range 2 { // a miss, then a hit
+		m, err := f.get(t, "library/app", m0.Digest.String(), "", ociMan)
+		require.NoError(t, err, "attempt %d", i)
+		require.Equal(t, m0.Body, m.Body)
+		require.Equal(t, docker2, m.MediaType, "the type the upstream gave, not the one asked for")
+		require.Equal(t, []string{docker2}, m.Headers.ContentType)
+	}
+	m, err := f.get(t, "library/app", m0.Digest.String(), "Bearer other", ociIdx+";q=1", "text/plain")
+	require.NoError(t, err, "another partition, confirmed by HEAD")
+	require.Equal(t, docker2, m.MediaType)
+}
+
+// TestContentTypePerUpstreamAndRepo: one digest served by two upstreams, or
+// two repositories of one, is answered with the Content-Type each gave, not
+// with the first one seen for the digest.
+func TestContentTypePerUpstreamAndRepo(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, Config{})
+	m0 := f.reg.put("team/a", "1", docker2, 300)
+	const custom = "application/vnd.example.manifest+json"
+	f.reg.mu.Lock()
+	f.reg.tags["team/b:1"] = append(f.reg.tags["team/b:1"], m0)
+	f.reg.ctype["mirror.example/team/a"] = ociMan
+	f.reg.ctype["registry.example/team/b"] = custom
+	f.reg.mu.Unlock()
+	other := &url.URL{Scheme: "https", Host: "mirror.example"}
+	get := func(up *url.URL, repo, ref, auth string) *Manifest {
+		t.Helper()
+		m, err := f.c.Get(t.Context(), Request{Upstream: up, Repo: repo, Ref: ref, Authorization: auth})
+		require.NoError(t, err, "%s/%s:%s", up.Host, repo, ref)
+		require.Equal(t, m0.Digest, m.Digest)
+		require.Equal(t, m0.Body, m.Body)
+		require.Equal(t, m.MediaType, m.Headers.ContentType[0], "Headers agree with MediaType")
+		return m
+	}
+	d := m0.Digest.String()
+	for range 2 { // filled, then from the cache
+		require.Equal(t, docker2, get(upstream, "team/a", "1", "").MediaType)
+		require.Equal(t, docker2, get(upstream, "team/a", d, "").MediaType)
+		require.Equal(t, ociMan, get(other, "team/a", d, "").MediaType, "body cached, confirmed by HEAD")
+		require.Equal(t, ociMan, get(other, "team/a", "1", "").MediaType)
+		require.Equal(t, custom, get(upstream, "team/b", d, "").MediaType)
+		require.Equal(t, custom, get(upstream, "team/b", "1", "Bearer x").MediaType)
+		require.Equal(t, docker2, get(upstream, "team/a", "1", "Bearer x").MediaType, "resolved by HEAD")
+	}
+
+	// Served stale through an outage: still each one's own type.
+	f.reg.setFail(respErr(http.StatusServiceUnavailable))
+	f.clock.Advance(2 * time.Minute)
+	m := get(other, "team/a", "1", "")
+	require.True(t, m.Stale)
+	require.Equal(t, ociMan, m.MediaType)
+	m = get(upstream, "team/b", d, "")
+	require.True(t, m.Stale)
+	require.Equal(t, custom, m.MediaType)
 }
 
 // TestTagMoved: a revalidation by HEAD that names a digest not cached

@@ -29,6 +29,9 @@ type fakeRegistry struct {
 	fail     error
 	tamper   bool          // serve bodies that do not match their digest
 	gate     chan struct{} // when set, every call waits for it to close (or ctx)
+	// ctype overrides the Content-Type answered for "host/repo": registries
+	// (and repositories) may name one manifest's type differently.
+	ctype map[string]string
 
 	gets, heads int
 	headers     []http.Header // headers of every call, in order
@@ -43,6 +46,7 @@ func newFakeRegistry() *fakeRegistry {
 		byDigest: map[digest.Digest]*registrysource.Manifest{},
 		private:  map[string]bool{},
 		allowed:  map[string]bool{},
+		ctype:    map[string]string{},
 	}
 }
 
@@ -81,7 +85,7 @@ func respErr(code int) *registrysource.ResponseError {
 	return &registrysource.ResponseError{Method: "GET", URL: "https://registry.example/v2/", StatusCode: code, Header: h}
 }
 
-func (f *fakeRegistry) lookup(ctx context.Context, head bool, repo, ref string, accept []string, header http.Header) (*registrysource.Manifest, error) {
+func (f *fakeRegistry) lookup(ctx context.Context, base *url.URL, head bool, repo, ref string, accept []string, header http.Header) (*registrysource.Manifest, error) {
 	f.mu.Lock()
 	gate := f.gate
 	if head {
@@ -125,6 +129,9 @@ func (f *fakeRegistry) lookup(ctx context.Context, head bool, repo, ref string, 
 		return nil, respErr(http.StatusNotFound)
 	}
 	out := *m
+	if ct, ok := f.ctype[base.Host+"/"+repo]; ok {
+		out.MediaType = ct
+	}
 	if f.tamper {
 		out.Body = append(slices.Clone(m.Body), ' ')
 	}
@@ -150,12 +157,12 @@ func cutLast(s, sep string) (string, string, bool) {
 	return s, "", false
 }
 
-func (f *fakeRegistry) GetManifest(ctx context.Context, _ *url.URL, repo, ref string, accept []string, header http.Header) (*registrysource.Manifest, error) {
-	return f.lookup(ctx, false, repo, ref, accept, header)
+func (f *fakeRegistry) GetManifest(ctx context.Context, base *url.URL, repo, ref string, accept []string, header http.Header) (*registrysource.Manifest, error) {
+	return f.lookup(ctx, base, false, repo, ref, accept, header)
 }
 
-func (f *fakeRegistry) HeadManifest(ctx context.Context, _ *url.URL, repo, ref string, accept []string, header http.Header) (ocispec.Descriptor, error) {
-	m, err := f.lookup(ctx, true, repo, ref, accept, header)
+func (f *fakeRegistry) HeadManifest(ctx context.Context, base *url.URL, repo, ref string, accept []string, header http.Header) (ocispec.Descriptor, error) {
+	m, err := f.lookup(ctx, base, true, repo, ref, accept, header)
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}

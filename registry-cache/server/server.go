@@ -4,7 +4,9 @@
 //
 //   - GET /v2/: the upstream's answer, passed through (a 401 with its
 //     WWW-Authenticate challenge included, so the client gets its own token
-//     from the upstream's realm and sends it back to us).
+//     from the upstream's realm and sends it back to us). When the upstream
+//     cannot answer (unreachable, timed out, 5xx), 200 "{}" of our own, so
+//     that clients which ping first reach the manifests served stale.
 //   - GET, HEAD /v2/<name>/manifests/<tag|digest>: from the cache
 //     (Content-Type, Content-Length, Docker-Content-Digest, ETag; a Warning
 //     header when served stale, If-None-Match answered with 304).
@@ -358,7 +360,11 @@ func etagMatch(values []string, etag string) bool {
 	return false
 }
 
-// ServeBase passes GET /v2/ through to upstream, challenge included.
+// ServeBase passes GET /v2/ through to upstream, challenge included. When
+// the upstream cannot answer (unreachable, timed out, 5xx) it answers the
+// ping itself, 200 with "{}", so that clients which ping first reach the
+// manifests the cache can serve stale; that grants nothing, every later
+// request is decided on its own.
 func (s *Server) ServeBase(w http.ResponseWriter, r *http.Request, upstream *url.URL) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		serveError(w, errcode.ErrorCodeUnsupported)
@@ -367,7 +373,28 @@ func (s *Server) ServeBase(w http.ResponseWriter, r *http.Request, upstream *url
 	u := *upstream
 	u.Path = strings.TrimRight(upstream.Path, "/") + "/v2/"
 	u.RawPath, u.RawQuery = "", ""
-	s.pass(w, r, u.String(), "base")
+	resp, err := s.forward(r, u.String())
+	if err == nil && resp.StatusCode < 500 {
+		defer resp.Body.Close()
+		s.relay(w, r, resp, u.String(), "base")
+		return
+	}
+	if err == nil {
+		err = fmt.Errorf("status %d", resp.StatusCode)
+		resp.Body.Close()
+	}
+	if r.Context().Err() != nil {
+		return
+	}
+	s.log.Warn("upstream unreachable; answering /v2/ from the cache", zap.String("upstream", upstream.Host), zap.Error(err))
+	h := w.Header()
+	h.Set(apiVersionHeader, apiVersion)
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", "2")
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodGet {
+		_, _ = io.WriteString(w, "{}")
+	}
 }
 
 // ServeTags passes GET /v2/<repo>/tags/list through to upstream, with the
@@ -431,10 +458,20 @@ var returnedHeaders = []string{
 // through as errcode JSON (the upstream's own when it sent some); a 5xx
 // becomes 502, an unreachable upstream 503.
 func (s *Server) pass(w http.ResponseWriter, r *http.Request, target, what string) {
+	resp, err := s.forward(r, target)
+	if err != nil {
+		s.fail(w, r, nil, what, fmt.Errorf("%w: %w", manifestcache.ErrUnavailable, err))
+		return
+	}
+	defer resp.Body.Close()
+	s.relay(w, r, resp, target, what)
+}
+
+// forward sends r's method and forwardedHeaders to target.
+func (s *Server) forward(r *http.Request, target string) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(r.Context(), r.Method, target, nil)
 	if err != nil {
-		serveError(w, errcode.ErrorCodeUnknown.WithMessage("building the upstream request"))
-		return
+		return nil, err
 	}
 	for _, k := range forwardedHeaders {
 		for _, v := range r.Header.Values(k) {
@@ -445,12 +482,11 @@ func (s *Server) pass(w http.ResponseWriter, r *http.Request, target, what strin
 		// Keep the bytes as the upstream sends them: no transparent gzip.
 		req.Header.Set("Accept-Encoding", "identity")
 	}
-	resp, err := s.hc.Do(req)
-	if err != nil {
-		s.fail(w, r, nil, what, fmt.Errorf("%w: %w", manifestcache.ErrUnavailable, err))
-		return
-	}
-	defer resp.Body.Close()
+	return s.hc.Do(req)
+}
+
+// relay answers r with the upstream's resp (see pass).
+func (s *Server) relay(w http.ResponseWriter, r *http.Request, resp *http.Response, target, what string) {
 	if resp.StatusCode >= 400 {
 		re := &registrysource.ResponseError{Method: r.Method, URL: redactURL(target), StatusCode: resp.StatusCode,
 			Header: resp.Header, Body: readCapped(resp.Body, maxErrorBody)}

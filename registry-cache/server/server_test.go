@@ -490,10 +490,21 @@ func TestUpstreamFailures(t *testing.T) {
 	dead := &url.URL{Scheme: "http", Host: ln.Addr().String()}
 	require.NoError(t, ln.Close())
 	e2 := newEnv(t, dead, manifestcache.Config{})
-	for _, path := range []string{"/v2/", "/v2/library/app/manifests/1", "/v2/library/app/blobs/" + img.Layers[0].Digest.String()} {
+	for _, path := range []string{"/v2/library/app/manifests/1", "/v2/library/app/blobs/" + img.Layers[0].Digest.String()} {
 		r = e2.do(t, http.MethodGet, path)
 		require.Equal(t, http.StatusServiceUnavailable, r.status, path)
 		require.Equal(t, "UNAVAILABLE", errorCode(t, r))
+	}
+	// The ping is answered by the cache itself, so that clients that ping
+	// first reach what it can serve stale.
+	for _, ee := range []*env{e, e2} {
+		mode.Store("500")
+		for _, method := range []string{http.MethodGet, http.MethodHead} {
+			r = ee.do(t, method, "/v2/")
+			require.Equal(t, http.StatusOK, r.status, "%s: %s", method, r.body)
+			require.Equal(t, "registry/2.0", r.header.Get("Docker-Distribution-Api-Version"))
+		}
+		require.Equal(t, "{}", string(ee.do(t, http.MethodGet, "/v2/").body))
 	}
 }
 
@@ -627,4 +638,35 @@ func atoi(t *testing.T, s string) int {
 	n, err := strconv.Atoi(s)
 	require.NoError(t, err)
 	return n
+}
+
+// TestManifestByDigestWhateverAccept: a Docker schema 2 manifest asked for
+// by digest with only the OCI manifest type in Accept is served, as the
+// registry itself serves it (by digest the content is pinned), with the
+// registry's Content-Type; first from the upstream, then from the cache.
+func TestManifestByDigestWhateverAccept(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t)
+	img, err := reg.PushRandomImage(t.Context(), "library/app", "1", 1000)
+	require.NoError(t, err)
+	require.Equal(t, registrytest.MediaTypeManifest, img.MediaType)
+	e := newEnv(t, reg.URL, manifestcache.Config{})
+	path := "/v2/library/app/manifests/" + img.Manifest.String()
+
+	direct, err := http.NewRequestWithContext(t.Context(), http.MethodGet, reg.URL.String()+path, nil)
+	require.NoError(t, err)
+	direct.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json")
+	resp, err := e.client.Do(direct)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode, "the registry answers")
+
+	for i := range 2 {
+		r := e.do(t, http.MethodGet, path, "Accept", "application/vnd.oci.image.manifest.v1+json")
+		require.Equal(t, http.StatusOK, r.status, "attempt %d: %s", i, r.body)
+		require.Equal(t, img.ManifestBody, r.body)
+		require.Equal(t, resp.Header.Get("Content-Type"), r.header.Get("Content-Type"))
+		r = e.do(t, http.MethodHead, path, "Accept", "application/vnd.oci.image.index.v1+json")
+		require.Equal(t, http.StatusOK, r.status, "attempt %d", i)
+	}
 }
