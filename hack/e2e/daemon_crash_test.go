@@ -175,7 +175,7 @@ func TestDfdaemonDiskFull(t *testing.T) {
 		t.Skip("mounting a small tmpfs needs root")
 	}
 	dataDir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dataDir, "tmpfs", 0, "size=8m"); err != nil {
+	if err := syscall.Mount("tmpfs", dataDir, "tmpfs", 0, "size=8m,mode=0750"); err != nil {
 		t.Skipf("mount tmpfs: %v", err)
 	}
 	t.Cleanup(func() {
