@@ -17,7 +17,6 @@ import (
 	"github.com/damselfly/damselfly/pkg/taskid"
 )
 
-
 // seedTask fetches body as a digest task and waits until it succeeded.
 func seedTask(t *testing.T, f *fixture, o *origin, body []byte) (string, digest.Digest) {
 	t.Helper()
