@@ -157,11 +157,12 @@ type CDN struct {
 	// its digest (at most maxCandidates each).
 	blamed map[string][]string
 	// checked holds the piece metadata of committed blobs this process
-	// has checked against the blob, and when; uploads counts the upload
-	// handles open on each committed blob.
-	checked   map[digest.Digest]pieceMeta
-	checkedAt map[digest.Digest]time.Time
-	uploads   map[digest.Digest]int
+	// has checked against the blob; reportedAt when a corrupt report last
+	// started a check of a blob; uploads counts the upload handles open on
+	// each committed blob.
+	checked    map[digest.Digest]pieceMeta
+	reportedAt map[digest.Digest]time.Time
+	uploads    map[digest.Digest]int
 
 	// checks runs one check of a blob at a time.
 	checks singleflight.Group
@@ -214,7 +215,7 @@ func New(cfg Config, store content.Store, src source.Client, sched Scheduler, op
 		pending:     make(map[string]*candidates),
 		blamed:      make(map[string][]string),
 		checked:     make(map[digest.Digest]pieceMeta),
-		checkedAt:   make(map[digest.Digest]time.Time),
+		reportedAt:  make(map[digest.Digest]time.Time),
 		uploads:     make(map[digest.Digest]int),
 		bgCtx:       bgCtx,
 		bgCancel:    bgCancel,

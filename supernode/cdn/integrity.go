@@ -36,9 +36,9 @@ import (
 // longer matches its digest.
 var errCorruptPiece = errors.New("cdn content failed its piece digest")
 
-// reportCooldown is how long after a check of a blob that passed further
-// corrupt reports against it are not acted on: a peer cannot make the CDN
-// hash a blob again and again.
+// reportCooldown is how long after a check of a blob that a corrupt report
+// started further reports against it are not acted on: peers cannot make
+// the CDN hash a blob again and again.
 const reportCooldown = 30 * time.Second
 
 // blobVerifier is the part of a content store that hashes a committed blob
@@ -58,14 +58,12 @@ func (c *CDN) checkedMeta(d digest.Digest) (pieceMeta, bool) {
 func (c *CDN) setChecked(m pieceMeta) {
 	c.mu.Lock()
 	c.checked[m.Digest] = m
-	c.checkedAt[m.Digest] = time.Now()
 	c.mu.Unlock()
 }
 
 func (c *CDN) forgetChecked(d digest.Digest) {
 	c.mu.Lock()
 	delete(c.checked, d)
-	delete(c.checkedAt, d)
 	c.mu.Unlock()
 }
 
@@ -225,8 +223,8 @@ func (c *CDN) dropContent(ctx context.Context, d digest.Digest, cause error, als
 // ReportCorrupt tells the CDN that a peer found piece n of a task it
 // fetched from the CDN corrupt. The CDN checks its committed copy of the
 // task's content again at once, in the background (at most once per
-// reportCooldown per blob once a check passed); content that fails is
-// removed and fetched again. A report against a fetch in progress, whose
+// reportCooldown per blob); content that fails is removed and fetched
+// again. A report against a fetch in progress, whose
 // pieces were hashed as they were stored, is only logged.
 func (c *CDN) ReportCorrupt(taskID string, n int) {
 	if taskid.Validate(taskID) != nil {
@@ -250,10 +248,13 @@ func (c *CDN) ReportCorrupt(taskID string, n int) {
 			}
 		}
 		c.mu.Lock()
-		at, seen := c.checkedAt[d]
+		at, seen := c.reportedAt[d]
+		if !seen || time.Since(at) >= reportCooldown {
+			c.reportedAt[d] = time.Now()
+		}
 		c.mu.Unlock()
 		if seen && time.Since(at) < reportCooldown {
-			log.Debug("corrupt report: content checked moments ago")
+			log.Debug("corrupt report: content checked after a report moments ago")
 			return
 		}
 		log.Info("corrupt report against the CDN: checking its copy")

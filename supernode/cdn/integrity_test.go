@@ -204,11 +204,6 @@ func TestCorruptReportChecksCopy(t *testing.T) {
 	_, err = f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: o.url("/b")})
 	require.NoError(t, err)
 	require.Equal(t, schedapi.TaskSucceeded, f.settle(t, id).info.State)
-	// The check of the commit is older than the cooldown.
-	f.cdn.mu.Lock()
-	f.cdn.checkedAt[d] = time.Now().Add(-time.Hour)
-	f.cdn.mu.Unlock()
-
 	f.cdn.ReportCorrupt(id, 0) // sound copy: nothing happens
 	require.Eventually(t, func() bool {
 		return metricValue(t, f.reg, "damselfly_cdn_corrupt_reports_checked_total") == 1
@@ -223,7 +218,7 @@ func TestCorruptReportChecksCopy(t *testing.T) {
 	f.cdn.bg.Wait()
 	require.Equal(t, 1.0, metricValue(t, f.reg, "damselfly_cdn_corrupt_reports_checked_total"), "within the cooldown, no second check")
 	f.cdn.mu.Lock()
-	f.cdn.checkedAt[d] = time.Now().Add(-time.Hour)
+	f.cdn.reportedAt[d] = time.Now().Add(-time.Hour)
 	f.cdn.mu.Unlock()
 	f.cdn.ReportCorrupt(id, 0)
 	require.Eventually(t, func() bool {
