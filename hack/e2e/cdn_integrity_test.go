@@ -2,9 +2,12 @@ package e2e
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,6 +18,25 @@ import (
 )
 
 // The supernode's committed copy is checked, not trusted (issue 10).
+
+// metricOf returns the value of an unlabelled metric of the process
+// listening on addr (0 when absent).
+func metricOf(t *testing.T, addr, name string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, name+" "); ok {
+			v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
+			require.NoError(t, err)
+			return v
+		}
+	}
+	return 0
+}
 
 // cdnBlob is the file of the CDN's committed copy of content sum.
 func cdnBlob(dataDir, sum string) string {
@@ -89,6 +111,11 @@ func TestCDNCopyDamaged(t *testing.T) {
 			require.Less(t, took, 15*time.Second, "no stall: the damaged copy is dropped and fetched again at once")
 			require.EqualValues(t, served+size, o.served.Load(), "the CDN fetched the content from the origin once more")
 			require.FileExists(t, cdnBlob(sn.dataDir, o.sum), "the CDN keeps the content again")
+			if tt.restart {
+				// Checked before its pieces were published: the damaged
+				// copy was never served from the cache, not even once.
+				require.Zero(t, metricOf(t, sn.addr, "damselfly_cdn_cache_hits_total"))
+			}
 			t.Logf("download after the damage took %s", took)
 		})
 	}
