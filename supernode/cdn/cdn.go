@@ -170,6 +170,8 @@ type CDN struct {
 	// at a time.
 	usage   atomic.Int64
 	evictMu sync.Mutex
+	// noRoomUntil (unix ns): checkSpace does not evict before it.
+	noRoomUntil atomic.Int64
 	// bg tracks background work (checks, scrub), cancelled by bgCancel
 	// when Run stops.
 	bg       sync.WaitGroup

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"syscall"
+	"time"
 
 	digest "github.com/opencontainers/go-digest"
 	"go.uber.org/zap"
@@ -29,6 +30,10 @@ import (
 // soft (content in use may keep the store above them); MinFreeSpace is
 // hard: a fetch that would pass it once nothing more can be evicted fails.
 
+// noRoomBackoff is how long checkSpace does not try to evict again after
+// an eviction found nothing to evict.
+const noRoomBackoff = time.Second
+
 // diskSpace is the size of a filesystem and the bytes still free on it.
 type diskSpace struct{ total, free int64 }
 
@@ -45,8 +50,12 @@ type MemberCounter interface {
 // Config.Quota bound a fetch.
 func (c *CDN) checkSpace(ctx context.Context, n int64) error {
 	ds, err := statfs(c.cfg.Dir)
-	if c.overLimits(ds, err == nil, n) {
-		c.makeRoom(ctx, n)
+	if c.overLimits(ds, err == nil, n) && time.Now().UnixNano() >= c.noRoomUntil.Load() {
+		if c.makeRoom(ctx, n) == 0 {
+			// Everything left is in use: do not list the store again
+			// for every piece.
+			c.noRoomUntil.Store(time.Now().Add(noRoomBackoff).UnixNano())
+		}
 		ds, err = statfs(c.cfg.Dir)
 	}
 	c.metrics.diskFree.Set(float64(ds.free))
@@ -74,8 +83,8 @@ func (c *CDN) overLimits(ds diskSpace, known bool, n int64) bool {
 // makeRoom evicts committed content not in use, least recently used first,
 // until n more bytes fit under the quota's low water, the disk's low
 // watermark and the minimum free space, or nothing evictable is left. One
-// eviction runs at a time.
-func (c *CDN) makeRoom(ctx context.Context, n int64) {
+// eviction runs at a time. It returns the number of blobs evicted.
+func (c *CDN) makeRoom(ctx context.Context, n int64) (evicted int) {
 	c.evictMu.Lock()
 	defer c.evictMu.Unlock()
 	var blobs []content.Info
@@ -85,7 +94,7 @@ func (c *CDN) makeRoom(ctx context.Context, n int64) {
 	})
 	if err != nil {
 		c.log.Warn("list content to evict", zap.Error(err))
-		return
+		return 0
 	}
 	var usage int64
 	for _, b := range blobs {
@@ -106,7 +115,7 @@ func (c *CDN) makeRoom(ctx context.Context, n int64) {
 	}
 	for _, b := range blobs {
 		if done() || ctx.Err() != nil {
-			return
+			return evicted
 		}
 		tasks := append([]string{b.Digest.String()}, byDigest[b.Digest]...)
 		if c.inUse(ctx, b.Digest, tasks) {
@@ -114,8 +123,15 @@ func (c *CDN) makeRoom(ctx context.Context, n int64) {
 		}
 		if err := c.evict(ctx, b, tasks); err != nil {
 			c.log.Warn("evict content", zap.Stringer("digest", b.Digest), zap.Error(err))
+			continue
 		}
+		evicted++
 	}
+	if !done() {
+		c.log.Warn("cdn store over its limits and everything left is in use",
+			zap.Int64("usage", c.usage.Load()), zap.Stringer("quota", c.cfg.Quota))
+	}
+	return evicted
 }
 
 // inUse reports whether content d, served by tasks, is being fetched,
