@@ -30,8 +30,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -466,42 +464,4 @@ func sourceErrorMessage(rawURL string, err error) error {
 		}
 	}
 	return fmt.Errorf("source fetch: %s", msg)
-}
-
-// tempPrefix starts the names of the CDN's temporary files; newCache
-// removes those a crash left.
-const tempPrefix = ".tmp-"
-
-// writeFileAtomic writes data to path through a temporary file and a rename.
-// The directory is created when it is missing (an operator may have wiped
-// the data directory under a running supernode).
-func writeFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(dir, tempPrefix+"*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) //nolint:errcheck // gone after the rename
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
-	return nil
 }
