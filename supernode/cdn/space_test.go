@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
+	"github.com/damselfly/damselfly/pkg/content"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/taskid"
 )
@@ -132,4 +135,44 @@ func TestSmallDiskWatermarks(t *testing.T) {
 	require.NoError(t, err, "content in use is never evicted")
 	_, ok := f.sched.snapshot(keptID)
 	require.True(t, ok)
+}
+
+// fullOnceStore is a store whose first ingest write finds the disk full.
+type fullOnceStore struct {
+	content.Store
+	failed atomic.Bool
+}
+
+func (s *fullOnceStore) Writer(ctx context.Context, ref string) (content.Writer, error) {
+	w, err := s.Store.Writer(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	return &fullOnceWriter{Writer: w, s: s}, nil
+}
+
+type fullOnceWriter struct {
+	content.Writer
+	s *fullOnceStore
+}
+
+func (w *fullOnceWriter) WriteAt(p []byte, off int64) (int, error) {
+	if w.s.failed.CompareAndSwap(false, true) {
+		return 0, &os.PathError{Op: "write", Path: "ingest", Err: syscall.ENOSPC}
+	}
+	return w.Writer.WriteAt(p, off)
+}
+
+// A write that finds the disk full makes room and is retried: the fetch
+// succeeds instead of failing its task.
+func TestDiskFullDuringFetchRetried(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	o := newOrigin(t, &origin{})
+	store := &fullOnceStore{Store: newLocal(t, filepath.Join(root, "content"))}
+	f := newFixture(t, o, store, filepath.Join(root, "cdn"))
+	body := blob(400, 5<<20)
+	_, d := seedTask(t, f, o, body)
+	require.True(t, store.failed.Load(), "the disk was full once")
+	require.Equal(t, body, readBlob(t, store, d))
 }
