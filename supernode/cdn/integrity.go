@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"sync"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
@@ -281,6 +282,12 @@ func (c *CDN) background(fn func(ctx context.Context)) {
 	}()
 }
 
+// checkBufs holds the buffers pieces are read into to be hashed.
+var checkBufs = sync.Pool{New: func() any {
+	b := make([]byte, 1<<20)
+	return &b
+}}
+
 // pieceCheck hashes every piece of committed content an upload reaches
 // before any of its bytes is handed out.
 type pieceCheck struct {
@@ -308,7 +315,10 @@ func (pc *pieceCheck) check(r io.ReaderAt, off, n int64) error {
 		}
 		start, ln := piece.Bounds(i, m.Size, m.PieceSize)
 		h := sha256.New()
-		if _, err := io.Copy(h, io.NewSectionReader(r, start, ln)); err != nil {
+		bp := checkBufs.Get().(*[]byte)
+		_, err := io.CopyBuffer(h, io.NewSectionReader(r, start, ln), *bp)
+		checkBufs.Put(bp)
+		if err != nil {
 			return fmt.Errorf("check piece %d: %w", i, err)
 		}
 		if digest.NewDigest(digest.SHA256, h) != m.Pieces[i] {

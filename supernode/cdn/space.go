@@ -71,7 +71,7 @@ func (c *CDN) checkSpace(ctx context.Context, n int64) error {
 // overLimits reports whether n more bytes pass the quota, the high
 // watermark or the minimum free space.
 func (c *CDN) overLimits(ds diskSpace, known bool, n int64) bool {
-	if q := int64(c.cfg.Quota); q > 0 && c.usage.Load()+n > q {
+	if q := int64(c.cfg.Quota); q > 0 && c.usage.Load()+c.fetching()+n > q {
 		return true
 	}
 	if !known || ds.total <= 0 {
@@ -104,7 +104,7 @@ func (c *CDN) makeRoom(ctx context.Context, n int64) (evicted int) {
 	slices.SortFunc(blobs, func(a, b content.Info) int { return a.AccessedAt.Compare(b.AccessedAt) })
 	byDigest := c.cache.urlTasks()
 	done := func() bool {
-		if q := int64(c.cfg.Quota); q > 0 && float64(c.usage.Load()+n) > quotaLowWater*float64(q) {
+		if q := int64(c.cfg.Quota); q > 0 && float64(c.usage.Load()+c.fetching()+n) > quotaLowWater*float64(q) {
 			return false
 		}
 		ds, err := statfs(c.cfg.Dir)
@@ -186,6 +186,18 @@ func (c *CDN) evict(ctx context.Context, b content.Info, tasks []string) error {
 	c.log.Info("content evicted", zap.Stringer("digest", b.Digest), zap.Int64("size", b.Size),
 		zap.Time("lastUsed", b.AccessedAt), zap.Int("tasks", len(tasks)))
 	return nil
+}
+
+// fetching returns the bytes the running fetches have read so far: they
+// count towards the quota before they are committed.
+func (c *CDN) fetching() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var n int64
+	for _, f := range c.fetches {
+		n += f.read.Load()
+	}
+	return n
 }
 
 // setUsage records the bytes of committed content.
