@@ -5,10 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	digest "github.com/opencontainers/go-digest"
 	"go.uber.org/zap"
@@ -58,11 +58,26 @@ type cache struct {
 	metaDir, taskDir string
 }
 
-func newCache(dir string) (*cache, error) {
+// newCache opens the metadata directory. Temporary files a crash left
+// behind (writeFileAtomic's, never renamed) are removed.
+func newCache(dir string, log *zap.Logger) (*cache, error) {
 	c := &cache{metaDir: filepath.Join(dir, "meta"), taskDir: filepath.Join(dir, "tasks")}
-	for _, d := range []string{c.metaDir, c.taskDir} {
+	for _, d := range []string{dir, c.metaDir, c.taskDir} {
 		if err := os.MkdirAll(d, 0o750); err != nil {
 			return nil, fmt.Errorf("cdn dir: %w", err)
+		}
+		entries, err := os.ReadDir(d)
+		if err != nil {
+			return nil, fmt.Errorf("cdn dir: %w", err)
+		}
+		for _, e := range entries {
+			if !strings.HasPrefix(e.Name(), tempPrefix) || e.IsDir() {
+				continue
+			}
+			if err := os.Remove(filepath.Join(d, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return nil, fmt.Errorf("cdn dir: remove leftover temporary file: %w", err)
+			}
+			log.Info("leftover temporary file removed", zap.String("file", filepath.Join(d, e.Name())))
 		}
 	}
 	return c, nil
@@ -178,51 +193,56 @@ func (c *cache) removeTask(taskID string) error {
 	return nil
 }
 
-// metaFor returns the piece metadata of committed blob d, recomputing the
-// piece digests from the blob when the metadata is missing or stale. It
-// returns an error wrapping content.ErrNotFound when the blob is not in the
-// store.
+// metaFor returns the piece metadata of committed blob d, checked against
+// the blob by this process (see checkContent: the first call after a start
+// hashes the blob, rebuilds metadata that is missing, stale or wrong, and
+// removes content that fails). It returns an error wrapping
+// content.ErrNotFound when the blob is not in the store or failed.
 func (c *CDN) metaFor(ctx context.Context, d digest.Digest) (pieceMeta, error) {
 	info, err := c.store.Info(ctx, d)
 	if err != nil {
 		return pieceMeta{}, err
 	}
-	if m, err := c.cache.readMeta(d); err == nil && m.validFor(d, info.Size) {
+	if m, ok := c.checkedMeta(d); ok && m.Size == info.Size {
 		return m, nil
 	}
-	m, err := c.hashBlob(ctx, d)
-	if err != nil {
-		return pieceMeta{}, err
-	}
-	if err := c.cache.writeMeta(m); err != nil {
-		return pieceMeta{}, err
-	}
-	c.log.Info("piece metadata rebuilt from blob", zap.Stringer("digest", d))
-	return m, nil
+	return c.checkContent(ctx, d, nil)
 }
 
-// hashBlob reads committed blob d piece by piece and hashes every piece.
-func (c *CDN) hashBlob(ctx context.Context, d digest.Digest) (pieceMeta, error) {
-	ra, err := c.store.ReaderAt(ctx, d)
+// tempPrefix starts the names of the CDN's temporary files; newCache
+// removes those a crash left.
+const tempPrefix = ".tmp-"
+
+// writeFileAtomic writes data to path through a temporary file and a rename.
+// The directory is created when it is missing (an operator may have wiped
+// the data directory under a running supernode).
+func writeFileAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, tempPrefix+"*")
 	if err != nil {
-		return pieceMeta{}, err
+		return err
 	}
-	defer ra.Close()
-	size := ra.Size()
-	m := pieceMeta{Digest: d, Size: size, PieceSize: piece.SizeFor(size)}
-	buf := make([]byte, m.PieceSize)
-	for n := range piece.Count(size, m.PieceSize) {
-		if err := ctx.Err(); err != nil {
-			return pieceMeta{}, err
-		}
-		off, ln := piece.Bounds(n, size, m.PieceSize)
-		if k, err := ra.ReadAt(buf[:ln], off); int64(k) < ln {
-			if err == nil || errors.Is(err, io.EOF) {
-				err = io.ErrUnexpectedEOF
-			}
-			return pieceMeta{}, fmt.Errorf("hash blob %s piece %d: %w", d, n, err)
-		}
-		m.Pieces = append(m.Pieces, piece.Digest(buf[:ln]))
+	defer os.Remove(tmp.Name()) //nolint:errcheck // gone after the rename
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
 	}
-	return m, nil
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return nil
 }

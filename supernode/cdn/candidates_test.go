@@ -357,7 +357,7 @@ func TestAnnouncedSizeOverMaxSourceSizeRefused(t *testing.T) {
 	info, err := f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: url})
 	require.NoError(t, err)
 	require.Equal(t, schedapi.TaskFailed, info.State)
-	require.Contains(t, info.Error, "more than cdn.maxSourceSize (32768)")
+	require.Contains(t, info.Error, "more than cdn.maxSourceSize (32KiB)")
 }
 
 // filesUnder lists the regular files under dir (none when it is missing).

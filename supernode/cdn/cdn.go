@@ -9,9 +9,15 @@
 // A digest task's sources are candidates its members offer, not the first
 // registrant's alone: the fetch moves on from one that fails, lies about the
 // size or is too slow (candidates.go, sources.go). No source may send more
-// than Config.MaxSourceSize, nor fill the data directory's filesystem past
-// Config.MinFreeSpace. What the CDN holds for a task the scheduler forgot is
-// dropped by Forget (forget.go).
+// than Config.MaxSourceSize; committed content is evicted, least recently
+// used first and never while in use, to keep the store under Config.Quota
+// and the disk under its watermarks (space.go). What the CDN holds for a
+// task the scheduler forgot is dropped by Forget (forget.go).
+//
+// Committed content is checked, not trusted: before its first use after a
+// start, piece by piece as it is served, when a peer reports it corrupt and
+// by a background scrub (integrity.go, scrub.go). Content that fails is
+// removed, its tasks dropped and fetched again from a source.
 //
 // The CDN also serves its own content to peers: it implements the
 // upload.Tasks contract of pkg/peer/upload, reading pieces of a fetch in
@@ -24,10 +30,10 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	digest "github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
@@ -148,6 +154,27 @@ type CDN struct {
 	// blamed lists, per digest task, the source URLs whose content failed
 	// its digest (at most maxCandidates each).
 	blamed map[string][]string
+	// checked holds the piece metadata of committed blobs this process
+	// has checked against the blob; reportedAt when a corrupt report last
+	// started a check of a blob; uploads counts the upload handles open on
+	// each committed blob.
+	checked    map[digest.Digest]pieceMeta
+	reportedAt map[digest.Digest]time.Time
+	uploads    map[digest.Digest]int
+
+	// checks runs one check of a blob at a time.
+	checks singleflight.Group
+	// usage is the bytes of committed content; evictMu runs one eviction
+	// at a time.
+	usage   atomic.Int64
+	evictMu sync.Mutex
+	// noRoomUntil (unix ns): checkSpace does not evict before it.
+	noRoomUntil atomic.Int64
+	// bg tracks background work (checks, scrub), cancelled by bgCancel
+	// when Run stops.
+	bg       sync.WaitGroup
+	bgCtx    context.Context
+	bgCancel context.CancelFunc
 }
 
 // New returns a CDN storing content in store and fetching it with src. It
@@ -168,10 +195,12 @@ func New(cfg Config, store content.Store, src source.Client, sched Scheduler, op
 	if err != nil {
 		return nil, fmt.Errorf("cdn metrics: %w", err)
 	}
-	c, err := newCache(cfg.Dir)
+	c, err := newCache(cfg.Dir, o.log)
 	if err != nil {
 		return nil, err
 	}
+	m.quota.Set(float64(cfg.Quota))
+	bgCtx, bgCancel := context.WithCancel(context.Background())
 	return &CDN{
 		cfg:         cfg,
 		store:       store,
@@ -185,14 +214,27 @@ func New(cfg Config, store content.Store, src source.Client, sched Scheduler, op
 		sourceBytes: make(map[string]int64),
 		pending:     make(map[string]*candidates),
 		blamed:      make(map[string][]string),
+		checked:     make(map[digest.Digest]pieceMeta),
+		reportedAt:  make(map[digest.Digest]time.Time),
+		uploads:     make(map[digest.Digest]int),
+		bgCtx:       bgCtx,
+		bgCancel:    bgCancel,
 	}, nil
 }
 
-// Run waits until ctx is done, then stops the CDN: running fetches are
-// cancelled (their tasks fail) and Run returns nil once they and every
-// Ensure in progress have stopped. Ensure fails with ErrClosed after that.
+// Run keeps the store within its quota and watermarks and scrubs it
+// (Config.ScrubInterval) until ctx is done, then stops the CDN: running
+// fetches and background checks are cancelled (fetching tasks fail) and
+// Run returns nil once they and every Ensure in progress have stopped.
+// Ensure fails with ErrClosed after that.
 func (c *CDN) Run(ctx context.Context) error {
+	maintained := make(chan struct{})
+	go func() {
+		defer close(maintained)
+		c.maintain(ctx)
+	}()
 	<-ctx.Done()
+	<-maintained
 	c.mu.Lock()
 	c.closed = true
 	running := make([]*fetch, 0, len(c.fetches))
@@ -208,6 +250,8 @@ func (c *CDN) Run(ctx context.Context) error {
 		<-f.done
 	}
 	c.work.Wait()
+	c.bgCancel()
+	c.bg.Wait()
 	return nil
 }
 
@@ -420,38 +464,4 @@ func sourceErrorMessage(rawURL string, err error) error {
 		}
 	}
 	return fmt.Errorf("source fetch: %s", msg)
-}
-
-// writeFileAtomic writes data to path through a temporary file and a rename.
-// The directory is created when it is missing (an operator may have wiped
-// the data directory under a running supernode).
-func writeFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(dir, ".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) //nolint:errcheck // gone after the rename
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
-	return nil
 }

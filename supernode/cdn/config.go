@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/damselfly/damselfly/pkg/bytesize"
 	"github.com/damselfly/damselfly/pkg/ratelimit"
 )
 
@@ -13,16 +14,39 @@ type Config struct {
 	// FetchTimeout bounds one source fetch, from the first request to the
 	// commit of the content. Default 2h.
 	FetchTimeout time.Duration `yaml:"fetchTimeout"`
-	// MaxSourceSize is the most bytes the CDN takes from one source, in
-	// bytes: a source announcing more is refused at once, and a source of
+	// MaxSourceSize is the most bytes the CDN takes from one source: a
+	// source announcing more is refused at once, and a source of
 	// unknown length is cut (and the task fails) when it passes it, so an
 	// endless body cannot fill the data directory. Default 64 GiB.
-	MaxSourceSize int64 `yaml:"maxSourceSize"`
-	// MinFreeSpace is the free space, in bytes, the CDN leaves on the data
-	// directory's filesystem: a source whose announced size would leave
-	// less is refused, and a fetch that gets there fails, so sources
-	// together cannot fill the disk. Default 1 GiB.
-	MinFreeSpace int64 `yaml:"minFreeSpace"`
+	MaxSourceSize bytesize.Size `yaml:"maxSourceSize"`
+	// MinFreeSpace is the free space the CDN leaves on the data
+	// directory's filesystem: a fetch that would leave less first evicts
+	// committed content not in use (see Quota); when nothing more can be
+	// evicted, a source whose announced size would leave less is refused,
+	// and a fetch that gets there fails, so sources together cannot fill
+	// the disk. Default 1 GiB.
+	MinFreeSpace bytesize.Size `yaml:"minFreeSpace"`
+	// Quota is the most bytes of committed content the CDN keeps; past it,
+	// the least recently used content not in use (no fetch, no member, no
+	// upload in flight) is evicted down to QuotaLowWater of it, and its
+	// tasks are dropped from the scheduler. 0 (the default) sets no quota:
+	// the store is then bounded by the free-space watermarks alone, which
+	// track the disk whatever its size.
+	Quota bytesize.Size `yaml:"quota"`
+	// DiskHighWater is the fraction of the data directory's filesystem
+	// that, once in use (by anything), makes the CDN evict content not in
+	// use, whatever its quota, down to DiskLowWater. A fetch of known size
+	// first makes room for itself. Defaults 0.9 and 0.85.
+	DiskHighWater float64 `yaml:"diskHighWater"`
+	DiskLowWater  float64 `yaml:"diskLowWater"`
+	// ScrubInterval is how often every committed blob is hashed again in
+	// the background, against its digest and its piece digests (default
+	// 24h); content that fails is removed, its tasks dropped and fetched
+	// again from a source at their next registration.
+	ScrubInterval time.Duration `yaml:"scrubInterval"`
+	// ScrubRate bounds the bytes per second the scrub reads (default
+	// 32MiB), so it does not compete with fetches and uploads.
+	ScrubRate bytesize.Size `yaml:"scrubRate"`
 	// MinSourceRate is the rate below which a digest task's source is
 	// abandoned for the next candidate another member offered, averaged
 	// over MinSourceRateWindow. A source slower than that is kept while
@@ -52,6 +76,17 @@ const (
 	// DefaultMinSourceRate is cdn.minSourceRate's default, 1 MiB/s: an
 	// origin that slow would keep a 1 GiB layer for a quarter of an hour.
 	DefaultMinSourceRate = 1 << 20
+	// DefaultDiskHighWater and DefaultDiskLowWater are the free-space
+	// watermarks' defaults, as dfdaemon's cache.
+	DefaultDiskHighWater = 0.90
+	DefaultDiskLowWater  = 0.85
+	// DefaultScrubInterval and DefaultScrubRate are the scrub's defaults,
+	// as dfdaemon's cache.
+	DefaultScrubInterval = 24 * time.Hour
+	DefaultScrubRate     = 32 << 20
+	// quotaLowWater is the fraction of Quota eviction frees space down to,
+	// so that one commit does not trigger eviction after eviction.
+	quotaLowWater = 0.9
 )
 
 // ApplyDefaults fills unset fields.
@@ -71,6 +106,18 @@ func (c Config) ApplyDefaults() Config {
 	if c.MinSourceRateWindow == 0 {
 		c.MinSourceRateWindow = 10 * time.Second
 	}
+	if c.DiskHighWater == 0 {
+		c.DiskHighWater = DefaultDiskHighWater
+	}
+	if c.DiskLowWater == 0 {
+		c.DiskLowWater = DefaultDiskLowWater
+	}
+	if c.ScrubInterval == 0 {
+		c.ScrubInterval = DefaultScrubInterval
+	}
+	if c.ScrubRate == 0 {
+		c.ScrubRate = DefaultScrubRate
+	}
 	return c
 }
 
@@ -81,10 +128,25 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("cdn.fetchTimeout %s: must be positive", c.FetchTimeout))
 	}
 	if c.MaxSourceSize <= 0 {
-		errs = append(errs, fmt.Errorf("cdn.maxSourceSize %d: must be positive", c.MaxSourceSize))
+		errs = append(errs, fmt.Errorf("cdn.maxSourceSize %s: must be positive", c.MaxSourceSize))
 	}
 	if c.MinFreeSpace <= 0 {
-		errs = append(errs, fmt.Errorf("cdn.minFreeSpace %d: must be positive", c.MinFreeSpace))
+		errs = append(errs, fmt.Errorf("cdn.minFreeSpace %s: must be positive", c.MinFreeSpace))
+	}
+	if c.Quota < 0 {
+		errs = append(errs, fmt.Errorf("cdn.quota %d: is negative (0 means no quota)", int64(c.Quota)))
+	}
+	if c.DiskHighWater <= 0 || c.DiskHighWater > 1 {
+		errs = append(errs, fmt.Errorf("cdn.diskHighWater %g: must be in (0, 1]", c.DiskHighWater))
+	}
+	if c.DiskLowWater <= 0 || c.DiskLowWater > c.DiskHighWater {
+		errs = append(errs, fmt.Errorf("cdn.diskLowWater %g: must be in (0, cdn.diskHighWater]", c.DiskLowWater))
+	}
+	if c.ScrubInterval < 0 {
+		errs = append(errs, fmt.Errorf("cdn.scrubInterval %s: is negative", c.ScrubInterval))
+	}
+	if c.ScrubRate <= 0 {
+		errs = append(errs, fmt.Errorf("cdn.scrubRate %s: must be positive", c.ScrubRate))
 	}
 	if c.MinSourceRate < 0 {
 		errs = append(errs, fmt.Errorf("cdn.minSourceRate: %d is negative", c.MinSourceRate))

@@ -4,8 +4,8 @@ package cdn
 
 import "errors"
 
-// freeSpace is not known on this system: only cdn.maxSourceSize bounds a
-// fetch.
-func freeSpace(string) (int64, error) {
-	return 0, errors.New("free space unknown on this system")
+// statfs is not known on this system: only cdn.maxSourceSize and cdn.quota
+// bound the store.
+func statfs(string) (diskSpace, error) {
+	return diskSpace{}, errors.New("free space unknown on this system")
 }

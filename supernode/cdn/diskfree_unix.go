@@ -4,12 +4,13 @@ package cdn
 
 import "syscall"
 
-// freeSpace returns the bytes an unprivileged writer may still use on the
-// filesystem holding dir.
-func freeSpace(dir string) (int64, error) {
+// statfs measures the filesystem holding dir: its size, and the bytes an
+// unprivileged writer may still use.
+func statfs(dir string) (diskSpace, error) {
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(dir, &st); err != nil {
-		return 0, err
+		return diskSpace{}, err
 	}
-	return int64(st.Bavail) * int64(st.Bsize), nil //nolint:unconvert // Bsize's type differs by OS
+	bs := int64(st.Bsize) //nolint:unconvert // Bsize's type differs by OS
+	return diskSpace{total: int64(st.Blocks) * bs, free: int64(st.Bavail) * bs}, nil
 }

@@ -32,10 +32,30 @@ type fakeSched struct {
 	tasks   map[string]*fakeTask
 	adds    int
 	changed chan struct{} // closed and replaced on every change
+	// members is what Members answers, by task ID.
+	members map[string]int
 }
 
 func newFakeSched() *fakeSched {
-	return &fakeSched{tasks: make(map[string]*fakeTask), changed: make(chan struct{})}
+	return &fakeSched{tasks: make(map[string]*fakeTask), changed: make(chan struct{}), members: make(map[string]int)}
+}
+
+var _ MemberCounter = (*fakeSched)(nil)
+
+// Members answers from s.members.
+func (s *fakeSched) Members(ctx context.Context, id string) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.tasks[id]; !ok {
+		return 0, errNoTask
+	}
+	return s.members[id], nil
+}
+
+func (s *fakeSched) setMembers(id string, n int) {
+	s.mu.Lock()
+	s.members[id] = n
+	s.mu.Unlock()
 }
 
 func (s *fakeSched) notify() {

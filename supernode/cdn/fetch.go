@@ -222,6 +222,9 @@ func (c *CDN) stream(ctx context.Context, f *fetch, src sourceBody, expected dig
 		// missing.
 		log.Warn("keep piece metadata", zap.Error(err))
 	}
+	// Every piece was hashed as it was stored, and the whole by Commit.
+	c.setChecked(m)
+	c.setUsage(c.usage.Load() + m.Size)
 	if _, byDigest := taskid.Digest(f.taskID); !byDigest {
 		if err := c.cache.writeTask(taskRecord{TaskID: f.taskID, Digest: d, URL: f.url}); err != nil {
 			log.Warn("keep task record", zap.Error(err))
@@ -347,7 +350,7 @@ func (c *CDN) copyFrom(ctx context.Context, f *fetch, src sourceBody, w content.
 	} else {
 		// One byte more than allowed tells an endless body from one that
 		// ends at the limit.
-		r = io.LimitReader(cr, c.cfg.MaxSourceSize-start+1)
+		r = io.LimitReader(cr, int64(c.cfg.MaxSourceSize)-start+1)
 	}
 	rctx, stopReading := context.WithCancel(ctx)
 	var slow atomic.Bool
@@ -409,11 +412,11 @@ func (c *CDN) copyFrom(ctx context.Context, f *fetch, src sourceBody, w content.
 			f.read.Add(int64(len(p)))
 			c.metrics.sourceBytes.Add(float64(len(p)))
 		default:
-			if size < 0 && st.off+int64(len(p)) > c.cfg.MaxSourceSize {
+			if size < 0 && st.off+int64(len(p)) > int64(c.cfg.MaxSourceSize) {
 				ch.release()
-				return fmt.Errorf("source sends more than cdn.maxSourceSize (%d bytes)", c.cfg.MaxSourceSize)
+				return fmt.Errorf("source sends more than cdn.maxSourceSize (%s)", c.cfg.MaxSourceSize)
 			}
-			if err := c.checkSpace(int64(len(p))); err != nil {
+			if err := c.checkSpace(ctx, int64(len(p))); err != nil {
 				ch.release()
 				return err
 			}
@@ -422,6 +425,13 @@ func (c *CDN) copyFrom(ctx context.Context, f *fetch, src sourceBody, w content.
 			pdc := make(chan digest.Digest, 1)
 			go func() { pdc <- piece.Digest(p) }()
 			_, werr := w.WriteAt(p, st.off)
+			if isNoSpace(werr) {
+				// The disk filled under us: evict what is not in use
+				// and write the piece again.
+				c.log.Warn("cdn disk full while storing a piece: evicting and retrying", zap.String("task", f.taskID), zap.Int("piece", n))
+				c.makeRoom(ctx, int64(len(p)))
+				_, werr = w.WriteAt(p, st.off)
+			}
 			pd := <-pdc
 			ch.release()
 			if werr != nil {

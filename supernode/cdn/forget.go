@@ -87,6 +87,7 @@ func (c *CDN) Delete(ctx context.Context, taskID string) error {
 		} else if !errors.Is(err, content.ErrNotFound) {
 			return fmt.Errorf("delete task %s content: %w", taskID, err)
 		}
+		c.forgetChecked(d)
 		if err := c.cache.removeMeta(d); err != nil {
 			return fmt.Errorf("delete task %s: %w", taskID, err)
 		}

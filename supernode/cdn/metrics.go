@@ -9,6 +9,13 @@ type metrics struct {
 	contentGone prometheus.Counter
 	// sourcesGivenUp counts candidate sources abandoned for the next.
 	sourcesGivenUp prometheus.Counter
+
+	usage, quota, diskFree prometheus.Gauge
+	evictions              prometheus.Counter
+	// corrupt counts committed content found corrupt (or with wrong piece
+	// metadata); corruptServes the uploads cut at a bad piece; reverified
+	// the checks corrupt reports started; scrubbed the bytes scrubbed.
+	corrupt, corruptServes, reverified, scrubbed prometheus.Counter
 }
 
 // newMetrics builds the CDN's metrics and registers them with reg, when
@@ -35,11 +42,44 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "damselfly", Subsystem: "cdn", Name: "sources_given_up_total",
 			Help: "Sources a fetch gave up (failed, lied about the size, too slow) to try the next candidate.",
 		}),
+		usage: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "damselfly", Subsystem: "cdn", Name: "store_bytes",
+			Help: "Bytes of committed content in the CDN's store.",
+		}),
+		quota: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "damselfly", Subsystem: "cdn", Name: "quota_bytes",
+			Help: "cdn.quota (0: none, the free-space watermarks alone bound the store).",
+		}),
+		diskFree: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "damselfly", Subsystem: "cdn", Name: "disk_free_bytes",
+			Help: "Free bytes on the data directory's filesystem, as last measured.",
+		}),
+		evictions: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "damselfly", Subsystem: "cdn", Name: "evictions_total",
+			Help: "Committed blobs evicted for the quota or the disk watermarks.",
+		}),
+		corrupt: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "damselfly", Subsystem: "cdn", Name: "corrupt_content_total",
+			Help: "Committed blobs (or their piece metadata) found not to match; removed and fetched again.",
+		}),
+		corruptServes: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "damselfly", Subsystem: "cdn", Name: "corrupt_uploads_cut_total",
+			Help: "Piece uploads cut because the piece no longer matched its digest.",
+		}),
+		reverified: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "damselfly", Subsystem: "cdn", Name: "corrupt_reports_checked_total",
+			Help: "Checks of committed content started by peers' corrupt reports against the CDN.",
+		}),
+		scrubbed: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "damselfly", Subsystem: "cdn", Name: "scrubbed_bytes_total",
+			Help: "Bytes of committed content hashed again by the scrub.",
+		}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.sourceBytes, m.fetches, m.cacheHits, m.contentGone, m.sourcesGivenUp} {
+	for _, c := range []prometheus.Collector{m.sourceBytes, m.fetches, m.cacheHits, m.contentGone, m.sourcesGivenUp,
+		m.usage, m.quota, m.diskFree, m.evictions, m.corrupt, m.corruptServes, m.reverified, m.scrubbed} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -70,20 +70,6 @@ func (c *CDN) openNext(ctx context.Context, f *fetch, off, size int64, log *zap.
 	}
 }
 
-// checkSpace returns an error when writing n more bytes would leave less
-// than Config.MinFreeSpace free on the data directory's filesystem. Where
-// the free space cannot be read, only Config.MaxSourceSize bounds a fetch.
-func (c *CDN) checkSpace(n int64) error {
-	free, err := freeSpace(c.cfg.Dir)
-	if err != nil {
-		return nil //nolint:nilerr // unknown free space bounds nothing
-	}
-	if free-n < c.cfg.MinFreeSpace {
-		return fmt.Errorf("cdn data directory has %d bytes free: %d more would leave less than cdn.minFreeSpace (%d)", free, n, c.cfg.MinFreeSpace)
-	}
-	return nil
-}
-
 // watchAnswer calls slow, once, when answered is still open after
 // Config.MinSourceRateWindow while waiting reports another candidate.
 func (c *CDN) watchAnswer(answered <-chan struct{}, waiting func() bool, slow func()) {
@@ -128,8 +114,8 @@ func (c *CDN) openSource(ctx context.Context, url string, header http.Header, of
 	switch announced, known := resp.Size, known(); {
 	case resp.Offset != 0 && resp.Offset != off:
 		bad = fmt.Errorf("source answered from byte %d, not %d", resp.Offset, off)
-	case announced > c.cfg.MaxSourceSize:
-		bad = fmt.Errorf("source announces %d bytes, more than cdn.maxSourceSize (%d)", announced, c.cfg.MaxSourceSize)
+	case announced > int64(c.cfg.MaxSourceSize):
+		bad = fmt.Errorf("source announces %d bytes, more than cdn.maxSourceSize (%s)", announced, c.cfg.MaxSourceSize)
 	case own > 0 && announced >= 0 && announced != own:
 		bad = fmt.Errorf("source announces %d bytes, the member that offered it knows %d", announced, own)
 	case len(known) > 0 && announced >= 0 && !slices.Contains(known, announced):
@@ -137,7 +123,7 @@ func (c *CDN) openSource(ctx context.Context, url string, header http.Header, of
 	case size >= 0 && announced >= 0 && announced != size:
 		bad = fmt.Errorf("source announces %d bytes, the task has %d", announced, size)
 	case announced > off:
-		bad = c.checkSpace(announced - off)
+		bad = c.checkSpace(ctx, announced-off)
 	}
 	if bad != nil {
 		resp.Body.Close()

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"sync"
 
+	digest "github.com/opencontainers/go-digest"
+
 	"github.com/damselfly/damselfly/pkg/content"
 	"github.com/damselfly/damselfly/pkg/peer/upload"
 	"github.com/damselfly/damselfly/pkg/piece"
@@ -49,17 +51,48 @@ func (c *CDN) Open(ctx context.Context, taskID string) (upload.Task, error) {
 			}
 		}
 	}
-	ra, err := c.store.ReaderAt(ctx, d)
+	ra, m, err := c.openChecked(ctx, d)
 	if errors.Is(err, content.ErrNotFound) {
-		// Content the scheduler still hands out is gone: drop the task so
-		// that it is fetched again instead of failing every peer.
-		c.dropIfGone(ctx, taskID)
+		// Content the scheduler still hands out is gone or failed its
+		// check: drop its tasks so that they are fetched again instead of
+		// failing every peer.
+		c.dropContent(ctx, d, err, taskID)
 		return nil, fmt.Errorf("open task %s: %w: %w", taskID, ErrNotFound, upload.ErrNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open task %s: %w", taskID, err)
 	}
-	return &handle{blob: ra}, nil
+	c.mu.Lock()
+	c.uploads[d]++
+	c.mu.Unlock()
+	return &handle{blob: ra, check: &pieceCheck{c: c, taskID: taskID, meta: m}, c: c}, nil
+}
+
+// openChecked opens committed blob d, a file the store has checked (it
+// hashes a blob again whenever its file changed), with piece metadata this
+// process has checked against it. A blob opened once per request is never
+// an old file kept open.
+func (c *CDN) openChecked(ctx context.Context, d digest.Digest) (content.ReaderAt, pieceMeta, error) {
+	ra, err := c.store.ReaderAt(ctx, d)
+	if err != nil {
+		return nil, pieceMeta{}, err
+	}
+	if m, ok := c.checkedMeta(d); ok && m.Size == ra.Size() {
+		return ra, m, nil
+	}
+	_ = ra.Close()
+	m, err := c.checkContent(ctx, d, nil)
+	if err != nil {
+		return nil, pieceMeta{}, err
+	}
+	if ra, err = c.store.ReaderAt(ctx, d); err != nil {
+		return nil, pieceMeta{}, err
+	}
+	if ra.Size() != m.Size {
+		_ = ra.Close()
+		return nil, pieceMeta{}, fmt.Errorf("content %s changed while it was checked", d)
+	}
+	return ra, m, nil
 }
 
 // handle reads one task's content for the upload server. It is safe for
@@ -67,14 +100,25 @@ func (c *CDN) Open(ctx context.Context, taskID string) (upload.Task, error) {
 type handle struct {
 	// Exactly one of f (a fetch, possibly finished by now) and blob (a
 	// committed blob) is set.
-	f         *fetch
-	blob      content.ReaderAt
+	f    *fetch
+	blob content.ReaderAt
+	// check hashes the pieces of blob reads reach (nil for f); c counts
+	// the uploads of blob.
+	check     *pieceCheck
+	c         *CDN
+	checkMu   sync.Mutex
 	closeOnce sync.Once
 }
 
 // ReadAt reads content bytes. Callers read Verified ranges only.
 func (h *handle) ReadAt(p []byte, off int64) (int, error) {
 	if h.blob != nil {
+		h.checkMu.Lock()
+		err := h.check.check(h.blob, off, int64(len(p)))
+		h.checkMu.Unlock()
+		if err != nil {
+			return 0, err
+		}
 		return h.blob.ReadAt(p, off)
 	}
 	f := h.f
@@ -128,6 +172,11 @@ func (h *handle) Close() error {
 	h.closeOnce.Do(func() {
 		if h.blob != nil {
 			_ = h.blob.Close()
+			h.c.mu.Lock()
+			if h.c.uploads[h.check.meta.Digest]--; h.c.uploads[h.check.meta.Digest] <= 0 {
+				delete(h.c.uploads, h.check.meta.Digest)
+			}
+			h.c.mu.Unlock()
 			return
 		}
 		h.f.release()

@@ -30,6 +30,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/damselfly/damselfly/pkg/bytesize"
 	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/command"
 	"github.com/damselfly/damselfly/pkg/content/local"
@@ -116,6 +117,7 @@ type flags struct {
 	sourceAllow, sourceDeny                        []string
 	logLevel, logFormat                            string
 	uploadRate                                     ratelimit.Rate
+	cdnQuota                                       bytesize.Size
 	version                                        bool
 }
 
@@ -131,6 +133,7 @@ func newFlagSet(f *flags, out io.Writer) *flag.FlagSet {
 	fs.Var(netpolicy.ListFlag{List: &f.sourceAllow}, "source-allow", "`CIDR|IP|HOST` sources may be fetched from although the source policy denies them, e.g. 127.0.0.1/32 (repeatable, comma-separated)")
 	fs.Var(netpolicy.ListFlag{List: &f.sourceDeny}, "source-deny", "`CIDR|IP|HOST` sources are never fetched from (repeatable, comma-separated)")
 	fs.Var(&f.uploadRate, "upload-rate", "`RATE` cap on the bytes/s the CDN sends to peers, e.g. 1G or 500M (0: unlimited); sets cdn.uploadRate")
+	fs.Var(&f.cdnQuota, "cdn-quota", "`SIZE` of committed content the CDN keeps, e.g. 100G or 64GiB; past it the least recently used content not in use is evicted (0: no quota, the disk watermarks alone); sets cdn.quota")
 	fs.StringVar(&f.logLevel, "log-level", "", "log `level`: debug, info, warn, error (default info)")
 	fs.StringVar(&f.logFormat, "log-format", "", "log `format`: json or console (default console)")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
@@ -201,6 +204,8 @@ func buildConfig(fset *flag.FlagSet, f *flags, lookupEnv func(string) (string, b
 			cfg.Source.Deny = append(cfg.Source.Deny, f.sourceDeny...)
 		case "upload-rate":
 			cfg.CDN.UploadRate = f.uploadRate
+		case "cdn-quota":
+			cfg.CDN.Quota = f.cdnQuota
 		case "log-level":
 			cfg.Log.Level = f.logLevel
 		case "log-format":
@@ -276,7 +281,9 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 			if err := seed.Forget(ctx, taskID); err != nil && ctx.Err() == nil {
 				logger.Warn("forget task", zap.String("task", taskID), zap.Error(err))
 			}
-		}))
+		}),
+		// A peer's corrupt report against the CDN makes it check its copy.
+		scheduler.WithCDNCorruptReport(func(taskID string, piece int) { seed.ReportCorrupt(taskID, piece) }))
 	if err != nil {
 		return err
 	}
@@ -327,6 +334,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	logger.Info("supernode listening",
 		zap.String("addr", ln.Addr().String()), zap.String("advertise", advertise),
 		zap.String("dataDir", cfg.DataDir), zap.Stringer("uploadRate", cfg.CDN.UploadRate),
+		zap.Stringer("cdnQuota", cfg.CDN.Quota),
 		zap.String("version", version.Version()))
 	if o.ready != nil {
 		o.ready(ln.Addr())
@@ -468,6 +476,18 @@ func (a cdnScheduler) Fail(ctx context.Context, id string, cause error) error {
 // RemoveTask forwards to the scheduler.
 func (a cdnScheduler) RemoveTask(ctx context.Context, id string) error {
 	return a.s.RemoveTask(ctx, id)
+}
+
+var _ cdn.MemberCounter = cdnScheduler{}
+
+// Members returns how many members the task has: the CDN never evicts
+// content a member is downloading.
+func (a cdnScheduler) Members(ctx context.Context, id string) (int, error) {
+	t, err := a.s.Task(ctx, id)
+	if err != nil {
+		return 0, err
+	}
+	return len(t.Peers), nil
 }
 
 // preheatSeeder gives preheats the CDN's Ensure and the scheduler's task

@@ -116,6 +116,15 @@ func WithTaskForgotten(fn func(taskID string)) Option {
 	return func(s *Scheduler) { s.forgotten = fn }
 }
 
+// WithCDNCorruptReport sets fn, called with the task and piece of each
+// corrupt report (schedapi.ReasonCorrupt) a requester makes against a piece
+// the CDN was assigned to send it. Such a report never strikes the CDN; fn
+// lets the CDN check its copy instead. fn runs on its own goroutine, and Run
+// waits for it before returning.
+func WithCDNCorruptReport(fn func(taskID string, piece int)) Option {
+	return func(s *Scheduler) { s.cdnCorrupt = fn }
+}
+
 // Scheduler assigns pieces of tasks to peers. Build it with New and start it
 // with Run.
 type Scheduler struct {
@@ -125,6 +134,7 @@ type Scheduler struct {
 
 	startReports bool
 	forgotten    func(taskID string)
+	cdnCorrupt   func(taskID string, piece int)
 	callbacks    sync.WaitGroup
 
 	st      *state // owned by Run's goroutine
@@ -168,6 +178,9 @@ func New(cfg Config, cdn schedapi.Peer, opts ...Option) (*Scheduler, error) {
 	s.st.startReports = s.startReports
 	if fn := s.forgotten; fn != nil {
 		s.st.forgotten = func(id string) { s.callbacks.Go(func() { fn(id) }) }
+	}
+	if fn := s.cdnCorrupt; fn != nil {
+		s.st.cdnCorrupt = func(id string, i int) { s.callbacks.Go(func() { fn(id, i) }) }
 	}
 	return s, nil
 }

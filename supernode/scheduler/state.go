@@ -283,6 +283,9 @@ type state struct {
 	// forgotten, if set, is told the ID of each idle task the sweep
 	// forgets.
 	forgotten func(taskID string)
+	// cdnCorrupt, if set, is told each corrupt report against a CDN
+	// assignment (WithCDNCorruptReport).
+	cdnCorrupt func(taskID string, piece int)
 }
 
 // changes records what improved in a task since its parked polls were last
@@ -1106,6 +1109,10 @@ func (st *state) applyResult(t *task, m *member, r schedapi.PieceResult) {
 	if a != nil {
 		if a.from != nil && a.from.peer.id == r.From {
 			src = a.from
+		}
+		if a.from == nil && r.From == st.cdn.ID && !r.OK && st.cdnCorrupt != nil && classifyFailure(r.Reason) == failIntegrity {
+			// Never a strike against the CDN: its copy is checked.
+			st.cdnCorrupt(t.id, r.Piece)
 		}
 		st.endAssignment(a, r.OK && t.isPublished(r.Piece))
 		rec.used++

@@ -1,0 +1,337 @@
+package cdn
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+	"go.uber.org/zap"
+
+	"github.com/damselfly/damselfly/pkg/content"
+	"github.com/damselfly/damselfly/pkg/piece"
+	"github.com/damselfly/damselfly/pkg/taskid"
+)
+
+// The CDN's committed copy is checked, not trusted. A blob's piece digests
+// (meta/<hex>.json) are checked against the blob, which is hashed whole at
+// the same time, before this process first serves it (a task served from
+// the cache after a start); content committed by this process's own fetch
+// is checked as it streams. Every piece an upload of committed content
+// reaches is hashed against its digest before any of its bytes is handed
+// out, so a byte that changed on disk is never sent: the read fails and
+// the response is cut. Content that fails, a peer's corrupt report against
+// the CDN (ReportCorrupt) and the background scrub (scrub.go) all lead to
+// checkContent: a blob that no longer matches its digest is removed, its
+// tasks are dropped from the scheduler and their next registration fetches
+// the content from a source again; piece digests that do not match a sound
+// blob are rewritten from it, and its tasks dropped so that peers learn the
+// right ones.
+
+// errCorruptPiece is returned by reads of committed content whose piece no
+// longer matches its digest.
+var errCorruptPiece = errors.New("cdn content failed its piece digest")
+
+// reportCooldown is how long after a check of a blob that a corrupt report
+// started further reports against it are not acted on: peers cannot make
+// the CDN hash a blob again and again.
+const reportCooldown = 30 * time.Second
+
+// blobVerifier is the part of a content store that hashes a committed blob
+// again on demand and removes it when it fails (pkg/content/local).
+type blobVerifier interface {
+	Verify(ctx context.Context, d digest.Digest, pace func(ctx context.Context, n int) error) error
+}
+
+// checkedMeta returns the piece metadata of d checked by this process.
+func (c *CDN) checkedMeta(d digest.Digest) (pieceMeta, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m, ok := c.checked[d]
+	return m, ok
+}
+
+func (c *CDN) setChecked(m pieceMeta) {
+	c.mu.Lock()
+	c.checked[m.Digest] = m
+	c.mu.Unlock()
+}
+
+func (c *CDN) forgetChecked(d digest.Digest) {
+	c.mu.Lock()
+	delete(c.checked, d)
+	c.mu.Unlock()
+}
+
+// scanBlob reads committed blob d piece by piece and returns its piece
+// metadata and whether the whole content hashes to d. pace, when set, is
+// called before each piece is read.
+func (c *CDN) scanBlob(ctx context.Context, d digest.Digest, pace func(context.Context, int) error) (pieceMeta, bool, error) {
+	ra, err := c.store.ReaderAt(ctx, d)
+	if err != nil {
+		return pieceMeta{}, false, err
+	}
+	defer ra.Close()
+	size := ra.Size()
+	m := pieceMeta{Digest: d, Size: size, PieceSize: piece.SizeFor(size)}
+	whole := d.Algorithm().Digester()
+	buf := make([]byte, m.PieceSize)
+	for n := range piece.Count(size, m.PieceSize) {
+		if err := ctx.Err(); err != nil {
+			return pieceMeta{}, false, err
+		}
+		off, ln := piece.Bounds(n, size, m.PieceSize)
+		if pace != nil {
+			if err := pace(ctx, int(ln)); err != nil {
+				return pieceMeta{}, false, err
+			}
+		}
+		if k, err := ra.ReadAt(buf[:ln], off); int64(k) < ln {
+			if err == nil || errors.Is(err, io.EOF) {
+				// Shorter than the store said: truncated under us.
+				return m, false, nil
+			}
+			return pieceMeta{}, false, fmt.Errorf("read blob %s piece %d: %w", d, n, err)
+		}
+		whole.Hash().Write(buf[:ln])
+		m.Pieces = append(m.Pieces, piece.Digest(buf[:ln]))
+	}
+	return m, whole.Digest() == d, nil
+}
+
+// checkContent hashes committed blob d and its pieces. Content that no
+// longer matches d is removed and its tasks dropped; the error then wraps
+// content.ErrNotFound and content.ErrCorrupt. Piece metadata that does not
+// match a sound blob is rewritten and the blob's tasks dropped. It returns
+// the checked metadata.
+func (c *CDN) checkContent(ctx context.Context, d digest.Digest, pace func(context.Context, int) error) (pieceMeta, error) {
+	// A paced check (the scrub's) is not joined by a caller that waits.
+	key := d.String()
+	if pace != nil {
+		key = "paced:" + key
+	}
+	v, err, _ := c.checks.Do(key, func() (any, error) {
+		return c.checkContentOnce(ctx, d, pace)
+	})
+	if err != nil {
+		return pieceMeta{}, err
+	}
+	return v.(pieceMeta), nil
+}
+
+func (c *CDN) checkContentOnce(ctx context.Context, d digest.Digest, pace func(context.Context, int) error) (pieceMeta, error) {
+	log := c.log.With(zap.Stringer("digest", d))
+	m, whole, err := c.scanBlob(ctx, d, pace)
+	if errors.Is(err, content.ErrNotFound) {
+		// Gone, or removed by the store's own check as it was opened.
+		if errors.Is(err, content.ErrCorrupt) {
+			c.metrics.corrupt.Inc()
+		}
+		c.dropContent(ctx, d, err)
+		return pieceMeta{}, err
+	}
+	if err != nil {
+		return pieceMeta{}, err
+	}
+	if !whole {
+		// Confirm with the store, which removes what fails.
+		cause := fmt.Errorf("content %s: %w: %w", d, content.ErrNotFound, content.ErrCorrupt)
+		if bv, ok := c.store.(blobVerifier); ok {
+			if verr := bv.Verify(ctx, d, nil); verr == nil {
+				return pieceMeta{}, fmt.Errorf("content %s read differently twice", d)
+			} else if !errors.Is(verr, content.ErrNotFound) {
+				return pieceMeta{}, verr
+			}
+		} else if derr := c.store.Delete(ctx, d); derr != nil && !errors.Is(derr, content.ErrNotFound) {
+			return pieceMeta{}, derr
+		}
+		c.metrics.corrupt.Inc()
+		log.Warn("committed content does not match its digest: removed, its tasks are fetched again")
+		c.dropContent(ctx, d, cause)
+		return pieceMeta{}, cause
+	}
+	stored, rerr := c.cache.readMeta(d)
+	if rerr != nil || !slices.Equal(stored.Pieces, m.Pieces) || stored.Size != m.Size || stored.PieceSize != m.PieceSize {
+		if err := c.cache.writeMeta(m); err != nil {
+			return pieceMeta{}, err
+		}
+		if rerr == nil {
+			// The scheduler may hand out the wrong piece digests.
+			c.metrics.corrupt.Inc()
+			log.Warn("piece metadata did not match the content: rewritten, its tasks are dropped")
+			c.dropContent(ctx, d, errors.New("piece metadata did not match the content"))
+		} else {
+			log.Info("piece metadata rebuilt from blob")
+		}
+	}
+	c.setChecked(m)
+	return m, nil
+}
+
+// dropContent drops from the scheduler every task served from committed
+// content d (except one fetching its own copy), after its content failed
+// or vanished: peers learn at their next poll, register again, and the
+// registration fetches the content from a source. also names tasks the
+// caller knows to be served from d besides those recorded. Piece metadata
+// of a blob no longer in the store is removed.
+func (c *CDN) dropContent(ctx context.Context, d digest.Digest, cause error, also ...string) {
+	c.forgetChecked(d)
+	gone := false
+	if _, err := c.store.Info(ctx, d); errors.Is(err, content.ErrNotFound) {
+		gone = true
+		if err := c.cache.removeMeta(d); err != nil {
+			c.log.Warn("drop content", zap.Stringer("digest", d), zap.Error(err))
+		}
+	}
+	tasks := append([]string{d.String()}, c.cache.tasksFor(d)...)
+	for _, id := range also {
+		if !slices.Contains(tasks, id) {
+			tasks = append(tasks, id)
+		}
+	}
+	dropped := 0
+	for _, id := range tasks {
+		c.mu.Lock()
+		_, running := c.fetches[id]
+		c.mu.Unlock()
+		if running {
+			continue
+		}
+		info, err := c.sched.TaskInfo(ctx, id)
+		if err != nil || info.ContentDigest != d.String() {
+			continue
+		}
+		if err := c.sched.RemoveTask(ctx, id); err != nil {
+			continue
+		}
+		dropped++
+		if _, byDigest := taskid.Digest(id); !byDigest && gone {
+			_ = c.cache.removeTask(id)
+		}
+		c.log.Warn("task dropped: its committed content failed a check; its next registration fetches it again",
+			zap.String("task", id), zap.Stringer("digest", d), zap.Error(cause))
+	}
+	if gone && dropped > 0 {
+		c.metrics.contentGone.Inc()
+	}
+}
+
+// ReportCorrupt tells the CDN that a peer found piece n of a task it
+// fetched from the CDN corrupt. The CDN checks its committed copy of the
+// task's content again at once, in the background (at most once per
+// reportCooldown per blob); content that fails is removed and fetched
+// again. A report against a fetch in progress, whose
+// pieces were hashed as they were stored, is only logged.
+func (c *CDN) ReportCorrupt(taskID string, n int) {
+	if taskid.Validate(taskID) != nil {
+		return
+	}
+	c.mu.Lock()
+	_, running := c.fetches[taskID]
+	c.mu.Unlock()
+	log := c.log.With(zap.String("task", taskID), zap.Int("piece", n))
+	if running {
+		log.Info("corrupt report against a fetch in progress")
+		return
+	}
+	c.background(func(ctx context.Context) {
+		d, ok := taskid.Digest(taskID)
+		if !ok {
+			if d, ok = c.cache.taskDigest(taskID); !ok {
+				if d, ok = c.settledDigest(ctx, taskID); !ok {
+					return
+				}
+			}
+		}
+		c.mu.Lock()
+		at, seen := c.reportedAt[d]
+		if !seen || time.Since(at) >= reportCooldown {
+			c.reportedAt[d] = time.Now()
+		}
+		c.mu.Unlock()
+		if seen && time.Since(at) < reportCooldown {
+			log.Debug("corrupt report: content checked after a report moments ago")
+			return
+		}
+		log.Info("corrupt report against the CDN: checking its copy")
+		c.metrics.reverified.Inc()
+		if _, err := c.checkContent(ctx, d, nil); err != nil && !errors.Is(err, content.ErrNotFound) {
+			log.Warn("check content after a corrupt report", zap.Error(err))
+		}
+	})
+}
+
+// background runs fn on its own goroutine on a context Run cancels when it
+// stops, and Run waits for it. Nothing runs once Run has stopped.
+func (c *CDN) background(fn func(ctx context.Context)) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.bg.Add(1)
+	c.mu.Unlock()
+	go func() {
+		defer c.bg.Done()
+		fn(c.bgCtx)
+	}()
+}
+
+// checkBufs holds the buffers pieces are read into to be hashed.
+var checkBufs = sync.Pool{New: func() any {
+	b := make([]byte, 1<<20)
+	return &b
+}}
+
+// pieceCheck hashes every piece of committed content an upload reaches
+// before any of its bytes is handed out.
+type pieceCheck struct {
+	c      *CDN
+	taskID string
+	meta   pieceMeta
+	ok     piece.Set // pieces checked through this handle
+	failed bool
+}
+
+// check returns nil when every piece overlapping [off, off+n) matches its
+// digest in r.
+func (pc *pieceCheck) check(r io.ReaderAt, off, n int64) error {
+	if pc.failed {
+		return errCorruptPiece
+	}
+	m := pc.meta
+	if n <= 0 || off >= m.Size {
+		return nil
+	}
+	last := piece.Index(min(off+n, m.Size)-1, m.PieceSize)
+	for i := piece.Index(off, m.PieceSize); i <= last; i++ {
+		if pc.ok.Has(i) {
+			continue
+		}
+		start, ln := piece.Bounds(i, m.Size, m.PieceSize)
+		h := sha256.New()
+		bp := checkBufs.Get().(*[]byte)
+		_, err := io.CopyBuffer(h, io.NewSectionReader(r, start, ln), *bp)
+		checkBufs.Put(bp)
+		if err != nil {
+			return fmt.Errorf("check piece %d: %w", i, err)
+		}
+		if digest.NewDigest(digest.SHA256, h) != m.Pieces[i] {
+			pc.failed = true
+			pc.c.log.Warn("committed content failed its piece digest as it was served: upload cut, content checked",
+				zap.String("task", pc.taskID), zap.Stringer("digest", m.Digest), zap.Int("piece", i))
+			pc.c.metrics.corruptServes.Inc()
+			d := m.Digest
+			pc.c.forgetChecked(d)
+			pc.c.background(func(ctx context.Context) { _, _ = pc.c.checkContent(ctx, d, nil) })
+			return fmt.Errorf("piece %d: %w", i, errCorruptPiece)
+		}
+		pc.ok.Add(i)
+	}
+	return nil
+}
