@@ -184,7 +184,6 @@ type Cache struct {
 	logger  *zap.Logger
 	metrics *metrics
 	kick    chan struct{}
-	statfs  func(path string) (diskSpace, error)
 
 	life context.Context
 	stop context.CancelFunc
@@ -254,7 +253,6 @@ func New(cfg Config, store content.Manager, eng engine, opts ...Option) (*Cache,
 		tasks:    make(map[string]*entry),
 		byDigest: make(map[digest.Digest]map[*entry]struct{}),
 		evicting: make(map[digest.Digest]chan struct{}),
-		statfs:   statfs,
 	}
 	if c.logger == nil {
 		c.logger = zap.NewNop()
@@ -628,11 +626,11 @@ func (c *Cache) makeRoom(ctx context.Context, incoming int64) error {
 		need = usage + incoming - int64(float64(quota)*c.cfg.LowWater)
 	}
 	disk, diskErr := c.disk()
-	if diskErr == nil && disk.total > 0 {
-		c.metrics.diskFree.Set(float64(disk.free))
-		used := disk.total - disk.free
-		if float64(used+incoming) > c.cfg.DiskHighWater*float64(disk.total) {
-			need = max(need, used+incoming-int64(c.cfg.DiskLowWater*float64(disk.total)))
+	if diskErr == nil && disk.Total > 0 {
+		c.metrics.diskFree.Set(float64(disk.Free))
+		used := disk.Total - disk.Free
+		if float64(used+incoming) > c.cfg.DiskHighWater*float64(disk.Total) {
+			need = max(need, used+incoming-int64(c.cfg.DiskLowWater*float64(disk.Total)))
 		}
 	}
 	if need <= 0 {
@@ -676,7 +674,7 @@ func (c *Cache) makeRoom(ctx context.Context, incoming int64) error {
 	if freed < need {
 		c.logger.Warn("cache cannot free enough: the rest is in use",
 			zap.Int64("usage", usage), zap.Int64("quota", quota), zap.Int64("short", need-freed),
-			zap.Int64("diskFree", disk.free), zap.Int64("diskTotal", disk.total))
+			zap.Int64("diskFree", disk.Free), zap.Int64("diskTotal", disk.Total))
 	}
 	return errors.Join(errs...)
 }

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/damselfly/damselfly/pkg/content"
+	"github.com/damselfly/damselfly/pkg/diskspace"
 )
 
 // spaceCheckInterval is how often the store's usage and the disk's free
@@ -28,7 +29,7 @@ func (c *CDN) maintain(ctx context.Context) {
 		t := time.NewTicker(spaceCheckInterval)
 		defer t.Stop()
 		for {
-			if ds, err := statfs(c.cfg.Dir); c.overLimits(ds, err == nil, 0) {
+			if ds, err := diskspace.Of(c.cfg.Dir); c.overLimits(ds, err == nil, 0) {
 				c.makeRoom(ctx, 0)
 			}
 			select {

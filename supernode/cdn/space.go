@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/damselfly/damselfly/pkg/content"
+	"github.com/damselfly/damselfly/pkg/diskspace"
 	"github.com/damselfly/damselfly/pkg/taskid"
 )
 
@@ -34,9 +35,6 @@ import (
 // an eviction found nothing to evict.
 const noRoomBackoff = time.Second
 
-// diskSpace is the size of a filesystem and the bytes still free on it.
-type diskSpace struct{ total, free int64 }
-
 // MemberCounter is the optional part of a Scheduler that tells how many
 // members a task has. Without it, the CDN counts only its own fetches and
 // uploads as use of content.
@@ -49,35 +47,35 @@ type MemberCounter interface {
 // Where the free space cannot be read, only Config.MaxSourceSize and
 // Config.Quota bound a fetch.
 func (c *CDN) checkSpace(ctx context.Context, n int64) error {
-	ds, err := statfs(c.cfg.Dir)
+	ds, err := diskspace.Of(c.cfg.Dir)
 	if c.overLimits(ds, err == nil, n) && time.Now().UnixNano() >= c.noRoomUntil.Load() {
 		if c.makeRoom(ctx, n) == 0 {
 			// Everything left is in use: do not list the store again
 			// for every piece.
 			c.noRoomUntil.Store(time.Now().Add(noRoomBackoff).UnixNano())
 		}
-		ds, err = statfs(c.cfg.Dir)
+		ds, err = diskspace.Of(c.cfg.Dir)
 	}
-	c.metrics.diskFree.Set(float64(ds.free))
+	c.metrics.diskFree.Set(float64(ds.Free))
 	if err != nil {
 		return nil //nolint:nilerr // unknown free space bounds nothing
 	}
-	if ds.free-n < int64(c.cfg.MinFreeSpace) {
-		return fmt.Errorf("cdn data directory has %d bytes free: %d more would leave less than cdn.minFreeSpace (%s), and no content not in use is left to evict", ds.free, n, c.cfg.MinFreeSpace)
+	if ds.Free-n < int64(c.cfg.MinFreeSpace) {
+		return fmt.Errorf("cdn data directory has %d bytes free: %d more would leave less than cdn.minFreeSpace (%s), and no content not in use is left to evict", ds.Free, n, c.cfg.MinFreeSpace)
 	}
 	return nil
 }
 
 // overLimits reports whether n more bytes pass the quota, the high
 // watermark or the minimum free space.
-func (c *CDN) overLimits(ds diskSpace, known bool, n int64) bool {
+func (c *CDN) overLimits(ds diskspace.Space, known bool, n int64) bool {
 	if q := int64(c.cfg.Quota); q > 0 && c.usage.Load()+c.fetching()+n > q {
 		return true
 	}
-	if !known || ds.total <= 0 {
+	if !known || ds.Total <= 0 {
 		return false
 	}
-	return ds.free-n < int64(c.cfg.MinFreeSpace) || float64(ds.total-ds.free+n) > c.cfg.DiskHighWater*float64(ds.total)
+	return ds.Free-n < int64(c.cfg.MinFreeSpace) || float64(ds.Total-ds.Free+n) > c.cfg.DiskHighWater*float64(ds.Total)
 }
 
 // makeRoom evicts committed content not in use, least recently used first,
@@ -107,11 +105,11 @@ func (c *CDN) makeRoom(ctx context.Context, n int64) (evicted int) {
 		if q := int64(c.cfg.Quota); q > 0 && float64(c.usage.Load()+c.fetching()+n) > quotaLowWater*float64(q) {
 			return false
 		}
-		ds, err := statfs(c.cfg.Dir)
-		if err != nil || ds.total <= 0 {
+		ds, err := diskspace.Of(c.cfg.Dir)
+		if err != nil || ds.Total <= 0 {
 			return true
 		}
-		return ds.free-n >= int64(c.cfg.MinFreeSpace) && float64(ds.total-ds.free+n) <= c.cfg.DiskLowWater*float64(ds.total)
+		return ds.Free-n >= int64(c.cfg.MinFreeSpace) && float64(ds.Total-ds.Free+n) <= c.cfg.DiskLowWater*float64(ds.Total)
 	}
 	for _, b := range blobs {
 		if done() || ctx.Err() != nil {
@@ -216,8 +214,8 @@ func (c *CDN) refreshUsage(ctx context.Context) {
 	if err == nil {
 		c.setUsage(usage)
 	}
-	if ds, err := statfs(c.cfg.Dir); err == nil {
-		c.metrics.diskFree.Set(float64(ds.free))
+	if ds, err := diskspace.Of(c.cfg.Dir); err == nil {
+		c.metrics.diskFree.Set(float64(ds.Free))
 	}
 }
 
