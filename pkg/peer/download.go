@@ -96,7 +96,7 @@ type Download struct {
 	t      *task
 	events chan Event // guarded by t.mu for send and close
 	closed bool       // events closed; guarded by t.mu
-	stop   func() bool
+	stop   func() bool // guarded by t.mu
 	once   sync.Once
 }
 
@@ -167,10 +167,13 @@ func (d *Download) Progress() Progress {
 // Close waits for all of that.
 func (d *Download) Close() error {
 	d.once.Do(func() {
-		if d.stop != nil {
-			d.stop()
-		}
 		t := d.t
+		t.mu.Lock()
+		stop := d.stop
+		t.mu.Unlock()
+		if stop != nil {
+			stop()
+		}
 		t.mu.Lock()
 		delete(t.handles, d)
 		d.closeEventsLocked()

@@ -350,7 +350,11 @@ func (e *Engine) Download(ctx context.Context, req Request) (*Download, error) {
 		t.registered = true
 		t.mu.Unlock()
 	}
+	// Under t.mu: with ctx already done, Close runs at once on another
+	// goroutine and reads stop.
+	t.mu.Lock()
 	d.stop = context.AfterFunc(ctx, func() { _ = d.Close() })
+	t.mu.Unlock()
 	return d, nil
 }
 

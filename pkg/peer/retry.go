@@ -92,14 +92,19 @@ func (t *task) noteReachable() {
 	}
 }
 
+// ErrStalled: no piece was verified for StallTimeout (always with
+// ErrP2PFailed). When the supernode could not be reached, the error also
+// wraps its schedclient.UnreachableError.
+var ErrStalled = errors.New("no piece verified")
+
 // stalled is the error of a download that verified no piece for
 // StallTimeout; it names the supernode when the last poll could not reach
 // it.
 func (t *task) stalled(lastPollErr error) error {
 	if errors.Is(lastPollErr, schedclient.ErrUnreachable) {
-		return fmt.Errorf("%w: no piece verified for %s: %w", ErrP2PFailed, t.e.cfg.StallTimeout, lastPollErr)
+		return fmt.Errorf("%w: %w for %s: %w", ErrP2PFailed, ErrStalled, t.e.cfg.StallTimeout, lastPollErr)
 	}
-	return fmt.Errorf("%w: no piece verified for %s", ErrP2PFailed, t.e.cfg.StallTimeout)
+	return fmt.Errorf("%w: %w for %s", ErrP2PFailed, ErrStalled, t.e.cfg.StallTimeout)
 }
 
 // awaitOrigin waits while the supernode holds the task back because its
