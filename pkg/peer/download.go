@@ -94,8 +94,8 @@ const eventBuffer = 16
 // the last handle of a task to close leaves the task.
 type Download struct {
 	t      *task
-	events chan Event // guarded by t.mu for send and close
-	closed bool       // events closed; guarded by t.mu
+	events chan Event  // guarded by t.mu for send and close
+	closed bool        // events closed; guarded by t.mu
 	stop   func() bool // guarded by t.mu
 	once   sync.Once
 }

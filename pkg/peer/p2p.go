@@ -27,9 +27,9 @@ const (
 	// at once with nothing to fetch.
 	emptyPollMin = 50 * time.Millisecond
 	emptyPollMax = time.Second
-	// failedPieceMin and failedPieceMax bound the pause before the next
-	// poll after a piece fetch failed, growing while failures follow
-	// failures: a source that fails at once is not asked again at once.
+	// failedPieceMin and failedPieceMax bound how long a failed piece
+	// fetch waits to be reported, growing while failures follow failures:
+	// a source that fails at once is not handed the piece back at once.
 	failedPieceMin = 20 * time.Millisecond
 	failedPieceMax = 2 * time.Second
 	// reportRetryMin and reportRetryMax bound the pause after a failed
@@ -93,6 +93,15 @@ func (t *task) p2p(ctx context.Context) error {
 	rep := newReporter(t)
 	go rep.run(ctx)
 
+	var delayed []schedapi.PieceResult // failures waiting for flush
+	var flush <-chan time.Time
+	flushDelayed := func() {
+		for _, r := range delayed {
+			rep.add(ctx, r)
+		}
+		delayed = nil
+	}
+
 	defer func() {
 		cancelPoll()
 		if polling {
@@ -100,6 +109,7 @@ func (t *task) p2p(ctx context.Context) error {
 		}
 		cancelFetches()
 		fetchers.Wait()
+		flushDelayed()
 		rep.close()
 	}()
 
@@ -210,28 +220,36 @@ func (t *task) p2p(ctx context.Context) error {
 			if fr.fatal != nil {
 				return fr.fatal
 			}
-			rep.add(ctx, fr.res)
 			switch {
 			case fr.res.OK:
+				rep.add(ctx, fr.res)
 				t.markVerified(fr.a)
 				stall.Reset(cfg.StallTimeout)
 				stallAt = time.Now().Add(cfg.StallTimeout)
 				failBackoff.Reset()
 				clear(refusals)
-			case fr.refused != nil:
-				refusals[fr.a.From.Addr]++
-				if err := t.refused(fr, refusals[fr.a.From.Addr]); err != nil {
-					return err
+			case fr.res.Reason == schedapi.ReasonAborted:
+				rep.add(ctx, fr.res)
+			default:
+				if fr.refused != nil {
+					refusals[fr.a.From.Addr]++
+					if err := t.refused(fr, refusals[fr.a.From.Addr]); err != nil {
+						rep.add(ctx, fr.res)
+						return err
+					}
 				}
-				fallthrough
-			case fr.res.Reason != schedapi.ReasonAborted:
-				// Ask for the next assignment after a pause that grows while
-				// failures follow failures.
-				pause := failBackoff.Next()
-				if retry == nil && !polling {
-					retry = time.After(pause)
+				// A failure is reported after a pause that grows while
+				// failures follow failures: the report frees the piece, and
+				// a source that fails at once would otherwise get it back
+				// at once, again and again.
+				delayed = append(delayed, fr.res)
+				if flush == nil {
+					flush = time.After(failBackoff.Next())
 				}
 			}
+		case <-flush:
+			flush = nil
+			flushDelayed()
 		}
 	}
 
@@ -243,6 +261,7 @@ func (t *task) p2p(ctx context.Context) error {
 	}
 	cancelFetches()
 	fetchers.Wait()
+	flushDelayed()
 	rep.close()
 	return t.commit(ctx)
 }
