@@ -408,7 +408,7 @@ func sourceErrorMessage(rawURL string, err error) error {
 	var se *source.StatusError
 	switch {
 	case errors.As(err, &se):
-		return fmt.Errorf("source answered %d %s", se.StatusCode, http.StatusText(se.StatusCode))
+		return &described{msg: fmt.Sprintf("source answered %d %s", se.StatusCode, http.StatusText(se.StatusCode)), err: se}
 	case errors.Is(err, source.ErrNotFound):
 		return errors.New("source: content not found")
 	case errors.Is(err, context.DeadlineExceeded):

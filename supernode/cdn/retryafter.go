@@ -92,3 +92,13 @@ func (c *CDN) withRetryAfter(info schedapi.TaskInfo) schedapi.TaskInfo {
 	}
 	return info
 }
+
+// described is an error shown by its own message that still unwraps to the
+// error it describes (a *source.StatusError, for rateLimited).
+type described struct {
+	msg string
+	err error
+}
+
+func (e *described) Error() string { return e.msg }
+func (e *described) Unwrap() error { return e.err }
