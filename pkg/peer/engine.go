@@ -439,15 +439,20 @@ func (e *Engine) Open(ctx context.Context, taskID string) (upload.Task, error) {
 // Run heartbeats the tasks the engine seeds (downloaded and not left) every
 // HeartbeatInterval and registers again for those the supernode no longer
 // knows (it restarted, or the peer expired). It returns nil when ctx ends.
+//
+// Each interval is drawn between 3/4 and 5/4 of HeartbeatInterval, so that
+// nodes started together do not heartbeat together.
 func (e *Engine) Run(ctx context.Context) error {
-	tick := time.NewTicker(e.cfg.HeartbeatInterval)
-	defer tick.Stop()
+	d := e.cfg.HeartbeatInterval
+	timer := time.NewTimer(d)
+	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-tick.C:
+		case <-timer.C:
 			e.heartbeat(ctx)
+			timer.Reset(d/4 + schedclient.Jitter(d))
 		}
 	}
 }
