@@ -20,8 +20,12 @@ type outbound struct {
 	// proxy makes the forward proxy's read checks of blobs it sends through
 	// P2P: the source policy plus proxy.outbound.
 	proxy *http.Client
-	// peers fetches pieces from other peers and the CDN: the peer policy.
+	// peers fetches pieces from other peers: the peer policy.
 	peers *http.Client
+	// cdn fetches pieces from the CDN of the supernode that assigned them:
+	// the operator named the supernodes (--node), so, like the supernode
+	// client, it is not subject to the peer policy.
+	cdn *http.Client
 }
 
 func newOutbound(cfg Config) (outbound, error) {
@@ -43,11 +47,15 @@ func newOutbound(cfg Config) (outbound, error) {
 	peerTr := http.DefaultTransport.(*http.Transport).Clone()
 	peerTr.MaxIdleConnsPerHost = max(pc.Concurrency, 2)
 	peerTr.ResponseHeaderTimeout = pc.PieceTimeout
-	return outbound{upstream: src.HTTPClient(upTr), proxy: prx.HTTPClient(upTr), peers: peers.HTTPClient(peerTr)}, nil
+	cdnTr := peerTr.Clone()
+	cdnTr.Proxy = nil
+	return outbound{upstream: src.HTTPClient(upTr), proxy: prx.HTTPClient(upTr), peers: peers.HTTPClient(peerTr),
+		cdn: &http.Client{Transport: cdnTr}}, nil
 }
 
 // engineOptions route the peer engine's piece fetches and source fallback
-// through the policy-checked clients.
+// through the policy-checked clients, and CDN pieces through the trusted
+// one.
 func (o outbound) engineOptions(src peer.Option) []peer.Option {
-	return []peer.Option{peer.WithHTTPClient(o.peers), src}
+	return []peer.Option{peer.WithHTTPClient(o.peers), peer.WithCDNClient(o.cdn), peer.WithPolicyHint("--peer-allow"), src}
 }

@@ -141,7 +141,7 @@ func run(ctx context.Context, o *options, rc runConfig, logger *zap.Logger, stde
 		scOpts = append(scOpts, schedclient.WithHTTPClient(rc.httpClient))
 		engOpts = append(engOpts, peer.WithHTTPClient(rc.httpClient))
 	} else {
-		outOpts, err := outboundOptions(o, peer.Config{PieceTimeout: o.pieceTimeout}, logger)
+		outOpts, err := outboundOptions(o, o.engineConfig(), logger)
 		if err != nil {
 			_ = ln.Close()
 			return err
@@ -161,7 +161,7 @@ func run(ctx context.Context, o *options, rc runConfig, logger *zap.Logger, stde
 		_ = ln.Close()
 		return usagef("--node: %v", err)
 	}
-	eng, err := peer.New(peer.Config{PieceTimeout: o.pieceTimeout, StallTimeout: o.stallTimeout}, store, sc, self, engOpts...)
+	eng, err := peer.New(o.engineConfig(), store, sc, self, engOpts...)
 	if err != nil {
 		_ = ln.Close()
 		return err
@@ -213,13 +213,25 @@ func download(ctx context.Context, o *options, eng *peer.Engine, store *local.St
 		tick = t.C
 	}
 	notice := func(ev peer.Event) {
-		if o.quiet || ev.Kind != peer.EventFallback {
+		if o.quiet {
+			return
+		}
+		var line string
+		switch ev.Kind {
+		case peer.EventFallback:
+			line = fmt.Sprintf("dfget: P2P failed (%s), downloading from source", p2pReason(ev.Err, ev.Reason, o))
+		case peer.EventUnreachable, peer.EventReachable, peer.EventRateLimited:
+			if bar {
+				return // the progress line says it
+			}
+			line = "dfget: " + eventNotice(ev, o)
+		default:
 			return
 		}
 		if bar {
 			fmt.Fprint(stderr, "\r\x1b[K")
 		}
-		fmt.Fprintf(stderr, "dfget: P2P failed (%s), downloading from source\n", p2pReason(ev.Err, ev.Reason, o))
+		fmt.Fprintln(stderr, line)
 	}
 	events := d.Events()
 loop:
@@ -232,7 +244,8 @@ loop:
 			}
 			notice(ev)
 		case <-tick:
-			fmt.Fprintf(stderr, "\r%s\x1b[K", renderProgress(d.Progress(), time.Since(start)))
+			p := d.Progress()
+			fmt.Fprintf(stderr, "\r%s%s\x1b[K", renderProgress(p, time.Since(start)), renderStatus(p, time.Now()))
 		case <-d.Done():
 			break loop
 		case <-ctx.Done():
@@ -285,12 +298,48 @@ func describe(err error, o *options) error {
 	return err
 }
 
-// p2pReason says briefly why P2P failed.
+// p2pReason says briefly why P2P failed, naming the supernode when it could
+// not be reached.
 func p2pReason(err error, fallback string, o *options) string {
 	if errors.Is(err, schedclient.ErrUnreachable) {
-		return fmt.Sprintf("supernode %s unreachable", strings.Join(o.nodes, ","))
+		msg := fmt.Sprintf("supernode %s unreachable", strings.Join(o.nodes, ","))
+		if errors.Is(err, peer.ErrStalled) {
+			msg = fmt.Sprintf("no piece verified for %s, %s", o.engineConfig().ApplyDefaults().StallTimeout, msg)
+		}
+		return msg
 	}
 	return strings.TrimPrefix(fallback, peer.ErrP2PFailed.Error()+": ")
+}
+
+// engineConfig is the peer engine's configuration from the command line.
+func (o *options) engineConfig() peer.Config {
+	return peer.Config{PieceTimeout: o.pieceTimeout, StallTimeout: o.stallTimeout, PieceMinRate: ratelimit.Rate(o.pieceMinRate)}
+}
+
+// eventNotice renders an event of the download for a notice line.
+func eventNotice(ev peer.Event, o *options) string {
+	switch ev.Kind {
+	case peer.EventUnreachable:
+		return fmt.Sprintf("supernode %s unreachable (%s), retrying; P2P gives up after %s without progress",
+			ev.Node, ev.Reason, o.engineConfig().ApplyDefaults().StallTimeout)
+	case peer.EventReachable:
+		return fmt.Sprintf("supernode %s reachable again", ev.Node)
+	case peer.EventRateLimited:
+		return "the origin is rate-limiting; waiting for the supernode's CDN to retry it"
+	}
+	return ev.String()
+}
+
+// renderStatus is what the progress line adds while the download waits:
+// the supernode it cannot reach, or the origin's rate limit.
+func renderStatus(p peer.Progress, now time.Time) string {
+	switch {
+	case p.Unreachable != "":
+		return fmt.Sprintf(" - supernode %s unreachable for %s", p.Unreachable, now.Sub(p.UnreachableSince).Round(time.Second))
+	case !p.RetryAfter.IsZero():
+		return fmt.Sprintf(" - origin rate-limited, retrying in %s", max(p.RetryAfter.Sub(now), 0).Round(time.Second))
+	}
+	return ""
 }
 
 // advertiseIP is the IP other peers reach this one at (peer.AdvertiseIP),

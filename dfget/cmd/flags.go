@@ -50,6 +50,7 @@ type options struct {
 	timeout      time.Duration
 	pieceTimeout time.Duration
 	stallTimeout time.Duration
+	pieceMinRate int64 // bytes per second, 0 for the default
 	peerListen   string
 	advertiseIP  string
 	dataDir      string
@@ -152,6 +153,14 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.BoolVar(&o.notbs, "notbs", false, "never download from the source")
 	fs.DurationVar(&o.timeout, "timeout", 0, "give up after `D` (0: no limit)")
 	fs.DurationVar(&o.pieceTimeout, "piece-timeout", 0, "advanced: bound on one piece fetch from a peer, `D` (0: 60s); a peer slower than this is reported")
+	fs.Func("piece-min-rate", "advanced: slowest `RATE` a piece may arrive at from a peer before it is fetched elsewhere (default 1M); lower it on slow links", func(v string) error {
+		r, err := ratelimit.Parse(v)
+		if err == nil && r <= 0 {
+			err = errors.New("must be positive")
+		}
+		o.pieceMinRate = r
+		return err
+	})
 	fs.DurationVar(&o.stallTimeout, "stall-timeout", 0, "advanced: P2P has failed when no piece is verified for `D` (0: 60s); then dfget goes to the source, or fails with --notbs")
 	fs.StringVar(&o.peerListen, "peer-listen", ":0", "`ADDR` of the upload server serving pieces to other peers")
 	fs.StringVar(&o.advertiseIP, "advertise-ip", "", "`IP` other peers reach this one at (default: the local address towards the first supernode)")

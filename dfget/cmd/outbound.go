@@ -18,7 +18,9 @@ const sourceHeaderTimeout = 2 * time.Minute
 // outboundOptions returns the peer engine's policy-checked clients: piece
 // fetches from other peers dial through the peer policy (--peer-allow,
 // --peer-deny), the source fallback through the source policy
-// (--source-allow, --source-deny). Neither uses proxy variables.
+// (--source-allow, --source-deny). Pieces from the supernodes' CDN are
+// fetched without the peer policy: the user named the supernodes. None uses
+// proxy variables.
 func outboundOptions(o *options, cfg peer.Config, logger *zap.Logger) ([]peer.Option, error) {
 	sp, err := netpolicy.New(o.sourcePolicy, netpolicy.WithHint("--source-allow"))
 	if err != nil {
@@ -35,7 +37,12 @@ func outboundOptions(o *options, cfg peer.Config, logger *zap.Logger) ([]peer.Op
 	srcTr := http.DefaultTransport.(*http.Transport).Clone()
 	srcTr.ResponseHeaderTimeout = sourceHeaderTimeout
 	src := httpsource.New(httpsource.WithHTTPClient(sp.HTTPClient(srcTr)), httpsource.WithLogger(logger.Named("source")))
-	return []peer.Option{peer.WithHTTPClient(pp.HTTPClient(peerTr)), peer.WithSource(src)}, nil
+	// The supernodes' own CDN was chosen by the user (--node): reached
+	// like the supernode itself, not through the peer policy.
+	cdnTr := peerTr.Clone()
+	cdnTr.Proxy = nil
+	return []peer.Option{peer.WithHTTPClient(pp.HTTPClient(peerTr)), peer.WithCDNClient(&http.Client{Transport: cdnTr}),
+		peer.WithPolicyHint("--peer-allow"), peer.WithSource(src)}, nil
 }
 
 // policyFlags registers the outbound policy flags.

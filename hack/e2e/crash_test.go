@@ -152,10 +152,14 @@ func TestAllPeersDie(t *testing.T) {
 
 	err := strict.wait(t, time.Minute)
 	require.Error(t, err, "--notbs must fail when every peer and the supernode are gone")
-	msg := strings.TrimSpace(strict.stderr.String())
-	require.NotContains(t, msg, "\n", "one line, got:\n%s", msg)
+	// Notices said the supernode went away as it happened; the error is
+	// the last line, one line.
+	stderr := strings.TrimSpace(strict.stderr.String())
+	require.Contains(t, stderr, "dfget: supernode "+sn.addr+" unreachable")
+	msg := lastLine(stderr)
 	require.True(t, strings.HasPrefix(msg, "dfget: "), msg)
 	require.Contains(t, msg, "--notbs")
+	require.Contains(t, msg, sn.addr, "the error names the supernode")
 	require.NoFileExists(t, strict.out)
 	require.Empty(t, hiddenDirs(t, strict.out), "the hidden data dir goes with a clean failure")
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	digest "github.com/opencontainers/go-digest"
 
@@ -33,6 +34,15 @@ type Progress struct {
 	FromPeers  int64
 	FromCDN    int64
 	FromSource int64
+	// Unreachable is the supernode (host:port) this download cannot reach
+	// at the moment, empty while it can; UnreachableSince is when that
+	// began. The download keeps trying until StallTimeout.
+	Unreachable      string
+	UnreachableSince time.Time
+	// RetryAfter, when set, is when the download registers with the
+	// supernode again: the origin is rate-limiting and the supernode's CDN
+	// retries it.
+	RetryAfter time.Time
 }
 
 // EventKind names what happened.
@@ -42,6 +52,14 @@ type EventKind string
 const (
 	// EventFallback: P2P failed and the download goes to the source.
 	EventFallback EventKind = "fallback"
+	// EventUnreachable: the supernode (Event.Node) cannot be reached; the
+	// download keeps trying until StallTimeout.
+	EventUnreachable EventKind = "unreachable"
+	// EventReachable: the supernode answers again after EventUnreachable.
+	EventReachable EventKind = "reachable"
+	// EventRateLimited: the origin is rate-limiting; the supernode's CDN
+	// retries it, and the download waits and registers again.
+	EventRateLimited EventKind = "rate-limited"
 )
 
 // Event tells a Download's owner about a turn the download took.
@@ -51,6 +69,9 @@ type Event struct {
 	Reason string
 	// Err is the error behind Reason, if any, for errors.Is.
 	Err error
+	// Node is the supernode (host:port) of EventUnreachable and
+	// EventReachable.
+	Node string
 }
 
 // String renders the event for humans.
@@ -58,6 +79,10 @@ func (e Event) String() string {
 	switch e.Kind {
 	case EventFallback:
 		return "falling back to source: " + e.Reason
+	case EventUnreachable:
+		return "supernode " + e.Node + " unreachable: " + e.Reason
+	case EventReachable:
+		return "supernode " + e.Node + " reachable again"
 	}
 	return string(e.Kind) + ": " + e.Reason
 }
@@ -69,9 +94,9 @@ const eventBuffer = 16
 // the last handle of a task to close leaves the task.
 type Download struct {
 	t      *task
-	events chan Event // guarded by t.mu for send and close
-	closed bool       // events closed; guarded by t.mu
-	stop   func() bool
+	events chan Event  // guarded by t.mu for send and close
+	closed bool        // events closed; guarded by t.mu
+	stop   func() bool // guarded by t.mu
 	once   sync.Once
 }
 
@@ -142,10 +167,13 @@ func (d *Download) Progress() Progress {
 // Close waits for all of that.
 func (d *Download) Close() error {
 	d.once.Do(func() {
-		if d.stop != nil {
-			d.stop()
-		}
 		t := d.t
+		t.mu.Lock()
+		stop := d.stop
+		t.mu.Unlock()
+		if stop != nil {
+			stop()
+		}
 		t.mu.Lock()
 		delete(t.handles, d)
 		d.closeEventsLocked()

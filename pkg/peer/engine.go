@@ -78,6 +78,10 @@ type Engine struct {
 	self       schedapi.Peer
 	logger     *zap.Logger
 	httpClient *http.Client
+	// cdnClient fetches pieces from the supernode's own CDN (see
+	// WithCDNClient).
+	cdnClient  *http.Client
+	policyHint string
 	limiters   []*rate.Limiter
 	source     source.Client
 	metrics    *metrics
@@ -94,6 +98,8 @@ type Option func(*options)
 type options struct {
 	logger     *zap.Logger
 	httpClient *http.Client
+	cdnClient  *http.Client
+	policyHint string
 	limiters   []*rate.Limiter
 	source     source.Client
 	registerer prometheus.Registerer
@@ -109,6 +115,23 @@ func WithLogger(l *zap.Logger) Option {
 // proxy environment variables for peer traffic.
 func WithHTTPClient(c *http.Client) Option {
 	return func(o *options) { o.httpClient = c }
+}
+
+// WithCDNClient sets the HTTP client that fetches pieces from the CDN of
+// the supernode that assigned them (schedapi.Assignment.FromCDN, which only
+// the supernode sets). The user chose the supernodes (--node): their CDN is
+// reached like the supernode itself, not through the peer policy that
+// guards against addresses other peers announce. Default: the client of
+// WithHTTPClient.
+func WithCDNClient(c *http.Client) Option {
+	return func(o *options) { o.cdnClient = c }
+}
+
+// WithPolicyHint names how the user allows an address the peer client's
+// outbound policy refuses (for example "--peer-allow"): the error that ends
+// P2P when every source is refused says it with the address.
+func WithPolicyHint(h string) Option {
+	return func(o *options) { o.policyHint = h }
 }
 
 // WithDownloadLimiter caps the rate of bytes received (from peers and from
@@ -160,6 +183,8 @@ func New(cfg Config, store content.Store, sched *schedclient.Client, self scheda
 		self:       self,
 		logger:     o.logger,
 		httpClient: o.httpClient,
+		cdnClient:  o.cdnClient,
+		policyHint: o.policyHint,
 		limiters:   o.limiters,
 		source:     o.source,
 		tasks:      make(map[string]*task),
@@ -184,6 +209,9 @@ func New(cfg Config, store content.Store, sched *schedclient.Client, self scheda
 		tr.MaxIdleConnsPerHost = max(cfg.Concurrency, 2)
 		tr.ResponseHeaderTimeout = cfg.PieceTimeout
 		e.httpClient = &http.Client{Transport: tr}
+	}
+	if e.cdnClient == nil {
+		e.cdnClient = e.httpClient
 	}
 	m, err := newMetrics(o.registerer)
 	if err != nil {
@@ -322,7 +350,11 @@ func (e *Engine) Download(ctx context.Context, req Request) (*Download, error) {
 		t.registered = true
 		t.mu.Unlock()
 	}
+	// Under t.mu: with ctx already done, Close runs at once on another
+	// goroutine and reads stop.
+	t.mu.Lock()
 	d.stop = context.AfterFunc(ctx, func() { _ = d.Close() })
+	t.mu.Unlock()
 	return d, nil
 }
 
@@ -407,15 +439,20 @@ func (e *Engine) Open(ctx context.Context, taskID string) (upload.Task, error) {
 // Run heartbeats the tasks the engine seeds (downloaded and not left) every
 // HeartbeatInterval and registers again for those the supernode no longer
 // knows (it restarted, or the peer expired). It returns nil when ctx ends.
+//
+// Each interval is drawn between 3/4 and 5/4 of HeartbeatInterval, so that
+// nodes started together do not heartbeat together.
 func (e *Engine) Run(ctx context.Context) error {
-	tick := time.NewTicker(e.cfg.HeartbeatInterval)
-	defer tick.Stop()
+	d := e.cfg.HeartbeatInterval
+	timer := time.NewTimer(d)
+	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-tick.C:
+		case <-timer.C:
 			e.heartbeat(ctx)
+			timer.Reset(d/4 + schedclient.Jitter(d))
 		}
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/damselfly/damselfly/pkg/httpx"
+	"github.com/damselfly/damselfly/pkg/netpolicy"
 	"github.com/damselfly/damselfly/pkg/peer/upload"
 	"github.com/damselfly/damselfly/pkg/piece"
 	"github.com/damselfly/damselfly/pkg/schedapi"
@@ -68,13 +69,17 @@ func (t *task) fetch(ctx context.Context, a schedapi.Assignment) fetchResult {
 	if err != nil {
 		res.Reason = failureKind(err)
 		res.Error = failureReason(err)
+		var refused error
+		if errors.Is(err, netpolicy.ErrDenied) {
+			refused = err
+		}
 		t.e.metrics.pieces.WithLabelValues("failed", from).Inc()
 		t.e.metrics.failures.WithLabelValues(reasonLabel(err)).Inc()
 		if ctx.Err() == nil {
 			t.log.Debug("piece failed", zap.Int("piece", a.Piece), zap.String("peer", a.From.ID),
 				zap.String("reason", res.Error))
 		}
-		return fetchResult{a: a, res: res}
+		return fetchResult{a: a, res: res, refused: refused}
 	}
 	if err := t.writePiece(buf, a.Offset); err != nil {
 		return fetchResult{a: a, res: res, fatal: fmt.Errorf("store piece %d: %w", a.Piece, err)}
@@ -124,7 +129,11 @@ func (e *Engine) fetchPiece(ctx context.Context, taskID string, a schedapi.Assig
 	req.Header.Set("Range", httpx.FormatRange(a.Offset, a.Length))
 	req.Header.Set(schedapi.HeaderPeer, e.self.ID)
 	e.keys.Set(req.Header)
-	resp, err := e.httpClient.Do(req)
+	hc := e.httpClient
+	if a.FromCDN {
+		hc = e.cdnClient
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
 		return err
 	}
@@ -277,6 +286,8 @@ func failureReason(err error) string {
 		return se.Error()
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
 		return "timeout"
+	case errors.Is(err, netpolicy.ErrDenied):
+		return "refused by the outbound policy"
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return "connection refused"
 	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
@@ -294,7 +305,8 @@ func reasonLabel(err error) string {
 		return "status"
 	}
 	switch r := failureReason(err); r {
-	case "digest mismatch", "short body", "long body", "body cut short", "too slow", "timeout", "connection refused", "connection reset", "canceled":
+	case "digest mismatch", "short body", "long body", "body cut short", "too slow", "timeout", "connection refused", "connection reset", "canceled",
+		"refused by the outbound policy":
 		return r
 	}
 	return "other"

@@ -191,6 +191,9 @@ type fakeSched struct {
 	late          bool
 	// failTask makes the task failed from the start.
 	failTask string
+	// rateLimited is how many more registrations are answered with the
+	// task failed and RetryAfter, as a supernode whose origin answers 429.
+	rateLimited atomic.Int32
 	// forget answers the first pieces poll with PEER_NOT_FOUND.
 	forget atomic.Bool
 	// unknown is answered to heartbeats.
@@ -348,6 +351,12 @@ func (f *fakeSched) register(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.registers = append(f.registers, req)
+	if f.rateLimited.Add(-1) >= 0 {
+		info := f.info()
+		info.State, info.Error, info.RetryAfter = schedapi.TaskFailed, "source: unexpected status 429 Too Many Requests", rateLimitedRetryAfter
+		_ = json.NewEncoder(w).Encode(schedapi.RegisterResponse{TaskInfo: info})
+		return
+	}
 	f.lost.Store(false)
 	if req.Have != nil {
 		for _, i := range req.Have.Indices() {
@@ -356,6 +365,9 @@ func (f *fakeSched) register(w http.ResponseWriter, r *http.Request) {
 	}
 	_ = json.NewEncoder(w).Encode(schedapi.RegisterResponse{TaskInfo: f.info()})
 }
+
+// rateLimitedRetryAfter is the RetryAfter of fakeSched.rateLimited.
+const rateLimitedRetryAfter = 300 * time.Millisecond
 
 func (f *fakeSched) poll(w http.ResponseWriter, r *http.Request) {
 	if f.forget.Swap(false) {

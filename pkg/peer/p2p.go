@@ -16,13 +16,26 @@ import (
 	"github.com/damselfly/damselfly/pkg/schedclient"
 )
 
+// Every retry loop of a download backs off with jitter
+// (schedclient.Backoff), so that no loop spins and peers that failed
+// together do not come back together; the stall timer bounds the whole.
 const (
-	// pollRetry is the pause after a failed poll (the stall timer bounds
-	// the whole).
-	pollRetry = 500 * time.Millisecond
-	// emptyPollPause keeps a supernode that answers empty polls at once
-	// from spinning the loop.
-	emptyPollPause = 50 * time.Millisecond
+	// pollRetryMin and pollRetryMax bound the pause after a failed poll.
+	pollRetryMin = 250 * time.Millisecond
+	pollRetryMax = 2 * time.Second
+	// emptyPollMin and emptyPollMax bound the pause after a poll answered
+	// at once with nothing to fetch.
+	emptyPollMin = 50 * time.Millisecond
+	emptyPollMax = time.Second
+	// failedPieceMin and failedPieceMax bound how long a failed piece
+	// fetch waits to be reported, growing while failures follow failures:
+	// a source that fails at once is not handed the piece back at once.
+	failedPieceMin = 20 * time.Millisecond
+	failedPieceMax = 2 * time.Second
+	// reportRetryMin and reportRetryMax bound the pause after a failed
+	// report; the results that come meanwhile go with the next one.
+	reportRetryMin = 100 * time.Millisecond
+	reportRetryMax = time.Second
 	// reportBatch bounds how many results one report carries.
 	reportBatch = schedapi.MaxAssignments
 )
@@ -30,6 +43,7 @@ const (
 type pollResult struct {
 	resp schedapi.PiecesResponse
 	err  error
+	took time.Duration
 }
 
 type fetchResult struct {
@@ -37,6 +51,9 @@ type fetchResult struct {
 	res schedapi.PieceResult
 	// fatal is a local failure (the store): it ends the download.
 	fatal error
+	// refused is set when this peer's own outbound policy refused the
+	// source's address.
+	refused error
 }
 
 // p2p downloads the task from peers. Errors that going to the source may
@@ -76,6 +93,15 @@ func (t *task) p2p(ctx context.Context) error {
 	rep := newReporter(t)
 	go rep.run(ctx)
 
+	var delayed []schedapi.PieceResult // failures waiting for flush
+	var flush <-chan time.Time
+	flushDelayed := func() {
+		for _, r := range delayed {
+			rep.add(ctx, r)
+		}
+		delayed = nil
+	}
+
 	defer func() {
 		cancelPoll()
 		if polling {
@@ -83,12 +109,19 @@ func (t *task) p2p(ctx context.Context) error {
 		}
 		cancelFetches()
 		fetchers.Wait()
+		flushDelayed()
 		rep.close()
 	}()
 
 	stall := time.NewTimer(cfg.StallTimeout)
 	defer stall.Stop()
+	stallAt := time.Now().Add(cfg.StallTimeout)
 	var retry <-chan time.Time
+	pollBackoff := schedclient.Backoff{Min: pollRetryMin, Max: pollRetryMax}
+	emptyBackoff := schedclient.Backoff{Min: emptyPollMin, Max: emptyPollMax}
+	failBackoff := schedclient.Backoff{Min: failedPieceMin, Max: failedPieceMax}
+	var lastPollErr error
+	refusals := map[string]int{} // refused source address -> times, since the last verified piece
 
 	for {
 		if ok, err := t.complete(); err != nil {
@@ -104,16 +137,17 @@ func (t *task) p2p(ctx context.Context) error {
 			go func() {
 				start := time.Now()
 				resp, err := t.e.sched.Pieces(pctx, t.id, t.e.self.ID, limit, cfg.PollWait)
+				took := time.Since(start)
 				t.log.Debug("poll answered", zap.Int("limit", limit), zap.Int("assignments", len(resp.Assignments)),
-					zap.Duration("took", time.Since(start)), zap.Error(err))
-				polls <- pollResult{resp, err}
+					zap.Duration("took", took), zap.Error(err))
+				polls <- pollResult{resp, err, took}
 			}()
 		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-stall.C:
-			return fmt.Errorf("%w: no piece verified for %s", ErrP2PFailed, cfg.StallTimeout)
+			return t.stalled(lastPollErr)
 		case <-retry:
 			retry = nil
 		case pr := <-polls:
@@ -123,17 +157,33 @@ func (t *task) p2p(ctx context.Context) error {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
-				if err := t.pollFailed(ctx, pr.err); err != nil {
+				lastPollErr = pr.err
+				t.noteUnreachable(pr.err)
+				if err := t.pollFailed(ctx, pr.err, stallAt); err != nil {
 					return err
 				}
-				retry = time.After(pollRetry)
+				retry = time.After(pollBackoff.Next())
+				continue
+			}
+			lastPollErr = nil
+			pollBackoff.Reset()
+			t.noteReachable()
+			if pr.resp.State == schedapi.TaskFailed && pr.resp.RetryAfter > 0 {
+				// The origin is rate-limiting: the CDN retries it.
+				if err := t.awaitOrigin(ctx, pr.resp.TaskInfo, stallAt); err != nil {
+					return err
+				}
 				continue
 			}
 			if err := t.updateInfo(pr.resp.TaskInfo); err != nil {
 				return err
 			}
-			if len(pr.resp.Assignments) == 0 {
-				retry = time.After(emptyPollPause)
+			switch {
+			case len(pr.resp.Assignments) > 0:
+				emptyBackoff.Reset()
+			case pr.took < cfg.PollWait/2:
+				// Answered at once with nothing: do not ask again at once.
+				retry = time.After(emptyBackoff.Next())
 			}
 			for _, a := range pr.resp.Assignments {
 				if inflight[a.Piece] {
@@ -170,11 +220,36 @@ func (t *task) p2p(ctx context.Context) error {
 			if fr.fatal != nil {
 				return fr.fatal
 			}
-			if fr.res.OK {
+			switch {
+			case fr.res.OK:
+				rep.add(ctx, fr.res)
 				t.markVerified(fr.a)
 				stall.Reset(cfg.StallTimeout)
+				stallAt = time.Now().Add(cfg.StallTimeout)
+				failBackoff.Reset()
+				clear(refusals)
+			case fr.res.Reason == schedapi.ReasonAborted:
+				rep.add(ctx, fr.res)
+			default:
+				if fr.refused != nil {
+					refusals[fr.a.From.Addr]++
+					if err := t.refused(fr, refusals[fr.a.From.Addr]); err != nil {
+						rep.add(ctx, fr.res)
+						return err
+					}
+				}
+				// A failure is reported after a pause that grows while
+				// failures follow failures: the report frees the piece, and
+				// a source that fails at once would otherwise get it back
+				// at once, again and again.
+				delayed = append(delayed, fr.res)
+				if flush == nil {
+					flush = time.After(failBackoff.Next())
+				}
 			}
-			rep.add(ctx, fr.res)
+		case <-flush:
+			flush = nil
+			flushDelayed()
 		}
 	}
 
@@ -186,6 +261,7 @@ func (t *task) p2p(ctx context.Context) error {
 	}
 	cancelFetches()
 	fetchers.Wait()
+	flushDelayed()
 	rep.close()
 	return t.commit(ctx)
 }
@@ -220,10 +296,10 @@ func decidePoll(err error) pollAction {
 
 // pollFailed handles a failed poll as decidePoll says. A nil return means
 // poll again after a pause.
-func (t *task) pollFailed(ctx context.Context, err error) error {
+func (t *task) pollFailed(ctx context.Context, err error, stallAt time.Time) error {
 	switch decidePoll(err) {
 	case pollRegister:
-		return t.registerAgain(ctx)
+		return t.registerAgain(ctx, stallAt)
 	case pollGiveUp:
 		if errors.Is(err, schedclient.ErrTaskFailed) {
 			return fmt.Errorf("%w: task failed on the supernode: %w", ErrP2PFailed, err)
@@ -239,7 +315,7 @@ func (t *task) pollFailed(ctx context.Context, err error) error {
 // the pieces verified so far with the piece size they were cut with: the
 // supernode counts them as held and schedules only the rest. A failure to
 // register is retried with the next poll.
-func (t *task) registerAgain(ctx context.Context) error {
+func (t *task) registerAgain(ctx context.Context, stallAt time.Time) error {
 	t.mu.Lock()
 	have, ps := t.verified.Clone(), t.info.PieceSize
 	t.mu.Unlock()
@@ -248,13 +324,18 @@ func (t *task) registerAgain(ctx context.Context) error {
 		if errors.Is(err, schedclient.ErrInvalid) {
 			return fmt.Errorf("%w: register again: %w", ErrP2PFailed, err)
 		}
+		t.noteUnreachable(err)
 		t.log.Debug("register again", zap.Error(err))
 		return nil
 	}
+	t.noteReachable()
 	if resp.TaskID != t.id {
 		return fmt.Errorf("%w: supernode moved the task to %s", ErrP2PFailed, resp.TaskID)
 	}
 	t.log.Info("registered again", zap.Int("pieces", have.Len()))
+	if resp.State == schedapi.TaskFailed && resp.RetryAfter > 0 {
+		return t.awaitOrigin(ctx, resp.TaskInfo, stallAt)
+	}
 	return t.updateInfo(resp.TaskInfo)
 }
 
@@ -453,6 +534,7 @@ func (r *reporter) close() {
 func (r *reporter) run(ctx context.Context) {
 	defer close(r.done)
 	pending := make([]schedapi.PieceResult, 0, reportBatch)
+	backoff := schedclient.Backoff{Min: reportRetryMin, Max: reportRetryMax}
 	for res := range r.in {
 		pending = append(pending[:0], res)
 		open := true
@@ -472,6 +554,15 @@ func (r *reporter) run(ctx context.Context) {
 		if ctx.Err() == nil {
 			if err := r.t.e.sched.Report(ctx, r.t.id, r.t.e.self.ID, pending); err != nil {
 				r.t.log.Debug("report", zap.Int("results", len(pending)), zap.Error(err))
+				// Results arriving meanwhile queue up for the next one.
+				pause := time.NewTimer(backoff.Next())
+				select {
+				case <-ctx.Done():
+				case <-pause.C:
+				}
+				pause.Stop()
+			} else {
+				backoff.Reset()
 			}
 		}
 		if !open {

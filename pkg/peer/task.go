@@ -158,6 +158,12 @@ func (t *task) run(ctx context.Context, resp schedapi.RegisterResponse, regErr e
 	switch {
 	case regErr != nil:
 		err = fmt.Errorf("%w: %w", ErrP2PFailed, regErr)
+	case resp.State == schedapi.TaskFailed && resp.RetryAfter > 0:
+		// The origin is rate-limiting: wait for the CDN's next attempt
+		// rather than adding to the origin's load.
+		if err = t.awaitOrigin(ctx, resp.TaskInfo, time.Now().Add(t.e.cfg.StallTimeout)); err == nil {
+			err = t.p2p(ctx)
+		}
 	case resp.State == schedapi.TaskFailed:
 		err = fmt.Errorf("%w: task failed on the supernode: %s", ErrP2PFailed, resp.Error)
 	default:

@@ -128,6 +128,10 @@ type TaskInfo struct {
 	ContentDigest string `json:"contentDigest,omitempty"`
 	// Error says why a failed task failed.
 	Error string `json:"error,omitempty"`
+	// RetryAfter, on a failed task, says the origin is rate-limiting: the
+	// supernode's CDN retries it, and peers wait this long and register
+	// again instead of going to the origin themselves.
+	RetryAfter time.Duration `json:"retryAfter,omitempty"`
 }
 
 // RegisterResponse answers RegisterRequest.

@@ -68,6 +68,9 @@ type APIError struct {
 	StatusCode int
 	Code       schedapi.ErrorCode
 	Message    string
+	// RetryAfter is the supernode's Retry-After (a 429 or 503 answer), 0
+	// when it gave none.
+	RetryAfter time.Duration
 }
 
 // Error implements error.
@@ -109,7 +112,8 @@ const (
 	// DefaultAttempts is how many rounds over the supernode list an
 	// idempotent call makes before giving up.
 	DefaultAttempts = 3
-	// DefaultBackoff is the pause before the second round; it doubles after.
+	// DefaultBackoff is the pause before the second round; it doubles after,
+	// each pause drawn from its upper half (Jitter).
 	DefaultBackoff = 100 * time.Millisecond
 	// maxResponseBytes bounds a response body.
 	maxResponseBytes = 4 << 20
@@ -543,17 +547,21 @@ type call struct {
 // It returns the node that answered.
 func (c *Client) do(ctx context.Context, cl call) (string, error) {
 	var lastErr error
-	backoff := c.backoff
+	backoff := Backoff{Min: c.backoff, Max: c.backoff << c.attempts}
 	for round := range c.attempts {
 		if round > 0 {
-			t := time.NewTimer(backoff)
+			wait := backoff.Next()
+			if ae := (*APIError)(nil); errors.As(lastErr, &ae) && ae.RetryAfter > wait {
+				// The supernode said when: no sooner.
+				wait = Jitter(ae.RetryAfter) + ae.RetryAfter/2
+			}
+			t := time.NewTimer(wait)
 			select {
 			case <-ctx.Done():
 				t.Stop()
 				return "", fmt.Errorf("%s: %w", cl.name, errors.Join(ctx.Err(), lastErr))
 			case <-t.C:
 			}
-			backoff *= 2
 		}
 		for _, node := range cl.nodes {
 			err := c.once(ctx, node, cl)
@@ -621,7 +629,11 @@ func (c *Client) once(parent context.Context, node string, cl call) error {
 	lr := io.LimitReader(resp.Body, maxResponseBytes)
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		data, _ := io.ReadAll(lr)
-		return decodeAPIError(resp.StatusCode, data)
+		err := decodeAPIError(resp.StatusCode, data)
+		if secs, perr := strconv.Atoi(resp.Header.Get("Retry-After")); perr == nil && secs > 0 {
+			err.RetryAfter = time.Duration(min(secs, 3600)) * time.Second
+		}
+		return err
 	}
 	if cl.out == nil || resp.StatusCode == http.StatusNoContent {
 		_, _ = io.Copy(io.Discard, lr)
@@ -639,12 +651,27 @@ func (c *Client) once(parent context.Context, node string, cl call) error {
 	return nil
 }
 
+// UnreachableError is a supernode that could not be reached: the dial
+// failed, or the connection broke or timed out before an answer. It matches
+// ErrUnreachable.
+type UnreachableError struct {
+	// Node is the supernode's host:port.
+	Node string
+	Err  error
+}
+
+func (e *UnreachableError) Error() string {
+	return fmt.Sprintf("%s %s: %v", ErrUnreachable, e.Node, e.Err)
+}
+func (e *UnreachableError) Unwrap() error        { return e.Err }
+func (e *UnreachableError) Is(target error) bool { return target == ErrUnreachable }
+
 func connError(node string, err error) error {
 	var op *net.OpError
 	if errors.As(err, &op) && op.Op == "dial" {
-		return fmt.Errorf("%w %s: %w", ErrUnreachable, hostOf(node), &dialError{err})
+		return &UnreachableError{Node: hostOf(node), Err: &dialError{err}}
 	}
-	return fmt.Errorf("%w %s: %w", ErrUnreachable, hostOf(node), err)
+	return &UnreachableError{Node: hostOf(node), Err: err}
 }
 
 func hostOf(base string) string {
@@ -652,7 +679,7 @@ func hostOf(base string) string {
 	return h
 }
 
-func decodeAPIError(status int, data []byte) error {
+func decodeAPIError(status int, data []byte) *APIError {
 	ae := &APIError{StatusCode: status}
 	var body schedapi.Error
 	if json.Unmarshal(data, &body) == nil && (body.Code != "" || body.Message != "") {

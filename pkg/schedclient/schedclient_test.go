@@ -564,3 +564,42 @@ func TestClusterToken(t *testing.T) {
 	require.Contains(t, err.Error(), clusterauth.EnvToken, "the error says what to set")
 	require.Equal(t, before+1, calls.Load(), "a refusal is not retried")
 }
+
+// An unreachable supernode is named by a typed error, for callers that say
+// which one.
+func TestUnreachableNamesNode(t *testing.T) {
+	t.Parallel()
+	dead := deadAddr(t)
+	c, err := New([]string{dead}, WithRetry(1, 0))
+	require.NoError(t, err)
+	_, err = c.Pieces(t.Context(), task1, "p1", 1, 0)
+	var ue *UnreachableError
+	require.ErrorAs(t, err, &ue)
+	require.Equal(t, dead, ue.Node)
+	require.ErrorIs(t, err, ErrUnreachable)
+	require.Contains(t, err.Error(), "supernode unreachable "+dead)
+}
+
+// A supernode answering 429 or 503 with Retry-After is not asked again
+// before then.
+func TestRetryAfterHonoured(t *testing.T) {
+	t.Parallel()
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) == 1 {
+			w.Header().Set("Retry-After", "1")
+			w.WriteHeader(http.StatusTooManyRequests)
+			_ = json.NewEncoder(w).Encode(schedapi.Error{Code: schedapi.CodeUnavailable, Message: "slow down"})
+			return
+		}
+		_ = json.NewEncoder(w).Encode(schedapi.PiecesResponse{})
+	}))
+	t.Cleanup(srv.Close)
+	c, err := New([]string{srv.URL}, WithRetry(3, time.Millisecond))
+	require.NoError(t, err)
+	start := time.Now()
+	_, err = c.Pieces(t.Context(), task1, "p1", 1, 0)
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, time.Since(start), time.Second)
+	require.Equal(t, int32(2), calls.Load())
+}

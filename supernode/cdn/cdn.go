@@ -142,6 +142,9 @@ type CDN struct {
 	// content is gone and the removal of the task are one step.
 	dropMu sync.Mutex
 
+	// holds keeps rate-limited tasks from being fetched again too soon.
+	holds retryHolds
+
 	mu      sync.Mutex
 	closed  bool
 	fetches map[string]*fetch // running fetches by task ID
@@ -287,6 +290,9 @@ func (c *CDN) Ensure(ctx context.Context, req Request) (schedapi.TaskInfo, error
 	if expected != "" {
 		c.offer(req, false)
 	}
+	if info, err := c.sched.TaskInfo(ctx, req.TaskID); err == nil && info.State == schedapi.TaskFailed && c.holds.left(req.TaskID) > 0 {
+		return c.withRetryAfter(info), nil // the origin is rate-limiting: not yet
+	}
 	if info, err := c.sched.TaskInfo(ctx, req.TaskID); err == nil && info.State != schedapi.TaskFailed && !c.dropIfGone(ctx, req.TaskID) {
 		return info, nil
 	}
@@ -320,7 +326,7 @@ func (c *CDN) Ensure(ctx context.Context, req Request) (schedapi.TaskInfo, error
 		if res.Err != nil {
 			return schedapi.TaskInfo{}, res.Err
 		}
-		return res.Val.(schedapi.TaskInfo), nil
+		return c.withRetryAfter(res.Val.(schedapi.TaskInfo)), nil
 	}
 }
 
@@ -408,6 +414,7 @@ func (c *CDN) serveCached(ctx context.Context, req Request, expected digest.Dige
 func (c *CDN) fail(ctx context.Context, taskID string, cause error, log *zap.Logger) error {
 	log.Warn("task failed", zap.Error(cause))
 	c.metrics.fetches.WithLabelValues("failed").Inc()
+	c.holds.note(taskID, cause)
 	if err := c.sched.Fail(ctx, taskID, cause); err != nil {
 		return fmt.Errorf("fail task %s: %w", taskID, err)
 	}
@@ -445,7 +452,7 @@ func sourceErrorMessage(rawURL string, err error) error {
 	var se *source.StatusError
 	switch {
 	case errors.As(err, &se):
-		return fmt.Errorf("source answered %d %s", se.StatusCode, http.StatusText(se.StatusCode))
+		return &described{msg: fmt.Sprintf("source answered %d %s", se.StatusCode, http.StatusText(se.StatusCode)), err: se}
 	case errors.Is(err, source.ErrNotFound):
 		return errors.New("source: content not found")
 	case errors.Is(err, context.DeadlineExceeded):

@@ -396,7 +396,7 @@ func (s *Server) pieces(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return fmt.Errorf("poll %s: %w", taskID, err)
 		}
-		httpx.WriteJSON(w, http.StatusOK, resp)
+		httpx.WriteJSON(w, http.StatusOK, s.withRetryAfter(resp))
 		return nil
 	}
 	// The wait ran out before the scheduler took the poll: try once more.
@@ -407,8 +407,17 @@ func (s *Server) pieces(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return fmt.Errorf("poll %s: %w", taskID, err)
 	}
-	httpx.WriteJSON(w, http.StatusOK, resp)
+	httpx.WriteJSON(w, http.StatusOK, s.withRetryAfter(resp))
 	return nil
+}
+
+// withRetryAfter tells the peers of a failed task how long the origin is
+// held back (schedapi.TaskInfo.RetryAfter), when the seeder knows.
+func (s *Server) withRetryAfter(resp schedapi.PiecesResponse) schedapi.PiecesResponse {
+	if ra, ok := s.seed.(interface{ RetryAfter(string) time.Duration }); ok && resp.State == schedapi.TaskFailed {
+		resp.RetryAfter = ra.RetryAfter(resp.TaskID)
+	}
+	return resp
 }
 
 func (s *Server) poll(ctx context.Context, taskID, peerID string, maxN int, wait time.Duration) (schedapi.PiecesResponse, error) {
