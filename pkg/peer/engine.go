@@ -37,6 +37,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 
+	"github.com/damselfly/damselfly/pkg/backoff"
 	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/content"
 	"github.com/damselfly/damselfly/pkg/peer/upload"
@@ -452,7 +453,7 @@ func (e *Engine) Run(ctx context.Context) error {
 			return nil
 		case <-timer.C:
 			e.heartbeat(ctx)
-			timer.Reset(d/4 + schedclient.Jitter(d))
+			timer.Reset(d/4 + backoff.Jitter(d))
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	"go.uber.org/zap"
 
+	"github.com/damselfly/damselfly/pkg/backoff"
 	"github.com/damselfly/damselfly/pkg/content"
 	"github.com/damselfly/damselfly/pkg/piece"
 	"github.com/damselfly/damselfly/pkg/schedapi"
@@ -17,7 +18,7 @@ import (
 )
 
 // Every retry loop of a download backs off with jitter
-// (schedclient.Backoff), so that no loop spins and peers that failed
+// (backoff.Backoff), so that no loop spins and peers that failed
 // together do not come back together; the stall timer bounds the whole.
 const (
 	// pollRetryMin and pollRetryMax bound the pause after a failed poll.
@@ -117,9 +118,9 @@ func (t *task) p2p(ctx context.Context) error {
 	defer stall.Stop()
 	stallAt := time.Now().Add(cfg.StallTimeout)
 	var retry <-chan time.Time
-	pollBackoff := schedclient.Backoff{Min: pollRetryMin, Max: pollRetryMax}
-	emptyBackoff := schedclient.Backoff{Min: emptyPollMin, Max: emptyPollMax}
-	failBackoff := schedclient.Backoff{Min: failedPieceMin, Max: failedPieceMax}
+	pollBackoff := backoff.Backoff{Min: pollRetryMin, Max: pollRetryMax}
+	emptyBackoff := backoff.Backoff{Min: emptyPollMin, Max: emptyPollMax}
+	failBackoff := backoff.Backoff{Min: failedPieceMin, Max: failedPieceMax}
 	var lastPollErr error
 	refusals := map[string]int{} // refused source address -> times, since the last verified piece
 
@@ -534,7 +535,7 @@ func (r *reporter) close() {
 func (r *reporter) run(ctx context.Context) {
 	defer close(r.done)
 	pending := make([]schedapi.PieceResult, 0, reportBatch)
-	backoff := schedclient.Backoff{Min: reportRetryMin, Max: reportRetryMax}
+	bo := backoff.Backoff{Min: reportRetryMin, Max: reportRetryMax}
 	for res := range r.in {
 		pending = append(pending[:0], res)
 		open := true
@@ -555,14 +556,14 @@ func (r *reporter) run(ctx context.Context) {
 			if err := r.t.e.sched.Report(ctx, r.t.id, r.t.e.self.ID, pending); err != nil {
 				r.t.log.Debug("report", zap.Int("results", len(pending)), zap.Error(err))
 				// Results arriving meanwhile queue up for the next one.
-				pause := time.NewTimer(backoff.Next())
+				pause := time.NewTimer(bo.Next())
 				select {
 				case <-ctx.Done():
 				case <-pause.C:
 				}
 				pause.Stop()
 			} else {
-				backoff.Reset()
+				bo.Reset()
 			}
 		}
 		if !open {

@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/damselfly/damselfly/pkg/backoff"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/schedclient"
 )
@@ -123,7 +124,7 @@ func (t *task) awaitOrigin(ctx context.Context, info schedapi.TaskInfo, stallAt 
 		t.mu.Unlock()
 	}()
 	for {
-		wait := schedclient.Jitter(info.RetryAfter) + info.RetryAfter/2
+		wait := backoff.Jitter(info.RetryAfter) + info.RetryAfter/2
 		if time.Now().Add(wait).After(stallAt) {
 			return fmt.Errorf("%w: task failed on the supernode, whose origin is rate-limiting: %s", ErrP2PFailed, info.Error)
 		}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/damselfly/damselfly/pkg/backoff"
 	"github.com/damselfly/damselfly/pkg/netpolicy"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/schedclient"
@@ -209,7 +210,7 @@ func TestRateLimitedOriginWaitsForCDN(t *testing.T) {
 
 func TestBackoffJitter(t *testing.T) {
 	t.Parallel()
-	b := schedclient.Backoff{Min: 100 * time.Millisecond, Max: 400 * time.Millisecond}
+	b := backoff.Backoff{Min: 100 * time.Millisecond, Max: 400 * time.Millisecond}
 	for _, hi := range []time.Duration{100, 200, 400, 400} {
 		d := b.Next()
 		hi *= time.Millisecond
@@ -219,7 +220,7 @@ func TestBackoffJitter(t *testing.T) {
 	require.LessOrEqual(t, b.Next(), 100*time.Millisecond)
 	seen := map[time.Duration]bool{}
 	for range 20 {
-		seen[schedclient.Jitter(time.Second)] = true
+		seen[backoff.Jitter(time.Second)] = true
 	}
 	require.Greater(t, len(seen), 1, "jittered")
 }

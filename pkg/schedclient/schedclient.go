@@ -39,6 +39,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	"go.uber.org/zap"
 
+	"github.com/damselfly/damselfly/pkg/backoff"
 	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/taskid"
@@ -547,13 +548,13 @@ type call struct {
 // It returns the node that answered.
 func (c *Client) do(ctx context.Context, cl call) (string, error) {
 	var lastErr error
-	backoff := Backoff{Min: c.backoff, Max: c.backoff << c.attempts}
+	bo := backoff.Backoff{Min: c.backoff, Max: c.backoff << c.attempts}
 	for round := range c.attempts {
 		if round > 0 {
-			wait := backoff.Next()
+			wait := bo.Next()
 			if ae := (*APIError)(nil); errors.As(lastErr, &ae) && ae.RetryAfter > wait {
 				// The supernode said when: no sooner.
-				wait = Jitter(ae.RetryAfter) + ae.RetryAfter/2
+				wait = backoff.Jitter(ae.RetryAfter) + ae.RetryAfter/2
 			}
 			t := time.NewTimer(wait)
 			select {

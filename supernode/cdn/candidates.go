@@ -1,6 +1,7 @@
 package cdn
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"maps"
@@ -8,8 +9,11 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/damselfly/damselfly/pkg/backoff"
 )
 
 // Sources are candidates, not owners. Every member registering for a digest
@@ -42,6 +46,10 @@ var errLied = errors.New("source sent content that did not match the task's dige
 // maxCandidates bounds the sources kept for one task (and the sources
 // blamed for it).
 const maxCandidates = 8
+
+// errStalled is the failure of a source that sent less than
+// Config.StallRate, alone or not.
+var errStalled = errors.New("source stalled")
 
 // errTooSlow is the failure of a source that sent less than the minimum
 // rate while another candidate was waiting.
@@ -134,6 +142,14 @@ func (cs *candidates) next() *candidate {
 		}
 	}
 	return nil
+}
+
+// retry hands c out again on the next call to next (a stalled source asked
+// once more).
+func (cs *candidates) retry(c *candidate) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	c.tried = false
 }
 
 // waiting reports whether a candidate is left to try.
@@ -241,4 +257,24 @@ func (c *CDN) dropPending(taskID string) {
 	c.mu.Lock()
 	delete(c.pending, taskID)
 	c.mu.Unlock()
+}
+
+// stallPause is the pause before a stalled source is asked again: a tenth
+// of the rate window (1s by default, at least 50ms), doubled for each
+// attempt after the first, jittered.
+func stallPause(window time.Duration, attempt int) time.Duration {
+	base := min(max(window/10, 50*time.Millisecond), time.Second)
+	return backoff.Jitter(base << min(max(attempt-1, 0), 5))
+}
+
+// sleepCtx waits d, or until ctx ends (its error).
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }

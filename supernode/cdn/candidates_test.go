@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -560,4 +561,70 @@ func TestSourceNotAnsweringGivesWay(t *testing.T) {
 	require.Equal(t, schedapi.TaskSucceeded, task.info.State, task.info.Error)
 	require.Less(t, time.Since(start), 3*time.Second)
 	require.Equal(t, body, readBlob(t, f.store, d))
+}
+
+// A source that trickles, even the only one, is cut at cdn.stallRate and
+// asked again from the stored pieces a few times; one that keeps trickling
+// fails its task in seconds, not at cdn.fetchTimeout, saying why.
+func TestLoneStalledSource(t *testing.T) {
+	t.Parallel()
+	cfg := Config{MinSourceRate: ratelimit.Rate(1 << 20), StallRate: ratelimit.Rate(4 << 10), StallRetries: 2,
+		MinSourceRateWindow: 200 * time.Millisecond}
+	t.Run("keeps trickling", func(t *testing.T) {
+		t.Parallel()
+		body := blob(31, 64<<10)
+		trickle := newSourceServer(t, func(s *sourceServer, w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+			for _, b := range body {
+				if _, err := w.Write([]byte{b}); err != nil {
+					return
+				}
+				w.(http.Flusher).Flush()
+				select {
+				case <-time.After(100 * time.Millisecond):
+				case <-r.Context().Done():
+					return
+				}
+			}
+		})
+		f := newSourceFixture(t, cfg, nil)
+		d := digest.FromBytes(body)
+		id, err := taskid.ForDigest(d)
+		require.NoError(t, err)
+		start := time.Now()
+		_, err = f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: trickle.URL + "/blob", Digest: d})
+		require.NoError(t, err)
+		task := f.settle(t, id)
+		require.Equal(t, schedapi.TaskFailed, task.info.State)
+		require.Contains(t, task.info.Error, "stalled")
+		require.EqualValues(t, 1+cfg.StallRetries, trickle.gets.Load(), "asked once, then again StallRetries times")
+		require.Less(t, time.Since(start), 10*time.Second)
+	})
+	t.Run("stalls once, then serves", func(t *testing.T) {
+		t.Parallel()
+		body := blob(32, 9<<20)
+		var first atomic.Bool
+		first.Store(true)
+		src := newSourceServer(t, func(s *sourceServer, w http.ResponseWriter, r *http.Request) {
+			if first.CompareAndSwap(true, false) {
+				// One whole piece, then nothing.
+				w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+				_, _ = w.Write(body[:4<<20])
+				w.(http.Flusher).Flush()
+				<-r.Context().Done()
+				return
+			}
+			http.ServeContent(w, r, "blob", time.Time{}, bytes.NewReader(body))
+		})
+		f := newSourceFixture(t, cfg, nil)
+		d := digest.FromBytes(body)
+		id, err := taskid.ForDigest(d)
+		require.NoError(t, err)
+		_, err = f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: src.URL + "/blob", Digest: d})
+		require.NoError(t, err)
+		task := f.settle(t, id)
+		require.Equal(t, schedapi.TaskSucceeded, task.info.State, task.info.Error)
+		require.EqualValues(t, 2, src.gets.Load())
+		require.True(t, strings.HasPrefix(src.rangesSeen()[1], "bytes=4194304-"), "resumed after the stored piece: %q", src.rangesSeen())
+	})
 }

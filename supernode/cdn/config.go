@@ -52,9 +52,19 @@ type Config struct {
 	// over MinSourceRateWindow. A source slower than that is kept while
 	// no other candidate is left. Default 1 MiB/s.
 	MinSourceRate ratelimit.Rate `yaml:"minSourceRate"`
-	// MinSourceRateWindow is the span MinSourceRate is averaged over, from
-	// the first request of a source on. Default 10s.
+	// MinSourceRateWindow is the span MinSourceRate and StallRate are
+	// averaged over, from the first request of a source on. Default 10s.
 	MinSourceRateWindow time.Duration `yaml:"minSourceRateWindow"`
+	// StallRate is the rate below which any source, even the only one, is
+	// stalled (default 16KiB/s): its connection is cut and the fetch resumes
+	// from the stored pieces with the same source, after a pause, at most
+	// StallRetries times in a row; then the source is given up (and with it
+	// a task that has no other). A source that trickles a byte a second ends
+	// its task in about a minute, not at cdn.fetchTimeout.
+	StallRate ratelimit.Rate `yaml:"stallRate"`
+	// StallRetries is how many times in a row a stalled source is asked
+	// again (default 3).
+	StallRetries int `yaml:"stallRetries"`
 	// UploadRate caps the bytes per second the CDN sends to peers, over
 	// all its piece uploads, as a network link of that speed would. 0
 	// (the default) means unlimited.
@@ -70,6 +80,11 @@ const (
 	// the largest image layers and files seen in clusters (model weights
 	// of tens of GiB), far below what an endless body would write.
 	DefaultMaxSourceSize = 64 << 30
+	// DefaultStallRate is cdn.stallRate's default, 16 KiB/s: far under any
+	// origin worth fetching from, far over a trickle.
+	DefaultStallRate = 16 << 10
+	// DefaultStallRetries is cdn.stallRetries' default.
+	DefaultStallRetries = 3
 	// DefaultMinFreeSpace is cdn.minFreeSpace's default, 1 GiB: room for
 	// the metadata, logs and commits of the fetches in flight.
 	DefaultMinFreeSpace = 1 << 30
@@ -105,6 +120,12 @@ func (c Config) ApplyDefaults() Config {
 	}
 	if c.MinSourceRateWindow == 0 {
 		c.MinSourceRateWindow = 10 * time.Second
+	}
+	if c.StallRate == 0 {
+		c.StallRate = DefaultStallRate
+	}
+	if c.StallRetries == 0 {
+		c.StallRetries = DefaultStallRetries
 	}
 	if c.DiskHighWater == 0 {
 		c.DiskHighWater = DefaultDiskHighWater
@@ -150,6 +171,15 @@ func (c Config) Validate() error {
 	}
 	if c.MinSourceRate < 0 {
 		errs = append(errs, fmt.Errorf("cdn.minSourceRate: %d is negative", c.MinSourceRate))
+	}
+	if c.StallRate < 0 {
+		errs = append(errs, fmt.Errorf("cdn.stallRate: %d is negative", c.StallRate))
+	}
+	if c.StallRate > c.MinSourceRate && c.MinSourceRate > 0 {
+		errs = append(errs, fmt.Errorf("cdn.stallRate %s: must not exceed cdn.minSourceRate (%s)", c.StallRate, c.MinSourceRate))
+	}
+	if c.StallRetries < 0 {
+		errs = append(errs, fmt.Errorf("cdn.stallRetries %d: must not be negative", c.StallRetries))
 	}
 	if c.MinSourceRateWindow <= 0 {
 		errs = append(errs, fmt.Errorf("cdn.minSourceRateWindow %s: must be positive", c.MinSourceRateWindow))

@@ -262,6 +262,7 @@ func (c *CDN) copyPieces(ctx context.Context, f *fetch, src sourceBody, expected
 	f.mu.RUnlock()
 
 	var st stored
+	stalls, stalledAt := 0, int64(-1)
 	for {
 		err := c.copyFrom(ctx, f, src, w, size, pieceSize, &st)
 		if err == nil {
@@ -273,6 +274,29 @@ func (c *CDN) copyPieces(ctx context.Context, f *fetch, src sourceBody, expected
 		}
 		if !errors.As(err, &sf) {
 			return "", pieceMeta{}, err
+		}
+		if errors.Is(sf.err, errStalled) && !f.cands.waiting() {
+			// The only source left stalled: ask it again from the stored
+			// pieces after a pause, unless it keeps stalling where it was.
+			if st.off > stalledAt {
+				stalls, stalledAt = 0, st.off
+			}
+			if stalls++; stalls <= c.cfg.StallRetries {
+				f.cands.retry(src.cand)
+				log.Warn("source stalled; asking it again", zap.String("source", redactURL(src.url)),
+					zap.Int64("offset", st.off), zap.Int("attempt", stalls), zap.Error(sf.err))
+				if err := sleepCtx(ctx, stallPause(c.cfg.MinSourceRateWindow, stalls)); err != nil {
+					return "", pieceMeta{}, err
+				}
+				var ok bool
+				if src, ok = c.openNext(ctx, f, st.off, size, log); !ok {
+					if ctx.Err() != nil {
+						return "", pieceMeta{}, ctx.Err()
+					}
+					return "", pieceMeta{}, f.cands.failure()
+				}
+				continue
+			}
 		}
 		f.cands.fail(src.cand, sf.err)
 		c.metrics.sourcesGivenUp.Inc()
@@ -353,11 +377,12 @@ func (c *CDN) copyFrom(ctx context.Context, f *fetch, src sourceBody, w content.
 		r = io.LimitReader(cr, int64(c.cfg.MaxSourceSize)-start+1)
 	}
 	rctx, stopReading := context.WithCancel(ctx)
-	var slow atomic.Bool
+	var slow, stalled atomic.Bool
 	watched := make(chan struct{})
 	go func() {
 		defer close(watched)
-		watchRate(rctx, cr, int64(c.cfg.MinSourceRate), c.cfg.MinSourceRateWindow, f.cands.waiting, func() {
+		watchRate(rctx, cr, int64(c.cfg.MinSourceRate), int64(c.cfg.StallRate), c.cfg.MinSourceRateWindow, f.cands.waiting, func(st bool) {
+			stalled.Store(st)
 			slow.Store(true)
 			src.cancel()
 			body.Close() // unblocks the read in flight
@@ -392,6 +417,9 @@ func (c *CDN) copyFrom(ctx context.Context, f *fetch, src sourceBody, w content.
 			// A short piece is not stored: the next source resumes at
 			// the piece's start.
 			ch.release()
+			if stalled.Load() {
+				return &sourceFailure{fmt.Errorf("%w: less than %s/s over %s", errStalled, c.cfg.StallRate, c.cfg.MinSourceRateWindow)}
+			}
 			if slow.Load() {
 				return &sourceFailure{fmt.Errorf("%w: less than %s/s over %s", errTooSlow, c.cfg.MinSourceRate, c.cfg.MinSourceRateWindow)}
 			}

@@ -145,10 +145,11 @@ func (c *countingReader) Read(p []byte) (int, error) {
 }
 
 // watchRate calls slow once, and returns, when the bytes read through cr
-// over the last window are fewer than minRate allows while waiting reports
-// another candidate to move to. It returns when ctx is done.
-func watchRate(ctx context.Context, cr *countingReader, minRate int64, window time.Duration, waiting func() bool, slow func()) {
-	if minRate <= 0 || window <= 0 {
+// over the last window are fewer than stallRate allows (stalled true), or
+// fewer than minRate allows while waiting reports another candidate to
+// move to (stalled false). It returns when ctx is done.
+func watchRate(ctx context.Context, cr *countingReader, minRate, stallRate int64, window time.Duration, waiting func() bool, slow func(stalled bool)) {
+	if (minRate <= 0 && stallRate <= 0) || window <= 0 {
 		return
 	}
 	type sample struct {
@@ -178,9 +179,13 @@ func watchRate(ctx context.Context, cr *countingReader, minRate int64, window ti
 			if span < window {
 				continue
 			}
-			got := samples[len(samples)-1].n - base.n
-			if float64(got) < float64(minRate)*span.Seconds() && waiting() {
-				slow()
+			got := float64(samples[len(samples)-1].n - base.n)
+			if got < float64(stallRate)*span.Seconds() {
+				slow(true)
+				return
+			}
+			if got < float64(minRate)*span.Seconds() && waiting() {
+				slow(false)
 				return
 			}
 		}

@@ -1,4 +1,6 @@
-package schedclient
+// Package backoff paces retry loops: exponential pauses with jitter, so that
+// no loop spins and parties that failed together do not retry together.
+package backoff
 
 import (
 	"math/rand/v2"
