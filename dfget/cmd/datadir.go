@@ -29,9 +29,9 @@ func dataDirPrefix(out string) string { return "." + filepath.Base(out) + ".dfge
 
 // newDataDir creates a hidden data directory beside out (one filesystem, so
 // the final move is a rename) and locks it for the life of this process.
-// release removes it. Directories of earlier downloads to out whose dfget
-// is gone (killed, crashed) are removed first: their content was never
-// verified and is not reused.
+// release removes it. Hidden data directories in out's directory whose
+// dfget is gone (killed, crashed; whatever file it was downloading) are
+// removed first: their content was never verified and is not reused.
 func newDataDir(out string, logger *zap.Logger) (dir string, release func(), err error) {
 	removeStaleDataDirs(out, logger)
 	dir, err = os.MkdirTemp(filepath.Dir(out), dataDirPrefix(out))
@@ -81,17 +81,18 @@ func lockDataDir(dir string) (*os.File, error) {
 	return f, nil
 }
 
-// removeStaleDataDirs removes the hidden data directories beside out that
-// no running dfget holds. Failures are logged and otherwise ignored: they
-// cost disk space, not correctness.
+// removeStaleDataDirs removes the hidden data directories of dfgets in
+// out's directory that no running dfget holds, whichever file they were
+// for. Failures are logged and otherwise ignored: they cost disk space, not
+// correctness.
 func removeStaleDataDirs(out string, logger *zap.Logger) {
-	parent, prefix := filepath.Dir(out), dataDirPrefix(out)
+	parent := filepath.Dir(out)
 	entries, err := os.ReadDir(parent)
 	if err != nil {
 		return
 	}
 	for _, e := range entries {
-		if !e.IsDir() || !strings.HasPrefix(e.Name(), prefix) {
+		if !e.IsDir() || !isDataDirName(e.Name()) {
 			continue
 		}
 		dir := filepath.Join(parent, e.Name())
@@ -104,6 +105,12 @@ func removeStaleDataDirs(out string, logger *zap.Logger) {
 		}
 		logger.Info("removed data dir of a dead dfget", zap.String("dir", dir))
 	}
+}
+
+// isDataDirName reports whether name is that of a hidden data directory
+// (dataDirPrefix of some output, then os.MkdirTemp's suffix).
+func isDataDirName(name string) bool {
+	return strings.HasPrefix(name, ".") && strings.Contains(name[1:], ".dfget-")
 }
 
 // stale reports whether no living dfget holds dir.

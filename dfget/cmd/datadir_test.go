@@ -13,8 +13,9 @@ import (
 )
 
 // Hidden data directories of dead dfgets beside the output are removed by
-// the next dfget to that output; a living dfget's directory, another
-// output's directory and unrelated files are not touched.
+// the next dfget in that directory, whatever output they were for; a living
+// dfget's directory (of this output or another) and unrelated files are
+// not touched.
 func TestStaleDataDirsRemoved(t *testing.T) {
 	t.Parallel()
 	parent := t.TempDir()
@@ -37,10 +38,15 @@ func TestStaleDataDirsRemoved(t *testing.T) {
 	require.NoError(t, os.Mkdir(old, 0o755))
 	long := time.Now().Add(-2 * unlockedGrace)
 	require.NoError(t, os.Chtimes(old, long, long))
-	// Another output's directory and an unrelated file.
+	// Another output's: a dead dfget's and a living one's; unrelated files.
 	other := filepath.Join(parent, dataDirPrefix(filepath.Join(parent, "other"))+"dead")
 	require.NoError(t, os.Mkdir(other, 0o755))
 	require.NoError(t, os.WriteFile(filepath.Join(other, lockName), nil, 0o644))
+	otherLive, releaseOtherLive, err := newDataDir(filepath.Join(parent, "other2"), log)
+	require.NoError(t, err)
+	defer releaseOtherLive()
+	unrelated := filepath.Join(parent, ".config.d")
+	require.NoError(t, os.Mkdir(unrelated, 0o755))
 	require.NoError(t, os.WriteFile(out, []byte("previous download"), 0o644))
 
 	second, releaseSecond, err := newDataDir(out, log)
@@ -49,7 +55,9 @@ func TestStaleDataDirsRemoved(t *testing.T) {
 	require.NoDirExists(t, old)
 	require.DirExists(t, young)
 	require.DirExists(t, live, "a running dfget's directory stays")
-	require.DirExists(t, other)
+	require.NoDirExists(t, other, "a dead dfget's directory for another output is removed too")
+	require.DirExists(t, otherLive, "a running dfget's directory for another output stays")
+	require.DirExists(t, unrelated)
 	require.FileExists(t, out)
 
 	releaseSecond()
