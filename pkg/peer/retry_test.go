@@ -7,7 +7,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/damselfly/damselfly/pkg/backoff"
 	"github.com/damselfly/damselfly/pkg/netpolicy"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/schedclient"
@@ -206,21 +205,4 @@ func TestRateLimitedOriginWaitsForCDN(t *testing.T) {
 	require.Contains(t, fallback.Reason, "rate-limiting")
 	_, registers, _, _ = f2.snapshot()
 	require.Less(t, len(registers), 6, "registrations paced by RetryAfter")
-}
-
-func TestBackoffJitter(t *testing.T) {
-	t.Parallel()
-	b := backoff.Backoff{Min: 100 * time.Millisecond, Max: 400 * time.Millisecond}
-	for _, hi := range []time.Duration{100, 200, 400, 400} {
-		d := b.Next()
-		hi *= time.Millisecond
-		require.True(t, d >= hi/2 && d <= hi, "%s not in [%s, %s]", d, hi/2, hi)
-	}
-	b.Reset()
-	require.LessOrEqual(t, b.Next(), 100*time.Millisecond)
-	seen := map[time.Duration]bool{}
-	for range 20 {
-		seen[backoff.Jitter(time.Second)] = true
-	}
-	require.Greater(t, len(seen), 1, "jittered")
 }
