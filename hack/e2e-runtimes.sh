@@ -521,6 +521,36 @@ check_containerd_registry() {
 	ctr_pull PUB a "$WORK/certs.d"
 }
 
+# check_setup_containerd: dfdaemon setup-containerd writes the host file of
+# the open registry (keeping an existing one), containerd pulls through
+# dfdaemon A with it; a second run changes nothing; --undo restores the file
+# byte for byte and containerd then pulls from the registry itself.
+check_setup_containerd() {
+	local dir=$WORK/certs.d-setup ns=e2e-$RANDOM image=$PUB_HOST/$PUB_REF before after out
+	mkdir -p "$dir/$PUB_HOST"
+	printf '# the operator'"'"'s own file\nserver = "http://%s"\n' "$PUB_HOST" >"$dir/$PUB_HOST/hosts.toml"
+	cp "$dir/$PUB_HOST/hosts.toml" "$WORK/out/hosts.toml.before"
+	local setup=(bin/dfdaemon setup-containerd --hosts-dir "$dir" --mirror "http://$MIRROR_A"
+		--registries "http://$PUB_HOST" --containerd-config "$WORK/containerd.toml")
+	out=$("${setup[@]}" 2>&1) || fail "setup-containerd: $out"
+	info "setup-containerd: $(tr '\n' ' ' <<<"$out")"
+	grep -q "^updated $dir/$PUB_HOST/hosts.toml" <<<"$out" || fail "setup did not update the existing file"
+	ctr_pull PUB a "$dir"
+	out=$("${setup[@]}" 2>&1) || fail "second setup-containerd: $out"
+	grep -q "^unchanged " <<<"$out" || fail "a second run changed something: $out"
+	out=$("${setup[@]}" --undo 2>&1) || fail "setup-containerd --undo: $out"
+	cmp -s "$dir/$PUB_HOST/hosts.toml" "$WORK/out/hosts.toml.before" || fail "--undo did not restore the file byte for byte"
+	[ ! -e "$dir/$PUB_HOST/hosts.toml.damselfly-backup" ] || fail "--undo left the backup"
+	assert_no_containerd_blobs PUB
+	before=$(mirror_blob_bytes "$dfdaemon_a_PORT")
+	timeout 300 "${CTR[@]}" -n "$ns" images pull --snapshotter "$SNAPSHOTTER" --hosts-dir "$dir" "$image" >/dev/null
+	after=$(mirror_blob_bytes "$dfdaemon_a_PORT")
+	[ "$after" -eq "$before" ] || fail "after --undo containerd still pulled through dfdaemon A ($((after - before)) bytes)"
+	info "after --undo: pulled from the registry itself, dfdaemon A sent nothing"
+	"${CTR[@]}" -n "$ns" images rm --sync "$image" >/dev/null
+	assert_no_containerd_blobs PUB
+}
+
 check_containerd_default() {
 	hosts_toml "$WORK/certs.d-default" _default "$MIRROR_A"
 	ctr_pull PUB a "$WORK/certs.d-default"
@@ -687,6 +717,7 @@ check "dockerd reloads daemon.json with registry-mirrors = dfdaemon A (SIGHUP)" 
 check "dockerd (registry-mirrors = dfdaemon A) pulls ${PUB_REF#library/}" check_docker
 check "containerd pulls $PUB_HOST/$PUB_REF via certs.d/$PUB_HOST/hosts.toml (mirror dfdaemon A, ?ns=)" check_containerd_registry
 check "containerd pulls $PUB_HOST/$PUB_REF via certs.d/_default/hosts.toml (mirror dfdaemon A)" check_containerd_default
+check "dfdaemon setup-containerd: containerd pulls through dfdaemon A after setup, from the registry after --undo (file restored byte for byte)" check_setup_containerd
 check "containerd CRI (kubelet, crictl) pulls $PUB_HOST/$PUB_REF via config_path hosts.toml (mirror dfdaemon A)" check_cri
 check "crane pulls $PUB_REF through dfdaemon A" check_crane
 check "skopeo copies $PUB_REF through dfdaemon A" check_skopeo

@@ -131,7 +131,7 @@ func newFlagSet(f *flags, out io.Writer) *flag.FlagSet {
 	fs.Var(&f.uploadRate, "upload-rate", "`RATE` cap on the bytes/s of pieces this node sends to other peers (0: unlimited); sets rateLimit.upload")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: dfdaemon [flags]\n\n"+
+		fmt.Fprintf(fs.Output(), "Usage: dfdaemon [flags]\n       dfdaemon "+SetupContainerd+" --help\n\n"+
 			"The Damselfly node daemon: a registry mirror and forward proxy whose blob\n"+
 			"downloads go peer to peer, and the node's long-lived peer cache.\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -146,6 +146,9 @@ func Run(ctx context.Context, args []string, opts ...Option) error {
 	o := runOptions{stdout: os.Stdout, stderr: os.Stderr, lookupEnv: os.LookupEnv}
 	for _, opt := range opts {
 		opt(&o)
+	}
+	if len(args) > 0 && args[0] == SetupContainerd {
+		return runSetupContainerd(args[1:], o.stdout, o.stderr)
 	}
 	var f flags
 	fset := newFlagSet(&f, o.stdout)
