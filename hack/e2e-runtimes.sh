@@ -717,7 +717,6 @@ check "dockerd reloads daemon.json with registry-mirrors = dfdaemon A (SIGHUP)" 
 check "dockerd (registry-mirrors = dfdaemon A) pulls ${PUB_REF#library/}" check_docker
 check "containerd pulls $PUB_HOST/$PUB_REF via certs.d/$PUB_HOST/hosts.toml (mirror dfdaemon A, ?ns=)" check_containerd_registry
 check "containerd pulls $PUB_HOST/$PUB_REF via certs.d/_default/hosts.toml (mirror dfdaemon A)" check_containerd_default
-check "dfdaemon setup-containerd: containerd pulls through dfdaemon A after setup, from the registry after --undo (file restored byte for byte)" check_setup_containerd
 check "containerd CRI (kubelet, crictl) pulls $PUB_HOST/$PUB_REF via config_path hosts.toml (mirror dfdaemon A)" check_cri
 check "crane pulls $PUB_REF through dfdaemon A" check_crane
 check "skopeo copies $PUB_REF through dfdaemon A" check_skopeo
@@ -728,12 +727,14 @@ check "private: containerd (ctr --user) through dfdaemon A (?ns=) gets it from p
 check "private: containerd CRI with credentials through dfdaemon A (?ns=)" check_cri_private
 check "private: skopeo --src-creds through dfdaemon B" check_skopeo_private
 check "each registry sent each blob once across all the pulls above" check_registries_once
+# After the once-check: after --undo containerd pulls from the registry itself.
+check "dfdaemon setup-containerd: containerd pulls through dfdaemon A after setup, from the registry after --undo (file restored byte for byte)" check_setup_containerd
 check "fallback: with dfdaemon A stopped, containerd pulls from the registry itself (watch the metrics)" check_fallback
 
 echo
 echo "==== e2e-runtimes summary ($((SECONDS - START))s) ===="
 printf '%s\n' "${RESULTS[@]}"
-echo "registry counters (the fallback check fetched the open image once more):"
+echo "registry counters (the setup-containerd --undo and fallback checks each fetched the open image once more):"
 for prefix in PUB PRIV; do
 	declare -n control=${prefix}_CONTROL
 	echo "registry $prefix: $(curl -fsS --max-time 5 "http://$control/_stats" | jq -c '{Requests, BlobBytes, BlobGETs}' || true)"
