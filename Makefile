@@ -23,6 +23,12 @@ build: ## Build every binary into bin/
 		$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/$$b ./$$b || exit 1; \
 	done
 
+IMAGE        ?= damselfly:$(VERSION)
+
+.PHONY: image
+image: ## Build the OCI image with the four binaries (docker, offline: FROM scratch); IMAGE= names it; prints the reference last
+	@./hack/image.sh '$(IMAGE)' '$(LDFLAGS)'
+
 .PHONY: deps
 deps: ## Download Go modules
 	$(GO) mod download
@@ -55,6 +61,14 @@ test-short: ## Unit tests only (skips in-process end-to-end tests)
 .PHONY: e2e
 e2e: ## Real dockerd, containerd, crane and skopeo pull through dfdaemon (root; installs what is missing)
 	./hack/e2e-runtimes.sh
+
+HELM_VERSION ?= v3.22.0
+
+.PHONY: chart
+chart: ## Lint the Helm chart (--strict) and decode every rendered object into its Kubernetes type (installs helm into bin/tools)
+	@test -x bin/tools/helm || GOBIN=$(CURDIR)/bin/tools $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	bin/tools/helm lint --strict charts/damselfly
+	cd hack/charttest && HELM=$(CURDIR)/bin/tools/helm $(GO) test -count=1 ./...
 
 .PHONY: bench
 bench: build ## Swarm suite: an image pulled on N nodes direct, via a pull-through cache and via dfdaemons (BENCH_FLAGS, see docs/benchmarks.md)

@@ -139,6 +139,10 @@ cleanup() {
 	if [ "$rc" -ne 0 ] || [ "$FAILED" -ne 0 ]; then
 		print_logs
 	fi
+	# Containers of the image check, if it stopped half way.
+	if [ -n "${DOCKER_CMD+set}" ]; then
+		"${DOCKER_CMD[@]}" rm -f damselfly-e2e-sn damselfly-e2e-dfd >/dev/null 2>&1
+	fi
 	# Stop in reverse order of start: the runtimes first, registries last.
 	local i pid n
 	for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
@@ -551,6 +555,48 @@ check_setup_containerd() {
 	assert_no_containerd_blobs PUB
 }
 
+# check_image: make image's image, built with this dockerd, runs a
+# supernode and a dfdaemon (host network, data on tmpfs, the non-root user),
+# and crane pulls the open image through that dfdaemon.
+check_image() {
+	local image got sn_port mirror_port peer_port before after
+	image=$(DOCKER_HOST="unix://$DOCKER_SOCK" DOCKER_CONFIG="$WORK/docker/client" DOCKER="$DOCKER" \
+		./hack/image.sh damselfly-e2e:latest "-X github.com/damselfly/damselfly/pkg/version.version=e2e" | tail -n 1)
+	info "image $image"
+	got=$("${DOCKER_CMD[@]}" run --rm "$image" supernode --version)
+	info "docker run $image supernode --version: $got"
+	grep -q supernode <<<"$got" || fail "the image does not run supernode by name"
+	"${DOCKER_CMD[@]}" run --rm "$image" dfget --version >/dev/null || fail "the image does not run dfget by name"
+	sn_port=$(free_port)
+	mirror_port=$(free_port)
+	peer_port=$(free_port)
+	local data=(--tmpfs /data:rw,mode=0750,uid=65532,gid=65532)
+	"${DOCKER_CMD[@]}" run -d --name damselfly-e2e-sn --network host -e DAMSELFLY_CLUSTER_TOKEN "${data[@]}" "$image" \
+		supernode --listen "127.0.0.1:$sn_port" --advertise-addr "127.0.0.1:$sn_port" --data-dir /data/supernode \
+		--source-allow 127.0.0.1/32 >/dev/null
+	"${DOCKER_CMD[@]}" run -d --name damselfly-e2e-dfd --network host -e DAMSELFLY_CLUSTER_TOKEN "${data[@]}" "$image" \
+		dfdaemon --listen "127.0.0.1:$mirror_port" --peer-listen "127.0.0.1:$peer_port" --advertise-ip 127.0.0.1 \
+		--node "127.0.0.1:$sn_port" --registry "http://$PUB_HOST" --data-dir /data/dfdaemon \
+		--source-allow 127.0.0.1/32 --peer-allow 127.0.0.1/32 >/dev/null
+	local i
+	for i in $(seq 100); do
+		http_ok "http://127.0.0.1:$mirror_port/readyz" && break
+		sleep 0.2
+	done
+	http_ok "http://127.0.0.1:$mirror_port/readyz" || {
+		"${DOCKER_CMD[@]}" logs damselfly-e2e-sn 2>&1 | tail -n 5
+		"${DOCKER_CMD[@]}" logs damselfly-e2e-dfd 2>&1 | tail -n 5
+		fail "the containers' dfdaemon is not ready"
+	}
+	before=$(mirror_blob_bytes "$mirror_port")
+	DOCKER_CONFIG=$WORK/crane-anonymous timeout 300 "$CRANE" pull --insecure --format oci "127.0.0.1:$mirror_port/$PUB_REF" "$WORK/out/crane-image"
+	verify_blobs PUB "$WORK/out/crane-image" oci
+	after=$(mirror_blob_bytes "$mirror_port")
+	[ $((after - before)) -ge "$PUB_BYTES" ] || fail "the blobs did not come through the containers' dfdaemon"
+	info "crane pulled $PUB_REF through the dfdaemon container ($((after - before)) blob bytes)"
+	"${DOCKER_CMD[@]}" rm -f damselfly-e2e-sn damselfly-e2e-dfd >/dev/null
+}
+
 check_containerd_default() {
 	hosts_toml "$WORK/certs.d-default" _default "$MIRROR_A"
 	ctr_pull PUB a "$WORK/certs.d-default"
@@ -727,14 +773,16 @@ check "private: containerd (ctr --user) through dfdaemon A (?ns=) gets it from p
 check "private: containerd CRI with credentials through dfdaemon A (?ns=)" check_cri_private
 check "private: skopeo --src-creds through dfdaemon B" check_skopeo_private
 check "each registry sent each blob once across all the pulls above" check_registries_once
-# After the once-check: after --undo containerd pulls from the registry itself.
+# After the once-check: each of these makes the registry send the open image again
+# (after --undo containerd pulls from the registry itself; the image runs its own supernode).
 check "dfdaemon setup-containerd: containerd pulls through dfdaemon A after setup, from the registry after --undo (file restored byte for byte)" check_setup_containerd
+check "make image: the image runs each binary by name; its supernode and dfdaemon (docker, host network) serve crane" check_image
 check "fallback: with dfdaemon A stopped, containerd pulls from the registry itself (watch the metrics)" check_fallback
 
 echo
 echo "==== e2e-runtimes summary ($((SECONDS - START))s) ===="
 printf '%s\n' "${RESULTS[@]}"
-echo "registry counters (the setup-containerd --undo and fallback checks each fetched the open image once more):"
+echo "registry counters (the setup-containerd --undo, image and fallback checks each fetched the open image once more):"
 for prefix in PUB PRIV; do
 	declare -n control=${prefix}_CONTROL
 	echo "registry $prefix: $(curl -fsS --max-time 5 "http://$control/_stats" | jq -c '{Requests, BlobBytes, BlobGETs}' || true)"
