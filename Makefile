@@ -36,7 +36,7 @@ deps: ## Download Go modules
 ##@ Run
 
 .PHONY: run
-run: build ## Start a supernode and a dfdaemon in the foreground; data under ./.damselfly
+run: build ## Offline: an embedded registry, a supernode and a dfdaemon on loopback, in the foreground (UPSTREAM= for a real registry); data under ./.damselfly
 	./hack/run.sh
 
 .PHONY: demo
