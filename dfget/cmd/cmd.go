@@ -58,8 +58,12 @@ func withEnv(fn func(string) (string, bool)) Option {
 	return func(c *runConfig) { c.lookupEnv = fn }
 }
 
-// progressEvery is how often the progress bar is redrawn.
-const progressEvery = 200 * time.Millisecond
+// progressEvery is how often the progress bar is redrawn on a terminal;
+// plainProgressEvery how often a progress line is written elsewhere.
+const (
+	progressEvery      = 200 * time.Millisecond
+	plainProgressEvery = 5 * time.Second
+)
 
 // Run runs dfget with args (without the program name). Progress and notices
 // go to stderr, --help and --version to stdout. The error, if any, is one
@@ -207,8 +211,14 @@ func download(ctx context.Context, o *options, eng *peer.Engine, store *local.St
 	bar := !o.quiet && isTerminal(stderr)
 	start := time.Now()
 	var tick <-chan time.Time
-	if bar {
+	switch {
+	case bar:
 		t := time.NewTicker(progressEvery)
+		defer t.Stop()
+		tick = t.C
+	case !o.quiet:
+		// Not a terminal: a plain line now and then, for logs.
+		t := time.NewTicker(plainProgressEvery)
 		defer t.Stop()
 		tick = t.C
 	}
@@ -245,7 +255,11 @@ loop:
 			notice(ev)
 		case <-tick:
 			p := d.Progress()
-			fmt.Fprintf(stderr, "\r%s%s\x1b[K", renderProgress(p, time.Since(start)), renderStatus(p, time.Now()))
+			if bar {
+				fmt.Fprintf(stderr, "\r%s\x1b[K", renderProgress(p, time.Since(start), renderStatus(p, time.Now()), termWidth(stderr)-1))
+			} else {
+				fmt.Fprintf(stderr, "dfget: %s\n", renderProgress(p, time.Since(start), renderStatus(p, time.Now()), 0))
+			}
 		case <-d.Done():
 			break loop
 		case <-ctx.Done():
@@ -259,7 +273,10 @@ loop:
 		}
 	}
 	if bar {
-		fmt.Fprintf(stderr, "\r%s\x1b[K\n", renderProgress(d.Progress(), time.Since(start)))
+		fmt.Fprintf(stderr, "\r%s\x1b[K\n", renderProgress(d.Progress(), time.Since(start), "", termWidth(stderr)-1))
+	}
+	if err == nil && !o.quiet {
+		fmt.Fprintln(stderr, renderSummary(d.Progress(), time.Since(start)))
 	}
 	if err != nil {
 		if ctx.Err() != nil {
@@ -351,6 +368,16 @@ func advertiseIP(o *options, logger *zap.Logger) string {
 		return "127.0.0.1"
 	}
 	return ip
+}
+
+// termWidth is the terminal's width in columns, 80 when it cannot be read.
+func termWidth(w io.Writer) int {
+	if f, ok := w.(*os.File); ok {
+		if cols, _, err := term.GetSize(int(f.Fd())); err == nil && cols > 0 {
+			return cols
+		}
+	}
+	return 80
 }
 
 func isTerminal(w io.Writer) bool {

@@ -102,6 +102,26 @@ func TestParseArgs(t *testing.T) {
 	}
 }
 
+// At any terminal width the line fits, keeps the percent and the rate,
+// and gives up the sources' share and then the bar before cutting.
+func TestRenderProgressFitsWidth(t *testing.T) {
+	t.Parallel()
+	p := peer.Progress{Size: 100 << 20, Completed: 50 << 20, FromPeers: 30 << 20, FromCDN: 20 << 20}
+	status := " - supernode 10.0.0.5:8002 unreachable for 3s"
+	for _, w := range []int{20, 40, 60, 79, 100, 160} {
+		line := renderProgress(p, 5*time.Second, status, w)
+		require.LessOrEqual(t, len(line), w, "width %d: %q", w, line)
+		if w >= 40 {
+			require.Contains(t, line, "50.0%", "width %d", w)
+			require.Contains(t, line, "10.0 MiB/s", "width %d", w)
+		}
+	}
+	require.Contains(t, renderProgress(p, 5*time.Second, "", 160), "(peers 60%, cdn 40%, source 0%)")
+	require.Contains(t, renderProgress(p, 5*time.Second, "", 160), "[")
+	require.NotContains(t, renderProgress(p, 5*time.Second, "", 60), "peers", "the share goes first")
+	require.Equal(t, "dfget: 50.0 MiB in 5s (10.0 MiB/s), from peers 60%, the CDN 40%, the source 0%", renderSummary(p, 5*time.Second))
+}
+
 func TestRenderProgress(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -124,7 +144,7 @@ func TestRenderProgress(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			require.Equal(t, tt.want, renderProgress(tt.p, tt.elapsed))
+			require.Equal(t, tt.want, renderProgress(tt.p, tt.elapsed, "", 0))
 		})
 	}
 }

@@ -8,52 +8,94 @@ import (
 	"github.com/damselfly/damselfly/pkg/peer"
 )
 
-// barWidth is the number of cells of the progress bar.
-const barWidth = 24
+// Bar widths: the widest a bar gets, and the narrowest worth drawing.
+const (
+	maxBarWidth = 24
+	minBarWidth = 8
+)
 
-// renderProgress renders one progress line: bar, percent, bytes, average
-// rate, ETA and where the bytes came from. It is a pure function of its
-// arguments. A size below zero is unknown: no bar, percent or ETA.
-func renderProgress(p peer.Progress, elapsed time.Duration) string {
-	var b strings.Builder
+// renderProgress renders one progress line of at most width columns (0:
+// any): bar, percent, bytes, average rate, ETA and where the bytes came
+// from, plus status (what the download waits for, or ""). What does not fit
+// goes, least useful first: the sources' share, then the bar shrinks, then
+// goes, then the line is cut. It is a pure function of its arguments. A
+// size below zero is unknown: no bar, percent or ETA.
+func renderProgress(p peer.Progress, elapsed time.Duration, status string, width int) string {
 	var rate float64
 	if elapsed > 0 {
 		rate = float64(p.Completed) / elapsed.Seconds()
 	}
+	var frac float64
+	var counts, eta string
 	if p.Size >= 0 {
-		frac := 1.0
+		frac = 1.0
 		if p.Size > 0 {
 			frac = min(float64(p.Completed)/float64(p.Size), 1)
 		}
-		full := int(frac * barWidth)
-		b.WriteByte('[')
-		b.WriteString(strings.Repeat("=", full))
-		if full < barWidth {
-			b.WriteByte('>')
-			b.WriteString(strings.Repeat(" ", barWidth-full-1))
-		}
-		fmt.Fprintf(&b, "] %5.1f%% %s/%s", frac*100, humanBytes(p.Completed), humanBytes(p.Size))
-	} else {
-		b.WriteString(humanBytes(p.Completed))
-	}
-	fmt.Fprintf(&b, " %s/s", humanBytes(int64(rate)))
-	if p.Size >= 0 {
+		counts = fmt.Sprintf("%5.1f%% %s/%s", frac*100, humanBytes(p.Completed), humanBytes(p.Size))
 		left := p.Size - p.Completed
 		switch {
 		case left <= 0:
-			b.WriteString(" ETA 0s")
+			eta = " ETA 0s"
 		case rate > 0:
-			eta := time.Duration(float64(left) / rate * float64(time.Second))
-			fmt.Fprintf(&b, " ETA %s", eta.Round(time.Second))
+			eta = fmt.Sprintf(" ETA %s", time.Duration(float64(left)/rate*float64(time.Second)).Round(time.Second))
 		default:
-			b.WriteString(" ETA --")
+			eta = " ETA --"
 		}
+	} else {
+		counts = humanBytes(p.Completed)
 	}
+	core := counts + fmt.Sprintf(" %s/s", humanBytes(int64(rate))) + eta
+	sources := ""
 	if got := p.FromPeers + p.FromCDN + p.FromSource; got > 0 {
-		fmt.Fprintf(&b, " (peers %d%%, cdn %d%%, source %d%%)",
+		sources = fmt.Sprintf(" (peers %d%%, cdn %d%%, source %d%%)",
 			percent(p.FromPeers, got), percent(p.FromCDN, got), percent(p.FromSource, got))
 	}
-	return b.String()
+	bar := func(cells int) string {
+		if p.Size < 0 || cells < minBarWidth {
+			return ""
+		}
+		full := int(frac * float64(cells))
+		var b strings.Builder
+		b.WriteByte('[')
+		b.WriteString(strings.Repeat("=", full))
+		if full < cells {
+			b.WriteByte('>')
+			b.WriteString(strings.Repeat(" ", cells-full-1))
+		}
+		b.WriteString("] ")
+		return b.String()
+	}
+	if width <= 0 {
+		return bar(maxBarWidth) + core + sources + status
+	}
+	for _, tail := range []string{sources + status, status, ""} {
+		rest := len(core) + len(tail)
+		if room := width - rest - 3; room >= minBarWidth || p.Size < 0 {
+			if line := bar(min(room, maxBarWidth)) + core + tail; len(line) <= width {
+				return line
+			}
+		}
+		if rest <= width {
+			return core + tail
+		}
+	}
+	return core[:width]
+}
+
+// renderSummary is the line dfget ends a download with: size, time, rate
+// and where the bytes came from.
+func renderSummary(p peer.Progress, elapsed time.Duration) string {
+	var rate float64
+	if elapsed > 0 {
+		rate = float64(p.Completed) / elapsed.Seconds()
+	}
+	s := fmt.Sprintf("dfget: %s in %s (%s/s)", humanBytes(p.Completed), elapsed.Round(10*time.Millisecond), humanBytes(int64(rate)))
+	if got := p.FromPeers + p.FromCDN + p.FromSource; got > 0 {
+		s += fmt.Sprintf(", from peers %d%%, the CDN %d%%, the source %d%%",
+			percent(p.FromPeers, got), percent(p.FromCDN, got), percent(p.FromSource, got))
+	}
+	return s
 }
 
 func percent(part, whole int64) int64 {
