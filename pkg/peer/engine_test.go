@@ -25,6 +25,7 @@ import (
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/schedclient"
 	"github.com/damselfly/damselfly/pkg/source"
+	"github.com/damselfly/damselfly/pkg/taskid"
 )
 
 func TestMain(m *testing.M) {
@@ -508,7 +509,7 @@ func TestCommittedContentCompletesAtOnce(t *testing.T) {
 	require.NoError(t, w.Close())
 
 	f := newFakeSched(t, data, func(int, int) (schedapi.Peer, bool) { panic("no piece may be assigned") })
-	f.taskID = digest.FromBytes(data).String()
+	f.taskID = taskid.ID(digest.FromBytes(data).String())
 	e := newTestEngine(t, f.addr, engineSetup{store: store})
 	d, err := e.Download(t.Context(), Request{URL: "http://origin.test/file", Digest: digest.FromBytes(data)})
 	require.NoError(t, err)
@@ -610,7 +611,7 @@ func TestRunHeartbeats(t *testing.T) {
 	_, registers, _, _ := f.snapshot()
 	require.Equal(t, 2, registers[1].Have.Len())
 	f.mu.Lock()
-	require.Equal(t, schedapi.HeartbeatRequest{Addr: "127.0.0.1:9", Tasks: []string{f.taskID}}, f.beats[0])
+	require.Equal(t, schedapi.HeartbeatRequest{Addr: "127.0.0.1:9", Tasks: []string{f.taskID.String()}}, f.beats[0])
 	f.mu.Unlock()
 }
 

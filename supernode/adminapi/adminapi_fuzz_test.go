@@ -14,9 +14,10 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/source/registrysource"
-	"github.com/damselfly/damselfly/supernode/cdn"
+	"github.com/damselfly/damselfly/pkg/taskid"
 	"github.com/damselfly/damselfly/supernode/preheat"
 	"github.com/damselfly/damselfly/supernode/scheduler"
+	"github.com/damselfly/damselfly/supernode/task"
 )
 
 // offlineResolver parses references with the real registry client and
@@ -32,11 +33,11 @@ func (offlineResolver) Resolve(context.Context, string, *ocispec.Platform, regis
 // offlineSeeder refuses every task.
 type offlineSeeder struct{}
 
-func (offlineSeeder) Ensure(context.Context, cdn.Request) (schedapi.TaskInfo, error) {
+func (offlineSeeder) Ensure(context.Context, task.Request) (schedapi.TaskInfo, error) {
 	return schedapi.TaskInfo{}, errOffline
 }
 
-func (offlineSeeder) Task(context.Context, string) (scheduler.TaskStatus, error) {
+func (offlineSeeder) Task(context.Context, taskid.ID) (scheduler.TaskStatus, error) {
 	return scheduler.TaskStatus{}, scheduler.ErrTaskNotFound
 }
 

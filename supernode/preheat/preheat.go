@@ -36,8 +36,8 @@ import (
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/source/registrysource"
 	"github.com/damselfly/damselfly/pkg/taskid"
-	"github.com/damselfly/damselfly/supernode/cdn"
 	"github.com/damselfly/damselfly/supernode/scheduler"
+	"github.com/damselfly/damselfly/supernode/task"
 )
 
 var (
@@ -121,7 +121,7 @@ type Status struct {
 // Layer is one blob of a preheat and its CDN task.
 type Layer struct {
 	Digest     digest.Digest `json:"digest,omitempty"`
-	TaskID     string        `json:"taskId"`
+	TaskID     taskid.ID     `json:"taskId"`
 	MediaType  string        `json:"mediaType,omitempty"`
 	Size       int64         `json:"size"`
 	State      State         `json:"state"`
@@ -136,12 +136,12 @@ type Resolver interface {
 	Resolve(ctx context.Context, ref string, platform *ocispec.Platform, creds registrysource.Credentials) (*registrysource.Image, error)
 }
 
-// Seeder is the part of the CDN and scheduler a preheat drives.
-type Seeder interface {
+// Tasks is the part of the task owner (*task.Manager) a preheat drives.
+type Tasks interface {
 	// Ensure makes sure the CDN has, or is fetching, a task.
-	Ensure(ctx context.Context, req cdn.Request) (schedapi.TaskInfo, error)
+	Ensure(ctx context.Context, req task.Request) (schedapi.TaskInfo, error)
 	// Task reports a task's progress.
-	Task(ctx context.Context, taskID string) (scheduler.TaskStatus, error)
+	Task(ctx context.Context, taskID taskid.ID) (scheduler.TaskStatus, error)
 }
 
 // Option configures a Preheater.
@@ -198,7 +198,7 @@ func WithLayerConcurrency(n int) Option {
 // Preheater runs preheats. It is safe for concurrent use.
 type Preheater struct {
 	resolver         Resolver
-	seeder           Seeder
+	tasks            Tasks
 	log              *zap.Logger
 	creds            map[string]registrysource.Credentials
 	timeout          time.Duration
@@ -217,12 +217,12 @@ type Preheater struct {
 }
 
 // New returns a Preheater that resolves images with resolver and seeds
-// blobs with seeder. Run must run for it to stop cleanly.
-func New(resolver Resolver, seeder Seeder, opts ...Option) *Preheater {
+// blobs through tasks. Run must run for it to stop cleanly.
+func New(resolver Resolver, tasks Tasks, opts ...Option) *Preheater {
 	base, cancel := context.WithCancel(context.Background())
 	p := &Preheater{
 		resolver:         resolver,
-		seeder:           seeder,
+		tasks:            tasks,
 		log:              zap.NewNop(),
 		creds:            map[string]registrysource.Credentials{},
 		timeout:          DefaultTimeout,
@@ -398,11 +398,8 @@ func (p *Preheater) configured(host string) registrysource.Credentials {
 	return registrysource.Credentials{}
 }
 
-func (p *Preheater) fileTaskID(j job) (string, error) {
-	if j.digest != "" {
-		return taskid.ForDigest(j.digest)
-	}
-	return taskid.ForURL(j.fileURL, nil, "")
+func (p *Preheater) fileTaskID(j job) (taskid.ID, error) {
+	return taskid.Derive(taskid.Source{Digest: j.digest, URL: j.fileURL})
 }
 
 // trimLocked drops records over the bound: finished ones first, oldest
@@ -531,7 +528,7 @@ func (p *Preheater) runImage(ctx context.Context, j job, log *zap.Logger) error 
 				// reused until shortly before it expires.
 				var h http.Header
 				if h, err = img.Auth.Header(ctx); err == nil {
-					err = p.seed(ctx, j.id, i, cdn.Request{TaskID: l.TaskID, URL: u, Header: h, Digest: l.Digest})
+					err = p.seed(ctx, j.id, i, task.Request{TaskID: l.TaskID, URL: u, Header: h, Digest: l.Digest})
 				}
 			}
 			if err != nil {
@@ -552,7 +549,7 @@ func (p *Preheater) runFile(ctx context.Context, j job) error {
 	if err != nil {
 		return err
 	}
-	if err := p.seed(ctx, j.id, 0, cdn.Request{TaskID: id, URL: j.fileURL, Header: j.header, Digest: j.digest}); err != nil {
+	if err := p.seed(ctx, j.id, 0, task.Request{TaskID: id, URL: j.fileURL, Header: j.header, Digest: j.digest}); err != nil {
 		p.update(j.id, func(st *Status) {
 			st.Layers[0].State, st.Layers[0].Error = StateFailed, err.Error()
 		})
@@ -563,8 +560,8 @@ func (p *Preheater) runFile(ctx context.Context, j job) error {
 // seed hands one task to the CDN and follows it until it settles, keeping
 // layer i of the record up to date. A task that fails is recorded, not
 // returned; the error is for what stopped the following.
-func (p *Preheater) seed(ctx context.Context, id string, i int, req cdn.Request) error {
-	info, err := p.seeder.Ensure(ctx, req)
+func (p *Preheater) seed(ctx context.Context, id string, i int, req task.Request) error {
+	info, err := p.tasks.Ensure(ctx, req)
 	if err != nil {
 		return err
 	}
@@ -579,7 +576,7 @@ func (p *Preheater) seed(ctx context.Context, id string, i int, req cdn.Request)
 		case <-t.C:
 		}
 		wait = min(wait*2, maxPoll)
-		ts, err := p.seeder.Task(ctx, req.TaskID)
+		ts, err := p.tasks.Task(ctx, req.TaskID)
 		if errors.Is(err, scheduler.ErrTaskNotFound) {
 			return fmt.Errorf("task %s is gone from the scheduler", req.TaskID)
 		}

@@ -49,6 +49,7 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/piece"
 	"github.com/damselfly/damselfly/pkg/schedapi"
+	"github.com/damselfly/damselfly/pkg/taskid"
 )
 
 var (
@@ -112,7 +113,7 @@ func WithStartReports() Option {
 // may then drop what it keeps for the task; a registration may re-create
 // the task meanwhile, which fn must not undo. fn runs on its own goroutine,
 // may call the Scheduler, and Run waits for it before returning.
-func WithTaskForgotten(fn func(taskID string)) Option {
+func WithTaskForgotten(fn func(taskID taskid.ID)) Option {
 	return func(s *Scheduler) { s.forgotten = fn }
 }
 
@@ -121,7 +122,7 @@ func WithTaskForgotten(fn func(taskID string)) Option {
 // the CDN was assigned to send it. Such a report never strikes the CDN; fn
 // lets the CDN check its copy instead. fn runs on its own goroutine, and Run
 // waits for it before returning.
-func WithCDNCorruptReport(fn func(taskID string, piece int)) Option {
+func WithCDNCorruptReport(fn func(taskID taskid.ID, piece int)) Option {
 	return func(s *Scheduler) { s.cdnCorrupt = fn }
 }
 
@@ -133,8 +134,8 @@ type Scheduler struct {
 	reg    prometheus.Registerer
 
 	startReports bool
-	forgotten    func(taskID string)
-	cdnCorrupt   func(taskID string, piece int)
+	forgotten    func(taskID taskid.ID)
+	cdnCorrupt   func(taskID taskid.ID, piece int)
 	callbacks    sync.WaitGroup
 
 	st      *state // owned by Run's goroutine
@@ -177,10 +178,10 @@ func New(cfg Config, cdn schedapi.Peer, opts ...Option) (*Scheduler, error) {
 	s.st = newState(cfg, cdn, pol, s.now, s.logger, m)
 	s.st.startReports = s.startReports
 	if fn := s.forgotten; fn != nil {
-		s.st.forgotten = func(id string) { s.callbacks.Go(func() { fn(id) }) }
+		s.st.forgotten = func(id taskid.ID) { s.callbacks.Go(func() { fn(id) }) }
 	}
 	if fn := s.cdnCorrupt; fn != nil {
-		s.st.cdnCorrupt = func(id string, i int) { s.callbacks.Go(func() { fn(id, i) }) }
+		s.st.cdnCorrupt = func(id taskid.ID, i int) { s.callbacks.Go(func() { fn(id, i) }) }
 	}
 	return s, nil
 }
@@ -268,8 +269,8 @@ func do0(ctx context.Context, s *Scheduler, fn func() error) error {
 
 // TaskSpec describes a task the CDN starts seeding.
 type TaskSpec struct {
-	// ID is the task ID (see pkg/taskid).
-	ID string
+	// ID is the task ID.
+	ID taskid.ID
 	// URL is the source. Credentials in it are not kept.
 	URL string
 	// PieceSize is the size of every piece but the last; 0 picks
@@ -290,39 +291,39 @@ func (s *Scheduler) AddTask(ctx context.Context, spec TaskSpec) error {
 
 // SetSize records the content size of a task created with an unknown size,
 // which fixes its piece count.
-func (s *Scheduler) SetSize(ctx context.Context, taskID string, size int64) error {
+func (s *Scheduler) SetSize(ctx context.Context, taskID taskid.ID, size int64) error {
 	return do0(ctx, s, func() error { return s.st.setSize(taskID, size) })
 }
 
 // PublishPiece records the sha256 digest of piece n, which the CDN has
 // stored and can now serve. Publishing a piece again with the same digest
 // does nothing; with another digest it is ErrInvalid.
-func (s *Scheduler) PublishPiece(ctx context.Context, taskID string, n int, d digest.Digest) error {
+func (s *Scheduler) PublishPiece(ctx context.Context, taskID taskid.ID, n int, d digest.Digest) error {
 	return do0(ctx, s, func() error { return s.st.publish(taskID, n, d) })
 }
 
 // Succeed marks a task's content complete and verified: size bytes, every
 // piece published, whole-content digest content (may be empty if the task
 // was created with one). Parked polls of the task are answered.
-func (s *Scheduler) Succeed(ctx context.Context, taskID string, size int64, content digest.Digest) error {
+func (s *Scheduler) Succeed(ctx context.Context, taskID taskid.ID, size int64, content digest.Digest) error {
 	return do0(ctx, s, func() error { return s.st.succeed(taskID, size, content) })
 }
 
 // Fail marks a task failed because of cause. Its assignments are cancelled,
 // parked polls are answered, and it is forgotten after FailedTaskTTL. A
 // succeeded task cannot fail (ErrInvalid): remove it instead.
-func (s *Scheduler) Fail(ctx context.Context, taskID string, cause error) error {
+func (s *Scheduler) Fail(ctx context.Context, taskID taskid.ID, cause error) error {
 	return do0(ctx, s, func() error { return s.st.fail(taskID, cause) })
 }
 
 // RemoveTask forgets a task and its members; their parked polls get
 // ErrTaskNotFound.
-func (s *Scheduler) RemoveTask(ctx context.Context, taskID string) error {
+func (s *Scheduler) RemoveTask(ctx context.Context, taskID taskid.ID) error {
 	return do0(ctx, s, func() error { return s.st.removeTask(taskID) })
 }
 
 // TaskInfo returns what a peer is told about a task.
-func (s *Scheduler) TaskInfo(ctx context.Context, taskID string) (schedapi.TaskInfo, error) {
+func (s *Scheduler) TaskInfo(ctx context.Context, taskID taskid.ID) (schedapi.TaskInfo, error) {
 	return do(ctx, s, func() (schedapi.TaskInfo, error) { return s.st.taskInfo(taskID) })
 }
 
@@ -331,7 +332,7 @@ func (s *Scheduler) TaskInfo(ctx context.Context, taskID string) (schedapi.TaskI
 // (MaxTasksPerPeer, MaxTasks), so that a registration can be refused before
 // the CDN starts anything for it. Nothing is reserved: AddTask and Join
 // check again.
-func (s *Scheduler) Admit(ctx context.Context, taskID, peerID string) error {
+func (s *Scheduler) Admit(ctx context.Context, taskID taskid.ID, peerID string) error {
 	return do0(ctx, s, func() error { return s.st.admit(taskID, peerID) })
 }
 
@@ -339,7 +340,7 @@ func (s *Scheduler) Admit(ctx context.Context, taskID, peerID string) error {
 // refreshes its address if it is already in. have, which may be nil, lists
 // pieces p already holds; pieces past the piece count (or, while the count
 // is unknown, not yet published) are ignored.
-func (s *Scheduler) Join(ctx context.Context, taskID string, p schedapi.Peer, have *piece.Set) (schedapi.TaskInfo, error) {
+func (s *Scheduler) Join(ctx context.Context, taskID taskid.ID, p schedapi.Peer, have *piece.Set) (schedapi.TaskInfo, error) {
 	have = have.Clone() // the caller keeps its set
 	return do(ctx, s, func() (schedapi.TaskInfo, error) { return s.st.join(taskID, p, have) })
 }
@@ -353,7 +354,7 @@ func (s *Scheduler) Join(ctx context.Context, taskID string, p schedapi.Peer, ha
 // caller hung up) just as assignments come, they are given back. It fails
 // with ErrTaskNotFound, ErrPeerNotFound (the peer must register again), or
 // ctx.Err() if ctx ends before the scheduler saw the poll.
-func (s *Scheduler) Poll(ctx context.Context, taskID, peerID string, max int) (schedapi.PiecesResponse, error) {
+func (s *Scheduler) Poll(ctx context.Context, taskID taskid.ID, peerID string, max int) (schedapi.PiecesResponse, error) {
 	if max <= 0 || max > schedapi.MaxAssignments {
 		max = schedapi.MaxAssignments
 	}
@@ -406,7 +407,7 @@ func (s *Scheduler) lastReply(w *waiter, err error) (schedapi.PiecesResponse, er
 // against it (see Config.StrikeLimit); a "range not available" failure also
 // stops counting the source as a holder of the piece. Results with a piece
 // out of range or no source make the whole report ErrInvalid.
-func (s *Scheduler) Report(ctx context.Context, taskID, peerID string, results []schedapi.PieceResult) error {
+func (s *Scheduler) Report(ctx context.Context, taskID taskid.ID, peerID string, results []schedapi.PieceResult) error {
 	return do0(ctx, s, func() error { return s.st.report(taskID, peerID, results) })
 }
 
@@ -416,21 +417,21 @@ func (s *Scheduler) Report(ctx context.Context, taskID, peerID string, results [
 // the range are then started: they are no longer revoked for not starting,
 // and their deadline counts from now. Anything it does not match is
 // ignored.
-func (s *Scheduler) TransferStarted(ctx context.Context, taskID, peerID string, off, n int64) error {
+func (s *Scheduler) TransferStarted(ctx context.Context, taskID taskid.ID, peerID string, off, n int64) error {
 	return s.call(ctx, func() { s.st.started(taskID, peerID, off, n) })
 }
 
 // Leave takes peerID out of a task: it no longer serves or fetches it, and
 // the slots its assignments held are freed.
-func (s *Scheduler) Leave(ctx context.Context, taskID, peerID string) error {
+func (s *Scheduler) Leave(ctx context.Context, taskID taskid.ID, peerID string) error {
 	return do0(ctx, s, func() error { return s.st.leave(taskID, peerID) })
 }
 
 // Heartbeat keeps peerID alive and updates its address (when addr is not
 // empty). It returns the tasks of tasks that the peer is not in (it expired,
 // or the supernode restarted): the peer registers for them again.
-func (s *Scheduler) Heartbeat(ctx context.Context, peerID, addr string, tasks []string) ([]string, error) {
-	return do(ctx, s, func() ([]string, error) { return s.st.heartbeat(peerID, addr, tasks) })
+func (s *Scheduler) Heartbeat(ctx context.Context, peerID, addr string, tasks []taskid.ID) ([]taskid.ID, error) {
+	return do(ctx, s, func() ([]taskid.ID, error) { return s.st.heartbeat(peerID, addr, tasks) })
 }
 
 // PeerState is one peer in one task, for the admin API.
@@ -450,6 +451,8 @@ type PeerState struct {
 // TaskStatus is a task as the admin API shows it.
 type TaskStatus struct {
 	schedapi.TaskInfo
+	// ID is the task's ID, TaskInfo.TaskID as the owner carries it.
+	ID taskid.ID
 	// URL is the source, without credentials.
 	URL string
 	// Published is how many pieces the CDN has published.
@@ -476,6 +479,7 @@ type PeerStatus struct {
 func (t *task) status() TaskStatus {
 	ts := TaskStatus{
 		TaskInfo:       t.info(),
+		ID:             t.id,
 		URL:            t.url,
 		Published:      t.published,
 		BytesFromCDN:   t.bytesFromCDN,
@@ -512,7 +516,7 @@ func (s *Scheduler) Tasks(ctx context.Context) ([]TaskStatus, error) {
 }
 
 // Task returns one task.
-func (s *Scheduler) Task(ctx context.Context, taskID string) (TaskStatus, error) {
+func (s *Scheduler) Task(ctx context.Context, taskID taskid.ID) (TaskStatus, error) {
 	return do(ctx, s, func() (TaskStatus, error) {
 		t, err := s.st.task(taskID)
 		if err != nil {
@@ -522,6 +526,16 @@ func (s *Scheduler) Task(ctx context.Context, taskID string) (TaskStatus, error)
 	})
 }
 
+// Members returns how many peers are members of the task (the CDN never
+// evicts content a member is downloading: cdn.MemberCounter).
+func (s *Scheduler) Members(ctx context.Context, taskID taskid.ID) (int, error) {
+	t, err := s.Task(ctx, taskID)
+	if err != nil {
+		return 0, err
+	}
+	return len(t.Peers), nil
+}
+
 // Peers returns every known peer, by ID.
 func (s *Scheduler) Peers(ctx context.Context) ([]PeerStatus, error) {
 	return do(ctx, s, func() ([]PeerStatus, error) {
@@ -529,7 +543,7 @@ func (s *Scheduler) Peers(ctx context.Context) ([]PeerStatus, error) {
 		for _, p := range s.st.peers {
 			ps := PeerStatus{ID: p.id, Addr: p.addr, LastSeen: p.lastSeen, Tasks: make([]string, 0, len(p.tasks))}
 			for id := range p.tasks {
-				ps.Tasks = append(ps.Tasks, id)
+				ps.Tasks = append(ps.Tasks, id.String())
 			}
 			slices.Sort(ps.Tasks)
 			out = append(out, ps)

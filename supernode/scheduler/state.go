@@ -33,7 +33,7 @@ type peer struct {
 	// polling counts the peer's parked polls: a peer waiting in a long poll
 	// is alive.
 	polling int
-	tasks   map[string]*member
+	tasks   map[taskid.ID]*member
 }
 
 // member is one peer in one task.
@@ -112,7 +112,8 @@ type assignment struct {
 
 // task is the scheduler's view of one task.
 type task struct {
-	id, url   string
+	id        taskid.ID
+	url       string
 	pieceSize int64
 	size      int64 // -1 until known
 	count     int   // -1 until known
@@ -179,7 +180,7 @@ func (t *task) isStruck(peerID string) bool { return t.strikes[peerID].struck }
 
 func (t *task) info() schedapi.TaskInfo {
 	return schedapi.TaskInfo{
-		TaskID:        t.id,
+		TaskID:        t.id.String(),
 		State:         t.state,
 		Size:          t.size,
 		PieceSize:     t.pieceSize,
@@ -218,9 +219,10 @@ type pollReply struct {
 
 // waiter is one poll. It is answered exactly once, on reply (buffered).
 type waiter struct {
-	taskID, peerID string
-	max            int
-	reply          chan pollReply
+	taskID taskid.ID
+	peerID string
+	max    int
+	reply  chan pollReply
 
 	// Set by the event loop.
 	t        *task
@@ -233,7 +235,7 @@ type waiter struct {
 	notify func(*waiter)
 }
 
-func newWaiter(taskID, peerID string, max int) *waiter {
+func newWaiter(taskID taskid.ID, peerID string, max int) *waiter {
 	return &waiter{taskID: taskID, peerID: peerID, max: max, reply: make(chan pollReply, 1)}
 }
 
@@ -262,7 +264,7 @@ type state struct {
 	log    *zap.Logger
 	m      *metrics
 
-	tasks map[string]*task
+	tasks map[taskid.ID]*task
 	peers map[string]*peer
 	// cdnBusy is the number of CDN upload slots taken.
 	cdnBusy int
@@ -282,10 +284,10 @@ type state struct {
 	fresh []*assignment
 	// forgotten, if set, is told the ID of each idle task the sweep
 	// forgets.
-	forgotten func(taskID string)
+	forgotten func(taskID taskid.ID)
 	// cdnCorrupt, if set, is told each corrupt report against a CDN
 	// assignment (WithCDNCorruptReport).
-	cdnCorrupt func(taskID string, piece int)
+	cdnCorrupt func(taskID taskid.ID, piece int)
 }
 
 // changes records what improved in a task since its parked polls were last
@@ -312,12 +314,12 @@ func newState(cfg Config, cdn schedapi.Peer, p selectionPolicy, now func() time.
 		now:    now,
 		log:    log,
 		m:      m,
-		tasks:  make(map[string]*task),
+		tasks:  make(map[taskid.ID]*task),
 		peers:  make(map[string]*peer),
 	}
 }
 
-func (st *state) task(id string) (*task, error) {
+func (st *state) task(id taskid.ID) (*task, error) {
 	t := st.tasks[id]
 	if t == nil {
 		return nil, fmt.Errorf("task %s: %w", id, ErrTaskNotFound)
@@ -325,7 +327,7 @@ func (st *state) task(id string) (*task, error) {
 	return t, nil
 }
 
-func (st *state) member(taskID, peerID string) (*task, *member, error) {
+func (st *state) member(taskID taskid.ID, peerID string) (*task, *member, error) {
 	t, err := st.task(taskID)
 	if err != nil {
 		return nil, nil, err
@@ -369,8 +371,8 @@ func (st *state) setState(t *task, s schedapi.TaskState) {
 }
 
 func (st *state) addTask(spec TaskSpec) error {
-	if err := taskid.Validate(spec.ID); err != nil {
-		return fmt.Errorf("add task: %w: %w", err, ErrInvalid)
+	if spec.ID == "" {
+		return fmt.Errorf("add task: no id: %w", ErrInvalid)
 	}
 	if spec.ContentDigest != "" {
 		if err := spec.ContentDigest.Validate(); err != nil {
@@ -395,7 +397,7 @@ func (st *state) addTask(spec TaskSpec) error {
 		}
 		st.dropTask(old)
 	} else if len(st.tasks) >= st.cfg.MaxTasks {
-		st.log.Warn("task refused: too many tasks", zap.String("task", spec.ID), zap.Int("maxTasks", st.cfg.MaxTasks))
+		st.log.Warn("task refused: too many tasks", zap.Stringer("task", spec.ID), zap.Int("maxTasks", st.cfg.MaxTasks))
 		return fmt.Errorf("add task %s: %d tasks known (maxTasks): %w", spec.ID, len(st.tasks), ErrLimit)
 	}
 	t := &task{
@@ -415,7 +417,7 @@ func (st *state) addTask(spec TaskSpec) error {
 	t.grow(max(count, 0))
 	st.tasks[t.id] = t
 	st.setState(t, schedapi.TaskRunning)
-	st.log.Info("task added", zap.String("task", t.id), zap.Int64("size", size), zap.Int64("pieceSize", pieceSize))
+	st.log.Info("task added", zap.Stringer("task", t.id), zap.Int64("size", size), zap.Int64("pieceSize", pieceSize))
 	return nil
 }
 
@@ -438,7 +440,7 @@ func (t *task) fitCount(size int64) error {
 	return nil
 }
 
-func (st *state) setSize(taskID string, size int64) error {
+func (st *state) setSize(taskID taskid.ID, size int64) error {
 	t, err := st.task(taskID)
 	if err != nil {
 		return fmt.Errorf("set size: %w", err)
@@ -457,7 +459,7 @@ func (st *state) setSize(taskID string, size int64) error {
 	return nil
 }
 
-func (st *state) publish(taskID string, n int, d digest.Digest) error {
+func (st *state) publish(taskID taskid.ID, n int, d digest.Digest) error {
 	t, err := st.task(taskID)
 	if err != nil {
 		return fmt.Errorf("publish piece %d: %w", n, err)
@@ -485,7 +487,7 @@ func (st *state) publish(taskID string, n int, d digest.Digest) error {
 	return nil
 }
 
-func (st *state) succeed(taskID string, size int64, content digest.Digest) error {
+func (st *state) succeed(taskID taskid.ID, size int64, content digest.Digest) error {
 	t, err := st.task(taskID)
 	if err != nil {
 		return fmt.Errorf("succeed: %w", err)
@@ -519,11 +521,11 @@ func (st *state) succeed(taskID string, size int64, content digest.Digest) error
 		t.content = content
 	}
 	st.setState(t, schedapi.TaskSucceeded)
-	st.log.Info("task succeeded", zap.String("task", t.id), zap.Int64("size", size))
+	st.log.Info("task succeeded", zap.Stringer("task", t.id), zap.Int64("size", size))
 	return nil
 }
 
-func (st *state) fail(taskID string, cause error) error {
+func (st *state) fail(taskID taskid.ID, cause error) error {
 	t, err := st.task(taskID)
 	if err != nil {
 		return fmt.Errorf("fail: %w", err)
@@ -549,17 +551,17 @@ func (st *state) fail(taskID string, cause error) error {
 		}
 	}
 	st.setState(t, schedapi.TaskFailed)
-	st.log.Warn("task failed", zap.String("task", t.id), zap.String("error", t.err))
+	st.log.Warn("task failed", zap.Stringer("task", t.id), zap.String("error", t.err))
 	return nil
 }
 
-func (st *state) removeTask(taskID string) error {
+func (st *state) removeTask(taskID taskid.ID) error {
 	t, err := st.task(taskID)
 	if err != nil {
 		return fmt.Errorf("remove: %w", err)
 	}
 	st.dropTask(t)
-	st.log.Info("task removed", zap.String("task", t.id))
+	st.log.Info("task removed", zap.Stringer("task", t.id))
 	return nil
 }
 
@@ -577,7 +579,7 @@ func (st *state) dropTask(t *task) {
 	delete(st.tasks, t.id)
 }
 
-func (st *state) taskInfo(taskID string) (schedapi.TaskInfo, error) {
+func (st *state) taskInfo(taskID taskid.ID) (schedapi.TaskInfo, error) {
 	t, err := st.task(taskID)
 	if err != nil {
 		return schedapi.TaskInfo{}, err
@@ -624,7 +626,7 @@ func (st *state) checkPeer(p schedapi.Peer) error {
 func (st *state) seen(id, addr string) *peer {
 	p := st.peers[id]
 	if p == nil {
-		p = &peer{id: id, tasks: make(map[string]*member)}
+		p = &peer{id: id, tasks: make(map[taskid.ID]*member)}
 		st.peers[id] = p
 	}
 	if addr != "" {
@@ -634,7 +636,7 @@ func (st *state) seen(id, addr string) *peer {
 	return p
 }
 
-func (st *state) admit(taskID, peerID string) error {
+func (st *state) admit(taskID taskid.ID, peerID string) error {
 	if p := st.peers[peerID]; p != nil && p.tasks[taskID] == nil && len(p.tasks) >= st.cfg.MaxTasksPerPeer {
 		return fmt.Errorf("admit %s: peer %s is in %d tasks (maxTasksPerPeer): %w", taskID, peerID, len(p.tasks), ErrLimit)
 	}
@@ -644,7 +646,7 @@ func (st *state) admit(taskID, peerID string) error {
 	return nil
 }
 
-func (st *state) join(taskID string, sp schedapi.Peer, have *piece.Set) (schedapi.TaskInfo, error) {
+func (st *state) join(taskID taskid.ID, sp schedapi.Peer, have *piece.Set) (schedapi.TaskInfo, error) {
 	if err := st.checkPeer(sp); err != nil {
 		return schedapi.TaskInfo{}, fmt.Errorf("join: %w", err)
 	}
@@ -653,7 +655,7 @@ func (st *state) join(taskID string, sp schedapi.Peer, have *piece.Set) (schedap
 		return schedapi.TaskInfo{}, fmt.Errorf("join: %w", err)
 	}
 	if p := st.peers[sp.ID]; p != nil && p.tasks[taskID] == nil && len(p.tasks) >= st.cfg.MaxTasksPerPeer {
-		st.log.Warn("join refused: peer in too many tasks", zap.String("task", taskID), zap.String("peer", sp.ID),
+		st.log.Warn("join refused: peer in too many tasks", zap.Stringer("task", taskID), zap.String("peer", sp.ID),
 			zap.Int("maxTasksPerPeer", st.cfg.MaxTasksPerPeer))
 		return schedapi.TaskInfo{}, fmt.Errorf("join %s: peer %s is in %d tasks (maxTasksPerPeer): %w", taskID, sp.ID, len(p.tasks), ErrLimit)
 	}
@@ -781,7 +783,7 @@ func (st *state) dropMember(m *member) {
 	st.updateFanout(t)
 }
 
-func (st *state) leave(taskID, peerID string) error {
+func (st *state) leave(taskID taskid.ID, peerID string) error {
 	_, m, err := st.member(taskID, peerID)
 	if err != nil {
 		return fmt.Errorf("leave: %w", err)
@@ -1075,7 +1077,7 @@ func (st *state) slots() slots {
 	return slots{peer: st.cfg.PeerUploadSlots, cdn: st.cfg.CDNUploadSlots, cdnBusy: st.cdnBusy}
 }
 
-func (st *state) report(taskID, peerID string, results []schedapi.PieceResult) error {
+func (st *state) report(taskID taskid.ID, peerID string, results []schedapi.PieceResult) error {
 	t, m, err := st.member(taskID, peerID)
 	if err != nil {
 		return fmt.Errorf("report: %w", err)
@@ -1167,7 +1169,7 @@ func (st *state) strikeSource(t *task, src *member, kind failureKind, i int, why
 	}
 	st.unlistSource(t, src)
 	st.log.Warn("peer struck out as a source",
-		zap.String("task", t.id), zap.String("peer", src.peer.id), zap.Int("piece", i),
+		zap.Stringer("task", t.id), zap.String("peer", src.peer.id), zap.Int("piece", i),
 		zap.String("reason", why), zap.Int("failures", rec.failures))
 }
 
@@ -1193,7 +1195,7 @@ func (st *state) accuse(t *task, m, src *member, r schedapi.PieceResult) {
 		st.touch(m)
 	}
 	if src.servedOK.has(r.Piece) {
-		st.log.Info("corrupt report contradicted", zap.String("task", t.id), zap.String("reporter", m.peer.id),
+		st.log.Info("corrupt report contradicted", zap.Stringer("task", t.id), zap.String("reporter", m.peer.id),
 			zap.String("peer", src.peer.id), zap.Int("piece", r.Piece))
 		st.contradicted(t, m.peer.id)
 		return
@@ -1212,7 +1214,7 @@ func (st *state) accuse(t *task, m, src *member, r schedapi.PieceResult) {
 			accusers++
 		}
 	}
-	st.log.Info("corrupt report", zap.String("task", t.id), zap.String("reporter", m.peer.id),
+	st.log.Info("corrupt report", zap.Stringer("task", t.id), zap.String("reporter", m.peer.id),
 		zap.String("peer", src.peer.id), zap.Int("piece", r.Piece), zap.Int("accusers", accusers))
 	if accusers >= 2 {
 		delete(t.accused, src.peer.id)
@@ -1235,7 +1237,7 @@ func (st *state) contradict(t *task, src *member, i int, ok *member) {
 			} else {
 				by[id] = pieces
 			}
-			st.log.Info("corrupt report contradicted", zap.String("task", t.id), zap.String("reporter", id),
+			st.log.Info("corrupt report contradicted", zap.Stringer("task", t.id), zap.String("reporter", id),
 				zap.String("peer", src.peer.id), zap.Int("piece", i))
 			st.contradicted(t, id)
 		}
@@ -1277,7 +1279,7 @@ func (st *state) bar(t *task, id, why string) {
 	wasStruck := rec.struck
 	rec.barred, rec.struck = true, true
 	t.strikes[id] = rec
-	st.log.Warn("peer barred from task", zap.String("task", t.id), zap.String("peer", id), zap.String("reason", why),
+	st.log.Warn("peer barred from task", zap.Stringer("task", t.id), zap.String("peer", id), zap.String("reason", why),
 		zap.Int("unused", rec.unused), zap.Int("used", rec.used), zap.Int("contradicted", rec.contradicted))
 	m := t.members[id]
 	if m == nil {
@@ -1294,7 +1296,7 @@ func (st *state) bar(t *task, id, why string) {
 // started records that the CDN began sending bytes [off, off+n) of a task
 // to peerID: its CDN assignments of the pieces in that range are started,
 // and their deadline counts from now.
-func (st *state) started(taskID, peerID string, off, n int64) {
+func (st *state) started(taskID taskid.ID, peerID string, off, n int64) {
 	t := st.tasks[taskID]
 	if t == nil || off < 0 || n <= 0 {
 		return
@@ -1328,7 +1330,7 @@ func (st *state) started(taskID, peerID string, off, n int64) {
 	}
 }
 
-func (st *state) heartbeat(peerID, addr string, tasks []string) ([]string, error) {
+func (st *state) heartbeat(peerID, addr string, tasks []taskid.ID) ([]taskid.ID, error) {
 	if !validPeerID(peerID) || peerID == st.cdn.ID {
 		return nil, fmt.Errorf("heartbeat: peer id %q: %w", peerID, ErrInvalid)
 	}
@@ -1339,7 +1341,7 @@ func (st *state) heartbeat(peerID, addr string, tasks []string) ([]string, error
 	if addr != "" || st.peers[peerID] != nil {
 		p = st.seen(peerID, addr)
 	}
-	var unknown []string
+	var unknown []taskid.ID
 	for _, id := range tasks {
 		if p == nil || p.tasks[id] == nil {
 			unknown = append(unknown, id)
@@ -1366,9 +1368,9 @@ func (st *state) sweep() {
 			for _, a := range m.inflight {
 				switch {
 				case !a.started && !now.Before(a.startBy):
-					st.log.Debug("CDN assignment not started", zap.String("task", t.id), zap.String("peer", m.peer.id), zap.Int("piece", a.piece))
+					st.log.Debug("CDN assignment not started", zap.Stringer("task", t.id), zap.String("peer", m.peer.id), zap.Int("piece", a.piece))
 				case !now.Before(a.deadline):
-					st.log.Debug("assignment timed out", zap.String("task", t.id), zap.String("peer", m.peer.id), zap.Int("piece", a.piece))
+					st.log.Debug("assignment timed out", zap.Stringer("task", t.id), zap.String("peer", m.peer.id), zap.Int("piece", a.piece))
 				default:
 					continue
 				}
@@ -1400,7 +1402,7 @@ func (st *state) sweep() {
 		if !idle {
 			continue
 		}
-		st.log.Info("idle task forgotten", zap.String("task", t.id), zap.Time("emptySince", t.emptySince))
+		st.log.Info("idle task forgotten", zap.Stringer("task", t.id), zap.Time("emptySince", t.emptySince))
 		if st.forgotten != nil {
 			st.forgotten(t.id)
 		}
