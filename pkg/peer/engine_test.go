@@ -814,3 +814,28 @@ func TestNewNeedsClusterToken(t *testing.T) {
 	_, err = New(Config{}, contenttest.NewMemory(), sc, schedapi.Peer{ID: "a", Addr: "127.0.0.1:1"})
 	require.ErrorIs(t, err, clusterauth.ErrNoToken)
 }
+
+// The engine registers with the fields that name its task: the supernode
+// (and pkg/schedclient, routing the register) derive from them the ID the
+// engine names the download by when no supernode answers (Request.TaskID).
+func TestRegisterNamesTheEngineTask(t *testing.T) {
+	t.Parallel()
+	data := randomData(t, 2*testPieceSize)
+	cdn := newHolder(t, "cdn", data, good)
+	f := newFakeSched(t, data, func(int, int) (schedapi.Peer, bool) { return cdn.peer, true })
+	e := newTestEngine(t, f.addr, engineSetup{store: contenttest.NewMemory()})
+	req := Request{URL: "http://Origin.test:80/file?sig=x&b=1", Filter: []string{"sig"}, Identifier: "v1"}
+	d, err := e.Download(t.Context(), req)
+	require.NoError(t, err)
+	_, err = d.Wait(t.Context())
+	require.NoError(t, err)
+	require.NoError(t, d.Close())
+
+	_, registers, _, _ := f.snapshot()
+	require.NotEmpty(t, registers)
+	want, err := req.TaskID()
+	require.NoError(t, err)
+	got, err := registers[0].TaskID()
+	require.NoError(t, err)
+	require.Equal(t, want, got)
+}
