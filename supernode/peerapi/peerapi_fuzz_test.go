@@ -17,7 +17,7 @@ import (
 	"github.com/damselfly/damselfly/supernode/cdn"
 )
 
-// strictBackend is a scheduler and seeder that answers at once and records
+// strictBackend is a scheduler and a CDN that answers at once and records
 // any value reaching it that the handlers should have refused.
 type strictBackend struct {
 	mu   sync.Mutex
