@@ -196,14 +196,14 @@ type Cache struct {
 
 	mu       sync.Mutex
 	closed   bool
-	tasks    map[string]*entry
+	tasks    map[taskid.ID]*entry
 	byDigest map[digest.Digest]map[*entry]struct{}
 	evicting map[digest.Digest]chan struct{}
 }
 
 // entry is one task the cache holds a Download handle of.
 type entry struct {
-	id    string
+	id    taskid.ID
 	ready chan struct{} // closed once dl or err is set
 	dl    *peer.Download
 	err   error
@@ -250,7 +250,7 @@ func New(cfg Config, store content.Manager, eng engine, opts ...Option) (*Cache,
 		engine:   eng,
 		logger:   o.logger,
 		kick:     make(chan struct{}, 1),
-		tasks:    make(map[string]*entry),
+		tasks:    make(map[taskid.ID]*entry),
 		byDigest: make(map[digest.Digest]map[*entry]struct{}),
 		evicting: make(map[digest.Digest]chan struct{}),
 	}
@@ -275,7 +275,7 @@ type Lease struct {
 }
 
 // TaskID returns the task's ID.
-func (l *Lease) TaskID() string { return l.e.id }
+func (l *Lease) TaskID() taskid.ID { return l.e.id }
 
 // NewReader returns the content from off on as the engine verifies it (see
 // peer.Download.NewReader): it ends with io.EOF only after the whole
@@ -312,7 +312,7 @@ func (c *Cache) lost(e *entry, cause error) {
 		return
 	}
 	c.metrics.lost.Inc()
-	c.logger.Warn("cached content lost; it will be downloaded again", zap.String("task", e.id), zap.Error(cause))
+	c.logger.Warn("cached content lost; it will be downloaded again", zap.Stringer("task", e.id), zap.Error(cause))
 	go func() { _ = e.dl.Close() }()
 }
 
@@ -328,23 +328,15 @@ func (l *Lease) Wait(ctx context.Context) (peer.Result, error) { return l.e.dl.W
 // Release gives the lease back. It is safe to call more than once.
 func (l *Lease) Release() { l.once.Do(func() { l.c.release(l.e) }) }
 
-// taskKey names the task of req the way the engine and the supernode do.
-func taskKey(req peer.Request) (string, error) {
-	if req.Digest != "" {
-		return taskid.ForDigest(req.Digest)
-	}
-	return taskid.ForURL(req.URL, req.Filter, req.Identifier)
-}
-
 // Acquire starts the download of req, or joins it, and returns a lease on
 // it once the engine has taken it on. The download itself does not depend
 // on ctx: it goes on when the caller hangs up.
 func (c *Cache) Acquire(ctx context.Context, req peer.Request) (*Lease, error) {
-	id, err := taskKey(req)
+	id, err := req.TaskID()
 	if err != nil {
 		return nil, fmt.Errorf("acquire: %w: %w", peer.ErrInvalid, err)
 	}
-	d, isDigest := taskid.Digest(id)
+	d, isDigest := id.Digest()
 	for {
 		c.mu.Lock()
 		if c.closed {
@@ -416,7 +408,7 @@ func (c *Cache) start(e *entry, req peer.Request) {
 		// Make room first, so that the download does not fill the disk.
 		c.checkMu.Lock()
 		if err := c.makeRoom(c.life, req.Size); err != nil && c.life.Err() == nil {
-			c.logger.Warn("make room for a download", zap.String("task", e.id), zap.Error(err))
+			c.logger.Warn("make room for a download", zap.Stringer("task", e.id), zap.Error(err))
 		}
 		c.checkMu.Unlock()
 	}
@@ -453,13 +445,13 @@ func (c *Cache) watch(e *entry) {
 		if dropped {
 			if errors.Is(err, syscall.ENOSPC) {
 				// Evict now; the next request downloads it again.
-				c.logger.Warn("download failed: the cache's disk is full; evicting", zap.String("task", e.id), zap.Error(err))
+				c.logger.Warn("download failed: the cache's disk is full; evicting", zap.Stringer("task", e.id), zap.Error(err))
 				select {
 				case c.kick <- struct{}{}:
 				default:
 				}
 			} else {
-				c.logger.Debug("download failed", zap.String("task", e.id), zap.Error(err))
+				c.logger.Debug("download failed", zap.Stringer("task", e.id), zap.Error(err))
 			}
 			_ = e.dl.Close()
 		}
@@ -596,7 +588,7 @@ func (c *Cache) expireSeeds() {
 	}
 	c.mu.Unlock()
 	for _, e := range expired {
-		c.logger.Debug("stop seeding", zap.String("task", e.id))
+		c.logger.Debug("stop seeding", zap.Stringer("task", e.id))
 		_ = e.dl.Close()
 	}
 }
@@ -731,7 +723,7 @@ func (c *Cache) Seeding() []string {
 	defer c.mu.Unlock()
 	ids := make([]string, 0, len(c.tasks))
 	for id := range c.tasks {
-		ids = append(ids, id)
+		ids = append(ids, id.String())
 	}
 	sort.Strings(ids)
 	return ids

@@ -15,6 +15,7 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/schedclient"
+	"github.com/damselfly/damselfly/pkg/taskid"
 	"github.com/damselfly/damselfly/supernode/supernodetest"
 )
 
@@ -61,7 +62,7 @@ func hoard(t *testing.T, ctx context.Context, node, url string, n int) (assigned
 		require.NoError(t, err)
 		wg.Go(func() {
 			for ctx.Err() == nil {
-				resp, err := sc.Pieces(ctx, reg.TaskID, id, schedapi.MaxAssignments, time.Second)
+				resp, err := sc.Pieces(ctx, taskid.ID(reg.TaskID), id, schedapi.MaxAssignments, time.Second)
 				if err != nil {
 					if errors.Is(err, schedclient.ErrPeerNotFound) || ctx.Err() != nil {
 						return
@@ -197,7 +198,7 @@ func TestFalseCorruptReports(t *testing.T) {
 	defer wg.Wait()
 	wg.Go(func() {
 		for rctx.Err() == nil {
-			resp, err := sc.Pieces(rctx, reg.TaskID, reporter, 4, time.Second)
+			resp, err := sc.Pieces(rctx, taskid.ID(reg.TaskID), reporter, 4, time.Second)
 			if err != nil {
 				select {
 				case <-rctx.Done():
@@ -217,7 +218,7 @@ func TestFalseCorruptReports(t *testing.T) {
 				results = append(results, r)
 			}
 			if len(results) > 0 {
-				_ = sc.Report(rctx, reg.TaskID, reporter, results)
+				_ = sc.Report(rctx, taskid.ID(reg.TaskID), reporter, results)
 			}
 		}
 	})

@@ -16,6 +16,7 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/peer/upload"
 	"github.com/damselfly/damselfly/pkg/schedapi"
+	"github.com/damselfly/damselfly/pkg/taskid"
 	"github.com/damselfly/damselfly/supernode/supernodetest"
 )
 
@@ -76,7 +77,7 @@ func TestClusterBoundary(t *testing.T) {
 		})
 		require.Equal(t, http.StatusUnauthorized, status, string(b))
 		// Read the private content from the CDN knowing its digest.
-		status, b = outsider(t, http.MethodGet, "http://"+sn.Addr+upload.Path("sha256:"+o.sum), auth, nil)
+		status, b = outsider(t, http.MethodGet, "http://"+sn.Addr+upload.Path(taskid.ID("sha256:"+o.sum)), auth, nil)
 		require.Equal(t, http.StatusUnauthorized, status, auth)
 		require.False(t, bytes.Contains(b, o.data[:16]), "no content byte in the answer")
 	}

@@ -148,10 +148,10 @@ func TestCorruptReportAgainstCDN(t *testing.T) {
 	const reporter = "reporter"
 	reg, err := sc.Register(ctx, schedapi.RegisterRequest{Peer: schedapi.Peer{ID: reporter, Addr: closedAddr(t)}, URL: url})
 	require.NoError(t, err)
-	require.Equal(t, id, reg.TaskID)
+	require.Equal(t, id.String(), reg.TaskID)
 	reported := false
 	for !reported && ctx.Err() == nil {
-		resp, err := sc.Pieces(ctx, reg.TaskID, reporter, 4, time.Second)
+		resp, err := sc.Pieces(ctx, taskid.ID(reg.TaskID), reporter, 4, time.Second)
 		require.NoError(t, err)
 		var results []schedapi.PieceResult
 		for _, a := range resp.Assignments {
@@ -162,11 +162,11 @@ func TestCorruptReportAgainstCDN(t *testing.T) {
 			}
 			results = append(results, r)
 		}
-		require.NoError(t, sc.Report(ctx, reg.TaskID, reporter, results))
+		require.NoError(t, sc.Report(ctx, taskid.ID(reg.TaskID), reporter, results))
 	}
 	require.Eventually(t, func() bool {
 		_, err := os.Stat(cdnBlob(sn.dataDir, o.sum))
-		return os.IsNotExist(err) && sn.adminGet(t, "/api/v1/tasks/"+id, nil) == http.StatusNotFound
+		return os.IsNotExist(err) && sn.adminGet(t, "/api/v1/tasks/"+id.String(), nil) == http.StatusNotFound
 	}, 20*time.Second, 20*time.Millisecond, "the report made the CDN check, remove its copy and drop the task")
 
 	again := startDfget(t, ctx, url, filepath.Join(dir, "again"), "--node", sn.addr, "--notbs", "--stall-timeout", "30s")

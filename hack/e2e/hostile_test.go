@@ -16,6 +16,7 @@ import (
 	"github.com/damselfly/damselfly/pkg/httpx"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/schedclient"
+	"github.com/damselfly/damselfly/pkg/taskid"
 	"github.com/damselfly/damselfly/supernode/supernodetest"
 )
 
@@ -131,7 +132,7 @@ func startLiar(t *testing.T, ctx context.Context, node, url string, mode liarMod
 	go func() {
 		defer close(loopDone)
 		for ctx.Err() == nil {
-			resp, err := sc.Pieces(ctx, reg.TaskID, l.id, schedapi.MaxAssignments, time.Second)
+			resp, err := sc.Pieces(ctx, taskid.ID(reg.TaskID), l.id, schedapi.MaxAssignments, time.Second)
 			if err != nil {
 				if errors.Is(err, schedclient.ErrPeerNotFound) || ctx.Err() != nil {
 					return
@@ -148,7 +149,7 @@ func startLiar(t *testing.T, ctx context.Context, node, url string, mode liarMod
 				l.claims <- struct{}{}
 			}
 			if len(results) > 0 {
-				_ = sc.Report(ctx, reg.TaskID, l.id, results)
+				_ = sc.Report(ctx, taskid.ID(reg.TaskID), l.id, results)
 			}
 		}
 	}()

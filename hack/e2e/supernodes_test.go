@@ -114,10 +114,10 @@ func (p *snProc) kill(t *testing.T) {
 
 // peerPieces returns, per peer address, how many pieces the supernode
 // counts for the peers of the task; ok is false when it has no such task.
-func peerPieces(t *testing.T, sn *supernode, taskID string) (map[string]int, bool) {
+func peerPieces(t *testing.T, sn *supernode, taskID taskid.ID) (map[string]int, bool) {
 	t.Helper()
 	var task adminTask
-	if sn.adminGet(t, "/api/v1/tasks/"+taskID, &task) != http.StatusOK {
+	if sn.adminGet(t, "/api/v1/tasks/"+taskID.String(), &task) != http.StatusOK {
 		return nil, false
 	}
 	out := map[string]int{}
@@ -258,7 +258,7 @@ func TestSupernodesSpreadTasks(t *testing.T) {
 		require.NoError(t, err)
 		for _, other := range sns {
 			var task adminTask
-			status := other.adminGet(t, "/api/v1/tasks/"+id, &task)
+			status := other.adminGet(t, "/api/v1/tasks/"+id.String(), &task)
 			if other == s {
 				require.Equal(t, http.StatusOK, status, "task %s is not on its owner", id)
 			} else {
@@ -363,10 +363,10 @@ func TestSupernodeFailover(t *testing.T) {
 // requireNoRefetch checks that, on the supernode that took over, peers
 // fetched only the pieces they did not hold before: the bytes sent to them
 // (by its CDN and by peers) leave out what they had.
-func requireNoRefetch(t *testing.T, sn *supernode, id string, peers, size int, before map[string]int) {
+func requireNoRefetch(t *testing.T, sn *supernode, id taskid.ID, peers, size int, before map[string]int) {
 	t.Helper()
 	var task adminTask
-	require.Equal(t, http.StatusOK, sn.adminGet(t, "/api/v1/tasks/"+id, &task))
+	require.Equal(t, http.StatusOK, sn.adminGet(t, "/api/v1/tasks/"+id.String(), &task))
 	require.Positive(t, task.PieceCount)
 	pieceSize := (int64(size) + int64(task.PieceCount) - 1) / int64(task.PieceCount)
 	held := 0

@@ -12,6 +12,7 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/content"
 	"github.com/damselfly/damselfly/pkg/peer/upload"
+	"github.com/damselfly/damselfly/pkg/taskid"
 )
 
 // Result is the outcome of a finished download.
@@ -131,7 +132,7 @@ func (d *Download) closeEventsLocked() {
 }
 
 // TaskID returns the ID of the task.
-func (d *Download) TaskID() string { return d.t.id }
+func (d *Download) TaskID() taskid.ID { return d.t.id }
 
 // Events returns the download's events. The channel is closed when the
 // download finishes (or the handle is closed); events a slow reader does
@@ -360,7 +361,7 @@ func (u *uploadTask) ReadAt(p []byte, off int64) (int, error) {
 	ok := t.verifiedLocked(off, int64(len(p)))
 	t.mu.Unlock()
 	if !ok {
-		return 0, fmt.Errorf("read task %s at %d+%d: not verified", truncate(t.id, 80), off, len(p))
+		return 0, fmt.Errorf("read task %s at %d+%d: not verified", t.id, off, len(p))
 	}
 	switch {
 	case t.blob != nil:
@@ -368,7 +369,7 @@ func (u *uploadTask) ReadAt(p []byte, off int64) (int, error) {
 	case t.w != nil:
 		return t.w.ReadAt(p, off)
 	}
-	return 0, fmt.Errorf("read task %s: %w", truncate(t.id, 80), ErrClosed)
+	return 0, fmt.Errorf("read task %s: %w", t.id, ErrClosed)
 }
 
 // Close releases nothing: the task lives as long as its downloads.

@@ -90,7 +90,7 @@ type Engine struct {
 	bufs sync.Pool
 
 	mu    sync.Mutex
-	tasks map[string]*task
+	tasks map[taskid.ID]*task
 }
 
 // Option configures an Engine.
@@ -188,7 +188,7 @@ func New(cfg Config, store content.Store, sched *schedclient.Client, self scheda
 		policyHint: o.policyHint,
 		limiters:   o.limiters,
 		source:     o.source,
-		tasks:      make(map[string]*task),
+		tasks:      make(map[taskid.ID]*task),
 	}
 	if e.logger == nil {
 		e.logger = zap.NewNop()
@@ -282,14 +282,16 @@ func (r Request) validate() error {
 	return nil
 }
 
-// localID names a task when the supernode cannot: the same rule the
-// supernode applies (pkg/taskid). It is only used to share and serve a
-// download that went to the source without a supernode.
-func (r Request) localID() (string, error) {
-	if r.Digest != "" {
-		return taskid.ForDigest(r.Digest)
-	}
-	return taskid.ForURL(r.URL, r.Filter, r.Identifier)
+// TaskID derives the ID of the task r downloads, by the rule the supernode
+// applies (taskid.Derive). The engine uses it to share and serve a download
+// that went to the source without a supernode; callers that keep downloads
+// by task (dfdaemon's blob cache) key them by it.
+func (r Request) TaskID() (taskid.ID, error) {
+	return taskid.Derive(r.taskSource())
+}
+
+func (r Request) taskSource() taskid.Source {
+	return taskid.Source{Digest: r.Digest, URL: r.URL, Filter: r.Filter, Identifier: r.Identifier}
 }
 
 // Download starts downloading req, or joins the download of the same task
@@ -320,23 +322,23 @@ func (e *Engine) Download(ctx context.Context, req Request) (*Download, error) {
 		reg.Have, reg.PieceSize = allPieces(have.Size)
 	}
 	resp, regErr := e.sched.Register(ctx, reg)
-	var id string
+	var id taskid.ID
 	switch {
 	case regErr == nil:
-		if err := taskid.Validate(resp.TaskID); err != nil {
+		var err error
+		if id, err = taskid.Parse(resp.TaskID); err != nil {
 			return nil, fmt.Errorf("download: supernode answered a bad task id: %w", err)
 		}
-		id = resp.TaskID
 	case ctx.Err() != nil:
 		return nil, fmt.Errorf("download: %w", ctx.Err())
 	case errors.Is(regErr, schedclient.ErrInvalid):
 		return nil, fmt.Errorf("download: %w", regErr)
 	default:
 		var err error
-		if id, err = req.localID(); err != nil {
+		if id, err = req.TaskID(); err != nil {
 			return nil, fmt.Errorf("download: %w: %w", ErrInvalid, err)
 		}
-		e.logger.Warn("register failed", zap.String("task", id), zap.String("url", redactURL(req.URL)), zap.Error(regErr))
+		e.logger.Warn("register failed", zap.Stringer("task", id), zap.String("url", redactURL(req.URL)), zap.Error(regErr))
 	}
 
 	t, created, err := e.attach(ctx, id, req)
@@ -373,7 +375,7 @@ func allPieces(size int64) (*piece.Set, int64) {
 
 // attach returns the task id, creating it when the engine has none. A task
 // being torn down is waited for, so that its successor starts clean.
-func (e *Engine) attach(ctx context.Context, id string, req Request) (*task, bool, error) {
+func (e *Engine) attach(ctx context.Context, id taskid.ID, req Request) (*task, bool, error) {
 	for {
 		e.mu.Lock()
 		t, ok := e.tasks[id]
@@ -424,7 +426,7 @@ func (e *Engine) release(t *task) {
 // pieces of a download in progress and, once committed, the whole content.
 // A task the engine does not hold, or no longer holds, is ErrNotFound (as
 // upload.ErrNotFound).
-func (e *Engine) Open(ctx context.Context, taskID string) (upload.Task, error) {
+func (e *Engine) Open(ctx context.Context, taskID taskid.ID) (upload.Task, error) {
 	e.mu.Lock()
 	t, ok := e.tasks[taskID]
 	if ok && t.closing {
@@ -432,7 +434,7 @@ func (e *Engine) Open(ctx context.Context, taskID string) (upload.Task, error) {
 	}
 	e.mu.Unlock()
 	if !ok {
-		return nil, fmt.Errorf("open task %s: %w", truncate(taskID, 80), errNotFoundUpload)
+		return nil, fmt.Errorf("open task %s: %w", taskID, errNotFoundUpload)
 	}
 	return &uploadTask{t: t}, nil
 }
@@ -459,11 +461,11 @@ func (e *Engine) Run(ctx context.Context) error {
 }
 
 func (e *Engine) heartbeat(ctx context.Context) {
-	seeding := map[string]*task{}
+	seeding := map[string]*task{} // by the ID on the wire
 	e.mu.Lock()
 	for id, t := range e.tasks {
 		if !t.closing && t.seeding() {
-			seeding[id] = t
+			seeding[id.String()] = t
 		}
 	}
 	e.mu.Unlock()

@@ -25,6 +25,7 @@ import (
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/schedclient"
 	"github.com/damselfly/damselfly/pkg/source"
+	"github.com/damselfly/damselfly/pkg/taskid"
 )
 
 func TestMain(m *testing.M) {
@@ -508,7 +509,7 @@ func TestCommittedContentCompletesAtOnce(t *testing.T) {
 	require.NoError(t, w.Close())
 
 	f := newFakeSched(t, data, func(int, int) (schedapi.Peer, bool) { panic("no piece may be assigned") })
-	f.taskID = digest.FromBytes(data).String()
+	f.taskID = taskid.ID(digest.FromBytes(data).String())
 	e := newTestEngine(t, f.addr, engineSetup{store: store})
 	d, err := e.Download(t.Context(), Request{URL: "http://origin.test/file", Digest: digest.FromBytes(data)})
 	require.NoError(t, err)
@@ -610,7 +611,7 @@ func TestRunHeartbeats(t *testing.T) {
 	_, registers, _, _ := f.snapshot()
 	require.Equal(t, 2, registers[1].Have.Len())
 	f.mu.Lock()
-	require.Equal(t, schedapi.HeartbeatRequest{Addr: "127.0.0.1:9", Tasks: []string{f.taskID}}, f.beats[0])
+	require.Equal(t, schedapi.HeartbeatRequest{Addr: "127.0.0.1:9", Tasks: []string{f.taskID.String()}}, f.beats[0])
 	f.mu.Unlock()
 }
 
@@ -812,4 +813,29 @@ func TestNewNeedsClusterToken(t *testing.T) {
 	require.NoError(t, err)
 	_, err = New(Config{}, contenttest.NewMemory(), sc, schedapi.Peer{ID: "a", Addr: "127.0.0.1:1"})
 	require.ErrorIs(t, err, clusterauth.ErrNoToken)
+}
+
+// The engine registers with the fields that name its task: the supernode
+// (and pkg/schedclient, routing the register) derive from them the ID the
+// engine names the download by when no supernode answers (Request.TaskID).
+func TestRegisterNamesTheEngineTask(t *testing.T) {
+	t.Parallel()
+	data := randomData(t, 2*testPieceSize)
+	cdn := newHolder(t, "cdn", data, good)
+	f := newFakeSched(t, data, func(int, int) (schedapi.Peer, bool) { return cdn.peer, true })
+	e := newTestEngine(t, f.addr, engineSetup{store: contenttest.NewMemory()})
+	req := Request{URL: "http://Origin.test:80/file?sig=x&b=1", Filter: []string{"sig"}, Identifier: "v1"}
+	d, err := e.Download(t.Context(), req)
+	require.NoError(t, err)
+	_, err = d.Wait(t.Context())
+	require.NoError(t, err)
+	require.NoError(t, d.Close())
+
+	_, registers, _, _ := f.snapshot()
+	require.NotEmpty(t, registers)
+	want, err := req.TaskID()
+	require.NoError(t, err)
+	got, err := registers[0].TaskID()
+	require.NoError(t, err)
+	require.Equal(t, want, got)
 }

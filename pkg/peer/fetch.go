@@ -21,6 +21,7 @@ import (
 	"github.com/damselfly/damselfly/pkg/peer/upload"
 	"github.com/damselfly/damselfly/pkg/piece"
 	"github.com/damselfly/damselfly/pkg/schedapi"
+	"github.com/damselfly/damselfly/pkg/taskid"
 )
 
 // Piece fetch failures, named in the report to the supernode.
@@ -109,7 +110,7 @@ func (t *task) writePiece(p []byte, off int64) error {
 // peer's own rate limiters hold it back, within its deadline at
 // PieceMinRate (Config.pieceDeadline): a source that trickles fails with
 // errTooSlow long before the stall timer, and is reported for it.
-func (e *Engine) fetchPiece(ctx context.Context, taskID string, a schedapi.Assignment, buf []byte) (err error) {
+func (e *Engine) fetchPiece(ctx context.Context, taskID taskid.ID, a schedapi.Assignment, buf []byte) (err error) {
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.PieceTimeout)
 	defer cancel()
 	var slow *slowGuard

@@ -29,6 +29,7 @@ import (
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/schedclient"
 	"github.com/damselfly/damselfly/pkg/source"
+	"github.com/damselfly/damselfly/pkg/taskid"
 )
 
 // testPieceSize keeps test content small while still cut in many pieces.
@@ -179,7 +180,7 @@ type fakeSched struct {
 	t      *testing.T
 	addr   string
 	data   []byte
-	taskID string
+	taskID taskid.ID
 	pieces []digest.Digest
 	// order is the order pieces are handed out in (default 0..n-1).
 	order []int
@@ -237,7 +238,7 @@ func newFakeSched(t *testing.T, data []byte, from func(piece, attempt int) (sche
 		f.pieces = append(f.pieces, piece.Digest(data[off:off+l]))
 		f.order = append(f.order, i)
 	}
-	f.taskID = strings.Repeat("ab", 32)
+	f.taskID = taskid.ID(strings.Repeat("ab", 32))
 	mux := http.NewServeMux()
 	mux.HandleFunc(schedapi.RouteRegister, f.dropping(f.register))
 	mux.HandleFunc(schedapi.RoutePieces, f.dropping(f.losing(schedapi.CodeTaskNotFound, f.poll)))
@@ -317,7 +318,7 @@ func (f *fakeSched) kill() {
 
 func (f *fakeSched) info() schedapi.TaskInfo {
 	info := schedapi.TaskInfo{
-		TaskID:     f.taskID,
+		TaskID:     f.taskID.String(),
 		State:      schedapi.TaskRunning,
 		Size:       int64(len(f.data)),
 		PieceSize:  testPieceSize,

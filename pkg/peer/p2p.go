@@ -330,7 +330,7 @@ func (t *task) registerAgain(ctx context.Context, stallAt time.Time) error {
 		return nil
 	}
 	t.noteReachable()
-	if resp.TaskID != t.id {
+	if resp.TaskID != t.id.String() {
 		return fmt.Errorf("%w: supernode moved the task to %s", ErrP2PFailed, resp.TaskID)
 	}
 	t.log.Info("registered again", zap.Int("pieces", have.Len()))

@@ -156,7 +156,7 @@ func (t *task) awaitOrigin(ctx context.Context, info schedapi.TaskInfo, stallAt 
 			continue
 		}
 		t.noteReachable()
-		if resp.TaskID != t.id {
+		if resp.TaskID != t.id.String() {
 			return fmt.Errorf("%w: supernode moved the task to %s", ErrP2PFailed, resp.TaskID)
 		}
 		if resp.State == schedapi.TaskFailed {

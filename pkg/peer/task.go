@@ -36,7 +36,7 @@ const leaveTimeout = 5 * time.Second
 // exclusively. mu guards the rest.
 type task struct {
 	e   *Engine
-	id  string
+	id  taskid.ID
 	ref string
 	req Request // of the Download that created it
 	log *zap.Logger
@@ -68,19 +68,19 @@ type task struct {
 	runDone chan struct{} // nil when nothing runs
 }
 
-func newTask(e *Engine, id string, req Request) *task {
+func newTask(e *Engine, id taskid.ID, req Request) *task {
 	return &task{
 		e:        e,
 		id:       id,
-		ref:      taskid.FileName(id),
+		ref:      id.FileName(),
 		req:      req,
-		log:      e.logger.With(zap.String("task", id)),
+		log:      e.logger.With(zap.Stringer("task", id)),
 		closed:   make(chan struct{}),
 		verified: &piece.Set{},
 		changed:  make(chan struct{}),
 		handles:  make(map[*Download]struct{}),
 		done:     make(chan struct{}),
-		info:     schedapi.TaskInfo{TaskID: id, Size: -1, PieceCount: -1},
+		info:     schedapi.TaskInfo{TaskID: id.String(), Size: -1, PieceCount: -1},
 		progress: Progress{Size: -1},
 	}
 }

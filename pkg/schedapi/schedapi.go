@@ -11,7 +11,10 @@ import (
 	"net/http"
 	"time"
 
+	digest "github.com/opencontainers/go-digest"
+
 	"github.com/damselfly/damselfly/pkg/piece"
+	"github.com/damselfly/damselfly/pkg/taskid"
 )
 
 // Routes, in net/http ServeMux pattern syntax. {task} is a task ID (see
@@ -101,6 +104,15 @@ type RegisterRequest struct {
 	// the piece size those pieces were cut with.
 	Have      *piece.Set `json:"have,omitempty"`
 	PieceSize int64      `json:"pieceSize,omitempty"`
+}
+
+// TaskID derives the ID of the task r registers for (pkg/taskid.Derive):
+// the supernode names the task with it and pkg/schedclient routes r with it,
+// so both sides of the wire derive it from the same fields the same way.
+func (r RegisterRequest) TaskID() (taskid.ID, error) {
+	return taskid.Derive(taskid.Source{
+		Digest: digest.Digest(r.Digest), URL: r.URL, Filter: r.Filter, Identifier: r.Identifier,
+	})
 }
 
 // TaskState is the state of a task's source fetch on the supernode.

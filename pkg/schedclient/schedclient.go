@@ -36,7 +36,6 @@ import (
 	"sync"
 	"time"
 
-	digest "github.com/opencontainers/go-digest"
 	"go.uber.org/zap"
 
 	"github.com/damselfly/damselfly/pkg/backoff"
@@ -250,7 +249,7 @@ func (c *Client) ClusterKeys() clusterauth.Keys { return c.keys }
 // taskID: the first owns the task while it is up, the next takes the task
 // over when it is not. Every client with the same list computes the same
 // order.
-func (c *Client) Order(taskID string) []string { return rendezvous(c.nodes, taskID) }
+func (c *Client) Order(taskID taskid.ID) []string { return rendezvous(c.nodes, taskID.String()) }
 
 // nodeFor returns the supernodes in the order a call about taskID tries
 // them: the one the task was registered on first, then by highest random
@@ -311,16 +310,11 @@ func weight(node, key string) uint64 {
 }
 
 // routeKey is the task ID a register request is routed by: the one the
-// supernode derives (pkg/taskid), or the URL itself when it cannot be
-// derived here (the supernode will reject it anyway).
+// supernode derives (schedapi.RegisterRequest.TaskID), or the URL itself
+// when none can be derived (the supernode will reject it anyway).
 func routeKey(req schedapi.RegisterRequest) string {
-	if req.Digest != "" {
-		if id, err := taskid.ForDigest(digest.Digest(req.Digest)); err == nil {
-			return id
-		}
-	}
-	if id, err := taskid.ForURL(req.URL, req.Filter, req.Identifier); err == nil {
-		return id
+	if id, err := req.TaskID(); err == nil {
+		return id.String()
 	}
 	return req.URL
 }
@@ -355,9 +349,9 @@ func (c *Client) Register(ctx context.Context, req schedapi.RegisterRequest) (sc
 
 // Pieces long-polls for at most max assignments, waiting up to wait
 // (bounded by schedapi.MaxWait) when there are none.
-func (c *Client) Pieces(ctx context.Context, taskID, peerID string, limit int, wait time.Duration) (schedapi.PiecesResponse, error) {
+func (c *Client) Pieces(ctx context.Context, taskID taskid.ID, peerID string, limit int, wait time.Duration) (schedapi.PiecesResponse, error) {
 	var resp schedapi.PiecesResponse
-	if err := checkIDs(taskID, peerID); err != nil {
+	if err := checkPeerID(peerID); err != nil {
 		return resp, fmt.Errorf("pieces: %w", err)
 	}
 	limit = min(max(limit, 1), schedapi.MaxAssignments)
@@ -368,8 +362,8 @@ func (c *Client) Pieces(ctx context.Context, taskID, peerID string, limit int, w
 	_, err := c.do(ctx, call{
 		name:       "pieces",
 		method:     http.MethodGet,
-		path:       schedapi.PiecesPath(taskID, peerID) + "?" + q.Encode(),
-		nodes:      c.nodeFor(taskID),
+		path:       schedapi.PiecesPath(taskID.String(), peerID) + "?" + q.Encode(),
+		nodes:      c.nodeFor(taskID.String()),
 		idempotent: true,
 		extra:      wait,
 		out:        &resp,
@@ -379,8 +373,8 @@ func (c *Client) Pieces(ctx context.Context, taskID, peerID string, limit int, w
 
 // Report sends piece results. It is not idempotent (results are counted), so
 // it is only retried when the request cannot have reached a supernode.
-func (c *Client) Report(ctx context.Context, taskID, peerID string, results []schedapi.PieceResult) error {
-	if err := checkIDs(taskID, peerID); err != nil {
+func (c *Client) Report(ctx context.Context, taskID taskid.ID, peerID string, results []schedapi.PieceResult) error {
+	if err := checkPeerID(peerID); err != nil {
 		return fmt.Errorf("report: %w", err)
 	}
 	if len(results) == 0 {
@@ -393,28 +387,28 @@ func (c *Client) Report(ctx context.Context, taskID, peerID string, results []sc
 	_, err = c.do(ctx, call{
 		name:   "report",
 		method: http.MethodPost,
-		path:   schedapi.ReportPath(taskID, peerID),
+		path:   schedapi.ReportPath(taskID.String(), peerID),
 		body:   body,
-		nodes:  c.nodeFor(taskID),
+		nodes:  c.nodeFor(taskID.String()),
 	})
 	return err
 }
 
 // Leave tells the supernode the peer no longer serves the task.
-func (c *Client) Leave(ctx context.Context, taskID, peerID string) error {
-	if err := checkIDs(taskID, peerID); err != nil {
+func (c *Client) Leave(ctx context.Context, taskID taskid.ID, peerID string) error {
+	if err := checkPeerID(peerID); err != nil {
 		return fmt.Errorf("leave: %w", err)
 	}
 	_, err := c.do(ctx, call{
 		name:       "leave",
 		method:     http.MethodDelete,
-		path:       schedapi.LeavePath(taskID, peerID),
-		nodes:      c.nodeFor(taskID),
+		path:       schedapi.LeavePath(taskID.String(), peerID),
+		nodes:      c.nodeFor(taskID.String()),
 		idempotent: true,
 	})
 	if err == nil || errors.Is(err, ErrTaskNotFound) || errors.Is(err, ErrPeerNotFound) {
 		c.mu.Lock()
-		delete(c.sticky, taskID)
+		delete(c.sticky, taskID.String())
 		c.mu.Unlock()
 	}
 	return err
@@ -429,7 +423,7 @@ func (c *Client) Leave(ctx context.Context, taskID, peerID string) error {
 // error wraps ErrUnreachable.
 func (c *Client) Heartbeat(ctx context.Context, peerID string, req schedapi.HeartbeatRequest) (schedapi.HeartbeatResponse, error) {
 	var out schedapi.HeartbeatResponse
-	if err := checkIDs("", peerID); err != nil {
+	if err := checkPeerID(peerID); err != nil {
 		return out, fmt.Errorf("heartbeat: %w", err)
 	}
 	down := map[string]bool{}
@@ -513,12 +507,9 @@ func (c *Client) heartbeatGroups(tasks []string, peerID string, down map[string]
 	return groups, order
 }
 
-func checkIDs(taskID, peerID string) error {
-	if taskID != "" {
-		if err := taskid.Validate(taskID); err != nil {
-			return err
-		}
-	}
+// checkPeerID refuses a peer ID the supernode would: the task ID is a
+// taskid.ID, valid by construction.
+func checkPeerID(peerID string) error {
 	if peerID == "" || len(peerID) > 128 {
 		return fmt.Errorf("peer id %q: %w", peerID, ErrInvalid)
 	}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/schedapi"
+	"github.com/damselfly/damselfly/pkg/taskid"
 )
 
 func TestMain(m *testing.M) {
@@ -397,7 +398,7 @@ func TestFailoverToNextNode(t *testing.T) {
 		require.NoError(t, err)
 		// The task sticks to the node it was registered on.
 		require.Equal(t, "http://"+f.addr, c.nodeFor(reg.TaskID)[0])
-		_, err = c.Pieces(t.Context(), reg.TaskID, "p1", 1, 0)
+		_, err = c.Pieces(t.Context(), taskid.ID(reg.TaskID), "p1", 1, 0)
 		require.NoError(t, err)
 	}
 	require.Equal(t, 2, f.count("register"))
@@ -489,7 +490,7 @@ func TestOrder(t *testing.T) {
 	require.NoError(t, err)
 	owners := map[string]bool{}
 	for i := range 30 {
-		id := fmt.Sprintf("%064x", i)
+		id := taskid.ID(fmt.Sprintf("%064x", i))
 		require.Equal(t, a.Order(id), b.Order(id))
 		require.ElementsMatch(t, a.Nodes(), a.Order(id))
 		owners[a.Order(id)[0]] = true
@@ -549,7 +550,7 @@ func TestClusterToken(t *testing.T) {
 		w.WriteHeader(http.StatusNoContent)
 	}))
 	t.Cleanup(srv.Close)
-	id := "sha256:" + strings.Repeat("b", 64)
+	id := taskid.ID("sha256:" + strings.Repeat("b", 64))
 
 	with, err := New([]string{srv.URL}, WithClusterKeys(keys))
 	require.NoError(t, err)

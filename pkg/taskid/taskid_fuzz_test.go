@@ -11,7 +11,7 @@ import (
 
 const validHex = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 
-func FuzzValidate(f *testing.F) {
+func FuzzParse(f *testing.F) {
 	for _, s := range []string{
 		validHex, "sha256:" + validHex, strings.ToUpper(validHex), "sha256:" + validHex[:63],
 		"sha512:" + validHex, "sha256:sha256:" + validHex[:50], "../../etc/passwd", "..%2F..%2Fetc%2Fpasswd",
@@ -22,17 +22,17 @@ func FuzzValidate(f *testing.F) {
 	f.Add("0")
 	f.Add("sha256")
 	f.Fuzz(func(t *testing.T, id string) {
-		err := Validate(id)
-		d, isDigest := Digest(id)
+		parsed, err := Parse(id)
+		d, isDigest := parsed.Digest()
 		// ForDigest takes any string a client sends as a digest.
-		if fromDigest, ferr := ForDigest(digest.Digest(id)); (ferr == nil) != isDigest || (ferr == nil && fromDigest != id) {
+		if fromDigest, ferr := ForDigest(digest.Digest(id)); (ferr == nil) != isDigest || (ferr == nil && string(fromDigest) != id) {
 			t.Fatalf("ForDigest(%q) = %q, %v; Digest says %v", id, fromDigest, ferr, isDigest)
 		} else if ferr != nil && !errors.Is(ferr, ErrInvalid) {
 			t.Fatalf("ForDigest(%q) = %v, not ErrInvalid", id, ferr)
 		}
 		if err != nil {
 			if !errors.Is(err, ErrInvalid) {
-				t.Fatalf("Validate(%q) = %v, not ErrInvalid", id, err)
+				t.Fatalf("Parse(%q) = %v, not ErrInvalid", id, err)
 			}
 			if isDigest {
 				t.Fatalf("Digest(%q) = %q for an invalid ID", id, d)
@@ -41,17 +41,17 @@ func FuzzValidate(f *testing.F) {
 		}
 		hexPart, prefixed := strings.CutPrefix(id, "sha256:")
 		if len(hexPart) != 64 || strings.Trim(hexPart, "0123456789abcdef") != "" {
-			t.Fatalf("Validate accepted %q", id)
+			t.Fatalf("Parse accepted %q", id)
 		}
 		if isDigest != prefixed || (isDigest && d.Validate() != nil) {
 			t.Fatalf("Digest(%q) = %q, %v", id, d, isDigest)
 		}
-		name := FileName(id)
+		name := parsed.FileName()
 		if strings.ContainsAny(name, "/\\:\x00") || name == "." || name == ".." || len(name) < 64 {
 			t.Fatalf("FileName(%q) = %q is not one safe path element", id, name)
 		}
 		if prefixed {
-			if got, err := ForDigest(d); err != nil || got != id {
+			if got, err := ForDigest(d); err != nil || got != parsed {
 				t.Fatalf("ForDigest(%q) = %q, %v", d, got, err)
 			}
 		}
@@ -89,7 +89,7 @@ func FuzzForURL(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if Validate(id) != nil || strings.HasPrefix(id, "sha256:") {
+		if _, err := Parse(id.String()); err != nil || strings.HasPrefix(id.String(), "sha256:") {
 			t.Fatalf("ForURL(%q) = %q is not 64 hex", rawURL, id)
 		}
 		u, perr := url.Parse(norm)

@@ -12,7 +12,8 @@ func TestForURL(t *testing.T) {
 	t.Parallel()
 	base, err := ForURL("http://example.com/a/b?x=1&y=2", nil, "")
 	require.NoError(t, err)
-	require.NoError(t, Validate(base))
+	_, err = Parse(base.String())
+	require.NoError(t, err)
 
 	tests := []struct {
 		name       string
@@ -48,16 +49,16 @@ func TestForURLRejects(t *testing.T) {
 	}
 }
 
-func TestValidate(t *testing.T) {
+func TestParse(t *testing.T) {
 	t.Parallel()
 	d := digest.FromString("hello")
 	id, err := ForDigest(d)
 	require.NoError(t, err)
-	require.Equal(t, d.String(), id)
-	got, ok := Digest(id)
+	require.Equal(t, d.String(), id.String())
+	got, ok := id.Digest()
 	require.True(t, ok)
 	require.Equal(t, d, got)
-	require.Equal(t, "sha256-"+d.Encoded(), FileName(id))
+	require.Equal(t, "sha256-"+d.Encoded(), id.FileName())
 
 	bad := []string{
 		"", "sha256:", "../../etc/passwd", strings.Repeat("A", 64), strings.Repeat("a", 63),
@@ -65,11 +66,14 @@ func TestValidate(t *testing.T) {
 		strings.Repeat("a", 64) + "\x00",
 	}
 	for _, b := range bad {
-		require.ErrorIs(t, Validate(b), ErrInvalid, b)
+		_, err := Parse(b)
+		require.ErrorIs(t, err, ErrInvalid, b)
 	}
 	_, err = ForDigest("md5:0cc175b9c0f1b6a831c399e269772661")
 	require.ErrorIs(t, err, ErrInvalid)
-	_, ok = Digest(strings.Repeat("a", 64))
+	hexID, err := Parse(strings.Repeat("a", 64))
+	require.NoError(t, err)
+	_, ok = hexID.Digest()
 	require.False(t, ok)
 }
 
@@ -77,4 +81,34 @@ func TestParseFilter(t *testing.T) {
 	t.Parallel()
 	require.Equal(t, []string{"k1", "k2"}, ParseFilter("k1&k2& &k1"))
 	require.Nil(t, ParseFilter(""))
+}
+
+func TestDerive(t *testing.T) {
+	t.Parallel()
+	d := digest.FromString("hello")
+	byDigest, err := Derive(Source{Digest: d, URL: "http://example.com/x", Filter: []string{"a"}, Identifier: "i"})
+	require.NoError(t, err)
+	want, err := ForDigest(d)
+	require.NoError(t, err)
+	require.Equal(t, want, byDigest, "a digest names the task whatever the URL")
+
+	byURL, err := Derive(Source{URL: "http://example.com/x?a=1&b=2", Filter: []string{"a"}, Identifier: "i"})
+	require.NoError(t, err)
+	want, err = ForURL("http://example.com/x?b=2", nil, "i")
+	require.NoError(t, err)
+	require.Equal(t, want, byURL)
+
+	_, err = Derive(Source{Digest: "md5:0cc175b9c0f1b6a831c399e269772661", URL: "http://example.com/x"})
+	require.ErrorIs(t, err, ErrInvalid)
+	_, err = Derive(Source{})
+	require.Error(t, err)
+}
+
+func TestParseAll(t *testing.T) {
+	t.Parallel()
+	ids, err := ParseAll([]string{strings.Repeat("a", 64), "sha256:" + strings.Repeat("b", 64)})
+	require.NoError(t, err)
+	require.Equal(t, []string{strings.Repeat("a", 64), "sha256:" + strings.Repeat("b", 64)}, Strings(ids))
+	_, err = ParseAll([]string{strings.Repeat("a", 64), "../x"})
+	require.ErrorIs(t, err, ErrInvalid)
 }

@@ -56,17 +56,17 @@ var errBadBody = errors.New("invalid request body")
 // Scheduler is the part of the scheduler the admin API reads.
 type Scheduler interface {
 	Tasks(ctx context.Context) ([]scheduler.TaskStatus, error)
-	Task(ctx context.Context, taskID string) (scheduler.TaskStatus, error)
+	Task(ctx context.Context, taskID taskid.ID) (scheduler.TaskStatus, error)
 	Peers(ctx context.Context) ([]scheduler.PeerStatus, error)
 }
 
-// CDN is the part of the CDN the admin API drives.
-type CDN interface {
+// Tasks is the part of the task owner (*task.Manager) the admin API drives.
+type Tasks interface {
 	// Delete cancels the task's fetch, removes it from the scheduler and
 	// deletes its cached content.
-	Delete(ctx context.Context, taskID string) error
+	Delete(ctx context.Context, taskID taskid.ID) error
 	// SourceBytes is how many bytes of the task were read from its source.
-	SourceBytes(taskID string) int64
+	SourceBytes(taskID taskid.ID) int64
 }
 
 // Option configures the handler.
@@ -102,13 +102,13 @@ func WithHTTPMetrics(m *httpx.Metrics) Option {
 //
 // gin keeps its mode in a process-wide setting: New switches it to release
 // mode, which only silences gin's debug output.
-func New(sched Scheduler, c CDN, token string, opts ...Option) http.Handler {
+func New(sched Scheduler, tasks Tasks, token string, opts ...Option) http.Handler {
 	o := options{log: zap.NewNop()}
 	for _, opt := range opts {
 		opt(&o)
 	}
 	gin.SetMode(gin.ReleaseMode)
-	h := &handlers{sched: sched, cdn: c, preheat: o.preheat, log: o.log}
+	h := &handlers{sched: sched, tasks: tasks, preheat: o.preheat, log: o.log}
 
 	e := gin.New()
 	e.HandleMethodNotAllowed = true
@@ -190,7 +190,7 @@ func (h *handlers) errors(c *gin.Context) {
 
 type handlers struct {
 	sched   Scheduler
-	cdn     CDN
+	tasks   Tasks
 	preheat Preheater
 	log     *zap.Logger
 }
@@ -254,7 +254,7 @@ func (h *handlers) task(ts scheduler.TaskStatus) Task {
 		TaskID: ts.TaskID, State: string(ts.State), Size: ts.Size, PieceSize: ts.PieceSize,
 		PieceCount: ts.PieceCount, Published: ts.Published, ContentDigest: ts.ContentDigest,
 		Error: ts.Error, URL: ts.URL, CreatedAt: ts.CreatedAt,
-		BytesFromSource: h.cdn.SourceBytes(ts.TaskID), BytesFromCDN: ts.BytesFromCDN, BytesFromPeers: ts.BytesFromPeers,
+		BytesFromSource: h.tasks.SourceBytes(ts.ID), BytesFromCDN: ts.BytesFromCDN, BytesFromPeers: ts.BytesFromPeers,
 		CDNFanout: ts.CDNFanout, Peers: make([]TaskPeer, 0, len(ts.Peers)),
 	}
 	for _, p := range ts.Peers {
@@ -264,12 +264,8 @@ func (h *handlers) task(ts scheduler.TaskStatus) Task {
 	return t
 }
 
-func taskParam(c *gin.Context) (string, error) {
-	id := c.Param("id")
-	if err := taskid.Validate(id); err != nil {
-		return "", err
-	}
-	return id, nil
+func taskParam(c *gin.Context) (taskid.ID, error) {
+	return taskid.Parse(c.Param("id"))
 }
 
 func (h *handlers) listTasks(c *gin.Context) {
@@ -305,11 +301,11 @@ func (h *handlers) deleteTask(c *gin.Context) {
 		_ = c.Error(err)
 		return
 	}
-	if err := h.cdn.Delete(c.Request.Context(), id); err != nil {
+	if err := h.tasks.Delete(c.Request.Context(), id); err != nil {
 		_ = c.Error(err)
 		return
 	}
-	h.log.Info("task deleted by operator", zap.String("task", id))
+	h.log.Info("task deleted by operator", zap.Stringer("task", id))
 	c.Status(http.StatusNoContent)
 }
 

@@ -14,9 +14,10 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/source/registrysource"
-	"github.com/damselfly/damselfly/supernode/cdn"
+	"github.com/damselfly/damselfly/pkg/taskid"
 	"github.com/damselfly/damselfly/supernode/preheat"
 	"github.com/damselfly/damselfly/supernode/scheduler"
+	"github.com/damselfly/damselfly/supernode/task"
 )
 
 // offlineResolver parses references with the real registry client and
@@ -29,14 +30,14 @@ func (offlineResolver) Resolve(context.Context, string, *ocispec.Platform, regis
 	return nil, errOffline
 }
 
-// offlineSeeder refuses every task.
-type offlineSeeder struct{}
+// offlineTasks refuses every task.
+type offlineTasks struct{}
 
-func (offlineSeeder) Ensure(context.Context, cdn.Request) (schedapi.TaskInfo, error) {
+func (offlineTasks) Ensure(context.Context, task.Request) (schedapi.TaskInfo, error) {
 	return schedapi.TaskInfo{}, errOffline
 }
 
-func (offlineSeeder) Task(context.Context, string) (scheduler.TaskStatus, error) {
+func (offlineTasks) Task(context.Context, taskid.ID) (scheduler.TaskStatus, error) {
 	return scheduler.TaskStatus{}, scheduler.ErrTaskNotFound
 }
 
@@ -78,7 +79,7 @@ func FuzzAdminAPI(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	ph := preheat.New(offlineResolver{registrysource.New()}, offlineSeeder{})
+	ph := preheat.New(offlineResolver{registrysource.New()}, offlineTasks{})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 2)
 	go func() { done <- s.Run(ctx) }()

@@ -17,6 +17,7 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/piece"
 	"github.com/damselfly/damselfly/pkg/schedapi"
+	"github.com/damselfly/damselfly/pkg/taskid"
 	"github.com/damselfly/damselfly/supernode/cdn"
 	"github.com/damselfly/damselfly/supernode/scheduler"
 )
@@ -31,7 +32,7 @@ type fakeCDN struct {
 	fail  error
 }
 
-func (f *fakeCDN) Delete(ctx context.Context, id string) error {
+func (f *fakeCDN) Delete(ctx context.Context, id taskid.ID) error {
 	if f.fail != nil {
 		return f.fail
 	}
@@ -44,7 +45,7 @@ func (f *fakeCDN) Delete(ctx context.Context, id string) error {
 	return nil
 }
 
-func (f *fakeCDN) SourceBytes(id string) int64 { return 1234 }
+func (f *fakeCDN) SourceBytes(id taskid.ID) int64 { return 1234 }
 
 type fixture struct {
 	srv   *httptest.Server
@@ -67,9 +68,11 @@ func newFixture(t *testing.T) *fixture {
 	})
 	body := []byte("hello, world")
 	d := digest.FromBytes(body)
-	require.NoError(t, s.AddTask(t.Context(), scheduler.TaskSpec{ID: d.String(), URL: "http://origin/blob", Size: int64(len(body)), ContentDigest: d}))
-	require.NoError(t, s.PublishPiece(t.Context(), d.String(), 0, piece.Digest(body)))
-	_, err = s.Join(t.Context(), d.String(), schedapi.Peer{ID: "peer-1", Addr: "127.0.0.1:65002", DownloadRate: 8 << 20}, nil)
+	id, err := taskid.ForDigest(d)
+	require.NoError(t, err)
+	require.NoError(t, s.AddTask(t.Context(), scheduler.TaskSpec{ID: id, URL: "http://origin/blob", Size: int64(len(body)), ContentDigest: d}))
+	require.NoError(t, s.PublishPiece(t.Context(), id, 0, piece.Digest(body)))
+	_, err = s.Join(t.Context(), id, schedapi.Peer{ID: "peer-1", Addr: "127.0.0.1:65002", DownloadRate: 8 << 20}, nil)
 	require.NoError(t, err)
 
 	f := &fixture{sched: s, cdn: &fakeCDN{sched: s}, task: d.String()}
@@ -225,7 +228,7 @@ func TestErrors(t *testing.T) {
 					require.Equal(t, "internal error", e.Message)
 				}
 			}
-			_, err := f.sched.Task(t.Context(), f.task)
+			_, err := f.sched.Task(t.Context(), taskid.ID(f.task))
 			if tt.deleted {
 				require.ErrorIs(t, err, scheduler.ErrTaskNotFound)
 				resp, _ := f.do(t, http.MethodGet, "/api/v1/tasks/"+f.task, auth)

@@ -42,7 +42,7 @@ func (m pieceMeta) validFor(d digest.Digest, size int64) bool {
 
 // taskRecord maps a URL task to the digest of its content.
 type taskRecord struct {
-	TaskID string        `json:"taskId"`
+	TaskID taskid.ID     `json:"taskId"`
 	Digest digest.Digest `json:"digest"`
 	// URL is the source without userinfo or query, for operators.
 	URL string `json:"url,omitempty"`
@@ -132,15 +132,12 @@ func (c *cache) removeMeta(d digest.Digest) error {
 	return nil
 }
 
-func (c *cache) taskPath(taskID string) string {
-	return filepath.Join(c.taskDir, taskid.FileName(taskID)+".json")
+func (c *cache) taskPath(taskID taskid.ID) string {
+	return filepath.Join(c.taskDir, taskID.FileName()+".json")
 }
 
 // taskDigest returns the content digest recorded for a URL task.
-func (c *cache) taskDigest(taskID string) (digest.Digest, bool) {
-	if taskid.Validate(taskID) != nil {
-		return "", false
-	}
+func (c *cache) taskDigest(taskID taskid.ID) (digest.Digest, bool) {
 	b, err := os.ReadFile(c.taskPath(taskID))
 	if err != nil {
 		return "", false
@@ -153,12 +150,12 @@ func (c *cache) taskDigest(taskID string) (digest.Digest, bool) {
 }
 
 // tasksFor returns the URL tasks recorded with content digest d.
-func (c *cache) tasksFor(d digest.Digest) []string {
+func (c *cache) tasksFor(d digest.Digest) []taskid.ID {
 	entries, err := os.ReadDir(c.taskDir)
 	if err != nil {
 		return nil
 	}
-	var out []string
+	var out []taskid.ID
 	for _, e := range entries {
 		if e.IsDir() || filepath.Ext(e.Name()) != ".json" {
 			continue
@@ -168,7 +165,7 @@ func (c *cache) tasksFor(d digest.Digest) []string {
 			continue
 		}
 		var r taskRecord
-		if json.Unmarshal(b, &r) == nil && r.Digest == d && taskid.Validate(r.TaskID) == nil {
+		if json.Unmarshal(b, &r) == nil && r.Digest == d {
 			out = append(out, r.TaskID)
 		}
 	}
@@ -186,7 +183,7 @@ func (c *cache) writeTask(r taskRecord) error {
 	return nil
 }
 
-func (c *cache) removeTask(taskID string) error {
+func (c *cache) removeTask(taskID taskid.ID) error {
 	if err := os.Remove(c.taskPath(taskID)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove task record %s: %w", taskID, err)
 	}

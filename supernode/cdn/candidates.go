@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/damselfly/damselfly/pkg/backoff"
+	"github.com/damselfly/damselfly/pkg/taskid"
 )
 
 // Sources are candidates, not owners. Every member registering for a digest
@@ -233,12 +234,12 @@ func (c *CDN) offer(req Request, start bool) {
 	}
 	if cs != nil && cs.offer(req) {
 		cs.refuse(c.blamed[req.TaskID], errLied)
-		c.log.Debug("source offered", zap.String("task", req.TaskID), zap.String("source", redactURL(req.URL)), zap.Int64("size", req.Size))
+		c.log.Debug("source offered", zap.Stringer("task", req.TaskID), zap.String("source", redactURL(req.URL)), zap.Int64("size", req.Size))
 	}
 }
 
 // blame remembers that url's content failed the digest of a task.
-func (c *CDN) blame(taskID, url string) {
+func (c *CDN) blame(taskID taskid.ID, url string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	b := c.blamed[taskID]
@@ -249,11 +250,11 @@ func (c *CDN) blame(taskID, url string) {
 		b = b[1:]
 	}
 	c.blamed[taskID] = append(b, url)
-	c.log.Warn("source blamed for a digest mismatch: not used for this task again", zap.String("task", taskID), zap.String("source", redactURL(url)))
+	c.log.Warn("source blamed for a digest mismatch: not used for this task again", zap.Stringer("task", taskID), zap.String("source", redactURL(url)))
 }
 
 // dropPending forgets the sources offered for a fetch that did not start.
-func (c *CDN) dropPending(taskID string) {
+func (c *CDN) dropPending(taskID taskid.ID) {
 	c.mu.Lock()
 	delete(c.pending, taskID)
 	c.mu.Unlock()

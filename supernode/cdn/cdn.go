@@ -44,6 +44,7 @@ import (
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/source"
 	"github.com/damselfly/damselfly/pkg/taskid"
+	"github.com/damselfly/damselfly/supernode/scheduler"
 )
 
 var (
@@ -57,34 +58,22 @@ var (
 	ErrClosed = errors.New("cdn stopped")
 )
 
-// TaskSpec describes a task the CDN adds to the scheduler.
-type TaskSpec struct {
-	ID string
-	// URL is the source URL without userinfo and query, for display.
-	URL       string
-	PieceSize int64
-	// Size is -1 while unknown.
-	Size int64
-	// ContentDigest is the expected digest of the content, when known.
-	ContentDigest digest.Digest
-}
-
 // Scheduler is the part of the piece scheduler the CDN drives: it creates
 // tasks, publishes pieces as they are stored and settles the task.
 type Scheduler interface {
-	TaskInfo(ctx context.Context, taskID string) (schedapi.TaskInfo, error)
-	AddTask(ctx context.Context, spec TaskSpec) error
-	SetSize(ctx context.Context, taskID string, size int64) error
-	PublishPiece(ctx context.Context, taskID string, n int, d digest.Digest) error
-	Succeed(ctx context.Context, taskID string, size int64, content digest.Digest) error
-	Fail(ctx context.Context, taskID string, cause error) error
-	RemoveTask(ctx context.Context, taskID string) error
+	TaskInfo(ctx context.Context, taskID taskid.ID) (schedapi.TaskInfo, error)
+	AddTask(ctx context.Context, spec scheduler.TaskSpec) error
+	SetSize(ctx context.Context, taskID taskid.ID, size int64) error
+	PublishPiece(ctx context.Context, taskID taskid.ID, n int, d digest.Digest) error
+	Succeed(ctx context.Context, taskID taskid.ID, size int64, content digest.Digest) error
+	Fail(ctx context.Context, taskID taskid.ID, cause error) error
+	RemoveTask(ctx context.Context, taskID taskid.ID) error
 }
 
 // Request asks the CDN to make sure a task exists.
 type Request struct {
-	// TaskID is a valid task ID (pkg/taskid).
-	TaskID string
+	// TaskID names the task.
+	TaskID taskid.ID
 	// URL is the source, http or https.
 	URL string
 	// Header is sent to the source on this task's fetch only. It is kept in
@@ -147,16 +136,16 @@ type CDN struct {
 
 	mu      sync.Mutex
 	closed  bool
-	fetches map[string]*fetch // running fetches by task ID
+	fetches map[taskid.ID]*fetch // running fetches by task ID
 	// sourceBytes counts the bytes read from the source per task, for
 	// tasks fetched by this process.
-	sourceBytes map[string]int64
+	sourceBytes map[taskid.ID]int64
 	// pending holds the sources offered for a digest task whose fetch is
 	// about to start; the fetch takes them over.
-	pending map[string]*candidates
+	pending map[taskid.ID]*candidates
 	// blamed lists, per digest task, the source URLs whose content failed
 	// its digest (at most maxCandidates each).
-	blamed map[string][]string
+	blamed map[taskid.ID][]string
 	// checked holds the piece metadata of committed blobs this process
 	// has checked against the blob; reportedAt when a corrupt report last
 	// started a check of a blob; uploads counts the upload handles open on
@@ -213,10 +202,10 @@ func New(cfg Config, store content.Store, src source.Client, sched Scheduler, op
 		metrics:     m,
 		cache:       c,
 		stopping:    make(chan struct{}),
-		fetches:     make(map[string]*fetch),
-		sourceBytes: make(map[string]int64),
-		pending:     make(map[string]*candidates),
-		blamed:      make(map[string][]string),
+		fetches:     make(map[taskid.ID]*fetch),
+		sourceBytes: make(map[taskid.ID]int64),
+		pending:     make(map[taskid.ID]*candidates),
+		blamed:      make(map[taskid.ID][]string),
 		checked:     make(map[digest.Digest]pieceMeta),
 		reportedAt:  make(map[digest.Digest]time.Time),
 		uploads:     make(map[digest.Digest]int),
@@ -291,7 +280,7 @@ func (c *CDN) Ensure(ctx context.Context, req Request) (schedapi.TaskInfo, error
 		c.offer(req, false)
 	}
 	if info, err := c.sched.TaskInfo(ctx, req.TaskID); err == nil && info.State == schedapi.TaskFailed && c.holds.left(req.TaskID) > 0 {
-		return c.withRetryAfter(info), nil // the origin is rate-limiting: not yet
+		return c.withRetryAfter(req.TaskID, info), nil // the origin is rate-limiting: not yet
 	}
 	if info, err := c.sched.TaskInfo(ctx, req.TaskID); err == nil && info.State != schedapi.TaskFailed && !c.dropIfGone(ctx, req.TaskID) {
 		return info, nil
@@ -299,7 +288,7 @@ func (c *CDN) Ensure(ctx context.Context, req Request) (schedapi.TaskInfo, error
 	if expected != "" {
 		c.offer(req, true)
 	}
-	ch := c.group.DoChan(req.TaskID, func() (any, error) {
+	ch := c.group.DoChan(req.TaskID.String(), func() (any, error) {
 		if !c.begin() {
 			return nil, ErrClosed
 		}
@@ -326,14 +315,14 @@ func (c *CDN) Ensure(ctx context.Context, req Request) (schedapi.TaskInfo, error
 		if res.Err != nil {
 			return schedapi.TaskInfo{}, res.Err
 		}
-		return c.withRetryAfter(res.Val.(schedapi.TaskInfo)), nil
+		return c.withRetryAfter(req.TaskID, res.Val.(schedapi.TaskInfo)), nil
 	}
 }
 
 // checkRequest validates req and returns the content digest it expects.
 func checkRequest(req Request) (digest.Digest, error) {
-	if err := taskid.Validate(req.TaskID); err != nil {
-		return "", fmt.Errorf("cdn task %w: %w", err, ErrInvalid)
+	if req.TaskID == "" {
+		return "", fmt.Errorf("cdn task: no id: %w", ErrInvalid)
 	}
 	u, err := url.Parse(req.URL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -342,7 +331,7 @@ func checkRequest(req Request) (digest.Digest, error) {
 	if req.Size < 0 {
 		return "", fmt.Errorf("cdn task %s: size %d is negative: %w", req.TaskID, req.Size, ErrInvalid)
 	}
-	expected, byDigest := taskid.Digest(req.TaskID)
+	expected, byDigest := req.TaskID.Digest()
 	if req.Digest != "" && (!byDigest || req.Digest != expected) {
 		return "", fmt.Errorf("cdn task %s: digest %q does not name the task: %w", req.TaskID, req.Digest, ErrInvalid)
 	}
@@ -359,7 +348,7 @@ func (c *CDN) ensure(ctx context.Context, req Request, expected digest.Digest) (
 	if info, err := c.sched.TaskInfo(ctx, req.TaskID); err == nil && (running || (info.State != schedapi.TaskFailed && !c.dropIfGone(ctx, req.TaskID))) {
 		return info, nil
 	}
-	log := c.log.With(zap.String("task", req.TaskID), zap.String("url", redactURL(req.URL)))
+	log := c.log.With(zap.Stringer("task", req.TaskID), zap.String("url", redactURL(req.URL)))
 
 	hit, err := c.serveCached(ctx, req, expected, log)
 	if err != nil {
@@ -393,7 +382,7 @@ func (c *CDN) serveCached(ctx context.Context, req Request, expected digest.Dige
 		log.Warn("cached content unreadable, fetching from source", zap.Error(err))
 		return false, nil
 	}
-	spec := TaskSpec{ID: req.TaskID, URL: redactURL(req.URL), PieceSize: meta.PieceSize, Size: meta.Size, ContentDigest: d}
+	spec := scheduler.TaskSpec{ID: req.TaskID, URL: redactURL(req.URL), PieceSize: meta.PieceSize, Size: meta.Size, ContentDigest: d}
 	if err := c.sched.AddTask(ctx, spec); err != nil {
 		return false, fmt.Errorf("add cached task %s: %w", req.TaskID, err)
 	}
@@ -411,7 +400,7 @@ func (c *CDN) serveCached(ctx context.Context, req Request, expected digest.Dige
 
 // fail marks a task failed in the scheduler; the returned error is nil when
 // the scheduler took it.
-func (c *CDN) fail(ctx context.Context, taskID string, cause error, log *zap.Logger) error {
+func (c *CDN) fail(ctx context.Context, taskID taskid.ID, cause error, log *zap.Logger) error {
 	log.Warn("task failed", zap.Error(cause))
 	c.metrics.fetches.WithLabelValues("failed").Inc()
 	c.holds.note(taskID, cause)
@@ -423,7 +412,7 @@ func (c *CDN) fail(ctx context.Context, taskID string, cause error, log *zap.Log
 
 // SourceBytes returns the number of bytes this CDN read from the source for
 // a task (0 for a task served from the cache or unknown).
-func (c *CDN) SourceBytes(taskID string) int64 {
+func (c *CDN) SourceBytes(taskID taskid.ID) int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if f, ok := c.fetches[taskID]; ok {

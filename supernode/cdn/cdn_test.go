@@ -137,7 +137,7 @@ func newFixture(t *testing.T, o *origin, store content.Store, dir string) *fixtu
 }
 
 // settle waits until the task succeeds or fails and returns it.
-func (f *fixture) settle(t *testing.T, id string) fakeTask {
+func (f *fixture) settle(t *testing.T, id taskid.ID) fakeTask {
 	t.Helper()
 	task, ok := f.sched.waitFor(id, wait, settled)
 	require.True(t, ok, "task %s did not settle: %+v", id, task.info)
@@ -225,7 +225,7 @@ func TestEnsureFetchesOnce(t *testing.T) {
 	wg.Wait()
 	for i := range callers {
 		require.NoError(t, errs[i])
-		require.Equal(t, id, infos[i].TaskID)
+		require.Equal(t, id.String(), infos[i].TaskID)
 		require.NotEqual(t, schedapi.TaskFailed, infos[i].State)
 		require.Equal(t, int64(len(body)), infos[i].Size)
 	}
@@ -339,7 +339,7 @@ func TestServedFromCacheAfterRestart(t *testing.T) {
 	require.NoError(t, err)
 
 	first := newFixture(t, o, newStore(), filepath.Join(root, "cdn"))
-	for _, id := range []string{byDigest, byURL} {
+	for _, id := range []taskid.ID{byDigest, byURL} {
 		_, err = first.cdn.Ensure(t.Context(), Request{TaskID: id, URL: o.url("/blob")})
 		require.NoError(t, err)
 		require.Equal(t, schedapi.TaskSucceeded, first.settle(t, id).info.State)
@@ -348,7 +348,7 @@ func TestServedFromCacheAfterRestart(t *testing.T) {
 
 	tests := []struct {
 		name      string
-		id        string
+		id        taskid.ID
 		dropMeta  bool
 		wantStore bool
 	}{
@@ -544,11 +544,11 @@ func TestEnsureRejectsBadRequests(t *testing.T) {
 		name string
 		req  Request
 	}{
-		{"bad task id", Request{TaskID: "../../etc/passwd", URL: o.url("/x")}},
+		{"no task id", Request{URL: o.url("/x")}}, // a bad one never gets past taskid.Parse
 		{"ftp url", Request{TaskID: urlID, URL: "ftp://example.com/x"}},
 		{"no host", Request{TaskID: urlID, URL: "http:///x"}},
 		{"digest on url task", Request{TaskID: urlID, URL: o.url("/x"), Digest: d}},
-		{"digest of another task", Request{TaskID: "sha256:" + strings.Repeat("a", 64), URL: o.url("/x"), Digest: d}},
+		{"digest of another task", Request{TaskID: taskid.ID("sha256:" + strings.Repeat("a", 64)), URL: o.url("/x"), Digest: d}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -579,7 +579,8 @@ func TestOpenUnknownTask(t *testing.T) {
 	t.Parallel()
 	o := newOrigin(t, &origin{body: []byte("x")})
 	f := newFixture(t, o, nil, "")
-	for _, id := range []string{"sha256:" + strings.Repeat("b", 64), strings.Repeat("c", 64), "nope"} {
+	// "nope" is not a task ID: the upload server refuses it (taskid.Parse).
+	for _, id := range []taskid.ID{taskid.ID("sha256:" + strings.Repeat("b", 64)), taskid.ID(strings.Repeat("c", 64))} {
 		_, err := f.cdn.Open(t.Context(), id)
 		require.Error(t, err)
 		require.True(t, errors.Is(err, ErrNotFound) || errors.Is(err, ErrInvalid), err)
@@ -738,14 +739,14 @@ func TestDeleteRemovesTasksSharingContent(t *testing.T) {
 	require.NoError(t, err)
 	byURL, err := taskid.ForURL(o.url("/a"), nil, "")
 	require.NoError(t, err)
-	for _, id := range []string{byURL, byDigest} {
+	for _, id := range []taskid.ID{byURL, byDigest} {
 		_, err := f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: o.url("/a")})
 		require.NoError(t, err)
 		require.Equal(t, schedapi.TaskSucceeded, f.settle(t, id).info.State)
 	}
 
 	require.NoError(t, f.cdn.Delete(t.Context(), byDigest))
-	for _, id := range []string{byURL, byDigest} {
+	for _, id := range []taskid.ID{byURL, byDigest} {
 		_, ok := f.sched.snapshot(id)
 		require.False(t, ok, "task %s is gone with its content", id)
 		_, err := f.cdn.Open(t.Context(), id)

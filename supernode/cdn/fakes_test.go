@@ -13,13 +13,15 @@ import (
 	"github.com/damselfly/damselfly/pkg/piece"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/source"
+	"github.com/damselfly/damselfly/pkg/taskid"
+	"github.com/damselfly/damselfly/supernode/scheduler"
 )
 
 var errNoTask = errors.New("fake: task not found")
 
 // fakeTask is what the fake scheduler knows of a task.
 type fakeTask struct {
-	spec      TaskSpec
+	spec      scheduler.TaskSpec
 	info      schedapi.TaskInfo
 	pieces    map[int]digest.Digest
 	setSize   bool
@@ -29,21 +31,21 @@ type fakeTask struct {
 // fakeSched records what the CDN tells the scheduler.
 type fakeSched struct {
 	mu      sync.Mutex
-	tasks   map[string]*fakeTask
+	tasks   map[taskid.ID]*fakeTask
 	adds    int
 	changed chan struct{} // closed and replaced on every change
 	// members is what Members answers, by task ID.
-	members map[string]int
+	members map[taskid.ID]int
 }
 
 func newFakeSched() *fakeSched {
-	return &fakeSched{tasks: make(map[string]*fakeTask), changed: make(chan struct{}), members: make(map[string]int)}
+	return &fakeSched{tasks: make(map[taskid.ID]*fakeTask), changed: make(chan struct{}), members: make(map[taskid.ID]int)}
 }
 
 var _ MemberCounter = (*fakeSched)(nil)
 
 // Members answers from s.members.
-func (s *fakeSched) Members(ctx context.Context, id string) (int, error) {
+func (s *fakeSched) Members(ctx context.Context, id taskid.ID) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.tasks[id]; !ok {
@@ -52,7 +54,7 @@ func (s *fakeSched) Members(ctx context.Context, id string) (int, error) {
 	return s.members[id], nil
 }
 
-func (s *fakeSched) setMembers(id string, n int) {
+func (s *fakeSched) setMembers(id taskid.ID, n int) {
 	s.mu.Lock()
 	s.members[id] = n
 	s.mu.Unlock()
@@ -63,7 +65,7 @@ func (s *fakeSched) notify() {
 	s.changed = make(chan struct{})
 }
 
-func (s *fakeSched) TaskInfo(ctx context.Context, id string) (schedapi.TaskInfo, error) {
+func (s *fakeSched) TaskInfo(ctx context.Context, id taskid.ID) (schedapi.TaskInfo, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t, ok := s.tasks[id]
@@ -73,7 +75,7 @@ func (s *fakeSched) TaskInfo(ctx context.Context, id string) (schedapi.TaskInfo,
 	return t.info, nil
 }
 
-func (s *fakeSched) AddTask(ctx context.Context, spec TaskSpec) error {
+func (s *fakeSched) AddTask(ctx context.Context, spec scheduler.TaskSpec) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if t, ok := s.tasks[spec.ID]; ok && t.info.State != schedapi.TaskFailed {
@@ -84,7 +86,7 @@ func (s *fakeSched) AddTask(ctx context.Context, spec TaskSpec) error {
 		spec:   spec,
 		pieces: make(map[int]digest.Digest),
 		info: schedapi.TaskInfo{
-			TaskID: spec.ID, State: schedapi.TaskRunning, Size: spec.Size, PieceSize: spec.PieceSize,
+			TaskID: spec.ID.String(), State: schedapi.TaskRunning, Size: spec.Size, PieceSize: spec.PieceSize,
 			PieceCount: piece.Count(spec.Size, spec.PieceSize), ContentDigest: spec.ContentDigest.String(),
 		},
 	}
@@ -92,7 +94,7 @@ func (s *fakeSched) AddTask(ctx context.Context, spec TaskSpec) error {
 	return nil
 }
 
-func (s *fakeSched) update(id string, fn func(t *fakeTask) error) error {
+func (s *fakeSched) update(id taskid.ID, fn func(t *fakeTask) error) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t, ok := s.tasks[id]
@@ -106,7 +108,7 @@ func (s *fakeSched) update(id string, fn func(t *fakeTask) error) error {
 	return nil
 }
 
-func (s *fakeSched) SetSize(ctx context.Context, id string, size int64) error {
+func (s *fakeSched) SetSize(ctx context.Context, id taskid.ID, size int64) error {
 	return s.update(id, func(t *fakeTask) error {
 		t.setSize = true
 		t.info.Size = size
@@ -115,7 +117,7 @@ func (s *fakeSched) SetSize(ctx context.Context, id string, size int64) error {
 	})
 }
 
-func (s *fakeSched) PublishPiece(ctx context.Context, id string, n int, d digest.Digest) error {
+func (s *fakeSched) PublishPiece(ctx context.Context, id taskid.ID, n int, d digest.Digest) error {
 	return s.update(id, func(t *fakeTask) error {
 		if _, dup := t.pieces[n]; dup {
 			return fmt.Errorf("fake: piece %d published twice", n)
@@ -128,7 +130,7 @@ func (s *fakeSched) PublishPiece(ctx context.Context, id string, n int, d digest
 	})
 }
 
-func (s *fakeSched) Succeed(ctx context.Context, id string, size int64, d digest.Digest) error {
+func (s *fakeSched) Succeed(ctx context.Context, id taskid.ID, size int64, d digest.Digest) error {
 	return s.update(id, func(t *fakeTask) error {
 		t.succeeded = true
 		t.info.State = schedapi.TaskSucceeded
@@ -138,7 +140,7 @@ func (s *fakeSched) Succeed(ctx context.Context, id string, size int64, d digest
 	})
 }
 
-func (s *fakeSched) Fail(ctx context.Context, id string, cause error) error {
+func (s *fakeSched) Fail(ctx context.Context, id taskid.ID, cause error) error {
 	return s.update(id, func(t *fakeTask) error {
 		t.info.State = schedapi.TaskFailed
 		t.info.Error = cause.Error()
@@ -146,7 +148,7 @@ func (s *fakeSched) Fail(ctx context.Context, id string, cause error) error {
 	})
 }
 
-func (s *fakeSched) RemoveTask(ctx context.Context, id string) error {
+func (s *fakeSched) RemoveTask(ctx context.Context, id taskid.ID) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.tasks[id]; !ok {
@@ -158,7 +160,7 @@ func (s *fakeSched) RemoveTask(ctx context.Context, id string) error {
 }
 
 // snapshot returns a copy of the task.
-func (s *fakeSched) snapshot(id string) (fakeTask, bool) {
+func (s *fakeSched) snapshot(id taskid.ID) (fakeTask, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t, ok := s.tasks[id]
@@ -174,7 +176,7 @@ func (s *fakeSched) snapshot(id string) (fakeTask, bool) {
 }
 
 // waitFor waits until cond holds on the task or the timeout passes.
-func (s *fakeSched) waitFor(id string, timeout time.Duration, cond func(t fakeTask) bool) (fakeTask, bool) {
+func (s *fakeSched) waitFor(id taskid.ID, timeout time.Duration, cond func(t fakeTask) bool) (fakeTask, bool) {
 	deadline := time.After(timeout)
 	for {
 		s.mu.Lock()

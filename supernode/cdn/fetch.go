@@ -16,6 +16,7 @@ import (
 	"github.com/damselfly/damselfly/pkg/content"
 	"github.com/damselfly/damselfly/pkg/piece"
 	"github.com/damselfly/damselfly/pkg/taskid"
+	"github.com/damselfly/damselfly/supernode/scheduler"
 )
 
 // errSourceRead marks an error reading the source body.
@@ -28,7 +29,7 @@ const settleTimeout = 10 * time.Second
 // fetch is one source fetch in progress. The streaming goroutine owns it;
 // upload handles read from it under mu.
 type fetch struct {
-	taskID string
+	taskID taskid.ID
 	url    string // redacted source URL
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the streaming goroutine has finished
@@ -104,7 +105,7 @@ func (c *CDN) startFetch(ctx context.Context, req Request, expected digest.Diges
 		}
 	}()
 
-	spec := TaskSpec{ID: req.TaskID, URL: redactURL(req.URL), PieceSize: piece.SizeFor(-1), Size: -1, ContentDigest: expected}
+	spec := scheduler.TaskSpec{ID: req.TaskID, URL: redactURL(req.URL), PieceSize: piece.SizeFor(-1), Size: -1, ContentDigest: expected}
 	src, ok := c.openNext(fctx, f, 0, -1, log)
 	if !ok {
 		return c.addFailed(ctx, spec, f.cands.failure(), log)
@@ -113,7 +114,7 @@ func (c *CDN) startFetch(ctx context.Context, req Request, expected digest.Diges
 	if size < -1 {
 		size = -1
 	}
-	w, err := c.store.Writer(fctx, taskid.FileName(req.TaskID))
+	w, err := c.store.Writer(fctx, req.TaskID.FileName())
 	if err != nil {
 		src.resp.Body.Close()
 		src.cancel()
@@ -137,7 +138,7 @@ func (c *CDN) startFetch(ctx context.Context, req Request, expected digest.Diges
 }
 
 // addFailed adds a task and fails it at once, so every peer learns why.
-func (c *CDN) addFailed(ctx context.Context, spec TaskSpec, cause error, log *zap.Logger) error {
+func (c *CDN) addFailed(ctx context.Context, spec scheduler.TaskSpec, cause error, log *zap.Logger) error {
 	if err := c.sched.AddTask(ctx, spec); err != nil {
 		return fmt.Errorf("add task %s: %w", spec.ID, err)
 	}
@@ -225,7 +226,7 @@ func (c *CDN) stream(ctx context.Context, f *fetch, src sourceBody, expected dig
 	// Every piece was hashed as it was stored, and the whole by Commit.
 	c.setChecked(m)
 	c.setUsage(c.usage.Load() + m.Size)
-	if _, byDigest := taskid.Digest(f.taskID); !byDigest {
+	if _, byDigest := f.taskID.Digest(); !byDigest {
 		if err := c.cache.writeTask(taskRecord{TaskID: f.taskID, Digest: d, URL: f.url}); err != nil {
 			log.Warn("keep task record", zap.Error(err))
 		}
@@ -456,7 +457,7 @@ func (c *CDN) copyFrom(ctx context.Context, f *fetch, src sourceBody, w content.
 			if isNoSpace(werr) {
 				// The disk filled under us: evict what is not in use
 				// and write the piece again.
-				c.log.Warn("cdn disk full while storing a piece: evicting and retrying", zap.String("task", f.taskID), zap.Int("piece", n))
+				c.log.Warn("cdn disk full while storing a piece: evicting and retrying", zap.Stringer("task", f.taskID), zap.Int("piece", n))
 				c.makeRoom(ctx, int64(len(p)))
 				_, werr = w.WriteAt(p, st.off)
 			}

@@ -20,10 +20,7 @@ import (
 // URL tasks that resolved to it) are removed from the scheduler too, and
 // fetched again by their next registration. Delete returns an error
 // wrapping ErrNotFound when there was nothing to delete.
-func (c *CDN) Delete(ctx context.Context, taskID string) error {
-	if err := taskid.Validate(taskID); err != nil {
-		return fmt.Errorf("delete task: %w: %w", err, ErrInvalid)
-	}
+func (c *CDN) Delete(ctx context.Context, taskID taskid.ID) error {
 	found := false
 	c.mu.Lock()
 	f := c.fetches[taskID]
@@ -45,7 +42,7 @@ func (c *CDN) Delete(ctx context.Context, taskID string) error {
 		// The task is there but could not be removed.
 		return fmt.Errorf("delete task %s: %w", taskID, err)
 	}
-	d, byDigest := taskid.Digest(taskID)
+	d, byDigest := taskID.Digest()
 	if !byDigest {
 		var ok bool
 		d, ok = c.cache.taskDigest(taskID)
@@ -60,7 +57,7 @@ func (c *CDN) Delete(ctx context.Context, taskID string) error {
 		// Every other task served from this content goes with it.
 		others := c.cache.tasksFor(d)
 		if !byDigest {
-			others = append(others, d.String())
+			others = tasksOf(d, others)
 		}
 		for _, other := range others {
 			if other == taskID {
@@ -74,9 +71,9 @@ func (c *CDN) Delete(ctx context.Context, taskID string) error {
 				continue
 			}
 			if err := c.sched.RemoveTask(ctx, other); err == nil {
-				c.log.Info("task sharing deleted content removed", zap.String("task", other), zap.String("deleted", taskID))
+				c.log.Info("task sharing deleted content removed", zap.Stringer("task", other), zap.Stringer("deleted", taskID))
 			}
-			if _, isDigest := taskid.Digest(other); !isDigest {
+			if _, isDigest := other.Digest(); !isDigest {
 				if err := c.cache.removeTask(other); err != nil {
 					return fmt.Errorf("delete task %s: %w", taskID, err)
 				}
@@ -98,7 +95,7 @@ func (c *CDN) Delete(ctx context.Context, taskID string) error {
 	if !found {
 		return fmt.Errorf("delete task %s: %w", taskID, ErrNotFound)
 	}
-	c.log.Info("task deleted", zap.String("task", taskID))
+	c.log.Info("task deleted", zap.Stringer("task", taskID))
 	return nil
 }
 
@@ -114,10 +111,7 @@ func (c *CDN) Delete(ctx context.Context, taskID string) error {
 // task with the scheduler before it stops: call Forget from outside the
 // scheduler's event loop (its forget callback should start it on a
 // goroutine). Forgetting an unknown task is not an error.
-func (c *CDN) Forget(ctx context.Context, taskID string) error {
-	if err := taskid.Validate(taskID); err != nil {
-		return fmt.Errorf("forget task: %w: %w", err, ErrInvalid)
-	}
+func (c *CDN) Forget(ctx context.Context, taskID taskid.ID) error {
 	c.mu.Lock()
 	f := c.fetches[taskID]
 	delete(c.pending, taskID)
@@ -133,7 +127,7 @@ func (c *CDN) Forget(ctx context.Context, taskID string) error {
 	}
 	// A URL task's record (which content its URL resolved to) is per task:
 	// registrations of endless distinct URLs must not leave a file each.
-	if _, byDigest := taskid.Digest(taskID); !byDigest {
+	if _, byDigest := taskID.Digest(); !byDigest {
 		if err := c.cache.removeTask(taskID); err != nil {
 			return fmt.Errorf("forget task %s: %w", taskID, err)
 		}
@@ -141,7 +135,7 @@ func (c *CDN) Forget(ctx context.Context, taskID string) error {
 	// The fetch removed its ingest as it stopped; one left by an error
 	// goes here. An ingest a new fetch holds is left to it.
 	if im, ok := c.store.(content.IngestManager); ok {
-		err := im.Abort(ctx, taskid.FileName(taskID))
+		err := im.Abort(ctx, taskID.FileName())
 		if err != nil && !errors.Is(err, content.ErrNotFound) && !errors.Is(err, content.ErrUnavailable) {
 			return fmt.Errorf("forget task %s: %w", taskID, err)
 		}
@@ -149,6 +143,6 @@ func (c *CDN) Forget(ctx context.Context, taskID string) error {
 	c.mu.Lock()
 	delete(c.sourceBytes, taskID)
 	c.mu.Unlock()
-	c.log.Debug("task forgotten", zap.String("task", taskID), zap.Bool("fetchCancelled", f != nil))
+	c.log.Debug("task forgotten", zap.Stringer("task", taskID), zap.Bool("fetchCancelled", f != nil))
 	return nil
 }

@@ -15,7 +15,7 @@ import (
 
 // settledDigest returns the content digest of a task the scheduler holds as
 // succeeded, and false for any other task.
-func (c *CDN) settledDigest(ctx context.Context, taskID string) (digest.Digest, bool) {
+func (c *CDN) settledDigest(ctx context.Context, taskID taskid.ID) (digest.Digest, bool) {
 	info, err := c.sched.TaskInfo(ctx, taskID)
 	if err != nil || info.State != schedapi.TaskSucceeded {
 		return "", false
@@ -33,7 +33,7 @@ func (c *CDN) settledDigest(ctx context.Context, taskID string) (digest.Digest, 
 // poll that it is gone and register again with the pieces they hold; that
 // registration fetches the content from the source again. A task being
 // fetched, or not succeeded, is left alone.
-func (c *CDN) dropIfGone(ctx context.Context, taskID string) bool {
+func (c *CDN) dropIfGone(ctx context.Context, taskID taskid.ID) bool {
 	c.dropMu.Lock()
 	defer c.dropMu.Unlock()
 	c.mu.Lock()
@@ -49,12 +49,12 @@ func (c *CDN) dropIfGone(ctx context.Context, taskID string) bool {
 	if _, err := c.store.Info(ctx, d); !errors.Is(err, content.ErrNotFound) {
 		return false
 	}
-	log := c.log.With(zap.String("task", taskID), zap.Stringer("digest", d))
+	log := c.log.With(zap.Stringer("task", taskID), zap.Stringer("digest", d))
 	if err := c.sched.RemoveTask(ctx, taskID); err != nil {
 		log.Warn("drop task whose content is gone", zap.Error(err))
 		return false
 	}
-	if _, byDigest := taskid.Digest(taskID); !byDigest {
+	if _, byDigest := taskID.Digest(); !byDigest {
 		if err := c.cache.removeTask(taskID); err != nil {
 			log.Warn("drop task whose content is gone", zap.Error(err))
 		}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/taskid"
+	"github.com/damselfly/damselfly/supernode/scheduler"
 )
 
 // The data directory wiped under a running CDN: a task the scheduler still
@@ -26,15 +27,15 @@ func TestContentWipedUnderRunningCDN(t *testing.T) {
 
 	tests := []struct {
 		name string
-		id   func(o *origin) string
+		id   func(o *origin) taskid.ID
 		// viaOpen: the content is found missing by a peer's piece request
 		// first, not by a registration.
 		viaOpen bool
 	}{
-		{"url task, next registration", func(o *origin) string { return mustURLTask(t, o.url("/b")) }, false},
-		{"digest task, next registration", func(*origin) string { return byDigest }, false},
-		{"url task, piece request", func(o *origin) string { return mustURLTask(t, o.url("/b")) }, true},
-		{"digest task, piece request", func(*origin) string { return byDigest }, true},
+		{"url task, next registration", func(o *origin) taskid.ID { return mustURLTask(t, o.url("/b")) }, false},
+		{"digest task, next registration", func(*origin) taskid.ID { return byDigest }, false},
+		{"url task, piece request", func(o *origin) taskid.ID { return mustURLTask(t, o.url("/b")) }, true},
+		{"digest task, piece request", func(*origin) taskid.ID { return byDigest }, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -91,15 +92,15 @@ func TestOpenMissingTaskDropsNothing(t *testing.T) {
 	t.Parallel()
 	o := newOrigin(t, &origin{body: []byte("x")})
 	f := newFixture(t, o, nil, "")
-	id := "sha256:" + digest.FromString("other").Encoded()
-	require.NoError(t, f.sched.AddTask(t.Context(), TaskSpec{ID: id, Size: -1, PieceSize: 4 << 20}))
+	id := taskid.ID("sha256:" + digest.FromString("other").Encoded())
+	require.NoError(t, f.sched.AddTask(t.Context(), scheduler.TaskSpec{ID: id, Size: -1, PieceSize: 4 << 20}))
 	_, err := f.cdn.Open(t.Context(), id)
 	require.True(t, errors.Is(err, ErrNotFound), err)
 	_, ok := f.sched.snapshot(id)
 	require.True(t, ok, "a running task is left alone")
 }
 
-func mustURLTask(t *testing.T, u string) string {
+func mustURLTask(t *testing.T, u string) taskid.ID {
 	t.Helper()
 	id, err := taskid.ForURL(u, nil, "")
 	require.NoError(t, err)

@@ -179,7 +179,7 @@ func (c *CDN) checkContentOnce(ctx context.Context, d digest.Digest, pace func(c
 // registration fetches the content from a source. also names tasks the
 // caller knows to be served from d besides those recorded. Piece metadata
 // of a blob no longer in the store is removed.
-func (c *CDN) dropContent(ctx context.Context, d digest.Digest, cause error, also ...string) {
+func (c *CDN) dropContent(ctx context.Context, d digest.Digest, cause error, also ...taskid.ID) {
 	c.forgetChecked(d)
 	gone := false
 	if _, err := c.store.Info(ctx, d); errors.Is(err, content.ErrNotFound) {
@@ -188,7 +188,7 @@ func (c *CDN) dropContent(ctx context.Context, d digest.Digest, cause error, als
 			c.log.Warn("drop content", zap.Stringer("digest", d), zap.Error(err))
 		}
 	}
-	tasks := append([]string{d.String()}, c.cache.tasksFor(d)...)
+	tasks := tasksOf(d, c.cache.tasksFor(d))
 	for _, id := range also {
 		if !slices.Contains(tasks, id) {
 			tasks = append(tasks, id)
@@ -210,11 +210,11 @@ func (c *CDN) dropContent(ctx context.Context, d digest.Digest, cause error, als
 			continue
 		}
 		dropped++
-		if _, byDigest := taskid.Digest(id); !byDigest && gone {
+		if _, byDigest := id.Digest(); !byDigest && gone {
 			_ = c.cache.removeTask(id)
 		}
 		c.log.Warn("task dropped: its committed content failed a check; its next registration fetches it again",
-			zap.String("task", id), zap.Stringer("digest", d), zap.Error(cause))
+			zap.Stringer("task", id), zap.Stringer("digest", d), zap.Error(cause))
 	}
 	if gone && dropped > 0 {
 		c.metrics.contentGone.Inc()
@@ -227,20 +227,17 @@ func (c *CDN) dropContent(ctx context.Context, d digest.Digest, cause error, als
 // reportCooldown per blob); content that fails is removed and fetched
 // again. A report against a fetch in progress, whose
 // pieces were hashed as they were stored, is only logged.
-func (c *CDN) ReportCorrupt(taskID string, n int) {
-	if taskid.Validate(taskID) != nil {
-		return
-	}
+func (c *CDN) ReportCorrupt(taskID taskid.ID, n int) {
 	c.mu.Lock()
 	_, running := c.fetches[taskID]
 	c.mu.Unlock()
-	log := c.log.With(zap.String("task", taskID), zap.Int("piece", n))
+	log := c.log.With(zap.Stringer("task", taskID), zap.Int("piece", n))
 	if running {
 		log.Info("corrupt report against a fetch in progress")
 		return
 	}
 	c.background(func(ctx context.Context) {
-		d, ok := taskid.Digest(taskID)
+		d, ok := taskID.Digest()
 		if !ok {
 			if d, ok = c.cache.taskDigest(taskID); !ok {
 				if d, ok = c.settledDigest(ctx, taskID); !ok {
@@ -292,7 +289,7 @@ var checkBufs = sync.Pool{New: func() any {
 // before any of its bytes is handed out.
 type pieceCheck struct {
 	c      *CDN
-	taskID string
+	taskID taskid.ID
 	meta   pieceMeta
 	ok     piece.Set // pieces checked through this handle
 	failed bool
@@ -324,7 +321,7 @@ func (pc *pieceCheck) check(r io.ReaderAt, off, n int64) error {
 		if digest.NewDigest(digest.SHA256, h) != m.Pieces[i] {
 			pc.failed = true
 			pc.c.log.Warn("committed content failed its piece digest as it was served: upload cut, content checked",
-				zap.String("task", pc.taskID), zap.Stringer("digest", m.Digest), zap.Int("piece", i))
+				zap.Stringer("task", pc.taskID), zap.Stringer("digest", m.Digest), zap.Int("piece", i))
 			pc.c.metrics.corruptServes.Inc()
 			d := m.Digest
 			pc.c.forgetChecked(d)

@@ -62,7 +62,7 @@ func flipByte(t *testing.T, path string, off int64, keepStamp bool) {
 
 // fetchOnce fetches body into a CDN over a local store under root and
 // returns the digest task's ID.
-func fetchOnce(t *testing.T, o *origin, root string) (string, digest.Digest) {
+func fetchOnce(t *testing.T, o *origin, root string) (taskid.ID, digest.Digest) {
 	t.Helper()
 	d := digest.FromBytes(o.body)
 	id, err := taskid.ForDigest(d)
@@ -132,7 +132,7 @@ type served struct {
 
 // uploadGet asks the CDN's upload server (a real one on 127.0.0.1:0) for a
 // range of a task.
-func uploadGet(t *testing.T, c *CDN, id, rng string) served {
+func uploadGet(t *testing.T, c *CDN, id taskid.ID, rng string) served {
 	t.Helper()
 	keys := clusterauth.MustParse("cdn-test-cluster-token-0123456789")
 	srv := httptest.NewServer(upload.New(c, keys).Handler())

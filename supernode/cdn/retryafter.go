@@ -8,6 +8,7 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/source"
+	"github.com/damselfly/damselfly/pkg/taskid"
 )
 
 // The CDN is the one member of a cluster that retries a rate-limiting
@@ -25,7 +26,7 @@ const (
 
 type retryHolds struct {
 	mu sync.Mutex
-	m  map[string]retryHold
+	m  map[taskid.ID]retryHold
 }
 
 type retryHold struct {
@@ -41,7 +42,7 @@ func rateLimited(cause error) bool {
 }
 
 // note records why taskID failed.
-func (h *retryHolds) note(taskID string, cause error) {
+func (h *retryHolds) note(taskID taskid.ID, cause error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	now := time.Now()
@@ -55,7 +56,7 @@ func (h *retryHolds) note(taskID string, cause error) {
 		return
 	}
 	if h.m == nil {
-		h.m = make(map[string]retryHold)
+		h.m = make(map[taskid.ID]retryHold)
 	}
 	e := h.m[taskID]
 	d := baseRetryHold
@@ -68,7 +69,7 @@ func (h *retryHolds) note(taskID string, cause error) {
 }
 
 // left returns how long taskID is still held, 0 when it is not.
-func (h *retryHolds) left(taskID string) time.Duration {
+func (h *retryHolds) left(taskID taskid.ID) time.Duration {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	e, ok := h.m[taskID]
@@ -81,14 +82,14 @@ func (h *retryHolds) left(taskID string) time.Duration {
 // RetryAfter returns how long peers of the failed task taskID should wait
 // before registering again (the origin is rate-limiting), 0 when they need
 // not.
-func (c *CDN) RetryAfter(taskID string) time.Duration {
+func (c *CDN) RetryAfter(taskID taskid.ID) time.Duration {
 	return c.holds.left(taskID)
 }
 
-// withRetryAfter sets info.RetryAfter for a failed task under a hold.
-func (c *CDN) withRetryAfter(info schedapi.TaskInfo) schedapi.TaskInfo {
+// withRetryAfter sets info.RetryAfter for failed task id under a hold.
+func (c *CDN) withRetryAfter(id taskid.ID, info schedapi.TaskInfo) schedapi.TaskInfo {
 	if info.State == schedapi.TaskFailed {
-		info.RetryAfter = c.holds.left(info.TaskID)
+		info.RetryAfter = c.holds.left(id)
 	}
 	return info
 }

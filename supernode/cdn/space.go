@@ -39,7 +39,7 @@ const noRoomBackoff = time.Second
 // members a task has. Without it, the CDN counts only its own fetches and
 // uploads as use of content.
 type MemberCounter interface {
-	Members(ctx context.Context, taskID string) (int, error)
+	Members(ctx context.Context, taskID taskid.ID) (int, error)
 }
 
 // checkSpace makes room for n more bytes in the store and returns an error
@@ -115,7 +115,7 @@ func (c *CDN) makeRoom(ctx context.Context, n int64) (evicted int) {
 		if done() || ctx.Err() != nil {
 			return evicted
 		}
-		tasks := append([]string{b.Digest.String()}, byDigest[b.Digest]...)
+		tasks := tasksOf(b.Digest, byDigest[b.Digest])
 		if c.inUse(ctx, b.Digest, tasks) {
 			continue
 		}
@@ -134,7 +134,7 @@ func (c *CDN) makeRoom(ctx context.Context, n int64) (evicted int) {
 
 // inUse reports whether content d, served by tasks, is being fetched,
 // uploaded or downloaded by a member of one of its tasks.
-func (c *CDN) inUse(ctx context.Context, d digest.Digest, tasks []string) bool {
+func (c *CDN) inUse(ctx context.Context, d digest.Digest, tasks []taskid.ID) bool {
 	c.mu.Lock()
 	uploads := c.uploads[d]
 	running := false
@@ -161,12 +161,12 @@ func (c *CDN) inUse(ctx context.Context, d digest.Digest, tasks []string) bool {
 
 // evict removes committed content b and drops its tasks from the scheduler
 // and the cache's records.
-func (c *CDN) evict(ctx context.Context, b content.Info, tasks []string) error {
+func (c *CDN) evict(ctx context.Context, b content.Info, tasks []taskid.ID) error {
 	for _, id := range tasks {
 		if err := c.sched.RemoveTask(ctx, id); err == nil {
-			c.log.Debug("task of evicted content removed", zap.String("task", id))
+			c.log.Debug("task of evicted content removed", zap.Stringer("task", id))
 		}
-		if _, byDigest := taskid.Digest(id); !byDigest {
+		if _, byDigest := id.Digest(); !byDigest {
 			if err := c.cache.removeTask(id); err != nil {
 				return err
 			}
@@ -225,8 +225,8 @@ func isNoSpace(err error) bool {
 }
 
 // urlTasks returns the URL tasks recorded, by content digest.
-func (c *cache) urlTasks() map[digest.Digest][]string {
-	out := make(map[digest.Digest][]string)
+func (c *cache) urlTasks() map[digest.Digest][]taskid.ID {
+	out := make(map[digest.Digest][]taskid.ID)
 	entries, err := os.ReadDir(c.taskDir)
 	if err != nil {
 		return out
@@ -240,9 +240,19 @@ func (c *cache) urlTasks() map[digest.Digest][]string {
 			continue
 		}
 		var r taskRecord
-		if json.Unmarshal(b, &r) == nil && taskid.Validate(r.TaskID) == nil {
+		if json.Unmarshal(b, &r) == nil { // a bad task ID does not decode
 			out[r.Digest] = append(out[r.Digest], r.TaskID)
 		}
 	}
 	return out
+}
+
+// tasksOf lists the tasks serving content d: its digest task, then the URL
+// tasks recorded with it.
+func tasksOf(d digest.Digest, urlTasks []taskid.ID) []taskid.ID {
+	var ids []taskid.ID
+	if id, err := taskid.ForDigest(d); err == nil {
+		ids = append(ids, id)
+	}
+	return append(ids, urlTasks...)
 }

@@ -21,7 +21,7 @@ import (
 )
 
 // seedTask fetches body as a digest task and waits until it succeeded.
-func seedTask(t *testing.T, f *fixture, o *origin, body []byte) (string, digest.Digest) {
+func seedTask(t *testing.T, f *fixture, o *origin, body []byte) (taskid.ID, digest.Digest) {
 	t.Helper()
 	d := digest.FromBytes(body)
 	id, err := taskid.ForDigest(d)
@@ -46,7 +46,7 @@ func TestQuotaEvictsLeastRecentlyUsedNotInUse(t *testing.T) {
 	root := t.TempDir()
 	f := newFixtureConfig(t, o, newLocal(t, filepath.Join(root, "content")), filepath.Join(root, "cdn"),
 		Config{Quota: 9 * mib / 2})
-	var ids []string
+	var ids []taskid.ID
 	var ds []digest.Digest
 	for i := range 4 {
 		id, d := seedTask(t, f, o, blob(uint64(100+i), mib))

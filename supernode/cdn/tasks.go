@@ -23,10 +23,7 @@ var errGone = errors.New("cdn task content is gone")
 // in progress (only published pieces are Verified), or the committed blob.
 // It returns an error wrapping ErrNotFound and upload.ErrNotFound when the
 // CDN has neither.
-func (c *CDN) Open(ctx context.Context, taskID string) (upload.Task, error) {
-	if err := taskid.Validate(taskID); err != nil {
-		return nil, fmt.Errorf("open task: %w: %w", err, ErrInvalid)
-	}
+func (c *CDN) Open(ctx context.Context, taskID taskid.ID) (upload.Task, error) {
 	c.mu.Lock()
 	f := c.fetches[taskID]
 	if f != nil {
@@ -41,7 +38,7 @@ func (c *CDN) Open(ctx context.Context, taskID string) (upload.Task, error) {
 		return &handle{f: f}, nil
 	}
 
-	d, ok := taskid.Digest(taskID)
+	d, ok := taskID.Digest()
 	if !ok {
 		if d, ok = c.cache.taskDigest(taskID); !ok {
 			// The task record may be lost while the scheduler still

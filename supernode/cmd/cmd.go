@@ -23,7 +23,6 @@ import (
 	"strings"
 	"time"
 
-	digest "github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -43,10 +42,9 @@ import (
 	"github.com/damselfly/damselfly/pkg/source/registrysource"
 	"github.com/damselfly/damselfly/pkg/version"
 	"github.com/damselfly/damselfly/supernode/adminapi"
-	"github.com/damselfly/damselfly/supernode/cdn"
 	"github.com/damselfly/damselfly/supernode/peerapi"
 	"github.com/damselfly/damselfly/supernode/preheat"
-	"github.com/damselfly/damselfly/supernode/scheduler"
+	"github.com/damselfly/damselfly/supernode/task"
 )
 
 // EnvAdminToken is the environment variable holding the admin API token.
@@ -261,58 +259,36 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
-	// The CDN's upload server reports the transfers it starts
-	// (upload.WithTransferStart below), so CDN assignments not started in
-	// time are revoked. An idle task the scheduler forgets is forgotten by
-	// the CDN too, files included; the callback runs on its own goroutine
-	// once Run has started, after seed is set.
-	var (
-		seed  *cdn.CDN
-		sched *scheduler.Scheduler
-	)
-	sched, err = scheduler.New(cfg.Scheduler, schedapi.Peer{ID: CDNPeerID, Addr: advertise},
-		scheduler.WithLogger(logger), scheduler.WithMetrics(reg), scheduler.WithStartReports(),
-		scheduler.WithTaskForgotten(func(taskID string) {
-			// A registration may have created the task again meanwhile:
-			// then it is not the CDN's to forget.
-			if _, err := sched.TaskInfo(ctx, taskID); !errors.Is(err, scheduler.ErrTaskNotFound) {
-				return
-			}
-			if err := seed.Forget(ctx, taskID); err != nil && ctx.Err() == nil {
-				logger.Warn("forget task", zap.String("task", taskID), zap.Error(err))
-			}
-		}),
-		// A peer's corrupt report against the CDN makes it check its copy.
-		scheduler.WithCDNCorruptReport(func(taskID string, piece int) { seed.ReportCorrupt(taskID, piece) }))
-	if err != nil {
-		return err
-	}
+	// One owner for the supernode's tasks: the scheduler and the CDN,
+	// wired to each other. The CDN's upload server reports the transfers
+	// it starts (upload.WithTransferStart below), so CDN assignments not
+	// started in time are revoked.
 	src := httpsource.New(httpsource.WithHTTPClient(sourceHC), httpsource.WithLogger(logger.Named("source")))
-	seed, err = cdn.New(cfg.CDN, store, src, cdnScheduler{sched},
-		cdn.WithLogger(logger.Named("cdn")), cdn.WithMetrics(reg))
+	tasks, err := task.New(task.Config{Scheduler: cfg.Scheduler, CDN: cfg.CDN},
+		schedapi.Peer{ID: CDNPeerID, Addr: advertise}, store, src,
+		task.WithLogger(logger), task.WithMetrics(reg))
 	if err != nil {
 		return err
 	}
+	sched := tasks.Scheduler()
 	httpm := httpx.NewMetrics(reg, "damselfly")
 	// Preheats resolve images through the same policy-checked client the
 	// CDN fetches with.
 	resolver := registrysource.New(registrysource.WithHTTPClient(sourceHC),
 		registrysource.WithInsecureRegistries(cfg.Preheat.InsecureRegistries),
 		registrysource.WithLogger(logger.Named("registry")))
-	heater := preheat.New(resolver, preheatSeeder{cdn: seed, sched: sched},
+	heater := preheat.New(resolver, tasks,
 		preheat.WithRegistryCredentials(cfg.Preheat.Credentials()), preheat.WithTimeout(cfg.Preheat.Timeout),
 		preheat.WithLogger(logger.Named("preheat")))
 
 	mux := http.NewServeMux()
-	mux.Handle("/api/peer/", peerapi.New(sched, seed, keys, peerapi.WithLimits(cfg.PeerAPI),
+	mux.Handle("/api/peer/", peerapi.New(tasks, sched, keys, peerapi.WithLimits(cfg.PeerAPI),
 		peerapi.WithLogger(logger.Named("peerapi")), peerapi.WithHTTPMetrics(httpm)).Handler())
-	mux.Handle("/upload/", upload.New(seed, keys,
+	mux.Handle("/upload/", upload.New(tasks, keys,
 		upload.WithLogger(logger.Named("upload")), upload.WithMetrics(httpm),
 		upload.WithLimiter(cfg.CDN.UploadRate.Limiter()),
-		upload.WithTransferStart(func(ctx context.Context, taskID, peerID string, off, n int64) {
-			_ = sched.TransferStarted(ctx, taskID, peerID, off, n)
-		})).Handler())
-	mux.Handle("/api/v1/", adminapi.New(sched, seed, token,
+		upload.WithTransferStart(tasks.TransferStarted)).Handler())
+	mux.Handle("/api/v1/", adminapi.New(sched, tasks, token,
 		adminapi.WithLogger(logger.Named("adminapi")), adminapi.WithHTTPMetrics(httpm),
 		adminapi.WithPreheater(heater)))
 	mux.Handle("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
@@ -341,8 +317,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return sched.Run(gctx) })
-	g.Go(func() error { return seed.Run(gctx) })
+	g.Go(func() error { return tasks.Run(gctx) })
 	g.Go(func() error { return heater.Run(gctx) })
 	g.Go(func() error { return httpx.Serve(gctx, srv, ln, shutdownTimeout) })
 	err = g.Wait()
@@ -436,75 +411,4 @@ func clusterKeys(cfg Config, lookupEnv func(string) (string, bool), logger *zap.
 	}
 	logger.Info("cluster token loaded", zap.String("from", from), zap.Bool("rotating", keys.Rotating()))
 	return keys, nil
-}
-
-// cdnScheduler adapts the scheduler to what the CDN drives.
-type cdnScheduler struct{ s *scheduler.Scheduler }
-
-var _ cdn.Scheduler = cdnScheduler{}
-
-// TaskInfo forwards to the scheduler.
-func (a cdnScheduler) TaskInfo(ctx context.Context, id string) (schedapi.TaskInfo, error) {
-	return a.s.TaskInfo(ctx, id)
-}
-
-// AddTask adds the task; the specs have the same fields.
-func (a cdnScheduler) AddTask(ctx context.Context, spec cdn.TaskSpec) error {
-	return a.s.AddTask(ctx, scheduler.TaskSpec(spec))
-}
-
-// SetSize forwards to the scheduler.
-func (a cdnScheduler) SetSize(ctx context.Context, id string, size int64) error {
-	return a.s.SetSize(ctx, id, size)
-}
-
-// PublishPiece forwards to the scheduler.
-func (a cdnScheduler) PublishPiece(ctx context.Context, id string, n int, d digest.Digest) error {
-	return a.s.PublishPiece(ctx, id, n, d)
-}
-
-// Succeed forwards to the scheduler.
-func (a cdnScheduler) Succeed(ctx context.Context, id string, size int64, d digest.Digest) error {
-	return a.s.Succeed(ctx, id, size, d)
-}
-
-// Fail forwards to the scheduler.
-func (a cdnScheduler) Fail(ctx context.Context, id string, cause error) error {
-	return a.s.Fail(ctx, id, cause)
-}
-
-// RemoveTask forwards to the scheduler.
-func (a cdnScheduler) RemoveTask(ctx context.Context, id string) error {
-	return a.s.RemoveTask(ctx, id)
-}
-
-var _ cdn.MemberCounter = cdnScheduler{}
-
-// Members returns how many members the task has: the CDN never evicts
-// content a member is downloading.
-func (a cdnScheduler) Members(ctx context.Context, id string) (int, error) {
-	t, err := a.s.Task(ctx, id)
-	if err != nil {
-		return 0, err
-	}
-	return len(t.Peers), nil
-}
-
-// preheatSeeder gives preheats the CDN's Ensure and the scheduler's task
-// progress.
-type preheatSeeder struct {
-	cdn   *cdn.CDN
-	sched *scheduler.Scheduler
-}
-
-var _ preheat.Seeder = preheatSeeder{}
-
-// Ensure forwards to the CDN.
-func (p preheatSeeder) Ensure(ctx context.Context, req cdn.Request) (schedapi.TaskInfo, error) {
-	return p.cdn.Ensure(ctx, req)
-}
-
-// Task forwards to the scheduler.
-func (p preheatSeeder) Task(ctx context.Context, id string) (scheduler.TaskStatus, error) {
-	return p.sched.Task(ctx, id)
 }

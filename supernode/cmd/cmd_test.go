@@ -160,14 +160,14 @@ func TestServesHealthMetricsAndAdmin(t *testing.T) {
 	for _, tok := range []string{"", "t0ken"} {
 		status, _ = sn.do(t, http.MethodPost, schedapi.RegisterPath(), tok, map[string]string{"url": "ftp://x"})
 		require.Equal(t, http.StatusUnauthorized, status)
-		status, _ = sn.do(t, http.MethodGet, upload.Path(strings.Repeat("a", 64)), tok, nil)
+		status, _ = sn.do(t, http.MethodGet, upload.Path(taskid.ID(strings.Repeat("a", 64))), tok, nil)
 		require.Equal(t, http.StatusUnauthorized, status)
 	}
 	// The peer API answers a member's malformed input with 4xx.
 	status, _ = sn.member(t, http.MethodPost, schedapi.RegisterPath(), map[string]string{"url": "ftp://x"})
 	require.Equal(t, http.StatusBadRequest, status)
 	// The upload server is mounted.
-	status, _ = sn.member(t, http.MethodGet, upload.Path(strings.Repeat("a", 64)), nil)
+	status, _ = sn.member(t, http.MethodGet, upload.Path(taskid.ID(strings.Repeat("a", 64))), nil)
 	require.Equal(t, http.StatusNotFound, status)
 }
 
@@ -369,7 +369,7 @@ func TestPeerFlowAndRestart(t *testing.T) {
 		var results []schedapi.PieceResult
 		for _, a := range pr.Assignments {
 			require.True(t, a.FromCDN)
-			req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://"+a.From.Addr+upload.Path(rr.TaskID), nil)
+			req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://"+a.From.Addr+upload.Path(taskid.ID(rr.TaskID)), nil)
 			require.NoError(t, err)
 			req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", a.Offset, a.Offset+a.Length-1))
 			req.Header.Set("Authorization", "Bearer "+sn.cluster)
@@ -442,7 +442,7 @@ func TestSourcePolicyDeniesLoopback(t *testing.T) {
 	require.Contains(t, rr.Error, "--source-allow", "the error says how to allow it")
 	id, err := taskid.ForURL(u, nil, "")
 	require.NoError(t, err)
-	require.Equal(t, id, rr.TaskID)
+	require.Equal(t, id.String(), rr.TaskID)
 	require.Zero(t, gets.Load(), "the origin was never contacted")
 }
 

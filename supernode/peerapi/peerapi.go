@@ -1,11 +1,13 @@
 // Package peerapi serves the peer API of pkg/schedapi over net/http: peers
-// register for tasks (which creates the task and starts its one source fetch
-// when it is new), long-poll for piece assignments, report piece results,
-// leave and heartbeat.
+// register for tasks (supernode/task: which creates the task and starts its
+// one source fetch when it is new), long-poll for piece assignments, report
+// piece results, leave and heartbeat (supernode/scheduler).
 //
-// Every input is validated before it reaches the scheduler or the CDN, and
-// every error is answered as a schedapi.Error by one function: malformed
-// input is a 4xx, never a 5xx.
+// This is the edge: every input is validated here, once, before it reaches
+// the task owner or the scheduler; task IDs are parsed from the path or
+// derived from the register body (schedapi.RegisterRequest.TaskID) and go
+// inward as a taskid.ID. Every error is answered as a schedapi.Error by one
+// function: malformed input is a 4xx, never a 5xx.
 package peerapi
 
 import (
@@ -24,11 +26,11 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/httpx"
-	"github.com/damselfly/damselfly/pkg/piece"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/taskid"
 	"github.com/damselfly/damselfly/supernode/cdn"
 	"github.com/damselfly/damselfly/supernode/scheduler"
+	"github.com/damselfly/damselfly/supernode/task"
 )
 
 // ErrInvalid is wrapped by errors about malformed requests.
@@ -46,22 +48,23 @@ const (
 	maxErrorLen     = 1 << 10
 )
 
-// Scheduler is the part of the scheduler the peer API drives.
-type Scheduler interface {
-	// Admit says whether peerID may join taskID (ErrLimit when the
-	// scheduler's task bounds refuse it), before anything is created.
-	Admit(ctx context.Context, taskID, peerID string) error
-	Join(ctx context.Context, taskID string, p schedapi.Peer, have *piece.Set) (schedapi.TaskInfo, error)
-	Poll(ctx context.Context, taskID, peerID string, max int) (schedapi.PiecesResponse, error)
-	Report(ctx context.Context, taskID, peerID string, results []schedapi.PieceResult) error
-	Leave(ctx context.Context, taskID, peerID string) error
-	Heartbeat(ctx context.Context, peerID, addr string, tasks []string) (unknown []string, err error)
+// Tasks registers peers for tasks (*task.Manager).
+type Tasks interface {
+	// Register admits the peer, makes sure the task exists and joins the
+	// peer to it (task.Manager.Register).
+	Register(ctx context.Context, r task.Registration) (schedapi.TaskInfo, error)
+	// RetryAfter is how long the origin of a failed task holds requests
+	// back.
+	RetryAfter(id taskid.ID) time.Duration
 }
 
-// Seeder makes sure a task exists, starting its source fetch when needed
-// (supernode/cdn).
-type Seeder interface {
-	Ensure(ctx context.Context, req cdn.Request) (schedapi.TaskInfo, error)
+// Scheduler is the part of the scheduler the members' piece traffic goes
+// to.
+type Scheduler interface {
+	Poll(ctx context.Context, taskID taskid.ID, peerID string, max int) (schedapi.PiecesResponse, error)
+	Report(ctx context.Context, taskID taskid.ID, peerID string, results []schedapi.PieceResult) error
+	Leave(ctx context.Context, taskID taskid.ID, peerID string) error
+	Heartbeat(ctx context.Context, peerID, addr string, tasks []taskid.ID) (unknown []taskid.ID, err error)
 }
 
 // Option configures a Server.
@@ -90,19 +93,19 @@ func WithHTTPMetrics(m *httpx.Metrics) Option {
 
 // Server serves the peer API. Build it with New.
 type Server struct {
+	tasks   Tasks
 	sched   Scheduler
-	seed    Seeder
 	keys    clusterauth.Keys
 	limits  Config
 	log     *zap.Logger
 	metrics *httpx.Metrics
 }
 
-// New returns a peer API server over the scheduler and the seeder. Every
-// request must present one of keys (pkg/clusterauth); with no keys, every
-// request is refused.
-func New(sched Scheduler, seed Seeder, keys clusterauth.Keys, opts ...Option) *Server {
-	s := &Server{sched: sched, seed: seed, keys: keys, limits: Config{}.ApplyDefaults(), log: zap.NewNop()}
+// New returns a peer API server over the task owner and the scheduler.
+// Every request must present one of keys (pkg/clusterauth); with no keys,
+// every request is refused.
+func New(tasks Tasks, sched Scheduler, keys clusterauth.Keys, opts ...Option) *Server {
+	s := &Server{tasks: tasks, sched: sched, keys: keys, limits: Config{}.ApplyDefaults(), log: zap.NewNop()}
 	for _, o := range opts {
 		o(s)
 	}
@@ -290,9 +293,9 @@ func truncate(s string) string {
 }
 
 // pathIDs validates the {task} and {peer} path values.
-func pathIDs(r *http.Request) (taskID, peerID string, err error) {
-	taskID, peerID = r.PathValue("task"), r.PathValue("peer")
-	if err := taskid.Validate(taskID); err != nil {
+func pathIDs(r *http.Request) (taskID taskid.ID, peerID string, err error) {
+	peerID = r.PathValue("peer")
+	if taskID, err = taskid.Parse(r.PathValue("task")); err != nil {
 		return "", "", invalid("task id: %v", err)
 	}
 	if err := checkPeerID(peerID); err != nil {
@@ -330,38 +333,17 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 	if req.Size < 0 {
 		return invalid("size: negative")
 	}
-	var (
-		id  string
-		d   digest.Digest
-		err error
-	)
-	if req.Digest != "" {
-		d = digest.Digest(req.Digest)
-		id, err = taskid.ForDigest(d)
-	} else {
-		id, err = taskid.ForURL(req.URL, req.Filter, req.Identifier)
-	}
+	// The rule the client routed this request by (pkg/schedclient).
+	id, err := req.TaskID()
 	if err != nil {
 		return invalid("task: %v", err)
 	}
-	// Bounds first: a refused registration creates no task and starts no
-	// source fetch.
-	if err := s.sched.Admit(r.Context(), id, req.Peer.ID); err != nil {
-		return fmt.Errorf("register %s: %w", id, err)
-	}
-	info, err := s.seed.Ensure(r.Context(), cdn.Request{TaskID: id, URL: req.URL, Header: req.Header, Digest: d, Size: req.Size})
+	info, err := s.tasks.Register(r.Context(), task.Registration{
+		Request: task.Request{TaskID: id, URL: req.URL, Header: req.Header, Digest: digest.Digest(req.Digest), Size: req.Size},
+		Peer:    req.Peer, Have: req.Have, PieceSize: req.PieceSize,
+	})
 	if err != nil {
 		return fmt.Errorf("register %s: %w", id, err)
-	}
-	if info.State != schedapi.TaskFailed {
-		have := req.Have
-		if have != nil && req.PieceSize != info.PieceSize {
-			// Pieces cut with another size are not these pieces.
-			have = nil
-		}
-		if info, err = s.sched.Join(r.Context(), id, req.Peer, have); err != nil {
-			return fmt.Errorf("register %s: %w", id, err)
-		}
 	}
 	httpx.WriteJSON(w, http.StatusOK, schedapi.RegisterResponse{TaskInfo: info})
 	return nil
@@ -396,7 +378,7 @@ func (s *Server) pieces(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return fmt.Errorf("poll %s: %w", taskID, err)
 		}
-		httpx.WriteJSON(w, http.StatusOK, s.withRetryAfter(resp))
+		httpx.WriteJSON(w, http.StatusOK, s.withRetryAfter(taskID, resp))
 		return nil
 	}
 	// The wait ran out before the scheduler took the poll: try once more.
@@ -407,20 +389,20 @@ func (s *Server) pieces(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return fmt.Errorf("poll %s: %w", taskID, err)
 	}
-	httpx.WriteJSON(w, http.StatusOK, s.withRetryAfter(resp))
+	httpx.WriteJSON(w, http.StatusOK, s.withRetryAfter(taskID, resp))
 	return nil
 }
 
-// withRetryAfter tells the peers of a failed task how long the origin is
-// held back (schedapi.TaskInfo.RetryAfter), when the seeder knows.
-func (s *Server) withRetryAfter(resp schedapi.PiecesResponse) schedapi.PiecesResponse {
-	if ra, ok := s.seed.(interface{ RetryAfter(string) time.Duration }); ok && resp.State == schedapi.TaskFailed {
-		resp.RetryAfter = ra.RetryAfter(resp.TaskID)
+// withRetryAfter tells the peers of failed task id how long the origin is
+// held back (schedapi.TaskInfo.RetryAfter).
+func (s *Server) withRetryAfter(id taskid.ID, resp schedapi.PiecesResponse) schedapi.PiecesResponse {
+	if resp.State == schedapi.TaskFailed {
+		resp.RetryAfter = s.tasks.RetryAfter(id)
 	}
 	return resp
 }
 
-func (s *Server) poll(ctx context.Context, taskID, peerID string, maxN int, wait time.Duration) (schedapi.PiecesResponse, error) {
+func (s *Server) poll(ctx context.Context, taskID taskid.ID, peerID string, maxN int, wait time.Duration) (schedapi.PiecesResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	return s.sched.Poll(ctx, taskID, peerID, maxN)
@@ -489,15 +471,14 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) error {
 	if len(req.Tasks) > maxHeartbeatIDs {
 		return invalid("tasks: more than %d", maxHeartbeatIDs)
 	}
-	for _, id := range req.Tasks {
-		if err := taskid.Validate(id); err != nil {
-			return invalid("tasks: %v", err)
-		}
+	tasks, err := taskid.ParseAll(req.Tasks)
+	if err != nil {
+		return invalid("tasks: %v", err)
 	}
-	unknown, err := s.sched.Heartbeat(r.Context(), peerID, req.Addr, req.Tasks)
+	unknown, err := s.sched.Heartbeat(r.Context(), peerID, req.Addr, tasks)
 	if err != nil {
 		return fmt.Errorf("heartbeat: %w", err)
 	}
-	httpx.WriteJSON(w, http.StatusOK, schedapi.HeartbeatResponse{Unknown: unknown})
+	httpx.WriteJSON(w, http.StatusOK, schedapi.HeartbeatResponse{Unknown: taskid.Strings(unknown)})
 	return nil
 }

@@ -17,7 +17,7 @@ import (
 	"github.com/damselfly/damselfly/supernode/cdn"
 )
 
-// strictBackend is a scheduler and seeder that answers at once and records
+// strictBackend is a scheduler and a CDN that answers at once and records
 // any value reaching it that the handlers should have refused.
 type strictBackend struct {
 	mu   sync.Mutex
@@ -38,8 +38,8 @@ func (b *strictBackend) take() []string {
 	return errs
 }
 
-func (b *strictBackend) ids(taskID, peerID string) {
-	if taskid.Validate(taskID) != nil {
+func (b *strictBackend) ids(taskID taskid.ID, peerID string) {
+	if _, err := taskid.Parse(taskID.String()); err != nil {
 		b.bad("task id %q reached the scheduler", taskID)
 	}
 	if checkPeerID(peerID) != nil {
@@ -48,21 +48,21 @@ func (b *strictBackend) ids(taskID, peerID string) {
 }
 
 func (b *strictBackend) Ensure(_ context.Context, req cdn.Request) (schedapi.TaskInfo, error) {
-	if taskid.Validate(req.TaskID) != nil || checkSourceURL(req.URL) != nil || checkHeader(req.Header) != nil {
+	if _, err := taskid.Parse(req.TaskID.String()); err != nil || checkSourceURL(req.URL) != nil || checkHeader(req.Header) != nil {
 		b.bad("ensure %q of %q with header %q reached the CDN", req.TaskID, req.URL, req.Header)
 	}
-	if req.Digest != "" && string(req.Digest) != req.TaskID {
+	if req.Digest != "" && string(req.Digest) != req.TaskID.String() {
 		b.bad("digest %q for task %q", req.Digest, req.TaskID)
 	}
-	return schedapi.TaskInfo{TaskID: req.TaskID, State: schedapi.TaskRunning, Size: -1, PieceSize: 4 << 20, PieceCount: -1}, nil
+	return schedapi.TaskInfo{TaskID: req.TaskID.String(), State: schedapi.TaskRunning, Size: -1, PieceSize: 4 << 20, PieceCount: -1}, nil
 }
 
-func (b *strictBackend) Admit(_ context.Context, taskID, peerID string) error {
+func (b *strictBackend) Admit(_ context.Context, taskID taskid.ID, peerID string) error {
 	b.ids(taskID, peerID)
 	return nil
 }
 
-func (b *strictBackend) Join(_ context.Context, taskID string, p schedapi.Peer, have *piece.Set) (schedapi.TaskInfo, error) {
+func (b *strictBackend) Join(_ context.Context, taskID taskid.ID, p schedapi.Peer, have *piece.Set) (schedapi.TaskInfo, error) {
 	b.ids(taskID, p.ID)
 	if checkAddr(p.Addr) != nil {
 		b.bad("addr %q reached the scheduler", p.Addr)
@@ -72,10 +72,10 @@ func (b *strictBackend) Join(_ context.Context, taskID string, p schedapi.Peer, 
 			b.bad("negative piece %d in have", i)
 		}
 	}
-	return schedapi.TaskInfo{TaskID: taskID, State: schedapi.TaskRunning, Size: -1, PieceSize: 4 << 20, PieceCount: -1}, nil
+	return schedapi.TaskInfo{TaskID: taskID.String(), State: schedapi.TaskRunning, Size: -1, PieceSize: 4 << 20, PieceCount: -1}, nil
 }
 
-func (b *strictBackend) Poll(ctx context.Context, taskID, peerID string, maxN int) (schedapi.PiecesResponse, error) {
+func (b *strictBackend) Poll(ctx context.Context, taskID taskid.ID, peerID string, maxN int) (schedapi.PiecesResponse, error) {
 	b.ids(taskID, peerID)
 	if maxN < 0 || maxN > schedapi.MaxAssignments {
 		b.bad("max %d reached the scheduler", maxN)
@@ -83,10 +83,10 @@ func (b *strictBackend) Poll(ctx context.Context, taskID, peerID string, maxN in
 	if _, ok := ctx.Deadline(); !ok {
 		b.bad("poll without a deadline")
 	}
-	return schedapi.PiecesResponse{TaskInfo: schedapi.TaskInfo{TaskID: taskID, State: schedapi.TaskRunning}}, nil
+	return schedapi.PiecesResponse{TaskInfo: schedapi.TaskInfo{TaskID: taskID.String(), State: schedapi.TaskRunning}}, nil
 }
 
-func (b *strictBackend) Report(_ context.Context, taskID, peerID string, results []schedapi.PieceResult) error {
+func (b *strictBackend) Report(_ context.Context, taskID taskid.ID, peerID string, results []schedapi.PieceResult) error {
 	b.ids(taskID, peerID)
 	if len(results) > maxResults {
 		b.bad("%d results reached the scheduler", len(results))
@@ -99,17 +99,17 @@ func (b *strictBackend) Report(_ context.Context, taskID, peerID string, results
 	return nil
 }
 
-func (b *strictBackend) Leave(_ context.Context, taskID, peerID string) error {
+func (b *strictBackend) Leave(_ context.Context, taskID taskid.ID, peerID string) error {
 	b.ids(taskID, peerID)
 	return nil
 }
 
-func (b *strictBackend) Heartbeat(_ context.Context, peerID, addr string, tasks []string) ([]string, error) {
+func (b *strictBackend) Heartbeat(_ context.Context, peerID, addr string, tasks []taskid.ID) ([]taskid.ID, error) {
 	if checkPeerID(peerID) != nil || (addr != "" && checkAddr(addr) != nil) || len(tasks) > maxHeartbeatIDs {
 		b.bad("heartbeat of %q at %q with %d tasks reached the scheduler", peerID, addr, len(tasks))
 	}
 	for _, id := range tasks {
-		if taskid.Validate(id) != nil {
+		if _, err := taskid.Parse(id.String()); err != nil {
 			b.bad("heartbeat task %q reached the scheduler", id)
 		}
 	}
@@ -143,7 +143,7 @@ func FuzzPeerAPI(f *testing.F) {
 		f.Add(s.method, s.path, []byte(s.body))
 	}
 	be := &strictBackend{}
-	h := New(be, be, testKeys).Handler()
+	h := New(stitched{be}, be, testKeys).Handler()
 	f.Fuzz(func(t *testing.T, method, path string, body []byte) {
 		req, err := http.NewRequest(method, "http://supernode"+path, bytes.NewReader(body))
 		if err != nil {

@@ -24,6 +24,7 @@ import (
 	"github.com/damselfly/damselfly/pkg/taskid"
 	"github.com/damselfly/damselfly/supernode/cdn"
 	"github.com/damselfly/damselfly/supernode/scheduler"
+	"github.com/damselfly/damselfly/supernode/task"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -89,22 +90,23 @@ type fake struct {
 	admitErr error             // returned by Admit when set
 }
 
-func (f *fake) Admit(ctx context.Context, taskID, peerID string) error {
+func (f *fake) Admit(ctx context.Context, taskID taskid.ID, peerID string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.admitErr
 }
 
 type joinCall struct {
-	task string
+	task taskid.ID
 	peer schedapi.Peer
 	have *piece.Set
 }
 
 type pollCall struct {
-	task, peer string
-	max        int
-	deadline   time.Duration
+	task     taskid.ID
+	peer     string
+	max      int
+	deadline time.Duration
 }
 
 func (f *fake) Ensure(ctx context.Context, req cdn.Request) (schedapi.TaskInfo, error) {
@@ -112,11 +114,11 @@ func (f *fake) Ensure(ctx context.Context, req cdn.Request) (schedapi.TaskInfo, 
 	defer f.mu.Unlock()
 	f.ensured = append(f.ensured, req)
 	info := f.info
-	info.TaskID = req.TaskID
+	info.TaskID = req.TaskID.String()
 	return info, nil
 }
 
-func (f *fake) Join(ctx context.Context, taskID string, p schedapi.Peer, have *piece.Set) (schedapi.TaskInfo, error) {
+func (f *fake) Join(ctx context.Context, taskID taskid.ID, p schedapi.Peer, have *piece.Set) (schedapi.TaskInfo, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.joined = append(f.joined, joinCall{taskID, p, have})
@@ -124,11 +126,11 @@ func (f *fake) Join(ctx context.Context, taskID string, p schedapi.Peer, have *p
 		return schedapi.TaskInfo{}, f.err
 	}
 	info := f.info
-	info.TaskID = taskID
+	info.TaskID = taskID.String()
 	return info, nil
 }
 
-func (f *fake) Poll(ctx context.Context, taskID, peerID string, max int) (schedapi.PiecesResponse, error) {
+func (f *fake) Poll(ctx context.Context, taskID taskid.ID, peerID string, max int) (schedapi.PiecesResponse, error) {
 	dl, _ := ctx.Deadline()
 	f.mu.Lock()
 	f.polls = append(f.polls, pollCall{taskID, peerID, max, time.Until(dl).Round(time.Second)})
@@ -140,19 +142,19 @@ func (f *fake) Poll(ctx context.Context, taskID, peerID string, max int) (scheda
 	if wait {
 		<-ctx.Done()
 	}
-	return schedapi.PiecesResponse{TaskInfo: schedapi.TaskInfo{TaskID: taskID, State: schedapi.TaskRunning}}, nil
+	return schedapi.PiecesResponse{TaskInfo: schedapi.TaskInfo{TaskID: taskID.String(), State: schedapi.TaskRunning}}, nil
 }
 
-func (f *fake) Report(ctx context.Context, taskID, peerID string, results []schedapi.PieceResult) error {
+func (f *fake) Report(ctx context.Context, taskID taskid.ID, peerID string, results []schedapi.PieceResult) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.reports = append(f.reports, results)
 	return f.err
 }
 
-func (f *fake) Leave(ctx context.Context, taskID, peerID string) error { return f.err }
+func (f *fake) Leave(ctx context.Context, taskID taskid.ID, peerID string) error { return f.err }
 
-func (f *fake) Heartbeat(ctx context.Context, peerID, addr string, tasks []string) ([]string, error) {
+func (f *fake) Heartbeat(ctx context.Context, peerID, addr string, tasks []taskid.ID) ([]taskid.ID, error) {
 	if f.err != nil {
 		return nil, f.err
 	}
@@ -167,7 +169,7 @@ func (f *fake) calls() int {
 
 func newServer(t *testing.T, f *fake) *httptest.Server {
 	t.Helper()
-	srv := httptest.NewServer(New(f, f, testKeys).Handler())
+	srv := httptest.NewServer(New(stitched{f}, f, testKeys).Handler())
 	t.Cleanup(srv.Close)
 	return srv
 }
@@ -292,7 +294,7 @@ func TestRegister(t *testing.T) {
 			name:     "by url with filter and identifier",
 			req:      schedapi.RegisterRequest{Peer: goodPeer, URL: "http://h/x?sig=abc&b=1", Filter: []string{"sig"}, Identifier: "v1"},
 			info:     schedapi.TaskInfo{State: schedapi.TaskRunning, PieceSize: piece.DefaultSize},
-			wantTask: urlTask, wantJoin: true,
+			wantTask: urlTask.String(), wantJoin: true,
 		},
 		{
 			name:     "have with matching piece size",
@@ -327,7 +329,7 @@ func TestRegister(t *testing.T) {
 			require.Equal(t, tt.info.Error, resp.Error)
 
 			require.Len(t, f.ensured, 1)
-			require.Equal(t, tt.wantTask, f.ensured[0].TaskID)
+			require.Equal(t, tt.wantTask, f.ensured[0].TaskID.String())
 			require.Equal(t, tt.req.URL, f.ensured[0].URL)
 			require.Equal(t, tt.req.Header, f.ensured[0].Header)
 			require.Equal(t, digest.Digest(tt.req.Digest), f.ensured[0].Digest)
@@ -483,13 +485,13 @@ func TestWithScheduler(t *testing.T) {
 		}
 		return s.TaskInfo(ctx, req.TaskID)
 	})
-	srv := httptest.NewServer(New(s, seed, testKeys).Handler())
+	srv := httptest.NewServer(New(stitched{schedAndSeed{s, seed}}, s, testKeys).Handler())
 	defer srv.Close()
 
 	status, b := do(t, srv, http.MethodPost, schedapi.RegisterPath(), jsonBody(t, schedapi.RegisterRequest{Peer: goodPeer, URL: "http://h/x", Digest: d.String()}))
 	require.Equal(t, http.StatusOK, status, string(b))
 
-	status, b = do(t, srv, http.MethodGet, schedapi.PiecesPath(id, goodPeer.ID)+"?wait=1s", nil)
+	status, b = do(t, srv, http.MethodGet, schedapi.PiecesPath(id.String(), goodPeer.ID)+"?wait=1s", nil)
 	require.Equal(t, http.StatusOK, status, string(b))
 	var pr schedapi.PiecesResponse
 	require.NoError(t, json.Unmarshal(b, &pr))
@@ -497,7 +499,7 @@ func TestWithScheduler(t *testing.T) {
 	require.True(t, pr.Assignments[0].FromCDN)
 	require.Equal(t, cdnPeer, pr.Assignments[0].From)
 
-	status, b = do(t, srv, http.MethodGet, schedapi.PiecesPath(id, "stranger")+"?wait=0s", nil)
+	status, b = do(t, srv, http.MethodGet, schedapi.PiecesPath(id.String(), "stranger")+"?wait=0s", nil)
 	require.Equal(t, http.StatusNotFound, status, string(b))
 	var e schedapi.Error
 	require.NoError(t, json.Unmarshal(b, &e))
@@ -512,6 +514,46 @@ func TestWithScheduler(t *testing.T) {
 
 type seederFunc func(ctx context.Context, req cdn.Request) (schedapi.TaskInfo, error)
 
+// schedAndSeed is the scheduler with a stand-in for the CDN.
+type schedAndSeed struct {
+	*scheduler.Scheduler
+	seederFunc
+}
+
+// halves are test doubles of the task owner's two halves.
+type halves interface {
+	Admit(ctx context.Context, taskID taskid.ID, peerID string) error
+	Ensure(ctx context.Context, req cdn.Request) (schedapi.TaskInfo, error)
+	Join(ctx context.Context, taskID taskid.ID, p schedapi.Peer, have *piece.Set) (schedapi.TaskInfo, error)
+}
+
+// stitched stands in for task.Manager over test doubles of its halves, in
+// its order: admit, ensure, then join unless the task failed (without the
+// pieces the peer has when they were cut with another size).
+type stitched struct{ h halves }
+
+func (s stitched) Register(ctx context.Context, r task.Registration) (schedapi.TaskInfo, error) {
+	if err := s.h.Admit(ctx, r.TaskID, r.Peer.ID); err != nil {
+		return schedapi.TaskInfo{}, err
+	}
+	info, err := s.h.Ensure(ctx, r.Request)
+	if err != nil || info.State == schedapi.TaskFailed {
+		return info, err
+	}
+	have := r.Have
+	if have != nil && r.PieceSize != info.PieceSize {
+		have = nil
+	}
+	return s.h.Join(ctx, r.TaskID, r.Peer, have)
+}
+
+func (s stitched) RetryAfter(id taskid.ID) time.Duration {
+	if ra, ok := s.h.(interface{ RetryAfter(taskid.ID) time.Duration }); ok {
+		return ra.RetryAfter(id)
+	}
+	return 0
+}
+
 func (f seederFunc) Ensure(ctx context.Context, req cdn.Request) (schedapi.TaskInfo, error) {
 	return f(ctx, req)
 }
@@ -522,7 +564,7 @@ func (f seederFunc) Ensure(ctx context.Context, req cdn.Request) (schedapi.TaskI
 func TestRateLimitPerAddress(t *testing.T) {
 	t.Parallel()
 	f := &fake{}
-	h := New(f, f, testKeys, WithLimits(Config{RegisterRate: 0.001, RegisterBurst: 3, PollRate: 0.001, PollBurst: 2})).Handler()
+	h := New(stitched{f}, f, testKeys, WithLimits(Config{RegisterRate: 0.001, RegisterBurst: 3, PollRate: 0.001, PollBurst: 2})).Handler()
 	id := "sha256:" + strings.Repeat("c", 64)
 	send := func(addr, method, path string, body any) *httptest.ResponseRecorder {
 		var r io.Reader

@@ -31,13 +31,12 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"go.uber.org/zap"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/source/registrysource"
 	"github.com/damselfly/damselfly/pkg/taskid"
-	"github.com/damselfly/damselfly/supernode/cdn"
 	"github.com/damselfly/damselfly/supernode/scheduler"
+	"github.com/damselfly/damselfly/supernode/task"
 )
 
 var (
@@ -121,7 +120,7 @@ type Status struct {
 // Layer is one blob of a preheat and its CDN task.
 type Layer struct {
 	Digest     digest.Digest `json:"digest,omitempty"`
-	TaskID     string        `json:"taskId"`
+	TaskID     taskid.ID     `json:"taskId"`
 	MediaType  string        `json:"mediaType,omitempty"`
 	Size       int64         `json:"size"`
 	State      State         `json:"state"`
@@ -136,12 +135,12 @@ type Resolver interface {
 	Resolve(ctx context.Context, ref string, platform *ocispec.Platform, creds registrysource.Credentials) (*registrysource.Image, error)
 }
 
-// Seeder is the part of the CDN and scheduler a preheat drives.
-type Seeder interface {
+// Tasks is the part of the task owner (*task.Manager) a preheat drives.
+type Tasks interface {
 	// Ensure makes sure the CDN has, or is fetching, a task.
-	Ensure(ctx context.Context, req cdn.Request) (schedapi.TaskInfo, error)
+	Ensure(ctx context.Context, req task.Request) (schedapi.TaskInfo, error)
 	// Task reports a task's progress.
-	Task(ctx context.Context, taskID string) (scheduler.TaskStatus, error)
+	Task(ctx context.Context, taskID taskid.ID) (scheduler.TaskStatus, error)
 }
 
 // Option configures a Preheater.
@@ -198,7 +197,7 @@ func WithLayerConcurrency(n int) Option {
 // Preheater runs preheats. It is safe for concurrent use.
 type Preheater struct {
 	resolver         Resolver
-	seeder           Seeder
+	tasks            Tasks
 	log              *zap.Logger
 	creds            map[string]registrysource.Credentials
 	timeout          time.Duration
@@ -217,12 +216,12 @@ type Preheater struct {
 }
 
 // New returns a Preheater that resolves images with resolver and seeds
-// blobs with seeder. Run must run for it to stop cleanly.
-func New(resolver Resolver, seeder Seeder, opts ...Option) *Preheater {
+// blobs through tasks. Run must run for it to stop cleanly.
+func New(resolver Resolver, tasks Tasks, opts ...Option) *Preheater {
 	base, cancel := context.WithCancel(context.Background())
 	p := &Preheater{
 		resolver:         resolver,
-		seeder:           seeder,
+		tasks:            tasks,
 		log:              zap.NewNop(),
 		creds:            map[string]registrysource.Credentials{},
 		timeout:          DefaultTimeout,
@@ -398,11 +397,8 @@ func (p *Preheater) configured(host string) registrysource.Credentials {
 	return registrysource.Credentials{}
 }
 
-func (p *Preheater) fileTaskID(j job) (string, error) {
-	if j.digest != "" {
-		return taskid.ForDigest(j.digest)
-	}
-	return taskid.ForURL(j.fileURL, nil, "")
+func (p *Preheater) fileTaskID(j job) (taskid.ID, error) {
+	return taskid.Derive(taskid.Source{Digest: j.digest, URL: j.fileURL})
 }
 
 // trimLocked drops records over the bound: finished ones first, oldest
@@ -431,196 +427,6 @@ func (p *Preheater) update(id string, fn func(*Status)) {
 	if st, ok := p.records[id]; ok {
 		fn(st)
 	}
-}
-
-// run does one preheat.
-func (p *Preheater) run(j job) {
-	defer p.wg.Done()
-	ctx, cancel := context.WithTimeout(p.base, p.timeout)
-	defer cancel()
-	log := p.log.With(zap.String("preheat", j.id))
-
-	var err error
-	select {
-	case p.running <- struct{}{}:
-		defer func() { <-p.running }()
-		if j.fileURL != "" {
-			err = p.runFile(ctx, j)
-		} else {
-			err = p.runImage(ctx, j, log)
-		}
-	case <-ctx.Done():
-		err = ctx.Err()
-	}
-	switch {
-	case errors.Is(err, context.DeadlineExceeded):
-		err = fmt.Errorf("timed out after %v", p.timeout)
-	case errors.Is(err, context.Canceled):
-		err = errors.New("cancelled: the supernode is stopping")
-	}
-	now := time.Now().UTC()
-	var state State
-	p.update(j.id, func(st *Status) {
-		st.FinishedAt = &now
-		switch {
-		case err != nil:
-			st.State, st.Error = StateFailed, err.Error()
-		default:
-			st.State = StateSucceeded
-			for _, l := range st.Layers {
-				if l.State == StateFailed {
-					st.State = StateFailed
-					if st.Error == "" {
-						st.Error = fmt.Sprintf("blob %s: %s", l.Digest, l.Error)
-					}
-				}
-			}
-		}
-		state = st.State
-	})
-	if err != nil {
-		log.Warn("preheat failed", zap.Error(err))
-		return
-	}
-	log.Info("preheat finished", zap.String("state", string(state)))
-}
-
-// runImage resolves the image and seeds its blobs.
-func (p *Preheater) runImage(ctx context.Context, j job, log *zap.Logger) error {
-	img, err := p.resolver.Resolve(ctx, j.image.String(), j.platform, j.creds)
-	if err != nil {
-		return err
-	}
-	blobs := append([]ocispec.Descriptor{img.Config}, img.Layers...)
-	layers := make([]Layer, 0, len(blobs))
-	seen := map[digest.Digest]bool{}
-	for _, b := range blobs {
-		if seen[b.Digest] {
-			continue
-		}
-		seen[b.Digest] = true
-		id, err := taskid.ForDigest(b.Digest)
-		if err != nil {
-			return fmt.Errorf("blob %s: %w", b.Digest, err)
-		}
-		l := Layer{Digest: b.Digest, TaskID: id, MediaType: b.MediaType, Size: b.Size, State: StatePending, PieceCount: -1}
-		if nonDistributable(b) {
-			l.State = StateSkipped
-		}
-		layers = append(layers, l)
-	}
-	p.update(j.id, func(st *Status) {
-		st.Manifest = img.Manifest
-		st.Layers = append([]Layer(nil), layers...)
-		if img.Platform != nil {
-			st.Platform = platformString(*img.Platform)
-		}
-	})
-	log.Info("preheat resolved", zap.Stringer("digest", img.Manifest), zap.Int("blobs", len(layers)))
-
-	var g errgroup.Group
-	g.SetLimit(p.layerConcurrency)
-	for i, l := range layers {
-		if l.State == StateSkipped {
-			continue
-		}
-		g.Go(func() error {
-			u, err := registrysource.BlobURL(img.Base, img.Repo, l.Digest)
-			if err == nil {
-				// Asked per blob: a token cached by the resolver is
-				// reused until shortly before it expires.
-				var h http.Header
-				if h, err = img.Auth.Header(ctx); err == nil {
-					err = p.seed(ctx, j.id, i, cdn.Request{TaskID: l.TaskID, URL: u, Header: h, Digest: l.Digest})
-				}
-			}
-			if err != nil {
-				p.update(j.id, func(st *Status) {
-					st.Layers[i].State, st.Layers[i].Error = StateFailed, err.Error()
-				})
-			}
-			return nil
-		})
-	}
-	_ = g.Wait()
-	return ctx.Err()
-}
-
-// runFile seeds one file.
-func (p *Preheater) runFile(ctx context.Context, j job) error {
-	id, err := p.fileTaskID(j)
-	if err != nil {
-		return err
-	}
-	if err := p.seed(ctx, j.id, 0, cdn.Request{TaskID: id, URL: j.fileURL, Header: j.header, Digest: j.digest}); err != nil {
-		p.update(j.id, func(st *Status) {
-			st.Layers[0].State, st.Layers[0].Error = StateFailed, err.Error()
-		})
-	}
-	return ctx.Err()
-}
-
-// seed hands one task to the CDN and follows it until it settles, keeping
-// layer i of the record up to date. A task that fails is recorded, not
-// returned; the error is for what stopped the following.
-func (p *Preheater) seed(ctx context.Context, id string, i int, req cdn.Request) error {
-	info, err := p.seeder.Ensure(ctx, req)
-	if err != nil {
-		return err
-	}
-	p.setLayer(id, i, info, -1)
-	wait := minPoll
-	for state := info.State; state == schedapi.TaskRunning; {
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-		}
-		wait = min(wait*2, maxPoll)
-		ts, err := p.seeder.Task(ctx, req.TaskID)
-		if errors.Is(err, scheduler.ErrTaskNotFound) {
-			return fmt.Errorf("task %s is gone from the scheduler", req.TaskID)
-		}
-		if err != nil {
-			return err
-		}
-		p.setLayer(id, i, ts.TaskInfo, ts.Published)
-		state = ts.State
-	}
-	return nil
-}
-
-// setLayer records a task's progress; published -1: unknown (all pieces of
-// a succeeded task are published).
-func (p *Preheater) setLayer(id string, i int, info schedapi.TaskInfo, published int) {
-	p.update(id, func(st *Status) {
-		if i >= len(st.Layers) {
-			return
-		}
-		l := &st.Layers[i]
-		l.State = State(info.State)
-		l.PieceCount = info.PieceCount
-		if info.Size >= 0 {
-			l.Size = info.Size
-		}
-		switch {
-		case info.State == schedapi.TaskSucceeded:
-			l.Published = max(info.PieceCount, 0)
-		case published >= 0:
-			l.Published = published
-		}
-		if info.State == schedapi.TaskFailed {
-			l.Error = info.Error
-		}
-	})
-}
-
-// nonDistributable reports layers that are not in the registry (foreign
-// layers pointing at URLs).
-func nonDistributable(d ocispec.Descriptor) bool {
-	return len(d.URLs) > 0 || strings.Contains(d.MediaType, "foreign") || strings.Contains(d.MediaType, "nondistributable")
 }
 
 func (s *Status) clone() Status {

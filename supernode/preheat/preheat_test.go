@@ -28,6 +28,7 @@ import (
 	"github.com/damselfly/damselfly/supernode/cdn"
 	"github.com/damselfly/damselfly/supernode/preheat"
 	"github.com/damselfly/damselfly/supernode/scheduler"
+	"github.com/damselfly/damselfly/supernode/task"
 )
 
 func TestMain(m *testing.M) {
@@ -40,43 +41,8 @@ const (
 	pass = "preheat-s3cret"
 )
 
-// schedAdapter is the part of the scheduler the CDN drives.
-type schedAdapter struct{ s *scheduler.Scheduler }
-
-func (a schedAdapter) TaskInfo(ctx context.Context, id string) (schedapi.TaskInfo, error) {
-	return a.s.TaskInfo(ctx, id)
-}
-func (a schedAdapter) AddTask(ctx context.Context, spec cdn.TaskSpec) error {
-	return a.s.AddTask(ctx, scheduler.TaskSpec(spec))
-}
-func (a schedAdapter) SetSize(ctx context.Context, id string, size int64) error {
-	return a.s.SetSize(ctx, id, size)
-}
-func (a schedAdapter) PublishPiece(ctx context.Context, id string, n int, d digest.Digest) error {
-	return a.s.PublishPiece(ctx, id, n, d)
-}
-func (a schedAdapter) Succeed(ctx context.Context, id string, size int64, d digest.Digest) error {
-	return a.s.Succeed(ctx, id, size, d)
-}
-func (a schedAdapter) Fail(ctx context.Context, id string, cause error) error {
-	return a.s.Fail(ctx, id, cause)
-}
-func (a schedAdapter) RemoveTask(ctx context.Context, id string) error {
-	return a.s.RemoveTask(ctx, id)
-}
-
-// seeder is what the supernode gives the preheater.
-type seeder struct {
-	*cdn.CDN
-	sched *scheduler.Scheduler
-}
-
-func (s seeder) Task(ctx context.Context, id string) (scheduler.TaskStatus, error) {
-	return s.sched.Task(ctx, id)
-}
-
 type env struct {
-	cdn   *cdn.CDN
+	tasks *task.Manager
 	sched *scheduler.Scheduler
 	p     *preheat.Preheater
 	logs  *observer.ObservedLogs
@@ -89,22 +55,21 @@ func newEnv(t *testing.T, insecure []string, opts ...preheat.Option) *env {
 	t.Helper()
 	core, logs := observer.New(zapcore.DebugLevel)
 	logger := zap.New(core)
-	sched, err := scheduler.New(scheduler.Config{}.ApplyDefaults(), schedapi.Peer{ID: "supernode", Addr: "127.0.0.1:1"})
-	require.NoError(t, err)
 	store, err := local.New(t.TempDir())
 	require.NoError(t, err)
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	t.Cleanup(tr.CloseIdleConnections)
 	hc := &http.Client{Transport: tr}
-	seed, err := cdn.New(cdn.Config{Dir: t.TempDir()}.ApplyDefaults(), store, httpsource.New(httpsource.WithHTTPClient(hc)), schedAdapter{sched})
+	tasks, err := task.New(task.Config{Scheduler: scheduler.Config{}.ApplyDefaults(), CDN: cdn.Config{Dir: t.TempDir()}.ApplyDefaults()},
+		schedapi.Peer{ID: "supernode", Addr: "127.0.0.1:1"}, store, httpsource.New(httpsource.WithHTTPClient(hc)))
 	require.NoError(t, err)
 	rs := registrysource.New(registrysource.WithHTTPClient(hc), registrysource.WithInsecureRegistries(insecure),
 		registrysource.WithLogger(logger))
-	p := preheat.New(rs, seeder{seed, sched}, append([]preheat.Option{preheat.WithLogger(logger)}, opts...)...)
+	p := preheat.New(rs, tasks, append([]preheat.Option{preheat.WithLogger(logger)}, opts...)...)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	for _, run := range []func(context.Context) error{sched.Run, seed.Run, p.Run} {
+	for _, run := range []func(context.Context) error{tasks.Run, p.Run} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -116,7 +81,7 @@ func newEnv(t *testing.T, insecure []string, opts ...preheat.Option) *env {
 	var once sync.Once
 	stop := func() { once.Do(func() { cancel(); wg.Wait() }) }
 	t.Cleanup(stop)
-	return &env{cdn: seed, sched: sched, p: p, logs: logs, stop: stop}
+	return &env{tasks: tasks, sched: tasks.Scheduler(), p: p, logs: logs, stop: stop}
 }
 
 // wait polls a preheat until it is no longer running.
@@ -176,7 +141,7 @@ func TestPreheatPrivateImage(t *testing.T) {
 	for i, b := range blobs {
 		l := st.Layers[i]
 		require.Equal(t, b.Digest, l.Digest)
-		require.Equal(t, b.Digest.String(), l.TaskID)
+		require.Equal(t, b.Digest.String(), l.TaskID.String())
 		require.Equal(t, b.Size, l.Size)
 		require.Equal(t, preheat.StateSucceeded, l.State)
 		require.Positive(t, l.PieceCount)
@@ -195,7 +160,9 @@ func TestPreheatPrivateImage(t *testing.T) {
 	for _, b := range blobs {
 		u, err := registrysource.BlobURL(reg.URL, "team/app", b.Digest)
 		require.NoError(t, err)
-		info, err := e.cdn.Ensure(t.Context(), cdn.Request{TaskID: b.Digest.String(), URL: u, Digest: b.Digest})
+		id, err := taskid.ForDigest(b.Digest)
+		require.NoError(t, err)
+		info, err := e.tasks.Ensure(t.Context(), task.Request{TaskID: id, URL: u, Digest: b.Digest})
 		require.NoError(t, err)
 		require.Equal(t, schedapi.TaskSucceeded, info.State)
 	}
@@ -265,7 +232,7 @@ func TestPreheatFile(t *testing.T) {
 	st = e.wait(t, st.ID)
 	require.Equal(t, preheat.StateSucceeded, st.State, st.Error)
 	require.Len(t, st.Layers, 1)
-	require.Equal(t, d.String(), st.Layers[0].TaskID)
+	require.Equal(t, d.String(), st.Layers[0].TaskID.String())
 	require.Equal(t, int64(len(body)), st.Layers[0].Size)
 	require.EqualValues(t, 1, gets.Load())
 	require.Equal(t, "Bearer file-secret", gotAuth.Load())

@@ -12,6 +12,7 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/piece"
 	"github.com/damselfly/damselfly/pkg/schedapi"
+	"github.com/damselfly/damselfly/pkg/taskid"
 )
 
 // Tests of the scheduler against members that abuse it: hoarders, liars
@@ -318,7 +319,7 @@ func TestTaskBounds(t *testing.T) {
 	t.Parallel()
 	s := startScheduler(t, Config{MaxTasks: 3, MaxTasksPerPeer: 2})
 	ctx := t.Context()
-	var ids []string
+	var ids []taskid.ID
 	for i := range 3 {
 		ids = append(ids, addTask(t, s, fmt.Sprintf("%s/%d", t.Name(), i), 1, 1))
 	}
@@ -350,10 +351,10 @@ func TestIdleTasksForgotten(t *testing.T) {
 	t.Parallel()
 	clock := newFakeClock()
 	var mu sync.Mutex
-	var forgotten []string
+	var forgotten []taskid.ID
 	done := make(chan struct{}, 10)
 	s := startScheduler(t, Config{IdleTaskTTL: time.Minute, FailedTaskTTL: time.Minute, PeerTTL: time.Hour}, WithClock(clock.Now),
-		WithTaskForgotten(func(id string) {
+		WithTaskForgotten(func(id taskid.ID) {
 			mu.Lock()
 			forgotten = append(forgotten, id)
 			mu.Unlock()
@@ -388,13 +389,13 @@ func TestIdleTasksForgotten(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("callback not called")
 	}
-	for _, id := range []string{busy, running} {
+	for _, id := range []taskid.ID{busy, running} {
 		_, err = s.TaskInfo(ctx, id)
 		require.NoError(t, err)
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	require.Equal(t, []string{idle}, forgotten)
+	require.Equal(t, []taskid.ID{idle}, forgotten)
 }
 
 // The CDN's start reports reach the scheduler through TransferStarted.

@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/damselfly/damselfly/pkg/schedapi"
+	"github.com/damselfly/damselfly/pkg/taskid"
 )
 
 // A corrupt report against a CDN assignment is passed to the
@@ -17,14 +18,14 @@ import (
 func TestCDNCorruptReportCallback(t *testing.T) {
 	t.Parallel()
 	type call struct {
-		task  string
+		task  taskid.ID
 		piece int
 	}
 	var (
 		mu    sync.Mutex
 		calls []call
 	)
-	s := startScheduler(t, Config{}, WithCDNCorruptReport(func(taskID string, piece int) {
+	s := startScheduler(t, Config{}, WithCDNCorruptReport(func(taskID taskid.ID, piece int) {
 		mu.Lock()
 		calls = append(calls, call{taskID, piece})
 		mu.Unlock()

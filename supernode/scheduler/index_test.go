@@ -12,6 +12,7 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/piece"
 	"github.com/damselfly/damselfly/pkg/schedapi"
+	"github.com/damselfly/damselfly/pkg/taskid"
 )
 
 // checkIndex recounts every index of st from scratch and compares: the free
@@ -205,9 +206,9 @@ func randomIndexRun(t *testing.T, seed uint64, steps int) {
 	st.startReports = seed%2 == 1
 
 	const pieces = 10
-	ids := []string{testTaskID(t.Name() + "/a"), testTaskID(t.Name() + "/b")}
-	next := map[string]int{} // next piece to publish
-	add := func(id string) {
+	ids := []taskid.ID{testTaskID(t.Name() + "/a"), testTaskID(t.Name() + "/b")}
+	next := map[taskid.ID]int{} // next piece to publish
+	add := func(id taskid.ID) {
 		size := int64(pieces * 10)
 		if rng.IntN(3) == 0 {
 			size = -1
@@ -220,8 +221,9 @@ func randomIndexRun(t *testing.T, seed uint64, steps int) {
 	}
 	peers := []string{"p0", "p1", "p2", "p3", "p4", "p5"}
 	type flight struct {
-		task, peer, from string
-		piece            int
+		task       taskid.ID
+		peer, from string
+		piece      int
 	}
 	var flights []flight
 	var polls, answered []*waiter

@@ -16,6 +16,7 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/piece"
 	"github.com/damselfly/damselfly/pkg/schedapi"
+	"github.com/damselfly/damselfly/pkg/taskid"
 )
 
 func TestMain(m *testing.M) {
@@ -26,13 +27,13 @@ func TestMain(m *testing.M) {
 var cdnPeer = schedapi.Peer{ID: "supernode", Addr: "127.0.0.1:8002"}
 
 // testTaskID returns a valid task ID derived from name.
-func testTaskID(name string) string {
+func testTaskID(name string) taskid.ID {
 	sum := sha256.Sum256([]byte(name))
-	return hex.EncodeToString(sum[:])
+	return taskid.ID(hex.EncodeToString(sum[:]))
 }
 
 // pieceDigest is the digest the tests publish for piece i of a task.
-func pieceDigest(task string, i int) digest.Digest {
+func pieceDigest(task taskid.ID, i int) digest.Digest {
 	return piece.Digest(fmt.Appendf(nil, "%s/%d", task, i))
 }
 
@@ -92,7 +93,7 @@ func startScheduler(t testing.TB, cfg Config, opts ...Option) *Scheduler {
 }
 
 // parked returns how many polls are parked on a task.
-func (s *Scheduler) parked(ctx context.Context, taskID string) (int, error) {
+func (s *Scheduler) parked(ctx context.Context, taskID taskid.ID) (int, error) {
 	return do(ctx, s, func() (int, error) {
 		t, err := s.st.task(taskID)
 		if err != nil {
@@ -103,7 +104,7 @@ func (s *Scheduler) parked(ctx context.Context, taskID string) (int, error) {
 }
 
 // waitParked waits until n polls are parked on a task.
-func waitParked(t *testing.T, s *Scheduler, taskID string, n int) {
+func waitParked(t *testing.T, s *Scheduler, taskID taskid.ID, n int) {
 	t.Helper()
 	require.Eventually(t, func() bool {
 		got, err := s.parked(t.Context(), taskID)

@@ -37,8 +37,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,6 +47,7 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/piece"
 	"github.com/damselfly/damselfly/pkg/schedapi"
+	"github.com/damselfly/damselfly/pkg/taskid"
 )
 
 var (
@@ -112,7 +111,7 @@ func WithStartReports() Option {
 // may then drop what it keeps for the task; a registration may re-create
 // the task meanwhile, which fn must not undo. fn runs on its own goroutine,
 // may call the Scheduler, and Run waits for it before returning.
-func WithTaskForgotten(fn func(taskID string)) Option {
+func WithTaskForgotten(fn func(taskID taskid.ID)) Option {
 	return func(s *Scheduler) { s.forgotten = fn }
 }
 
@@ -121,7 +120,7 @@ func WithTaskForgotten(fn func(taskID string)) Option {
 // the CDN was assigned to send it. Such a report never strikes the CDN; fn
 // lets the CDN check its copy instead. fn runs on its own goroutine, and Run
 // waits for it before returning.
-func WithCDNCorruptReport(fn func(taskID string, piece int)) Option {
+func WithCDNCorruptReport(fn func(taskID taskid.ID, piece int)) Option {
 	return func(s *Scheduler) { s.cdnCorrupt = fn }
 }
 
@@ -133,8 +132,8 @@ type Scheduler struct {
 	reg    prometheus.Registerer
 
 	startReports bool
-	forgotten    func(taskID string)
-	cdnCorrupt   func(taskID string, piece int)
+	forgotten    func(taskID taskid.ID)
+	cdnCorrupt   func(taskID taskid.ID, piece int)
 	callbacks    sync.WaitGroup
 
 	st      *state // owned by Run's goroutine
@@ -177,10 +176,10 @@ func New(cfg Config, cdn schedapi.Peer, opts ...Option) (*Scheduler, error) {
 	s.st = newState(cfg, cdn, pol, s.now, s.logger, m)
 	s.st.startReports = s.startReports
 	if fn := s.forgotten; fn != nil {
-		s.st.forgotten = func(id string) { s.callbacks.Go(func() { fn(id) }) }
+		s.st.forgotten = func(id taskid.ID) { s.callbacks.Go(func() { fn(id) }) }
 	}
 	if fn := s.cdnCorrupt; fn != nil {
-		s.st.cdnCorrupt = func(id string, i int) { s.callbacks.Go(func() { fn(id, i) }) }
+		s.st.cdnCorrupt = func(id taskid.ID, i int) { s.callbacks.Go(func() { fn(id, i) }) }
 	}
 	return s, nil
 }
@@ -268,8 +267,8 @@ func do0(ctx context.Context, s *Scheduler, fn func() error) error {
 
 // TaskSpec describes a task the CDN starts seeding.
 type TaskSpec struct {
-	// ID is the task ID (see pkg/taskid).
-	ID string
+	// ID is the task ID.
+	ID taskid.ID
 	// URL is the source. Credentials in it are not kept.
 	URL string
 	// PieceSize is the size of every piece but the last; 0 picks
@@ -290,39 +289,39 @@ func (s *Scheduler) AddTask(ctx context.Context, spec TaskSpec) error {
 
 // SetSize records the content size of a task created with an unknown size,
 // which fixes its piece count.
-func (s *Scheduler) SetSize(ctx context.Context, taskID string, size int64) error {
+func (s *Scheduler) SetSize(ctx context.Context, taskID taskid.ID, size int64) error {
 	return do0(ctx, s, func() error { return s.st.setSize(taskID, size) })
 }
 
 // PublishPiece records the sha256 digest of piece n, which the CDN has
 // stored and can now serve. Publishing a piece again with the same digest
 // does nothing; with another digest it is ErrInvalid.
-func (s *Scheduler) PublishPiece(ctx context.Context, taskID string, n int, d digest.Digest) error {
+func (s *Scheduler) PublishPiece(ctx context.Context, taskID taskid.ID, n int, d digest.Digest) error {
 	return do0(ctx, s, func() error { return s.st.publish(taskID, n, d) })
 }
 
 // Succeed marks a task's content complete and verified: size bytes, every
 // piece published, whole-content digest content (may be empty if the task
 // was created with one). Parked polls of the task are answered.
-func (s *Scheduler) Succeed(ctx context.Context, taskID string, size int64, content digest.Digest) error {
+func (s *Scheduler) Succeed(ctx context.Context, taskID taskid.ID, size int64, content digest.Digest) error {
 	return do0(ctx, s, func() error { return s.st.succeed(taskID, size, content) })
 }
 
 // Fail marks a task failed because of cause. Its assignments are cancelled,
 // parked polls are answered, and it is forgotten after FailedTaskTTL. A
 // succeeded task cannot fail (ErrInvalid): remove it instead.
-func (s *Scheduler) Fail(ctx context.Context, taskID string, cause error) error {
+func (s *Scheduler) Fail(ctx context.Context, taskID taskid.ID, cause error) error {
 	return do0(ctx, s, func() error { return s.st.fail(taskID, cause) })
 }
 
 // RemoveTask forgets a task and its members; their parked polls get
 // ErrTaskNotFound.
-func (s *Scheduler) RemoveTask(ctx context.Context, taskID string) error {
+func (s *Scheduler) RemoveTask(ctx context.Context, taskID taskid.ID) error {
 	return do0(ctx, s, func() error { return s.st.removeTask(taskID) })
 }
 
 // TaskInfo returns what a peer is told about a task.
-func (s *Scheduler) TaskInfo(ctx context.Context, taskID string) (schedapi.TaskInfo, error) {
+func (s *Scheduler) TaskInfo(ctx context.Context, taskID taskid.ID) (schedapi.TaskInfo, error) {
 	return do(ctx, s, func() (schedapi.TaskInfo, error) { return s.st.taskInfo(taskID) })
 }
 
@@ -331,7 +330,7 @@ func (s *Scheduler) TaskInfo(ctx context.Context, taskID string) (schedapi.TaskI
 // (MaxTasksPerPeer, MaxTasks), so that a registration can be refused before
 // the CDN starts anything for it. Nothing is reserved: AddTask and Join
 // check again.
-func (s *Scheduler) Admit(ctx context.Context, taskID, peerID string) error {
+func (s *Scheduler) Admit(ctx context.Context, taskID taskid.ID, peerID string) error {
 	return do0(ctx, s, func() error { return s.st.admit(taskID, peerID) })
 }
 
@@ -339,7 +338,7 @@ func (s *Scheduler) Admit(ctx context.Context, taskID, peerID string) error {
 // refreshes its address if it is already in. have, which may be nil, lists
 // pieces p already holds; pieces past the piece count (or, while the count
 // is unknown, not yet published) are ignored.
-func (s *Scheduler) Join(ctx context.Context, taskID string, p schedapi.Peer, have *piece.Set) (schedapi.TaskInfo, error) {
+func (s *Scheduler) Join(ctx context.Context, taskID taskid.ID, p schedapi.Peer, have *piece.Set) (schedapi.TaskInfo, error) {
 	have = have.Clone() // the caller keeps its set
 	return do(ctx, s, func() (schedapi.TaskInfo, error) { return s.st.join(taskID, p, have) })
 }
@@ -353,7 +352,7 @@ func (s *Scheduler) Join(ctx context.Context, taskID string, p schedapi.Peer, ha
 // caller hung up) just as assignments come, they are given back. It fails
 // with ErrTaskNotFound, ErrPeerNotFound (the peer must register again), or
 // ctx.Err() if ctx ends before the scheduler saw the poll.
-func (s *Scheduler) Poll(ctx context.Context, taskID, peerID string, max int) (schedapi.PiecesResponse, error) {
+func (s *Scheduler) Poll(ctx context.Context, taskID taskid.ID, peerID string, max int) (schedapi.PiecesResponse, error) {
 	if max <= 0 || max > schedapi.MaxAssignments {
 		max = schedapi.MaxAssignments
 	}
@@ -406,7 +405,7 @@ func (s *Scheduler) lastReply(w *waiter, err error) (schedapi.PiecesResponse, er
 // against it (see Config.StrikeLimit); a "range not available" failure also
 // stops counting the source as a holder of the piece. Results with a piece
 // out of range or no source make the whole report ErrInvalid.
-func (s *Scheduler) Report(ctx context.Context, taskID, peerID string, results []schedapi.PieceResult) error {
+func (s *Scheduler) Report(ctx context.Context, taskID taskid.ID, peerID string, results []schedapi.PieceResult) error {
 	return do0(ctx, s, func() error { return s.st.report(taskID, peerID, results) })
 }
 
@@ -416,127 +415,21 @@ func (s *Scheduler) Report(ctx context.Context, taskID, peerID string, results [
 // the range are then started: they are no longer revoked for not starting,
 // and their deadline counts from now. Anything it does not match is
 // ignored.
-func (s *Scheduler) TransferStarted(ctx context.Context, taskID, peerID string, off, n int64) error {
+func (s *Scheduler) TransferStarted(ctx context.Context, taskID taskid.ID, peerID string, off, n int64) error {
 	return s.call(ctx, func() { s.st.started(taskID, peerID, off, n) })
 }
 
 // Leave takes peerID out of a task: it no longer serves or fetches it, and
 // the slots its assignments held are freed.
-func (s *Scheduler) Leave(ctx context.Context, taskID, peerID string) error {
+func (s *Scheduler) Leave(ctx context.Context, taskID taskid.ID, peerID string) error {
 	return do0(ctx, s, func() error { return s.st.leave(taskID, peerID) })
 }
 
 // Heartbeat keeps peerID alive and updates its address (when addr is not
 // empty). It returns the tasks of tasks that the peer is not in (it expired,
 // or the supernode restarted): the peer registers for them again.
-func (s *Scheduler) Heartbeat(ctx context.Context, peerID, addr string, tasks []string) ([]string, error) {
-	return do(ctx, s, func() ([]string, error) { return s.st.heartbeat(peerID, addr, tasks) })
-}
-
-// PeerState is one peer in one task, for the admin API.
-type PeerState struct {
-	ID, Addr string
-	// Pieces is how many pieces the peer holds.
-	Pieces int
-	// Struck is true when the peer is no longer a source in the task.
-	Struck bool
-	// Uploading is how many of the task's pieces the peer serves now.
-	Uploading int
-	// DownloadRate is what the peer reported when it joined (0: unknown).
-	DownloadRate int64
-	LastSeen     time.Time
-}
-
-// TaskStatus is a task as the admin API shows it.
-type TaskStatus struct {
-	schedapi.TaskInfo
-	// URL is the source, without credentials.
-	URL string
-	// Published is how many pieces the CDN has published.
-	Published int
-	// Peers are the task's members, by ID.
-	Peers []PeerState
-	// BytesFromCDN and BytesFromPeers add up the Bytes of OK piece results,
-	// by whether the source was the CDN or a peer.
-	BytesFromCDN, BytesFromPeers int64
-	// CDNFanout is how many requesters the CDN may send one piece to at
-	// once in this task now (1: super-seeding).
-	CDNFanout int
-	CreatedAt time.Time
-}
-
-// PeerStatus is a peer as the admin API shows it.
-type PeerStatus struct {
-	ID, Addr string
-	// Tasks are the IDs of the tasks the peer is in, sorted.
-	Tasks    []string
-	LastSeen time.Time
-}
-
-func (t *task) status() TaskStatus {
-	ts := TaskStatus{
-		TaskInfo:       t.info(),
-		URL:            t.url,
-		Published:      t.published,
-		BytesFromCDN:   t.bytesFromCDN,
-		BytesFromPeers: t.bytesFromPeers,
-		CDNFanout:      t.fanout,
-		CreatedAt:      t.createdAt,
-		Peers:          make([]PeerState, 0, len(t.members)),
-	}
-	for _, m := range t.members {
-		ts.Peers = append(ts.Peers, PeerState{
-			ID:           m.peer.id,
-			Addr:         m.peer.addr,
-			Pieces:       m.have.Len(),
-			Struck:       t.isStruck(m.peer.id),
-			Uploading:    len(m.serving),
-			DownloadRate: m.rate,
-			LastSeen:     m.peer.lastSeen,
-		})
-	}
-	slices.SortFunc(ts.Peers, func(a, b PeerState) int { return strings.Compare(a.ID, b.ID) })
-	return ts
-}
-
-// Tasks returns every task, by ID.
-func (s *Scheduler) Tasks(ctx context.Context) ([]TaskStatus, error) {
-	return do(ctx, s, func() ([]TaskStatus, error) {
-		out := make([]TaskStatus, 0, len(s.st.tasks))
-		for _, t := range s.st.tasks {
-			out = append(out, t.status())
-		}
-		slices.SortFunc(out, func(a, b TaskStatus) int { return strings.Compare(a.TaskID, b.TaskID) })
-		return out, nil
-	})
-}
-
-// Task returns one task.
-func (s *Scheduler) Task(ctx context.Context, taskID string) (TaskStatus, error) {
-	return do(ctx, s, func() (TaskStatus, error) {
-		t, err := s.st.task(taskID)
-		if err != nil {
-			return TaskStatus{}, err
-		}
-		return t.status(), nil
-	})
-}
-
-// Peers returns every known peer, by ID.
-func (s *Scheduler) Peers(ctx context.Context) ([]PeerStatus, error) {
-	return do(ctx, s, func() ([]PeerStatus, error) {
-		out := make([]PeerStatus, 0, len(s.st.peers))
-		for _, p := range s.st.peers {
-			ps := PeerStatus{ID: p.id, Addr: p.addr, LastSeen: p.lastSeen, Tasks: make([]string, 0, len(p.tasks))}
-			for id := range p.tasks {
-				ps.Tasks = append(ps.Tasks, id)
-			}
-			slices.Sort(ps.Tasks)
-			out = append(out, ps)
-		}
-		slices.SortFunc(out, func(a, b PeerStatus) int { return strings.Compare(a.ID, b.ID) })
-		return out, nil
-	})
+func (s *Scheduler) Heartbeat(ctx context.Context, peerID, addr string, tasks []taskid.ID) ([]taskid.ID, error) {
+	return do(ctx, s, func() ([]taskid.ID, error) { return s.st.heartbeat(peerID, addr, tasks) })
 }
 
 // sweepNow runs one expiry sweep on the loop, as Run's ticker does.

@@ -14,11 +14,12 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/piece"
 	"github.com/damselfly/damselfly/pkg/schedapi"
+	"github.com/damselfly/damselfly/pkg/taskid"
 )
 
 // addTask adds a task of n pieces of 100 bytes and publishes the first
 // published of them.
-func addTask(t *testing.T, s *Scheduler, name string, n, published int) string {
+func addTask(t *testing.T, s *Scheduler, name string, n, published int) taskid.ID {
 	t.Helper()
 	id := testTaskID(name)
 	require.NoError(t, s.AddTask(t.Context(), TaskSpec{ID: id, URL: "http://127.0.0.1:1/" + name, PieceSize: 100, Size: int64(n) * 100}))
@@ -28,7 +29,7 @@ func addTask(t *testing.T, s *Scheduler, name string, n, published int) string {
 	return id
 }
 
-func join(t *testing.T, s *Scheduler, task, peerID string, have ...int) {
+func join(t *testing.T, s *Scheduler, task taskid.ID, peerID string, have ...int) {
 	t.Helper()
 	set := &piece.Set{}
 	for _, i := range have {
@@ -39,7 +40,7 @@ func join(t *testing.T, s *Scheduler, task, peerID string, have ...int) {
 }
 
 // pollAsync polls in a goroutine; the result arrives on the channel.
-func pollAsync(ctx context.Context, s *Scheduler, task, peerID string, max int) <-chan pollReply {
+func pollAsync(ctx context.Context, s *Scheduler, task taskid.ID, peerID string, max int) <-chan pollReply {
 	ch := make(chan pollReply, 1)
 	go func() {
 		resp, err := s.Poll(ctx, task, peerID, max)
@@ -94,7 +95,7 @@ func TestPollEmptyOnDeadline(t *testing.T) {
 	require.NoError(t, err)
 	require.GreaterOrEqual(t, time.Since(start), 50*time.Millisecond)
 	require.Empty(t, resp.Assignments)
-	require.Equal(t, schedapi.TaskInfo{TaskID: id, State: schedapi.TaskRunning, Size: 300, PieceSize: 100, PieceCount: 3}, resp.TaskInfo)
+	require.Equal(t, schedapi.TaskInfo{TaskID: id.String(), State: schedapi.TaskRunning, Size: 300, PieceSize: 100, PieceCount: 3}, resp.TaskInfo)
 	waitParked(t, s, id, 0) // the poll is no longer parked
 
 	// The poll took nothing: the next one gets the piece.
@@ -179,20 +180,20 @@ func TestStateChangeWakesPollers(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name  string
-		apply func(ctx context.Context, s *Scheduler, id string) error
+		apply func(ctx context.Context, s *Scheduler, id taskid.ID) error
 		want  schedapi.TaskState
 		err   string
 	}{
 		{
 			name: "succeeded",
-			apply: func(ctx context.Context, s *Scheduler, id string) error {
+			apply: func(ctx context.Context, s *Scheduler, id taskid.ID) error {
 				return s.Succeed(ctx, id, 200, digest.Digest("sha256:"+testTaskID("content")))
 			},
 			want: schedapi.TaskSucceeded,
 		},
 		{
 			name: "failed",
-			apply: func(ctx context.Context, s *Scheduler, id string) error {
+			apply: func(ctx context.Context, s *Scheduler, id taskid.ID) error {
 				return s.Fail(ctx, id, errors.New("source answered 500"))
 			},
 			want: schedapi.TaskFailed,
@@ -291,7 +292,7 @@ func TestPeerExpiryFreesSlots(t *testing.T) {
 
 	clock.Advance(11 * time.Second)
 	for _, p := range []string{stays} {
-		unknown, err := s.Heartbeat(t.Context(), p, "", []string{id})
+		unknown, err := s.Heartbeat(t.Context(), p, "", []taskid.ID{id})
 		require.NoError(t, err)
 		require.Empty(t, unknown)
 	}
@@ -310,13 +311,13 @@ func TestPeerExpiryFreesSlots(t *testing.T) {
 	var ids []string
 	for _, p := range peers {
 		ids = append(ids, p.ID)
-		require.Equal(t, []string{id}, p.Tasks)
+		require.Equal(t, []string{id.String()}, p.Tasks)
 	}
 	require.Equal(t, []string{stays, "r"}, sortStrings(ids))
 
-	unknown, err := s.Heartbeat(t.Context(), gone, "127.0.0.1:4000", []string{id})
+	unknown, err := s.Heartbeat(t.Context(), gone, "127.0.0.1:4000", []taskid.ID{id})
 	require.NoError(t, err)
-	require.Equal(t, []string{id}, unknown, "the expired peer must register again")
+	require.Equal(t, []taskid.ID{id}, unknown, "the expired peer must register again")
 	_, err = s.Poll(t.Context(), id, gone, 1)
 	require.ErrorIs(t, err, ErrPeerNotFound)
 }
@@ -443,9 +444,12 @@ func TestTaskLifecycleErrors(t *testing.T) {
 	unknown := testTaskID("unknown")
 
 	require.ErrorIs(t, s.AddTask(ctx, TaskSpec{ID: id, PieceSize: 100, Size: 200}), ErrTaskExists)
-	require.ErrorIs(t, s.AddTask(ctx, TaskSpec{ID: "../etc", Size: 1}), ErrInvalid)
+	// A path is not a task ID: it never gets past the edge (taskid.Parse).
+	_, err := taskid.Parse("../etc")
+	require.ErrorIs(t, err, taskid.ErrInvalid)
+	require.ErrorIs(t, s.AddTask(ctx, TaskSpec{Size: 1}), ErrInvalid)
 	require.ErrorIs(t, s.AddTask(ctx, TaskSpec{ID: unknown, Size: 1, ContentDigest: "md5:x"}), ErrInvalid)
-	_, err := s.Join(ctx, unknown, peerAt("p", 1), nil)
+	_, err = s.Join(ctx, unknown, peerAt("p", 1), nil)
 	require.ErrorIs(t, err, ErrTaskNotFound)
 	_, err = s.Join(ctx, id, peerAt("bad/id", 1), nil)
 	require.ErrorIs(t, err, ErrInvalid)
@@ -547,7 +551,7 @@ func TestUnknownSizeTask(t *testing.T) {
 	require.NoError(t, s.Succeed(ctx, id, 230, digestOf("whole")))
 	info, err = s.TaskInfo(ctx, id)
 	require.NoError(t, err)
-	require.Equal(t, schedapi.TaskInfo{TaskID: id, State: schedapi.TaskSucceeded, Size: 230, PieceSize: 100, PieceCount: 3, ContentDigest: digestOf("whole").String()}, info)
+	require.Equal(t, schedapi.TaskInfo{TaskID: id.String(), State: schedapi.TaskSucceeded, Size: 230, PieceSize: 100, PieceCount: 3, ContentDigest: digestOf("whole").String()}, info)
 	resp, err = s.Poll(ctx, id, "r", 8)
 	require.NoError(t, err)
 	require.Equal(t, []schedapi.Assignment{
@@ -604,8 +608,8 @@ func TestAdminStatus(t *testing.T) {
 	peers, err := s.Peers(ctx)
 	require.NoError(t, err)
 	require.Equal(t, []PeerStatus{
-		{ID: "a", Addr: "127.0.0.1:30000", Tasks: []string{id}, LastSeen: clock.Now()},
-		{ID: "b", Addr: "127.0.0.1:20001", Tasks: []string{id}, LastSeen: clock.Now()},
+		{ID: "a", Addr: "127.0.0.1:30000", Tasks: []string{id.String()}, LastSeen: clock.Now()},
+		{ID: "b", Addr: "127.0.0.1:20001", Tasks: []string{id.String()}, LastSeen: clock.Now()},
 	}, peers)
 }
 
@@ -643,12 +647,12 @@ func TestHeartbeat(t *testing.T) {
 	id := addTask(t, s, t.Name(), 1, 1)
 	other := testTaskID("other")
 	join(t, s, id, "p")
-	unknown, err := s.Heartbeat(ctx, "p", "127.0.0.1:7000", []string{id, other})
+	unknown, err := s.Heartbeat(ctx, "p", "127.0.0.1:7000", []taskid.ID{id, other})
 	require.NoError(t, err)
-	require.Equal(t, []string{other}, unknown)
-	unknown, err = s.Heartbeat(ctx, "nobody", "", []string{id})
+	require.Equal(t, []taskid.ID{other}, unknown)
+	unknown, err = s.Heartbeat(ctx, "nobody", "", []taskid.ID{id})
 	require.NoError(t, err)
-	require.Equal(t, []string{id}, unknown)
+	require.Equal(t, []taskid.ID{id}, unknown)
 	_, err = s.Heartbeat(ctx, "bad/id", "", nil)
 	require.ErrorIs(t, err, ErrInvalid)
 	_, err = s.Heartbeat(ctx, "p", "not-an-addr", nil)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/piece"
 	"github.com/damselfly/damselfly/pkg/schedapi"
+	"github.com/damselfly/damselfly/pkg/taskid"
 )
 
 // SimState is the scheduler's state and selection policy driven directly by
@@ -81,23 +82,23 @@ func (s *SimState) after(err error) error {
 func (s *SimState) AddTask(spec TaskSpec) error { return s.after(s.st.addTask(spec)) }
 
 // PublishPiece is Scheduler.PublishPiece.
-func (s *SimState) PublishPiece(taskID string, n int, d digest.Digest) error {
+func (s *SimState) PublishPiece(taskID taskid.ID, n int, d digest.Digest) error {
 	return s.after(s.st.publish(taskID, n, d))
 }
 
 // Succeed is Scheduler.Succeed.
-func (s *SimState) Succeed(taskID string, size int64, content digest.Digest) error {
+func (s *SimState) Succeed(taskID taskid.ID, size int64, content digest.Digest) error {
 	return s.after(s.st.succeed(taskID, size, content))
 }
 
 // Join is Scheduler.Join.
-func (s *SimState) Join(taskID string, p schedapi.Peer, have *piece.Set) (schedapi.TaskInfo, error) {
+func (s *SimState) Join(taskID taskid.ID, p schedapi.Peer, have *piece.Set) (schedapi.TaskInfo, error) {
 	info, err := s.st.join(taskID, p, have)
 	return info, s.after(err)
 }
 
 // Report is Scheduler.Report.
-func (s *SimState) Report(taskID, peerID string, results []schedapi.PieceResult) error {
+func (s *SimState) Report(taskID taskid.ID, peerID string, results []schedapi.PieceResult) error {
 	return s.after(s.st.report(taskID, peerID, results))
 }
 
@@ -106,7 +107,7 @@ func (s *SimState) Report(taskID, peerID string, results []schedapi.PieceResult)
 // answer goes to onAnswer later. A peer has at most one parked poll: a new
 // Poll first answers the parked one empty (onAnswer is not called for it),
 // as if its caller had stopped waiting.
-func (s *SimState) Poll(taskID, peerID string, max int) (schedapi.PiecesResponse, bool, error) {
+func (s *SimState) Poll(taskID taskid.ID, peerID string, max int) (schedapi.PiecesResponse, bool, error) {
 	if max <= 0 || max > schedapi.MaxAssignments {
 		max = schedapi.MaxAssignments
 	}

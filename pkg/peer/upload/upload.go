@@ -5,7 +5,7 @@
 // Route: GET and HEAD /upload/v1/tasks/{task} (see Path), one byte range per
 // request:
 //
-//   - {task} must be a task ID (taskid.Validate), else 400.
+//   - {task} must be a task ID (taskid.Parse), else 400.
 //   - An unknown task is 404 "task not found".
 //   - With a Range header (exactly one "bytes=" range), the answer is 206
 //     with Content-Range and Content-Length, if every byte of the range
@@ -65,7 +65,7 @@ type Task interface {
 
 // Tasks opens tasks by ID; errors wrap ErrNotFound for an unknown task.
 type Tasks interface {
-	Open(ctx context.Context, taskID string) (Task, error)
+	Open(ctx context.Context, taskID taskid.ID) (Task, error)
 }
 
 // ErrNotFound is the error Tasks.Open wraps for an unknown task.
@@ -85,7 +85,7 @@ const (
 )
 
 // Path returns the URL path serving taskID.
-func Path(taskID string) string { return RoutePrefix + taskID }
+func Path(taskID taskid.ID) string { return RoutePrefix + taskID.String() }
 
 // Option configures a Server.
 type Option func(*Server)
@@ -115,7 +115,7 @@ func WithMetrics(m *httpx.Metrics) Option {
 // [off, off+n) of a task to the peer that named itself peerID in the
 // schedapi.HeaderPeer request header. It runs on the request's goroutine
 // before the response header is sent, so it must return quickly.
-type TransferStartFunc func(ctx context.Context, taskID, peerID string, off, n int64)
+type TransferStartFunc func(ctx context.Context, taskID taskid.ID, peerID string, off, n int64)
 
 // WithTransferStart calls fn for every GET the server starts answering with
 // content to a request naming its peer (schedapi.HeaderPeer). The
@@ -245,8 +245,8 @@ func rangeError(err error, size int64) *statusError {
 }
 
 func (s *Server) serveTask(w http.ResponseWriter, r *http.Request) error {
-	id := r.PathValue("task")
-	if taskid.Validate(id) != nil {
+	id, err := taskid.Parse(r.PathValue("task"))
+	if err != nil {
 		return errInvalidTask
 	}
 	ctx := r.Context()

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/damselfly/damselfly/pkg/httpx"
+	"github.com/damselfly/damselfly/pkg/taskid"
 )
 
 // TestBadRangeAndPathMatrix covers the Range and path inputs TestServe
@@ -135,10 +136,10 @@ func TestOversizedHeaders(t *testing.T) {
 // asked for, or a 4xx without content; never a 5xx.
 func FuzzUploadRange(f *testing.F) {
 	for _, s := range [][2]string{
-		{idFull, "bytes=0-0"}, {idFull, "bytes=-10"}, {idFull, "bytes=1048570-"}, {idPartial, "bytes=500-2500"},
-		{idPartial, "bytes=2000-2999"}, {idUnknown, "bytes=1000-1999"}, {idUnknown, "bytes=1000-"}, {idEmpty, ""},
-		{idEmpty, "bytes=0-"}, {idMissing, "bytes=0-1"}, {"..%2F..%2Fetc%2Fpasswd", "bytes=0-1"},
-		{idFull, "bytes=0-1,2-3"}, {idFull, "bytes=99999999999999999999-"}, {idUnknown, ""},
+		{string(idFull), "bytes=0-0"}, {string(idFull), "bytes=-10"}, {string(idFull), "bytes=1048570-"}, {string(idPartial), "bytes=500-2500"},
+		{string(idPartial), "bytes=2000-2999"}, {string(idUnknown), "bytes=1000-1999"}, {string(idUnknown), "bytes=1000-"}, {string(idEmpty), ""},
+		{string(idEmpty), "bytes=0-"}, {string(idMissing), "bytes=0-1"}, {"..%2F..%2Fetc%2Fpasswd", "bytes=0-1"},
+		{string(idFull), "bytes=0-1,2-3"}, {string(idFull), "bytes=99999999999999999999-"}, {string(idUnknown), ""},
 	} {
 		f.Add(s[0], s[1])
 	}
@@ -146,7 +147,7 @@ func FuzzUploadRange(f *testing.F) {
 	for i := range data {
 		data[i] = byte(i * 7)
 	}
-	tasks := &fakeTasks{tasks: map[string]fakeTask{
+	tasks := &fakeTasks{tasks: map[taskid.ID]fakeTask{
 		idFull:    {data: data, size: sizeFull, verified: [][2]int64{{0, sizeFull}}},
 		idPartial: {data: data[:sizePartly], size: sizePartly, verified: [][2]int64{{0, 1000}, {2000, 3000}}},
 		idUnknown: {data: data[:2000], size: -1, verified: [][2]int64{{1000, 2000}}},
@@ -165,7 +166,7 @@ func FuzzUploadRange(f *testing.F) {
 		h.ServeHTTP(rec, req)
 		switch {
 		case rec.Code == http.StatusPartialContent:
-			ft, ok := tasks.tasks[req.URL.Path[len(RoutePrefix):]]
+			ft, ok := tasks.tasks[taskid.ID(req.URL.Path[len(RoutePrefix):])]
 			if !ok {
 				t.Fatalf("206 for unknown task %q", task)
 			}
@@ -177,7 +178,7 @@ func FuzzUploadRange(f *testing.F) {
 				t.Fatalf("task %q range %q: wrong or unverified bytes at %+v", task, rng, r)
 			}
 		case rec.Code == http.StatusOK:
-			ft := tasks.tasks[req.URL.Path[len(RoutePrefix):]]
+			ft := tasks.tasks[taskid.ID(req.URL.Path[len(RoutePrefix):])]
 			if ft.size < 0 || !bytes.Equal(rec.Body.Bytes(), ft.data[:ft.size]) {
 				t.Fatalf("task %q range %q: 200 with wrong bytes", task, rng)
 			}

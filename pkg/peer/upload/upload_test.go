@@ -25,6 +25,7 @@ import (
 	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/httpx"
 	"github.com/damselfly/damselfly/pkg/schedapi"
+	"github.com/damselfly/damselfly/pkg/taskid"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -79,7 +80,7 @@ func TestClusterToken(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			for _, id := range []string{idFull, "sha256:" + strings.Repeat("0", 64)} {
+			for _, id := range []taskid.ID{idFull, taskid.ID("sha256:" + strings.Repeat("0", 64))} {
 				req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, tt.url+Path(id), nil)
 				require.NoError(t, err)
 				req.Header.Set("Range", "bytes=0-99")
@@ -149,12 +150,12 @@ func (t *fakeTask) Close() error {
 
 // fakeTasks is a fixed set of tasks; it counts opens and closes.
 type fakeTasks struct {
-	tasks  map[string]fakeTask
+	tasks  map[taskid.ID]fakeTask
 	opens  atomic.Int64
 	closes atomic.Int64
 }
 
-func (f *fakeTasks) Open(ctx context.Context, id string) (Task, error) {
+func (f *fakeTasks) Open(ctx context.Context, id taskid.ID) (Task, error) {
 	t, ok := f.tasks[id]
 	if !ok {
 		return nil, fmt.Errorf("task %s: %w", id, ErrNotFound)
@@ -173,19 +174,19 @@ func randomBytes(t *testing.T, n int) []byte {
 }
 
 var (
-	idFull     = strings.Repeat("a", 64)
-	idPartial  = "sha256:" + strings.Repeat("b", 64)
-	idUnknown  = strings.Repeat("c", 64)
-	idEmpty    = strings.Repeat("d", 64)
-	idBroken   = strings.Repeat("e", 64)
-	idMissing  = strings.Repeat("f", 64)
+	idFull     = taskid.ID(strings.Repeat("a", 64))
+	idPartial  = taskid.ID("sha256:" + strings.Repeat("b", 64))
+	idUnknown  = taskid.ID(strings.Repeat("c", 64))
+	idEmpty    = taskid.ID(strings.Repeat("d", 64))
+	idBroken   = taskid.ID(strings.Repeat("e", 64))
+	idMissing  = taskid.ID(strings.Repeat("f", 64))
 	sizeFull   = int64(1 << 20)
 	sizePartly = int64(3000)
 )
 
 func newFakeTasks(t *testing.T) (*fakeTasks, []byte) {
 	data := randomBytes(t, int(sizeFull))
-	return &fakeTasks{tasks: map[string]fakeTask{
+	return &fakeTasks{tasks: map[taskid.ID]fakeTask{
 		idFull:    {data: data, size: sizeFull, verified: [][2]int64{{0, sizeFull}}},
 		idPartial: {data: data[:sizePartly], size: sizePartly, verified: [][2]int64{{0, 1000}, {2000, 3000}}},
 		idUnknown: {data: data[:2000], size: -1, verified: [][2]int64{{1000, 2000}}},
@@ -204,7 +205,7 @@ func TestServe(t *testing.T) {
 		name         string
 		method       string
 		path         string // default Path(task)
-		task         string
+		task         taskid.ID
 		rng          []string
 		status       int
 		body         []byte // nil: not checked
@@ -237,11 +238,11 @@ func TestServe(t *testing.T) {
 		{name: "unknown task", task: idMissing, status: 404, bodyText: "task not found"},
 		{name: "read failure before any byte is 500", task: idBroken, rng: []string{"bytes=0-9"}, status: 500, bodyText: "internal error"},
 		{name: "bad task id", path: RoutePrefix + "not-a-task", status: 400, bodyText: "invalid task id"},
-		{name: "uppercase task id", path: Path(strings.ToUpper(idFull)), status: 400},
+		{name: "uppercase task id", path: RoutePrefix + strings.ToUpper(idFull.String()), status: 400},
 		{name: "short digest", path: Path("sha256:abc"), status: 400},
 		{name: "traversal encoded", path: RoutePrefix + "..%2F..%2Fetc%2Fpasswd", status: 400},
 		{name: "traversal dotdot", path: RoutePrefix + "%2e%2e", status: 400},
-		{name: "traversal nested", path: RoutePrefix + idFull + "/..%2f" + idFull, status: 404},
+		{name: "traversal nested", path: RoutePrefix + idFull.String() + "/..%2f" + idFull.String(), status: 404},
 		{name: "post", method: http.MethodPost, task: idFull, status: 405},
 	}
 	for _, tt := range tests {
@@ -291,7 +292,7 @@ func TestServe(t *testing.T) {
 func TestReadFailureMidStreamCutsResponse(t *testing.T) {
 	t.Parallel()
 	data := randomBytes(t, int(sizeFull))
-	tasks := &fakeTasks{tasks: map[string]fakeTask{
+	tasks := &fakeTasks{tasks: map[taskid.ID]fakeTask{
 		idFull: {data: data, size: sizeFull, verified: [][2]int64{{0, sizeFull}}, failFrom: 600 << 10},
 	}}
 	srv := httptest.NewServer(member(New(tasks, testKeys).Handler()))
@@ -336,7 +337,7 @@ func TestMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	srv := httptest.NewServer(member(New(tasks, testKeys, WithMetrics(httpx.NewMetrics(reg, "peer"))).Handler()))
 	t.Cleanup(srv.Close)
-	for _, id := range []string{idFull, idMissing} {
+	for _, id := range []taskid.ID{idFull, idMissing} {
 		resp, err := srv.Client().Get(srv.URL + Path(id))
 		require.NoError(t, err)
 		_, _ = io.Copy(io.Discard, resp.Body)
@@ -410,12 +411,13 @@ func TestTransferStart(t *testing.T) {
 	t.Parallel()
 	tasks, _ := newFakeTasks(t)
 	type start struct {
-		task, peer string
-		off, n     int64
+		task   taskid.ID
+		peer   string
+		off, n int64
 	}
 	var mu sync.Mutex
 	var got []start
-	srv := httptest.NewServer(member(New(tasks, testKeys, WithTransferStart(func(_ context.Context, task, peer string, off, n int64) {
+	srv := httptest.NewServer(member(New(tasks, testKeys, WithTransferStart(func(_ context.Context, task taskid.ID, peer string, off, n int64) {
 		mu.Lock()
 		defer mu.Unlock()
 		got = append(got, start{task, peer, off, n})
@@ -423,9 +425,10 @@ func TestTransferStart(t *testing.T) {
 	t.Cleanup(srv.Close)
 
 	tests := []struct {
-		name, method, task, peer, rng string
-		status                        int
-		want                          []start
+		name, method, peer, rng string
+		task                    taskid.ID
+		status                  int
+		want                    []start
 	}{
 		{name: "named GET", method: http.MethodGet, task: idFull, peer: "p1", rng: "bytes=100-199", status: http.StatusPartialContent,
 			want: []start{{idFull, "p1", 100, 100}}},

@@ -1,0 +1,337 @@
+package scheduler
+
+// Assignment: which member fetches which piece from whom. Polls park as
+// waiters and are answered when a change lets them be (flush, retry); the
+// choice itself is the selection policy (policy.go). Every function runs on
+// the event loop.
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/damselfly/damselfly/pkg/piece"
+	"github.com/damselfly/damselfly/pkg/schedapi"
+	"github.com/damselfly/damselfly/pkg/taskid"
+)
+
+// startAssignment records that to fetches piece i from from (nil: the CDN).
+//
+// Its deadline is the time a transfer of the piece at MinPieceRate takes
+// (Config.transferTimeout). A CDN assignment, when the CDN reports starts,
+// must also start within CDNStartGrace; its deadline then counts from the
+// start.
+func (st *state) startAssignment(t *task, to *member, i int, from *member) *assignment {
+	_, n := piece.Bounds(i, t.size, t.pieceSize)
+	now := st.now()
+	a := &assignment{task: t, piece: i, to: to, from: from, length: n, started: true,
+		deadline: now.Add(st.cfg.transferTimeout(n, to.rate))}
+	if from == nil && st.startReports {
+		a.started, a.at = false, now
+		a.startBy = now.Add(st.cfg.CDNStartGrace)
+		st.fresh = append(st.fresh, a)
+	}
+	to.inflight[i] = a
+	to.busy.set(i)
+	t.inflight[i]++
+	if from == nil {
+		to.fromCDN++
+		st.takeCDN(t, i, 1)
+	} else {
+		from.serving[a] = struct{}{}
+		st.addUploads(from.peer, 1)
+	}
+	st.assignments++
+	st.m.assigned(from == nil)
+	return a
+}
+
+// endAssignment frees the slot a held and lets its piece be assigned again.
+// Unless the piece was delivered, the requester wants it again.
+func (st *state) endAssignment(a *assignment, delivered bool) {
+	if a.to.inflight[a.piece] != a {
+		return
+	}
+	t := a.task
+	delete(a.to.inflight, a.piece)
+	a.to.syncBusy(a.piece)
+	t.inflight[a.piece]--
+	if a.from == nil {
+		a.to.fromCDN--
+		if a.lapsed {
+			a.lapsed = false
+			if a.to.lapsed--; a.to.lapsed == 0 {
+				st.touch(a.to)
+			}
+		} else {
+			st.takeCDN(t, a.piece, -1)
+		}
+	} else {
+		delete(a.from.serving, a)
+		st.addUploads(a.from.peer, -1)
+	}
+	st.assignments--
+	if !delivered || len(a.to.inflight) == st.cfg.MaxOutstanding-1 {
+		// It wants the piece again, or may have more now.
+		st.touch(a.to)
+	}
+}
+
+// takeCDN takes (d 1) or gives back (d -1) a CDN slot and one of piece i's
+// CDN transfers in t.
+func (st *state) takeCDN(t *task, i, d int) {
+	st.cdnBusy += d
+	t.fromCDN[i] += d
+	if d < 0 && (st.cdnBusy == st.cfg.CDNUploadSlots-1 || st.cdnBusy == dupLimit(st.cfg.CDNUploadSlots)-1) {
+		st.changedCDN()
+	}
+	st.refresh(t, i)
+}
+
+// lapseDue lapses the CDN assignments not started within cdnLapse: each
+// gives its slot and its piece's fanout back, and its requester gets no
+// more CDN assignments until it starts or ends. A requester that hoards
+// thus blocks the CDN for a moment only, and one at a time.
+func (st *state) lapseDue() {
+	cutoff := st.now().Add(-st.cfg.cdnLapse())
+	k := 0
+	for ; k < len(st.fresh); k++ {
+		a := st.fresh[k]
+		if a.started || a.lapsed || a.to.inflight[a.piece] != a {
+			continue
+		}
+		if a.at.After(cutoff) {
+			break
+		}
+		a.lapsed = true
+		a.to.lapsed++
+		st.takeCDN(a.task, a.piece, -1)
+	}
+	clear(st.fresh[:k])
+	st.fresh = st.fresh[k:]
+}
+
+// assign asks the policy for up to max pieces for m and records them.
+//
+// A member gets no more than MaxOutstanding assignments in flight, and none
+// once barred from the task.
+func (st *state) assign(t *task, m *member, max int) []schedapi.Assignment {
+	max = min(max, st.cfg.MaxOutstanding-len(m.inflight))
+	if t.state == schedapi.TaskFailed || max <= 0 || t.strikes[m.peer.id].barred {
+		return nil
+	}
+	chosen := st.policy.choose(t, m, max, st.slots())
+	if len(chosen) == 0 {
+		return nil
+	}
+	out := make([]schedapi.Assignment, 0, len(chosen))
+	for _, c := range chosen {
+		st.startAssignment(t, m, c.piece, c.from)
+		off, n := piece.Bounds(c.piece, t.size, t.pieceSize)
+		a := schedapi.Assignment{
+			Piece:  c.piece,
+			Offset: off,
+			Length: n,
+			Digest: t.digests[c.piece].String(),
+		}
+		if c.from == nil {
+			a.From, a.FromCDN = st.cdn, true
+		} else {
+			a.From = schedapi.Peer{ID: c.from.peer.id, Addr: c.from.peer.addr}
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// poll answers w now if it can, or parks it on its task.
+func (st *state) poll(w *waiter) {
+	t, m, err := st.member(w.taskID, w.peerID)
+	if err != nil {
+		w.answer(schedapi.PiecesResponse{}, fmt.Errorf("poll: %w", err))
+		return
+	}
+	m.peer.lastSeen = st.now()
+	w.t, w.m, w.state = t, m, t.state
+	if !st.tryAnswer(w) {
+		w.parked = true
+		m.peer.polling++
+		m.waiting++
+		t.waiters = append(t.waiters, w)
+	}
+}
+
+// tryAnswer answers w if it has assignments, if its task changed state since
+// it arrived or failed, or if its peer holds all of a succeeded task.
+func (st *state) tryAnswer(w *waiter) bool {
+	t, m := w.t, w.m
+	complete := t.complete(m)
+	done := t.state != w.state || t.state == schedapi.TaskFailed || complete
+	resp := schedapi.PiecesResponse{}
+	if t.state != schedapi.TaskFailed && !complete {
+		resp.Assignments = st.assign(t, m, w.max)
+		for _, a := range resp.Assignments {
+			w.given = append(w.given, m.inflight[a.Piece])
+		}
+	}
+	if len(resp.Assignments) == 0 && !done {
+		return false
+	}
+	resp.TaskInfo = t.info()
+	w.answer(resp, nil)
+	return true
+}
+
+// unpark answers w, if it is still parked, with no assignments: its caller
+// stopped waiting.
+func (st *state) unpark(w *waiter) {
+	if !w.parked {
+		return
+	}
+	t := w.t
+	if i := slices.Index(t.waiters, w); i >= 0 {
+		t.waiters = slices.Delete(t.waiters, i, i+1)
+	}
+	w.answer(schedapi.PiecesResponse{TaskInfo: t.info()}, nil)
+}
+
+// release ends the assignments w was answered with: nobody will fetch them.
+func (st *state) release(w *waiter) {
+	for _, a := range w.given {
+		st.endAssignment(a, false)
+	}
+	w.given = nil
+}
+
+// flush retries the parked polls of every task something changed in, oldest
+// first. After a state change or a sweep every parked poll is run through
+// the policy. Otherwise only the polls that may gain are: those wanting a
+// piece that became servable (and only until no such piece is left
+// servable), and those of members that want a piece again or completed. A
+// parked poll never wants a piece that is servable (it would have been
+// answered), so nothing else can serve it, and one published piece or one
+// freed slot does not cost a walk over every parked peer.
+func (st *state) flush() {
+	// A retry only takes slots and pieces, so it records no new change;
+	// the index loop is safe all the same.
+	for k := 0; k < len(st.dirty); k++ {
+		t := st.dirty[k]
+		c := t.ch
+		t.ch = nil
+		if c == nil {
+			continue
+		}
+		switch {
+		case len(t.waiters) == 0:
+		case c.all:
+			kept := t.waiters[:0]
+			for _, w := range t.waiters {
+				if !st.tryAnswer(w) {
+					kept = append(kept, w)
+				}
+			}
+			clear(t.waiters[len(kept):])
+			t.waiters = kept
+		default:
+			st.retry(t, c)
+		}
+		for _, m := range c.members {
+			m.touched = false
+		}
+		clear(c.pieces)
+		clear(c.members)
+		*c = changes{pieces: c.pieces, members: c.members[:0]}
+		t.spare = c
+	}
+	clear(st.dirty)
+	st.dirty = st.dirty[:0]
+}
+
+// retry retries the parked polls of t that what c records may serve.
+func (st *state) retry(t *task, c *changes) {
+	room := st.slots().room()
+	// want: the pieces that became servable and still are.
+	want := st.want[:0]
+	n := len(c.pieces)
+	if c.cdn && room.free {
+		n = max(n, len(t.cdnOK), len(t.cdnDup))
+	}
+	rose := false
+	for w := range n {
+		x := c.pieces.word(w)
+		if c.cdn {
+			x |= t.cdnOK.word(w) | t.cdnDup.word(w)
+		}
+		x &= t.servableWord(w, room)
+		rose = rose || x != 0
+		want = append(want, x)
+	}
+	st.want = want
+	touched := len(c.members) > 0
+	if !rose && !touched {
+		return
+	}
+	kept := t.waiters[:0]
+	for k, w := range t.waiters {
+		if !rose && !touched {
+			kept = append(kept, t.waiters[k:]...)
+			break
+		}
+		if !(w.m.touched || rose && w.m.wants(want)) || !st.tryAnswer(w) {
+			kept = append(kept, w)
+			continue
+		}
+		if rose {
+			// The answer took slots: keep what is still servable.
+			room = st.slots().room()
+			rose = false
+			for i := range want {
+				want[i] &= t.servableWord(i, room)
+				rose = rose || want[i] != 0
+			}
+		}
+	}
+	clear(t.waiters[len(kept):])
+	t.waiters = kept
+}
+
+// slots returns the upload capacity as it stands.
+func (st *state) slots() slots {
+	return slots{peer: st.cfg.PeerUploadSlots, cdn: st.cfg.CDNUploadSlots, cdnBusy: st.cdnBusy}
+}
+
+// started records that the CDN began sending bytes [off, off+n) of a task
+// to peerID: its CDN assignments of the pieces in that range are started,
+// and their deadline counts from now.
+func (st *state) started(taskID taskid.ID, peerID string, off, n int64) {
+	t := st.tasks[taskID]
+	if t == nil || off < 0 || n <= 0 {
+		return
+	}
+	m := t.members[peerID]
+	if m == nil {
+		return
+	}
+	now := st.now()
+	m.peer.lastSeen = now
+	first, last := off/t.pieceSize, (off+n-1)/t.pieceSize
+	for i := first; i <= last && i < first+schedapi.MaxAssignments; i++ {
+		a := m.inflight[int(i)]
+		if a == nil || a.from != nil || a.started {
+			continue
+		}
+		a.started = true
+		a.deadline = now.Add(st.cfg.transferTimeout(a.length, m.rate))
+		if !m.proven {
+			m.proven = true
+			st.touch(m)
+		}
+		if a.lapsed {
+			// Late, but under way: it holds a slot again.
+			a.lapsed = false
+			if m.lapsed--; m.lapsed == 0 {
+				st.touch(m)
+			}
+			st.takeCDN(t, a.piece, 1)
+		}
+	}
+}
