@@ -1,4 +1,4 @@
-package server
+package registryapi
 
 import (
 	"net/http"
@@ -20,7 +20,7 @@ import (
 // checkManifestPath compares manifestPath with distribution's router on p:
 // what manifestPath takes, the router matches as the manifest route with
 // the same variables; what the router matches as a manifest that
-// ServeManifest would serve, manifestPath takes (except a trailing "/",
+// the front would serve, manifestPath takes (except a trailing "/",
 // which the router's strict-slash matching accepts and which is left to
 // it).
 func checkManifestPath(t *testing.T, p string) {
@@ -165,7 +165,7 @@ func BenchmarkManifestHit(b *testing.B) {
 	require.NoError(b, err)
 	c, err := manifestcache.New(manifestcache.Config{}, registrysource.New())
 	require.NoError(b, err)
-	s, err := New(c, reg.URL)
+	s, err := newFront(c, reg.URL, nil)
 	require.NoError(b, err)
 	req := httptest.NewRequestWithContext(b.Context(), http.MethodGet, "/v2/library/app/manifests/1", nil)
 	req.Header.Set("Accept", "application/vnd.docker.distribution.manifest.v2+json")

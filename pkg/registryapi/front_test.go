@@ -1,0 +1,695 @@
+package registryapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/distribution/distribution/v3/registry/api/errcode"
+	digest "github.com/opencontainers/go-digest"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/damselfly/damselfly/pkg/manifestcache"
+	"github.com/damselfly/damselfly/pkg/registrytest"
+	"github.com/damselfly/damselfly/pkg/source/registrysource"
+)
+
+// The embedded registry leaves its notification broadcasters running.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/docker/go-events.(*Broadcaster).run"))
+}
+
+// clock is a manual clock for the cache.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// env is a registry cache server in front of an upstream.
+type env struct {
+	upstream *url.URL
+	clock    *clock
+	cache    *manifestcache.Cache
+	srv      *Front
+	url      string
+	client   *http.Client
+}
+
+// newEnv starts the server in front of upstream.
+func newEnv(t *testing.T, upstream *url.URL, cfg manifestcache.Config) *env {
+	t.Helper()
+	tr := &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 64}
+	hc := &http.Client{Transport: tr}
+	e := &env{upstream: upstream, clock: &clock{t: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)}}
+	var err error
+	e.cache, err = manifestcache.New(cfg, registrysource.New(registrysource.WithHTTPClient(hc)), manifestcache.WithClock(e.clock.Now))
+	require.NoError(t, err)
+	e.srv, err = newFront(e.cache, upstream, hc)
+	require.NoError(t, err)
+	ts := httptest.NewServer(e.srv)
+	ctr := &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 64}
+	e.client = &http.Client{Transport: ctr}
+	e.url = ts.URL
+	t.Cleanup(func() {
+		ts.Close()
+		tr.CloseIdleConnections()
+		ctr.CloseIdleConnections()
+	})
+	return e
+}
+
+type response struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func (e *env) do(t *testing.T, method, path string, header ...string) response {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), method, e.url+path, nil)
+	require.NoError(t, err)
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Add(header[i], header[i+1])
+	}
+	resp, err := e.client.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return response{resp.StatusCode, resp.Header, b}
+}
+
+// errorCode decodes an errcode JSON body and returns its first code.
+func errorCode(t *testing.T, r response) string {
+	t.Helper()
+	require.Equal(t, "application/json", r.header.Get("Content-Type"), "body %s", r.body)
+	var body struct {
+		Errors []struct {
+			Code    string `json:"code"`
+			Message string `json:"message"`
+		} `json:"errors"`
+	}
+	require.NoError(t, json.Unmarshal(r.body, &body), "body %s", r.body)
+	require.NotEmpty(t, body.Errors)
+	return body.Errors[0].Code
+}
+
+const acceptAll = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, " +
+	"application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json"
+
+func TestPullThrough(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t)
+	img, err := reg.PushRandomImage(t.Context(), "library/app", "1.0", 1000, 2000)
+	require.NoError(t, err)
+	e := newEnv(t, reg.URL, manifestcache.Config{})
+	reg.ResetStats()
+
+	// HEAD by tag, GET by tag, GET by digest: what a runtime does.
+	r := e.do(t, http.MethodHead, "/v2/library/app/manifests/1.0", "Accept", acceptAll)
+	require.Equal(t, http.StatusOK, r.status)
+	require.Empty(t, r.body)
+	require.Equal(t, img.Manifest.String(), r.header.Get("Docker-Content-Digest"))
+	require.Equal(t, img.MediaType, r.header.Get("Content-Type"))
+	require.Equal(t, `"`+img.Manifest.String()+`"`, r.header.Get("ETag"))
+	require.Equal(t, len(img.ManifestBody), atoi(t, r.header.Get("Content-Length")))
+
+	for _, ref := range []string{"1.0", img.Manifest.String()} {
+		r = e.do(t, http.MethodGet, "/v2/library/app/manifests/"+ref, "Accept", acceptAll)
+		require.Equal(t, http.StatusOK, r.status, "%s: %s", ref, r.body)
+		require.Equal(t, img.ManifestBody, r.body)
+		require.Equal(t, img.Manifest, digest.FromBytes(r.body))
+		require.Equal(t, "registry/2.0", r.header.Get("Docker-Distribution-Api-Version"))
+	}
+	st := reg.Stats()
+	require.Equal(t, 1, st.ManifestGETs["library/app:1.0"], "one upstream GET for the tag")
+	require.Zero(t, st.ManifestGETs["library/app:"+img.Manifest.String()], "the digest is served from the cache")
+
+	// A conditional GET with the ETag is a 304.
+	r = e.do(t, http.MethodGet, "/v2/library/app/manifests/1.0", "Accept", acceptAll, "If-None-Match", `"`+img.Manifest.String()+`"`)
+	require.Equal(t, http.StatusNotModified, r.status)
+
+	// Blobs are streamed through, whole and by range; HEAD too.
+	for _, d := range img.Blobs() {
+		r = e.do(t, http.MethodGet, "/v2/library/app/blobs/"+d.Digest.String())
+		require.Equal(t, http.StatusOK, r.status)
+		require.Equal(t, d.Digest, digest.FromBytes(r.body))
+		require.Equal(t, d.Digest.String(), r.header.Get("Docker-Content-Digest"))
+	}
+	layer := img.Layers[0]
+	full := e.do(t, http.MethodGet, "/v2/library/app/blobs/"+layer.Digest.String())
+	r = e.do(t, http.MethodGet, "/v2/library/app/blobs/"+layer.Digest.String(), "Range", "bytes=10-19")
+	require.Equal(t, http.StatusPartialContent, r.status)
+	require.Equal(t, full.body[10:20], r.body)
+	require.Equal(t, "bytes 10-19/"+strconv.Itoa(len(full.body)), r.header.Get("Content-Range"))
+	r = e.do(t, http.MethodHead, "/v2/library/app/blobs/"+layer.Digest.String())
+	require.Equal(t, http.StatusOK, r.status)
+	require.Equal(t, layer.Size, int64(atoi(t, r.header.Get("Content-Length"))))
+
+	// Base and tags list pass through.
+	r = e.do(t, http.MethodGet, "/v2/")
+	require.Equal(t, http.StatusOK, r.status)
+	r = e.do(t, http.MethodGet, "/v2/library/app/tags/list")
+	require.Equal(t, http.StatusOK, r.status)
+	var tags struct {
+		Name string   `json:"name"`
+		Tags []string `json:"tags"`
+	}
+	require.NoError(t, json.Unmarshal(r.body, &tags))
+	require.Equal(t, "library/app", tags.Name)
+	require.Equal(t, []string{"1.0"}, tags.Tags)
+
+	// Unknown blob: the upstream's 404 BLOB_UNKNOWN.
+	r = e.do(t, http.MethodGet, "/v2/library/app/blobs/"+digest.FromString("none").String())
+	require.Equal(t, http.StatusNotFound, r.status)
+	require.Equal(t, "BLOB_UNKNOWN", errorCode(t, r))
+}
+
+func TestConcurrentPullsOneUpstreamGET(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t)
+	img, err := reg.PushRandomImage(t.Context(), "library/app", "latest", 100)
+	require.NoError(t, err)
+	e := newEnv(t, reg.URL, manifestcache.Config{TagTTL: 30 * time.Second})
+	reg.ResetStats()
+
+	round := func() {
+		var wg sync.WaitGroup
+		var bad atomic.Int32
+		for range 50 {
+			wg.Go(func() {
+				req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, e.url+"/v2/library/app/manifests/latest", nil)
+				req.Header.Set("Accept", acceptAll)
+				resp, err := e.client.Do(req)
+				if err != nil {
+					bad.Add(1)
+					return
+				}
+				defer resp.Body.Close()
+				b, _ := io.ReadAll(resp.Body)
+				if resp.StatusCode != http.StatusOK || !bytes.Equal(b, img.ManifestBody) {
+					bad.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		require.Zero(t, bad.Load())
+	}
+	round()
+	require.Equal(t, 1, reg.Stats().ManifestGETs["library/app:latest"])
+	e.clock.Advance(30 * time.Second)
+	before := reg.Stats().Requests
+	round()
+	require.Equal(t, before+1, reg.Stats().Requests, "one more upstream request after the TTL")
+	require.Equal(t, 1, reg.Stats().ManifestGETs["library/app:latest"], "a HEAD: the digest has not changed")
+}
+
+func TestErrors(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t)
+	_, err := reg.PushRandomImage(t.Context(), "library/app", "1", 100)
+	require.NoError(t, err)
+	e := newEnv(t, reg.URL, manifestcache.Config{})
+	reg.ResetStats()
+
+	tests := []struct {
+		name, method, path string
+		status             int
+		code               string
+		reachesUpstream    bool
+	}{
+		{"unknown tag", "GET", "/v2/library/app/manifests/nope", 404, "MANIFEST_UNKNOWN", true},
+		{"unknown repository", "GET", "/v2/library/none/manifests/1", 404, "MANIFEST_UNKNOWN", true},
+		{"unknown digest", "HEAD", "/v2/library/app/manifests/" + digest.FromString("x").String(), 404, "", true},
+		{"uppercase name", "GET", "/v2/Library/App/manifests/1", 400, "NAME_INVALID", false},
+		{"name with a port", "GET", "/v2/localhost:5000/app/manifests/1", 400, "NAME_INVALID", false},
+		{"bad tag", "GET", "/v2/library/app/manifests/-x", 400, "TAG_INVALID", false},
+		{"bad digest", "GET", "/v2/library/app/manifests/sha256:abc", 400, "DIGEST_INVALID", false},
+		{"unknown algorithm", "GET", "/v2/library/app/manifests/md5:" + strings.Repeat("a", 32), 400, "DIGEST_INVALID", false},
+		{"bad blob digest", "GET", "/v2/library/app/blobs/sha256:zz", 400, "DIGEST_INVALID", false},
+		{"manifest push", "PUT", "/v2/library/app/manifests/1", 405, "UNSUPPORTED", false},
+		{"manifest delete", "DELETE", "/v2/library/app/manifests/1", 405, "UNSUPPORTED", false},
+		{"blob upload", "POST", "/v2/library/app/blobs/uploads/", 405, "UNSUPPORTED", false},
+		{"catalog", "GET", "/v2/_catalog", 405, "UNSUPPORTED", false},
+		{"not the v2 API", "GET", "/v3/x", 404, "NOT_FOUND", false},
+		{"garbage under v2", "GET", "/v2/%00", 404, "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := reg.Stats().Requests
+			r := e.do(t, tt.method, tt.path)
+			require.Equal(t, tt.status, r.status, "body %s", r.body)
+			if tt.code != "" {
+				require.Equal(t, tt.code, errorCode(t, r))
+			}
+			if !tt.reachesUpstream {
+				require.Equal(t, before, reg.Stats().Requests, "bad input reached the upstream")
+			}
+		})
+	}
+	// The 404 is remembered briefly: asked again, the upstream is not.
+	before := reg.Stats().ManifestGETs["library/app:nope"]
+	r := e.do(t, http.MethodGet, "/v2/library/app/manifests/nope")
+	require.Equal(t, http.StatusNotFound, r.status)
+	require.Equal(t, before, reg.Stats().ManifestGETs["library/app:nope"])
+}
+
+// TestTokenAuth: the registry wants Bearer tokens. Challenges reach the
+// client, the client's token reaches the registry, and what one client
+// pulled with its token is not served to a client without one.
+func TestTokenAuth(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t, registrytest.WithTokenAuth(map[string]string{"alice": "wonderland"}))
+	img, err := reg.PushRandomImage(t.Context(), "team/app", "1", 500)
+	require.NoError(t, err)
+	e := newEnv(t, reg.URL, manifestcache.Config{})
+
+	// The base endpoint's challenge is passed through.
+	r := e.do(t, http.MethodGet, "/v2/")
+	require.Equal(t, http.StatusUnauthorized, r.status)
+	challenge := r.header.Get("WWW-Authenticate")
+	require.Contains(t, challenge, `Bearer realm="`+reg.Realm())
+	require.Equal(t, "UNAUTHORIZED", errorCode(t, r))
+
+	// So is a manifest's, with the scope to ask for.
+	r = e.do(t, http.MethodGet, "/v2/team/app/manifests/1", "Accept", acceptAll)
+	require.Equal(t, http.StatusUnauthorized, r.status)
+	require.Contains(t, r.header.Get("WWW-Authenticate"), `scope="repository:team/app:pull"`)
+	require.Equal(t, "UNAUTHORIZED", errorCode(t, r))
+
+	tok, err := reg.Token(t.Context(), "alice", "wonderland", "repository:team/app:pull")
+	require.NoError(t, err)
+	bearer := "Bearer " + tok
+	r = e.do(t, http.MethodGet, "/v2/", "Authorization", bearer)
+	require.Equal(t, http.StatusOK, r.status)
+	for _, ref := range []string{"1", img.Manifest.String()} {
+		r = e.do(t, http.MethodGet, "/v2/team/app/manifests/"+ref, "Accept", acceptAll, "Authorization", bearer)
+		require.Equal(t, http.StatusOK, r.status, "%s", r.body)
+		require.Equal(t, img.ManifestBody, r.body)
+	}
+	for _, d := range img.Blobs() {
+		r = e.do(t, http.MethodGet, "/v2/team/app/blobs/"+d.Digest.String(), "Authorization", bearer)
+		require.Equal(t, http.StatusOK, r.status)
+		require.Equal(t, d.Digest, digest.FromBytes(r.body))
+	}
+
+	// Another token of alice's (registries hand out short-lived ones): the
+	// tag is resolved with a HEAD, the manifest is not fetched again.
+	tok2, err := reg.Token(t.Context(), "alice", "wonderland", "repository:team/app:pull")
+	require.NoError(t, err)
+	require.NotEqual(t, tok, tok2)
+	gets := reg.Stats().ManifestGETs["team/app:1"]
+	r = e.do(t, http.MethodGet, "/v2/team/app/manifests/1", "Accept", acceptAll, "Authorization", "Bearer "+tok2)
+	require.Equal(t, http.StatusOK, r.status)
+	require.Equal(t, img.ManifestBody, r.body)
+	require.Equal(t, gets, reg.Stats().ManifestGETs["team/app:1"])
+
+	// The cache holds the manifest now; a client without a token, or with
+	// an anonymous token (no access), must still be refused.
+	anon, err := reg.Token(t.Context(), "", "", "repository:team/app:pull")
+	require.NoError(t, err)
+	for _, auth := range []string{"", "Bearer " + anon} {
+		for _, ref := range []string{"1", img.Manifest.String()} {
+			var hdr []string
+			if auth != "" {
+				hdr = []string{"Authorization", auth}
+			}
+			r = e.do(t, http.MethodGet, "/v2/team/app/manifests/"+ref, hdr...)
+			require.Equal(t, http.StatusUnauthorized, r.status, "auth %q ref %s", auth != "", ref)
+			require.NotEqual(t, img.ManifestBody, r.body)
+			require.NotEmpty(t, r.header.Get("WWW-Authenticate"))
+		}
+		r = e.do(t, http.MethodGet, "/v2/team/app/blobs/"+img.Layers[0].Digest.String())
+		require.Equal(t, http.StatusUnauthorized, r.status)
+	}
+}
+
+// authProxy puts a registry behind a front that demands its own Bearer
+// token, as a registry behind an auth proxy does.
+func authProxy(t *testing.T, reg *registrytest.Registry, token string) *url.URL {
+	t.Helper()
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer "+token {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="http://auth.invalid/token",service="front",scope="repository:library/app:pull"`)
+			w.Header().Set("Content-Type", "text/plain")
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = io.WriteString(w, "go away\n")
+			return
+		}
+		u := *reg.URL
+		u.Path, u.RawQuery = r.URL.Path, r.URL.RawQuery
+		req, _ := http.NewRequestWithContext(r.Context(), r.Method, u.String(), nil)
+		req.Header = r.Header.Clone()
+		req.Header.Del("Authorization")
+		resp, err := http.DefaultTransport.RoundTrip(req)
+		if err != nil {
+			w.WriteHeader(http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		for k, v := range resp.Header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(resp.StatusCode)
+		_, _ = io.Copy(w, resp.Body)
+	}))
+	t.Cleanup(front.Close)
+	u, _ := url.Parse(front.URL)
+	return u
+}
+
+func TestChallengeFromAuthProxy(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t)
+	img, err := reg.PushRandomImage(t.Context(), "library/app", "1", 100)
+	require.NoError(t, err)
+	e := newEnv(t, authProxy(t, reg, "s3cret"), manifestcache.Config{})
+
+	for _, path := range []string{"/v2/", "/v2/library/app/manifests/1", "/v2/library/app/tags/list",
+		"/v2/library/app/blobs/" + img.Layers[0].Digest.String()} {
+		r := e.do(t, http.MethodGet, path)
+		require.Equal(t, http.StatusUnauthorized, r.status, path)
+		require.Equal(t, `Bearer realm="http://auth.invalid/token",service="front",scope="repository:library/app:pull"`,
+			r.header.Get("WWW-Authenticate"), path)
+		require.Equal(t, "UNAUTHORIZED", errorCode(t, r), "a non-JSON 401 becomes errcode JSON")
+	}
+	r := e.do(t, http.MethodGet, "/v2/library/app/manifests/1", "Authorization", "Bearer s3cret", "Accept", acceptAll)
+	require.Equal(t, http.StatusOK, r.status)
+	require.Equal(t, img.ManifestBody, r.body)
+	r = e.do(t, http.MethodGet, "/v2/library/app/manifests/1", "Authorization", "Bearer wrong", "Accept", acceptAll)
+	require.Equal(t, http.StatusUnauthorized, r.status)
+}
+
+// TestUpstreamFailures: stale within the window, 503 when unreachable, 502
+// when the upstream answers 5xx.
+func TestUpstreamFailures(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t)
+	img, err := reg.PushRandomImage(t.Context(), "library/app", "1", 100)
+	require.NoError(t, err)
+
+	// A front that can be switched to failing.
+	var mode atomic.Value
+	mode.Store("ok")
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch mode.Load().(string) {
+		case "500":
+			w.WriteHeader(http.StatusInternalServerError)
+			return
+		case "503":
+			w.Header().Set("Retry-After", "7")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		case "hang": // closes the connection without answering
+			if hj, ok := w.(http.Hijacker); ok {
+				c, _, _ := hj.Hijack()
+				_ = c.Close()
+			}
+			return
+		}
+		u := *reg.URL
+		u.Path, u.RawQuery = r.URL.Path, r.URL.RawQuery
+		req, _ := http.NewRequestWithContext(r.Context(), r.Method, u.String(), nil)
+		req.Header = r.Header.Clone()
+		resp, err := http.DefaultTransport.RoundTrip(req)
+		if err != nil {
+			w.WriteHeader(http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		for k, v := range resp.Header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(resp.StatusCode)
+		_, _ = io.Copy(w, resp.Body)
+	}))
+	t.Cleanup(front.Close)
+	fu, _ := url.Parse(front.URL)
+	e := newEnv(t, fu, manifestcache.Config{TagTTL: 30 * time.Second, StaleIfError: 5 * time.Minute})
+
+	r := e.do(t, http.MethodGet, "/v2/library/app/manifests/1", "Accept", acceptAll)
+	require.Equal(t, http.StatusOK, r.status)
+	require.Empty(t, r.header.Get("Warning"))
+
+	e.clock.Advance(time.Minute)
+	mode.Store("500")
+	r = e.do(t, http.MethodGet, "/v2/library/app/manifests/1", "Accept", acceptAll)
+	require.Equal(t, http.StatusOK, r.status, "stale within the window")
+	require.Equal(t, img.ManifestBody, r.body)
+	require.Contains(t, r.header.Get("Warning"), "110")
+
+	r = e.do(t, http.MethodGet, "/v2/library/app/manifests/other", "Accept", acceptAll)
+	require.Equal(t, http.StatusBadGateway, r.status)
+	require.Equal(t, "UPSTREAM_ERROR", errorCode(t, r))
+	r = e.do(t, http.MethodGet, "/v2/library/app/blobs/"+img.Layers[0].Digest.String())
+	require.Equal(t, http.StatusBadGateway, r.status)
+	require.Equal(t, "UPSTREAM_ERROR", errorCode(t, r))
+
+	mode.Store("503")
+	r = e.do(t, http.MethodGet, "/v2/library/app/manifests/other", "Accept", acceptAll)
+	require.Equal(t, http.StatusServiceUnavailable, r.status)
+	require.Equal(t, "UNAVAILABLE", errorCode(t, r))
+	require.Equal(t, "7", r.header.Get("Retry-After"))
+
+	mode.Store("hang")
+	r = e.do(t, http.MethodGet, "/v2/library/app/manifests/other", "Accept", acceptAll)
+	require.Equal(t, http.StatusBadGateway, r.status, "a connection closed without an answer: %s", r.body)
+
+	e.clock.Advance(5 * time.Minute)
+	mode.Store("500")
+	r = e.do(t, http.MethodGet, "/v2/library/app/manifests/1", "Accept", acceptAll)
+	require.Equal(t, http.StatusBadGateway, r.status, "beyond the stale window")
+
+	// Nothing listening at all.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	dead := &url.URL{Scheme: "http", Host: ln.Addr().String()}
+	require.NoError(t, ln.Close())
+	e2 := newEnv(t, dead, manifestcache.Config{})
+	for _, path := range []string{"/v2/library/app/manifests/1", "/v2/library/app/blobs/" + img.Layers[0].Digest.String()} {
+		r = e2.do(t, http.MethodGet, path)
+		require.Equal(t, http.StatusServiceUnavailable, r.status, path)
+		require.Equal(t, "UNAVAILABLE", errorCode(t, r))
+	}
+	// The ping is answered by the cache itself, so that clients that ping
+	// first reach what it can serve stale.
+	for _, ee := range []*env{e, e2} {
+		mode.Store("500")
+		for _, method := range []string{http.MethodGet, http.MethodHead} {
+			r = ee.do(t, method, "/v2/")
+			require.Equal(t, http.StatusOK, r.status, "%s: %s", method, r.body)
+			require.Equal(t, "registry/2.0", r.header.Get("Docker-Distribution-Api-Version"))
+		}
+		require.Equal(t, "{}", string(ee.do(t, http.MethodGet, "/v2/").body))
+	}
+}
+
+// TestBlobRedirect: a blob redirected to storage on another host is
+// followed, and the client's Authorization does not go along.
+func TestBlobRedirect(t *testing.T) {
+	t.Parallel()
+	payload := []byte("layer bytes from blob storage")
+	d := digest.FromBytes(payload)
+	var storageAuth atomic.Value
+	storageAuth.Store("unset")
+	storage := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		storageAuth.Store(r.Header.Get("Authorization"))
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(payload))
+	}))
+	t.Cleanup(storage.Close)
+	_, port, _ := net.SplitHostPort(strings.TrimPrefix(storage.URL, "http://"))
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer t" {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		// Another host name for the same loopback address.
+		http.Redirect(w, r, "http://localhost:"+port+"/blob?sig=1", http.StatusTemporaryRedirect)
+	}))
+	t.Cleanup(front.Close)
+	fu, _ := url.Parse(front.URL)
+	e := newEnv(t, fu, manifestcache.Config{})
+
+	r := e.do(t, http.MethodGet, "/v2/library/app/blobs/"+d.String(), "Authorization", "Bearer t")
+	require.Equal(t, http.StatusOK, r.status)
+	require.Equal(t, payload, r.body)
+	require.Empty(t, storageAuth.Load(), "Authorization was dropped on the cross-host hop")
+
+	r = e.do(t, http.MethodGet, "/v2/library/app/blobs/"+d.String(), "Authorization", "Bearer t", "Range", "bytes=6-10")
+	require.Equal(t, http.StatusPartialContent, r.status)
+	require.Equal(t, payload[6:11], r.body)
+}
+
+// byNS is an Upstreams that picks the upstream by ?ns=, as dfdaemon's
+// mirror does.
+type byNS map[string]*url.URL
+
+func (u byNS) Upstream(r *http.Request, name string) (*url.URL, string, error) {
+	ns := r.URL.Query().Get("ns")
+	if base, ok := u[ns]; ok {
+		return base, name, nil
+	}
+	return nil, "", fmt.Errorf("ns %q: %w", ns, ErrNotAllowed)
+}
+
+func TestPerRequestUpstream(t *testing.T) {
+	t.Parallel()
+	regA := registrytest.New(t)
+	regB := registrytest.New(t)
+	imgA, err := regA.PushRandomImage(t.Context(), "library/app", "1", 100)
+	require.NoError(t, err)
+	imgB, err := regB.PushRandomImage(t.Context(), "library/app", "1", 100)
+	require.NoError(t, err)
+	c, err := manifestcache.New(manifestcache.Config{}, registrysource.New())
+	require.NoError(t, err)
+	s, err := New(c, byNS{"a": regA.URL, "b": regB.URL}, NewPassThrough(nil, nil))
+	require.NoError(t, err)
+	for _, tc := range []struct {
+		ns   string
+		want []byte
+	}{{"a", imgA.ManifestBody}, {"b", imgB.ManifestBody}} {
+		req := httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/v2/library/app/manifests/1?ns="+tc.ns, nil)
+		req.Header.Set("Accept", acceptAll)
+		rec := httptest.NewRecorder()
+		s.ServeHTTP(rec, req)
+		require.Equal(t, http.StatusOK, rec.Code, rec.Body.String())
+		require.Equal(t, tc.want, rec.Body.Bytes(), "the same tag on two upstreams are two entries")
+	}
+	// An upstream the Upstreams refuses is 403 DENIED, on every route.
+	for _, p := range []string{"/v2/", "/v2/library/app/manifests/1", "/v2/library/app/tags/list",
+		"/v2/library/app/blobs/" + imgA.Layers[0].Digest.String()} {
+		rec := httptest.NewRecorder()
+		s.ServeHTTP(rec, httptest.NewRequestWithContext(t.Context(), http.MethodGet, p+"?ns=c", nil))
+		require.Equal(t, http.StatusForbidden, rec.Code, p)
+		require.Equal(t, "DENIED", errorCode(t, response{rec.Code, rec.Header(), rec.Body.Bytes()}), p)
+	}
+}
+
+func TestNew(t *testing.T) {
+	t.Parallel()
+	c, err := manifestcache.New(manifestcache.Config{}, registrysource.New())
+	require.NoError(t, err)
+	for _, u := range []string{"ftp://x", "http://", "http://u:p@host", "http://host?q=1"} {
+		pu, err := url.Parse(u)
+		require.NoError(t, err)
+		_, err = NewFixed(pu)
+		require.Error(t, err, u)
+		require.NotContains(t, err.Error(), ":p@", "no password in errors")
+	}
+	_, err = NewFixed(nil)
+	require.Error(t, err)
+	_, err = New(nil, Fixed{}, NewPassThrough(nil, nil))
+	require.Error(t, err)
+	_, err = New(c, nil, NewPassThrough(nil, nil))
+	require.Error(t, err)
+	_, err = New(c, Fixed{}, nil)
+	require.Error(t, err)
+}
+
+func TestServeErrorStatuses(t *testing.T) {
+	t.Parallel()
+	re := func(code int, hdr ...string) *registrysource.ResponseError {
+		h := http.Header{}
+		for i := 0; i+1 < len(hdr); i += 2 {
+			h.Set(hdr[i], hdr[i+1])
+		}
+		return &registrysource.ResponseError{StatusCode: code, Header: h}
+	}
+	tests := []struct {
+		name   string
+		err    error
+		status int
+		code   string
+	}{
+		{"not found", manifestcache.ErrNotFound, 404, "MANIFEST_UNKNOWN"},
+		{"bad request", manifestcache.ErrBadRequest, 400, "NAME_INVALID"},
+		{"401 passed", re(401, "WWW-Authenticate", "Basic realm=x"), 401, "UNAUTHORIZED"},
+		{"403 passed", re(403), 403, "DENIED"},
+		{"other 4xx passed", re(400), 400, "UPSTREAM_ERROR"},
+		{"429 unavailable", joinErr(manifestcache.ErrUnavailable, re(429, "Retry-After", "3")), 429, "TOOMANYREQUESTS"},
+		{"5xx", joinErr(manifestcache.ErrUnavailable, re(500)), 502, "UPSTREAM_ERROR"},
+		{"digest mismatch", joinErr(manifestcache.ErrUnavailable, registrysource.ErrDigestMismatch), 502, "UPSTREAM_ERROR"},
+		{"timeout", joinErr(manifestcache.ErrUnavailable, context.DeadlineExceeded), 503, "UNAVAILABLE"},
+		{"unknown", io.ErrUnexpectedEOF, 500, "UNKNOWN"},
+		{"errcode", errcode.ErrorCodeTagInvalid, 400, "TAG_INVALID"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			rec := httptest.NewRecorder()
+			require.Equal(t, tt.status, serveError(rec, tt.err, errcode.ErrorCodeManifestUnknown))
+			require.Equal(t, tt.status, rec.Code)
+			require.Equal(t, tt.code, errorCode(t, response{rec.Code, rec.Header(), rec.Body.Bytes()}))
+		})
+	}
+}
+
+type joined struct{ a, b error }
+
+func (j joined) Error() string   { return j.a.Error() + ": " + j.b.Error() }
+func (j joined) Unwrap() []error { return []error{j.a, j.b} }
+
+func joinErr(a, b error) error { return joined{a, b} }
+
+func atoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
+	require.NoError(t, err)
+	return n
+}
+
+// TestManifestByDigestWhateverAccept: a Docker schema 2 manifest asked for
+// by digest with only the OCI manifest type in Accept is served, as the
+// registry itself serves it (by digest the content is pinned), with the
+// registry's Content-Type; first from the upstream, then from the cache.
+func TestManifestByDigestWhateverAccept(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t)
+	img, err := reg.PushRandomImage(t.Context(), "library/app", "1", 1000)
+	require.NoError(t, err)
+	require.Equal(t, registrytest.MediaTypeManifest, img.MediaType)
+	e := newEnv(t, reg.URL, manifestcache.Config{})
+	path := "/v2/library/app/manifests/" + img.Manifest.String()
+
+	direct, err := http.NewRequestWithContext(t.Context(), http.MethodGet, reg.URL.String()+path, nil)
+	require.NoError(t, err)
+	direct.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json")
+	resp, err := e.client.Do(direct)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode, "the registry answers")
+
+	for i := range 2 {
+		r := e.do(t, http.MethodGet, path, "Accept", "application/vnd.oci.image.manifest.v1+json")
+		require.Equal(t, http.StatusOK, r.status, "attempt %d: %s", i, r.body)
+		require.Equal(t, img.ManifestBody, r.body)
+		require.Equal(t, resp.Header.Get("Content-Type"), r.header.Get("Content-Type"))
+		r = e.do(t, http.MethodHead, path, "Accept", "application/vnd.oci.image.index.v1+json")
+		require.Equal(t, http.StatusOK, r.status, "attempt %d", i)
+	}
+}
