@@ -313,25 +313,6 @@ func (c *Cache) Get(ctx context.Context, req Request) (*Manifest, error) {
 	return c.getTag(ctx, req, k)
 }
 
-// Manifest is Get in the shape of a registry client's GetManifest, for
-// callers that take either (dfdaemon's mirror): header carries the client's
-// Authorization (nothing else of it is used), and every 404 — from the
-// upstream or remembered — is a
-// *registrysource.ResponseError with StatusCode 404 that also matches
-// ErrNotFound and source.ErrNotFound. Other errors are as for Get.
-func (c *Cache) Manifest(ctx context.Context, base *url.URL, repo, ref string, accept []string, header http.Header) (*registrysource.Manifest, error) {
-	m, err := c.Get(ctx, Request{Upstream: base, Repo: repo, Ref: ref, Accept: accept, Authorization: header.Get("Authorization")})
-	if err != nil {
-		var re *registrysource.ResponseError
-		if errors.Is(err, ErrNotFound) && !errors.As(err, &re) {
-			u, _ := registrysource.ManifestURL(base, repo, ref)
-			err = fmt.Errorf("%w: %w", err, &registrysource.ResponseError{Method: http.MethodGet, URL: u, StatusCode: http.StatusNotFound, Header: http.Header{}})
-		}
-		return nil, err
-	}
-	return &registrysource.Manifest{Digest: m.Digest, MediaType: m.MediaType, Body: m.Body}, nil
-}
-
 func (r Request) validate() error {
 	if r.Upstream == nil || (r.Upstream.Scheme != "http" && r.Upstream.Scheme != "https") || r.Upstream.Host == "" {
 		return fmt.Errorf("%w: upstream must be an http(s) URL with a host", ErrBadRequest)

@@ -15,9 +15,12 @@
 //     ETag; If-None-Match answered 304; "Warning: 110" when served stale.
 //   - GET, HEAD /v2/<name>/blobs/<sha256 digest>: from the Blobs backend
 //     (PassThrough streams from the upstream; dfdaemon's is peer to peer).
-//   - GET, HEAD /v2/<name>/tags/list: passed through (n and last kept).
-//   - Any other method: 405 UNSUPPORTED with Allow: GET, HEAD; uploads and
-//     the catalog: 405 UNSUPPORTED; any other path: 404 NOT_FOUND.
+//   - GET, HEAD /v2/<name>/tags/list and /v2/_catalog: passed through (n
+//     and last kept).
+//   - Any other method on these routes, and uploads: 405 UNSUPPORTED with
+//     Allow: GET, HEAD. A path with "..", "//" or an encoded dot segment:
+//     301 to its clean form, as a registry answers. Any other path: 404
+//     NOT_FOUND.
 //
 // Which registry a request goes to, and the repository's name there, is
 // the Upstreams' choice (Fixed for one registry).
@@ -27,7 +30,7 @@
 // grammar of pkg/source/registrysource, fuzzed against distribution's route
 // expressions) and answered with the header values the cache prepared when
 // it fetched the manifest: a hit formats nothing. Every other request is
-// matched with distribution's v2.Router().
+// routed with distribution's v2 routes.
 //
 // Errors are distribution error JSON (errcode), mapped to a status in one
 // place (errors.go): invalid names, tags and digests are 400 (NAME_INVALID,
@@ -121,6 +124,7 @@ type Front struct {
 	upstreams   Upstreams
 	blobs       Blobs
 	pass        passer
+	router      *mux.Router
 	log         *zap.Logger
 	outagePings prometheus.Counter
 }
@@ -139,6 +143,7 @@ func New(manifests Manifests, upstreams Upstreams, blobs Blobs, opts ...Option) 
 		f.pass.hc = DefaultHTTPClient()
 	}
 	f.pass.log = f.log
+	f.router = f.newRouter()
 	return f, nil
 }
 
@@ -165,38 +170,62 @@ const (
 // ServeHTTP routes a /v2/ request.
 func (f *Front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header()[apiVersionHeader] = apiVersionValue
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		w.Header()["Allow"] = allowValue
-		serveError(w, errcode.ErrorCodeUnsupported.WithMessage("the registry API here is read-only"), errcode.ErrorCodeUnknown)
-		return
+	if r.Method == http.MethodGet || r.Method == http.MethodHead {
+		if name, ref, ok := manifestPath(r.URL.Path); ok {
+			f.serveManifest(w, r, name, ref)
+			return
+		}
 	}
-	if name, ref, ok := manifestPath(r.URL.Path); ok {
-		f.serveManifest(w, r, name, ref)
-		return
+	f.router.ServeHTTP(w, r)
+}
+
+// newRouter routes with distribution's v2 routes, as a registry does: a
+// path with "..", "//" or an encoded dot segment is redirected (301) to its
+// clean form, "/v2" to "/v2/"; a path no route matches is 404 NOT_FOUND,
+// whatever the method; a method other than GET or HEAD on a route is 405
+// UNSUPPORTED.
+func (f *Front) newRouter() *mux.Router {
+	// A router of our own: v2.Router() is shared by the whole process.
+	r := v2.RouterWithPrefix("")
+	read := func(h func(w http.ResponseWriter, r *http.Request, vars map[string]string)) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method != http.MethodGet && r.Method != http.MethodHead {
+				w.Header()["Allow"] = allowValue
+				serveError(w, errcode.ErrorCodeUnsupported.WithMessage("the registry API here is read-only"), errcode.ErrorCodeUnknown)
+				return
+			}
+			h(w, r, mux.Vars(r))
+		})
 	}
-	var m mux.RouteMatch
-	if !v2.Router().Match(r, &m) || m.Route == nil {
-		f.serveUnmatched(w, r)
-		return
-	}
-	switch m.Route.GetName() {
-	case v2.RouteNameBase:
+	r.Get(v2.RouteNameBase).Handler(read(func(w http.ResponseWriter, r *http.Request, _ map[string]string) {
 		f.serveBase(w, r)
-	case v2.RouteNameManifest:
-		name, ref := m.Vars["name"], m.Vars["reference"]
-		if err := checkNameRef(name, ref); err != nil {
+	}))
+	r.Get(v2.RouteNameManifest).Handler(read(func(w http.ResponseWriter, r *http.Request, v map[string]string) {
+		if err := checkNameRef(v["name"], v["reference"]); err != nil {
 			serveError(w, err, errcode.ErrorCodeManifestUnknown)
 			return
 		}
-		f.serveManifest(w, r, name, ref)
-	case v2.RouteNameTags:
-		f.serveTags(w, r, m.Vars["name"])
-	case v2.RouteNameBlob:
-		f.serveBlob(w, r, m.Vars["name"], m.Vars["digest"])
-	default:
-		// Uploads and the catalog: this is a read-only front.
-		serveError(w, errcode.ErrorCodeUnsupported.WithMessage("the registry API here serves pulls only"), errcode.ErrorCodeUnknown)
-	}
+		f.serveManifest(w, r, v["name"], v["reference"])
+	}))
+	r.Get(v2.RouteNameBlob).Handler(read(func(w http.ResponseWriter, r *http.Request, v map[string]string) {
+		f.serveBlob(w, r, v["name"], v["digest"])
+	}))
+	r.Get(v2.RouteNameTags).Handler(read(func(w http.ResponseWriter, r *http.Request, v map[string]string) {
+		f.serveTags(w, r, v["name"])
+	}))
+	r.Get(v2.RouteNameCatalog).Handler(read(func(w http.ResponseWriter, r *http.Request, _ map[string]string) {
+		f.serveCatalog(w, r)
+	}))
+	upload := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header()["Allow"] = allowValue
+		serveError(w, errcode.ErrorCodeUnsupported.WithMessage("the registry API here is read-only"), errcode.ErrorCodeUnknown)
+	})
+	r.Get(v2.RouteNameBlobUpload).Handler(upload)
+	r.Get(v2.RouteNameBlobUploadChunk).Handler(upload)
+	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		serveError(w, ErrorCodeNotFound, errcode.ErrorCodeUnknown)
+	})
+	return r
 }
 
 // target resolves the upstream and the repository of a request for name,
@@ -255,44 +284,6 @@ func manifestPath(p string) (name, ref string, ok bool) {
 }
 
 const manifestsSep = "/manifests/"
-
-// serveUnmatched answers a path v2.Router() did not match: a 400 when it
-// has the shape of a manifest, blob or tags path with an invalid part, else
-// a 404.
-func (f *Front) serveUnmatched(w http.ResponseWriter, r *http.Request) {
-	p := r.URL.Path
-	if p == "/v2" {
-		f.serveBase(w, r)
-		return
-	}
-	rest, ok := strings.CutPrefix(p, "/v2/")
-	if !ok {
-		serveError(w, ErrorCodeNotFound, errcode.ErrorCodeUnknown)
-		return
-	}
-	for _, sep := range []string{"/manifests/", "/blobs/", "/tags/"} {
-		i := strings.LastIndex(rest, sep)
-		if i < 0 {
-			continue
-		}
-		name, ref := rest[:i], rest[i+len(sep):]
-		if registrysource.ValidateRepository(name) != nil {
-			serveError(w, errcode.ErrorCodeNameInvalid.WithDetail(name), errcode.ErrorCodeUnknown)
-			return
-		}
-		switch sep {
-		case "/manifests/":
-			serveError(w, refError(ref), errcode.ErrorCodeUnknown)
-			return
-		case "/blobs/":
-			if !strings.HasPrefix(ref, "uploads") {
-				serveError(w, errcode.ErrorCodeDigestInvalid.WithDetail(ref), errcode.ErrorCodeUnknown)
-				return
-			}
-		}
-	}
-	serveError(w, ErrorCodeNotFound, errcode.ErrorCodeUnknown)
-}
 
 // refError is the error for an invalid manifest reference.
 func refError(ref string) error {

@@ -82,18 +82,41 @@ func (f *Front) serveTags(w http.ResponseWriter, r *http.Request, name string) {
 		serveError(w, errcode.ErrorCodeNameInvalid.WithDetail(repo), errcode.ErrorCodeNameUnknown)
 		return
 	}
+	if q := pagination(r); len(q) > 0 {
+		target += "?" + q.Encode()
+	}
+	if err := f.pass.pass(w, r, target, repo); err != nil {
+		f.fail(w, r, base, repo, err, errcode.ErrorCodeNameUnknown)
+	}
+}
+
+// serveCatalog passes GET /v2/_catalog through to the upstream, with the n
+// and last query parameters: the catalog is the upstream's, and what a
+// client may see of it is the upstream's decision on its credentials.
+func (f *Front) serveCatalog(w http.ResponseWriter, r *http.Request) {
+	base, _, err := f.upstreams.Upstream(r, "")
+	if err != nil {
+		f.fail(w, r, nil, "catalog", err, errcode.ErrorCodeUnknown)
+		return
+	}
+	u := *base
+	u.Path = strings.TrimRight(base.Path, "/") + "/v2/_catalog"
+	u.RawPath = ""
+	u.RawQuery = pagination(r).Encode()
+	if err := f.pass.pass(w, r, u.String(), "catalog"); err != nil {
+		f.fail(w, r, base, "catalog", err, errcode.ErrorCodeUnknown)
+	}
+}
+
+// pagination is the n and last query parameters of r.
+func pagination(r *http.Request) url.Values {
 	q := url.Values{}
 	for _, k := range []string{"n", "last"} {
 		if v := r.URL.Query().Get(k); v != "" {
 			q.Set(k, v)
 		}
 	}
-	if len(q) > 0 {
-		target += "?" + q.Encode()
-	}
-	if err := f.pass.pass(w, r, target, repo); err != nil {
-		f.fail(w, r, base, repo, err, errcode.ErrorCodeNameUnknown)
-	}
+	return q
 }
 
 // PassThrough is the blob backend of a registry-cache: every blob is
