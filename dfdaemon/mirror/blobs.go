@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"strconv"
 	"sync"
 
@@ -155,12 +154,6 @@ func clientAuth(r *http.Request) http.Header {
 		h.Add("Authorization", v)
 	}
 	return h
-}
-
-// Authorize confirms that the credentials in header may read blob d of
-// repo on the upstream at base (see Authorizer.Authorize).
-func (m *Mirror) Authorize(ctx context.Context, base *url.URL, repo string, d digest.Digest, header http.Header) (int64, error) {
-	return m.auth.Authorize(ctx, base, repo, d, header)
 }
 
 // holdBack is how many bytes at the end of a blob wait for the verification

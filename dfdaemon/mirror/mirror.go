@@ -82,7 +82,6 @@ import (
 // Mirror is the registry mirror. It is an http.Handler for /v2/ paths.
 type Mirror struct {
 	front *registryapi.Front
-	auth  *Authorizer
 }
 
 // Option configures a Mirror.
@@ -147,7 +146,7 @@ func New(cfg Config, blobs Blobs, opts ...Option) (*Mirror, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mirror: %w", err)
 	}
-	return &Mirror{front: front, auth: auth}, nil
+	return &Mirror{front: front}, nil
 }
 
 // ServeHTTP serves the /v2/ API.
