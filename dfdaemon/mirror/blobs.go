@@ -10,7 +10,6 @@ import (
 	"sync"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
-	digest "github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
@@ -96,7 +95,7 @@ func (p *p2pBlobs) ServeBlob(w http.ResponseWriter, r *http.Request, b registrya
 		rc, err = VerifyDigest(rc, d, start)
 	}
 	if err != nil {
-		return p.failed(w, p.downloadError(ctx, d, err))
+		return p.failed(w, downloadError(err))
 	}
 	defer rc.Close()
 	// A Read blocked on a piece returns once the client is gone.
@@ -109,7 +108,7 @@ func (p *p2pBlobs) ServeBlob(w http.ResponseWriter, r *http.Request, b registrya
 	p.bytes.Add(float64(lw.n))
 	if err != nil {
 		if !lw.started {
-			return p.failed(w, p.downloadError(ctx, d, err))
+			return p.failed(w, downloadError(err))
 		}
 		if ctx.Err() == nil {
 			p.logger.Warn("blob stream broken", zap.Stringer("digest", d), zap.Error(err))
@@ -131,18 +130,16 @@ func (p *p2pBlobs) failed(w http.ResponseWriter, err error) error {
 }
 
 // downloadError is the answer to a download that failed before any byte
-// was sent: the engine's errors in the registry's vocabulary.
-func (p *p2pBlobs) downloadError(ctx context.Context, d digest.Digest, err error) error {
-	if ctx.Err() == nil {
-		p.logger.Warn("blob download failed", zap.Stringer("digest", d), zap.Error(err))
-	}
+// was sent: the engine's errors in the registry's vocabulary, wrapping the
+// cause for the front's log.
+func downloadError(err error) error {
 	switch {
 	case errors.Is(err, peer.ErrInvalid):
-		return errcode.ErrorCodeDigestInvalid.WithMessage("invalid blob request")
+		return fmt.Errorf("%w: %w", errcode.ErrorCodeDigestInvalid.WithMessage("invalid blob request"), err)
 	case errors.Is(err, peer.ErrDigestMismatch), errors.Is(err, peer.ErrSizeMismatch):
-		return registryapi.ErrorCodeUpstream.WithMessage("the upstream's content does not match its digest")
+		return fmt.Errorf("%w: %w", registryapi.ErrorCodeUpstream.WithMessage("the upstream's content does not match its digest"), err)
 	default:
-		return errcode.ErrorCodeUnavailable.WithMessage("blob download failed")
+		return fmt.Errorf("%w: %w", errcode.ErrorCodeUnavailable.WithMessage("blob download failed"), err)
 	}
 }
 

@@ -370,6 +370,10 @@ func TestServeErrorStatuses(t *testing.T) {
 		{"timeout", joinErr(manifestcache.ErrUnavailable, context.DeadlineExceeded), 503, "UNAVAILABLE"},
 		{"unknown", io.ErrUnexpectedEOF, 500, "UNKNOWN"},
 		{"errcode", errcode.ErrorCodeTagInvalid, 400, "TAG_INVALID"},
+		{"wrapped errcode", fmt.Errorf("%w: %w", errcode.ErrorCodeUnavailable.WithMessage("download failed"), io.EOF), 503, "UNAVAILABLE"},
+		{"not allowed", fmt.Errorf("ns %q: %w", "x", ErrNotAllowed), 403, "DENIED"},
+		{"404 without a body, by route", re(404), 404, "MANIFEST_UNKNOWN"},
+		{"503 unavailable", joinErr(ErrUnavailable, re(503, "Retry-After", "1")), 503, "UNAVAILABLE"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -424,5 +428,56 @@ func TestManifestByDigestWhateverAccept(t *testing.T) {
 		require.Equal(t, resp.Header.Get("Content-Type"), r.header.Get("Content-Type"))
 		r = e.do(t, http.MethodHead, path, "Accept", "application/vnd.oci.image.index.v1+json")
 		require.Equal(t, http.StatusOK, r.status, "attempt %d", i)
+	}
+}
+
+// TestRoutesAsARegistry: where dfdaemon's mirror and the registry-cache
+// used to answer differently, the front answers as distribution's registry
+// does: unclean paths are redirected, an unmatched path is a 404 whatever
+// the method, a write on a read route is a 405 naming the methods allowed.
+func TestRoutesAsARegistry(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t)
+	img, err := reg.PushRandomImage(t.Context(), "library/app", "1", 100)
+	require.NoError(t, err)
+	e := newEnv(t, reg.URL, manifestcache.Config{})
+	noRedirect := &http.Client{Transport: e.client.Transport,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	blob := "/v2/library/app/blobs/" + img.Layers[0].Digest.String()
+	tests := []struct {
+		method, path string
+		status       int
+		code         string // error code, or the Location of a 301
+	}{
+		{"GET", "/v2", 301, "/v2/"},
+		{"GET", "/v2/library/../app/manifests/1", 301, "/v2/app/manifests/1"},
+		{"HEAD", "/v2/library//app/manifests/1", 301, "/v2/library/app/manifests/1"},
+		{"PUT", "/v3/x", 404, "NOT_FOUND"},
+		{"GET", "/v2/library/app/nothing", 404, "NOT_FOUND"},
+		{"PUT", blob, 405, "UNSUPPORTED"},
+		{"DELETE", "/v2/library/app/manifests/1", 405, "UNSUPPORTED"},
+		{"POST", "/v2/library/app/blobs/uploads/", 405, "UNSUPPORTED"},
+		{"GET", "/v2/_catalog", 200, ""},
+		{"GET", "/v2/library/app/blobs/" + digest.FromString("none").String(), 404, "BLOB_UNKNOWN"},
+		{"GET", "/v2/library/none/tags/list", 404, "NAME_UNKNOWN"},
+	}
+	for _, tt := range tests {
+		req, err := http.NewRequestWithContext(t.Context(), tt.method, e.url+tt.path, nil)
+		require.NoError(t, err)
+		resp, err := noRedirect.Do(req)
+		require.NoError(t, err)
+		body, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		require.NoError(t, resp.Body.Close())
+		require.Equal(t, tt.status, resp.StatusCode, "%s %s: %s", tt.method, tt.path, body)
+		switch {
+		case tt.status == 301:
+			require.Equal(t, tt.code, resp.Header.Get("Location"), tt.path)
+		case tt.status == 405:
+			require.Equal(t, "GET, HEAD", resp.Header.Get("Allow"), tt.path)
+			require.Equal(t, tt.code, errorCode(t, response{resp.StatusCode, resp.Header, body}))
+		case tt.code != "":
+			require.Equal(t, tt.code, errorCode(t, response{resp.StatusCode, resp.Header, body}), tt.path)
+		}
 	}
 }
