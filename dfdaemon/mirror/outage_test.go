@@ -101,6 +101,17 @@ func TestRegistryOutageAfterPull(t *testing.T) {
 	reg.Close()
 	time.Sleep(5 * time.Millisecond) // past every TTL
 	t.Run("confirmed client pulls through the outage", func(t *testing.T) { pull(t, nil) })
+	t.Run("stale manifests are marked, and revalidate", func(t *testing.T) {
+		accept := hdr("Accept", registrytest.MediaTypeManifest)
+		r := do(t, http.MethodGet, n.url+"/v2/team/app/manifests/v1", accept)
+		require.Equal(t, http.StatusOK, r.status, "%s", r.body)
+		require.Equal(t, `110 - "Response is Stale"`, r.header.Get("Warning"))
+		require.Equal(t, `"`+img.Manifest.String()+`"`, r.header.Get("ETag"))
+		r = do(t, http.MethodGet, n.url+"/v2/team/app/manifests/v1",
+			hdr("Accept", registrytest.MediaTypeManifest, "If-None-Match", `"`+img.Manifest.String()+`"`))
+		require.Equal(t, http.StatusNotModified, r.status)
+		require.Empty(t, r.body)
+	})
 	t.Run("a client never confirmed gets nothing", func(t *testing.T) {
 		other := hdr("Authorization", "Bearer someone-else")
 		r := do(t, http.MethodGet, n.url+"/v2/", other)
