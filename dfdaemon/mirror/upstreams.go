@@ -48,10 +48,7 @@ func (u *upstreams) Upstream(r *http.Request, name string) (*url.URL, string, er
 }
 
 func (u *upstreams) pick(r *http.Request) (*url.URL, error) {
-	if r.URL.RawQuery == "" {
-		return u.def, nil
-	}
-	ns := r.URL.Query().Get("ns")
+	ns := queryValue(r.URL.RawQuery, "ns")
 	if ns == "" {
 		return u.def, nil
 	}
@@ -69,4 +66,31 @@ func (u *upstreams) pick(r *http.Request) (*url.URL, error) {
 		return &url.URL{Scheme: "https", Host: h}, nil
 	}
 	return nil, fmt.Errorf("ns %q: %w (add it to mirror.upstreams)", ns, registryapi.ErrNotAllowed)
+}
+
+// queryValue is url.ParseQuery(raw).Get(key) without building the map: the
+// first value of key, "" when there is none. Pairs that do not unescape
+// are skipped, as ParseQuery skips them.
+func queryValue(raw, key string) string {
+	for raw != "" {
+		var pair string
+		pair, raw, _ = strings.Cut(raw, "&")
+		if strings.Contains(pair, ";") {
+			continue // ParseQuery refuses the pair
+		}
+		k, v, _ := strings.Cut(pair, "=")
+		if strings.ContainsAny(k, "%+") {
+			var err error
+			if k, err = url.QueryUnescape(k); err != nil {
+				continue
+			}
+		}
+		if k != key {
+			continue
+		}
+		if v, err := url.QueryUnescape(v); err == nil {
+			return v
+		}
+	}
+	return ""
 }
