@@ -300,7 +300,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		return err
 	}
 	proxyOpts := append([]proxy.Option{proxy.WithLogger(logger.Named("proxy")), proxy.WithMetrics(reg)}, o.proxy...)
-	fetcher := &p2pFetcher{blobs: blobs, auth: mirror.NewAuthorizer(cfg.Mirror, out.proxy), trusted: cfg.Mirror.Registries()}
+	fetcher := mirror.NewFetcher(blobs, mirror.NewAuthorizer(cfg.Mirror, out.proxy), cfg.Mirror.Registries())
 	prxCfg := cfg.Proxy
 	prxCfg.Outbound = cfg.Source.Merge(cfg.Proxy.Outbound)
 	prx, err := proxy.New(prxCfg, fetcher, proxyOpts...)

@@ -98,7 +98,7 @@ func TestBadClientInput(t *testing.T) {
 	before := tree(t, filepath.Dir(root))
 	hexPart := blob.Encoded()
 	long := strings.Repeat("a", 256)
-	// A path the distribution router does not match is 404 UNSUPPORTED; a
+	// A path the distribution router does not match is 404 NOT_FOUND; a
 	// path with "..", "//" or an encoded dot segment is redirected to its
 	// clean form (301) and validated there; %2F is a "/".
 	tests := []struct {
@@ -106,20 +106,20 @@ func TestBadClientInput(t *testing.T) {
 		status     int
 		code       string // error code, or the Location of a 301
 	}{
-		{"digest without hex", "/v2/team/app/blobs/sha256:", 404, "UNSUPPORTED"},
+		{"digest without hex", "/v2/team/app/blobs/sha256:", 404, "NOT_FOUND"},
 		{"md5 digest", "/v2/team/app/blobs/md5:d41d8cd98f00b204e9800998ecf8427e", 400, "DIGEST_INVALID"},
 		{"upper case hex", "/v2/team/app/blobs/sha256:" + strings.ToUpper(hexPart), 400, "DIGEST_INVALID"},
 		{"short hex", "/v2/team/app/blobs/sha256:" + hexPart[:63], 400, "DIGEST_INVALID"},
 		{"long hex", "/v2/team/app/blobs/sha256:" + hexPart + "0", 400, "DIGEST_INVALID"},
 		{"traversal digest", "/v2/team/app/blobs/sha256:..%2F..%2F" + hexPart[6:], 301, "/v2/team/app/blobs/" + hexPart[6:]},
-		{"no algorithm", "/v2/team/app/blobs/" + hexPart, 404, "UNSUPPORTED"},
-		{"nul in digest", "/v2/team/app/blobs/sha256:" + hexPart[:63] + "%00", 404, "UNSUPPORTED"},
-		{"upper case name", "/v2/Team/App/blobs/" + blob.String(), 404, "UNSUPPORTED"},
+		{"no algorithm", "/v2/team/app/blobs/" + hexPart, 404, "NOT_FOUND"},
+		{"nul in digest", "/v2/team/app/blobs/sha256:" + hexPart[:63] + "%00", 404, "NOT_FOUND"},
+		{"upper case name", "/v2/Team/App/blobs/" + blob.String(), 404, "NOT_FOUND"},
 		{"name too long", "/v2/" + long + "/blobs/" + blob.String(), 400, "NAME_INVALID"},
 		{"component too long", "/v2/team/" + long + "/manifests/v1", 400, "NAME_INVALID"},
-		{"upper case manifest name", "/v2/Team/App/manifests/v1", 404, "UNSUPPORTED"},
-		{"bad tag", "/v2/team/app/manifests/-v1", 404, "UNSUPPORTED"},
-		{"tag too long", "/v2/team/app/manifests/" + strings.Repeat("t", 129), 404, "UNSUPPORTED"},
+		{"upper case manifest name", "/v2/Team/App/manifests/v1", 404, "NOT_FOUND"},
+		{"bad tag", "/v2/team/app/manifests/-v1", 404, "NOT_FOUND"},
+		{"tag too long", "/v2/team/app/manifests/" + strings.Repeat("t", 129), 404, "NOT_FOUND"},
 		{"traversal tag", "/v2/team/app/manifests/..%2F..%2Fetc%2Fpasswd", 301, "/v2/team/etc/passwd"},
 		{"md5 manifest", "/v2/team/app/manifests/md5:d41d8cd98f00b204e9800998ecf8427e", 400, "DIGEST_INVALID"},
 		{"dotdot name", "/v2/team/../app/blobs/" + blob.String(), 301, "/v2/app/blobs/" + blob.String()},

@@ -152,3 +152,16 @@ func TestVerifyDigest(t *testing.T) {
 	_, err = io.ReadAll(rc)
 	require.True(t, errors.Is(err, peer.ErrDigestMismatch), "%v", err)
 }
+
+// FuzzQueryValue: the hand-written ns lookup agrees with net/url's.
+func FuzzQueryValue(f *testing.F) {
+	for _, s := range []string{"", "ns=docker.io", "a=1&ns=x&ns=y", "ns=%zz&ns=ok", "n%73=x", "ns", "ns=a+b", ";ns=x", "ns=x;y"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		q, _ := url.ParseQuery(raw)
+		if got, want := mirror.QueryValueForTest(raw, "ns"), q.Get("ns"); got != want {
+			t.Fatalf("queryValue(%q) = %q, url says %q", raw, got, want)
+		}
+	})
+}

@@ -19,7 +19,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
-	"github.com/damselfly/damselfly/pkg/source"
 	"github.com/damselfly/damselfly/pkg/source/registrysource"
 )
 
@@ -683,34 +682,6 @@ func TestAcceptTypes(t *testing.T) {
 	for _, tt := range tests {
 		require.Equal(t, tt.want, normaliseAccept(tt.in), "%q", tt.in)
 	}
-}
-
-// TestManifestClientShape: the registry-client-shaped method answers a 404
-// as a ResponseError whatever its cause, so callers that handle either the
-// cache or the client see one contract.
-func TestManifestClientShape(t *testing.T) {
-	t.Parallel()
-	f := newFixture(t, Config{})
-	m0 := f.reg.put("library/app", "1", docker2, 300)
-	m, err := f.c.Manifest(t.Context(), upstream, "library/app", "1", nil, http.Header{"Authorization": {"Bearer x"}, "Cookie": {"c"}})
-	require.NoError(t, err)
-	require.Equal(t, m0.Digest, m.Digest)
-	require.Equal(t, m0.Body, m.Body)
-	f.reg.mu.Lock()
-	require.Equal(t, http.Header{"Authorization": {"Bearer x"}}, f.reg.headers[0], "only Authorization goes upstream")
-	f.reg.mu.Unlock()
-
-	for i := range 2 { // from the upstream, then remembered
-		_, err = f.c.Manifest(t.Context(), upstream, "library/app", "nope", nil, http.Header{})
-		var re *registrysource.ResponseError
-		require.ErrorAs(t, err, &re, "attempt %d", i)
-		require.Equal(t, http.StatusNotFound, re.StatusCode)
-		require.ErrorIs(t, err, ErrNotFound)
-		require.ErrorIs(t, err, source.ErrNotFound)
-	}
-	m, err = f.c.Manifest(t.Context(), upstream, "library/app", m0.Digest.String(), []string{ociMan}, http.Header{"Authorization": {"Bearer x"}})
-	require.NoError(t, err, "by digest, whatever the Accept")
-	require.Equal(t, docker2, m.MediaType)
 }
 
 // TestDigestWhateverAccept: a manifest asked for by digest is served

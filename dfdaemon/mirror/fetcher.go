@@ -1,4 +1,4 @@
-package cmd
+package mirror
 
 import (
 	"context"
@@ -11,24 +11,21 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/damselfly/damselfly/dfdaemon/blobcache"
-	"github.com/damselfly/damselfly/dfdaemon/mirror"
-	"github.com/damselfly/damselfly/dfdaemon/proxy"
 	"github.com/damselfly/damselfly/pkg/peer"
 	"github.com/damselfly/damselfly/pkg/source/registrysource"
 )
 
-// blobAuthorizer confirms a client may read a registry blob
-// (mirror.Mirror.Authorize).
+// blobAuthorizer confirms a client may read a registry blob (Authorizer).
 type blobAuthorizer interface {
 	Authorize(ctx context.Context, base *url.URL, repo string, d digest.Digest, header http.Header) (int64, error)
 }
 
-// p2pFetcher is the forward proxy's way into the peer engine: every fetch
-// goes through the node's blob cache.
+// Fetcher is the forward proxy's way into the peer engine (it is a
+// proxy.Fetcher): every fetch goes through the node's blob cache.
 //
 // A registry blob URL (.../v2/<name>/blobs/sha256:<hex>) of a registry the
 // node's configuration names (mirror.registry, mirror.upstreams; see
-// mirror.Registries) becomes the task of that digest, shared with the
+// Registries) becomes the task of that digest, shared with the
 // mirror and every other node, after the client's own credentials have
 // been confirmed on that registry exactly as the mirror does; a refusal
 // fails the fetch, so the proxy forwards the request and the client gets
@@ -39,20 +36,26 @@ type blobAuthorizer interface {
 // other URL is a URL task; when the request carries credentials
 // (Authorization or Cookie) the task is kept apart per credential, so
 // cached content is never served to a client with other credentials.
-type p2pFetcher struct {
+type Fetcher struct {
 	blobs *blobcache.Cache
 	auth  blobAuthorizer
 	// trusted are the registries whose yes may open a digest task.
-	trusted mirror.Registries
+	trusted Registries
 }
 
-var _ proxy.Fetcher = (*p2pFetcher)(nil)
+// NewFetcher returns the fetcher that downloads through blobs, confirms
+// reads of registry blobs with auth (an Authorizer whose HTTP client
+// enforces the proxy's outbound policy) and opens digest tasks for the
+// registries in trusted only.
+func NewFetcher(blobs *blobcache.Cache, auth blobAuthorizer, trusted Registries) *Fetcher {
+	return &Fetcher{blobs: blobs, auth: auth, trusted: trusted}
+}
 
 // blobPath matches the path of a registry blob.
 var blobPath = regexp.MustCompile(`^/v2/(.+)/blobs/(sha256:[a-f0-9]{64})$`)
 
 // Fetch starts or joins the download of rawURL and streams it.
-func (f *p2pFetcher) Fetch(ctx context.Context, rawURL string, header http.Header) (io.ReadCloser, int64, error) {
+func (f *Fetcher) Fetch(ctx context.Context, rawURL string, header http.Header) (io.ReadCloser, int64, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return nil, 0, fmt.Errorf("fetch: %w", err)
@@ -78,7 +81,7 @@ func (f *p2pFetcher) Fetch(ctx context.Context, rawURL string, header http.Heade
 		}
 	} else {
 		req.Header = header.Clone()
-		req.Identifier = mirror.CredentialIdentifier(header)
+		req.Identifier = CredentialIdentifier(header)
 	}
 	lease, err := f.blobs.Acquire(ctx, req)
 	if err != nil {
@@ -89,7 +92,7 @@ func (f *p2pFetcher) Fetch(ctx context.Context, rawURL string, header http.Heade
 	}
 	var body io.ReadCloser = &leaseBody{ReadCloser: lease.NewReader(0), lease: lease}
 	if verify != "" {
-		if body, err = mirror.VerifyDigest(body, verify, 0); err != nil {
+		if body, err = VerifyDigest(body, verify, 0); err != nil {
 			return nil, 0, fmt.Errorf("fetch: %w", err)
 		}
 	}

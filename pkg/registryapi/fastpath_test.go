@@ -1,4 +1,4 @@
-package server
+package registryapi
 
 import (
 	"net/http"
@@ -20,7 +20,7 @@ import (
 // checkManifestPath compares manifestPath with distribution's router on p:
 // what manifestPath takes, the router matches as the manifest route with
 // the same variables; what the router matches as a manifest that
-// ServeManifest would serve, manifestPath takes (except a trailing "/",
+// the front would serve, manifestPath takes (except a trailing "/",
 // which the router's strict-slash matching accepts and which is left to
 // it).
 func checkManifestPath(t *testing.T, p string) {
@@ -82,10 +82,12 @@ func TestManifestStatuses(t *testing.T) {
 		{"unknown digest", "GET", "/v2/library/app/manifests/" + digest.FromString("none").String(), nil, 404, "MANIFEST_UNKNOWN", false},
 		{"unknown repository", "GET", "/v2/library/none/manifests/1", nil, 404, "MANIFEST_UNKNOWN", false},
 		{"uppercase name", "GET", "/v2/Library/app/manifests/1", nil, 400, "NAME_INVALID", false},
-		{"empty name", "GET", "/v2//manifests/1", nil, 400, "NAME_INVALID", false},
-		{"double slash in name", "GET", "/v2/library//app/manifests/1", nil, 400, "NAME_INVALID", false},
-		{"bad tag", "GET", "/v2/library/app/manifests/.1", nil, 400, "TAG_INVALID", false},
-		{"tag too long", "HEAD", "/v2/library/app/manifests/" + strings.Repeat("t", 129), nil, 400, "", false},
+		// As a registry answers: an unclean path is redirected to its clean
+		// form (the client follows), a path no route matches is a 404.
+		{"empty name", "GET", "/v2//manifests/1", nil, 404, "NOT_FOUND", false},
+		{"double slash in name", "GET", "/v2/library//app/manifests/1", nil, 200, "", true},
+		{"bad tag", "GET", "/v2/library/app/manifests/.1", nil, 404, "NOT_FOUND", false},
+		{"tag too long", "HEAD", "/v2/library/app/manifests/" + strings.Repeat("t", 129), nil, 404, "", false},
 		{"bad digest", "GET", "/v2/library/app/manifests/sha256:" + strings.Repeat("A", 64), nil, 400, "DIGEST_INVALID", false},
 		{"no name", "GET", "/v2/manifests/1", nil, 404, "NOT_FOUND", false},
 		{"push", "PUT", "/v2/library/app/manifests/1", nil, 405, "UNSUPPORTED", false},
@@ -165,7 +167,7 @@ func BenchmarkManifestHit(b *testing.B) {
 	require.NoError(b, err)
 	c, err := manifestcache.New(manifestcache.Config{}, registrysource.New())
 	require.NoError(b, err)
-	s, err := New(c, reg.URL)
+	s, err := newFront(c, reg.URL, nil)
 	require.NoError(b, err)
 	req := httptest.NewRequestWithContext(b.Context(), http.MethodGet, "/v2/library/app/manifests/1", nil)
 	req.Header.Set("Accept", "application/vnd.docker.distribution.manifest.v2+json")

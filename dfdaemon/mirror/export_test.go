@@ -1,0 +1,4 @@
+package mirror
+
+// QueryValueForTest exposes queryValue to the external tests.
+var QueryValueForTest = queryValue
