@@ -96,6 +96,7 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/httpx"
 	"github.com/damselfly/damselfly/pkg/peer"
+	"github.com/damselfly/damselfly/pkg/redact"
 	"github.com/damselfly/damselfly/pkg/source/registrysource"
 )
 
@@ -687,7 +688,7 @@ func responseError(resp *http.Response) *registrysource.ResponseError {
 		}
 	}
 	return &registrysource.ResponseError{
-		Method: resp.Request.Method, URL: resp.Request.URL.Redacted(),
+		Method: resp.Request.Method, URL: redact.URL(resp.Request.URL.String()),
 		StatusCode: resp.StatusCode, Header: h, Body: body,
 	}
 }

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/damselfly/damselfly/pkg/redact"
 )
 
 // established is the answer to an accepted CONNECT.
@@ -79,7 +81,7 @@ func (p *Proxy) tunnel(w http.ResponseWriter, r *http.Request, addr string) {
 			return
 		}
 		status, msg := dialStatus(err)
-		p.log.Warn("proxy: CONNECT dial failed", zap.String("addr", addr), zap.Int("status", status), zap.String("error", redactError(err)))
+		p.log.Warn("proxy: CONNECT dial failed", zap.String("addr", addr), zap.Int("status", status), zap.String("error", redact.Error(err)))
 		p.m.requests.WithLabelValues(routeTunnel).Inc()
 		http.Error(w, msg, status)
 		return

@@ -28,7 +28,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/url"
 	"sync"
 	"time"
 
@@ -42,6 +41,7 @@ import (
 	"github.com/damselfly/damselfly/pkg/content"
 	"github.com/damselfly/damselfly/pkg/peer/upload"
 	"github.com/damselfly/damselfly/pkg/piece"
+	"github.com/damselfly/damselfly/pkg/redact"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/schedclient"
 	"github.com/damselfly/damselfly/pkg/source"
@@ -336,7 +336,7 @@ func (e *Engine) Download(ctx context.Context, req Request) (*Download, error) {
 		if id, err = req.localID(); err != nil {
 			return nil, fmt.Errorf("download: %w: %w", ErrInvalid, err)
 		}
-		e.logger.Warn("register failed", zap.String("task", id), zap.String("url", redactURL(req.URL)), zap.Error(regErr))
+		e.logger.Warn("register failed", zap.String("task", id), zap.String("url", redact.URL(req.URL)), zap.Error(regErr))
 	}
 
 	t, created, err := e.attach(ctx, id, req)
@@ -495,15 +495,4 @@ func truncate(s string, n int) string {
 		return s[:n] + "..."
 	}
 	return s
-}
-
-// redactURL drops the query, fragment and user info of a URL for logs:
-// they may hold signatures or credentials.
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "<unparsable url>"
-	}
-	u.User, u.RawQuery, u.Fragment, u.RawFragment = nil, "", "", ""
-	return u.String()
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/damselfly/damselfly/pkg/log"
 	"github.com/damselfly/damselfly/pkg/manifestcache"
 	"github.com/damselfly/damselfly/pkg/netpolicy"
+	"github.com/damselfly/damselfly/pkg/redact"
 )
 
 // Defaults of the top-level keys.
@@ -92,13 +93,13 @@ func parseUpstream(s string) (*url.URL, error) {
 	}
 	switch {
 	case u.Scheme != "http" && u.Scheme != "https":
-		return nil, fmt.Errorf("%q: scheme must be http or https", u.Redacted())
+		return nil, fmt.Errorf("%q: scheme must be http or https", redact.URL(u.String()))
 	case u.Host == "":
-		return nil, fmt.Errorf("%q: no host", u.Redacted())
+		return nil, fmt.Errorf("%q: no host", redact.URL(u.String()))
 	case u.User != nil:
-		return nil, fmt.Errorf("%q: no user info; clients send their own credentials", u.Redacted())
+		return nil, fmt.Errorf("%q: no user info; clients send their own credentials", redact.URL(u.String()))
 	case u.RawQuery != "" || u.Fragment != "":
-		return nil, fmt.Errorf("%q: no query or fragment", u.Redacted())
+		return nil, fmt.Errorf("%q: no query or fragment", redact.URL(u.String()))
 	}
 	u.Path = strings.TrimRight(u.Path, "/")
 	u.RawPath = ""

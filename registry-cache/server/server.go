@@ -55,6 +55,7 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/httpx"
 	"github.com/damselfly/damselfly/pkg/manifestcache"
+	"github.com/damselfly/damselfly/pkg/redact"
 	"github.com/damselfly/damselfly/pkg/source/registrysource"
 )
 
@@ -143,10 +144,10 @@ func New(c *manifestcache.Cache, upstream *url.URL, opts ...Option) (*Server, er
 
 func checkUpstream(u *url.URL) error {
 	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("upstream %q: must be an http(s) URL with a host", u.Redacted())
+		return fmt.Errorf("upstream %q: must be an http(s) URL with a host", redact.URL(u.String()))
 	}
 	if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
-		return fmt.Errorf("upstream %q: no user info, query or fragment", u.Redacted())
+		return fmt.Errorf("upstream %q: no user info, query or fragment", redact.URL(u.String()))
 	}
 	return nil
 }
@@ -488,7 +489,7 @@ func (s *Server) forward(r *http.Request, target string) (*http.Response, error)
 // relay answers r with the upstream's resp (see pass).
 func (s *Server) relay(w http.ResponseWriter, r *http.Request, resp *http.Response, target, what string) {
 	if resp.StatusCode >= 400 {
-		re := &registrysource.ResponseError{Method: r.Method, URL: redactURL(target), StatusCode: resp.StatusCode,
+		re := &registrysource.ResponseError{Method: r.Method, URL: redact.URL(target), StatusCode: resp.StatusCode,
 			Header: resp.Header, Body: readCapped(resp.Body, maxErrorBody)}
 		if resp.StatusCode >= 500 {
 			s.fail(w, r, nil, what, fmt.Errorf("%w: %w", manifestcache.ErrUnavailable, re))
@@ -518,14 +519,6 @@ func (s *Server) relay(w http.ResponseWriter, r *http.Request, resp *http.Respon
 func readCapped(r io.Reader, n int64) []byte {
 	b, _ := io.ReadAll(io.LimitReader(r, n))
 	return b
-}
-
-func redactURL(s string) string {
-	if u, err := url.Parse(s); err == nil {
-		u.RawQuery = ""
-		return u.Redacted()
-	}
-	return ""
 }
 
 // fail logs a failed request where it is handled and answers it.

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/damselfly/damselfly/pkg/backoff"
+	"github.com/damselfly/damselfly/pkg/redact"
 )
 
 // Sources are candidates, not owners. Every member registering for a digest
@@ -207,7 +208,7 @@ func (cs *candidates) failure() error {
 	}
 	parts := make([]string, len(failed))
 	for i, c := range failed {
-		parts[i] = redactURL(c.url) + ": " + c.failed.Error()
+		parts[i] = redact.URL(c.url) + ": " + c.failed.Error()
 	}
 	return fmt.Errorf("all %d sources failed: %s", len(failed), strings.Join(parts, "; "))
 }
@@ -233,7 +234,7 @@ func (c *CDN) offer(req Request, start bool) {
 	}
 	if cs != nil && cs.offer(req) {
 		cs.refuse(c.blamed[req.TaskID], errLied)
-		c.log.Debug("source offered", zap.String("task", req.TaskID), zap.String("source", redactURL(req.URL)), zap.Int64("size", req.Size))
+		c.log.Debug("source offered", zap.String("task", req.TaskID), zap.String("source", redact.URL(req.URL)), zap.Int64("size", req.Size))
 	}
 }
 
@@ -249,7 +250,7 @@ func (c *CDN) blame(taskID, url string) {
 		b = b[1:]
 	}
 	c.blamed[taskID] = append(b, url)
-	c.log.Warn("source blamed for a digest mismatch: not used for this task again", zap.String("task", taskID), zap.String("source", redactURL(url)))
+	c.log.Warn("source blamed for a digest mismatch: not used for this task again", zap.String("task", taskID), zap.String("source", redact.URL(url)))
 }
 
 // dropPending forgets the sources offered for a fetch that did not start.

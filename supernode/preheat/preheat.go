@@ -33,6 +33,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/damselfly/damselfly/pkg/redact"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/source/registrysource"
 	"github.com/damselfly/damselfly/pkg/taskid"
@@ -351,7 +352,7 @@ func (p *Preheater) parse(req Request) (job, Status, error) {
 			return invalid("url: want an http(s) URL")
 		}
 		j := job{fileURL: u.String()}
-		st := Status{Type: TypeFile, URL: redact(u)}
+		st := Status{Type: TypeFile, URL: redact.URL(u.String())}
 		if req.Digest != "" {
 			d, err := digest.Parse(req.Digest)
 			if err != nil || d.Algorithm() != digest.SHA256 {
@@ -647,12 +648,6 @@ func platformString(p ocispec.Platform) string {
 		s += "/" + p.Variant
 	}
 	return s
-}
-
-// redact drops user info, query and fragment.
-func redact(u *url.URL) string {
-	r := url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path, RawPath: u.RawPath}
-	return r.String()
 }
 
 func validHeaderName(k string) bool {

@@ -3,15 +3,14 @@ package scheduler
 import (
 	"fmt"
 	"net"
-	"net/url"
 	"slices"
-	"strings"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
 	"go.uber.org/zap"
 
 	"github.com/damselfly/damselfly/pkg/piece"
+	"github.com/damselfly/damselfly/pkg/redact"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/taskid"
 )
@@ -400,7 +399,7 @@ func (st *state) addTask(spec TaskSpec) error {
 	}
 	t := &task{
 		id:        spec.ID,
-		url:       redactURL(spec.URL),
+		url:       redact.URL(spec.URL),
 		pieceSize: pieceSize,
 		size:      size,
 		count:     count,
@@ -1405,38 +1404,4 @@ func (st *state) sweep() {
 			st.forgotten(t.id)
 		}
 	}
-}
-
-// redactURL returns raw without userinfo and with the values of query keys
-// that usually carry secrets (signatures, tokens, keys) replaced. An
-// unparsable URL is dropped whole rather than risk showing a secret.
-func redactURL(raw string) string {
-	if raw == "" {
-		return ""
-	}
-	u, err := url.Parse(raw)
-	if err != nil {
-		return ""
-	}
-	u.User = nil
-	if u.RawQuery != "" {
-		q := u.Query()
-		for k := range q {
-			if secretKey(k) {
-				q[k] = []string{"REDACTED"}
-			}
-		}
-		u.RawQuery = q.Encode()
-	}
-	return u.String()
-}
-
-func secretKey(k string) bool {
-	k = strings.ToLower(k)
-	for _, s := range []string{"sig", "token", "key", "secret", "password", "credential", "auth"} {
-		if strings.Contains(k, s) {
-			return true
-		}
-	}
-	return false
 }

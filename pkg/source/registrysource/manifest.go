@@ -13,6 +13,8 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/damselfly/damselfly/pkg/redact"
 )
 
 // Manifest media types.
@@ -74,7 +76,7 @@ var droppedHeaders = map[string]bool{
 // do sends one request (and one retry after a challenge the auth answers).
 // A 2xx response is returned open; anything else is a *ResponseError.
 func (c *Client) do(ctx context.Context, method, rawURL string, accept string, a auth) (*http.Response, error) {
-	name := redact(rawURL)
+	name := redact.URL(rawURL)
 	for attempt := 0; ; attempt++ {
 		h, err := a.header(ctx)
 		if err != nil {
@@ -288,14 +290,4 @@ func stripURL(err error) error {
 		return ue.Err
 	}
 	return err
-}
-
-// redact returns rawURL without user info, query or fragment.
-func redact(rawURL string) string {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		return "<invalid url>"
-	}
-	r := url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path, RawPath: u.RawPath}
-	return r.String()
 }
