@@ -20,13 +20,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/damselfly/damselfly/dfdaemon/blobcache"
 	"github.com/damselfly/damselfly/dfdaemon/mirror"
@@ -45,12 +40,6 @@ import (
 	"github.com/damselfly/damselfly/pkg/source/httpsource"
 	"github.com/damselfly/damselfly/pkg/source/registrysource"
 	"github.com/damselfly/damselfly/pkg/version"
-)
-
-const (
-	shutdownTimeout   = 10 * time.Second
-	readHeaderTimeout = 30 * time.Second
-	idleTimeout       = 2 * time.Minute
 )
 
 // Option configures Run.
@@ -242,11 +231,8 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		return fmt.Errorf("content store: %w", err)
 	}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-	)
+	d := command.NewDaemon(logger)
+	reg := d.Registry
 	httpm := httpx.NewMetrics(reg, "damselfly")
 
 	peerLn, err := net.Listen("tcp", cfg.PeerListen)
@@ -311,18 +297,13 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	}
 	defer ln.Close()
 
-	mux := http.NewServeMux()
+	mux := d.Mux
 	mirrorH := httpm.Instrument("mirror", mir, logger.Named("http"))
 	mux.Handle("/v2/", mirrorH)
 	mux.Handle("/v2", mirrorH)
-	mux.Handle("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		_, _ = io.WriteString(w, "ok\n")
-	}))
 	ready := newReadiness(sc.Nodes())
 	defer ready.hc.CloseIdleConnections()
 	mux.Handle("GET /readyz", ready)
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	proxyH := httpm.Instrument("proxy", prx, logger.Named("http"))
 	front := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if proxy.IsProxyRequest(r) {
@@ -331,15 +312,8 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		}
 		mux.ServeHTTP(w, r)
 	})
-	// No ReadTimeout or WriteTimeout: blob streams and tunnels outlive any
-	// fixed bound.
-	srv := &http.Server{
-		Handler:           front,
-		ReadHeaderTimeout: readHeaderTimeout,
-		IdleTimeout:       idleTimeout,
-		MaxHeaderBytes:    cfg.Proxy.MaxHeaderBytes,
-		ErrorLog:          zap.NewStdLog(logger.Named("http")),
-	}
+	srv := d.Server(front)
+	srv.MaxHeaderBytes = cfg.Proxy.MaxHeaderBytes
 	srv.RegisterOnShutdown(func() { _ = prx.Close() })
 
 	logger.Info("dfdaemon listening",
@@ -353,16 +327,12 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		o.ready(ln.Addr(), peerLn.Addr())
 	}
 
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		return upload.New(eng, keys, upload.WithLogger(logger.Named("upload")), upload.WithMetrics(httpm),
-			upload.WithLimiter(cfg.RateLimit.Upload.Limiter())).Run(gctx, peerLn)
-	})
-	g.Go(func() error { return eng.Run(gctx) })
-	g.Go(func() error { return blobs.Run(gctx) })
-	g.Go(func() error { return httpx.Serve(gctx, srv, ln, shutdownTimeout) })
-	g.Go(func() error { ready.warnIfNone(gctx, logger); return nil })
-	err = g.Wait()
+	up := upload.New(eng, keys, upload.WithLogger(logger.Named("upload")), upload.WithMetrics(httpm),
+		upload.WithLimiter(cfg.RateLimit.Upload.Limiter()))
+	err = d.Run(ctx, srv, ln,
+		func(ctx context.Context) error { return up.Run(ctx, peerLn) },
+		eng.Run, blobs.Run,
+		func(ctx context.Context) error { ready.warnIfNone(ctx, logger); return nil })
 	logger.Info("dfdaemon stopped")
 	return err
 }

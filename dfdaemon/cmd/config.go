@@ -3,9 +3,7 @@ package cmd
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
-	"strconv"
 
 	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/command"
@@ -120,10 +118,10 @@ func (c Config) ApplyDefaults() Config {
 // Validate reports every problem of the config, each naming its key.
 func (c Config) Validate() error {
 	var errs []error
-	if err := checkHostPort(c.Listen, true); err != nil {
+	if err := command.CheckHostPort(c.Listen, true); err != nil {
 		errs = append(errs, fmt.Errorf("listen: %w", err))
 	}
-	if err := checkHostPort(c.PeerListen, true); err != nil {
+	if err := command.CheckHostPort(c.PeerListen, true); err != nil {
 		errs = append(errs, fmt.Errorf("peerListen: %w", err))
 	}
 	if c.AdvertiseIP != "" {
@@ -135,7 +133,7 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("nodes: at least one supernode is required"))
 	}
 	for i, n := range c.Nodes {
-		if err := checkHostPort(n, false); err != nil {
+		if err := command.CheckHostPort(n, false); err != nil {
 			errs = append(errs, fmt.Errorf("nodes[%d]: %w", i, err))
 		}
 	}
@@ -188,23 +186,6 @@ func prefixed(key string, err error) error {
 		return nil
 	}
 	return fmt.Errorf("%s: %w", key, err)
-}
-
-// checkHostPort validates host:port; the host may be empty (all interfaces)
-// and the port 0 (any free port) only when listening.
-func checkHostPort(addr string, listen bool) error {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Errorf("%q: must be host:port", addr)
-	}
-	p, err := strconv.Atoi(port)
-	if err != nil || p < 0 || p > 65535 || (p == 0 && !listen) {
-		return fmt.Errorf("%q: bad port %q", addr, port)
-	}
-	if !listen && host == "" {
-		return fmt.Errorf("%q: no host", addr)
-	}
-	return nil
 }
 
 // loadConfig reads a YAML config file; unknown keys are errors.

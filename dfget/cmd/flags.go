@@ -35,8 +35,8 @@ func usagef(format string, args ...any) error {
 	return &usageError{msg: fmt.Sprintf(format, args...)}
 }
 
-// options is the parsed command line.
-type options struct {
+// flags holds the parsed command line.
+type flags struct {
 	url          string
 	output       string
 	nodes        []string
@@ -102,7 +102,7 @@ written atomically and only once its content is verified.
 Flags:
 `
 
-func newFlagSet(o *options) *flag.FlagSet {
+func newFlagSet(o *flags) *flag.FlagSet {
 	fs := flag.NewFlagSet("dfget", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&o.url, "u", "", "`URL` to download (required)")
@@ -175,8 +175,8 @@ func newFlagSet(o *options) *flag.FlagSet {
 }
 
 // parseArgs parses and checks the command line.
-func parseArgs(args []string) (*options, *flag.FlagSet, error) {
-	o := &options{header: http.Header{}, nodes: []string{"127.0.0.1:8002"}}
+func parseArgs(args []string) (*flags, *flag.FlagSet, error) {
+	o := &flags{header: http.Header{}, nodes: []string{"127.0.0.1:8002"}}
 	fs := newFlagSet(o)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

@@ -1,8 +1,11 @@
 // Package command is the command-line plumbing the binaries share (the
 // long-running supernode, dfdaemon and registry-cache, and dfget where it
 // applies): parsing flags, reading a YAML config strictly, building the
-// logger, checking a data dir, and telling a clean stop from a failure.
-// Each binary's cmd package keeps its own flags and Config.
+// logger, checking a data dir and a host:port, telling a clean stop from a
+// failure, and the daemon skeleton (daemon.go: metrics registry, /healthz,
+// /metrics, the HTTP server and its bounded shutdown beside the
+// components). Each binary's cmd package keeps its own flags, Config and
+// wiring.
 package command
 
 import (

@@ -18,11 +18,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/damselfly/damselfly/pkg/command"
 	"github.com/damselfly/damselfly/pkg/httpx"
@@ -34,10 +30,6 @@ import (
 )
 
 const (
-	shutdownTimeout       = 10 * time.Second
-	readHeaderTimeout     = 10 * time.Second
-	idleTimeout           = 2 * time.Minute
-	maxHeaderBytes        = 64 << 10
 	dialTimeout           = 10 * time.Second
 	tlsHandshakeTimeout   = 10 * time.Second
 	responseHeaderTimeout = 30 * time.Second
@@ -79,8 +71,9 @@ func WithStdout(w io.Writer) Option {
 	return func(o *runOptions) { o.stdout = w }
 }
 
-// withStderr sets where logs go when no logger is given.
-func withStderr(w io.Writer) Option {
+// WithStderr sets where logs go when no logger is given (default
+// os.Stderr).
+func WithStderr(w io.Writer) Option {
 	return func(o *runOptions) { o.stderr = w }
 }
 
@@ -208,11 +201,8 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		}
 		defer hc.CloseIdleConnections()
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-	)
+	d := command.NewDaemon(logger)
+	reg := d.Registry
 	fetcher := registrysource.New(registrysource.WithHTTPClient(hc), registrysource.WithLogger(logger.Named("registry")))
 	mc, err := manifestcache.New(cfg.Cache, fetcher, manifestcache.WithLogger(logger.Named("cache")), manifestcache.WithMetrics(reg))
 	if err != nil {
@@ -231,24 +221,9 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	}
 	defer ln.Close()
 
-	mux := http.NewServeMux()
-	mux.Handle("/v2/", srv.Handler())
-	mux.Handle("/v2", srv.Handler())
-	mux.Handle("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		_, _ = io.WriteString(w, "ok\n")
-	}))
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-
-	// No ReadTimeout or WriteTimeout: blobs passed through stream for as
-	// long as they take.
-	hs := &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: readHeaderTimeout,
-		IdleTimeout:       idleTimeout,
-		MaxHeaderBytes:    maxHeaderBytes,
-		ErrorLog:          zap.NewStdLog(logger.Named("http")),
-	}
+	d.Mux.Handle("/v2/", srv.Handler())
+	d.Mux.Handle("/v2", srv.Handler())
+	hs := d.Server(nil)
 	logger.Info("registry-cache listening",
 		zap.String("addr", ln.Addr().String()), zap.String("upstream", upstream.String()),
 		zap.Duration("tagTTL", cfg.Cache.TagTTL), zap.Int64("maxBytes", cfg.Cache.MaxBytes),
@@ -257,9 +232,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		o.ready(ln.Addr())
 	}
 
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return httpx.Serve(gctx, hs, ln, shutdownTimeout) })
-	err = g.Wait()
+	err = d.Run(ctx, hs, ln)
 	logger.Info("registry-cache stopped")
 	return err
 }

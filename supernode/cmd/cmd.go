@@ -21,14 +21,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	digest "github.com/opencontainers/go-digest"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/damselfly/damselfly/pkg/bytesize"
 	"github.com/damselfly/damselfly/pkg/clusterauth"
@@ -55,13 +50,6 @@ const EnvAdminToken = "DAMSELFLY_ADMIN_TOKEN"
 // CDNPeerID is the peer ID under which the supernode's CDN appears in piece
 // assignments.
 const CDNPeerID = "supernode"
-
-const (
-	shutdownTimeout   = 10 * time.Second
-	readHeaderTimeout = 10 * time.Second
-	idleTimeout       = 2 * time.Minute
-	maxHeaderBytes    = 64 << 10
-)
 
 // Option configures Run.
 type Option func(*runOptions)
@@ -100,8 +88,9 @@ func WithStdout(w io.Writer) Option {
 	return func(o *runOptions) { o.stdout = w }
 }
 
-// withStderr sets where logs go when no logger is given.
-func withStderr(w io.Writer) Option {
+// WithStderr sets where logs go when no logger is given (default
+// os.Stderr).
+func WithStderr(w io.Writer) Option {
 	return func(o *runOptions) { o.stderr = w }
 }
 
@@ -256,11 +245,8 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		advertise = advertiseFrom(ln.Addr())
 	}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-	)
+	d := command.NewDaemon(logger)
+	reg := d.Registry
 	// The CDN's upload server reports the transfers it starts
 	// (upload.WithTransferStart below), so CDN assignments not started in
 	// time are revoked. An idle task the scheduler forgets is forgotten by
@@ -303,7 +289,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		preheat.WithRegistryCredentials(cfg.Preheat.Credentials()), preheat.WithTimeout(cfg.Preheat.Timeout),
 		preheat.WithLogger(logger.Named("preheat")))
 
-	mux := http.NewServeMux()
+	mux := d.Mux
 	mux.Handle("/api/peer/", peerapi.New(sched, seed, keys, peerapi.WithLimits(cfg.PeerAPI),
 		peerapi.WithLogger(logger.Named("peerapi")), peerapi.WithHTTPMetrics(httpm)).Handler())
 	mux.Handle("/upload/", upload.New(seed, keys,
@@ -315,22 +301,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	mux.Handle("/api/v1/", adminapi.New(sched, seed, token,
 		adminapi.WithLogger(logger.Named("adminapi")), adminapi.WithHTTPMetrics(httpm),
 		adminapi.WithPreheater(heater)))
-	mux.Handle("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		_, _ = io.WriteString(w, "ok\n")
-	}))
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-
-	// No ReadTimeout or WriteTimeout: long polls and piece uploads outlive
-	// any fixed bound (a ReadTimeout would even cancel the request context
-	// of a long upload). Request bodies are bounded by the handlers.
-	srv := &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: readHeaderTimeout,
-		IdleTimeout:       idleTimeout,
-		MaxHeaderBytes:    maxHeaderBytes,
-		ErrorLog:          zap.NewStdLog(logger.Named("http")),
-	}
+	srv := d.Server(nil)
 	logger.Info("supernode listening",
 		zap.String("addr", ln.Addr().String()), zap.String("advertise", advertise),
 		zap.String("dataDir", cfg.DataDir), zap.Stringer("uploadRate", cfg.CDN.UploadRate),
@@ -340,12 +311,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		o.ready(ln.Addr())
 	}
 
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return sched.Run(gctx) })
-	g.Go(func() error { return seed.Run(gctx) })
-	g.Go(func() error { return heater.Run(gctx) })
-	g.Go(func() error { return httpx.Serve(gctx, srv, ln, shutdownTimeout) })
-	err = g.Wait()
+	err = d.Run(ctx, srv, ln, sched.Run, seed.Run, heater.Run)
 	logger.Info("supernode stopped")
 	return err
 }

@@ -73,7 +73,7 @@ func start(t *testing.T, args []string, opts ...Option) *supernode {
 	ready := make(chan net.Addr, 1)
 	done := make(chan error, 1)
 	logs := &syncBuffer{}
-	opts = append([]Option{withEnv(noEnv), withStderr(logs), WithReady(func(a net.Addr) { ready <- a })}, opts...)
+	opts = append([]Option{withEnv(noEnv), WithStderr(logs), WithReady(func(a net.Addr) { ready <- a })}, opts...)
 	go func() { done <- Run(ctx, append([]string{"--listen", "127.0.0.1:0"}, args...), opts...) }()
 	var once sync.Once
 	stop := func() {
@@ -241,7 +241,7 @@ func TestBadConfigFailsBeforeListening(t *testing.T) {
 			var out bytes.Buffer
 			readyCalled := false
 			args := append([]string{"--data-dir", t.TempDir()}, tt.args...)
-			err := Run(t.Context(), args, withEnv(noEnv), WithStdout(&out), withStderr(io.Discard),
+			err := Run(t.Context(), args, withEnv(noEnv), WithStdout(&out), WithStderr(io.Discard),
 				WithReady(func(net.Addr) { readyCalled = true }))
 			require.Error(t, err)
 			for _, w := range tt.want {

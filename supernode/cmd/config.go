@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
-	"strconv"
 
 	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/command"
@@ -92,11 +91,11 @@ func (c Config) ApplyDefaults() Config {
 // Validate reports every problem of the config, each naming its key.
 func (c Config) Validate() error {
 	var errs []error
-	if err := checkHostPort(c.Listen, true); err != nil {
+	if err := command.CheckHostPort(c.Listen, true); err != nil {
 		errs = append(errs, fmt.Errorf("listen: %w", err))
 	}
 	if c.AdvertiseAddr != "" {
-		if err := checkHostPort(c.AdvertiseAddr, false); err != nil {
+		if err := command.CheckHostPort(c.AdvertiseAddr, false); err != nil {
 			errs = append(errs, fmt.Errorf("advertiseAddr: %w", err))
 		} else if host, _, _ := net.SplitHostPort(c.AdvertiseAddr); host == "" || isUnspecified(host) {
 			errs = append(errs, fmt.Errorf("advertiseAddr %q: needs a host peers can reach", c.AdvertiseAddr))
@@ -124,23 +123,6 @@ func (c Config) Validate() error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
-}
-
-// checkHostPort validates host:port; the host may be empty (all interfaces)
-// and the port 0 (any free port) only when listening.
-func checkHostPort(addr string, listen bool) error {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Errorf("%q: must be host:port", addr)
-	}
-	p, err := strconv.Atoi(port)
-	if err != nil || p < 0 || p > 65535 || (p == 0 && !listen) {
-		return fmt.Errorf("%q: bad port %q", addr, port)
-	}
-	if !listen && host == "" {
-		return fmt.Errorf("%q: no host", addr)
-	}
-	return nil
 }
 
 func isUnspecified(host string) bool {
