@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/damselfly/damselfly/pkg/bytesize"
 	"github.com/damselfly/damselfly/pkg/peer"
 )
 
@@ -32,11 +33,11 @@ func renderProgress(p peer.Progress, elapsed time.Duration) string {
 			b.WriteByte('>')
 			b.WriteString(strings.Repeat(" ", barWidth-full-1))
 		}
-		fmt.Fprintf(&b, "] %5.1f%% %s/%s", frac*100, humanBytes(p.Completed), humanBytes(p.Size))
+		fmt.Fprintf(&b, "] %5.1f%% %s/%s", frac*100, bytesize.Size(p.Completed).Approx(), bytesize.Size(p.Size).Approx())
 	} else {
-		b.WriteString(humanBytes(p.Completed))
+		b.WriteString(bytesize.Size(p.Completed).Approx())
 	}
-	fmt.Fprintf(&b, " %s/s", humanBytes(int64(rate)))
+	fmt.Fprintf(&b, " %s/s", bytesize.Size(int64(rate)).Approx())
 	if p.Size >= 0 {
 		left := p.Size - p.Completed
 		switch {
@@ -58,18 +59,4 @@ func renderProgress(p peer.Progress, elapsed time.Duration) string {
 
 func percent(part, whole int64) int64 {
 	return (part*100 + whole/2) / whole
-}
-
-// humanBytes renders n bytes with binary units: 512 B, 1.5 KiB, 20.0 MiB.
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit && exp < 4; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
 }

@@ -80,6 +80,23 @@ func (b Size) String() string {
 	return strconv.FormatInt(n, 10)
 }
 
+// Approx renders the size for people watching it change (progress, rates):
+// one decimal in the largest binary unit it reaches, "512 B", "1.5 KiB",
+// "20.0 MiB". It is for display only; String is what Parse reads back.
+func (b Size) Approx() string {
+	const unit = 1024
+	n := int64(b)
+	if n < unit {
+		return strconv.FormatInt(n, 10) + " B"
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 4; m /= unit {
+		div *= unit
+		exp++
+	}
+	return strconv.FormatFloat(float64(n)/float64(div), 'f', 1, 64) + " " + "KMGTP"[exp:exp+1] + "iB"
+}
+
 // MarshalText renders the size as String does.
 func (b Size) MarshalText() ([]byte, error) { return []byte(b.String()), nil }
 

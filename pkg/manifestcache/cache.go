@@ -87,6 +87,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/damselfly/damselfly/pkg/redact"
 	"github.com/damselfly/damselfly/pkg/source"
 	"github.com/damselfly/damselfly/pkg/source/registrysource"
 )
@@ -337,19 +338,12 @@ func (r Request) validate() error {
 		return fmt.Errorf("%w: upstream must be an http(s) URL with a host", ErrBadRequest)
 	}
 	if registrysource.ValidateRepository(r.Repo) != nil {
-		return fmt.Errorf("%w: repository %q: %w", ErrBadRequest, truncate(r.Repo), registrysource.ErrInvalid)
+		return fmt.Errorf("%w: repository %q: %w", ErrBadRequest, redact.Truncate(r.Repo), registrysource.ErrInvalid)
 	}
 	if registrysource.ValidateReference(r.Ref) != nil {
-		return fmt.Errorf("%w: reference %q: %w", ErrBadRequest, truncate(r.Ref), registrysource.ErrInvalid)
+		return fmt.Errorf("%w: reference %q: %w", ErrBadRequest, redact.Truncate(r.Ref), registrysource.ErrInvalid)
 	}
 	return nil
-}
-
-func truncate(s string) string {
-	if len(s) > 300 {
-		return s[:300] + "..."
-	}
-	return s
 }
 
 // keys are the parts of one request's cache keys. Only the key a lookup

@@ -12,6 +12,7 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/content"
 	"github.com/damselfly/damselfly/pkg/peer/upload"
+	"github.com/damselfly/damselfly/pkg/redact"
 )
 
 // Result is the outcome of a finished download.
@@ -360,7 +361,7 @@ func (u *uploadTask) ReadAt(p []byte, off int64) (int, error) {
 	ok := t.verifiedLocked(off, int64(len(p)))
 	t.mu.Unlock()
 	if !ok {
-		return 0, fmt.Errorf("read task %s at %d+%d: not verified", truncate(t.id, 80), off, len(p))
+		return 0, fmt.Errorf("read task %s at %d+%d: not verified", redact.Truncate(t.id), off, len(p))
 	}
 	switch {
 	case t.blob != nil:
@@ -368,7 +369,7 @@ func (u *uploadTask) ReadAt(p []byte, off int64) (int, error) {
 	case t.w != nil:
 		return t.w.ReadAt(p, off)
 	}
-	return 0, fmt.Errorf("read task %s: %w", truncate(t.id, 80), ErrClosed)
+	return 0, fmt.Errorf("read task %s: %w", redact.Truncate(t.id), ErrClosed)
 }
 
 // Close releases nothing: the task lives as long as its downloads.

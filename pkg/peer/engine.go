@@ -26,7 +26,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -169,7 +168,7 @@ func New(cfg Config, store content.Store, sched *schedclient.Client, self scheda
 	if sched.ClusterKeys().IsZero() {
 		return nil, fmt.Errorf("peer: the supernode client has no cluster token: %w", clusterauth.ErrNoToken)
 	}
-	if err := validatePeer(self); err != nil {
+	if err := self.Validate(); err != nil {
 		return nil, fmt.Errorf("peer: %w", err)
 	}
 	var o options
@@ -220,26 +219,6 @@ func New(cfg Config, store content.Store, sched *schedclient.Client, self scheda
 	}
 	e.metrics = m
 	return e, nil
-}
-
-func validatePeer(p schedapi.Peer) error {
-	if p.ID == "" || len(p.ID) > 128 {
-		return fmt.Errorf("peer id %q: must be 1 to 128 characters", p.ID)
-	}
-	for i := 0; i < len(p.ID); i++ {
-		c := p.ID[i]
-		if c != '.' && c != '_' && c != '-' && (c < '0' || c > '9') && (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') {
-			return fmt.Errorf("peer id %q: only [A-Za-z0-9._-] allowed", p.ID)
-		}
-	}
-	host, port, err := net.SplitHostPort(p.Addr)
-	if err != nil || host == "" || port == "" || port == "0" {
-		return fmt.Errorf("peer addr %q: want host:port of the upload server", p.Addr)
-	}
-	if p.DownloadRate < 0 {
-		return fmt.Errorf("peer download rate %d: must not be negative", p.DownloadRate)
-	}
-	return nil
 }
 
 // Self returns the peer the engine registers as.
@@ -432,7 +411,7 @@ func (e *Engine) Open(ctx context.Context, taskID string) (upload.Task, error) {
 	}
 	e.mu.Unlock()
 	if !ok {
-		return nil, fmt.Errorf("open task %s: %w", truncate(taskID, 80), errNotFoundUpload)
+		return nil, fmt.Errorf("open task %s: %w", redact.Truncate(taskID), errNotFoundUpload)
 	}
 	return &uploadTask{t: t}, nil
 }
@@ -488,11 +467,4 @@ func (e *Engine) heartbeat(ctx context.Context) {
 			e.logger.Warn("register seed again", zap.String("task", id), zap.Error(err))
 		}
 	}
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "..."
-	}
-	return s
 }

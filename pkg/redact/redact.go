@@ -1,7 +1,9 @@
-// Package redact is the one policy for showing a URL where it may be read by
-// someone other than its owner: logs, the admin API, error messages, peers.
+// Package redact holds the rules for showing text where it may be read by
+// someone other than its owner (logs, the admin API, error messages,
+// peers): URL shows a URL without its secrets, Truncate bounds untrusted
+// input quoted back.
 //
-// The policy: a URL is shown as scheme, host and path. User information
+// The URL policy: a URL is shown as scheme, host and path. User information
 // (user name and password), the query (signatures, tokens, keys) and the
 // fragment are dropped whole. No attempt is made to tell secret query keys
 // from harmless ones: a list of names misses the next signing scheme.
@@ -10,6 +12,7 @@ package redact
 import (
 	"net/url"
 	"regexp"
+	"unicode/utf8"
 )
 
 // Unparsable stands for a URL that does not parse: it is never shown, as
@@ -49,4 +52,21 @@ func Error(err error) string {
 		return ""
 	}
 	return Text(err.Error())
+}
+
+// MaxQuoted is the most bytes of untrusted input Truncate keeps.
+const MaxQuoted = 200
+
+// Truncate bounds untrusted input quoted in an error or a log line to
+// MaxQuoted bytes (cut at a character boundary) followed by "...", so that
+// a client cannot make an answer or a log line as large as its request.
+func Truncate(s string) string {
+	if len(s) <= MaxQuoted {
+		return s
+	}
+	n := MaxQuoted
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "..."
 }

@@ -3,6 +3,7 @@ package redact
 import (
 	"errors"
 	"net/url"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -40,6 +41,17 @@ func TestError(t *testing.T) {
 	require.Equal(t, "", Error(nil))
 	require.Equal(t, "no url here", Text("no url here"))
 	require.Equal(t, "a http://h/x and https://h/y done", Text("a http://u@h/x?k=v and https://h/y#f done"))
+}
+
+func TestTruncate(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, "short", Truncate("short"))
+	exact := strings.Repeat("a", MaxQuoted)
+	require.Equal(t, exact, Truncate(exact))
+	require.Equal(t, exact+"...", Truncate(exact+"b"))
+	// A multi-byte character straddling the bound is dropped whole.
+	s := strings.Repeat("a", MaxQuoted-1) + "é" + "tail"
+	require.Equal(t, strings.Repeat("a", MaxQuoted-1)+"...", Truncate(s))
 }
 
 func FuzzURL(f *testing.F) {

@@ -519,16 +519,8 @@ func checkIDs(taskID, peerID string) error {
 			return err
 		}
 	}
-	if peerID == "" || len(peerID) > 128 {
-		return fmt.Errorf("peer id %q: %w", peerID, ErrInvalid)
-	}
-	for i := 0; i < len(peerID); i++ {
-		ch := peerID[i]
-		ok := ch == '.' || ch == '_' || ch == '-' ||
-			(ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')
-		if !ok {
-			return fmt.Errorf("peer id %q: %w", peerID, ErrInvalid)
-		}
+	if err := schedapi.ValidatePeerID(peerID); err != nil {
+		return fmt.Errorf("%w: %w", err, ErrInvalid)
 	}
 	return nil
 }

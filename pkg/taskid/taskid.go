@@ -18,6 +18,8 @@ import (
 	"strings"
 
 	digest "github.com/opencontainers/go-digest"
+
+	"github.com/damselfly/damselfly/pkg/redact"
 )
 
 // ErrInvalid is returned for a string that is not a task ID.
@@ -27,10 +29,10 @@ var ErrInvalid = errors.New("invalid task id")
 func ForDigest(d digest.Digest) (string, error) {
 	// Validate first: Algorithm panics on a string without ':'.
 	if err := d.Validate(); err != nil {
-		return "", fmt.Errorf("task digest %q: %w", truncate(string(d)), ErrInvalid)
+		return "", fmt.Errorf("task digest %q: %w", redact.Truncate(string(d)), ErrInvalid)
 	}
 	if d.Algorithm() != digest.SHA256 {
-		return "", fmt.Errorf("task digest %q: only sha256 is supported: %w", truncate(string(d)), ErrInvalid)
+		return "", fmt.Errorf("task digest %q: only sha256 is supported: %w", redact.Truncate(string(d)), ErrInvalid)
 	}
 	return d.String(), nil
 }
@@ -90,12 +92,12 @@ func Normalize(rawURL string, filter []string) (string, error) {
 func Validate(id string) error {
 	hexPart := strings.TrimPrefix(id, "sha256:")
 	if len(hexPart) != 64 {
-		return fmt.Errorf("%q: %w", truncate(id), ErrInvalid)
+		return fmt.Errorf("%q: %w", redact.Truncate(id), ErrInvalid)
 	}
 	for i := 0; i < len(hexPart); i++ {
 		c := hexPart[i]
 		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return fmt.Errorf("%q: %w", truncate(id), ErrInvalid)
+			return fmt.Errorf("%q: %w", redact.Truncate(id), ErrInvalid)
 		}
 	}
 	return nil
@@ -128,11 +130,4 @@ func ParseFilter(s string) []string {
 		}
 	}
 	return keys
-}
-
-func truncate(s string) string {
-	if len(s) > 80 {
-		return s[:80] + "..."
-	}
-	return s
 }

@@ -302,7 +302,7 @@ func (p *Preheater) Get(_ context.Context, id string) (Status, error) {
 	defer p.mu.Unlock()
 	st, ok := p.records[id]
 	if !ok {
-		return Status{}, fmt.Errorf("preheat %q: %w", truncate(id), ErrNotFound)
+		return Status{}, fmt.Errorf("preheat %q: %w", redact.Truncate(id), ErrNotFound)
 	}
 	return st.clone(), nil
 }
@@ -366,7 +366,7 @@ func (p *Preheater) parse(req Request) (job, Status, error) {
 		j.header = http.Header{}
 		for k, v := range req.Headers {
 			if !validHeaderName(k) || strings.ContainsAny(v, "\r\n\x00") {
-				return invalid("headers: invalid header %q", truncate(k))
+				return invalid("headers: invalid header %q", redact.Truncate(k))
 			}
 			j.header.Set(k, v)
 		}
@@ -379,7 +379,7 @@ func (p *Preheater) parse(req Request) (job, Status, error) {
 	case "":
 		return invalid("type: missing (%q or %q)", TypeImage, TypeFile)
 	default:
-		return invalid("type %q: want %q or %q", truncate(req.Type), TypeImage, TypeFile)
+		return invalid("type %q: want %q or %q", redact.Truncate(req.Type), TypeImage, TypeFile)
 	}
 }
 
@@ -661,11 +661,4 @@ func validHeaderName(k string) bool {
 		}
 	}
 	return true
-}
-
-func truncate(s string) string {
-	if len(s) > 200 {
-		return s[:200] + "..."
-	}
-	return s
 }

@@ -184,7 +184,7 @@ func checkDigestHeader(h http.Header, body []byte, sum digest.Digest) error {
 	}
 	d, err := digest.Parse(v)
 	if err != nil {
-		return fmt.Errorf("Docker-Content-Digest %q: %w", truncate(v), ErrDigestMismatch)
+		return fmt.Errorf("Docker-Content-Digest %q: %w", redact.Truncate(v), ErrDigestMismatch)
 	}
 	if d.Algorithm() == digest.SHA256 {
 		if d != sum {
@@ -236,7 +236,7 @@ func (c *Client) HeadManifest(ctx context.Context, base *url.URL, repo, ref stri
 	if v := strings.TrimSpace(resp.Header.Get("Docker-Content-Digest")); v != "" {
 		d, err := digest.Parse(v)
 		if err != nil || (want != "" && d.Algorithm() == want.Algorithm() && d != want) {
-			return ocispec.Descriptor{}, fmt.Errorf("head manifest %s: Docker-Content-Digest %q: %w", what, truncate(v), ErrDigestMismatch)
+			return ocispec.Descriptor{}, fmt.Errorf("head manifest %s: Docker-Content-Digest %q: %w", what, redact.Truncate(v), ErrDigestMismatch)
 		}
 		if want == "" {
 			desc.Digest = d
@@ -268,7 +268,7 @@ func (c *Client) HeadBlob(ctx context.Context, base *url.URL, repo string, d dig
 	}
 	drain(resp)
 	if v := strings.TrimSpace(resp.Header.Get("Docker-Content-Digest")); v != "" && v != string(d) {
-		return ocispec.Descriptor{}, fmt.Errorf("head blob %s: Docker-Content-Digest %q: %w", what, truncate(v), ErrDigestMismatch)
+		return ocispec.Descriptor{}, fmt.Errorf("head blob %s: Docker-Content-Digest %q: %w", what, redact.Truncate(v), ErrDigestMismatch)
 	}
 	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	return ocispec.Descriptor{MediaType: mt, Digest: d, Size: resp.ContentLength}, nil
