@@ -285,8 +285,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	resolver := registrysource.New(registrysource.WithHTTPClient(sourceHC),
 		registrysource.WithInsecureRegistries(cfg.Preheat.InsecureRegistries),
 		registrysource.WithLogger(logger.Named("registry")))
-	heater := preheat.New(resolver, preheatSeeder{cdn: seed, sched: sched},
-		preheat.WithRegistryCredentials(cfg.Preheat.Credentials()), preheat.WithTimeout(cfg.Preheat.Timeout),
+	heater := preheat.New(cfg.Preheat, resolver, preheatSeeder{cdn: seed, sched: sched},
 		preheat.WithLogger(logger.Named("preheat")))
 
 	mux := d.Mux

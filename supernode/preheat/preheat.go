@@ -157,41 +157,11 @@ func WithLogger(l *zap.Logger) Option {
 	}
 }
 
-// WithRegistryCredentials sets default credentials by registry host
-// (lower case "host[:port]"; "docker.io" also covers Docker Hub's
-// registry-1.docker.io).
-func WithRegistryCredentials(creds map[string]registrysource.Credentials) Option {
-	return func(p *Preheater) {
-		for h, c := range creds {
-			p.creds[strings.ToLower(h)] = c
-		}
-	}
-}
-
-// WithTimeout bounds each preheat (default 1h).
-func WithTimeout(d time.Duration) Option {
-	return func(p *Preheater) {
-		if d > 0 {
-			p.timeout = d
-		}
-	}
-}
-
 // WithMaxRecords bounds the preheats kept (default 1000).
 func WithMaxRecords(n int) Option {
 	return func(p *Preheater) {
 		if n > 0 {
 			p.maxRecords = n
-		}
-	}
-}
-
-// WithLayerConcurrency bounds how many blobs of one preheat are handed to
-// the CDN and followed at once (default 4).
-func WithLayerConcurrency(n int) Option {
-	return func(p *Preheater) {
-		if n > 0 {
-			p.layerConcurrency = n
 		}
 	}
 }
@@ -217,16 +187,19 @@ type Preheater struct {
 	order   []string // IDs, oldest first
 }
 
-// New returns a Preheater that resolves images with resolver and seeds
-// blobs with seeder. Run must run for it to stop cleanly.
-func New(resolver Resolver, seeder Seeder, opts ...Option) *Preheater {
+// New returns a Preheater configured by cfg (defaults applied here) that
+// resolves images with resolver and seeds blobs with seeder. The resolver is
+// built by the caller, with cfg.InsecureRegistries. Run must run for it to
+// stop cleanly.
+func New(cfg Config, resolver Resolver, seeder Seeder, opts ...Option) *Preheater {
+	cfg = cfg.ApplyDefaults()
 	base, cancel := context.WithCancel(context.Background())
 	p := &Preheater{
 		resolver:         resolver,
 		seeder:           seeder,
 		log:              zap.NewNop(),
-		creds:            map[string]registrysource.Credentials{},
-		timeout:          DefaultTimeout,
+		creds:            cfg.Credentials(),
+		timeout:          cfg.Timeout,
 		maxRecords:       defaultMaxRecords,
 		layerConcurrency: defaultLayerConcurrency,
 		base:             base,
