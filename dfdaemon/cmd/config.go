@@ -144,10 +144,10 @@ func (c Config) Validate() error {
 		c.Source.Validate("source"),
 		c.PeerPolicy.Validate("peerPolicy"),
 		c.Mirror.Validate(),
-		prefixed("manifestCache", c.ManifestCache.Validate()),
+		command.Section("manifestCache", c.ManifestCache.Validate()),
 		c.Proxy.Validate(),
 		c.Cache.Validate(),
-		c.Peer.Validate(),
+		command.Section("peer", c.Peer.Validate()),
 		c.RateLimit.Validate(),
 		c.Log.Validate(),
 	} {
@@ -178,14 +178,6 @@ func (c RateLimitConfig) Validate() error {
 		errs = append(errs, fmt.Errorf("rateLimit.upload: %d is negative (0 means unlimited)", c.Upload))
 	}
 	return errors.Join(errs...)
-}
-
-// prefixed names the key of a nested config's problems.
-func prefixed(key string, err error) error {
-	if err == nil {
-		return nil
-	}
-	return fmt.Errorf("%s: %w", key, err)
 }
 
 // loadConfig reads a YAML config file; unknown keys are errors.

@@ -157,7 +157,7 @@ func (c Config) ApplyDefaults() Config {
 func (c Config) Validate() error {
 	var errs []error
 	bad := func(format string, args ...any) {
-		errs = append(errs, fmt.Errorf("proxy "+format+": %w", append(args, ErrInvalid)...))
+		errs = append(errs, fmt.Errorf("proxy."+format+": %w", append(args, ErrInvalid)...))
 	}
 	for i, r := range c.Rules {
 		if err := r.validate(); err != nil {

@@ -78,7 +78,7 @@ func TestParseArgs(t *testing.T) {
 		{"bad header name", []string{"-u", "http://o/f", "-o", "out", "--header", "a b: c"}, "want 'Name: value'", nil},
 		{"bad node", []string{"-u", "http://o/f", "-o", "out", "--node", "nohost"}, "want host:port", nil},
 		{"bad advertise ip", []string{"-u", "http://o/f", "-o", "out", "--advertise-ip", "host"}, "not an IP address", nil},
-		{"bad log level", []string{"-u", "http://o/f", "-o", "out", "--log-level", "loud"}, "log level", nil},
+		{"bad log level", []string{"-u", "http://o/f", "-o", "out", "--log-level", "loud"}, "log.level", nil},
 		{"negative timeout", []string{"-u", "http://o/f", "-o", "out", "--timeout", "-1s"}, "must not be negative", nil},
 		{"negative piece timeout", []string{"-u", "http://o/f", "-o", "out", "--piece-timeout", "-1s"}, "must not be negative", nil},
 		{"negative stall timeout", []string{"-u", "http://o/f", "-o", "out", "--stall-timeout", "-1s"}, "must not be negative", nil},

@@ -114,15 +114,21 @@ func (b *Size) UnmarshalText(text []byte) error {
 }
 
 // UnmarshalYAML parses a YAML scalar as Parse does; errors name the
-// line.
+// line and do not stop the decoder.
 func (b *Size) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode {
-		return fmt.Errorf("line %d: a size must be a number or a string such as 10GiB", n.Line)
+		return lineError(n, "a size must be a number or a string such as 10GiB")
 	}
 	if err := b.UnmarshalText([]byte(n.Value)); err != nil {
-		return fmt.Errorf("line %d: %w", n.Line, err)
+		return lineError(n, err.Error())
 	}
 	return nil
+}
+
+// lineError is a problem with the value at n. It is a *yaml.TypeError, so
+// the decoder goes on and reports every other problem of the file too.
+func lineError(n *yaml.Node, msg string) error {
+	return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %s", n.Line, msg)}}
 }
 
 // Set parses a flag value as Parse does (flag.Value).

@@ -9,7 +9,6 @@
 package command
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -19,7 +18,6 @@ import (
 	"path/filepath"
 
 	"go.uber.org/zap"
-	"gopkg.in/yaml.v3"
 
 	"github.com/damselfly/damselfly/pkg/log"
 )
@@ -38,22 +36,6 @@ func ParseArgs(fs *flag.FlagSet, args []string) (help bool, err error) {
 		return false, fmt.Errorf("command line: unexpected argument %q", fs.Arg(0))
 	}
 	return false, nil
-}
-
-// LoadYAML decodes the YAML file at path into v. Unknown keys are errors,
-// so that a misspelt key does not silently fall back to a default; an empty
-// file leaves v as it is.
-func LoadYAML(path string, v any) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("config: %w", err)
-	}
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
-		return fmt.Errorf("config %s: %w", path, err)
-	}
-	return nil
 }
 
 // Logger returns given when it is set (a test or an embedding program chose

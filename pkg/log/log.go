@@ -34,10 +34,10 @@ func (c Config) ApplyDefaults() Config {
 // Validate reports an unknown level or format.
 func (c Config) Validate() error {
 	if _, err := zapcore.ParseLevel(c.Level); err != nil {
-		return fmt.Errorf("log level %q: must be debug, info, warn or error", c.Level)
+		return fmt.Errorf("log.level %q: must be debug, info, warn or error", c.Level)
 	}
 	if c.Format != "json" && c.Format != "console" {
-		return fmt.Errorf("log format %q: must be json or console", c.Format)
+		return fmt.Errorf("log.format %q: must be json or console", c.Format)
 	}
 	return nil
 }

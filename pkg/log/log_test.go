@@ -23,9 +23,9 @@ func TestNew(t *testing.T) {
 	require.Equal(t, "t1", line["task"])
 
 	_, err = New(Config{Level: "loud"}, &buf)
-	require.ErrorContains(t, err, "log level")
+	require.ErrorContains(t, err, "log.level")
 	_, err = New(Config{Format: "xml"}, &buf)
-	require.ErrorContains(t, err, "log format")
+	require.ErrorContains(t, err, "log.format")
 }
 
 func TestContext(t *testing.T) {

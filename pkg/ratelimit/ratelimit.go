@@ -105,10 +105,12 @@ func (r *Rate) UnmarshalText(text []byte) error { return r.Set(string(text)) }
 // line.
 func (r *Rate) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode {
-		return fmt.Errorf("line %d: a rate must be a number of bytes/s or a string such as 20M", n.Line)
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: a rate must be a number of bytes/s or a string such as 20M", n.Line)}}
 	}
 	if err := r.Set(n.Value); err != nil {
-		return fmt.Errorf("line %d: %w", n.Line, err)
+		// A TypeError: the decoder goes on and reports every other
+		// problem of the file too.
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %v", n.Line, err)}}
 	}
 	return nil
 }

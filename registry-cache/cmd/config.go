@@ -13,6 +13,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/damselfly/damselfly/pkg/command"
 	"github.com/damselfly/damselfly/pkg/log"
 	"github.com/damselfly/damselfly/pkg/manifestcache"
 	"github.com/damselfly/damselfly/pkg/netpolicy"
@@ -75,7 +76,7 @@ func (c Config) Validate() error {
 	if err := c.Source.Validate("source"); err != nil {
 		errs = append(errs, err)
 	}
-	if err := c.Cache.Validate(); err != nil {
+	if err := command.Section("cache", c.Cache.Validate()); err != nil {
 		errs = append(errs, err)
 	}
 	if err := c.Log.Validate(); err != nil {
