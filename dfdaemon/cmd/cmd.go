@@ -11,6 +11,7 @@ package cmd
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -161,10 +162,10 @@ func Run(ctx context.Context, args []string, opts ...Option) error {
 // validates the result.
 func buildConfig(fset *flag.FlagSet, f *flags) (Config, error) {
 	var cfg Config
+	var fileErr error
 	if f.config != "" {
-		var err error
-		if cfg, err = loadConfig(f.config); err != nil {
-			return Config{}, err
+		if cfg, fileErr = loadConfig(f.config); command.ReadFailed(fileErr) {
+			return Config{}, fileErr
 		}
 	}
 	fset.Visit(func(fl *flag.Flag) {
@@ -207,7 +208,7 @@ func buildConfig(fset *flag.FlagSet, f *flags) (Config, error) {
 		}
 	})
 	cfg = cfg.ApplyDefaults()
-	if err := cfg.Validate(); err != nil {
+	if err := errors.Join(fileErr, cfg.Validate()); err != nil {
 		return Config{}, fmt.Errorf("invalid configuration:\n%w", err)
 	}
 	return cfg, nil

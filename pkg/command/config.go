@@ -16,25 +16,34 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// LoadYAML decodes the YAML file at path into v, a pointer to a Config
-// with yaml tags. An empty file leaves v as it is.
-//
-// Every problem is reported at once, each naming the key path as the user
-// writes it (preheat.insecureRegistries, cache.tagTTL, nodes[1],
-// preheat.registries[docker.io]) and its line: unknown keys (with the
-// known key it most resembles, so that a misspelt key does not silently
-// fall back to a default) and values of the wrong type.
+// LoadYAML decodes the YAML file at path into v as DecodeYAML does.
 func LoadYAML(path string, v any) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
+	return DecodeYAML(b, path, v)
+}
+
+// DecodeYAML decodes the YAML document b (read from the file name) into v,
+// a pointer to a Config with yaml tags. An empty document leaves v as it
+// is.
+//
+// Every problem is reported at once, each naming the key path as the user
+// writes it (preheat.insecureRegistries, cache.tagTTL, nodes[1],
+// preheat.registries[docker.io]) and its line: unknown keys (with the
+// known key it most resembles, so that a misspelt key does not silently
+// fall back to a default) and values of the wrong type. Those come as a
+// *FileProblems, with v decoded as far as it could be, so that the caller
+// validates the rest and reports its problems too; a document that cannot
+// be parsed at all is another error (see ReadFailed).
+func DecodeYAML(b []byte, name string, v any) error {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(b, &doc); err != nil {
-		return fmt.Errorf("config %s: %w", path, err)
+		return fmt.Errorf("config %s: %w", name, err)
 	}
 	if doc.Kind == 0 {
-		return nil // empty file
+		return nil // empty document
 	}
 	keys := keyIndex{lines: map[int]string{}}
 	keys.walk(&doc, reflect.TypeOf(v), "")
@@ -44,7 +53,7 @@ func LoadYAML(path string, v any) error {
 	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
 		var te *yaml.TypeError
 		if !errors.As(err, &te) {
-			return fmt.Errorf("config %s: %w", path, err)
+			return fmt.Errorf("config %s: %w", name, err)
 		}
 		for _, msg := range te.Errors {
 			problems = append(problems, keys.describe(msg))
@@ -54,11 +63,34 @@ func LoadYAML(path string, v any) error {
 		return nil
 	}
 	sort.SliceStable(problems, func(i, j int) bool { return problems[i].line < problems[j].line })
-	errs := make([]error, len(problems))
-	for i, p := range problems {
-		errs[i] = errors.New(p.msg)
+	fp := &FileProblems{Name: name}
+	for _, p := range problems {
+		fp.Problems = append(fp.Problems, errors.New(p.msg))
 	}
-	return fmt.Errorf("config %s:\n%w", path, errors.Join(errs...))
+	return fp
+}
+
+// FileProblems are the problems of a config file that could be parsed:
+// unknown keys and values of the wrong type, one error each.
+type FileProblems struct {
+	Name     string
+	Problems []error
+}
+
+func (e *FileProblems) Error() string {
+	return "config " + e.Name + ":\n" + errors.Join(e.Problems...).Error()
+}
+
+// Unwrap returns the problems.
+func (e *FileProblems) Unwrap() []error { return e.Problems }
+
+// ReadFailed reports whether err, from LoadYAML or DecodeYAML, left
+// nothing to validate: the file could not be read or parsed. A
+// *FileProblems is not such an error: the caller validates what was
+// decoded and reports both (errors.Join(fileErr, cfg.Validate())).
+func ReadFailed(err error) bool {
+	var fp *FileProblems
+	return err != nil && !errors.As(err, &fp)
 }
 
 // Section names the key of a nested config's problems: each problem of

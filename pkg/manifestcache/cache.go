@@ -283,7 +283,7 @@ func New(cfg Config, f Fetcher, opts ...Option) (*Cache, error) {
 		return nil, fmt.Errorf("cache: partition key: %w", err)
 	}
 	c.m = newMetrics(c.reg)
-	c.bodies = newLRU[digest.Digest, *body](cfg.MaxBytes, func(b *body) int64 { return int64(len(b.data)) },
+	c.bodies = newLRU[digest.Digest, *body](int64(cfg.MaxBytes), func(b *body) int64 { return int64(len(b.data)) },
 		func(d digest.Digest, _ *body) {
 			c.m.evictions.Inc()
 			c.log.Debug("manifest evicted", zap.Stringer("digest", d))

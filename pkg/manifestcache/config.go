@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/damselfly/damselfly/pkg/bytesize"
 )
 
 // Defaults applied by Config.ApplyDefaults.
@@ -43,7 +45,7 @@ type Config struct {
 	// MaxBytes bounds the manifest bodies kept, in bytes; the least recently
 	// used are evicted first. A manifest larger than this is served but not
 	// kept.
-	MaxBytes int64 `yaml:"maxBytes"`
+	MaxBytes bytesize.Size `yaml:"maxBytes"`
 	// MaxEntries bounds the small records kept besides the bodies (tag
 	// resolutions, 404s, read permissions); least recently used first out.
 	MaxEntries int `yaml:"maxEntries"`

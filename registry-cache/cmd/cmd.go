@@ -10,6 +10,7 @@ package cmd
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -138,10 +139,10 @@ func Run(ctx context.Context, args []string, opts ...Option) error {
 // validates the result.
 func buildConfig(fset *flag.FlagSet, f *flags) (Config, error) {
 	var cfg Config
+	var fileErr error
 	if f.config != "" {
-		var err error
-		if cfg, err = loadConfig(f.config); err != nil {
-			return Config{}, err
+		if cfg, fileErr = loadConfig(f.config); command.ReadFailed(fileErr) {
+			return Config{}, fileErr
 		}
 	}
 	fset.Visit(func(fl *flag.Flag) {
@@ -161,7 +162,7 @@ func buildConfig(fset *flag.FlagSet, f *flags) (Config, error) {
 		}
 	})
 	cfg = cfg.ApplyDefaults()
-	if err := cfg.Validate(); err != nil {
+	if err := errors.Join(fileErr, cfg.Validate()); err != nil {
 		return Config{}, fmt.Errorf("invalid configuration:\n%w", err)
 	}
 	return cfg, nil
@@ -226,7 +227,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	hs := d.Server(nil)
 	logger.Info("registry-cache listening",
 		zap.String("addr", ln.Addr().String()), zap.String("upstream", upstream.String()),
-		zap.Duration("tagTTL", cfg.Cache.TagTTL), zap.Int64("maxBytes", cfg.Cache.MaxBytes),
+		zap.Duration("tagTTL", cfg.Cache.TagTTL), zap.Stringer("maxBytes", cfg.Cache.MaxBytes),
 		zap.String("version", version.Version()))
 	if o.ready != nil {
 		o.ready(ln.Addr())

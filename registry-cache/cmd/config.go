@@ -1,17 +1,12 @@
 package cmd
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
-
-	"gopkg.in/yaml.v3"
 
 	"github.com/damselfly/damselfly/pkg/command"
 	"github.com/damselfly/damselfly/pkg/log"
@@ -107,23 +102,9 @@ func parseUpstream(s string) (*url.URL, error) {
 	return u, nil
 }
 
-// loadConfig reads a YAML config file. Unknown keys are errors: a typo must
-// not silently fall back to a default.
+// loadConfig reads a YAML config file; unknown keys are errors.
 func loadConfig(path string) (Config, error) {
 	var c Config
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return c, fmt.Errorf("config: %w", err)
-	}
-	return decodeConfig(b, path)
-}
-
-func decodeConfig(b []byte, name string) (Config, error) {
-	var c Config
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
-		return c, fmt.Errorf("config %s: %w", name, err)
-	}
-	return c, nil
+	err := command.LoadYAML(path, &c)
+	return c, err
 }

@@ -166,10 +166,10 @@ func Run(ctx context.Context, args []string, opts ...Option) error {
 // flags, then validates the result.
 func buildConfig(fset *flag.FlagSet, f *flags, lookupEnv func(string) (string, bool)) (Config, error) {
 	var cfg Config
+	var fileErr error
 	if f.config != "" {
-		var err error
-		if cfg, err = loadConfig(f.config); err != nil {
-			return Config{}, err
+		if cfg, fileErr = loadConfig(f.config); command.ReadFailed(fileErr) {
+			return Config{}, fileErr
 		}
 	}
 	if v, ok := lookupEnv(EnvAdminToken); ok && v != "" {
@@ -202,7 +202,7 @@ func buildConfig(fset *flag.FlagSet, f *flags, lookupEnv func(string) (string, b
 		}
 	})
 	cfg = cfg.ApplyDefaults()
-	if err := cfg.Validate(); err != nil {
+	if err := errors.Join(fileErr, cfg.Validate()); err != nil {
 		return Config{}, fmt.Errorf("invalid configuration:\n%w", err)
 	}
 	return cfg, nil
