@@ -51,7 +51,6 @@ type runOptions struct {
 	ready     func(mirror, peer net.Addr)
 	stdout    io.Writer
 	stderr    io.Writer
-	proxy     []proxy.Option
 	lookupEnv func(string) (string, bool)
 }
 
@@ -84,20 +83,14 @@ func withEnv(fn func(string) (string, bool)) Option {
 	return func(o *runOptions) { o.lookupEnv = fn }
 }
 
-// WithProxyOptions passes options to the forward proxy, e.g.
-// proxy.WithResolver in tests that name origins by host name.
-func WithProxyOptions(opts ...proxy.Option) Option {
-	return func(o *runOptions) { o.proxy = append(o.proxy, opts...) }
-}
-
 // flags holds the parsed command line.
 type flags struct {
-	config, listen, peerListen, advertiseIP, nodes string
-	registry, dataDir, logLevel, logFormat         string
-	clusterTokenFile                               string
-	source, peers                                  netpolicy.Config
-	downloadRate, uploadRate                       ratelimit.Rate
-	version                                        bool
+	config, listen, peerListen, advertiseIP, supernodes string
+	registry, dataDir, logLevel, logFormat              string
+	clusterTokenFile                                    string
+	source, peers                                       netpolicy.Config
+	downloadRate, uploadRate                            ratelimit.Rate
+	version                                             bool
 }
 
 func newFlagSet(f *flags, out io.Writer) *flag.FlagSet {
@@ -107,7 +100,7 @@ func newFlagSet(f *flags, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&f.listen, "listen", "", "`host:port` of the registry mirror and forward proxy (default "+DefaultListen+")")
 	fs.StringVar(&f.peerListen, "peer-listen", "", "`host:port` of the upload server other peers fetch pieces from (default "+DefaultPeerListen+")")
 	fs.StringVar(&f.advertiseIP, "advertise-ip", "", "`IP` other peers reach this node at (default: the host of --peer-listen, else the local address towards the first supernode)")
-	fs.StringVar(&f.nodes, "node", "", "comma-separated supernodes `host:port[,host:port]` (default "+DefaultNode+")")
+	fs.StringVar(&f.supernodes, "node", "", "comma-separated supernodes `host:port[,host:port]` (default "+DefaultSupernode+")")
 	fs.StringVar(&f.clusterTokenFile, "cluster-token-file", "", "`file` holding the supernode's cluster token (or $"+clusterauth.EnvToken+", or clusterToken in the config)")
 	fs.StringVar(&f.registry, "registry", "", "upstream `URL` of requests that name no registry: docker registry-mirrors, direct pulls (default "+mirror.DefaultRegistry+")")
 	fs.StringVar(&f.dataDir, "data-dir", "", "`dir` of the node's content cache (default "+DefaultDataDir+")")
@@ -177,10 +170,10 @@ func buildConfig(fset *flag.FlagSet, f *flags) (Config, error) {
 		case "advertise-ip":
 			cfg.AdvertiseIP = f.advertiseIP
 		case "node":
-			cfg.Nodes = nil
-			for s := range strings.SplitSeq(f.nodes, ",") {
+			cfg.Supernodes = nil
+			for s := range strings.SplitSeq(f.supernodes, ",") {
 				if s = strings.TrimSpace(s); s != "" {
-					cfg.Nodes = append(cfg.Nodes, s)
+					cfg.Supernodes = append(cfg.Supernodes, s)
 				}
 			}
 		case "cluster-token-file":
@@ -249,7 +242,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	}
 	logger = logger.With(zap.String("peer", self.ID))
 
-	sc, err := schedclient.New(cfg.Nodes, schedclient.WithLogger(logger.Named("schedclient")), schedclient.WithClusterKeys(keys))
+	sc, err := schedclient.New(cfg.Supernodes, schedclient.WithLogger(logger.Named("schedclient")), schedclient.WithClusterKeys(keys))
 	if err != nil {
 		return fmt.Errorf("nodes: %w", err)
 	}
@@ -283,11 +276,10 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	if err != nil {
 		return err
 	}
-	proxyOpts := append([]proxy.Option{proxy.WithLogger(logger.Named("proxy")), proxy.WithMetrics(reg)}, o.proxy...)
 	fetcher := &p2pFetcher{blobs: blobs, auth: mirror.NewAuthorizer(cfg.Mirror, out.proxy), trusted: cfg.Mirror.Registries()}
 	prxCfg := cfg.Proxy
 	prxCfg.Outbound = cfg.Source.Merge(cfg.Proxy.Outbound)
-	prx, err := proxy.New(prxCfg, fetcher, proxyOpts...)
+	prx, err := proxy.New(prxCfg, fetcher, proxy.WithLogger(logger.Named("proxy")), proxy.WithMetrics(reg))
 	if err != nil {
 		return err
 	}
@@ -319,7 +311,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 
 	logger.Info("dfdaemon listening",
 		zap.String("addr", ln.Addr().String()), zap.String("peerAddr", peerLn.Addr().String()),
-		zap.String("advertise", self.Addr), zap.Strings("nodes", cfg.Nodes),
+		zap.String("advertise", self.Addr), zap.Strings("supernodes", cfg.Supernodes),
 		zap.String("registry", cfg.Mirror.Registry), zap.String("dataDir", cfg.DataDir),
 		zap.String("quota", cfg.Cache.Quota.String()),
 		zap.Stringer("downloadRate", cfg.RateLimit.Download), zap.Stringer("uploadRate", cfg.RateLimit.Upload),
@@ -341,7 +333,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 // advertiseIP is the IP other peers reach this node at (peer.AdvertiseIP),
 // 127.0.0.1 when the way to the supernode cannot be found.
 func advertiseIP(cfg Config, logger *zap.Logger) string {
-	ip, err := peer.AdvertiseIP(cfg.AdvertiseIP, cfg.PeerListen, cfg.Nodes[0])
+	ip, err := peer.AdvertiseIP(cfg.AdvertiseIP, cfg.PeerListen, cfg.Supernodes[0])
 	if err != nil {
 		logger.Warn("find the local address towards the supernode; advertising 127.0.0.1", zap.Error(err))
 		return "127.0.0.1"

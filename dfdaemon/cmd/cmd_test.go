@@ -148,7 +148,7 @@ rateLimit:
 	require.NoError(t, err)
 	require.Equal(t, "127.0.0.1:7001", cfg.Listen)
 	require.Equal(t, "127.0.0.1:7002", cfg.PeerListen)
-	require.Equal(t, []string{"a:1", "b:2"}, cfg.Nodes, "flag wins")
+	require.Equal(t, []string{"a:1", "b:2"}, cfg.Supernodes, "flag wins")
 	require.Equal(t, "/from/flag", cfg.DataDir)
 	require.Equal(t, "https://r.example", cfg.Mirror.Registry)
 	require.Len(t, cfg.Mirror.Upstreams, 2)
@@ -168,7 +168,7 @@ rateLimit:
 	cfg, err = buildConfig(fset, &f)
 	require.NoError(t, err)
 	require.Equal(t, DefaultProxyRules(), cfg.Proxy.Rules)
-	require.Equal(t, []string{DefaultNode}, cfg.Nodes)
+	require.Equal(t, []string{DefaultSupernode}, cfg.Supernodes)
 	require.Zero(t, cfg.RateLimit.Download, "unlimited by default")
 	require.Zero(t, cfg.RateLimit.Upload)
 

@@ -22,7 +22,7 @@ import (
 const (
 	DefaultListen     = "127.0.0.1:65001"
 	DefaultPeerListen = ":65002"
-	DefaultNode       = "127.0.0.1:8002"
+	DefaultSupernode  = "127.0.0.1:8002"
 	DefaultDataDir    = ".damselfly/dfdaemon"
 )
 
@@ -49,9 +49,10 @@ type Config struct {
 	// host of PeerListen when it names one, else the local address towards
 	// the first supernode.
 	AdvertiseIP string `yaml:"advertiseIP"`
-	// Nodes are the supernodes (host:port); a task goes to one of them by
-	// rendezvous hash of its ID.
-	Nodes []string `yaml:"nodes"`
+	// Supernodes are the supernodes' host:port; a task goes to one of them
+	// by rendezvous hash of its ID. The key is "nodes" (and the flag
+	// --node), as in Dragonfly; "node" elsewhere means a machine.
+	Supernodes []string `yaml:"nodes"`
 	// Cluster gives the cluster token this node presents to the supernodes
 	// and to other peers, and requires from peers fetching its pieces:
 	// clusterToken ("token" or "new,old" while rotating) or
@@ -97,8 +98,8 @@ func (c Config) ApplyDefaults() Config {
 	if c.PeerListen == "" {
 		c.PeerListen = DefaultPeerListen
 	}
-	if len(c.Nodes) == 0 {
-		c.Nodes = []string{DefaultNode}
+	if len(c.Supernodes) == 0 {
+		c.Supernodes = []string{DefaultSupernode}
 	}
 	if c.DataDir == "" {
 		c.DataDir = DefaultDataDir
@@ -129,10 +130,10 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("advertiseIP %q: want an IP address peers can reach", c.AdvertiseIP))
 		}
 	}
-	if len(c.Nodes) == 0 {
+	if len(c.Supernodes) == 0 {
 		errs = append(errs, errors.New("nodes: at least one supernode is required"))
 	}
-	for i, n := range c.Nodes {
+	for i, n := range c.Supernodes {
 		if err := command.CheckHostPort(n, false); err != nil {
 			errs = append(errs, fmt.Errorf("nodes[%d]: %w", i, err))
 		}

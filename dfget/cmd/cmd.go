@@ -156,7 +156,7 @@ func run(ctx context.Context, o *flags, rc runOptions, logger *zap.Logger, stder
 	if o.localLimit > 0 {
 		engOpts = append(engOpts, peer.WithDownloadLimiter(ratelimit.NewLimiter(o.localLimit)))
 	}
-	sc, err := schedclient.New(o.nodes, scOpts...)
+	sc, err := schedclient.New(o.supernodes, scOpts...)
 	if err != nil {
 		_ = ln.Close()
 		return usagef("--node: %v", err)
@@ -302,7 +302,7 @@ func describe(err error, o *flags) error {
 // not be reached.
 func p2pReason(err error, fallback string, o *flags) string {
 	if errors.Is(err, schedclient.ErrUnreachable) {
-		msg := fmt.Sprintf("supernode %s unreachable", strings.Join(o.nodes, ","))
+		msg := fmt.Sprintf("supernode %s unreachable", strings.Join(o.supernodes, ","))
 		if errors.Is(err, peer.ErrStalled) {
 			msg = fmt.Sprintf("no piece verified for %s, %s", o.engineConfig().ApplyDefaults().StallTimeout, msg)
 		}
@@ -345,7 +345,7 @@ func renderStatus(p peer.Progress, now time.Time) string {
 // advertiseIP is the IP other peers reach this one at (peer.AdvertiseIP),
 // 127.0.0.1 when the way to the supernode cannot be found.
 func advertiseIP(o *flags, logger *zap.Logger) string {
-	ip, err := peer.AdvertiseIP(o.advertiseIP, o.peerListen, o.nodes[0])
+	ip, err := peer.AdvertiseIP(o.advertiseIP, o.peerListen, o.supernodes[0])
 	if err != nil {
 		logger.Warn("find the local address towards the supernode; advertising 127.0.0.1", zap.Error(err))
 		return "127.0.0.1"

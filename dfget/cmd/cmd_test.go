@@ -39,7 +39,7 @@ func TestParseArgs(t *testing.T) {
 		{"minimal", []string{"-u", "http://o/f", "-o", "out"}, "", func(t *testing.T, o *flags) {
 			require.Equal(t, "http://o/f", o.url)
 			require.Equal(t, "out", o.output)
-			require.Equal(t, []string{"127.0.0.1:8002"}, o.nodes)
+			require.Equal(t, []string{"127.0.0.1:8002"}, o.supernodes)
 			require.Equal(t, ":0", o.peerListen)
 			require.False(t, o.notbs)
 			require.Zero(t, o.timeout)
@@ -51,7 +51,7 @@ func TestParseArgs(t *testing.T) {
 			"--notbs", "--timeout", "90s", "--piece-timeout", "5s", "--stall-timeout", "7s", "--peer-listen", "127.0.0.1:0", "--advertise-ip", "10.1.2.3",
 			"--data-dir", "/tmp/d", "--log-level", "debug", "--log-format", "json", "--quiet",
 		}, "", func(t *testing.T, o *flags) {
-			require.Equal(t, []string{"10.0.0.1:8002", "10.0.0.2:8002"}, o.nodes)
+			require.Equal(t, []string{"10.0.0.1:8002", "10.0.0.2:8002"}, o.supernodes)
 			require.Equal(t, digest.Digest(dgst), o.digest)
 			require.Equal(t, http.Header{"Authorization": {"Bearer t"}, "X-Extra": {"v2"}}, o.header)
 			require.Equal(t, []string{"sig", "exp"}, o.filter)

@@ -39,7 +39,7 @@ func usagef(format string, args ...any) error {
 type flags struct {
 	url          string
 	output       string
-	nodes        []string
+	supernodes   []string
 	digest       digest.Digest
 	header       http.Header
 	filter       []string
@@ -110,7 +110,7 @@ func newFlagSet(o *flags) *flag.FlagSet {
 	fs.StringVar(&o.output, "o", "", "output `FILE` (required)")
 	fs.StringVar(&o.output, "output", "", "same as -o")
 	fs.Func("node", "supernodes, `host:port[,host:port]` (default 127.0.0.1:8002)", func(v string) error {
-		o.nodes = nil
+		o.supernodes = nil
 		for n := range strings.SplitSeq(v, ",") {
 			n = strings.TrimSpace(n)
 			if n == "" {
@@ -119,9 +119,9 @@ func newFlagSet(o *flags) *flag.FlagSet {
 			if _, _, err := net.SplitHostPort(n); err != nil {
 				return fmt.Errorf("%q: want host:port", n)
 			}
-			o.nodes = append(o.nodes, n)
+			o.supernodes = append(o.supernodes, n)
 		}
-		if len(o.nodes) == 0 {
+		if len(o.supernodes) == 0 {
 			return errors.New("no supernode")
 		}
 		return nil
@@ -176,7 +176,7 @@ func newFlagSet(o *flags) *flag.FlagSet {
 
 // parseArgs parses and checks the command line.
 func parseArgs(args []string) (*flags, *flag.FlagSet, error) {
-	o := &flags{header: http.Header{}, nodes: []string{"127.0.0.1:8002"}}
+	o := &flags{header: http.Header{}, supernodes: []string{"127.0.0.1:8002"}}
 	fs := newFlagSet(o)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

@@ -50,7 +50,7 @@ func TestStallErrorNamesSupernode(t *testing.T) {
 	t.Parallel()
 	unreachable := &schedclient.UnreachableError{Node: "10.0.0.5:8002", Err: syscall.ECONNREFUSED}
 	stalled := fmt.Errorf("%w: %w for 1m0s: pieces: %w", peer.ErrP2PFailed, peer.ErrStalled, unreachable)
-	o := &flags{nodes: []string{"10.0.0.5:8002"}, notbs: true}
+	o := &flags{supernodes: []string{"10.0.0.5:8002"}, notbs: true}
 	err := describe(stalled, o)
 	require.EqualError(t, err, "no piece verified for 1m0s, supernode 10.0.0.5:8002 unreachable and --notbs set")
 	require.True(t, errors.Is(err, schedclient.ErrUnreachable))

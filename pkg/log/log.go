@@ -1,10 +1,9 @@
-// Package log builds zap loggers for the binaries and carries a logger in a
-// context. Libraries take a *zap.Logger as an option and default to a no-op
-// logger; only a binary's cmd package calls New.
+// Package log builds zap loggers for the binaries. Libraries take a
+// *zap.Logger as an option and default to a no-op logger; only a binary's
+// cmd package calls New.
 package log
 
 import (
-	"context"
 	"fmt"
 	"io"
 
@@ -60,19 +59,4 @@ func New(c Config, w io.Writer) (*zap.Logger, error) {
 	}
 	core := zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(w)), level)
 	return zap.New(core, zap.ErrorOutput(zapcore.Lock(zapcore.AddSync(w)))), nil
-}
-
-type ctxKey struct{}
-
-// WithLogger returns a context carrying l.
-func WithLogger(ctx context.Context, l *zap.Logger) context.Context {
-	return context.WithValue(ctx, ctxKey{}, l)
-}
-
-// FromContext returns the logger in ctx, or a no-op logger.
-func FromContext(ctx context.Context) *zap.Logger {
-	if l, ok := ctx.Value(ctxKey{}).(*zap.Logger); ok {
-		return l
-	}
-	return zap.NewNop()
 }

@@ -2,7 +2,6 @@ package log
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"testing"
 
@@ -26,11 +25,4 @@ func TestNew(t *testing.T) {
 	require.ErrorContains(t, err, "log.level")
 	_, err = New(Config{Format: "xml"}, &buf)
 	require.ErrorContains(t, err, "log.format")
-}
-
-func TestContext(t *testing.T) {
-	t.Parallel()
-	require.NotNil(t, FromContext(context.Background()))
-	l := zap.NewExample()
-	require.Same(t, l, FromContext(WithLogger(context.Background(), l)))
 }

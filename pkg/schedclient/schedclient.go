@@ -162,15 +162,6 @@ func WithClusterKeys(k clusterauth.Keys) Option {
 	return func(c *Client) { c.keys = k }
 }
 
-// WithCallTimeout bounds each HTTP exchange (default DefaultCallTimeout).
-func WithCallTimeout(d time.Duration) Option {
-	return func(c *Client) {
-		if d > 0 {
-			c.callTimeout = d
-		}
-	}
-}
-
 // WithRetry sets how many rounds over the supernode list an idempotent call
 // makes (at least 1) and the first pause between rounds.
 func WithRetry(attempts int, backoff time.Duration) Option {
