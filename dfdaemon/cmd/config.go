@@ -75,7 +75,8 @@ type Config struct {
 	// Mirror configures the registry mirror: the default upstream, the
 	// upstreams ?ns= may name, how long a client's access is trusted.
 	Mirror mirror.Config `yaml:"mirror"`
-	// ManifestCache tunes the in-process manifest cache (registry-cache).
+	// ManifestCache tunes the in-process manifest cache (pkg/manifestcache,
+	// the library the registry-cache binary also serves).
 	ManifestCache manifestcache.Config `yaml:"manifestCache"`
 	// Proxy configures the forward proxy: rules, HTTPS interception,
 	// outbound policy.
