@@ -157,7 +157,7 @@ func buildConfig(fset *flag.FlagSet, f *flags) (Config, error) {
 	var cfg Config
 	var fileErr error
 	if f.config != "" {
-		if cfg, fileErr = loadConfig(f.config); command.ReadFailed(fileErr) {
+		if fileErr = command.LoadYAML(f.config, &cfg); command.ReadFailed(fileErr) {
 			return Config{}, fileErr
 		}
 	}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/damselfly/damselfly/dfdaemon/proxy"
 	"github.com/damselfly/damselfly/pkg/bytesize"
+	"github.com/damselfly/damselfly/pkg/command"
 	"github.com/damselfly/damselfly/pkg/ratelimit"
 	"github.com/damselfly/damselfly/pkg/registrytest"
 	"github.com/damselfly/damselfly/supernode/supernodetest"
@@ -41,7 +42,8 @@ func TestMain(m *testing.M) {
 
 func TestDocsConfigIsDefault(t *testing.T) {
 	t.Parallel()
-	cfg, err := loadConfig(filepath.Join("..", "..", "docs", "dfdaemon.yaml"))
+	var cfg Config
+	err := command.LoadYAML(filepath.Join("..", "..", "docs", "dfdaemon.yaml"), &cfg)
 	require.NoError(t, err)
 	require.NoError(t, cfg.ApplyDefaults().Validate())
 	require.Equal(t, Config{}.ApplyDefaults(), cfg.ApplyDefaults(), "the documented config is the default")

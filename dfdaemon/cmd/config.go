@@ -181,10 +181,3 @@ func (c RateLimitConfig) Validate() error {
 	}
 	return errors.Join(errs...)
 }
-
-// loadConfig reads a YAML config file; unknown keys are errors.
-func loadConfig(path string) (Config, error) {
-	var c Config
-	err := command.LoadYAML(path, &c)
-	return c, err
-}

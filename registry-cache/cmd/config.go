@@ -101,10 +101,3 @@ func parseUpstream(s string) (*url.URL, error) {
 	u.RawPath = ""
 	return u, nil
 }
-
-// loadConfig reads a YAML config file; unknown keys are errors.
-func loadConfig(path string) (Config, error) {
-	var c Config
-	err := command.LoadYAML(path, &c)
-	return c, err
-}

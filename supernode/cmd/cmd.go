@@ -168,7 +168,7 @@ func buildConfig(fset *flag.FlagSet, f *flags, lookupEnv func(string) (string, b
 	var cfg Config
 	var fileErr error
 	if f.config != "" {
-		if cfg, fileErr = loadConfig(f.config); command.ReadFailed(fileErr) {
+		if fileErr = command.LoadYAML(f.config, &cfg); command.ReadFailed(fileErr) {
 			return Config{}, fileErr
 		}
 	}

@@ -26,6 +26,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/damselfly/damselfly/pkg/clusterauth"
+	"github.com/damselfly/damselfly/pkg/command"
 	"github.com/damselfly/damselfly/pkg/peer/upload"
 	"github.com/damselfly/damselfly/pkg/ratelimit"
 	"github.com/damselfly/damselfly/pkg/schedapi"
@@ -305,7 +306,8 @@ log:
 
 func TestDocsConfigIsValid(t *testing.T) {
 	t.Parallel()
-	cfg, err := loadConfig(filepath.Join("..", "..", "docs", "supernode.yaml"))
+	var cfg Config
+	err := command.LoadYAML(filepath.Join("..", "..", "docs", "supernode.yaml"), &cfg)
 	require.NoError(t, err)
 	require.NoError(t, cfg.ApplyDefaults().Validate())
 	want := Config{}.ApplyDefaults()

@@ -129,10 +129,3 @@ func isUnspecified(host string) bool {
 	ip, err := netip.ParseAddr(host)
 	return err == nil && ip.IsUnspecified()
 }
-
-// loadConfig reads a YAML config file; unknown keys are errors.
-func loadConfig(path string) (Config, error) {
-	var c Config
-	err := command.LoadYAML(path, &c)
-	return c, err
-}
