@@ -306,7 +306,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		mux.ServeHTTP(w, r)
 	})
 	srv := d.Server(front)
-	srv.MaxHeaderBytes = cfg.Proxy.MaxHeaderBytes
+	srv.MaxHeaderBytes = int(cfg.Proxy.MaxHeaderBytes)
 	srv.RegisterOnShutdown(func() { _ = prx.Close() })
 
 	logger.Info("dfdaemon listening",

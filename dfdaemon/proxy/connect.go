@@ -219,7 +219,7 @@ func (p *Proxy) intercept(w http.ResponseWriter, r *http.Request, host string, p
 		}),
 		ReadHeaderTimeout: p.cfg.ReadHeaderTimeout,
 		IdleTimeout:       p.cfg.TunnelIdleTimeout,
-		MaxHeaderBytes:    p.cfg.MaxHeaderBytes,
+		MaxHeaderBytes:    int(p.cfg.MaxHeaderBytes),
 		ErrorLog:          p.debugLog,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 		ConnState: func(_ net.Conn, s http.ConnState) {
@@ -237,7 +237,7 @@ func (p *Proxy) intercept(w http.ResponseWriter, r *http.Request, host string, p
 // The destination is always the CONNECT authority; the request's own Host
 // field does not redirect it.
 func (p *Proxy) serveIntercepted(w http.ResponseWriter, r *http.Request, authority string) {
-	if headerSize(r) > p.cfg.MaxHeaderBytes {
+	if headerSize(r) > int(p.cfg.MaxHeaderBytes) {
 		p.reject(w, http.StatusRequestHeaderFieldsTooLarge, "request header too large")
 		return
 	}

@@ -213,7 +213,7 @@ func IsProxyRequest(r *http.Request) bool {
 // ServeHTTP handles one proxy request: CONNECT, or an absolute-form request
 // of any method.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if headerSize(r) > p.cfg.MaxHeaderBytes {
+	if headerSize(r) > int(p.cfg.MaxHeaderBytes) {
 		p.reject(w, http.StatusRequestHeaderFieldsTooLarge, "request header too large")
 		return
 	}
