@@ -20,12 +20,15 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/damselfly/damselfly/pkg/log"
+	"github.com/damselfly/damselfly/pkg/version"
 )
 
-// ParseArgs parses args with fs. It returns help=true, and no error, when
-// the user asked for --help (fs has printed the usage): the caller returns
-// at once. Positional arguments are an error: the binaries take none.
-func ParseArgs(fs *flag.FlagSet, args []string) (help bool, err error) {
+// ParseArgs parses args with fs. It answers --help (fs prints the usage)
+// and, when fs has a "version" flag, --version (the binary's version, named
+// by fs.Name(), on fs.Output()) itself: done is then true, with no error,
+// and the caller returns at once. Positional arguments are an error: the
+// binaries take none.
+func ParseArgs(fs *flag.FlagSet, args []string) (done bool, err error) {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return true, nil
@@ -34,6 +37,10 @@ func ParseArgs(fs *flag.FlagSet, args []string) (help bool, err error) {
 	}
 	if fs.NArg() > 0 {
 		return false, fmt.Errorf("command line: unexpected argument %q", fs.Arg(0))
+	}
+	if v := fs.Lookup("version"); v != nil && v.Value.String() == "true" {
+		fmt.Fprintln(fs.Output(), version.String(fs.Name()))
+		return true, nil
 	}
 	return false, nil
 }

@@ -24,11 +24,12 @@ func TestParseArgs(t *testing.T) {
 	tests := []struct {
 		name     string
 		args     []string
-		wantHelp bool
+		wantDone bool
 		wantErr  string
 	}{
 		{"flags", []string{"--listen", ":1"}, false, ""},
 		{"help", []string{"--help"}, true, ""},
+		{"version", []string{"--version"}, true, ""},
 		{"unknown flag", []string{"--nope"}, false, "command line"},
 		{"positional", []string{"extra"}, false, `unexpected argument "extra"`},
 	}
@@ -36,10 +37,15 @@ func TestParseArgs(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			fs := flag.NewFlagSet("x", flag.ContinueOnError)
-			fs.SetOutput(&bytes.Buffer{})
+			var out bytes.Buffer
+			fs.SetOutput(&out)
 			listen := fs.String("listen", "", "")
-			help, err := ParseArgs(fs, tt.args)
-			require.Equal(t, tt.wantHelp, help)
+			fs.Bool("version", false, "")
+			done, err := ParseArgs(fs, tt.args)
+			require.Equal(t, tt.wantDone, done)
+			if tt.name == "version" {
+				require.True(t, strings.HasPrefix(out.String(), "x "), out.String())
+			}
 			if tt.wantErr != "" {
 				require.ErrorContains(t, err, tt.wantErr)
 				return

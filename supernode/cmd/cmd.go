@@ -143,12 +143,8 @@ func Run(ctx context.Context, args []string, opts ...Option) error {
 	}
 	var f flags
 	fset := newFlagSet(&f, o.stdout)
-	if help, err := command.ParseArgs(fset, args); help || err != nil {
+	if done, err := command.ParseArgs(fset, args); done || err != nil {
 		return err
-	}
-	if f.version {
-		fmt.Fprintln(o.stdout, version.String("supernode"))
-		return nil
 	}
 	cfg, err := buildConfig(fset, &f, o.lookupEnv)
 	if err != nil {
