@@ -11,7 +11,6 @@ package cmd
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -150,57 +149,47 @@ func Run(ctx context.Context, args []string, opts ...Option) error {
 // buildConfig layers defaults, the config file and the flags, then
 // validates the result.
 func buildConfig(fset *flag.FlagSet, f *flags) (Config, error) {
-	var cfg Config
-	var fileErr error
-	if f.config != "" {
-		if fileErr = command.LoadYAML(f.config, &cfg); command.ReadFailed(fileErr) {
-			return Config{}, fileErr
-		}
-	}
-	fset.Visit(func(fl *flag.Flag) {
-		switch fl.Name {
-		case "listen":
-			cfg.Listen = f.listen
-		case "peer-listen":
-			cfg.PeerListen = f.peerListen
-		case "advertise-ip":
-			cfg.AdvertiseIP = f.advertiseIP
-		case "node":
-			cfg.Supernodes = nil
-			for s := range strings.SplitSeq(f.supernodes, ",") {
-				if s = strings.TrimSpace(s); s != "" {
-					cfg.Supernodes = append(cfg.Supernodes, s)
+	return command.Load(f.config, func(cfg *Config) {
+		fset.Visit(func(fl *flag.Flag) {
+			switch fl.Name {
+			case "listen":
+				cfg.Listen = f.listen
+			case "peer-listen":
+				cfg.PeerListen = f.peerListen
+			case "advertise-ip":
+				cfg.AdvertiseIP = f.advertiseIP
+			case "node":
+				cfg.Supernodes = nil
+				for s := range strings.SplitSeq(f.supernodes, ",") {
+					if s = strings.TrimSpace(s); s != "" {
+						cfg.Supernodes = append(cfg.Supernodes, s)
+					}
 				}
+			case "cluster-token-file":
+				cfg.Cluster.FlagFile = f.clusterTokenFile
+			case "registry":
+				cfg.Mirror.Registry = f.registry
+			case "data-dir":
+				cfg.DataDir = f.dataDir
+			case "log-level":
+				cfg.Log.Level = f.logLevel
+			case "log-format":
+				cfg.Log.Format = f.logFormat
+			case "source-allow":
+				cfg.Source.Allow = append(cfg.Source.Allow, f.source.Allow...)
+			case "source-deny":
+				cfg.Source.Deny = append(cfg.Source.Deny, f.source.Deny...)
+			case "peer-allow":
+				cfg.PeerPolicy.Allow = append(cfg.PeerPolicy.Allow, f.peers.Allow...)
+			case "peer-deny":
+				cfg.PeerPolicy.Deny = append(cfg.PeerPolicy.Deny, f.peers.Deny...)
+			case "download-rate":
+				cfg.RateLimit.Download = f.downloadRate
+			case "upload-rate":
+				cfg.RateLimit.Upload = f.uploadRate
 			}
-		case "cluster-token-file":
-			cfg.Cluster.FlagFile = f.clusterTokenFile
-		case "registry":
-			cfg.Mirror.Registry = f.registry
-		case "data-dir":
-			cfg.DataDir = f.dataDir
-		case "log-level":
-			cfg.Log.Level = f.logLevel
-		case "log-format":
-			cfg.Log.Format = f.logFormat
-		case "source-allow":
-			cfg.Source.Allow = append(cfg.Source.Allow, f.source.Allow...)
-		case "source-deny":
-			cfg.Source.Deny = append(cfg.Source.Deny, f.source.Deny...)
-		case "peer-allow":
-			cfg.PeerPolicy.Allow = append(cfg.PeerPolicy.Allow, f.peers.Allow...)
-		case "peer-deny":
-			cfg.PeerPolicy.Deny = append(cfg.PeerPolicy.Deny, f.peers.Deny...)
-		case "download-rate":
-			cfg.RateLimit.Download = f.downloadRate
-		case "upload-rate":
-			cfg.RateLimit.Upload = f.uploadRate
-		}
+		})
 	})
-	cfg = cfg.ApplyDefaults()
-	if err := errors.Join(fileErr, cfg.Validate()); err != nil {
-		return Config{}, fmt.Errorf("invalid configuration:\n%w", err)
-	}
-	return cfg, nil
 }
 
 // run wires and runs the components.

@@ -196,3 +196,39 @@ func TestCheckDataDir(t *testing.T) {
 	require.NoError(t, os.WriteFile(file, nil, 0o600))
 	require.ErrorContains(t, CheckDataDir(file), "not a directory")
 }
+
+type loadCfg struct {
+	Listen string `yaml:"listen"`
+	Slots  int    `yaml:"slots"`
+}
+
+func (c loadCfg) ApplyDefaults() loadCfg {
+	if c.Listen == "" {
+		c.Listen = ":1"
+	}
+	return c
+}
+
+func (c loadCfg) Validate() error {
+	if c.Slots < 0 {
+		return fmt.Errorf("slots %d: is negative", c.Slots)
+	}
+	return nil
+}
+
+func TestLoad(t *testing.T) {
+	t.Parallel()
+	cfg, err := Load("", func(c *loadCfg) { c.Slots = 2 })
+	require.NoError(t, err)
+	require.Equal(t, loadCfg{Listen: ":1", Slots: 2}, cfg)
+
+	p := filepath.Join(t.TempDir(), "c.yaml")
+	require.NoError(t, os.WriteFile(p, []byte("listen: :9\nslotz: 1\n"), 0o600))
+	_, err = Load(p, func(c *loadCfg) { c.Slots = -1 })
+	// The file's problem and the values' problem, at once.
+	require.ErrorContains(t, err, "slotz (line 2): unknown key (did you mean slots?)")
+	require.ErrorContains(t, err, "slots -1: is negative")
+
+	_, err = Load(filepath.Join(t.TempDir(), "missing.yaml"), func(*loadCfg) { t.Fatal("set called for an unreadable file") })
+	require.ErrorContains(t, err, "config:")
+}

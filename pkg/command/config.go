@@ -16,6 +16,33 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
+// Config is what Load needs of a binary's Config (convention 14):
+// defaults, and a Validate that reports every problem, each naming its key.
+type Config[C any] interface {
+	ApplyDefaults() C
+	Validate() error
+}
+
+// Load layers a binary's configuration: the YAML file at path (none when
+// path is ""), then what set writes over it (the flags the user gave, the
+// environment), then the defaults. It validates the result and reports
+// every problem of the file and of the values at once.
+func Load[C Config[C]](path string, set func(*C)) (C, error) {
+	var cfg, zero C
+	var fileErr error
+	if path != "" {
+		if fileErr = LoadYAML(path, &cfg); ReadFailed(fileErr) {
+			return zero, fileErr
+		}
+	}
+	set(&cfg)
+	cfg = cfg.ApplyDefaults()
+	if err := errors.Join(fileErr, cfg.Validate()); err != nil {
+		return zero, fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	return cfg, nil
+}
+
 // LoadYAML decodes the YAML file at path into v as DecodeYAML does.
 func LoadYAML(path string, v any) error {
 	b, err := os.ReadFile(path)

@@ -10,7 +10,6 @@ package cmd
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -134,34 +133,24 @@ func Run(ctx context.Context, args []string, opts ...Option) error {
 // buildConfig layers defaults, the config file and the flags, then
 // validates the result.
 func buildConfig(fset *flag.FlagSet, f *flags) (Config, error) {
-	var cfg Config
-	var fileErr error
-	if f.config != "" {
-		if fileErr = command.LoadYAML(f.config, &cfg); command.ReadFailed(fileErr) {
-			return Config{}, fileErr
-		}
-	}
-	fset.Visit(func(fl *flag.Flag) {
-		switch fl.Name {
-		case "listen":
-			cfg.Listen = f.listen
-		case "upstream":
-			cfg.Upstream = f.upstream
-		case "log-level":
-			cfg.Log.Level = f.logLevel
-		case "log-format":
-			cfg.Log.Format = f.logFormat
-		case "source-allow":
-			cfg.Source.Allow = append(cfg.Source.Allow, f.source.Allow...)
-		case "source-deny":
-			cfg.Source.Deny = append(cfg.Source.Deny, f.source.Deny...)
-		}
+	return command.Load(f.config, func(cfg *Config) {
+		fset.Visit(func(fl *flag.Flag) {
+			switch fl.Name {
+			case "listen":
+				cfg.Listen = f.listen
+			case "upstream":
+				cfg.Upstream = f.upstream
+			case "log-level":
+				cfg.Log.Level = f.logLevel
+			case "log-format":
+				cfg.Log.Format = f.logFormat
+			case "source-allow":
+				cfg.Source.Allow = append(cfg.Source.Allow, f.source.Allow...)
+			case "source-deny":
+				cfg.Source.Deny = append(cfg.Source.Deny, f.source.Deny...)
+			}
+		})
 	})
-	cfg = cfg.ApplyDefaults()
-	if err := errors.Join(fileErr, cfg.Validate()); err != nil {
-		return Config{}, fmt.Errorf("invalid configuration:\n%w", err)
-	}
-	return cfg, nil
 }
 
 // upstreamClient is the HTTP client towards the upstream: every connection

@@ -161,47 +161,37 @@ func Run(ctx context.Context, args []string, opts ...Option) error {
 // buildConfig layers defaults, the config file, the environment and the
 // flags, then validates the result.
 func buildConfig(fset *flag.FlagSet, f *flags, lookupEnv func(string) (string, bool)) (Config, error) {
-	var cfg Config
-	var fileErr error
-	if f.config != "" {
-		if fileErr = command.LoadYAML(f.config, &cfg); command.ReadFailed(fileErr) {
-			return Config{}, fileErr
+	return command.Load(f.config, func(cfg *Config) {
+		if v, ok := lookupEnv(EnvAdminToken); ok && v != "" {
+			cfg.AdminToken = v
 		}
-	}
-	if v, ok := lookupEnv(EnvAdminToken); ok && v != "" {
-		cfg.AdminToken = v
-	}
-	fset.Visit(func(fl *flag.Flag) {
-		switch fl.Name {
-		case "listen":
-			cfg.Listen = f.listen
-		case "data-dir":
-			cfg.DataDir = f.dataDir
-		case "advertise-addr":
-			cfg.AdvertiseAddr = f.advertise
-		case "admin-token":
-			cfg.AdminToken = f.adminToken
-		case "cluster-token-file":
-			cfg.Cluster.FlagFile = f.clusterTokenFile
-		case "source-allow":
-			cfg.Source.Allow = append(cfg.Source.Allow, f.sourceAllow...)
-		case "source-deny":
-			cfg.Source.Deny = append(cfg.Source.Deny, f.sourceDeny...)
-		case "upload-rate":
-			cfg.CDN.UploadRate = f.uploadRate
-		case "cdn-quota":
-			cfg.CDN.Quota = f.cdnQuota
-		case "log-level":
-			cfg.Log.Level = f.logLevel
-		case "log-format":
-			cfg.Log.Format = f.logFormat
-		}
+		fset.Visit(func(fl *flag.Flag) {
+			switch fl.Name {
+			case "listen":
+				cfg.Listen = f.listen
+			case "data-dir":
+				cfg.DataDir = f.dataDir
+			case "advertise-addr":
+				cfg.AdvertiseAddr = f.advertise
+			case "admin-token":
+				cfg.AdminToken = f.adminToken
+			case "cluster-token-file":
+				cfg.Cluster.FlagFile = f.clusterTokenFile
+			case "source-allow":
+				cfg.Source.Allow = append(cfg.Source.Allow, f.sourceAllow...)
+			case "source-deny":
+				cfg.Source.Deny = append(cfg.Source.Deny, f.sourceDeny...)
+			case "upload-rate":
+				cfg.CDN.UploadRate = f.uploadRate
+			case "cdn-quota":
+				cfg.CDN.Quota = f.cdnQuota
+			case "log-level":
+				cfg.Log.Level = f.logLevel
+			case "log-format":
+				cfg.Log.Format = f.logFormat
+			}
+		})
 	})
-	cfg = cfg.ApplyDefaults()
-	if err := errors.Join(fileErr, cfg.Validate()); err != nil {
-		return Config{}, fmt.Errorf("invalid configuration:\n%w", err)
-	}
-	return cfg, nil
 }
 
 // run wires and runs the components.
