@@ -47,6 +47,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/damselfly/damselfly/pkg/bytesize"
 	"github.com/damselfly/damselfly/pkg/content"
 	"github.com/damselfly/damselfly/pkg/peer"
 	"github.com/damselfly/damselfly/pkg/taskid"
@@ -54,15 +55,15 @@ import (
 
 // Defaults of Config.
 const (
-	DefaultQuota         ByteSize = 20 << 30
-	DefaultLowWater               = 0.9
-	DefaultCheckInterval          = time.Minute
-	DefaultSeedTTL                = time.Hour
-	DefaultMaxSeeds               = 1000
-	DefaultDiskHighWater          = 0.90
-	DefaultDiskLowWater           = 0.85
-	DefaultScrubInterval          = 24 * time.Hour
-	DefaultScrubRate     ByteSize = 32 << 20
+	DefaultQuota         bytesize.Size = 20 << 30
+	DefaultLowWater                    = 0.9
+	DefaultCheckInterval               = time.Minute
+	DefaultSeedTTL                     = time.Hour
+	DefaultMaxSeeds                    = 1000
+	DefaultDiskHighWater               = 0.90
+	DefaultDiskLowWater                = 0.85
+	DefaultScrubInterval               = 24 * time.Hour
+	DefaultScrubRate     bytesize.Size = 32 << 20
 )
 
 // ErrClosed is returned by Acquire once the cache has stopped.
@@ -72,7 +73,7 @@ var ErrClosed = errors.New("blob cache closed")
 type Config struct {
 	// Quota is the most bytes of committed content the node keeps (default
 	// 20GiB). Content in use may exceed it until released.
-	Quota ByteSize `yaml:"quota"`
+	Quota bytesize.Size `yaml:"quota"`
 	// LowWater is the fraction of Quota eviction frees space down to
 	// (default 0.9), so that one commit does not trigger eviction after
 	// eviction.
@@ -101,7 +102,7 @@ type Config struct {
 	ScrubInterval time.Duration `yaml:"scrubInterval"`
 	// ScrubRate bounds the bytes per second the scrub reads (default
 	// 32MiB), so it never competes with pulls.
-	ScrubRate ByteSize `yaml:"scrubRate"`
+	ScrubRate bytesize.Size `yaml:"scrubRate"`
 }
 
 // ApplyDefaults returns c with unset fields set to their defaults.

@@ -416,47 +416,6 @@ func TestConfig(t *testing.T) {
 	}
 }
 
-func TestByteSize(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		in   string
-		want blobcache.ByteSize
-		err  bool
-	}{
-		{"1000", 1000, false},
-		{"10GiB", 10 << 30, false},
-		{"10G", 10 << 30, false},
-		{"512 MiB", 512 << 20, false},
-		{"1.5KiB", 1536, false},
-		{"20gib", 20 << 30, false},
-		{"7B", 7, false},
-		{"", 0, true},
-		{"-1", 0, true},
-		{"ten", 0, true},
-		{"99999999999TiB", 0, true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.in, func(t *testing.T) {
-			t.Parallel()
-			got, err := blobcache.ParseByteSize(tt.in)
-			if tt.err {
-				require.Error(t, err)
-				return
-			}
-			require.NoError(t, err)
-			require.Equal(t, tt.want, got)
-			// Round trip through text.
-			txt, err := got.MarshalText()
-			require.NoError(t, err)
-			var back blobcache.ByteSize
-			require.NoError(t, back.UnmarshalText(txt))
-			require.Equal(t, got, back)
-		})
-	}
-	require.Equal(t, "20GiB", blobcache.ByteSize(20<<30).String())
-	require.Equal(t, "1001", blobcache.ByteSize(1001).String())
-}
-
 // Checks that run at once (the one after a commit, an operator's, the
 // periodic one) evict what one check would: each walks the store after the
 // others have deleted, instead of all deleting from the same stale view.

@@ -20,13 +20,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/damselfly/damselfly/dfdaemon/blobcache"
 	"github.com/damselfly/damselfly/dfdaemon/mirror"
@@ -47,12 +42,6 @@ import (
 	"github.com/damselfly/damselfly/pkg/version"
 )
 
-const (
-	shutdownTimeout   = 10 * time.Second
-	readHeaderTimeout = 30 * time.Second
-	idleTimeout       = 2 * time.Minute
-)
-
 // Option configures Run.
 type Option func(*runOptions)
 
@@ -61,7 +50,6 @@ type runOptions struct {
 	ready     func(mirror, peer net.Addr)
 	stdout    io.Writer
 	stderr    io.Writer
-	proxy     []proxy.Option
 	lookupEnv func(string) (string, bool)
 }
 
@@ -94,20 +82,14 @@ func withEnv(fn func(string) (string, bool)) Option {
 	return func(o *runOptions) { o.lookupEnv = fn }
 }
 
-// WithProxyOptions passes options to the forward proxy, e.g.
-// proxy.WithResolver in tests that name origins by host name.
-func WithProxyOptions(opts ...proxy.Option) Option {
-	return func(o *runOptions) { o.proxy = append(o.proxy, opts...) }
-}
-
 // flags holds the parsed command line.
 type flags struct {
-	config, listen, peerListen, advertiseIP, nodes string
-	registry, dataDir, logLevel, logFormat         string
-	clusterTokenFile                               string
-	source, peers                                  netpolicy.Config
-	downloadRate, uploadRate                       ratelimit.Rate
-	version                                        bool
+	config, listen, peerListen, advertiseIP, supernodes string
+	registry, dataDir, logLevel, logFormat              string
+	clusterTokenFile                                    string
+	source, peers                                       netpolicy.Config
+	downloadRate, uploadRate                            ratelimit.Rate
+	version                                             bool
 }
 
 func newFlagSet(f *flags, out io.Writer) *flag.FlagSet {
@@ -117,7 +99,7 @@ func newFlagSet(f *flags, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&f.listen, "listen", "", "`host:port` of the registry mirror and forward proxy (default "+DefaultListen+")")
 	fs.StringVar(&f.peerListen, "peer-listen", "", "`host:port` of the upload server other peers fetch pieces from (default "+DefaultPeerListen+")")
 	fs.StringVar(&f.advertiseIP, "advertise-ip", "", "`IP` other peers reach this node at (default: the host of --peer-listen, else the local address towards the first supernode)")
-	fs.StringVar(&f.nodes, "node", "", "comma-separated supernodes `host:port[,host:port]` (default "+DefaultNode+")")
+	fs.StringVar(&f.supernodes, "node", "", "comma-separated supernodes `host:port[,host:port]` (default "+DefaultSupernode+")")
 	fs.StringVar(&f.clusterTokenFile, "cluster-token-file", "", "`file` holding the supernode's cluster token (or $"+clusterauth.EnvToken+", or clusterToken in the config)")
 	fs.StringVar(&f.registry, "registry", "", "upstream `URL` of requests that name no registry: docker registry-mirrors, direct pulls (default "+mirror.DefaultRegistry+")")
 	fs.StringVar(&f.dataDir, "data-dir", "", "`dir` of the node's content cache (default "+DefaultDataDir+")")
@@ -152,12 +134,8 @@ func Run(ctx context.Context, args []string, opts ...Option) error {
 	}
 	var f flags
 	fset := newFlagSet(&f, o.stdout)
-	if help, err := command.ParseArgs(fset, args); help || err != nil {
+	if done, err := command.ParseArgs(fset, args); done || err != nil {
 		return err
-	}
-	if f.version {
-		fmt.Fprintln(o.stdout, version.String("dfdaemon"))
-		return nil
 	}
 	cfg, err := buildConfig(fset, &f)
 	if err != nil {
@@ -174,57 +152,47 @@ func Run(ctx context.Context, args []string, opts ...Option) error {
 // buildConfig layers defaults, the config file and the flags, then
 // validates the result.
 func buildConfig(fset *flag.FlagSet, f *flags) (Config, error) {
-	var cfg Config
-	if f.config != "" {
-		var err error
-		if cfg, err = loadConfig(f.config); err != nil {
-			return Config{}, err
-		}
-	}
-	fset.Visit(func(fl *flag.Flag) {
-		switch fl.Name {
-		case "listen":
-			cfg.Listen = f.listen
-		case "peer-listen":
-			cfg.PeerListen = f.peerListen
-		case "advertise-ip":
-			cfg.AdvertiseIP = f.advertiseIP
-		case "node":
-			cfg.Nodes = nil
-			for s := range strings.SplitSeq(f.nodes, ",") {
-				if s = strings.TrimSpace(s); s != "" {
-					cfg.Nodes = append(cfg.Nodes, s)
+	return command.Load(f.config, func(cfg *Config) {
+		fset.Visit(func(fl *flag.Flag) {
+			switch fl.Name {
+			case "listen":
+				cfg.Listen = f.listen
+			case "peer-listen":
+				cfg.PeerListen = f.peerListen
+			case "advertise-ip":
+				cfg.AdvertiseIP = f.advertiseIP
+			case "node":
+				cfg.Supernodes = nil
+				for s := range strings.SplitSeq(f.supernodes, ",") {
+					if s = strings.TrimSpace(s); s != "" {
+						cfg.Supernodes = append(cfg.Supernodes, s)
+					}
 				}
+			case "cluster-token-file":
+				cfg.Cluster.FlagFile = f.clusterTokenFile
+			case "registry":
+				cfg.Mirror.Registry = f.registry
+			case "data-dir":
+				cfg.DataDir = f.dataDir
+			case "log-level":
+				cfg.Log.Level = f.logLevel
+			case "log-format":
+				cfg.Log.Format = f.logFormat
+			case "source-allow":
+				cfg.Source.Allow = append(cfg.Source.Allow, f.source.Allow...)
+			case "source-deny":
+				cfg.Source.Deny = append(cfg.Source.Deny, f.source.Deny...)
+			case "peer-allow":
+				cfg.PeerPolicy.Allow = append(cfg.PeerPolicy.Allow, f.peers.Allow...)
+			case "peer-deny":
+				cfg.PeerPolicy.Deny = append(cfg.PeerPolicy.Deny, f.peers.Deny...)
+			case "download-rate":
+				cfg.RateLimit.Download = f.downloadRate
+			case "upload-rate":
+				cfg.RateLimit.Upload = f.uploadRate
 			}
-		case "cluster-token-file":
-			cfg.Cluster.FlagFile = f.clusterTokenFile
-		case "registry":
-			cfg.Mirror.Registry = f.registry
-		case "data-dir":
-			cfg.DataDir = f.dataDir
-		case "log-level":
-			cfg.Log.Level = f.logLevel
-		case "log-format":
-			cfg.Log.Format = f.logFormat
-		case "source-allow":
-			cfg.Source.Allow = append(cfg.Source.Allow, f.source.Allow...)
-		case "source-deny":
-			cfg.Source.Deny = append(cfg.Source.Deny, f.source.Deny...)
-		case "peer-allow":
-			cfg.PeerPolicy.Allow = append(cfg.PeerPolicy.Allow, f.peers.Allow...)
-		case "peer-deny":
-			cfg.PeerPolicy.Deny = append(cfg.PeerPolicy.Deny, f.peers.Deny...)
-		case "download-rate":
-			cfg.RateLimit.Download = f.downloadRate
-		case "upload-rate":
-			cfg.RateLimit.Upload = f.uploadRate
-		}
+		})
 	})
-	cfg = cfg.ApplyDefaults()
-	if err := cfg.Validate(); err != nil {
-		return Config{}, fmt.Errorf("invalid configuration:\n%w", err)
-	}
-	return cfg, nil
 }
 
 // run wires and runs the components.
@@ -245,11 +213,8 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		return fmt.Errorf("content store: %w", err)
 	}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-	)
+	d := command.NewDaemon(logger)
+	reg := d.Registry
 	httpm := httpx.NewMetrics(reg, "damselfly")
 
 	peerLn, err := net.Listen("tcp", cfg.PeerListen)
@@ -265,7 +230,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	}
 	logger = logger.With(zap.String("peer", self.ID))
 
-	sc, err := schedclient.New(cfg.Nodes, schedclient.WithLogger(logger.Named("schedclient")), schedclient.WithClusterKeys(keys))
+	sc, err := schedclient.New(cfg.Supernodes, schedclient.WithLogger(logger.Named("schedclient")), schedclient.WithClusterKeys(keys))
 	if err != nil {
 		return fmt.Errorf("nodes: %w", err)
 	}
@@ -299,11 +264,10 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	if err != nil {
 		return err
 	}
-	proxyOpts := append([]proxy.Option{proxy.WithLogger(logger.Named("proxy")), proxy.WithMetrics(reg)}, o.proxy...)
 	fetcher := mirror.NewFetcher(blobs, mirror.NewAuthorizer(cfg.Mirror, out.proxy), cfg.Mirror.Registries())
 	prxCfg := cfg.Proxy
 	prxCfg.Outbound = cfg.Source.Merge(cfg.Proxy.Outbound)
-	prx, err := proxy.New(prxCfg, fetcher, proxyOpts...)
+	prx, err := proxy.New(prxCfg, fetcher, proxy.WithLogger(logger.Named("proxy")), proxy.WithMetrics(reg))
 	if err != nil {
 		return err
 	}
@@ -314,18 +278,13 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	}
 	defer ln.Close()
 
-	mux := http.NewServeMux()
+	mux := d.Mux
 	mirrorH := httpm.Instrument("mirror", mir, logger.Named("http"))
 	mux.Handle("/v2/", mirrorH)
 	mux.Handle("/v2", mirrorH)
-	mux.Handle("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		_, _ = io.WriteString(w, "ok\n")
-	}))
 	ready := newReadiness(sc.Nodes())
 	defer ready.hc.CloseIdleConnections()
 	mux.Handle("GET /readyz", ready)
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	proxyH := httpm.Instrument("proxy", prx, logger.Named("http"))
 	front := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if proxy.IsProxyRequest(r) {
@@ -334,20 +293,13 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		}
 		mux.ServeHTTP(w, r)
 	})
-	// No ReadTimeout or WriteTimeout: blob streams and tunnels outlive any
-	// fixed bound.
-	srv := &http.Server{
-		Handler:           front,
-		ReadHeaderTimeout: readHeaderTimeout,
-		IdleTimeout:       idleTimeout,
-		MaxHeaderBytes:    cfg.Proxy.MaxHeaderBytes,
-		ErrorLog:          zap.NewStdLog(logger.Named("http")),
-	}
+	srv := d.Server(front)
+	srv.MaxHeaderBytes = int(cfg.Proxy.MaxHeaderBytes)
 	srv.RegisterOnShutdown(func() { _ = prx.Close() })
 
 	logger.Info("dfdaemon listening",
 		zap.String("addr", ln.Addr().String()), zap.String("peerAddr", peerLn.Addr().String()),
-		zap.String("advertise", self.Addr), zap.Strings("nodes", cfg.Nodes),
+		zap.String("advertise", self.Addr), zap.Strings("supernodes", cfg.Supernodes),
 		zap.String("registry", cfg.Mirror.Registry), zap.String("dataDir", cfg.DataDir),
 		zap.String("quota", cfg.Cache.Quota.String()),
 		zap.Stringer("downloadRate", cfg.RateLimit.Download), zap.Stringer("uploadRate", cfg.RateLimit.Upload),
@@ -356,16 +308,12 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		o.ready(ln.Addr(), peerLn.Addr())
 	}
 
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		return upload.New(eng, keys, upload.WithLogger(logger.Named("upload")), upload.WithMetrics(httpm),
-			upload.WithLimiter(cfg.RateLimit.Upload.Limiter())).Run(gctx, peerLn)
-	})
-	g.Go(func() error { return eng.Run(gctx) })
-	g.Go(func() error { return blobs.Run(gctx) })
-	g.Go(func() error { return httpx.Serve(gctx, srv, ln, shutdownTimeout) })
-	g.Go(func() error { ready.warnIfNone(gctx, logger); return nil })
-	err = g.Wait()
+	up := upload.New(eng, keys, upload.WithLogger(logger.Named("upload")), upload.WithMetrics(httpm),
+		upload.WithLimiter(cfg.RateLimit.Upload.Limiter()))
+	err = d.Run(ctx, srv, ln,
+		func(ctx context.Context) error { return up.Run(ctx, peerLn) },
+		eng.Run, blobs.Run,
+		func(ctx context.Context) error { ready.warnIfNone(ctx, logger); return nil })
 	logger.Info("dfdaemon stopped")
 	return err
 }
@@ -373,7 +321,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 // advertiseIP is the IP other peers reach this node at (peer.AdvertiseIP),
 // 127.0.0.1 when the way to the supernode cannot be found.
 func advertiseIP(cfg Config, logger *zap.Logger) string {
-	ip, err := peer.AdvertiseIP(cfg.AdvertiseIP, cfg.PeerListen, cfg.Nodes[0])
+	ip, err := peer.AdvertiseIP(cfg.AdvertiseIP, cfg.PeerListen, cfg.Supernodes[0])
 	if err != nil {
 		logger.Warn("find the local address towards the supernode; advertising 127.0.0.1", zap.Error(err))
 		return "127.0.0.1"

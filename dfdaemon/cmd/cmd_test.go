@@ -18,8 +18,9 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
-	"github.com/damselfly/damselfly/dfdaemon/blobcache"
 	"github.com/damselfly/damselfly/dfdaemon/proxy"
+	"github.com/damselfly/damselfly/pkg/bytesize"
+	"github.com/damselfly/damselfly/pkg/command"
 	"github.com/damselfly/damselfly/pkg/ratelimit"
 	"github.com/damselfly/damselfly/pkg/registrytest"
 	"github.com/damselfly/damselfly/supernode/supernodetest"
@@ -41,11 +42,12 @@ func TestMain(m *testing.M) {
 
 func TestDocsConfigIsDefault(t *testing.T) {
 	t.Parallel()
-	cfg, err := loadConfig(filepath.Join("..", "..", "docs", "dfdaemon.yaml"))
+	var cfg Config
+	err := command.LoadYAML(filepath.Join("..", "..", "docs", "dfdaemon.yaml"), &cfg)
 	require.NoError(t, err)
 	require.NoError(t, cfg.ApplyDefaults().Validate())
 	require.Equal(t, Config{}.ApplyDefaults(), cfg.ApplyDefaults(), "the documented config is the default")
-	require.Equal(t, blobcache.ByteSize(20<<30), cfg.Cache.Quota, "sizes read with units")
+	require.Equal(t, bytesize.Size(20<<30), cfg.Cache.Quota, "sizes read with units")
 }
 
 func writeFile(t *testing.T, body string) string {
@@ -71,7 +73,7 @@ func TestBadConfigFailsBeforeListening(t *testing.T) {
 		{"bad size", []string{"--config", writeFile(t, "cache:\n  quota: 0.5x\n")}, []string{"line 2", `"0.5x"`}},
 		{"nested problems", []string{"--config", writeFile(t, "cache:\n  lowWater: 3\npeer:\n  concurrency: -1\nmirror:\n  upstreams:\n    - host: 'a b'\nmanifestCache:\n  tagTTL: -1s\n"),
 			"--log-level", "loud"},
-			[]string{"cache.lowWater", "concurrency", "mirror.upstreams[0].host", "manifestCache", "log level"}},
+			[]string{"cache.lowWater", "peer.concurrency -1", "mirror.upstreams[0].host", "manifestCache.tagTTL -1s", "log.level"}},
 		{"bad proxy rule", []string{"--config", writeFile(t, "proxy:\n  rules:\n    - regex: '('\n      useP2P: true\n")}, []string{"rules[0]"}},
 		{"hijack without CA", []string{"--config", writeFile(t, "proxy:\n  hijack:\n    hosts: ['^x$']\n")}, []string{"caCert"}},
 		{"unknown key", []string{"--config", writeFile(t, "listne: :1\n")}, []string{"listne"}},
@@ -79,6 +81,8 @@ func TestBadConfigFailsBeforeListening(t *testing.T) {
 		{"negative upload rate flag", []string{"--upload-rate", "-1M"}, []string{"upload-rate", `"-1M"`}},
 		{"bad rate in file", []string{"--config", writeFile(t, "rateLimit:\n  download: 16M\n  upload: 5Q\n")}, []string{"line 3", `"5Q"`}},
 		{"unknown rate key", []string{"--config", writeFile(t, "rateLimit:\n  downlaod: 16M\n")}, []string{"downlaod"}},
+		{"every file problem at once", []string{"--config", writeFile(t, "rateLimit:\n  downlaod: 16M\n  upload: 5Q\nmanifestCache:\n  tagTTL: soon\n")},
+			[]string{"rateLimit.downlaod (line 2): unknown key (did you mean download?)", `rateLimit.upload (line 3): rate "5Q"`, `manifestCache.tagTTL (line 5): "soon" is not a duration`}},
 		{"missing config file", []string{"--config", "/nonexistent/dfdaemon.yaml"}, []string{"config"}},
 		{"unknown flag", []string{"--colour"}, []string{"colour"}},
 		{"stray argument", []string{"serve"}, []string{"serve"}},
@@ -146,11 +150,11 @@ rateLimit:
 	require.NoError(t, err)
 	require.Equal(t, "127.0.0.1:7001", cfg.Listen)
 	require.Equal(t, "127.0.0.1:7002", cfg.PeerListen)
-	require.Equal(t, []string{"a:1", "b:2"}, cfg.Nodes, "flag wins")
+	require.Equal(t, []string{"a:1", "b:2"}, cfg.Supernodes, "flag wins")
 	require.Equal(t, "/from/flag", cfg.DataDir)
 	require.Equal(t, "https://r.example", cfg.Mirror.Registry)
 	require.Len(t, cfg.Mirror.Upstreams, 2)
-	require.Equal(t, blobcache.ByteSize(512<<20), cfg.Cache.Quota)
+	require.Equal(t, bytesize.Size(512<<20), cfg.Cache.Quota)
 	require.Empty(t, cfg.Proxy.Rules, "an explicit empty list means no rules")
 	require.NotNil(t, cfg.Proxy.Rules)
 	require.Equal(t, "warn", cfg.Log.Level)
@@ -166,7 +170,7 @@ rateLimit:
 	cfg, err = buildConfig(fset, &f)
 	require.NoError(t, err)
 	require.Equal(t, DefaultProxyRules(), cfg.Proxy.Rules)
-	require.Equal(t, []string{DefaultNode}, cfg.Nodes)
+	require.Equal(t, []string{DefaultSupernode}, cfg.Supernodes)
 	require.Zero(t, cfg.RateLimit.Download, "unlimited by default")
 	require.Zero(t, cfg.RateLimit.Upload)
 

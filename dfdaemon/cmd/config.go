@@ -3,9 +3,7 @@ package cmd
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
-	"strconv"
 
 	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/command"
@@ -24,7 +22,7 @@ import (
 const (
 	DefaultListen     = "127.0.0.1:65001"
 	DefaultPeerListen = ":65002"
-	DefaultNode       = "127.0.0.1:8002"
+	DefaultSupernode  = "127.0.0.1:8002"
 	DefaultDataDir    = ".damselfly/dfdaemon"
 )
 
@@ -51,9 +49,10 @@ type Config struct {
 	// host of PeerListen when it names one, else the local address towards
 	// the first supernode.
 	AdvertiseIP string `yaml:"advertiseIP"`
-	// Nodes are the supernodes (host:port); a task goes to one of them by
-	// rendezvous hash of its ID.
-	Nodes []string `yaml:"nodes"`
+	// Supernodes are the supernodes' host:port; a task goes to one of them
+	// by rendezvous hash of its ID. The key is "nodes" (and the flag
+	// --node), as in Dragonfly; "node" elsewhere means a machine.
+	Supernodes []string `yaml:"nodes"`
 	// Cluster gives the cluster token this node presents to the supernodes
 	// and to other peers, and requires from peers fetching its pieces:
 	// clusterToken ("token" or "new,old" while rotating) or
@@ -76,7 +75,8 @@ type Config struct {
 	// Mirror configures the registry mirror: the default upstream, the
 	// upstreams ?ns= may name, how long a client's access is trusted.
 	Mirror mirror.Config `yaml:"mirror"`
-	// ManifestCache tunes the in-process manifest cache (registry-cache).
+	// ManifestCache tunes the in-process manifest cache (pkg/manifestcache,
+	// the library the registry-cache binary also serves).
 	ManifestCache manifestcache.Config `yaml:"manifestCache"`
 	// Proxy configures the forward proxy: rules, HTTPS interception,
 	// outbound policy.
@@ -99,8 +99,8 @@ func (c Config) ApplyDefaults() Config {
 	if c.PeerListen == "" {
 		c.PeerListen = DefaultPeerListen
 	}
-	if len(c.Nodes) == 0 {
-		c.Nodes = []string{DefaultNode}
+	if len(c.Supernodes) == 0 {
+		c.Supernodes = []string{DefaultSupernode}
 	}
 	if c.DataDir == "" {
 		c.DataDir = DefaultDataDir
@@ -120,10 +120,10 @@ func (c Config) ApplyDefaults() Config {
 // Validate reports every problem of the config, each naming its key.
 func (c Config) Validate() error {
 	var errs []error
-	if err := checkHostPort(c.Listen, true); err != nil {
+	if err := command.CheckHostPort(c.Listen, true); err != nil {
 		errs = append(errs, fmt.Errorf("listen: %w", err))
 	}
-	if err := checkHostPort(c.PeerListen, true); err != nil {
+	if err := command.CheckHostPort(c.PeerListen, true); err != nil {
 		errs = append(errs, fmt.Errorf("peerListen: %w", err))
 	}
 	if c.AdvertiseIP != "" {
@@ -131,11 +131,11 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("advertiseIP %q: want an IP address peers can reach", c.AdvertiseIP))
 		}
 	}
-	if len(c.Nodes) == 0 {
+	if len(c.Supernodes) == 0 {
 		errs = append(errs, errors.New("nodes: at least one supernode is required"))
 	}
-	for i, n := range c.Nodes {
-		if err := checkHostPort(n, false); err != nil {
+	for i, n := range c.Supernodes {
+		if err := command.CheckHostPort(n, false); err != nil {
 			errs = append(errs, fmt.Errorf("nodes[%d]: %w", i, err))
 		}
 	}
@@ -146,10 +146,10 @@ func (c Config) Validate() error {
 		c.Source.Validate("source"),
 		c.PeerPolicy.Validate("peerPolicy"),
 		c.Mirror.Validate(),
-		prefixed("manifestCache", c.ManifestCache.Validate()),
+		command.Section("manifestCache", c.ManifestCache.Validate()),
 		c.Proxy.Validate(),
 		c.Cache.Validate(),
-		c.Peer.Validate(),
+		command.Section("peer", c.Peer.Validate()),
 		c.RateLimit.Validate(),
 		c.Log.Validate(),
 	} {
@@ -180,36 +180,4 @@ func (c RateLimitConfig) Validate() error {
 		errs = append(errs, fmt.Errorf("rateLimit.upload: %d is negative (0 means unlimited)", c.Upload))
 	}
 	return errors.Join(errs...)
-}
-
-// prefixed names the key of a nested config's problems.
-func prefixed(key string, err error) error {
-	if err == nil {
-		return nil
-	}
-	return fmt.Errorf("%s: %w", key, err)
-}
-
-// checkHostPort validates host:port; the host may be empty (all interfaces)
-// and the port 0 (any free port) only when listening.
-func checkHostPort(addr string, listen bool) error {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Errorf("%q: must be host:port", addr)
-	}
-	p, err := strconv.Atoi(port)
-	if err != nil || p < 0 || p > 65535 || (p == 0 && !listen) {
-		return fmt.Errorf("%q: bad port %q", addr, port)
-	}
-	if !listen && host == "" {
-		return fmt.Errorf("%q: no host", addr)
-	}
-	return nil
-}
-
-// loadConfig reads a YAML config file; unknown keys are errors.
-func loadConfig(path string) (Config, error) {
-	var c Config
-	err := command.LoadYAML(path, &c)
-	return c, err
 }

@@ -36,10 +36,10 @@ const (
 
 // readiness checks and remembers whether a supernode answers.
 type readiness struct {
-	nodes []string // base URLs, http://host:port
-	hc    *http.Client
-	now   func() time.Time
-	sf    singleflight.Group
+	supernodes []string // base URLs, http://host:port
+	hc         *http.Client
+	now        func() time.Time
+	sf         singleflight.Group
 
 	mu      sync.Mutex
 	checked time.Time
@@ -51,11 +51,11 @@ type readyResult struct {
 	detail string
 }
 
-func newReadiness(nodes []string) *readiness {
+func newReadiness(supernodes []string) *readiness {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.Proxy = nil // this node may be the proxy the environment names
 	tr.MaxIdleConnsPerHost = 1
-	return &readiness{nodes: nodes, hc: &http.Client{Transport: tr, Timeout: readyProbeTimeout}, now: time.Now}
+	return &readiness{supernodes: supernodes, hc: &http.Client{Transport: tr, Timeout: readyProbeTimeout}, now: time.Now}
 }
 
 // check returns the remembered answer, or probes the supernodes when it is
@@ -93,17 +93,17 @@ func (r *readiness) probe(ctx context.Context) readyResult {
 		i   int
 		err error
 	}
-	answers := make(chan answer, len(r.nodes)) // buffered: late probes never block
-	for i, n := range r.nodes {
+	answers := make(chan answer, len(r.supernodes)) // buffered: late probes never block
+	for i, n := range r.supernodes {
 		go func() { answers <- answer{i, r.probeOne(ctx, n)} }()
 	}
-	reasons := make([]string, len(r.nodes))
-	for range r.nodes {
+	reasons := make([]string, len(r.supernodes))
+	for range r.supernodes {
 		a := <-answers
 		if a.err == nil {
-			return readyResult{ok: true, detail: "ready: supernode " + r.nodes[a.i] + " answers"}
+			return readyResult{ok: true, detail: "ready: supernode " + r.supernodes[a.i] + " answers"}
 		}
-		reasons[a.i] = r.nodes[a.i] + ": " + a.err.Error()
+		reasons[a.i] = r.supernodes[a.i] + ": " + a.err.Error()
 	}
 	return readyResult{detail: "not ready: no supernode answers (--node): " + strings.Join(reasons, "; ")}
 }
@@ -158,6 +158,6 @@ func (r *readiness) warnIfNone(ctx context.Context, logger *zap.Logger) {
 	r.mu.Unlock()
 	if !res.ok {
 		logger.Warn("no supernode answers; pulls go to the origin until one does (check --node, and GET /readyz)",
-			zap.Strings("nodes", r.nodes), zap.String("reason", res.detail))
+			zap.Strings("supernodes", r.supernodes), zap.String("reason", res.detail))
 	}
 }

@@ -94,7 +94,7 @@ func TestReadyzWrongNode(t *testing.T) {
 
 	require.Eventually(t, func() bool { return logs.FilterMessageSnippet("no supernode answers").Len() == 1 }, 5*time.Second, 10*time.Millisecond)
 	entry := logs.FilterMessageSnippet("no supernode answers").All()[0]
-	require.Equal(t, []any{"http://" + dead}, entry.ContextMap()["nodes"])
+	require.Equal(t, []any{"http://" + dead}, entry.ContextMap()["supernodes"])
 }
 
 // TestReadyzSupernodeAnswers: with a running supernode /readyz is 200, also

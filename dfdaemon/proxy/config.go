@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/damselfly/damselfly/pkg/bytesize"
 	"github.com/damselfly/damselfly/pkg/netpolicy"
 )
 
@@ -60,7 +61,7 @@ type Config struct {
 	// MaxHeaderBytes bounds the size of a request's header section (request
 	// line and fields); a larger request is answered 431. The dfdaemon
 	// listener should use the same bound.
-	MaxHeaderBytes int `yaml:"maxHeaderBytes"`
+	MaxHeaderBytes bytesize.Size `yaml:"maxHeaderBytes"`
 	// DialTimeout bounds connecting to an origin, for forwarded requests and
 	// CONNECT tunnels.
 	DialTimeout time.Duration `yaml:"dialTimeout"`
@@ -157,7 +158,7 @@ func (c Config) ApplyDefaults() Config {
 func (c Config) Validate() error {
 	var errs []error
 	bad := func(format string, args ...any) {
-		errs = append(errs, fmt.Errorf("proxy "+format+": %w", append(args, ErrInvalid)...))
+		errs = append(errs, fmt.Errorf("proxy."+format+": %w", append(args, ErrInvalid)...))
 	}
 	for i, r := range c.Rules {
 		if err := r.validate(); err != nil {
@@ -197,7 +198,7 @@ func (c Config) Validate() error {
 		}
 	}
 	if c.MaxHeaderBytes < 1024 {
-		bad("maxHeaderBytes %d: must be at least 1024", c.MaxHeaderBytes)
+		bad("maxHeaderBytes %s: must be at least 1KiB", c.MaxHeaderBytes)
 	}
 	for _, d := range []struct {
 		key string

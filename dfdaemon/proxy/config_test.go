@@ -10,6 +10,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"gopkg.in/yaml.v3"
+
+	"github.com/damselfly/damselfly/pkg/bytesize"
 )
 
 func TestConfigDefaultsAreValid(t *testing.T) {
@@ -17,7 +19,7 @@ func TestConfigDefaultsAreValid(t *testing.T) {
 	c := Config{}.ApplyDefaults()
 	require.NoError(t, c.Validate())
 	require.Equal(t, []int{443}, c.ConnectPorts)
-	require.Equal(t, DefaultMaxHeaderBytes, c.MaxHeaderBytes)
+	require.Equal(t, bytesize.Size(DefaultMaxHeaderBytes), c.MaxHeaderBytes)
 	require.Equal(t, DefaultTunnelIdleTimeout, c.TunnelIdleTimeout)
 	require.Equal(t, DefaultLeafValidity, c.Hijack.LeafValidity)
 }

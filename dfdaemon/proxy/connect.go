@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/damselfly/damselfly/pkg/redact"
 )
 
 // established is the answer to an accepted CONNECT.
@@ -79,7 +81,7 @@ func (p *Proxy) tunnel(w http.ResponseWriter, r *http.Request, addr string) {
 			return
 		}
 		status, msg := dialStatus(err)
-		p.log.Warn("proxy: CONNECT dial failed", zap.String("addr", addr), zap.Int("status", status), zap.String("error", redactError(err)))
+		p.log.Warn("proxy: CONNECT dial failed", zap.String("addr", addr), zap.Int("status", status), zap.String("error", redact.Error(err)))
 		p.m.requests.WithLabelValues(routeTunnel).Inc()
 		http.Error(w, msg, status)
 		return
@@ -217,7 +219,7 @@ func (p *Proxy) intercept(w http.ResponseWriter, r *http.Request, host string, p
 		}),
 		ReadHeaderTimeout: p.cfg.ReadHeaderTimeout,
 		IdleTimeout:       p.cfg.TunnelIdleTimeout,
-		MaxHeaderBytes:    p.cfg.MaxHeaderBytes,
+		MaxHeaderBytes:    int(p.cfg.MaxHeaderBytes),
 		ErrorLog:          p.debugLog,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 		ConnState: func(_ net.Conn, s http.ConnState) {
@@ -235,7 +237,7 @@ func (p *Proxy) intercept(w http.ResponseWriter, r *http.Request, host string, p
 // The destination is always the CONNECT authority; the request's own Host
 // field does not redirect it.
 func (p *Proxy) serveIntercepted(w http.ResponseWriter, r *http.Request, authority string) {
-	if headerSize(r) > p.cfg.MaxHeaderBytes {
+	if headerSize(r) > int(p.cfg.MaxHeaderBytes) {
 		p.reject(w, http.StatusRequestHeaderFieldsTooLarge, "request header too large")
 		return
 	}

@@ -44,6 +44,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/damselfly/damselfly/pkg/netpolicy"
+	"github.com/damselfly/damselfly/pkg/redact"
 )
 
 // Fetcher downloads a URL through the P2P network (dfdaemon implements it
@@ -212,7 +213,7 @@ func IsProxyRequest(r *http.Request) bool {
 // ServeHTTP handles one proxy request: CONNECT, or an absolute-form request
 // of any method.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if headerSize(r) > p.cfg.MaxHeaderBytes {
+	if headerSize(r) > int(p.cfg.MaxHeaderBytes) {
 		p.reject(w, http.StatusRequestHeaderFieldsTooLarge, "request header too large")
 		return
 	}
@@ -242,7 +243,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (p *Proxy) route(w http.ResponseWriter, r *http.Request, target *url.URL) {
 	target, useP2P, err := p.match(target)
 	if err != nil {
-		p.log.Warn("proxy redirect rule produced a bad URL", zap.String("url", redactURL(target)), zap.String("error", redactError(err)))
+		p.log.Warn("proxy redirect rule produced a bad URL", zap.String("url", redact.URL(target.String())), zap.String("error", redact.Error(err)))
 		p.reject(w, http.StatusBadGateway, "proxy redirect rule produced a bad URL")
 		return
 	}
@@ -329,17 +330,17 @@ func (p *Proxy) serveP2P(w http.ResponseWriter, r *http.Request, target *url.URL
 			return // the client is gone
 		}
 		if !p.cfg.DisableFallback {
-			p.log.Warn("p2p download failed, forwarding directly", zap.String("url", redactURL(target)), zap.String("error", redactError(err)))
+			p.log.Warn("p2p download failed, forwarding directly", zap.String("url", redact.URL(target.String())), zap.String("error", redact.Error(err)))
 			w.Header().Set(RouteHeader, routeFallback)
 			p.serveDirect(w, r, target, routeFallback)
 			return
 		}
-		p.log.Warn("p2p download failed", zap.String("url", redactURL(target)), zap.String("error", redactError(err)))
+		p.log.Warn("p2p download failed", zap.String("url", redact.URL(target.String())), zap.String("error", redact.Error(err)))
 		p.reject(w, http.StatusBadGateway, "peer-to-peer download failed")
 		return
 	}
 	p.m.requests.WithLabelValues(routeP2P).Inc()
-	p.log.Debug("proxy request", zap.String("route", routeP2P), zap.String("url", redactURL(target)))
+	p.log.Debug("proxy request", zap.String("route", routeP2P), zap.String("url", redact.URL(target.String())))
 
 	h := w.Header()
 	h.Set("Content-Type", "application/octet-stream")
@@ -380,7 +381,7 @@ func (p *Proxy) serveP2P(w http.ResponseWriter, r *http.Request, target *url.URL
 // it: net/http closes the connection (or resets the stream), so the client
 // sees a truncated body and never mistakes it for the whole content.
 func (p *Proxy) abort(target *url.URL, err error) {
-	p.log.Warn("p2p download failed mid-stream", zap.String("url", redactURL(target)), zap.String("error", redactError(err)))
+	p.log.Warn("p2p download failed mid-stream", zap.String("url", redact.URL(target.String())), zap.String("error", redact.Error(err)))
 	panic(http.ErrAbortHandler)
 }
 
@@ -403,7 +404,7 @@ type targetKey struct{}
 // and handles protocol upgrades.
 func (p *Proxy) serveDirect(w http.ResponseWriter, r *http.Request, target *url.URL, route string) {
 	p.m.requests.WithLabelValues(route).Inc()
-	p.log.Debug("proxy request", zap.String("route", route), zap.String("method", r.Method), zap.String("url", redactURL(target)))
+	p.log.Debug("proxy request", zap.String("route", route), zap.String("method", r.Method), zap.String("url", redact.URL(target.String())))
 	cw := &countingWriter{ResponseWriter: w}
 	defer func() { p.m.bytes.WithLabelValues(route).Add(float64(cw.n)) }()
 	p.direct.ServeHTTP(cw, r.WithContext(context.WithValue(r.Context(), targetKey{}, target)))
@@ -447,7 +448,7 @@ func (p *Proxy) directError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	target, _ := r.Context().Value(targetKey{}).(*url.URL)
 	status, msg := dialStatus(err)
-	p.log.Warn("proxy: origin request failed", zap.String("url", redactURL(target)), zap.Int("status", status), zap.String("error", redactError(err)))
+	p.log.Warn("proxy: origin request failed", zap.String("url", redact.URL(target.String())), zap.Int("status", status), zap.String("error", redact.Error(err)))
 	http.Error(w, msg, status)
 }
 
@@ -560,27 +561,6 @@ func headerSize(r *http.Request) int {
 		}
 	}
 	return n
-}
-
-// redactURL is u without user information and query: what may be logged.
-func redactURL(u *url.URL) string {
-	if u == nil {
-		return ""
-	}
-	return (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
-}
-
-// urlQuery finds the query (and fragment) of URLs quoted in error texts.
-var urlQuery = regexp.MustCompile(`([a-zA-Z][a-zA-Z0-9+.-]*://[^\s?#"']*)[?#][^\s"']*`)
-
-// urlUser finds user information in URLs quoted in error texts.
-var urlUser = regexp.MustCompile(`([a-zA-Z][a-zA-Z0-9+.-]*://)[^\s/@"']*@`)
-
-// redactError is err's text with any URL's query and user information
-// removed: transport errors quote the URL they failed on.
-func redactError(err error) string {
-	s := urlQuery.ReplaceAllString(err.Error(), "$1?REDACTED")
-	return urlUser.ReplaceAllString(s, "${1}REDACTED@")
 }
 
 // countingWriter counts the response body bytes a handler writes.

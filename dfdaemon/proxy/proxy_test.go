@@ -384,13 +384,6 @@ func TestLogsCarryNoSecrets(t *testing.T) {
 
 func toString(v any) string { return fmt.Sprint(v) }
 
-func TestRedactError(t *testing.T) {
-	t.Parallel()
-	err := &url.Error{Op: "Get", URL: "https://user:pw@host.test/p/a?sig=1&x=2#frag", Err: errors.New("EOF")}
-	got := redactError(err)
-	require.Equal(t, `Get "https://REDACTED@host.test/p/a?REDACTED": EOF`, got)
-}
-
 func TestIsProxyRequest(t *testing.T) {
 	t.Parallel()
 	tests := []struct {

@@ -33,9 +33,9 @@ import (
 )
 
 // Option configures Run.
-type Option func(*runConfig)
+type Option func(*runOptions)
 
-type runConfig struct {
+type runOptions struct {
 	logger     *zap.Logger
 	httpClient *http.Client
 	lookupEnv  func(string) (string, bool)
@@ -44,18 +44,18 @@ type runConfig struct {
 // WithLogger sets the logger instead of one built from --log-level and
 // --log-format.
 func WithLogger(l *zap.Logger) Option {
-	return func(c *runConfig) { c.logger = l }
+	return func(o *runOptions) { o.logger = l }
 }
 
 // WithHTTPClient sets the HTTP client for the supernode, other peers and the
 // source.
 func WithHTTPClient(hc *http.Client) Option {
-	return func(c *runConfig) { c.httpClient = hc }
+	return func(o *runOptions) { o.httpClient = hc }
 }
 
 // withEnv replaces the environment lookup, for tests.
 func withEnv(fn func(string) (string, bool)) Option {
-	return func(c *runConfig) { c.lookupEnv = fn }
+	return func(o *runOptions) { o.lookupEnv = fn }
 }
 
 // progressEvery is how often the progress bar is redrawn on a terminal;
@@ -82,7 +82,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, opts ...O
 		fmt.Fprintln(stdout, version.String("dfget"))
 		return nil
 	}
-	rc := runConfig{lookupEnv: os.LookupEnv}
+	rc := runOptions{lookupEnv: os.LookupEnv}
 	for _, opt := range opts {
 		opt(&rc)
 	}
@@ -96,7 +96,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, opts ...O
 	return run(ctx, o, rc, logger, stderr)
 }
 
-func run(ctx context.Context, o *options, rc runConfig, logger *zap.Logger, stderr io.Writer) (err error) {
+func run(ctx context.Context, o *flags, rc runOptions, logger *zap.Logger, stderr io.Writer) (err error) {
 	out, err := filepath.Abs(o.output)
 	if err != nil {
 		return fmt.Errorf("output %s: %w", o.output, err)
@@ -160,7 +160,7 @@ func run(ctx context.Context, o *options, rc runConfig, logger *zap.Logger, stde
 	if o.localLimit > 0 {
 		engOpts = append(engOpts, peer.WithDownloadLimiter(ratelimit.NewLimiter(o.localLimit)))
 	}
-	sc, err := schedclient.New(o.nodes, scOpts...)
+	sc, err := schedclient.New(o.supernodes, scOpts...)
 	if err != nil {
 		_ = ln.Close()
 		return usagef("--node: %v", err)
@@ -194,7 +194,7 @@ func run(ctx context.Context, o *options, rc runConfig, logger *zap.Logger, stde
 
 // download runs the engine's download, shows progress and moves the
 // verified content to out.
-func download(ctx context.Context, o *options, eng *peer.Engine, store *local.Store, out string, stderr io.Writer) error {
+func download(ctx context.Context, o *flags, eng *peer.Engine, store *local.Store, out string, stderr io.Writer) error {
 	d, err := eng.Download(ctx, peer.Request{
 		URL:          o.url,
 		Header:       o.header,
@@ -301,7 +301,7 @@ func (e *cliError) Error() string { return e.msg }
 func (e *cliError) Unwrap() error { return e.err }
 
 // describe turns a download error into one clear line.
-func describe(err error, o *options) error {
+func describe(err error, o *flags) error {
 	switch {
 	case errors.Is(err, context.DeadlineExceeded) && o.timeout > 0:
 		return &cliError{fmt.Sprintf("timed out after %s", o.timeout), err}
@@ -317,9 +317,9 @@ func describe(err error, o *options) error {
 
 // p2pReason says briefly why P2P failed, naming the supernode when it could
 // not be reached.
-func p2pReason(err error, fallback string, o *options) string {
+func p2pReason(err error, fallback string, o *flags) string {
 	if errors.Is(err, schedclient.ErrUnreachable) {
-		msg := fmt.Sprintf("supernode %s unreachable", strings.Join(o.nodes, ","))
+		msg := fmt.Sprintf("supernode %s unreachable", strings.Join(o.supernodes, ","))
 		if errors.Is(err, peer.ErrStalled) {
 			msg = fmt.Sprintf("no piece verified for %s, %s", o.engineConfig().ApplyDefaults().StallTimeout, msg)
 		}
@@ -329,12 +329,12 @@ func p2pReason(err error, fallback string, o *options) string {
 }
 
 // engineConfig is the peer engine's configuration from the command line.
-func (o *options) engineConfig() peer.Config {
+func (o *flags) engineConfig() peer.Config {
 	return peer.Config{PieceTimeout: o.pieceTimeout, StallTimeout: o.stallTimeout, PieceMinRate: ratelimit.Rate(o.pieceMinRate)}
 }
 
 // eventNotice renders an event of the download for a notice line.
-func eventNotice(ev peer.Event, o *options) string {
+func eventNotice(ev peer.Event, o *flags) string {
 	switch ev.Kind {
 	case peer.EventUnreachable:
 		return fmt.Sprintf("supernode %s unreachable (%s), retrying; P2P gives up after %s without progress",
@@ -361,8 +361,8 @@ func renderStatus(p peer.Progress, now time.Time) string {
 
 // advertiseIP is the IP other peers reach this one at (peer.AdvertiseIP),
 // 127.0.0.1 when the way to the supernode cannot be found.
-func advertiseIP(o *options, logger *zap.Logger) string {
-	ip, err := peer.AdvertiseIP(o.advertiseIP, o.peerListen, o.nodes[0])
+func advertiseIP(o *flags, logger *zap.Logger) string {
+	ip, err := peer.AdvertiseIP(o.advertiseIP, o.peerListen, o.supernodes[0])
 	if err != nil {
 		logger.Warn("find the local address towards the supernode; advertising 127.0.0.1", zap.Error(err))
 		return "127.0.0.1"

@@ -34,12 +34,12 @@ func TestParseArgs(t *testing.T) {
 		name    string
 		args    []string
 		wantErr string
-		check   func(t *testing.T, o *options)
+		check   func(t *testing.T, o *flags)
 	}{
-		{"minimal", []string{"-u", "http://o/f", "-o", "out"}, "", func(t *testing.T, o *options) {
+		{"minimal", []string{"-u", "http://o/f", "-o", "out"}, "", func(t *testing.T, o *flags) {
 			require.Equal(t, "http://o/f", o.url)
 			require.Equal(t, "out", o.output)
-			require.Equal(t, []string{"127.0.0.1:8002"}, o.nodes)
+			require.Equal(t, []string{"127.0.0.1:8002"}, o.supernodes)
 			require.Equal(t, ":0", o.peerListen)
 			require.False(t, o.notbs)
 			require.Zero(t, o.timeout)
@@ -50,8 +50,8 @@ func TestParseArgs(t *testing.T) {
 			"--filter", "sig&exp", "--identifier", "id1", "--locallimit", "20M", "--totallimit", "1GiB",
 			"--notbs", "--timeout", "90s", "--piece-timeout", "5s", "--stall-timeout", "7s", "--peer-listen", "127.0.0.1:0", "--advertise-ip", "10.1.2.3",
 			"--data-dir", "/tmp/d", "--log-level", "debug", "--log-format", "json", "--quiet",
-		}, "", func(t *testing.T, o *options) {
-			require.Equal(t, []string{"10.0.0.1:8002", "10.0.0.2:8002"}, o.nodes)
+		}, "", func(t *testing.T, o *flags) {
+			require.Equal(t, []string{"10.0.0.1:8002", "10.0.0.2:8002"}, o.supernodes)
 			require.Equal(t, digest.Digest(dgst), o.digest)
 			require.Equal(t, http.Header{"Authorization": {"Bearer t"}, "X-Extra": {"v2"}}, o.header)
 			require.Equal(t, []string{"sig", "exp"}, o.filter)
@@ -78,14 +78,14 @@ func TestParseArgs(t *testing.T) {
 		{"bad header name", []string{"-u", "http://o/f", "-o", "out", "--header", "a b: c"}, "want 'Name: value'", nil},
 		{"bad node", []string{"-u", "http://o/f", "-o", "out", "--node", "nohost"}, "want host:port", nil},
 		{"bad advertise ip", []string{"-u", "http://o/f", "-o", "out", "--advertise-ip", "host"}, "not an IP address", nil},
-		{"bad log level", []string{"-u", "http://o/f", "-o", "out", "--log-level", "loud"}, "log level", nil},
+		{"bad log level", []string{"-u", "http://o/f", "-o", "out", "--log-level", "loud"}, "log.level", nil},
 		{"negative timeout", []string{"-u", "http://o/f", "-o", "out", "--timeout", "-1s"}, "must not be negative", nil},
 		{"negative piece timeout", []string{"-u", "http://o/f", "-o", "out", "--piece-timeout", "-1s"}, "must not be negative", nil},
 		{"negative stall timeout", []string{"-u", "http://o/f", "-o", "out", "--stall-timeout", "-1s"}, "must not be negative", nil},
 		{"unknown flag", []string{"-u", "http://o/f", "-o", "out", "--fast"}, "not defined: -fast", nil},
 		{"extra argument", []string{"-u", "http://o/f", "-o", "out", "more"}, `unexpected argument "more"`, nil},
-		{"help", []string{"--help"}, "", func(t *testing.T, o *options) { require.True(t, o.help) }},
-		{"version needs nothing else", []string{"--version"}, "", func(t *testing.T, o *options) { require.True(t, o.version) }},
+		{"help", []string{"--help"}, "", func(t *testing.T, o *flags) { require.True(t, o.help) }},
+		{"version needs nothing else", []string{"--version"}, "", func(t *testing.T, o *flags) { require.True(t, o.version) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -35,11 +35,11 @@ func usagef(format string, args ...any) error {
 	return &usageError{msg: fmt.Sprintf(format, args...)}
 }
 
-// options is the parsed command line.
-type options struct {
+// flags holds the parsed command line.
+type flags struct {
 	url          string
 	output       string
-	nodes        []string
+	supernodes   []string
 	digest       digest.Digest
 	header       http.Header
 	filter       []string
@@ -102,7 +102,7 @@ written atomically and only once its content is verified.
 Flags:
 `
 
-func newFlagSet(o *options) *flag.FlagSet {
+func newFlagSet(o *flags) *flag.FlagSet {
 	fs := flag.NewFlagSet("dfget", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&o.url, "u", "", "`URL` to download (required)")
@@ -110,7 +110,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.output, "o", "", "output `FILE` (required)")
 	fs.StringVar(&o.output, "output", "", "same as -o")
 	fs.Func("node", "supernodes, `host:port[,host:port]` (default 127.0.0.1:8002)", func(v string) error {
-		o.nodes = nil
+		o.supernodes = nil
 		for n := range strings.SplitSeq(v, ",") {
 			n = strings.TrimSpace(n)
 			if n == "" {
@@ -119,9 +119,9 @@ func newFlagSet(o *options) *flag.FlagSet {
 			if _, _, err := net.SplitHostPort(n); err != nil {
 				return fmt.Errorf("%q: want host:port", n)
 			}
-			o.nodes = append(o.nodes, n)
+			o.supernodes = append(o.supernodes, n)
 		}
-		if len(o.nodes) == 0 {
+		if len(o.supernodes) == 0 {
 			return errors.New("no supernode")
 		}
 		return nil
@@ -175,8 +175,8 @@ func newFlagSet(o *options) *flag.FlagSet {
 }
 
 // parseArgs parses and checks the command line.
-func parseArgs(args []string) (*options, *flag.FlagSet, error) {
-	o := &options{header: http.Header{}, nodes: []string{"127.0.0.1:8002"}}
+func parseArgs(args []string) (*flags, *flag.FlagSet, error) {
+	o := &flags{header: http.Header{}, supernodes: []string{"127.0.0.1:8002"}}
 	fs := newFlagSet(o)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

@@ -21,7 +21,7 @@ const sourceHeaderTimeout = 2 * time.Minute
 // (--source-allow, --source-deny). Pieces from the supernodes' CDN are
 // fetched without the peer policy: the user named the supernodes. None uses
 // proxy variables.
-func outboundOptions(o *options, cfg peer.Config, logger *zap.Logger) ([]peer.Option, error) {
+func outboundOptions(o *flags, cfg peer.Config, logger *zap.Logger) ([]peer.Option, error) {
 	sp, err := netpolicy.New(o.sourcePolicy, netpolicy.WithHint("--source-allow"))
 	if err != nil {
 		return nil, usagef("--source-allow/--source-deny: %v", err)
@@ -46,7 +46,7 @@ func outboundOptions(o *options, cfg peer.Config, logger *zap.Logger) ([]peer.Op
 }
 
 // policyFlags registers the outbound policy flags.
-func policyFlags(fs *flag.FlagSet, o *options) {
+func policyFlags(fs *flag.FlagSet, o *flags) {
 	fs.Var(netpolicy.ListFlag{List: &o.sourcePolicy.Allow}, "source-allow", "`CIDR|IP|HOST` the source may be fetched from although denied by default, e.g. 127.0.0.1/32 (repeatable, comma-separated)")
 	fs.Var(netpolicy.ListFlag{List: &o.sourcePolicy.Deny}, "source-deny", "`CIDR|IP|HOST` the source is never fetched from (repeatable, comma-separated)")
 	fs.Var(netpolicy.ListFlag{List: &o.peerPolicy.Allow}, "peer-allow", "`CIDR|IP|HOST` of peers pieces may be fetched from although denied by default (repeatable, comma-separated)")

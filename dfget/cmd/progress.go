@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/damselfly/damselfly/pkg/bytesize"
 	"github.com/damselfly/damselfly/pkg/peer"
 )
 
@@ -32,7 +33,7 @@ func renderProgress(p peer.Progress, elapsed time.Duration, status string, width
 		if p.Size > 0 {
 			frac = min(float64(p.Completed)/float64(p.Size), 1)
 		}
-		counts = fmt.Sprintf("%5.1f%% %s/%s", frac*100, humanBytes(p.Completed), humanBytes(p.Size))
+		counts = fmt.Sprintf("%5.1f%% %s/%s", frac*100, bytesize.Size(p.Completed).Approx(), bytesize.Size(p.Size).Approx())
 		left := p.Size - p.Completed
 		switch {
 		case left <= 0:
@@ -43,9 +44,9 @@ func renderProgress(p peer.Progress, elapsed time.Duration, status string, width
 			eta = " ETA --"
 		}
 	} else {
-		counts = humanBytes(p.Completed)
+		counts = bytesize.Size(p.Completed).Approx()
 	}
-	core := counts + fmt.Sprintf(" %s/s", humanBytes(int64(rate))) + eta
+	core := counts + fmt.Sprintf(" %s/s", bytesize.Size(int64(rate)).Approx()) + eta
 	sources := ""
 	if got := p.FromPeers + p.FromCDN + p.FromSource; got > 0 {
 		sources = fmt.Sprintf(" (peers %d%%, cdn %d%%, source %d%%)",
@@ -90,7 +91,7 @@ func renderSummary(p peer.Progress, elapsed time.Duration) string {
 	if elapsed > 0 {
 		rate = float64(p.Completed) / elapsed.Seconds()
 	}
-	s := fmt.Sprintf("dfget: %s in %s (%s/s)", humanBytes(p.Completed), elapsed.Round(10*time.Millisecond), humanBytes(int64(rate)))
+	s := fmt.Sprintf("dfget: %s in %s (%s/s)", bytesize.Size(p.Completed).Approx(), elapsed.Round(10*time.Millisecond), bytesize.Size(int64(rate)).Approx())
 	if got := p.FromPeers + p.FromCDN + p.FromSource; got > 0 {
 		s += fmt.Sprintf(", from peers %d%%, the CDN %d%%, the source %d%%",
 			percent(p.FromPeers, got), percent(p.FromCDN, got), percent(p.FromSource, got))
@@ -100,18 +101,4 @@ func renderSummary(p peer.Progress, elapsed time.Duration) string {
 
 func percent(part, whole int64) int64 {
 	return (part*100 + whole/2) / whole
-}
-
-// humanBytes renders n bytes with binary units: 512 B, 1.5 KiB, 20.0 MiB.
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit && exp < 4; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
 }

@@ -39,7 +39,7 @@ func TestRenderStatus(t *testing.T) {
 		renderStatus(peer.Progress{Unreachable: "10.0.0.5:8002", UnreachableSince: now.Add(-4 * time.Second)}, now))
 	require.Equal(t, " - origin rate-limited, retrying in 7s",
 		renderStatus(peer.Progress{RetryAfter: now.Add(7 * time.Second)}, now))
-	o := &options{}
+	o := &flags{}
 	require.Equal(t, "supernode 10.0.0.5:8002 unreachable (connection refused), retrying; P2P gives up after 1m0s without progress",
 		eventNotice(peer.Event{Kind: peer.EventUnreachable, Node: "10.0.0.5:8002", Reason: "connection refused"}, o))
 }
@@ -50,7 +50,7 @@ func TestStallErrorNamesSupernode(t *testing.T) {
 	t.Parallel()
 	unreachable := &schedclient.UnreachableError{Node: "10.0.0.5:8002", Err: syscall.ECONNREFUSED}
 	stalled := fmt.Errorf("%w: %w for 1m0s: pieces: %w", peer.ErrP2PFailed, peer.ErrStalled, unreachable)
-	o := &options{nodes: []string{"10.0.0.5:8002"}, notbs: true}
+	o := &flags{supernodes: []string{"10.0.0.5:8002"}, notbs: true}
 	err := describe(stalled, o)
 	require.EqualError(t, err, "no piece verified for 1m0s, supernode 10.0.0.5:8002 unreachable and --notbs set")
 	require.True(t, errors.Is(err, schedclient.ErrUnreachable))

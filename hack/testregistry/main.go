@@ -30,11 +30,11 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/damselfly/damselfly/pkg/bytesize"
 	"github.com/damselfly/damselfly/pkg/registrytest"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -177,11 +177,14 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
 	for _, s := range strings.Split(sizes, ",") {
-		n, err := parseSize(strings.TrimSpace(s))
+		n, err := bytesize.Parse(s)
+		if err == nil && n == 0 {
+			err = fmt.Errorf("size %q: zero", s)
+		}
 		if err != nil {
 			return o, fmt.Errorf("--layer-sizes: %w", err)
 		}
-		o.layerSizes = append(o.layerSizes, n)
+		o.layerSizes = append(o.layerSizes, int64(n))
 	}
 	if push != "" {
 		for _, ref := range strings.Split(push, ",") {
@@ -193,31 +196,6 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		}
 	}
 	return o, nil
-}
-
-// parseSize parses a byte count with an optional K, M or G suffix (powers of
-// 1024), optionally followed by "iB" or "B".
-func parseSize(s string) (int64, error) {
-	num := strings.TrimSuffix(strings.TrimSuffix(s, "B"), "i")
-	mult := int64(1)
-	if n := len(num); n > 0 {
-		switch num[n-1] {
-		case 'K', 'k':
-			mult = 1 << 10
-		case 'M', 'm':
-			mult = 1 << 20
-		case 'G', 'g':
-			mult = 1 << 30
-		}
-		if mult > 1 {
-			num = num[:n-1]
-		}
-	}
-	v, err := strconv.ParseInt(num, 10, 64)
-	if err != nil || v <= 0 {
-		return 0, fmt.Errorf("bad size %q", s)
-	}
-	return v * mult, nil
 }
 
 func controlHandler(reg *registrytest.Registry, info Info) http.Handler {

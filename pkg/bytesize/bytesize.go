@@ -80,6 +80,23 @@ func (b Size) String() string {
 	return strconv.FormatInt(n, 10)
 }
 
+// Approx renders the size for people watching it change (progress, rates):
+// one decimal in the largest binary unit it reaches, "512 B", "1.5 KiB",
+// "20.0 MiB". It is for display only; String is what Parse reads back.
+func (b Size) Approx() string {
+	const unit = 1024
+	n := int64(b)
+	if n < unit {
+		return strconv.FormatInt(n, 10) + " B"
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 4; m /= unit {
+		div *= unit
+		exp++
+	}
+	return strconv.FormatFloat(float64(n)/float64(div), 'f', 1, 64) + " " + "KMGTP"[exp:exp+1] + "iB"
+}
+
 // MarshalText renders the size as String does.
 func (b Size) MarshalText() ([]byte, error) { return []byte(b.String()), nil }
 
@@ -97,15 +114,21 @@ func (b *Size) UnmarshalText(text []byte) error {
 }
 
 // UnmarshalYAML parses a YAML scalar as Parse does; errors name the
-// line.
+// line and do not stop the decoder.
 func (b *Size) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode {
-		return fmt.Errorf("line %d: a size must be a number or a string such as 10GiB", n.Line)
+		return lineError(n, "a size must be a number or a string such as 10GiB")
 	}
 	if err := b.UnmarshalText([]byte(n.Value)); err != nil {
-		return fmt.Errorf("line %d: %w", n.Line, err)
+		return lineError(n, err.Error())
 	}
 	return nil
+}
+
+// lineError is a problem with the value at n. It is a *yaml.TypeError, so
+// the decoder goes on and reports every other problem of the file too.
+func lineError(n *yaml.Node, msg string) error {
+	return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %s", n.Line, msg)}}
 }
 
 // Set parses a flag value as Parse does (flag.Value).

@@ -49,6 +49,9 @@ func TestParse(t *testing.T) {
 		})
 	}
 	require.Equal(t, "20GiB", bytesize.Size(20<<30).String())
+	for n, want := range map[bytesize.Size]string{0: "0 B", 1023: "1023 B", 1536: "1.5 KiB", 20 << 20: "20.0 MiB", 3 << 40: "3.0 TiB", 2048 << 40: "2.0 PiB"} {
+		require.Equal(t, want, n.Approx(), int64(n))
+	}
 	require.Equal(t, "1001", bytesize.Size(1001).String())
 }
 

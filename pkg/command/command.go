@@ -1,12 +1,14 @@
 // Package command is the command-line plumbing the binaries share (the
 // long-running supernode, dfdaemon and registry-cache, and dfget where it
 // applies): parsing flags, reading a YAML config strictly, building the
-// logger, checking a data dir, and telling a clean stop from a failure.
-// Each binary's cmd package keeps its own flags and Config.
+// logger, checking a data dir and a host:port, telling a clean stop from a
+// failure, and the daemon skeleton (daemon.go: metrics registry, /healthz,
+// /metrics, the HTTP server and its bounded shutdown beside the
+// components). Each binary's cmd package keeps its own flags, Config and
+// wiring.
 package command
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -16,15 +18,17 @@ import (
 	"path/filepath"
 
 	"go.uber.org/zap"
-	"gopkg.in/yaml.v3"
 
 	"github.com/damselfly/damselfly/pkg/log"
+	"github.com/damselfly/damselfly/pkg/version"
 )
 
-// ParseArgs parses args with fs. It returns help=true, and no error, when
-// the user asked for --help (fs has printed the usage): the caller returns
-// at once. Positional arguments are an error: the binaries take none.
-func ParseArgs(fs *flag.FlagSet, args []string) (help bool, err error) {
+// ParseArgs parses args with fs. It answers --help (fs prints the usage)
+// and, when fs has a "version" flag, --version (the binary's version, named
+// by fs.Name(), on fs.Output()) itself: done is then true, with no error,
+// and the caller returns at once. Positional arguments are an error: the
+// binaries take none.
+func ParseArgs(fs *flag.FlagSet, args []string) (done bool, err error) {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return true, nil
@@ -34,23 +38,11 @@ func ParseArgs(fs *flag.FlagSet, args []string) (help bool, err error) {
 	if fs.NArg() > 0 {
 		return false, fmt.Errorf("command line: unexpected argument %q", fs.Arg(0))
 	}
+	if v := fs.Lookup("version"); v != nil && v.Value.String() == "true" {
+		fmt.Fprintln(fs.Output(), version.String(fs.Name()))
+		return true, nil
+	}
 	return false, nil
-}
-
-// LoadYAML decodes the YAML file at path into v. Unknown keys are errors,
-// so that a misspelt key does not silently fall back to a default; an empty
-// file leaves v as it is.
-func LoadYAML(path string, v any) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("config: %w", err)
-	}
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
-		return fmt.Errorf("config %s: %w", path, err)
-	}
-	return nil
 }
 
 // Logger returns given when it is set (a test or an embedding program chose

@@ -8,11 +8,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 
+	"github.com/damselfly/damselfly/pkg/bytesize"
 	"github.com/damselfly/damselfly/pkg/log"
 )
 
@@ -21,11 +24,12 @@ func TestParseArgs(t *testing.T) {
 	tests := []struct {
 		name     string
 		args     []string
-		wantHelp bool
+		wantDone bool
 		wantErr  string
 	}{
 		{"flags", []string{"--listen", ":1"}, false, ""},
 		{"help", []string{"--help"}, true, ""},
+		{"version", []string{"--version"}, true, ""},
 		{"unknown flag", []string{"--nope"}, false, "command line"},
 		{"positional", []string{"extra"}, false, `unexpected argument "extra"`},
 	}
@@ -33,10 +37,15 @@ func TestParseArgs(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			fs := flag.NewFlagSet("x", flag.ContinueOnError)
-			fs.SetOutput(&bytes.Buffer{})
+			var out bytes.Buffer
+			fs.SetOutput(&out)
 			listen := fs.String("listen", "", "")
-			help, err := ParseArgs(fs, tt.args)
-			require.Equal(t, tt.wantHelp, help)
+			fs.Bool("version", false, "")
+			done, err := ParseArgs(fs, tt.args)
+			require.Equal(t, tt.wantDone, done)
+			if tt.name == "version" {
+				require.True(t, strings.HasPrefix(out.String(), "x "), out.String())
+			}
 			if tt.wantErr != "" {
 				require.ErrorContains(t, err, tt.wantErr)
 				return
@@ -68,8 +77,68 @@ func TestLoadYAML(t *testing.T) {
 	require.NoError(t, LoadYAML(write("empty.yaml", ""), &c))
 	require.Equal(t, "kept", c.Listen)
 
-	require.ErrorContains(t, LoadYAML(write("typo.yaml", "lisen: :9\n"), &c), "field lisen not found")
+	require.EqualError(t, LoadYAML(write("typo.yaml", "lisen: :9\n"), &c),
+		"config "+filepath.Join(dir, "typo.yaml")+":\nlisen (line 1): unknown key (did you mean listen?)")
 	require.ErrorContains(t, LoadYAML(filepath.Join(dir, "missing.yaml"), &c), "config:")
+	require.ErrorContains(t, LoadYAML(write("syntax.yaml", "listen: [\n"), &c), "syntax.yaml")
+}
+
+// Every problem of a file is reported at once, each with its key path as
+// the user writes it.
+func TestLoadYAMLKeyPaths(t *testing.T) {
+	t.Parallel()
+	type creds struct {
+		Username string `yaml:"username"`
+	}
+	type preheat struct {
+		Registries         map[string]creds `yaml:"registries"`
+		InsecureRegistries []string         `yaml:"insecureRegistries"`
+		Timeout            time.Duration    `yaml:"timeout"`
+	}
+	type inline struct {
+		Level string `yaml:"level"`
+	}
+	type config struct {
+		Nodes   []string      `yaml:"nodes"`
+		Quota   bytesize.Size `yaml:"quota"`
+		Preheat preheat       `yaml:"preheat"`
+		Log     inline        `yaml:",inline"`
+		Slots   int           `yaml:"slots"`
+	}
+	p := filepath.Join(t.TempDir(), "c.yaml")
+	require.NoError(t, os.WriteFile(p, []byte(`nodes: [a:1, b:2]
+quota: 5x
+level: debug
+slots: many
+preheat:
+  insecureRegistry: [r]
+  timeout: soon
+  registries:
+    docker.io:
+      user: me
+`), 0o600))
+	var c config
+	err := LoadYAML(p, &c)
+	require.Error(t, err)
+	msgs := strings.Split(err.Error(), "\n")[1:]
+	require.Equal(t, []string{
+		`quota (line 2): size "5x": not a number with an optional unit (KiB, MiB, GiB, TiB)`,
+		`slots (line 4): "many" is not an integer`,
+		`preheat.insecureRegistry (line 6): unknown key (did you mean insecureRegistries?)`,
+		`preheat.timeout (line 7): "soon" is not a duration such as 30s or 10m`,
+		`preheat.registries[docker.io].user (line 10): unknown key (did you mean username?)`,
+	}, msgs)
+	require.Equal(t, "debug", c.Log.Level, "the rest of the file is read")
+}
+
+func TestSection(t *testing.T) {
+	t.Parallel()
+	require.NoError(t, Section("cache", nil))
+	sentinel := errors.New("invalid")
+	err := Section("cache", errors.Join(fmt.Errorf("tagTTL 0s: must be positive: %w", sentinel), errors.New("maxBytes 0: must be positive")))
+	require.EqualError(t, err, "cache.tagTTL 0s: must be positive: invalid\ncache.maxBytes 0: must be positive")
+	require.ErrorIs(t, err, sentinel)
+	require.EqualError(t, Section("peer", errors.New("x: bad")), "peer.x: bad")
 }
 
 func TestLoggerAndExit(t *testing.T) {
@@ -126,4 +195,40 @@ func TestCheckDataDir(t *testing.T) {
 	file := filepath.Join(root, "file")
 	require.NoError(t, os.WriteFile(file, nil, 0o600))
 	require.ErrorContains(t, CheckDataDir(file), "not a directory")
+}
+
+type loadCfg struct {
+	Listen string `yaml:"listen"`
+	Slots  int    `yaml:"slots"`
+}
+
+func (c loadCfg) ApplyDefaults() loadCfg {
+	if c.Listen == "" {
+		c.Listen = ":1"
+	}
+	return c
+}
+
+func (c loadCfg) Validate() error {
+	if c.Slots < 0 {
+		return fmt.Errorf("slots %d: is negative", c.Slots)
+	}
+	return nil
+}
+
+func TestLoad(t *testing.T) {
+	t.Parallel()
+	cfg, err := Load("", func(c *loadCfg) { c.Slots = 2 })
+	require.NoError(t, err)
+	require.Equal(t, loadCfg{Listen: ":1", Slots: 2}, cfg)
+
+	p := filepath.Join(t.TempDir(), "c.yaml")
+	require.NoError(t, os.WriteFile(p, []byte("listen: :9\nslotz: 1\n"), 0o600))
+	_, err = Load(p, func(c *loadCfg) { c.Slots = -1 })
+	// The file's problem and the values' problem, at once.
+	require.ErrorContains(t, err, "slotz (line 2): unknown key (did you mean slots?)")
+	require.ErrorContains(t, err, "slots -1: is negative")
+
+	_, err = Load(filepath.Join(t.TempDir(), "missing.yaml"), func(*loadCfg) { t.Fatal("set called for an unreadable file") })
+	require.ErrorContains(t, err, "config:")
 }

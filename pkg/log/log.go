@@ -1,10 +1,9 @@
-// Package log builds zap loggers for the binaries and carries a logger in a
-// context. Libraries take a *zap.Logger as an option and default to a no-op
-// logger; only a binary's cmd package calls New.
+// Package log builds zap loggers for the binaries. Libraries take a
+// *zap.Logger as an option and default to a no-op logger; only a binary's
+// cmd package calls New.
 package log
 
 import (
-	"context"
 	"fmt"
 	"io"
 
@@ -34,10 +33,10 @@ func (c Config) ApplyDefaults() Config {
 // Validate reports an unknown level or format.
 func (c Config) Validate() error {
 	if _, err := zapcore.ParseLevel(c.Level); err != nil {
-		return fmt.Errorf("log level %q: must be debug, info, warn or error", c.Level)
+		return fmt.Errorf("log.level %q: must be debug, info, warn or error", c.Level)
 	}
 	if c.Format != "json" && c.Format != "console" {
-		return fmt.Errorf("log format %q: must be json or console", c.Format)
+		return fmt.Errorf("log.format %q: must be json or console", c.Format)
 	}
 	return nil
 }
@@ -60,19 +59,4 @@ func New(c Config, w io.Writer) (*zap.Logger, error) {
 	}
 	core := zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(w)), level)
 	return zap.New(core, zap.ErrorOutput(zapcore.Lock(zapcore.AddSync(w)))), nil
-}
-
-type ctxKey struct{}
-
-// WithLogger returns a context carrying l.
-func WithLogger(ctx context.Context, l *zap.Logger) context.Context {
-	return context.WithValue(ctx, ctxKey{}, l)
-}
-
-// FromContext returns the logger in ctx, or a no-op logger.
-func FromContext(ctx context.Context) *zap.Logger {
-	if l, ok := ctx.Value(ctxKey{}).(*zap.Logger); ok {
-		return l
-	}
-	return zap.NewNop()
 }

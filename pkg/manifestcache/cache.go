@@ -88,6 +88,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/damselfly/damselfly/pkg/redact"
 	"github.com/damselfly/damselfly/pkg/source/registrysource"
 )
 
@@ -282,7 +283,7 @@ func New(cfg Config, f Fetcher, opts ...Option) (*Cache, error) {
 		return nil, fmt.Errorf("cache: partition key: %w", err)
 	}
 	c.m = newMetrics(c.reg)
-	c.bodies = newLRU[digest.Digest, *body](cfg.MaxBytes, func(b *body) int64 { return int64(len(b.data)) },
+	c.bodies = newLRU[digest.Digest, *body](int64(cfg.MaxBytes), func(b *body) int64 { return int64(len(b.data)) },
 		func(d digest.Digest, _ *body) {
 			c.m.evictions.Inc()
 			c.log.Debug("manifest evicted", zap.Stringer("digest", d))
@@ -318,17 +319,10 @@ func (r Request) validate() error {
 		return fmt.Errorf("%w: upstream must be an http(s) URL with a host", ErrBadRequest)
 	}
 	if registrysource.ValidateRepository(r.Repo) != nil {
-		return fmt.Errorf("%w: repository %q: %w", ErrBadRequest, truncate(r.Repo), registrysource.ErrInvalid)
+		return fmt.Errorf("%w: repository %q: %w", ErrBadRequest, redact.Truncate(r.Repo), registrysource.ErrInvalid)
 	}
 	if registrysource.ValidateReference(r.Ref) != nil {
-		return fmt.Errorf("%w: reference %q: %w", ErrBadRequest, truncate(r.Ref), registrysource.ErrInvalid)
+		return fmt.Errorf("%w: reference %q: %w", ErrBadRequest, redact.Truncate(r.Ref), registrysource.ErrInvalid)
 	}
 	return nil
-}
-
-func truncate(s string) string {
-	if len(s) > 300 {
-		return s[:300] + "..."
-	}
-	return s
 }

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/damselfly/damselfly/pkg/bytesize"
 )
 
 // Defaults applied by Config.ApplyDefaults.
@@ -43,7 +45,7 @@ type Config struct {
 	// MaxBytes bounds the manifest bodies kept, in bytes; the least recently
 	// used are evicted first. A manifest larger than this is served but not
 	// kept.
-	MaxBytes int64 `yaml:"maxBytes"`
+	MaxBytes bytesize.Size `yaml:"maxBytes"`
 	// MaxEntries bounds the small records kept besides the bodies (tag
 	// resolutions, 404s, read permissions); least recently used first out.
 	MaxEntries int `yaml:"maxEntries"`
@@ -84,19 +86,19 @@ func (c Config) ApplyDefaults() Config {
 func (c Config) Validate() error {
 	var errs []error
 	if c.TagTTL <= 0 {
-		errs = append(errs, fmt.Errorf("cache tagTTL %v: must be positive: %w", c.TagTTL, ErrInvalid))
+		errs = append(errs, fmt.Errorf("tagTTL %v: must be positive: %w", c.TagTTL, ErrInvalid))
 	}
 	if c.AccessTTL <= 0 {
-		errs = append(errs, fmt.Errorf("cache accessTTL %v: must be positive: %w", c.AccessTTL, ErrInvalid))
+		errs = append(errs, fmt.Errorf("accessTTL %v: must be positive: %w", c.AccessTTL, ErrInvalid))
 	}
 	if c.MaxBytes <= 0 {
-		errs = append(errs, fmt.Errorf("cache maxBytes %d: must be positive: %w", c.MaxBytes, ErrInvalid))
+		errs = append(errs, fmt.Errorf("maxBytes %d: must be positive: %w", c.MaxBytes, ErrInvalid))
 	}
 	if c.MaxEntries <= 0 {
-		errs = append(errs, fmt.Errorf("cache maxEntries %d: must be positive: %w", c.MaxEntries, ErrInvalid))
+		errs = append(errs, fmt.Errorf("maxEntries %d: must be positive: %w", c.MaxEntries, ErrInvalid))
 	}
 	if c.FillTimeout <= 0 {
-		errs = append(errs, fmt.Errorf("cache fillTimeout %v: must be positive: %w", c.FillTimeout, ErrInvalid))
+		errs = append(errs, fmt.Errorf("fillTimeout %v: must be positive: %w", c.FillTimeout, ErrInvalid))
 	}
 	return errors.Join(errs...)
 }

@@ -99,10 +99,7 @@ func (c Config) Validate() error {
 	if c.PieceGrace <= 0 {
 		errs = append(errs, fmt.Errorf("pieceGrace %s: must be positive", c.PieceGrace))
 	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("peer config: %w", err)
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // pieceDeadline is how long a fetch of n bytes may take, not counting time

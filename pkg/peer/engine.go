@@ -26,9 +26,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
-	"net/url"
 	"sync"
 	"time"
 
@@ -42,6 +40,7 @@ import (
 	"github.com/damselfly/damselfly/pkg/content"
 	"github.com/damselfly/damselfly/pkg/peer/upload"
 	"github.com/damselfly/damselfly/pkg/piece"
+	"github.com/damselfly/damselfly/pkg/redact"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/schedclient"
 	"github.com/damselfly/damselfly/pkg/source"
@@ -169,7 +168,7 @@ func New(cfg Config, store content.Store, sched *schedclient.Client, self scheda
 	if sched.ClusterKeys().IsZero() {
 		return nil, fmt.Errorf("peer: the supernode client has no cluster token: %w", clusterauth.ErrNoToken)
 	}
-	if err := validatePeer(self); err != nil {
+	if err := self.Validate(); err != nil {
 		return nil, fmt.Errorf("peer: %w", err)
 	}
 	var o options
@@ -220,26 +219,6 @@ func New(cfg Config, store content.Store, sched *schedclient.Client, self scheda
 	}
 	e.metrics = m
 	return e, nil
-}
-
-func validatePeer(p schedapi.Peer) error {
-	if p.ID == "" || len(p.ID) > 128 {
-		return fmt.Errorf("peer id %q: must be 1 to 128 characters", p.ID)
-	}
-	for i := 0; i < len(p.ID); i++ {
-		c := p.ID[i]
-		if c != '.' && c != '_' && c != '-' && (c < '0' || c > '9') && (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') {
-			return fmt.Errorf("peer id %q: only [A-Za-z0-9._-] allowed", p.ID)
-		}
-	}
-	host, port, err := net.SplitHostPort(p.Addr)
-	if err != nil || host == "" || port == "" || port == "0" {
-		return fmt.Errorf("peer addr %q: want host:port of the upload server", p.Addr)
-	}
-	if p.DownloadRate < 0 {
-		return fmt.Errorf("peer download rate %d: must not be negative", p.DownloadRate)
-	}
-	return nil
 }
 
 // Self returns the peer the engine registers as.
@@ -338,7 +317,7 @@ func (e *Engine) Download(ctx context.Context, req Request) (*Download, error) {
 		if id, err = req.TaskID(); err != nil {
 			return nil, fmt.Errorf("download: %w: %w", ErrInvalid, err)
 		}
-		e.logger.Warn("register failed", zap.Stringer("task", id), zap.String("url", redactURL(req.URL)), zap.Error(regErr))
+		e.logger.Warn("register failed", zap.Stringer("task", id), zap.String("url", redact.URL(req.URL)), zap.Error(regErr))
 	}
 
 	t, created, err := e.attach(ctx, id, req)
@@ -490,22 +469,4 @@ func (e *Engine) heartbeat(ctx context.Context) {
 			e.logger.Warn("register seed again", zap.String("task", id), zap.Error(err))
 		}
 	}
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "..."
-	}
-	return s
-}
-
-// redactURL drops the query, fragment and user info of a URL for logs:
-// they may hold signatures or credentials.
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "<unparsable url>"
-	}
-	u.User, u.RawQuery, u.Fragment, u.RawFragment = nil, "", "", ""
-	return u.String()
 }

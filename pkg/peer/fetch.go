@@ -20,6 +20,7 @@ import (
 	"github.com/damselfly/damselfly/pkg/netpolicy"
 	"github.com/damselfly/damselfly/pkg/peer/upload"
 	"github.com/damselfly/damselfly/pkg/piece"
+	"github.com/damselfly/damselfly/pkg/redact"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/taskid"
 )
@@ -296,7 +297,7 @@ func failureReason(err error) string {
 	case errors.Is(err, context.Canceled):
 		return "canceled"
 	}
-	return truncate(err.Error(), 200)
+	return redact.Truncate(err.Error())
 }
 
 // reasonLabel is failureReason with a bounded set of values, for metrics.

@@ -1,62 +1,44 @@
-// Package ratelimit parses byte rates such as 20M or 512KiB/s and builds the
+// Package ratelimit parses byte rates such as 20M or 512KiB/s (a size in
+// pkg/bytesize's grammar, per second) and builds the
 // token-bucket limiters that pace a peer's piece downloads
 // (peer.WithDownloadLimiter) and uploads (upload.WithLimiter). dfget's
 // --locallimit and --totallimit and dfdaemon's rateLimit block share it.
 package ratelimit
 
 import (
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 
 	"golang.org/x/time/rate"
 	"gopkg.in/yaml.v3"
+
+	"github.com/damselfly/damselfly/pkg/bytesize"
 )
 
 // maxRate bounds a parsed rate (1 PiB/s), far above any link.
 const maxRate = 1 << 50
 
-// Parse parses a byte rate such as 20M (20 MiB/s): a number, optionally
-// with a fraction, then an optional K, M or G (powers of 1024), an optional
-// B or iB and an optional /s. It must be positive.
+// Parse parses a byte rate: a size in the one size grammar
+// (bytesize.Parse: "20M", "512KiB", "1.5G", "1048576"), optionally followed
+// by "/s". A rate is a size per second. It must be at least 1 byte/s and at
+// most 1 PiB/s.
 func Parse(s string) (int64, error) {
 	v := strings.TrimSpace(s)
+	if n := len(v); n >= 2 && strings.EqualFold(v[n-2:], "/s") {
+		v = v[:n-2]
+	}
 	if v == "" {
-		return 0, errors.New("empty rate")
+		return 0, fmt.Errorf("rate %q: empty", s)
 	}
-	upper := strings.ToUpper(v)
-	upper = strings.TrimSuffix(upper, "/S")
-	switch {
-	case strings.HasSuffix(upper, "IB"):
-		upper = strings.TrimSuffix(upper, "IB")
-		if !strings.HasSuffix(upper, "K") && !strings.HasSuffix(upper, "M") && !strings.HasSuffix(upper, "G") {
-			return 0, fmt.Errorf("rate %q: iB needs K, M or G", s)
-		}
-	case strings.HasSuffix(upper, "B"):
-		upper = strings.TrimSuffix(upper, "B")
+	n, err := bytesize.Parse(v)
+	if err != nil {
+		return 0, fmt.Errorf("rate %q: want a size per second such as 20M or 512KiB/s", s)
 	}
-	mult := 1.0
-	switch {
-	case strings.HasSuffix(upper, "K"):
-		mult = 1 << 10
-	case strings.HasSuffix(upper, "M"):
-		mult = 1 << 20
-	case strings.HasSuffix(upper, "G"):
-		mult = 1 << 30
-	}
-	if mult != 1 {
-		upper = upper[:len(upper)-1]
-	}
-	n, err := strconv.ParseFloat(upper, 64)
-	if err != nil || n != n || upper == "" || strings.ContainsAny(upper, "eEnNxXpP+") {
-		return 0, fmt.Errorf("rate %q: want a number with an optional K, M or G suffix", s)
-	}
-	bps := n * mult
-	if bps < 1 || bps > maxRate {
+	if n < 1 || n > maxRate {
 		return 0, fmt.Errorf("rate %q: out of range", s)
 	}
-	return int64(bps), nil
+	return int64(n), nil
 }
 
 // NewLimiter returns a limiter of bps bytes per second whose burst allows
@@ -123,10 +105,12 @@ func (r *Rate) UnmarshalText(text []byte) error { return r.Set(string(text)) }
 // line.
 func (r *Rate) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode {
-		return fmt.Errorf("line %d: a rate must be a number of bytes/s or a string such as 20M", n.Line)
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: a rate must be a number of bytes/s or a string such as 20M", n.Line)}}
 	}
 	if err := r.Set(n.Value); err != nil {
-		return fmt.Errorf("line %d: %w", n.Line, err)
+		// A TypeError: the decoder goes on and reports every other
+		// problem of the file too.
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %v", n.Line, err)}}
 	}
 	return nil
 }

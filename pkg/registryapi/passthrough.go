@@ -12,6 +12,7 @@ import (
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"go.uber.org/zap"
 
+	"github.com/damselfly/damselfly/pkg/redact"
 	"github.com/damselfly/damselfly/pkg/source/registrysource"
 )
 
@@ -202,7 +203,7 @@ func (p passer) forward(ctx context.Context, r *http.Request, target string) (*h
 // relay answers r with the upstream's resp (see pass).
 func (p passer) relay(w http.ResponseWriter, r *http.Request, resp *http.Response, target, what string) error {
 	if resp.StatusCode >= 400 {
-		re := &registrysource.ResponseError{Method: r.Method, URL: redactURL(target), StatusCode: resp.StatusCode,
+		re := &registrysource.ResponseError{Method: r.Method, URL: redact.URL(target), StatusCode: resp.StatusCode,
 			Header: resp.Header, Body: readCapped(resp.Body, maxErrorBody)}
 		if resp.StatusCode >= 500 {
 			return fmt.Errorf("%w: %w", ErrUnavailable, re)
@@ -228,12 +229,4 @@ func (p passer) relay(w http.ResponseWriter, r *http.Request, resp *http.Respons
 func readCapped(r io.Reader, n int64) []byte {
 	b, _ := io.ReadAll(io.LimitReader(r, n))
 	return b
-}
-
-func redactURL(s string) string {
-	if u, err := url.Parse(s); err == nil {
-		u.RawQuery = ""
-		return u.Redacted()
-	}
-	return ""
 }

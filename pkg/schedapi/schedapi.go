@@ -1,7 +1,8 @@
 // Package schedapi holds the wire types and routes of the peer API: how a
 // peer registers for a task with the supernode, long-polls for piece
-// assignments, reports piece results, heartbeats and leaves. It has no logic;
-// the supernode serves it (supernode/peerapi) and pkg/schedclient calls it.
+// assignments, reports piece results, heartbeats and leaves. Its only logic
+// is the identity rule of a peer (peer.go), which both sides check; the
+// supernode serves the API (supernode/peerapi) and pkg/schedclient calls it.
 //
 // All bodies are JSON. Errors are answered with a non-2xx status and an
 // Error body.

@@ -161,15 +161,6 @@ func WithClusterKeys(k clusterauth.Keys) Option {
 	return func(c *Client) { c.keys = k }
 }
 
-// WithCallTimeout bounds each HTTP exchange (default DefaultCallTimeout).
-func WithCallTimeout(d time.Duration) Option {
-	return func(c *Client) {
-		if d > 0 {
-			c.callTimeout = d
-		}
-	}
-}
-
 // WithRetry sets how many rounds over the supernode list an idempotent call
 // makes (at least 1) and the first pause between rounds.
 func WithRetry(attempts int, backoff time.Duration) Option {
@@ -510,16 +501,8 @@ func (c *Client) heartbeatGroups(tasks []string, peerID string, down map[string]
 // checkPeerID refuses a peer ID the supernode would: the task ID is a
 // taskid.ID, valid by construction.
 func checkPeerID(peerID string) error {
-	if peerID == "" || len(peerID) > 128 {
-		return fmt.Errorf("peer id %q: %w", peerID, ErrInvalid)
-	}
-	for i := 0; i < len(peerID); i++ {
-		ch := peerID[i]
-		ok := ch == '.' || ch == '_' || ch == '-' ||
-			(ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')
-		if !ok {
-			return fmt.Errorf("peer id %q: %w", peerID, ErrInvalid)
-		}
+	if err := schedapi.ValidatePeerID(peerID); err != nil {
+		return fmt.Errorf("%w: %w", err, ErrInvalid)
 	}
 	return nil
 }

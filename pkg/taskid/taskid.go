@@ -31,6 +31,8 @@ import (
 	"strings"
 
 	digest "github.com/opencontainers/go-digest"
+
+	"github.com/damselfly/damselfly/pkg/redact"
 )
 
 // ErrInvalid is returned for a string that is not a task ID, and for a
@@ -124,10 +126,10 @@ func Derive(src Source) (ID, error) {
 func ForDigest(d digest.Digest) (ID, error) {
 	// Validate first: Algorithm panics on a string without ':'.
 	if err := d.Validate(); err != nil {
-		return "", fmt.Errorf("task digest %q: %w", truncate(string(d)), ErrInvalid)
+		return "", fmt.Errorf("task digest %q: %w", redact.Truncate(string(d)), ErrInvalid)
 	}
 	if d.Algorithm() != digest.SHA256 {
-		return "", fmt.Errorf("task digest %q: only sha256 is supported: %w", truncate(string(d)), ErrInvalid)
+		return "", fmt.Errorf("task digest %q: only sha256 is supported: %w", redact.Truncate(string(d)), ErrInvalid)
 	}
 	return ID(d.String()), nil
 }
@@ -186,12 +188,12 @@ func Normalize(rawURL string, filter []string) (string, error) {
 func check(s string) error {
 	hexPart := strings.TrimPrefix(s, "sha256:")
 	if len(hexPart) != 64 {
-		return fmt.Errorf("%q: %w", truncate(s), ErrInvalid)
+		return fmt.Errorf("%q: %w", redact.Truncate(s), ErrInvalid)
 	}
 	for i := 0; i < len(hexPart); i++ {
 		c := hexPart[i]
 		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return fmt.Errorf("%q: %w", truncate(s), ErrInvalid)
+			return fmt.Errorf("%q: %w", redact.Truncate(s), ErrInvalid)
 		}
 	}
 	return nil
@@ -206,13 +208,6 @@ func ParseFilter(s string) []string {
 		}
 	}
 	return keys
-}
-
-func truncate(s string) string {
-	if len(s) > 80 {
-		return s[:80] + "..."
-	}
-	return s
 }
 
 // UnmarshalText parses an ID from JSON or another text encoding, so that a

@@ -18,11 +18,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/damselfly/damselfly/pkg/command"
 	"github.com/damselfly/damselfly/pkg/httpx"
@@ -34,10 +30,6 @@ import (
 )
 
 const (
-	shutdownTimeout       = 10 * time.Second
-	readHeaderTimeout     = 10 * time.Second
-	idleTimeout           = 2 * time.Minute
-	maxHeaderBytes        = 64 << 10
 	dialTimeout           = 10 * time.Second
 	tlsHandshakeTimeout   = 10 * time.Second
 	responseHeaderTimeout = 30 * time.Second
@@ -79,8 +71,9 @@ func WithStdout(w io.Writer) Option {
 	return func(o *runOptions) { o.stdout = w }
 }
 
-// withStderr sets where logs go when no logger is given.
-func withStderr(w io.Writer) Option {
+// WithStderr sets where logs go when no logger is given (default
+// os.Stderr).
+func WithStderr(w io.Writer) Option {
 	return func(o *runOptions) { o.stderr = w }
 }
 
@@ -122,12 +115,8 @@ func Run(ctx context.Context, args []string, opts ...Option) error {
 	}
 	var f flags
 	fset := newFlagSet(&f, o.stdout)
-	if help, err := command.ParseArgs(fset, args); help || err != nil {
+	if done, err := command.ParseArgs(fset, args); done || err != nil {
 		return err
-	}
-	if f.version {
-		fmt.Fprintln(o.stdout, version.String("registry-cache"))
-		return nil
 	}
 	cfg, err := buildConfig(fset, &f)
 	if err != nil {
@@ -144,34 +133,24 @@ func Run(ctx context.Context, args []string, opts ...Option) error {
 // buildConfig layers defaults, the config file and the flags, then
 // validates the result.
 func buildConfig(fset *flag.FlagSet, f *flags) (Config, error) {
-	var cfg Config
-	if f.config != "" {
-		var err error
-		if cfg, err = loadConfig(f.config); err != nil {
-			return Config{}, err
-		}
-	}
-	fset.Visit(func(fl *flag.Flag) {
-		switch fl.Name {
-		case "listen":
-			cfg.Listen = f.listen
-		case "upstream":
-			cfg.Upstream = f.upstream
-		case "log-level":
-			cfg.Log.Level = f.logLevel
-		case "log-format":
-			cfg.Log.Format = f.logFormat
-		case "source-allow":
-			cfg.Source.Allow = append(cfg.Source.Allow, f.source.Allow...)
-		case "source-deny":
-			cfg.Source.Deny = append(cfg.Source.Deny, f.source.Deny...)
-		}
+	return command.Load(f.config, func(cfg *Config) {
+		fset.Visit(func(fl *flag.Flag) {
+			switch fl.Name {
+			case "listen":
+				cfg.Listen = f.listen
+			case "upstream":
+				cfg.Upstream = f.upstream
+			case "log-level":
+				cfg.Log.Level = f.logLevel
+			case "log-format":
+				cfg.Log.Format = f.logFormat
+			case "source-allow":
+				cfg.Source.Allow = append(cfg.Source.Allow, f.source.Allow...)
+			case "source-deny":
+				cfg.Source.Deny = append(cfg.Source.Deny, f.source.Deny...)
+			}
+		})
 	})
-	cfg = cfg.ApplyDefaults()
-	if err := cfg.Validate(); err != nil {
-		return Config{}, fmt.Errorf("invalid configuration:\n%w", err)
-	}
-	return cfg, nil
 }
 
 // upstreamClient is the HTTP client towards the upstream: every connection
@@ -208,11 +187,8 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		}
 		defer hc.CloseIdleConnections()
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-	)
+	d := command.NewDaemon(logger)
+	reg := d.Registry
 	fetcher := registrysource.New(registrysource.WithHTTPClient(hc), registrysource.WithLogger(logger.Named("registry")))
 	mc, err := manifestcache.New(cfg.Cache, fetcher, manifestcache.WithLogger(logger.Named("cache")), manifestcache.WithMetrics(reg))
 	if err != nil {
@@ -231,35 +207,18 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	}
 	defer ln.Close()
 
-	mux := http.NewServeMux()
-	mux.Handle("/v2/", srv.Handler())
-	mux.Handle("/v2", srv.Handler())
-	mux.Handle("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		_, _ = io.WriteString(w, "ok\n")
-	}))
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-
-	// No ReadTimeout or WriteTimeout: blobs passed through stream for as
-	// long as they take.
-	hs := &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: readHeaderTimeout,
-		IdleTimeout:       idleTimeout,
-		MaxHeaderBytes:    maxHeaderBytes,
-		ErrorLog:          zap.NewStdLog(logger.Named("http")),
-	}
+	d.Mux.Handle("/v2/", srv.Handler())
+	d.Mux.Handle("/v2", srv.Handler())
+	hs := d.Server(nil)
 	logger.Info("registry-cache listening",
 		zap.String("addr", ln.Addr().String()), zap.String("upstream", upstream.String()),
-		zap.Duration("tagTTL", cfg.Cache.TagTTL), zap.Int64("maxBytes", cfg.Cache.MaxBytes),
+		zap.Duration("tagTTL", cfg.Cache.TagTTL), zap.Stringer("maxBytes", cfg.Cache.MaxBytes),
 		zap.String("version", version.Version()))
 	if o.ready != nil {
 		o.ready(ln.Addr())
 	}
 
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return httpx.Serve(gctx, hs, ln, shutdownTimeout) })
-	err = g.Wait()
+	err = d.Run(ctx, hs, ln)
 	logger.Info("registry-cache stopped")
 	return err
 }

@@ -23,6 +23,8 @@ import (
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 
+	"github.com/damselfly/damselfly/pkg/bytesize"
+	"github.com/damselfly/damselfly/pkg/command"
 	"github.com/damselfly/damselfly/pkg/registrytest"
 )
 
@@ -261,7 +263,7 @@ log:
 	require.Equal(t, "127.0.0.1:7000", cfg.Listen, "from the file")
 	require.Equal(t, "http://flag.example:5000", cfg.Upstream, "the flag wins")
 	require.Equal(t, time.Minute, cfg.Cache.TagTTL)
-	require.Equal(t, int64(1024), cfg.Cache.MaxBytes)
+	require.Equal(t, bytesize.Size(1024), cfg.Cache.MaxBytes)
 	require.Equal(t, 5*time.Minute, cfg.Cache.StaleIfError, "defaulted")
 	require.Equal(t, "debug", cfg.Log.Level)
 	require.Equal(t, "json", cfg.Log.Format)
@@ -322,7 +324,8 @@ func TestDocumentedDefaults(t *testing.T) {
 	require.NoError(t, err)
 	m := regexp.MustCompile("(?s)```yaml\n(.*?)```").FindSubmatch(doc)
 	require.NotNil(t, m, "docs/registry-cache.md has a yaml block")
-	cfg, err := decodeConfig(m[1], "docs/registry-cache.md")
+	var cfg Config
+	err = command.DecodeYAML(m[1], "docs/registry-cache.md", &cfg)
 	require.NoError(t, err)
 	require.Equal(t, Config{}.ApplyDefaults(), cfg)
 }

@@ -1,21 +1,18 @@
 package cmd
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 
-	"gopkg.in/yaml.v3"
-
+	"github.com/damselfly/damselfly/pkg/command"
 	"github.com/damselfly/damselfly/pkg/log"
 	"github.com/damselfly/damselfly/pkg/manifestcache"
 	"github.com/damselfly/damselfly/pkg/netpolicy"
+	"github.com/damselfly/damselfly/pkg/redact"
 )
 
 // Defaults of the top-level keys.
@@ -74,7 +71,7 @@ func (c Config) Validate() error {
 	if err := c.Source.Validate("source"); err != nil {
 		errs = append(errs, err)
 	}
-	if err := c.Cache.Validate(); err != nil {
+	if err := command.Section("cache", c.Cache.Validate()); err != nil {
 		errs = append(errs, err)
 	}
 	if err := c.Log.Validate(); err != nil {
@@ -92,36 +89,15 @@ func parseUpstream(s string) (*url.URL, error) {
 	}
 	switch {
 	case u.Scheme != "http" && u.Scheme != "https":
-		return nil, fmt.Errorf("%q: scheme must be http or https", u.Redacted())
+		return nil, fmt.Errorf("%q: scheme must be http or https", redact.URL(u.String()))
 	case u.Host == "":
-		return nil, fmt.Errorf("%q: no host", u.Redacted())
+		return nil, fmt.Errorf("%q: no host", redact.URL(u.String()))
 	case u.User != nil:
-		return nil, fmt.Errorf("%q: no user info; clients send their own credentials", u.Redacted())
+		return nil, fmt.Errorf("%q: no user info; clients send their own credentials", redact.URL(u.String()))
 	case u.RawQuery != "" || u.Fragment != "":
-		return nil, fmt.Errorf("%q: no query or fragment", u.Redacted())
+		return nil, fmt.Errorf("%q: no query or fragment", redact.URL(u.String()))
 	}
 	u.Path = strings.TrimRight(u.Path, "/")
 	u.RawPath = ""
 	return u, nil
-}
-
-// loadConfig reads a YAML config file. Unknown keys are errors: a typo must
-// not silently fall back to a default.
-func loadConfig(path string) (Config, error) {
-	var c Config
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return c, fmt.Errorf("config: %w", err)
-	}
-	return decodeConfig(b, path)
-}
-
-func decodeConfig(b []byte, name string) (Config, error) {
-	var c Config
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
-		return c, fmt.Errorf("config %s: %w", name, err)
-	}
-	return c, nil
 }

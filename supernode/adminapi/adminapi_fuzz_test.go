@@ -79,7 +79,7 @@ func FuzzAdminAPI(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	ph := preheat.New(offlineResolver{registrysource.New()}, offlineTasks{})
+	ph := preheat.New(preheat.Config{}, offlineResolver{registrysource.New()}, offlineTasks{})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 2)
 	go func() { done <- s.Run(ctx) }()

@@ -15,6 +15,7 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/backoff"
 	"github.com/damselfly/damselfly/pkg/taskid"
+	"github.com/damselfly/damselfly/pkg/redact"
 )
 
 // Sources are candidates, not owners. Every member registering for a digest
@@ -208,7 +209,7 @@ func (cs *candidates) failure() error {
 	}
 	parts := make([]string, len(failed))
 	for i, c := range failed {
-		parts[i] = redactURL(c.url) + ": " + c.failed.Error()
+		parts[i] = redact.URL(c.url) + ": " + c.failed.Error()
 	}
 	return fmt.Errorf("all %d sources failed: %s", len(failed), strings.Join(parts, "; "))
 }
@@ -234,7 +235,7 @@ func (c *CDN) offer(req Request, start bool) {
 	}
 	if cs != nil && cs.offer(req) {
 		cs.refuse(c.blamed[req.TaskID], errLied)
-		c.log.Debug("source offered", zap.Stringer("task", req.TaskID), zap.String("source", redactURL(req.URL)), zap.Int64("size", req.Size))
+		c.log.Debug("source offered", zap.Stringer("task", req.TaskID), zap.String("source", redact.URL(req.URL)), zap.Int64("size", req.Size))
 	}
 }
 
@@ -250,7 +251,7 @@ func (c *CDN) blame(taskID taskid.ID, url string) {
 		b = b[1:]
 	}
 	c.blamed[taskID] = append(b, url)
-	c.log.Warn("source blamed for a digest mismatch: not used for this task again", zap.Stringer("task", taskID), zap.String("source", redactURL(url)))
+	c.log.Warn("source blamed for a digest mismatch: not used for this task again", zap.Stringer("task", taskID), zap.String("source", redact.URL(url)))
 }
 
 // dropPending forgets the sources offered for a fetch that did not start.

@@ -41,6 +41,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/damselfly/damselfly/pkg/content"
+	"github.com/damselfly/damselfly/pkg/redact"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/source"
 	"github.com/damselfly/damselfly/pkg/taskid"
@@ -348,7 +349,7 @@ func (c *CDN) ensure(ctx context.Context, req Request, expected digest.Digest) (
 	if info, err := c.sched.TaskInfo(ctx, req.TaskID); err == nil && (running || (info.State != schedapi.TaskFailed && !c.dropIfGone(ctx, req.TaskID))) {
 		return info, nil
 	}
-	log := c.log.With(zap.Stringer("task", req.TaskID), zap.String("url", redactURL(req.URL)))
+	log := c.log.With(zap.Stringer("task", req.TaskID), zap.String("url", redact.URL(req.URL)))
 
 	hit, err := c.serveCached(ctx, req, expected, log)
 	if err != nil {
@@ -382,7 +383,7 @@ func (c *CDN) serveCached(ctx context.Context, req Request, expected digest.Dige
 		log.Warn("cached content unreadable, fetching from source", zap.Error(err))
 		return false, nil
 	}
-	spec := scheduler.TaskSpec{ID: req.TaskID, URL: redactURL(req.URL), PieceSize: meta.PieceSize, Size: meta.Size, ContentDigest: d}
+	spec := scheduler.TaskSpec{ID: req.TaskID, URL: redact.URL(req.URL), PieceSize: meta.PieceSize, Size: meta.Size, ContentDigest: d}
 	if err := c.sched.AddTask(ctx, spec); err != nil {
 		return false, fmt.Errorf("add cached task %s: %w", req.TaskID, err)
 	}
@@ -421,20 +422,6 @@ func (c *CDN) SourceBytes(taskID taskid.ID) int64 {
 	return c.sourceBytes[taskID]
 }
 
-// redactURL returns u without userinfo, query and fragment, for logs and
-// display: query strings often carry signatures.
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "<unparsable url>"
-	}
-	u.User = nil
-	u.RawQuery = ""
-	u.ForceQuery = false
-	u.Fragment, u.RawFragment = "", ""
-	return u.String()
-}
-
 // sourceErrorMessage describes a source error for peers and logs without
 // the URL's query or userinfo.
 func sourceErrorMessage(rawURL string, err error) error {
@@ -450,7 +437,7 @@ func sourceErrorMessage(rawURL string, err error) error {
 		return errors.New("source fetch cancelled")
 	}
 	msg := err.Error()
-	if red := redactURL(rawURL); red != rawURL {
+	if red := redact.URL(rawURL); red != rawURL {
 		msg = strings.ReplaceAll(msg, rawURL, red)
 		if u, perr := url.Parse(rawURL); perr == nil {
 			msg = strings.ReplaceAll(msg, u.String(), red)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/content"
 	"github.com/damselfly/damselfly/pkg/piece"
+	"github.com/damselfly/damselfly/pkg/redact"
 	"github.com/damselfly/damselfly/pkg/taskid"
 	"github.com/damselfly/damselfly/supernode/scheduler"
 )
@@ -80,7 +81,7 @@ func (f *fetch) abort() {
 func (c *CDN) startFetch(ctx context.Context, req Request, expected digest.Digest, log *zap.Logger) error {
 	// The fetch gets its own detached context: it outlives ensure.
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.FetchTimeout)
-	f := &fetch{taskID: req.TaskID, url: redactURL(req.URL), cancel: cancel, done: make(chan struct{}), size: -1, published: &piece.Set{}, refs: 1}
+	f := &fetch{taskID: req.TaskID, url: redact.URL(req.URL), cancel: cancel, done: make(chan struct{}), size: -1, published: &piece.Set{}, refs: 1}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -105,7 +106,7 @@ func (c *CDN) startFetch(ctx context.Context, req Request, expected digest.Diges
 		}
 	}()
 
-	spec := scheduler.TaskSpec{ID: req.TaskID, URL: redactURL(req.URL), PieceSize: piece.SizeFor(-1), Size: -1, ContentDigest: expected}
+	spec := scheduler.TaskSpec{ID: req.TaskID, URL: redact.URL(req.URL), PieceSize: piece.SizeFor(-1), Size: -1, ContentDigest: expected}
 	src, ok := c.openNext(fctx, f, 0, -1, log)
 	if !ok {
 		return c.addFailed(ctx, spec, f.cands.failure(), log)
@@ -284,7 +285,7 @@ func (c *CDN) copyPieces(ctx context.Context, f *fetch, src sourceBody, expected
 			}
 			if stalls++; stalls <= c.cfg.StallRetries {
 				f.cands.retry(src.cand)
-				log.Warn("source stalled; asking it again", zap.String("source", redactURL(src.url)),
+				log.Warn("source stalled; asking it again", zap.String("source", redact.URL(src.url)),
 					zap.Int64("offset", st.off), zap.Int("attempt", stalls), zap.Error(sf.err))
 				if err := sleepCtx(ctx, stallPause(c.cfg.MinSourceRateWindow, stalls)); err != nil {
 					return "", pieceMeta{}, err
@@ -301,7 +302,7 @@ func (c *CDN) copyPieces(ctx context.Context, f *fetch, src sourceBody, expected
 		}
 		f.cands.fail(src.cand, sf.err)
 		c.metrics.sourcesGivenUp.Inc()
-		log.Warn("source given up", zap.String("source", redactURL(src.url)), zap.Int64("offset", st.off), zap.Error(sf.err))
+		log.Warn("source given up", zap.String("source", redact.URL(src.url)), zap.Int64("offset", st.off), zap.Error(sf.err))
 		var ok bool
 		if src, ok = c.openNext(ctx, f, st.off, size, log); !ok {
 			if ctx.Err() != nil {
@@ -309,7 +310,7 @@ func (c *CDN) copyPieces(ctx context.Context, f *fetch, src sourceBody, expected
 			}
 			return "", pieceMeta{}, f.cands.failure()
 		}
-		log.Info("source fetch resumed from another source", zap.String("source", redactURL(src.url)), zap.Int64("offset", st.off))
+		log.Info("source fetch resumed from another source", zap.String("source", redact.URL(src.url)), zap.Int64("offset", st.off))
 	}
 	off, pieces := st.off, st.pieces
 	if size < 0 {

@@ -12,6 +12,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/damselfly/damselfly/pkg/redact"
 	"github.com/damselfly/damselfly/pkg/source"
 )
 
@@ -66,7 +67,7 @@ func (c *CDN) openNext(ctx context.Context, f *fetch, off, size int64, log *zap.
 		cancel()
 		f.cands.fail(cand, err)
 		c.metrics.sourcesGivenUp.Inc()
-		log.Warn("source given up", zap.String("source", redactURL(url)), zap.Int64("offset", off), zap.Error(err))
+		log.Warn("source given up", zap.String("source", redact.URL(url)), zap.Int64("offset", off), zap.Error(err))
 	}
 }
 

@@ -21,13 +21,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/damselfly/damselfly/pkg/bytesize"
 	"github.com/damselfly/damselfly/pkg/clusterauth"
@@ -53,13 +48,6 @@ const EnvAdminToken = "DAMSELFLY_ADMIN_TOKEN"
 // CDNPeerID is the peer ID under which the supernode's CDN appears in piece
 // assignments.
 const CDNPeerID = "supernode"
-
-const (
-	shutdownTimeout   = 10 * time.Second
-	readHeaderTimeout = 10 * time.Second
-	idleTimeout       = 2 * time.Minute
-	maxHeaderBytes    = 64 << 10
-)
 
 // Option configures Run.
 type Option func(*runOptions)
@@ -98,8 +86,9 @@ func WithStdout(w io.Writer) Option {
 	return func(o *runOptions) { o.stdout = w }
 }
 
-// withStderr sets where logs go when no logger is given.
-func withStderr(w io.Writer) Option {
+// WithStderr sets where logs go when no logger is given (default
+// os.Stderr).
+func WithStderr(w io.Writer) Option {
 	return func(o *runOptions) { o.stderr = w }
 }
 
@@ -152,12 +141,8 @@ func Run(ctx context.Context, args []string, opts ...Option) error {
 	}
 	var f flags
 	fset := newFlagSet(&f, o.stdout)
-	if help, err := command.ParseArgs(fset, args); help || err != nil {
+	if done, err := command.ParseArgs(fset, args); done || err != nil {
 		return err
-	}
-	if f.version {
-		fmt.Fprintln(o.stdout, version.String("supernode"))
-		return nil
 	}
 	cfg, err := buildConfig(fset, &f, o.lookupEnv)
 	if err != nil {
@@ -174,47 +159,37 @@ func Run(ctx context.Context, args []string, opts ...Option) error {
 // buildConfig layers defaults, the config file, the environment and the
 // flags, then validates the result.
 func buildConfig(fset *flag.FlagSet, f *flags, lookupEnv func(string) (string, bool)) (Config, error) {
-	var cfg Config
-	if f.config != "" {
-		var err error
-		if cfg, err = loadConfig(f.config); err != nil {
-			return Config{}, err
+	return command.Load(f.config, func(cfg *Config) {
+		if v, ok := lookupEnv(EnvAdminToken); ok && v != "" {
+			cfg.AdminToken = v
 		}
-	}
-	if v, ok := lookupEnv(EnvAdminToken); ok && v != "" {
-		cfg.AdminToken = v
-	}
-	fset.Visit(func(fl *flag.Flag) {
-		switch fl.Name {
-		case "listen":
-			cfg.Listen = f.listen
-		case "data-dir":
-			cfg.DataDir = f.dataDir
-		case "advertise-addr":
-			cfg.AdvertiseAddr = f.advertise
-		case "admin-token":
-			cfg.AdminToken = f.adminToken
-		case "cluster-token-file":
-			cfg.Cluster.FlagFile = f.clusterTokenFile
-		case "source-allow":
-			cfg.Source.Allow = append(cfg.Source.Allow, f.sourceAllow...)
-		case "source-deny":
-			cfg.Source.Deny = append(cfg.Source.Deny, f.sourceDeny...)
-		case "upload-rate":
-			cfg.CDN.UploadRate = f.uploadRate
-		case "cdn-quota":
-			cfg.CDN.Quota = f.cdnQuota
-		case "log-level":
-			cfg.Log.Level = f.logLevel
-		case "log-format":
-			cfg.Log.Format = f.logFormat
-		}
+		fset.Visit(func(fl *flag.Flag) {
+			switch fl.Name {
+			case "listen":
+				cfg.Listen = f.listen
+			case "data-dir":
+				cfg.DataDir = f.dataDir
+			case "advertise-addr":
+				cfg.AdvertiseAddr = f.advertise
+			case "admin-token":
+				cfg.AdminToken = f.adminToken
+			case "cluster-token-file":
+				cfg.Cluster.FlagFile = f.clusterTokenFile
+			case "source-allow":
+				cfg.Source.Allow = append(cfg.Source.Allow, f.sourceAllow...)
+			case "source-deny":
+				cfg.Source.Deny = append(cfg.Source.Deny, f.sourceDeny...)
+			case "upload-rate":
+				cfg.CDN.UploadRate = f.uploadRate
+			case "cdn-quota":
+				cfg.CDN.Quota = f.cdnQuota
+			case "log-level":
+				cfg.Log.Level = f.logLevel
+			case "log-format":
+				cfg.Log.Format = f.logFormat
+			}
+		})
 	})
-	cfg = cfg.ApplyDefaults()
-	if err := cfg.Validate(); err != nil {
-		return Config{}, fmt.Errorf("invalid configuration:\n%w", err)
-	}
-	return cfg, nil
 }
 
 // run wires and runs the components.
@@ -254,11 +229,8 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		advertise = advertiseFrom(ln.Addr())
 	}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-	)
+	d := command.NewDaemon(logger)
+	reg := d.Registry
 	// One owner for the supernode's tasks: the scheduler and the CDN,
 	// wired to each other. The CDN's upload server reports the transfers
 	// it starts (upload.WithTransferStart below), so CDN assignments not
@@ -277,11 +249,10 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	resolver := registrysource.New(registrysource.WithHTTPClient(sourceHC),
 		registrysource.WithInsecureRegistries(cfg.Preheat.InsecureRegistries),
 		registrysource.WithLogger(logger.Named("registry")))
-	heater := preheat.New(resolver, tasks,
-		preheat.WithRegistryCredentials(cfg.Preheat.Credentials()), preheat.WithTimeout(cfg.Preheat.Timeout),
+	heater := preheat.New(cfg.Preheat, resolver, tasks,
 		preheat.WithLogger(logger.Named("preheat")))
 
-	mux := http.NewServeMux()
+	mux := d.Mux
 	mux.Handle("/api/peer/", peerapi.New(tasks, sched, keys, peerapi.WithLimits(cfg.PeerAPI),
 		peerapi.WithLogger(logger.Named("peerapi")), peerapi.WithHTTPMetrics(httpm)).Handler())
 	mux.Handle("/upload/", upload.New(tasks, keys,
@@ -291,22 +262,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	mux.Handle("/api/v1/", adminapi.New(sched, tasks, token,
 		adminapi.WithLogger(logger.Named("adminapi")), adminapi.WithHTTPMetrics(httpm),
 		adminapi.WithPreheater(heater)))
-	mux.Handle("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		_, _ = io.WriteString(w, "ok\n")
-	}))
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-
-	// No ReadTimeout or WriteTimeout: long polls and piece uploads outlive
-	// any fixed bound (a ReadTimeout would even cancel the request context
-	// of a long upload). Request bodies are bounded by the handlers.
-	srv := &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: readHeaderTimeout,
-		IdleTimeout:       idleTimeout,
-		MaxHeaderBytes:    maxHeaderBytes,
-		ErrorLog:          zap.NewStdLog(logger.Named("http")),
-	}
+	srv := d.Server(nil)
 	logger.Info("supernode listening",
 		zap.String("addr", ln.Addr().String()), zap.String("advertise", advertise),
 		zap.String("dataDir", cfg.DataDir), zap.Stringer("uploadRate", cfg.CDN.UploadRate),
@@ -316,11 +272,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		o.ready(ln.Addr())
 	}
 
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return tasks.Run(gctx) })
-	g.Go(func() error { return heater.Run(gctx) })
-	g.Go(func() error { return httpx.Serve(gctx, srv, ln, shutdownTimeout) })
-	err = g.Wait()
+	err = d.Run(ctx, srv, ln, tasks.Run, heater.Run)
 	logger.Info("supernode stopped")
 	return err
 }

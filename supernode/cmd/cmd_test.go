@@ -26,6 +26,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/damselfly/damselfly/pkg/clusterauth"
+	"github.com/damselfly/damselfly/pkg/command"
 	"github.com/damselfly/damselfly/pkg/peer/upload"
 	"github.com/damselfly/damselfly/pkg/ratelimit"
 	"github.com/damselfly/damselfly/pkg/schedapi"
@@ -73,7 +74,7 @@ func start(t *testing.T, args []string, opts ...Option) *supernode {
 	ready := make(chan net.Addr, 1)
 	done := make(chan error, 1)
 	logs := &syncBuffer{}
-	opts = append([]Option{withEnv(noEnv), withStderr(logs), WithReady(func(a net.Addr) { ready <- a })}, opts...)
+	opts = append([]Option{withEnv(noEnv), WithStderr(logs), WithReady(func(a net.Addr) { ready <- a })}, opts...)
 	go func() { done <- Run(ctx, append([]string{"--listen", "127.0.0.1:0"}, args...), opts...) }()
 	var once sync.Once
 	stop := func() {
@@ -224,8 +225,10 @@ func TestBadConfigFailsBeforeListening(t *testing.T) {
 		{"bad listen port", []string{"--listen", "127.0.0.1:70000"}, []string{"listen", "port"}},
 		{"unknown policy", []string{"--config", cfgFile("scheduler:\n  policy: fastest-first\n")}, []string{"fastest-first"}},
 		{"several problems", []string{"--config", cfgFile("scheduler:\n  peerUploadSlots: -1\nlog:\n  level: loud\n"), "--advertise-addr", "0.0.0.0:1"},
-			[]string{"peerUploadSlots", "log level", "advertiseAddr"}},
+			[]string{"peerUploadSlots", "log.level", "advertiseAddr"}},
 		{"unknown key", []string{"--config", cfgFile("listne: :1\n")}, []string{"listne"}},
+		{"preheat key misspelt", []string{"--config", cfgFile("preheat:\n  insecureRegistry: [r:5000]\n  timeout: 1x\n")},
+			[]string{"preheat.insecureRegistry (line 2): unknown key (did you mean insecureRegistries?)", "preheat.timeout (line 3)"}},
 		{"bad source network", []string{"--config", cfgFile("source:\n  allow: [10.0.0.0/33]\n  deny: [bad_host]\n")}, []string{"source.allow", "10.0.0.0/33", "source.deny", "bad_host"}},
 		{"bad source flag", []string{"--source-deny", "10.0.0.0/8,http://x"}, []string{"source-deny", "http://x"}},
 		{"negative fetch timeout", []string{"--config", cfgFile("cdn:\n  fetchTimeout: -1s\n")}, []string{"cdn.fetchTimeout"}},
@@ -241,7 +244,7 @@ func TestBadConfigFailsBeforeListening(t *testing.T) {
 			var out bytes.Buffer
 			readyCalled := false
 			args := append([]string{"--data-dir", t.TempDir()}, tt.args...)
-			err := Run(t.Context(), args, withEnv(noEnv), WithStdout(&out), withStderr(io.Discard),
+			err := Run(t.Context(), args, withEnv(noEnv), WithStdout(&out), WithStderr(io.Discard),
 				WithReady(func(net.Addr) { readyCalled = true }))
 			require.Error(t, err)
 			for _, w := range tt.want {
@@ -303,7 +306,8 @@ log:
 
 func TestDocsConfigIsValid(t *testing.T) {
 	t.Parallel()
-	cfg, err := loadConfig(filepath.Join("..", "..", "docs", "supernode.yaml"))
+	var cfg Config
+	err := command.LoadYAML(filepath.Join("..", "..", "docs", "supernode.yaml"), &cfg)
 	require.NoError(t, err)
 	require.NoError(t, cfg.ApplyDefaults().Validate())
 	want := Config{}.ApplyDefaults()

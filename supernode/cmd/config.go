@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
-	"strconv"
 
 	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/command"
@@ -92,11 +91,11 @@ func (c Config) ApplyDefaults() Config {
 // Validate reports every problem of the config, each naming its key.
 func (c Config) Validate() error {
 	var errs []error
-	if err := checkHostPort(c.Listen, true); err != nil {
+	if err := command.CheckHostPort(c.Listen, true); err != nil {
 		errs = append(errs, fmt.Errorf("listen: %w", err))
 	}
 	if c.AdvertiseAddr != "" {
-		if err := checkHostPort(c.AdvertiseAddr, false); err != nil {
+		if err := command.CheckHostPort(c.AdvertiseAddr, false); err != nil {
 			errs = append(errs, fmt.Errorf("advertiseAddr: %w", err))
 		} else if host, _, _ := net.SplitHostPort(c.AdvertiseAddr); host == "" || isUnspecified(host) {
 			errs = append(errs, fmt.Errorf("advertiseAddr %q: needs a host peers can reach", c.AdvertiseAddr))
@@ -126,31 +125,7 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// checkHostPort validates host:port; the host may be empty (all interfaces)
-// and the port 0 (any free port) only when listening.
-func checkHostPort(addr string, listen bool) error {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Errorf("%q: must be host:port", addr)
-	}
-	p, err := strconv.Atoi(port)
-	if err != nil || p < 0 || p > 65535 || (p == 0 && !listen) {
-		return fmt.Errorf("%q: bad port %q", addr, port)
-	}
-	if !listen && host == "" {
-		return fmt.Errorf("%q: no host", addr)
-	}
-	return nil
-}
-
 func isUnspecified(host string) bool {
 	ip, err := netip.ParseAddr(host)
 	return err == nil && ip.IsUnspecified()
-}
-
-// loadConfig reads a YAML config file; unknown keys are errors.
-func loadConfig(path string) (Config, error) {
-	var c Config
-	err := command.LoadYAML(path, &c)
-	return c, err
 }

@@ -15,7 +15,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -26,6 +25,7 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/httpx"
+	"github.com/damselfly/damselfly/pkg/redact"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/taskid"
 	"github.com/damselfly/damselfly/supernode/cdn"
@@ -219,32 +219,6 @@ func decode(w http.ResponseWriter, r *http.Request, v any) error {
 	return nil
 }
 
-// checkPeerID validates a peer ID: 1 to 128 of [A-Za-z0-9._-].
-func checkPeerID(id string) error {
-	if len(id) == 0 || len(id) > 128 {
-		return invalid("peer id: must be 1 to 128 characters")
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return invalid("peer id %q: only [A-Za-z0-9._-] are allowed", truncate(id))
-		}
-	}
-	return nil
-}
-
-// checkAddr validates host:port with a numeric port.
-func checkAddr(addr string) error {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil || host == "" || len(addr) > 512 {
-		return invalid("addr %q: must be host:port", truncate(addr))
-	}
-	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
-		return invalid("addr %q: bad port", truncate(addr))
-	}
-	return nil
-}
-
 func checkSourceURL(raw string) error {
 	if len(raw) > maxURLLen {
 		return invalid("url: longer than %d bytes", maxURLLen)
@@ -270,26 +244,19 @@ func checkHeader(h http.Header) error {
 		}
 		for i := 0; i < len(k); i++ {
 			if c := k[i]; c <= ' ' || c >= 0x7f || c == ':' {
-				return invalid("header name %q: invalid character", truncate(k))
+				return invalid("header name %q: invalid character", redact.Truncate(k))
 			}
 		}
 		for _, v := range vs {
 			for i := 0; i < len(v); i++ {
 				if c := v[i]; c == '\r' || c == '\n' || c == 0 {
 					// Never echo the value: it may be a credential.
-					return invalid("header %q: invalid character in value", truncate(k))
+					return invalid("header %q: invalid character in value", redact.Truncate(k))
 				}
 			}
 		}
 	}
 	return nil
-}
-
-func truncate(s string) string {
-	if len(s) > 80 {
-		return s[:80] + "..."
-	}
-	return s
 }
 
 // pathIDs validates the {task} and {peer} path values.
@@ -298,8 +265,8 @@ func pathIDs(r *http.Request) (taskID taskid.ID, peerID string, err error) {
 	if taskID, err = taskid.Parse(r.PathValue("task")); err != nil {
 		return "", "", invalid("task id: %v", err)
 	}
-	if err := checkPeerID(peerID); err != nil {
-		return "", "", err
+	if err := schedapi.ValidatePeerID(peerID); err != nil {
+		return "", "", invalid("%v", err)
 	}
 	return taskID, peerID, nil
 }
@@ -309,14 +276,8 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(w, r, &req); err != nil {
 		return err
 	}
-	if err := checkPeerID(req.Peer.ID); err != nil {
-		return err
-	}
-	if err := checkAddr(req.Peer.Addr); err != nil {
-		return err
-	}
-	if req.Peer.DownloadRate < 0 {
-		return invalid("peer downloadRate %d: must not be negative", req.Peer.DownloadRate)
+	if err := req.Peer.Validate(); err != nil {
+		return invalid("%v", err)
 	}
 	if err := checkSourceURL(req.URL); err != nil {
 		return err
@@ -362,14 +323,14 @@ func (s *Server) pieces(w http.ResponseWriter, r *http.Request) error {
 	wait := DefaultWait
 	if v := q.Get("wait"); v != "" {
 		if wait, err = time.ParseDuration(v); err != nil || wait < 0 {
-			return invalid("wait %q: must be a non-negative Go duration", truncate(v))
+			return invalid("wait %q: must be a non-negative Go duration", redact.Truncate(v))
 		}
 		wait = min(wait, schedapi.MaxWait)
 	}
 	maxN := 0 // the scheduler's default, schedapi.MaxAssignments
 	if v := q.Get("max"); v != "" {
 		if maxN, err = strconv.Atoi(v); err != nil || maxN < 1 {
-			return invalid("max %q: must be a positive integer", truncate(v))
+			return invalid("max %q: must be a positive integer", redact.Truncate(v))
 		}
 		maxN = min(maxN, schedapi.MaxAssignments)
 	}
@@ -425,7 +386,7 @@ func (s *Server) report(w http.ResponseWriter, r *http.Request) error {
 		if res.Piece < 0 {
 			return invalid("result %d: negative piece", i)
 		}
-		if err := checkPeerID(res.From); err != nil {
+		if err := schedapi.ValidatePeerID(res.From); err != nil {
 			return invalid("result %d from: %v", i, err)
 		}
 		if res.Bytes < 0 || res.Duration < 0 {
@@ -456,16 +417,16 @@ func (s *Server) leave(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request) error {
 	peerID := r.PathValue("peer")
-	if err := checkPeerID(peerID); err != nil {
-		return err
+	if err := schedapi.ValidatePeerID(peerID); err != nil {
+		return invalid("%v", err)
 	}
 	var req schedapi.HeartbeatRequest
 	if err := decode(w, r, &req); err != nil {
 		return err
 	}
 	if req.Addr != "" {
-		if err := checkAddr(req.Addr); err != nil {
-			return err
+		if err := schedapi.ValidatePeerAddr(req.Addr); err != nil {
+			return invalid("%v", err)
 		}
 	}
 	if len(req.Tasks) > maxHeartbeatIDs {

@@ -42,7 +42,7 @@ func (b *strictBackend) ids(taskID taskid.ID, peerID string) {
 	if _, err := taskid.Parse(taskID.String()); err != nil {
 		b.bad("task id %q reached the scheduler", taskID)
 	}
-	if checkPeerID(peerID) != nil {
+	if schedapi.ValidatePeerID(peerID) != nil {
 		b.bad("peer id %q reached the scheduler", peerID)
 	}
 }
@@ -64,7 +64,7 @@ func (b *strictBackend) Admit(_ context.Context, taskID taskid.ID, peerID string
 
 func (b *strictBackend) Join(_ context.Context, taskID taskid.ID, p schedapi.Peer, have *piece.Set) (schedapi.TaskInfo, error) {
 	b.ids(taskID, p.ID)
-	if checkAddr(p.Addr) != nil {
+	if schedapi.ValidatePeerAddr(p.Addr) != nil {
 		b.bad("addr %q reached the scheduler", p.Addr)
 	}
 	for _, i := range have.Indices() {
@@ -92,7 +92,7 @@ func (b *strictBackend) Report(_ context.Context, taskID taskid.ID, peerID strin
 		b.bad("%d results reached the scheduler", len(results))
 	}
 	for _, r := range results {
-		if r.Piece < 0 || r.Bytes < 0 || r.Duration < 0 || checkPeerID(r.From) != nil || len(r.Error) > maxErrorLen {
+		if r.Piece < 0 || r.Bytes < 0 || r.Duration < 0 || schedapi.ValidatePeerID(r.From) != nil || len(r.Error) > maxErrorLen {
 			b.bad("result %+v reached the scheduler", r)
 		}
 	}
@@ -105,7 +105,7 @@ func (b *strictBackend) Leave(_ context.Context, taskID taskid.ID, peerID string
 }
 
 func (b *strictBackend) Heartbeat(_ context.Context, peerID, addr string, tasks []taskid.ID) ([]taskid.ID, error) {
-	if checkPeerID(peerID) != nil || (addr != "" && checkAddr(addr) != nil) || len(tasks) > maxHeartbeatIDs {
+	if schedapi.ValidatePeerID(peerID) != nil || (addr != "" && schedapi.ValidatePeerAddr(addr) != nil) || len(tasks) > maxHeartbeatIDs {
 		b.bad("heartbeat of %q at %q with %d tasks reached the scheduler", peerID, addr, len(tasks))
 	}
 	for _, id := range tasks {

@@ -32,6 +32,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"go.uber.org/zap"
 
+	"github.com/damselfly/damselfly/pkg/redact"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/source/registrysource"
 	"github.com/damselfly/damselfly/pkg/taskid"
@@ -155,41 +156,11 @@ func WithLogger(l *zap.Logger) Option {
 	}
 }
 
-// WithRegistryCredentials sets default credentials by registry host
-// (lower case "host[:port]"; "docker.io" also covers Docker Hub's
-// registry-1.docker.io).
-func WithRegistryCredentials(creds map[string]registrysource.Credentials) Option {
-	return func(p *Preheater) {
-		for h, c := range creds {
-			p.creds[strings.ToLower(h)] = c
-		}
-	}
-}
-
-// WithTimeout bounds each preheat (default 1h).
-func WithTimeout(d time.Duration) Option {
-	return func(p *Preheater) {
-		if d > 0 {
-			p.timeout = d
-		}
-	}
-}
-
 // WithMaxRecords bounds the preheats kept (default 1000).
 func WithMaxRecords(n int) Option {
 	return func(p *Preheater) {
 		if n > 0 {
 			p.maxRecords = n
-		}
-	}
-}
-
-// WithLayerConcurrency bounds how many blobs of one preheat are handed to
-// the CDN and followed at once (default 4).
-func WithLayerConcurrency(n int) Option {
-	return func(p *Preheater) {
-		if n > 0 {
-			p.layerConcurrency = n
 		}
 	}
 }
@@ -215,16 +186,19 @@ type Preheater struct {
 	order   []string // IDs, oldest first
 }
 
-// New returns a Preheater that resolves images with resolver and seeds
-// blobs through tasks. Run must run for it to stop cleanly.
-func New(resolver Resolver, tasks Tasks, opts ...Option) *Preheater {
+// New returns a Preheater configured by cfg (defaults applied here) that
+// resolves images with resolver and seeds blobs through tasks. The resolver
+// is built by the caller, with cfg.InsecureRegistries. Run must run for it
+// to stop cleanly.
+func New(cfg Config, resolver Resolver, tasks Tasks, opts ...Option) *Preheater {
+	cfg = cfg.ApplyDefaults()
 	base, cancel := context.WithCancel(context.Background())
 	p := &Preheater{
 		resolver:         resolver,
 		tasks:            tasks,
 		log:              zap.NewNop(),
-		creds:            map[string]registrysource.Credentials{},
-		timeout:          DefaultTimeout,
+		creds:            cfg.Credentials(),
+		timeout:          cfg.Timeout,
 		maxRecords:       defaultMaxRecords,
 		layerConcurrency: defaultLayerConcurrency,
 		base:             base,
@@ -300,7 +274,7 @@ func (p *Preheater) Get(_ context.Context, id string) (Status, error) {
 	defer p.mu.Unlock()
 	st, ok := p.records[id]
 	if !ok {
-		return Status{}, fmt.Errorf("preheat %q: %w", truncate(id), ErrNotFound)
+		return Status{}, fmt.Errorf("preheat %q: %w", redact.Truncate(id), ErrNotFound)
 	}
 	return st.clone(), nil
 }
@@ -350,7 +324,7 @@ func (p *Preheater) parse(req Request) (job, Status, error) {
 			return invalid("url: want an http(s) URL")
 		}
 		j := job{fileURL: u.String()}
-		st := Status{Type: TypeFile, URL: redact(u)}
+		st := Status{Type: TypeFile, URL: redact.URL(u.String())}
 		if req.Digest != "" {
 			d, err := digest.Parse(req.Digest)
 			if err != nil || d.Algorithm() != digest.SHA256 {
@@ -364,7 +338,7 @@ func (p *Preheater) parse(req Request) (job, Status, error) {
 		j.header = http.Header{}
 		for k, v := range req.Headers {
 			if !validHeaderName(k) || strings.ContainsAny(v, "\r\n\x00") {
-				return invalid("headers: invalid header %q", truncate(k))
+				return invalid("headers: invalid header %q", redact.Truncate(k))
 			}
 			j.header.Set(k, v)
 		}
@@ -377,7 +351,7 @@ func (p *Preheater) parse(req Request) (job, Status, error) {
 	case "":
 		return invalid("type: missing (%q or %q)", TypeImage, TypeFile)
 	default:
-		return invalid("type %q: want %q or %q", truncate(req.Type), TypeImage, TypeFile)
+		return invalid("type %q: want %q or %q", redact.Truncate(req.Type), TypeImage, TypeFile)
 	}
 }
 
@@ -455,12 +429,6 @@ func platformString(p ocispec.Platform) string {
 	return s
 }
 
-// redact drops user info, query and fragment.
-func redact(u *url.URL) string {
-	r := url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path, RawPath: u.RawPath}
-	return r.String()
-}
-
 func validHeaderName(k string) bool {
 	if k == "" || len(k) > 256 {
 		return false
@@ -472,11 +440,4 @@ func validHeaderName(k string) bool {
 		}
 	}
 	return true
-}
-
-func truncate(s string) string {
-	if len(s) > 200 {
-		return s[:200] + "..."
-	}
-	return s
 }

@@ -51,7 +51,7 @@ type env struct {
 
 // newEnv runs a real scheduler, CDN (on a disk store, fetching over plain
 // HTTP) and preheater until the test ends.
-func newEnv(t *testing.T, insecure []string, opts ...preheat.Option) *env {
+func newEnv(t *testing.T, cfg preheat.Config, opts ...preheat.Option) *env {
 	t.Helper()
 	core, logs := observer.New(zapcore.DebugLevel)
 	logger := zap.New(core)
@@ -63,9 +63,9 @@ func newEnv(t *testing.T, insecure []string, opts ...preheat.Option) *env {
 	tasks, err := task.New(task.Config{Scheduler: scheduler.Config{}.ApplyDefaults(), CDN: cdn.Config{Dir: t.TempDir()}.ApplyDefaults()},
 		schedapi.Peer{ID: "supernode", Addr: "127.0.0.1:1"}, store, httpsource.New(httpsource.WithHTTPClient(hc)))
 	require.NoError(t, err)
-	rs := registrysource.New(registrysource.WithHTTPClient(hc), registrysource.WithInsecureRegistries(insecure),
+	rs := registrysource.New(registrysource.WithHTTPClient(hc), registrysource.WithInsecureRegistries(cfg.InsecureRegistries),
 		registrysource.WithLogger(logger))
-	p := preheat.New(rs, tasks, append([]preheat.Option{preheat.WithLogger(logger)}, opts...)...)
+	p := preheat.New(cfg, rs, tasks, append([]preheat.Option{preheat.WithLogger(logger)}, opts...)...)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -120,9 +120,9 @@ func TestPreheatPrivateImage(t *testing.T) {
 	reg := registrytest.New(t, registrytest.WithTokenAuth(map[string]string{user: pass}))
 	img, err := reg.PushRandomImage(t.Context(), "team/app", "v1", 5<<20, 300_000, 1000)
 	require.NoError(t, err)
-	e := newEnv(t, []string{reg.Host}, preheat.WithRegistryCredentials(map[string]registrysource.Credentials{
+	e := newEnv(t, preheat.Config{InsecureRegistries: []string{reg.Host}, Registries: map[string]preheat.RegistryCredentials{
 		reg.Host: {Username: user, Password: pass},
-	}))
+	}})
 	reg.ResetStats()
 
 	st, err := e.p.Create(t.Context(), preheat.Request{Type: preheat.TypeImage, URL: reg.Host + "/team/app:v1"})
@@ -176,7 +176,7 @@ func TestPreheatCredentials(t *testing.T) {
 	reg := registrytest.New(t, registrytest.WithTokenAuth(map[string]string{user: pass}))
 	img, err := reg.PushRandomImage(t.Context(), "team/app", "v1", 1000)
 	require.NoError(t, err)
-	e := newEnv(t, []string{reg.Host})
+	e := newEnv(t, preheat.Config{InsecureRegistries: []string{reg.Host}})
 	ref := reg.Host + "/team/app:v1"
 
 	tests := []struct {
@@ -223,7 +223,7 @@ func TestPreheatFile(t *testing.T) {
 		http.ServeContent(w, r, "f", time.Unix(0, 0), strings.NewReader(string(body)))
 	}))
 	t.Cleanup(origin.Close)
-	e := newEnv(t, nil)
+	e := newEnv(t, preheat.Config{})
 
 	st, err := e.p.Create(t.Context(), preheat.Request{Type: preheat.TypeFile, URL: origin.URL + "/f?sig=abc", Digest: d.String(),
 		Headers: map[string]string{"Authorization": "Bearer file-secret"}})
@@ -258,7 +258,7 @@ func TestPreheatFile(t *testing.T) {
 
 func TestCreateRejectsBadInput(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, nil)
+	e := newEnv(t, preheat.Config{})
 	d := digest.FromString("x").String()
 	tests := []struct {
 		name string
@@ -298,7 +298,7 @@ func TestRecordsAreBounded(t *testing.T) {
 		_, _ = io.WriteString(w, "small "+r.URL.Path)
 	}))
 	t.Cleanup(origin.Close)
-	e := newEnv(t, nil, preheat.WithMaxRecords(2))
+	e := newEnv(t, preheat.Config{}, preheat.WithMaxRecords(2))
 	var ids []string
 	for _, p := range []string{"/a", "/b", "/c"} {
 		st, err := e.p.Create(t.Context(), preheat.Request{Type: preheat.TypeFile, URL: origin.URL + p})
@@ -329,7 +329,7 @@ func TestStopCancelsRunningPreheats(t *testing.T) {
 	}))
 	t.Cleanup(origin.Close)
 	t.Cleanup(func() { close(release) })
-	e := newEnv(t, nil)
+	e := newEnv(t, preheat.Config{})
 	st, err := e.p.Create(t.Context(), preheat.Request{Type: preheat.TypeFile, URL: origin.URL + "/slow"})
 	require.NoError(t, err)
 	require.Eventually(t, func() bool {
@@ -355,7 +355,7 @@ func TestPreheatTimeout(t *testing.T) {
 		<-r.Context().Done()
 	}))
 	t.Cleanup(origin.Close)
-	e := newEnv(t, nil, preheat.WithTimeout(300*time.Millisecond))
+	e := newEnv(t, preheat.Config{Timeout: 300 * time.Millisecond})
 	st, err := e.p.Create(t.Context(), preheat.Request{Type: preheat.TypeFile, URL: origin.URL + "/hang"})
 	require.NoError(t, err)
 	st = e.wait(t, st.ID)

@@ -160,46 +160,46 @@ func (c Config) Validate() error {
 		errs = append(errs, err)
 	}
 	if c.PeerUploadSlots < 1 {
-		errs = append(errs, fmt.Errorf("scheduler peerUploadSlots %d: must be at least 1: %w", c.PeerUploadSlots, ErrInvalid))
+		errs = append(errs, fmt.Errorf("scheduler.peerUploadSlots %d: must be at least 1: %w", c.PeerUploadSlots, ErrInvalid))
 	}
 	if c.CDNUploadSlots < 1 {
-		errs = append(errs, fmt.Errorf("scheduler cdnUploadSlots %d: must be at least 1: %w", c.CDNUploadSlots, ErrInvalid))
+		errs = append(errs, fmt.Errorf("scheduler.cdnUploadSlots %d: must be at least 1: %w", c.CDNUploadSlots, ErrInvalid))
 	}
 	if c.CDNPieceFanout < 1 {
-		errs = append(errs, fmt.Errorf("scheduler cdnPieceFanout %d: must be at least 1: %w", c.CDNPieceFanout, ErrInvalid))
+		errs = append(errs, fmt.Errorf("scheduler.cdnPieceFanout %d: must be at least 1: %w", c.CDNPieceFanout, ErrInvalid))
 	}
 	if c.PeerTTL <= 0 {
-		errs = append(errs, fmt.Errorf("scheduler peerTTL %v: must be positive: %w", c.PeerTTL, ErrInvalid))
+		errs = append(errs, fmt.Errorf("scheduler.peerTTL %v: must be positive: %w", c.PeerTTL, ErrInvalid))
 	}
 	if c.AssignmentTimeout <= 0 {
-		errs = append(errs, fmt.Errorf("scheduler assignmentTimeout %v: must be positive: %w", c.AssignmentTimeout, ErrInvalid))
+		errs = append(errs, fmt.Errorf("scheduler.assignmentTimeout %v: must be positive: %w", c.AssignmentTimeout, ErrInvalid))
 	}
 	if c.StrikeLimit < 1 {
-		errs = append(errs, fmt.Errorf("scheduler strikeLimit %d: must be at least 1: %w", c.StrikeLimit, ErrInvalid))
+		errs = append(errs, fmt.Errorf("scheduler.strikeLimit %d: must be at least 1: %w", c.StrikeLimit, ErrInvalid))
 	}
 	if c.FailedTaskTTL <= 0 {
-		errs = append(errs, fmt.Errorf("scheduler failedTaskTTL %v: must be positive: %w", c.FailedTaskTTL, ErrInvalid))
+		errs = append(errs, fmt.Errorf("scheduler.failedTaskTTL %v: must be positive: %w", c.FailedTaskTTL, ErrInvalid))
 	}
 	if c.MaxOutstanding < 1 || c.MaxOutstanding > schedapi.MaxAssignments {
-		errs = append(errs, fmt.Errorf("scheduler maxOutstanding %d: must be 1 to %d: %w", c.MaxOutstanding, schedapi.MaxAssignments, ErrInvalid))
+		errs = append(errs, fmt.Errorf("scheduler.maxOutstanding %d: must be 1 to %d: %w", c.MaxOutstanding, schedapi.MaxAssignments, ErrInvalid))
 	}
 	if c.MinPieceRate < 1 {
-		errs = append(errs, fmt.Errorf("scheduler minPieceRate %d: must be positive: %w", c.MinPieceRate, ErrInvalid))
+		errs = append(errs, fmt.Errorf("scheduler.minPieceRate %d: must be positive: %w", c.MinPieceRate, ErrInvalid))
 	}
 	if c.AssignmentGrace <= 0 {
-		errs = append(errs, fmt.Errorf("scheduler assignmentGrace %v: must be positive: %w", c.AssignmentGrace, ErrInvalid))
+		errs = append(errs, fmt.Errorf("scheduler.assignmentGrace %v: must be positive: %w", c.AssignmentGrace, ErrInvalid))
 	}
 	if c.CDNStartGrace <= 0 {
-		errs = append(errs, fmt.Errorf("scheduler cdnStartGrace %v: must be positive: %w", c.CDNStartGrace, ErrInvalid))
+		errs = append(errs, fmt.Errorf("scheduler.cdnStartGrace %v: must be positive: %w", c.CDNStartGrace, ErrInvalid))
 	}
 	if c.MaxTasks < 1 {
-		errs = append(errs, fmt.Errorf("scheduler maxTasks %d: must be at least 1: %w", c.MaxTasks, ErrInvalid))
+		errs = append(errs, fmt.Errorf("scheduler.maxTasks %d: must be at least 1: %w", c.MaxTasks, ErrInvalid))
 	}
 	if c.MaxTasksPerPeer < 1 {
-		errs = append(errs, fmt.Errorf("scheduler maxTasksPerPeer %d: must be at least 1: %w", c.MaxTasksPerPeer, ErrInvalid))
+		errs = append(errs, fmt.Errorf("scheduler.maxTasksPerPeer %d: must be at least 1: %w", c.MaxTasksPerPeer, ErrInvalid))
 	}
 	if c.IdleTaskTTL <= 0 {
-		errs = append(errs, fmt.Errorf("scheduler idleTaskTTL %v: must be positive: %w", c.IdleTaskTTL, ErrInvalid))
+		errs = append(errs, fmt.Errorf("scheduler.idleTaskTTL %v: must be positive: %w", c.IdleTaskTTL, ErrInvalid))
 	}
 	return errors.Join(errs...)
 }

@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/damselfly/damselfly/pkg/piece"
+	"github.com/damselfly/damselfly/pkg/redact"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/taskid"
 )
@@ -47,7 +48,7 @@ func (st *state) addTask(spec TaskSpec) error {
 	}
 	t := &task{
 		id:        spec.ID,
-		url:       redactURL(spec.URL),
+		url:       redact.URL(spec.URL),
 		pieceSize: pieceSize,
 		size:      size,
 		count:     count,

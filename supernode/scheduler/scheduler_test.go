@@ -586,7 +586,7 @@ func TestAdminStatus(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, tasks, 1)
 	ts := tasks[0]
-	require.Equal(t, "https://127.0.0.1:9/blob?X-Amz-Signature=REDACTED&part=1", ts.URL)
+	require.Equal(t, "https://127.0.0.1:9/blob", ts.URL)
 	require.NotContains(t, ts.URL, "secret")
 	require.Equal(t, 3, ts.Published)
 	require.Equal(t, int64(100), ts.BytesFromCDN)
@@ -622,23 +622,6 @@ func pieceSetOf(idx ...int) *piece.Set {
 }
 
 func digestOf(s string) digest.Digest { return piece.Digest([]byte(s)) }
-
-func TestRedactURL(t *testing.T) {
-	t.Parallel()
-	tests := []struct{ in, want string }{
-		{"", ""},
-		{"http://127.0.0.1/a", "http://127.0.0.1/a"},
-		{"https://u:p@host/a?b=1", "https://host/a?b=1"},
-		{"https://host/a?token=t&Signature=s&api_key=k&x=y", "https://host/a?Signature=REDACTED&api_key=REDACTED&token=REDACTED&x=y"},
-		{"http://[::1", ""},
-	}
-	for _, tt := range tests {
-		t.Run(tt.in, func(t *testing.T) {
-			t.Parallel()
-			require.Equal(t, tt.want, redactURL(tt.in))
-		})
-	}
-}
 
 func TestHeartbeat(t *testing.T) {
 	t.Parallel()

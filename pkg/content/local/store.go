@@ -28,6 +28,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/damselfly/damselfly/pkg/content"
+	"github.com/damselfly/damselfly/pkg/redact"
 )
 
 var _ content.Store = (*Store)(nil)
@@ -108,14 +109,14 @@ func (s *Store) ingestDir(ref string) string { return filepath.Join(s.ingestRoot
 // validateRef accepts 1 to 128 characters of [A-Za-z0-9._-], except "." and "..".
 func validateRef(ref string) error {
 	if ref == "" || len(ref) > maxRef || ref == "." || ref == ".." {
-		return fmt.Errorf("ref %q: %w", truncate(ref), content.ErrInvalid)
+		return fmt.Errorf("ref %q: %w", redact.Truncate(ref), content.ErrInvalid)
 	}
 	for i := 0; i < len(ref); i++ {
 		c := ref[i]
 		switch {
 		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '.', c == '_', c == '-':
 		default:
-			return fmt.Errorf("ref %q: %w", truncate(ref), content.ErrInvalid)
+			return fmt.Errorf("ref %q: %w", redact.Truncate(ref), content.ErrInvalid)
 		}
 	}
 	return nil
@@ -124,16 +125,9 @@ func validateRef(ref string) error {
 // validateDigest accepts well-formed sha256 digests only.
 func validateDigest(dgst digest.Digest) error {
 	if !strings.HasPrefix(string(dgst), "sha256:") || dgst.Validate() != nil {
-		return fmt.Errorf("digest %q: %w", truncate(string(dgst)), content.ErrInvalid)
+		return fmt.Errorf("digest %q: %w", redact.Truncate(string(dgst)), content.ErrInvalid)
 	}
 	return nil
-}
-
-func truncate(s string) string {
-	if len(s) > 80 {
-		return s[:80] + "..."
-	}
-	return s
 }
 
 // Info describes a committed blob.

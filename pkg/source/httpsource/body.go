@@ -13,6 +13,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/damselfly/damselfly/pkg/redact"
 	"github.com/damselfly/damselfly/pkg/source"
 )
 
@@ -75,7 +76,7 @@ func (b *body) Read(p []byte) (int, error) {
 		closed, rc := b.closed, b.rc
 		b.mu.Unlock()
 		if closed {
-			return 0, fmt.Errorf("fetch %s: read after close", redact(b.url))
+			return 0, fmt.Errorf("fetch %s: read after close", redact.URL(b.url.String()))
 		}
 		if b.broken != nil {
 			if err := b.resume(); err != nil {
@@ -96,13 +97,13 @@ func (b *body) Read(p []byte) (int, error) {
 		case errors.Is(err, io.EOF) && (b.size < 0 || b.pos == b.size):
 			return n, io.EOF
 		case errors.Is(err, io.EOF) && b.pos > b.size:
-			return n, fmt.Errorf("fetch %s: more than the announced %d bytes: %w", redact(b.url), b.size, ErrContentChanged)
+			return n, fmt.Errorf("fetch %s: more than the announced %d bytes: %w", redact.URL(b.url.String()), b.size, ErrContentChanged)
 		case errors.Is(err, io.EOF):
 			err = fmt.Errorf("body ended at %d of %d bytes: %w", b.pos, b.size, io.ErrUnexpectedEOF)
 		case b.stalled.Load():
 			err = fmt.Errorf("no byte for %s: %w", b.c.idleTimeout, errStalled)
 		case b.ctx.Err() != nil:
-			return n, fmt.Errorf("fetch %s: %w", redact(b.url), b.ctx.Err())
+			return n, fmt.Errorf("fetch %s: %w", redact.URL(b.url.String()), b.ctx.Err())
 		}
 		// The transfer broke: hand out what arrived, resume on the next Read.
 		b.broken = err
@@ -114,7 +115,7 @@ func (b *body) Read(p []byte) (int, error) {
 
 // resume replaces the broken response by one from b.pos.
 func (b *body) resume() error {
-	name := redact(b.url)
+	name := redact.URL(b.url.String())
 	cause := b.broken
 	if b.validator == "" {
 		return fmt.Errorf("fetch %s at %d: %w: %w", name, b.pos, ErrNotResumable, cause)

@@ -38,6 +38,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/damselfly/damselfly/pkg/httpx"
+	"github.com/damselfly/damselfly/pkg/redact"
 	"github.com/damselfly/damselfly/pkg/source"
 )
 
@@ -164,13 +165,13 @@ func (c *Client) Fetch(ctx context.Context, req source.Request) (*source.Respons
 		return nil, fmt.Errorf("fetch: parse url: %w", err)
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
-		return nil, fmt.Errorf("fetch %s: scheme %q: %w", redact(u), u.Scheme, source.ErrUnsupported)
+		return nil, fmt.Errorf("fetch %s: scheme %q: %w", redact.URL(u.String()), u.Scheme, source.ErrUnsupported)
 	}
 	if u.Host == "" {
-		return nil, fmt.Errorf("fetch %s: no host", redact(u))
+		return nil, fmt.Errorf("fetch %s: no host", redact.URL(u.String()))
 	}
 	if req.Offset < 0 {
-		return nil, fmt.Errorf("fetch %s: negative offset %d", redact(u), req.Offset)
+		return nil, fmt.Errorf("fetch %s: negative offset %d", redact.URL(u.String()), req.Offset)
 	}
 	b := &body{
 		c:      c,
@@ -218,13 +219,13 @@ func (c *Client) request(ctx context.Context, b *body, ifRange string) (*http.Re
 		if retryAfter > 0 {
 			wait = min(retryAfter, c.maxBackoff)
 		}
-		c.log.Debug("retry source request", zap.String("url", redact(b.url)),
+		c.log.Debug("retry source request", zap.String("url", redact.URL(b.url.String())),
 			zap.Int("attempt", attempt+1), zap.Duration("wait", wait), zap.Error(re.err))
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, nil, fmt.Errorf("fetch %s: %w", redact(b.url), ctx.Err())
+			return nil, nil, fmt.Errorf("fetch %s: %w", redact.URL(b.url.String()), ctx.Err())
 		case <-t.C:
 		}
 	}
@@ -239,7 +240,7 @@ func (e *retryableError) Unwrap() error { return e.err }
 // try sends one request. Errors worth retrying are *retryableError, with
 // the server's Retry-After when it gave one.
 func (c *Client) try(ctx context.Context, b *body, ifRange string) (*http.Response, context.CancelFunc, time.Duration, error) {
-	name := redact(b.url)
+	name := redact.URL(b.url.String())
 	rctx, cancel := context.WithCancel(ctx)
 	req, err := http.NewRequestWithContext(rctx, http.MethodGet, b.url.String(), nil)
 	if err != nil {
@@ -368,12 +369,6 @@ func stripURL(err error) error {
 		return ue.Err
 	}
 	return err
-}
-
-// redact returns u without user info, query or fragment: safe to log.
-func redact(u *url.URL) string {
-	r := url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path, RawPath: u.RawPath}
-	return r.String()
 }
 
 // validator returns what If-Range can carry for this response: its strong

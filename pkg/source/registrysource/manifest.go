@@ -13,6 +13,8 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/damselfly/damselfly/pkg/redact"
 )
 
 // Manifest media types.
@@ -74,7 +76,7 @@ var droppedHeaders = map[string]bool{
 // do sends one request (and one retry after a challenge the auth answers).
 // A 2xx response is returned open; anything else is a *ResponseError.
 func (c *Client) do(ctx context.Context, method, rawURL string, accept string, a auth) (*http.Response, error) {
-	name := redact(rawURL)
+	name := redact.URL(rawURL)
 	for attempt := 0; ; attempt++ {
 		h, err := a.header(ctx)
 		if err != nil {
@@ -182,7 +184,7 @@ func checkDigestHeader(h http.Header, body []byte, sum digest.Digest) error {
 	}
 	d, err := digest.Parse(v)
 	if err != nil {
-		return fmt.Errorf("Docker-Content-Digest %q: %w", truncate(v), ErrDigestMismatch)
+		return fmt.Errorf("Docker-Content-Digest %q: %w", redact.Truncate(v), ErrDigestMismatch)
 	}
 	if d.Algorithm() == digest.SHA256 {
 		if d != sum {
@@ -234,7 +236,7 @@ func (c *Client) HeadManifest(ctx context.Context, base *url.URL, repo, ref stri
 	if v := strings.TrimSpace(resp.Header.Get("Docker-Content-Digest")); v != "" {
 		d, err := digest.Parse(v)
 		if err != nil || (want != "" && d.Algorithm() == want.Algorithm() && d != want) {
-			return ocispec.Descriptor{}, fmt.Errorf("head manifest %s: Docker-Content-Digest %q: %w", what, truncate(v), ErrDigestMismatch)
+			return ocispec.Descriptor{}, fmt.Errorf("head manifest %s: Docker-Content-Digest %q: %w", what, redact.Truncate(v), ErrDigestMismatch)
 		}
 		if want == "" {
 			desc.Digest = d
@@ -266,7 +268,7 @@ func (c *Client) HeadBlob(ctx context.Context, base *url.URL, repo string, d dig
 	}
 	drain(resp)
 	if v := strings.TrimSpace(resp.Header.Get("Docker-Content-Digest")); v != "" && v != string(d) {
-		return ocispec.Descriptor{}, fmt.Errorf("head blob %s: Docker-Content-Digest %q: %w", what, truncate(v), ErrDigestMismatch)
+		return ocispec.Descriptor{}, fmt.Errorf("head blob %s: Docker-Content-Digest %q: %w", what, redact.Truncate(v), ErrDigestMismatch)
 	}
 	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	return ocispec.Descriptor{MediaType: mt, Digest: d, Size: resp.ContentLength}, nil
@@ -288,14 +290,4 @@ func stripURL(err error) error {
 		return ue.Err
 	}
 	return err
-}
-
-// redact returns rawURL without user info, query or fragment.
-func redact(rawURL string) string {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		return "<invalid url>"
-	}
-	r := url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path, RawPath: u.RawPath}
-	return r.String()
 }

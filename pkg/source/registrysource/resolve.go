@@ -12,6 +12,8 @@ import (
 	"github.com/distribution/reference"
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/damselfly/damselfly/pkg/redact"
 )
 
 const (
@@ -46,7 +48,7 @@ func (r ImageRef) String() string {
 func (c *Client) ParseImage(s string) (ImageRef, error) {
 	named, err := reference.ParseNormalizedNamed(s)
 	if err != nil {
-		return ImageRef{}, fmt.Errorf("image %q: %w: %w", truncate(s), ErrInvalid, err)
+		return ImageRef{}, fmt.Errorf("image %q: %w: %w", redact.Truncate(s), ErrInvalid, err)
 	}
 	domain, repo := reference.Domain(named), reference.Path(named)
 	host := domain
@@ -89,11 +91,11 @@ func (c *Client) isInsecure(host string) bool {
 func ParsePlatform(s string) (ocispec.Platform, error) {
 	parts := strings.Split(s, "/")
 	if len(parts) < 2 || len(parts) > 3 {
-		return ocispec.Platform{}, fmt.Errorf("platform %q: want os/arch[/variant]: %w", truncate(s), ErrInvalid)
+		return ocispec.Platform{}, fmt.Errorf("platform %q: want os/arch[/variant]: %w", redact.Truncate(s), ErrInvalid)
 	}
 	for _, p := range parts {
 		if p == "" || len(p) > 64 || strings.ContainsAny(p, " \t\r\n") {
-			return ocispec.Platform{}, fmt.Errorf("platform %q: want os/arch[/variant]: %w", truncate(s), ErrInvalid)
+			return ocispec.Platform{}, fmt.Errorf("platform %q: want os/arch[/variant]: %w", redact.Truncate(s), ErrInvalid)
 		}
 	}
 	p := ocispec.Platform{OS: strings.ToLower(parts[0]), Architecture: strings.ToLower(parts[1])}

@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	digest "github.com/opencontainers/go-digest"
+
+	"github.com/damselfly/damselfly/pkg/redact"
 )
 
 // ValidateRepository reports whether repo is a repository path on a
@@ -13,7 +15,7 @@ import (
 // distribution grammar separated by "/", no host, at most 255 characters.
 func ValidateRepository(repo string) error {
 	if !validRepository(repo) {
-		return fmt.Errorf("repository %q: %w", truncate(repo), ErrInvalid)
+		return fmt.Errorf("repository %q: %w", redact.Truncate(repo), ErrInvalid)
 	}
 	return nil
 }
@@ -31,7 +33,7 @@ func parseRef(ref string) (tag string, d digest.Digest, err error) {
 		return "", d, err
 	}
 	if !validTag(ref) {
-		return "", "", fmt.Errorf("reference %q: %w", truncate(ref), ErrInvalid)
+		return "", "", fmt.Errorf("reference %q: %w", redact.Truncate(ref), ErrInvalid)
 	}
 	return ref, "", nil
 }
@@ -39,7 +41,7 @@ func parseRef(ref string) (tag string, d digest.Digest, err error) {
 // parseDigest accepts only a well-formed sha256 digest.
 func parseDigest(s string) (digest.Digest, error) {
 	if !validSHA256(s) {
-		return "", fmt.Errorf("digest %q: %w", truncate(s), ErrInvalid)
+		return "", fmt.Errorf("digest %q: %w", redact.Truncate(s), ErrInvalid)
 	}
 	return digest.Digest(s), nil
 }
@@ -105,12 +107,4 @@ func TagsURL(base *url.URL, repo string) (string, error) {
 func pingURL(base *url.URL) string {
 	u := url.URL{Scheme: base.Scheme, Host: base.Host, Path: "/v2/"}
 	return u.String()
-}
-
-// truncate shortens untrusted input quoted in an error.
-func truncate(s string) string {
-	if len(s) > 300 {
-		return s[:300] + "..."
-	}
-	return s
 }
