@@ -14,8 +14,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/damselfly/damselfly/pkg/backoff"
-	"github.com/damselfly/damselfly/pkg/taskid"
 	"github.com/damselfly/damselfly/pkg/redact"
+	"github.com/damselfly/damselfly/pkg/taskid"
 )
 
 // Sources are candidates, not owners. Every member registering for a digest
