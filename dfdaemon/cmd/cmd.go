@@ -282,7 +282,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	mirrorH := httpm.Instrument("mirror", mir, logger.Named("http"))
 	mux.Handle("/v2/", mirrorH)
 	mux.Handle("/v2", mirrorH)
-	ready := newReadiness(sc.Nodes())
+	ready := newReadiness(sc.Supernodes())
 	defer ready.hc.CloseIdleConnections()
 	mux.Handle("GET /readyz", ready)
 	proxyH := httpm.Instrument("proxy", prx, logger.Named("http"))

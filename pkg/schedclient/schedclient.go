@@ -121,7 +121,7 @@ const (
 
 // Client talks to a list of supernodes. It is safe for concurrent use.
 type Client struct {
-	nodes       []string // base URLs, "http://host:port"
+	supernodes  []string // base URLs, "http://host:port"
 	keys        clusterauth.Keys
 	httpClient  *http.Client
 	logger      *zap.Logger
@@ -174,10 +174,10 @@ func WithRetry(attempts int, backoff time.Duration) Option {
 	}
 }
 
-// New returns a client of the supernodes at nodes (host:port, or an http://
+// New returns a client of the supernodes at supernodes (host:port, or an http://
 // base URL).
-func New(nodes []string, opts ...Option) (*Client, error) {
-	if len(nodes) == 0 {
+func New(supernodes []string, opts ...Option) (*Client, error) {
+	if len(supernodes) == 0 {
 		return nil, errors.New("schedclient: no supernode given")
 	}
 	c := &Client{
@@ -187,13 +187,13 @@ func New(nodes []string, opts ...Option) (*Client, error) {
 		backoff:     DefaultBackoff,
 		sticky:      make(map[string]string),
 	}
-	for _, n := range nodes {
+	for _, n := range supernodes {
 		base, err := baseURL(n)
 		if err != nil {
 			return nil, fmt.Errorf("schedclient: %w", err)
 		}
-		if !slices.Contains(c.nodes, base) {
-			c.nodes = append(c.nodes, base)
+		if !slices.Contains(c.supernodes, base) {
+			c.supernodes = append(c.supernodes, base)
 		}
 	}
 	for _, o := range opts {
@@ -229,8 +229,8 @@ func baseURL(node string) (string, error) {
 	return "http://" + net.JoinHostPort(host, port), nil
 }
 
-// Nodes returns the supernodes' base URLs, in the order given.
-func (c *Client) Nodes() []string { return slices.Clone(c.nodes) }
+// Supernodes returns the supernodes' base URLs, in the order given.
+func (c *Client) Supernodes() []string { return slices.Clone(c.supernodes) }
 
 // ClusterKeys returns the cluster token(s) the client sends: a peer presents
 // the same ones to the other members' upload servers.
@@ -240,14 +240,14 @@ func (c *Client) ClusterKeys() clusterauth.Keys { return c.keys }
 // taskID: the first owns the task while it is up, the next takes the task
 // over when it is not. Every client with the same list computes the same
 // order.
-func (c *Client) Order(taskID taskid.ID) []string { return rendezvous(c.nodes, taskID.String()) }
+func (c *Client) Order(taskID taskid.ID) []string { return rendezvous(c.supernodes, taskID.String()) }
 
 // nodeFor returns the supernodes in the order a call about taskID tries
 // them: the one the task was registered on first, then by highest random
 // weight of (node, task). Every peer computes the same order, so a task has
 // one owner while its supernodes are up.
 func (c *Client) nodeFor(taskID string) []string {
-	order := rendezvous(c.nodes, taskID)
+	order := rendezvous(c.supernodes, taskID)
 	c.mu.Lock()
 	s, ok := c.sticky[taskID]
 	c.mu.Unlock()
@@ -258,7 +258,7 @@ func (c *Client) nodeFor(taskID string) []string {
 	return order
 }
 
-// rendezvous orders nodes by decreasing weight for key.
+// rendezvous orders the supernodes by decreasing weight for key.
 func rendezvous(nodes []string, key string) []string {
 	type scored struct {
 		node  string
@@ -422,7 +422,7 @@ func (c *Client) Heartbeat(ctx context.Context, peerID string, req schedapi.Hear
 	var errs []error
 	answered := false
 	// Every round either ends or marks one more node down.
-	for round := 0; round <= len(c.nodes); round++ {
+	for round := 0; round <= len(c.supernodes); round++ {
 		groups, order := c.heartbeatGroups(pending, peerID, down)
 		if len(order) == 0 {
 			break

@@ -196,7 +196,7 @@ func TestNewValidatesNodes(t *testing.T) {
 				return
 			}
 			require.NoError(t, err)
-			require.Equal(t, []string{"http://127.0.0.1:8002"}, c.Nodes())
+			require.Equal(t, []string{"http://127.0.0.1:8002"}, c.Supernodes())
 		})
 	}
 }
@@ -492,7 +492,7 @@ func TestOrder(t *testing.T) {
 	for i := range 30 {
 		id := taskid.ID(fmt.Sprintf("%064x", i))
 		require.Equal(t, a.Order(id), b.Order(id))
-		require.ElementsMatch(t, a.Nodes(), a.Order(id))
+		require.ElementsMatch(t, a.Supernodes(), a.Order(id))
 		owners[a.Order(id)[0]] = true
 	}
 	require.Len(t, owners, 3, "30 tasks spread over the three nodes")

@@ -7,8 +7,9 @@
 //	DELETE /api/v1/tasks/:id  cancel the task's fetch, forget it, delete
 //	                          its cached content
 //	GET    /api/v1/peers      every known peer: {"peers": [...]}
-//	POST   /api/v1/preheats   seed an image's blobs (or a file) into the
-//	                          CDN: 202 with the preheat's status
+//	POST   /api/v1/preheats   have the CDN fetch an image's blobs (or a
+//	                          file) ahead of a rollout: 202 with the
+//	                          preheat's status
 //	GET    /api/v1/preheats/:id  a preheat's progress
 //
 // The preheat routes exist when the handler is built WithPreheater.

@@ -1,4 +1,4 @@
-// Package cdn is the supernode's seed. For each task it fetches the content
+// Package cdn is the supernode's CDN: the cluster's first seed of every task. For each task it fetches the content
 // from its source exactly once, streaming it into the content store one piece
 // at a time, hashes every piece with sha256 and publishes it to the scheduler
 // the moment it is stored, so that peers fetch the first pieces while the rest
@@ -111,7 +111,7 @@ func WithMetrics(reg prometheus.Registerer) Option {
 	return func(o *options) { o.reg = reg }
 }
 
-// CDN seeds tasks from their sources. Create it with New.
+// CDN fetches tasks from their sources and seeds them to peers. Create it with New.
 type CDN struct {
 	cfg     Config
 	store   content.Store

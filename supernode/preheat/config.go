@@ -12,7 +12,7 @@ import (
 )
 
 // DefaultTimeout bounds one preheat, from resolving the image to the last
-// layer seeded.
+// layer fetched.
 const DefaultTimeout = time.Hour
 
 // Config is the preheat section of the supernode's configuration.

@@ -1,4 +1,4 @@
-// Package preheat seeds content into the supernode's CDN before anyone asks
+// Package preheat has the supernode's CDN fetch content before anyone asks
 // for it: every layer (and the config) of an image, or one file.
 //
 // A preheat is created with Create, which checks the request and returns at
@@ -111,7 +111,7 @@ type Status struct {
 	Platform string `json:"platform,omitempty"`
 	// Manifest is the image manifest's digest, once resolved.
 	Manifest digest.Digest `json:"manifest,omitempty"`
-	// Layers are the blobs seeded: the image config first, then the layers
+	// Layers are the blobs fetched: the image config first, then the layers
 	// (or the one file).
 	Layers     []Layer    `json:"layers"`
 	CreatedAt  time.Time  `json:"createdAt"`
@@ -187,7 +187,7 @@ type Preheater struct {
 }
 
 // New returns a Preheater configured by cfg (defaults applied here) that
-// resolves images with resolver and seeds blobs through tasks. The resolver
+// resolves images with resolver and has the CDN fetch their blobs through tasks. The resolver
 // is built by the caller, with cfg.InsecureRegistries. Run must run for it
 // to stop cleanly.
 func New(cfg Config, resolver Resolver, tasks Tasks, opts ...Option) *Preheater {

@@ -75,7 +75,7 @@ func (p *Preheater) run(j job) {
 	log.Info("preheat finished", zap.String("state", string(state)))
 }
 
-// runImage resolves the image and seeds its blobs.
+// runImage resolves the image and has the CDN fetch its blobs.
 func (p *Preheater) runImage(ctx context.Context, j job, log *zap.Logger) error {
 	img, err := p.resolver.Resolve(ctx, j.image.String(), j.platform, j.creds)
 	if err != nil {
@@ -121,7 +121,7 @@ func (p *Preheater) runImage(ctx context.Context, j job, log *zap.Logger) error 
 				// reused until shortly before it expires.
 				var h http.Header
 				if h, err = img.Auth.Header(ctx); err == nil {
-					err = p.seed(ctx, j.id, i, task.Request{TaskID: l.TaskID, URL: u, Header: h, Digest: l.Digest})
+					err = p.fetch(ctx, j.id, i, task.Request{TaskID: l.TaskID, URL: u, Header: h, Digest: l.Digest})
 				}
 			}
 			if err != nil {
@@ -136,13 +136,13 @@ func (p *Preheater) runImage(ctx context.Context, j job, log *zap.Logger) error 
 	return ctx.Err()
 }
 
-// runFile seeds one file.
+// runFile has the CDN fetch one file.
 func (p *Preheater) runFile(ctx context.Context, j job) error {
 	id, err := p.fileTaskID(j)
 	if err != nil {
 		return err
 	}
-	if err := p.seed(ctx, j.id, 0, task.Request{TaskID: id, URL: j.fileURL, Header: j.header, Digest: j.digest}); err != nil {
+	if err := p.fetch(ctx, j.id, 0, task.Request{TaskID: id, URL: j.fileURL, Header: j.header, Digest: j.digest}); err != nil {
 		p.update(j.id, func(st *Status) {
 			st.Layers[0].State, st.Layers[0].Error = StateFailed, err.Error()
 		})
@@ -150,10 +150,10 @@ func (p *Preheater) runFile(ctx context.Context, j job) error {
 	return ctx.Err()
 }
 
-// seed hands one task to the CDN and follows it until it settles, keeping
+// fetch hands one task to the CDN and follows it until it settles, keeping
 // layer i of the record up to date. A task that fails is recorded, not
 // returned; the error is for what stopped the following.
-func (p *Preheater) seed(ctx context.Context, id string, i int, req task.Request) error {
+func (p *Preheater) fetch(ctx context.Context, id string, i int, req task.Request) error {
 	info, err := p.tasks.Ensure(ctx, req)
 	if err != nil {
 		return err

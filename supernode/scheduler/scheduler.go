@@ -1,5 +1,5 @@
 // Package scheduler is the supernode's piece scheduler. It knows every task
-// the CDN seeds (the digest of each published piece, the task's state), the
+// the CDN publishes (the digest of each published piece, the task's state), the
 // peers in each task and the pieces each holds, and answers a peer's long
 // poll with piece assignments: which piece to fetch next and from whom.
 //
@@ -265,7 +265,7 @@ func do0(ctx context.Context, s *Scheduler, fn func() error) error {
 	return err
 }
 
-// TaskSpec describes a task the CDN starts seeding.
+// TaskSpec describes a task the CDN starts fetching.
 type TaskSpec struct {
 	// ID is the task ID.
 	ID taskid.ID
@@ -280,7 +280,7 @@ type TaskSpec struct {
 	ContentDigest digest.Digest
 }
 
-// AddTask starts scheduling a task the CDN has begun to seed. A task with
+// AddTask starts scheduling a task the CDN has begun to fetch. A task with
 // the same ID that failed is replaced (its peers must register again);
 // any other gives ErrTaskExists.
 func (s *Scheduler) AddTask(ctx context.Context, spec TaskSpec) error {
