@@ -25,7 +25,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"io"
 	"net"
 	"net/http"
@@ -43,66 +42,6 @@ import (
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/taskid"
 )
-
-var (
-	// ErrUnreachable: no supernode could be reached.
-	ErrUnreachable = errors.New("supernode unreachable")
-	// ErrTaskNotFound: the supernode does not know the task.
-	ErrTaskNotFound = errors.New("task not found")
-	// ErrPeerNotFound: the supernode does not know the peer in the task; the
-	// peer registers again.
-	ErrPeerNotFound = errors.New("peer not found")
-	// ErrTaskFailed: the task's source fetch failed on the supernode.
-	ErrTaskFailed = errors.New("task failed")
-	// ErrInvalid: the supernode rejected the request as malformed.
-	ErrInvalid = errors.New("invalid request")
-	// ErrUnavailable: the supernode is overloaded or not ready.
-	ErrUnavailable = errors.New("supernode unavailable")
-	// ErrUnauthenticated: the supernode refused the cluster token (none was
-	// given, or not the cluster's).
-	ErrUnauthenticated = errors.New("cluster token refused")
-)
-
-// APIError is a non-2xx answer from a supernode.
-type APIError struct {
-	StatusCode int
-	Code       schedapi.ErrorCode
-	Message    string
-	// RetryAfter is the supernode's Retry-After (a 429 or 503 answer), 0
-	// when it gave none.
-	RetryAfter time.Duration
-}
-
-// Error implements error.
-func (e *APIError) Error() string {
-	msg := e.Message
-	if msg == "" {
-		msg = http.StatusText(e.StatusCode)
-	}
-	if e.Code != "" {
-		return fmt.Sprintf("supernode: %d %s: %s", e.StatusCode, e.Code, msg)
-	}
-	return fmt.Sprintf("supernode: %d: %s", e.StatusCode, msg)
-}
-
-// Is matches the package sentinels by error code.
-func (e *APIError) Is(target error) bool {
-	switch target {
-	case ErrTaskNotFound:
-		return e.Code == schedapi.CodeTaskNotFound
-	case ErrPeerNotFound:
-		return e.Code == schedapi.CodePeerNotFound
-	case ErrTaskFailed:
-		return e.Code == schedapi.CodeTaskFailed
-	case ErrInvalid:
-		return e.Code == schedapi.CodeInvalid || (e.Code == "" && e.StatusCode == http.StatusBadRequest)
-	case ErrUnavailable:
-		return e.Code == schedapi.CodeUnavailable || e.StatusCode == http.StatusServiceUnavailable
-	case ErrUnauthenticated:
-		return e.Code == schedapi.CodeUnauthenticated || e.StatusCode == http.StatusUnauthorized
-	}
-	return false
-}
 
 // Default limits of a Client.
 const (
@@ -235,80 +174,6 @@ func (c *Client) Supernodes() []string { return slices.Clone(c.supernodes) }
 // ClusterKeys returns the cluster token(s) the client sends: a peer presents
 // the same ones to the other members' upload servers.
 func (c *Client) ClusterKeys() clusterauth.Keys { return c.keys }
-
-// Order returns the supernodes' base URLs in the rendezvous order of
-// taskID: the first owns the task while it is up, the next takes the task
-// over when it is not. Every client with the same list computes the same
-// order.
-func (c *Client) Order(taskID taskid.ID) []string { return rendezvous(c.supernodes, taskID.String()) }
-
-// nodeFor returns the supernodes in the order a call about taskID tries
-// them: the one the task was registered on first, then by highest random
-// weight of (node, task). Every peer computes the same order, so a task has
-// one owner while its supernodes are up.
-func (c *Client) nodeFor(taskID string) []string {
-	order := rendezvous(c.supernodes, taskID)
-	c.mu.Lock()
-	s, ok := c.sticky[taskID]
-	c.mu.Unlock()
-	if ok {
-		order = slices.DeleteFunc(order, func(n string) bool { return n == s })
-		order = append([]string{s}, order...)
-	}
-	return order
-}
-
-// rendezvous orders the supernodes by decreasing weight for key.
-func rendezvous(nodes []string, key string) []string {
-	type scored struct {
-		node  string
-		score uint64
-	}
-	s := make([]scored, len(nodes))
-	for i, n := range nodes {
-		s[i] = scored{n, weight(n, key)}
-	}
-	slices.SortStableFunc(s, func(a, b scored) int {
-		switch {
-		case a.score > b.score:
-			return -1
-		case a.score < b.score:
-			return 1
-		}
-		return strings.Compare(a.node, b.node)
-	})
-	out := make([]string, len(s))
-	for i := range s {
-		out[i] = s[i].node
-	}
-	return out
-}
-
-// weight is a stable hash of (node, key): FNV-1a followed by a 64-bit
-// finaliser so that similar inputs spread.
-func weight(node, key string) uint64 {
-	h := fnv.New64a()
-	_, _ = h.Write([]byte(node))
-	_, _ = h.Write([]byte{0})
-	_, _ = h.Write([]byte(key))
-	x := h.Sum64()
-	x ^= x >> 33
-	x *= 0xff51afd7ed558ccd
-	x ^= x >> 33
-	x *= 0xc4ceb9fe1a85ec53
-	x ^= x >> 33
-	return x
-}
-
-// routeKey is the task ID a register request is routed by: the one the
-// supernode derives (schedapi.RegisterRequest.TaskID), or the URL itself
-// when none can be derived (the supernode will reject it anyway).
-func routeKey(req schedapi.RegisterRequest) string {
-	if id, err := req.TaskID(); err == nil {
-		return id.String()
-	}
-	return req.URL
-}
 
 // Register joins the peer to a task, creating the task on the supernode
 // when it is new. Registering twice is harmless, so the call is retried.
@@ -565,18 +430,6 @@ func (c *Client) do(ctx context.Context, cl call) (string, error) {
 	return "", fmt.Errorf("%s: %w", cl.name, lastErr)
 }
 
-// dialError marks a connection error where the request cannot have reached
-// the server: the dial failed.
-type dialError struct{ err error }
-
-func (e *dialError) Error() string { return e.err.Error() }
-func (e *dialError) Unwrap() error { return e.err }
-
-func notSent(err error) bool {
-	var de *dialError
-	return errors.As(err, &de)
-}
-
 func (c *Client) once(parent context.Context, node string, cl call) error {
 	ctx, cancel := context.WithTimeout(parent, c.callTimeout+cl.extra)
 	defer cancel()
@@ -624,46 +477,4 @@ func (c *Client) once(parent context.Context, node string, cl call) error {
 		return fmt.Errorf("decode answer of %s: %w", hostOf(node), err)
 	}
 	return nil
-}
-
-// UnreachableError is a supernode that could not be reached: the dial
-// failed, or the connection broke or timed out before an answer. It matches
-// ErrUnreachable.
-type UnreachableError struct {
-	// Node is the supernode's host:port.
-	Node string
-	Err  error
-}
-
-func (e *UnreachableError) Error() string {
-	return fmt.Sprintf("%s %s: %v", ErrUnreachable, e.Node, e.Err)
-}
-func (e *UnreachableError) Unwrap() error        { return e.Err }
-func (e *UnreachableError) Is(target error) bool { return target == ErrUnreachable }
-
-func connError(node string, err error) error {
-	var op *net.OpError
-	if errors.As(err, &op) && op.Op == "dial" {
-		return &UnreachableError{Node: hostOf(node), Err: &dialError{err}}
-	}
-	return &UnreachableError{Node: hostOf(node), Err: err}
-}
-
-func hostOf(base string) string {
-	_, h, _ := strings.Cut(base, "://")
-	return h
-}
-
-func decodeAPIError(status int, data []byte) *APIError {
-	ae := &APIError{StatusCode: status}
-	var body schedapi.Error
-	if json.Unmarshal(data, &body) == nil && (body.Code != "" || body.Message != "") {
-		ae.Code, ae.Message = body.Code, body.Message
-	} else {
-		ae.Message = strings.TrimSpace(string(data))
-		if len(ae.Message) > 200 {
-			ae.Message = ae.Message[:200]
-		}
-	}
-	return ae
 }
