@@ -14,7 +14,6 @@ import (
 	"github.com/damselfly/damselfly/pkg/content"
 	"github.com/damselfly/damselfly/pkg/piece"
 	"github.com/damselfly/damselfly/pkg/schedapi"
-	"github.com/damselfly/damselfly/pkg/schedclient"
 )
 
 // Every retry loop of a download backs off with jitter
@@ -267,79 +266,6 @@ func (t *task) p2p(ctx context.Context) error {
 	return t.commit(ctx)
 }
 
-// pollAction is what the engine does after a failed poll.
-type pollAction int
-
-const (
-	// pollRetryLater: the supernode cannot be reached for now (killed,
-	// restarting, overloaded): poll again after a pause, until the stall
-	// timer gives up on P2P.
-	pollRetryLater pollAction = iota
-	// pollRegister: the supernode does not know the task or this peer in
-	// it (it restarted, or the task moved to another supernode): register
-	// again, declaring the verified pieces.
-	pollRegister
-	// pollGiveUp: P2P cannot succeed (the task failed, the request is
-	// rejected).
-	pollGiveUp
-)
-
-// decidePoll maps a poll error to what to do about it.
-func decidePoll(err error) pollAction {
-	switch {
-	case errors.Is(err, schedclient.ErrTaskNotFound), errors.Is(err, schedclient.ErrPeerNotFound):
-		return pollRegister
-	case errors.Is(err, schedclient.ErrTaskFailed), errors.Is(err, schedclient.ErrInvalid):
-		return pollGiveUp
-	}
-	return pollRetryLater
-}
-
-// pollFailed handles a failed poll as decidePoll says. A nil return means
-// poll again after a pause.
-func (t *task) pollFailed(ctx context.Context, err error, stallAt time.Time) error {
-	switch decidePoll(err) {
-	case pollRegister:
-		return t.registerAgain(ctx, stallAt)
-	case pollGiveUp:
-		if errors.Is(err, schedclient.ErrTaskFailed) {
-			return fmt.Errorf("%w: task failed on the supernode: %w", ErrP2PFailed, err)
-		}
-		return fmt.Errorf("%w: %w", ErrP2PFailed, err)
-	}
-	t.log.Debug("poll", zap.Error(err))
-	return nil
-}
-
-// registerAgain registers with the supernode that now has the task (the
-// same one restarted, or the next in the task's rendezvous order), declaring
-// the pieces verified so far with the piece size they were cut with: the
-// supernode counts them as held and schedules only the rest. A failure to
-// register is retried with the next poll.
-func (t *task) registerAgain(ctx context.Context, stallAt time.Time) error {
-	t.mu.Lock()
-	have, ps := t.verified.Clone(), t.info.PieceSize
-	t.mu.Unlock()
-	resp, err := t.e.sched.Register(ctx, t.registerRequest(have, ps))
-	if err != nil {
-		if errors.Is(err, schedclient.ErrInvalid) {
-			return fmt.Errorf("%w: register again: %w", ErrP2PFailed, err)
-		}
-		t.noteUnreachable(err)
-		t.log.Debug("register again", zap.Error(err))
-		return nil
-	}
-	t.noteReachable()
-	if resp.TaskID != t.id.String() {
-		return fmt.Errorf("%w: supernode moved the task to %s", ErrP2PFailed, resp.TaskID)
-	}
-	t.log.Info("registered again", zap.Int("pieces", have.Len()))
-	if resp.State == schedapi.TaskFailed && resp.RetryAfter > 0 {
-		return t.awaitOrigin(ctx, resp.TaskInfo, stallAt)
-	}
-	return t.updateInfo(resp.TaskInfo)
-}
-
 // updateInfo takes a new TaskInfo from the supernode.
 func (t *task) updateInfo(info schedapi.TaskInfo) error {
 	t.mu.Lock()
@@ -502,72 +428,4 @@ func (t *task) commit(ctx context.Context) error {
 	}
 	t.log.Info("download complete", zap.Stringer("digest", dgst), zap.Int64("size", size))
 	return nil
-}
-
-// reporter sends piece results to the supernode as soon as they come: an
-// assignment holds an upload slot of its source until it is reported, so a
-// result that waits keeps that slot from the next requester. Results that
-// arrive while a report is on its way go together in the next one.
-type reporter struct {
-	t    *task
-	in   chan schedapi.PieceResult
-	done chan struct{}
-	once sync.Once
-}
-
-func newReporter(t *task) *reporter {
-	return &reporter{t: t, in: make(chan schedapi.PieceResult, 2*schedapi.MaxAssignments), done: make(chan struct{})}
-}
-
-func (r *reporter) add(ctx context.Context, res schedapi.PieceResult) {
-	select {
-	case r.in <- res:
-	case <-ctx.Done():
-	}
-}
-
-// close flushes what is pending and waits for the reporter to stop.
-func (r *reporter) close() {
-	r.once.Do(func() { close(r.in) })
-	<-r.done
-}
-
-func (r *reporter) run(ctx context.Context) {
-	defer close(r.done)
-	pending := make([]schedapi.PieceResult, 0, reportBatch)
-	bo := backoff.Backoff{Min: reportRetryMin, Max: reportRetryMax}
-	for res := range r.in {
-		pending = append(pending[:0], res)
-		open := true
-	drain: // whatever queued up while the last report was on its way
-		for open && len(pending) < reportBatch {
-			select {
-			case res, ok := <-r.in:
-				if !ok {
-					open = false
-					break drain
-				}
-				pending = append(pending, res)
-			default:
-				break drain
-			}
-		}
-		if ctx.Err() == nil {
-			if err := r.t.e.sched.Report(ctx, r.t.id, r.t.e.self.ID, pending); err != nil {
-				r.t.log.Debug("report", zap.Int("results", len(pending)), zap.Error(err))
-				// Results arriving meanwhile queue up for the next one.
-				pause := time.NewTimer(bo.Next())
-				select {
-				case <-ctx.Done():
-				case <-pause.C:
-				}
-				pause.Stop()
-			} else {
-				bo.Reset()
-			}
-		}
-		if !open {
-			return
-		}
-	}
 }

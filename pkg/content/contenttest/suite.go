@@ -1,3 +1,7 @@
+// The conformance suite is one file on purpose: Suite and its cases are one
+// contract read top to bottom, each case a short function of the lifecycle
+// in pkg/content.
+
 package contenttest
 
 import (

@@ -1,3 +1,6 @@
+// This file is one piece on purpose: the event loop and the bandwidth
+// model it recomputes at each event are one state machine.
+
 // Package simulate is a discrete-event simulator of one task distributed to
 // a swarm of virtual peers, driven by the real scheduler state and selection
 // policy (scheduler.SimState). Nothing runs on sockets or goroutines: time is
