@@ -90,7 +90,7 @@ func TestSupernodeUnreachable(t *testing.T) {
 		d := startDfget(t, t.Context(), o.url("f"), out, "--node", dead)
 		require.NoError(t, d.wait(t, time.Minute), d.stderr.String())
 		require.Equal(t, o.sum, fileSHA256(t, out))
-		require.Contains(t, d.stderr.String(), "source")
+		require.Contains(t, d.stderr.String(), "downloading from source")
 	})
 	t.Run("notbs", func(t *testing.T) {
 		t.Parallel()
