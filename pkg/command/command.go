@@ -16,6 +16,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"go.uber.org/zap"
 
@@ -111,4 +112,25 @@ func unixMode(m os.FileMode) uint32 {
 		u |= 0o1000
 	}
 	return u
+}
+
+// ListFlag is a repeatable command-line flag of strings; each value may
+// also be a comma-separated list. Blank entries are dropped.
+type ListFlag struct{ List *[]string }
+
+func (f ListFlag) String() string {
+	if f.List == nil {
+		return ""
+	}
+	return strings.Join(*f.List, ",")
+}
+
+// Set appends the entries of v.
+func (f ListFlag) Set(v string) error {
+	for s := range strings.SplitSeq(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			*f.List = append(*f.List, s)
+		}
+	}
+	return nil
 }

@@ -232,3 +232,15 @@ func TestLoad(t *testing.T) {
 	_, err = Load(filepath.Join(t.TempDir(), "missing.yaml"), func(*loadCfg) { t.Fatal("set called for an unreadable file") })
 	require.ErrorContains(t, err, "config:")
 }
+
+func TestListFlag(t *testing.T) {
+	t.Parallel()
+	var l []string
+	f := ListFlag{List: &l}
+	require.NoError(t, f.Set("a:5000, b"))
+	require.NoError(t, f.Set(""))
+	require.NoError(t, f.Set("c,,"))
+	require.Equal(t, []string{"a:5000", "b", "c"}, l)
+	require.Equal(t, "a:5000,b,c", f.String())
+	require.Empty(t, ListFlag{}.String())
+}

@@ -26,7 +26,7 @@ type offlineResolver struct{ *registrysource.Client }
 
 var errOffline = errors.New("offline")
 
-func (offlineResolver) Resolve(context.Context, string, *ocispec.Platform, registrysource.Credentials) (*registrysource.Image, error) {
+func (offlineResolver) ResolveImage(context.Context, registrysource.ImageRef, *ocispec.Platform, registrysource.Credentials) (*registrysource.Image, error) {
 	return nil, errOffline
 }
 

@@ -101,7 +101,7 @@ func withEnv(fn func(string) (string, bool)) Option {
 type flags struct {
 	config, listen, dataDir, advertise, adminToken string
 	clusterTokenFile                               string
-	sourceAllow, sourceDeny                        []string
+	sourceAllow, sourceDeny, insecureRegistries    []string
 	logLevel, logFormat                            string
 	uploadRate                                     ratelimit.Rate
 	cdnQuota                                       bytesize.Size
@@ -119,6 +119,7 @@ func newFlagSet(f *flags, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&f.clusterTokenFile, "cluster-token-file", "", "`file` holding the cluster token members present (\"token\" or \"new,old\"; or $"+clusterauth.EnvToken+"; default: generated into <data-dir>/"+clusterauth.FileName+")")
 	fs.Var(netpolicy.ListFlag{List: &f.sourceAllow}, "source-allow", "`CIDR|IP|HOST` sources may be fetched from although the source policy denies them, e.g. 127.0.0.1/32 (repeatable, comma-separated)")
 	fs.Var(netpolicy.ListFlag{List: &f.sourceDeny}, "source-deny", "`CIDR|IP|HOST` sources are never fetched from (repeatable, comma-separated)")
+	fs.Var(command.ListFlag{List: &f.insecureRegistries}, "preheat-insecure-registry", "`HOST[:PORT]` of a registry preheats speak plain http to; adds to preheat.insecureRegistries (repeatable, comma-separated)")
 	fs.Var(&f.uploadRate, "upload-rate", "`RATE` cap on the bytes/s the CDN sends to peers, e.g. 1G or 500M (0: unlimited); sets cdn.uploadRate")
 	fs.Var(&f.cdnQuota, "cdn-quota", "`SIZE` of committed content the CDN keeps, e.g. 100G or 64GiB; past it the least recently used content not in use is evicted (0: no quota, the disk watermarks alone); sets cdn.quota")
 	fs.StringVar(&f.logLevel, "log-level", "", "log `level`: debug, info, warn, error (default info)")
@@ -179,6 +180,8 @@ func buildConfig(fset *flag.FlagSet, f *flags, lookupEnv func(string) (string, b
 				cfg.Source.Allow = append(cfg.Source.Allow, f.sourceAllow...)
 			case "source-deny":
 				cfg.Source.Deny = append(cfg.Source.Deny, f.sourceDeny...)
+			case "preheat-insecure-registry":
+				cfg.Preheat.InsecureRegistries = append(cfg.Preheat.InsecureRegistries, f.insecureRegistries...)
 			case "upload-rate":
 				cfg.CDN.UploadRate = f.uploadRate
 			case "cdn-quota":

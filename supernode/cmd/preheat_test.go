@@ -137,3 +137,41 @@ func TestPreheatConfigIsValidated(t *testing.T) {
 	require.Contains(t, err.Error(), "preheat.timeout")
 	require.Contains(t, err.Error(), "preheat.insecureRegistries")
 }
+
+// A preheat of a plain-http registry the supernode was not told about fails
+// saying how to allow it; "insecure": true in the request, or
+// --preheat-insecure-registry, allows it.
+func TestPreheatPlainHTTPRegistry(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t)
+	_, err := reg.PushRandomImage(t.Context(), "library/plain", "1", 100_000)
+	require.NoError(t, err)
+	dir := t.TempDir()
+	sn := start(t, []string{"--data-dir", filepath.Join(dir, "a"), "--admin-token", "tok", "--source-allow", "127.0.0.1/32"})
+	req := preheat.Request{Type: preheat.TypeImage, URL: reg.Host + "/library/plain:1"}
+	status, b := sn.do(t, http.MethodPost, "/api/v1/preheats", "tok", req)
+	require.Equal(t, http.StatusAccepted, status, string(b))
+	var st preheat.Status
+	require.NoError(t, json.Unmarshal(b, &st))
+	st = sn.waitPreheat(t, st.ID, "tok")
+	require.Equal(t, preheat.StateFailed, st.State)
+	for _, hint := range []string{"plain http", "preheat.insecureRegistries", "--preheat-insecure-registry " + reg.Host, `"insecure": true`} {
+		require.Contains(t, st.Error, hint)
+	}
+
+	req.Insecure = true
+	status, b = sn.do(t, http.MethodPost, "/api/v1/preheats", "tok", req)
+	require.Equal(t, http.StatusAccepted, status, string(b))
+	require.NoError(t, json.Unmarshal(b, &st))
+	st = sn.waitPreheat(t, st.ID, "tok")
+	require.Equal(t, preheat.StateSucceeded, st.State, st.Error)
+
+	sn2 := start(t, []string{"--data-dir", filepath.Join(dir, "b"), "--admin-token", "tok", "--source-allow", "127.0.0.1/32",
+		"--preheat-insecure-registry", reg.Host})
+	req.Insecure = false
+	status, b = sn2.do(t, http.MethodPost, "/api/v1/preheats", "tok", req)
+	require.Equal(t, http.StatusAccepted, status, string(b))
+	require.NoError(t, json.Unmarshal(b, &st))
+	st = sn2.waitPreheat(t, st.ID, "tok")
+	require.Equal(t, preheat.StateSucceeded, st.State, st.Error)
+}

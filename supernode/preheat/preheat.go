@@ -96,6 +96,10 @@ type Request struct {
 	Digest string `json:"digest,omitempty"`
 	// Headers are sent to the file's source. Files only.
 	Headers map[string]string `json:"headers,omitempty"`
+	// Insecure speaks plain http to this image's registry, as if it were
+	// listed in preheat.insecureRegistries (--preheat-insecure-registry).
+	// Images only.
+	Insecure bool `json:"insecure,omitempty"`
 }
 
 // Status is a preheat's progress.
@@ -133,7 +137,7 @@ type Layer struct {
 // Resolver resolves image references; *registrysource.Client is one.
 type Resolver interface {
 	ParseImage(ref string) (registrysource.ImageRef, error)
-	Resolve(ctx context.Context, ref string, platform *ocispec.Platform, creds registrysource.Credentials) (*registrysource.Image, error)
+	ResolveImage(ctx context.Context, ir registrysource.ImageRef, platform *ocispec.Platform, creds registrysource.Credentials) (*registrysource.Image, error)
 }
 
 // Tasks is the part of the task owner (*task.Manager) a preheat drives.
@@ -296,6 +300,9 @@ func (p *Preheater) parse(req Request) (job, Status, error) {
 		ir, err := p.resolver.ParseImage(strings.TrimSpace(req.URL))
 		if err != nil {
 			return job{}, Status{}, fmt.Errorf("url: %w: %w", ErrInvalid, err)
+		}
+		if req.Insecure {
+			ir.Base.Scheme = "http"
 		}
 		j := job{image: ir, creds: registrysource.Credentials{Username: req.Username, Password: req.Password, Token: req.Token}}
 		st := Status{Type: TypeImage, Image: ir.String(), Layers: []Layer{}}

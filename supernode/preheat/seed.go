@@ -77,9 +77,9 @@ func (p *Preheater) run(j job) {
 
 // runImage resolves the image and has the CDN fetch its blobs.
 func (p *Preheater) runImage(ctx context.Context, j job, log *zap.Logger) error {
-	img, err := p.resolver.Resolve(ctx, j.image.String(), j.platform, j.creds)
+	img, err := p.resolver.ResolveImage(ctx, j.image, j.platform, j.creds)
 	if err != nil {
-		return err
+		return explainResolve(j.image, err)
 	}
 	blobs := append([]ocispec.Descriptor{img.Config}, img.Layers...)
 	layers := make([]Layer, 0, len(blobs))
@@ -211,4 +211,13 @@ func (p *Preheater) setLayer(id string, i int, info schedapi.TaskInfo, published
 // layers pointing at URLs).
 func nonDistributable(d ocispec.Descriptor) bool {
 	return len(d.URLs) > 0 || strings.Contains(d.MediaType, "foreign") || strings.Contains(d.MediaType, "nondistributable")
+}
+
+// explainResolve adds what to change to a resolution error whose cause the
+// operator can fix: a registry that answers plain http to https.
+func explainResolve(ir registrysource.ImageRef, err error) error {
+	if ir.Base.Scheme == "https" && strings.Contains(err.Error(), "server gave HTTP response to HTTPS client") {
+		return fmt.Errorf("%w; %s answers plain http: list it in preheat.insecureRegistries, start the supernode with --preheat-insecure-registry %s, or send \"insecure\": true with the preheat", err, ir.Base.Host, ir.Base.Host)
+	}
+	return err
 }

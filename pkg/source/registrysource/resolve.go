@@ -139,6 +139,13 @@ func (c *Client) Resolve(ctx context.Context, ref string, platform *ocispec.Plat
 	if err != nil {
 		return nil, fmt.Errorf("resolve: %w", err)
 	}
+	return c.ResolveImage(ctx, ir, platform, creds)
+}
+
+// ResolveImage is Resolve for a parsed reference, whose Base (its scheme
+// included) says how to reach the registry: a caller may ask a registry it
+// was not configured to reach over plain http that way.
+func (c *Client) ResolveImage(ctx context.Context, ir ImageRef, platform *ocispec.Platform, creds Credentials) (*Image, error) {
 	want := DefaultPlatform()
 	if platform != nil {
 		want = *platform
