@@ -128,14 +128,14 @@
     setText("s-peers", String(ov.peers));
     setText("s-peers-sub", members + " task memberships");
     setText("s-offload", delivered > 0 ? pct(Math.max(0, 1 - src / delivered)) : "–");
-    setText("s-offload-sub", bytes(src) + " origin → " + bytes(delivered) + " delivered");
+    setText("s-offload-sub", bytes(src) + " origin · " + bytes(delivered) + " out");
     const cdn = ov.cdn;
     setText("s-disk", bytes(cdn.used));
     if (cdn.quota > 0) { setBar("s-disk-bar", cdn.used / cdn.quota); setText("s-disk-sub", pct(cdn.used / cdn.quota) + " of " + bytes(cdn.quota) + " quota"); }
-    else { setBar("s-disk-bar", 0); setText("s-disk-sub", "no quota (disk watermarks only)"); }
+    else { setBar("s-disk-bar", 0); setText("s-disk-sub", "no quota set"); }
     setText("s-slots", cdn.slotsBusy + " / " + cdn.slotsTotal);
     setBar("s-slots-bar", cdn.slotsTotal ? cdn.slotsBusy / cdn.slotsTotal : 0);
-    setText("s-slots-sub", cdn.assignments + " pieces in flight swarm-wide");
+    setText("s-slots-sub", cdn.assignments + " pieces in flight in all");
     setText("s-fetches", String(cdn.fetches));
     setText("s-fetches-sub", cdn.fetches ? bytes(cdn.fetching) + " read so far" : "idle");
 
