@@ -29,7 +29,9 @@ func (f fakeDashboard) CDNSlots(ctx context.Context) (scheduler.CDNSlots, error)
 	return f.sched.CDNSlots(ctx)
 }
 
-func (fakeDashboard) CDNUsage() cdn.Usage { return cdn.Usage{Used: 3 << 20, Quota: 1 << 30, Fetches: 1} }
+func (fakeDashboard) CDNUsage() cdn.Usage {
+	return cdn.Usage{Used: 3 << 20, Quota: 1 << 30, Fetches: 1}
+}
 
 // newDashFixture serves the admin API with the dashboard.
 func newDashFixture(t *testing.T) *fixture {
