@@ -139,8 +139,33 @@ func TestDashboardInBrowser(t *testing.T) {
 	}
 
 	sn := supernodetest.Start(t, adminToken)
-	src := origin(t, map[string]int{"first.bin": 40 << 20, "slow/second.bin": 64 << 20})
+	src := origin(t, map[string]int{"first.bin": 40 << 20, "slow/second.bin": 64 << 20, "preheated.bin": 12 << 20})
 	download(t, sn, src.URL+"/first.bin", 3)
+	// A download whose source answers 404: a failed task, with its reason.
+	ctxF, cancelF := context.WithTimeout(context.Background(), time.Minute)
+	defer cancelF()
+	if err := dfget.Run(ctxF, []string{
+		"-u", src.URL + "/missing.bin", "-o", filepath.Join(t.TempDir(), "missing"), "--node", sn.Addr,
+		"--cluster-token-file", sn.ClusterTokenFile, "--peer-listen", "127.0.0.1:0", "--advertise-ip", "127.0.0.1",
+		"--log-level", "error", "--source-allow", "127.0.0.1/32", "--peer-allow", "127.0.0.1/32", "--notbs",
+	}, io.Discard, io.Discard); err == nil {
+		t.Fatal("the download of a missing file succeeded")
+	}
+	// A preheat of a file, through the admin API.
+	req, err := http.NewRequest(http.MethodPost, "http://"+sn.Addr+"/api/v1/preheats",
+		strings.NewReader(`{"type":"file","url":"`+src.URL+`/preheated.bin"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("preheat: %s", resp.Status)
+	}
 
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.DisableGPU,
@@ -190,6 +215,8 @@ func TestDashboardInBrowser(t *testing.T) {
 	waitJS(t, ctx, "the first task listed as succeeded",
 		`[...document.querySelectorAll('#tasks-body tr[data-id]')].some(r => r.textContent.includes('first.bin') && r.textContent.includes('succeeded'))`)
 	waitJS(t, ctx, "the CDN disk card filled", `document.getElementById('s-disk').textContent !== '–'`)
+	waitJS(t, ctx, "the failed task with its reason", `document.querySelector('#tasks-body .reason') !== null`)
+	waitJS(t, ctx, "the preheat listed and done", `document.getElementById('preheats-body').textContent.includes('succeeded')`)
 	screenshot(t, ctx, filepath.Join(shots, "dashboard.png"))
 
 	// A second task started after the page loaded shows up without a
@@ -218,8 +245,10 @@ func TestDashboardInBrowser(t *testing.T) {
 	<-done
 	waitJS(t, ctx, "the second task succeeded",
 		`[...document.querySelectorAll('#tasks-body tr[data-id]')].some(r => r.textContent.includes('second.bin') && r.textContent.includes('succeeded'))`)
-	if n := eval[int](t, ctx, `document.querySelectorAll('#tasks-body tr[data-id]').length`); n != 2 {
-		t.Errorf("%d task rows, want 2", n)
+	// (The failed task may have been forgotten by now: failed tasks do not
+	// linger.)
+	if n := eval[int](t, ctx, `[...document.querySelectorAll('#tasks-body tr[data-id]')].filter(r => /first\.bin|second\.bin|preheated\.bin/.test(r.textContent)).length`); n != 3 {
+		t.Errorf("%d of the rows of first.bin, second.bin and preheated.bin, want 3", n)
 	}
 	if eval[int](t, ctx, `window.__uitest`) != 1 {
 		t.Error("the page reloaded")

@@ -15,6 +15,7 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/taskid"
 	"github.com/damselfly/damselfly/supernode/cdn"
+	"github.com/damselfly/damselfly/supernode/preheat"
 	"github.com/damselfly/damselfly/supernode/scheduler"
 )
 
@@ -280,4 +281,39 @@ func TestSessionsBoundedAndExpire(t *testing.T) {
 	require.True(t, s.valid(last))
 	now = now.Add(sessionTTL)
 	require.False(t, s.valid(last), "expired")
+}
+
+// The dashboard lists the preheats created through the admin API, newest
+// first, when the Preheater cannot list them itself.
+func TestDashboardPreheats(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	p := &fakePreheater{byID: map[string]preheat.Status{}}
+	srv := httptest.NewServer(New(f.sched, f.cdn, token, WithPreheater(p), WithDashboard(fakeDashboard{f.sched})))
+	t.Cleanup(srv.Close)
+	f.srv = srv
+	for _, img := range []string{"registry.example/a:1", "registry.example/b:2"} {
+		resp, b := send(t, srv, http.MethodPost, "/api/v1/preheats", "Bearer "+token, `{"type":"image","url":"`+img+`"}`)
+		require.Equal(t, http.StatusAccepted, resp.StatusCode, string(b))
+	}
+	c := f.login(t)
+	resp, b := f.get(t, "/dashboard/api/overview", c)
+	require.Equal(t, http.StatusOK, resp.StatusCode, string(b))
+	var ov Overview
+	require.NoError(t, json.Unmarshal(b, &ov))
+	require.Len(t, ov.Preheats, 2)
+	require.Equal(t, "registry.example/b:2", ov.Preheats[0].Image)
+	require.Equal(t, "registry.example/a:1", ov.Preheats[1].Image)
+	require.NotEmpty(t, ov.PreheatsNote)
+}
+
+func TestRecentPreheatsBounded(t *testing.T) {
+	t.Parallel()
+	var r recentPreheats
+	for i := range maxRecentPreheats + 5 {
+		r.add(string(rune('a' + i)))
+	}
+	ids := r.list()
+	require.Len(t, ids, maxRecentPreheats)
+	require.Equal(t, string(rune('a'+5)), ids[0])
 }
