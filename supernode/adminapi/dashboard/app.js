@@ -8,6 +8,7 @@
   const $ = (id) => document.getElementById(id);
   let selected = null;   // selected task ID
   let timer = null;
+  let gen = 0;           // polling generation: a stale loop stops itself
   let lastOverview = null;
 
   // ---- formatting ----
@@ -36,6 +37,9 @@
     return i >= 0 ? id.slice(0, i + 1) + id.slice(i + 1, i + 13) : id.slice(0, 16);
   }
   function taskName(t) {
+    // A registry blob: repository@digest (short).
+    const blob = t.url && t.url.match(/\/v2\/(.+)\/blobs\/(sha256:[0-9a-f]{12})/);
+    if (blob) return blob[1] + "@" + blob[2];
     if (t.url) {
       const tail = t.url.replace(/[?#].*$/, "").split("/").filter(Boolean).slice(-2).join("/");
       return tail || t.url;
@@ -91,17 +95,20 @@
     showLogin("Logged out.");
   }
 
-  function stop() { if (timer) { clearTimeout(timer); timer = null; } }
-  function start() { stop(); tick(); }
+  function stop() { gen++; if (timer) { clearTimeout(timer); timer = null; } }
+  function start() { stop(); tick(gen); }
 
-  async function tick() {
+  async function tick(g) {
     try {
       const ov = await getJSON("api/overview");
+      if (g !== gen) return;
       lastOverview = ov;
       renderOverview(ov);
       if (selected) {
         try {
-          renderTask(await getJSON("api/tasks/" + encodeURIComponent(selected)), new Date(ov.now));
+          const v = await getJSON("api/tasks/" + encodeURIComponent(selected));
+          if (g !== gen) return;
+          renderTask(v, new Date(ov.now));
         } catch (e) {
           if (e.unauthorized) throw e;
           if (e.status === 404) { selected = null; $("task-view").hidden = true; }
@@ -109,10 +116,12 @@
       }
       setLive(true, "live · " + new Date(ov.now).toLocaleTimeString());
     } catch (e) {
+      if (g !== gen) return;
       if (e.unauthorized) { showLogin("Session ended: log in again."); return; }
       setLive(false, "disconnected, retrying");
     }
-    timer = setTimeout(tick, POLL_MS);
+    if (g !== gen) return;
+    timer = setTimeout(() => tick(g), POLL_MS);
   }
 
   function renderOverview(ov) {
@@ -266,8 +275,11 @@
       (rows.length > shown.length ? " (first " + (shown.length - 1) + " drawn)" : "") + " · " + inflight + " in flight");
   }
 
+  const MAX_NODES = 40; // graph nodes drawn (CDN + members)
+
   function drawGraph(v) {
-    const nodes = [v.cdnId].concat(v.members.map((m) => m.id));
+    const members = v.members.slice(0, MAX_NODES - 1);
+    const nodes = [v.cdnId].concat(members.map((m) => m.id));
     const idx = new Map(nodes.map((id, i) => [id, i]));
     const W = 520, H = 340, cx = W / 2, cy = H / 2, R = Math.min(W, H) / 2 - 46;
     const pos = nodes.map((id, i) => {
@@ -308,7 +320,7 @@
     }
     nodes.forEach((id, i) => {
       const [x, y] = pos[i], cdn = i === 0;
-      const m = cdn ? null : v.members[i - 1];
+      const m = cdn ? null : members[i - 1];
       const fill = cdn ? css("--cdn") : m.struck ? css("--bad") : v.pieceCount > 0 && m.pieces >= v.pieceCount ? css("--ok") : css("--accent");
       const label = cdn ? "CDN" : id.length > 16 ? id.slice(0, 15) + "…" : id;
       const below = y >= cy;
@@ -316,6 +328,9 @@
         '" r="11" fill="' + fill + '" stroke="' + css("--panel2") + '" stroke-width="2"/>' +
         '<text x="' + x.toFixed(1) + '" y="' + (y + (below ? 26 : -18)).toFixed(1) + '" text-anchor="middle">' + esc(label) + "</text></g>";
     });
+    if (v.members.length > members.length) {
+      s += '<text class="cnt" x="4" y="' + (H - 6) + '">first ' + members.length + " of " + v.members.length + " members drawn</text>";
+    }
     s += "</svg>";
     put($("graph"), s);
   }
