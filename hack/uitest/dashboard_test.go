@@ -126,13 +126,7 @@ func (p *problems) all() []string {
 }
 
 func TestDashboardInBrowser(t *testing.T) {
-	browser := os.Getenv("CHROMIUM")
-	if browser == "" {
-		browser = "/usr/bin/chromium"
-	}
-	if _, err := os.Stat(browser); err != nil {
-		t.Fatalf("no browser at %s (apt-get install chromium, or set CHROMIUM): %v", browser, err)
-	}
+	browser := browserPath(t)
 	shots := os.Getenv("UITEST_SCREENSHOTS")
 	if shots == "" {
 		shots = t.TempDir()
@@ -167,31 +161,9 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Fatalf("preheat: %s", resp.Status)
 	}
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.DisableGPU,
-		chromedp.WindowSize(1440, 1000))
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
-	ctx, cancel := chromedp.NewContext(actx)
+	ctx, cancel := newBrowser(t, browser)
 	defer cancel()
-
-	// Every console error or warning, uncaught exception and browser log
-	// error (CSP violations, failed loads) is a failure.
-	var bad problems
-	messages := chromedp.Console(ctx)
-	consoleDone := make(chan struct{})
-	go func() {
-		defer close(consoleDone)
-		for m, err := range messages {
-			if err != nil {
-				return
-			}
-			switch m.Type {
-			case chromedp.ConsoleError, chromedp.ConsoleWarning, chromedp.ConsoleException:
-				bad.add(fmt.Sprintf("%s (%s %s)", m, m.Source, m.URL))
-			}
-		}
-	}()
+	bad := watchConsole(ctx)
 
 	page := "http://" + sn.Addr + "/dashboard/"
 	do(t, ctx, "log in",
@@ -263,12 +235,59 @@ func TestDashboardInBrowser(t *testing.T) {
 	}
 
 	cancel()
-	<-consoleDone
-	for _, p := range bad.all() {
+	for _, p := range bad() {
 		if strings.Contains(p, "api/overview") && strings.Contains(p, "401") {
 			continue // the check just above
 		}
 		t.Errorf("browser: %s", p)
+	}
+}
+
+func browserPath(t *testing.T) string {
+	t.Helper()
+	browser := os.Getenv("CHROMIUM")
+	if browser == "" {
+		browser = "/usr/bin/chromium"
+	}
+	if _, err := os.Stat(browser); err != nil {
+		t.Fatalf("no browser at %s (apt-get install chromium, or set CHROMIUM): %v", browser, err)
+	}
+	return browser
+}
+
+// newBrowser starts a headless chromium; cancel stops it.
+func newBrowser(t *testing.T, browser string) (context.Context, context.CancelFunc) {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.DisableGPU,
+		chromedp.WindowSize(1440, 1000))
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancel := chromedp.NewContext(actx)
+	return ctx, func() { cancel(); cancelAlloc() }
+}
+
+// watchConsole collects every console error or warning, uncaught
+// exception and browser log error (CSP violations, failed loads); the
+// returned func gives them once the context is cancelled.
+func watchConsole(ctx context.Context) func() []string {
+	var bad problems
+	messages := chromedp.Console(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for m, err := range messages {
+			if err != nil {
+				return
+			}
+			switch m.Type {
+			case chromedp.ConsoleError, chromedp.ConsoleWarning, chromedp.ConsoleException:
+				bad.add(fmt.Sprintf("%s (%s %s)", m, m.Source, m.URL))
+			}
+		}
+	}()
+	return func() []string {
+		<-done
+		return bad.all()
 	}
 }
 

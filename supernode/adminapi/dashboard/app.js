@@ -281,20 +281,22 @@
     const members = v.members.slice(0, MAX_NODES - 1);
     const nodes = [v.cdnId].concat(members.map((m) => m.id));
     const idx = new Map(nodes.map((id, i) => [id, i]));
-    const W = 520, H = 340, cx = W / 2, cy = H / 2, R = Math.min(W, H) / 2 - 46;
+    const dense = nodes.length > 16;
+    const W = 520, H = dense ? 520 : 340, cx = W / 2, cy = H / 2, R = Math.min(W, H) / 2 - (dense ? 30 : 46);
+    const NR = dense ? 6 : 11; // node radius; dense graphs name nodes in tooltips only
     const pos = nodes.map((id, i) => {
       const a = -Math.PI / 2 + (2 * Math.PI * i) / nodes.length;
       return nodes.length === 1 ? [cx, cy] : [cx + R * Math.cos(a), cy + R * Math.sin(a)];
     });
     const maxP = v.edges.reduce((m, e) => Math.max(m, e.pieces), 1);
     let s = '<svg viewBox="0 0 ' + W + " " + H + '" role="img" aria-label="transfer graph">' +
-      '<defs><marker id="ar" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="6" markerHeight="6" orient="auto-start-reverse">' +
+      '<defs><marker id="ar" viewBox="0 0 10 10" refX="9" refY="5" markerUnits="userSpaceOnUse" markerWidth="9" markerHeight="9" orient="auto-start-reverse">' +
       '<path d="M0,0L10,5L0,10z" fill="' + css("--accent") + '"/></marker>' +
-      '<marker id="arf" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="6" markerHeight="6" orient="auto-start-reverse">' +
+      '<marker id="arf" viewBox="0 0 10 10" refX="9" refY="5" markerUnits="userSpaceOnUse" markerWidth="9" markerHeight="9" orient="auto-start-reverse">' +
       '<path d="M0,0L10,5L0,10z" fill="' + css("--warn") + '"/></marker></defs>';
     const line = (a, b, bend) => {
       const [x1, y1] = pos[a], [x2, y2] = pos[b];
-      const dx = x2 - x1, dy = y2 - y1, d = Math.hypot(dx, dy) || 1, r = 13;
+      const dx = x2 - x1, dy = y2 - y1, d = Math.hypot(dx, dy) || 1, r = NR + 2;
       const sx = x1 + (dx / d) * r, sy = y1 + (dy / d) * r, ex = x2 - (dx / d) * r, ey = y2 - (dy / d) * r;
       const mx = (sx + ex) / 2 - (dy / d) * bend, my = (sy + ey) / 2 + (dx / d) * bend;
       return { path: "M" + sx.toFixed(1) + "," + sy.toFixed(1) + "Q" + mx.toFixed(1) + "," + my.toFixed(1) + " " + ex.toFixed(1) + "," + ey.toFixed(1), mx, my };
@@ -304,9 +306,9 @@
       if (a == null || b == null || a === b) continue;
       const l = line(a, b, 14);
       const wdt = 1 + 3 * Math.sqrt(e.pieces / maxP);
-      s += '<path d="' + l.path + '" fill="none" stroke="' + css("--accent") + '" stroke-opacity="0.7" stroke-width="' + wdt.toFixed(1) + '" marker-end="url(#ar)"><title>' +
+      s += '<path d="' + l.path + '" fill="none" stroke="' + css("--accent") + '" stroke-opacity="' + (dense ? 0.45 : 0.7) + '" stroke-width="' + wdt.toFixed(1) + '" marker-end="url(#ar)"><title>' +
         esc(e.from + " → " + e.to + ": " + e.pieces + " pieces") + "</title></path>" +
-        '<text class="cnt" x="' + l.mx.toFixed(1) + '" y="' + l.my.toFixed(1) + '" text-anchor="middle">' + e.pieces + "</text>";
+        (dense ? "" : '<text class="cnt" x="' + l.mx.toFixed(1) + '" y="' + l.my.toFixed(1) + '" text-anchor="middle">' + e.pieces + "</text>");
     }
     const fl = new Map();
     for (const t of v.inFlight) { const k = t.from + "\u0000" + t.to; fl.set(k, (fl.get(k) || 0) + 1); }
@@ -325,13 +327,14 @@
       const label = cdn ? "CDN" : id.length > 16 ? id.slice(0, 15) + "…" : id;
       const below = y >= cy;
       s += '<g><title>' + esc(cdn ? "CDN (" + id + ")" : id + " · " + m.pieces + " pieces") + '</title><circle cx="' + x.toFixed(1) + '" cy="' + y.toFixed(1) +
-        '" r="11" fill="' + fill + '" stroke="' + css("--panel2") + '" stroke-width="2"/>' +
-        '<text x="' + x.toFixed(1) + '" y="' + (y + (below ? 26 : -18)).toFixed(1) + '" text-anchor="middle">' + esc(label) + "</text></g>";
+        '" r="' + NR + '" fill="' + fill + '" stroke="' + css("--panel2") + '" stroke-width="2"/>' +
+        (dense && !cdn ? "" : '<text x="' + x.toFixed(1) + '" y="' + (y + (below ? NR + 15 : -NR - 7)).toFixed(1) + '" text-anchor="middle">' + esc(label) + "</text>") + "</g>";
     });
     if (v.members.length > members.length) {
       s += '<text class="cnt" x="4" y="' + (H - 6) + '">first ' + members.length + " of " + v.members.length + " members drawn</text>";
     }
     s += "</svg>";
+    $("graph").classList.toggle("dense", dense);
     put($("graph"), s);
   }
 
