@@ -62,6 +62,13 @@ test-short: ## Unit tests only (skips in-process end-to-end tests)
 e2e: ## Real dockerd, containerd, crane and skopeo pull through dfdaemon (root; installs what is missing)
 	./hack/e2e-runtimes.sh
 
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: ui-test
+ui-test: ## The dashboard in headless chromium (chromedp, own module hack/uitest; installs Debian's chromium if missing); UITEST_SCREENSHOTS=docs refreshes the screenshots
+	@test -x $(CHROMIUM) || { echo "installing chromium"; apt-get update -qq && apt-get install -y -qq chromium; }
+	cd hack/uitest && CHROMIUM=$(CHROMIUM) UITEST_SCREENSHOTS=$(if $(UITEST_SCREENSHOTS),$(abspath $(UITEST_SCREENSHOTS))) $(GO) test -count=1 -timeout 5m ./...
+
 HELM_VERSION ?= v3.22.0
 
 .PHONY: chart

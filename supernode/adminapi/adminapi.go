@@ -12,10 +12,12 @@
 //	                          preheat's status
 //	GET    /api/v1/preheats/:id  a preheat's progress
 //
-// The preheat routes exist when the handler is built WithPreheater.
+// The preheat routes exist when the handler is built WithPreheater; the
+// dashboard (dashboard.go, under /dashboard/) when built WithDashboard.
 //
-// Every route requires "Authorization: Bearer <token>"; anything else is
-// 401 with "WWW-Authenticate: Bearer". Errors are JSON {"code","message"}.
+// Every /api/v1/ route requires "Authorization: Bearer <token>"; anything
+// else is 401 with "WWW-Authenticate: Bearer". Errors are JSON
+// {"code","message"}.
 //
 // This is the only package of the module that imports gin.
 package adminapi
@@ -74,9 +76,10 @@ type Tasks interface {
 type Option func(*options)
 
 type options struct {
-	log     *zap.Logger
-	metrics *httpx.Metrics
-	preheat Preheater
+	log       *zap.Logger
+	metrics   *httpx.Metrics
+	preheat   Preheater
+	dashboard Dashboard
 }
 
 // WithPreheater serves the preheat routes with p.
@@ -109,7 +112,7 @@ func New(sched Scheduler, tasks Tasks, token string, opts ...Option) http.Handle
 		opt(&o)
 	}
 	gin.SetMode(gin.ReleaseMode)
-	h := &handlers{sched: sched, tasks: tasks, preheat: o.preheat, log: o.log}
+	h := &handlers{sched: sched, tasks: tasks, preheat: o.preheat, log: o.log, recent: &recentPreheats{}}
 
 	e := gin.New()
 	e.HandleMethodNotAllowed = true
@@ -119,16 +122,28 @@ func New(sched Scheduler, tasks Tasks, token string, opts ...Option) http.Handle
 		o.log.Error("admin api panic", zap.String("path", c.Request.URL.Path), zap.Any("panic", p))
 		c.AbortWithStatusJSON(http.StatusInternalServerError, errorBody{Code: "INTERNAL", Message: "internal error"})
 	}))
-	e.Use(bearerAuth(token))
 	e.Use(h.errors)
-	e.NoRoute(func(c *gin.Context) {
+	auth := bearerAuth(token)
+	// Unknown routes answer 401 before 404, except the dashboard's (which
+	// has its own login).
+	authOutsideDashboard := func(c *gin.Context) {
+		if o.dashboard != nil && isDashboard(c.Request.URL.Path) {
+			c.Next()
+			return
+		}
+		auth(c)
+	}
+	e.NoRoute(authOutsideDashboard, func(c *gin.Context) {
 		c.JSON(http.StatusNotFound, errorBody{Code: "NOT_FOUND", Message: "no such route"})
 	})
-	e.NoMethod(func(c *gin.Context) {
+	e.NoMethod(authOutsideDashboard, func(c *gin.Context) {
 		c.JSON(http.StatusMethodNotAllowed, errorBody{Code: "METHOD_NOT_ALLOWED", Message: "method not allowed"})
 	})
+	if o.dashboard != nil {
+		h.mountDashboard(e, o.dashboard, token)
+	}
 
-	v1 := e.Group("/api/v1")
+	v1 := e.Group("/api/v1", auth)
 	v1.GET("/tasks", h.listTasks)
 	v1.GET("/tasks/:id", h.getTask)
 	v1.DELETE("/tasks/:id", h.deleteTask)
@@ -194,6 +209,8 @@ type handlers struct {
 	tasks   Tasks
 	preheat Preheater
 	log     *zap.Logger
+	// recent remembers the preheats created here, for the dashboard.
+	recent *recentPreheats
 }
 
 // Task is a task as the admin API shows it.
@@ -342,6 +359,7 @@ func (h *handlers) createPreheat(c *gin.Context) {
 		_ = c.Error(err)
 		return
 	}
+	h.recent.add(st.ID)
 	c.Header("Location", "/api/v1/preheats/"+st.ID)
 	c.JSON(http.StatusAccepted, st)
 }

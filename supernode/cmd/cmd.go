@@ -262,9 +262,11 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 		upload.WithLogger(logger.Named("upload")), upload.WithMetrics(httpm),
 		upload.WithLimiter(cfg.CDN.UploadRate.Limiter()),
 		upload.WithTransferStart(tasks.TransferStarted)).Handler())
-	mux.Handle("/api/v1/", adminapi.New(sched, tasks, token,
+	admin := adminapi.New(sched, tasks, token,
 		adminapi.WithLogger(logger.Named("adminapi")), adminapi.WithHTTPMetrics(httpm),
-		adminapi.WithPreheater(heater)))
+		adminapi.WithPreheater(heater), adminapi.WithDashboard(tasks))
+	mux.Handle("/api/v1/", admin)
+	mux.Handle("/dashboard/", admin) // the operator dashboard (log in with the admin token)
 	srv := d.Server(nil)
 	logger.Info("supernode listening",
 		zap.String("addr", ln.Addr().String()), zap.String("advertise", advertise),

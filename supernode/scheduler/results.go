@@ -71,6 +71,7 @@ func (st *state) applyResult(t *task, m *member, r schedapi.PieceResult) {
 			st.contradict(t, src, r.Piece, m)
 		}
 		if r.Bytes > 0 {
+			t.countDelivery(r.From, m.peer.id)
 			if r.From == st.cdn.ID {
 				t.bytesFromCDN += r.Bytes
 			} else {

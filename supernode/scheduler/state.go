@@ -173,6 +173,10 @@ type task struct {
 	// emptySince is when the last member left (or the task was created).
 	emptySince                   time.Time
 	bytesFromCDN, bytesFromPeers int64
+	// delivered counts the pieces delivered (reported OK) by sender and
+	// receiver peer ID, for the dashboard's transfer graph; bounded by
+	// maxEdges.
+	delivered map[edge]int
 }
 
 func (t *task) rarity(i int) int { return len(t.holders[i]) + t.inflight[i] }

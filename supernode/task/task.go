@@ -218,6 +218,19 @@ func (m *Manager) Delete(ctx context.Context, id taskid.ID) error {
 // SourceBytes is how many bytes of the task were read from its source.
 func (m *Manager) SourceBytes(id taskid.ID) int64 { return m.cdn.SourceBytes(id) }
 
+// TaskDetail is the scheduler's TaskDetail: piece maps and transfers.
+func (m *Manager) TaskDetail(ctx context.Context, id taskid.ID) (scheduler.TaskDetail, error) {
+	return m.sched.TaskDetail(ctx, id)
+}
+
+// CDNSlots is the scheduler's count of the CDN's upload slots.
+func (m *Manager) CDNSlots(ctx context.Context) (scheduler.CDNSlots, error) {
+	return m.sched.CDNSlots(ctx)
+}
+
+// CDNUsage is the CDN's disk use, quota and fetches in flight.
+func (m *Manager) CDNUsage() cdn.Usage { return m.cdn.Usage() }
+
 // RetryAfter is how long the origin of a failed task holds requests back
 // (0: it does not).
 func (m *Manager) RetryAfter(id taskid.ID) time.Duration { return m.cdn.RetryAfter(id) }
