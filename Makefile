@@ -59,8 +59,9 @@ test-short: ## Unit tests only (skips in-process end-to-end tests)
 	$(GO) test -short ./...
 
 .PHONY: e2e
-e2e: ## Real dockerd, containerd, crane and skopeo pull through dfdaemon (root; installs what is missing)
+e2e: ## Real dockerd, containerd, crane and skopeo pull through dfdaemon, then the dashboard in chromium (root; installs what is missing)
 	./hack/e2e-runtimes.sh
+	$(MAKE) ui-test
 
 CHROMIUM ?= /usr/bin/chromium
 

@@ -118,6 +118,8 @@ Try:
 EOF
 fi
 cat <<EOF
+  # the live dashboard (log in with the admin token above):
+  open http://$supernode_addr/dashboard/
   # the tasks the supernode holds:
   curl -s -H "Authorization: Bearer $admin_token" http://$supernode_addr/api/v1/tasks
 EOF
