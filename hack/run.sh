@@ -90,6 +90,7 @@ cat <<EOF
 
 damselfly is running on loopback (Ctrl-C stops it; data in $data):
   supernode  http://$supernode_addr    (admin token: $data/supernode/admin-token)
+  dashboard  http://$supernode_addr/dashboard/   (open it in a browser; log in with the admin token)
   dfdaemon   http://$mirror_addr   (registry mirror of $upstream; peers on $peer_addr)
 EOF
 if [ -n "${source_allow[*]}" ]; then
@@ -118,8 +119,6 @@ Try:
 EOF
 fi
 cat <<EOF
-  # the live dashboard (log in with the admin token above):
-  open http://$supernode_addr/dashboard/
   # the tasks the supernode holds:
   curl -s -H "Authorization: Bearer $admin_token" http://$supernode_addr/api/v1/tasks
 EOF
