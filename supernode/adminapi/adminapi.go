@@ -10,6 +10,8 @@
 //	POST   /api/v1/preheats   have the CDN fetch an image's blobs (or a
 //	                          file) ahead of a rollout: 202 with the
 //	                          preheat's status
+//	GET    /api/v1/preheats   every preheat remembered, newest first:
+//	                          {"preheats": [...]}
 //	GET    /api/v1/preheats/:id  a preheat's progress
 //
 // The preheat routes exist when the handler is built WithPreheater; the
@@ -150,6 +152,7 @@ func New(sched Scheduler, tasks Tasks, token string, opts ...Option) http.Handle
 	v1.GET("/peers", h.listPeers)
 	if o.preheat != nil {
 		v1.POST("/preheats", h.createPreheat)
+		v1.GET("/preheats", h.listPreheats)
 		v1.GET("/preheats/:id", h.getPreheat)
 	}
 	return o.metrics.Instrument("admin", e, o.log)
@@ -362,6 +365,31 @@ func (h *handlers) createPreheat(c *gin.Context) {
 	h.recent.add(st.ID)
 	c.Header("Location", "/api/v1/preheats/"+st.ID)
 	c.JSON(http.StatusAccepted, st)
+}
+
+// listPreheats answers the preheats the preheater remembers, newest first.
+func (h *handlers) listPreheats(c *gin.Context) {
+	out, _ := h.preheatList(c.Request.Context())
+	c.JSON(http.StatusOK, gin.H{"preheats": out})
+}
+
+// preheatList is every preheat the preheater remembers, newest first, or,
+// when it cannot list them, those created through this API since the
+// start; note says which when it is the latter.
+func (h *handlers) preheatList(ctx context.Context) (out []preheat.Status, note string) {
+	out = []preheat.Status{}
+	if l, ok := h.preheat.(PreheatLister); ok {
+		if all, err := l.List(ctx); err == nil {
+			return all, ""
+		}
+	}
+	ids := h.recent.list()
+	for i := len(ids) - 1; i >= 0; i-- {
+		if st, err := h.preheat.Get(ctx, ids[i]); err == nil {
+			out = append(out, st)
+		}
+	}
+	return out, "preheats created through this supernode's admin API since it started"
 }
 
 func (h *handlers) getPreheat(c *gin.Context) {

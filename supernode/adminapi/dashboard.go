@@ -160,7 +160,6 @@ type dashboard struct {
 	hasToken bool
 	sess     *sessions
 	cop      *http.CrossOriginProtection
-	recent   *recentPreheats
 	assets   map[string]asset
 }
 
@@ -172,7 +171,7 @@ type asset struct {
 func (h *handlers) mountDashboard(e *gin.Engine, src Dashboard, token string) {
 	d := &dashboard{
 		h: h, src: src, token: sha256.Sum256([]byte(token)), hasToken: token != "",
-		sess: newSessions(), cop: http.NewCrossOriginProtection(), recent: h.recent,
+		sess: newSessions(), cop: http.NewCrossOriginProtection(),
 		assets: make(map[string]asset),
 	}
 	for name, ct := range map[string]string{
@@ -381,22 +380,10 @@ func (d *dashboard) overview(c *gin.Context) {
 
 // preheats lists the preheats to show, newest first.
 func (d *dashboard) preheats(ctx context.Context) ([]preheat.Status, string) {
-	out := []preheat.Status{}
 	if d.h.preheat == nil {
-		return out, "preheats are not enabled on this supernode"
+		return []preheat.Status{}, "preheats are not enabled on this supernode"
 	}
-	if l, ok := d.h.preheat.(PreheatLister); ok {
-		if all, err := l.List(ctx); err == nil {
-			return all, ""
-		}
-	}
-	ids := d.recent.list()
-	for i := len(ids) - 1; i >= 0; i-- {
-		if st, err := d.h.preheat.Get(ctx, ids[i]); err == nil {
-			out = append(out, st)
-		}
-	}
-	return out, "preheats created through this supernode's admin API since it started"
+	return d.h.preheatList(ctx)
 }
 
 // DashMember is one member of a task in the dashboard's task view.

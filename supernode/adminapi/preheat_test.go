@@ -102,6 +102,15 @@ func TestPreheatRoutes(t *testing.T) {
 	require.Len(t, fp.got, 1)
 	require.Equal(t, preheat.Request{Type: "image", URL: "127.0.0.1:5000/library/app:1", Platform: "linux/arm64", Username: "u", Password: secret}, fp.got[0])
 
+	resp, b = send(t, srv, http.MethodGet, "/api/v1/preheats", auth, "")
+	require.Equal(t, http.StatusOK, resp.StatusCode, string(b))
+	var list struct {
+		Preheats []preheat.Status `json:"preheats"`
+	}
+	require.NoError(t, json.Unmarshal(b, &list))
+	require.Len(t, list.Preheats, 1)
+	require.Equal(t, st.ID, list.Preheats[0].ID)
+
 	resp, b = send(t, srv, http.MethodGet, "/api/v1/preheats/"+st.ID, auth, "")
 	require.Equal(t, http.StatusOK, resp.StatusCode, string(b))
 	var got preheat.Status
@@ -130,7 +139,8 @@ func TestPreheatRoutes(t *testing.T) {
 		{"invalid request", http.MethodPost, "/api/v1/preheats", auth, `{"url":"x"}`, 400, "INVALID_ARGUMENT"},
 		{"unknown id", http.MethodGet, "/api/v1/preheats/0123456789abcdef0123456789abcdef", auth, "", 404, "NOT_FOUND"},
 		{"traversal id", http.MethodGet, "/api/v1/preheats/..%2f..%2fetc", auth, "", 404, "NOT_FOUND"},
-		{"list is not a route", http.MethodGet, "/api/v1/preheats", auth, "", 405, "METHOD_NOT_ALLOWED"},
+		{"delete is not a route", http.MethodDelete, "/api/v1/preheats", auth, "", 405, "METHOD_NOT_ALLOWED"},
+		{"list without token", http.MethodGet, "/api/v1/preheats", "", "", 401, "UNAUTHORIZED"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

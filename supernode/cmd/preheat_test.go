@@ -165,6 +165,18 @@ func TestPreheatPlainHTTPRegistry(t *testing.T) {
 	require.NoError(t, json.Unmarshal(b, &st))
 	st = sn.waitPreheat(t, st.ID, "tok")
 	require.Equal(t, preheat.StateSucceeded, st.State, st.Error)
+	// GET /api/v1/preheats lists both, newest first.
+	status, b = sn.do(t, http.MethodGet, "/api/v1/preheats", "tok", nil)
+	require.Equal(t, http.StatusOK, status, string(b))
+	var list struct {
+		Preheats []preheat.Status `json:"preheats"`
+	}
+	require.NoError(t, json.Unmarshal(b, &list))
+	require.Len(t, list.Preheats, 2)
+	require.Equal(t, st.ID, list.Preheats[0].ID)
+	require.Equal(t, preheat.StateFailed, list.Preheats[1].State)
+	status, _ = sn.do(t, http.MethodGet, "/api/v1/preheats", "", nil)
+	require.Equal(t, http.StatusUnauthorized, status)
 
 	sn2 := start(t, []string{"--data-dir", filepath.Join(dir, "b"), "--admin-token", "tok", "--source-allow", "127.0.0.1/32",
 		"--preheat-insecure-registry", reg.Host})

@@ -283,6 +283,19 @@ func (p *Preheater) Get(_ context.Context, id string) (Status, error) {
 	return st.clone(), nil
 }
 
+// List returns every preheat the Preheater remembers, newest first.
+func (p *Preheater) List(_ context.Context) ([]Status, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]Status, 0, len(p.order))
+	for i := len(p.order) - 1; i >= 0; i-- {
+		if st, ok := p.records[p.order[i]]; ok {
+			out = append(out, st.clone())
+		}
+	}
+	return out, nil
+}
+
 // parse checks a request and splits it into the job (with its secrets) and
 // the public status.
 func (p *Preheater) parse(req Request) (job, Status, error) {
