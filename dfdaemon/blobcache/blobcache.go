@@ -262,7 +262,30 @@ func (c *Cache) Acquire(ctx context.Context, req peer.Request) (*Lease, error) {
 			c.release(e)
 			return nil, e.err
 		}
+		if !created && failed(e.dl) {
+			// A download that already failed is not joined, even before
+			// watch has dropped it: this Acquire starts afresh.
+			c.mu.Lock()
+			dropped := c.dropLocked(e)
+			c.mu.Unlock()
+			c.release(e)
+			if dropped {
+				_ = e.dl.Close() // what watch does for a failure it drops
+			}
+			continue
+		}
 		return &Lease{c: c, e: e}, nil
+	}
+}
+
+// failed reports whether dl has ended with an error.
+func failed(dl *peer.Download) bool {
+	select {
+	case <-dl.Done():
+		_, err := dl.Wait(context.Background())
+		return err != nil
+	default:
+		return false
 	}
 }
 
