@@ -85,9 +85,10 @@ func withEnv(fn func(string) (string, bool)) Option {
 // flags holds the parsed command line.
 type flags struct {
 	config, listen, peerListen, advertiseIP, supernodes string
-	registry, dataDir, logLevel, logFormat              string
+	registry, dataDir                                   string
 	clusterTokenFile                                    string
-	source, peers                                       netpolicy.Config
+	peers                                               netpolicy.Config
+	common                                              command.CommonFlags
 	downloadRate, uploadRate                            ratelimit.Rate
 	version                                             bool
 }
@@ -103,10 +104,7 @@ func newFlagSet(f *flags, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&f.clusterTokenFile, "cluster-token-file", "", "`file` holding the supernode's cluster token (or $"+clusterauth.EnvToken+", or clusterToken in the config)")
 	fs.StringVar(&f.registry, "registry", "", "upstream `URL` of requests that name no registry: docker registry-mirrors, direct pulls (default "+mirror.DefaultRegistry+")")
 	fs.StringVar(&f.dataDir, "data-dir", "", "`dir` of the node's content cache (default "+DefaultDataDir+")")
-	fs.StringVar(&f.logLevel, "log-level", "", "log `level`: debug, info, warn, error (default info)")
-	fs.StringVar(&f.logFormat, "log-format", "", "log `format`: json or console (default console)")
-	fs.Var(netpolicy.ListFlag{List: &f.source.Allow}, "source-allow", "`CIDR|IP|HOST` registries and sources may be reached at although denied by default, e.g. 127.0.0.1/32; adds to source.allow (repeatable, comma-separated)")
-	fs.Var(netpolicy.ListFlag{List: &f.source.Deny}, "source-deny", "`CIDR|IP|HOST` registries and sources are never reached at; adds to source.deny (repeatable, comma-separated)")
+	f.common.Register(fs, "registries and sources")
 	fs.Var(netpolicy.ListFlag{List: &f.peers.Allow}, "peer-allow", "`CIDR|IP|HOST` of peers and CDNs pieces may be fetched from although denied by default; adds to peerPolicy.allow (repeatable, comma-separated)")
 	fs.Var(netpolicy.ListFlag{List: &f.peers.Deny}, "peer-deny", "`CIDR|IP|HOST` of peers never fetched from; adds to peerPolicy.deny (repeatable, comma-separated)")
 	fs.Var(&f.downloadRate, "download-rate", "`RATE` cap on the bytes/s of pieces this node receives, e.g. 100M (K, M, G; optional B or iB; 0: unlimited); sets rateLimit.download")
@@ -154,6 +152,9 @@ func Run(ctx context.Context, args []string, opts ...Option) error {
 func buildConfig(fset *flag.FlagSet, f *flags) (Config, error) {
 	return command.Load(f.config, func(cfg *Config) {
 		fset.Visit(func(fl *flag.Flag) {
+			if f.common.Apply(fl.Name, &cfg.Log, &cfg.Source) {
+				return
+			}
 			switch fl.Name {
 			case "listen":
 				cfg.Listen = f.listen
@@ -174,14 +175,6 @@ func buildConfig(fset *flag.FlagSet, f *flags) (Config, error) {
 				cfg.Mirror.Registry = f.registry
 			case "data-dir":
 				cfg.DataDir = f.dataDir
-			case "log-level":
-				cfg.Log.Level = f.logLevel
-			case "log-format":
-				cfg.Log.Format = f.logFormat
-			case "source-allow":
-				cfg.Source.Allow = append(cfg.Source.Allow, f.source.Allow...)
-			case "source-deny":
-				cfg.Source.Deny = append(cfg.Source.Deny, f.source.Deny...)
 			case "peer-allow":
 				cfg.PeerPolicy.Allow = append(cfg.PeerPolicy.Allow, f.peers.Allow...)
 			case "peer-deny":

@@ -17,6 +17,7 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/bytesize"
 	"github.com/damselfly/damselfly/pkg/log"
+	"github.com/damselfly/damselfly/pkg/netpolicy"
 )
 
 func TestParseArgs(t *testing.T) {
@@ -243,4 +244,29 @@ func TestListFlag(t *testing.T) {
 	require.Equal(t, []string{"a:5000", "b", "c"}, l)
 	require.Equal(t, "a:5000,b,c", f.String())
 	require.Empty(t, ListFlag{}.String())
+}
+
+// The common flags land in the log and source sections, the source lists
+// adding to the file's; other flags are left to the daemon.
+func TestCommonFlags(t *testing.T) {
+	t.Parallel()
+	var c CommonFlags
+	fs := flag.NewFlagSet("d", flag.ContinueOnError)
+	c.Register(fs, "sources")
+	fs.String("listen", "", "")
+	require.NoError(t, fs.Parse([]string{"--log-level", "debug", "--log-format", "json",
+		"--source-allow", "127.0.0.1/32,10.0.0.1", "--source-deny", "10.0.0.0/8", "--listen", ":1"}))
+	lg := log.Config{}
+	src := netpolicy.Config{Allow: []string{"from-file"}}
+	var others []string
+	fs.Visit(func(fl *flag.Flag) {
+		if !c.Apply(fl.Name, &lg, &src) {
+			others = append(others, fl.Name)
+		}
+	})
+	require.Equal(t, log.Config{Level: "debug", Format: "json"}, lg)
+	require.Equal(t, []string{"from-file", "127.0.0.1/32", "10.0.0.1"}, src.Allow)
+	require.Equal(t, []string{"10.0.0.0/8"}, src.Deny)
+	require.Equal(t, []string{"listen"}, others)
+	require.Error(t, fs.Parse([]string{"--source-allow", "not a host!"}), "entries are checked")
 }

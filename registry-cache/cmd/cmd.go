@@ -80,8 +80,7 @@ func WithStderr(w io.Writer) Option {
 // flags holds the parsed command line.
 type flags struct {
 	config, listen, upstream string
-	logLevel, logFormat      string
-	source                   netpolicy.Config
+	common                   command.CommonFlags
 	version                  bool
 }
 
@@ -91,10 +90,7 @@ func newFlagSet(f *flags, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&f.config, "config", "", "YAML config `file` (see docs/registry-cache.md); flags override it")
 	fs.StringVar(&f.listen, "listen", "", "`host:port` of the HTTP listener (default "+DefaultListen+")")
 	fs.StringVar(&f.upstream, "upstream", "", "base `URL` of the upstream registry, scheme://host[:port] (default "+DefaultUpstream+")")
-	fs.Var(netpolicy.ListFlag{List: &f.source.Allow}, "source-allow", "`CIDR|IP|HOST` the upstream (and its token realm, its redirects) may be reached at although denied by default, e.g. 127.0.0.1/32; adds to source.allow (repeatable, comma-separated)")
-	fs.Var(netpolicy.ListFlag{List: &f.source.Deny}, "source-deny", "`CIDR|IP|HOST` never reached; adds to source.deny (repeatable, comma-separated)")
-	fs.StringVar(&f.logLevel, "log-level", "", "log `level`: debug, info, warn, error (default info)")
-	fs.StringVar(&f.logFormat, "log-format", "", "log `format`: json or console (default console)")
+	f.common.Register(fs, "the upstream (its token realm, its redirects)")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: registry-cache [flags]\n\n"+
@@ -135,19 +131,14 @@ func Run(ctx context.Context, args []string, opts ...Option) error {
 func buildConfig(fset *flag.FlagSet, f *flags) (Config, error) {
 	return command.Load(f.config, func(cfg *Config) {
 		fset.Visit(func(fl *flag.Flag) {
+			if f.common.Apply(fl.Name, &cfg.Log, &cfg.Source) {
+				return
+			}
 			switch fl.Name {
 			case "listen":
 				cfg.Listen = f.listen
 			case "upstream":
 				cfg.Upstream = f.upstream
-			case "log-level":
-				cfg.Log.Level = f.logLevel
-			case "log-format":
-				cfg.Log.Format = f.logFormat
-			case "source-allow":
-				cfg.Source.Allow = append(cfg.Source.Allow, f.source.Allow...)
-			case "source-deny":
-				cfg.Source.Deny = append(cfg.Source.Deny, f.source.Deny...)
 			}
 		})
 	})

@@ -29,7 +29,6 @@ import (
 	"github.com/damselfly/damselfly/pkg/command"
 	"github.com/damselfly/damselfly/pkg/content/local"
 	"github.com/damselfly/damselfly/pkg/httpx"
-	"github.com/damselfly/damselfly/pkg/netpolicy"
 	"github.com/damselfly/damselfly/pkg/peer/upload"
 	"github.com/damselfly/damselfly/pkg/ratelimit"
 	"github.com/damselfly/damselfly/pkg/schedapi"
@@ -101,8 +100,8 @@ func withEnv(fn func(string) (string, bool)) Option {
 type flags struct {
 	config, listen, dataDir, advertise, adminToken string
 	clusterTokenFile                               string
-	sourceAllow, sourceDeny, insecureRegistries    []string
-	logLevel, logFormat                            string
+	insecureRegistries                             []string
+	common                                         command.CommonFlags
 	uploadRate                                     ratelimit.Rate
 	cdnQuota                                       bytesize.Size
 	version                                        bool
@@ -117,13 +116,10 @@ func newFlagSet(f *flags, out io.Writer) *flag.FlagSet {
 	fs.StringVar(&f.advertise, "advertise-addr", "", "`host:port` peers use to reach this supernode's CDN (default: the listen address, unspecified host replaced by the first non-loopback IPv4)")
 	fs.StringVar(&f.adminToken, "admin-token", "", "admin API bearer `token` (prefer $"+EnvAdminToken+"; default: generated into <data-dir>/admin-token)")
 	fs.StringVar(&f.clusterTokenFile, "cluster-token-file", "", "`file` holding the cluster token members present (\"token\" or \"new,old\"; or $"+clusterauth.EnvToken+"; default: generated into <data-dir>/"+clusterauth.FileName+")")
-	fs.Var(netpolicy.ListFlag{List: &f.sourceAllow}, "source-allow", "`CIDR|IP|HOST` sources may be fetched from although the source policy denies them, e.g. 127.0.0.1/32 (repeatable, comma-separated)")
-	fs.Var(netpolicy.ListFlag{List: &f.sourceDeny}, "source-deny", "`CIDR|IP|HOST` sources are never fetched from (repeatable, comma-separated)")
+	f.common.Register(fs, "sources")
 	fs.Var(command.ListFlag{List: &f.insecureRegistries}, "preheat-insecure-registry", "`HOST[:PORT]` of a registry preheats speak plain http to; adds to preheat.insecureRegistries (repeatable, comma-separated)")
 	fs.Var(&f.uploadRate, "upload-rate", "`RATE` cap on the bytes/s the CDN sends to peers, e.g. 1G or 500M (0: unlimited); sets cdn.uploadRate")
 	fs.Var(&f.cdnQuota, "cdn-quota", "`SIZE` of committed content the CDN keeps, e.g. 100G or 64GiB; past it the least recently used content not in use is evicted (0: no quota, the disk watermarks alone); sets cdn.quota")
-	fs.StringVar(&f.logLevel, "log-level", "", "log `level`: debug, info, warn, error (default info)")
-	fs.StringVar(&f.logFormat, "log-format", "", "log `format`: json or console (default console)")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: supernode [flags]\n\nThe Damselfly supernode: CDN seed, piece scheduler, peer API and admin API on one listener.\n\nFlags:\n")
@@ -165,6 +161,9 @@ func buildConfig(fset *flag.FlagSet, f *flags, lookupEnv func(string) (string, b
 			cfg.AdminToken = v
 		}
 		fset.Visit(func(fl *flag.Flag) {
+			if f.common.Apply(fl.Name, &cfg.Log, &cfg.Source) {
+				return
+			}
 			switch fl.Name {
 			case "listen":
 				cfg.Listen = f.listen
@@ -176,20 +175,12 @@ func buildConfig(fset *flag.FlagSet, f *flags, lookupEnv func(string) (string, b
 				cfg.AdminToken = f.adminToken
 			case "cluster-token-file":
 				cfg.Cluster.FlagFile = f.clusterTokenFile
-			case "source-allow":
-				cfg.Source.Allow = append(cfg.Source.Allow, f.sourceAllow...)
-			case "source-deny":
-				cfg.Source.Deny = append(cfg.Source.Deny, f.sourceDeny...)
 			case "preheat-insecure-registry":
 				cfg.Preheat.InsecureRegistries = append(cfg.Preheat.InsecureRegistries, f.insecureRegistries...)
 			case "upload-rate":
 				cfg.CDN.UploadRate = f.uploadRate
 			case "cdn-quota":
 				cfg.CDN.Quota = f.cdnQuota
-			case "log-level":
-				cfg.Log.Level = f.logLevel
-			case "log-format":
-				cfg.Log.Format = f.logFormat
 			}
 		})
 	})
