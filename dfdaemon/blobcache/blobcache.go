@@ -172,6 +172,19 @@ func (l *Lease) NewReader(off int64) io.ReadCloser {
 	return &checkedReader{ReadCloser: l.e.dl.NewReader(off), c: l.c, e: l.e}
 }
 
+// NewRangeReader returns n bytes of the content from off (n < 0: to the
+// end, as NewReader); the pieces covering them are fetched first (see
+// peer.Download.NewRangeReader). With n >= 0 it ends with io.EOF after the
+// n-th byte, each verified against its piece's digest, without waiting for
+// the rest of the content.
+func (l *Lease) NewRangeReader(off, n int64) io.ReadCloser {
+	return &checkedReader{ReadCloser: l.e.dl.NewRangeReader(off, n), c: l.c, e: l.e}
+}
+
+// Size returns the content's size, waiting until it is known (see
+// peer.Download.Size).
+func (l *Lease) Size(ctx context.Context) (int64, error) { return l.e.dl.Size(ctx) }
+
 // checkedReader drops its task when the store no longer has its content.
 type checkedReader struct {
 	io.ReadCloser
@@ -289,14 +302,15 @@ func failed(dl *peer.Download) bool {
 	}
 }
 
-// Open acquires req and returns its content from off on; closing the
-// reader releases the lease.
-func (c *Cache) Open(ctx context.Context, req peer.Request, off int64) (io.ReadCloser, error) {
+// Open acquires req and returns n bytes of its content from off (n < 0:
+// to the end; see Lease.NewRangeReader); closing the reader releases the
+// lease.
+func (c *Cache) Open(ctx context.Context, req peer.Request, off, n int64) (io.ReadCloser, error) {
 	l, err := c.Acquire(ctx, req)
 	if err != nil {
 		return nil, err
 	}
-	return &leaseReader{ReadCloser: l.NewReader(off), l: l}, nil
+	return &leaseReader{ReadCloser: l.NewRangeReader(off, n), l: l}, nil
 }
 
 type leaseReader struct {

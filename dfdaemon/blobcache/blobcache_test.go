@@ -142,7 +142,7 @@ func (n *node) fetch(t *testing.T, d digest.Digest, url string) []byte {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	r, err := n.cache.Open(ctx, peer.Request{URL: url, Digest: d, BackToSource: true}, 0)
+	r, err := n.cache.Open(ctx, peer.Request{URL: url, Digest: d, BackToSource: true}, 0, -1)
 	require.NoError(t, err)
 	defer r.Close()
 	b, err := io.ReadAll(r)
@@ -337,7 +337,7 @@ func TestDownloadOutlivesTheClientAndIsShared(t *testing.T) {
 
 	// The first client hangs up before a byte arrives.
 	ctx, cancel := context.WithCancel(t.Context())
-	r, err := n.cache.Open(ctx, peer.Request{URL: u, Digest: d, BackToSource: true}, 0)
+	r, err := n.cache.Open(ctx, peer.Request{URL: u, Digest: d, BackToSource: true}, 0, -1)
 	require.NoError(t, err)
 	cancel()
 	require.NoError(t, r.Close())
@@ -347,7 +347,7 @@ func TestDownloadOutlivesTheClientAndIsShared(t *testing.T) {
 	var ok atomic.Int32
 	for range 3 {
 		wg.Go(func() {
-			r, err := n.cache.Open(t.Context(), peer.Request{URL: u, Digest: d, BackToSource: true}, mib)
+			r, err := n.cache.Open(t.Context(), peer.Request{URL: u, Digest: d, BackToSource: true}, mib, -1)
 			if err != nil {
 				t.Error(err)
 				return
@@ -382,7 +382,7 @@ func TestFailedDownloadIsRetried(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	r, err := n.cache.Open(ctx, peer.Request{URL: u, Digest: d, BackToSource: true}, 0)
+	r, err := n.cache.Open(ctx, peer.Request{URL: u, Digest: d, BackToSource: true}, 0, -1)
 	if err == nil {
 		_, err = io.ReadAll(r)
 		r.Close()
@@ -394,7 +394,7 @@ func TestFailedDownloadIsRetried(t *testing.T) {
 	o.blobs["/blobs/"+d.Encoded()] = b
 	o.mu.Unlock()
 	require.Eventually(t, func() bool {
-		r, err := n.cache.Open(ctx, peer.Request{URL: u, Digest: d, BackToSource: true}, 0)
+		r, err := n.cache.Open(ctx, peer.Request{URL: u, Digest: d, BackToSource: true}, 0, -1)
 		if err != nil {
 			return false
 		}

@@ -50,7 +50,7 @@ func TestSmallDiskNeverFills(t *testing.T) {
 	for i := range 8 {
 		d, u, want := o.add(t, 8*mib)
 		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-		r, err := n.cache.Open(ctx, peer.Request{URL: u, Digest: d, Size: int64(len(want)), BackToSource: true}, 0)
+		r, err := n.cache.Open(ctx, peer.Request{URL: u, Digest: d, Size: int64(len(want)), BackToSource: true}, 0, -1)
 		require.NoError(t, err, "pull %d", i)
 		got, err := io.ReadAll(r)
 		require.NoError(t, r.Close())

@@ -42,7 +42,7 @@ func read(t *testing.T, n *node, d digest.Digest, url string) ([]byte, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	r, err := n.cache.Open(ctx, peer.Request{URL: url, Digest: d, BackToSource: true}, 0)
+	r, err := n.cache.Open(ctx, peer.Request{URL: url, Digest: d, BackToSource: true}, 0, -1)
 	if err != nil {
 		return nil, err
 	}

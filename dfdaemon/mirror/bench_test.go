@@ -19,7 +19,7 @@ import (
 
 type noBlobs struct{}
 
-func (noBlobs) Open(context.Context, peer.Request, int64) (io.ReadCloser, error) {
+func (noBlobs) Open(context.Context, peer.Request, int64, int64) (io.ReadCloser, error) {
 	return nil, errors.New("no blobs here")
 }
 

@@ -20,10 +20,13 @@ import (
 
 // Blobs downloads blobs through the node's peer engine (blobcache.Cache).
 type Blobs interface {
-	// Open returns the content of req from off on, as the engine verifies
-	// it: it ends with io.EOF only after the whole blob's digest is
-	// verified. Close releases it; the download itself goes on.
-	Open(ctx context.Context, req peer.Request, off int64) (io.ReadCloser, error)
+	// Open returns n bytes of the content of req from off (n < 0: to the
+	// end), as the engine verifies them; the pieces covering them are
+	// fetched first. With n < 0 it ends with io.EOF only after the whole
+	// blob's digest is verified; with n >= 0 after the n-th byte, each
+	// verified against its piece's digest. Close releases it; the download
+	// itself goes on.
+	Open(ctx context.Context, req peer.Request, off, n int64) (io.ReadCloser, error)
 }
 
 // p2pBlobs is the mirror's blob backend: the read check (Authorizer), then
@@ -88,8 +91,8 @@ func (p *p2pBlobs) ServeBlob(w http.ResponseWriter, r *http.Request, b registrya
 	}
 	var rc io.ReadCloser
 	if shared {
-		rc, err = p.blobs.Open(ctx, req, start)
-	} else if rc, err = p.blobs.Open(ctx, req, 0); err == nil {
+		rc, err = p.blobs.Open(ctx, req, start, -1)
+	} else if rc, err = p.blobs.Open(ctx, req, 0, -1); err == nil {
 		// A registry the config does not name: its own URL task, checked
 		// against d here from its first byte.
 		rc, err = VerifyDigest(rc, d, start)

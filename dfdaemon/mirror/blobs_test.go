@@ -28,8 +28,11 @@ type brokenBlobs struct {
 	after int // bytes before the failure
 }
 
-func (b brokenBlobs) Open(_ context.Context, _ peer.Request, off int64) (io.ReadCloser, error) {
+func (b brokenBlobs) Open(_ context.Context, _ peer.Request, off, n int64) (io.ReadCloser, error) {
 	end := min(int64(b.after), int64(len(b.data)))
+	if n >= 0 {
+		end = min(end, off+n)
+	}
 	return io.NopCloser(io.MultiReader(
 		strings.NewReader(string(b.data[min(off, end):end])),
 		errReader{errors.New("piece source vanished")},

@@ -25,12 +25,16 @@ import (
 // from memory. Fuzzing is about request handling, not downloads.
 type memBlobs map[digest.Digest][]byte
 
-func (m memBlobs) Open(_ context.Context, req peer.Request, off int64) (io.ReadCloser, error) {
+func (m memBlobs) Open(_ context.Context, req peer.Request, off, n int64) (io.ReadCloser, error) {
 	b, ok := m[digest.Digest(req.Digest)]
 	if !ok || off < 0 || off > int64(len(b)) {
 		return nil, errors.New("no such blob")
 	}
-	return io.NopCloser(bytes.NewReader(b[off:])), nil
+	b = b[off:]
+	if n >= 0 {
+		b = b[:min(n, int64(len(b)))]
+	}
+	return io.NopCloser(bytes.NewReader(b)), nil
 }
 
 // FuzzMirrorRequest: any request the HTTP server parses, sent to the

@@ -191,15 +191,67 @@ func (d *Download) Close() error {
 // error instead. After the download finished, the reader reads the committed
 // blob and outlives the Download handle.
 func (d *Download) NewReader(off int64) io.ReadCloser {
-	return &reader{t: d.t, off: off, closed: make(chan struct{})}
+	return &reader{t: d.t, off: off, end: -1, closed: make(chan struct{})}
+}
+
+// NewRangeReader returns n bytes of the content from off (n < 0: to the
+// end, as NewReader). The pieces covering the range become the first the
+// download fetches: the engine asks the supernode for them before any
+// other, and, while the reader is open, keeps asking for them first. With n
+// >= 0 the reader ends with io.EOF after the n-th byte, each byte verified
+// against its piece's digest, without waiting for the rest of the content;
+// a range past the end of the content ends at the end.
+func (d *Download) NewRangeReader(off, n int64) io.ReadCloser {
+	r := &reader{t: d.t, off: off, end: -1, closed: make(chan struct{})}
+	if n >= 0 {
+		r.end = off + n
+	}
+	r.unwant = d.t.want(off, n)
+	return r
+}
+
+// Size returns the content's size once the supernode (or the committed
+// content) tells it; it waits for it until ctx ends or the download fails.
+func (d *Download) Size(ctx context.Context) (int64, error) {
+	t := d.t
+	for {
+		t.mu.Lock()
+		size, changed := t.progress.Size, t.changed
+		var err error
+		select {
+		case <-t.done:
+			if t.err != nil {
+				err = t.err
+			} else {
+				size = t.result.Size
+			}
+		default:
+		}
+		t.mu.Unlock()
+		if err != nil {
+			return -1, err
+		}
+		if size >= 0 {
+			return size, nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return -1, ctx.Err()
+		}
+	}
 }
 
 // ErrReaderClosed is returned by Read after Close.
 var ErrReaderClosed = errors.New("reader closed")
 
 type reader struct {
-	t      *task
-	off    int64
+	t   *task
+	off int64
+	// end is the offset the reader stops at (exclusive), -1 for the end of
+	// the content (then io.EOF waits for the whole content's digest).
+	end    int64
+	unwant func() // drops the reader's wanted pieces, if any
 	closed chan struct{}
 	once   sync.Once
 
@@ -213,6 +265,12 @@ func (r *reader) Read(p []byte) (int, error) {
 	}
 	if len(p) == 0 {
 		return 0, nil
+	}
+	if r.end >= 0 {
+		if r.off >= r.end {
+			return 0, io.EOF
+		}
+		p = p[:min(int64(len(p)), r.end-r.off)]
 	}
 	t := r.t
 	for {
@@ -231,6 +289,7 @@ func (r *reader) Read(p []byte) (int, error) {
 		}
 		res, terr := t.result, t.err
 		n := t.readableLocked(r.off)
+		size := t.info.Size
 		gen := t.gen
 		t.mu.Unlock()
 
@@ -239,6 +298,9 @@ func (r *reader) Read(p []byte) (int, error) {
 				return 0, terr
 			}
 			return r.readBlob(p, res)
+		}
+		if r.end >= 0 && size >= 0 && r.off >= size {
+			return 0, io.EOF // a range past the end ends at the end
 		}
 		if n > 0 {
 			m, err := t.readIngest(p[:min(int64(len(p)), n)], r.off, gen)
@@ -289,7 +351,12 @@ func (r *reader) readBlob(p []byte, res Result) (int, error) {
 
 // Close ends the reader; a blocked Read returns ErrReaderClosed.
 func (r *reader) Close() error {
-	r.once.Do(func() { close(r.closed) })
+	r.once.Do(func() {
+		close(r.closed)
+		if r.unwant != nil {
+			r.unwant()
+		}
+	})
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.blob != nil {
