@@ -62,7 +62,7 @@ func hoard(t *testing.T, ctx context.Context, node, url string, n int) (assigned
 		require.NoError(t, err)
 		wg.Go(func() {
 			for ctx.Err() == nil {
-				resp, err := sc.Pieces(ctx, taskid.ID(reg.TaskID), id, schedapi.MaxAssignments, time.Second)
+				resp, err := sc.Pieces(ctx, taskid.ID(reg.TaskID), id, schedapi.MaxAssignments, time.Second, schedapi.NoWant)
 				if err != nil {
 					if errors.Is(err, schedclient.ErrPeerNotFound) || ctx.Err() != nil {
 						return
@@ -198,7 +198,7 @@ func TestFalseCorruptReports(t *testing.T) {
 	defer wg.Wait()
 	wg.Go(func() {
 		for rctx.Err() == nil {
-			resp, err := sc.Pieces(rctx, taskid.ID(reg.TaskID), reporter, 4, time.Second)
+			resp, err := sc.Pieces(rctx, taskid.ID(reg.TaskID), reporter, 4, time.Second, schedapi.NoWant)
 			if err != nil {
 				select {
 				case <-rctx.Done():

@@ -151,7 +151,7 @@ func TestCorruptReportAgainstCDN(t *testing.T) {
 	require.Equal(t, id.String(), reg.TaskID)
 	reported := false
 	for !reported && ctx.Err() == nil {
-		resp, err := sc.Pieces(ctx, taskid.ID(reg.TaskID), reporter, 4, time.Second)
+		resp, err := sc.Pieces(ctx, taskid.ID(reg.TaskID), reporter, 4, time.Second, schedapi.NoWant)
 		require.NoError(t, err)
 		var results []schedapi.PieceResult
 		for _, a := range resp.Assignments {

@@ -132,7 +132,7 @@ func startLiar(t *testing.T, ctx context.Context, node, url string, mode liarMod
 	go func() {
 		defer close(loopDone)
 		for ctx.Err() == nil {
-			resp, err := sc.Pieces(ctx, taskid.ID(reg.TaskID), l.id, schedapi.MaxAssignments, time.Second)
+			resp, err := sc.Pieces(ctx, taskid.ID(reg.TaskID), l.id, schedapi.MaxAssignments, time.Second, schedapi.NoWant)
 			if err != nil {
 				if errors.Is(err, schedclient.ErrPeerNotFound) || ctx.Err() != nil {
 					return

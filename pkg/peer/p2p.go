@@ -136,7 +136,7 @@ func (t *task) p2p(ctx context.Context) error {
 			limit := cfg.Concurrency - len(inflight)
 			go func() {
 				start := time.Now()
-				resp, err := t.e.sched.Pieces(pctx, t.id, t.e.self.ID, limit, cfg.PollWait)
+				resp, err := t.e.sched.Pieces(pctx, t.id, t.e.self.ID, limit, cfg.PollWait, schedapi.NoWant)
 				took := time.Since(start)
 				t.log.Debug("poll answered", zap.Int("limit", limit), zap.Int("assignments", len(resp.Assignments)),
 					zap.Duration("took", took), zap.Error(err))

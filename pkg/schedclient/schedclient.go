@@ -204,8 +204,9 @@ func (c *Client) Register(ctx context.Context, req schedapi.RegisterRequest) (sc
 }
 
 // Pieces long-polls for at most max assignments, waiting up to wait
-// (bounded by schedapi.MaxWait) when there are none.
-func (c *Client) Pieces(ctx context.Context, taskID taskid.ID, peerID string, limit int, wait time.Duration) (schedapi.PiecesResponse, error) {
+// (bounded by schedapi.MaxWait) when there are none. want names the pieces
+// to assign first and caps the others (schedapi.NoWant: any piece).
+func (c *Client) Pieces(ctx context.Context, taskID taskid.ID, peerID string, limit int, wait time.Duration, want schedapi.Want) (schedapi.PiecesResponse, error) {
 	var resp schedapi.PiecesResponse
 	if err := checkPeerID(peerID); err != nil {
 		return resp, fmt.Errorf("pieces: %w", err)
@@ -215,6 +216,15 @@ func (c *Client) Pieces(ctx context.Context, taskID taskid.ID, peerID string, li
 	q := url.Values{}
 	q.Set("max", strconv.Itoa(limit))
 	q.Set("wait", wait.String())
+	if len(want.Pieces) > 0 {
+		if !want.Valid() {
+			return resp, fmt.Errorf("pieces: want %v: %w", want.Pieces, ErrInvalid)
+		}
+		q.Set(schedapi.QueryWant, schedapi.FormatWant(want.Pieces))
+	}
+	if want.Background >= 0 {
+		q.Set(schedapi.QueryBackground, strconv.Itoa(want.Background))
+	}
 	_, err := c.do(ctx, call{
 		name:       "pieces",
 		method:     http.MethodGet,

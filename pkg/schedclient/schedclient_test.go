@@ -219,7 +219,7 @@ func TestRoundTrip(t *testing.T) {
 	require.Equal(t, int64(4), reg.PieceSize)
 	require.Equal(t, "Bearer s3cret", f.registers[0].Header.Get("Authorization"))
 
-	pr, err := c.Pieces(ctx, task1, "p1", 500, time.Hour)
+	pr, err := c.Pieces(ctx, task1, "p1", 500, time.Hour, schedapi.NoWant)
 	require.NoError(t, err)
 	require.Len(t, pr.Assignments, 1)
 	require.Equal(t, "p2", pr.Assignments[0].From.ID)
@@ -244,7 +244,7 @@ func TestRejectsBadIDs(t *testing.T) {
 		name string
 		call func() error
 	}{
-		{"pieces bad task", func() error { _, err := c.Pieces(t.Context(), "../etc", "p1", 1, 0); return err }},
+		{"pieces bad task", func() error { _, err := c.Pieces(t.Context(), "../etc", "p1", 1, 0, schedapi.NoWant); return err }},
 		{"report bad peer", func() error { return c.Report(t.Context(), task1, "p/1", nil) }},
 		{"leave empty peer", func() error { return c.Leave(t.Context(), task1, "") }},
 		{"heartbeat long peer", func() error {
@@ -283,7 +283,7 @@ func TestAPIErrors(t *testing.T) {
 			f.failStatus, f.failCode = tt.status, tt.code
 			c, err := New([]string{f.addr}, WithRetry(3, time.Millisecond))
 			require.NoError(t, err)
-			_, err = c.Pieces(t.Context(), task1, "p1", 1, 0)
+			_, err = c.Pieces(t.Context(), task1, "p1", 1, 0, schedapi.NoWant)
 			var ae *APIError
 			require.ErrorAs(t, err, &ae)
 			require.Equal(t, tt.status, ae.StatusCode)
@@ -325,11 +325,11 @@ func TestRetryOn503(t *testing.T) {
 		wantCalls int
 	}{
 		{"pieces recovers", 2, func(c *Client, ctx context.Context) error {
-			_, err := c.Pieces(ctx, task1, "p1", 1, 0)
+			_, err := c.Pieces(ctx, task1, "p1", 1, 0, schedapi.NoWant)
 			return err
 		}, "pieces", false, 3},
 		{"pieces gives up", 10, func(c *Client, ctx context.Context) error {
-			_, err := c.Pieces(ctx, task1, "p1", 1, 0)
+			_, err := c.Pieces(ctx, task1, "p1", 1, 0, schedapi.NoWant)
 			return err
 		}, "pieces", true, 3},
 		{"report is not retried", 2, func(c *Client, ctx context.Context) error {
@@ -381,7 +381,7 @@ func TestCanceledIsNotUnreachable(t *testing.T) {
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
 	defer cancel()
-	_, err = c.Pieces(ctx, task1, "p1", 1, time.Second)
+	_, err = c.Pieces(ctx, task1, "p1", 1, time.Second, schedapi.NoWant)
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	require.NotErrorIs(t, err, ErrUnreachable)
 }
@@ -398,7 +398,7 @@ func TestFailoverToNextNode(t *testing.T) {
 		require.NoError(t, err)
 		// The task sticks to the node it was registered on.
 		require.Equal(t, "http://"+f.addr, c.nodeFor(reg.TaskID)[0])
-		_, err = c.Pieces(t.Context(), taskid.ID(reg.TaskID), "p1", 1, 0)
+		_, err = c.Pieces(t.Context(), taskid.ID(reg.TaskID), "p1", 1, 0, schedapi.NoWant)
 		require.NoError(t, err)
 	}
 	require.Equal(t, 2, f.count("register"))
@@ -573,7 +573,7 @@ func TestUnreachableNamesNode(t *testing.T) {
 	dead := deadAddr(t)
 	c, err := New([]string{dead}, WithRetry(1, 0))
 	require.NoError(t, err)
-	_, err = c.Pieces(t.Context(), task1, "p1", 1, 0)
+	_, err = c.Pieces(t.Context(), task1, "p1", 1, 0, schedapi.NoWant)
 	var ue *UnreachableError
 	require.ErrorAs(t, err, &ue)
 	require.Equal(t, dead, ue.Node)
@@ -599,7 +599,7 @@ func TestRetryAfterHonoured(t *testing.T) {
 	c, err := New([]string{srv.URL}, WithRetry(3, time.Millisecond))
 	require.NoError(t, err)
 	start := time.Now()
-	_, err = c.Pieces(t.Context(), task1, "p1", 1, 0)
+	_, err = c.Pieces(t.Context(), task1, "p1", 1, 0, schedapi.NoWant)
 	require.NoError(t, err)
 	require.GreaterOrEqual(t, time.Since(start), time.Second)
 	require.Equal(t, int32(2), calls.Load())

@@ -61,7 +61,9 @@ type Tasks interface {
 // Scheduler is the part of the scheduler the members' piece traffic goes
 // to.
 type Scheduler interface {
-	Poll(ctx context.Context, taskID taskid.ID, peerID string, max int) (schedapi.PiecesResponse, error)
+	// PollWant long-polls for assignments, the wanted pieces first (see
+	// scheduler.Scheduler.PollWant).
+	PollWant(ctx context.Context, taskID taskid.ID, peerID string, max int, want schedapi.Want) (schedapi.PiecesResponse, error)
 	Report(ctx context.Context, taskID taskid.ID, peerID string, results []schedapi.PieceResult) error
 	Leave(ctx context.Context, taskID taskid.ID, peerID string) error
 	Heartbeat(ctx context.Context, peerID, addr string, tasks []taskid.ID) (unknown []taskid.ID, err error)
@@ -334,7 +336,16 @@ func (s *Server) pieces(w http.ResponseWriter, r *http.Request) error {
 		}
 		maxN = min(maxN, schedapi.MaxAssignments)
 	}
-	resp, err := s.poll(r.Context(), taskID, peerID, maxN, wait)
+	want := schedapi.NoWant
+	if want.Pieces, err = schedapi.ParseWant(q.Get(schedapi.QueryWant)); err != nil {
+		return invalid("%v", err)
+	}
+	if v := q.Get(schedapi.QueryBackground); v != "" {
+		if want.Background, err = strconv.Atoi(v); err != nil || want.Background < 0 || len(v) > 3 {
+			return invalid("%s %q: must be a non-negative integer", schedapi.QueryBackground, redact.Truncate(v))
+		}
+	}
+	resp, err := s.poll(r.Context(), taskID, peerID, maxN, wait, want)
 	if err == nil || !errors.Is(err, context.DeadlineExceeded) || r.Context().Err() != nil {
 		if err != nil {
 			return fmt.Errorf("poll %s: %w", taskID, err)
@@ -343,7 +354,7 @@ func (s *Server) pieces(w http.ResponseWriter, r *http.Request) error {
 		return nil
 	}
 	// The wait ran out before the scheduler took the poll: try once more.
-	resp, err = s.poll(r.Context(), taskID, peerID, maxN, pollGrace)
+	resp, err = s.poll(r.Context(), taskID, peerID, maxN, pollGrace, want)
 	if errors.Is(err, context.DeadlineExceeded) && r.Context().Err() == nil {
 		return &apiError{status: http.StatusServiceUnavailable, code: schedapi.CodeUnavailable, msg: "scheduler busy, poll again"}
 	}
@@ -363,10 +374,10 @@ func (s *Server) withRetryAfter(id taskid.ID, resp schedapi.PiecesResponse) sche
 	return resp
 }
 
-func (s *Server) poll(ctx context.Context, taskID taskid.ID, peerID string, maxN int, wait time.Duration) (schedapi.PiecesResponse, error) {
+func (s *Server) poll(ctx context.Context, taskID taskid.ID, peerID string, maxN int, wait time.Duration, want schedapi.Want) (schedapi.PiecesResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	return s.sched.Poll(ctx, taskID, peerID, maxN)
+	return s.sched.PollWant(ctx, taskID, peerID, maxN, want)
 }
 
 func (s *Server) report(w http.ResponseWriter, r *http.Request) error {

@@ -75,8 +75,11 @@ func (b *strictBackend) Join(_ context.Context, taskID taskid.ID, p schedapi.Pee
 	return schedapi.TaskInfo{TaskID: taskID.String(), State: schedapi.TaskRunning, Size: -1, PieceSize: 4 << 20, PieceCount: -1}, nil
 }
 
-func (b *strictBackend) Poll(ctx context.Context, taskID taskid.ID, peerID string, maxN int) (schedapi.PiecesResponse, error) {
+func (b *strictBackend) PollWant(ctx context.Context, taskID taskid.ID, peerID string, maxN int, want schedapi.Want) (schedapi.PiecesResponse, error) {
 	b.ids(taskID, peerID)
+	if !want.Valid() || want.Background < -1 {
+		b.bad("want %+v reached the scheduler", want)
+	}
 	if maxN < 0 || maxN > schedapi.MaxAssignments {
 		b.bad("max %d reached the scheduler", maxN)
 	}

@@ -107,6 +107,7 @@ type pollCall struct {
 	peer     string
 	max      int
 	deadline time.Duration
+	want     schedapi.Want
 }
 
 func (f *fake) Ensure(ctx context.Context, req cdn.Request) (schedapi.TaskInfo, error) {
@@ -130,10 +131,10 @@ func (f *fake) Join(ctx context.Context, taskID taskid.ID, p schedapi.Peer, have
 	return info, nil
 }
 
-func (f *fake) Poll(ctx context.Context, taskID taskid.ID, peerID string, max int) (schedapi.PiecesResponse, error) {
+func (f *fake) PollWant(ctx context.Context, taskID taskid.ID, peerID string, max int, want schedapi.Want) (schedapi.PiecesResponse, error) {
 	dl, _ := ctx.Deadline()
 	f.mu.Lock()
-	f.polls = append(f.polls, pollCall{taskID, peerID, max, time.Until(dl).Round(time.Second)})
+	f.polls = append(f.polls, pollCall{taskID, peerID, max, time.Until(dl).Round(time.Second), want})
 	err, wait := f.err, f.pollWait
 	f.mu.Unlock()
 	if err != nil {
@@ -241,6 +242,10 @@ func TestBadInputIs4xx(t *testing.T) {
 		{"negative wait", http.MethodGet, pieces + "?wait=-1s", nil, 400},
 		{"bad max", http.MethodGet, pieces + "?max=lots", nil, 400},
 		{"zero max", http.MethodGet, pieces + "?max=0", nil, 400},
+		{"bad want", http.MethodGet, pieces + "?want=5-3", nil, 400},
+		{"want not ascending", http.MethodGet, pieces + "?want=5,3", nil, 400},
+		{"want too many", http.MethodGet, pieces + "?want=0-1000", nil, 400},
+		{"bad bg", http.MethodGet, pieces + "?bg=-1", nil, 400},
 		{"report garbage", http.MethodPost, schedapi.ReportPath(goodTask, "p"), strings.NewReader("[]"), 400},
 		{"report negative piece", http.MethodPost, schedapi.ReportPath(goodTask, "p"), jsonBody(t, schedapi.ReportRequest{Results: []schedapi.PieceResult{{Piece: -1, From: "q", OK: true}}}), 400},
 		{"report bad from", http.MethodPost, schedapi.ReportPath(goodTask, "p"), jsonBody(t, schedapi.ReportRequest{Results: []schedapi.PieceResult{{Piece: 1, From: "", OK: true}}}), 400},
@@ -400,10 +405,13 @@ func TestPieces(t *testing.T) {
 		query    string
 		wantMax  int
 		wantWait time.Duration
+		want     schedapi.Want
 	}{
-		{"defaults", "", 0, DefaultWait},
-		{"explicit", "?wait=2s&max=5", 5, 2 * time.Second},
-		{"clamped", "?wait=10m&max=1000", schedapi.MaxAssignments, schedapi.MaxWait},
+		{"defaults", "", 0, DefaultWait, schedapi.NoWant},
+		{"explicit", "?wait=2s&max=5", 5, 2 * time.Second, schedapi.NoWant},
+		{"clamped", "?wait=10m&max=1000", schedapi.MaxAssignments, schedapi.MaxWait, schedapi.NoWant},
+		{"wanted first", "?want=3-5,9&bg=2", 0, DefaultWait, schedapi.Want{Pieces: []int{3, 4, 5, 9}, Background: 2}},
+		{"wanted only", "?want=7&bg=0", 0, DefaultWait, schedapi.Want{Pieces: []int{7}, Background: 0}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -418,6 +426,7 @@ func TestPieces(t *testing.T) {
 			require.Len(t, f.polls, 1)
 			require.Equal(t, tt.wantMax, f.polls[0].max)
 			require.Equal(t, tt.wantWait, f.polls[0].deadline)
+			require.Equal(t, tt.want, f.polls[0].want)
 		})
 	}
 

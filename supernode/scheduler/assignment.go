@@ -152,11 +152,47 @@ func (st *state) poll(w *waiter) {
 	}
 	m.peer.lastSeen = st.now()
 	w.t, w.m, w.state = t, m, t.state
+	if w.wanting() {
+		st.demandMissing(t, w.wantList)
+	}
 	if !st.tryAnswer(w) {
 		w.parked = true
 		m.peer.polling++
 		m.waiting++
-		t.waiters = append(t.waiters, w)
+		t.waiters = st.park(t.waiters, w)
+	}
+}
+
+// park adds w to the parked polls: a poll with wants goes after the other
+// polls with wants and before those without, so that on-demand reads are
+// served before the background fill; otherwise polls are retried oldest
+// first.
+func (st *state) park(ws []*waiter, w *waiter) []*waiter {
+	if !w.wanting() {
+		return append(ws, w)
+	}
+	k := len(ws)
+	for k > 0 && !ws[k-1].wanting() {
+		k--
+	}
+	return slices.Insert(ws, k, w)
+}
+
+// demandMissing hands the demand hook the wanted pieces of a running task
+// that are not published yet.
+func (st *state) demandMissing(t *task, want []int) {
+	if st.demand == nil || t.state != schedapi.TaskRunning || t.count < 0 {
+		return
+	}
+	var missing []int
+	for _, i := range want {
+		if i < t.count && !t.isPublished(i) {
+			missing = append(missing, i)
+		}
+	}
+	if len(missing) > 0 {
+		st.m.demanded.Add(float64(len(missing)))
+		st.demand(t.id, missing)
 	}
 }
 
@@ -164,6 +200,7 @@ func (st *state) poll(w *waiter) {
 // it arrived or failed, or if its peer holds all of a succeeded task.
 func (st *state) tryAnswer(w *waiter) bool {
 	t, m := w.t, w.m
+	m.want, m.bg = w.want, w.bg
 	complete := t.complete(m)
 	done := t.state != w.state || t.state == schedapi.TaskFailed || complete
 	resp := schedapi.PiecesResponse{}

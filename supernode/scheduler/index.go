@@ -305,10 +305,15 @@ func (st *state) touch(m *member) {
 	c.members = append(c.members, m)
 }
 
-// wants reports whether m neither holds nor has in flight some piece of c.
+// wants reports whether m neither holds nor has in flight some piece of c
+// that its poll may get (only wanted ones when it asks for no others).
 func (m *member) wants(c bitset) bool {
 	for w, x := range c {
-		if x&^m.busy.word(w) != 0 {
+		x &^= m.busy.word(w)
+		if m.bg == 0 {
+			x &= m.want.word(w)
+		}
+		if x != 0 {
 			return true
 		}
 	}

@@ -98,6 +98,7 @@ func (st *state) join(taskID taskid.ID, sp schedapi.Peer, have *piece.Set) (sche
 			serving:  make(map[*assignment]struct{}),
 			freeAt:   -1,
 			rate:     sp.DownloadRate,
+			bg:       -1,
 			proven:   !st.startReports,
 		}
 		t.members[p.id] = m

@@ -18,6 +18,7 @@ type metrics struct {
 	results     *prometheus.CounterVec
 	strikes     *prometheus.CounterVec
 	struck      prometheus.Counter
+	demanded    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -51,6 +52,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: ns, Subsystem: sub, Name: "struck_out_total",
 			Help: "Times a peer was struck out as a source of a task.",
 		}),
+		demanded: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "demanded_pieces_total",
+			Help: "Pieces that polls wanted first while the task did not have them yet, handed to the CDN to fetch first (counted per poll).",
+		}),
 	}
 	for _, s := range []schedapi.TaskState{schedapi.TaskRunning, schedapi.TaskSucceeded, schedapi.TaskFailed} {
 		m.tasks.WithLabelValues(string(s))
@@ -67,7 +72,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.tasks, m.peers, m.inflight, m.assignments, m.results, m.strikes, m.struck} {
+	for _, c := range []prometheus.Collector{m.tasks, m.peers, m.inflight, m.assignments, m.results, m.strikes, m.struck, m.demanded} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register scheduler metrics: %w", err)
 		}

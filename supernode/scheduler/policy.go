@@ -100,6 +100,8 @@ func (rarestFirst) choose(t *task, req *member, max int, s slots) []choice {
 		return nil
 	}
 	cdnBusy := s.cdnBusy
+	// Wanted pieces come first in order; of the others at most req.bg.
+	bgLeft := req.bg
 	fanout := t.fanout
 	// An unproven requester gets one CDN assignment at a time.
 	cdnLeft := s.cdn
@@ -114,6 +116,11 @@ func (rarestFirst) choose(t *task, req *member, max int, s slots) []choice {
 			break
 		}
 		i := int(uint32(key))
+		background := key&notWanted != 0
+		if background && bgLeft == 0 {
+			break
+		}
+		n := len(out)
 		switch best := leastLoaded(t, i, req, &taken, s.peer); {
 		case best != nil:
 			taken.add(best.peer)
@@ -128,6 +135,9 @@ func (rarestFirst) choose(t *task, req *member, max int, s slots) []choice {
 			cdnBusy++
 			cdnLeft--
 			out = append(out, choice{piece: i})
+		}
+		if background && len(out) > n && bgLeft > 0 {
+			bgLeft--
 		}
 	}
 	return out
@@ -233,7 +243,7 @@ func leastLoadedFree(t *task, i int, req *member, taken *takenSlots, slots int) 
 }
 
 func (rarestFirst) canServe(t *task, req *member, i int, s slots) bool {
-	if !t.isPublished(i) || req.busy.has(i) {
+	if !t.isPublished(i) || req.busy.has(i) || (req.bg == 0 && !req.want.has(i)) {
 		return false
 	}
 	if req.lapsed > 0 || (!req.proven && req.fromCDN > 0) {
@@ -253,18 +263,28 @@ func candidates(t *task, req *member) []int {
 	return out
 }
 
+// notWanted is the key bit of a piece req's poll does not want first.
+const notWanted = 1 << 63
+
 // order returns the pieces of a, b or c that req neither holds nor has in
-// flight, rarest first (peers holding the piece plus
-// assignments of it in flight) and then by index, each as rarity<<32 |
-// index. The slice is the task's scratch buffer, valid until the next call.
+// flight: those its poll wants first (req.want) before the others, and
+// within each, rarest first (peers holding the piece plus assignments of it
+// in flight) and then by index, each as notWanted | rarity<<32 | index. The
+// slice is the task's scratch buffer, valid until the next call.
 func (t *task) order(req *member, a, b, c bitset) []uint64 {
 	keys := t.scratch[:0]
 	for w := range max(len(a), len(b), len(c)) {
 		x := (a.word(w) | b.word(w) | c.word(w)) &^ req.busy.word(w)
+		wanted := req.want.word(w)
 		for x != 0 {
+			bit := x & -x
 			i := w<<6 | bits.TrailingZeros64(x)
-			x &= x - 1
-			keys = append(keys, uint64(t.rarity(i))<<32|uint64(i))
+			x &^= bit
+			key := uint64(min(t.rarity(i), 1<<31-1))<<32 | uint64(i)
+			if wanted&bit == 0 {
+				key |= notWanted
+			}
+			keys = append(keys, key)
 		}
 	}
 	slices.Sort(keys)

@@ -115,6 +115,13 @@ func WithTaskForgotten(fn func(taskID taskid.ID)) Option {
 	return func(s *Scheduler) { s.forgotten = fn }
 }
 
+// WithDemand sets the function the scheduler hands the wanted pieces that a
+// task does not have yet (see PollWant): the CDN's Demand. It is called on
+// the event loop and must return at once.
+func WithDemand(fn func(taskID taskid.ID, pieces []int)) Option {
+	return func(s *Scheduler) { s.demand = fn }
+}
+
 // WithCDNCorruptReport sets fn, called with the task and piece of each
 // corrupt report (schedapi.ReasonCorrupt) a requester makes against a piece
 // the CDN was assigned to send it. Such a report never strikes the CDN; fn
@@ -134,6 +141,7 @@ type Scheduler struct {
 	startReports bool
 	forgotten    func(taskID taskid.ID)
 	cdnCorrupt   func(taskID taskid.ID, piece int)
+	demand       func(taskID taskid.ID, pieces []int)
 	callbacks    sync.WaitGroup
 
 	st      *state // owned by Run's goroutine
@@ -175,6 +183,7 @@ func New(cfg Config, cdn schedapi.Peer, opts ...Option) (*Scheduler, error) {
 	s.logger = s.logger.Named("scheduler")
 	s.st = newState(cfg, cdn, pol, s.now, s.logger, m)
 	s.st.startReports = s.startReports
+	s.st.demand = s.demand
 	if fn := s.forgotten; fn != nil {
 		s.st.forgotten = func(id taskid.ID) { s.callbacks.Go(func() { fn(id) }) }
 	}
@@ -353,10 +362,25 @@ func (s *Scheduler) Join(ctx context.Context, taskID taskid.ID, p schedapi.Peer,
 // with ErrTaskNotFound, ErrPeerNotFound (the peer must register again), or
 // ctx.Err() if ctx ends before the scheduler saw the poll.
 func (s *Scheduler) Poll(ctx context.Context, taskID taskid.ID, peerID string, max int) (schedapi.PiecesResponse, error) {
+	return s.PollWant(ctx, taskID, peerID, max, schedapi.NoWant)
+}
+
+// PollWant is Poll with what the poll asks for first: the pieces of
+// want.Pieces come before any other, and of the others it gets at most
+// want.Background (< 0: no cap; 0: wanted pieces only). A poll with wants
+// is also retried before the parked polls without, and the wanted pieces
+// the task does not have yet are handed to the demand hook (WithDemand),
+// so that the CDN fetches them from the source first. An invalid want is
+// ErrInvalid.
+func (s *Scheduler) PollWant(ctx context.Context, taskID taskid.ID, peerID string, max int, want schedapi.Want) (schedapi.PiecesResponse, error) {
 	if max <= 0 || max > schedapi.MaxAssignments {
 		max = schedapi.MaxAssignments
 	}
+	if !want.Valid() {
+		return schedapi.PiecesResponse{}, fmt.Errorf("poll: want %v: %w", want.Pieces, ErrInvalid)
+	}
 	w := newWaiter(taskID, peerID, max)
+	w.setWant(want)
 	if err := s.call(ctx, func() { s.st.poll(w) }); err != nil {
 		return schedapi.PiecesResponse{}, err
 	}

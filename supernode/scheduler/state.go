@@ -78,6 +78,11 @@ type member struct {
 	// source, that the requester verified: evidence against a corrupt
 	// report of the same piece from it.
 	servedOK bitset
+	// want holds the pieces the member's current poll wants first (its
+	// readers need them now), and bg caps the other pieces that poll may
+	// get (< 0: no cap). Set from the poll being answered.
+	want bitset
+	bg   int
 }
 
 // avoids reports whether m is not to be sent to p.
@@ -228,6 +233,11 @@ type waiter struct {
 	peerID string
 	max    int
 	reply  chan pollReply
+	// want holds the pieces the poll asks for first, wantList the same in
+	// order; bg caps the other pieces (< 0: no cap).
+	want     bitset
+	wantList []int
+	bg       int
 
 	// Set by the event loop.
 	t        *task
@@ -241,8 +251,19 @@ type waiter struct {
 }
 
 func newWaiter(taskID taskid.ID, peerID string, max int) *waiter {
-	return &waiter{taskID: taskID, peerID: peerID, max: max, reply: make(chan pollReply, 1)}
+	return &waiter{taskID: taskID, peerID: peerID, max: max, bg: -1, reply: make(chan pollReply, 1)}
 }
+
+// setWant records what the poll asks for first.
+func (w *waiter) setWant(want schedapi.Want) {
+	w.wantList, w.bg = want.Pieces, want.Background
+	for _, i := range want.Pieces {
+		w.want.set(i)
+	}
+}
+
+// wanting reports whether the poll asks for some pieces first.
+func (w *waiter) wanting() bool { return len(w.wantList) > 0 }
 
 func (w *waiter) answer(resp schedapi.PiecesResponse, err error) {
 	if w.answered {
@@ -293,6 +314,9 @@ type state struct {
 	// cdnCorrupt, if set, is told each corrupt report against a CDN
 	// assignment (WithCDNCorruptReport).
 	cdnCorrupt func(taskID taskid.ID, piece int)
+	// demand, if set, is handed the wanted pieces a task does not have
+	// yet; it returns at once (the CDN's Demand).
+	demand func(taskID taskid.ID, pieces []int)
 }
 
 // changes records what improved in a task since its parked polls were last
