@@ -15,6 +15,9 @@
 //     locally for SeedTTL (or MaxSeeds more recently used ones push it
 //     out). Then the engine leaves it on the supernode; the
 //     content stays in the store and a later Acquire seeds it again at once.
+//     A download that is not committed and that no Lease has held for
+//     SeedTTL (range reads with the engine's prefetch off never complete)
+//     is left the same way, and its partial content dropped.
 //  4. When the committed content exceeds Quota (checked every CheckInterval
 //     and after every commit), the least recently used blobs that no Lease
 //     holds are deleted until usage is at most LowWater of the quota. Their
@@ -490,6 +493,11 @@ func (c *Cache) expireSeeds() {
 	c.mu.Lock()
 	for _, e := range c.tasks {
 		if !e.committed {
+			// A partial download nobody has read for SeedTTL (range reads
+			// with prefetch off never complete): left, its ingest dropped.
+			if e.leases == 0 && e.dl != nil && e.lastUse.Before(cutoff) {
+				expired = append(expired, e)
+			}
 			continue
 		}
 		seeds++

@@ -36,6 +36,9 @@ type Config struct {
 	// HeartbeatInterval is how often Run heartbeats the tasks the engine
 	// seeds (default 10s).
 	HeartbeatInterval time.Duration `yaml:"heartbeatInterval"`
+	// Prefetch is what a download fetches beyond the ranges its readers
+	// want now: "on" (default), "off" or a rate (see Prefetch).
+	Prefetch Prefetch `yaml:"prefetch"`
 }
 
 // Defaults of Config.

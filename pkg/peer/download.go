@@ -195,18 +195,20 @@ func (d *Download) NewReader(off int64) io.ReadCloser {
 }
 
 // NewRangeReader returns n bytes of the content from off (n < 0: to the
-// end, as NewReader). The pieces covering the range become the first the
-// download fetches: the engine asks the supernode for them before any
-// other, and, while the reader is open, keeps asking for them first. With n
-// >= 0 the reader ends with io.EOF after the n-th byte, each byte verified
-// against its piece's digest, without waiting for the rest of the content;
-// a range past the end of the content ends at the end.
+// end, as NewReader). With n >= 0 the pieces covering the range become the
+// first the download fetches: while the reader is open the engine asks the
+// supernode for them before any other (see want.go), and the reader ends
+// with io.EOF after the n-th byte, each byte verified against its piece's
+// digest, without waiting for the rest of the content; a range past the end
+// of the content ends at the end. A reader of the whole content (n < 0)
+// wants nothing in particular: the swarm's rarest-first order serves it
+// best.
 func (d *Download) NewRangeReader(off, n int64) io.ReadCloser {
 	r := &reader{t: d.t, off: off, end: -1, closed: make(chan struct{})}
 	if n >= 0 {
 		r.end = off + n
+		r.unwant = d.t.want(off, n)
 	}
-	r.unwant = d.t.want(off, n)
 	return r
 }
 

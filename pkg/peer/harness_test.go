@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -218,6 +219,8 @@ type fakeSched struct {
 	leaves    int
 	polls     int
 	beats     []schedapi.HeartbeatRequest
+	// wants are the want lists of the polls, as sent.
+	wants []string
 }
 
 func newFakeSched(t *testing.T, data []byte, from func(piece, attempt int) (schedapi.Peer, bool)) *fakeSched {
@@ -378,6 +381,20 @@ func (f *fakeSched) poll(w http.ResponseWriter, r *http.Request) {
 	}
 	limit, _ := strconv.Atoi(r.URL.Query().Get("max"))
 	wait, _ := time.ParseDuration(r.URL.Query().Get("wait"))
+	wantQ := r.URL.Query().Get(schedapi.QueryWant)
+	wanted, err := schedapi.ParseWant(wantQ)
+	if err != nil {
+		f.t.Errorf("poll with a bad want list %q: %v", wantQ, err)
+	}
+	bg := -1
+	if v := r.URL.Query().Get(schedapi.QueryBackground); v != "" {
+		bg, _ = strconv.Atoi(v)
+	}
+	f.mu.Lock()
+	if wantQ != "" {
+		f.wants = append(f.wants, wantQ)
+	}
+	f.mu.Unlock()
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	for {
@@ -391,12 +408,29 @@ func (f *fakeSched) poll(w http.ResponseWriter, r *http.Request) {
 		f.polls++
 		startInfo := f.info()
 		var out []schedapi.Assignment
-		for _, i := range f.order {
+		// As the supernode does: the wanted pieces first, then at most bg
+		// others.
+		order := append(slices.Clone(wanted), f.order...)
+		isWanted := map[int]bool{}
+		for _, i := range wanted {
+			isWanted[i] = true
+		}
+		others := 0
+		for k, i := range order {
 			if len(out) >= limit || f.failTask != "" {
 				break
 			}
-			if f.done[i] || f.assigned[i] {
+			if f.done[i] || f.assigned[i] || i >= len(f.pieces) {
 				continue
+			}
+			if k >= len(wanted) && isWanted[i] {
+				continue
+			}
+			if !isWanted[i] {
+				if bg >= 0 && others >= bg {
+					break
+				}
+				others++
 			}
 			from, cdn := f.from(i, f.attempts[i])
 			f.attempts[i]++

@@ -116,6 +116,17 @@ func (t *task) p2p(ctx context.Context) error {
 	stall := time.NewTimer(cfg.StallTimeout)
 	defer stall.Stop()
 	stallAt := time.Now().Add(cfg.StallTimeout)
+	// stallStopped: the loop is idle by choice (nothing wanted, the
+	// background fill off or paced), which is no stall.
+	stallStopped := false
+	var bk *bucket // paces the background fill (Config.Prefetch.Rate)
+	if cfg.Prefetch.Rate > 0 && !cfg.Prefetch.Off {
+		bk = newBucket(int64(cfg.Prefetch.Rate), time.Now())
+	}
+	// asked holds the wanted pieces of the poll in flight; repoll is set
+	// when it was cancelled to ask for newly wanted ones.
+	var asked map[int]bool
+	repoll := false
 	var retry <-chan time.Time
 	pollBackoff := backoff.Backoff{Min: pollRetryMin, Max: pollRetryMax}
 	emptyBackoff := backoff.Backoff{Min: emptyPollMin, Max: emptyPollMax}
@@ -129,19 +140,36 @@ func (t *task) p2p(ctx context.Context) error {
 		} else if ok {
 			break
 		}
-		if !polling && retry == nil && len(inflight) < cfg.Concurrency {
-			pctx, cancel := context.WithCancel(ctx)
-			cancelPoll = cancel
-			polling = true
-			limit := cfg.Concurrency - len(inflight)
-			go func() {
-				start := time.Now()
-				resp, err := t.e.sched.Pieces(pctx, t.id, t.e.self.ID, limit, cfg.PollWait, schedapi.NoWant)
-				took := time.Since(start)
-				t.log.Debug("poll answered", zap.Int("limit", limit), zap.Int("assignments", len(resp.Assignments)),
-					zap.Duration("took", took), zap.Error(err))
-				polls <- pollResult{resp, err, took}
-			}()
+		if !polling && retry == nil {
+			plan := t.planPoll(inflight, bk, time.Now())
+			switch {
+			case plan.limit > 0:
+				if stallStopped {
+					stallStopped = false
+					stall.Reset(cfg.StallTimeout)
+					stallAt = time.Now().Add(cfg.StallTimeout)
+				}
+				pctx, cancel := context.WithCancel(ctx)
+				cancelPoll = cancel
+				polling = true
+				asked = plan.wanted
+				go func() {
+					start := time.Now()
+					resp, err := t.e.sched.Pieces(pctx, t.id, t.e.self.ID, plan.limit, cfg.PollWait, plan.want)
+					took := time.Since(start)
+					t.log.Debug("poll answered", zap.Int("limit", plan.limit), zap.Int("wanted", len(plan.want.Pieces)),
+						zap.Int("assignments", len(resp.Assignments)), zap.Duration("took", took), zap.Error(err))
+					polls <- pollResult{resp, err, took}
+				}()
+			case plan.idle:
+				if !stallStopped {
+					stallStopped = true
+					stall.Stop()
+				}
+				if plan.after > 0 {
+					retry = time.After(plan.after)
+				}
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -150,9 +178,23 @@ func (t *task) p2p(ctx context.Context) error {
 			return t.stalled(lastPollErr)
 		case <-retry:
 			retry = nil
+		case <-t.wantCh:
+			// A reader wants something: ask for it now unless the poll in
+			// flight already does.
+			retry = nil
+			if wanted, _ := t.wantedPieces(inflight, wantLimit(cfg)); polling && !covers(asked, wanted) {
+				repoll = true
+				cancelPoll()
+			}
 		case pr := <-polls:
 			polling = false
 			cancelPoll()
+			if pr.err != nil && repoll && ctx.Err() == nil {
+				// Cancelled by the loop to ask for newly wanted pieces.
+				repoll = false
+				continue
+			}
+			repoll = false
 			if pr.err != nil {
 				if ctx.Err() != nil {
 					return ctx.Err()
@@ -198,11 +240,14 @@ func (t *task) p2p(ctx context.Context) error {
 					rep.add(ctx, schedapi.PieceResult{Piece: a.Piece, From: a.From.ID, OK: true})
 					continue
 				}
-				if len(inflight) >= cfg.Concurrency {
+				if len(inflight) >= 2*cfg.Concurrency {
 					// More than asked for: the supernode takes it back
 					// when the assignment times out.
 					t.log.Debug("assignment over the limit", zap.Int("piece", a.Piece))
 					continue
+				}
+				if bk != nil && !asked[a.Piece] {
+					bk.take(time.Now(), a.Length, a.Length)
 				}
 				inflight[a.Piece] = true
 				fetchers.Add(1)

@@ -64,6 +64,12 @@ type task struct {
 	result     Result
 	err        error
 
+	// wants are the byte ranges open range readers need now (want.go);
+	// wantCh is signalled when one is added.
+	wants   map[*wantRange]struct{}
+	wantSeq uint64
+	wantCh  chan struct{}
+
 	cancel  context.CancelFunc
 	runDone chan struct{} // nil when nothing runs
 }
@@ -79,6 +85,8 @@ func newTask(e *Engine, id taskid.ID, req Request) *task {
 		verified: &piece.Set{},
 		changed:  make(chan struct{}),
 		handles:  make(map[*Download]struct{}),
+		wants:    make(map[*wantRange]struct{}),
+		wantCh:   make(chan struct{}, 1),
 		done:     make(chan struct{}),
 		info:     schedapi.TaskInfo{TaskID: id.String(), Size: -1, PieceCount: -1},
 		progress: Progress{Size: -1},
