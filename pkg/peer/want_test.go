@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"gopkg.in/yaml.v3"
 
 	"github.com/damselfly/damselfly/pkg/schedapi"
 )
@@ -132,4 +133,14 @@ func TestBucketPaces(t *testing.T) {
 	b.take(now, 20, 20) // into debt
 	_, wait = b.pieces(now, 20)
 	require.Equal(t, 4*time.Second, wait)
+}
+
+func TestPrefetchYAML(t *testing.T) {
+	for in, want := range map[string]Prefetch{"prefetch: off": {Off: true}, "prefetch: on": {}, "prefetch: 8MiB/s": {Rate: 8 << 20}, "{}": {}} {
+		var c Config
+		require.NoError(t, yaml.Unmarshal([]byte(in), &c), in)
+		require.Equal(t, want, c.Prefetch, in)
+	}
+	var c Config
+	require.Error(t, yaml.Unmarshal([]byte("prefetch: maybe"), &c))
 }
