@@ -25,6 +25,7 @@ import (
 	"github.com/distribution/distribution/v3/registry/handlers"
 	digest "github.com/opencontainers/go-digest"
 	"github.com/sirupsen/logrus"
+	"golang.org/x/time/rate"
 
 	// The registry's auth and storage back ends register themselves.
 	_ "github.com/distribution/distribution/v3/registry/auth/token"
@@ -44,6 +45,8 @@ type Registry struct {
 	ownDir bool
 	admin  [2]string // user and password the fixture pushes with
 
+	egress *rate.Limiter // nil: unlimited
+
 	mu    sync.Mutex
 	stats Stats
 }
@@ -59,6 +62,9 @@ type Stats struct {
 	// ManifestGETs counts GETs of manifests by "repo:ref" (ref a tag or a
 	// digest).
 	ManifestGETs map[string]int
+	// BlobRanges lists the Range headers of each blob's GETs that had one,
+	// in order.
+	BlobRanges map[digest.Digest][]string
 }
 
 type options struct {
@@ -66,6 +72,7 @@ type options struct {
 	dir      string
 	listen   string
 	ownRealm bool
+	egress   int64
 }
 
 // Option configures a Registry.
@@ -96,6 +103,11 @@ func WithRealmOnOwnPort() Option { return func(o *options) { o.ownRealm = true }
 // directory removed by Close).
 func WithDir(dir string) Option { return func(o *options) { o.dir = dir } }
 
+// WithEgressRate caps the blob bytes the registry sends, over all its
+// connections together, at bytesPerSec, as an origin behind a link of that
+// speed.
+func WithEgressRate(bytesPerSec int64) Option { return func(o *options) { o.egress = bytesPerSec } }
+
 // WithListen sets the registry's listen address (default 127.0.0.1:0).
 func WithListen(addr string) Option { return func(o *options) { o.listen = addr } }
 
@@ -117,6 +129,9 @@ func Start(ctx context.Context, opts ...Option) (*Registry, error) {
 		opt(&o)
 	}
 	r := &Registry{dir: o.dir}
+	if o.egress > 0 {
+		r.egress = rate.NewLimiter(rate.Limit(o.egress), int(min(o.egress, 256<<10)))
+	}
 	if r.dir == "" {
 		dir, err := os.MkdirTemp("", "registrytest-")
 		if err != nil {
@@ -236,6 +251,10 @@ func (r *Registry) Stats() Stats {
 	for k, v := range r.stats.ManifestGETs {
 		s.ManifestGETs[k] = v
 	}
+	s.BlobRanges = make(map[digest.Digest][]string, len(r.stats.BlobRanges))
+	for k, v := range r.stats.BlobRanges {
+		s.BlobRanges[k] = append([]string(nil), v...)
+	}
 	return s
 }
 
@@ -243,7 +262,7 @@ func (r *Registry) Stats() Stats {
 func (r *Registry) ResetStats() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.stats = Stats{BlobGETs: map[digest.Digest]int{}, ManifestGETs: map[string]int{}}
+	r.stats = Stats{BlobGETs: map[digest.Digest]int{}, ManifestGETs: map[string]int{}, BlobRanges: map[digest.Digest][]string{}}
 }
 
 var (
@@ -262,7 +281,12 @@ func (r *Registry) count(next http.Handler) http.Handler {
 			return
 		}
 		if m := blobPath.FindStringSubmatch(req.URL.Path); m != nil {
-			next.ServeHTTP(&countingWriter{ResponseWriter: w, r: r, blob: digest.Digest(m[2])}, req)
+			if rg := req.Header.Get("Range"); rg != "" {
+				r.mu.Lock()
+				r.stats.BlobRanges[digest.Digest(m[2])] = append(r.stats.BlobRanges[digest.Digest(m[2])], rg)
+				r.mu.Unlock()
+			}
+			next.ServeHTTP(&countingWriter{ResponseWriter: w, r: r, blob: digest.Digest(m[2]), ctx: req.Context()}, req)
 			return
 		}
 		if m := manifestPath.FindStringSubmatch(req.URL.Path); m != nil {
@@ -281,6 +305,7 @@ type countingWriter struct {
 	http.ResponseWriter
 	r       *Registry
 	blob    digest.Digest
+	ctx     context.Context
 	written bool
 }
 
@@ -300,10 +325,29 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	if !c.written {
 		c.WriteHeader(http.StatusOK)
 	}
-	c.r.mu.Lock()
-	c.r.stats.BlobBytes += int64(len(p))
-	c.r.mu.Unlock()
-	return c.ResponseWriter.Write(p)
+	if c.r.egress == nil {
+		c.r.mu.Lock()
+		c.r.stats.BlobBytes += int64(len(p))
+		c.r.mu.Unlock()
+		return c.ResponseWriter.Write(p)
+	}
+	written := 0
+	for len(p) > 0 {
+		n := min(len(p), c.r.egress.Burst())
+		if err := c.r.egress.WaitN(c.ctx, n); err != nil {
+			return written, err
+		}
+		m, err := c.ResponseWriter.Write(p[:n])
+		written += m
+		c.r.mu.Lock()
+		c.r.stats.BlobBytes += int64(m)
+		c.r.mu.Unlock()
+		if err != nil {
+			return written, err
+		}
+		p = p[n:]
+	}
+	return written, nil
 }
 
 func (c *countingWriter) Flush() {
