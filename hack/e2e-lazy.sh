@@ -373,6 +373,8 @@ timeout 60 "${BUILD[@]}" images rm --sync "$ORIG" "$IMAGE" >/dev/null
 DOCKER_CONFIG=$WORK/crane-anonymous "$CRANE" manifest --insecure "$IMAGE" >"$WORK/out/manifest.json"
 mapfile -t LAYERS < <(jq -r '.layers[].digest' "$WORK/out/manifest.json")
 CONFIG=$(jq -r .config.digest "$WORK/out/manifest.json")
+BIG_LAYER=$(jq -r '.layers | max_by(.size) | .digest' "$WORK/out/manifest.json")
+BIG_LAYER_SIZE=$(jq -r '.layers | max_by(.size) | .size' "$WORK/out/manifest.json")
 LAYER_BYTES=$(jq '[.layers[].size] | add' "$WORK/out/manifest.json")
 BLOB_BYTES=$(jq '[.config.size] + [.layers[].size] | add' "$WORK/out/manifest.json")
 TOCS=$(jq '[.layers[].annotations["containerd.io/snapshot/stargz/toc.digest"] // empty] | length' "$WORK/out/manifest.json")
@@ -509,6 +511,53 @@ check_origin_once() {
 	[ "$n" -le "$BLOB_BYTES" ] || fail "the registry sent $n blob bytes, more than one copy ($BLOB_BYTES)"
 }
 
+# blobread MODE: the library's blob reader (stargz blobread) on the image's
+# largest layer through the mirror: read one chunk, then Cache a range around
+# it (what prefetch, or a pull over a partly cached layer, does), then read
+# that range from the cache. MODE multi asks for the two missing ranges in
+# one request; single asks for one covering range. Its output goes to
+# $WORK/out/blobread-MODE, its requests to $WORK/blobread-MODE.jsonl.
+blobread() {
+	local mode=$1 flags=()
+	[ "$mode" = single ] && flags+=(--single-range)
+	timeout 180 bin/tools/stargz-snapshotter blobread --mirror "$REG=$MIRROR" --ref "$IMAGE" \
+		--digest "$BIG_LAYER" --size "$BIG_LAYER_SIZE" --request-log "$WORK/blobread-$mode.jsonl" "${flags[@]}" \
+		read:100000:50000 cache:0:300000 read:0:300000 >"$WORK/out/blobread-$mode" 2>&1
+}
+
+# mirror_slice OFF LEN: the sha256 of LEN bytes at OFF of the largest layer,
+# from the mirror with a single Range.
+mirror_slice() {
+	echo "sha256:$(curl -fsS --max-time 60 -r "$1-$(($1 + $2 - 1))" \
+		"http://$MIRROR/v2/lazy/app/blobs/$BIG_LAYER?ns=$REG" | sha256sum | cut -d' ' -f1)"
+}
+
+check_blob_ranges() {
+	local want got rc mode
+	want="read 100000 50000 $(mirror_slice 100000 50000)
+cache 0 300000 ok
+read 0 300000 $(mirror_slice 0 300000)"
+	for mode in multi single; do
+		: >"$WORK/blobread-$mode.jsonl"
+		rc=0
+		blobread "$mode" || rc=$?
+		info "blobread ($mode range mode): exit $rc: $(tail -n 1 "$WORK/out/blobread-$mode")"
+		jq -r '"\(.method) Range=\(.range // "-") -> \(.status // .error) \(.content_type // "") \(.content_range // "") \(.bytes)B"' \
+			"$WORK/blobread-$mode.jsonl" | sed "s/^/info:   $mode: /"
+		if [ "$mode" = "$RANGE_MODE" ]; then
+			[ "$rc" -eq 0 ] || fail "the library's blob reader failed in $mode range mode: $(cat "$WORK/out/blobread-$mode")"
+			got=$(cat "$WORK/out/blobread-$mode")
+			[ "$got" = "$want" ] || fail "blobread printed:
+$got
+want:
+$want"
+			info "blobread ($mode): the bytes read match the mirror's single-range answers"
+		elif [ "$rc" -ne 0 ]; then
+			info "KNOWN: in $mode range mode (not this run's) the library's read fails against today's mirror"
+		fi
+	done
+}
+
 mkdir -p "$WORK/certs.d/$REG"
 printf 'server = "http://%s"\n\n[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n' "$REG" "$MIRROR" \
 	>"$WORK/certs.d/$REG/hosts.toml"
@@ -518,6 +567,8 @@ check "ctr run --snapshotter stargz: lazycat reads small.bin and big-1.bin from 
 check "dfdaemon's mirror answered the snapshotter's Range requests (206); no fallback to the registry" check_mirror_ranges
 check "lazy: the mirror sent fewer blob bytes than the layers hold" check_lazy_bytes
 check "the registry sent at most one copy of the image's blobs" check_origin_once
+# After the counting checks: these read more through the mirror.
+check "the library's blob reader: a chunk, then a range around it ($RANGE_MODE range mode; multi-range answer reported)" check_blob_ranges
 
 echo
 echo "==== e2e-lazy summary ($((SECONDS - START))s) ===="

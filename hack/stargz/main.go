@@ -19,6 +19,9 @@
 // a line: method, URL, Range, status, Content-Type, Content-Range, body bytes
 // read), so a test can see which ranges it asked for and what came back.
 //
+// "stargz blobread" drives the library's remote blob reader alone (see
+// blobread.go).
+//
 // The Debian package stargz-snapshotter ships only ctr-remote, and the
 // module of the upstream daemon's command is not served by the module proxy;
 // this is our own small daemon over the library module instead.
@@ -86,6 +89,13 @@ type options struct {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "blobread" {
+		if err := blobread(os.Args[2:], os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "stargz blobread:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "stargz:", err)
 		os.Exit(1)
@@ -287,12 +297,19 @@ func (t *recordingTransport) RoundTrip(req *http.Request) (*http.Response, error
 	e.ContentType = res.Header.Get("Content-Type")
 	e.ContentRange = res.Header.Get("Content-Range")
 	e.Length = res.ContentLength
+	if res.StatusCode/100 != 2 {
+		// The library may drop an error answer without reading or closing
+		// its body: recorded now, without the body's bytes.
+		e.Millis = time.Since(e.Time).Milliseconds()
+		t.rec.write(e)
+		return res, nil
+	}
 	res.Body = &countingBody{ReadCloser: res.Body, e: e, rec: t.rec}
 	return res, nil
 }
 
-// countingBody writes its request's entry once the body is read to its end
-// or closed, with the bytes read.
+// countingBody writes its request's entry (of a 2xx answer) once the body is
+// read to its end or closed, with the bytes read.
 type countingBody struct {
 	io.ReadCloser
 	e    entry
