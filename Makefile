@@ -66,6 +66,7 @@ e2e: ## Real dockerd, containerd, crane and skopeo pull through dfdaemon, then t
 
 .PHONY: e2e-lazy
 e2e-lazy: ## Lazy pulling: an eStargz image through dfdaemon by the stargz snapshotter (own module hack/stargz) under containerd, run with ctr (root, /dev/fuse; installs what is missing)
+	cd hack/stargz && $(GO) test -count=1 ./...
 	./hack/e2e-lazy.sh
 
 CHROMIUM ?= /usr/bin/chromium

@@ -204,6 +204,9 @@ func config(o options) *service.Config {
 	cfg.NoPrefetch = !o.prefetch
 	cfg.ForceSingleRangeMode = o.singleRange
 	cfg.ChunkSize = o.chunkSize
+	// The upstream daemon's default (a struct tag its config loader
+	// applies): no in-memory copy of what the disk cache holds.
+	cfg.Direct = true
 	// The test images are ours: each layer's TOC digest is in the manifest
 	// annotations, so verification stays on.
 	cfg.ResolverConfig.Host = map[string]resolver.HostConfig{}
