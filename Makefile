@@ -62,6 +62,12 @@ test-short: ## Unit tests only (skips in-process end-to-end tests)
 e2e: ## Real dockerd, containerd, crane and skopeo pull through dfdaemon, then the dashboard in chromium (root; installs what is missing)
 	./hack/e2e-runtimes.sh
 	$(MAKE) ui-test
+	$(MAKE) e2e-lazy
+
+.PHONY: e2e-lazy
+e2e-lazy: ## Lazy pulling: an eStargz image through dfdaemon by the stargz snapshotter (own module hack/stargz) under containerd, run with ctr (root, /dev/fuse; installs what is missing)
+	cd hack/stargz && $(GO) test -count=1 ./...
+	./hack/e2e-lazy.sh
 
 CHROMIUM ?= /usr/bin/chromium
 
