@@ -483,24 +483,30 @@ func (s *lazySuite) ranges(ctx context.Context, blob lazyBlob) error {
 	rgs := randomRanges(s.o.seed, size, lazyRangeLen, s.o.ranges)
 	fmt.Printf("1. %d random 1 MiB ranges of a cold %d MiB blob %s, one after another (-seed %d)\n", len(rgs), s.o.sizeMiB, blob.digest.Encoded()[:12], s.o.seed)
 	buf := make([]byte, lazyRangeLen)
-	read := func(host string) []rangeRead {
-		out := make([]rangeRead, len(rgs))
+	// read reads the ranges through host one after another, and returns
+	// how much the origin link had sent before each read: on the
+	// Damselfly side, a range below that may have come in with the
+	// background fill, and is no longer cold.
+	read := func(host string, link *throttle) ([]rangeRead, []int64) {
+		out, sent := make([]rangeRead, len(rgs)), make([]int64, len(rgs))
+		sent0 := link.Sent()
 		for i, rg := range rgs {
+			sent[i] = link.Sent() - sent0
 			out[i] = readRange(ctx, s.hc, blob.url(host), rg, buf, blob.data[rg.Start:rg.Start+rg.Length], s.readTimeout(size))
 		}
-		return out
+		return out, sent
 	}
 	directSent := s.org.direct.Sent()
-	direct := read(s.org.direct.Addr())
+	direct, _ := read(s.org.direct.Addr(), s.org.direct)
 	directCopies := float64(s.org.direct.Sent()-directSent) / float64(size)
 	before := s.org.count()
-	dfd := read(s.cl.mirror)
+	dfd, fetched := read(s.cl.mirror, s.org.link)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	for i := range rgs {
-		fmt.Printf("  range %d at %9.3f MiB: direct first byte %6.3fs last %6.3fs; dfdaemon first byte %6.3fs last %6.3fs%s\n",
-			i+1, float64(rgs[i].Start)/mib, direct[i].first.Seconds(), direct[i].last.Seconds(), dfd[i].first.Seconds(), dfd[i].last.Seconds(), readErrors(direct[i], dfd[i]))
+		fmt.Printf("  range %d at %9.3f MiB: direct first byte %6.3fs last %6.3fs; dfdaemon first byte %6.3fs last %6.3fs (origin had sent %.1f MiB before)%s\n",
+			i+1, float64(rgs[i].Start)/mib, direct[i].first.Seconds(), direct[i].last.Seconds(), dfd[i].first.Seconds(), dfd[i].last.Seconds(), float64(fetched[i])/mib, readErrors(direct[i], dfd[i]))
 	}
 	d := s.settle(ctx, "1", size, before)
 
@@ -522,10 +528,10 @@ func (s *lazySuite) ranges(ctx context.Context, blob lazyBlob) error {
 	stat("last byte, max", last, maxOf)
 	t.add("bytes right", rightCount(direct), rightCount(dfd), "")
 	t.add("origin copies (after the fill settled)", fmt.Sprintf("%.3f", directCopies), fmt.Sprintf("%.3f", float64(d.egress)/float64(size)), "")
-	per := &table{title: "1. each range, in the order read", header: []string{"range", "offset (MiB)", "direct first byte", "direct last byte", "dfdaemon first byte", "dfdaemon last byte", "bytes right (direct, dfdaemon)"}}
+	per := &table{title: "1. each range, in the order read", header: []string{"range", "offset (MiB)", "direct first byte", "direct last byte", "dfdaemon first byte", "dfdaemon last byte", "origin MiB sent before", "bytes right (direct, dfdaemon)"}}
 	for i := range rgs {
 		per.add(fmt.Sprint(i+1), fmt.Sprintf("%.3f", float64(rgs[i].Start)/mib), fmtSec(direct[i].first.Seconds()), fmtSec(direct[i].last.Seconds()),
-			fmtSec(dfd[i].first.Seconds()), fmtSec(dfd[i].last.Seconds()), yesNo(direct[i].right())+", "+yesNo(dfd[i].right()))
+			fmtSec(dfd[i].first.Seconds()), fmtSec(dfd[i].last.Seconds()), fmt.Sprintf("%.1f", float64(fetched[i])/mib), yesNo(direct[i].right())+", "+yesNo(dfd[i].right()))
 	}
 	s.tables = append(s.tables, per, t)
 	fmt.Println()
