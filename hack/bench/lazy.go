@@ -156,17 +156,18 @@ func (c *lazyCluster) stop() {
 	_ = g.Wait()
 }
 
-// cpu returns the CPU time of the supernode and the two dfdaemons.
-func (c *lazyCluster) cpu() ([3]time.Duration, error) {
+// cpu returns the CPU time of the supernode and the two dfdaemons; -1 for
+// one that has exited.
+func (c *lazyCluster) cpu() [3]time.Duration {
 	var t [3]time.Duration
 	for i, p := range []*proc{c.sn, c.dfd, c.dfd2} {
 		d, err := p.cpuTime()
 		if err != nil {
-			return t, err
+			d = -1
 		}
 		t[i] = d
 	}
-	return t, nil
+	return t
 }
 
 // logs returns the tail of each process's stderr, for an error.
@@ -192,6 +193,14 @@ type rangeRead struct {
 }
 
 func (r rangeRead) right() bool { return r.err == nil }
+
+// fmt formats d, one of r's times, or "-" when r is not right.
+func (r rangeRead) fmt(d time.Duration) string {
+	if !r.right() {
+		return "-"
+	}
+	return fmtSec(d.Seconds())
+}
 
 // readRange GETs rg of url into buf (len(buf) == rg.Length) and checks
 // the answer against want, the blob's bytes of rg. A read that takes
@@ -319,6 +328,16 @@ type lazySuite struct {
 	notes   []string
 	tables  []*table
 	settled bool // every fill settled within its bound
+	failed  int  // reads that were not right
+}
+
+// tally counts the reads that were not right.
+func (s *lazySuite) tally(rs ...rangeRead) {
+	for _, r := range rs {
+		if !r.right() {
+			s.failed++
+		}
+	}
 }
 
 // readTimeout bounds one read of a blob of size bytes: long enough for a
@@ -404,10 +423,7 @@ func runLazy(ctx context.Context, o options, work string) error {
 	fmt.Println("either way, and the Damselfly link's counter sees only Damselfly's bytes. Copies = that counter / blob size.")
 	fmt.Println()
 
-	cpu0, err := cl.cpu()
-	if err != nil {
-		return err
-	}
+	cpu0 := cl.cpu()
 	recv0 := [2][3]float64{}
 	for i, host := range []string{cl.mirror, cl.mirror2} {
 		if recv0[i], err = s.received(ctx, host); err != nil {
@@ -423,19 +439,19 @@ func runLazy(ctx context.Context, o options, work string) error {
 	if err := s.scenarios(ctx, blobA, blobB); err != nil {
 		return err
 	}
-	cpu1, err := cl.cpu()
-	if err != nil {
-		return err
-	}
+	cpu1 := cl.cpu()
 	total := org.count().sub(start)
 	filled := float64(size + 2*ssize)
 	t := &table{title: fmt.Sprintf("CPU for the run (user+sys from /proc), per GiB of the blobs the cluster fetched cold (%.2f GiB; %.2f GiB from the origin)", filled/(1<<30), float64(total.egress)/(1<<30)),
 		header: []string{"process", "CPU s", "CPU s / GiB", "received MiB: from the CDN, peers, the source"}}
 	for i, name := range []string{"supernode", "dfdaemon", "dfdaemon 2 (only (c))"} {
 		c := (cpu1[i] - cpu0[i]).Seconds()
-		per, recv := fmt.Sprintf("%.2f", c/(filled/(1<<30))), "-"
+		cs, per, recv := fmt.Sprintf("%.2f", c), fmt.Sprintf("%.2f", c/(filled/(1<<30))), "-"
 		if i == 2 {
 			per = "-"
+		}
+		if cpu0[i] < 0 || cpu1[i] < 0 {
+			cs, per = "exited", "-"
 		}
 		if i > 0 {
 			host := []string{cl.mirror, cl.mirror2}[i-1]
@@ -444,7 +460,7 @@ func runLazy(ctx context.Context, o options, work string) error {
 				recv = fmt.Sprintf("%.1f, %.1f, %.1f", (r[0]-r0[0])/mib, (r[1]-r0[1])/mib, (r[2]-r0[2])/mib)
 			}
 		}
-		t.add(name, fmt.Sprintf("%.2f", c), per, recv)
+		t.add(name, cs, per, recv)
 	}
 	s.tables = append(s.tables, t)
 
@@ -452,6 +468,20 @@ func runLazy(ctx context.Context, o options, work string) error {
 	for _, t := range s.tables {
 		t.writeText(os.Stdout)
 		fmt.Println()
+	}
+	for _, p := range []*proc{cl.sn, cl.dfd, cl.dfd2} {
+		select {
+		case <-p.exited:
+			s.notes = append(s.notes, fmt.Sprintf("%s exited during the run (%v)", p.name, p.waitErr))
+		default:
+		}
+	}
+	if s.failed > 0 {
+		logs := cl.logs()
+		if logs == "" {
+			logs = " (empty)"
+		}
+		s.notes = append(s.notes, fmt.Sprintf("%d reads were not right (a verdict needs its reads right); the daemons' logs:%s", s.failed, logs))
 	}
 	if len(s.notes) > 0 {
 		fmt.Println("notes:")
@@ -501,6 +531,8 @@ func (s *lazySuite) ranges(ctx context.Context, blob lazyBlob) error {
 	directCopies := float64(s.org.direct.Sent()-directSent) / float64(size)
 	before := s.org.count()
 	dfd, fetched := read(s.cl.mirror, s.org.link)
+	s.tally(direct...)
+	s.tally(dfd...)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -530,8 +562,8 @@ func (s *lazySuite) ranges(ctx context.Context, blob lazyBlob) error {
 	t.add("origin copies (after the fill settled)", fmt.Sprintf("%.3f", directCopies), fmt.Sprintf("%.3f", float64(d.egress)/float64(size)), "")
 	per := &table{title: "1. each range, in the order read", header: []string{"range", "offset (MiB)", "direct first byte", "direct last byte", "dfdaemon first byte", "dfdaemon last byte", "origin MiB sent before", "bytes right (direct, dfdaemon)"}}
 	for i := range rgs {
-		per.add(fmt.Sprint(i+1), fmt.Sprintf("%.3f", float64(rgs[i].Start)/mib), fmtSec(direct[i].first.Seconds()), fmtSec(direct[i].last.Seconds()),
-			fmtSec(dfd[i].first.Seconds()), fmtSec(dfd[i].last.Seconds()), fmt.Sprintf("%.1f", float64(fetched[i])/mib), yesNo(direct[i].right())+", "+yesNo(dfd[i].right()))
+		per.add(fmt.Sprint(i+1), fmt.Sprintf("%.3f", float64(rgs[i].Start)/mib), direct[i].fmt(direct[i].first), direct[i].fmt(direct[i].last),
+			dfd[i].fmt(dfd[i].first), dfd[i].fmt(dfd[i].last), fmt.Sprintf("%.1f", float64(fetched[i])/mib), yesNo(direct[i].right())+", "+yesNo(dfd[i].right()))
 	}
 	s.tables = append(s.tables, per, t)
 	fmt.Println()
@@ -553,6 +585,7 @@ func (s *lazySuite) scenarios(ctx context.Context, blobA, blobB lazyBlob) error 
 	direct := readRange(ctx, s.hc, blobA.url(s.org.direct.Addr()), rg, buf, want, s.readTimeout(ssize))
 	before := s.org.count()
 	dfd := readRange(ctx, s.hc, blobA.url(s.cl.mirror), rg, buf, want, s.readTimeout(ssize))
+	s.tally(direct, dfd)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -560,11 +593,11 @@ func (s *lazySuite) scenarios(ctx context.Context, blobA, blobB lazyBlob) error 
 		direct.first.Seconds(), direct.last.Seconds(), dfd.first.Seconds(), dfd.last.Seconds(), readErrors(direct, dfd))
 	d := s.settle(ctx, "2a", ssize, before)
 	name := fmt.Sprintf("(a) 1 MiB at %d MiB: last byte", off/mib)
-	t.add(name, fmtSec(direct.last.Seconds()), fmtSec(dfd.last.Seconds()), fmtRatio(dfd.last.Seconds(), direct.last.Seconds()),
+	t.add(name, direct.fmt(direct.last), dfd.fmt(dfd.last), fmtRatio(dfd.last.Seconds(), direct.last.Seconds()),
 		"<= "+fmtSec(targetLazyRange.Seconds()), verdict(dfd.right() && dfd.last <= targetLazyRange))
 	t.add("(a) bytes right", yesNo(direct.right()), yesNo(dfd.right()), "", "", "")
 	copies := float64(d.egress) / float64(ssize)
-	t.add("(a) origin copies after the fill", "-", fmt.Sprintf("%.3f", copies), "", fmt.Sprintf("<= %.2f", targetLazyCopies), verdict(copies <= targetLazyCopies))
+	t.add("(a) origin copies after the fill", "-", fmt.Sprintf("%.3f", copies), "", fmt.Sprintf("<= %.2f", targetLazyCopies), verdict(dfd.right() && copies <= targetLazyCopies))
 
 	// (b) four parallel ranges covering a cold blob.
 	fmt.Printf("2b. four parallel ranges covering the cold %d MiB blob %s\n", s.o.scenarioMiB, blobB.digest.Encoded()[:12])
@@ -588,6 +621,8 @@ func (s *lazySuite) scenarios(ctx context.Context, blobA, blobB lazyBlob) error 
 	directWall, directOK, directReads := parallel(s.org.direct.Addr())
 	before = s.org.count()
 	dfdWall, dfdOK, dfdReads := parallel(s.cl.mirror)
+	s.tally(directReads...)
+	s.tally(dfdReads...)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -599,10 +634,20 @@ func (s *lazySuite) scenarios(ctx context.Context, blobA, blobB lazyBlob) error 
 		}
 	}
 	d = s.settle(ctx, "2b", ssize, before)
-	t.add("(b) 4 parallel ranges: wall time", fmtSec(directWall.Seconds()), fmtSec(dfdWall.Seconds()), fmtRatio(dfdWall.Seconds(), directWall.Seconds()), "", "")
+	wall := func(d time.Duration, ok bool) string {
+		if !ok {
+			return "-"
+		}
+		return fmtSec(d.Seconds())
+	}
+	ratio := "-"
+	if directOK && dfdOK {
+		ratio = fmtRatio(dfdWall.Seconds(), directWall.Seconds())
+	}
+	t.add("(b) 4 parallel ranges: wall time", wall(directWall, directOK), wall(dfdWall, dfdOK), ratio, "", "")
 	t.add("(b) reassembled sha256 == digest", yesNo(directOK), yesNo(dfdOK), "", "yes", verdict(dfdOK))
 	copies = float64(d.egress) / float64(ssize)
-	t.add("(b) origin copies after the fill", "-", fmt.Sprintf("%.3f", copies), "", fmt.Sprintf("<= %.2f", targetLazyCopies), verdict(copies <= targetLazyCopies))
+	t.add("(b) origin copies after the fill", "-", fmt.Sprintf("%.3f", copies), "", fmt.Sprintf("<= %.2f", targetLazyCopies), verdict(dfdOK && copies <= targetLazyCopies))
 
 	// (c) a second node reads a range of (b)'s blob.
 	fmt.Printf("2c. the second dfdaemon reads 1 MiB at %d MiB of (b)'s blob\n", off/mib)
@@ -610,6 +655,7 @@ func (s *lazySuite) scenarios(ctx context.Context, blobA, blobB lazyBlob) error 
 	recv0, recvErr := s.received(ctx, s.cl.mirror2)
 	before = s.org.count()
 	second := readRange(ctx, s.hc, blobB.url(s.cl.mirror2), rg, buf, want, s.readTimeout(ssize))
+	s.tally(second)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -623,7 +669,7 @@ func (s *lazySuite) scenarios(ctx context.Context, blobA, blobB lazyBlob) error 
 		fmt.Printf("  the second dfdaemon received %.1f MiB from the CDN, %.1f MiB from peers, %.1f MiB from the source\n",
 			(recv1[0]-recv0[0])/mib, (recv1[1]-recv0[1])/mib, (recv1[2]-recv0[2])/mib)
 	}
-	t.add("(c) 2nd dfdaemon, 1 MiB: last byte", "-", fmtSec(second.last.Seconds()), "", "", "")
+	t.add("(c) 2nd dfdaemon, 1 MiB: last byte", "-", second.fmt(second.last), "", "", "")
 	t.add("(c) bytes right", "-", yesNo(second.right()), "", "", "")
 	t.add("(c) origin blob bytes during the read", "-", fmt.Sprintf("%d (%d blob GETs)", d.blobBytes, d.blobGETs), "", "0", verdict(second.right() && d.blobBytes == 0))
 	t.add("(c) origin bytes on the link during the read", "-", fmt.Sprintf("%d (requests: %d)", d.egress, d.requests), "", "unchanged", verdict(second.right() && d.egress == 0))
