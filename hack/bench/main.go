@@ -1,4 +1,4 @@
-// Command bench measures Damselfly on loopback. It has three modes (-mode):
+// Command bench measures Damselfly on loopback. It has four modes (-mode):
 //
 //   - swarm (the default) is the suite of swarm.go: in one run it starts a
 //     real registry as origin behind an egress throttle, and for each N
@@ -17,9 +17,18 @@
 //     concurrent clients and prints requests/s, latency percentiles and how
 //     many requests reached the upstream (manifests.go).
 //
+//   - lazy reads byte ranges of cold blobs through a dfdaemon and straight
+//     from an origin behind an egress throttle (issue 12): random 1 MiB
+//     ranges one after another, then the issue's scenarios (a cold range
+//     deep in a blob, parallel ranges covering a blob, a second node's
+//     range), with times to the first and last byte, whether the bytes are
+//     right, the origin's copies of each blob once the background fill has
+//     settled, and the daemons' CPU seconds per GiB (lazy.go).
+//
 //     go run ./hack/bench -n 1,4,16 -layers 96,48,32,16 -rate 8M -chart docs/bench-swarm.png
 //     go run ./hack/bench -mode stream -size 1024 -rounds 3
 //     go run ./hack/bench -mode manifests -clients 200 -duration 10s
+//     go run ./hack/bench -mode lazy -size 1024 -ranges 8 -origin-rate 20M
 //
 // The binaries are taken from ./bin (make build).
 package main
@@ -71,9 +80,15 @@ type options struct {
 	serveDir    string
 	swarmBudget time.Duration
 
-	// stream
+	// stream, lazy
 	sizeMiB int
 	rounds  int
+
+	// lazy
+	ranges      int
+	seed        uint64
+	scenarioMiB int
+	settle      time.Duration
 
 	// manifests
 	clients  int
@@ -84,7 +99,7 @@ type options struct {
 
 func run() error {
 	o := options{ns: []int{1, 4, 16}, layersMiB: []int{96, 48, 32, 16}, rate: 8 << 20, uploadRate: -1, modes: allModes()}
-	flag.StringVar(&o.mode, "mode", "swarm", "what to measure: swarm (image pulls on N nodes: direct, pull-through cache, dfdaemon), stream (one pull through dfdaemon vs direct) or manifests (manifest GETs through registry-cache)")
+	flag.StringVar(&o.mode, "mode", "swarm", "what to measure: swarm (image pulls on N nodes: direct, pull-through cache, dfdaemon), stream (one pull through dfdaemon vs direct), manifests (manifest GETs through registry-cache) or lazy (byte ranges of cold blobs through dfdaemon vs direct)")
 	flag.StringVar(&o.binDir, "bin", "bin", "directory holding the supernode, dfget, dfdaemon and registry-cache binaries")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory")
 	flag.Func("n", "swarm: comma-separated node counts to sweep (default 1,4,16)", func(s string) error {
@@ -100,7 +115,7 @@ func run() error {
 	flag.Var(&o.rate, "rate", "swarm: per-node bandwidth in bytes/s (K, M, G suffixes): each dfdaemon's download and upload limit, and each direct or pull-through client's download limit (default 8M)")
 	flag.Var(&o.uploadRate, "upload-rate", "swarm: the dfdaemons' upload limit, for experiments (default: -rate; 0: unlimited)")
 	flag.Var(&o.cdnRate, "cdn-rate", "swarm: the supernode CDN's upload limit (its --upload-rate; default 0: unlimited)")
-	flag.Var(&o.originRate, "origin-rate", "swarm: the origin's egress limit, shared by all its connections (default: -rate)")
+	flag.Var(&o.originRate, "origin-rate", "swarm: the origin's egress limit, shared by all its connections (default: -rate); lazy: the limit of each of the origin's two links, Damselfly's and the direct reads' (default 20000000, the issue's 20 MB/s; 20M is 20 MiB/s)")
 	flag.Func("modes", "swarm: comma-separated modes to run: "+strings.Join(allModes(), ","), func(s string) error {
 		o.modes = nil
 		for m := range strings.SplitSeq(s, ",") {
@@ -113,15 +128,19 @@ func run() error {
 	flag.StringVar(&o.snConfig, "supernode-config", "", "swarm: YAML `file` passed to the supernode's --config, for experiments with its scheduler (see docs/supernode.yaml)")
 	flag.StringVar(&o.dfdConfig, "dfdaemon-config", "", "swarm: YAML `file` passed to every dfdaemon's --config, for experiments with the peer engine (see docs/dfdaemon.yaml); the suite's flags override it")
 	flag.IntVar(&o.parallel, "parallel", 3, "swarm: blobs each client downloads at once (docker's default max-concurrent-downloads)")
-	flag.StringVar(&o.markdown, "markdown", "", "swarm: also write the results as Markdown tables to `file`")
+	flag.StringVar(&o.markdown, "markdown", "", "swarm, lazy: also write the results as Markdown tables to `file`")
 	flag.StringVar(&o.chart, "chart", "", "swarm: write a PNG chart of p50 and p99 completion time vs N to `file` (e.g. docs/bench-swarm.png)")
 	flag.BoolVar(&o.timeline, "timeline", false, "swarm: print when each client finished each blob")
 	flag.DurationVar(&o.swarmBudget, "timeout", 30*time.Minute, "bound on the whole run")
 	flag.StringVar(&o.serve, "serve", "", "internal: run as the suite's origin or pull-through cache child process")
 	flag.StringVar(&o.upstream, "upstream", "", "internal: the pull-through cache's upstream URL")
 	flag.StringVar(&o.serveDir, "serve-dir", "", "internal: the child's storage directory")
-	flag.IntVar(&o.sizeMiB, "size", 1024, "stream: layer size in MiB")
+	flag.IntVar(&o.sizeMiB, "size", 1024, "stream: layer size in MiB; lazy: size of the blob the random ranges are read from, in MiB")
 	flag.IntVar(&o.rounds, "rounds", 3, "stream: pulls of each kind, alternating (medians are reported)")
+	flag.IntVar(&o.ranges, "ranges", 8, "lazy: random 1 MiB ranges read from the -size blob, one after another")
+	flag.Uint64Var(&o.seed, "seed", 0, "lazy: seed of the random ranges (default 0: a new seed, printed)")
+	flag.IntVar(&o.scenarioMiB, "scenario-size", 256, "lazy: size of each of the scenarios' cold blobs in MiB; scenario (a) reads at 200/256 of it")
+	flag.DurationVar(&o.settle, "settle", 3*time.Second, "lazy: a background fill has settled when the origin has sent nothing for this long")
 	flag.IntVar(&o.clients, "clients", 200, "manifests: concurrent clients")
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "manifests: how long the clients send requests")
 	flag.IntVar(&o.tags, "tags", 4, "manifests: tags the clients ask for, round robin")
@@ -132,6 +151,10 @@ func run() error {
 	}
 	if o.originRate == 0 {
 		o.originRate = o.rate
+		if o.mode == "lazy" {
+			// The issue's 20 MB/s: "20M" would be 20 MiB/s (pkg/bytesize).
+			o.originRate = 20_000_000
+		}
 	}
 	if o.uploadRate < 0 {
 		o.uploadRate = o.rate
@@ -167,8 +190,10 @@ func run() error {
 		return runStream(ctx, o, work)
 	case "manifests":
 		return runManifests(ctx, o, work)
+	case "lazy":
+		return runLazy(ctx, o, work)
 	default:
-		return fmt.Errorf("-mode %q: want swarm, stream or manifests", o.mode)
+		return fmt.Errorf("-mode %q: want swarm, stream, manifests or lazy", o.mode)
 	}
 }
 

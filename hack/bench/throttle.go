@@ -16,9 +16,11 @@ import (
 const throttleChunk = 32 << 10
 
 // newByteLimiter returns a limiter of bps bytes per second with a burst of
-// one chunk.
+// 20ms of bytes, at least one chunk. A burst of just one chunk (1.6ms at
+// 20 MB/s) threw away the tokens of every wait the scheduler woke more than
+// that late: on a busy machine a link of 20 MB/s ran 5-15% slower.
 func newByteLimiter(bps int64) *rate.Limiter {
-	return rate.NewLimiter(rate.Limit(bps), throttleChunk)
+	return rate.NewLimiter(rate.Limit(bps), int(max(bps/50, throttleChunk)))
 }
 
 // throttle is a TCP proxy in front of a server: it forwards every
