@@ -88,6 +88,10 @@ chart: ## Lint the Helm chart (--strict) and decode every rendered object into i
 bench: build ## Swarm suite: an image pulled on N nodes direct, via a pull-through cache and via dfdaemons (BENCH_FLAGS, see docs/benchmarks.md)
 	$(GO) run ./hack/bench $(BENCH_FLAGS)
 
+.PHONY: bench-lazy
+bench-lazy: build ## Byte ranges of cold blobs through dfdaemon vs direct: time to the bytes, origin copies (BENCH_FLAGS, see docs/benchmarks.md)
+	$(GO) run ./hack/bench -mode lazy $(BENCH_FLAGS)
+
 .PHONY: sim
 sim: ## Scale simulator: the real scheduler policy driving thousands of virtual peers (see docs/benchmarks.md)
 	$(GO) run ./hack/sim $(SIM_FLAGS)
