@@ -68,10 +68,11 @@
 // Content-Length; several are a 206 multipart/byteranges whose parts carry
 // their Content-Range; none satisfiable is 416 RANGE_INVALID with
 // "Content-Range: bytes */size". Overlapping and adjacent ranges are merged
-// (stargz maps each part by its Content-Range, so this is safe), at most
-// httpx.MaxRanges ranges and httpx.MaxRangesHeader bytes of header are
-// read. A 206 always carries Content-Range; blob bytes are never re-encoded
-// and never redirected.
+// (stargz maps each part by its Content-Range, so this is safe). A Range
+// listing more than httpx.MaxRanges ranges, or longer than
+// httpx.MaxRangesHeader, is ignored: the answer is the whole blob (200),
+// which every puller accepts. A single-range 206 always carries
+// Content-Range; blob bytes are never re-encoded and never redirected.
 //
 // Every range's reader is opened before the first byte is sent, so the
 // engine fetches all their pieces first. A response carrying the whole blob

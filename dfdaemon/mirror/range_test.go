@@ -271,6 +271,7 @@ func TestRangeOpens(t *testing.T) {
 		{"probe", "bytes=0-1", []openCall{{0, 2}}},
 		{"footer", "bytes=-100", []openCall{{size - 100, 100}}},
 		{"parts", "bytes=50000-99999,0-9,150000-", []openCall{{50_000, 50_000}, {0, 10}, {150_000, size - 150_000}}},
+		{"too many ranges: ignored, the whole blob", "bytes=" + strings.Repeat("0-0,2-2,", httpx.MaxRanges/2+1), []openCall{{0, -1}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

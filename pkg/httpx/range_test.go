@@ -90,7 +90,7 @@ func TestParseRangesBounds(t *testing.T) {
 	require.Len(t, rs, MaxRanges)
 
 	_, err = ParseRanges(stargzHeader(MaxRanges+1), size+100_000)
-	require.ErrorIs(t, err, ErrRangeMalformed, "too many ranges")
+	require.ErrorIs(t, err, ErrRangeTooLarge, "too many ranges")
 
 	// MaxRanges ranges with the longest positions fit in the header cap.
 	pos := strconv.FormatInt(1<<62, 10)
@@ -100,7 +100,14 @@ func TestParseRangesBounds(t *testing.T) {
 	require.NoError(t, err)
 
 	_, err = ParseRanges("bytes=0-1"+strings.Repeat(" ", MaxRangesHeader), 1000)
-	require.ErrorIs(t, err, ErrRangeMalformed, "header too long")
+	require.ErrorIs(t, err, ErrRangeTooLarge, "header too long")
+
+	// A server ignores a Range over the bounds: the whole content.
+	b, err := NewBody(stargzHeader(MaxRanges+1), size+100_000, "application/octet-stream")
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, b.Status)
+	require.True(t, b.Whole())
+	require.Equal(t, size+100_000, b.ContentLength())
 }
 
 // memOpen opens ranges of data, recording each call.
