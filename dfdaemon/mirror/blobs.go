@@ -88,10 +88,7 @@ func (p *p2pBlobs) ServeBlob(w http.ResponseWriter, r *http.Request, b registrya
 			if err != nil {
 				return nil, err
 			}
-			if rc, err = VerifyDigest(rc, d, off); err != nil || n < 0 {
-				return rc, err
-			}
-			return limitCloser{Reader: io.LimitReader(rc, n), Closer: rc}, nil
+			return VerifyRange(rc, d, off, n, size)
 		}
 	}
 	if err := body.Open(open); err != nil {
@@ -117,12 +114,6 @@ func (p *p2pBlobs) ServeBlob(w http.ResponseWriter, r *http.Request, b registrya
 	}
 	lw.start()
 	return nil
-}
-
-// limitCloser is a LimitReader that closes its source.
-type limitCloser struct {
-	io.Reader
-	io.Closer
 }
 
 // failed removes the headers of a blob answer that failed before its first

@@ -104,11 +104,8 @@ func (f *Fetcher) FetchRange(ctx context.Context, rawURL string, header http.Hea
 		if verify == "" {
 			return parts.add(lease.NewRangeReader(off, n)), nil
 		}
-		rc, err := VerifyDigest(lease.NewReader(0), verify, off)
-		if err != nil || n < 0 {
-			return parts.add(rc), err
-		}
-		return parts.add(limitCloser{Reader: io.LimitReader(rc, n), Closer: rc}), nil
+		rc, err := VerifyRange(lease.NewReader(0), verify, off, n, size)
+		return parts.add(rc), err
 	})
 	if err != nil {
 		lease.Release()

@@ -84,7 +84,8 @@
 // blob would defeat lazy pulling. A registry reached through
 // AllowAnyUpstream has no trusted piece digests: its blob is read from the
 // first byte and checked against the digest, and only the range's bytes are
-// sent. If a download fails after the first byte the connection is
+// sent; a range reaching the end of the blob holds its last 64 KiB until
+// that check (VerifyRange). If a download fails after the first byte the connection is
 // aborted, so a client never sees a clean but wrong or short body.
 //
 // Errors are the front's (pkg/registryapi); a download that fails before
