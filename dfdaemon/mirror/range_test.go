@@ -14,6 +14,7 @@ import (
 	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,6 +25,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/damselfly/damselfly/dfdaemon/mirror"
+	"github.com/damselfly/damselfly/dfdaemon/proxy"
 	"github.com/damselfly/damselfly/pkg/httpx"
 	"github.com/damselfly/damselfly/pkg/peer"
 	"github.com/damselfly/damselfly/pkg/registrytest"
@@ -295,4 +297,67 @@ func TestRangeOpens(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The forward proxy over a real node's Fetcher: Ranges of a registry blob
+// answered from the P2P network, as the mirror answers them; the registry
+// sends the blob once.
+func TestProxyRangesOverRealFetcher(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t)
+	img, err := reg.PushRandomImage(t.Context(), "lazy/app", "v1", 6_000_000)
+	require.NoError(t, err)
+	layer := img.Layers[0]
+	u := reg.URL.String() + "/v2/lazy/app/blobs/" + layer.Digest.String()
+	data := do(t, http.MethodGet, u, nil).body
+	size := int64(len(data))
+	cfg := mirror.Config{Registry: reg.URL.String()}
+	n := startNode(t, startSupernode(t), cfg)
+	prx, err := proxy.New(proxy.Config{Rules: []proxy.Rule{{Regex: `/blobs/sha256:`, UseP2P: true}}},
+		mirror.NewFetcher(n.cache, &fakeAuth{size: size}, cfg.Registries()))
+	require.NoError(t, err)
+	srv := httptest.NewServer(prx)
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { _ = prx.Close() })
+	pu, err := url.Parse(srv.URL)
+	require.NoError(t, err)
+	c := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(pu), DisableKeepAlives: true}}
+	reg.ResetStats()
+
+	get := func(rng string) response {
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, u, nil)
+		require.NoError(t, err)
+		req.Header.Set("Range", rng)
+		req.Header.Set("Accept-Encoding", "identity")
+		resp, err := c.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		body, rerr := io.ReadAll(resp.Body)
+		require.Equal(t, "p2p", resp.Header.Get(proxy.RouteHeader), rng)
+		return response{status: resp.StatusCode, header: resp.Header, body: body, err: rerr}
+	}
+	requireRange(t, get("bytes=0-1"), data, 0, 1)
+	requireRange(t, get("bytes=-51"), data, size-51, size-1)
+	require.Equal(t, []httpx.Range{{Start: 4_000_000, Length: 50_000}, {Start: 100_000, Length: 100_000}},
+		parts(t, get("bytes=4000000-4049999,100000-149999,150000-199999"), data))
+
+	var wg sync.WaitGroup
+	bodies := make([][]byte, 3)
+	span := size/3 + 1
+	for i := range 3 {
+		wg.Go(func() {
+			start := int64(i) * span
+			r := get(fmt.Sprintf("bytes=%d-%d", start, min(start+span, size)-1))
+			if r.err == nil && r.status == http.StatusPartialContent {
+				bodies[i] = r.body
+			}
+		})
+	}
+	wg.Wait()
+	require.Equal(t, layer.Digest, digest.FromBytes(bytes.Join(bodies, nil)))
+
+	r := get(fmt.Sprintf("bytes=%d-", size))
+	require.Equal(t, http.StatusRequestedRangeNotSatisfiable, r.status)
+	require.Equal(t, fmt.Sprintf("bytes */%d", size), r.header.Get("Content-Range"))
+	require.Equal(t, 1, reg.Stats().BlobGETs[layer.Digest], "the registry sent the blob once")
 }
