@@ -39,6 +39,7 @@ func (p *Proxy) serveP2PRange(w http.ResponseWriter, r *http.Request, target *ur
 		defer stop()
 		h := w.Header()
 		body.SetHeader(h)
+		h.Set("Accept-Ranges", "bytes")
 		h.Set(RouteHeader, routeP2P)
 		h.Set("Via", "1.1 "+viaPseudonym)
 		lw := &lazyWriter{w: w, status: body.Status}
@@ -54,7 +55,7 @@ func (p *Proxy) serveP2PRange(w http.ResponseWriter, r *http.Request, target *ur
 			p.m.requests.WithLabelValues(routeP2P).Inc()
 			p.abort(target, err)
 		}
-		for _, k := range []string{"Content-Type", "Content-Range", "Content-Length", RouteHeader, "Via"} {
+		for _, k := range []string{"Content-Type", "Content-Range", "Content-Length", "Accept-Ranges", RouteHeader, "Via"} {
 			h.Del(k)
 		}
 	}

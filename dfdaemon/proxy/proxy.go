@@ -386,6 +386,7 @@ func (p *Proxy) serveP2P(w http.ResponseWriter, r *http.Request, target *url.URL
 
 	h := w.Header()
 	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Accept-Ranges", "bytes") // a Range of this URL is served from P2P too
 	h.Set(RouteHeader, routeP2P)
 	h.Set("Via", "1.1 "+viaPseudonym)
 	if size >= 0 {

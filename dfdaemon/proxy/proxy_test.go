@@ -49,6 +49,7 @@ func TestP2PRuleHitIsServedFromFetcher(t *testing.T) {
 	require.Equal(t, content, body)
 	require.Equal(t, int64(len(content)), resp.ContentLength)
 	require.Equal(t, "p2p", resp.Header.Get(RouteHeader))
+	require.Equal(t, "bytes", resp.Header.Get("Accept-Ranges"))
 	require.Equal(t, 0, o.Hits("/blob/a"), "the origin must not be asked for a P2P URL")
 
 	calls := f.Calls()
@@ -555,6 +556,7 @@ func TestP2PRange(t *testing.T) {
 		resp, body := get(t, proxyClient(t, pu, nil), u, http.Header{"Range": {"bytes=200000-249999,0-49999,100000-"}, "Accept-Encoding": {"identity"}})
 		require.Equal(t, http.StatusPartialContent, resp.StatusCode)
 		require.Equal(t, "p2p", resp.Header.Get(RouteHeader))
+		require.Equal(t, "bytes", resp.Header.Get("Accept-Ranges"))
 		require.Equal(t, int64(len(body)), resp.ContentLength)
 		mt, params, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 		require.NoError(t, err)
