@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
-	"sync"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/prometheus/client_golang/prometheus"
@@ -60,28 +58,20 @@ func (p *p2pBlobs) ServeBlob(w http.ResponseWriter, r *http.Request, b registrya
 	}
 
 	h := w.Header()
-	start, length, status := int64(0), size, http.StatusOK
-	if rh := r.Header.Get("Range"); rh != "" {
-		rg, err := httpx.ParseRange(rh, size)
-		if err != nil {
-			if size >= 0 {
-				h.Set("Content-Range", httpx.UnsatisfiedContentRange(size))
-			}
-			return errcode.ErrorCodeRangeInvalid.WithMessage(err.Error())
+	body, err := httpx.NewBody(r.Header.Get("Range"), size, "application/octet-stream")
+	if err != nil {
+		if size >= 0 {
+			h.Set("Content-Range", httpx.UnsatisfiedContentRange(size))
 		}
-		start, length, status = rg.Start, rg.Length, http.StatusPartialContent
-		h.Set("Content-Range", rg.ContentRange(size))
+		return errcode.ErrorCodeRangeInvalid.WithMessage(err.Error())
 	}
 	h.Set("Docker-Content-Digest", d.String())
 	h.Set("ETag", `"`+d.String()+`"`)
 	h.Set("Accept-Ranges", "bytes")
 	h.Set("Cache-Control", "max-age=31536000")
-	if length >= 0 {
-		h.Set("Content-Length", strconv.FormatInt(length, 10))
-	}
-	h.Set("Content-Type", "application/octet-stream")
+	body.SetHeader(h)
 	if r.Method == http.MethodHead {
-		w.WriteHeader(status)
+		w.WriteHeader(body.Status)
 		return nil
 	}
 
@@ -89,25 +79,28 @@ func (p *p2pBlobs) ServeBlob(w http.ResponseWriter, r *http.Request, b registrya
 	if err != nil {
 		return p.failed(w, errcode.ErrorCodeNameInvalid.WithMessage("invalid repository name"))
 	}
-	var rc io.ReadCloser
-	if shared {
-		rc, err = p.blobs.Open(ctx, req, start, -1)
-	} else if rc, err = p.blobs.Open(ctx, req, 0, -1); err == nil {
-		// A registry the config does not name: its own URL task, checked
-		// against d here from its first byte.
-		rc, err = VerifyDigest(rc, d, start)
+	open := func(off, n int64) (io.ReadCloser, error) { return p.blobs.Open(ctx, req, off, n) }
+	if !shared {
+		// A registry the config does not name: its own URL task, read
+		// from its first byte and checked against d here.
+		open = func(off, n int64) (io.ReadCloser, error) {
+			rc, err := p.blobs.Open(ctx, req, 0, -1)
+			if err != nil {
+				return nil, err
+			}
+			return VerifyRange(rc, d, off, n, size)
+		}
 	}
-	if err != nil {
+	if err := body.Open(open); err != nil {
 		return p.failed(w, downloadError(err))
 	}
-	defer rc.Close()
+	defer body.Close()
 	// A Read blocked on a piece returns once the client is gone.
-	stop := context.AfterFunc(ctx, func() { _ = rc.Close() })
+	stop := context.AfterFunc(ctx, func() { _ = body.Close() })
 	defer stop()
 
-	lw := &lazyWriter{w: w, status: status}
-	toEnd := length < 0 || (size >= 0 && start+length == size)
-	err = copyBlob(lw, rc, length, toEnd)
+	lw := &lazyWriter{w: w, status: body.Status}
+	_, err = body.WriteTo(lw)
 	p.bytes.Add(float64(lw.n))
 	if err != nil {
 		if !lw.started {
@@ -154,70 +147,6 @@ func clientAuth(r *http.Request) http.Header {
 		h.Add("Authorization", v)
 	}
 	return h
-}
-
-// holdBack is how many bytes at the end of a blob wait for the verification
-// of the whole blob.
-const holdBack = 64 << 10
-
-// copyBufSize is the buffer a blob is copied to the client through: a read
-// takes what is verified up to that much, so large reads mean few system
-// calls per byte.
-const copyBufSize = 1 << 20
-
-var copyBufs = sync.Pool{New: func() any {
-	b := make([]byte, copyBufSize)
-	return &b
-}}
-
-// errShort: the blob ended before the length the upstream announced.
-var errShort = errors.New("blob shorter than announced")
-
-// copyBlob copies want bytes (-1: all) from r to w. When the range reaches
-// the end of the blob, the last bytes are written only after r has ended
-// with io.EOF, which the engine's reader returns only once the whole blob's
-// digest is verified.
-func copyBlob(w io.Writer, r io.Reader, want int64, toEnd bool) error {
-	bp := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(bp)
-	if want < 0 {
-		_, err := io.CopyBuffer(w, r, *bp) // io.EOF, and so success, only after verification
-		return err
-	}
-	tail := int64(0)
-	if toEnd {
-		tail = min(want, holdBack)
-	}
-	if n, err := io.CopyBuffer(w, io.LimitReader(r, want-tail), *bp); err != nil {
-		return err
-	} else if n < want-tail {
-		return fmt.Errorf("%w: %d of %d bytes", errShort, n, want)
-	}
-	if !toEnd {
-		return nil
-	}
-	last := make([]byte, tail)
-	if _, err := io.ReadFull(r, last); err != nil {
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return fmt.Errorf("%w: tail missing", errShort)
-		}
-		return err
-	}
-	var one [1]byte
-	for range 1000 { // a Read returns data, an error, or blocks; bounded anyway
-		n, err := r.Read(one[:])
-		if n > 0 {
-			return errors.New("blob longer than announced")
-		}
-		if errors.Is(err, io.EOF) {
-			_, err := w.Write(last)
-			return err
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return errors.New("blob reader made no progress")
 }
 
 // lazyWriter sends the status line with the first byte, so that a download

@@ -60,7 +60,8 @@ func TestBrokenDownloadNeverEndsCleanly(t *testing.T) {
 	}{
 		{"fails midway", len(body) / 2, ""},
 		{"all bytes but no verification", len(body), ""},
-		{"range to the end, no verification", len(body), "bytes=100-"},
+		{"whole as a range, no verification", len(body), "bytes=0-"},
+		{"range fails midway", len(body) / 2, "bytes=100-"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -7,10 +7,13 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"sync"
+	"sync/atomic"
 
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/damselfly/damselfly/dfdaemon/blobcache"
+	"github.com/damselfly/damselfly/pkg/httpx"
 	"github.com/damselfly/damselfly/pkg/peer"
 	"github.com/damselfly/damselfly/pkg/source/registrysource"
 )
@@ -56,34 +59,7 @@ var blobPath = regexp.MustCompile(`^/v2/(.+)/blobs/(sha256:[a-f0-9]{64})$`)
 
 // Fetch starts or joins the download of rawURL and streams it.
 func (f *Fetcher) Fetch(ctx context.Context, rawURL string, header http.Header) (io.ReadCloser, int64, error) {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		return nil, 0, fmt.Errorf("fetch: %w", err)
-	}
-	req := peer.Request{URL: rawURL, BackToSource: true}
-	size := int64(-1)
-	var verify digest.Digest
-	if m := blobPath.FindStringSubmatch(u.EscapedPath()); m != nil && u.RawQuery == "" &&
-		registrysource.ValidateRepository(m[1]) == nil {
-		d := digest.Digest(m[2])
-		base := &url.URL{Scheme: u.Scheme, Host: u.Host}
-		shared := f.trusted.Names(base)
-		if shared {
-			if size, err = f.auth.Authorize(ctx, base, m[1], d, header); err != nil {
-				return nil, 0, fmt.Errorf("fetch: authorize blob: %w", err)
-			}
-		}
-		if req, shared, err = f.trusted.BlobRequest(base, m[1], d, header, size); err != nil {
-			return nil, 0, fmt.Errorf("fetch: %w", err)
-		}
-		if !shared {
-			verify = d
-		}
-	} else {
-		req.Header = header.Clone()
-		req.Identifier = CredentialIdentifier(header)
-	}
-	lease, err := f.blobs.Acquire(ctx, req)
+	lease, size, verify, err := f.acquire(ctx, rawURL, header)
 	if err != nil {
 		return nil, 0, fmt.Errorf("fetch: %w", err)
 	}
@@ -97,6 +73,111 @@ func (f *Fetcher) Fetch(ctx context.Context, rawURL string, header http.Header) 
 		}
 	}
 	return body, size, nil
+}
+
+// FetchRange starts or joins the download of rawURL, waits until its size
+// is known, and returns the part rangeHeader selects, opened (see
+// httpx.Body: the whole content is read to its verified end, a partial
+// range as soon as its pieces are verified, every range's pieces wanted
+// first). size is the content's size once known (-1 before), also with an
+// error wrapping httpx.ErrRangeUnsatisfiable. Closing the body releases the
+// download. A blob of a registry the configuration does not name is read
+// from its first byte and checked against its digest, as Fetch does.
+func (f *Fetcher) FetchRange(ctx context.Context, rawURL string, header http.Header, rangeHeader string) (*httpx.Body, int64, error) {
+	lease, size, verify, err := f.acquire(ctx, rawURL, header)
+	if err != nil {
+		return nil, -1, fmt.Errorf("fetch range: %w", err)
+	}
+	if size < 0 {
+		if size, err = lease.Size(ctx); err != nil {
+			lease.Release()
+			return nil, -1, fmt.Errorf("fetch range: size: %w", err)
+		}
+	}
+	body, err := httpx.NewBody(rangeHeader, size, "application/octet-stream")
+	if err != nil {
+		lease.Release()
+		return nil, size, fmt.Errorf("fetch range: %w", err)
+	}
+	parts := &leaseParts{lease: lease}
+	err = body.Open(func(off, n int64) (io.ReadCloser, error) {
+		if verify == "" {
+			return parts.add(lease.NewRangeReader(off, n)), nil
+		}
+		rc, err := VerifyRange(lease.NewReader(0), verify, off, n, size)
+		return parts.add(rc), err
+	})
+	if err != nil {
+		lease.Release()
+		return nil, size, fmt.Errorf("fetch range: %w", err)
+	}
+	return body, size, nil
+}
+
+// acquire maps rawURL to its download request (see Fetcher) and acquires
+// it. size is the blob's size when the registry told it (-1 otherwise);
+// verify is the digest to check the content against, if any.
+func (f *Fetcher) acquire(ctx context.Context, rawURL string, header http.Header) (lease *blobcache.Lease, size int64, verify digest.Digest, err error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, 0, "", err
+	}
+	req := peer.Request{URL: rawURL, BackToSource: true}
+	size = -1
+	if m := blobPath.FindStringSubmatch(u.EscapedPath()); m != nil && u.RawQuery == "" &&
+		registrysource.ValidateRepository(m[1]) == nil {
+		d := digest.Digest(m[2])
+		base := &url.URL{Scheme: u.Scheme, Host: u.Host}
+		shared := f.trusted.Names(base)
+		if shared {
+			if size, err = f.auth.Authorize(ctx, base, m[1], d, header); err != nil {
+				return nil, 0, "", fmt.Errorf("authorize blob: %w", err)
+			}
+		}
+		if req, shared, err = f.trusted.BlobRequest(base, m[1], d, header, size); err != nil {
+			return nil, 0, "", err
+		}
+		if !shared {
+			verify = d
+		}
+	} else {
+		req.Header = header.Clone()
+		req.Identifier = CredentialIdentifier(header)
+	}
+	if lease, err = f.blobs.Acquire(ctx, req); err != nil {
+		return nil, 0, "", err
+	}
+	return lease, size, verify, nil
+}
+
+// leaseParts releases a lease once every reader opened on it is closed.
+type leaseParts struct {
+	lease *blobcache.Lease
+	open  atomic.Int32
+}
+
+func (p *leaseParts) add(rc io.ReadCloser) io.ReadCloser {
+	if rc == nil {
+		return nil
+	}
+	p.open.Add(1)
+	return &leasePart{ReadCloser: rc, p: p}
+}
+
+type leasePart struct {
+	io.ReadCloser
+	p    *leaseParts
+	once sync.Once
+}
+
+func (l *leasePart) Close() error {
+	err := l.ReadCloser.Close()
+	l.once.Do(func() {
+		if l.p.open.Add(-1) == 0 {
+			l.p.lease.Release()
+		}
+	})
+	return err
 }
 
 // leaseBody releases the lease with the body.

@@ -1,9 +1,11 @@
 package mirror_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -11,12 +13,14 @@ import (
 	"strconv"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	digest "github.com/opencontainers/go-digest"
 	"github.com/stretchr/testify/require"
 
 	"github.com/damselfly/damselfly/dfdaemon/mirror"
 	"github.com/damselfly/damselfly/dfdaemon/proxy"
+	"github.com/damselfly/damselfly/pkg/httpx"
 	"github.com/damselfly/damselfly/pkg/registrytest"
 )
 
@@ -128,5 +132,65 @@ func TestFetcherCredentialPartition(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, "content for "+tc.auth, string(body), "never another credential's content")
 		require.Equal(t, tc.gets, gets.Load(), tc.auth)
+	}
+}
+
+// readRange writes what FetchRange returns as a server would.
+func readRange(t *testing.T, f *mirror.Fetcher, u, rng string) (*httpx.Body, []byte, int64, error) {
+	t.Helper()
+	b, size, err := f.FetchRange(t.Context(), u, nil, rng)
+	if err != nil {
+		return nil, nil, size, err
+	}
+	defer b.Close()
+	var out bytes.Buffer
+	_, err = b.WriteTo(&out)
+	return b, out.Bytes(), size, err
+}
+
+// FetchRange on a real node: a configured registry's blob (size from the
+// registry), another host's blob (checked against its digest) and a plain
+// URL (size from the engine), each answered with exactly the range's bytes;
+// a range past the end is unsatisfiable, with the size.
+func TestFetcherRange(t *testing.T) {
+	t.Parallel()
+	reg := registrytest.New(t)
+	img, err := reg.PushRandomImage(t.Context(), "team/app", "v1", 3_000_000)
+	require.NoError(t, err)
+	layer := img.Layers[0]
+	data := do(t, http.MethodGet, reg.URL.String()+"/v2/team/app/blobs/"+layer.Digest.String(), nil).body
+	size := int64(len(data))
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(data))
+	}))
+	t.Cleanup(origin.Close)
+	cfg := mirror.Config{Registry: reg.URL.String()}
+	n := startNode(t, startSupernode(t), cfg)
+	f := mirror.NewFetcher(n.cache, &fakeAuth{size: size}, cfg.Registries())
+
+	for _, u := range []string{
+		reg.URL.String() + "/v2/team/app/blobs/" + layer.Digest.String(),
+		origin.URL + "/v2/other/app/blobs/" + layer.Digest.String(),
+		origin.URL + "/file.tar.gz",
+	} {
+		b, got, gotSize, err := readRange(t, f, u, "bytes=1000000-1999999")
+		require.NoError(t, err, u)
+		require.Equal(t, size, gotSize)
+		require.Equal(t, http.StatusPartialContent, b.Status)
+		require.Equal(t, data[1_000_000:2_000_000], got, u)
+
+		b, got, _, err = readRange(t, f, u, "bytes=-100,0-1")
+		require.NoError(t, err, u)
+		require.True(t, b.Multipart())
+		require.Equal(t, b.ContentLength(), int64(len(got)))
+		require.True(t, bytes.Contains(got, data[size-100:]))
+
+		_, got, _, err = readRange(t, f, u, "bytes=0-")
+		require.NoError(t, err, u)
+		require.Equal(t, layer.Digest, digest.FromBytes(got))
+
+		_, _, gotSize, err = readRange(t, f, u, fmt.Sprintf("bytes=%d-", size))
+		require.ErrorIs(t, err, httpx.ErrRangeUnsatisfiable, u)
+		require.Equal(t, size, gotSize)
 	}
 }

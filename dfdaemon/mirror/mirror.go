@@ -55,11 +55,38 @@
 // digest tasks, so a yes from it only starts a URL task of its own (keyed by
 // the blob's URL and the client's credentials), whose content is checked
 // against the digest here and never comes from the node's cache of the
-// digest. Content-Length and Docker-Content-Digest come from the HEAD. A
-// Range is served from the stream. When the response reaches the end of the
-// blob, its last bytes are held back until the engine has verified the whole
-// blob's digest; if the download fails the connection is aborted, so a
-// client never sees a clean but wrong or short body.
+// digest. Content-Length and Docker-Content-Digest come from the HEAD, so a
+// HEAD never waits for a download.
+//
+// # Ranges
+//
+// Lazy pullers read blobs in ranges: stargz-snapshotter lists many 50,000-
+// byte chunks in one Range and probes with bytes=0-1, nydus asks for ~1 MiB
+// ranges, SOCI for 4 MiB spans, containerd 2.1+ for a layer in several
+// large ranges at once. A Range is answered exactly (httpx.Body): one range,
+// or a list that coalesces to one, is a 206 with Content-Range and its exact
+// Content-Length; several are a 206 multipart/byteranges whose parts carry
+// their Content-Range; none satisfiable is 416 RANGE_INVALID with
+// "Content-Range: bytes */size". Overlapping and adjacent ranges are merged
+// (stargz maps each part by its Content-Range, so this is safe). A Range
+// listing more than httpx.MaxRanges ranges, or longer than
+// httpx.MaxRangesHeader, is ignored: the answer is the whole blob (200),
+// which every puller accepts. A single-range 206 always carries
+// Content-Range; blob bytes are never re-encoded and never redirected.
+//
+// Every range's reader is opened before the first byte is sent, so the
+// engine fetches all their pieces first. A response carrying the whole blob
+// (no Range, or one range covering all of it) holds its last 64 KiB back
+// until the engine has verified the whole blob's digest. A partial range is
+// sent as soon as its pieces are verified, each byte against its piece's
+// digest: it is not the blob, a client cannot check it against the blob's
+// digest anyway (stargz checks its chunks itself), and waiting for the whole
+// blob would defeat lazy pulling. A registry reached through
+// AllowAnyUpstream has no trusted piece digests: its blob is read from the
+// first byte and checked against the digest, and only the range's bytes are
+// sent; a range reaching the end of the blob holds its last 64 KiB until
+// that check (VerifyRange). If a download fails after the first byte the connection is
+// aborted, so a client never sees a clean but wrong or short body.
 //
 // Errors are the front's (pkg/registryapi); a download that fails before
 // its first byte is 503 UNAVAILABLE, or 502 UPSTREAM_ERROR when the

@@ -13,6 +13,7 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 
+	"github.com/damselfly/damselfly/pkg/httpx"
 	"github.com/damselfly/damselfly/pkg/peer"
 	"github.com/damselfly/damselfly/pkg/source/registrysource"
 )
@@ -187,3 +188,82 @@ func (v *verifier) Read(p []byte) (int, error) {
 }
 
 func (v *verifier) Close() error { return v.rc.Close() }
+
+// VerifyRange returns n bytes from off (n < 0: to the end) of content of
+// size bytes (< 0: unknown), read from rc, which starts at offset 0, and
+// checked against d (VerifyDigest). It is how a range of a blob without
+// trusted piece digests (a registry the configuration does not name) is
+// served, as it always was: the whole content, and a range reaching its end,
+// give their last bytes (up to httpx.HoldBack) only once the whole content
+// matched d; a range ending before the end is read from the start and
+// served as read. Closing it closes rc.
+func VerifyRange(rc io.ReadCloser, d digest.Digest, off, n, size int64) (io.ReadCloser, error) {
+	v, err := VerifyDigest(rc, d, off)
+	if err != nil || n < 0 {
+		return v, err
+	}
+	if size >= 0 && off+n == size {
+		return readCloser{Reader: &heldTail{r: v, head: n - min(n, httpx.HoldBack), tail: min(n, httpx.HoldBack)}, Closer: v}, nil
+	}
+	return readCloser{Reader: io.LimitReader(v, n), Closer: v}, nil
+}
+
+type readCloser struct {
+	io.Reader
+	io.Closer
+}
+
+// heldTail reads head bytes from r as they come, then tail more which it
+// gives out only once r has ended with io.EOF.
+type heldTail struct {
+	r          io.Reader
+	head, tail int64
+	held       []byte // the tail, once r has ended cleanly
+	released   bool
+}
+
+func (h *heldTail) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if h.head > 0 {
+		n, err := h.r.Read(p[:min(int64(len(p)), h.head)])
+		h.head -= int64(n)
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF // the tail is missing
+		}
+		return n, err
+	}
+	if !h.released {
+		buf := make([]byte, h.tail)
+		if _, err := io.ReadFull(h.r, buf); err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return 0, err
+		}
+		var one [1]byte
+		for i := 0; ; i++ {
+			n, err := h.r.Read(one[:])
+			if n > 0 {
+				return 0, errors.New("content longer than its size")
+			}
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				return 0, err
+			}
+			if i == 100 {
+				return 0, io.ErrNoProgress
+			}
+		}
+		h.held, h.released = buf, true
+	}
+	if len(h.held) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, h.held)
+	h.held = h.held[n:]
+	return n, nil
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/damselfly/damselfly/dfdaemon/mirror"
+	"github.com/damselfly/damselfly/pkg/httpx"
 	"github.com/damselfly/damselfly/pkg/peer"
 	"github.com/damselfly/damselfly/pkg/registrytest"
 )
@@ -164,4 +165,52 @@ func FuzzQueryValue(f *testing.F) {
 			t.Fatalf("queryValue(%q) = %q, url says %q", raw, got, want)
 		}
 	})
+}
+
+// VerifyRange: the range's bytes, and for the whole content or a range
+// reaching its end, the last bytes only once the whole content matched.
+func TestVerifyRange(t *testing.T) {
+	t.Parallel()
+	data := make([]byte, 300_000)
+	_, _ = rand.Read(data)
+	size := int64(len(data))
+	good := digest.FromBytes(data)
+	bad := digest.FromString("something else")
+	tests := []struct {
+		name      string
+		off, n    int64
+		badFails  bool  // with the wrong digest the read fails
+		badAtMost int64 // and gives at most this many bytes
+	}{
+		{"middle", 1000, 50_000, false, 50_000},
+		{"to the end", 200_000, size - 200_000, true, size - 200_000 - httpx.HoldBack},
+		{"short to the end", size - 10, 10, true, 0},
+		{"whole", 0, -1, true, size},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			want := data[tt.off:]
+			if tt.n >= 0 {
+				want = want[:tt.n]
+			}
+			rc, err := mirror.VerifyRange(io.NopCloser(bytes.NewReader(data)), good, tt.off, tt.n, size)
+			require.NoError(t, err)
+			got, err := io.ReadAll(rc)
+			require.NoError(t, err)
+			require.Equal(t, want, got)
+			require.NoError(t, rc.Close())
+
+			rc, err = mirror.VerifyRange(io.NopCloser(bytes.NewReader(data)), bad, tt.off, tt.n, size)
+			require.NoError(t, err)
+			got, err = io.ReadAll(rc)
+			if !tt.badFails {
+				require.NoError(t, err)
+				require.Equal(t, want, got)
+				return
+			}
+			require.ErrorIs(t, err, peer.ErrDigestMismatch)
+			require.LessOrEqual(t, int64(len(got)), tt.badAtMost)
+		})
+	}
 }

@@ -30,16 +30,20 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/damselfly/damselfly/pkg/httpx"
 )
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// fetchCall is one call of memFetcher.Fetch.
+// fetchCall is one call of memFetcher.Fetch or FetchRange.
 type fetchCall struct {
 	url    string
 	header http.Header
+	rng    string // FetchRange's range header
+	opens  [][2]int64
 }
 
 // memFetcher is the P2P network of the tests: content by URL in memory,
@@ -78,6 +82,36 @@ func (f *memFetcher) Fetch(ctx context.Context, u string, header http.Header) (i
 		size = -1
 	}
 	return &chunkReader{ctx: ctx, data: data, failFirst: f.failFirst, failAfter: f.failAfter, gate: f.gate}, size, nil
+}
+
+// FetchRange serves ranges of the content as chunkReaders, with the same
+// failures as Fetch, and records the (off, n) of each reader opened.
+func (f *memFetcher) FetchRange(ctx context.Context, u string, header http.Header, rangeHeader string) (*httpx.Body, int64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, fetchCall{url: u, header: header.Clone(), rng: rangeHeader})
+	call := &f.calls[len(f.calls)-1]
+	if f.failBefore != nil {
+		return nil, -1, f.failBefore
+	}
+	data, ok := f.content[u]
+	if !ok {
+		return nil, -1, fmt.Errorf("%s: %w", u, errNoContent)
+	}
+	size := int64(len(data))
+	b, err := httpx.NewBody(rangeHeader, size, "application/octet-stream")
+	if err != nil {
+		return nil, size, err
+	}
+	err = b.Open(func(off, n int64) (io.ReadCloser, error) {
+		call.opens = append(call.opens, [2]int64{off, n})
+		end := size
+		if n >= 0 {
+			end = off + n
+		}
+		return &chunkReader{ctx: ctx, data: data[off:end], failFirst: f.failFirst, failAfter: f.failAfter, gate: f.gate}, nil
+	})
+	return b, size, err
 }
 
 func (f *memFetcher) Calls() []fetchCall {

@@ -9,11 +9,20 @@
 //
 // Routing of one request:
 //
-//   - GET matching a rule with useP2P, without Range or conditional headers:
+//   - GET matching a rule with useP2P, without conditional headers:
 //     Fetcher. If the fetch fails before the first byte the request is
 //     forwarded directly (or answered 502 with disableFallback); after the
 //     first byte a failure aborts the response, so the client sees a
 //     truncated body, never a complete-looking one.
+//   - such a GET with a plain Range (no If-Range): Fetcher.FetchRange, the
+//     whole content's download with the range's pieces fetched first, and
+//     the answer the mirror gives (httpx.Body): 206 with Content-Range and
+//     its exact Content-Length, 206 multipart/byteranges for several
+//     ranges, 416 with "Content-Range: bytes */size" when none is
+//     satisfiable. A partial range goes out as soon as its pieces are
+//     verified; an answer carrying the whole content waits for the whole
+//     content's verification before its last bytes. A Range the proxy
+//     cannot parse is forwarded directly, for the origin to judge.
 //   - every other request: forwarded directly, hop-by-hop headers removed
 //     (RFC 9110 §7.6.1), bodies streamed both ways.
 //   - CONNECT: the port must be allowed (default 443 only), then tunnel or
@@ -43,6 +52,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/damselfly/damselfly/pkg/httpx"
 	"github.com/damselfly/damselfly/pkg/netpolicy"
 	"github.com/damselfly/damselfly/pkg/redact"
 )
@@ -53,8 +63,16 @@ import (
 // surface as a Read error, never as an early io.EOF. header holds the
 // client's end-to-end request headers (Authorization among them) for the
 // source fetch.
+//
+// FetchRange downloads url the same way and returns the part a Range
+// header value selects, resolved against the content's size (it waits for
+// the size) and opened: an httpx.Body ready for SetHeader and WriteTo, whose
+// Close releases the download. size is the content's size once known (-1
+// before), also alongside an error wrapping httpx.ErrRangeUnsatisfiable.
+// The same contract holds for the body's readers as for Fetch's body.
 type Fetcher interface {
 	Fetch(ctx context.Context, url string, header http.Header) (body io.ReadCloser, size int64, err error)
+	FetchRange(ctx context.Context, url string, header http.Header, rangeHeader string) (body *httpx.Body, size int64, err error)
 }
 
 // Option configures a Proxy.
@@ -247,9 +265,15 @@ func (p *Proxy) route(w http.ResponseWriter, r *http.Request, target *url.URL) {
 		p.reject(w, http.StatusBadGateway, "proxy redirect rule produced a bad URL")
 		return
 	}
-	if useP2P && r.Method == http.MethodGet && p2pEligible(r.Header) {
-		p.serveP2P(w, r, target)
-		return
+	if useP2P && r.Method == http.MethodGet {
+		switch p2pMode(r.Header) {
+		case p2pWhole:
+			p.serveP2P(w, r, target)
+			return
+		case p2pRange:
+			p.serveP2PRange(w, r, target)
+			return
+		}
 	}
 	p.serveDirect(w, r, target, routeDirect)
 }
@@ -283,17 +307,35 @@ func (p *Proxy) match(u *url.URL) (*url.URL, bool, error) {
 	return u, false, nil
 }
 
-// p2pEligible reports whether a GET with header h can be answered with the
-// whole content from the P2P network: ranged and conditional requests go
-// direct, as Dragonfly does, because a P2P download always starts at byte
-// zero and the origin answers them cheaply.
-func p2pEligible(h http.Header) bool {
-	for _, k := range []string{"Range", "If-Range", "If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since"} {
+// How a GET on a P2P rule is answered (p2pMode).
+const (
+	p2pDirect = iota // forwarded to the origin
+	p2pWhole         // the whole content from the P2P network
+	p2pRange         // ranges of the content from the P2P network
+)
+
+// p2pMode tells how a GET with header h on a P2P rule is answered.
+// Conditional requests go direct, as Dragonfly does: the origin answers
+// them cheaply and the P2P network has no validators to compare. A plain
+// Range (one Range header that parses, no If-Range) is served from the P2P
+// network; a Range that does not parse goes direct.
+func p2pMode(h http.Header) int {
+	for _, k := range []string{"If-Range", "If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since"} {
 		if _, ok := h[k]; ok {
-			return false
+			return p2pDirect
 		}
 	}
-	return true
+	vs, ok := h["Range"]
+	if !ok {
+		return p2pWhole
+	}
+	if len(vs) != 1 {
+		return p2pDirect
+	}
+	if _, err := httpx.ParseRanges(vs[0], -1); errors.Is(err, httpx.ErrRangeMalformed) {
+		return p2pDirect
+	}
+	return p2pRange
 }
 
 // copyBufSize is the unit the proxy reads and flushes P2P bodies in.
@@ -344,6 +386,7 @@ func (p *Proxy) serveP2P(w http.ResponseWriter, r *http.Request, target *url.URL
 
 	h := w.Header()
 	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Accept-Ranges", "bytes") // a Range of this URL is served from P2P too
 	h.Set(RouteHeader, routeP2P)
 	h.Set("Via", "1.1 "+viaPseudonym)
 	if size >= 0 {
@@ -408,7 +451,8 @@ var hopHeaders = []string{
 
 // fetchHeader returns the client's headers that matter to a source fetch of
 // the whole content: end-to-end fields, without hop-by-hop ones, without
-// what describes this message's body or representation encoding (the P2P
+// Range (the P2P network downloads the whole content), without what
+// describes this message's body or representation encoding (the P2P
 // network stores the identity encoding), and without forwarding traces.
 func fetchHeader(in http.Header) http.Header {
 	h := in.Clone()
@@ -422,7 +466,7 @@ func fetchHeader(in http.Header) http.Header {
 	for _, k := range hopHeaders {
 		h.Del(k)
 	}
-	for _, k := range []string{"Accept-Encoding", "Content-Length", "Expect", "Via", "Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
+	for _, k := range []string{"Range", "Accept-Encoding", "Content-Length", "Expect", "Via", "Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
 		h.Del(k)
 	}
 	return h

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
+	"mime/multipart"
 	"net/http"
 	"net/url"
 	"strings"
@@ -15,6 +17,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/damselfly/damselfly/pkg/httpx"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -45,6 +49,7 @@ func TestP2PRuleHitIsServedFromFetcher(t *testing.T) {
 	require.Equal(t, content, body)
 	require.Equal(t, int64(len(content)), resp.ContentLength)
 	require.Equal(t, "p2p", resp.Header.Get(RouteHeader))
+	require.Equal(t, "bytes", resp.Header.Get("Accept-Ranges"))
 	require.Equal(t, 0, o.Hits("/blob/a"), "the origin must not be asked for a P2P URL")
 
 	calls := f.Calls()
@@ -83,7 +88,9 @@ func TestRoutingDirect(t *testing.T) {
 		{name: "no rule matches", method: http.MethodGet, path: "/other", status: http.StatusOK},
 		{name: "an earlier rule exempts", method: http.MethodGet, path: "/blob/exempt", status: http.StatusOK},
 		{name: "HEAD is direct", method: http.MethodHead, path: "/blob/head", status: http.StatusOK},
-		{name: "ranged GET is direct", method: http.MethodGet, path: "/blob/ranged", header: http.Header{"Range": {"bytes=10-19"}}, status: http.StatusPartialContent},
+		{name: "If-Range GET is direct", method: http.MethodGet, path: "/blob/ranged", header: http.Header{"Range": {"bytes=10-19"}, "If-Range": {time.Unix(1_000_000_000, 0).UTC().Format(http.TimeFormat)}}, status: http.StatusPartialContent},
+		{name: "malformed Range is direct", method: http.MethodGet, path: "/blob/badrange", header: http.Header{"Range": {"bytes=10-19,x"}}, status: http.StatusRequestedRangeNotSatisfiable},
+		{name: "two Range fields are direct", method: http.MethodGet, path: "/blob/tworanges", header: http.Header{"Range": {"bytes=10-19", "bytes=0-1"}}, status: http.StatusPartialContent},
 		{name: "conditional GET is direct", method: http.MethodGet, path: "/blob/cond", header: http.Header{"If-Modified-Since": {time.Now().UTC().Format(http.TimeFormat)}}, status: http.StatusNotModified},
 	}
 	for _, tt := range tests {
@@ -477,6 +484,10 @@ func (nilBodyFetcher) Fetch(context.Context, string, http.Header) (io.ReadCloser
 	return nil, 0, nil
 }
 
+func (nilBodyFetcher) FetchRange(context.Context, string, http.Header, string) (*httpx.Body, int64, error) {
+	return nil, 0, nil
+}
+
 // sizedFetcher serves body but claims size.
 type sizedFetcher struct {
 	body string
@@ -485,6 +496,10 @@ type sizedFetcher struct {
 
 func (f sizedFetcher) Fetch(context.Context, string, http.Header) (io.ReadCloser, int64, error) {
 	return io.NopCloser(strings.NewReader(f.body)), f.size, nil
+}
+
+func (f sizedFetcher) FetchRange(context.Context, string, http.Header, string) (*httpx.Body, int64, error) {
+	return nil, 0, errors.New("no ranges here")
 }
 
 func TestP2PEmptyBodies(t *testing.T) {
@@ -519,4 +534,102 @@ func TestRedirectToBadURLIsA502(t *testing.T) {
 	resp, _ := get(t, proxyClient(t, pu, nil), o.URL+"/nohost/x", nil)
 	require.Equal(t, http.StatusBadGateway, resp.StatusCode)
 	require.Equal(t, 0, o.Hits("/nohost/x"))
+}
+
+// A plain Range on a P2P rule: the fetcher gets the whole content's
+// request (no Range) and the range, opens every part before the first
+// byte, and the answer is the exact 206; a failure before the first byte
+// falls back to the origin, after it aborts.
+func TestP2PRange(t *testing.T) {
+	t.Parallel()
+	o := newOrigin(t)
+	u := o.URL + "/blob/ranged"
+	content := make([]byte, 300_000)
+	for i := range content {
+		content[i] = byte(i % 251)
+	}
+
+	t.Run("multipart", func(t *testing.T) {
+		t.Parallel()
+		f := newMemFetcher(map[string][]byte{u: content})
+		_, pu := startProxy(t, Config{Rules: []Rule{blobRule}}, f)
+		resp, body := get(t, proxyClient(t, pu, nil), u, http.Header{"Range": {"bytes=200000-249999,0-49999,100000-"}, "Accept-Encoding": {"identity"}})
+		require.Equal(t, http.StatusPartialContent, resp.StatusCode)
+		require.Equal(t, "p2p", resp.Header.Get(RouteHeader))
+		require.Equal(t, "bytes", resp.Header.Get("Accept-Ranges"))
+		require.Equal(t, int64(len(body)), resp.ContentLength)
+		mt, params, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+		require.NoError(t, err)
+		require.Equal(t, "multipart/byteranges", mt)
+		mr := multipart.NewReader(bytes.NewReader(body), params["boundary"])
+		var got []string
+		for {
+			p, err := mr.NextPart()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			require.NoError(t, err)
+			r, total, err := httpx.ParseContentRange(p.Header.Get("Content-Range"))
+			require.NoError(t, err)
+			require.Equal(t, int64(len(content)), total)
+			b, err := io.ReadAll(p)
+			require.NoError(t, err)
+			require.Equal(t, content[r.Start:r.Start+r.Length], b)
+			got = append(got, p.Header.Get("Content-Range"))
+		}
+		// 200000-249999 and 100000- overlap: coalesced in the first one's place.
+		require.Equal(t, []string{"bytes 100000-299999/300000", "bytes 0-49999/300000"}, got)
+		calls := f.Calls()
+		require.Len(t, calls, 1)
+		require.Equal(t, [][2]int64{{100_000, 200_000}, {0, 50_000}}, calls[0].opens)
+		require.Empty(t, calls[0].header.Values("Range"))
+	})
+
+	t.Run("whole content as a range", func(t *testing.T) {
+		t.Parallel()
+		f := newMemFetcher(map[string][]byte{u: content})
+		_, pu := startProxy(t, Config{Rules: []Rule{blobRule}}, f)
+		resp, body := get(t, proxyClient(t, pu, nil), u, http.Header{"Range": {"bytes=0-"}})
+		require.Equal(t, http.StatusPartialContent, resp.StatusCode)
+		require.Equal(t, "bytes 0-299999/300000", resp.Header.Get("Content-Range"))
+		require.Equal(t, content, body)
+		require.Equal(t, [][2]int64{{0, -1}}, f.Calls()[0].opens, "read to its verified end")
+	})
+
+	t.Run("failure before the first byte falls back", func(t *testing.T) {
+		t.Parallel()
+		f := newMemFetcher(map[string][]byte{u: content})
+		f.failFirst = errMidStream
+		_, pu := startProxy(t, Config{Rules: []Rule{blobRule}}, f)
+		resp, body := get(t, proxyClient(t, pu, nil), u, http.Header{"Range": {"bytes=10-19"}})
+		require.Equal(t, http.StatusPartialContent, resp.StatusCode)
+		require.Equal(t, "fallback", resp.Header.Get(RouteHeader))
+		require.Equal(t, blobBody("/blob/ranged")[10:20], body, "the origin's answer")
+	})
+
+	t.Run("no fallback", func(t *testing.T) {
+		t.Parallel()
+		f := newMemFetcher(map[string][]byte{u: content})
+		f.failBefore = errNoContent
+		_, pu := startProxy(t, Config{Rules: []Rule{blobRule}, DisableFallback: true}, f)
+		resp, _ := get(t, proxyClient(t, pu, nil), u, http.Header{"Range": {"bytes=10-19"}})
+		require.Equal(t, http.StatusBadGateway, resp.StatusCode)
+	})
+
+	t.Run("failure mid-stream truncates", func(t *testing.T) {
+		t.Parallel()
+		f := newMemFetcher(map[string][]byte{u: content})
+		f.failAfter = 5000
+		_, pu := startProxy(t, Config{Rules: []Rule{blobRule}}, f)
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, u, nil)
+		require.NoError(t, err)
+		req.Header.Set("Range", "bytes=1000-99999")
+		resp, err := proxyClient(t, pu, nil).Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		require.Equal(t, http.StatusPartialContent, resp.StatusCode)
+		got, err := io.ReadAll(resp.Body)
+		require.Error(t, err, "never a clean short body")
+		require.Less(t, len(got), 99_000)
+	})
 }

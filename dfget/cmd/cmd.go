@@ -243,10 +243,25 @@ func download(ctx context.Context, o *flags, eng *peer.Engine, store *local.Stor
 		}
 		fmt.Fprintln(stderr, line)
 	}
+	// With --range the output is the range, written once its bytes are
+	// verified; the download ends with it.
+	var ranged <-chan rangeResult
+	done := d.Done()
+	if o.rng != "" {
+		ch := make(chan rangeResult, 1)
+		go func() {
+			cr, err := writeRange(ctx, d, o.rng, out)
+			ch <- rangeResult{cr, err}
+		}()
+		ranged = ch
+	}
+	var rangeRes rangeResult
 	events := d.Events()
 loop:
 	for {
 		select {
+		case rangeRes = <-ranged:
+			break loop
 		case ev, ok := <-events:
 			if !ok {
 				events = nil
@@ -260,11 +275,21 @@ loop:
 			} else {
 				fmt.Fprintf(stderr, "dfget: %s\n", renderProgress(p, time.Since(start), renderStatus(p, time.Now()), 0))
 			}
-		case <-d.Done():
+		case <-done:
+			if ranged != nil {
+				done = nil // the range's reader ends with the download's error, if any
+				continue
+			}
 			break loop
 		case <-ctx.Done():
+			if ranged != nil {
+				rangeRes = <-ranged // its reader ends with ctx
+			}
 			break loop
 		}
+	}
+	if ranged != nil {
+		return finishRange(ctx, d, o, out, rangeRes, bar, start, stderr)
 	}
 	res, err := d.Wait(ctx)
 	if events != nil && err == nil {

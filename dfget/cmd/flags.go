@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/textproto"
@@ -14,6 +15,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 
 	"github.com/damselfly/damselfly/pkg/clusterauth"
+	"github.com/damselfly/damselfly/pkg/httpx"
 	"github.com/damselfly/damselfly/pkg/log"
 	"github.com/damselfly/damselfly/pkg/netpolicy"
 	"github.com/damselfly/damselfly/pkg/ratelimit"
@@ -41,6 +43,7 @@ type flags struct {
 	output       string
 	supernodes   []string
 	digest       digest.Digest
+	rng          string // --range, as a Range header value ("bytes=a-b")
 	header       http.Header
 	filter       []string
 	identifier   string
@@ -97,7 +100,8 @@ const usageText = `Usage: dfget -u URL -o FILE [flags]
 Download URL to FILE through the Damselfly P2P network. While it runs, dfget
 serves the pieces it has to other peers. When the supernode or every peer
 fails it downloads from the source instead, unless --notbs is given. FILE is
-written atomically and only once its content is verified.
+written atomically and only once its content is verified. With --range FILE
+holds only the bytes asked for, written once each is verified.
 
 Flags:
 `
@@ -132,6 +136,18 @@ func newFlagSet(o *flags) *flag.FlagSet {
 			return fmt.Errorf("want sha256:<64 hex>")
 		}
 		o.digest = d
+		return nil
+	})
+	fs.Func("range", "write only the bytes `R` of the content to FILE: a-b (both included), a- (from a to the end) or -n (the last n), with or without a bytes= prefix; one range. The pieces holding them are fetched first and dfget ends once they are verified, each against its piece's digest, without waiting for the rest (a range covering the whole content waits for the whole content's digest)", func(v string) error {
+		v = strings.TrimSpace(v)
+		if !strings.Contains(v, "=") {
+			v = "bytes=" + v
+		}
+		// Against the largest size: only a malformed or empty range fails.
+		if _, err := httpx.ParseRange(v, math.MaxInt64); err != nil {
+			return fmt.Errorf("want a-b, a- or -n (n > 0)")
+		}
+		o.rng = v
 		return nil
 	})
 	fs.Var(&headerFlag{h: o.header}, "header", "`'Name: value'` header for the source (repeatable)")
