@@ -394,18 +394,44 @@ func (p *Proxy) serveP2P(w http.ResponseWriter, r *http.Request, target *url.URL
 	}
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
-	var sent int64
+	_ = rc.Flush() // the status goes out now, whatever is held back
+	// The whole content: its last httpx.HoldBack bytes are written only
+	// once the body has ended with io.EOF, which the Fetcher's reader
+	// returns only after the whole digest is verified, so that a failure
+	// there never follows a body that already looks complete.
+	var sent, got int64
+	var tail []byte // received, held back
 	defer func() { p.m.bytes.WithLabelValues(routeP2P).Add(float64(sent)) }()
+	write := func(b []byte) bool {
+		if len(b) == 0 {
+			return true
+		}
+		if _, werr := w.Write(b); werr != nil {
+			return false // the client is gone
+		}
+		sent += int64(len(b))
+		_ = rc.Flush()
+		return true
+	}
 	for {
 		if n > 0 {
-			if size >= 0 && sent+int64(n) > size {
+			got += int64(n)
+			if size >= 0 && got > size {
 				p.abort(target, fmt.Errorf("p2p body longer than its size %d", size))
 			}
-			if _, werr := w.Write(buf[:n]); werr != nil {
-				return // the client is gone
+			tail = append(tail, buf[:n]...)
+			// Everything but the last HoldBack bytes of the content (when
+			// its size is known) or of what came so far goes out now.
+			keep := int64(httpx.HoldBack)
+			if size >= 0 {
+				keep = max(min(keep, size)-(size-got), 0)
 			}
-			sent += int64(n)
-			_ = rc.Flush()
+			if out := int64(len(tail)) - keep; out > 0 {
+				if !write(tail[:out]) {
+					return
+				}
+				tail = append(tail[:0], tail[out:]...)
+			}
 		}
 		if errors.Is(rerr, io.EOF) {
 			break
@@ -415,9 +441,10 @@ func (p *Proxy) serveP2P(w http.ResponseWriter, r *http.Request, target *url.URL
 		}
 		n, rerr = readSome(body, buf)
 	}
-	if size >= 0 && sent != size {
-		p.abort(target, fmt.Errorf("p2p body ended after %d of %d bytes", sent, size))
+	if size >= 0 && got != size {
+		p.abort(target, fmt.Errorf("p2p body ended after %d of %d bytes", got, size))
 	}
+	write(tail)
 }
 
 // abort ends a response whose status is already sent without completing

@@ -265,7 +265,13 @@ func TestP2PFailureMidStreamTruncates(t *testing.T) {
 			require.Equal(t, http.StatusOK, resp.StatusCode)
 			body, err := io.ReadAll(resp.Body)
 			require.Error(t, err, "a failed P2P body must not look complete")
-			require.Len(t, body, 5000)
+			if unknown {
+				// Of content of unknown size, the last 64 KiB received
+				// wait for the end: here all of it.
+				require.Empty(t, body)
+			} else {
+				require.Len(t, body, 5000)
+			}
 			require.Equal(t, 0, o.Hits("/blob/mid"))
 		})
 	}
@@ -275,7 +281,7 @@ func TestP2PStreamsBeforeFetchEnds(t *testing.T) {
 	t.Parallel()
 	o := newOrigin(t)
 	u := o.URL + "/blob/stream"
-	content := bytes.Repeat([]byte("s"), 50000)
+	content := bytes.Repeat([]byte("s"), 200000) // more than the held-back tail
 	f := newMemFetcher(map[string][]byte{u: content})
 	f.gate = make(chan struct{})
 	_, pu := startProxy(t, Config{Rules: []Rule{blobRule}}, f)
@@ -632,4 +638,30 @@ func TestP2PRange(t *testing.T) {
 		require.Error(t, err, "never a clean short body")
 		require.Less(t, len(got), 99_000)
 	})
+}
+
+// TestP2PHoldsBackTheEnd: the last 64 KiB of a whole-content P2P answer go
+// out only once the body has ended cleanly (after the whole digest is
+// verified): a failure at the very end never follows a body that already
+// looks complete.
+func TestP2PHoldsBackTheEnd(t *testing.T) {
+	t.Parallel()
+	for _, unknown := range []bool{false, true} {
+		o := newOrigin(t)
+		u := o.URL + "/blob/end"
+		content := bytes.Repeat([]byte("e"), 100000)
+		f := newMemFetcher(map[string][]byte{u: content})
+		f.failAfter = len(content) // every byte out, then the digest check fails
+		f.unknownSize = unknown
+		_, pu := startProxy(t, Config{Rules: []Rule{blobRule}}, f)
+		c := proxyClient(t, pu, nil)
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, u, nil)
+		require.NoError(t, err)
+		resp, err := c.Do(req)
+		require.NoError(t, err)
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.Error(t, err, "unknown size %v", unknown)
+		require.LessOrEqual(t, len(body), len(content)-httpx.HoldBack, "unknown size %v", unknown)
+	}
 }
