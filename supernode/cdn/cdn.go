@@ -147,6 +147,16 @@ type CDN struct {
 	// blamed lists, per digest task, the source URLs whose content failed
 	// its digest (at most maxCandidates each).
 	blamed map[taskid.ID][]string
+	// dmu guards demandable, demandQueue, demandRunning and every
+	// fetch.queued (demand.go). It is taken before a fetch's pmu, and never
+	// held while calling out.
+	dmu sync.Mutex
+	// demandable holds the running fetches Demand may add to; demandQueue
+	// the fetches with demanded pieces waiting for a request, in the order
+	// they came; demandRunning counts the demand requests in flight.
+	demandable    map[taskid.ID]*fetch
+	demandQueue   []*fetch
+	demandRunning int
 	// checked holds the piece metadata of committed blobs this process
 	// has checked against the blob; reportedAt when a corrupt report last
 	// started a check of a blob; uploads counts the upload handles open on
@@ -205,6 +215,7 @@ func New(cfg Config, store content.Store, src source.Client, sched Scheduler, op
 		stopping:    make(chan struct{}),
 		fetches:     make(map[taskid.ID]*fetch),
 		sourceBytes: make(map[taskid.ID]int64),
+		demandable:  make(map[taskid.ID]*fetch),
 		pending:     make(map[taskid.ID]*candidates),
 		blamed:      make(map[taskid.ID][]string),
 		checked:     make(map[digest.Digest]pieceMeta),
