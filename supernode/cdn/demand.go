@@ -78,9 +78,10 @@ type progress struct {
 	// cur is the stream's source, the one demand requests ask; nil while
 	// the stream is between sources.
 	cur *candidate
-	// seqAt is the piece the stream stores next (it reads one ahead), -1
-	// when it is not reading.
-	seqAt int
+	// seqAt is the piece the stream stores next and readAt the one it is
+	// reading (it reads one ahead); both -1 when it is not reading. A
+	// demand request leaves the pieces in between to the stream.
+	seqAt, readAt int
 	// wanted holds the pieces demanded and not yet claimed.
 	wanted   piece.Set
 	inflight int  // demand requests in flight
@@ -90,7 +91,7 @@ type progress struct {
 }
 
 func newProgress(size, pieceSize int64) progress {
-	p := progress{changed: make(chan struct{}), seqAt: -1}
+	p := progress{changed: make(chan struct{}), seqAt: -1, readAt: -1}
 	if size >= 0 {
 		n := piece.Count(size, pieceSize)
 		p.state, p.digests, p.known = make([]pieceState, n), make([]digest.Digest, n), true
@@ -146,9 +147,11 @@ func (p *progress) release(first, count int) {
 	p.signal()
 }
 
-// nearStream reports whether the stream is reading piece n already.
+// nearStream reports whether the stream is reading piece n already, or
+// reads it next: the bytes of the piece after the one being read may be on
+// the wire already, and a range request for it would fetch them twice.
 func (p *progress) nearStream(n int) bool {
-	return p.seqAt >= 0 && n >= p.seqAt && n <= p.seqAt+1
+	return p.seqAt >= 0 && n >= p.seqAt && n <= p.readAt+1
 }
 
 // demandable reports whether demand requests may start for this fetch.

@@ -189,23 +189,43 @@ type sourceChunk struct {
 
 // readPieces reads r into pieceSize chunks on its own goroutine, one chunk
 // ahead of the consumer: two buffers, one being filled while the other is
-// stored. The channel is closed after the chunk carrying an error (io.EOF at
-// the end), or when ctx ends.
-func readPieces(ctx context.Context, r io.Reader, pieceSize int64) <-chan sourceChunk {
+// stored. The chunks are pieces first, first+1, ...; as soon as piece n-1
+// is read, before waiting for a buffer to read piece n into, it asks
+// take(n). When take says no (the piece is stored or being fetched
+// elsewhere: reading it would be a waste) it calls stop at once, so that
+// the source sends as little of it as possible, and ends with a chunk
+// carrying errReposition. The channel is closed after the chunk carrying an
+// error (io.EOF at the end), or when ctx ends.
+func readPieces(ctx context.Context, r io.Reader, pieceSize int64, first int, take func(n int) bool, stop func()) <-chan sourceChunk {
 	out := make(chan sourceChunk)
 	free := make(chan []byte, 2)
 	free <- make([]byte, pieceSize)
 	free <- make([]byte, pieceSize)
 	go func() {
 		defer close(out)
-		for {
+		next := take(first)
+		if !next {
+			stop()
+		}
+		for n := first; ; n++ {
 			var buf []byte
 			select {
 			case buf = <-free:
 			case <-ctx.Done():
 				return
 			}
-			k, err := io.ReadFull(r, buf)
+			var k int
+			var err error
+			if next {
+				k, err = io.ReadFull(r, buf)
+				if err == nil {
+					if next = take(n + 1); !next {
+						stop()
+					}
+				}
+			} else {
+				err = errReposition
+			}
 			ch := sourceChunk{p: buf[:k], err: err, release: func() { free <- buf }}
 			select {
 			case out <- ch:
@@ -476,14 +496,27 @@ func (c *CDN) copyFrom(ctx context.Context, f *fetch, src sourceBody, w content.
 			body.Close() // unblocks the read in flight
 		})
 	}()
-	chunks := readPieces(rctx, r, pieceSize)
+	first := int(start / pieceSize)
 	f.pmu.Lock()
-	f.prog.cur, f.prog.seqAt = src.cand, int(start/pieceSize)
+	f.prog.cur, f.prog.seqAt, f.prog.readAt = src.cand, first, first
 	f.pmu.Unlock()
+	take := func(n int) bool {
+		f.pmu.Lock()
+		defer f.pmu.Unlock()
+		if ranged && n < len(f.prog.state) && f.prog.state[n] != pieceMissing {
+			return false
+		}
+		f.prog.readAt = n
+		return true
+	}
+	chunks := readPieces(rctx, r, pieceSize, first, take, func() {
+		src.cancel()
+		body.Close()
+	})
 	c.kickDemand()
 	defer func() {
 		f.pmu.Lock()
-		f.prog.cur, f.prog.seqAt = nil, -1
+		f.prog.cur, f.prog.seqAt, f.prog.readAt = nil, -1, -1
 		f.pmu.Unlock()
 		stopReading()
 		src.cancel()
@@ -494,7 +527,7 @@ func (c *CDN) copyFrom(ctx context.Context, f *fetch, src sourceBody, w content.
 	}()
 
 	pos := start
-	for n := int(start / pieceSize); ; n++ {
+	for n := first; ; n++ {
 		ch, ok := <-chunks
 		if !ok {
 			if err := ctx.Err(); err != nil {
@@ -505,6 +538,10 @@ func (c *CDN) copyFrom(ctx context.Context, f *fetch, src sourceBody, w content.
 		if err := ctx.Err(); err != nil {
 			ch.release()
 			return err
+		}
+		if errors.Is(ch.err, errReposition) {
+			ch.release()
+			return errReposition
 		}
 		p := ch.p
 		end := errors.Is(ch.err, io.EOF) || errors.Is(ch.err, io.ErrUnexpectedEOF)

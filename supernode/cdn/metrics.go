@@ -8,9 +8,9 @@ type metrics struct {
 	// bytes they read (counted in sourceBytes too).
 	demandFetches *prometheus.CounterVec
 	demandBytes   prometheus.Counter
-	fetches     *prometheus.CounterVec
-	cacheHits   prometheus.Counter
-	contentGone prometheus.Counter
+	fetches       *prometheus.CounterVec
+	cacheHits     prometheus.Counter
+	contentGone   prometheus.Counter
 	// sourcesGivenUp counts candidate sources abandoned for the next.
 	sourcesGivenUp prometheus.Counter
 
