@@ -21,9 +21,9 @@ import (
 // reads a blob lazily (a Range reader) may want a piece far ahead of the
 // stream. The scheduler tells the CDN with Demand; the pieces of a running
 // fetch that are neither stored nor being fetched become the next bytes
-// fetched: consecutive ones are grouped into runs and each run is asked of
-// the stream's current source with one bounded Range request, alongside the
-// stream. Every piece is stored and published as soon as it is whole,
+// fetched: consecutive ones are grouped into runs (of at most maxRunBytes)
+// and each run is asked of the stream's current source with one bounded
+// Range request, alongside the stream. Every piece is stored and published as soon as it is whole,
 // whichever request brought it. The stream skips what the demand requests
 // claimed (it reopens its source past them), and goes back for pieces a
 // failed demand request released, so the source sends each byte about once.
@@ -43,6 +43,13 @@ const (
 	// maxDemandFailures is how many demand requests of a fetch may fail
 	// before on-demand is switched off for it.
 	maxDemandFailures = 4
+	// maxRunBytes bounds the bytes one demand request asks for (at least
+	// one piece): a demand for a long stretch (readers wanting whole
+	// quarters of a blob) is split into several runs, so that it does not
+	// hold a slot for long while other demands wait, and the task's second
+	// slot and its stream share the work instead of waiting for one
+	// request.
+	maxRunBytes = 32 << 20
 )
 
 // pieceState is where one piece of a fetch stands.
@@ -178,17 +185,18 @@ func (p *progress) want(pieces []int) bool {
 
 // nextRun claims the next run of consecutive wanted pieces for a demand
 // request, when the fetch has a slot and a source.
-func (p *progress) nextRun() (first, count int, ok bool) {
+func (p *progress) nextRun(pieceSize int64) (first, count int, ok bool) {
 	if !p.demandable() || p.inflight >= maxDemandPerTask || p.cur == nil {
 		return 0, 0, false
 	}
+	most := max(int(maxRunBytes/pieceSize), 1)
 	for _, n := range p.wanted.Indices() {
 		if p.state[n] != pieceMissing || p.nearStream(n) {
 			p.wanted.Remove(n)
 			continue
 		}
 		end := n
-		for end+1 < len(p.state) && p.wanted.Has(end+1) && p.state[end+1] == pieceMissing && !p.nearStream(end+1) {
+		for end+1 < len(p.state) && end+1-n < most && p.wanted.Has(end+1) && p.state[end+1] == pieceMissing && !p.nearStream(end+1) {
 			end++
 		}
 		for i := n; i <= end; i++ {
@@ -259,7 +267,7 @@ func (c *CDN) dispatchDemand() {
 	for _, f := range c.demandQueue {
 		for c.demandRunning < maxDemandTotal {
 			f.pmu.Lock()
-			first, count, ok := f.prog.nextRun()
+			first, count, ok := f.prog.nextRun(f.pieceSize)
 			if ok {
 				f.prog.inflight++
 				f.dwg.Add(1)
