@@ -27,7 +27,8 @@ var errSourceRead = errors.New("read source")
 // context is already done.
 const settleTimeout = 10 * time.Second
 
-// fetch is one source fetch in progress. The streaming goroutine owns it;
+// fetch is one source fetch in progress. The streaming goroutine owns it,
+// demand requests store pieces into its ingest next to it (demand.go);
 // upload handles read from it under mu.
 type fetch struct {
 	taskID taskid.ID
@@ -242,7 +243,8 @@ func readPieces(ctx context.Context, r io.Reader, pieceSize int64, first int, ta
 
 // stream copies the source bodies into the ingest one piece at a time,
 // moving to the next candidate when one fails, publishing each piece as
-// soon as it is stored, then commits and settles the task.
+// soon as it is stored, then, once the demand requests have ended, commits
+// and settles the task.
 func (c *CDN) stream(ctx context.Context, f *fetch, src sourceBody, expected digest.Digest, log *zap.Logger) {
 	defer f.cancel()
 	defer c.finish(f)
