@@ -326,6 +326,8 @@ const (
 	demandSucceeded   demandResult = "succeeded"
 	demandFailed      demandResult = "failed"
 	demandUnsupported demandResult = "unsupported"
+	// demandCancelled: the fetch ended, or its stream was between sources.
+	demandCancelled demandResult = "cancelled"
 )
 
 // fetchRun fetches pieces [first, first+count) of f with one bounded
@@ -342,10 +344,16 @@ func (c *CDN) fetchRun(f *fetch, first, count int) {
 	cand := f.prog.cur
 	f.pmu.Unlock()
 	if w == nil || cand == nil {
+		result = demandCancelled
 		return
 	}
 	ctx, cancel := context.WithCancel(f.dctx)
 	defer cancel()
+	defer func() {
+		if result == demandFailed && f.dctx.Err() != nil {
+			result = demandCancelled
+		}
+	}()
 	off, _ := piece.Bounds(first, size, pieceSize)
 	lastOff, lastLen := piece.Bounds(first+count-1, size, pieceSize)
 	length := lastOff + lastLen - off
@@ -423,7 +431,7 @@ func (c *CDN) endRun(f *fetch, first, count int, result demandResult) {
 	f.prog.inflight--
 	f.prog.release(first, count)
 	off := false
-	if result == demandFailed {
+	if result == demandFailed || result == demandUnsupported {
 		f.prog.failures++
 		off = f.prog.failures >= maxDemandFailures && f.prog.switchOff()
 	}

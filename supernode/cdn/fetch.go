@@ -475,6 +475,10 @@ func (c *CDN) copyFrom(ctx context.Context, f *fetch, src sourceBody, w content.
 	// A source read from another offset than asked sends everything from
 	// the start: pieces stored are checked, claimed ones skipped.
 	ranged := start == src.asked
+	if !ranged {
+		// Demand requests would ask the same source.
+		c.demandOff(f, "source ignores ranges: on-demand pieces off for this fetch", nil)
+	}
 	// The metric counts every byte read; f.read the bytes of the pieces
 	// taken from the body (what an ingest may hold, see fetching).
 	cr := &countingReader{r: body, add: func(n int64) { c.metrics.sourceBytes.Add(float64(n)) }}

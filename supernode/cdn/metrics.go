@@ -32,7 +32,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		demandFetches: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "damselfly", Subsystem: "cdn", Name: "demand_fetches_total",
-			Help: "Range requests for pieces demanded ahead of a source fetch, by result (succeeded, failed, unsupported: the source ignores ranges).",
+			Help: "Range requests for pieces demanded ahead of a source fetch, by result (succeeded, failed, unsupported: the source ignores ranges, cancelled: the fetch ended first).",
 		}, []string{"result"}),
 		demandBytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "damselfly", Subsystem: "cdn", Name: "demand_bytes_total",
