@@ -228,7 +228,9 @@ func (p *progress) switchOff() bool {
 // it from its event loop, as often as it likes with the same pieces. A
 // demand for a task not being fetched (settled, unknown), of unknown size,
 // for pieces out of range or while on-demand is off for the fetch is
-// ignored. The pieces are published as usual once stored.
+// ignored. The pieces are published as usual once stored. At most
+// maxDemandPerTask requests run per fetch and maxDemandTotal in all; the
+// pieces demanded beyond wait, once each, for a slot.
 func (c *CDN) Demand(taskID taskid.ID, pieces []int) {
 	if len(pieces) == 0 {
 		return
@@ -252,8 +254,8 @@ func (c *CDN) Demand(taskID taskid.ID, pieces []int) {
 	c.dispatchDemand()
 }
 
-// kickDemand starts the demand requests that can start (the stream of f
-// has a new source).
+// kickDemand starts the demand requests that can start (a stream has a new
+// source for them to ask).
 func (c *CDN) kickDemand() {
 	c.dmu.Lock()
 	defer c.dmu.Unlock()
@@ -311,6 +313,10 @@ func (c *CDN) stopDemand(f *fetch, cancel bool) {
 	f.pmu.Lock()
 	f.prog.closed = true
 	f.pmu.Unlock()
+	if f.queued {
+		f.queued = false
+		c.demandQueue = slices.DeleteFunc(c.demandQueue, func(q *fetch) bool { return q == f })
+	}
 	c.dmu.Unlock()
 	if cancel {
 		f.dcancel()

@@ -283,6 +283,13 @@ func TestDemandPublishesPieceAhead(t *testing.T) {
 	off := int64(want) * ps
 	require.Contains(t, o.boundedSeen(), "bytes="+itoa(off)+"-"+itoa(off+ps-1), "one bounded request for the piece")
 	require.Len(t, o.boundedSeen(), 1)
+	for _, rg := range o.rangesSeen() {
+		if from, ok := strings.CutSuffix(strings.TrimPrefix(rg, "bytes="), "-"); ok && rg != "" {
+			at, err := strconv.ParseInt(from, 10, 64)
+			require.NoError(t, err)
+			require.False(t, at >= off && at < off+ps, "the stream skips the demanded piece: %q", rg)
+		}
+	}
 	require.InDelta(t, 1, demandFetches(t, f.reg, "succeeded"), 0)
 	require.GreaterOrEqual(t, f.cdn.SourceBytes(id), int64(size))
 	require.LessOrEqual(t, f.cdn.SourceBytes(id), int64(size)*105/100)
