@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
+	"github.com/damselfly/damselfly/pkg/httpx"
 	"github.com/damselfly/damselfly/pkg/piece"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/source/httpsource"
@@ -41,6 +42,11 @@ type rangeOrigin struct {
 	// failBounded answers bounded range requests with 500.
 	ignoreRanges bool
 	failBounded  bool
+	// cutAt, when set, drops the connection of a bounded range request
+	// holding that offset when the response reaches it.
+	cutAt int64
+	// noLength sends every blob whole, chunked, without a size.
+	noLength bool
 
 	sent atomic.Int64
 
@@ -74,7 +80,15 @@ func (o *rangeOrigin) serve(w http.ResponseWriter, r *http.Request) {
 	o.mu.Lock()
 	o.ranges = append(o.ranges, rg)
 	o.mu.Unlock()
+	tw := &throttled{w: w, rate: o.rate, sent: &o.sent, start: time.Now(), cut: -1}
+	if o.noLength {
+		_, _ = tw.Write(b)
+		return
+	}
 	if bounded(rg) {
+		if got, err := httpx.ParseRange(rg, int64(len(b))); err == nil && o.cutAt > 0 && got.Start <= o.cutAt && o.cutAt <= got.End() {
+			tw.cut = o.cutAt - got.Start
+		}
 		if o.failBounded {
 			http.Error(w, "no", http.StatusInternalServerError)
 			return
@@ -97,7 +111,7 @@ func (o *rangeOrigin) serve(w http.ResponseWriter, r *http.Request) {
 		r.Header.Del("If-Range")
 	}
 	w.Header().Set("ETag", `"v1"`)
-	http.ServeContent(&throttled{w: w, rate: o.rate, sent: &o.sent, start: time.Now()}, r, "", time.Time{}, bytes.NewReader(b))
+	http.ServeContent(tw, r, "", time.Time{}, bytes.NewReader(b))
 }
 
 // rangesSeen returns the Range headers of the requests so far.
@@ -124,6 +138,8 @@ type throttled struct {
 	sent  *atomic.Int64
 	start time.Time
 	n     int64
+	// cut, when not negative, drops the connection after that many bytes.
+	cut int64
 }
 
 func (t *throttled) Header() http.Header  { return t.w.Header() }
@@ -133,6 +149,13 @@ func (t *throttled) Write(p []byte) (int, error) {
 	written := 0
 	for len(p) > 0 {
 		k := min(len(p), 32<<10)
+		if t.cut >= 0 && t.n+int64(k) > t.cut {
+			k = int(t.cut - t.n)
+			if k == 0 {
+				_ = http.NewResponseController(t.w).Flush()
+				panic(http.ErrAbortHandler)
+			}
+		}
 		n, err := t.w.Write(p[:k])
 		written += n
 		t.n += int64(n)
@@ -450,4 +473,37 @@ func TestDemandBoundsAndNeverBlocks(t *testing.T) {
 	// The held scheduler let the streams' sockets fill: no bound on
 	// copies here.
 	t.Logf("origin sent %.3f copies", float64(o.sent.Load())/float64(tasks*size))
+}
+
+// A demand request that breaks midway keeps the pieces it stored and
+// releases the others to the stream.
+func TestDemandRequestBreaks(t *testing.T) {
+	const size = 64 * mib
+	body := blob(125, size)
+	ps := piece.SizeFor(size)
+	// Halfway through piece 11, every time.
+	o := newRangeOrigin(t, &rangeOrigin{blobs: map[string][]byte{"/blob": body}, rate: 20 * mib, cutAt: 11*ps + ps/2})
+	f := newDemandFixture(t, o)
+	id := f.start(t, "/blob")
+	f.cdn.Demand(id, []int{10, 11, 12})
+	task, ok := f.sched.waitFor(id, 60*time.Second, func(t fakeTask) bool { _, ok := t.pieces[10]; return ok })
+	require.True(t, ok)
+	require.Less(t, len(task.pieces), 8, "piece 10 came from the demand request")
+	f.done(t, id, body)
+	require.Eventually(t, func() bool { return demandFetches(t, f.reg, "failed") == 1 }, wait, time.Millisecond)
+	require.Zero(t, demandFetches(t, f.reg, "succeeded"))
+	t.Logf("origin sent %.3f copies; ranges %q", f.copies(size), o.rangesSeen())
+	require.LessOrEqual(t, f.copies(size), 1.05)
+}
+
+// Content of unknown size is not fetched on demand.
+func TestDemandUnknownSize(t *testing.T) {
+	const size = 16 * mib
+	body := blob(126, size)
+	o := newRangeOrigin(t, &rangeOrigin{blobs: map[string][]byte{"/blob": body}, rate: 20 * mib, noLength: true})
+	f := newDemandFixture(t, o)
+	id := f.start(t, "/blob")
+	f.cdn.Demand(id, []int{3})
+	f.done(t, id, body)
+	require.Empty(t, o.boundedSeen())
 }
