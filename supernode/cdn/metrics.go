@@ -28,7 +28,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		sourceBytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "damselfly", Subsystem: "cdn", Name: "source_bytes_total",
-			Help: "Bytes read from sources.",
+			Help: "Bytes read from sources, by fetch streams and by requests for demanded pieces.",
 		}),
 		demandFetches: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "damselfly", Subsystem: "cdn", Name: "demand_fetches_total",
