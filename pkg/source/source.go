@@ -18,9 +18,14 @@ var (
 	ErrUnsupported = errors.New("unsupported source")
 	// ErrRangeNotSatisfiable: the requested offset is past the end.
 	ErrRangeNotSatisfiable = errors.New("source range not satisfiable")
+	// ErrBadRange: the source answered a range request with something
+	// other than the range asked for (a 200 with the whole content, another
+	// range): it cannot serve ranges, or not this one.
+	ErrBadRange = errors.New("source answered another range than the one asked for")
 )
 
-// Request asks for content, or the tail of it from Offset.
+// Request asks for content, the tail of it from Offset, or, with Length,
+// Length bytes from Offset.
 type Request struct {
 	URL string
 	// Header is sent with every request to the source (and, for the same
@@ -29,13 +34,21 @@ type Request struct {
 	Header http.Header
 	// Offset is the first byte wanted (0 for all of it).
 	Offset int64
+	// Length is how many bytes are wanted from Offset; 0 means to the end.
+	// A bounded request is a range request even from Offset 0, and a
+	// source that answers it with anything but that range (clamped to the
+	// content's end) fails with ErrBadRange: the caller learns the source
+	// ignores ranges instead of reading more than it asked for.
+	Length int64
 }
 
 // Response is content being fetched.
 type Response struct {
-	// Body yields the bytes from Offset on. Implementations may resume a
-	// broken transfer transparently; a Body that cannot resume returns an
-	// error from Read, never a short clean EOF.
+	// Body yields the bytes from Offset on, up to the request's Length
+	// when it had one (then io.EOF after Length bytes, or at the content's
+	// end). Implementations may resume a broken transfer transparently; a
+	// Body that cannot resume returns an error from Read, never a short
+	// clean EOF.
 	Body io.ReadCloser
 	// Size is the size of the whole content, or -1 when the source does not
 	// say.

@@ -29,9 +29,11 @@ import (
 // task's; when it has not answered, or has sent less than
 // Config.MinSourceRate, over Config.MinSourceRateWindow while another
 // candidate is waiting (a slow source with no alternative is kept). The
-// next source resumes where the stored pieces end, with a Range request; a
-// source that ignores ranges is read from the start and must send the
-// pieces already published again, byte for byte. The task's digest decides
+// next source resumes at the first piece neither stored nor being fetched,
+// with a Range request; a source that ignores ranges is read from the start
+// and must send the pieces already published again, byte for byte. Demand
+// requests (demand.go) ask the source the stream is reading at the time and
+// never fail a candidate over: the stream does. The task's digest decides
 // at the end; a source whose bytes alone failed it is blamed and not tried
 // again for that task, whoever offers it, until the task is forgotten or
 // deleted. A URL task has exactly one source, its URL with the headers of

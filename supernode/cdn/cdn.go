@@ -2,7 +2,9 @@
 // from its source exactly once, streaming it into the content store one piece
 // at a time, hashes every piece with sha256 and publishes it to the scheduler
 // the moment it is stored, so that peers fetch the first pieces while the rest
-// is still arriving. Verified content and its piece digests are kept on disk:
+// is still arriving. Pieces a peer wants ahead of the stream (Demand) are
+// fetched out of order with Range requests next to it, the source still
+// sending each byte about once (demand.go). Verified content and its piece digests are kept on disk:
 // a later task for the same content is served from the cache without asking
 // the source again, after a restart too.
 //
@@ -147,6 +149,16 @@ type CDN struct {
 	// blamed lists, per digest task, the source URLs whose content failed
 	// its digest (at most maxCandidates each).
 	blamed map[taskid.ID][]string
+	// dmu guards demandable, demandQueue, demandRunning and every
+	// fetch.queued (demand.go). It is taken before a fetch's pmu, and never
+	// held while calling out.
+	dmu sync.Mutex
+	// demandable holds the running fetches Demand may add to; demandQueue
+	// the fetches with demanded pieces waiting for a request, in the order
+	// they came; demandRunning counts the demand requests in flight.
+	demandable    map[taskid.ID]*fetch
+	demandQueue   []*fetch
+	demandRunning int
 	// checked holds the piece metadata of committed blobs this process
 	// has checked against the blob; reportedAt when a corrupt report last
 	// started a check of a blob; uploads counts the upload handles open on
@@ -205,6 +217,7 @@ func New(cfg Config, store content.Store, src source.Client, sched Scheduler, op
 		stopping:    make(chan struct{}),
 		fetches:     make(map[taskid.ID]*fetch),
 		sourceBytes: make(map[taskid.ID]int64),
+		demandable:  make(map[taskid.ID]*fetch),
 		pending:     make(map[taskid.ID]*candidates),
 		blamed:      make(map[taskid.ID][]string),
 		checked:     make(map[digest.Digest]pieceMeta),
@@ -411,8 +424,11 @@ func (c *CDN) fail(ctx context.Context, taskID taskid.ID, cause error, log *zap.
 	return nil
 }
 
-// SourceBytes returns the number of bytes this CDN read from the source for
-// a task (0 for a task served from the cache or unknown).
+// SourceBytes returns the number of bytes of pieces this CDN read from the
+// source for a task, by its stream and its demand requests (0 for a task
+// served from the cache or unknown). Bytes of a piece a broken or skipped
+// transfer left unfinished are not counted; the cdn's source bytes metric
+// counts them.
 func (c *CDN) SourceBytes(taskID taskid.ID) int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -27,7 +27,8 @@ var errSourceRead = errors.New("read source")
 // context is already done.
 const settleTimeout = 10 * time.Second
 
-// fetch is one source fetch in progress. The streaming goroutine owns it;
+// fetch is one source fetch in progress. The streaming goroutine owns it,
+// demand requests store pieces into its ingest next to it (demand.go);
 // upload handles read from it under mu.
 type fetch struct {
 	taskID taskid.ID
@@ -51,6 +52,20 @@ type fetch struct {
 	// refs counts the open upload handles plus one for the fetch itself;
 	// blob is closed when it drops to zero.
 	refs int
+
+	// log is the fetch's logger.
+	log *zap.Logger
+	// pmu guards prog, what is stored and being fetched piece by piece
+	// (demand.go). It is a leaf lock, taken after c.dmu or f.mu.
+	pmu  sync.Mutex
+	prog progress
+	// dctx bounds the demand requests (dwg tracks them); dcancel ends
+	// them.
+	dctx    context.Context
+	dcancel context.CancelFunc
+	dwg     sync.WaitGroup
+	// queued says f is in c.demandQueue; guarded by c.dmu.
+	queued bool
 }
 
 // release drops one reference.
@@ -81,7 +96,8 @@ func (f *fetch) abort() {
 func (c *CDN) startFetch(ctx context.Context, req Request, expected digest.Digest, log *zap.Logger) error {
 	// The fetch gets its own detached context: it outlives ensure.
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.FetchTimeout)
-	f := &fetch{taskID: req.TaskID, url: redact.URL(req.URL), cancel: cancel, done: make(chan struct{}), size: -1, published: &piece.Set{}, refs: 1}
+	f := &fetch{taskID: req.TaskID, url: redact.URL(req.URL), cancel: cancel, done: make(chan struct{}), size: -1, published: &piece.Set{}, refs: 1, log: log}
+	f.dctx, f.dcancel = context.WithCancel(fctx)
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -126,6 +142,9 @@ func (c *CDN) startFetch(ctx context.Context, req Request, expected digest.Diges
 	f.mu.Lock()
 	f.w, f.size, f.pieceSize = w, size, spec.PieceSize
 	f.mu.Unlock()
+	f.pmu.Lock()
+	f.prog = newProgress(size, spec.PieceSize)
+	f.pmu.Unlock()
 	if err := c.sched.AddTask(ctx, spec); err != nil {
 		src.resp.Body.Close()
 		src.cancel()
@@ -134,6 +153,9 @@ func (c *CDN) startFetch(ctx context.Context, req Request, expected digest.Diges
 	}
 	log.Info("source fetch started", zap.Int64("size", size), zap.Int64("pieceSize", spec.PieceSize))
 	started = true
+	if size > 0 {
+		c.startDemand(f)
+	}
 	go c.stream(fctx, f, src, expected, log)
 	return nil
 }
@@ -168,23 +190,43 @@ type sourceChunk struct {
 
 // readPieces reads r into pieceSize chunks on its own goroutine, one chunk
 // ahead of the consumer: two buffers, one being filled while the other is
-// stored. The channel is closed after the chunk carrying an error (io.EOF at
-// the end), or when ctx ends.
-func readPieces(ctx context.Context, r io.Reader, pieceSize int64) <-chan sourceChunk {
+// stored. The chunks are pieces first, first+1, ...; as soon as piece n-1
+// is read, before waiting for a buffer to read piece n into, it asks
+// take(n). When take says no (the piece is stored or being fetched
+// elsewhere: reading it would be a waste) it calls stop at once, so that
+// the source sends as little of it as possible, and ends with a chunk
+// carrying errReposition. The channel is closed after the chunk carrying an
+// error (io.EOF at the end), or when ctx ends.
+func readPieces(ctx context.Context, r io.Reader, pieceSize int64, first int, take func(n int) bool, stop func()) <-chan sourceChunk {
 	out := make(chan sourceChunk)
 	free := make(chan []byte, 2)
 	free <- make([]byte, pieceSize)
 	free <- make([]byte, pieceSize)
 	go func() {
 		defer close(out)
-		for {
+		next := take(first)
+		if !next {
+			stop()
+		}
+		for n := first; ; n++ {
 			var buf []byte
 			select {
 			case buf = <-free:
 			case <-ctx.Done():
 				return
 			}
-			k, err := io.ReadFull(r, buf)
+			var k int
+			var err error
+			if next {
+				k, err = io.ReadFull(r, buf)
+				if err == nil {
+					if next = take(n + 1); !next {
+						stop()
+					}
+				}
+			} else {
+				err = errReposition
+			}
 			ch := sourceChunk{p: buf[:k], err: err, release: func() { free <- buf }}
 			select {
 			case out <- ch:
@@ -201,7 +243,8 @@ func readPieces(ctx context.Context, r io.Reader, pieceSize int64) <-chan source
 
 // stream copies the source bodies into the ingest one piece at a time,
 // moving to the next candidate when one fails, publishing each piece as
-// soon as it is stored, then commits and settles the task.
+// soon as it is stored, then, once the demand requests have ended, commits
+// and settles the task.
 func (c *CDN) stream(ctx context.Context, f *fetch, src sourceBody, expected digest.Digest, log *zap.Logger) {
 	defer f.cancel()
 	defer c.finish(f)
@@ -209,6 +252,7 @@ func (c *CDN) stream(ctx context.Context, f *fetch, src sourceBody, expected dig
 	defer cancel()
 
 	d, m, err := c.copyPieces(ctx, f, src, expected, log)
+	c.stopDemand(f, true)
 	if err != nil {
 		f.abort()
 		if ctx.Err() != nil {
@@ -240,18 +284,22 @@ func (c *CDN) stream(ctx context.Context, f *fetch, src sourceBody, expected dig
 	log.Info("source fetch done", zap.Stringer("digest", d), zap.Int64("size", m.Size), zap.Int("pieces", len(m.Pieces)))
 }
 
-// stored is what a fetch has stored and published so far: whole pieces,
-// from the first on.
-type stored struct {
-	pieces []digest.Digest
-	off    int64
-	// from lists the sources the stored pieces came from.
-	from []*candidate
-}
+// errReposition ends the reading of a body that reached a piece stored or
+// claimed by a demand request: the stream reopens its source at the next
+// piece missing.
+var errReposition = errors.New("piece ahead already stored or being fetched")
 
 // copyPieces reads the sources into the ingest, publishes every piece,
 // checks the digest and commits the blob. It returns the content digest and
 // the piece metadata. It closes every body it reads.
+//
+// The stream fetches the lowest piece neither stored nor claimed by a
+// demand request (demand.go): when the next piece of its body is, it closes
+// the body and asks its source again from the next missing piece; when its
+// body ends while pieces are missing (a demand request failed), it goes back
+// for them; when only pieces being fetched by demand requests are missing,
+// it waits for them. The content is committed once every piece is stored,
+// whichever request stored it.
 //
 // Three things overlap, so that a fetch keeps two cores busy: the next
 // piece is read from the source while the current one is stored and hashed,
@@ -263,12 +311,46 @@ func (c *CDN) copyPieces(ctx context.Context, f *fetch, src sourceBody, expected
 	w, size, pieceSize := f.w, f.size, f.pieceSize
 	f.mu.RUnlock()
 
-	var st stored
-	stalls, stalledAt := 0, int64(-1)
+	// next returns where to read from next; done when every piece is
+	// stored.
+	next := func() (int64, bool, error) {
+		if size < 0 {
+			// No demand requests: the stored pieces are a prefix.
+			f.pmu.Lock()
+			defer f.pmu.Unlock()
+			return f.prog.bytes, false, nil
+		}
+		return c.nextMissing(ctx, f, pieceSize)
+	}
+	storedPieces := func() int {
+		f.pmu.Lock()
+		defer f.pmu.Unlock()
+		return f.prog.stored
+	}
+	stalls, stalledAt := 0, -1
 	for {
-		err := c.copyFrom(ctx, f, src, w, size, pieceSize, &st)
-		if err == nil {
+		err := c.copyFrom(ctx, f, src, w, size, pieceSize)
+		if err == nil && size < 0 {
 			break
+		}
+		if err == nil || errors.Is(err, errReposition) {
+			off, done, err := next()
+			if err != nil {
+				return "", pieceMeta{}, err
+			}
+			if done {
+				break
+			}
+			// The same source again, from the next missing piece.
+			f.cands.retry(src.cand)
+			var ok bool
+			if src, ok = c.openNext(ctx, f, off, size, log); !ok {
+				if ctx.Err() != nil {
+					return "", pieceMeta{}, ctx.Err()
+				}
+				return "", pieceMeta{}, f.cands.failure()
+			}
+			continue
 		}
 		var sf *sourceFailure
 		if ctx.Err() != nil {
@@ -277,21 +359,34 @@ func (c *CDN) copyPieces(ctx context.Context, f *fetch, src sourceBody, expected
 		if !errors.As(err, &sf) {
 			return "", pieceMeta{}, err
 		}
+		off, done, nerr := next()
+		if nerr != nil {
+			return "", pieceMeta{}, nerr
+		}
+		if done {
+			// Demand requests stored the rest.
+			break
+		}
 		if errors.Is(sf.err, errStalled) && !f.cands.waiting() {
 			// The only source left stalled: ask it again from the stored
 			// pieces after a pause, unless it keeps stalling where it was.
-			if st.off > stalledAt {
-				stalls, stalledAt = 0, st.off
+			if n := storedPieces(); n > stalledAt {
+				stalls, stalledAt = 0, n
 			}
 			if stalls++; stalls <= c.cfg.StallRetries {
 				f.cands.retry(src.cand)
 				log.Warn("source stalled; asking it again", zap.String("source", redact.URL(src.url)),
-					zap.Int64("offset", st.off), zap.Int("attempt", stalls), zap.Error(sf.err))
+					zap.Int64("offset", off), zap.Int("attempt", stalls), zap.Error(sf.err))
 				if err := sleepCtx(ctx, stallPause(c.cfg.MinSourceRateWindow, stalls)); err != nil {
 					return "", pieceMeta{}, err
 				}
+				if off, done, nerr = next(); nerr != nil {
+					return "", pieceMeta{}, nerr
+				} else if done {
+					break
+				}
 				var ok bool
-				if src, ok = c.openNext(ctx, f, st.off, size, log); !ok {
+				if src, ok = c.openNext(ctx, f, off, size, log); !ok {
 					if ctx.Err() != nil {
 						return "", pieceMeta{}, ctx.Err()
 					}
@@ -302,17 +397,24 @@ func (c *CDN) copyPieces(ctx context.Context, f *fetch, src sourceBody, expected
 		}
 		f.cands.fail(src.cand, sf.err)
 		c.metrics.sourcesGivenUp.Inc()
-		log.Warn("source given up", zap.String("source", redact.URL(src.url)), zap.Int64("offset", st.off), zap.Error(sf.err))
+		log.Warn("source given up", zap.String("source", redact.URL(src.url)), zap.Int64("offset", off), zap.Error(sf.err))
 		var ok bool
-		if src, ok = c.openNext(ctx, f, st.off, size, log); !ok {
+		if src, ok = c.openNext(ctx, f, off, size, log); !ok {
 			if ctx.Err() != nil {
 				return "", pieceMeta{}, ctx.Err()
 			}
 			return "", pieceMeta{}, f.cands.failure()
 		}
-		log.Info("source fetch resumed from another source", zap.String("source", redact.URL(src.url)), zap.Int64("offset", st.off))
+		log.Info("source fetch resumed from another source", zap.String("source", redact.URL(src.url)), zap.Int64("offset", off))
 	}
-	off, pieces := st.off, st.pieces
+	// Every piece is stored: the demand requests left only publish.
+	c.stopDemand(f, false)
+	f.pmu.Lock()
+	off, pieces, from, fatal := f.prog.bytes, slices.Clone(f.prog.digests), slices.Clone(f.prog.from), f.prog.fatal
+	f.pmu.Unlock()
+	if fatal != nil {
+		return "", pieceMeta{}, fatal
+	}
 	if size < 0 {
 		if err := c.sched.SetSize(ctx, f.taskID, off); err != nil {
 			return "", pieceMeta{}, fmt.Errorf("set size: %w", err)
@@ -339,9 +441,9 @@ func (c *CDN) copyPieces(ctx context.Context, f *fetch, src sourceBody, expected
 	defer f.mu.Unlock()
 	err := w.Commit(ctx, off, expected)
 	if errors.Is(err, content.ErrDigestMismatch) {
-		if len(st.from) == 1 {
+		if len(from) == 1 {
 			// One source sent every byte: it is the one that lied.
-			liar = st.from[0]
+			liar = from[0]
 		}
 		return "", pieceMeta{}, fmt.Errorf("content digest mismatch: expected %s: %w", expected, err)
 	}
@@ -361,15 +463,25 @@ func (c *CDN) copyPieces(ctx context.Context, f *fetch, src sourceBody, expected
 	return d, pieceMeta{Digest: d, Size: off, PieceSize: pieceSize, Pieces: pieces}, nil
 }
 
-// copyFrom reads one source's body to the end of the content, storing and
-// publishing the pieces after st and checking again those before it (a
-// source read from the start). It returns nil once the content is
-// complete, a *sourceFailure when this source is to be given up for the
-// next, and any other error when the fetch cannot go on. It closes the
-// body.
-func (c *CDN) copyFrom(ctx context.Context, f *fetch, src sourceBody, w content.Writer, size, pieceSize int64, st *stored) error {
+// copyFrom reads one source's body, storing and publishing the pieces
+// missing, and checking again those stored when the source ignored the
+// range asked for and sends everything from the start. It returns nil at
+// the body's end, errReposition when the body reached a piece stored or
+// claimed (the source honours ranges: it is asked again past them), a
+// *sourceFailure when this source is to be given up for the next, and any
+// other error when the fetch cannot go on. It closes the body.
+func (c *CDN) copyFrom(ctx context.Context, f *fetch, src sourceBody, w content.Writer, size, pieceSize int64) error {
 	body, start := src.resp.Body, src.resp.Offset
-	cr := &countingReader{r: body}
+	// A source read from another offset than asked sends everything from
+	// the start: pieces stored are checked, claimed ones skipped.
+	ranged := start == src.asked
+	if !ranged {
+		// Demand requests would ask the same source.
+		c.demandOff(f, "source ignores ranges: on-demand pieces off for this fetch", nil)
+	}
+	// The metric counts every byte read; f.read the bytes of the pieces
+	// taken from the body (what an ingest may hold, see fetching).
+	cr := &countingReader{r: body, add: func(n int64) { c.metrics.sourceBytes.Add(float64(n)) }}
 	var r io.Reader = cr
 	if size >= 0 {
 		r = io.LimitReader(cr, size-start)
@@ -390,8 +502,28 @@ func (c *CDN) copyFrom(ctx context.Context, f *fetch, src sourceBody, w content.
 			body.Close() // unblocks the read in flight
 		})
 	}()
-	chunks := readPieces(rctx, r, pieceSize)
+	first := int(start / pieceSize)
+	f.pmu.Lock()
+	f.prog.cur, f.prog.seqAt, f.prog.readAt = src.cand, first, first
+	f.pmu.Unlock()
+	take := func(n int) bool {
+		f.pmu.Lock()
+		defer f.pmu.Unlock()
+		if ranged && n < len(f.prog.state) && f.prog.state[n] != pieceMissing {
+			return false
+		}
+		f.prog.readAt = n
+		return true
+	}
+	chunks := readPieces(rctx, r, pieceSize, first, take, func() {
+		src.cancel()
+		body.Close()
+	})
+	c.kickDemand()
 	defer func() {
+		f.pmu.Lock()
+		f.prog.cur, f.prog.seqAt, f.prog.readAt = nil, -1, -1
+		f.pmu.Unlock()
 		stopReading()
 		src.cancel()
 		body.Close() // unblocks a read in flight
@@ -401,7 +533,7 @@ func (c *CDN) copyFrom(ctx context.Context, f *fetch, src sourceBody, w content.
 	}()
 
 	pos := start
-	for n := int(start / pieceSize); ; n++ {
+	for n := first; ; n++ {
 		ch, ok := <-chunks
 		if !ok {
 			if err := ctx.Err(); err != nil {
@@ -412,6 +544,10 @@ func (c *CDN) copyFrom(ctx context.Context, f *fetch, src sourceBody, w content.
 		if err := ctx.Err(); err != nil {
 			ch.release()
 			return err
+		}
+		if errors.Is(ch.err, errReposition) {
+			ch.release()
+			return errReposition
 		}
 		p := ch.p
 		end := errors.Is(ch.err, io.EOF) || errors.Is(ch.err, io.ErrUnexpectedEOF)
@@ -427,69 +563,86 @@ func (c *CDN) copyFrom(ctx context.Context, f *fetch, src sourceBody, w content.
 			}
 			return &sourceFailure{sourceErrorMessage(src.url, fmt.Errorf("%w: %w", errSourceRead, ch.err))}
 		}
-		switch {
-		case len(p) == 0:
+		if len(p) == 0 {
 			ch.release()
-		case n < len(st.pieces):
+			break
+		}
+		if _, want := piece.Bounds(n, size, pieceSize); size >= 0 && int64(len(p)) != want {
+			ch.release()
+			return &sourceFailure{fmt.Errorf("source body ended after %d of %d bytes", pos+int64(len(p)), size)}
+		}
+		f.pmu.Lock()
+		if size < 0 {
+			f.prog.grow(n)
+		}
+		state, stored, bytes := f.prog.state[n], f.prog.digests[n], f.prog.bytes
+		if state == pieceMissing {
+			f.prog.state[n] = pieceClaimed
+		}
+		f.pmu.Unlock()
+		switch {
+		case state != pieceMissing && ranged:
+			ch.release()
+			return errReposition
+		case state == pieceStored:
 			// Read from the start: the piece was published from
-			// another source and must come again byte for byte.
-			same := piece.Digest(p) == st.pieces[n]
+			// another source (or request) and must come again byte for
+			// byte.
+			same := piece.Digest(p) == stored
+			f.read.Add(int64(len(p)))
 			ch.release()
 			if !same {
 				return &sourceFailure{fmt.Errorf("source sends other bytes than the previous source in piece %d", n)}
 			}
-			pos += int64(len(p))
+		case state == pieceClaimed:
+			// A demand request is fetching it.
 			f.read.Add(int64(len(p)))
-			c.metrics.sourceBytes.Add(float64(len(p)))
+			ch.release()
 		default:
-			if size < 0 && st.off+int64(len(p)) > int64(c.cfg.MaxSourceSize) {
-				ch.release()
-				return fmt.Errorf("source sends more than cdn.maxSourceSize (%s)", c.cfg.MaxSourceSize)
-			}
-			if err := c.checkSpace(ctx, int64(len(p))); err != nil {
-				ch.release()
+			err := c.streamPiece(ctx, f, w, n, pos, p, size, bytes, src.cand)
+			ch.release()
+			if err != nil {
 				return err
 			}
-			f.read.Add(int64(len(p)))
-			c.metrics.sourceBytes.Add(float64(len(p)))
-			pdc := make(chan digest.Digest, 1)
-			go func() { pdc <- piece.Digest(p) }()
-			_, werr := w.WriteAt(p, st.off)
-			if isNoSpace(werr) {
-				// The disk filled under us: evict what is not in use
-				// and write the piece again.
-				c.log.Warn("cdn disk full while storing a piece: evicting and retrying", zap.Stringer("task", f.taskID), zap.Int("piece", n))
-				c.makeRoom(ctx, int64(len(p)))
-				_, werr = w.WriteAt(p, st.off)
-			}
-			pd := <-pdc
-			ch.release()
-			if werr != nil {
-				return fmt.Errorf("store piece %d: %w", n, werr)
-			}
-			st.off += int64(len(p))
-			pos = st.off
-			st.pieces = append(st.pieces, pd)
-			if !slices.Contains(st.from, src.cand) {
-				st.from = append(st.from, src.cand)
-			}
-			// Readable locally before any peer is told about it.
-			f.mu.Lock()
-			f.published.Add(n)
-			f.mu.Unlock()
-			if err := c.sched.PublishPiece(ctx, f.taskID, n, pd); err != nil {
-				return fmt.Errorf("publish piece %d: %w", n, err)
-			}
 		}
+		pos += int64(len(p))
+		f.pmu.Lock()
+		f.prog.seqAt = n + 1
+		f.pmu.Unlock()
 		if end {
 			break
 		}
 	}
+	f.pmu.Lock()
+	bytes := f.prog.bytes
+	f.pmu.Unlock()
 	switch {
-	case pos < st.off:
-		return &sourceFailure{fmt.Errorf("source body ended after %d bytes, before the %d already stored", pos, st.off)}
-	case size >= 0 && st.off != size:
-		return &sourceFailure{fmt.Errorf("source body ended after %d of %d bytes", st.off, size)}
+	case size < 0 && pos < bytes:
+		return &sourceFailure{fmt.Errorf("source body ended after %d bytes, before the %d already stored", pos, bytes)}
+	case size >= 0 && pos != size:
+		return &sourceFailure{fmt.Errorf("source body ended after %d of %d bytes", pos, size)}
 	}
 	return nil
+}
+
+// streamPiece stores piece n (at off), claimed by the stream, and
+// publishes it; bytes is what was stored before. A piece not stored is
+// released.
+func (c *CDN) streamPiece(ctx context.Context, f *fetch, w content.Writer, n int, off int64, p []byte, size, bytes int64, cand *candidate) error {
+	err := func() error {
+		if size < 0 && bytes+int64(len(p)) > int64(c.cfg.MaxSourceSize) {
+			return fmt.Errorf("source sends more than cdn.maxSourceSize (%s)", c.cfg.MaxSourceSize)
+		}
+		return c.checkSpace(ctx, int64(len(p)))
+	}()
+	if err == nil {
+		f.read.Add(int64(len(p)))
+		err = c.storePiece(ctx, f, w, n, off, p, cand)
+	}
+	if err != nil {
+		f.pmu.Lock()
+		f.prog.release(n, 1)
+		f.pmu.Unlock()
+	}
+	return err
 }

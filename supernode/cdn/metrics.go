@@ -4,9 +4,13 @@ import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
 	sourceBytes prometheus.Counter
-	fetches     *prometheus.CounterVec
-	cacheHits   prometheus.Counter
-	contentGone prometheus.Counter
+	// demandFetches counts the demand requests by result; demandBytes the
+	// bytes they read (counted in sourceBytes too).
+	demandFetches *prometheus.CounterVec
+	demandBytes   prometheus.Counter
+	fetches       *prometheus.CounterVec
+	cacheHits     prometheus.Counter
+	contentGone   prometheus.Counter
 	// sourcesGivenUp counts candidate sources abandoned for the next.
 	sourcesGivenUp prometheus.Counter
 
@@ -24,7 +28,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		sourceBytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "damselfly", Subsystem: "cdn", Name: "source_bytes_total",
-			Help: "Bytes read from sources.",
+			Help: "Bytes read from sources, by fetch streams and by requests for demanded pieces.",
+		}),
+		demandFetches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "damselfly", Subsystem: "cdn", Name: "demand_fetches_total",
+			Help: "Range requests for pieces demanded ahead of a source fetch, by result (succeeded, failed, unsupported: the source ignores ranges, cancelled: the fetch ended first).",
+		}, []string{"result"}),
+		demandBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "damselfly", Subsystem: "cdn", Name: "demand_bytes_total",
+			Help: "Bytes read from sources by requests for demanded pieces (also counted in source_bytes_total).",
 		}),
 		fetches: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "damselfly", Subsystem: "cdn", Name: "tasks_fetched_total",
@@ -78,7 +90,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.sourceBytes, m.fetches, m.cacheHits, m.contentGone, m.sourcesGivenUp,
+	for _, c := range []prometheus.Collector{m.sourceBytes, m.demandFetches, m.demandBytes, m.fetches, m.cacheHits, m.contentGone, m.sourcesGivenUp,
 		m.usage, m.quota, m.diskFree, m.evictions, m.corrupt, m.corruptServes, m.reverified, m.scrubbed} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

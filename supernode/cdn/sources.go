@@ -23,7 +23,10 @@ import (
 type sourceBody struct {
 	cand *candidate
 	url  string // raw: redacted whenever it is shown
-	resp *source.Response
+	// asked is the offset asked for; resp.Offset is 0 instead when the
+	// source ignored the range and sends everything.
+	asked int64
+	resp  *source.Response
 	// cancel ends the request of this source, body included.
 	cancel context.CancelFunc
 }
@@ -56,7 +59,7 @@ func (c *CDN) openNext(ctx context.Context, f *fetch, off, size int64, log *zap.
 		close(answered)
 		<-watched
 		if err == nil && !slow.Load() {
-			return sourceBody{cand: cand, url: url, resp: resp, cancel: cancel}, true
+			return sourceBody{cand: cand, url: url, asked: off, resp: resp, cancel: cancel}, true
 		}
 		if err == nil {
 			resp.Body.Close()
@@ -133,15 +136,20 @@ func (c *CDN) openSource(ctx context.Context, url string, header http.Header, of
 	return resp, nil
 }
 
-// countingReader counts the bytes read through it.
+// countingReader counts the bytes read through it, and hands each read's
+// count to add when set.
 type countingReader struct {
-	r io.Reader
-	n atomic.Int64
+	r   io.Reader
+	n   atomic.Int64
+	add func(int64)
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n.Add(int64(n))
+	if n > 0 && c.add != nil {
+		c.add(int64(n))
+	}
 	return n, err
 }
 

@@ -31,6 +31,7 @@ type body struct {
 	validator string
 	size      int64 // -1 when unknown
 	pos       int64 // absolute offset of the next byte
+	end       int64 // end (exclusive) of a bounded request, -1 when open
 	budget    int   // retries left; restored after progress
 
 	mu       sync.Mutex // guards rc, cancel, closed against Close
@@ -78,6 +79,13 @@ func (b *body) Read(p []byte) (int, error) {
 		if closed {
 			return 0, fmt.Errorf("fetch %s: read after close", redact.URL(b.url.String()))
 		}
+		limit := b.limit()
+		if limit >= 0 && b.pos >= limit {
+			return 0, io.EOF
+		}
+		if limit >= 0 && int64(len(p)) > limit-b.pos {
+			p = p[:limit-b.pos]
+		}
 		if b.broken != nil {
 			if err := b.resume(); err != nil {
 				return 0, err
@@ -94,12 +102,12 @@ func (b *body) Read(p []byte) (int, error) {
 		switch {
 		case err == nil:
 			return n, nil
-		case errors.Is(err, io.EOF) && (b.size < 0 || b.pos == b.size):
+		case errors.Is(err, io.EOF) && (limit < 0 || b.pos == limit):
 			return n, io.EOF
-		case errors.Is(err, io.EOF) && b.pos > b.size:
-			return n, fmt.Errorf("fetch %s: more than the announced %d bytes: %w", redact.URL(b.url.String()), b.size, ErrContentChanged)
+		case errors.Is(err, io.EOF) && b.pos > limit:
+			return n, fmt.Errorf("fetch %s: more than the announced %d bytes: %w", redact.URL(b.url.String()), limit, ErrContentChanged)
 		case errors.Is(err, io.EOF):
-			err = fmt.Errorf("body ended at %d of %d bytes: %w", b.pos, b.size, io.ErrUnexpectedEOF)
+			err = fmt.Errorf("body ended at %d of %d bytes: %w", b.pos, limit, io.ErrUnexpectedEOF)
 		case b.stalled.Load():
 			err = fmt.Errorf("no byte for %s: %w", b.c.idleTimeout, errStalled)
 		case b.ctx.Err() != nil:
@@ -111,6 +119,15 @@ func (b *body) Read(p []byte) (int, error) {
 			return n, nil
 		}
 	}
+}
+
+// limit is the absolute offset where the body ends: the end of a bounded
+// request, clamped to the content's size, or the size (-1 when unknown).
+func (b *body) limit() int64 {
+	if b.end >= 0 && (b.size < 0 || b.end < b.size) {
+		return b.end
+	}
+	return b.size
 }
 
 // resume replaces the broken response by one from b.pos.

@@ -2,15 +2,24 @@
 // source.Client with retries, Range requests and a body that resumes a
 // broken transfer where it stopped.
 //
-// Fetch sends a GET (with "Range: bytes=<offset>-" for an offset) and
+// Fetch sends a GET (with "Range: bytes=<offset>-" for an offset, or
+// "Range: bytes=<offset>-<offset+length-1>" for a bounded request, from
+// offset 0 too) and
 // retries 5xx, 429 and connection failures before the first byte, with
 // exponential backoff that honours Retry-After. 404 and 410 are
 // source.ErrNotFound, 416 is source.ErrRangeNotSatisfiable, any other
-// unexpected status a *source.StatusError.
+// unexpected status a *source.StatusError. A 206 must carry the range asked
+// for (its end clamped to the content's size), else the fetch fails with
+// ErrBadRange; so does a 200 to a request from an offset and to any bounded
+// request, even from offset 0: the caller asked for a part and learns that
+// the server ignores ranges, instead of getting more than it asked for.
+// The body of a bounded request ends with io.EOF after its length (or at the
+// content's end).
 //
 // The body resumes transparently after a read error, a stall (no byte for
 // the idle timeout) or a clean EOF before the announced size: it asks for
-// the rest with "Range: bytes=<pos>-" and "If-Range: <validator>", the
+// the rest with "Range: bytes=<pos>-" (or "bytes=<pos>-<end>" within a
+// bounded request) and "If-Range: <validator>", the
 // validator being the first response's strong ETag or else its
 // Last-Modified. A server that then answers 200 has changed the content, and
 // the body fails with ErrContentChanged instead of splicing two versions.
@@ -52,8 +61,9 @@ var (
 	// (ETag, Last-Modified) to resume it safely with.
 	ErrNotResumable = errors.New("httpsource: transfer cannot be resumed")
 	// ErrBadRange: the source answered a range request with a range other
-	// than the one asked for.
-	ErrBadRange = errors.New("httpsource: unexpected range in response")
+	// than the one asked for, or with the whole content. It is
+	// source.ErrBadRange.
+	ErrBadRange = source.ErrBadRange
 )
 
 const (
@@ -170,8 +180,12 @@ func (c *Client) Fetch(ctx context.Context, req source.Request) (*source.Respons
 	if u.Host == "" {
 		return nil, fmt.Errorf("fetch %s: no host", redact.URL(u.String()))
 	}
-	if req.Offset < 0 {
-		return nil, fmt.Errorf("fetch %s: negative offset %d", redact.URL(u.String()), req.Offset)
+	if req.Offset < 0 || req.Length < 0 {
+		return nil, fmt.Errorf("fetch %s: negative offset %d or length %d", redact.URL(u.String()), req.Offset, req.Length)
+	}
+	end := int64(-1)
+	if req.Length > 0 {
+		end = req.Offset + req.Length
 	}
 	b := &body{
 		c:      c,
@@ -179,6 +193,7 @@ func (c *Client) Fetch(ctx context.Context, req source.Request) (*source.Respons
 		url:    u,
 		header: req.Header,
 		pos:    req.Offset,
+		end:    end,
 		size:   -1,
 		budget: c.retries,
 	}
@@ -197,10 +212,11 @@ func (c *Client) Fetch(ctx context.Context, req source.Request) (*source.Respons
 	return &source.Response{Body: b, Size: b.size, Offset: req.Offset}, nil
 }
 
-// request sends GET url from b.pos (with If-Range set to ifRange when not
-// empty), retrying failures before the first byte within b's budget. The
-// returned response is 200 (from 0) or 206 starting at b.pos; cancel ends
-// its request.
+// request sends GET url from b.pos (to b.end when bounded, with If-Range
+// set to ifRange when not empty), retrying failures before the first byte
+// within b's budget. The returned response is 200 (from 0, unbounded) or
+// 206 starting at b.pos (and ending at b.end, or the content's end, when
+// bounded); cancel ends its request.
 func (c *Client) request(ctx context.Context, b *body, ifRange string) (*http.Response, context.CancelFunc, error) {
 	for attempt := 0; ; attempt++ {
 		resp, cancel, retryAfter, err := c.try(ctx, b, ifRange)
@@ -254,8 +270,12 @@ func (c *Client) try(ctx context.Context, b *body, ifRange string) (*http.Respon
 		// Offsets count stored bytes: no transparent decompression.
 		req.Header.Set("Accept-Encoding", "identity")
 	}
-	if b.pos > 0 {
-		req.Header.Set("Range", httpx.FormatRange(b.pos, 0))
+	if b.pos > 0 || b.end >= 0 {
+		length := int64(0)
+		if b.end >= 0 {
+			length = b.end - b.pos
+		}
+		req.Header.Set("Range", httpx.FormatRange(b.pos, length))
 		if ifRange != "" {
 			req.Header.Set("If-Range", ifRange)
 		}
@@ -280,7 +300,7 @@ func (c *Client) try(ctx context.Context, b *body, ifRange string) (*http.Respon
 	}
 	switch code := resp.StatusCode; {
 	case code == http.StatusOK:
-		if b.pos > 0 {
+		if b.pos > 0 || b.end >= 0 {
 			if ifRange != "" {
 				return fail(fmt.Errorf("fetch %s: resume at %d: %w", name, b.pos, ErrContentChanged))
 			}
@@ -294,6 +314,15 @@ func (c *Client) try(ctx context.Context, b *body, ifRange string) (*http.Respon
 		}
 		if rg.Start != b.pos {
 			return fail(fmt.Errorf("fetch %s: asked from %d, got %d: %w", name, b.pos, rg.Start, ErrBadRange))
+		}
+		if b.end >= 0 {
+			want := b.end - 1
+			if total >= 0 {
+				want = min(want, total-1)
+			}
+			if rg.End() != want {
+				return fail(fmt.Errorf("fetch %s: asked up to %d, got %d: %w", name, want, rg.End(), ErrBadRange))
+			}
 		}
 		if b.size >= 0 && total >= 0 && total != b.size {
 			return fail(fmt.Errorf("fetch %s: size %d became %d: %w", name, b.size, total, ErrContentChanged))
