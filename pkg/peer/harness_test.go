@@ -221,6 +221,12 @@ type fakeSched struct {
 	beats     []schedapi.HeartbeatRequest
 	// wants are the want lists of the polls, as sent.
 	wants []string
+	// update is the latest want update (RouteWant) not yet taken by a
+	// parked poll; updates counts them; cancelled counts the polls whose
+	// client hung up before an answer.
+	update    *schedapi.Want
+	updates   int
+	cancelled int
 }
 
 func newFakeSched(t *testing.T, data []byte, from func(piece, attempt int) (schedapi.Peer, bool)) *fakeSched {
@@ -246,6 +252,23 @@ func newFakeSched(t *testing.T, data []byte, from func(piece, attempt int) (sche
 	mux.HandleFunc(schedapi.RouteRegister, f.dropping(f.register))
 	mux.HandleFunc(schedapi.RoutePieces, f.dropping(f.losing(schedapi.CodeTaskNotFound, f.poll)))
 	mux.HandleFunc(schedapi.RouteReport, f.dropping(f.losing(schedapi.CodePeerNotFound, f.report)))
+	mux.HandleFunc(schedapi.RouteWant, func(w http.ResponseWriter, r *http.Request) {
+		wanted, err := schedapi.ParseWant(r.URL.Query().Get(schedapi.QueryWant))
+		if err != nil {
+			f.t.Errorf("want update with a bad want list: %v", err)
+		}
+		bg := -1
+		if v := r.URL.Query().Get(schedapi.QueryBackground); v != "" {
+			bg, _ = strconv.Atoi(v)
+		}
+		f.mu.Lock()
+		f.updates++
+		f.update = &schedapi.Want{Pieces: wanted, Background: bg}
+		f.wants = append(f.wants, r.URL.Query().Get(schedapi.QueryWant))
+		f.notifyLocked()
+		f.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	})
 	mux.HandleFunc(schedapi.RouteLeave, func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		f.leaves++
@@ -407,6 +430,11 @@ func (f *fakeSched) poll(w http.ResponseWriter, r *http.Request) {
 		}
 		f.polls++
 		startInfo := f.info()
+		if u := f.update; u != nil {
+			// A want update for this parked poll.
+			f.update = nil
+			wanted, bg = u.Pieces, u.Background
+		}
 		var out []schedapi.Assignment
 		// As the supernode does: the wanted pieces first, then at most bg
 		// others.
@@ -459,6 +487,9 @@ func (f *fakeSched) poll(w http.ResponseWriter, r *http.Request) {
 			_ = json.NewEncoder(w).Encode(schedapi.PiecesResponse{TaskInfo: startInfo})
 			return
 		case <-r.Context().Done():
+			f.mu.Lock()
+			f.cancelled++
+			f.mu.Unlock()
 			return
 		}
 	}

@@ -36,6 +36,8 @@ const (
 	// report; the results that come meanwhile go with the next one.
 	reportRetryMin = 100 * time.Millisecond
 	reportRetryMax = time.Second
+	// wantUpdateTimeout bounds one update of a parked poll's wants.
+	wantUpdateTimeout = 5 * time.Second
 	// reportBatch bounds how many results one report carries.
 	reportBatch = schedapi.MaxAssignments
 )
@@ -123,10 +125,30 @@ func (t *task) p2p(ctx context.Context) error {
 	if cfg.Prefetch.Rate > 0 && !cfg.Prefetch.Off {
 		bk = newBucket(int64(cfg.Prefetch.Rate), time.Now())
 	}
-	// asked holds the wanted pieces of the poll in flight; repoll is set
-	// when it was cancelled to ask for newly wanted ones.
+	// asked holds the wanted pieces of the poll in flight. When a reader
+	// wants others, the parked poll is updated (schedclient.Want), never
+	// cancelled: an answer cancelled on its way would be lost, and its
+	// assignments counted against this peer. One update at a time; the
+	// latest plan goes next.
 	var asked map[int]bool
-	repoll := false
+	updated := make(chan struct{}, 1)
+	updating, updateAgain := false, false
+	sendWant := func(plan pollPlan) {
+		updating = true
+		go func() {
+			uctx, cancel := context.WithTimeout(ctx, wantUpdateTimeout)
+			defer cancel()
+			if err := t.e.sched.Want(uctx, t.id, t.e.self.ID, plan.limit, plan.want); err != nil {
+				t.log.Debug("update the parked poll", zap.Error(err))
+			}
+			updated <- struct{}{}
+		}()
+	}
+	defer func() {
+		if updating {
+			<-updated
+		}
+	}()
 	var retry <-chan time.Time
 	pollBackoff := backoff.Backoff{Min: pollRetryMin, Max: pollRetryMax}
 	emptyBackoff := backoff.Backoff{Min: emptyPollMin, Max: emptyPollMax}
@@ -180,21 +202,33 @@ func (t *task) p2p(ctx context.Context) error {
 			retry = nil
 		case <-t.wantCh:
 			// A reader wants something: ask for it now unless the poll in
-			// flight already does.
+			// flight already does (without a poll in flight, the next one
+			// asks for it).
 			retry = nil
-			if wanted, _ := t.wantedPieces(inflight, wantLimit(cfg)); polling && !covers(asked, wanted) {
-				repoll = true
-				cancelPoll()
+			if !polling {
+				continue
+			}
+			if plan := t.planPoll(inflight, bk, time.Now()); len(plan.want.Pieces) > 0 && !covers(asked, plan.want.Pieces) {
+				asked = plan.wanted
+				if updating {
+					updateAgain = true
+				} else {
+					sendWant(plan)
+				}
+			}
+		case <-updated:
+			updating = false
+			if updateAgain && polling {
+				updateAgain = false
+				if plan := t.planPoll(inflight, bk, time.Now()); len(plan.want.Pieces) > 0 {
+					asked = plan.wanted
+					sendWant(plan)
+				}
 			}
 		case pr := <-polls:
 			polling = false
+			updateAgain = false
 			cancelPoll()
-			if pr.err != nil && repoll && ctx.Err() == nil {
-				// Cancelled by the loop to ask for newly wanted pieces.
-				repoll = false
-				continue
-			}
-			repoll = false
 			if pr.err != nil {
 				if ctx.Err() != nil {
 					return ctx.Err()

@@ -144,3 +144,34 @@ func TestPrefetchYAML(t *testing.T) {
 	var c Config
 	require.Error(t, yaml.Unmarshal([]byte("prefetch: maybe"), &c))
 }
+
+// TestParkedPollUpdatedNotCancelled: a reader that wants a piece while a
+// poll is parked on the supernode updates that poll (RouteWant) instead of
+// cancelling it, and the parked poll brings the wanted piece.
+func TestParkedPollUpdatedNotCancelled(t *testing.T) {
+	t.Parallel()
+	data := randomData(t, 8*testPieceSize)
+	h := newHolder(t, "good", data, good)
+	f := newFakeSched(t, data, func(int, int) (schedapi.Peer, bool) { return h.peer, false })
+	f.order = nil // nothing for the background fill: the poll parks
+	e := newTestEngine(t, f.addr, engineSetup{cfg: Config{PollWait: 20 * time.Second}})
+	d, err := e.Download(t.Context(), Request{URL: "http://origin.test/file"})
+	require.NoError(t, err)
+	defer d.Close()
+	require.Eventually(t, func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return f.polls > 0
+	}, 5*time.Second, 5*time.Millisecond)
+
+	r := d.NewRangeReader(6*testPieceSize+1, 10)
+	defer r.Close()
+	b, err := io.ReadAll(r)
+	require.NoError(t, err)
+	require.Equal(t, data[6*testPieceSize+1:6*testPieceSize+11], b)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	require.GreaterOrEqual(t, f.updates, 1, "the parked poll was updated")
+	require.Contains(t, f.wants, "6")
+	require.Zero(t, f.cancelled, "no poll was cancelled")
+}

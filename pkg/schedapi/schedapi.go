@@ -29,6 +29,13 @@ const (
 	// assignments. The max query parameter caps the number of assignments.
 	// Each call also counts as a heartbeat of the peer.
 	RoutePieces = "GET /api/peer/v1/tasks/{task}/peers/{peer}/pieces"
+	// RouteWant: PUT -> 204. Changes what the peer's parked polls of the
+	// task ask for (the max, want and bg query parameters, as for
+	// RoutePieces): a reader wants pieces now, and the poll waiting on the
+	// supernode is answered with them as soon as it can, without being
+	// cancelled (an answer cancelled on its way would be lost). No parked
+	// poll: nothing changes, and the next poll says it.
+	RouteWant = "PUT /api/peer/v1/tasks/{task}/peers/{peer}/want"
 	// RouteReport: POST ReportRequest -> 204.
 	RouteReport = "POST /api/peer/v1/tasks/{task}/peers/{peer}/reports"
 	// RouteLeave: DELETE -> 204. The peer no longer serves the task.
@@ -42,6 +49,9 @@ const (
 func RegisterPath() string { return "/api/peer/v1/register" }
 func PiecesPath(task, peer string) string {
 	return "/api/peer/v1/tasks/" + task + "/peers/" + peer + "/pieces"
+}
+func WantPath(task, peer string) string {
+	return "/api/peer/v1/tasks/" + task + "/peers/" + peer + "/want"
 }
 func ReportPath(task, peer string) string {
 	return "/api/peer/v1/tasks/" + task + "/peers/" + peer + "/reports"

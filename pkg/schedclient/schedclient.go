@@ -211,21 +211,13 @@ func (c *Client) Pieces(ctx context.Context, taskID taskid.ID, peerID string, li
 	if err := checkPeerID(peerID); err != nil {
 		return resp, fmt.Errorf("pieces: %w", err)
 	}
-	limit = min(max(limit, 1), schedapi.MaxAssignments)
 	wait = min(max(wait, 0), schedapi.MaxWait)
-	q := url.Values{}
-	q.Set("max", strconv.Itoa(limit))
+	q, err := pollQuery(limit, want)
+	if err != nil {
+		return resp, fmt.Errorf("pieces: %w", err)
+	}
 	q.Set("wait", wait.String())
-	if len(want.Pieces) > 0 {
-		if !want.Valid() {
-			return resp, fmt.Errorf("pieces: want %v: %w", want.Pieces, ErrInvalid)
-		}
-		q.Set(schedapi.QueryWant, schedapi.FormatWant(want.Pieces))
-	}
-	if want.Background >= 0 {
-		q.Set(schedapi.QueryBackground, strconv.Itoa(want.Background))
-	}
-	_, err := c.do(ctx, call{
+	_, err = c.do(ctx, call{
 		name:       "pieces",
 		method:     http.MethodGet,
 		path:       schedapi.PiecesPath(taskID.String(), peerID) + "?" + q.Encode(),
@@ -235,6 +227,43 @@ func (c *Client) Pieces(ctx context.Context, taskID taskid.ID, peerID string, li
 		out:        &resp,
 	})
 	return resp, err
+}
+
+// Want changes what the peer's parked polls of a task ask for: at most
+// limit assignments, want's pieces first (schedapi.RouteWant). It is
+// idempotent.
+func (c *Client) Want(ctx context.Context, taskID taskid.ID, peerID string, limit int, want schedapi.Want) error {
+	if err := checkPeerID(peerID); err != nil {
+		return fmt.Errorf("want: %w", err)
+	}
+	q, err := pollQuery(limit, want)
+	if err != nil {
+		return fmt.Errorf("want: %w", err)
+	}
+	_, err = c.do(ctx, call{
+		name:       "want",
+		method:     http.MethodPut,
+		path:       schedapi.WantPath(taskID.String(), peerID) + "?" + q.Encode(),
+		nodes:      c.nodeFor(taskID.String()),
+		idempotent: true,
+	})
+	return err
+}
+
+// pollQuery is the query of a poll or a want update.
+func pollQuery(limit int, want schedapi.Want) (url.Values, error) {
+	q := url.Values{}
+	q.Set("max", strconv.Itoa(min(max(limit, 1), schedapi.MaxAssignments)))
+	if len(want.Pieces) > 0 {
+		if !want.Valid() {
+			return nil, fmt.Errorf("want %v: %w", want.Pieces, ErrInvalid)
+		}
+		q.Set(schedapi.QueryWant, schedapi.FormatWant(want.Pieces))
+	}
+	if want.Background >= 0 {
+		q.Set(schedapi.QueryBackground, strconv.Itoa(want.Background))
+	}
+	return q, nil
 }
 
 // Report sends piece results. It is not idempotent (results are counted), so

@@ -64,6 +64,8 @@ type Scheduler interface {
 	// PollWant long-polls for assignments, the wanted pieces first (see
 	// scheduler.Scheduler.PollWant).
 	PollWant(ctx context.Context, taskID taskid.ID, peerID string, max int, want schedapi.Want) (schedapi.PiecesResponse, error)
+	// SetWant changes what the peer's parked polls ask for.
+	SetWant(ctx context.Context, taskID taskid.ID, peerID string, max int, want schedapi.Want) error
 	Report(ctx context.Context, taskID taskid.ID, peerID string, results []schedapi.PieceResult) error
 	Leave(ctx context.Context, taskID taskid.ID, peerID string) error
 	Heartbeat(ctx context.Context, peerID, addr string, tasks []taskid.ID) (unknown []taskid.ID, err error)
@@ -122,6 +124,7 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle(schedapi.RouteRegister, s.wrap("register", s.limited(registers, s.register)))
 	mux.Handle(schedapi.RoutePieces, s.wrap("pieces", s.limited(polls, s.pieces)))
+	mux.Handle(schedapi.RouteWant, s.wrap("want", s.limited(polls, s.want)))
 	mux.Handle(schedapi.RouteReport, s.wrap("report", s.report))
 	mux.Handle(schedapi.RouteLeave, s.wrap("leave", s.leave))
 	mux.Handle(schedapi.RouteHeartbeat, s.wrap("heartbeat", s.heartbeat))
@@ -329,21 +332,9 @@ func (s *Server) pieces(w http.ResponseWriter, r *http.Request) error {
 		}
 		wait = min(wait, schedapi.MaxWait)
 	}
-	maxN := 0 // the scheduler's default, schedapi.MaxAssignments
-	if v := q.Get("max"); v != "" {
-		if maxN, err = strconv.Atoi(v); err != nil || maxN < 1 {
-			return invalid("max %q: must be a positive integer", redact.Truncate(v))
-		}
-		maxN = min(maxN, schedapi.MaxAssignments)
-	}
-	want := schedapi.NoWant
-	if want.Pieces, err = schedapi.ParseWant(q.Get(schedapi.QueryWant)); err != nil {
-		return invalid("%v", err)
-	}
-	if v := q.Get(schedapi.QueryBackground); v != "" {
-		if want.Background, err = strconv.Atoi(v); err != nil || want.Background < 0 || len(v) > 3 {
-			return invalid("%s %q: must be a non-negative integer", schedapi.QueryBackground, redact.Truncate(v))
-		}
+	maxN, want, err := pollQuery(q)
+	if err != nil {
+		return err
 	}
 	resp, err := s.poll(r.Context(), taskID, peerID, maxN, wait, want)
 	if err == nil || !errors.Is(err, context.DeadlineExceeded) || r.Context().Err() != nil {
@@ -362,6 +353,44 @@ func (s *Server) pieces(w http.ResponseWriter, r *http.Request) error {
 		return fmt.Errorf("poll %s: %w", taskID, err)
 	}
 	httpx.WriteJSON(w, http.StatusOK, s.withRetryAfter(taskID, resp))
+	return nil
+}
+
+// pollQuery parses the max, want and bg query parameters of a poll or a
+// want update. A max of 0 is the scheduler's default.
+func pollQuery(q url.Values) (maxN int, want schedapi.Want, err error) {
+	if v := q.Get("max"); v != "" {
+		if maxN, err = strconv.Atoi(v); err != nil || maxN < 1 {
+			return 0, want, invalid("max %q: must be a positive integer", redact.Truncate(v))
+		}
+		maxN = min(maxN, schedapi.MaxAssignments)
+	}
+	want = schedapi.NoWant
+	if want.Pieces, err = schedapi.ParseWant(q.Get(schedapi.QueryWant)); err != nil {
+		return 0, want, invalid("%v", err)
+	}
+	if v := q.Get(schedapi.QueryBackground); v != "" {
+		if want.Background, err = strconv.Atoi(v); err != nil || want.Background < 0 || len(v) > 3 {
+			return 0, want, invalid("%s %q: must be a non-negative integer", schedapi.QueryBackground, redact.Truncate(v))
+		}
+	}
+	return maxN, want, nil
+}
+
+// want changes what the peer's parked polls ask for.
+func (s *Server) want(w http.ResponseWriter, r *http.Request) error {
+	taskID, peerID, err := pathIDs(r)
+	if err != nil {
+		return err
+	}
+	maxN, want, err := pollQuery(r.URL.Query())
+	if err != nil {
+		return err
+	}
+	if err := s.sched.SetWant(r.Context(), taskID, peerID, maxN, want); err != nil {
+		return fmt.Errorf("want %s: %w", taskID, err)
+	}
+	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
 

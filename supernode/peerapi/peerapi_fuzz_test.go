@@ -75,6 +75,14 @@ func (b *strictBackend) Join(_ context.Context, taskID taskid.ID, p schedapi.Pee
 	return schedapi.TaskInfo{TaskID: taskID.String(), State: schedapi.TaskRunning, Size: -1, PieceSize: 4 << 20, PieceCount: -1}, nil
 }
 
+func (b *strictBackend) SetWant(ctx context.Context, taskID taskid.ID, peerID string, maxN int, want schedapi.Want) error {
+	b.ids(taskID, peerID)
+	if maxN < 0 || maxN > schedapi.MaxAssignments || !want.Valid() || want.Background < -1 {
+		b.bad("want update max %d %+v reached the scheduler", maxN, want)
+	}
+	return nil
+}
+
 func (b *strictBackend) PollWant(ctx context.Context, taskID taskid.ID, peerID string, maxN int, want schedapi.Want) (schedapi.PiecesResponse, error) {
 	b.ids(taskID, peerID)
 	if !want.Valid() || want.Background < -1 {

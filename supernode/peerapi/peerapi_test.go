@@ -48,6 +48,7 @@ func TestClusterTokenRequired(t *testing.T) {
 		{http.MethodGet, schedapi.PiecesPath(id, goodPeer.ID) + "?max=64&wait=0s", nil},
 		{http.MethodPost, schedapi.ReportPath(id, goodPeer.ID), schedapi.ReportRequest{Results: []schedapi.PieceResult{{Piece: 0, From: "seed", Reason: schedapi.ReasonCorrupt}}}},
 		{http.MethodDelete, schedapi.LeavePath(id, goodPeer.ID), nil},
+		{http.MethodPut, schedapi.WantPath(id, goodPeer.ID) + "?want=0-3", nil},
 		{http.MethodPost, schedapi.HeartbeatPath(goodPeer.ID), schedapi.HeartbeatRequest{Addr: goodPeer.Addr, Tasks: []string{id}}},
 		{http.MethodGet, "/api/peer/v1/nothing-here", nil},
 	}
@@ -83,6 +84,8 @@ type fake struct {
 	ensured  []cdn.Request
 	joined   []joinCall
 	polls    []pollCall
+	// wantUpdates are the SetWant calls.
+	wantUpdates []pollCall
 	reports  [][]schedapi.PieceResult
 	info     schedapi.TaskInfo // Ensure's answer
 	err      error             // returned by every scheduler call when set
@@ -129,6 +132,13 @@ func (f *fake) Join(ctx context.Context, taskID taskid.ID, p schedapi.Peer, have
 	info := f.info
 	info.TaskID = taskID.String()
 	return info, nil
+}
+
+func (f *fake) SetWant(ctx context.Context, taskID taskid.ID, peerID string, max int, want schedapi.Want) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.wantUpdates = append(f.wantUpdates, pollCall{task: taskID, peer: peerID, max: max, want: want})
+	return f.err
 }
 
 func (f *fake) PollWant(ctx context.Context, taskID taskid.ID, peerID string, max int, want schedapi.Want) (schedapi.PiecesResponse, error) {
@@ -438,6 +448,18 @@ func TestPieces(t *testing.T) {
 	require.Equal(t, http.StatusOK, status, string(b))
 	require.GreaterOrEqual(t, time.Since(start), 100*time.Millisecond)
 	require.Less(t, time.Since(start), 5*time.Second)
+}
+
+func TestWantUpdate(t *testing.T) {
+	t.Parallel()
+	f := &fake{}
+	srv := newServer(t, f)
+	status, b := do(t, srv, http.MethodPut, schedapi.WantPath(goodTask, "p")+"?max=4&want=2-3&bg=0", nil)
+	require.Equal(t, http.StatusNoContent, status, string(b))
+	require.Equal(t, []pollCall{{task: taskid.ID(goodTask), peer: "p", max: 4, want: schedapi.Want{Pieces: []int{2, 3}, Background: 0}}}, f.wantUpdates)
+	status, _ = do(t, srv, http.MethodPut, schedapi.WantPath(goodTask, "p")+"?want=3-2", nil)
+	require.Equal(t, http.StatusBadRequest, status)
+	require.Len(t, f.wantUpdates, 1)
 }
 
 func TestReportAndHeartbeat(t *testing.T) {

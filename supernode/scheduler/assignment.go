@@ -163,6 +163,42 @@ func (st *state) poll(w *waiter) {
 	}
 }
 
+// setWant changes what the member's parked polls ask for and has them
+// retried.
+func (st *state) setWant(taskID taskid.ID, peerID string, max int, want schedapi.Want) error {
+	t, m, err := st.member(taskID, peerID)
+	if err != nil {
+		return fmt.Errorf("want: %w", err)
+	}
+	m.peer.lastSeen = st.now()
+	if m.waiting == 0 {
+		return nil
+	}
+	kept := t.waiters[:0]
+	var moved []*waiter
+	for _, w := range t.waiters {
+		if w.m != m {
+			kept = append(kept, w)
+			continue
+		}
+		w.want, w.wantList = nil, nil
+		w.setWant(want)
+		if max > 0 {
+			w.max = max
+		}
+		moved = append(moved, w)
+	}
+	t.waiters = kept
+	for _, w := range moved {
+		t.waiters = st.park(t.waiters, w)
+	}
+	if len(want.Pieces) > 0 {
+		st.demandMissing(t, want.Pieces)
+	}
+	st.touch(m)
+	return nil
+}
+
 // park adds w to the parked polls: a poll with wants goes after the other
 // polls with wants and before those without, so that on-demand reads are
 // served before the background fill; otherwise polls are retried oldest

@@ -401,6 +401,23 @@ func (s *Scheduler) PollWant(ctx context.Context, taskID taskid.ID, peerID strin
 	return s.deliver(ctx, w, <-w.reply) // unpark has run: w is answered
 }
 
+// SetWant changes what peerID's parked polls of a task ask for: at most max
+// assignments (<= 0: unchanged), want's pieces first, as PollWant's. They
+// are retried at once, and the wanted pieces the task lacks go to the
+// demand hook. A peer updates its parked poll this way rather than
+// cancelling it: an answer cancelled on its way back would be lost, its
+// assignments counted unused. With no parked poll nothing changes. Errors
+// are ErrTaskNotFound, ErrPeerNotFound and ErrInvalid.
+func (s *Scheduler) SetWant(ctx context.Context, taskID taskid.ID, peerID string, max int, want schedapi.Want) error {
+	if max > schedapi.MaxAssignments {
+		max = schedapi.MaxAssignments
+	}
+	if !want.Valid() {
+		return fmt.Errorf("want: %v: %w", want.Pieces, ErrInvalid)
+	}
+	return do0(ctx, s, func() error { return s.st.setWant(taskID, peerID, max, want) })
+}
+
 // deliver returns a poll's answer. If the caller was cancelled (it hung up,
 // as opposed to its wait running out), nobody will fetch the assignments:
 // they are given back at once rather than holding slots until they time out.

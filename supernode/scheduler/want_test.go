@@ -115,3 +115,40 @@ func TestParkedWantersServedFirst(t *testing.T) {
 	default:
 	}
 }
+
+// TestSetWantUpdatesParkedPoll: a parked poll whose wants are updated is
+// answered with the newly wanted piece, its max raised, and the missing
+// wanted pieces go to the demand hook.
+func TestSetWantUpdatesParkedPoll(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	var demanded [][]int
+	s := startScheduler(t, Config{}, WithDemand(func(_ taskid.ID, p []int) {
+		mu.Lock()
+		demanded = append(demanded, slices.Clone(p))
+		mu.Unlock()
+	}))
+	id := addTask(t, s, t.Name(), 30, 0)
+	join(t, s, id, "r")
+	// Published but wanted only: the poll parks.
+	require.NoError(t, s.PublishPiece(t.Context(), id, 3, pieceDigest(id, 3)))
+	require.NoError(t, s.PublishPiece(t.Context(), id, 8, pieceDigest(id, 8)))
+	ch := make(chan pollReply, 1)
+	go func() {
+		resp, err := s.PollWant(t.Context(), id, "r", 1, schedapi.Want{Pieces: []int{20}, Background: 0})
+		ch <- pollReply{resp: resp, err: err}
+	}()
+	waitParked(t, s, id, 1)
+	require.NoError(t, s.SetWant(t.Context(), id, "r", 3, schedapi.Want{Pieces: []int{3, 8, 25}, Background: 0}))
+	r := receive(t, ch)
+	require.NoError(t, r.err)
+	require.Equal(t, []int{3, 8}, pieces(r.resp.Assignments), "the new wants, up to the new max")
+	mu.Lock()
+	require.Equal(t, [][]int{{20}, {25}}, demanded)
+	mu.Unlock()
+
+	// No parked poll: nothing to change, no error. Unknown peer: an error.
+	require.NoError(t, s.SetWant(t.Context(), id, "r", 3, schedapi.Want{Pieces: []int{5}, Background: 0}))
+	require.ErrorIs(t, s.SetWant(t.Context(), id, "nobody", 3, schedapi.NoWant), ErrPeerNotFound)
+	require.ErrorIs(t, s.SetWant(t.Context(), id, "r", 3, schedapi.Want{Pieces: []int{2, 1}}), ErrInvalid)
+}

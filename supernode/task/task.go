@@ -114,6 +114,9 @@ func New(cfg Config, cdnPeer schedapi.Peer, store content.Store, src source.Clie
 		scheduler.WithLogger(o.log), scheduler.WithStartReports(),
 		scheduler.WithTaskForgotten(m.forgotten),
 		scheduler.WithCDNCorruptReport(func(id taskid.ID, n int) { m.cdn.ReportCorrupt(id, n) }),
+		// Wanted pieces the task lacks: the CDN fetches them first. Called
+		// on the scheduler's loop, which Run starts after m.cdn is set.
+		scheduler.WithDemand(func(id taskid.ID, pieces []int) { m.cdn.Demand(id, pieces) }),
 	}
 	cdnOpts := []cdn.Option{cdn.WithLogger(o.log.Named("cdn"))}
 	if o.reg != nil {
