@@ -80,17 +80,17 @@ func TestClusterTokenRequired(t *testing.T) {
 
 // fake records calls and answers with canned results.
 type fake struct {
-	mu       sync.Mutex
-	ensured  []cdn.Request
-	joined   []joinCall
-	polls    []pollCall
+	mu      sync.Mutex
+	ensured []cdn.Request
+	joined  []joinCall
+	polls   []pollCall
 	// wantUpdates are the SetWant calls.
 	wantUpdates []pollCall
-	reports  [][]schedapi.PieceResult
-	info     schedapi.TaskInfo // Ensure's answer
-	err      error             // returned by every scheduler call when set
-	pollWait bool              // Poll waits for ctx like the real one
-	admitErr error             // returned by Admit when set
+	reports     [][]schedapi.PieceResult
+	info        schedapi.TaskInfo // Ensure's answer
+	err         error             // returned by every scheduler call when set
+	pollWait    bool              // Poll waits for ctx like the real one
+	admitErr    error             // returned by Admit when set
 }
 
 func (f *fake) Admit(ctx context.Context, taskID taskid.ID, peerID string) error {
