@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"gopkg.in/yaml.v3"
 
+	"github.com/damselfly/damselfly/pkg/piece"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 )
 
@@ -174,4 +175,61 @@ func TestParkedPollUpdatedNotCancelled(t *testing.T) {
 	require.GreaterOrEqual(t, f.updates, 1, "the parked poll was updated")
 	require.Contains(t, f.wants, "6")
 	require.Zero(t, f.cancelled, "no poll was cancelled")
+}
+
+// TestPlanPoll: the poll a download sends next, from its wants, what is in
+// flight and the prefetch setting.
+func TestPlanPoll(t *testing.T) {
+	now := time.Unix(100, 0)
+	newTask := func(cfg Config) *task {
+		e := &Engine{cfg: cfg.ApplyDefaults()}
+		tk := &task{e: e, verified: &piece.Set{}, wants: map[*wantRange]struct{}{}, wantCh: make(chan struct{}, 1)}
+		tk.info = schedapi.TaskInfo{Size: 100 * testPieceSize, PieceSize: testPieceSize, PieceCount: 100}
+		return tk
+	}
+	inflight := func(ps ...int) map[int]bool {
+		m := map[int]bool{}
+		for _, i := range ps {
+			m[i] = true
+		}
+		return m
+	}
+
+	// No wants, prefetch on: the background fill, no cap.
+	tk := newTask(Config{Concurrency: 4})
+	p := tk.planPoll(inflight(1), nil, now)
+	require.Equal(t, 3, p.limit)
+	require.Equal(t, schedapi.NoWant, p.want)
+
+	// A reader wants pieces 10-11 while the fill holds every slot: they
+	// are asked for on top of it, and no background piece.
+	unwant := tk.want(10*testPieceSize, 2*testPieceSize)
+	p = tk.planPoll(inflight(1, 2, 3, 4), nil, now)
+	require.Equal(t, schedapi.Want{Pieces: []int{10, 11}, Background: 0}, p.want)
+	require.Equal(t, 2, p.limit)
+	// Wanted pieces in flight: nothing more until they are in.
+	p = tk.planPoll(inflight(10, 11), nil, now)
+	require.Zero(t, p.limit)
+	require.False(t, p.idle)
+	unwant()
+	p = tk.planPoll(inflight(), nil, now)
+	require.Equal(t, 4, p.limit)
+
+	// Prefetch off: only what is wanted; idle otherwise.
+	tk = newTask(Config{Concurrency: 4, Prefetch: Prefetch{Off: true}})
+	p = tk.planPoll(inflight(), nil, now)
+	require.Zero(t, p.limit)
+	require.True(t, p.idle)
+	require.Zero(t, p.after)
+
+	// Prefetch at a rate of one piece a second: one piece now, then a wait.
+	tk = newTask(Config{Concurrency: 4, Prefetch: Prefetch{Rate: testPieceSize}})
+	bk := newBucket(testPieceSize, now.Add(-time.Second))
+	p = tk.planPoll(inflight(), bk, now)
+	require.Equal(t, 1, p.limit)
+	bk.take(now, testPieceSize, testPieceSize)
+	p = tk.planPoll(inflight(), bk, now)
+	require.Zero(t, p.limit)
+	require.True(t, p.idle)
+	require.Equal(t, time.Second, p.after)
 }
