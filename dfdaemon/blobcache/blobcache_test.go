@@ -118,12 +118,18 @@ func startNode(t *testing.T, snAddr string, cfg blobcache.Config) *node {
 // startNodeOn is startNode on a given store.
 func startNodeOn(t *testing.T, snAddr string, store *local.Store, cfg blobcache.Config) *node {
 	t.Helper()
+	return startNodeWith(t, snAddr, store, cfg, peer.Config{PollWait: 500 * time.Millisecond})
+}
+
+// startNodeWith is startNodeOn with an engine configuration.
+func startNodeWith(t *testing.T, snAddr string, store *local.Store, cfg blobcache.Config, pcfg peer.Config) *node {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	sc, err := schedclient.New([]string{snAddr}, schedclient.WithClusterKeys(supernodetest.Keys()))
 	require.NoError(t, err)
 	self := schedapi.Peer{ID: "node-" + strings.ReplaceAll(t.Name(), "/", "-"), Addr: ln.Addr().String()}
-	eng, err := peer.New(peer.Config{PollWait: 500 * time.Millisecond}, store, sc, self)
+	eng, err := peer.New(pcfg, store, sc, self)
 	require.NoError(t, err)
 	c, err := blobcache.New(cfg, store, eng)
 	require.NoError(t, err)
@@ -305,6 +311,36 @@ func TestSeedExpiresButContentStays(t *testing.T) {
 	gets := o.getCount(d)
 	require.Equal(t, want, n.fetch(t, d, u))
 	require.Equal(t, gets, o.getCount(d), "no new source fetch")
+}
+
+// TestPartialDownloadExpires: with the engine's prefetch off a range read
+// leaves a partial download, never committed; once nobody has read it for
+// SeedTTL it is dropped, its ingest with it.
+func TestPartialDownloadExpires(t *testing.T) {
+	t.Parallel()
+	sn := startSupernode(t)
+	o := newOrigin(t)
+	store, err := local.New(t.TempDir())
+	require.NoError(t, err)
+	n := startNodeWith(t, sn, store, blobcache.Config{SeedTTL: 300 * time.Millisecond, CheckInterval: 50 * time.Millisecond},
+		peer.Config{PollWait: 500 * time.Millisecond, Prefetch: peer.Prefetch{Off: true}})
+	d, u, want := o.add(t, 10<<20)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	off := int64(5<<20 + 3)
+	r, err := n.cache.Open(ctx, peer.Request{URL: u, Digest: d}, off, 100)
+	require.NoError(t, err)
+	b, err := io.ReadAll(r)
+	require.NoError(t, err)
+	require.NoError(t, r.Close())
+	require.Equal(t, want[off:off+100], b)
+	require.False(t, has(t, n.store, d), "only the range's piece was fetched: nothing committed")
+
+	require.Eventually(t, func() bool { return len(n.cache.Seeding()) == 0 }, 10*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool {
+		st, err := n.store.ListStatuses(t.Context())
+		return err == nil && len(st) == 0
+	}, 10*time.Second, 20*time.Millisecond, "the partial ingest is dropped")
 }
 
 func TestMaxSeeds(t *testing.T) {
