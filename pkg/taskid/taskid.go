@@ -32,6 +32,7 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 
+	"github.com/damselfly/damselfly/pkg/btlink"
 	"github.com/damselfly/damselfly/pkg/redact"
 )
 
@@ -110,6 +111,10 @@ type Source struct {
 	URL        string
 	Filter     []string
 	Identifier string
+	// File is the file of a torrent (URL a magnet link or a torrent file
+	// URL) the task downloads; empty for a single-file torrent and for
+	// every other URL.
+	File string
 }
 
 // Derive returns the ID of the task src names: ForDigest of its digest when
@@ -119,7 +124,34 @@ func Derive(src Source) (ID, error) {
 	if src.Digest != "" {
 		return ForDigest(src.Digest)
 	}
+	if btlink.IsLink(src.URL) {
+		return ForTorrent(src.URL, src.File, src.Identifier)
+	}
+	if src.File != "" {
+		return "", fmt.Errorf("a file (%q) names a file of a torrent, and %q is no torrent: %w", redact.Truncate(src.File), redact.URL(src.URL), ErrInvalid)
+	}
 	return ForURL(src.URL, src.Filter, src.Identifier)
+}
+
+// ForTorrent returns the ID of the task that downloads file (empty: the
+// only file) of the torrent a magnet link or a torrent file URL names. A
+// magnet link is named by its info-hash alone (whatever trackers, peers or
+// name it lists), a torrent file URL by its normalised URL.
+func ForTorrent(rawLink, file, identifier string) (ID, error) {
+	l, err := btlink.Parse(rawLink)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	norm := l.Canonical()
+	if l.TorrentURL != "" {
+		u, err := Normalize(l.TorrentURL, nil)
+		if err != nil {
+			return "", fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+		norm = "torrent+" + u
+	}
+	sum := sha256.Sum256([]byte(norm + "\n" + identifier + "\nfile:" + file))
+	return ID(hex.EncodeToString(sum[:])), nil
 }
 
 // ForDigest returns the ID of the task that downloads content with digest d.

@@ -112,3 +112,32 @@ func TestParseAll(t *testing.T) {
 	_, err = ParseAll([]string{strings.Repeat("a", 64), "../x"})
 	require.ErrorIs(t, err, ErrInvalid)
 }
+
+func TestForTorrent(t *testing.T) {
+	const h = "c12fe1c06bba254a9dc9f519b335aa7c1367a88a"
+	a, err := Derive(Source{URL: "magnet:?xt=urn:btih:" + h + "&dn=a&tr=http%3A%2F%2F127.0.0.1%3A1%2Fannounce", File: "dir/w.bin"})
+	require.NoError(t, err)
+	b, err := Derive(Source{URL: "magnet:?xt=urn:btih:" + strings.ToUpper(h) + "&x.pe=127.0.0.1:6881", File: "dir/w.bin"})
+	require.NoError(t, err)
+	require.Equal(t, a, b, "one info-hash and file, one task, whatever the link lists")
+	c, err := Derive(Source{URL: "magnet:?xt=urn:btih:" + h, File: "dir/other.bin"})
+	require.NoError(t, err)
+	require.NotEqual(t, a, c, "another file, another task")
+	d, err := Derive(Source{URL: "torrent+https://Example.test:443/x.torrent", File: "dir/w.bin"})
+	require.NoError(t, err)
+	e, err := Derive(Source{URL: "torrent+https://example.test/x.torrent", File: "dir/w.bin"})
+	require.NoError(t, err)
+	require.Equal(t, d, e)
+	require.NotEqual(t, a, d)
+	_, err = Parse(a.String())
+	require.NoError(t, err)
+
+	_, err = Derive(Source{URL: "https://example.test/x", File: "a"})
+	require.ErrorIs(t, err, ErrInvalid, "a file names a file of a torrent only")
+	_, err = Derive(Source{URL: "magnet:?dn=nohash"})
+	require.ErrorIs(t, err, ErrInvalid)
+	// A digest still names the task: the same content by any source.
+	f, err := Derive(Source{URL: "magnet:?xt=urn:btih:" + h, Digest: digest.Digest("sha256:" + strings.Repeat("a", 64))})
+	require.NoError(t, err)
+	require.Equal(t, ID("sha256:"+strings.Repeat("a", 64)), f)
+}
