@@ -42,6 +42,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/damselfly/damselfly/pkg/btlink"
 	"github.com/damselfly/damselfly/pkg/content"
 	"github.com/damselfly/damselfly/pkg/redact"
 	"github.com/damselfly/damselfly/pkg/schedapi"
@@ -89,14 +90,18 @@ type Request struct {
 	// (from a registry's manifest or HEAD). A source of a digest task that
 	// announces another size is not used.
 	Size int64
+	// File is the file of a torrent source (URL a magnet link or a
+	// torrent+http(s) URL) to fetch; empty for a single-file torrent.
+	File string
 }
 
 // Option configures a CDN.
 type Option func(*options)
 
 type options struct {
-	log *zap.Logger
-	reg prometheus.Registerer
+	log      *zap.Logger
+	reg      prometheus.Registerer
+	torrents TorrentClient
 }
 
 // WithLogger sets the logger. The default discards logs.
@@ -122,6 +127,8 @@ type CDN struct {
 	log     *zap.Logger
 	metrics *metrics
 	cache   *cache
+	// torrents fetches magnet and torrent-file sources; nil: none.
+	torrents TorrentClient
 
 	group singleflight.Group
 
@@ -212,6 +219,7 @@ func New(cfg Config, store content.Store, src source.Client, sched Scheduler, op
 		src:         src,
 		sched:       sched,
 		log:         o.log,
+		torrents:    o.torrents,
 		metrics:     m,
 		cache:       c,
 		stopping:    make(chan struct{}),
@@ -338,9 +346,14 @@ func checkRequest(req Request) (digest.Digest, error) {
 	if req.TaskID == "" {
 		return "", fmt.Errorf("cdn task: no id: %w", ErrInvalid)
 	}
-	u, err := url.Parse(req.URL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return "", fmt.Errorf("cdn task %s: source url must be http or https: %w", req.TaskID, ErrInvalid)
+	if btlink.IsLink(req.URL) {
+		if _, err := btlink.Parse(req.URL); err != nil {
+			return "", fmt.Errorf("cdn task %s: %w: %w", req.TaskID, ErrInvalid, err)
+		}
+	} else if u, err := url.Parse(req.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return "", fmt.Errorf("cdn task %s: source url must be http, https, a magnet link or torrent+http(s): %w", req.TaskID, ErrInvalid)
+	} else if req.File != "" {
+		return "", fmt.Errorf("cdn task %s: a file is for torrent sources: %w", req.TaskID, ErrInvalid)
 	}
 	if req.Size < 0 {
 		return "", fmt.Errorf("cdn task %s: size %d is negative: %w", req.TaskID, req.Size, ErrInvalid)
@@ -372,7 +385,11 @@ func (c *CDN) ensure(ctx context.Context, req Request, expected digest.Digest) (
 		c.metrics.cacheHits.Inc()
 		return c.sched.TaskInfo(ctx, req.TaskID)
 	}
-	if err := c.startFetch(ctx, req, expected, log); err != nil {
+	start := c.startFetch
+	if btlink.IsLink(req.URL) {
+		start = c.startTorrent
+	}
+	if err := start(ctx, req, expected, log); err != nil {
 		return schedapi.TaskInfo{}, err
 	}
 	return c.sched.TaskInfo(ctx, req.TaskID)

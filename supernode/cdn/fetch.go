@@ -253,6 +253,12 @@ func (c *CDN) stream(ctx context.Context, f *fetch, src sourceBody, expected dig
 
 	d, m, err := c.copyPieces(ctx, f, src, expected, log)
 	c.stopDemand(f, true)
+	c.settle(ctx, sctx, f, d, m, err, log)
+}
+
+// settle ends a fetch in the scheduler: failed with err, or succeeded with
+// the committed content d (the piece metadata and the task record kept).
+func (c *CDN) settle(ctx, sctx context.Context, f *fetch, d digest.Digest, m pieceMeta, err error, log *zap.Logger) {
 	if err != nil {
 		f.abort()
 		if ctx.Err() != nil {
@@ -423,28 +429,30 @@ func (c *CDN) copyPieces(ctx context.Context, f *fetch, src sourceBody, expected
 		f.size = off
 		f.mu.Unlock()
 	}
-	// Flush the ingest while peers still read it, so that the fsync in
-	// Commit, which holds them off, has little left to write.
+	d, m, err := c.commitIngest(ctx, f, w, off, expected, pieceSize, pieces)
+	if errors.Is(err, content.ErrDigestMismatch) && len(from) == 1 {
+		// One source sent every byte: it is the one that lied. It is
+		// blamed after the readers are let go (c.mu is taken before f.mu
+		// elsewhere).
+		url, _, _ := f.cands.request(from[0])
+		c.blame(f.taskID, url)
+	}
+	return d, m, err
+}
+
+// commitIngest turns the ingest w of a fetch whose every piece is stored
+// into a blob, checked against expected (when set), and switches f's
+// readers to it. Readers are held off meanwhile; the ingest is flushed
+// first, while they still read it, so that the fsync in Commit has little
+// left to write.
+func (c *CDN) commitIngest(ctx context.Context, f *fetch, w content.Writer, size int64, expected digest.Digest, pieceSize int64, pieces []digest.Digest) (digest.Digest, pieceMeta, error) {
 	if err := w.Sync(); err != nil {
 		return "", pieceMeta{}, fmt.Errorf("sync: %w", err)
 	}
-	// Readers are held off while the ingest turns into a blob; a source is
-	// blamed after they are let go (c.mu is taken before f.mu elsewhere).
-	var liar *candidate
-	defer func() {
-		if liar != nil {
-			url, _, _ := f.cands.request(liar)
-			c.blame(f.taskID, url)
-		}
-	}()
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	err := w.Commit(ctx, off, expected)
+	err := w.Commit(ctx, size, expected)
 	if errors.Is(err, content.ErrDigestMismatch) {
-		if len(from) == 1 {
-			// One source sent every byte: it is the one that lied.
-			liar = from[0]
-		}
 		return "", pieceMeta{}, fmt.Errorf("content digest mismatch: expected %s: %w", expected, err)
 	}
 	if err != nil && !errors.Is(err, content.ErrAlreadyExists) {
@@ -460,7 +468,7 @@ func (c *CDN) copyPieces(ctx context.Context, f *fetch, src sourceBody, expected
 	if blob, err := c.store.ReaderAt(ctx, d); err == nil {
 		f.blob = blob
 	}
-	return d, pieceMeta{Digest: d, Size: off, PieceSize: pieceSize, Pieces: pieces}, nil
+	return d, pieceMeta{Digest: d, Size: size, PieceSize: pieceSize, Pieces: pieces}, nil
 }
 
 // copyFrom reads one source's body, storing and publishing the pieces
