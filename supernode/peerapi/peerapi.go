@@ -234,8 +234,8 @@ func checkSourceURL(raw string) error {
 	}
 	if btlink.IsLink(raw) {
 		if _, err := btlink.Parse(raw); err != nil {
-			// The message quotes parts of the link: its trackers may
-			// carry a passkey.
+			// Answered to the requester only; URLs quoted in it are
+			// redacted all the same.
 			return invalid("url: %s", redact.Error(err))
 		}
 		return nil
