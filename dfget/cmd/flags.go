@@ -237,7 +237,7 @@ func parseArgs(args []string) (*flags, *flag.FlagSet, error) {
 			return nil, fs, usagef("--bt-file is for a torrent URL (-u 'magnet:?xt=urn:btih:...' or torrent+https://.../x.torrent)")
 		}
 	}
-	if err := schedapi.ValidateFile(o.btFile); err != nil {
+	if err := schedapi.ValidateFile(o.url, o.btFile); err != nil {
 		return nil, fs, usagef("--bt-file: %v", err)
 	}
 	if o.output == "" {

@@ -263,15 +263,13 @@ func (r Request) validate() error {
 	if r.URL == "" {
 		return fmt.Errorf("no url: %w", ErrInvalid)
 	}
-	if err := schedapi.ValidateFile(r.File); err != nil {
+	if err := schedapi.ValidateFile(r.URL, r.File); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	if btlink.IsLink(r.URL) {
+	if r.torrent() {
 		if _, err := btlink.Parse(r.URL); err != nil {
 			return fmt.Errorf("%w: %w", ErrInvalid, err)
 		}
-	} else if r.File != "" {
-		return fmt.Errorf("a file (%q) names a file of a torrent, and %s is no torrent: %w", redact.Truncate(r.File), redact.URL(r.URL), ErrInvalid)
 	}
 	if r.Digest != "" {
 		if _, err := taskid.ForDigest(r.Digest); err != nil {

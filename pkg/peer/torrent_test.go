@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	digest "github.com/opencontainers/go-digest"
 	"github.com/stretchr/testify/require"
 
 	"github.com/damselfly/damselfly/pkg/content/contenttest"
@@ -105,6 +106,7 @@ func TestTorrentRequestValidates(t *testing.T) {
 	e := newTestEngine(t, deadPeer(t, "x").Addr, engineSetup{})
 	for _, req := range []Request{
 		{URL: "https://files.test/a.iso", File: "a.iso"},
+		{URL: "https://files.test/a.iso", File: "a.iso", Digest: digest.FromString("a")},
 		{URL: testMagnet, File: "../a.iso"},
 		{URL: testMagnet, File: "/a.iso"},
 		{URL: "magnet:?xt=urn:btih:short"},

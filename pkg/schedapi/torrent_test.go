@@ -30,10 +30,16 @@ func TestValidateFile(t *testing.T) {
 		{"nul", "a\x00b", false},
 		{"invalid utf-8", "a\xffb", false},
 	}
+	require.NoError(t, ValidateFile("https://files.test/a.iso", ""))
+	require.NoError(t, ValidateFile("torrent+https://files.test/set.torrent", "a.iso"))
+	// A file names a file of a torrent, digest or not (taskid.Derive
+	// names a digest task by its digest alone).
+	require.ErrorIs(t, ValidateFile("https://files.test/a.iso", "a.iso"), ErrInvalidFile)
+	const link = "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567"
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			err := ValidateFile(tt.file)
+			err := ValidateFile(link, tt.file)
 			if tt.ok {
 				require.NoError(t, err)
 			} else {

@@ -299,7 +299,7 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 	if err := checkSourceURL(req.URL); err != nil {
 		return err
 	}
-	if err := schedapi.ValidateFile(req.File); err != nil {
+	if err := schedapi.ValidateFile(req.URL, req.File); err != nil {
 		return invalid("%v", err)
 	}
 	if err := checkHeader(req.Header); err != nil {

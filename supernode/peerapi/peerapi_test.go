@@ -244,6 +244,7 @@ func TestBadInputIs4xx(t *testing.T) {
 		{"ftp url", http.MethodPost, schedapi.RegisterPath(), jsonBody(t, with(func(r *schedapi.RegisterRequest) { r.URL = "ftp://h/x" })), 400},
 		{"url without host", http.MethodPost, schedapi.RegisterPath(), jsonBody(t, with(func(r *schedapi.RegisterRequest) { r.URL = "http:///x" })), 400},
 		{"file on an http url", http.MethodPost, schedapi.RegisterPath(), jsonBody(t, with(func(r *schedapi.RegisterRequest) { r.File = "blob" })), 400},
+		{"file on an http url with a digest", http.MethodPost, schedapi.RegisterPath(), jsonBody(t, with(func(r *schedapi.RegisterRequest) { r.File, r.Digest = "blob", goodTask })), 400},
 		{"magnet without info-hash", http.MethodPost, schedapi.RegisterPath(), jsonBody(t, with(func(r *schedapi.RegisterRequest) { r.URL = "magnet:?dn=x&tr=https://t.test/a" })), 400},
 		{"magnet short info-hash", http.MethodPost, schedapi.RegisterPath(), jsonBody(t, with(func(r *schedapi.RegisterRequest) { r.URL = "magnet:?xt=urn:btih:abc" })), 400},
 		{"torrent over ftp", http.MethodPost, schedapi.RegisterPath(), jsonBody(t, with(func(r *schedapi.RegisterRequest) { r.URL = "torrent+ftp://h/x.torrent" })), 400},

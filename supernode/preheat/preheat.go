@@ -385,7 +385,7 @@ func (p *Preheater) parse(req Request) (job, Status, error) {
 			if req.Insecure {
 				return invalid("insecure is for type %q", TypeImage)
 			}
-			if err := schedapi.ValidateFile(req.File); err != nil {
+			if err := schedapi.ValidateFile(req.URL, req.File); err != nil {
 				return invalid("%v", err)
 			}
 			j = job{fileURL: req.URL, file: req.File}
