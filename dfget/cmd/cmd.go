@@ -197,11 +197,12 @@ func run(ctx context.Context, o *flags, rc runOptions, logger *zap.Logger, stder
 func download(ctx context.Context, o *flags, eng *peer.Engine, store *local.Store, out string, stderr io.Writer) error {
 	d, err := eng.Download(ctx, peer.Request{
 		URL:          o.url,
+		File:         o.btFile,
 		Header:       o.header,
 		Digest:       o.digest,
 		Filter:       o.filter,
 		Identifier:   o.identifier,
-		BackToSource: !o.notbs,
+		BackToSource: !o.notbs && !o.torrent(),
 	})
 	if err != nil {
 		return describe(err, o)
@@ -332,6 +333,8 @@ func describe(err error, o *flags) error {
 		return &cliError{fmt.Sprintf("timed out after %s", o.timeout), err}
 	case errors.Is(err, context.Canceled):
 		return &cliError{"interrupted", err}
+	case errors.Is(err, peer.ErrP2PFailed) && o.torrent():
+		return &cliError{"P2P failed: " + p2pReason(err, err.Error(), o) + "; " + noTorrentSource, err}
 	case errors.Is(err, peer.ErrP2PFailed) && o.notbs:
 		return &cliError{p2pReason(err, err.Error(), o) + " and --notbs set", err}
 	case errors.Is(err, peer.ErrP2PFailed):
@@ -339,6 +342,9 @@ func describe(err error, o *flags) error {
 	}
 	return err
 }
+
+// noTorrentSource ends the error of a torrent P2P could not download.
+const noTorrentSource = "a torrent is only downloaded through the supernode: dfget has no BitTorrent client (the supernode's is the only one), so it does not go to the source"
 
 // p2pReason says briefly why P2P failed, naming the supernode when it could
 // not be reached.

@@ -14,11 +14,14 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 
+	"github.com/damselfly/damselfly/pkg/btlink"
 	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/httpx"
 	"github.com/damselfly/damselfly/pkg/log"
 	"github.com/damselfly/damselfly/pkg/netpolicy"
 	"github.com/damselfly/damselfly/pkg/ratelimit"
+	"github.com/damselfly/damselfly/pkg/redact"
+	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/taskid"
 )
 
@@ -40,6 +43,7 @@ func usagef(format string, args ...any) error {
 // flags holds the parsed command line.
 type flags struct {
 	url          string
+	btFile       string // --bt-file: the file of a torrent
 	output       string
 	supernodes   []string
 	digest       digest.Digest
@@ -103,14 +107,22 @@ fails it downloads from the source instead, unless --notbs is given. FILE is
 written atomically and only once its content is verified. With --range FILE
 holds only the bytes asked for, written once each is verified.
 
+URL may name a BitTorrent source: a magnet link ('magnet:?xt=urn:btih:...',
+quoted for the shell) or a torrent file's URL ('torrent+https://host/x.torrent').
+The supernode fetches it as a BitTorrent client and dfget gets it from the
+supernode and its peers; dfget has no BitTorrent client, so a torrent is
+never downloaded from its source (--notbs is implied). --bt-file picks one
+file of a torrent of several.
+
 Flags:
 `
 
 func newFlagSet(o *flags) *flag.FlagSet {
 	fs := flag.NewFlagSet("dfget", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	fs.StringVar(&o.url, "u", "", "`URL` to download (required)")
+	fs.StringVar(&o.url, "u", "", "`URL` to download (required): http(s), a magnet link or torrent+http(s)://…/x.torrent")
 	fs.StringVar(&o.url, "url", "", "same as -u")
+	fs.StringVar(&o.btFile, "bt-file", "", "with a torrent URL (magnet: or torrent+http(s)://): the file `PATH` to download, as the torrent lists it (dir/name); needed when the torrent has several files, which the error without it lists. A torrent is only ever downloaded through the supernode: dfget has no BitTorrent client, so it never goes to the source (--notbs is implied)")
 	fs.StringVar(&o.output, "o", "", "output `FILE` (required)")
 	fs.StringVar(&o.output, "output", "", "same as -o")
 	fs.Func("node", "supernodes, `host:port[,host:port]` (default 127.0.0.1:8002)", func(v string) error {
@@ -166,7 +178,7 @@ func newFlagSet(o *flags) *flag.FlagSet {
 		o.totalLimit = r
 		return err
 	})
-	fs.BoolVar(&o.notbs, "notbs", false, "never download from the source")
+	fs.BoolVar(&o.notbs, "notbs", false, "never download from the source (always so for a torrent URL)")
 	fs.DurationVar(&o.timeout, "timeout", 0, "give up after `D` (0: no limit)")
 	fs.DurationVar(&o.pieceTimeout, "piece-timeout", 0, "advanced: bound on one piece fetch from a peer, `D` (0: 60s); a peer slower than this is reported")
 	fs.Func("piece-min-rate", "advanced: slowest `RATE` a piece may arrive at from a peer before it is fetched elsewhere (default 1M); lower it on slow links", func(v string) error {
@@ -210,8 +222,23 @@ func parseArgs(args []string) (*flags, *flag.FlagSet, error) {
 	if o.url == "" {
 		return nil, fs, usagef("-u URL is required")
 	}
-	if _, err := taskid.Normalize(o.url, nil); err != nil {
-		return nil, fs, usagef("-u: %v", err)
+	if btlink.IsLink(o.url) {
+		if _, err := btlink.Parse(o.url); err != nil {
+			return nil, fs, usagef("-u: %s", redact.Error(err))
+		}
+		if len(o.filter) > 0 {
+			return nil, fs, usagef("--filter is for http(s) URLs: a torrent is named by its info-hash or its torrent file's URL")
+		}
+	} else {
+		if _, err := taskid.Normalize(o.url, nil); err != nil {
+			return nil, fs, usagef("-u: %v", err)
+		}
+		if o.btFile != "" {
+			return nil, fs, usagef("--bt-file is for a torrent URL (-u 'magnet:?xt=urn:btih:...' or torrent+https://.../x.torrent)")
+		}
+	}
+	if err := schedapi.ValidateFile(o.url, o.btFile); err != nil {
+		return nil, fs, usagef("--bt-file: %v", err)
 	}
 	if o.output == "" {
 		return nil, fs, usagef("-o FILE is required")
@@ -243,3 +270,7 @@ func printUsage(w io.Writer, fs *flag.FlagSet) {
 	fs.PrintDefaults()
 	fs.SetOutput(io.Discard)
 }
+
+// torrent reports whether -u names a BitTorrent source, which only the
+// supernode can fetch.
+func (o *flags) torrent() bool { return btlink.IsLink(o.url) }

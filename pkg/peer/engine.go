@@ -36,6 +36,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/damselfly/damselfly/pkg/backoff"
+	"github.com/damselfly/damselfly/pkg/btlink"
 	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/content"
 	"github.com/damselfly/damselfly/pkg/peer/upload"
@@ -226,8 +227,14 @@ func (e *Engine) Self() schedapi.Peer { return e.self }
 
 // Request asks for one piece of content.
 type Request struct {
-	// URL is the source of the content.
+	// URL is the source of the content: an http(s) URL, or a BitTorrent
+	// source (a magnet link, a torrent+http(s) URL: pkg/btlink), which only
+	// the supernode's CDN fetches (see BackToSource).
 	URL string
+	// File is the file of a torrent to download, as the torrent lists it
+	// (schedapi.ValidateFile); empty for a torrent of one file, and for
+	// any URL that is no torrent. It names the task with URL.
+	File string
 	// Header goes to the source only (the supernode's fetch and a
 	// back-to-source fetch); it is never logged.
 	Header http.Header
@@ -245,13 +252,24 @@ type Request struct {
 	// rather than serving bytes that cannot verify (an error page answered
 	// with 200, say).
 	Size int64
-	// BackToSource allows falling back to the source when P2P fails.
+	// BackToSource allows falling back to the source when P2P fails. It
+	// is ignored for a BitTorrent source: the engine has no BitTorrent
+	// client (the supernode's CDN is the only one), so a torrent that
+	// cannot be had through P2P fails with the P2P error (ErrP2PFailed).
 	BackToSource bool
 }
 
 func (r Request) validate() error {
 	if r.URL == "" {
 		return fmt.Errorf("no url: %w", ErrInvalid)
+	}
+	if err := schedapi.ValidateFile(r.URL, r.File); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if r.torrent() {
+		if _, err := btlink.Parse(r.URL); err != nil {
+			return fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
 	}
 	if r.Digest != "" {
 		if _, err := taskid.ForDigest(r.Digest); err != nil {
@@ -270,8 +288,12 @@ func (r Request) TaskID() (taskid.ID, error) {
 }
 
 func (r Request) taskSource() taskid.Source {
-	return taskid.Source{Digest: r.Digest, URL: r.URL, Filter: r.Filter, Identifier: r.Identifier}
+	return taskid.Source{Digest: r.Digest, URL: r.URL, Filter: r.Filter, Identifier: r.Identifier, File: r.File}
 }
+
+// torrent reports whether r's source is a torrent, which only the
+// supernode's CDN can fetch.
+func (r Request) torrent() bool { return btlink.IsLink(r.URL) }
 
 // Download starts downloading req, or joins the download of the same task
 // already running in this engine. The download stops (and the task is left
@@ -280,6 +302,10 @@ func (r Request) taskSource() taskid.Source {
 func (e *Engine) Download(ctx context.Context, req Request) (*Download, error) {
 	if err := req.validate(); err != nil {
 		return nil, fmt.Errorf("download: %w", err)
+	}
+	if req.torrent() {
+		// No BitTorrent client here: P2P is the only way (fromSource).
+		req.BackToSource = false
 	}
 	// Content already committed under its digest: seed it, skip the rest.
 	var have *content.Info
@@ -291,6 +317,7 @@ func (e *Engine) Download(ctx context.Context, req Request) (*Download, error) {
 	reg := schedapi.RegisterRequest{
 		Peer:       e.self,
 		URL:        req.URL,
+		File:       req.File,
 		Header:     req.Header,
 		Digest:     req.Digest.String(),
 		Filter:     req.Filter,

@@ -150,6 +150,7 @@ func (t *task) registerRequest(have *piece.Set, pieceSize int64) schedapi.Regist
 	return schedapi.RegisterRequest{
 		Peer:       t.e.self,
 		URL:        t.req.URL,
+		File:       t.req.File,
 		Header:     t.req.Header,
 		Digest:     t.req.Digest.String(),
 		Filter:     t.req.Filter,

@@ -7,12 +7,22 @@
 // (user name and password), the query (signatures, tokens, keys) and the
 // fragment are dropped whole. No attempt is made to tell secret query keys
 // from harmless ones: a list of names misses the next signing scheme.
+//
+// BitTorrent sources (pkg/btlink) follow the same policy. A torrent file's
+// URL ("torrent+https://…") is a URL like any other. A magnet link is shown
+// as what names its content, its info-hash, and its display name
+// ("magnet:?xt=urn:btih:<hex>&dn=<name>"): its trackers (a private
+// tracker's announce URL carries the user's passkey), web seeds and peers
+// are dropped whole.
 package redact
 
 import (
 	"net/url"
 	"regexp"
+	"strings"
 	"unicode/utf8"
+
+	"github.com/damselfly/damselfly/pkg/btlink"
 )
 
 // Unparsable stands for a URL that does not parse: it is never shown, as
@@ -20,7 +30,7 @@ import (
 const Unparsable = "<unparsable url>"
 
 // URL returns raw as it may be shown: without user information, query or
-// fragment. The empty string stays empty.
+// fragment. The empty string stays empty. A magnet link is shown as its info-hash and display name.
 func URL(raw string) string {
 	if raw == "" {
 		return ""
@@ -28,6 +38,9 @@ func URL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return Unparsable
+	}
+	if strings.EqualFold(u.Scheme, "magnet") {
+		return magnet(raw)
 	}
 	if u.Opaque != "" {
 		// "user:password@host" parses as scheme "user" with an opaque part.
@@ -37,9 +50,38 @@ func URL(raw string) string {
 	return r.String()
 }
 
+// magnet returns a magnet link as it may be shown: its info-hash (v1, v2 or
+// both, lowercase hex) and its display name (bounded with the link by
+// btlink.MaxLinkLen), "magnet:?xt=urn:btih:<hex>&dn=<name>". Trackers, web
+// seeds, peers and every other parameter are dropped. A link btlink cannot
+// parse is shown as "magnet:" alone: which of its parts is a secret cannot
+// be told.
+func magnet(raw string) string {
+	l, err := btlink.Parse(raw)
+	if err != nil || l.TorrentURL != "" {
+		return "magnet:"
+	}
+	var b strings.Builder
+	b.WriteString("magnet:?")
+	if l.InfoHash != "" {
+		b.WriteString("xt=urn:btih:" + l.InfoHash)
+	}
+	if l.InfoHashV2 != "" {
+		if l.InfoHash != "" {
+			b.WriteByte('&')
+		}
+		b.WriteString("xt=urn:btmh:1220" + l.InfoHashV2)
+	}
+	if l.Name != "" {
+		b.WriteString("&dn=" + url.QueryEscape(l.Name))
+	}
+	return b.String()
+}
+
 // urlInText finds URLs quoted in error texts: transport errors quote the
-// URL they failed on, query and user information included.
-var urlInText = regexp.MustCompile(`[a-zA-Z][a-zA-Z0-9+.-]*://[^\s"'<>]*`)
+// URL they failed on, query and user information included; magnet links,
+// trackers included.
+var urlInText = regexp.MustCompile(`[a-zA-Z][a-zA-Z0-9+.-]*://[^\s"'<>]*|(?i:magnet):[^\s"'<>]*`)
 
 // Text returns s with every URL in it redacted as by URL.
 func Text(s string) string {

@@ -92,8 +92,15 @@ type Peer struct {
 // starting its one source fetch) when it is new.
 type RegisterRequest struct {
 	Peer Peer `json:"peer"`
-	// URL is the source of the content.
+	// URL is the source of the content: an http(s) URL, or a BitTorrent
+	// source (pkg/btlink: a magnet link, a torrent+http(s) URL) that only
+	// the supernode's CDN can fetch.
 	URL string `json:"url"`
+	// File is the file of a torrent (URL a magnet link or a torrent file
+	// URL) to download, as the torrent lists it (ValidateFile); empty for a
+	// torrent of one file. It names the task with URL. A multi-file torrent
+	// without it fails, its error listing the files.
+	File string `json:"file,omitempty"`
 	// Header is sent to the source on the supernode's fetch of this task
 	// only (for example Authorization). It is kept in memory, never logged,
 	// never stored, never passed to other peers.
@@ -122,7 +129,7 @@ type RegisterRequest struct {
 // so both sides of the wire derive it from the same fields the same way.
 func (r RegisterRequest) TaskID() (taskid.ID, error) {
 	return taskid.Derive(taskid.Source{
-		Digest: digest.Digest(r.Digest), URL: r.URL, Filter: r.Filter, Identifier: r.Identifier,
+		Digest: digest.Digest(r.Digest), URL: r.URL, Filter: r.Filter, Identifier: r.Identifier, File: r.File,
 	})
 }
 

@@ -8,8 +8,14 @@
 //	                          its cached content
 //	GET    /api/v1/peers      every known peer: {"peers": [...]}
 //	POST   /api/v1/preheats   have the CDN fetch an image's blobs (or a
-//	                          file) ahead of a rollout: 202 with the
-//	                          preheat's status
+//	                          file, or a torrent's file) ahead of a
+//	                          rollout: 202 with the preheat's status.
+//	                          {"type":"image","url":"host/repo:tag",…},
+//	                          {"type":"file","url":"https://…",…} or
+//	                          {"type":"torrent","url":"magnet:?xt=…" or
+//	                          "torrent+https://…/x.torrent","file":"a/b"}
+//	                          (supernode/preheat.Request); a malformed
+//	                          one is 400 INVALID_ARGUMENT
 //	GET    /api/v1/preheats   every preheat remembered, newest first:
 //	                          {"preheats": [...]}
 //	GET    /api/v1/preheats/:id  a preheat's progress

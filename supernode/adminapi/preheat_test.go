@@ -122,6 +122,11 @@ func TestPreheatRoutes(t *testing.T) {
 	require.Equal(t, http.StatusAccepted, resp.StatusCode, string(b))
 	require.Equal(t, map[string]string{"X-Token": "t"}, fp.got[1].Headers)
 
+	torrent := `{"type":"torrent","url":"magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567&dn=set","file":"set/b.iso"}`
+	resp, b = send(t, srv, http.MethodPost, "/api/v1/preheats", auth, torrent)
+	require.Equal(t, http.StatusAccepted, resp.StatusCode, string(b))
+	require.Equal(t, preheat.Request{Type: preheat.TypeTorrent, URL: "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567&dn=set", File: "set/b.iso"}, fp.got[2])
+
 	tests := []struct {
 		name, method, path, auth, body string
 		status                         int
@@ -152,7 +157,7 @@ func TestPreheatRoutes(t *testing.T) {
 			require.NotContains(t, e.Message, secret)
 		})
 	}
-	require.Len(t, fp.got, 2, "refused requests never reach the preheater")
+	require.Len(t, fp.got, 3, "refused requests never reach the preheater")
 
 	fp.mu.Lock()
 	fp.closed = true

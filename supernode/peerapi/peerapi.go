@@ -23,6 +23,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	"go.uber.org/zap"
 
+	"github.com/damselfly/damselfly/pkg/btlink"
 	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/httpx"
 	"github.com/damselfly/damselfly/pkg/redact"
@@ -224,16 +225,27 @@ func decode(w http.ResponseWriter, r *http.Request, v any) error {
 	return nil
 }
 
+// checkSourceURL accepts an http(s) URL with a host, or a BitTorrent
+// source btlink parses (a magnet link, a torrent+http(s) URL), which the
+// CDN fetches as a BitTorrent client.
 func checkSourceURL(raw string) error {
 	if len(raw) > maxURLLen {
 		return invalid("url: longer than %d bytes", maxURLLen)
+	}
+	if btlink.IsLink(raw) {
+		if _, err := btlink.Parse(raw); err != nil {
+			// Answered to the requester only; URLs quoted in it are
+			// redacted all the same.
+			return invalid("url: %s", redact.Error(err))
+		}
+		return nil
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
 		return invalid("url: cannot parse")
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
-		return invalid("url: scheme must be http or https")
+		return invalid("url: scheme must be http or https, or a bittorrent source (magnet:?xt=urn:btih:…, torrent+https://…/x.torrent)")
 	}
 	if u.Host == "" {
 		return invalid("url: no host")
@@ -287,6 +299,9 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 	if err := checkSourceURL(req.URL); err != nil {
 		return err
 	}
+	if err := schedapi.ValidateFile(req.URL, req.File); err != nil {
+		return invalid("%v", err)
+	}
 	if err := checkHeader(req.Header); err != nil {
 		return err
 	}
@@ -299,7 +314,8 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 	if req.Size < 0 {
 		return invalid("size: negative")
 	}
-	// The rule the client routed this request by (pkg/schedclient).
+	// The rule the client routed this request by (pkg/schedclient). A file
+	// on a URL that is no torrent names no task.
 	id, err := req.TaskID()
 	if err != nil {
 		return invalid("task: %v", err)

@@ -205,6 +205,10 @@ func jsonBody(t *testing.T, v any) io.Reader {
 	return bytes.NewReader(b)
 }
 
+// testMagnet is a magnet link naming trackers, one with a passkey.
+const testMagnet = "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567&dn=set" +
+	"&tr=https://tracker.test/s3cret/announce&tr=udp://open.test:1337&x.pe=10.0.0.1:6881"
+
 var (
 	goodTask = "sha256:" + strings.Repeat("ab", 32)
 	goodPeer = schedapi.Peer{ID: "peer-1", Addr: "127.0.0.1:65002"}
@@ -239,6 +243,13 @@ func TestBadInputIs4xx(t *testing.T) {
 		{"file url", http.MethodPost, schedapi.RegisterPath(), jsonBody(t, with(func(r *schedapi.RegisterRequest) { r.URL = "file:///etc/passwd" })), 400},
 		{"ftp url", http.MethodPost, schedapi.RegisterPath(), jsonBody(t, with(func(r *schedapi.RegisterRequest) { r.URL = "ftp://h/x" })), 400},
 		{"url without host", http.MethodPost, schedapi.RegisterPath(), jsonBody(t, with(func(r *schedapi.RegisterRequest) { r.URL = "http:///x" })), 400},
+		{"file on an http url", http.MethodPost, schedapi.RegisterPath(), jsonBody(t, with(func(r *schedapi.RegisterRequest) { r.File = "blob" })), 400},
+		{"file on an http url with a digest", http.MethodPost, schedapi.RegisterPath(), jsonBody(t, with(func(r *schedapi.RegisterRequest) { r.File, r.Digest = "blob", goodTask })), 400},
+		{"magnet without info-hash", http.MethodPost, schedapi.RegisterPath(), jsonBody(t, with(func(r *schedapi.RegisterRequest) { r.URL = "magnet:?dn=x&tr=https://t.test/a" })), 400},
+		{"magnet short info-hash", http.MethodPost, schedapi.RegisterPath(), jsonBody(t, with(func(r *schedapi.RegisterRequest) { r.URL = "magnet:?xt=urn:btih:abc" })), 400},
+		{"torrent over ftp", http.MethodPost, schedapi.RegisterPath(), jsonBody(t, with(func(r *schedapi.RegisterRequest) { r.URL = "torrent+ftp://h/x.torrent" })), 400},
+		{"torrent file dot dot", http.MethodPost, schedapi.RegisterPath(), jsonBody(t, with(func(r *schedapi.RegisterRequest) { r.URL, r.File = testMagnet, "../x" })), 400},
+		{"torrent file absolute", http.MethodPost, schedapi.RegisterPath(), jsonBody(t, with(func(r *schedapi.RegisterRequest) { r.URL, r.File = testMagnet, "/x" })), 400},
 		{"md5 digest", http.MethodPost, schedapi.RegisterPath(), jsonBody(t, with(func(r *schedapi.RegisterRequest) { r.Digest = "md5:" + strings.Repeat("a", 32) })), 400},
 		{"short sha256 digest", http.MethodPost, schedapi.RegisterPath(), jsonBody(t, with(func(r *schedapi.RegisterRequest) { r.Digest = "sha256:abc" })), 400},
 		{"header injection", http.MethodPost, schedapi.RegisterPath(), jsonBody(t, with(func(r *schedapi.RegisterRequest) { r.Header = http.Header{"X": {"a\r\nB: c"}} })), 400},
@@ -291,6 +302,10 @@ func TestRegister(t *testing.T) {
 	have.Add(2)
 	urlTask, err := taskid.ForURL("http://h/x?b=1&sig=zzz", []string{"sig"}, "v1")
 	require.NoError(t, err)
+	magnetTask, err := taskid.ForTorrent(testMagnet, "set/b.iso", "")
+	require.NoError(t, err)
+	torrentTask, err := taskid.ForTorrent("torrent+https://files.test/set.torrent", "", "")
+	require.NoError(t, err)
 	tests := []struct {
 		name     string
 		req      schedapi.RegisterRequest
@@ -310,6 +325,24 @@ func TestRegister(t *testing.T) {
 			req:      schedapi.RegisterRequest{Peer: goodPeer, URL: "http://h/x?sig=abc&b=1", Filter: []string{"sig"}, Identifier: "v1"},
 			info:     schedapi.TaskInfo{State: schedapi.TaskRunning, PieceSize: piece.DefaultSize},
 			wantTask: urlTask.String(), wantJoin: true,
+		},
+		{
+			name:     "magnet link and file",
+			req:      schedapi.RegisterRequest{Peer: goodPeer, URL: testMagnet, File: "set/b.iso"},
+			info:     schedapi.TaskInfo{State: schedapi.TaskRunning, PieceSize: piece.DefaultSize},
+			wantTask: magnetTask.String(), wantJoin: true,
+		},
+		{
+			name:     "torrent file url",
+			req:      schedapi.RegisterRequest{Peer: goodPeer, URL: "TORRENT+HTTPS://Files.test:443/set.torrent"},
+			info:     schedapi.TaskInfo{State: schedapi.TaskRunning, PieceSize: piece.DefaultSize},
+			wantTask: torrentTask.String(), wantJoin: true,
+		},
+		{
+			name:     "multi-file torrent without a file fails with its list",
+			req:      schedapi.RegisterRequest{Peer: goodPeer, URL: testMagnet},
+			info:     schedapi.TaskInfo{State: schedapi.TaskFailed, Error: "torrent has 2 files, name one: set/a.iso, set/b.iso"},
+			wantTask: mustTorrent(t, testMagnet, ""),
 		},
 		{
 			name:     "have with matching piece size",
@@ -361,6 +394,13 @@ func TestRegister(t *testing.T) {
 			}
 		})
 	}
+}
+
+func mustTorrent(t *testing.T, link, file string) string {
+	t.Helper()
+	id, err := taskid.ForTorrent(link, file, "")
+	require.NoError(t, err)
+	return id.String()
 }
 
 func TestErrorMapping(t *testing.T) {

@@ -44,6 +44,9 @@ func TestClientAndServerDeriveOneTaskID(t *testing.T) {
 		{URL: "http://Example.COM:80/a/b?y=2&x=1&sig=s#frag", Filter: []string{"sig"}},
 		{URL: "http://example.com/a/b?x=1&y=2", Identifier: "v2"},
 		{URL: "https://example.com:8443/file?Expires=1&X-Amz-Signature=abc", Filter: []string{"Expires", "X-Amz-Signature"}, Identifier: "id"},
+		{URL: testMagnet, File: "set/a.iso"},
+		{URL: testMagnet},
+		{URL: "torrent+https://Files.example:443/set.torrent?k=v", File: "set/b.iso", Identifier: "id"},
 	} {
 		t.Run(req.URL, func(t *testing.T) {
 			engineID, err := req.TaskID()
@@ -52,7 +55,7 @@ func TestClientAndServerDeriveOneTaskID(t *testing.T) {
 			// The fields the engine registers with (pkg/peer Download).
 			reg := schedapi.RegisterRequest{
 				Peer: goodPeer, URL: req.URL, Header: http.Header{}, Digest: req.Digest.String(),
-				Filter: req.Filter, Identifier: req.Identifier,
+				Filter: req.Filter, Identifier: req.Identifier, File: req.File,
 			}
 			resp, err := c.Register(t.Context(), reg)
 			require.NoError(t, err)

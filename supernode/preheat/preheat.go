@@ -1,5 +1,7 @@
 // Package preheat has the supernode's CDN fetch content before anyone asks
-// for it: every layer (and the config) of an image, or one file.
+// for it: every layer (and the config) of an image, one file, or one file
+// of a torrent (a magnet link or a torrent+http(s) URL, which the CDN
+// fetches as a BitTorrent client).
 //
 // A preheat is created with Create, which checks the request and returns at
 // once with the preheat's ID; the work runs in the background on a context
@@ -32,6 +34,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"go.uber.org/zap"
 
+	"github.com/damselfly/damselfly/pkg/btlink"
 	"github.com/damselfly/damselfly/pkg/redact"
 	"github.com/damselfly/damselfly/pkg/schedapi"
 	"github.com/damselfly/damselfly/pkg/source/registrysource"
@@ -51,8 +54,9 @@ var (
 
 // Request types.
 const (
-	TypeImage = "image"
-	TypeFile  = "file"
+	TypeImage   = "image"
+	TypeFile    = "file"
+	TypeTorrent = "torrent"
 )
 
 // State of a preheat or of one of its layers.
@@ -78,11 +82,18 @@ const (
 
 // Request asks for a preheat.
 type Request struct {
-	// Type is "image" or "file".
+	// Type is "image", "file" or "torrent".
 	Type string `json:"type"`
 	// URL is the image reference ("host[:port]/repo:tag", "repo@sha256:...")
-	// for an image, the http(s) URL for a file.
+	// for an image, the http(s) URL for a file, the magnet link
+	// ("magnet:?xt=urn:btih:…") or torrent file URL ("torrent+https://…")
+	// for a torrent.
 	URL string `json:"url"`
+	// File is the file of a torrent to fetch, as the torrent lists it
+	// (schedapi.ValidateFile); empty for a torrent of one file (a
+	// multi-file torrent without it fails, its error listing the files).
+	// Torrents only.
+	File string `json:"file,omitempty"`
 	// Platform picks the manifest of an index: "os/arch[/variant]"
 	// (default linux on the supernode's architecture). Images only.
 	Platform string `json:"platform,omitempty"`
@@ -92,9 +103,10 @@ type Request struct {
 	Password string `json:"password,omitempty"`
 	Token    string `json:"token,omitempty"`
 	// Digest is the file's expected sha256 digest; with it the file is a
-	// digest task. Files only.
+	// digest task. Files and torrents.
 	Digest string `json:"digest,omitempty"`
-	// Headers are sent to the file's source. Files only.
+	// Headers are sent to the file's source (a torrent's: to the server of
+	// its torrent file). Files and torrents.
 	Headers map[string]string `json:"headers,omitempty"`
 	// Insecure speaks plain http to this image's registry, as if it were
 	// listed in preheat.insecureRegistries (--preheat-insecure-registry).
@@ -110,8 +122,11 @@ type Status struct {
 	Error string `json:"error,omitempty"`
 	// Image is the resolved reference, host/repo:tag or host/repo@digest.
 	Image string `json:"image,omitempty"`
-	// URL is a file's URL without user info or query.
-	URL      string `json:"url,omitempty"`
+	// URL is a file's URL without user info or query, a magnet link's
+	// info-hash and name (redact.URL).
+	URL string `json:"url,omitempty"`
+	// File is the torrent's file.
+	File     string `json:"file,omitempty"`
 	Platform string `json:"platform,omitempty"`
 	// Manifest is the image manifest's digest, once resolved.
 	Manifest digest.Digest `json:"manifest,omitempty"`
@@ -235,7 +250,8 @@ type job struct {
 	image    registrysource.ImageRef
 	platform *ocispec.Platform
 	creds    registrysource.Credentials
-	fileURL  string
+	fileURL  string // a file's URL or a torrent's link
+	file     string // the torrent's file
 	digest   digest.Digest
 	header   http.Header
 }
@@ -268,7 +284,7 @@ func (p *Preheater) Create(_ context.Context, req Request) (Status, error) {
 
 	go p.run(j)
 	p.log.Info("preheat started", zap.String("preheat", id), zap.String("type", st.Type),
-		zap.String("image", st.Image), zap.String("url", st.URL), zap.String("platform", st.Platform))
+		zap.String("image", st.Image), zap.String("url", st.URL), zap.String("file", st.File), zap.String("platform", st.Platform))
 	return st, nil
 }
 
@@ -307,6 +323,9 @@ func (p *Preheater) parse(req Request) (job, Status, error) {
 		if req.Digest != "" || len(req.Headers) > 0 {
 			return invalid("digest and headers are for type %q", TypeFile)
 		}
+		if req.File != "" {
+			return invalid("file is for type %q", TypeTorrent)
+		}
 		if req.Token != "" && (req.Username != "" || req.Password != "") {
 			return invalid("token or username/password, not both")
 		}
@@ -335,16 +354,43 @@ func (p *Preheater) parse(req Request) (job, Status, error) {
 			j.creds = p.configured(ir.Base.Host)
 		}
 		return j, st, nil
-	case TypeFile:
+	case TypeFile, TypeTorrent:
 		if req.Username != "" || req.Password != "" || req.Token != "" || req.Platform != "" {
 			return invalid("username, password, token and platform are for type %q; send credentials in headers", TypeImage)
 		}
-		u, err := url.Parse(req.URL)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return invalid("url: want an http(s) URL")
+		var j job
+		var st Status
+		if req.Type == TypeFile {
+			if btlink.IsLink(req.URL) {
+				return invalid("url: a magnet link or a torrent+http(s) URL is type %q", TypeTorrent)
+			}
+			if req.File != "" {
+				return invalid("file is for type %q", TypeTorrent)
+			}
+			u, err := url.Parse(req.URL)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				return invalid("url: want an http(s) URL")
+			}
+			j = job{fileURL: u.String()}
+			st = Status{Type: TypeFile, URL: redact.URL(u.String())}
+		} else {
+			if !btlink.IsLink(req.URL) {
+				return invalid("url: want a magnet link (magnet:?xt=urn:btih:…) or a torrent file URL (torrent+https://…)")
+			}
+			if _, err := btlink.Parse(req.URL); err != nil {
+				// Answered to the requester only; URLs quoted in it are
+				// redacted all the same.
+				return invalid("url: %s", redact.Error(err))
+			}
+			if req.Insecure {
+				return invalid("insecure is for type %q", TypeImage)
+			}
+			if err := schedapi.ValidateFile(req.URL, req.File); err != nil {
+				return invalid("%v", err)
+			}
+			j = job{fileURL: req.URL, file: req.File}
+			st = Status{Type: TypeTorrent, URL: redact.URL(req.URL), File: req.File}
 		}
-		j := job{fileURL: u.String()}
-		st := Status{Type: TypeFile, URL: redact.URL(u.String())}
 		if req.Digest != "" {
 			d, err := digest.Parse(req.Digest)
 			if err != nil || d.Algorithm() != digest.SHA256 {
@@ -369,9 +415,9 @@ func (p *Preheater) parse(req Request) (job, Status, error) {
 		st.Layers = []Layer{{Digest: j.digest, TaskID: id, Size: -1, State: StatePending, PieceCount: -1}}
 		return j, st, nil
 	case "":
-		return invalid("type: missing (%q or %q)", TypeImage, TypeFile)
+		return invalid("type: missing (%q, %q or %q)", TypeImage, TypeFile, TypeTorrent)
 	default:
-		return invalid("type %q: want %q or %q", redact.Truncate(req.Type), TypeImage, TypeFile)
+		return invalid("type %q: want %q, %q or %q", redact.Truncate(req.Type), TypeImage, TypeFile, TypeTorrent)
 	}
 }
 
@@ -392,7 +438,7 @@ func (p *Preheater) configured(host string) registrysource.Credentials {
 }
 
 func (p *Preheater) fileTaskID(j job) (taskid.ID, error) {
-	return taskid.Derive(taskid.Source{Digest: j.digest, URL: j.fileURL})
+	return taskid.Derive(taskid.Source{Digest: j.digest, URL: j.fileURL, File: j.file})
 }
 
 // trimLocked drops records over the bound: finished ones first, oldest
