@@ -321,7 +321,7 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 		return invalid("task: %v", err)
 	}
 	info, err := s.tasks.Register(r.Context(), task.Registration{
-		Request: task.Request{TaskID: id, URL: req.URL, Header: req.Header, Digest: digest.Digest(req.Digest), Size: req.Size},
+		Request: task.Request{TaskID: id, URL: req.URL, File: req.File, Header: req.Header, Digest: digest.Digest(req.Digest), Size: req.Size},
 		Peer:    req.Peer, Have: req.Have, PieceSize: req.PieceSize,
 	})
 	if err != nil {

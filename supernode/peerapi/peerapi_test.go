@@ -379,6 +379,7 @@ func TestRegister(t *testing.T) {
 			require.Len(t, f.ensured, 1)
 			require.Equal(t, tt.wantTask, f.ensured[0].TaskID.String())
 			require.Equal(t, tt.req.URL, f.ensured[0].URL)
+			require.Equal(t, tt.req.File, f.ensured[0].File)
 			require.Equal(t, tt.req.Header, f.ensured[0].Header)
 			require.Equal(t, digest.Digest(tt.req.Digest), f.ensured[0].Digest)
 			if !tt.wantJoin {

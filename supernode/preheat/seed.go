@@ -142,7 +142,7 @@ func (p *Preheater) runFile(ctx context.Context, j job) error {
 	if err != nil {
 		return err
 	}
-	if err := p.fetch(ctx, j.id, 0, task.Request{TaskID: id, URL: j.fileURL, Header: j.header, Digest: j.digest}); err != nil {
+	if err := p.fetch(ctx, j.id, 0, task.Request{TaskID: id, URL: j.fileURL, File: j.file, Header: j.header, Digest: j.digest}); err != nil {
 		p.update(j.id, func(st *Status) {
 			st.Layers[0].State, st.Layers[0].Error = StateFailed, err.Error()
 		})

@@ -118,6 +118,7 @@ func TestPreheatTorrent(t *testing.T) {
 			require.Len(t, reqs, 1)
 			require.Equal(t, want, reqs[0].TaskID)
 			require.Equal(t, tt.req.URL, reqs[0].URL, "the CDN gets the whole link")
+			require.Equal(t, tt.req.File, reqs[0].File)
 			require.Equal(t, d == digest.Digest(tt.req.Digest), reqs[0].Digest == d)
 			if tt.req.Headers != nil {
 				require.Equal(t, "Bearer t", reqs[0].Header.Get("Authorization"))
