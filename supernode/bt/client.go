@@ -178,12 +178,17 @@ func (c *Client) dial(ctx context.Context, network, addr string) (net.Conn, erro
 	return conn, err
 }
 
-// dialHint describes the last failed dial, for error messages.
-func (c *Client) dialHint() string {
-	if f := c.lastDial.Load(); f != nil {
-		return fmt.Sprintf("; last failed dial: %s: %v", f.addr, f.err)
+// dialHint describes the last failed dial and the peers banned for bad
+// data, for error messages.
+func (c *Client) dialHint(cl *torrent.Client) string {
+	var s string
+	if ips := cl.BadPeerIPs(); len(ips) > 0 {
+		s += fmt.Sprintf("; peers banned for bad data: %s", strings.Join(ips[:min(len(ips), 5)], ", "))
 	}
-	return ""
+	if f := c.lastDial.Load(); f != nil {
+		s += fmt.Sprintf("; last failed dial: %s: %v", f.addr, f.err)
+	}
+	return s
 }
 
 // Close drops every torrent and stops the client.
@@ -255,12 +260,24 @@ func (c *Client) Open(ctx context.Context, link btlink.Link) (*Torrent, error) {
 	store := newPieceStore(c.cfg.Seed)
 	spec.Storage = store
 	spec.DisallowDataUpload = !c.cfg.Seed
+	// The link's peers are added apart: anacrolix trusts a spec's
+	// PeerAddrs, and never bans a trusted peer that sends pieces failing
+	// their hash, downloading them again and again.
+	peers := spec.PeerAddrs
+	spec.PeerAddrs = nil
 	at, _, err := cl.AddTorrentSpec(spec)
 	if err != nil {
 		c.release(ih)
 		return nil, fmt.Errorf("bt: add torrent %s: %w", ih, err)
 	}
-	t := &Torrent{c: c, t: at, store: store, ih: ih}
+	if len(peers) > 0 {
+		infos := make([]torrent.PeerInfo, len(peers))
+		for i, p := range peers {
+			infos[i] = torrent.PeerInfo{Addr: torrent.StringAddr(p), Source: torrent.PeerSourceDirect}
+		}
+		at.AddPeers(infos)
+	}
+	t := &Torrent{c: c, cl: cl, t: at, store: store, ih: ih}
 	select {
 	case <-at.GotInfo():
 	case <-ctx.Done():
@@ -268,7 +285,7 @@ func (c *Client) Open(ctx context.Context, link btlink.Link) (*Torrent, error) {
 		t.Close()
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			return nil, fmt.Errorf("bt: torrent %s: no metadata within %s (%d peers known, %d connected%s): %w",
-				ih, c.cfg.MetadataTimeout, st.TotalPeers, st.ActivePeers, c.dialHint(), ErrMetadataTimeout)
+				ih, c.cfg.MetadataTimeout, st.TotalPeers, st.ActivePeers, c.dialHint(cl), ErrMetadataTimeout)
 		}
 		return nil, fmt.Errorf("bt: torrent %s: waiting for metadata: %w", ih, ctx.Err())
 	}

@@ -2,6 +2,7 @@ package bt
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 
 	"go.uber.org/zap"
@@ -40,7 +41,7 @@ func (h *zapHandler) Handle(_ context.Context, r slog.Record) error {
 	}
 	fields := make([]zap.Field, 0, r.NumAttrs())
 	r.Attrs(func(a slog.Attr) bool {
-		fields = append(fields, zap.Any(a.Key, a.Value.Resolve().Any()))
+		fields = append(fields, field(a))
 		return true
 	})
 	ce.Write(fields...)
@@ -50,11 +51,45 @@ func (h *zapHandler) Handle(_ context.Context, r slog.Record) error {
 func (h *zapHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
 	fields := make([]zap.Field, len(attrs))
 	for i, a := range attrs {
-		fields[i] = zap.Any(a.Key, a.Value.Resolve().Any())
+		fields[i] = field(a)
 	}
 	return &zapHandler{log: h.log.With(fields...)}
 }
 
 func (h *zapHandler) WithGroup(name string) slog.Handler {
 	return &zapHandler{log: h.log.Named(name)}
+}
+
+// field converts an attribute: groups become dicts, errors and Stringers
+// their text (anacrolix's values are mostly structs with unexported
+// fields, which zap.Any would render as {}).
+func field(a slog.Attr) zap.Field {
+	v := a.Value.Resolve()
+	switch v.Kind() {
+	case slog.KindGroup:
+		g := v.Group()
+		fs := make([]zap.Field, len(g))
+		for i, ga := range g {
+			fs[i] = field(ga)
+		}
+		return zap.Dict(a.Key, fs...)
+	case slog.KindString:
+		return zap.String(a.Key, v.String())
+	case slog.KindInt64:
+		return zap.Int64(a.Key, v.Int64())
+	case slog.KindUint64:
+		return zap.Uint64(a.Key, v.Uint64())
+	case slog.KindBool:
+		return zap.Bool(a.Key, v.Bool())
+	case slog.KindDuration:
+		return zap.Duration(a.Key, v.Duration())
+	case slog.KindAny:
+		switch x := v.Any().(type) {
+		case error:
+			return zap.NamedError(a.Key, x)
+		case fmt.Stringer:
+			return zap.Stringer(a.Key, x)
+		}
+	}
+	return zap.String(a.Key, v.String())
 }

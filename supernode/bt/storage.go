@@ -28,13 +28,13 @@ type pieceStore struct {
 
 	mu       sync.Mutex
 	pieceLen int64
-	target   *target         // the selected file; nil before Download
-	bufs     map[int][]byte  // unverified (or, seeding, straddling verified) pieces
-	written  map[int]bool    // handed to the Sink (exactly once)
-	complete map[int]bool    // reported complete to anacrolix
-	progress chan struct{}   // signalled on every verified piece and on sink errors
-	sinkErr  error           // first Sink error
-	left     int64           // bytes of the target not yet verified
+	target   *target        // the selected file; nil before Download
+	bufs     map[int][]byte // unverified (or, seeding, straddling verified) pieces
+	written  map[int]bool   // handed to the Sink (exactly once)
+	complete map[int]bool   // reported complete to anacrolix
+	progress chan struct{}  // signalled on every verified piece and on sink errors
+	sinkErr  error          // first Sink error
+	left     int64          // bytes of the target not yet verified
 }
 
 // target is the file a Download selected.

@@ -50,6 +50,7 @@ type Stats struct {
 // Torrent is an open torrent, with its metadata.
 type Torrent struct {
 	c     *Client
+	cl    *torrent.Client
 	t     *torrent.Torrent
 	store *pieceStore
 	ih    string
@@ -157,7 +158,7 @@ func (t *Torrent) Download(ctx context.Context, f File, sink Sink) error {
 			tf.SetPriority(torrent.PiecePriorityNone)
 			st := t.Stats()
 			return fmt.Errorf("bt: torrent %s: %q: nothing verified for %s, %d of %d bytes left (%d peers, %d pieces failed their hash check%s): %w",
-				t.ih, f.Path, stall, left, f.Length, st.Peers, st.PiecesFailed, t.c.dialHint(), ErrStalled)
+				t.ih, f.Path, stall, left, f.Length, st.Peers, st.PiecesFailed, t.c.dialHint(t.cl), ErrStalled)
 		case <-ctx.Done():
 			tf.SetPriority(torrent.PiecePriorityNone)
 			return fmt.Errorf("bt: torrent %s: %q: %w", t.ih, f.Path, ctx.Err())
@@ -183,4 +184,3 @@ func (t *Torrent) Close() error {
 	t.c.release(t.ih)
 	return nil
 }
-
