@@ -6,9 +6,12 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -355,4 +358,68 @@ func TestConfig(t *testing.T) {
 	require.ErrorContains(t, err, "bt.listen")
 	require.ErrorContains(t, err, "bt.maxFiles")
 	require.ErrorContains(t, err, "bt.maxMetadataSize")
+}
+
+// readerSink is a memSink that reads back, so a seeding client can upload
+// what it verified.
+type readerSink struct{ *memSink }
+
+func (s readerSink) ReadAt(p []byte, off int64) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if off >= int64(len(s.data)) {
+		return 0, io.EOF
+	}
+	n := copy(p, s.data[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func TestSeed(t *testing.T) {
+	t.Parallel()
+	bttest.Require(t)
+	// b.bin straddles pieces shared with a.bin and c.bin (256 KiB pieces),
+	// which the seeding client keeps whole to serve them.
+	files := map[string][]byte{
+		"a.bin": random(t, 300_000),
+		"b.bin": random(t, 700_000),
+		"c.bin": random(t, 200_000),
+	}
+	tr := bttest.NewTracker(t)
+	s := bttest.Seed(t, files, bttest.SeedOptions{Name: "seed", Announce: tr.URL})
+	tr.SetPeers(s.Addr)
+	c := newClient(t, bt.Config{Seed: true, ListenAddr: "127.0.0.1:0"}, nil)
+	addrs := c.ListenAddrs()
+	require.Len(t, addrs, 1)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(s.Torrent) }))
+	defer srv.Close()
+	tor, err := c.Open(ctx, parse(t, "torrent+"+srv.URL+"/seed.torrent"))
+	require.NoError(t, err)
+	defer tor.Close()
+	f, err := tor.File("b.bin")
+	require.NoError(t, err)
+	sink := readerSink{newMemSink(f.Length)}
+	require.NoError(t, tor.Download(ctx, f, sink))
+	sink.check(t, files["b.bin"])
+	up1, err := s.UploadLength(ctx)
+	require.NoError(t, err)
+
+	// A second swarm member, told only of our client, gets b.bin from it.
+	tr.SetPeers(addrs[0].String())
+	dir, err := bttest.Leech(ctx, t, s.Torrent, 2)
+	require.NoError(t, err)
+	got, err := os.ReadFile(filepath.Join(dir, "seed", "b.bin"))
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(files["b.bin"], got), "leecher's b.bin differs")
+	up2, err := s.UploadLength(ctx)
+	require.NoError(t, err)
+	st := tor.Stats()
+	t.Logf("our client uploaded %d bytes; the first seeder %d then %d", st.BytesWritten, up1, up2)
+	require.GreaterOrEqual(t, st.BytesWritten, f.Length)
+	require.Equal(t, up1, up2, "the leecher got nothing from the first seeder")
 }

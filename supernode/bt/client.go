@@ -136,6 +136,12 @@ func (c *Client) newAnacrolix(dht bool) (*torrent.Client, error) {
 		port, _ := listenPort(cfg.ListenAddr)
 		tc.ListenHost = func(string) string { return host }
 		tc.ListenPort = port
+		// anacrolix listens on IPv4 and IPv6 with one host: an address
+		// literal picks its family.
+		if ip := net.ParseIP(host); ip != nil {
+			tc.DisableIPv6 = ip.To4() != nil
+			tc.DisableIPv4 = ip.To4() == nil
+		}
 	}
 	tc.NoDHT = !dht
 	tc.PeriodicallyAnnounceTorrentsToDht = dht && cfg.Seed
@@ -190,6 +196,10 @@ func (c *Client) dialHint(cl *torrent.Client) string {
 	}
 	return s
 }
+
+// ListenAddrs are the addresses the client accepts peers on: none unless
+// Config.Seed (the DHT client, when there is one, listens apart).
+func (c *Client) ListenAddrs() []net.Addr { return c.cl.ListenAddrs() }
 
 // Close drops every torrent and stops the client.
 func (c *Client) Close() error {

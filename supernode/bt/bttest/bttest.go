@@ -174,6 +174,35 @@ func Seed(t testing.TB, files map[string][]byte, opts SeedOptions) *Seeder {
 	return s
 }
 
+// Leech runs aria2c to download torrent (its peers come from its trackers
+// only: no DHT, no peer exchange) into a new folder and returns the folder
+// once aria2c is done. selectFile, when not 0, downloads only that file
+// (1-based, in torrent order).
+func Leech(ctx context.Context, t testing.TB, torrent []byte, selectFile int) (string, error) {
+	t.Helper()
+	Require(t)
+	dir := t.TempDir()
+	tf := filepath.Join(t.TempDir(), "leech.torrent")
+	if err := os.WriteFile(tf, torrent, 0o644); err != nil {
+		return "", err
+	}
+	args := []string{
+		"--seed-time=0", "--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=false",
+		"--enable-peer-exchange=false", "--listen-port=" + strconv.Itoa(freePort(t)),
+		"--file-allocation=none", "--console-log-level=warn", "--summary-interval=0",
+		"--dir=" + dir,
+	}
+	if selectFile != 0 {
+		args = append(args, "--select-file="+strconv.Itoa(selectFile))
+	}
+	args = append(args, tf)
+	out, err := exec.CommandContext(ctx, "aria2c", args...).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("aria2c leech: %w\n%s", err, out)
+	}
+	return dir, nil
+}
+
 // UploadLength is the bytes the seeder has uploaded of its torrent.
 func (s *Seeder) UploadLength(ctx context.Context) (int64, error) {
 	st, err := s.status(ctx)
