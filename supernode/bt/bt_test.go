@@ -423,3 +423,23 @@ func TestSeed(t *testing.T) {
 	require.GreaterOrEqual(t, st.BytesWritten, f.Length)
 	require.Equal(t, up1, up2, "the leecher got nothing from the first seeder")
 }
+
+func TestListen(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name  string
+		cfg   bt.Config
+		addrs int
+	}{
+		{name: "leech only", cfg: bt.Config{}, addrs: 0},
+		{name: "seed", cfg: bt.Config{Seed: true, ListenAddr: "127.0.0.1:0"}, addrs: 1},
+		{name: "seed with utp", cfg: bt.Config{Seed: true, UTP: true, ListenAddr: "127.0.0.1:0"}, addrs: 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c := newClient(t, tt.cfg, nil)
+			require.Len(t, c.ListenAddrs(), tt.addrs)
+		})
+	}
+}

@@ -3,11 +3,13 @@ package bt
 import (
 	"context"
 	"fmt"
+	"io"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/anacrolix/torrent"
+	"go.uber.org/zap"
 )
 
 // Sink receives a file's verified bytes.
@@ -133,6 +135,10 @@ func (t *Torrent) Download(ctx context.Context, f File, sink Sink) error {
 	}
 	if f.Length == 0 {
 		return nil
+	}
+	if _, ok := sink.(io.ReaderAt); t.c.cfg.Seed && !ok {
+		t.c.log.Warn("seeding with a sink that cannot read back: only pieces shared with other files are uploaded",
+			zap.String("torrent", t.ih), zap.String("file", f.Path))
 	}
 	tf.SetPriority(torrent.PiecePriorityNormal)
 	stall := t.c.cfg.StallTimeout
