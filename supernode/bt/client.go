@@ -144,6 +144,12 @@ func (c *Client) newAnacrolix(dht bool) (*torrent.Client, error) {
 		}
 	}
 	tc.NoDHT = !dht
+	if dht {
+		// The DHT client is a second client: a port of its own (for its
+		// DHT socket and, when seeding, its peers), never anacrolix's
+		// default fixed port.
+		tc.ListenPort = 0
+	}
 	tc.PeriodicallyAnnounceTorrentsToDht = dht && cfg.Seed
 	tc.NoDefaultPortForwarding = true
 	tc.DisableWebtorrent = !cfg.WebTorrent
