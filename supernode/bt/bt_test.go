@@ -443,3 +443,36 @@ func TestListen(t *testing.T) {
 		})
 	}
 }
+
+func TestWebSeed(t *testing.T) {
+	t.Parallel()
+	bttest.Require(t)
+	data := random(t, 3<<20+999)
+	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.ServeContent(w, r, "ws.bin", time.Time{}, bytes.NewReader(data))
+	}))
+	defer web.Close()
+	// The seeder only makes the torrent; the client is never told of it.
+	s := bttest.Seed(t, map[string][]byte{"": data}, bttest.SeedOptions{Name: "ws.bin", WebSeed: web.URL + "/ws.bin"})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(s.Torrent) }))
+	defer srv.Close()
+	p := &policy{}
+	c := newClient(t, bt.Config{}, p)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+
+	tor, err := c.Open(ctx, parse(t, "torrent+"+srv.URL+"/ws.torrent"))
+	require.NoError(t, err)
+	defer tor.Close()
+	f, err := tor.File("")
+	require.NoError(t, err)
+	sink := newMemSink(f.Length)
+	start := time.Now()
+	require.NoError(t, tor.Download(ctx, f, sink))
+	t.Logf("%d bytes from the web seed in %s", f.Length, time.Since(start))
+	sink.check(t, data)
+	up, err := s.UploadLength(ctx)
+	require.NoError(t, err)
+	require.Zero(t, up, "the bytes came from the web seed")
+	require.Contains(t, p.dialed(), "tcp "+strings.TrimPrefix(web.URL, "http://"), "the web seed is dialed through the policy")
+}
