@@ -4,6 +4,9 @@ SHELL        := /bin/bash
 .DEFAULT_GOAL := help
 
 export PATH  := /usr/local/go/bin:$(PATH)
+# disable_libutp: anacrolix/torrent (supernode/bt) uses its pure-Go uTP, not
+# the cgo libutp, so every build is the same with or without cgo.
+export GOFLAGS := $(strip $(GOFLAGS) -tags=disable_libutp)
 GO           ?= go
 PKG          := github.com/damselfly/damselfly
 VERSION      ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)

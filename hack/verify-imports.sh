@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Enforces the import directions of docs/ARCHITECTURE.md:
 #  - binaries never import each other; pkg/ never imports a binary's folder;
-#  - gin only in supernode/adminapi.
+#  - gin only in supernode/adminapi;
+#  - anacrolix (BitTorrent) only in supernode/bt.
 set -o errexit -o nounset -o pipefail
 cd "$(dirname "$0")/.."
 mod=github.com/damselfly/damselfly
@@ -14,6 +15,7 @@ while read -r pkg imports; do
 		case "$imp" in "$mod"/*) ;; *) 
 			case "$imp" in
 			github.com/gin-gonic/gin*) [[ $rel == supernode/adminapi* ]] || { echo "$rel imports gin"; fail=1; } ;;
+			github.com/anacrolix/*) [[ $rel == supernode/bt || $rel == supernode/bt/* ]] || { echo "$rel imports anacrolix"; fail=1; } ;;
 			esac
 			continue ;;
 		esac
