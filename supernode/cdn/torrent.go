@@ -62,7 +62,7 @@ type TorrentSink interface {
 func WithTorrents(tc TorrentClient) Option { return func(o *options) { o.torrents = tc } }
 
 // errNoTorrents: this supernode has no BitTorrent client.
-var errNoTorrents = errors.New("this supernode does not fetch BitTorrent sources (cdn.bt.enabled is off)")
+var errNoTorrents = errors.New("this supernode does not fetch BitTorrent sources (cdn.bt.enabled: false)")
 
 // startTorrent opens the torrent's file, adds the task with the file's
 // size, and leaves a goroutine fetching it. A torrent that cannot be opened
@@ -222,6 +222,10 @@ func (s *torrentSink) WriteAt(p []byte, off int64) (int, error) {
 	s.c.metrics.sourceBytes.Add(float64(n))
 	return n, err
 }
+
+// ReadAt reads written bytes back: when the BitTorrent client seeds
+// (cdn.bt.seed), it serves the swarm from them while the fetch runs.
+func (s *torrentSink) ReadAt(p []byte, off int64) (int, error) { return s.w.ReadAt(p, off) }
 
 func (s *torrentSink) Verified(off, n int64) {
 	s.mu.Lock()

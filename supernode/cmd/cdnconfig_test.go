@@ -54,3 +54,39 @@ cdn:
 	require.ErrorContains(t, err, "cdn.diskLowWater")
 	require.ErrorContains(t, err, "cdn.scrubInterval")
 }
+
+// The BitTorrent client's block: cdn.bt, on by default with everything that
+// talks to the swarm beyond leeching off; its keys read with units; a bad
+// combination is reported under cdn.bt.
+func TestCDNBitTorrentConfig(t *testing.T) {
+	t.Parallel()
+	build := func(yaml string) (Config, error) {
+		p := filepath.Join(t.TempDir(), "supernode.yaml")
+		require.NoError(t, os.WriteFile(p, []byte(yaml), 0o600))
+		var f flags
+		fset := newFlagSet(&f, io.Discard)
+		if err := fset.Parse([]string{"--config", p}); err != nil {
+			return Config{}, err
+		}
+		return buildConfig(fset, &f, noEnv)
+	}
+	cfg, err := build("cdn:\n  quota: 1G\n")
+	require.NoError(t, err)
+	require.True(t, cfg.CDN.BT.On())
+	require.False(t, cfg.CDN.BT.Seed || cfg.CDN.BT.DHT || cfg.CDN.BT.UTP || cfg.CDN.BT.WebTorrent)
+	require.Equal(t, bytesize.Size(1<<30), cfg.CDN.Quota)
+
+	cfg, err = build("cdn:\n  bt:\n    enabled: false\n")
+	require.NoError(t, err)
+	require.False(t, cfg.CDN.BT.On())
+
+	cfg, err = build("cdn:\n  bt:\n    downloadRate: 20M\n    seed: true\n    dht: true\n")
+	require.NoError(t, err)
+	require.EqualValues(t, 20<<20, cfg.CDN.BT.DownloadRate)
+	require.True(t, cfg.CDN.BT.Seed && cfg.CDN.BT.DHT)
+
+	_, err = build("cdn:\n  bt:\n    listen: 127.0.0.1:6881\n")
+	require.ErrorContains(t, err, "cdn.bt")
+	_, err = build("cdn:\n  bt:\n    nonsense: 1\n")
+	require.Error(t, err, "unknown keys are refused")
+}

@@ -230,9 +230,17 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	// it starts (upload.WithTransferStart below), so CDN assignments not
 	// started in time are revoked.
 	src := httpsource.New(httpsource.WithHTTPClient(sourceHC), httpsource.WithLogger(logger.Named("source")))
-	tasks, err := task.New(task.Config{Scheduler: cfg.Scheduler, CDN: cfg.CDN},
-		schedapi.Peer{ID: CDNPeerID, Addr: advertise}, store, src,
-		task.WithLogger(logger), task.WithMetrics(reg))
+	taskOpts := []task.Option{task.WithLogger(logger), task.WithMetrics(reg)}
+	if cfg.CDN.BT.On() {
+		btc, err := newTorrents(cfg.CDN.BT, cfg.Source, o.sourceHC, logger.Named("bt"))
+		if err != nil {
+			return err
+		}
+		defer btc.Close()
+		taskOpts = append(taskOpts, task.WithTorrents(torrents{btc}))
+	}
+	tasks, err := task.New(task.Config{Scheduler: cfg.Scheduler, CDN: cfg.CDN.Config},
+		schedapi.Peer{ID: CDNPeerID, Addr: advertise}, store, src, taskOpts...)
 	if err != nil {
 		return err
 	}

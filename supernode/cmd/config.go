@@ -12,6 +12,7 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/log"
 	"github.com/damselfly/damselfly/pkg/netpolicy"
+	"github.com/damselfly/damselfly/supernode/bt"
 	"github.com/damselfly/damselfly/supernode/cdn"
 	"github.com/damselfly/damselfly/supernode/peerapi"
 	"github.com/damselfly/damselfly/supernode/preheat"
@@ -61,8 +62,8 @@ type Config struct {
 	PeerAPI peerapi.Config `yaml:"peerAPI"`
 	// Scheduler tunes piece scheduling.
 	Scheduler scheduler.Config `yaml:"scheduler"`
-	// CDN tunes source fetches.
-	CDN cdn.Config `yaml:"cdn"`
+	// CDN tunes source fetches, and its BitTorrent client (cdn.bt).
+	CDN CDNConfig `yaml:"cdn"`
 	// Preheat holds registry credentials and insecure registries for
 	// preheats (POST /api/v1/preheats).
 	Preheat preheat.Config `yaml:"preheat"`
@@ -82,7 +83,8 @@ func (c Config) ApplyDefaults() Config {
 	c.Scheduler = c.Scheduler.ApplyDefaults()
 	c.Scheduler.CDNUploadRate = int64(c.CDN.UploadRate)
 	c.CDN.Dir = filepath.Join(c.DataDir, "cdn")
-	c.CDN = c.CDN.ApplyDefaults()
+	c.CDN.Config = c.CDN.Config.ApplyDefaults()
+	c.CDN.BT = c.CDN.BT.ApplyDefaults()
 	c.Preheat = c.Preheat.ApplyDefaults()
 	c.Log = c.Log.ApplyDefaults()
 	return c
@@ -116,6 +118,9 @@ func (c Config) Validate() error {
 	if err := c.CDN.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if err := c.CDN.BT.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("cdn.bt: %w", err))
+	}
 	if err := c.Preheat.Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -129,3 +134,33 @@ func isUnspecified(host string) bool {
 	ip, err := netip.ParseAddr(host)
 	return err == nil && ip.IsUnspecified()
 }
+
+// CDNConfig is the cdn block: the CDN's settings, and under bt those of the
+// BitTorrent client that fetches magnet and torrent+http(s) sources.
+type CDNConfig struct {
+	cdn.Config `yaml:",inline"`
+	BT         BTConfig `yaml:"bt"`
+}
+
+// BTConfig is the cdn.bt block.
+type BTConfig struct {
+	// Enabled runs the BitTorrent client (default true). Off, torrent
+	// sources fail with an error saying so.
+	Enabled *bool `yaml:"enabled"`
+	// The client's settings: seeding, DHT, uTP and WebTorrent are off by
+	// default (see supernode/bt).
+	bt.Config `yaml:",inline"`
+}
+
+// ApplyDefaults fills unset fields.
+func (c BTConfig) ApplyDefaults() BTConfig {
+	if c.Enabled == nil {
+		on := true
+		c.Enabled = &on
+	}
+	c.Config = c.Config.ApplyDefaults()
+	return c
+}
+
+// On reports whether the BitTorrent client runs.
+func (c BTConfig) On() bool { return c.Enabled == nil || *c.Enabled }

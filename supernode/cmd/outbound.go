@@ -13,7 +13,7 @@ import (
 // each redirect hop included; proxies from the environment are not used;
 // redirects are bounded (Go drops Authorization on cross-host hops).
 func sourceHTTPClient(c netpolicy.Config) (*http.Client, error) {
-	p, err := netpolicy.New(c, netpolicy.WithHint("--source-allow or source.allow"))
+	p, err := sourcePolicy(c)
 	if err != nil {
 		return nil, err
 	}
@@ -21,4 +21,10 @@ func sourceHTTPClient(c netpolicy.Config) (*http.Client, error) {
 	base.ResponseHeaderTimeout = 2 * time.Minute
 	base.MaxIdleConnsPerHost = 16
 	return p.HTTPClient(base), nil
+}
+
+// sourcePolicy is the outbound policy of everything the CDN fetches from:
+// sources, and the BitTorrent client's peers, trackers and web seeds.
+func sourcePolicy(c netpolicy.Config) (netpolicy.Policy, error) {
+	return netpolicy.New(c, netpolicy.WithHint("--source-allow or source.allow"))
 }

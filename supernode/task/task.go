@@ -68,8 +68,15 @@ type Registration struct {
 type Option func(*options)
 
 type options struct {
-	log *zap.Logger
-	reg prometheus.Registerer
+	log      *zap.Logger
+	reg      prometheus.Registerer
+	torrents cdn.TorrentClient
+}
+
+// WithTorrents has the CDN fetch magnet and torrent+http(s) sources with
+// tc (see cdn.WithTorrents).
+func WithTorrents(tc cdn.TorrentClient) Option {
+	return func(o *options) { o.torrents = tc }
 }
 
 // WithLogger sets the logger; the CDN logs under "cdn". The default
@@ -119,6 +126,9 @@ func New(cfg Config, cdnPeer schedapi.Peer, store content.Store, src source.Clie
 		scheduler.WithDemand(func(id taskid.ID, pieces []int) { m.cdn.Demand(id, pieces) }),
 	}
 	cdnOpts := []cdn.Option{cdn.WithLogger(o.log.Named("cdn"))}
+	if o.torrents != nil {
+		cdnOpts = append(cdnOpts, cdn.WithTorrents(o.torrents))
+	}
 	if o.reg != nil {
 		schedOpts = append(schedOpts, scheduler.WithMetrics(o.reg))
 		cdnOpts = append(cdnOpts, cdn.WithMetrics(o.reg))
