@@ -90,3 +90,17 @@ func TestCDNBitTorrentConfig(t *testing.T) {
 	_, err = build("cdn:\n  bt:\n    nonsense: 1\n")
 	require.Error(t, err, "unknown keys are refused")
 }
+
+// The reference configuration in docs/ reads, key by key, and gives the
+// defaults.
+func TestReferenceConfigReads(t *testing.T) {
+	t.Parallel()
+	var f flags
+	fset := newFlagSet(&f, io.Discard)
+	require.NoError(t, fset.Parse([]string{"--config", filepath.Join("..", "..", "docs", "supernode.yaml")}))
+	cfg, err := buildConfig(fset, &f, noEnv)
+	require.NoError(t, err)
+	require.True(t, cfg.CDN.BT.On())
+	def := BTConfig{}.ApplyDefaults()
+	require.Equal(t, def.Config, cfg.CDN.BT.Config)
+}
