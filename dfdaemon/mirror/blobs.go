@@ -99,11 +99,11 @@ func (p *p2pBlobs) ServeBlob(w http.ResponseWriter, r *http.Request, b registrya
 	stop := context.AfterFunc(ctx, func() { _ = body.Close() })
 	defer stop()
 
-	lw := &lazyWriter{w: w, status: body.Status}
+	lw := &httpx.LazyWriter{W: w, Status: body.Status}
 	_, err = body.WriteTo(lw)
-	p.bytes.Add(float64(lw.n))
+	p.bytes.Add(float64(lw.N))
 	if err != nil {
-		if !lw.started {
+		if !lw.Started() {
 			return p.failed(w, downloadError(err))
 		}
 		if ctx.Err() == nil {
@@ -112,7 +112,7 @@ func (p *p2pBlobs) ServeBlob(w http.ResponseWriter, r *http.Request, b registrya
 		// Never a clean short body: abort the connection.
 		panic(http.ErrAbortHandler)
 	}
-	lw.start()
+	lw.Start()
 	return nil
 }
 
@@ -147,30 +147,4 @@ func clientAuth(r *http.Request) http.Header {
 		h.Add("Authorization", v)
 	}
 	return h
-}
-
-// lazyWriter sends the status line with the first byte, so that a download
-// failing before any byte still gets an error response.
-type lazyWriter struct {
-	w       http.ResponseWriter
-	status  int
-	started bool
-	n       int64
-}
-
-func (l *lazyWriter) start() {
-	if !l.started {
-		l.started = true
-		l.w.WriteHeader(l.status)
-	}
-}
-
-func (l *lazyWriter) Write(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	l.start()
-	n, err := l.w.Write(p)
-	l.n += int64(n)
-	return n, err
 }

@@ -42,16 +42,16 @@ func (p *Proxy) serveP2PRange(w http.ResponseWriter, r *http.Request, target *ur
 		h.Set("Accept-Ranges", "bytes")
 		h.Set(RouteHeader, routeP2P)
 		h.Set("Via", "1.1 "+viaPseudonym)
-		lw := &lazyWriter{w: w, status: body.Status}
-		defer func() { p.m.bytes.WithLabelValues(routeP2P).Add(float64(lw.n)) }()
+		lw := &httpx.LazyWriter{W: w, Status: body.Status, Flush: true}
+		defer func() { p.m.bytes.WithLabelValues(routeP2P).Add(float64(lw.N)) }()
 		_, err = body.WriteTo(lw)
 		if err == nil {
-			lw.start()
+			lw.Start()
 			p.m.requests.WithLabelValues(routeP2P).Inc()
 			p.log.Debug("proxy request", zap.String("route", routeP2P), zap.String("url", redact.URL(target.String())))
 			return
 		}
-		if lw.started {
+		if lw.Started() {
 			p.m.requests.WithLabelValues(routeP2P).Inc()
 			p.abort(target, err)
 		}
@@ -59,45 +59,5 @@ func (p *Proxy) serveP2PRange(w http.ResponseWriter, r *http.Request, target *ur
 			h.Del(k)
 		}
 	}
-	if ctx.Err() != nil {
-		return // the client is gone
-	}
-	if !p.cfg.DisableFallback {
-		p.log.Warn("p2p range download failed, forwarding directly", zap.String("url", redact.URL(target.String())), zap.String("error", redact.Error(err)))
-		w.Header().Set(RouteHeader, routeFallback)
-		p.serveDirect(w, r, target, routeFallback)
-		return
-	}
-	p.log.Warn("p2p range download failed", zap.String("url", redact.URL(target.String())), zap.String("error", redact.Error(err)))
-	p.reject(w, http.StatusBadGateway, "peer-to-peer download failed")
-}
-
-// lazyWriter sends the status line with the first byte, so that a download
-// failing before it can still be forwarded or answered with an error. It
-// flushes after each write: bytes go out as they are verified.
-type lazyWriter struct {
-	w       http.ResponseWriter
-	status  int
-	started bool
-	n       int64
-}
-
-func (l *lazyWriter) start() {
-	if !l.started {
-		l.started = true
-		l.w.WriteHeader(l.status)
-	}
-}
-
-func (l *lazyWriter) Write(b []byte) (int, error) {
-	if len(b) == 0 {
-		return 0, nil
-	}
-	l.start()
-	n, err := l.w.Write(b)
-	l.n += int64(n)
-	if err == nil {
-		_ = http.NewResponseController(l.w).Flush()
-	}
-	return n, err
+	p.p2pFailed(w, r, target, "p2p range download", err)
 }

@@ -368,17 +368,7 @@ func (p *Proxy) serveP2P(w http.ResponseWriter, r *http.Request, target *url.URL
 		}
 	}
 	if err != nil {
-		if ctx.Err() != nil {
-			return // the client is gone
-		}
-		if !p.cfg.DisableFallback {
-			p.log.Warn("p2p download failed, forwarding directly", zap.String("url", redact.URL(target.String())), zap.String("error", redact.Error(err)))
-			w.Header().Set(RouteHeader, routeFallback)
-			p.serveDirect(w, r, target, routeFallback)
-			return
-		}
-		p.log.Warn("p2p download failed", zap.String("url", redact.URL(target.String())), zap.String("error", redact.Error(err)))
-		p.reject(w, http.StatusBadGateway, "peer-to-peer download failed")
+		p.p2pFailed(w, r, target, "p2p download", err)
 		return
 	}
 	p.m.requests.WithLabelValues(routeP2P).Inc()
@@ -445,6 +435,23 @@ func (p *Proxy) serveP2P(w http.ResponseWriter, r *http.Request, target *url.URL
 		p.abort(target, fmt.Errorf("p2p body ended after %d of %d bytes", got, size))
 	}
 	write(tail)
+}
+
+// p2pFailed answers a P2P request that failed before its first byte: it is
+// forwarded to the origin instead (marked as a fallback), or answered 502
+// with disableFallback. A client that is gone gets nothing.
+func (p *Proxy) p2pFailed(w http.ResponseWriter, r *http.Request, target *url.URL, what string, err error) {
+	if r.Context().Err() != nil {
+		return
+	}
+	if !p.cfg.DisableFallback {
+		p.log.Warn(what+" failed, forwarding directly", zap.String("url", redact.URL(target.String())), zap.String("error", redact.Error(err)))
+		w.Header().Set(RouteHeader, routeFallback)
+		p.serveDirect(w, r, target, routeFallback)
+		return
+	}
+	p.log.Warn(what+" failed", zap.String("url", redact.URL(target.String())), zap.String("error", redact.Error(err)))
+	p.reject(w, http.StatusBadGateway, "peer-to-peer download failed")
 }
 
 // abort ends a response whose status is already sent without completing

@@ -94,30 +94,14 @@ func (f *fetch) abort() {
 // the body. When no candidate answers, the task is added failed and the
 // error is nil.
 func (c *CDN) startFetch(ctx context.Context, req Request, expected digest.Digest, log *zap.Logger) error {
-	// The fetch gets its own detached context: it outlives ensure.
-	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.FetchTimeout)
-	f := &fetch{taskID: req.TaskID, url: redact.URL(req.URL), cancel: cancel, done: make(chan struct{}), size: -1, published: &piece.Set{}, refs: 1, log: log}
-	f.dctx, f.dcancel = context.WithCancel(fctx)
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		cancel()
-		return ErrClosed
+	f, fctx, err := c.newFetch(ctx, req, expected, log)
+	if err != nil {
+		return err
 	}
-	f.cands = c.pending[req.TaskID]
-	delete(c.pending, req.TaskID)
-	if f.cands == nil || expected == "" {
-		f.cands = newCandidates(req)
-	} else {
-		f.cands.offer(req)
-	}
-	f.cands.refuse(c.blamed[req.TaskID], errLied)
-	c.fetches[req.TaskID] = f
-	c.mu.Unlock()
 	started := false
 	defer func() {
 		if !started {
-			cancel()
+			f.cancel()
 			c.finish(f)
 		}
 	}()
@@ -158,6 +142,32 @@ func (c *CDN) startFetch(ctx context.Context, req Request, expected digest.Diges
 	}
 	go c.stream(fctx, f, src, expected, log)
 	return nil
+}
+
+// newFetch registers a fetch of req's task, with its own context detached
+// from ctx (the fetch outlives ensure, bounded by Config.FetchTimeout), and
+// the task's source candidates: those members offered, req's among them.
+// The caller starts it, or cancels and finishes it.
+func (c *CDN) newFetch(ctx context.Context, req Request, expected digest.Digest, log *zap.Logger) (*fetch, context.Context, error) {
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.FetchTimeout)
+	f := &fetch{taskID: req.TaskID, url: redact.URL(req.URL), cancel: cancel, done: make(chan struct{}), size: -1, published: &piece.Set{}, refs: 1, log: log}
+	f.dctx, f.dcancel = context.WithCancel(fctx)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		cancel()
+		return nil, nil, ErrClosed
+	}
+	f.cands = c.pending[req.TaskID]
+	delete(c.pending, req.TaskID)
+	if f.cands == nil || expected == "" {
+		f.cands = newCandidates(req)
+	} else {
+		f.cands.offer(req)
+	}
+	f.cands.refuse(c.blamed[req.TaskID], errLied)
+	c.fetches[req.TaskID] = f
+	return f, fctx, nil
 }
 
 // addFailed adds a task and fails it at once, so every peer learns why.

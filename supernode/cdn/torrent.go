@@ -69,22 +69,14 @@ var errNoTorrents = errors.New("this supernode does not fetch BitTorrent sources
 // (no metadata in time, several files and none named, a file that is not
 // there) yields a failed task, not an error.
 func (c *CDN) startTorrent(ctx context.Context, req Request, expected digest.Digest, log *zap.Logger) error {
-	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.FetchTimeout)
-	f := &fetch{taskID: req.TaskID, url: redact.URL(req.URL), cancel: cancel, done: make(chan struct{}), size: -1,
-		published: &piece.Set{}, refs: 1, log: log, cands: newCandidates(req)}
-	f.dctx, f.dcancel = context.WithCancel(fctx)
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		cancel()
-		return ErrClosed
+	f, fctx, err := c.newFetch(ctx, req, expected, log)
+	if err != nil {
+		return err
 	}
-	c.fetches[req.TaskID] = f
-	c.mu.Unlock()
 	started := false
 	defer func() {
 		if !started {
-			cancel()
+			f.cancel()
 			c.finish(f)
 		}
 	}()
