@@ -94,6 +94,43 @@ func (f *fetch) abort() {
 // the body. When no candidate answers, the task is added failed and the
 // error is nil.
 func (c *CDN) startFetch(ctx context.Context, req Request, expected digest.Digest, log *zap.Logger) error {
+	return c.start(ctx, req, expected, log, func(fctx context.Context, f *fetch) (opened, error) {
+		src, ok := c.openNext(fctx, f, 0, -1, log)
+		if !ok {
+			return opened{}, f.cands.failure()
+		}
+		return opened{
+			kind:   "source",
+			size:   max(src.resp.Size, -1),
+			demand: true,
+			stream: func(fctx context.Context) { c.stream(fctx, f, src, expected, log) },
+			abort: func() {
+				src.resp.Body.Close()
+				src.cancel()
+			},
+		}, nil
+	})
+}
+
+// opened is a source a fetch has opened.
+type opened struct {
+	kind string // for the log: "source", "torrent"
+	// size is the content's size, -1 while unknown.
+	size int64
+	// demand: the source serves ranges, so pieces readers want may be
+	// fetched out of order (demand.go).
+	demand bool
+	// stream fetches the content into the fetch's ingest, then settles
+	// the task; abort lets go of the source unused.
+	stream func(ctx context.Context)
+	abort  func()
+}
+
+// start registers a fetch of req's task, opens its source with open,
+// opens the ingest, adds the task to the scheduler with the size the source
+// gave and leaves a goroutine streaming it. A source that cannot be opened
+// yields a task added failed with open's error, and a nil error.
+func (c *CDN) start(ctx context.Context, req Request, expected digest.Digest, log *zap.Logger, open func(fctx context.Context, f *fetch) (opened, error)) error {
 	f, fctx, err := c.newFetch(ctx, req, expected, log)
 	if err != nil {
 		return err
@@ -107,21 +144,17 @@ func (c *CDN) startFetch(ctx context.Context, req Request, expected digest.Diges
 	}()
 
 	spec := scheduler.TaskSpec{ID: req.TaskID, URL: redact.URL(req.URL), PieceSize: piece.SizeFor(-1), Size: -1, ContentDigest: expected}
-	src, ok := c.openNext(fctx, f, 0, -1, log)
-	if !ok {
-		return c.addFailed(ctx, spec, f.cands.failure(), log)
-	}
-	size := src.resp.Size
-	if size < -1 {
-		size = -1
+	src, err := open(fctx, f)
+	if err != nil {
+		return c.addFailed(ctx, spec, err, log)
 	}
 	w, err := c.store.Writer(fctx, req.TaskID.FileName())
 	if err != nil {
-		src.resp.Body.Close()
-		src.cancel()
+		src.abort()
 		log.Error("open ingest", zap.Error(err))
 		return c.addFailed(ctx, spec, errors.New("cdn content store unavailable"), log)
 	}
+	size := src.size
 	spec.Size, spec.PieceSize = size, piece.SizeFor(size)
 	f.mu.Lock()
 	f.w, f.size, f.pieceSize = w, size, spec.PieceSize
@@ -130,17 +163,16 @@ func (c *CDN) startFetch(ctx context.Context, req Request, expected digest.Diges
 	f.prog = newProgress(size, spec.PieceSize)
 	f.pmu.Unlock()
 	if err := c.sched.AddTask(ctx, spec); err != nil {
-		src.resp.Body.Close()
-		src.cancel()
+		src.abort()
 		f.abort()
 		return fmt.Errorf("add task %s: %w", req.TaskID, err)
 	}
-	log.Info("source fetch started", zap.Int64("size", size), zap.Int64("pieceSize", spec.PieceSize))
+	log.Info(src.kind+" fetch started", zap.Int64("size", size), zap.Int64("pieceSize", spec.PieceSize))
 	started = true
-	if size > 0 {
+	if src.demand && size > 0 {
 		c.startDemand(f)
 	}
-	go c.stream(fctx, f, src, expected, log)
+	go src.stream(fctx)
 	return nil
 }
 

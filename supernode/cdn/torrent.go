@@ -13,8 +13,6 @@ import (
 	"github.com/damselfly/damselfly/pkg/btlink"
 	"github.com/damselfly/damselfly/pkg/content"
 	"github.com/damselfly/damselfly/pkg/piece"
-	"github.com/damselfly/damselfly/pkg/redact"
-	"github.com/damselfly/damselfly/supernode/scheduler"
 )
 
 // Torrent sources. A magnet link or a torrent+http(s) URL is fetched by the
@@ -69,65 +67,38 @@ var errNoTorrents = errors.New("this supernode does not fetch BitTorrent sources
 // (no metadata in time, several files and none named, a file that is not
 // there) yields a failed task, not an error.
 func (c *CDN) startTorrent(ctx context.Context, req Request, expected digest.Digest, log *zap.Logger) error {
-	f, fctx, err := c.newFetch(ctx, req, expected, log)
-	if err != nil {
-		return err
-	}
-	started := false
-	defer func() {
-		if !started {
-			f.cancel()
-			c.finish(f)
+	return c.start(ctx, req, expected, log, func(fctx context.Context, f *fetch) (opened, error) {
+		if c.torrents == nil {
+			return opened{}, errNoTorrents
 		}
-	}()
-
-	spec := scheduler.TaskSpec{ID: req.TaskID, URL: redact.URL(req.URL), PieceSize: piece.SizeFor(-1), Size: -1, ContentDigest: expected}
-	if c.torrents == nil {
-		return c.addFailed(ctx, spec, errNoTorrents, log)
-	}
-	link, err := btlink.Parse(req.URL)
-	if err != nil {
-		return c.addFailed(ctx, spec, err, log)
-	}
-	tf, err := c.torrents.OpenFile(fctx, link, req.File)
-	if err != nil {
-		return c.addFailed(ctx, spec, fmt.Errorf("torrent: %w", err), log)
-	}
-	size := tf.Size()
-	switch {
-	case size > int64(c.cfg.MaxSourceSize):
-		err = fmt.Errorf("torrent file of %d bytes, more than cdn.maxSourceSize (%s)", size, c.cfg.MaxSourceSize)
-	case req.Size > 0 && size != req.Size:
-		err = fmt.Errorf("torrent file of %d bytes, the member that asked knows %d", size, req.Size)
-	default:
-		err = c.checkSpace(fctx, size)
-	}
-	if err != nil {
-		_ = tf.Close()
-		return c.addFailed(ctx, spec, err, log)
-	}
-	w, err := c.store.Writer(fctx, req.TaskID.FileName())
-	if err != nil {
-		_ = tf.Close()
-		log.Error("open ingest", zap.Error(err))
-		return c.addFailed(ctx, spec, errors.New("cdn content store unavailable"), log)
-	}
-	spec.Size, spec.PieceSize = size, piece.SizeFor(size)
-	f.mu.Lock()
-	f.w, f.size, f.pieceSize = w, size, spec.PieceSize
-	f.mu.Unlock()
-	f.pmu.Lock()
-	f.prog = newProgress(size, spec.PieceSize)
-	f.pmu.Unlock()
-	if err := c.sched.AddTask(ctx, spec); err != nil {
-		_ = tf.Close()
-		f.abort()
-		return fmt.Errorf("add task %s: %w", req.TaskID, err)
-	}
-	log.Info("torrent fetch started", zap.Int64("size", size), zap.Int64("pieceSize", spec.PieceSize), zap.String("file", req.File))
-	started = true
-	go c.torrentStream(fctx, f, tf, expected, log)
-	return nil
+		link, err := btlink.Parse(req.URL)
+		if err != nil {
+			return opened{}, err
+		}
+		tf, err := c.torrents.OpenFile(fctx, link, req.File)
+		if err != nil {
+			return opened{}, fmt.Errorf("torrent: %w", err)
+		}
+		size := tf.Size()
+		switch {
+		case size > int64(c.cfg.MaxSourceSize):
+			err = fmt.Errorf("torrent file of %d bytes, more than cdn.maxSourceSize (%s)", size, c.cfg.MaxSourceSize)
+		case req.Size > 0 && size != req.Size:
+			err = fmt.Errorf("torrent file of %d bytes, the member that asked knows %d", size, req.Size)
+		default:
+			err = c.checkSpace(fctx, size)
+		}
+		if err != nil {
+			_ = tf.Close()
+			return opened{}, err
+		}
+		return opened{
+			kind:   "torrent",
+			size:   size,
+			stream: func(fctx context.Context) { c.torrentStream(fctx, f, tf, expected, log) },
+			abort:  func() { _ = tf.Close() },
+		}, nil
+	})
 }
 
 // torrentStream fetches a torrent's file into the ingest, publishing each
