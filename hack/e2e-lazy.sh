@@ -56,10 +56,12 @@ case "$RANGE_MODE" in auto | multi | single) ;; *)
 esac
 
 START=$SECONDS
+# log, die, start, pid_of, print_logs, wait_for, free_port, http_ok, metric,
+# install_crane
+# shellcheck source=hack/lib/e2e.sh
+source "$PROJECT_ROOT/hack/lib/e2e.sh"
 DAMSELFLY_CLUSTER_TOKEN=e2e-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
 export DAMSELFLY_CLUSTER_TOKEN
-log() { printf '[%4ds] %s\n' $((SECONDS - START)) "$*"; }
-die() { log "FATAL: $*"; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "run as root (sudo make e2e-lazy): it installs packages, mounts FUSE and runs containerd"
 [ -c /dev/fuse ] || die "/dev/fuse is missing: the stargz snapshotter mounts layers over FUSE"
@@ -91,15 +93,6 @@ install_packages() {
 	[ "$rc" -eq 0 ] || die "apt-get install ${need[*]} failed"
 }
 
-install_crane() {
-	if [ -x bin/tools/crane ] && [ "$(bin/tools/crane version 2>/dev/null)" = "$CRANE_VERSION" ]; then
-		return 0
-	fi
-	log "installing crane $CRANE_VERSION into bin/tools"
-	mkdir -p bin/tools
-	GOBIN="$PROJECT_ROOT/bin/tools" timeout 600 go install "github.com/google/go-containerregistry/cmd/crane@$CRANE_VERSION"
-}
-
 install_packages
 install_crane
 CRANE=$PROJECT_ROOT/bin/tools/crane
@@ -117,31 +110,6 @@ FAILED=0
 WATCHDOG=
 CTR=()
 NS=e2e-lazy
-
-start() {
-	local name=$1
-	shift
-	"$@" >"$LOGS/$name.log" 2>&1 </dev/null &
-	NAMES+=("$name")
-	PIDS+=($!)
-}
-
-pid_of() {
-	local i
-	for i in "${!NAMES[@]}"; do
-		[ "${NAMES[$i]}" = "$1" ] && { echo "${PIDS[$i]}"; return 0; }
-	done
-	return 1
-}
-
-print_logs() {
-	local f
-	for f in "$LOGS"/*.log; do
-		[ -e "$f" ] || continue
-		echo "===== $(basename "$f") (last 100 lines; full log in $f) ====="
-		tail -n 100 "$f" || true
-	done
-}
 
 # unmount_under DIR: every mount below DIR, deepest first: FUSE with
 # fusermount3 (lazily), the rest (overlay rootfs) with umount -l.
@@ -164,7 +132,7 @@ cleanup() {
 		kill "$WATCHDOG" 2>/dev/null
 	fi
 	if [ "$rc" -ne 0 ] || [ "$FAILED" -ne 0 ]; then
-		print_logs
+		print_logs 100
 	fi
 	# A container the run check left behind (ctr run --rm removes its own).
 	if [ ${#CTR[@]} -gt 0 ] && pid_of containerd >/dev/null; then
@@ -215,40 +183,6 @@ trap 'exit 143' TERM
 	kill -TERM $$
 ) </dev/null >/dev/null 2>&1 &
 WATCHDOG=$!
-
-wait_for() {
-	local desc=$1 secs=$2 proc=$3
-	shift 3
-	local pid deadline=$((SECONDS + secs))
-	pid=$(pid_of "$proc")
-	until "$@" >/dev/null 2>&1; do
-		kill -0 "$pid" 2>/dev/null || die "$proc exited while waiting for $desc (see $LOGS/$proc.log)"
-		[ "$SECONDS" -lt "$deadline" ] || die "$desc not ready after ${secs}s"
-		sleep 0.5
-	done
-	log "$desc ready"
-}
-
-USED_PORTS=" "
-free_port() {
-	local p n
-	for ((n = 0; n < 200; n++)); do
-		p=$((20000 + RANDOM % 12000))
-		case "$USED_PORTS" in *" $p "*) continue ;; esac
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-			USED_PORTS+="$p "
-			echo "$p"
-			return 0
-		fi
-	done
-	die "no free port found"
-}
-
-http_ok() { curl -fsS -o /dev/null --max-time 2 "$1"; }
-
-metric() {
-	curl -fsS --max-time 5 "$1" | awk -v re="$2" '$0 !~ /^#/ && $0 ~ re { s += $NF } END { printf "%d\n", s }'
-}
 
 # --- 3. build -------------------------------------------------------------
 
