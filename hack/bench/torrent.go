@@ -70,6 +70,7 @@ type roundResult struct {
 	done     []time.Duration // completion time of each client; -1 if it failed
 	right    int             // outputs whose sha256 is the file's
 	upload   int64           // the seeder's uploadLength at the end of the round
+	oneCopy  time.Duration   // when the seeder had uploaded one copy; -1: never
 	cpu      []cpuRow        // CPU seconds of the round's processes
 	failures []string
 }
@@ -173,7 +174,8 @@ func (r *torrentRun) printRound(rr roundResult) {
 	for _, f := range rr.failures {
 		fmt.Println("  FAILED:", f)
 	}
-	fmt.Printf("  seeder uploaded %d bytes (%.3f copies); %d/%d outputs' sha256 right\n\n", rr.upload, float64(rr.upload)/float64(r.size), rr.right, len(rr.done))
+	fmt.Printf("  seeder uploaded %d bytes (%.3f copies; the first copy's bytes by %s); %d/%d outputs' sha256 right\n\n",
+		rr.upload, float64(rr.upload)/float64(r.size), fmtDur(rr.oneCopy), rr.right, len(rr.done))
 }
 
 // roundTimeout bounds one round: N copies at the seeder's cap, three times
@@ -211,6 +213,7 @@ func (r *torrentRun) roundDamselfly(ctx context.Context, n int) (roundResult, er
 	stderrs := make([]*lockedBuffer, n)
 	var wg sync.WaitGroup
 	start := time.Now()
+	copyAt := seed.watchUpload(rctx, start, r.size)
 	for i := range n {
 		outs[i] = filepath.Join(dir, fmt.Sprintf("node-%d", i+1), r.name)
 		if err := os.MkdirAll(filepath.Dir(outs[i]), 0o755); err != nil {
@@ -232,6 +235,7 @@ func (r *torrentRun) roundDamselfly(ctx context.Context, n int) (roundResult, er
 		})
 	}
 	wg.Wait()
+	rr.oneCopy = copyAt()
 	snCPU1, _ := sn.cpuTime()
 	seedCPU1, _ := seed.cpuTime()
 	if rr.upload, err = seed.uploadLength(ctx); err != nil {
@@ -286,6 +290,7 @@ func (r *torrentRun) roundAria2(ctx context.Context, n int) (roundResult, error)
 		}
 	}()
 	start := time.Now()
+	copyAt := seed.watchUpload(rctx, start, r.size)
 	for i := range n {
 		ldir := filepath.Join(dir, fmt.Sprintf("node-%d", i+1))
 		outs[i] = filepath.Join(ldir, r.name)
@@ -319,6 +324,7 @@ func (r *torrentRun) roundAria2(ctx context.Context, n int) (roundResult, error)
 		})
 	}
 	wg.Wait()
+	rr.oneCopy = copyAt()
 	seedCPU1, _ := seed.cpuTime()
 	if rr.upload, err = seed.uploadLength(ctx); err != nil {
 		r.note("round B: the seeder's uploadLength: %v", err)
@@ -390,6 +396,7 @@ func torrentTables(size, seedRate int64, n int, a, b roundResult) []*table {
 	stat("completion, max", maxOf)
 	t.add("finished, sha256 right", fmt.Sprintf("%d/%d", a.right, len(a.done)), fmt.Sprintf("%d/%d", b.right, len(b.done)), "")
 	t.add("seeder upload (MiB)", fmt.Sprintf("%.1f", float64(a.upload)/mib), fmt.Sprintf("%.1f", float64(b.upload)/mib), fmtRatio(float64(a.upload), float64(b.upload)))
+	t.add("seeder had sent one copy's bytes by", fmtDur(a.oneCopy), fmtDur(b.oneCopy), "")
 	t.add("seeder upload (copies)", fmt.Sprintf("%.3f", float64(a.upload)/float64(size)), fmt.Sprintf("%.3f", float64(b.upload)/float64(size)), "")
 
 	c := &table{title: "CPU of each round (user+sys, /proc; 2 cores shared by every process of the round)", header: []string{"round", "process", "CPU s", "CPU s / GiB delivered"}}
@@ -403,6 +410,45 @@ func torrentTables(size, seedRate int64, n int, a, b roundResult) []*table {
 		}
 	}
 	return []*table{t, c}
+}
+
+// fmtDur formats d in seconds, or "-" for a negative d.
+func fmtDur(d time.Duration) string {
+	if d < 0 {
+		return "-"
+	}
+	return fmtSec(d.Seconds())
+}
+
+// watchUpload polls the seeder's upload counter from start until ctx ends
+// or the returned func is called, which returns when the counter first
+// reached size: -1 if it never did.
+func (a *aria2) watchUpload(ctx context.Context, start time.Time, size int64) func() time.Duration {
+	ctx, cancel := context.WithCancel(ctx)
+	at := make(chan time.Duration, 1)
+	go func() {
+		for {
+			// The last poll after cancel still counts: a copy completed
+			// just before the round ended.
+			done := ctx.Err() != nil
+			if up, err := a.uploadLength(context.WithoutCancel(ctx)); err == nil && up >= size {
+				at <- time.Since(start)
+				return
+			}
+			if done {
+				at <- -1
+				return
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
+	return func() time.Duration {
+		cancel()
+		return <-at
+	}
 }
 
 // ensureTorrentTools installs aria2c and mktorrent with apt-get when one
