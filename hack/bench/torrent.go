@@ -238,7 +238,8 @@ func (r *torrentRun) roundDamselfly(ctx context.Context, n int) (roundResult, er
 	rr.oneCopy = copyAt()
 	snCPU1, _ := sn.cpuTime()
 	seedCPU1, _ := seed.cpuTime()
-	if rr.upload, err = seed.uploadLength(ctx); err != nil {
+	// The counters are read even when the run's time ran out.
+	if rr.upload, err = seed.uploadLength(context.WithoutCancel(ctx)); err != nil {
 		r.note("round A: the seeder's uploadLength: %v", err)
 	}
 	var dfgetCPU time.Duration
@@ -248,7 +249,11 @@ func (r *torrentRun) roundDamselfly(ctx context.Context, n int) (roundResult, er
 		}
 		if errs[i] != nil {
 			rr.done[i] = -1
-			rr.failures = append(rr.failures, fmt.Sprintf("dfget %d: %v: %.1500s", i+1, errs[i], stderrs[i].String()))
+			why := errs[i].Error()
+			if rctx.Err() != nil {
+				why = "the round's time ran out (" + why + ")"
+			}
+			rr.failures = append(rr.failures, fmt.Sprintf("dfget %d: %s: %.1500s", i+1, why, stderrs[i].String()))
 		}
 	}
 	rr.right, rr.failures = r.checkOutputs(outs, rr.done, rr.failures)
@@ -326,13 +331,13 @@ func (r *torrentRun) roundAria2(ctx context.Context, n int) (roundResult, error)
 	wg.Wait()
 	rr.oneCopy = copyAt()
 	seedCPU1, _ := seed.cpuTime()
-	if rr.upload, err = seed.uploadLength(ctx); err != nil {
+	if rr.upload, err = seed.uploadLength(context.WithoutCancel(ctx)); err != nil {
 		r.note("round B: the seeder's uploadLength: %v", err)
 	}
 	var leechCPU time.Duration
 	var leechUp int64
 	for i, l := range leechers {
-		if up, err := l.uploadLength(ctx); err == nil {
+		if up, err := l.uploadLength(context.WithoutCancel(ctx)); err == nil {
 			leechUp += up
 		}
 		why := "the round's time ran out"
