@@ -14,11 +14,13 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/damselfly/damselfly/pkg/clusterauth"
@@ -97,6 +99,10 @@ func runTorrent(ctx context.Context, o options, work string, n int) error {
 	if o.sizeMiB < 1 || n < 1 || o.seedRate <= 0 {
 		return errors.New("-size, -n and -seed-rate must be positive")
 	}
+	// An interrupt ends the run through the deferred stops: no aria2c,
+	// supernode or dfget outlives it.
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	if err := ensureTorrentTools(ctx); err != nil {
 		return err
 	}
@@ -312,11 +318,24 @@ func (r *torrentRun) roundAria2(ctx context.Context, n int) (roundResult, error)
 	for i, l := range leechers {
 		wg.Go(func() {
 			rr.done[i] = -1
+			var idle time.Time // since when it has had no active download
 			for {
 				st, err := l.status(rctx)
 				if err == nil && st.Seeder == "true" {
 					rr.done[i] = time.Since(start)
 					return
+				}
+				// A torrent aria2c gave up on (say, its peer port taken)
+				// leaves the active list: that leecher is done for.
+				if errors.Is(err, errNoActive) {
+					if idle.IsZero() {
+						idle = time.Now()
+					} else if time.Since(idle) > 10*time.Second {
+						l.gaveUp = true
+						return
+					}
+				} else {
+					idle = time.Time{}
 				}
 				select {
 				case <-l.exited:
@@ -345,6 +364,9 @@ func (r *torrentRun) roundAria2(ctx context.Context, n int) (roundResult, error)
 		case <-l.exited:
 			why = fmt.Sprintf("it exited: %v", l.waitErr)
 		default:
+			if l.gaveUp {
+				why = "its torrent left aria2c's active list: " + l.stopped(context.WithoutCancel(ctx))
+			}
 		}
 		l.kill()
 		if l.cmd.ProcessState != nil {
@@ -515,19 +537,17 @@ type aria2 struct {
 	addr     string // peer address, 127.0.0.1:port
 	rpc      string
 	infoHash string // of its one torrent, once known
+	gaveUp   bool   // a leecher whose torrent left the active list (roundAria2)
 }
 
 // startAria2 starts aria2c with the bench's common flags (no DHT, no LPD,
 // RPC on loopback) and args, downloading into dir.
 func startAria2(ctx context.Context, name, dir string, args ...string) (*aria2, error) {
-	port, err := freePort()
+	ports, err := freePorts(2)
 	if err != nil {
 		return nil, err
 	}
-	rpcPort, err := freePort()
-	if err != nil {
-		return nil, err
-	}
+	port, rpcPort := ports[0], ports[1]
 	common := []string{
 		"--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=false",
 		"--listen-port=" + strconv.Itoa(port), "--enable-rpc", "--rpc-listen-port=" + strconv.Itoa(rpcPort), "--rpc-listen-all=false",
@@ -619,10 +639,16 @@ type aria2Status struct {
 
 // tellActive asks aria2c's JSON-RPC for its active downloads.
 func (a *aria2) tellActive(ctx context.Context) ([]aria2Status, error) {
-	body, _ := json.Marshal(map[string]any{
-		"jsonrpc": "2.0", "id": "bench", "method": "aria2.tellActive",
-		"params": []any{[]string{"infoHash", "seeder", "uploadLength", "completedLength", "totalLength"}},
-	})
+	b, err := a.rpcCall(ctx, "aria2.tellActive", []any{[]string{"infoHash", "seeder", "uploadLength", "completedLength", "totalLength"}})
+	if err != nil {
+		return nil, err
+	}
+	return parseTellActive(b)
+}
+
+// rpcCall calls method on aria2c's JSON-RPC and returns the raw answer.
+func (a *aria2) rpcCall(ctx context.Context, method string, params []any) ([]byte, error) {
+	body, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": "bench", "method": method, "params": params})
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.rpc, bytes.NewReader(body))
@@ -634,11 +660,7 @@ func (a *aria2) tellActive(ctx context.Context) ([]aria2Status, error) {
 		return nil, err
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return nil, err
-	}
-	return parseTellActive(b)
+	return io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 }
 
 // parseTellActive decodes an aria2.tellActive answer.
@@ -658,13 +680,30 @@ func parseTellActive(b []byte) ([]aria2Status, error) {
 	return out.Result, nil
 }
 
+// errNoActive: aria2c has no active download.
+var errNoActive = errors.New("no active download")
+
+// stopped returns the error messages of aria2c's stopped downloads, for a
+// report.
+func (a *aria2) stopped(ctx context.Context) string {
+	b, err := a.rpcCall(ctx, "aria2.tellStopped", []any{0, 10, []string{"status", "errorCode", "errorMessage"}})
+	if err != nil {
+		return err.Error()
+	}
+	return string(b)
+}
+
 // status returns the status of aria2c's one torrent.
 func (a *aria2) status(ctx context.Context) (aria2Status, error) {
 	sts, err := a.tellActive(ctx)
 	if err != nil {
 		return aria2Status{}, err
 	}
-	if len(sts) != 1 {
+	switch len(sts) {
+	case 0:
+		return aria2Status{}, fmt.Errorf("%s: %w", a.name, errNoActive)
+	case 1:
+	default:
 		return aria2Status{}, fmt.Errorf("%s: %d active downloads, want 1", a.name, len(sts))
 	}
 	return sts[0], nil
@@ -689,13 +728,20 @@ func parseAria2Int(s string) (int64, error) {
 	return v, nil
 }
 
-func freePort() (int, error) {
-	addr, err := freeAddr()
-	if err != nil {
-		return 0, err
+// freePorts returns k distinct loopback TCP ports free a moment ago: all
+// are held open until the last is picked, or the kernel may hand out one
+// port twice (an aria2c whose peer port was its RPC port got nowhere).
+func freePorts(k int) ([]int, error) {
+	var ports []int
+	for range k {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer ln.Close()
+		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
 	}
-	_, p, _ := net.SplitHostPort(addr)
-	return strconv.Atoi(p)
+	return ports, nil
 }
 
 // miniTracker is a minimal HTTP tracker (BEP 3 with compact BEP 23

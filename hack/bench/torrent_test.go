@@ -121,3 +121,12 @@ func TestTorrentTables(t *testing.T) {
 	ts = torrentTables(size, 50<<20, 1, none, b)
 	require.Equal(t, []string{"completion, median", "-", "40.000s", "-"}, ts[0].rows[0])
 }
+
+func TestFreePorts(t *testing.T) {
+	for range 50 {
+		ps, err := freePorts(2)
+		require.NoError(t, err)
+		require.Len(t, ps, 2)
+		require.NotEqual(t, ps[0], ps[1])
+	}
+}
