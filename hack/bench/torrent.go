@@ -257,7 +257,7 @@ func (r *torrentRun) roundDamselfly(ctx context.Context, n int) (roundResult, er
 			rr.done[i] = -1
 			why := errs[i].Error()
 			if rctx.Err() != nil {
-				why = "the round's time ran out (" + why + ")"
+				why = cutShort(ctx) + " (" + why + ")"
 			}
 			rr.failures = append(rr.failures, fmt.Sprintf("dfget %d: %s: %.1500s", i+1, why, stderrs[i].String()))
 		}
@@ -359,7 +359,7 @@ func (r *torrentRun) roundAria2(ctx context.Context, n int) (roundResult, error)
 		if up, err := l.uploadLength(context.WithoutCancel(ctx)); err == nil {
 			leechUp += up
 		}
-		why := "the round's time ran out"
+		why := cutShort(ctx)
 		select {
 		case <-l.exited:
 			why = fmt.Sprintf("it exited: %v", l.waitErr)
@@ -383,6 +383,15 @@ func (r *torrentRun) roundAria2(ctx context.Context, n int) (roundResult, error)
 		{"seeder (aria2c)", seedCPU1 - seedCPU0},
 	}
 	return rr, nil
+}
+
+// cutShort says why a round ended before its clients did, given the
+// run's context.
+func cutShort(ctx context.Context) string {
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return "interrupted"
+	}
+	return "the round's time ran out"
 }
 
 // checkOutputs compares the sha256 of each finished client's output with
