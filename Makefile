@@ -95,6 +95,10 @@ bench: build ## Swarm suite: an image pulled on N nodes direct, via a pull-throu
 bench-lazy: build ## Byte ranges of cold blobs through dfdaemon vs direct: time to the bytes, origin copies (BENCH_FLAGS, see docs/benchmarks.md)
 	$(GO) run ./hack/bench -mode lazy $(BENCH_FLAGS)
 
+.PHONY: bench-torrent
+bench-torrent: build ## A torrent seeded by aria2c (capped upload) on N nodes: dfgets through a supernode vs aria2c leechers; needs aria2c, mktorrent (BENCH_FLAGS, see docs/benchmarks.md)
+	$(GO) run ./hack/bench -mode torrent $(BENCH_FLAGS)
+
 .PHONY: sim
 sim: ## Scale simulator: the real scheduler policy driving thousands of virtual peers (see docs/benchmarks.md)
 	$(GO) run ./hack/sim $(SIM_FLAGS)

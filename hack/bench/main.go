@@ -1,4 +1,4 @@
-// Command bench measures Damselfly on loopback. It has four modes (-mode):
+// Command bench measures Damselfly on loopback. It has five modes (-mode):
 //
 //   - swarm (the default) is the suite of swarm.go: in one run it starts a
 //     real registry as origin behind an egress throttle, and for each N
@@ -25,16 +25,26 @@
 //     right, the origin's copies of each blob once the background fill has
 //     settled, and the daemons' CPU seconds per GiB (lazy.go).
 //
+//   - torrent pulls one file seeded by aria2c with a capped upload on N
+//     nodes two ways, one round after the other (issue 15): N dfgets on a
+//     magnet link through a supernode, whose BitTorrent client fetches it,
+//     and N aria2c leechers that trade pieces among themselves. It prints
+//     completion times side by side, the seeder's upload in copies of the
+//     file and the CPU of every process (torrent.go). It needs aria2c and
+//     mktorrent, and installs them with apt-get when missing.
+//
 //     go run ./hack/bench -n 1,4,16 -layers 96,48,32,16 -rate 8M -chart docs/bench-swarm.png
 //     go run ./hack/bench -mode stream -size 1024 -rounds 3
 //     go run ./hack/bench -mode manifests -clients 200 -duration 10s
 //     go run ./hack/bench -mode lazy -size 1024 -ranges 8 -origin-rate 20M
+//     go run ./hack/bench -mode torrent -size 1024 -n 4 -seed-rate 50M
 //
 // The binaries are taken from ./bin (make build).
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -90,6 +100,9 @@ type options struct {
 	scenarioMiB int
 	settle      time.Duration
 
+	// torrent
+	seedRate ratelimit.Rate // the aria2c seeder's upload limit
+
 	// manifests
 	clients  int
 	duration time.Duration
@@ -98,11 +111,11 @@ type options struct {
 }
 
 func run() error {
-	o := options{ns: []int{1, 4, 16}, layersMiB: []int{96, 48, 32, 16}, rate: 8 << 20, uploadRate: -1, modes: allModes()}
-	flag.StringVar(&o.mode, "mode", "swarm", "what to measure: swarm (image pulls on N nodes: direct, pull-through cache, dfdaemon), stream (one pull through dfdaemon vs direct), manifests (manifest GETs through registry-cache) or lazy (byte ranges of cold blobs through dfdaemon vs direct)")
+	o := options{ns: []int{1, 4, 16}, layersMiB: []int{96, 48, 32, 16}, rate: 8 << 20, uploadRate: -1, modes: allModes(), seedRate: 50 << 20}
+	flag.StringVar(&o.mode, "mode", "swarm", "what to measure: swarm (image pulls on N nodes: direct, pull-through cache, dfdaemon), stream (one pull through dfdaemon vs direct), manifests (manifest GETs through registry-cache) lazy (byte ranges of cold blobs through dfdaemon vs direct) or torrent (a torrent on N nodes: dfgets through a supernode vs aria2c leechers)")
 	flag.StringVar(&o.binDir, "bin", "bin", "directory holding the supernode, dfget, dfdaemon and registry-cache binaries")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory")
-	flag.Func("n", "swarm: comma-separated node counts to sweep (default 1,4,16)", func(s string) error {
+	flag.Func("n", "swarm: comma-separated node counts to sweep (default 1,4,16); torrent: the nodes, one count (default 4)", func(s string) error {
 		v, err := parseInts(s)
 		o.ns = v
 		return err
@@ -128,19 +141,20 @@ func run() error {
 	flag.StringVar(&o.snConfig, "supernode-config", "", "swarm: YAML `file` passed to the supernode's --config, for experiments with its scheduler (see docs/supernode.yaml)")
 	flag.StringVar(&o.dfdConfig, "dfdaemon-config", "", "swarm: YAML `file` passed to every dfdaemon's --config, for experiments with the peer engine (see docs/dfdaemon.yaml); the suite's flags override it")
 	flag.IntVar(&o.parallel, "parallel", 3, "swarm: blobs each client downloads at once (docker's default max-concurrent-downloads)")
-	flag.StringVar(&o.markdown, "markdown", "", "swarm, lazy: also write the results as Markdown tables to `file`")
+	flag.StringVar(&o.markdown, "markdown", "", "swarm, lazy, torrent: also write the results as Markdown tables to `file`")
 	flag.StringVar(&o.chart, "chart", "", "swarm: write a PNG chart of p50 and p99 completion time vs N to `file` (e.g. docs/bench-swarm.png)")
 	flag.BoolVar(&o.timeline, "timeline", false, "swarm: print when each client finished each blob")
 	flag.DurationVar(&o.swarmBudget, "timeout", 30*time.Minute, "bound on the whole run")
 	flag.StringVar(&o.serve, "serve", "", "internal: run as the suite's origin or pull-through cache child process")
 	flag.StringVar(&o.upstream, "upstream", "", "internal: the pull-through cache's upstream URL")
 	flag.StringVar(&o.serveDir, "serve-dir", "", "internal: the child's storage directory")
-	flag.IntVar(&o.sizeMiB, "size", 1024, "stream: layer size in MiB; lazy: size of the blob the random ranges are read from, in MiB")
+	flag.IntVar(&o.sizeMiB, "size", 1024, "stream: layer size in MiB; lazy: size of the blob the random ranges are read from, in MiB; torrent: size of the torrent's one file in MiB")
 	flag.IntVar(&o.rounds, "rounds", 3, "stream: pulls of each kind, alternating (medians are reported)")
 	flag.IntVar(&o.ranges, "ranges", 8, "lazy: random 1 MiB ranges read from the -size blob, one after another")
 	flag.Uint64Var(&o.seed, "seed", 0, "lazy: seed of the random ranges (default 0: a new seed, printed)")
 	flag.IntVar(&o.scenarioMiB, "scenario-size", 256, "lazy: size of each of the scenarios' cold blobs in MiB; scenario (a) reads at 200/256 of it")
 	flag.DurationVar(&o.settle, "settle", 3*time.Second, "lazy: a background fill has settled when the origin has sent nothing for this long")
+	flag.Var(&o.seedRate, "seed-rate", "torrent: the aria2c seeder's upload limit in bytes/s, K, M, G suffixes binary (default 50M: 50 MiB/s)")
 	flag.IntVar(&o.clients, "clients", 200, "manifests: concurrent clients")
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "manifests: how long the clients send requests")
 	flag.IntVar(&o.tags, "tags", 4, "manifests: tags the clients ask for, round robin")
@@ -192,8 +206,22 @@ func run() error {
 		return runManifests(ctx, o, work)
 	case "lazy":
 		return runLazy(ctx, o, work)
+	case "torrent":
+		n := 4
+		flag.Visit(func(f *flag.Flag) {
+			if f.Name == "n" {
+				n = 0
+			}
+		})
+		if n == 0 {
+			if len(o.ns) != 1 {
+				return errors.New("-mode torrent: -n takes one node count")
+			}
+			n = o.ns[0]
+		}
+		return runTorrent(ctx, o, work, n)
 	default:
-		return fmt.Errorf("-mode %q: want swarm, stream, manifests or lazy", o.mode)
+		return fmt.Errorf("-mode %q: want swarm, stream, manifests, lazy or torrent", o.mode)
 	}
 }
 
