@@ -57,7 +57,7 @@ esac
 
 START=$SECONDS
 # log, die, start, pid_of, print_logs, wait_for, free_port, http_ok, metric,
-# install_crane
+# install_crane, apt_install
 # shellcheck source=hack/lib/e2e.sh
 source "$PROJECT_ROOT/hack/lib/e2e.sh"
 DAMSELFLY_CLUSTER_TOKEN=e2e-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
@@ -77,20 +77,7 @@ install_packages() {
 	command -v jq >/dev/null || need+=(jq)
 	command -v curl >/dev/null || need+=(curl)
 	command -v make >/dev/null || need+=(make)
-	[ ${#need[@]} -eq 0 ] && return 0
-	log "installing ${need[*]}"
-	# Keep the packages from starting the system's containerd: this test
-	# runs its own, and leaves nothing running.
-	local policy=/usr/sbin/policy-rc.d made_policy=
-	if [ ! -e "$policy" ]; then
-		printf '#!/bin/sh\nexit 101\n' >"$policy"
-		chmod 755 "$policy"
-		made_policy=1
-	fi
-	local rc=0
-	{ timeout 300 apt-get update -q && timeout 900 apt-get install -y -q --no-install-recommends "${need[@]}"; } || rc=$?
-	[ -n "$made_policy" ] && rm -f "$policy"
-	[ "$rc" -eq 0 ] || die "apt-get install ${need[*]} failed"
+	apt_install "${need[@]}"
 }
 
 install_packages

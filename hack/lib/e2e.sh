@@ -83,3 +83,21 @@ install_crane() {
 metric() {
 	curl -fsS --max-time 5 "$1" | awk -v re="$2" '$0 !~ /^#/ && $0 ~ re { s += $NF } END { printf "%d\n", s }'
 }
+
+# apt_install PKG...: installs the Debian packages named (none: nothing),
+# keeping them from starting the system's own daemons (docker, containerd):
+# the scripts run their own and leave nothing running.
+apt_install() {
+	[ $# -eq 0 ] && return 0
+	log "installing $*"
+	local policy=/usr/sbin/policy-rc.d made_policy=
+	if [ ! -e "$policy" ]; then
+		printf '#!/bin/sh\nexit 101\n' >"$policy"
+		chmod 755 "$policy"
+		made_policy=1
+	fi
+	local rc=0
+	{ timeout 300 apt-get update -q && timeout 900 apt-get install -y -q --no-install-recommends "$@"; } || rc=$?
+	[ -n "$made_policy" ] && rm -f "$policy"
+	[ "$rc" -eq 0 ] || die "apt-get install $* failed"
+}
