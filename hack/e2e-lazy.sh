@@ -57,7 +57,7 @@ esac
 
 START=$SECONDS
 # log, die, start, pid_of, print_logs, wait_for, free_port, http_ok, metric,
-# install_crane, apt_install
+# install_crane, apt_install, check, info, fail
 # shellcheck source=hack/lib/e2e.sh
 source "$PROJECT_ROOT/hack/lib/e2e.sh"
 DAMSELFLY_CLUSTER_TOKEN=e2e-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
@@ -312,31 +312,6 @@ MIRROR_BEFORE=$(mirror_blob_bytes)
 : >"$REQLOG"
 
 # --- 7. checks ---------------------------------------------------------------
-
-check() {
-	local name=$1 fn=$2 rc t0=$SECONDS
-	log "CHECK $name"
-	set +o errexit
-	(
-		set -o errexit
-		"$fn"
-	) >"$LOGS/check-$fn.log" 2>&1
-	rc=$?
-	set -o errexit
-	sed 's/^/    /' "$LOGS/check-$fn.log" | grep -E '^    (info|ERROR):' || true
-	if [ "$rc" -eq 0 ]; then
-		RESULTS+=("PASS  $name ($((SECONDS - t0))s)")
-		log "PASS  $name"
-	else
-		FAILED=1
-		RESULTS+=("FAIL  $name ($((SECONDS - t0))s)")
-		log "FAIL  $name"
-		sed 's/^/    | /' "$LOGS/check-$fn.log" | tail -n 60
-	fi
-}
-
-info() { echo "info: $*"; }
-fail() { echo "ERROR: $*"; exit 1; }
 
 # ms: milliseconds since the epoch.
 ms() { date +%s%3N; }

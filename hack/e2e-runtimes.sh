@@ -42,7 +42,7 @@ PRIV_PASS=e2e-$RANDOM$RANDOM
 
 START=$SECONDS
 # log, die, start, pid_of, print_logs, wait_for, free_port, http_ok, metric,
-# install_crane, apt_install
+# install_crane, apt_install, check, info, fail
 # shellcheck source=hack/lib/e2e.sh
 source "$PROJECT_ROOT/hack/lib/e2e.sh"
 # One cluster: every supernode and dfdaemon this script starts presents it.
@@ -259,33 +259,6 @@ wait_for "dockerd at $DOCKER_SOCK" 60 dockerd "${DOCKER_CMD[@]}" version
 
 # skopeo's signature policy for these copies (the system one may not exist).
 echo '{"default":[{"type":"insecureAcceptAnything"}]}' >"$WORK/policy.json"
-
-# check NAME FUNCTION: runs FUNCTION in a subshell with errexit; its output
-# goes to $LOGS/check-<FUNCTION>.log and is shown when it fails.
-check() {
-	local name=$1 fn=$2 rc t0=$SECONDS
-	log "CHECK $name"
-	set +o errexit
-	(
-		set -o errexit
-		"$fn"
-	) >"$LOGS/check-$fn.log" 2>&1
-	rc=$?
-	set -o errexit
-	sed 's/^/    /' "$LOGS/check-$fn.log" | grep -E '^    (info|ERROR):' || true
-	if [ "$rc" -eq 0 ]; then
-		RESULTS+=("PASS  $name ($((SECONDS - t0))s)")
-		log "PASS  $name"
-	else
-		FAILED=1
-		RESULTS+=("FAIL  $name ($((SECONDS - t0))s)")
-		log "FAIL  $name"
-		sed 's/^/    | /' "$LOGS/check-$fn.log" | tail -n 60
-	fi
-}
-
-info() { echo "info: $*"; }
-fail() { echo "ERROR: $*"; exit 1; }
 
 # verify_blobs PREFIX DIR NAMING: every blob of PREFIX's image is in DIR, with
 # the right sha256. NAMING "oci": DIR/blobs/sha256/<hex>; "dir": DIR/<hex>.

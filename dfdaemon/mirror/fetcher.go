@@ -66,7 +66,7 @@ func (f *Fetcher) Fetch(ctx context.Context, rawURL string, header http.Header) 
 	if size < 0 {
 		size = lease.Progress().Size
 	}
-	var body io.ReadCloser = &leaseBody{ReadCloser: lease.NewReader(0), lease: lease}
+	body := (&leaseParts{lease: lease}).add(lease.NewReader(0))
 	if verify != "" {
 		if body, err = VerifyDigest(body, verify, 0); err != nil {
 			return nil, 0, fmt.Errorf("fetch: %w", err)
@@ -150,7 +150,8 @@ func (f *Fetcher) acquire(ctx context.Context, rawURL string, header http.Header
 	return lease, size, verify, nil
 }
 
-// leaseParts releases a lease once every reader opened on it is closed.
+// leaseParts releases a lease once every reader opened on it (one for a
+// whole body, one per range for a ranged one) is closed.
 type leaseParts struct {
 	lease *blobcache.Lease
 	open  atomic.Int32
@@ -177,17 +178,5 @@ func (l *leasePart) Close() error {
 			l.p.lease.Release()
 		}
 	})
-	return err
-}
-
-// leaseBody releases the lease with the body.
-type leaseBody struct {
-	io.ReadCloser
-	lease *blobcache.Lease
-}
-
-func (b *leaseBody) Close() error {
-	err := b.ReadCloser.Close()
-	b.lease.Release()
 	return err
 }

@@ -1,7 +1,8 @@
 # Functions the end-to-end scripts share (hack/e2e-runtimes.sh,
 # hack/e2e-lazy.sh); sourced by them. They expect START (the run's start in
 # SECONDS), LOGS (the log directory), the arrays NAMES and PIDS (processes
-# started, for cleanup), PROJECT_ROOT and CRANE_VERSION.
+# started, for cleanup), RESULTS and FAILED (checks), PROJECT_ROOT and
+# CRANE_VERSION.
 
 USED_PORTS=" "
 
@@ -101,3 +102,30 @@ apt_install() {
 	[ -n "$made_policy" ] && rm -f "$policy"
 	[ "$rc" -eq 0 ] || die "apt-get install $* failed"
 }
+
+# check NAME FUNCTION: runs FUNCTION in a subshell with errexit; its output
+# goes to $LOGS/check-<FUNCTION>.log and is shown when it fails.
+check() {
+	local name=$1 fn=$2 rc t0=$SECONDS
+	log "CHECK $name"
+	set +o errexit
+	(
+		set -o errexit
+		"$fn"
+	) >"$LOGS/check-$fn.log" 2>&1
+	rc=$?
+	set -o errexit
+	sed 's/^/    /' "$LOGS/check-$fn.log" | grep -E '^    (info|ERROR):' || true
+	if [ "$rc" -eq 0 ]; then
+		RESULTS+=("PASS  $name ($((SECONDS - t0))s)")
+		log "PASS  $name"
+	else
+		FAILED=1
+		RESULTS+=("FAIL  $name ($((SECONDS - t0))s)")
+		log "FAIL  $name"
+		sed 's/^/    | /' "$LOGS/check-$fn.log" | tail -n 60
+	fi
+}
+
+info() { echo "info: $*"; }
+fail() { echo "ERROR: $*"; exit 1; }
