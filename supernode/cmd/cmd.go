@@ -206,11 +206,16 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	if err != nil {
 		return fmt.Errorf("content store: %w", err)
 	}
-	sourceHC := o.sourceHC
+	// Every outbound connection of the CDN (sources, and the BitTorrent
+	// client's peers, trackers and web seeds) is held to the source
+	// policy; a test's own source client brings its own dialing.
+	sourceHC, sourceDial := o.sourceHC, (&net.Dialer{}).DialContext
 	if sourceHC == nil {
-		if sourceHC, err = sourceHTTPClient(cfg.Source); err != nil {
+		p, err := sourcePolicy(cfg.Source)
+		if err != nil {
 			return fmt.Errorf("source policy: %w", err)
 		}
+		sourceHC, sourceDial = sourceHTTPClient(p), p.DialContext(nil)
 	}
 
 	ln, err := net.Listen("tcp", cfg.Listen)
@@ -232,7 +237,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	src := httpsource.New(httpsource.WithHTTPClient(sourceHC), httpsource.WithLogger(logger.Named("source")))
 	taskOpts := []task.Option{task.WithLogger(logger), task.WithMetrics(reg)}
 	if cfg.CDN.BT.On() {
-		btc, err := newTorrents(cfg.CDN.BT, cfg.Source, o.sourceHC, logger.Named("bt"))
+		btc, err := newTorrents(cfg.CDN.BT, sourceHC, sourceDial, logger.Named("bt"))
 		if err != nil {
 			return err
 		}

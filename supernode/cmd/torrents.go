@@ -9,34 +9,18 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/damselfly/damselfly/pkg/btlink"
-	"github.com/damselfly/damselfly/pkg/netpolicy"
 	"github.com/damselfly/damselfly/supernode/bt"
 	"github.com/damselfly/damselfly/supernode/cdn"
 )
 
 // newTorrents builds the CDN's BitTorrent client: every dial (peers,
-// trackers, web seeds, torrent files) goes through the source policy, the
-// same one the CDN's http sources are held to. A test's own source client
-// (WithSourceClient) brings its own dialing: the client then dials plainly.
-func newTorrents(cfg BTConfig, policy netpolicy.Config, testHC *http.Client, logger *zap.Logger) (*bt.Client, error) {
-	var dial func(ctx context.Context, network, addr string) (net.Conn, error)
-	hc := testHC
-	if hc == nil {
-		p, err := sourcePolicy(policy)
-		if err != nil {
-			return nil, err
-		}
-		dial = p.DialContext(nil)
-		if hc, err = sourceHTTPClient(policy); err != nil {
-			return nil, err
-		}
-	} else {
-		dial = (&net.Dialer{}).DialContext
-		if hc.Transport == nil {
-			c := *hc
-			c.Transport = http.DefaultTransport
-			hc = &c
-		}
+// trackers, web seeds, torrent files) goes through dial and hc, the source
+// policy's.
+func newTorrents(cfg BTConfig, hc *http.Client, dial func(ctx context.Context, network, addr string) (net.Conn, error), logger *zap.Logger) (*bt.Client, error) {
+	if hc.Transport == nil {
+		c := *hc
+		c.Transport = &http.Transport{DialContext: dial}
+		hc = &c
 	}
 	c, err := bt.New(cfg.Config, bt.Options{Dial: dial, HTTPClient: hc, Logger: logger})
 	if err != nil {
