@@ -16,20 +16,11 @@ import (
 // sourceBuf is the copy buffer of a back-to-source fetch.
 const sourceBuf = 256 << 10
 
-// errTorrentSource: a BitTorrent source cannot be fetched by a peer.
-// Download never lets a torrent go back to the source (Request.BackToSource);
-// this is the guard behind it.
-var errTorrentSource = errors.New("no bittorrent client in this peer: a torrent is fetched by the supernode's cdn only")
-
 // fromSource downloads the whole content from its source into a fresh
 // ingest, hashing it as it streams, and commits it (checked against the
 // requested digest when there is one). Pieces fetched from peers so far are
-// dropped: the source is the one authority from here on. A torrent has no
-// source a peer can fetch (errTorrentSource).
+// dropped: the source is the one authority from here on.
 func (t *task) fromSource(ctx context.Context) error {
-	if t.req.torrent() {
-		return fmt.Errorf("source: %w", errTorrentSource)
-	}
 	// Drop the P2P ingest (and with it what was served of it).
 	t.ioMu.Lock()
 	t.dropIngestLocked()
