@@ -55,6 +55,13 @@ type Config struct {
 	// ScrubRate bounds the bytes per second the scrub reads (default
 	// 32MiB), so it never competes with pulls.
 	ScrubRate bytesize.Size `yaml:"scrubRate"`
+	// BufferedIO writes downloads through the page cache. By default
+	// (false) a download's pieces are written around it with O_DIRECT where
+	// the filesystem allows, and the newest pieces served from memory:
+	// copying into new page-cache pages costs more CPU than receiving and
+	// hashing the bytes (docs/benchmarks.md). Finished blobs are read
+	// through the page cache either way.
+	BufferedIO bool `yaml:"bufferedIO"`
 }
 
 // ApplyDefaults returns c with unset fields set to their defaults.

@@ -201,7 +201,11 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
-	store, err := local.New(filepath.Join(cfg.DataDir, "content"), local.WithLogger(logger.Named("content")))
+	storeOpts := []local.Option{local.WithLogger(logger.Named("content"))}
+	if !cfg.Cache.BufferedIO {
+		storeOpts = append(storeOpts, local.WithDirectIO())
+	}
+	store, err := local.New(filepath.Join(cfg.DataDir, "content"), storeOpts...)
 	if err != nil {
 		return fmt.Errorf("content store: %w", err)
 	}

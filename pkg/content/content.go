@@ -119,6 +119,25 @@ type Writer interface {
 	Status() (Status, error)
 }
 
+// VouchedWriter is a Writer that can leave the content digest to its
+// caller: a peer verifies every piece it writes against a piece digest the
+// supernode handed it, and the supernode, having verified the whole content,
+// vouches that those piece digests make up the content of one digest. The
+// content is then hashed once on the node (each piece), not twice.
+type VouchedWriter interface {
+	Writer
+	// SkipHash stops the writer from hashing the bytes as they arrive. It
+	// must be called before the first write. A plain Commit then reads the
+	// whole ingest back and hashes it, so Commit still checks what it
+	// publishes.
+	SkipHash()
+	// CommitVouched publishes the ingest as a blob of size bytes named dgst
+	// without hashing it. The caller vouches that every byte was verified
+	// and that together they hash to dgst; everything else (size, a
+	// complete ingest, fsync, atomic publish) is checked as by Commit.
+	CommitVouched(ctx context.Context, size int64, dgst digest.Digest) error
+}
+
 // Ingester opens writers.
 type Ingester interface {
 	// Writer starts a fresh ingest under ref (1 to 128 characters of

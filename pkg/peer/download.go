@@ -291,7 +291,7 @@ func (r *reader) Read(p []byte) (int, error) {
 		}
 		res, terr := t.result, t.err
 		n := t.readableLocked(r.off)
-		size := t.info.Size
+		size, ps := t.info.Size, t.info.PieceSize
 		gen := t.gen
 		t.mu.Unlock()
 
@@ -299,13 +299,13 @@ func (r *reader) Read(p []byte) (int, error) {
 			if terr != nil {
 				return 0, terr
 			}
-			return r.readBlob(p, res)
+			return r.readBlob(p, res, ps)
 		}
 		if r.end >= 0 && size >= 0 && r.off >= size {
 			return 0, io.EOF // a range past the end ends at the end
 		}
 		if n > 0 {
-			m, err := t.readIngest(p[:min(int64(len(p)), n)], r.off, gen)
+			m, err := t.readIngest(p[:min(int64(len(p)), n)], r.off, gen, ps)
 			if errors.Is(err, errSwapped) {
 				continue
 			}
@@ -325,7 +325,7 @@ func (r *reader) Read(p []byte) (int, error) {
 	}
 }
 
-func (r *reader) readBlob(p []byte, res Result) (int, error) {
+func (r *reader) readBlob(p []byte, res Result, ps int64) (int, error) {
 	if r.off >= res.Size {
 		return 0, io.EOF
 	}
@@ -343,7 +343,7 @@ func (r *reader) readBlob(p []byte, res Result) (int, error) {
 		}
 		r.blob = b
 	}
-	n, err := r.blob.ReadAt(p[:min(int64(len(p)), res.Size-r.off)], r.off)
+	n, err := r.t.e.pcache.readThrough(r.t, ps, r.blob, p[:min(int64(len(p)), res.Size-r.off)], r.off)
 	r.off += int64(n)
 	if errors.Is(err, io.EOF) && n > 0 {
 		err = nil
@@ -428,15 +428,16 @@ func (u *uploadTask) ReadAt(p []byte, off int64) (int, error) {
 	defer t.ioMu.RUnlock()
 	t.mu.Lock()
 	ok := t.verifiedLocked(off, int64(len(p)))
+	ps := t.info.PieceSize
 	t.mu.Unlock()
 	if !ok {
 		return 0, fmt.Errorf("read task %s at %d+%d: not verified", t.id, off, len(p))
 	}
 	switch {
 	case t.blob != nil:
-		return t.blob.ReadAt(p, off)
+		return t.e.pcache.readThrough(t, ps, t.blob, p, off)
 	case t.w != nil:
-		return t.w.ReadAt(p, off)
+		return t.e.pcache.readThrough(t, ps, t.w, p, off)
 	}
 	return 0, fmt.Errorf("read task %s: %w", t.id, ErrClosed)
 }

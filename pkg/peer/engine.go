@@ -88,6 +88,8 @@ type Engine struct {
 	metrics    *metrics
 	// bufs recycles buffers of default-sized pieces.
 	bufs sync.Pool
+	// pcache holds the latest verified pieces (piececache.go).
+	pcache *pieceCache
 
 	mu    sync.Mutex
 	tasks map[taskid.ID]*task
@@ -194,9 +196,10 @@ func New(cfg Config, store content.Store, sched *schedclient.Client, self scheda
 		e.logger = zap.NewNop()
 	}
 	e.bufs.New = func() any {
-		b := make([]byte, piece.DefaultSize)
+		b := piece.Buffer(int(piece.DefaultSize))
 		return &b
 	}
+	e.pcache = newPieceCache(defaultCachedPieces, &e.bufs)
 	if e.source == nil {
 		sopts := []httpsource.Option{httpsource.WithLogger(e.logger.Named("source"))}
 		if e.httpClient != nil {

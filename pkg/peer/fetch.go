@@ -53,12 +53,17 @@ func (t *task) fetch(ctx context.Context, a schedapi.Assignment) fetchResult {
 	}
 
 	var buf []byte
+	var bp *[]byte // a pooled buffer, until the piece cache takes it
 	if a.Length <= piece.DefaultSize {
-		bp := t.e.bufs.Get().(*[]byte)
-		defer t.e.bufs.Put(bp)
+		bp = t.e.bufs.Get().(*[]byte)
+		defer func() {
+			if bp != nil {
+				t.e.bufs.Put(bp)
+			}
+		}()
 		buf = (*bp)[:a.Length]
 	} else {
-		buf = make([]byte, a.Length)
+		buf = piece.Buffer(int(a.Length))
 	}
 
 	err := t.e.fetchPiece(ctx, t.id, a, buf)
@@ -85,6 +90,9 @@ func (t *task) fetch(ctx context.Context, a schedapi.Assignment) fetchResult {
 	}
 	if err := t.writePiece(buf, a.Offset); err != nil {
 		return fetchResult{a: a, res: res, fatal: fmt.Errorf("store piece %d: %w", a.Piece, err)}
+	}
+	if bp != nil && t.e.pcache.put(t, a.Piece, a.Offset, bp, len(buf)) {
+		bp = nil
 	}
 	res.OK = true
 	res.Bytes = a.Length

@@ -191,6 +191,8 @@ type fakeSched struct {
 	// only once every piece was reported (as a CDN still hashing would).
 	contentDigest string
 	late          bool
+	// badVouch makes the succeeded task's PiecesDigest list other pieces.
+	badVouch bool
 	// failTask makes the task failed from the start.
 	failTask string
 	// rateLimited is how many more registrations are answered with the
@@ -360,6 +362,10 @@ func (f *fakeSched) info() schedapi.TaskInfo {
 	}
 	if f.late && all {
 		info.State = schedapi.TaskSucceeded
+		info.PiecesDigest = piece.ListDigest(f.pieces).String()
+		if f.badVouch {
+			info.PiecesDigest = digest.FromString("other pieces").String()
+		}
 	}
 	return info
 }

@@ -73,6 +73,12 @@ func (t *task) p2p(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("open ingest: %w", err)
 	}
+	if vw, ok := w.(content.VouchedWriter); ok {
+		// Every piece is verified against the supernode's digest as it
+		// arrives; the content is hashed again only if the supernode does
+		// not vouch for it (commit).
+		vw.SkipHash()
+	}
 	t.ioMu.Lock()
 	t.mu.Lock()
 	t.w = w
@@ -428,6 +434,10 @@ func (t *task) markVerified(a schedapi.Assignment) {
 		return
 	}
 	t.verified.Add(a.Piece)
+	if a.Piece >= len(t.pieceDigests) {
+		t.pieceDigests = append(t.pieceDigests, make([]digest.Digest, a.Piece+1-len(t.pieceDigests))...)
+	}
+	t.pieceDigests[a.Piece] = digest.Digest(a.Digest)
 	t.progress.Completed += a.Length
 	if a.FromCDN {
 		t.progress.FromCDN += a.Length
@@ -482,13 +492,20 @@ func (t *task) commit(ctx context.Context) error {
 	}
 	t.ioMu.RUnlock()
 
+	vouched := t.awaitVouch(ctx)
+
 	t.ioMu.Lock()
 	defer t.ioMu.Unlock()
 	w := t.w
 	if w == nil {
 		return fmt.Errorf("commit: %w", ErrClosed)
 	}
-	err := w.Commit(ctx, size, expected)
+	var err error
+	if vw, ok := w.(content.VouchedWriter); ok && vouched && expected != "" {
+		err = vw.CommitVouched(ctx, size, expected)
+	} else {
+		err = w.Commit(ctx, size, expected)
+	}
 	if err != nil && !errors.Is(err, content.ErrAlreadyExists) {
 		// A failed commit removed the ingest: nothing in it may be read
 		// any more. Readers wait for the download's final error.

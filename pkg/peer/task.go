@@ -51,18 +51,21 @@ type task struct {
 	blob content.ReaderAt
 	gen  int // bumped (under ioMu and mu) whenever w is replaced
 
-	mu         sync.Mutex
-	mode       mode
-	info       schedapi.TaskInfo
-	verified   *piece.Set
-	srcOff     int64
-	changed    chan struct{} // closed and replaced on every change
-	handles    map[*Download]struct{}
-	registered bool // the supernode knows this peer in the task
-	progress   Progress
-	done       chan struct{}
-	result     Result
-	err        error
+	mu       sync.Mutex
+	mode     mode
+	info     schedapi.TaskInfo
+	verified *piece.Set
+	// pieceDigests holds, by piece, the digest each verified piece was
+	// checked against (for the supernode's vouch, see commit).
+	pieceDigests []digest.Digest
+	srcOff       int64
+	changed      chan struct{} // closed and replaced on every change
+	handles      map[*Download]struct{}
+	registered   bool // the supernode knows this peer in the task
+	progress     Progress
+	done         chan struct{}
+	result       Result
+	err          error
 
 	// wants are the byte ranges open range readers need now (want.go);
 	// wantCh is signalled when one is added.
@@ -289,6 +292,7 @@ func (t *task) teardown() {
 		t.blob = nil
 	}
 	t.ioMu.Unlock()
+	t.e.pcache.drop(t)
 }
 
 // emit sends ev to every handle, dropping it for handles that do not keep
@@ -336,13 +340,13 @@ func (t *task) readableLocked(off int64) int64 {
 // readIngest reads bytes of the ingest of generation gen, which the caller
 // found readable. It returns errSwapped when that ingest is gone (committed,
 // or replaced by a source fetch): the caller looks at the task state again.
-func (t *task) readIngest(p []byte, off int64, gen int) (int, error) {
+func (t *task) readIngest(p []byte, off int64, gen int, ps int64) (int, error) {
 	t.ioMu.RLock()
 	defer t.ioMu.RUnlock()
 	if t.w == nil || t.gen != gen {
 		return 0, errSwapped
 	}
-	n, err := t.w.ReadAt(p, off)
+	n, err := t.e.pcache.readThrough(t, ps, t.w, p, off)
 	if errors.Is(err, io.EOF) && n == len(p) {
 		err = nil
 	}
@@ -358,10 +362,12 @@ func (t *task) dropIngestLocked() {
 	if t.w != nil {
 		_ = t.w.Close()
 	}
+	t.e.pcache.drop(t)
 	t.mu.Lock()
 	t.w = nil
 	t.gen++
 	t.verified = &piece.Set{}
+	t.pieceDigests = nil
 	t.srcOff = 0
 	t.notifyLocked()
 	t.mu.Unlock()

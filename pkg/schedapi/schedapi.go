@@ -156,6 +156,11 @@ type TaskInfo struct {
 	// ContentDigest is the sha256 of the whole content, known when the
 	// task was created by digest or once the CDN has fetched all of it.
 	ContentDigest string `json:"contentDigest,omitempty"`
+	// PiecesDigest, once the task succeeded, is piece.ListDigest of its
+	// piece digests: the supernode vouches that pieces verified against
+	// those digests make up the content of ContentDigest, so a peer holding
+	// them need not hash the whole content again.
+	PiecesDigest string `json:"piecesDigest,omitempty"`
 	// Error says why a failed task failed.
 	Error string `json:"error,omitempty"`
 	// RetryAfter, on a failed task, says the origin is rate-limiting: the

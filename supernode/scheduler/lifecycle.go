@@ -166,6 +166,7 @@ func (st *state) succeed(taskID taskid.ID, size int64, content digest.Digest) er
 	if content != "" {
 		t.content = content
 	}
+	t.piecesDigest = piece.ListDigest(t.digests[:piece.Count(size, t.pieceSize)])
 	st.setState(t, schedapi.TaskSucceeded)
 	st.log.Info("task succeeded", zap.Stringer("task", t.id), zap.Int64("size", size))
 	return nil

@@ -551,7 +551,8 @@ func TestUnknownSizeTask(t *testing.T) {
 	require.NoError(t, s.Succeed(ctx, id, 230, digestOf("whole")))
 	info, err = s.TaskInfo(ctx, id)
 	require.NoError(t, err)
-	require.Equal(t, schedapi.TaskInfo{TaskID: id.String(), State: schedapi.TaskSucceeded, Size: 230, PieceSize: 100, PieceCount: 3, ContentDigest: digestOf("whole").String()}, info)
+	require.Equal(t, schedapi.TaskInfo{TaskID: id.String(), State: schedapi.TaskSucceeded, Size: 230, PieceSize: 100, PieceCount: 3, ContentDigest: digestOf("whole").String(),
+		PiecesDigest: piece.ListDigest([]digest.Digest{pieceDigest(id, 0), pieceDigest(id, 1), pieceDigest(id, 2)}).String()}, info)
 	resp, err = s.Poll(ctx, id, "r", 8)
 	require.NoError(t, err)
 	require.Equal(t, []schedapi.Assignment{

@@ -130,9 +130,12 @@ type task struct {
 	// digests, holders, inflight and fromCDN are indexed by piece and
 	// always have the same length: the piece count when known, else one
 	// past the highest piece published so far.
-	digests   []digest.Digest // "" until published
-	pub       bitset          // the published pieces
-	published int
+	digests []digest.Digest // "" until published
+	// piecesDigest is piece.ListDigest of digests, set when the task
+	// succeeds (schedapi.TaskInfo.PiecesDigest).
+	piecesDigest digest.Digest
+	pub          bitset // the published pieces
+	published    int
 	// holders lists the members holding each piece that may serve it: a
 	// struck-out member is not listed.
 	holders  [][]*member
@@ -189,7 +192,7 @@ func (t *task) rarity(i int) int { return len(t.holders[i]) + t.inflight[i] }
 func (t *task) isStruck(peerID string) bool { return t.strikes[peerID].struck }
 
 func (t *task) info() schedapi.TaskInfo {
-	return schedapi.TaskInfo{
+	info := schedapi.TaskInfo{
 		TaskID:        t.id.String(),
 		State:         t.state,
 		Size:          t.size,
@@ -198,6 +201,10 @@ func (t *task) info() schedapi.TaskInfo {
 		ContentDigest: t.content.String(),
 		Error:         t.err,
 	}
+	if t.state == schedapi.TaskSucceeded {
+		info.PiecesDigest = t.piecesDigest.String()
+	}
+	return info
 }
 
 // grow makes the piece-indexed slices at least n long.

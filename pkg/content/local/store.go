@@ -51,10 +51,17 @@ func WithLogger(l *zap.Logger) Option {
 	}
 }
 
+// WithDirectIO makes ingests bypass the page cache where the filesystem
+// allows it (see direct.go): writes of aligned buffers (piece.Buffer) at
+// aligned offsets, and every read of an ingest or a committed blob (a blob
+// is verified, when it must be, through the page cache).
+func WithDirectIO() Option { return func(s *Store) { s.directIO = true } }
+
 // Store is a content.Store on a local filesystem.
 type Store struct {
-	root string
-	log  *zap.Logger
+	root     string
+	log      *zap.Logger
+	directIO bool
 
 	mu     sync.Mutex
 	active map[string]*writer // refs held by an open writer
@@ -228,7 +235,28 @@ func (s *Store) ReaderAt(ctx context.Context, dgst digest.Digest) (content.Reade
 	if err := os.Chtimes(p, time.Now(), fi.ModTime()); err != nil {
 		s.log.Debug("touch content", zap.Stringer("digest", dgst), zap.Error(err))
 	}
-	return &fileReader{File: f, size: fi.Size()}, nil
+	r := &fileReader{File: f, size: fi.Size()}
+	if s.directIO {
+		if df, err := openDirect(p, os.O_RDONLY); err == nil {
+			return &directReader{fileReader: r, direct: df}, nil
+		}
+	}
+	return r, nil
+}
+
+// directReader reads a committed blob around the page cache (WithDirectIO).
+type directReader struct {
+	*fileReader
+	direct *os.File
+}
+
+func (r *directReader) ReadAt(p []byte, off int64) (int, error) {
+	return directReadAt(r.direct, p, off)
+}
+
+func (r *directReader) Close() error {
+	_ = r.direct.Close()
+	return r.fileReader.Close()
 }
 
 // fileReader is a committed blob open for reading.
@@ -275,6 +303,13 @@ func (s *Store) Writer(ctx context.Context, ref string) (content.Writer, error) 
 	}
 	w.file = f
 	w.hasher = digest.SHA256.Digester()
+	if s.directIO {
+		if df, err := openDirect(f.Name(), os.O_RDWR); err == nil {
+			w.direct.Store(df)
+		} else {
+			s.log.Debug("direct I/O unavailable, ingest uses the page cache", zap.String("ref", ref), zap.Error(err))
+		}
+	}
 	return w, nil
 }
 

@@ -45,6 +45,14 @@ type writer struct {
 	file      *os.File
 	startedAt time.Time
 
+	// direct is file opened again with O_DIRECT (WithDirectIO), nil when
+	// the store does not use it or the filesystem refused it.
+	direct atomic.Pointer[os.File]
+	// noHash: SkipHash was called; nothing is hashed until Commit.
+	noHash atomic.Bool
+	// dropped holds a direct descriptor given up on, until the writer ends.
+	dropped atomic.Pointer[os.File]
+
 	ioMu sync.RWMutex
 
 	hashMu  sync.Mutex
@@ -140,7 +148,7 @@ func (w *writer) WriteAt(p []byte, off int64) (int, error) {
 	if err := w.ended(); err != nil {
 		return 0, err
 	}
-	n, err := w.file.WriteAt(p, off)
+	n, err := w.writeAt(p, off)
 	if n > 0 {
 		w.mu.Lock()
 		w.spans = addSpan(w.spans, off, off+int64(n))
@@ -153,6 +161,44 @@ func (w *writer) WriteAt(p []byte, off int64) (int, error) {
 		return n, fmt.Errorf("ingest %s: write: %w", w.ref, err)
 	}
 	return n, nil
+}
+
+// writeAt writes p at off, the aligned part around the page cache when the
+// writer can.
+func (w *writer) writeAt(p []byte, off int64) (int, error) {
+	n := 0
+	if df := w.direct.Load(); df != nil {
+		m, err := directWrite(df, p, off)
+		if err != nil {
+			w.store.log.Debug("direct write failed, ingest uses the page cache", zap.String("ref", w.ref), zap.Error(err))
+			if w.direct.CompareAndSwap(df, nil) {
+				// In-flight writes and reads may still use it: it is
+				// closed with the writer (closeFiles).
+				w.dropped.Store(df)
+			}
+			m = 0
+		}
+		n = m
+	}
+	if n == len(p) {
+		return n, nil
+	}
+	m, err := w.file.WriteAt(p[n:], off+int64(n))
+	return n + m, err
+}
+
+// SkipHash stops hashing as bytes arrive (content.VouchedWriter).
+func (w *writer) SkipHash() { w.noHash.Store(true) }
+
+// closeFiles closes the ingest's file descriptors.
+func (w *writer) closeFiles() {
+	_ = w.file.Close()
+	if df := w.direct.Swap(nil); df != nil {
+		_ = df.Close()
+	}
+	if df := w.dropped.Swap(nil); df != nil {
+		_ = df.Close()
+	}
 }
 
 // writeBehind starts writeback of the file, on another goroutine, once
@@ -179,6 +225,9 @@ func (w *writer) writeBehind(n int64) {
 // go, and once more after, so a range recorded while it hashed is never
 // left behind.
 func (w *writer) advanceHash(p []byte, off int64) {
+	if w.noHash.Load() {
+		return
+	}
 	for {
 		if !w.hashMu.TryLock() {
 			return
@@ -218,7 +267,7 @@ func (w *writer) hashLocked(p []byte, off int64) {
 		}
 		for w.hashed < to {
 			chunk := buf[:min(int64(len(buf)), to-w.hashed)]
-			n, err := w.file.ReadAt(chunk, w.hashed)
+			n, err := w.readAt(chunk, w.hashed)
 			_, _ = w.hasher.Hash().Write(chunk[:n])
 			w.hashed += int64(n)
 			if err != nil && w.hashed < to {
@@ -237,11 +286,20 @@ func (w *writer) ReadAt(p []byte, off int64) (int, error) {
 	if err := w.ended(); err != nil {
 		return 0, err
 	}
-	n, err := w.file.ReadAt(p, off)
+	n, err := w.readAt(p, off)
 	if err != nil && !errors.Is(err, io.EOF) {
 		return n, fmt.Errorf("ingest %s: read: %w", w.ref, err)
 	}
 	return n, err
+}
+
+// readAt reads the ingest file, around the page cache when the writer
+// writes around it.
+func (w *writer) readAt(p []byte, off int64) (int, error) {
+	if df := w.direct.Load(); df != nil {
+		return directReadAt(df, p, off)
+	}
+	return w.file.ReadAt(p, off)
 }
 
 // Sync flushes the ingest file to disk. It holds ioMu shared, like WriteAt,
@@ -288,6 +346,19 @@ func (w *writer) Status() (content.Status, error) {
 
 // Commit checks and publishes the ingest. See content.Writer.
 func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest) error {
+	return w.commit(ctx, size, expected, false)
+}
+
+// CommitVouched publishes the ingest as dgst without hashing it. See
+// content.VouchedWriter.
+func (w *writer) CommitVouched(ctx context.Context, size int64, dgst digest.Digest) error {
+	if dgst == "" {
+		return fmt.Errorf("commit %s: a vouched commit needs a digest: %w", w.ref, content.ErrInvalid)
+	}
+	return w.commit(ctx, size, dgst, true)
+}
+
+func (w *writer) commit(ctx context.Context, size int64, expected digest.Digest, vouched bool) error {
 	if expected != "" {
 		if err := validateDigest(expected); err != nil {
 			return fmt.Errorf("commit %s: %w", w.ref, err)
@@ -302,11 +373,15 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest)
 		return err
 	}
 	// No write is in flight (ioMu): hash whatever the prefix still lacks,
-	// normally nothing.
-	w.hashMu.Lock()
-	w.hashLocked(nil, 0)
-	hashErr, dgst := w.hashErr, w.hasher.Digest()
-	w.hashMu.Unlock()
+	// normally nothing (all of it after SkipHash, unless vouched).
+	var hashErr error
+	dgst := expected
+	if !vouched {
+		w.hashMu.Lock()
+		w.hashLocked(nil, 0)
+		hashErr, dgst = w.hashErr, w.hasher.Digest()
+		w.hashMu.Unlock()
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 
@@ -332,6 +407,9 @@ func (w *writer) Commit(ctx context.Context, size int64, expected digest.Digest)
 	if err := w.file.Sync(); err != nil {
 		w.discard()
 		return fmt.Errorf("commit %s: sync: %w", w.ref, err)
+	}
+	if df := w.direct.Swap(nil); df != nil {
+		_ = df.Close()
 	}
 	if err := w.file.Close(); err != nil {
 		w.discard()
@@ -377,7 +455,7 @@ func (w *writer) discard() {
 		return
 	}
 	w.done = true
-	_ = w.file.Close()
+	w.closeFiles()
 	s := w.store
 	if err := os.RemoveAll(s.ingestDir(w.ref)); err != nil {
 		s.log.Warn("remove ingest", zap.String("ref", w.ref), zap.Error(err))

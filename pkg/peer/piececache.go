@@ -1,0 +1,133 @@
+package peer
+
+import (
+	"container/list"
+	"sync"
+
+	"github.com/damselfly/damselfly/pkg/piece"
+)
+
+// pieceCache keeps the latest verified pieces in memory, in the buffers they
+// were received into, so that the readers following a download (the runtime
+// reading the blob in order, peers fetching the newest pieces) are served
+// from memory: with a store that writes around the page cache (direct I/O)
+// a byte is then copied from the socket once and never read back from disk.
+// It holds at most max pieces, least recently stored or read first out;
+// an evicted buffer goes back to the engine's pool. Only verified pieces
+// enter it, and a task's pieces leave it when its ingest is dropped.
+type pieceCache struct {
+	mu    sync.Mutex
+	max   int
+	lru   list.List // of *cachedPiece, most recent at the front
+	byKey map[cacheKey]*list.Element
+	pool  *sync.Pool // of *[]byte, piece.DefaultSize long
+}
+
+type cacheKey struct {
+	t     *task
+	piece int
+}
+
+type cachedPiece struct {
+	key cacheKey
+	off int64
+	buf *[]byte // the piece's bytes are (*buf)[:n]
+	n   int
+}
+
+// defaultCachedPieces is how many pieces the cache holds: 32 MiB of
+// default-sized pieces, a few seconds of a fast download.
+const defaultCachedPieces = 8
+
+func newPieceCache(max int, pool *sync.Pool) *pieceCache {
+	return &pieceCache{max: max, byKey: make(map[cacheKey]*list.Element), pool: pool}
+}
+
+// put hands the cache bp, holding verified piece i of t at off (n bytes).
+// It reports whether the cache took the buffer; if not, the caller keeps it.
+func (c *pieceCache) put(t *task, i int, off int64, bp *[]byte, n int) bool {
+	if c == nil || c.max <= 0 || int64(cap(*bp)) != piece.DefaultSize {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k := cacheKey{t, i}
+	if _, ok := c.byKey[k]; ok {
+		return false
+	}
+	c.byKey[k] = c.lru.PushFront(&cachedPiece{key: k, off: off, buf: bp, n: n})
+	for c.lru.Len() > c.max {
+		c.removeLocked(c.lru.Back())
+	}
+	return true
+}
+
+// readAt copies bytes of t at off from the cached piece holding off (of
+// piece size ps) into p, up to that piece's end. It returns how many bytes
+// it copied: 0 when the piece is not cached.
+func (c *pieceCache) readAt(t *task, ps int64, p []byte, off int64) int {
+	if c == nil || ps <= 0 || off < 0 {
+		return 0
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.byKey[cacheKey{t, int(off / ps)}]
+	if !ok {
+		return 0
+	}
+	cp := e.Value.(*cachedPiece)
+	rel := off - cp.off
+	if rel < 0 || rel >= int64(cp.n) {
+		return 0
+	}
+	c.lru.MoveToFront(e)
+	return copy(p, (*cp.buf)[rel:cp.n])
+}
+
+// drop forgets every cached piece of t.
+func (c *pieceCache) drop(t *task) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for e := c.lru.Front(); e != nil; {
+		next := e.Next()
+		if e.Value.(*cachedPiece).key.t == t {
+			c.removeLocked(e)
+		}
+		e = next
+	}
+}
+
+func (c *pieceCache) removeLocked(e *list.Element) {
+	cp := c.lru.Remove(e).(*cachedPiece)
+	delete(c.byKey, cp.key)
+	c.pool.Put(cp.buf)
+}
+
+// readThrough fills p from t's bytes at off: cached pieces from memory, the
+// rest from r. ps is the task's piece size. It behaves like io.ReaderAt.
+func (c *pieceCache) readThrough(t *task, ps int64, r interface {
+	ReadAt([]byte, int64) (int, error)
+}, p []byte, off int64) (int, error) {
+	done := 0
+	for done < len(p) {
+		if n := c.readAt(t, ps, p[done:], off+int64(done)); n > 0 {
+			done += n
+			continue
+		}
+		// Read from r up to the next piece boundary, which may be cached.
+		pos := off + int64(done)
+		end := len(p)
+		if ps > 0 {
+			end = min(end, done+int(ps-pos%ps))
+		}
+		n, err := r.ReadAt(p[done:end], pos)
+		done += n
+		if err != nil {
+			return done, err
+		}
+	}
+	return done, nil
+}
