@@ -54,7 +54,7 @@ const maxIfName = 15
 
 // Addresses: a private /16 (allowed by pkg/netpolicy's default policy,
 // which denies loopback and link-local only). The origin is .0.2, the
-// supernode or pull-through cache .0.3, node i 10.77.1.0 + i + 1.
+// supernode or pull-through cache .0.3, node i 10.77.(1 + i/250).(1 + i%250).
 var (
 	netSubnet  = netip.MustParsePrefix("10.77.0.0/16")
 	originAddr = netip.MustParseAddr("10.77.0.2")
@@ -123,13 +123,9 @@ func (p netPlan) scenarioHosts(n int, up, down, svcUp int64) (svc nsHost, nodes 
 		return
 	}
 	for i := range n {
-		a := nodeBase
-		for range i + 1 {
-			a = a.Next()
-		}
-		if a.As4()[3] == 255 || a.As4()[3] == 0 {
-			// keep clear of .0 and .255 within each /24 for readability
-			return svc, nil, fmt.Errorf("too many nodes for the plan: %d", n)
+		a, err := nodeAddr(i)
+		if err != nil {
+			return svc, nil, err
 		}
 		h, err := p.host(fmt.Sprintf("node %d", i), "n"+strconv.Itoa(i), a, up, down)
 		if err != nil {
@@ -138,6 +134,17 @@ func (p netPlan) scenarioHosts(n int, up, down, svcUp int64) (svc nsHost, nodes 
 		nodes = append(nodes, h)
 	}
 	return svc, nodes, nil
+}
+
+// nodeAddr is node i's address: 10.77.(1 + i/250).(1 + i%250).
+func nodeAddr(i int) (netip.Addr, error) {
+	b := nodeBase.As4()
+	if i < 0 || i >= 250*250 {
+		return netip.Addr{}, fmt.Errorf("node %d: the plan has addresses for 62500 nodes", i)
+	}
+	b[2] += byte(i / 250)
+	b[3] = byte(1 + i%250)
+	return netip.AddrFrom4(b), nil
 }
 
 // tcRate is bytes/s in tc's units. tc reads "bps" as bytes per second and
