@@ -8,6 +8,9 @@
 //     and a supernode. It prints origin egress / image size, completion
 //     times against the ideal and the CPU and memory of every component,
 //     and can write the table as Markdown (-markdown) and a chart (-chart).
+//     With -net netns (root, iproute2) every node, the supernode and the
+//     origin get a network namespace of their own on one bridge, and tc
+//     shapes the links instead of the in-process limiters (netns.go).
 //
 //   - stream pulls one large layer through a dfdaemon and straight from the
 //     registry, alternating, and prints the throughput of each, their ratio

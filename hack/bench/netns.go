@@ -746,9 +746,9 @@ func (r clientResult) pullResult() pullResult {
 // netDescription says what -net means, for the header and the Markdown.
 func netDescription(n string) string {
 	if n == netNetns {
-		return "netns (each node, the supernode or cache and the origin in a network namespace of its own on one Linux bridge; links shaped by tc tbf on the veths: a node's upload -upload-rate, download -rate, the origin's egress -origin-rate, the supernode's -cdn-rate or unshaped; default outbound policies, no loopback allowances)"
+		return "each node, the supernode or cache and the origin in a network namespace of its own on one Linux bridge; links shaped by tc tbf on the veths (a node's upload -upload-rate, download -rate, the origin's egress -origin-rate, the supernode's -cdn-rate or unshaped; rates on the wire, Ethernet, IP and TCP headers included); default outbound policies, no loopback allowances"
 	}
-	return "loopback (everything on 127.0.0.1; links limited by in-process token buckets: dfdaemons' --download-rate/--upload-rate, the clients' readers, the origin throttle)"
+	return "everything on 127.0.0.1; links limited by in-process token buckets (dfdaemons' --download-rate/--upload-rate, the clients' readers, the origin throttle)"
 }
 
 // startNetnsMode starts a scenario's servers for -net netns: the

@@ -102,7 +102,7 @@ func runSwarm(ctx context.Context, o options, work string) error {
 	if o.cdnRate > 0 {
 		cdnRate = o.cdnRate.String() + "/s"
 	}
-	fmt.Printf("network: %s\n", netDescription(o.net))
+	fmt.Printf("network: %s: %s\n", o.net, netDescription(o.net))
 	fmt.Printf("image %s:%s: %d blobs, %.1f MiB; per-node download %s/s, dfdaemon upload %s/s, origin egress %s/s, supernode CDN upload %s; ideal %.2fs\n\n",
 		org.info.Repo, org.info.Tag, len(org.info.Blobs), float64(size)/mib, o.rate, o.uploadRate, o.originRate, cdnRate, ideal)
 
