@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"syscall"
@@ -99,7 +98,12 @@ func serveOrigin(ctx context.Context, o options) error {
 	if err != nil {
 		return fmt.Errorf("push: %w", err)
 	}
-	th, err := startThrottle(reg.Host, int64(o.originRate))
+	// -net netns: the kernel shapes the origin's link; the throttle counts.
+	bps := int64(o.originRate)
+	if o.net == netNetns {
+		bps = 0
+	}
+	th, err := startThrottleOn(o.serveAddr, reg.Host, bps)
 	if err != nil {
 		return err
 	}
@@ -129,7 +133,7 @@ func serveOrigin(ctx context.Context, o options) error {
 		th.Reset()
 		w.WriteHeader(http.StatusNoContent)
 	})
-	return serveChild(ctx, mux, func(addr string) readyLine { return readyLine{Control: addr, URL: info.URL} })
+	return serveChild(ctx, o.serveAddr, mux, func(addr string) readyLine { return readyLine{Control: addr, URL: info.URL} })
 }
 
 // servePullThrough runs the real distribution registry as a pull-through
@@ -153,13 +157,13 @@ func servePullThrough(ctx context.Context, o options) error {
 	cfg.HTTP.Secret = hex.EncodeToString(secret)
 	logrus.SetLevel(logrus.ErrorLevel)
 	app := handlers.NewApp(ctx, cfg)
-	return serveChild(ctx, app, func(addr string) readyLine { return readyLine{URL: "http://" + addr} })
+	return serveChild(ctx, o.serveAddr, app, func(addr string) readyLine { return readyLine{URL: "http://" + addr} })
 }
 
-// serveChild serves h on 127.0.0.1:0, prints the ready line and serves
-// until ctx ends.
-func serveChild(ctx context.Context, h http.Handler, ready func(addr string) readyLine) error {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// serveChild serves h on host:0, prints the ready line and serves until
+// ctx ends.
+func serveChild(ctx context.Context, host string, h http.Handler, ready func(addr string) readyLine) error {
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		return err
 	}
@@ -186,12 +190,17 @@ func serveChild(ctx context.Context, h http.Handler, ready func(addr string) rea
 // startChild runs this binary with -serve and args, and returns the process
 // and its ready line.
 func startChild(ctx context.Context, name string, args ...string) (*proc, readyLine, error) {
+	return startChildIn(ctx, "", name, args...)
+}
+
+// startChildIn is startChild in network namespace ns ("": this one).
+func startChildIn(ctx context.Context, ns, name string, args ...string) (*proc, readyLine, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, readyLine{}, err
 	}
 	p := &proc{name: name, stderr: &lockedBuffer{}}
-	p.cmd = exec.Command(self, args...)
+	p.cmd = nsCommand(ns, self, args...)
 	p.cmd.Stderr = p.stderr
 	out, err := p.cmd.StdoutPipe()
 	if err != nil {
@@ -236,17 +245,27 @@ type origin struct {
 	*proc
 	control string
 	info    originInfo
+	// -net netns: the run's network, the origin in its namespace; the
+	// control listener is reached through hc
+	net *runNet
+	hc  *http.Client
 }
 
-func startOrigin(ctx context.Context, o options, work string) (*origin, error) {
+// startOrigin starts the origin, in rn's origin namespace when rn is set.
+func startOrigin(ctx context.Context, o options, work string, rn *runNet) (*origin, error) {
 	args := []string{"-serve", "origin", "-serve-dir", filepath.Join(work, "origin"),
 		"-origin-rate", o.originRate.String(), "-layers", joinInts(o.layersMiB)}
-	p, rl, err := startChild(ctx, "origin", args...)
+	ns := ""
+	if rn != nil {
+		ns = rn.plan.origin.ns
+		args = append(args, "-net", netNetns, "-serve-addr", rn.plan.origin.addr.String())
+	}
+	p, rl, err := startChildIn(ctx, ns, "origin", args...)
 	if err != nil {
 		return nil, err
 	}
-	org := &origin{proc: p, control: "http://" + rl.Control}
-	if err := getJSON(ctx, org.control+"/info", &org.info); err != nil {
+	org := &origin{proc: p, control: "http://" + rl.Control, net: rn, hc: nsHTTPClient(ns)}
+	if err := getJSON(ctx, org.hc, org.control+"/info", &org.info); err != nil {
 		p.stop()
 		return nil, err
 	}
@@ -255,7 +274,7 @@ func startOrigin(ctx context.Context, o options, work string) (*origin, error) {
 
 func (g *origin) stats(ctx context.Context) (originStats, error) {
 	var s originStats
-	err := getJSON(ctx, g.control+"/stats", &s)
+	err := getJSON(ctx, g.hc, g.control+"/stats", &s)
 	return s, err
 }
 
@@ -264,7 +283,7 @@ func (g *origin) reset(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := g.hc.Do(req)
 	if err != nil {
 		return err
 	}
@@ -275,12 +294,12 @@ func (g *origin) reset(ctx context.Context) error {
 	return nil
 }
 
-func getJSON(ctx context.Context, url string, v any) error {
+func getJSON(ctx context.Context, hc *http.Client, url string, v any) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return err
 	}

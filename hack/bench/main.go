@@ -8,6 +8,9 @@
 //     and a supernode. It prints origin egress / image size, completion
 //     times against the ideal and the CPU and memory of every component,
 //     and can write the table as Markdown (-markdown) and a chart (-chart).
+//     With -net netns (root, iproute2) every node, the supernode and the
+//     origin get a network namespace of their own on one bridge, and tc
+//     shapes the links instead of the in-process limiters (netns.go).
 //
 //   - stream pulls one large layer through a dfdaemon and straight from the
 //     registry, alternating, and prints the throughput of each, their ratio
@@ -85,7 +88,9 @@ type options struct {
 	markdown    string
 	chart       string
 	timeline    bool
-	serve       string // internal: run as the origin or pull-through child
+	net         string // swarm: loopback or netns
+	serve       string // internal: run as the origin, pull-through or client child
+	serveAddr   string // internal: the child's listen host
 	upstream    string
 	serveDir    string
 	swarmBudget time.Duration
@@ -145,7 +150,9 @@ func run() error {
 	flag.StringVar(&o.chart, "chart", "", "swarm: write a PNG chart of p50 and p99 completion time vs N to `file` (e.g. docs/bench-swarm.png)")
 	flag.BoolVar(&o.timeline, "timeline", false, "swarm: print when each client finished each blob")
 	flag.DurationVar(&o.swarmBudget, "timeout", 30*time.Minute, "bound on the whole run")
-	flag.StringVar(&o.serve, "serve", "", "internal: run as the suite's origin or pull-through cache child process")
+	flag.StringVar(&o.net, "net", netLoopback, "swarm: the nodes' network: loopback (everything on 127.0.0.1, links limited by in-process token buckets) or netns (every node, the supernode and the origin in a network namespace of its own on one bridge, links shaped by tc; needs root and iproute2)")
+	flag.StringVar(&o.serve, "serve", "", "internal: run as the suite's origin, pull-through cache or client child process")
+	flag.StringVar(&o.serveAddr, "serve-addr", "127.0.0.1", "internal: the child's listen host")
 	flag.StringVar(&o.upstream, "upstream", "", "internal: the pull-through cache's upstream URL")
 	flag.StringVar(&o.serveDir, "serve-dir", "", "internal: the child's storage directory")
 	flag.IntVar(&o.sizeMiB, "size", 1024, "stream: layer size in MiB; lazy: size of the blob the random ranges are read from, in MiB; torrent: size of the torrent's one file in MiB")
@@ -183,8 +190,10 @@ func run() error {
 		return serveOrigin(ctx, o)
 	case "pullthrough":
 		return servePullThrough(ctx, o)
+	case "client":
+		return serveClient(ctx, o)
 	default:
-		return fmt.Errorf("-serve %q: want origin or pullthrough", o.serve)
+		return fmt.Errorf("-serve %q: want origin, pullthrough or client", o.serve)
 	}
 
 	work, err := os.MkdirTemp("", "damselfly-bench-")
@@ -248,10 +257,14 @@ func pct(xs []float64, p int) float64 {
 }
 
 func waitHealthy(ctx context.Context, url string) error {
+	return waitHealthyWith(ctx, http.DefaultClient, url)
+}
+
+func waitHealthyWith(ctx context.Context, hc *http.Client, url string) error {
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		if resp, err := http.DefaultClient.Do(req); err == nil {
+		if resp, err := hc.Do(req); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
 				return nil

@@ -69,8 +69,14 @@ var clusterToken = func() string {
 // startProc starts bin/<name> with args and waits until healthURL answers
 // 200.
 func startProc(ctx context.Context, o options, name, healthURL string, args ...string) (*proc, error) {
+	return startProcIn(ctx, o, "", name, healthURL, args...)
+}
+
+// startProcIn is startProc in network namespace ns ("": this one), whose
+// health URL is reached from within ns.
+func startProcIn(ctx context.Context, o options, ns, name, healthURL string, args ...string) (*proc, error) {
 	p := &proc{name: name, stderr: &lockedBuffer{}}
-	p.cmd = exec.Command(filepath.Join(o.binDir, name), args...)
+	p.cmd = nsCommand(ns, filepath.Join(o.binDir, name), args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.stderr, p.stderr
 	// Every supernode and dfdaemon of a run is one cluster.
 	p.cmd.Env = append(os.Environ(), clusterauth.EnvToken+"="+clusterToken)
@@ -88,7 +94,7 @@ func startProc(ctx context.Context, o options, name, healthURL string, args ...s
 		case <-hctx.Done():
 		}
 	}()
-	err := waitHealthy(hctx, healthURL)
+	err := waitHealthyWith(hctx, nsHTTPClient(ns), healthURL)
 	cancel()
 	if err != nil {
 		select {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"image"
 	"math"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -18,7 +19,6 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 
-	"github.com/damselfly/damselfly/hack/internal/promtext"
 	"github.com/damselfly/damselfly/pkg/ratelimit"
 )
 
@@ -73,8 +73,25 @@ func runSwarm(ctx context.Context, o options, work string) error {
 			return fmt.Errorf("-modes: unknown mode %q (want %s)", m, strings.Join(allModes(), ", "))
 		}
 	}
+	var rn *runNet
+	switch o.net {
+	case netLoopback:
+	case netNetns:
+		// SIGINT and SIGTERM end the run through ctx, so that the
+		// deferred teardowns remove every namespace.
+		var stop context.CancelFunc
+		ctx, stop = netnsSignals(ctx)
+		defer stop()
+		var err error
+		if rn, err = setupRunNet(ctx, int64(o.originRate)); err != nil {
+			return err
+		}
+		defer rn.close()
+	default:
+		return fmt.Errorf("-net %q: want %s or %s", o.net, netLoopback, netNetns)
+	}
 	fmt.Printf("pushing the image (layers %s MiB) to the origin...\n", joinInts(o.layersMiB))
-	org, err := startOrigin(ctx, o, work)
+	org, err := startOrigin(ctx, o, work, rn)
 	if err != nil {
 		return fmt.Errorf("origin: %w", err)
 	}
@@ -85,6 +102,7 @@ func runSwarm(ctx context.Context, o options, work string) error {
 	if o.cdnRate > 0 {
 		cdnRate = o.cdnRate.String() + "/s"
 	}
+	fmt.Printf("network: %s: %s\n", o.net, netDescription(o.net))
 	fmt.Printf("image %s:%s: %d blobs, %.1f MiB; per-node download %s/s, dfdaemon upload %s/s, origin egress %s/s, supernode CDN upload %s; ideal %.2fs\n\n",
 		org.info.Repo, org.info.Tag, len(org.info.Blobs), float64(size)/mib, o.rate, o.uploadRate, o.originRate, cdnRate, ideal)
 
@@ -108,7 +126,7 @@ func runSwarm(ctx context.Context, o options, work string) error {
 		}
 	}
 
-	rep := report{results: results, size: size, ideal: ideal, rate: o.rate, originRate: o.originRate, uploadRate: o.uploadRate, layers: o.layersMiB, blobs: len(org.info.Blobs)}
+	rep := report{net: o.net, results: results, size: size, ideal: ideal, rate: o.rate, originRate: o.originRate, uploadRate: o.uploadRate, layers: o.layersMiB, blobs: len(org.info.Blobs)}
 	if oc, err := org.cpuTime(); err == nil {
 		rep.originCPUTotal = oc.Seconds()
 	}
@@ -142,6 +160,37 @@ func runScenario(ctx context.Context, o options, org *origin, dir, mode string, 
 	var snAddr string
 	var dfds []*proc
 	var dfdAddrs []string
+	snHC, dfdHC := http.DefaultClient, make([]*http.Client, n)
+	for i := range dfdHC {
+		dfdHC[i] = http.DefaultClient
+	}
+	// -net netns: the scenario's namespaces (the service host for the
+	// supernode or the cache, one per node), removed after the children
+	// stopped (deferred first, so run last).
+	var svc nsHost
+	var nodes []nsHost
+	if org.net != nil {
+		var svcUp int64
+		if mode == modeDamselfly && o.cdnRate > 0 {
+			svcUp = int64(o.cdnRate)
+		}
+		if svc, nodes, err = org.net.plan.scenarioHosts(n, int64(o.uploadRate), int64(o.rate), svcUp); err != nil {
+			return sc, err
+		}
+		hosts := append([]nsHost{svc}, nodes...)
+		defer func() {
+			if rerr := org.net.removeHosts(hosts...); rerr != nil && err == nil {
+				err = rerr
+			}
+		}()
+		if err := org.net.addHosts(ctx, hosts...); err != nil {
+			return sc, err
+		}
+		snHC = nsHTTPClient(svc.ns)
+		for i, h := range nodes {
+			dfdHC[i] = nsHTTPClient(h.ns)
+		}
+	}
 	defer func() {
 		// Stop the children at once: each takes a moment to shut down.
 		var g errgroup.Group
@@ -154,12 +203,16 @@ func runScenario(ctx context.Context, o options, org *origin, dir, mode string, 
 	}()
 
 	t0 := time.Now()
-	switch mode {
-	case modeDirect:
+	switch {
+	case org.net != nil:
+		if err := startNetnsMode(ctx, o, org, dir, mode, svc, nodes, bases, &cache, &sn, &snAddr, &dfds, &dfdAddrs); err != nil {
+			return sc, err
+		}
+	case mode == modeDirect:
 		for i := range n {
 			bases[i], lims[i] = org.info.URL, newByteLimiter(int64(o.rate))
 		}
-	case modePullThrough:
+	case mode == modePullThrough:
 		p, rl, err := startChild(ctx, "pull-through cache", "-serve", "pullthrough", "-upstream", org.info.URL, "-serve-dir", dir)
 		if err != nil {
 			return sc, err
@@ -171,7 +224,7 @@ func runScenario(ctx context.Context, o options, org *origin, dir, mode string, 
 		for i := range n {
 			bases[i], lims[i] = rl.URL, newByteLimiter(int64(o.rate))
 		}
-	case modeDamselfly:
+	case mode == modeDamselfly:
 		var addrs []string
 		sn, addrs, err = startOnFreePorts(ctx, o, "supernode", 1, func(a []string) (string, []string) {
 			args := []string{"--listen", a[0], "--data-dir", filepath.Join(dir, "supernode"),
@@ -232,7 +285,18 @@ func runScenario(ctx context.Context, o options, org *origin, dir, mode string, 
 	start := time.Now()
 	sc.pulls = make([]pullResult, n)
 	g, gctx := errgroup.WithContext(ctx)
+	if org.net != nil {
+		// Each node's runtime is a child in the node's namespace.
+		g.Go(func() error {
+			var err error
+			sc.pulls, sc.benchCPU, err = pullInNamespaces(gctx, nodes, bases, o.parallel, o.swarmBudget)
+			return err
+		})
+	}
 	for i := range n {
+		if org.net != nil {
+			break
+		}
 		g.Go(func() error {
 			r, err := pullImage(gctx, bases[i], org.info.Repo, org.info.Tag, lims[i], o.parallel, start)
 			if err != nil {
@@ -252,7 +316,9 @@ func runScenario(ctx context.Context, o options, org *origin, dir, mode string, 
 		}
 		return sc, err
 	}
-	sc.benchCPU = benchCPUSeconds() - bench0
+	if org.net == nil {
+		sc.benchCPU = benchCPUSeconds() - bench0
+	}
 	cpu1, err := cpuSeconds(procs)
 	if err != nil {
 		return sc, err
@@ -270,7 +336,7 @@ func runScenario(ctx context.Context, o options, org *origin, dir, mode string, 
 		if sc.supernodeRSS, err = sn.peakRSS(); err != nil {
 			return sc, err
 		}
-		m, err := promtext.Scrape(ctx, "http://"+snAddr+"/metrics")
+		m, err := scrape(ctx, snHC, "http://"+snAddr+"/metrics")
 		if err != nil {
 			return sc, err
 		}
@@ -293,7 +359,7 @@ func runScenario(ctx context.Context, o options, org *origin, dir, mode string, 
 		}
 		sc.dfdRSSSum += r
 		sc.dfdRSSMax = max(sc.dfdRSSMax, r)
-		m, err := promtext.Scrape(ctx, dfdAddrs[i]+"/metrics")
+		m, err := scrape(ctx, dfdHC[i], dfdAddrs[i]+"/metrics")
 		if err != nil {
 			return sc, err
 		}
@@ -351,6 +417,7 @@ func joinInts(xs []int) string {
 
 // report renders the results.
 type report struct {
+	net              string
 	results          []scenario
 	size             int64
 	ideal            float64
@@ -463,7 +530,7 @@ func metOrMissed(ok bool) string {
 // colour per mode, with the ideal as a reference line.
 func (r report) chart() *image.RGBA {
 	spec := chartSpec{
-		title:  fmt.Sprintf("%.0f MiB image, %s MiB/s per node: completion time vs nodes", float64(r.size)/mib, trimFloat(float64(r.rate)/mib)),
+		title:  fmt.Sprintf("%.0f MiB image, %s MiB/s per node (%s): completion time vs nodes", float64(r.size)/mib, trimFloat(float64(r.rate)/mib), r.net),
 		xLabel: "nodes pulling at once (N)", yLabel: "seconds", logX: true,
 		hline: r.ideal, hlineLabel: "ideal " + trimFloat(math.Round(r.ideal*100)/100) + "s",
 		w: 1000, h: 600,
@@ -490,6 +557,7 @@ func (r report) chart() *image.RGBA {
 // markdown renders the results as two Markdown tables.
 func (r report) markdown() string {
 	var b strings.Builder
+	fmt.Fprintf(&b, "Network: `%s`: %s.\n\n", r.net, netDescription(r.net))
 	fmt.Fprintf(&b, "Image: %d blobs (layers %s MiB, random so incompressible, plus config), %.1f MiB with the manifest; per-node download %s, dfdaemon upload %s; origin egress %s; ideal %.2f s.\n\n",
 		r.blobs, joinInts(r.layers), float64(r.size)/mib, mibps(r.rate), mibps(r.uploadRate), mibps(r.originRate), r.ideal)
 	b.WriteString("| mode | N | origin egress / size | p50 | p99 | max | p50 / ideal | p99 / ideal | max / ideal |\n|---|---|---|---|---|---|---|---|---|\n")

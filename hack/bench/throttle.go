@@ -41,11 +41,20 @@ type throttle struct {
 // startThrottle listens on 127.0.0.1:0 and forwards to backend at most bps
 // bytes per second in total.
 func startThrottle(backend string, bps int64) (*throttle, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return startThrottleOn("127.0.0.1", backend, bps)
+}
+
+// startThrottleOn listens on host:0; bps <= 0 only counts (-net netns,
+// where the kernel shapes the origin's link).
+func startThrottleOn(host, backend string, bps int64) (*throttle, error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		return nil, err
 	}
-	t := &throttle{ln: ln, backend: backend, lim: newByteLimiter(bps), conns: map[net.Conn]struct{}{}}
+	t := &throttle{ln: ln, backend: backend, conns: map[net.Conn]struct{}{}}
+	if bps > 0 {
+		t.lim = newByteLimiter(bps)
+	}
 	t.wg.Add(1)
 	go t.accept()
 	return t, nil
@@ -137,10 +146,12 @@ func (t *throttle) copy(ctx context.Context, dst io.Writer, src io.Reader) (int6
 	var total int64
 	for {
 		n, rerr := src.Read(buf)
-		if n > 0 {
+		if n > 0 && t.lim != nil {
 			if err := t.lim.WaitN(ctx, n); err != nil {
 				return total, err
 			}
+		}
+		if n > 0 {
 			// Counted before it is written, so that a client that has
 			// the bytes never reads a count without them; what dst did not
 			// take is taken off again.
