@@ -87,7 +87,7 @@ type Engine struct {
 	source     source.Client
 	metrics    *metrics
 	// bufs recycles buffers of default-sized pieces.
-	bufs sync.Pool
+	bufs *bufPool
 	// pcache holds the latest verified pieces (piececache.go).
 	pcache *pieceCache
 
@@ -195,11 +195,10 @@ func New(cfg Config, store content.Store, sched *schedclient.Client, self scheda
 	if e.logger == nil {
 		e.logger = zap.NewNop()
 	}
-	e.bufs.New = func() any {
-		b := piece.Buffer(int(piece.DefaultSize))
-		return &b
-	}
-	e.pcache = newPieceCache(defaultCachedPieces, &e.bufs)
+	// Fetches in flight (up to twice Concurrency, see p2p) and the piece
+	// cache hold buffers at once.
+	e.bufs = newBufPool(2*max(e.cfg.Concurrency, 1) + defaultCachedPieces)
+	e.pcache = newPieceCache(defaultCachedPieces, e.bufs)
 	if e.source == nil {
 		sopts := []httpsource.Option{httpsource.WithLogger(e.logger.Named("source"))}
 		if e.httpClient != nil {

@@ -55,10 +55,10 @@ func (t *task) fetch(ctx context.Context, a schedapi.Assignment) fetchResult {
 	var buf []byte
 	var bp *[]byte // a pooled buffer, until the piece cache takes it
 	if a.Length <= piece.DefaultSize {
-		bp = t.e.bufs.Get().(*[]byte)
+		bp = t.e.bufs.get()
 		defer func() {
 			if bp != nil {
-				t.e.bufs.Put(bp)
+				t.e.bufs.put(bp)
 			}
 		}()
 		buf = (*bp)[:a.Length]

@@ -20,7 +20,7 @@ type pieceCache struct {
 	max   int
 	lru   list.List // of *cachedPiece, most recent at the front
 	byKey map[cacheKey]*list.Element
-	pool  *sync.Pool // of *[]byte, piece.DefaultSize long
+	pool  *bufPool
 }
 
 type cacheKey struct {
@@ -39,7 +39,7 @@ type cachedPiece struct {
 // default-sized pieces, a few seconds of a fast download.
 const defaultCachedPieces = 8
 
-func newPieceCache(max int, pool *sync.Pool) *pieceCache {
+func newPieceCache(max int, pool *bufPool) *pieceCache {
 	return &pieceCache{max: max, byKey: make(map[cacheKey]*list.Element), pool: pool}
 }
 
@@ -103,7 +103,7 @@ func (c *pieceCache) drop(t *task) {
 func (c *pieceCache) removeLocked(e *list.Element) {
 	cp := c.lru.Remove(e).(*cachedPiece)
 	delete(c.byKey, cp.key)
-	c.pool.Put(cp.buf)
+	c.pool.put(cp.buf)
 }
 
 // readThrough fills p from t's bytes at off: cached pieces from memory, the
@@ -130,4 +130,33 @@ func (c *pieceCache) readThrough(t *task, ps int64, r interface {
 		}
 	}
 	return done, nil
+}
+
+// bufPool recycles the buffers default-sized pieces are received into. It
+// keeps up to its capacity of them across garbage collections (a sync.Pool
+// empties on every one, and a 4 MiB buffer allocated again costs the kernel
+// fresh zeroed pages): enough for every fetch in flight and the piece cache.
+type bufPool struct {
+	free chan *[]byte
+}
+
+func newBufPool(keep int) *bufPool { return &bufPool{free: make(chan *[]byte, keep)} }
+
+// get returns a buffer of piece.DefaultSize bytes, aligned for direct I/O.
+func (p *bufPool) get() *[]byte {
+	select {
+	case b := <-p.free:
+		return b
+	default:
+		b := piece.Buffer(int(piece.DefaultSize))
+		return &b
+	}
+}
+
+// put gives b back; beyond the pool's capacity it is left to the GC.
+func (p *bufPool) put(b *[]byte) {
+	select {
+	case p.free <- b:
+	default:
+	}
 }
