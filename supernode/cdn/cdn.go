@@ -167,10 +167,11 @@ type CDN struct {
 	demandQueue   []*fetch
 	demandRunning int
 	// checked holds the piece metadata of committed blobs this process
-	// has checked against the blob; reportedAt when a corrupt report last
+	// has checked against the blob, and which of their pieces it hashed
+	// in which file (integrity.go); reportedAt when a corrupt report last
 	// started a check of a blob; uploads counts the upload handles open on
 	// each committed blob.
-	checked    map[digest.Digest]pieceMeta
+	checked    map[digest.Digest]*checkedBlob
 	reportedAt map[digest.Digest]time.Time
 	uploads    map[digest.Digest]int
 
@@ -228,7 +229,7 @@ func New(cfg Config, store content.Store, src source.Client, sched Scheduler, op
 		demandable:  make(map[taskid.ID]*fetch),
 		pending:     make(map[taskid.ID]*candidates),
 		blamed:      make(map[taskid.ID][]string),
-		checked:     make(map[digest.Digest]pieceMeta),
+		checked:     make(map[digest.Digest]*checkedBlob),
 		reportedAt:  make(map[digest.Digest]time.Time),
 		uploads:     make(map[digest.Digest]int),
 		bgCtx:       bgCtx,
