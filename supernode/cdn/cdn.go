@@ -17,8 +17,9 @@
 // task the scheduler forgot is dropped by Forget (forget.go).
 //
 // Committed content is checked, not trusted: before its first use after a
-// start, piece by piece as it is served, when a peer reports it corrupt and
-// by a background scrub (integrity.go, scrub.go). Content that fails is
+// start, piece by piece as it is served (once per piece and file), when a
+// peer reports it corrupt and by a background scrub (integrity.go,
+// scrub.go). Content that fails is
 // removed, its tasks dropped and fetched again from a source.
 //
 // The CDN also serves its own content to peers: it implements the
