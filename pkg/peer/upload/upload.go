@@ -360,11 +360,17 @@ func (s *Server) sendFile(w http.ResponseWriter, r *http.Request, t FileTask, id
 	if s.limited() {
 		step = bufSize
 	}
+	// The limiter is waited on once a step is taken: a step declined
+	// takes nothing from it.
 	next := func(off, n int64) (io.Reader, error) {
+		src, err := t.FileRange(off, n)
+		if src == nil || err != nil {
+			return nil, err
+		}
 		if err := s.wait(ctx, int(n)); err != nil {
 			return nil, err
 		}
-		return t.FileRange(off, n)
+		return src, nil
 	}
 	off, end := rg.Start, rg.Start+rg.Length
 	n := min(step, end-off)
