@@ -17,8 +17,9 @@
 // task the scheduler forgot is dropped by Forget (forget.go).
 //
 // Committed content is checked, not trusted: before its first use after a
-// start, piece by piece as it is served, when a peer reports it corrupt and
-// by a background scrub (integrity.go, scrub.go). Content that fails is
+// start, piece by piece as it is served (once per piece and file), when a
+// peer reports it corrupt and by a background scrub (integrity.go,
+// scrub.go). Content that fails is
 // removed, its tasks dropped and fetched again from a source.
 //
 // The CDN also serves its own content to peers: it implements the
@@ -167,10 +168,11 @@ type CDN struct {
 	demandQueue   []*fetch
 	demandRunning int
 	// checked holds the piece metadata of committed blobs this process
-	// has checked against the blob; reportedAt when a corrupt report last
+	// has checked against the blob, and which of their pieces it hashed
+	// in which file (integrity.go); reportedAt when a corrupt report last
 	// started a check of a blob; uploads counts the upload handles open on
 	// each committed blob.
-	checked    map[digest.Digest]pieceMeta
+	checked    map[digest.Digest]*checkedBlob
 	reportedAt map[digest.Digest]time.Time
 	uploads    map[digest.Digest]int
 
@@ -228,7 +230,7 @@ func New(cfg Config, store content.Store, src source.Client, sched Scheduler, op
 		demandable:  make(map[taskid.ID]*fetch),
 		pending:     make(map[taskid.ID]*candidates),
 		blamed:      make(map[taskid.ID][]string),
-		checked:     make(map[digest.Digest]pieceMeta),
+		checked:     make(map[digest.Digest]*checkedBlob),
 		reportedAt:  make(map[digest.Digest]time.Time),
 		uploads:     make(map[digest.Digest]int),
 		bgCtx:       bgCtx,

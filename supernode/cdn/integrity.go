@@ -22,11 +22,20 @@ import (
 // (meta/<hex>.json) are checked against the blob, which is hashed whole at
 // the same time, before this process first serves it (a task served from
 // the cache after a start); content committed by this process's own fetch
-// is checked as it streams. Every piece an upload of committed content
-// reaches is hashed against its digest before any of its bytes is handed
-// out, so a byte that changed on disk is never sent: the read fails and
-// the response is cut. Content that fails, a peer's corrupt report against
-// the CDN (ReportCorrupt) and the background scrub (scrub.go) all lead to
+// is checked as it streams. A piece of committed content an upload reaches
+// is hashed against its digest before any of its bytes is handed out, once
+// per file: the CDN remembers, CDN-wide, which pieces it hashed (or the
+// check before first use hashed) in which file, by the file's stamp
+// (device, inode, size, modification time, as the content store's own
+// check, pkg/content/local). A changed stamp, a peer's corrupt report and a
+// failed check forget them, so a file written, truncated or replaced is
+// hashed again before it is served; a byte that changed under a piece not
+// yet hashed in that file is never sent: the read fails and the response
+// is cut. What changes bytes without changing the stamp after a piece was
+// hashed (a write restoring the modification time, a media error) is left
+// to the peers, which check every piece against its digest and report it,
+// and to the background scrub (scrub.go). Content that fails, a peer's
+// corrupt report against the CDN (ReportCorrupt) and the scrub all lead to
 // checkContent: a blob that no longer matches its digest is removed, its
 // tasks are dropped from the scheduler and their next registration fetches
 // the content from a source again; piece digests that do not match a sound
@@ -48,17 +57,55 @@ type blobVerifier interface {
 	Verify(ctx context.Context, d digest.Digest, pace func(ctx context.Context, n int) error) error
 }
 
-// checkedMeta returns the piece metadata of d checked by this process.
-func (c *CDN) checkedMeta(d digest.Digest) (pieceMeta, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	m, ok := c.checked[d]
-	return m, ok
+// checkedBlob is what this process checked of a committed blob: its piece
+// metadata, checked against the blob, and the pieces hashed and found sound
+// in the file stamped st (none while !stamped). Its fields other than meta
+// are guarded by CDN.mu. Entries live as long as the blob is in the store
+// (eviction, deletion and failed checks forget them); the piece set is one
+// bit a piece, beside the meta's digest a piece.
+type checkedBlob struct {
+	meta    pieceMeta
+	st      fileStamp
+	stamped bool
+	ok      piece.Set
 }
 
+// checkedEntry returns what this process checked of committed blob d.
+func (c *CDN) checkedEntry(d digest.Digest) (*checkedBlob, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.checked[d]
+	return e, ok
+}
+
+// checkedMeta returns the piece metadata of d checked by this process.
+func (c *CDN) checkedMeta(d digest.Digest) (pieceMeta, bool) {
+	e, ok := c.checkedEntry(d)
+	if !ok {
+		return pieceMeta{}, false
+	}
+	return e.meta, true
+}
+
+// setChecked records m as checked against its blob, with no piece hashed
+// in its file yet.
 func (c *CDN) setChecked(m pieceMeta) {
 	c.mu.Lock()
-	c.checked[m.Digest] = m
+	c.checked[m.Digest] = &checkedBlob{meta: m}
+	c.mu.Unlock()
+}
+
+// setCheckedFile records m as checked against its blob by hashing every
+// piece of the file stamped st (when stamped).
+func (c *CDN) setCheckedFile(m pieceMeta, st fileStamp, stamped bool) {
+	e := &checkedBlob{meta: m, st: st, stamped: stamped}
+	if stamped {
+		for i := range m.Pieces {
+			e.ok.Add(i)
+		}
+	}
+	c.mu.Lock()
+	c.checked[m.Digest] = e
 	c.mu.Unlock()
 }
 
@@ -68,15 +115,56 @@ func (c *CDN) forgetChecked(d digest.Digest) {
 	c.mu.Unlock()
 }
 
+// forgetPieces forgets which pieces of d were hashed: the next upload
+// reaching each hashes it again.
+func (c *CDN) forgetPieces(d digest.Digest) {
+	c.mu.Lock()
+	if e := c.checked[d]; e != nil {
+		e.ok = piece.Set{}
+	}
+	c.mu.Unlock()
+}
+
+// pieceHashed reports whether piece i of e was hashed and found sound in
+// the file stamped st, e still being what the CDN knows of its blob.
+func (c *CDN) pieceHashed(e *checkedBlob, st fileStamp, i int) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.checked[e.meta.Digest] == e && e.stamped && e.st == st && e.ok.Has(i)
+}
+
+// setPieceHashed records that piece i of e was hashed and found sound in
+// the file stamped st; pieces hashed in another file are forgotten.
+func (c *CDN) setPieceHashed(e *checkedBlob, st fileStamp, i int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.checked[e.meta.Digest] != e {
+		return // forgotten or checked again meanwhile
+	}
+	if !e.stamped || e.st != st {
+		e.st, e.stamped, e.ok = st, true, piece.Set{}
+	}
+	e.ok.Add(i)
+}
+
 // scanBlob reads committed blob d piece by piece and returns its piece
-// metadata and whether the whole content hashes to d. pace, when set, is
-// called before each piece is read.
-func (c *CDN) scanBlob(ctx context.Context, d digest.Digest, pace func(context.Context, int) error) (pieceMeta, bool, error) {
+// metadata, whether the whole content hashes to d, and the stamp of the
+// file it read, taken before it read it (stamped false when the store does
+// not say). pace, when set, is called before each piece is read.
+func (c *CDN) scanBlob(ctx context.Context, d digest.Digest, pace func(context.Context, int) error) (m pieceMeta, whole bool, st fileStamp, stamped bool, err error) {
 	ra, err := c.store.ReaderAt(ctx, d)
 	if err != nil {
-		return pieceMeta{}, false, err
+		return pieceMeta{}, false, fileStamp{}, false, err
 	}
 	defer ra.Close()
+	st, stamped = stampOf(ra)
+	m, whole, err = scanReader(ctx, d, ra, pace)
+	return m, whole, st, stamped, err
+}
+
+// scanReader hashes committed blob d, read from ra, piece by piece and
+// whole.
+func scanReader(ctx context.Context, d digest.Digest, ra content.ReaderAt, pace func(context.Context, int) error) (pieceMeta, bool, error) {
 	size := ra.Size()
 	m := pieceMeta{Digest: d, Size: size, PieceSize: piece.SizeFor(size)}
 	whole := d.Algorithm().Digester()
@@ -126,7 +214,7 @@ func (c *CDN) checkContent(ctx context.Context, d digest.Digest, pace func(conte
 
 func (c *CDN) checkContentOnce(ctx context.Context, d digest.Digest, pace func(context.Context, int) error) (pieceMeta, error) {
 	log := c.log.With(zap.Stringer("digest", d))
-	m, whole, err := c.scanBlob(ctx, d, pace)
+	m, whole, st, stamped, err := c.scanBlob(ctx, d, pace)
 	if errors.Is(err, content.ErrNotFound) {
 		// Gone, or removed by the store's own check as it was opened.
 		if errors.Is(err, content.ErrCorrupt) {
@@ -169,7 +257,7 @@ func (c *CDN) checkContentOnce(ctx context.Context, d digest.Digest, pace func(c
 			log.Info("piece metadata rebuilt from blob")
 		}
 	}
-	c.setChecked(m)
+	c.setCheckedFile(m, st, stamped)
 	return m, nil
 }
 
@@ -245,6 +333,9 @@ func (c *CDN) ReportCorrupt(taskID taskid.ID, n int) {
 				}
 			}
 		}
+		// Whatever the cooldown says, the next upload of each piece
+		// hashes it again.
+		c.forgetPieces(d)
 		c.mu.Lock()
 		at, seen := c.reportedAt[d]
 		if !seen || time.Since(at) >= reportCooldown {
@@ -285,14 +376,20 @@ var checkBufs = sync.Pool{New: func() any {
 	return &b
 }}
 
-// pieceCheck hashes every piece of committed content an upload reaches
-// before any of its bytes is handed out.
+// pieceCheck hashes the pieces of committed content an upload reaches
+// before any of their bytes is handed out, unless the CDN hashed them in
+// the same file before (checkedBlob).
 type pieceCheck struct {
 	c      *CDN
 	taskID taskid.ID
+	entry  *checkedBlob
 	meta   pieceMeta
-	ok     piece.Set // pieces checked through this handle
-	failed bool
+	// st is the stamp of the file the handle reads, taken when it was
+	// opened; without it (stamped false) only ok remembers pieces.
+	st      fileStamp
+	stamped bool
+	ok      piece.Set // pieces checked through this handle
+	failed  bool
 }
 
 // check returns nil when every piece overlapping [off, off+n) matches its
@@ -310,11 +407,16 @@ func (pc *pieceCheck) check(r io.ReaderAt, off, n int64) error {
 		if pc.ok.Has(i) {
 			continue
 		}
+		if pc.stamped && pc.c.pieceHashed(pc.entry, pc.st, i) {
+			pc.ok.Add(i)
+			continue
+		}
 		start, ln := piece.Bounds(i, m.Size, m.PieceSize)
 		h := sha256.New()
 		bp := checkBufs.Get().(*[]byte)
 		_, err := io.CopyBuffer(h, io.NewSectionReader(r, start, ln), *bp)
 		checkBufs.Put(bp)
+		pc.c.metrics.servedHashed.Add(float64(ln))
 		if err != nil {
 			return fmt.Errorf("check piece %d: %w", i, err)
 		}
@@ -329,6 +431,9 @@ func (pc *pieceCheck) check(r io.ReaderAt, off, n int64) error {
 			return fmt.Errorf("piece %d: %w", i, errCorruptPiece)
 		}
 		pc.ok.Add(i)
+		if pc.stamped {
+			pc.c.setPieceHashed(pc.entry, pc.st, i)
+		}
 	}
 	return nil
 }

@@ -18,8 +18,9 @@ type metrics struct {
 	evictions              prometheus.Counter
 	// corrupt counts committed content found corrupt (or with wrong piece
 	// metadata); corruptServes the uploads cut at a bad piece; reverified
-	// the checks corrupt reports started; scrubbed the bytes scrubbed.
-	corrupt, corruptServes, reverified, scrubbed prometheus.Counter
+	// the checks corrupt reports started; scrubbed the bytes scrubbed;
+	// servedHashed the bytes uploads hashed before sending them.
+	corrupt, corruptServes, reverified, scrubbed, servedHashed prometheus.Counter
 }
 
 // newMetrics builds the CDN's metrics and registers them with reg, when
@@ -86,12 +87,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "damselfly", Subsystem: "cdn", Name: "scrubbed_bytes_total",
 			Help: "Bytes of committed content hashed again by the scrub.",
 		}),
+		servedHashed: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "damselfly", Subsystem: "cdn", Name: "upload_checked_bytes_total",
+			Help: "Bytes of committed content hashed by uploads before they sent them (a piece once per file).",
+		}),
 	}
 	if reg == nil {
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{m.sourceBytes, m.demandFetches, m.demandBytes, m.fetches, m.cacheHits, m.contentGone, m.sourcesGivenUp,
-		m.usage, m.quota, m.diskFree, m.evictions, m.corrupt, m.corruptServes, m.reverified, m.scrubbed} {
+		m.usage, m.quota, m.diskFree, m.evictions, m.corrupt, m.corruptServes, m.reverified, m.scrubbed, m.servedHashed} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
+	"syscall"
 
 	digest "github.com/opencontainers/go-digest"
 
@@ -14,7 +16,10 @@ import (
 	"github.com/damselfly/damselfly/pkg/taskid"
 )
 
-var _ upload.Tasks = (*CDN)(nil)
+var (
+	_ upload.Tasks    = (*CDN)(nil)
+	_ upload.FileTask = (*handle)(nil)
+)
 
 // errGone is returned by reads of a fetch that was aborted.
 var errGone = errors.New("cdn task content is gone")
@@ -48,7 +53,7 @@ func (c *CDN) Open(ctx context.Context, taskID taskid.ID) (upload.Task, error) {
 			}
 		}
 	}
-	ra, m, err := c.openChecked(ctx, d)
+	ra, e, err := c.openChecked(ctx, d)
 	if errors.Is(err, content.ErrNotFound) {
 		// Content the scheduler still hands out is gone or failed its
 		// check: drop its tasks so that they are fetched again instead of
@@ -62,34 +67,36 @@ func (c *CDN) Open(ctx context.Context, taskID taskid.ID) (upload.Task, error) {
 	c.mu.Lock()
 	c.uploads[d]++
 	c.mu.Unlock()
-	return &handle{blob: ra, check: &pieceCheck{c: c, taskID: taskID, meta: m}, c: c}, nil
+	pc := &pieceCheck{c: c, taskID: taskID, entry: e, meta: e.meta}
+	pc.st, pc.stamped = stampOf(ra)
+	return &handle{blob: ra, check: pc, c: c}, nil
 }
 
 // openChecked opens committed blob d, a file the store has checked (it
 // hashes a blob again whenever its file changed), with piece metadata this
 // process has checked against it. A blob opened once per request is never
 // an old file kept open.
-func (c *CDN) openChecked(ctx context.Context, d digest.Digest) (content.ReaderAt, pieceMeta, error) {
+func (c *CDN) openChecked(ctx context.Context, d digest.Digest) (content.ReaderAt, *checkedBlob, error) {
 	ra, err := c.store.ReaderAt(ctx, d)
 	if err != nil {
-		return nil, pieceMeta{}, err
+		return nil, nil, err
 	}
-	if m, ok := c.checkedMeta(d); ok && m.Size == ra.Size() {
-		return ra, m, nil
+	if e, ok := c.checkedEntry(d); ok && e.meta.Size == ra.Size() {
+		return ra, e, nil
 	}
 	_ = ra.Close()
-	m, err := c.checkContent(ctx, d, nil)
-	if err != nil {
-		return nil, pieceMeta{}, err
+	if _, err := c.checkContent(ctx, d, nil); err != nil {
+		return nil, nil, err
 	}
 	if ra, err = c.store.ReaderAt(ctx, d); err != nil {
-		return nil, pieceMeta{}, err
+		return nil, nil, err
 	}
-	if ra.Size() != m.Size {
+	e, ok := c.checkedEntry(d)
+	if !ok || ra.Size() != e.meta.Size {
 		_ = ra.Close()
-		return nil, pieceMeta{}, fmt.Errorf("content %s changed while it was checked", d)
+		return nil, nil, fmt.Errorf("content %s changed while it was checked", d)
 	}
-	return ra, m, nil
+	return ra, e, nil
 }
 
 // handle reads one task's content for the upload server. It is safe for
@@ -128,6 +135,39 @@ func (h *handle) ReadAt(p []byte, off int64) (int, error) {
 		return f.blob.ReadAt(p, off)
 	}
 	return 0, errGone
+}
+
+// sendableFile is a committed blob's reader that reads a file sendfile(2)
+// can send from (a local store's reader is an *os.File).
+type sendableFile interface {
+	io.ReadSeeker
+	syscall.Conn
+}
+
+// FileRange checks the pieces [off, off+n) reaches, as ReadAt does, and
+// returns a reader of those bytes of the committed blob's file, positioned
+// for sendfile. It declines (nil, nil) for a fetch's content, whose ingest
+// and blob the fetch's handles share, and for a store that does not read
+// files. The handle's file is its own (Open opens it per request), so
+// moving its offset disturbs no other reader; calls must not overlap.
+func (h *handle) FileRange(off, n int64) (io.Reader, error) {
+	if h.blob == nil {
+		return nil, nil
+	}
+	sf, ok := h.blob.(sendableFile)
+	if !ok {
+		return nil, nil
+	}
+	h.checkMu.Lock()
+	err := h.check.check(h.blob, off, n)
+	h.checkMu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := sf.Seek(off, io.SeekStart); err != nil {
+		return nil, fmt.Errorf("seek to %d: %w", off, err)
+	}
+	return &io.LimitedReader{R: sf, N: n}, nil
 }
 
 // Size returns the content size, or -1 while a fetch has not learned it.

@@ -63,6 +63,23 @@ type Task interface {
 	Close() error
 }
 
+// FileTask is a Task whose verified bytes lie in a file the server may send
+// straight from the page cache to the connection (sendfile(2), through
+// net/http's ReadFrom), instead of copying them through its own buffers.
+// The server uses it when a Task implements it and falls back to ReadAt for
+// a range FileRange declines.
+type FileTask interface {
+	Task
+	// FileRange checks bytes [off, off+n) of a verified range as ReadAt
+	// would before handing any of them out, and returns a reader of exactly
+	// those bytes that reads a file: an *io.LimitedReader of n bytes over
+	// a file positioned at off, for sendfile to take. The server reads it
+	// to the end or drops it before it calls FileRange again, and never
+	// calls it concurrently. It returns a nil reader and no error when the
+	// range is not to be read from a file.
+	FileRange(off, n int64) (io.Reader, error)
+}
+
 // Tasks opens tasks by ID; errors wrap ErrNotFound for an unknown task.
 type Tasks interface {
 	Open(ctx context.Context, taskID taskid.ID) (Task, error)
@@ -78,7 +95,11 @@ const (
 	// (GET, which also matches HEAD).
 	RoutePattern = "GET " + RoutePrefix + "{task}"
 
-	bufSize         = 256 << 10
+	bufSize = 256 << 10
+	// fileChunk is the most a FileTask's bytes are sent in one step (one
+	// FileRange, so one check of the pieces it covers, and one sendfile)
+	// when no limiter applies; with one, steps are bufSize as for reads.
+	fileChunk       = 4 << 20
 	shutdownTimeout = 5 * time.Second
 	// maxPeerIDLen bounds a schedapi.HeaderPeer value passed on.
 	maxPeerIDLen = 128
@@ -286,6 +307,11 @@ func (s *Server) serveTask(w http.ResponseWriter, r *http.Request) error {
 		w.WriteHeader(status)
 		return nil
 	}
+	if ft, ok := t.(FileTask); ok {
+		if done, err := s.sendFile(w, r, ft, id, status, rg); done || err != nil {
+			return err
+		}
+	}
 	bp := s.bufs.Get().(*[]byte)
 	defer s.bufs.Put(bp)
 	buf := *bp
@@ -295,9 +321,7 @@ func (s *Server) serveTask(w http.ResponseWriter, r *http.Request) error {
 	if err := s.readChunk(ctx, t, first, rg.Start); err != nil {
 		return fmt.Errorf("task %s: %w", id, err)
 	}
-	if peerID := r.Header.Get(schedapi.HeaderPeer); s.started != nil && peerID != "" && len(peerID) <= maxPeerIDLen {
-		s.started(ctx, id, peerID, rg.Start, rg.Length)
-	}
+	s.transferStarts(r, id, rg)
 	w.WriteHeader(status)
 	if _, err := w.Write(first); err != nil {
 		return &streamError{err: fmt.Errorf("task %s: write: %w", id, err)}
@@ -313,6 +337,71 @@ func (s *Server) serveTask(w http.ResponseWriter, r *http.Request) error {
 		off += int64(len(chunk))
 	}
 	return nil
+}
+
+// transferStarts tells WithTransferStart's function that the range goes
+// to the peer the request names.
+func (s *Server) transferStarts(r *http.Request, id taskid.ID, rg httpx.Range) {
+	if peerID := r.Header.Get(schedapi.HeaderPeer); s.started != nil && peerID != "" && len(peerID) <= maxPeerIDLen {
+		s.started(r.Context(), id, peerID, rg.Start, rg.Length)
+	}
+}
+
+// sendFile answers with rg of t from its file, one FileRange at a time
+// (fileChunk, or bufSize steps of the limiter), so that net/http hands the
+// bytes to sendfile(2) where the connection allows. It reports done false
+// with no error, having sent nothing, when t declines the first step: the
+// caller then reads with ReadAt. Like the buffered path, the first step is
+// checked before the header goes out, and a later failure cuts the
+// response.
+func (s *Server) sendFile(w http.ResponseWriter, r *http.Request, t FileTask, id taskid.ID, status int, rg httpx.Range) (bool, error) {
+	ctx := r.Context()
+	step := int64(fileChunk)
+	if s.limited() {
+		step = bufSize
+	}
+	// The limiter is waited on once a step is taken: a step declined
+	// takes nothing from it.
+	next := func(off, n int64) (io.Reader, error) {
+		src, err := t.FileRange(off, n)
+		if src == nil || err != nil {
+			return nil, err
+		}
+		if err := s.wait(ctx, int(n)); err != nil {
+			return nil, err
+		}
+		return src, nil
+	}
+	off, end := rg.Start, rg.Start+rg.Length
+	n := min(step, end-off)
+	src, err := next(off, n)
+	if err != nil {
+		return true, fmt.Errorf("task %s: read at %d: %w", id, off, err)
+	}
+	if src == nil {
+		return false, nil
+	}
+	s.transferStarts(r, id, rg)
+	w.WriteHeader(status)
+	for {
+		k, err := io.Copy(w, src)
+		if err == nil && k < n {
+			err = io.ErrUnexpectedEOF
+		}
+		if err != nil {
+			return true, &streamError{err: fmt.Errorf("task %s: send from %d: %w", id, off, err)}
+		}
+		if off += n; off >= end {
+			return true, nil
+		}
+		n = min(step, end-off)
+		if src, err = next(off, n); err == nil && src == nil {
+			err = errors.New("file range declined mid-response")
+		}
+		if err != nil {
+			return true, &streamError{err: fmt.Errorf("task %s: read at %d: %w", id, off, err)}
+		}
+	}
 }
 
 // readChunk waits on the limiter for len(p) bytes, then fills p from t at
@@ -334,9 +423,14 @@ func (s *Server) readChunk(ctx context.Context, t io.ReaderAt, p []byte, off int
 	return nil
 }
 
+// limited reports whether a limiter caps the server's rate.
+func (s *Server) limited() bool {
+	return s.limiter != nil && s.limiter.Limit() != rate.Inf
+}
+
 // wait takes n bytes from the limiter, in steps no larger than its burst.
 func (s *Server) wait(ctx context.Context, n int) error {
-	if s.limiter == nil || s.limiter.Limit() == rate.Inf {
+	if !s.limited() {
 		return nil
 	}
 	step := max(s.limiter.Burst(), 1)
