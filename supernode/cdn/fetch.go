@@ -242,8 +242,9 @@ type sourceChunk struct {
 func readPieces(ctx context.Context, r io.Reader, pieceSize int64, first int, take func(n int) bool, stop func()) <-chan sourceChunk {
 	out := make(chan sourceChunk)
 	free := make(chan []byte, 2)
-	free <- make([]byte, pieceSize)
-	free <- make([]byte, pieceSize)
+	// Aligned: a store writing around the page cache writes them as they are.
+	free <- piece.Buffer(int(pieceSize))
+	free <- piece.Buffer(int(pieceSize))
 	go func() {
 		defer close(out)
 		next := take(first)

@@ -202,7 +202,11 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	if err != nil {
 		return err
 	}
-	store, err := local.New(filepath.Join(cfg.DataDir, "content"), local.WithLogger(logger.Named("content")))
+	storeOpts := []local.Option{local.WithLogger(logger.Named("content"))}
+	if !cfg.CDN.BufferedIO {
+		storeOpts = append(storeOpts, local.WithDirectIO())
+	}
+	store, err := local.New(filepath.Join(cfg.DataDir, "content"), storeOpts...)
 	if err != nil {
 		return fmt.Errorf("content store: %w", err)
 	}

@@ -235,29 +235,29 @@ func (s *Store) ReaderAt(ctx context.Context, dgst digest.Digest) (content.Reade
 	if err := os.Chtimes(p, time.Now(), fi.ModTime()); err != nil {
 		s.log.Debug("touch content", zap.Stringer("digest", dgst), zap.Error(err))
 	}
-	r := &fileReader{File: f, size: fi.Size()}
 	if s.directIO {
 		if df, err := openDirect(p, os.O_RDONLY); err == nil {
-			return &directReader{fileReader: r, direct: df}, nil
+			_ = f.Close()
+			return &directReader{file: df, size: fi.Size()}, nil
 		}
 	}
-	return r, nil
+	return &fileReader{File: f, size: fi.Size()}, nil
 }
 
 // directReader reads a committed blob around the page cache (WithDirectIO).
+// It is no *os.File on purpose: nothing sends it with sendfile(2), which
+// would fill the page cache.
 type directReader struct {
-	*fileReader
-	direct *os.File
+	file *os.File // opened with O_DIRECT
+	size int64
 }
 
 func (r *directReader) ReadAt(p []byte, off int64) (int, error) {
-	return directReadAt(r.direct, p, off)
+	return directReadAt(r.file, p, off)
 }
 
-func (r *directReader) Close() error {
-	_ = r.direct.Close()
-	return r.fileReader.Close()
-}
+func (r *directReader) Size() int64  { return r.size }
+func (r *directReader) Close() error { return r.file.Close() }
 
 // fileReader is a committed blob open for reading.
 type fileReader struct {
