@@ -28,6 +28,7 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
@@ -90,6 +91,9 @@ type Engine struct {
 	bufs *bufPool
 	// pcache holds the latest verified pieces (piececache.go).
 	pcache *pieceCache
+	// lastFetch is when a piece fetch last started (UnixNano), 0 once
+	// trimIdle let the buffers go.
+	lastFetch atomic.Int64
 
 	mu    sync.Mutex
 	tasks map[taskid.ID]*task
@@ -195,9 +199,9 @@ func New(cfg Config, store content.Store, sched *schedclient.Client, self scheda
 	if e.logger == nil {
 		e.logger = zap.NewNop()
 	}
-	// Fetches in flight (up to twice Concurrency, see p2p) and the piece
-	// cache hold buffers at once.
-	e.bufs = newBufPool(2*max(e.cfg.Concurrency, 1) + defaultCachedPieces)
+	// Concurrency fetches in flight and the piece cache hold buffers at
+	// once (a poll may hand out more for a moment: those are left to the GC).
+	e.bufs = newBufPool(max(e.cfg.Concurrency, 1) + defaultCachedPieces)
 	e.pcache = newPieceCache(defaultCachedPieces, e.bufs)
 	if e.source == nil {
 		sopts := []httpsource.Option{httpsource.WithLogger(e.logger.Named("source"))}
@@ -463,6 +467,7 @@ func (e *Engine) Run(ctx context.Context) error {
 			return nil
 		case <-timer.C:
 			e.heartbeat(ctx)
+			e.trimIdle(time.Now())
 			timer.Reset(d/4 + backoff.Jitter(d))
 		}
 	}

@@ -290,6 +290,7 @@ func (t *task) p2p(ctx context.Context) error {
 					bk.take(time.Now(), a.Length, a.Length)
 				}
 				inflight[a.Piece] = true
+				t.e.lastFetch.Store(time.Now().UnixNano())
 				fetchers.Add(1)
 				go func() {
 					defer fetchers.Done()

@@ -3,6 +3,7 @@ package peer
 import (
 	"container/list"
 	"sync"
+	"time"
 
 	"github.com/damselfly/damselfly/pkg/piece"
 )
@@ -84,6 +85,18 @@ func (c *pieceCache) readAt(t *task, ps int64, p []byte, off int64) int {
 	return copy(p, (*cp.buf)[rel:cp.n])
 }
 
+// clear forgets every cached piece.
+func (c *pieceCache) clear() {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for c.lru.Len() > 0 {
+		c.removeLocked(c.lru.Back())
+	}
+}
+
 // drop forgets every cached piece of t.
 func (c *pieceCache) drop(t *task) {
 	if c == nil {
@@ -153,10 +166,38 @@ func (p *bufPool) get() *[]byte {
 	}
 }
 
+// drain lets the GC have every buffer the pool keeps.
+func (p *bufPool) drain() {
+	for {
+		select {
+		case <-p.free:
+		default:
+			return
+		}
+	}
+}
+
 // put gives b back; beyond the pool's capacity it is left to the GC.
 func (p *bufPool) put(b *[]byte) {
 	select {
 	case p.free <- b:
 	default:
 	}
+}
+
+// idleTrim is how long no piece has been fetched before an engine lets go
+// of its piece cache and its pooled buffers (trimIdle): a node between
+// pulls keeps no download memory.
+const idleTrim = 30 * time.Second
+
+// trimIdle empties the piece cache and the buffer pool when no piece was
+// fetched for idleTrim.
+func (e *Engine) trimIdle(now time.Time) {
+	last := e.lastFetch.Load()
+	if last == 0 || now.Sub(time.Unix(0, last)) < idleTrim {
+		return
+	}
+	e.lastFetch.Store(0)
+	e.pcache.clear()
+	e.bufs.drain()
 }
