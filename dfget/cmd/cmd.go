@@ -125,7 +125,8 @@ func run(ctx context.Context, o *flags, rc runOptions, logger *zap.Logger, stder
 	if err := command.CheckDataDir(dataDir); err != nil {
 		return err
 	}
-	store, err := local.New(dataDir, local.WithLogger(logger.Named("store")))
+	// Around the page cache, like dfdaemon (docs/benchmarks.md).
+	store, err := local.New(dataDir, local.WithLogger(logger.Named("store")), local.WithDirectIO())
 	if err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}

@@ -140,11 +140,6 @@ func isUnspecified(host string) bool {
 type CDNConfig struct {
 	cdn.Config `yaml:",inline"`
 	BT         BTConfig `yaml:"bt"`
-	// BufferedIO stores and reads the CDN's content through the page
-	// cache. By default (false) it goes around it with O_DIRECT where the
-	// filesystem allows (pkg/content/local WithDirectIO): storing a fetch
-	// in new page-cache pages cost more CPU than fetching and hashing it.
-	BufferedIO bool `yaml:"bufferedIO"`
 }
 
 // BTConfig is the cdn.bt block.
