@@ -526,30 +526,7 @@ func dialInNS(ctx context.Context, ns, network, addr string) (net.Conn, error) {
 
 // scrape is promtext.Scrape with a client.
 func scrape(ctx context.Context, hc *http.Client, url string) (promtext.Text, error) {
-	if hc == http.DefaultClient {
-		return promtext.Scrape(ctx, url)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	var m promtext.Text
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		if line := sc.Text(); line != "" && line[0] != '#' {
-			m = append(m, line)
-		}
-	}
-	return m, sc.Err()
+	return promtext.ScrapeWith(ctx, hc, url)
 }
 
 // clientResult is what a -serve client child prints when its pull ends.

@@ -16,11 +16,16 @@ type Text []string
 
 // Scrape fetches url (a /metrics endpoint) with GET.
 func Scrape(ctx context.Context, url string) (Text, error) {
+	return ScrapeWith(ctx, http.DefaultClient, url)
+}
+
+// ScrapeWith is Scrape through hc.
+func ScrapeWith(ctx context.Context, hc *http.Client, url string) (Text, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return nil, err
 	}
