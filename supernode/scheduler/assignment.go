@@ -135,6 +135,8 @@ func (st *state) assign(t *task, m *member, max int) []schedapi.Assignment {
 		}
 		if c.from == nil {
 			a.From, a.FromCDN = st.cdn, true
+			// Not published yet: the CDN sends the digest at the end.
+			a.Arriving = a.Digest == ""
 		} else {
 			a.From = schedapi.Peer{ID: c.from.peer.id, Addr: c.from.peer.addr}
 		}

@@ -87,7 +87,8 @@ func (t *task) servableWord(w int, cdn cdnRoom) uint64 {
 func (st *state) refresh(t *task, i int) {
 	pub := t.digests[i] != ""
 	ok := pub && t.free[i] > 0
-	cdn := pub && !ok && cdnMay(t, i, t.fanout)
+	// An arriving piece is served by the CDN only, like one no peer holds.
+	cdn := (pub || t.isArriving(i)) && !ok && cdnMay(t, i, t.fanout)
 	orphan := cdn && len(t.holders[i]) == 0
 	dup := cdn && !orphan
 	rose := false

@@ -121,7 +121,12 @@ func (rarestFirst) choose(t *task, req *member, max int, s slots) []choice {
 			break
 		}
 		n := len(out)
-		switch best := leastLoaded(t, i, req, &taken, s.peer); {
+		var best *member
+		if t.digests[i] != "" {
+			// An arriving piece comes from the CDN only.
+			best = leastLoaded(t, i, req, &taken, s.peer)
+		}
+		switch {
 		case best != nil:
 			taken.add(best.peer)
 			out = append(out, choice{piece: i, from: best})
@@ -243,7 +248,7 @@ func leastLoadedFree(t *task, i int, req *member, taken *takenSlots, slots int) 
 }
 
 func (rarestFirst) canServe(t *task, req *member, i int, s slots) bool {
-	if !t.isPublished(i) || req.busy.has(i) || (req.bg == 0 && !req.want.has(i)) {
+	if !(t.isPublished(i) || t.isArriving(i)) || req.busy.has(i) || (req.bg == 0 && !req.want.has(i)) {
 		return false
 	}
 	if req.lapsed > 0 || (!req.proven && req.fromCDN > 0) {
