@@ -80,29 +80,12 @@ func (t *task) fetch(ctx context.Context, a schedapi.Assignment) fetchResult {
 		buf = piece.Buffer(int(a.Length))
 	}
 
-	trailer, err := t.e.fetchPiece(ctx, t.id, a, buf)
-	received := time.Since(start)
-	if err == nil && a.Arriving {
-		// The piece's digest comes from the CDN at the end of the
-		// transfer; from here on it is the assignment's.
-		if verr := piece.ValidateDigest(digest.Digest(trailer)); verr != nil {
-			err = fmt.Errorf("%w: %w", errBadTrailer, verr)
-		} else {
-			a.Digest = trailer
-		}
-	}
-	if err == nil && piece.Digest(buf) != digest.Digest(a.Digest) {
-		err = errDigestMismatch
-	}
+	var received time.Duration
+	a, err := t.e.fetchVerified(ctx, t.id, a, buf, &received)
 	res.Duration = time.Since(start)
 	hashed := res.Duration
 	if err != nil {
-		res.Reason = failureKind(err)
-		if a.Arriving && res.Reason != schedapi.ReasonCorrupt {
-			// The CDN's read from the origin failed, or the transfer
-			// did: not the CDN's fault, and the piece comes again.
-			res.Reason = schedapi.ReasonAborted
-		}
+		res.Reason = pieceFailure(a, err)
 		res.Error = failureReason(err)
 		var refused error
 		if errors.Is(err, netpolicy.ErrDenied) {
@@ -130,6 +113,46 @@ func (t *task) fetch(ctx context.Context, a schedapi.Assignment) fetchResult {
 	t.e.metrics.pieces.WithLabelValues("ok", from).Inc()
 	t.e.metrics.bytes.WithLabelValues(from).Add(float64(a.Length))
 	return fetchResult{a: a, res: res}
+}
+
+// fetchVerified fetches a's piece into buf and checks it against its
+// digest: for an Arriving assignment, the digest the CDN sends at the end of
+// the transfer, which it returns as the assignment's Digest. received, if
+// set, is how long the bytes took to arrive.
+func (e *Engine) fetchVerified(ctx context.Context, taskID taskid.ID, a schedapi.Assignment, buf []byte, received *time.Duration) (schedapi.Assignment, error) {
+	start := time.Now()
+	trailer, err := e.fetchPiece(ctx, taskID, a, buf)
+	if received != nil {
+		*received = time.Since(start)
+	}
+	if err != nil {
+		return a, err
+	}
+	if a.Arriving {
+		// The piece's digest comes from the CDN at the end of the
+		// transfer; from here on it is the assignment's.
+		if err := piece.ValidateDigest(digest.Digest(trailer)); err != nil {
+			return a, fmt.Errorf("%w: %w", errBadTrailer, err)
+		}
+		a.Digest = trailer
+	}
+	if piece.Digest(buf) != digest.Digest(a.Digest) {
+		return a, errDigestMismatch
+	}
+	return a, nil
+}
+
+// pieceFailure is the reason a failed fetch of a is reported with. An
+// Arriving piece that did not arrive whole (the CDN's read from the origin
+// failed, or the transfer did) is aborted: not the CDN's fault, and the
+// piece is assigned again; one whose bytes or digest do not hold is
+// corrupt, and the CDN checks its copy.
+func pieceFailure(a schedapi.Assignment, err error) schedapi.FailureReason {
+	r := failureKind(err)
+	if a.Arriving && r != schedapi.ReasonCorrupt {
+		return schedapi.ReasonAborted
+	}
+	return r
 }
 
 func (t *task) writePiece(p []byte, off int64) error {
