@@ -24,7 +24,7 @@ func (st *state) startAssignment(t *task, to *member, i int, from *member) *assi
 	_, n := piece.Bounds(i, t.size, t.pieceSize)
 	now := st.now()
 	a := &assignment{task: t, piece: i, to: to, from: from, length: n, started: true,
-		deadline: now.Add(st.cfg.transferTimeout(n, to.rate))}
+		deadline: now.Add(st.cfg.transferTimeout(n, to.rate)), arriving: from == nil && !t.isPublished(i)}
 	if from == nil && st.startReports {
 		a.started, a.at = false, now
 		a.startBy = now.Add(st.cfg.CDNStartGrace)
@@ -35,7 +35,7 @@ func (st *state) startAssignment(t *task, to *member, i int, from *member) *assi
 	t.inflight[i]++
 	if from == nil {
 		to.fromCDN++
-		st.takeCDN(t, i, 1)
+		st.takeCDNOf(a, 1)
 	} else {
 		from.serving[a] = struct{}{}
 		st.addUploads(from.peer, 1)
@@ -63,7 +63,7 @@ func (st *state) endAssignment(a *assignment, delivered bool) {
 				st.touch(a.to)
 			}
 		} else {
-			st.takeCDN(t, a.piece, -1)
+			st.takeCDNOf(a, -1)
 		}
 	} else {
 		delete(a.from.serving, a)
@@ -87,6 +87,21 @@ func (st *state) takeCDN(t *task, i, d int) {
 	st.refresh(t, i)
 }
 
+// takeCDNOf takes (d 1) or gives back (d -1) what CDN assignment a holds:
+// one of its piece's CDN transfers and, unless a was made while its piece
+// was arriving, a CDN slot. An arriving piece is sent at the origin's pace,
+// a share of the CDN's link, for as long as the origin takes: it is bounded
+// by its fanout only, and leaves the slots to the pieces the CDN sends at
+// the speed of its link.
+func (st *state) takeCDNOf(a *assignment, d int) {
+	if !a.arriving {
+		st.takeCDN(a.task, a.piece, d)
+		return
+	}
+	a.task.fromCDN[a.piece] += d
+	st.refresh(a.task, a.piece)
+}
+
 // lapseDue lapses the CDN assignments not started within cdnLapse: each
 // gives its slot and its piece's fanout back, and its requester gets no
 // more CDN assignments until it starts or ends. A requester that hoards
@@ -104,7 +119,7 @@ func (st *state) lapseDue() {
 		}
 		a.lapsed = true
 		a.to.lapsed++
-		st.takeCDN(a.task, a.piece, -1)
+		st.takeCDNOf(a, -1)
 	}
 	clear(st.fresh[:k])
 	st.fresh = st.fresh[k:]
@@ -406,7 +421,7 @@ func (st *state) started(taskID taskid.ID, peerID string, off, n int64) {
 			if m.lapsed--; m.lapsed == 0 {
 				st.touch(m)
 			}
-			st.takeCDN(t, a.piece, 1)
+			st.takeCDNOf(a, 1)
 		}
 	}
 }

@@ -75,23 +75,61 @@ func TestArrivingPieceFromCDNOnly(t *testing.T) {
 	require.Error(t, st.arrive(id, 4), "out of range")
 }
 
-func TestArrivingPieceWithinCDNSlots(t *testing.T) {
+func TestArrivingPieceTakesNoCDNSlot(t *testing.T) {
 	t.Parallel()
-	st := newTestState(t, Config{CDNPieceFanout: 16, CDNUploadSlots: 1})
+	st := newTestState(t, Config{CDNPieceFanout: 16, CDNUploadSlots: 2})
 	id := testTaskID(t.Name())
 	require.NoError(t, st.addTask(TaskSpec{ID: id, PieceSize: 100, Size: 400}))
 	for _, p := range []string{"a", "b"} {
 		_, err := st.join(id, peerAt(p, 20001), nil)
 		require.NoError(t, err)
 	}
+	require.NoError(t, st.publish(id, 0, pieceDigest(id, 0)))
+	require.NoError(t, st.publish(id, 1, pieceDigest(id, 1)))
+	// Both CDN slots taken by published pieces.
+	for _, p := range []string{"a", "b"} {
+		got := pollNow(t, st, newWaiter(id, p, 1))
+		require.Len(t, got, 1, p)
+		require.False(t, got[0].Arriving)
+		st.tasks[id].members[p].proven = true
+	}
+	require.Equal(t, 2, st.cdnBusy)
+	// The arriving piece comes at the origin's pace: it takes no slot,
+	// only its fanout bounds it.
 	require.NoError(t, st.arrive(id, 2))
-	require.Len(t, pollNow(t, st, newWaiter(id, "a", 4)), 1)
-	require.Empty(t, pollNow(t, st, newWaiter(id, "b", 4)), "the CDN's one slot is taken")
-	// A failed transfer of an arriving piece (aborted) frees the slot
-	// and strikes nobody.
-	require.NoError(t, st.report(id, "a", []schedapi.PieceResult{{Piece: 2, From: cdnPeer.ID, Reason: schedapi.ReasonAborted}}))
+	for _, p := range []string{"a", "b"} {
+		got := pollNow(t, st, newWaiter(id, p, 4))
+		require.Len(t, got, 1, p)
+		require.Equal(t, 2, got[0].Piece)
+		require.True(t, got[0].Arriving)
+	}
+	require.Equal(t, 2, st.cdnBusy)
+	require.Equal(t, 2, st.tasks[id].fromCDN[2])
+	// Its transfers failing (aborted: the origin's read broke) give back
+	// the fanout, no slot, and strike nobody.
+	for _, p := range []string{"a", "b"} {
+		require.NoError(t, st.report(id, p, []schedapi.PieceResult{{Piece: 2, From: cdnPeer.ID, Reason: schedapi.ReasonAborted}}))
+	}
 	st.flush()
-	require.Len(t, pollNow(t, st, newWaiter(id, "b", 4)), 1)
+	require.Equal(t, 2, st.cdnBusy)
+	require.Zero(t, st.tasks[id].fromCDN[2])
+	require.Len(t, pollNow(t, st, newWaiter(id, "b", 4)), 1, "it is assigned again")
+}
+
+// With a fanout of 1 (super-seeding) an arriving piece goes to one
+// requester at a time.
+func TestArrivingPieceSuperSeeded(t *testing.T) {
+	t.Parallel()
+	st := newTestState(t, Config{CDNPieceFanout: 1})
+	id := testTaskID(t.Name())
+	require.NoError(t, st.addTask(TaskSpec{ID: id, PieceSize: 100, Size: 400}))
+	for _, p := range []string{"a", "b"} {
+		_, err := st.join(id, peerAt(p, 20001), nil)
+		require.NoError(t, err)
+	}
+	require.NoError(t, st.arrive(id, 1))
+	require.Len(t, pollNow(t, st, newWaiter(id, "a", 4)), 1)
+	require.Empty(t, pollNow(t, st, newWaiter(id, "b", 4)))
 }
 
 func TestArrivingPieceNotToAHolder(t *testing.T) {

@@ -157,6 +157,21 @@ func checkIndex(t *testing.T, st *state, step int) {
 			fail("%s: %d uploads counted, %d served", p.id, p.uploading, uploads[p])
 		}
 	}
+	// CDN slots: taken by the CDN assignments in flight, neither lapsed
+	// nor made while their piece was arriving.
+	cdnBusy := 0
+	for _, tk := range st.tasks {
+		for _, m := range tk.members {
+			for _, a := range m.inflight {
+				if a.from == nil && !a.lapsed && !a.arriving {
+					cdnBusy++
+				}
+			}
+		}
+	}
+	if cdnBusy != st.cdnBusy {
+		fail("%d CDN slots taken, %d recounted", st.cdnBusy, cdnBusy)
+	}
 }
 
 // cdnRecount reports, from the task's holders and the CDN's transfers of

@@ -110,6 +110,9 @@ type assignment struct {
 	started bool
 	at      time.Time
 	startBy time.Time
+	// arriving: a CDN assignment of a piece not yet published (the CDN
+	// receives it); it takes no CDN slot (takeCDNOf).
+	arriving bool
 	// lapsed: a CDN assignment not started within cdnLapse. It no longer
 	// holds a CDN slot nor counts towards its piece's fanout, so that
 	// others may be sent the piece; it takes them again if it starts.
