@@ -162,6 +162,10 @@ func (c Config) ApplyDefaults() Config {
 	if c.IdleTaskTTL == 0 {
 		c.IdleTaskTTL = DefaultIdleTaskTTL
 	}
+	if c.CutThrough == nil {
+		on := true
+		c.CutThrough = &on
+	}
 	return c
 }
 

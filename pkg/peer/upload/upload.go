@@ -25,7 +25,13 @@
 // WithTransferStart the server reports each content transfer it starts to
 // a named requester (the supernode's CDN tells its scheduler).
 //
-// Nothing unverified is ever sent. Errors that are the client's fault are 4xx;
+// Nothing unverified is ever sent, but for one exception: a Task that is an
+// ArrivingTask (the supernode's CDN) answers a request marked
+// schedapi.HeaderArriving for exactly one piece it is still receiving with
+// its bytes as they arrive, and the piece's digest in the
+// schedapi.TrailerPieceDigest trailer once it is published; the requester
+// checks the piece against it. A piece that will not be complete cuts the
+// response. Errors that are the client's fault are 4xx;
 // the server answers 5xx only for its own failures (a task that cannot be
 // opened or read).
 package upload
