@@ -236,6 +236,18 @@ func (s *pieceStream) Read(p []byte) (int, error) {
 	return k, fmt.Errorf("read at %d: %w", s.off+s.pos, err)
 }
 
+// Ready reports whether the next Read returns without waiting for the
+// source.
+func (s *pieceStream) Ready() bool {
+	a := s.a
+	if a == nil || s.pos >= s.n {
+		return true
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.err != nil || a.digest != "" || (a.buf != nil && a.filled > s.pos)
+}
+
 // Digest waits until the piece is published and returns its digest.
 func (s *pieceStream) Digest(ctx context.Context) (string, error) {
 	for a := s.a; a != nil; {

@@ -8,6 +8,7 @@ package scheduler
 import (
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/damselfly/damselfly/pkg/piece"
 	"github.com/damselfly/damselfly/pkg/schedapi"
@@ -23,8 +24,8 @@ import (
 func (st *state) startAssignment(t *task, to *member, i int, from *member) *assignment {
 	_, n := piece.Bounds(i, t.size, t.pieceSize)
 	now := st.now()
-	a := &assignment{task: t, piece: i, to: to, from: from, length: n, started: true,
-		deadline: now.Add(st.cfg.transferTimeout(n, to.rate)), arriving: from == nil && !t.isPublished(i)}
+	a := &assignment{task: t, piece: i, to: to, from: from, length: n, started: true, arriving: from == nil && !t.isPublished(i)}
+	a.deadline = now.Add(st.transferTimeout(a))
 	if from == nil && st.startReports {
 		a.started, a.at = false, now
 		a.startBy = now.Add(st.cfg.CDNStartGrace)
@@ -43,6 +44,16 @@ func (st *state) startAssignment(t *task, to *member, i int, from *member) *assi
 	st.assignments++
 	st.m.assigned(from == nil)
 	return a
+}
+
+// transferTimeout is how long a's transfer may take: the piece's length at
+// MinPieceRate (Config.transferTimeout), or, for an arriving piece, which
+// comes at the origin's pace, AssignmentTimeout.
+func (st *state) transferTimeout(a *assignment) time.Duration {
+	if a.arriving {
+		return st.cfg.AssignmentTimeout
+	}
+	return st.cfg.transferTimeout(a.length, a.to.rate)
 }
 
 // endAssignment frees the slot a held and lets its piece be assigned again.
@@ -410,7 +421,7 @@ func (st *state) started(taskID taskid.ID, peerID string, off, n int64) {
 			continue
 		}
 		a.started = true
-		a.deadline = now.Add(st.cfg.transferTimeout(a.length, m.rate))
+		a.deadline = now.Add(st.transferTimeout(a))
 		if !m.proven {
 			m.proven = true
 			st.touch(m)

@@ -47,6 +47,9 @@ func TestArrivingPieceFromCDNOnly(t *testing.T) {
 		require.Equal(t, cdnPeer.ID, got[0].From.ID)
 		require.NoError(t, schedapi.ValidAssignmentDigest(got[0]))
 	}
+	a := st.tasks[id].members["a"].inflight[0]
+	require.True(t, a.arriving)
+	require.Equal(t, st.now().Add(st.cfg.AssignmentTimeout), a.deadline, "it comes at the origin's pace")
 	require.Empty(t, poll("c"), "past the fanout")
 	require.Empty(t, poll("a"), "a has it in flight")
 	tk := st.tasks[id]

@@ -98,7 +98,9 @@ type ArrivingTask interface {
 	Arriving(ctx context.Context, off, n int64) (PieceStream, bool)
 }
 
-// PieceStream is one piece served to a HeaderArriving request.
+// PieceStream is one piece served to a HeaderArriving request. One that
+// has a Ready() bool method, reporting whether its next Read returns at
+// once, has its bytes flushed to the client only when it is not.
 type PieceStream interface {
 	// Read reads the piece's bytes, waiting for those not yet arrived;
 	// it fails if the piece will not be complete.
@@ -410,8 +412,11 @@ func (s *Server) serveArriving(w http.ResponseWriter, r *http.Request, id taskid
 			if _, werr := w.Write(buf[:k]); werr != nil {
 				cut(werr)
 			}
-			// Bytes go out as they arrive, not when a buffer fills.
-			_ = rc.Flush()
+			// Bytes go out as they arrive, not when a buffer fills: when
+			// the next would be waited for.
+			if r, ok := ps.(interface{ Ready() bool }); !ok || !r.Ready() {
+				_ = rc.Flush()
+			}
 			left -= int64(k)
 		}
 		if err != nil && left > 0 {
