@@ -34,7 +34,21 @@ var (
 	// errTooSlow: the piece did not arrive within its deadline at
 	// Config.PieceMinRate.
 	errTooSlow = errors.New("too slow")
+	// errBadTrailer: the CDN ended an arriving piece's body without a
+	// valid digest in its trailer.
+	errBadTrailer = errors.New("bad piece digest trailer")
+	// errArrivingCut: an arriving piece's transfer broke off (the CDN's
+	// read of it failed, or the connection did).
+	errArrivingCut = errors.New("arriving piece cut short")
 )
+
+// validAssignmentDigest checks an assignment's digest: a sha256 piece
+// digest, or none for an Arriving assignment from the CDN, whose digest the
+// CDN sends at the end of the transfer (fetch checks it there).
+// checkAssignment calls it.
+func validAssignmentDigest(a schedapi.Assignment) error {
+	return schedapi.ValidAssignmentDigest(a)
+}
 
 type statusError struct{ code int }
 
@@ -66,15 +80,12 @@ func (t *task) fetch(ctx context.Context, a schedapi.Assignment) fetchResult {
 		buf = piece.Buffer(int(a.Length))
 	}
 
-	err := t.e.fetchPiece(ctx, t.id, a, buf)
-	received := time.Since(start)
-	if err == nil && piece.Digest(buf) != digest.Digest(a.Digest) {
-		err = errDigestMismatch
-	}
+	var received time.Duration
+	a, err := t.e.fetchVerified(ctx, t.id, a, buf, &received)
 	res.Duration = time.Since(start)
 	hashed := res.Duration
 	if err != nil {
-		res.Reason = failureKind(err)
+		res.Reason = pieceFailure(a, err)
 		res.Error = failureReason(err)
 		var refused error
 		if errors.Is(err, netpolicy.ErrDenied) {
@@ -104,6 +115,46 @@ func (t *task) fetch(ctx context.Context, a schedapi.Assignment) fetchResult {
 	return fetchResult{a: a, res: res}
 }
 
+// fetchVerified fetches a's piece into buf and checks it against its
+// digest: for an Arriving assignment, the digest the CDN sends at the end of
+// the transfer, which it returns as the assignment's Digest. received, if
+// set, is how long the bytes took to arrive.
+func (e *Engine) fetchVerified(ctx context.Context, taskID taskid.ID, a schedapi.Assignment, buf []byte, received *time.Duration) (schedapi.Assignment, error) {
+	start := time.Now()
+	trailer, err := e.fetchPiece(ctx, taskID, a, buf)
+	if received != nil {
+		*received = time.Since(start)
+	}
+	if err != nil {
+		return a, err
+	}
+	if a.Arriving {
+		// The piece's digest comes from the CDN at the end of the
+		// transfer; from here on it is the assignment's.
+		if err := piece.ValidateDigest(digest.Digest(trailer)); err != nil {
+			return a, fmt.Errorf("%w: %w", errBadTrailer, err)
+		}
+		a.Digest = trailer
+	}
+	if piece.Digest(buf) != digest.Digest(a.Digest) {
+		return a, errDigestMismatch
+	}
+	return a, nil
+}
+
+// pieceFailure is the reason a failed fetch of a is reported with. An
+// Arriving piece that did not arrive whole (the CDN's read from the origin
+// failed, or the transfer did) is aborted: not the CDN's fault, and the
+// piece is assigned again; one whose bytes or digest do not hold is
+// corrupt, and the CDN checks its copy.
+func pieceFailure(a schedapi.Assignment, err error) schedapi.FailureReason {
+	r := failureKind(err)
+	if a.Arriving && r != schedapi.ReasonCorrupt {
+		return schedapi.ReasonAborted
+	}
+	return r
+}
+
 func (t *task) writePiece(p []byte, off int64) error {
 	t.ioMu.RLock()
 	defer t.ioMu.RUnlock()
@@ -119,9 +170,17 @@ func (t *task) writePiece(p []byte, off int64) error {
 // peer's own rate limiters hold it back, within its deadline at
 // PieceMinRate (Config.pieceDeadline): a source that trickles fails with
 // errTooSlow long before the stall timer, and is reported for it.
-func (e *Engine) fetchPiece(ctx context.Context, taskID taskid.ID, a schedapi.Assignment, buf []byte) (err error) {
+//
+// An Arriving assignment asks the CDN with schedapi.HeaderArriving: the
+// body comes at the origin's pace (only PieceTimeout bounds it), and must
+// end cleanly after exactly the piece's bytes; the digest the CDN sends in
+// the schedapi.TrailerPieceDigest trailer is returned, unchecked.
+func (e *Engine) fetchPiece(ctx context.Context, taskID taskid.ID, a schedapi.Assignment, buf []byte) (trailer string, err error) {
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.PieceTimeout)
 	defer cancel()
+	if a.Arriving {
+		return e.fetchArriving(ctx, taskID, a, buf)
+	}
 	var slow *slowGuard
 	if d := e.cfg.pieceDeadline(a.Length); d < e.cfg.PieceTimeout {
 		ctx, slow = newSlowGuard(ctx, d)
@@ -131,31 +190,16 @@ func (e *Engine) fetchPiece(ctx context.Context, taskID taskid.ID, a schedapi.As
 			}
 		}()
 	}
-	u := url.URL{Scheme: "http", Host: a.From.Addr, Path: upload.Path(taskID)}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	resp, err := e.requestPiece(ctx, taskID, a)
 	if err != nil {
-		return err
-	}
-	req.Header.Set("Range", httpx.FormatRange(a.Offset, a.Length))
-	req.Header.Set(schedapi.HeaderPeer, e.self.ID)
-	e.keys.Set(req.Header)
-	hc := e.httpClient
-	if a.FromCDN {
-		hc = e.cdnClient
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return err
+		return "", err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusPartialContent {
-		return &statusError{resp.StatusCode}
-	}
 	switch {
 	case resp.ContentLength >= 0 && resp.ContentLength < a.Length:
-		return errShortBody
+		return "", errShortBody
 	case resp.ContentLength > a.Length:
-		return errLongBody
+		return "", errLongBody
 	}
 	body := &limitedReader{ctx: ctx, r: resp.Body, limiters: e.limiters, slow: slow}
 	if _, err := io.ReadFull(body, buf); err != nil {
@@ -163,20 +207,89 @@ func (e *Engine) fetchPiece(ctx context.Context, taskID taskid.ID, a schedapi.As
 			if resp.ContentLength == a.Length {
 				// The right length was announced and the connection
 				// broke: a transfer failure, not a lie.
-				return errCutBody
+				return "", errCutBody
 			}
-			return errShortBody
+			return "", errShortBody
 		}
-		return err
+		return "", err
 	}
 	if resp.ContentLength < 0 {
 		// No length announced: the body must end right here.
 		var one [1]byte
 		if n, _ := io.ReadFull(resp.Body, one[:]); n > 0 {
-			return errLongBody
+			return "", errLongBody
 		}
 	}
-	return nil
+	return "", nil
+}
+
+// requestPiece asks a's source for its range and returns a 206 response.
+func (e *Engine) requestPiece(ctx context.Context, taskID taskid.ID, a schedapi.Assignment) (*http.Response, error) {
+	u := url.URL{Scheme: "http", Host: a.From.Addr, Path: upload.Path(taskID)}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Range", httpx.FormatRange(a.Offset, a.Length))
+	req.Header.Set(schedapi.HeaderPeer, e.self.ID)
+	if a.Arriving {
+		req.Header.Set(schedapi.HeaderArriving, "1")
+	}
+	e.keys.Set(req.Header)
+	hc := e.httpClient
+	if a.FromCDN {
+		hc = e.cdnClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusPartialContent {
+		resp.Body.Close()
+		return nil, &statusError{resp.StatusCode}
+	}
+	return resp, nil
+}
+
+// fetchArriving reads an Arriving piece from the CDN: exactly len(buf)
+// bytes, then the body's clean end and its trailer. A body cut anywhere
+// before its end is errArrivingCut; one longer than the piece, or one that
+// ends without a digest, is the CDN's lie.
+func (e *Engine) fetchArriving(ctx context.Context, taskID taskid.ID, a schedapi.Assignment, buf []byte) (string, error) {
+	if !a.FromCDN {
+		return "", errors.New("arriving piece assigned from a peer")
+	}
+	resp, err := e.requestPiece(ctx, taskID, a)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	if resp.ContentLength > a.Length {
+		return "", errLongBody
+	}
+	body := &limitedReader{ctx: ctx, r: resp.Body, limiters: e.limiters}
+	if _, err := io.ReadFull(body, buf); err != nil {
+		if ctx.Err() != nil {
+			return "", ctx.Err()
+		}
+		return "", fmt.Errorf("%w: %w", errArrivingCut, err)
+	}
+	// The trailer comes with the body's end.
+	var one [1]byte
+	switch n, err := io.ReadFull(resp.Body, one[:]); {
+	case n > 0:
+		return "", errLongBody
+	case !errors.Is(err, io.EOF):
+		if ctx.Err() != nil {
+			return "", ctx.Err()
+		}
+		return "", fmt.Errorf("%w: %w", errArrivingCut, err)
+	}
+	d := resp.Trailer.Get(schedapi.TrailerPieceDigest)
+	if d == "" {
+		return "", fmt.Errorf("%w: none", errBadTrailer)
+	}
+	return d, nil
 }
 
 // limitedReader reads through rate limiters. The time it waits for them is
@@ -272,7 +385,7 @@ func waitLimiters(ctx context.Context, ls []*rate.Limiter, n int) error {
 func failureKind(err error) schedapi.FailureReason {
 	var se *statusError
 	switch {
-	case errors.Is(err, errDigestMismatch), errors.Is(err, errShortBody), errors.Is(err, errLongBody):
+	case errors.Is(err, errDigestMismatch), errors.Is(err, errShortBody), errors.Is(err, errLongBody), errors.Is(err, errBadTrailer):
 		return schedapi.ReasonCorrupt
 	case errors.As(err, &se) && (se.code == http.StatusNotFound || se.code == http.StatusRequestedRangeNotSatisfiable):
 		return schedapi.ReasonMissing
@@ -292,6 +405,10 @@ func failureReason(err error) string {
 	case errors.Is(err, errDigestMismatch), errors.Is(err, errShortBody), errors.Is(err, errLongBody), errors.Is(err, errCutBody),
 		errors.Is(err, errTooSlow):
 		return err.Error()
+	case errors.Is(err, errBadTrailer):
+		return errBadTrailer.Error()
+	case errors.Is(err, errArrivingCut):
+		return errArrivingCut.Error()
 	case errors.As(err, &se):
 		return se.Error()
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
@@ -316,7 +433,7 @@ func reasonLabel(err error) string {
 	}
 	switch r := failureReason(err); r {
 	case "digest mismatch", "short body", "long body", "body cut short", "too slow", "timeout", "connection refused", "connection reset", "canceled",
-		"refused by the outbound policy":
+		"refused by the outbound policy", "bad piece digest trailer", "arriving piece cut short":
 		return r
 	}
 	return "other"

@@ -65,6 +65,21 @@ func HeartbeatPath(peer string) string   { return "/api/peer/v1/peers/" + peer +
 // It identifies, it does not authenticate.
 const HeaderPeer = "X-Damselfly-Peer"
 
+// HeaderArriving, set to "1" on a piece request to the supernode's CDN,
+// asks for a piece the CDN is still receiving (an Arriving assignment): the
+// CDN answers 206 at once, without Content-Length (the length is the
+// Content-Range's), streams the bytes as they arrive, and ends the chunked
+// body with the piece's sha256 in the TrailerPieceDigest trailer, sent
+// only once the piece is published. If the CDN's read of the piece fails
+// the response is cut without its trailer. A published range is served as
+// usual (the trailer is then sent too). Without the header only verified
+// bytes are ever served.
+const HeaderArriving = "Damselfly-Arriving"
+
+// TrailerPieceDigest is the HTTP trailer carrying the digest of a piece
+// served to a HeaderArriving request.
+const TrailerPieceDigest = "Damselfly-Piece-Digest"
+
 // Limits every server and client of this API keeps.
 const (
 	// MaxWait is the longest a pieces long poll waits.
@@ -187,6 +202,25 @@ type Assignment struct {
 	From Peer `json:"from"`
 	// FromCDN is true when From is the supernode itself.
 	FromCDN bool `json:"fromCdn,omitempty"`
+	// Arriving is true for a piece the CDN is still receiving from the
+	// origin (cut-through; FromCDN is then true and Digest empty). The
+	// peer asks the CDN for it with HeaderArriving, reads the whole body,
+	// and takes the piece's digest from the TrailerPieceDigest trailer the
+	// CDN sends at the end of the transfer, once it has published the
+	// piece: the peer checks the bytes against that digest before it uses,
+	// stores or reports them, and the digest stands for Digest from then
+	// on.
+	Arriving bool `json:"arriving,omitempty"`
+}
+
+// ValidAssignmentDigest checks the digest of an assignment: a sha256 piece
+// digest, or empty for an Arriving assignment from the CDN (its digest
+// comes at the end of the transfer).
+func ValidAssignmentDigest(a Assignment) error {
+	if a.Arriving && a.FromCDN && a.Digest == "" {
+		return nil
+	}
+	return piece.ValidateDigest(digest.Digest(a.Digest))
 }
 
 // PiecesResponse answers a pieces long poll.

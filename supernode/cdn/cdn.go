@@ -70,6 +70,9 @@ type Scheduler interface {
 	AddTask(ctx context.Context, spec scheduler.TaskSpec) error
 	SetSize(ctx context.Context, taskID taskid.ID, size int64) error
 	PublishPiece(ctx context.Context, taskID taskid.ID, n int, d digest.Digest) error
+	// PieceArriving says the fetch's read of piece n started (n < 0: no
+	// piece arrives any more).
+	PieceArriving(ctx context.Context, taskID taskid.ID, n int) error
 	Succeed(ctx context.Context, taskID taskid.ID, size int64, content digest.Digest) error
 	Fail(ctx context.Context, taskID taskid.ID, cause error) error
 	RemoveTask(ctx context.Context, taskID taskid.ID) error

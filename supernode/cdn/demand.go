@@ -491,6 +491,8 @@ func (c *CDN) storePiece(ctx context.Context, f *fetch, w content.Writer, n int,
 	if err := c.sched.PublishPiece(ctx, f.taskID, n, pd); err != nil {
 		return fmt.Errorf("%w %d: %w", errPublish, n, err)
 	}
+	// Published: the followers of its arrival get the digest.
+	f.endArrival(n, pd)
 	return nil
 }
 

@@ -26,6 +26,8 @@ type fakeTask struct {
 	pieces    map[int]digest.Digest
 	setSize   bool
 	succeeded bool
+	// arriving lists the pieces said to arrive, in order (-1: none).
+	arriving []int
 }
 
 // fakeSched records what the CDN tells the scheduler.
@@ -113,6 +115,14 @@ func (s *fakeSched) SetSize(ctx context.Context, id taskid.ID, size int64) error
 		t.setSize = true
 		t.info.Size = size
 		t.info.PieceCount = piece.Count(size, t.info.PieceSize)
+		return nil
+	})
+}
+
+// PieceArriving records the piece said to arrive (-1: none).
+func (s *fakeSched) PieceArriving(ctx context.Context, id taskid.ID, n int) error {
+	return s.update(id, func(t *fakeTask) error {
+		t.arriving = append(t.arriving, n)
 		return nil
 	})
 }

@@ -66,6 +66,9 @@ type fetch struct {
 	dwg     sync.WaitGroup
 	// queued says f is in c.demandQueue; guarded by c.dmu.
 	queued bool
+	// arrivals are the pieces the stream is reading and has not yet
+	// published (arrival.go), at most two; guarded by pmu.
+	arrivals []*arrival
 }
 
 // release drops one reference.
@@ -239,7 +242,12 @@ type sourceChunk struct {
 // the source sends as little of it as possible, and ends with a chunk
 // carrying errReposition. The channel is closed after the chunk carrying an
 // error (io.EOF at the end), or when ctx ends.
-func readPieces(ctx context.Context, r io.Reader, pieceSize int64, first int, take func(n int) bool, stop func()) <-chan sourceChunk {
+//
+// A piece is read in as many reads as the source's body answers, not at
+// once: with follow set, it is told when the reading of piece n into buf
+// starts, and the function it returns how much of buf is filled after each
+// read, so that the piece can be served while it arrives (arrival.go).
+func readPieces(ctx context.Context, r io.Reader, pieceSize int64, first int, take func(n int) bool, stop func(), follow func(n int, buf []byte) func(k int)) <-chan sourceChunk {
 	out := make(chan sourceChunk)
 	free := make(chan []byte, 2)
 	// Aligned: a store writing around the page cache writes them as they are.
@@ -261,7 +269,7 @@ func readPieces(ctx context.Context, r io.Reader, pieceSize int64, first int, ta
 			var k int
 			var err error
 			if next {
-				k, err = io.ReadFull(r, buf)
+				k, err = readFull(r, buf, n, follow)
 				if err == nil {
 					if next = take(n + 1); !next {
 						stop()
@@ -282,6 +290,32 @@ func readPieces(ctx context.Context, r io.Reader, pieceSize int64, first int, ta
 		}
 	}()
 	return out
+}
+
+// readFull is io.ReadFull of piece n into buf, telling follow's function
+// how much of buf is filled after each read.
+func readFull(r io.Reader, buf []byte, n int, follow func(n int, buf []byte) func(k int)) (int, error) {
+	var filled func(k int)
+	if follow != nil {
+		filled = follow(n, buf)
+	}
+	k := 0
+	var err error
+	for k < len(buf) && err == nil {
+		var m int
+		m, err = r.Read(buf[k:])
+		k += m
+		if m > 0 && filled != nil {
+			filled(k)
+		}
+	}
+	switch {
+	case k == len(buf):
+		err = nil
+	case k > 0 && errors.Is(err, io.EOF):
+		err = io.ErrUnexpectedEOF
+	}
+	return k, err
 }
 
 // stream copies the source bodies into the ingest one piece at a time,
@@ -566,10 +600,14 @@ func (c *CDN) copyFrom(ctx context.Context, f *fetch, src sourceBody, w content.
 		f.prog.readAt = n
 		return true
 	}
+	var follow func(n int, buf []byte) func(k int)
+	if size >= 0 {
+		follow = func(n int, buf []byte) func(k int) { return c.follow(ctx, f, n, buf, size, pieceSize) }
+	}
 	chunks := readPieces(rctx, r, pieceSize, first, take, func() {
 		src.cancel()
 		body.Close()
-	})
+	}, follow)
 	c.kickDemand()
 	defer func() {
 		f.pmu.Lock()
@@ -581,6 +619,11 @@ func (c *CDN) copyFrom(ctx context.Context, f *fetch, src sourceBody, w content.
 		for range chunks {
 		}
 		<-watched
+		// The reader has stopped: a piece it read and nobody published
+		// is no longer arriving, and its followers are cut.
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+		c.endArrivals(actx, f)
+		cancel()
 	}()
 
 	pos := start
@@ -592,12 +635,18 @@ func (c *CDN) copyFrom(ctx context.Context, f *fetch, src sourceBody, w content.
 			}
 			return errors.New("source reader stopped")
 		}
-		if err := ctx.Err(); err != nil {
+		// Before its buffer is read into again, the piece stops
+		// arriving (a no-op once it is published).
+		rel := func() {
+			f.endArrival(n, "")
 			ch.release()
+		}
+		if err := ctx.Err(); err != nil {
+			rel()
 			return err
 		}
 		if errors.Is(ch.err, errReposition) {
-			ch.release()
+			rel()
 			return errReposition
 		}
 		p := ch.p
@@ -605,7 +654,7 @@ func (c *CDN) copyFrom(ctx context.Context, f *fetch, src sourceBody, w content.
 		if ch.err != nil && !end {
 			// A short piece is not stored: the next source resumes at
 			// the piece's start.
-			ch.release()
+			rel()
 			if stalled.Load() {
 				return &sourceFailure{fmt.Errorf("%w: less than %s/s over %s", errStalled, c.cfg.StallRate, c.cfg.MinSourceRateWindow)}
 			}
@@ -615,11 +664,11 @@ func (c *CDN) copyFrom(ctx context.Context, f *fetch, src sourceBody, w content.
 			return &sourceFailure{sourceErrorMessage(src.url, fmt.Errorf("%w: %w", errSourceRead, ch.err))}
 		}
 		if len(p) == 0 {
-			ch.release()
+			rel()
 			break
 		}
 		if _, want := piece.Bounds(n, size, pieceSize); size >= 0 && int64(len(p)) != want {
-			ch.release()
+			rel()
 			return &sourceFailure{fmt.Errorf("source body ended after %d of %d bytes", pos+int64(len(p)), size)}
 		}
 		f.pmu.Lock()
@@ -633,7 +682,7 @@ func (c *CDN) copyFrom(ctx context.Context, f *fetch, src sourceBody, w content.
 		f.pmu.Unlock()
 		switch {
 		case state != pieceMissing && ranged:
-			ch.release()
+			rel()
 			return errReposition
 		case state == pieceStored:
 			// Read from the start: the piece was published from
@@ -641,17 +690,17 @@ func (c *CDN) copyFrom(ctx context.Context, f *fetch, src sourceBody, w content.
 			// byte.
 			same := piece.Digest(p) == stored
 			f.read.Add(int64(len(p)))
-			ch.release()
+			rel()
 			if !same {
 				return &sourceFailure{fmt.Errorf("source sends other bytes than the previous source in piece %d", n)}
 			}
 		case state == pieceClaimed:
 			// A demand request is fetching it.
 			f.read.Add(int64(len(p)))
-			ch.release()
+			rel()
 		default:
 			err := c.streamPiece(ctx, f, w, n, pos, p, size, bytes, src.cand)
-			ch.release()
+			rel()
 			if err != nil {
 				return err
 			}

@@ -8,6 +8,7 @@ package scheduler
 import (
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/damselfly/damselfly/pkg/piece"
 	"github.com/damselfly/damselfly/pkg/schedapi"
@@ -23,8 +24,8 @@ import (
 func (st *state) startAssignment(t *task, to *member, i int, from *member) *assignment {
 	_, n := piece.Bounds(i, t.size, t.pieceSize)
 	now := st.now()
-	a := &assignment{task: t, piece: i, to: to, from: from, length: n, started: true,
-		deadline: now.Add(st.cfg.transferTimeout(n, to.rate))}
+	a := &assignment{task: t, piece: i, to: to, from: from, length: n, started: true, arriving: from == nil && !t.isPublished(i)}
+	a.deadline = now.Add(st.transferTimeout(a))
 	if from == nil && st.startReports {
 		a.started, a.at = false, now
 		a.startBy = now.Add(st.cfg.CDNStartGrace)
@@ -35,7 +36,7 @@ func (st *state) startAssignment(t *task, to *member, i int, from *member) *assi
 	t.inflight[i]++
 	if from == nil {
 		to.fromCDN++
-		st.takeCDN(t, i, 1)
+		st.takeCDNOf(a, 1)
 	} else {
 		from.serving[a] = struct{}{}
 		st.addUploads(from.peer, 1)
@@ -43,6 +44,16 @@ func (st *state) startAssignment(t *task, to *member, i int, from *member) *assi
 	st.assignments++
 	st.m.assigned(from == nil)
 	return a
+}
+
+// transferTimeout is how long a's transfer may take: the piece's length at
+// MinPieceRate (Config.transferTimeout), or, for an arriving piece, which
+// comes at the origin's pace, AssignmentTimeout.
+func (st *state) transferTimeout(a *assignment) time.Duration {
+	if a.arriving {
+		return st.cfg.AssignmentTimeout
+	}
+	return st.cfg.transferTimeout(a.length, a.to.rate)
 }
 
 // endAssignment frees the slot a held and lets its piece be assigned again.
@@ -63,7 +74,7 @@ func (st *state) endAssignment(a *assignment, delivered bool) {
 				st.touch(a.to)
 			}
 		} else {
-			st.takeCDN(t, a.piece, -1)
+			st.takeCDNOf(a, -1)
 		}
 	} else {
 		delete(a.from.serving, a)
@@ -87,6 +98,21 @@ func (st *state) takeCDN(t *task, i, d int) {
 	st.refresh(t, i)
 }
 
+// takeCDNOf takes (d 1) or gives back (d -1) what CDN assignment a holds:
+// one of its piece's CDN transfers and, unless a was made while its piece
+// was arriving, a CDN slot. An arriving piece is sent at the origin's pace,
+// a share of the CDN's link, for as long as the origin takes: it is bounded
+// by its fanout only, and leaves the slots to the pieces the CDN sends at
+// the speed of its link.
+func (st *state) takeCDNOf(a *assignment, d int) {
+	if !a.arriving {
+		st.takeCDN(a.task, a.piece, d)
+		return
+	}
+	a.task.fromCDN[a.piece] += d
+	st.refresh(a.task, a.piece)
+}
+
 // lapseDue lapses the CDN assignments not started within cdnLapse: each
 // gives its slot and its piece's fanout back, and its requester gets no
 // more CDN assignments until it starts or ends. A requester that hoards
@@ -104,7 +130,7 @@ func (st *state) lapseDue() {
 		}
 		a.lapsed = true
 		a.to.lapsed++
-		st.takeCDN(a.task, a.piece, -1)
+		st.takeCDNOf(a, -1)
 	}
 	clear(st.fresh[:k])
 	st.fresh = st.fresh[k:]
@@ -135,6 +161,8 @@ func (st *state) assign(t *task, m *member, max int) []schedapi.Assignment {
 		}
 		if c.from == nil {
 			a.From, a.FromCDN = st.cdn, true
+			// Not published yet: the CDN sends the digest at the end.
+			a.Arriving = a.Digest == ""
 		} else {
 			a.From = schedapi.Peer{ID: c.from.peer.id, Addr: c.from.peer.addr}
 		}
@@ -393,7 +421,7 @@ func (st *state) started(taskID taskid.ID, peerID string, off, n int64) {
 			continue
 		}
 		a.started = true
-		a.deadline = now.Add(st.cfg.transferTimeout(a.length, m.rate))
+		a.deadline = now.Add(st.transferTimeout(a))
 		if !m.proven {
 			m.proven = true
 			st.touch(m)
@@ -404,7 +432,7 @@ func (st *state) started(taskID taskid.ID, peerID string, off, n int64) {
 			if m.lapsed--; m.lapsed == 0 {
 				st.touch(m)
 			}
-			st.takeCDN(t, a.piece, 1)
+			st.takeCDNOf(a, 1)
 		}
 	}
 }

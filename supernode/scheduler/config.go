@@ -101,7 +101,19 @@ type Config struct {
 	// FailedTaskTTL is how long a failed task is kept, so that its peers
 	// learn why it failed, before it is forgotten.
 	FailedTaskTTL time.Duration `yaml:"failedTaskTTL"`
+	// CutThrough lets the CDN serve a piece while it still receives it
+	// from the origin (default true): the piece the CDN's sequential read
+	// is filling (PieceArriving) is assigned from the CDN, within its
+	// slots and the task's fanout like a piece only it has, marked
+	// Arriving with no digest; the CDN sends the digest at the end of the
+	// transfer, once the piece is published. false: only published pieces
+	// are assigned.
+	CutThrough *bool `yaml:"cutThrough"`
 }
+
+// cutThrough reports whether arriving pieces are assigned (CutThrough,
+// true when unset).
+func (c Config) cutThrough() bool { return c.CutThrough == nil || *c.CutThrough }
 
 // ApplyDefaults returns c with every unset field set to its default.
 func (c Config) ApplyDefaults() Config {
@@ -149,6 +161,10 @@ func (c Config) ApplyDefaults() Config {
 	}
 	if c.IdleTaskTTL == 0 {
 		c.IdleTaskTTL = DefaultIdleTaskTTL
+	}
+	if c.CutThrough == nil {
+		on := true
+		c.CutThrough = &on
 	}
 	return c
 }

@@ -12,6 +12,7 @@ import (
 func TestConfigDefaults(t *testing.T) {
 	t.Parallel()
 	c := Config{}.ApplyDefaults()
+	on := true
 	require.Equal(t, Config{
 		Policy:            "rarest-first",
 		PeerUploadSlots:   4,
@@ -28,6 +29,7 @@ func TestConfigDefaults(t *testing.T) {
 		MaxTasks:          10000,
 		MaxTasksPerPeer:   5000,
 		IdleTaskTTL:       10 * time.Minute,
+		CutThrough:        &on,
 	}, c)
 	require.NoError(t, c.Validate())
 

@@ -66,7 +66,16 @@ func (s slots) room() cdnRoom {
 // things stand: a peer that may serve it has a free slot, or none has and
 // the CDN may serve it (cdnMay) and has room for it.
 func (t *task) servable(i int, cdn cdnRoom) bool {
-	return t.peerOK.has(i) || (cdn.free && t.cdnOK.has(i)) || (cdn.spare && t.cdnDup.has(i))
+	return t.peerOK.has(i) || (cdn.free && t.cdnOK.has(i)) || (cdn.spare && t.cdnDup.has(i)) || i == t.arrivingOK()
+}
+
+// arrivingOK returns the arriving piece if the CDN may serve it now (it
+// takes no CDN slot: only its fanout bounds it), else -1.
+func (t *task) arrivingOK() int {
+	if a := t.arriving; a >= 0 && t.cdnOK.has(a) && !t.isPublished(a) {
+		return a
+	}
+	return -1
 }
 
 // servableWord returns word w of the servable pieces.
@@ -74,6 +83,8 @@ func (t *task) servableWord(w int, cdn cdnRoom) uint64 {
 	x := t.peerOK.word(w)
 	if cdn.free {
 		x |= t.cdnOK.word(w)
+	} else if a := t.arrivingOK(); a >= 0 && a>>6 == w {
+		x |= 1 << (uint(a) & 63)
 	}
 	if cdn.spare {
 		x |= t.cdnDup.word(w)
@@ -87,7 +98,8 @@ func (t *task) servableWord(w int, cdn cdnRoom) uint64 {
 func (st *state) refresh(t *task, i int) {
 	pub := t.digests[i] != ""
 	ok := pub && t.free[i] > 0
-	cdn := pub && !ok && cdnMay(t, i, t.fanout)
+	// An arriving piece is served by the CDN only, like one no peer holds.
+	cdn := (pub || t.isArriving(i)) && !ok && cdnMay(t, i, t.fanout)
 	orphan := cdn && len(t.holders[i]) == 0
 	dup := cdn && !orphan
 	rose := false

@@ -57,6 +57,7 @@ func (st *state) addTask(spec TaskSpec) error {
 		strikes:   make(map[string]strikeRecord),
 		accused:   make(map[string]map[string][]int),
 		createdAt: st.now(),
+		arriving:  -1,
 	}
 	t.emptySince = t.createdAt
 	t.fanout = st.fanoutFor(t)
@@ -129,7 +130,42 @@ func (st *state) publish(taskID taskid.ID, n int, d digest.Digest) error {
 	t.digests[n] = d
 	t.pub.set(n)
 	t.published++
+	if t.arriving == n {
+		t.arriving = -1
+	}
 	st.refresh(t, n)
+	return nil
+}
+
+// arrive records that the CDN's read of piece n of a task of known size has
+// started (n < 0: the CDN receives no piece now). The piece stops arriving
+// when it is published or another arrives.
+func (st *state) arrive(taskID taskid.ID, n int) error {
+	t, err := st.task(taskID)
+	if err != nil {
+		return fmt.Errorf("piece arriving %d: %w", n, err)
+	}
+	if n >= maxPieces || (n >= 0 && (t.count < 0 || n >= t.count)) {
+		return fmt.Errorf("piece arriving %d of task %s: out of range (%d pieces): %w", n, taskID, t.count, ErrInvalid)
+	}
+	if !st.cfg.cutThrough() || t.state != schedapi.TaskRunning || t.isPublished(n) {
+		n = -1
+	}
+	old := t.arriving
+	if n < 0 {
+		n = -1
+	}
+	if old == n {
+		return nil
+	}
+	t.arriving = n
+	if old >= 0 && old < len(t.digests) {
+		st.refresh(t, old)
+	}
+	if n >= 0 {
+		t.grow(n + 1)
+		st.refresh(t, n)
+	}
 	return nil
 }
 

@@ -94,6 +94,10 @@ func (rarestFirst) choose(t *task, req *member, max int, s slots) []choice {
 		if room.spare {
 			cdnDup = t.cdnDup
 		}
+	} else if a := t.arrivingOK(); a >= 0 && req.lapsed == 0 {
+		// The arriving piece takes no CDN slot.
+		cdnOK = make(bitset, a>>6+1)
+		cdnOK.set(a)
 	}
 	order := t.order(req, t.peerOK, cdnOK, cdnDup)
 	if len(order) == 0 {
@@ -121,13 +125,25 @@ func (rarestFirst) choose(t *task, req *member, max int, s slots) []choice {
 			break
 		}
 		n := len(out)
-		switch best := leastLoaded(t, i, req, &taken, s.peer); {
+		var best *member
+		if t.digests[i] != "" {
+			// An arriving piece comes from the CDN only.
+			best = leastLoaded(t, i, req, &taken, s.peer)
+		}
+		switch {
 		case best != nil:
 			taken.add(best.peer)
 			out = append(out, choice{piece: i, from: best})
 		case req.lapsed > 0 || cdnLeft <= 0:
 			// It has not started what the CDN last sent it, or has not
 			// proven it fetches at all.
+		case t.digests[i] == "":
+			// Arriving: sent at the origin's pace, it takes no CDN slot;
+			// its fanout bounds it.
+			if cdnMay(t, i, fanout) {
+				cdnLeft--
+				out = append(out, choice{piece: i})
+			}
 		case cdnBusy < s.cdn && cdnMay(t, i, fanout) && (len(t.holders[i]) == 0 || cdnBusy < dupLimit(s.cdn)),
 			// Every holder with a free slot is one req no longer fetches
 			// from (it reported the peer corrupt): the CDN stands in.
@@ -243,7 +259,7 @@ func leastLoadedFree(t *task, i int, req *member, taken *takenSlots, slots int) 
 }
 
 func (rarestFirst) canServe(t *task, req *member, i int, s slots) bool {
-	if !t.isPublished(i) || req.busy.has(i) || (req.bg == 0 && !req.want.has(i)) {
+	if !(t.isPublished(i) || t.isArriving(i)) || req.busy.has(i) || (req.bg == 0 && !req.want.has(i)) {
 		return false
 	}
 	if req.lapsed > 0 || (!req.proven && req.fromCDN > 0) {

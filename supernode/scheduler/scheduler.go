@@ -309,6 +309,15 @@ func (s *Scheduler) PublishPiece(ctx context.Context, taskID taskid.ID, n int, d
 	return do0(ctx, s, func() error { return s.st.publish(taskID, n, d) })
 }
 
+// PieceArriving tells the scheduler that the CDN has started reading piece
+// n of a task of known size from its source, and can serve it as it
+// arrives (n < 0: no piece is arriving any more, its read failed). At most
+// one piece of a task arrives at a time; publishing it ends its arrival.
+// With CutThrough off it is ignored.
+func (s *Scheduler) PieceArriving(ctx context.Context, taskID taskid.ID, n int) error {
+	return do0(ctx, s, func() error { return s.st.arrive(taskID, n) })
+}
+
 // Succeed marks a task's content complete and verified: size bytes, every
 // piece published, whole-content digest content (may be empty if the task
 // was created with one). Parked polls of the task are answered.

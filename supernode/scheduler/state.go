@@ -110,6 +110,9 @@ type assignment struct {
 	started bool
 	at      time.Time
 	startBy time.Time
+	// arriving: a CDN assignment of a piece not yet published (the CDN
+	// receives it); it takes no CDN slot (takeCDNOf).
+	arriving bool
 	// lapsed: a CDN assignment not started within cdnLapse. It no longer
 	// holds a CDN slot nor counts towards its piece's fanout, so that
 	// others may be sent the piece; it takes them again if it starts.
@@ -136,6 +139,11 @@ type task struct {
 	piecesDigest digest.Digest
 	pub          bitset // the published pieces
 	published    int
+	// arriving is the piece the CDN is receiving from the origin
+	// (PieceArriving), not yet published, -1 when none or cut-through is
+	// off. While no peer holds it, the CDN may serve it (cdnOK) as it
+	// arrives.
+	arriving int
 	// holders lists the members holding each piece that may serve it: a
 	// struck-out member is not listed.
 	holders  [][]*member
@@ -218,6 +226,12 @@ func (t *task) grow(n int) {
 	t.inflight = append(t.inflight, make([]int, extra)...)
 	t.fromCDN = append(t.fromCDN, make([]int, extra)...)
 	t.free = append(t.free, make([]int, extra)...)
+}
+
+// isArriving reports whether piece i is the unpublished piece the CDN is
+// receiving, which only it may serve.
+func (t *task) isArriving(i int) bool {
+	return i == t.arriving && i >= 0 && i < len(t.digests) && t.digests[i] == "" && len(t.holders[i]) == 0
 }
 
 // isPublished reports whether piece i has a digest.

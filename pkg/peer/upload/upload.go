@@ -25,7 +25,13 @@
 // WithTransferStart the server reports each content transfer it starts to
 // a named requester (the supernode's CDN tells its scheduler).
 //
-// Nothing unverified is ever sent. Errors that are the client's fault are 4xx;
+// Nothing unverified is ever sent, but for one exception: a Task that is an
+// ArrivingTask (the supernode's CDN) answers a request marked
+// schedapi.HeaderArriving for exactly one piece it is still receiving with
+// its bytes as they arrive, and the piece's digest in the
+// schedapi.TrailerPieceDigest trailer once it is published; the requester
+// checks the piece against it. A piece that will not be complete cuts the
+// response. Errors that are the client's fault are 4xx;
 // the server answers 5xx only for its own failures (a task that cannot be
 // opened or read).
 package upload
@@ -78,6 +84,30 @@ type FileTask interface {
 	// calls it concurrently. It returns a nil reader and no error when the
 	// range is not to be read from a file.
 	FileRange(off, n int64) (io.Reader, error)
+}
+
+// ArrivingTask is a Task that can serve a piece it is still receiving
+// (the supernode's CDN, cut-through), to a request marked
+// schedapi.HeaderArriving: its peer takes the piece's digest from the
+// schedapi.TrailerPieceDigest trailer and checks the bytes against it.
+type ArrivingTask interface {
+	Task
+	// Arriving returns the piece at [off, off+n), published or still
+	// arriving, read until ctx ends; false when the range is not exactly
+	// one such piece.
+	Arriving(ctx context.Context, off, n int64) (PieceStream, bool)
+}
+
+// PieceStream is one piece served to a HeaderArriving request. One that
+// has a Ready() bool method, reporting whether its next Read returns at
+// once, has its bytes flushed to the client only when it is not.
+type PieceStream interface {
+	// Read reads the piece's bytes, waiting for those not yet arrived;
+	// it fails if the piece will not be complete.
+	io.Reader
+	// Digest waits until the piece is published and returns its digest;
+	// it fails if the piece will not be.
+	Digest(ctx context.Context) (string, error)
 }
 
 // Tasks opens tasks by ID; errors wrap ErrNotFound for an unknown task.
@@ -297,6 +327,14 @@ func (s *Server) serveTask(w http.ResponseWriter, r *http.Request) error {
 		rg = httpx.Range{Start: 0, Length: size}
 		status = http.StatusOK
 	}
+	if r.Header.Get(schedapi.HeaderArriving) == "1" && len(rangeHeaders) == 1 {
+		if at, ok := t.(ArrivingTask); ok {
+			if ps, ok := at.Arriving(ctx, rg.Start, rg.Length); ok {
+				s.serveArriving(w, r, id, rg, ps)
+				return nil
+			}
+		}
+	}
 	if !t.Verified(rg.Start, rg.Length) {
 		h.Del("Content-Range")
 		return errRangeNotAvailable
@@ -337,6 +375,59 @@ func (s *Server) serveTask(w http.ResponseWriter, r *http.Request) error {
 		off += int64(len(chunk))
 	}
 	return nil
+}
+
+// serveArriving answers a HeaderArriving request with a piece that may
+// still be arriving: 206 at once with its Content-Range and no
+// Content-Length (a chunked body, to carry the trailer), its bytes as they
+// come, then its digest in the TrailerPieceDigest trailer. A piece that
+// will not be complete (its read failed) aborts the response: the
+// connection is dropped without the body's last chunk, so the client sees
+// a broken transfer, never a complete body.
+func (s *Server) serveArriving(w http.ResponseWriter, r *http.Request, id taskid.ID, rg httpx.Range, ps PieceStream) {
+	h := w.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Trailer", schedapi.TrailerPieceDigest)
+	if r.Method == http.MethodHead {
+		w.WriteHeader(http.StatusPartialContent)
+		return
+	}
+	ctx := r.Context()
+	s.transferStarts(r, id, rg)
+	w.WriteHeader(http.StatusPartialContent)
+	rc := http.NewResponseController(w)
+	bp := s.bufs.Get().(*[]byte)
+	defer s.bufs.Put(bp)
+	buf := *bp
+	cut := func(err error) {
+		s.log.Debug("arriving piece cut", zap.String("path", r.URL.Path), zap.Int64("offset", rg.Start), zap.Error(err))
+		panic(http.ErrAbortHandler)
+	}
+	for left := rg.Length; left > 0; {
+		k, err := ps.Read(buf[:min(int64(len(buf)), left)])
+		if k > 0 {
+			if werr := s.wait(ctx, k); werr != nil {
+				cut(werr)
+			}
+			if _, werr := w.Write(buf[:k]); werr != nil {
+				cut(werr)
+			}
+			// Bytes go out as they arrive, not when a buffer fills: when
+			// the next would be waited for.
+			if r, ok := ps.(interface{ Ready() bool }); !ok || !r.Ready() {
+				_ = rc.Flush()
+			}
+			left -= int64(k)
+		}
+		if err != nil && left > 0 {
+			cut(err)
+		}
+	}
+	d, err := ps.Digest(ctx)
+	if err != nil {
+		cut(err)
+	}
+	h.Set(schedapi.TrailerPieceDigest, d)
 }
 
 // transferStarts tells WithTransferStart's function that the range goes

@@ -1,0 +1,143 @@
+package cdn
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"testing"
+
+	digest "github.com/opencontainers/go-digest"
+	"github.com/stretchr/testify/require"
+
+	"github.com/damselfly/damselfly/pkg/clusterauth"
+	"github.com/damselfly/damselfly/pkg/peer/upload"
+	"github.com/damselfly/damselfly/pkg/piece"
+	"github.com/damselfly/damselfly/pkg/schedapi"
+	"github.com/damselfly/damselfly/pkg/taskid"
+)
+
+// arrivingGet asks srv for piece n of id, marked arriving (or not).
+func arrivingGet(t *testing.T, srv *httptest.Server, keys clusterauth.Keys, id taskid.ID, n int, size int64, marked bool) *http.Response {
+	t.Helper()
+	off, length := piece.Bounds(n, size, piece.DefaultSize)
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, srv.URL+upload.Path(id), nil)
+	require.NoError(t, err)
+	keys.Set(req.Header)
+	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, off+length-1))
+	req.Header.Set(schedapi.HeaderPeer, "p1")
+	if marked {
+		req.Header.Set(schedapi.HeaderArriving, "1")
+	}
+	resp, err := srv.Client().Do(req)
+	require.NoError(t, err)
+	t.Cleanup(func() { resp.Body.Close() })
+	return resp
+}
+
+// A piece still arriving from the source is served to a marked request as
+// it arrives: the first bytes before the piece is complete, the digest in
+// the trailer once it is published. An unmarked request gets nothing of it.
+func TestArrivingPieceServedAsItArrives(t *testing.T) {
+	t.Parallel()
+	body := blob(40, 2*int(piece.DefaultSize)+10)
+	release := make(chan struct{})
+	held := int(piece.DefaultSize) + 100 // 100 bytes of piece 1
+	o := newOrigin(t, &origin{body: body, holdAt: held, holdBody: release})
+	f := newFixture(t, o, nil, "")
+	d := digest.FromBytes(body)
+	id, err := taskid.ForDigest(d)
+	require.NoError(t, err)
+	keys := clusterauth.MustParse("cdn-test-cluster-token-0123456789")
+	srv := httptest.NewServer(upload.New(f.cdn, keys).Handler())
+	defer srv.Close()
+	size := int64(len(body))
+
+	_, err = f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: o.url("/blob")})
+	require.NoError(t, err)
+	_, ok := f.sched.waitFor(id, wait, func(t fakeTask) bool { return slices.Contains(t.arriving, 1) && len(t.pieces) == 1 })
+	require.True(t, ok, "piece 1 is arriving")
+
+	require.Equal(t, http.StatusNotFound, arrivingGet(t, srv, keys, id, 1, size, false).StatusCode, "unverified, unmarked")
+	resp := arrivingGet(t, srv, keys, id, 1, size, true)
+	require.Equal(t, http.StatusPartialContent, resp.StatusCode)
+	first := make([]byte, 100)
+	_, err = io.ReadFull(resp.Body, first)
+	require.NoError(t, err)
+	require.Equal(t, body[piece.DefaultSize:held], first)
+	task, _ := f.sched.snapshot(id)
+	require.Len(t, task.pieces, 1, "piece 1 was served before it was complete")
+
+	close(release)
+	rest, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Equal(t, body[held:2*piece.DefaultSize], rest)
+	require.Equal(t, piece.Digest(body[piece.DefaultSize:2*piece.DefaultSize]).String(), resp.Trailer.Get(schedapi.TrailerPieceDigest))
+	task, _ = f.sched.snapshot(id)
+	require.Equal(t, piece.Digest(body[piece.DefaultSize:2*piece.DefaultSize]), task.pieces[1], "published before the trailer")
+
+	require.Equal(t, schedapi.TaskSucceeded, f.settle(t, id).info.State)
+	task, _ = f.sched.snapshot(id)
+	require.Equal(t, -1, task.arriving[len(task.arriving)-1], "nothing arrives once the fetch ended")
+	// A published piece asked for marked gets its digest too.
+	resp = arrivingGet(t, srv, keys, id, 2, size, true)
+	require.Equal(t, http.StatusPartialContent, resp.StatusCode)
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Equal(t, body[2*piece.DefaultSize:], b)
+	require.Equal(t, piece.Digest(b).String(), resp.Trailer.Get(schedapi.TrailerPieceDigest))
+	// A range that is not one piece is served as before: verified only.
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, srv.URL+upload.Path(id), nil)
+	require.NoError(t, err)
+	keys.Set(req.Header)
+	req.Header.Set("Range", "bytes=10-19")
+	req.Header.Set(schedapi.HeaderArriving, "1")
+	r2, err := srv.Client().Do(req)
+	require.NoError(t, err)
+	defer r2.Body.Close()
+	require.Equal(t, http.StatusPartialContent, r2.StatusCode)
+	require.EqualValues(t, 10, r2.ContentLength)
+}
+
+// A source that fails in the middle of a piece cuts the marked responses
+// following it: the client sees a broken body, never a complete one.
+func TestArrivingPieceCutWhenSourceFails(t *testing.T) {
+	t.Parallel()
+	body := blob(41, 2*int(piece.DefaultSize))
+	release := make(chan struct{})
+	src := newSourceServer(t, func(s *sourceServer, w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", fmt.Sprint(len(body)))
+		_, _ = w.Write(body[:1<<20])
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		panic(http.ErrAbortHandler)
+	})
+	f := newSourceFixture(t, Config{}, nil)
+	d := digest.FromBytes(body)
+	id, err := taskid.ForDigest(d)
+	require.NoError(t, err)
+	keys := clusterauth.MustParse("cdn-test-cluster-token-0123456789")
+	srv := httptest.NewServer(upload.New(f.cdn, keys).Handler())
+	defer srv.Close()
+
+	_, err = f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: src.URL + "/blob", Digest: d})
+	require.NoError(t, err)
+	_, ok := f.sched.waitFor(id, wait, func(t fakeTask) bool { return slices.Contains(t.arriving, 0) })
+	require.True(t, ok, "piece 0 is arriving")
+	resp := arrivingGet(t, srv, keys, id, 0, int64(len(body)), true)
+	require.Equal(t, http.StatusPartialContent, resp.StatusCode)
+	got := make([]byte, 1<<20)
+	_, err = io.ReadFull(resp.Body, got)
+	require.NoError(t, err)
+	close(release)
+	_, err = io.ReadAll(resp.Body)
+	require.Error(t, err, "the response is cut")
+	require.Empty(t, resp.Trailer.Get(schedapi.TrailerPieceDigest))
+	task := f.settle(t, id)
+	require.Empty(t, task.pieces, "nothing was published")
+	require.Equal(t, -1, task.arriving[len(task.arriving)-1], "the piece no longer arrives")
+}
