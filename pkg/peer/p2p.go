@@ -403,7 +403,7 @@ func (t *task) checkAssignment(a schedapi.Assignment) error {
 	t.mu.Lock()
 	size, ps := t.info.Size, t.info.PieceSize
 	t.mu.Unlock()
-	if err := piece.ValidateDigest(digest.Digest(a.Digest)); err != nil {
+	if err := validAssignmentDigest(a); err != nil {
 		return err
 	}
 	if a.Piece < 0 {
