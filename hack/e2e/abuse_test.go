@@ -148,7 +148,7 @@ func TestSlowLorisHolder(t *testing.T) {
 
 	url := o.url("slowloris")
 	l := startLiar(t, ctx, sn.addr, url, liarSlowLoris, o.data)
-	require.Eventually(t, func() bool { return l.claimed() >= 3 }, time.Minute, 10*time.Millisecond)
+	l.waitHolds(t, sn, 3)
 
 	start := time.Now()
 	dir := t.TempDir()

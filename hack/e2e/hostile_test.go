@@ -69,9 +69,9 @@ func TestHostilePeers(t *testing.T) {
 
 			url := o.url("hostile")
 			l := startLiar(t, ctx, sn.addr, url, tt.mode, o.data)
-			// Let the liar claim pieces before the honest peers arrive, so
+			// Let the liar hold pieces before the honest peers arrive, so
 			// they are sent to it.
-			require.Eventually(t, func() bool { return l.claimed() >= 3 }, time.Minute, 10*time.Millisecond)
+			l.waitHolds(t, sn, 3)
 
 			dir := t.TempDir()
 			var ds []*dfget
@@ -109,6 +109,23 @@ type liar struct {
 }
 
 func (l *liar) claimed() int { return len(l.claims) }
+
+// waitHolds waits until the supernode counts n pieces as the liar's. Its
+// claims of pieces the CDN was still receiving (cut-through) count for
+// nothing, so it holds pieces only once the CDN has published them.
+func (l *liar) waitHolds(t *testing.T, sn *supernode, n int) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		for _, tk := range sn.tasks(t) {
+			for _, p := range tk.Peers {
+				if p.ID == l.id && p.Pieces >= n {
+					return true
+				}
+			}
+		}
+		return false
+	}, time.Minute, 20*time.Millisecond, "the liar holds %d pieces (it claimed %d)", n, l.claimed())
+}
 func (l *liar) served() int  { return len(l.uploads) }
 
 func startLiar(t *testing.T, ctx context.Context, node, url string, mode liarMode, data []byte) *liar {
