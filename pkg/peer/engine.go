@@ -87,7 +87,7 @@ type Engine struct {
 	limiters   []*rate.Limiter
 	source     source.Client
 	metrics    *metrics
-	// bufs recycles buffers of default-sized pieces.
+	// bufs recycles piece buffers (piececache.go).
 	bufs *bufPool
 	// pcache holds the latest verified pieces (piececache.go).
 	pcache *pieceCache
@@ -200,9 +200,10 @@ func New(cfg Config, store content.Store, sched *schedclient.Client, self scheda
 		e.logger = zap.NewNop()
 	}
 	// Concurrency fetches in flight and the piece cache hold buffers at
-	// once (a poll may hand out more for a moment: those are left to the GC).
-	e.bufs = newBufPool(max(e.cfg.Concurrency, 1) + defaultCachedPieces)
-	e.pcache = newPieceCache(defaultCachedPieces, e.bufs)
+	// once (a poll may hand out more for a moment: those are left to the
+	// GC); with larger pieces (very large content) fewer are kept.
+	e.bufs = newBufPool(int64(max(e.cfg.Concurrency, 1))*piece.DefaultSize + defaultCacheBytes)
+	e.pcache = newPieceCache(defaultCacheBytes, e.bufs)
 	if e.source == nil {
 		sopts := []httpsource.Option{httpsource.WithLogger(e.logger.Named("source"))}
 		if e.httpClient != nil {

@@ -66,19 +66,18 @@ func (t *task) fetch(ctx context.Context, a schedapi.Assignment) fetchResult {
 		from = "cdn"
 	}
 
-	var buf []byte
-	var bp *[]byte // a pooled buffer, until the piece cache takes it
-	if a.Length <= piece.DefaultSize {
-		bp = t.e.bufs.get()
-		defer func() {
-			if bp != nil {
-				t.e.bufs.put(bp)
-			}
-		}()
-		buf = (*bp)[:a.Length]
-	} else {
-		buf = piece.Buffer(int(a.Length))
-	}
+	// A pooled buffer, until the piece cache takes it: as long as the
+	// task's pieces, so that it serves any of them next.
+	t.mu.Lock()
+	ps := t.info.PieceSize
+	t.mu.Unlock()
+	bp := t.e.bufs.get(max(ps, a.Length))
+	defer func() {
+		if bp != nil {
+			t.e.bufs.put(bp)
+		}
+	}()
+	buf := (*bp)[:a.Length]
 
 	var received time.Duration
 	a, err := t.e.fetchVerified(ctx, t.id, a, buf, &received)
@@ -102,7 +101,7 @@ func (t *task) fetch(ctx context.Context, a schedapi.Assignment) fetchResult {
 	if err := t.writePiece(buf, a.Offset); err != nil {
 		return fetchResult{a: a, res: res, fatal: fmt.Errorf("store piece %d: %w", a.Piece, err)}
 	}
-	if bp != nil && t.e.pcache.put(t, a.Piece, a.Offset, bp, len(buf)) {
+	if t.e.pcache.put(t, a.Piece, a.Offset, bp, len(buf)) {
 		bp = nil
 	}
 	res.OK = true

@@ -13,12 +13,13 @@ import (
 // reading the blob in order, peers fetching the newest pieces) are served
 // from memory: with a store that writes around the page cache (direct I/O)
 // a byte is then copied from the socket once and never read back from disk.
-// It holds at most max pieces, least recently stored or read first out;
+// It holds at most max bytes of pieces, least recently stored or read first out;
 // an evicted buffer goes back to the engine's pool. Only verified pieces
 // enter it, and a task's pieces leave it when its ingest is dropped.
 type pieceCache struct {
 	mu    sync.Mutex
-	max   int
+	max   int64 // bytes
+	bytes int64 // of the cached buffers
 	lru   list.List // of *cachedPiece, most recent at the front
 	byKey map[cacheKey]*list.Element
 	pool  *bufPool
@@ -36,18 +37,18 @@ type cachedPiece struct {
 	n   int
 }
 
-// defaultCachedPieces is how many pieces the cache holds: 32 MiB of
-// default-sized pieces, a few seconds of a fast download.
-const defaultCachedPieces = 8
+// defaultCacheBytes is how much the cache holds: eight default-sized
+// pieces, a few seconds of a fast download.
+const defaultCacheBytes = 8 * piece.DefaultSize
 
-func newPieceCache(max int, pool *bufPool) *pieceCache {
+func newPieceCache(max int64, pool *bufPool) *pieceCache {
 	return &pieceCache{max: max, byKey: make(map[cacheKey]*list.Element), pool: pool}
 }
 
 // put hands the cache bp, holding verified piece i of t at off (n bytes).
 // It reports whether the cache took the buffer; if not, the caller keeps it.
 func (c *pieceCache) put(t *task, i int, off int64, bp *[]byte, n int) bool {
-	if c == nil || c.max <= 0 || int64(cap(*bp)) != piece.DefaultSize {
+	if c == nil || int64(cap(*bp)) > c.max {
 		return false
 	}
 	c.mu.Lock()
@@ -57,7 +58,8 @@ func (c *pieceCache) put(t *task, i int, off int64, bp *[]byte, n int) bool {
 		return false
 	}
 	c.byKey[k] = c.lru.PushFront(&cachedPiece{key: k, off: off, buf: bp, n: n})
-	for c.lru.Len() > c.max {
+	c.bytes += int64(cap(*bp))
+	for c.bytes > c.max {
 		c.removeLocked(c.lru.Back())
 	}
 	return true
@@ -116,6 +118,7 @@ func (c *pieceCache) drop(t *task) {
 func (c *pieceCache) removeLocked(e *list.Element) {
 	cp := c.lru.Remove(e).(*cachedPiece)
 	delete(c.byKey, cp.key)
+	c.bytes -= int64(cap(*cp.buf))
 	c.pool.put(cp.buf)
 }
 
@@ -145,44 +148,56 @@ func (c *pieceCache) readThrough(t *task, ps int64, r interface {
 	return done, nil
 }
 
-// bufPool recycles the buffers default-sized pieces are received into. It
-// keeps up to its capacity of them across garbage collections (a sync.Pool
-// empties on every one, and a 4 MiB buffer allocated again costs the kernel
-// fresh zeroed pages): enough for every fetch in flight and the piece cache.
+// bufPool recycles the buffers pieces are received into. It keeps up to
+// keep bytes of them across garbage collections (a sync.Pool empties on
+// every one, and a piece buffer allocated again costs the kernel fresh
+// zeroed pages): enough for every fetch in flight and the piece cache at the
+// default piece size. Buffers are as long as the largest piece asked for
+// since; a smaller one taken for a larger piece is left to the GC.
 type bufPool struct {
-	free chan *[]byte
+	mu    sync.Mutex
+	free  []*[]byte
+	bytes int64
+	keep  int64
 }
 
-func newBufPool(keep int) *bufPool { return &bufPool{free: make(chan *[]byte, keep)} }
+func newBufPool(keep int64) *bufPool { return &bufPool{keep: keep} }
 
-// get returns a buffer of piece.DefaultSize bytes, aligned for direct I/O.
-func (p *bufPool) get() *[]byte {
-	select {
-	case b := <-p.free:
-		return b
-	default:
-		b := piece.Buffer(int(piece.DefaultSize))
-		return &b
+// get returns a buffer of at least n bytes, aligned for direct I/O.
+func (p *bufPool) get(n int64) *[]byte {
+	p.mu.Lock()
+	for len(p.free) > 0 {
+		b := p.free[len(p.free)-1]
+		p.free = p.free[:len(p.free)-1]
+		p.bytes -= int64(cap(*b))
+		if int64(cap(*b)) >= n {
+			p.mu.Unlock()
+			*b = (*b)[:cap(*b)]
+			return b
+		}
 	}
+	p.mu.Unlock()
+	b := piece.Buffer(int(n))
+	return &b
 }
 
 // drain lets the GC have every buffer the pool keeps.
 func (p *bufPool) drain() {
-	for {
-		select {
-		case <-p.free:
-		default:
-			return
-		}
-	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	clear(p.free)
+	p.free, p.bytes = p.free[:0], 0
 }
 
-// put gives b back; beyond the pool's capacity it is left to the GC.
+// put gives b back; beyond the pool's bytes it is left to the GC.
 func (p *bufPool) put(b *[]byte) {
-	select {
-	case p.free <- b:
-	default:
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.bytes+int64(cap(*b)) > p.keep {
+		return
 	}
+	p.free = append(p.free, b)
+	p.bytes += int64(cap(*b))
 }
 
 // idleTrim is how long no piece has been fetched before an engine lets go
