@@ -18,8 +18,8 @@ import (
 // enter it, and a task's pieces leave it when its ingest is dropped.
 type pieceCache struct {
 	mu    sync.Mutex
-	max   int64 // bytes
-	bytes int64 // of the cached buffers
+	max   int64     // bytes
+	bytes int64     // of the cached buffers
 	lru   list.List // of *cachedPiece, most recent at the front
 	byKey map[cacheKey]*list.Element
 	pool  *bufPool

@@ -60,7 +60,7 @@ func TestBufPool(t *testing.T) {
 	p.put(c)
 	p.put(p.get(2 << 20))
 	require.Equal(t, int64(2<<20), p.bytes)
-	p.put(p.get(2<<20))
+	p.put(p.get(2 << 20))
 	p.put(&[]byte{})
 	d := piece.Buffer(2 << 20)
 	p.put(&d) // 4 MiB would pass the pool's 3
