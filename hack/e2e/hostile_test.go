@@ -126,7 +126,7 @@ func (l *liar) waitHolds(t *testing.T, sn *supernode, n int) {
 		return false
 	}, time.Minute, 20*time.Millisecond, "the liar holds %d pieces (it claimed %d)", n, l.claimed())
 }
-func (l *liar) served() int  { return len(l.uploads) }
+func (l *liar) served() int { return len(l.uploads) }
 
 func startLiar(t *testing.T, ctx context.Context, node, url string, mode liarMode, data []byte) *liar {
 	t.Helper()
