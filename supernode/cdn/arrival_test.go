@@ -46,15 +46,10 @@ func TestArrivingPieceServedAsItArrives(t *testing.T) {
 	held := int(piece.DefaultSize) + 100 // 100 bytes of piece 1
 	o := newOrigin(t, &origin{body: body, holdAt: held, holdBody: release})
 	f := newFixture(t, o, nil, "")
-	d := digest.FromBytes(body)
-	id, err := taskid.ForDigest(d)
-	require.NoError(t, err)
-	keys := clusterauth.MustParse("cdn-test-cluster-token-0123456789")
-	srv := httptest.NewServer(upload.New(f.cdn, keys).Handler())
-	defer srv.Close()
+	_, id, keys, srv := servedTask(t, f.cdn, body)
 	size := int64(len(body))
 
-	_, err = f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: o.url("/blob")})
+	_, err := f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: o.url("/blob")})
 	require.NoError(t, err)
 	_, ok := f.sched.waitFor(id, wait, func(t fakeTask) bool { return slices.Contains(t.arriving, 1) && len(t.pieces) == 1 })
 	require.True(t, ok, "piece 1 is arriving")
@@ -117,14 +112,9 @@ func TestArrivingPieceCutWhenSourceFails(t *testing.T) {
 		panic(http.ErrAbortHandler)
 	})
 	f := newSourceFixture(t, Config{}, nil)
-	d := digest.FromBytes(body)
-	id, err := taskid.ForDigest(d)
-	require.NoError(t, err)
-	keys := clusterauth.MustParse("cdn-test-cluster-token-0123456789")
-	srv := httptest.NewServer(upload.New(f.cdn, keys).Handler())
-	defer srv.Close()
+	d, id, keys, srv := servedTask(t, f.cdn, body)
 
-	_, err = f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: src.URL + "/blob", Digest: d})
+	_, err := f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: src.URL + "/blob", Digest: d})
 	require.NoError(t, err)
 	_, ok := f.sched.waitFor(id, wait, func(t fakeTask) bool { return slices.Contains(t.arriving, 0) })
 	require.True(t, ok, "piece 0 is arriving")
@@ -140,4 +130,17 @@ func TestArrivingPieceCutWhenSourceFails(t *testing.T) {
 	task := f.settle(t, id)
 	require.Empty(t, task.pieces, "nothing was published")
 	require.Equal(t, -1, task.arriving[len(task.arriving)-1], "the piece no longer arrives")
+}
+
+// servedTask returns body's digest, its task ID, the cluster keys and an
+// upload server over c's tasks (closed with the test).
+func servedTask(t *testing.T, c *CDN, body []byte) (digest.Digest, taskid.ID, clusterauth.Keys, *httptest.Server) {
+	t.Helper()
+	d := digest.FromBytes(body)
+	id, err := taskid.ForDigest(d)
+	require.NoError(t, err)
+	keys := clusterauth.MustParse("cdn-test-cluster-token-0123456789")
+	srv := httptest.NewServer(upload.New(c, keys).Handler())
+	t.Cleanup(srv.Close)
+	return d, id, keys, srv
 }

@@ -23,7 +23,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
-	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/content"
 	"github.com/damselfly/damselfly/pkg/content/contenttest"
 	"github.com/damselfly/damselfly/pkg/content/local"
@@ -650,12 +649,7 @@ func TestServedByUploadServer(t *testing.T) {
 	release := make(chan struct{})
 	o := newOrigin(t, &origin{body: body, holdAt: int(piece.DefaultSize) + 1, holdBody: release})
 	f := newFixture(t, o, nil, "")
-	d := digest.FromBytes(body)
-	id, err := taskid.ForDigest(d)
-	require.NoError(t, err)
-	keys := clusterauth.MustParse("cdn-test-cluster-token-0123456789")
-	srv := httptest.NewServer(upload.New(f.cdn, keys).Handler())
-	defer srv.Close()
+	_, id, keys, srv := servedTask(t, f.cdn, body)
 	get := func(rng string) (int, []byte) {
 		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, srv.URL+upload.Path(id), nil)
 		require.NoError(t, err)
@@ -674,7 +668,7 @@ func TestServedByUploadServer(t *testing.T) {
 	status, _ := get("bytes=0-99")
 	require.Equal(t, http.StatusNotFound, status, "unknown task")
 
-	_, err = f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: o.url("/blob")})
+	_, err := f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: o.url("/blob")})
 	require.NoError(t, err)
 	_, ok := f.sched.waitFor(id, wait, func(t fakeTask) bool { return len(t.pieces) >= 1 })
 	require.True(t, ok)
