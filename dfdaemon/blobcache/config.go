@@ -55,12 +55,11 @@ type Config struct {
 	// ScrubRate bounds the bytes per second the scrub reads (default
 	// 32MiB), so it never competes with pulls.
 	ScrubRate bytesize.Size `yaml:"scrubRate"`
-	// BufferedIO writes downloads through the page cache. By default
-	// (false) a download's pieces are written around it with O_DIRECT where
-	// the filesystem allows, and the newest pieces served from memory:
+	// BufferedIO writes and reads downloads and blobs through the page
+	// cache. By default (false) they go around it with O_DIRECT where the
+	// filesystem allows, and the newest pieces are served from memory:
 	// copying into new page-cache pages costs more CPU than receiving and
-	// hashing the bytes (docs/benchmarks.md). Finished blobs are read
-	// through the page cache either way.
+	// hashing the bytes (docs/benchmarks.md).
 	BufferedIO bool `yaml:"bufferedIO"`
 }
 
