@@ -15,10 +15,10 @@ func accessTime(fi fs.FileInfo) time.Time {
 	return fi.ModTime()
 }
 
-// inode returns the file's inode number, 0 when the platform does not say.
-func inode(fi fs.FileInfo) uint64 {
+// fileID returns the file's device and inode numbers, zeros when the platform does not say.
+func fileID(fi fs.FileInfo) (dev, ino uint64) {
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		return st.Ino
+		return uint64(st.Dev), uint64(st.Ino) // not uint64 on every Linux architecture
 	}
-	return 0
+	return 0, 0
 }

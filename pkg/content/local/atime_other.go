@@ -11,6 +11,6 @@ import (
 // read on Linux.
 func accessTime(fi fs.FileInfo) time.Time { return fi.ModTime() }
 
-// inode returns 0: inode numbers are only read on Linux, where a replaced
-// blob file is told apart from the one verified.
-func inode(fs.FileInfo) uint64 { return 0 }
+// fileID returns zeros: device and inode numbers are only read on Linux,
+// where a replaced blob file is told apart from the one verified.
+func fileID(fs.FileInfo) (dev, ino uint64) { return 0, 0 }

@@ -27,21 +27,27 @@ import (
 // scrub that catches what does not change the file's metadata (media
 // errors, writes that restore the modification time).
 
-// stamp identifies the state of a blob's file when it was verified.
-type stamp struct {
-	ino   uint64
-	size  int64
-	mtime time.Time
+// Stamp identifies the state of a blob's file: which file (device and
+// inode, on Linux), its size and its modification time. A write, a
+// truncation or a replaced file changes it; a write that restores the
+// modification time does not, which a scrub is for. The supernode's CDN
+// keys its own per-piece checks by it too.
+type Stamp struct {
+	dev, ino uint64
+	size     int64
+	mtime    time.Time
 }
 
-func stampOf(fi fs.FileInfo) stamp {
-	return stamp{ino: inode(fi), size: fi.Size(), mtime: fi.ModTime()}
+// StampOf returns the stamp of the file fi describes.
+func StampOf(fi fs.FileInfo) Stamp {
+	dev, ino := fileID(fi)
+	return Stamp{dev: dev, ino: ino, size: fi.Size(), mtime: fi.ModTime()}
 }
 
 // verifier holds the stamps and runs one hash of a blob at a time.
 type verifier struct {
 	mu      sync.Mutex
-	stamps  map[digest.Digest]stamp
+	stamps  map[digest.Digest]Stamp
 	running map[digest.Digest]*verifyCall
 }
 
@@ -51,18 +57,18 @@ type verifyCall struct {
 }
 
 func (v *verifier) init() {
-	v.stamps = make(map[digest.Digest]stamp)
+	v.stamps = make(map[digest.Digest]Stamp)
 	v.running = make(map[digest.Digest]*verifyCall)
 }
 
-func (v *verifier) verified(d digest.Digest, st stamp) bool {
+func (v *verifier) verified(d digest.Digest, st Stamp) bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	got, ok := v.stamps[d]
 	return ok && got == st
 }
 
-func (v *verifier) set(d digest.Digest, st stamp) {
+func (v *verifier) set(d digest.Digest, st Stamp) {
 	v.mu.Lock()
 	v.stamps[d] = st
 	v.mu.Unlock()
@@ -107,7 +113,7 @@ func (s *Store) Verify(ctx context.Context, dgst digest.Digest, pace func(ctx co
 	if err != nil {
 		return fmt.Errorf("stat content %s: %w", dgst, err)
 	}
-	return s.check(ctx, dgst, f, stampOf(fi), pace)
+	return s.check(ctx, dgst, f, StampOf(fi), pace)
 }
 
 // openBlob opens the file of a committed blob.
@@ -125,7 +131,7 @@ func (s *Store) openBlob(dgst digest.Digest) (*os.File, error) {
 // ensureVerified returns nil when f, opened as blob dgst with info fi, is a
 // file this store has verified, hashing it first when it is not.
 func (s *Store) ensureVerified(ctx context.Context, dgst digest.Digest, f *os.File, fi fs.FileInfo) error {
-	st := stampOf(fi)
+	st := StampOf(fi)
 	if s.verify.verified(dgst, st) {
 		return nil
 	}
@@ -135,7 +141,7 @@ func (s *Store) ensureVerified(ctx context.Context, dgst digest.Digest, f *os.Fi
 // check hashes f (blob dgst, in state st) once however many callers ask at
 // the same time, records the stamp when it matches, and removes the blob
 // when it does not.
-func (s *Store) check(ctx context.Context, dgst digest.Digest, f *os.File, st stamp, pace func(context.Context, int) error) error {
+func (s *Store) check(ctx context.Context, dgst digest.Digest, f *os.File, st Stamp, pace func(context.Context, int) error) error {
 	v := &s.verify
 	v.mu.Lock()
 	if c, ok := v.running[dgst]; ok {
@@ -166,7 +172,7 @@ func (s *Store) check(ctx context.Context, dgst digest.Digest, f *os.File, st st
 }
 
 // hashFile reads f through sha256 and settles the result.
-func (s *Store) hashFile(ctx context.Context, dgst digest.Digest, f *os.File, st stamp, pace func(context.Context, int) error) error {
+func (s *Store) hashFile(ctx context.Context, dgst digest.Digest, f *os.File, st Stamp, pace func(context.Context, int) error) error {
 	h := digest.SHA256.Digester()
 	buf := make([]byte, 1<<20)
 	var off int64
@@ -205,7 +211,7 @@ func (s *Store) hashFile(ctx context.Context, dgst digest.Digest, f *os.File, st
 	s.vstats.Failed++
 	s.vmu.Unlock()
 	// Remove the file that failed, not one that replaced it meanwhile.
-	if cur, err := os.Lstat(s.blobPath(dgst)); err == nil && inode(cur) == st.ino {
+	if cur, err := os.Lstat(s.blobPath(dgst)); err == nil && StampOf(cur).ino == st.ino {
 		if err := os.Remove(s.blobPath(dgst)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			s.log.Error("remove corrupt content", zap.Stringer("digest", dgst), zap.Error(err))
 		}

@@ -418,7 +418,7 @@ func (w *writer) commit(ctx context.Context, size int64, expected digest.Digest,
 
 	s := w.store
 	target := s.blobPath(dgst)
-	if fi, err := os.Lstat(target); err == nil && s.verify.verified(dgst, stampOf(fi)) {
+	if fi, err := os.Lstat(target); err == nil && s.verify.verified(dgst, StampOf(fi)) {
 		w.dgst = dgst
 		w.discard()
 		return fmt.Errorf("commit %s: content %s: %w", w.ref, dgst, content.ErrAlreadyExists)
@@ -441,7 +441,7 @@ func (w *writer) commit(ctx context.Context, size int64, expected digest.Digest,
 		s.log.Warn("sync blob dir", zap.Stringer("digest", dgst), zap.Error(err))
 	}
 	if fi, err := os.Lstat(target); err == nil {
-		s.verify.set(dgst, stampOf(fi))
+		s.verify.set(dgst, StampOf(fi))
 	}
 	w.dgst = dgst
 	w.discard()
