@@ -2,6 +2,7 @@ package peer
 
 import (
 	"container/list"
+	"io"
 	"sync"
 	"time"
 
@@ -124,9 +125,7 @@ func (c *pieceCache) removeLocked(e *list.Element) {
 
 // readThrough fills p from t's bytes at off: cached pieces from memory, the
 // rest from r. ps is the task's piece size. It behaves like io.ReaderAt.
-func (c *pieceCache) readThrough(t *task, ps int64, r interface {
-	ReadAt([]byte, int64) (int, error)
-}, p []byte, off int64) (int, error) {
+func (c *pieceCache) readThrough(t *task, ps int64, r io.ReaderAt, p []byte, off int64) (int, error) {
 	done := 0
 	for done < len(p) {
 		if n := c.readAt(t, ps, p[done:], off+int64(done)); n > 0 {

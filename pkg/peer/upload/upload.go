@@ -98,13 +98,14 @@ type ArrivingTask interface {
 	Arriving(ctx context.Context, off, n int64) (PieceStream, bool)
 }
 
-// PieceStream is one piece served to a HeaderArriving request. One that
-// has a Ready() bool method, reporting whether its next Read returns at
-// once, has its bytes flushed to the client only when it is not.
+// PieceStream is one piece served to a HeaderArriving request.
 type PieceStream interface {
 	// Read reads the piece's bytes, waiting for those not yet arrived;
 	// it fails if the piece will not be complete.
 	io.Reader
+	// Ready reports whether the next Read returns at once: the bytes sent
+	// so far are flushed to the client only when it does not.
+	Ready() bool
 	// Digest waits until the piece is published and returns its digest;
 	// it fails if the piece will not be.
 	Digest(ctx context.Context) (string, error)
@@ -414,7 +415,7 @@ func (s *Server) serveArriving(w http.ResponseWriter, r *http.Request, id taskid
 			}
 			// Bytes go out as they arrive, not when a buffer fills: when
 			// the next would be waited for.
-			if r, ok := ps.(interface{ Ready() bool }); !ok || !r.Ready() {
+			if !ps.Ready() {
 				_ = rc.Flush()
 			}
 			left -= int64(k)
