@@ -78,7 +78,7 @@ func (b *countingBody) Read(p []byte) (int, error) {
 
 // cutThroughSetup runs a real supernode, an origin behind it and an engine
 // named p1, and registers p1 for the origin's content.
-func cutThroughSetup(t *testing.T, o *heldOrigin, received *atomic.Int64) (*Engine, *schedclient.Client, taskid.ID) {
+func cutThroughSetup(t *testing.T, o *heldOrigin, received *atomic.Int64) (*Engine, *schedclient.Client, taskid.ID, schedapi.RegisterRequest) {
 	t.Helper()
 	origin := httptest.NewServer(o)
 	t.Cleanup(origin.Close)
@@ -93,15 +93,20 @@ func cutThroughSetup(t *testing.T, o *heldOrigin, received *atomic.Int64) (*Engi
 	d := digest.FromBytes(o.body)
 	id, err := taskid.ForDigest(d)
 	require.NoError(t, err)
-	_, err = sc.Register(t.Context(), schedapi.RegisterRequest{Peer: self, URL: o.url, Digest: d.String(), Size: int64(len(o.body))})
+	reg := schedapi.RegisterRequest{Peer: self, URL: o.url, Digest: d.String(), Size: int64(len(o.body))}
+	_, err = sc.Register(t.Context(), reg)
 	require.NoError(t, err)
-	return e, sc, id
+	return e, sc, id, reg
 }
 
-// pollPiece polls until p1 is assigned piece n.
-func pollPiece(t *testing.T, sc *schedclient.Client, id taskid.ID, n int) schedapi.Assignment {
+// pollPiece polls until p1 is assigned piece n. A failed task (its source
+// fetch was cut) is registered again with reg; a poll answered without
+// piece n is followed by a pause, so the loop never spins on a supernode
+// that answers at once.
+func pollPiece(t *testing.T, sc *schedclient.Client, id taskid.ID, n int, reg schedapi.RegisterRequest) schedapi.Assignment {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
+	pause := 10 * time.Millisecond
 	for time.Now().Before(deadline) {
 		resp, err := sc.Pieces(t.Context(), id, "p1", 1, time.Second, schedapi.Want{Pieces: []int{n}, Background: 0})
 		require.NoError(t, err)
@@ -112,6 +117,14 @@ func pollPiece(t *testing.T, sc *schedclient.Client, id taskid.ID, n int) scheda
 			// Not this one: give it back.
 			require.NoError(t, sc.Report(t.Context(), id, "p1", []schedapi.PieceResult{{Piece: a.Piece, From: a.From.ID, Reason: schedapi.ReasonAborted}}))
 		}
+		if resp.State == schedapi.TaskFailed {
+			t.Logf("task failed (%s): registering again", resp.Error)
+			if _, err := sc.Register(t.Context(), reg); err != nil {
+				t.Logf("register: %v", err)
+			}
+		}
+		time.Sleep(pause)
+		pause = min(2*pause, 500*time.Millisecond)
 	}
 	t.Fatalf("piece %d was not assigned", n)
 	return schedapi.Assignment{}
@@ -125,9 +138,9 @@ func TestArrivingPieceFetchedBeforeTheCDNHasIt(t *testing.T) {
 	body := randomData(t, 2*int(piece.DefaultSize)+10)
 	o := &heldOrigin{body: body, at: 1 << 20, release: make(chan struct{})}
 	var received atomic.Int64
-	e, sc, id := cutThroughSetup(t, o, &received)
+	e, sc, id, reg := cutThroughSetup(t, o, &received)
 
-	a := pollPiece(t, sc, id, 0)
+	a := pollPiece(t, sc, id, 0, reg)
 	require.True(t, a.Arriving && a.FromCDN, "%+v", a)
 	require.Empty(t, a.Digest)
 	require.NoError(t, validAssignmentDigest(a))
@@ -167,9 +180,9 @@ func TestArrivingPieceCutBySourceFailure(t *testing.T) {
 	body := randomData(t, int(piece.DefaultSize)+10)
 	o := &heldOrigin{body: body, at: 1 << 20, release: make(chan struct{}), abort: true}
 	var received atomic.Int64
-	e, sc, id := cutThroughSetup(t, o, &received)
+	e, sc, id, reg := cutThroughSetup(t, o, &received)
 
-	a := pollPiece(t, sc, id, 0)
+	a := pollPiece(t, sc, id, 0, reg)
 	require.True(t, a.Arriving)
 	buf := make([]byte, a.Length)
 	done := make(chan error, 1)
@@ -184,17 +197,10 @@ func TestArrivingPieceCutBySourceFailure(t *testing.T) {
 	require.Equal(t, schedapi.ReasonAborted, pieceFailure(a, err))
 	require.NoError(t, sc.Report(t.Context(), id, "p1", []schedapi.PieceResult{{Piece: 0, From: a.From.ID, Reason: pieceFailure(a, err), Error: failureReason(err)}}))
 
-	// The fetch failed with its only source; registering again fetches
-	// the content again, and the piece comes whole.
-	var got schedapi.Assignment
-	require.Eventually(t, func() bool {
-		_, err := sc.Register(t.Context(), schedapi.RegisterRequest{Peer: e.self, URL: o.url, Digest: digest.FromBytes(body).String()})
-		if err != nil {
-			t.Logf("register: %v", err)
-		}
-		return err == nil
-	}, 10*time.Second, 50*time.Millisecond)
-	got = pollPiece(t, sc, id, 0)
+	// The content fetch failed with its only source, which fails the task;
+	// registering again (pollPiece does) fetches the content again, and the
+	// piece comes whole.
+	got := pollPiece(t, sc, id, 0, reg)
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	verified, err := e.fetchVerified(ctx, id, got, buf, nil)
