@@ -14,7 +14,9 @@
 //
 //   - stream pulls one large layer through a dfdaemon and straight from the
 //     registry, alternating, and prints the throughput of each, their ratio
-//     and dfdaemon's peak RSS (stream.go).
+//     and dfdaemon's peak RSS (stream.go), beside the floor: the same pull
+//     through two minimal relays that only do a verified pull's unavoidable
+//     work (floor.go).
 //
 //   - manifests sends GET manifest by tag through a registry-cache from many
 //     concurrent clients and prints requests/s, latency percentiles and how
@@ -93,6 +95,7 @@ type options struct {
 	serveAddr   string // internal: the child's listen host
 	upstream    string
 	serveDir    string
+	relayHashes int // internal: -serve relay's SHA-256 passes
 	swarmBudget time.Duration
 
 	// stream, lazy
@@ -151,10 +154,11 @@ func run() error {
 	flag.BoolVar(&o.timeline, "timeline", false, "swarm: print when each client finished each blob")
 	flag.DurationVar(&o.swarmBudget, "timeout", 30*time.Minute, "bound on the whole run")
 	flag.StringVar(&o.net, "net", netLoopback, "swarm: the nodes' network: loopback (everything on 127.0.0.1, links limited by in-process token buckets) or netns (every node, the supernode and the origin in a network namespace of its own on one bridge, links shaped by tc; needs root and iproute2)")
-	flag.StringVar(&o.serve, "serve", "", "internal: run as the suite's origin, pull-through cache or client child process")
+	flag.StringVar(&o.serve, "serve", "", "internal: run as the suite's origin, pull-through cache, client or relay child process")
 	flag.StringVar(&o.serveAddr, "serve-addr", "127.0.0.1", "internal: the child's listen host")
 	flag.StringVar(&o.upstream, "upstream", "", "internal: the pull-through cache's upstream URL")
 	flag.StringVar(&o.serveDir, "serve-dir", "", "internal: the child's storage directory")
+	flag.IntVar(&o.relayHashes, "relay-hashes", 1, "internal: the relay child's SHA-256 passes (2: pieces and the whole content)")
 	flag.IntVar(&o.sizeMiB, "size", 1024, "stream: layer size in MiB; lazy: size of the blob the random ranges are read from, in MiB; torrent: size of the torrent's one file in MiB")
 	flag.IntVar(&o.rounds, "rounds", 3, "stream: pulls of each kind, alternating (medians are reported)")
 	flag.IntVar(&o.ranges, "ranges", 8, "lazy: random 1 MiB ranges read from the -size blob, one after another")
@@ -192,8 +196,10 @@ func run() error {
 		return servePullThrough(ctx, o)
 	case "client":
 		return serveClient(ctx, o)
+	case "relay":
+		return serveRelay(ctx, o)
 	default:
-		return fmt.Errorf("-serve %q: want origin, pullthrough or client", o.serve)
+		return fmt.Errorf("-serve %q: want origin, pullthrough, client or relay", o.serve)
 	}
 
 	work, err := os.MkdirTemp("", "damselfly-bench-")

@@ -46,7 +46,7 @@ func runStream(ctx context.Context, o options, work string) error {
 	fmt.Printf("layer %s, %d MiB; %d rounds, each: a direct pull, then a cold and a cached pull through a fresh supernode + dfdaemon, then a pull through a second fresh dfdaemon\n\n",
 		layer, o.sizeMiB, o.rounds)
 
-	var direct, cold, warm, second, coldRSS, warmRSS, secondRSS, snRSS []float64
+	var direct, cold, warm, second, coldRSS, warmRSS, secondRSS, snRSS, floorCold, floorHeld []float64
 	for round := range o.rounds {
 		d, err := timedPull(ctx, "direct", reg.URL.String()+"/v2/"+streamRepo+"/blobs/"+layer.String(), layer)
 		if err != nil {
@@ -70,6 +70,16 @@ func runStream(ctx context.Context, o options, work string) error {
 		fmt.Printf("  CPU time: cold pull %.1fs (supernode %.1fs, dfdaemon %.1fs) in %.1fs; second dfdaemon's pull %.1fs (supernode %.1fs, dfdaemon %.1fs) in %.1fs\n",
 			(res.coldCPU[0] + res.coldCPU[1]).Seconds(), res.coldCPU[0].Seconds(), res.coldCPU[1].Seconds(), res.cold.Seconds(),
 			(res.secondCPU[0] + res.secondCPU[1]).Seconds(), res.secondCPU[0].Seconds(), res.secondCPU[1].Seconds(), res.second.Seconds())
+
+		fl, err := floorRound(ctx, filepath.Join(work, fmt.Sprintf("floor-%d", round)), reg.URL.String()+"/v2/"+streamRepo+"/blobs/"+layer.String(), layer)
+		if err != nil {
+			return fmt.Errorf("round %d: floor: %w", round+1, err)
+		}
+		floorCold = append(floorCold, size/fl.cold.Seconds())
+		floorHeld = append(floorHeld, size/fl.held.Seconds())
+		fmt.Printf("  floor (minimal relays): cold %.0f MiB/s, CPU %.1fs (cdn relay %.1fs, node relay %.1fs) in %.1fs; from the held copy %.0f MiB/s, CPU %.1fs (%.1fs, %.1fs) in %.1fs\n",
+			floorCold[round]/mib, (fl.coldCPU[0] + fl.coldCPU[1]).Seconds(), fl.coldCPU[0].Seconds(), fl.coldCPU[1].Seconds(), fl.cold.Seconds(),
+			floorHeld[round]/mib, (fl.heldCPU[0] + fl.heldCPU[1]).Seconds(), fl.heldCPU[0].Seconds(), fl.heldCPU[1].Seconds(), fl.held.Seconds())
 	}
 
 	fmt.Println()
@@ -87,7 +97,11 @@ func runStream(ctx context.Context, o options, work string) error {
 	row("dfdaemon, cold (P2P)", cold, coldRSS)
 	row("dfdaemon, cached", warm, warmRSS)
 	row("2nd dfdaemon, from CDN copy", second, secondRSS)
+	row("floor: minimal relays, cold", floorCold, nil)
+	row("floor: relays, held copy", floorHeld, nil)
 	tw.Flush()
+	fmt.Printf("\nof the floor: dfdaemon cold %.2fx, 2nd dfdaemon from the CDN copy %.2fx\n",
+		median(cold)/median(floorCold), median(second)/median(floorHeld))
 	fmt.Printf("\nsupernode peak RSS (max over rounds): %.0f MiB\n", slices.Max(snRSS)/mib)
 	fmt.Printf("targets: dfdaemon cold >= 0.9x direct: %s; dfdaemon peak RSS <= 100 MB: %s\n",
 		verdict(median(cold)/median(direct) >= 0.9), verdict(max(slices.Max(warmRSS), slices.Max(secondRSS)) <= 100e6))
