@@ -152,7 +152,10 @@ func (r *relay) relay(ctx context.Context, w http.ResponseWriter) error {
 		}
 	}()
 	defer func() {
-		for c := range hashed { // on an early return, let the stages end
+		// On an early return the reader stops at the closed body; the
+		// stages end once their buffers are given back.
+		resp.Body.Close()
+		for c := range hashed {
 			if c.p != nil {
 				free <- c.p[:cap(c.p)]
 			}

@@ -46,9 +46,10 @@ func runStream(ctx context.Context, o options, work string) error {
 	fmt.Printf("layer %s, %d MiB; %d rounds, each: a direct pull, then a cold and a cached pull through a fresh supernode + dfdaemon, then a pull through a second fresh dfdaemon\n\n",
 		layer, o.sizeMiB, o.rounds)
 
+	blobURL := reg.URL.String() + "/v2/" + streamRepo + "/blobs/" + layer.String()
 	var direct, cold, warm, second, coldRSS, warmRSS, secondRSS, snRSS, floorCold, floorHeld []float64
 	for round := range o.rounds {
-		d, err := timedPull(ctx, "direct", reg.URL.String()+"/v2/"+streamRepo+"/blobs/"+layer.String(), layer)
+		d, err := timedPull(ctx, "direct", blobURL, layer)
 		if err != nil {
 			return fmt.Errorf("round %d: direct: %w", round+1, err)
 		}
@@ -71,7 +72,7 @@ func runStream(ctx context.Context, o options, work string) error {
 			(res.coldCPU[0] + res.coldCPU[1]).Seconds(), res.coldCPU[0].Seconds(), res.coldCPU[1].Seconds(), res.cold.Seconds(),
 			(res.secondCPU[0] + res.secondCPU[1]).Seconds(), res.secondCPU[0].Seconds(), res.secondCPU[1].Seconds(), res.second.Seconds())
 
-		fl, err := floorRound(ctx, filepath.Join(work, fmt.Sprintf("floor-%d", round)), reg.URL.String()+"/v2/"+streamRepo+"/blobs/"+layer.String(), layer)
+		fl, err := floorRound(ctx, filepath.Join(work, fmt.Sprintf("floor-%d", round)), blobURL, layer)
 		if err != nil {
 			return fmt.Errorf("round %d: floor: %w", round+1, err)
 		}

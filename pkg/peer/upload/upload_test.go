@@ -266,21 +266,9 @@ func TestServe(t *testing.T) {
 			defer resp.Body.Close()
 			body, readErr := io.ReadAll(resp.Body)
 			require.NoError(t, readErr)
-			require.Equal(t, tt.status, resp.StatusCode, "body: %.100s", body)
-			if tt.body != nil {
-				require.Equal(t, tt.body, body)
-				if method != http.MethodHead {
-					require.Equal(t, strconv.Itoa(len(tt.body)), resp.Header.Get("Content-Length"))
-				}
-			}
+			requireServed(t, resp, body, method, tt.status, tt.body, tt.contentRange)
 			if tt.bodyText != "" {
 				require.Equal(t, tt.bodyText, strings.TrimSpace(string(body)))
-			}
-			if tt.contentRange != "" {
-				require.Equal(t, tt.contentRange, resp.Header.Get("Content-Range"))
-			}
-			if tt.status >= 400 {
-				require.Less(t, len(body), 100, "an error carries no content")
 			}
 		})
 	}
@@ -457,5 +445,25 @@ func TestTransferStart(t *testing.T) {
 			defer mu.Unlock()
 			require.Equal(t, tt.want, got)
 		})
+	}
+}
+
+// requireServed checks a response to method: its status; when want is set,
+// its body and (but for HEAD) a matching Content-Length; when contentRange
+// is set, its Content-Range; and that an error carries no content.
+func requireServed(t *testing.T, resp *http.Response, body []byte, method string, status int, want []byte, contentRange string) {
+	t.Helper()
+	require.Equal(t, status, resp.StatusCode, "body: %.100s", body)
+	if want != nil {
+		require.Equal(t, want, body)
+		if method != http.MethodHead {
+			require.Equal(t, strconv.Itoa(len(want)), resp.Header.Get("Content-Length"))
+		}
+	}
+	if contentRange != "" {
+		require.Equal(t, contentRange, resp.Header.Get("Content-Range"))
+	}
+	if status >= 400 {
+		require.Less(t, len(body), 100, "an error carries no content")
 	}
 }
