@@ -178,6 +178,9 @@ type CDN struct {
 	checked    map[digest.Digest]*checkedBlob
 	reportedAt map[digest.Digest]time.Time
 	uploads    map[digest.Digest]int
+	// held lends uploads the buffers they read a piece into to hash it
+	// and send it from memory (handle.fromMemory).
+	held heldBufs
 
 	// checks runs one check of a blob at a time.
 	checks singleflight.Group

@@ -404,11 +404,7 @@ func (pc *pieceCheck) check(r io.ReaderAt, off, n int64) error {
 	}
 	last := piece.Index(min(off+n, m.Size)-1, m.PieceSize)
 	for i := piece.Index(off, m.PieceSize); i <= last; i++ {
-		if pc.ok.Has(i) {
-			continue
-		}
-		if pc.stamped && pc.c.pieceHashed(pc.entry, pc.st, i) {
-			pc.ok.Add(i)
+		if pc.known(i) {
 			continue
 		}
 		start, ln := piece.Bounds(i, m.Size, m.PieceSize)
@@ -416,24 +412,49 @@ func (pc *pieceCheck) check(r io.ReaderAt, off, n int64) error {
 		bp := checkBufs.Get().(*[]byte)
 		_, err := io.CopyBuffer(h, io.NewSectionReader(r, start, ln), *bp)
 		checkBufs.Put(bp)
-		pc.c.metrics.servedHashed.Add(float64(ln))
 		if err != nil {
 			return fmt.Errorf("check piece %d: %w", i, err)
 		}
-		if digest.NewDigest(digest.SHA256, h) != m.Pieces[i] {
-			pc.failed = true
-			pc.c.log.Warn("committed content failed its piece digest as it was served: upload cut, content checked",
-				zap.Stringer("task", pc.taskID), zap.Stringer("digest", m.Digest), zap.Int("piece", i))
-			pc.c.metrics.corruptServes.Inc()
-			d := m.Digest
-			pc.c.forgetChecked(d)
-			pc.c.background(func(ctx context.Context) { _, _ = pc.c.checkContent(ctx, d, nil) })
-			return fmt.Errorf("piece %d: %w", i, errCorruptPiece)
+		if err := pc.settle(i, ln, digest.NewDigest(digest.SHA256, h)); err != nil {
+			return err
 		}
+	}
+	return nil
+}
+
+// known reports whether piece i was found sound through this handle, or
+// hashed in the same file by the CDN before.
+func (pc *pieceCheck) known(i int) bool {
+	if pc.ok.Has(i) {
+		return true
+	}
+	if pc.stamped && pc.c.pieceHashed(pc.entry, pc.st, i) {
 		pc.ok.Add(i)
-		if pc.stamped {
-			pc.c.setPieceHashed(pc.entry, pc.st, i)
-		}
+		return true
+	}
+	return false
+}
+
+// settle takes the digest got of piece i's ln bytes as read from the file:
+// a piece that matches is known from now on (CDN-wide for this file); one
+// that does not fails the handle, and the content is checked in the
+// background.
+func (pc *pieceCheck) settle(i int, ln int64, got digest.Digest) error {
+	m := pc.meta
+	pc.c.metrics.servedHashed.Add(float64(ln))
+	if got != m.Pieces[i] {
+		pc.failed = true
+		pc.c.log.Warn("committed content failed its piece digest as it was served: upload cut, content checked",
+			zap.Stringer("task", pc.taskID), zap.Stringer("digest", m.Digest), zap.Int("piece", i))
+		pc.c.metrics.corruptServes.Inc()
+		d := m.Digest
+		pc.c.forgetChecked(d)
+		pc.c.background(func(ctx context.Context) { _, _ = pc.c.checkContent(ctx, d, nil) })
+		return fmt.Errorf("piece %d: %w", i, errCorruptPiece)
+	}
+	pc.ok.Add(i)
+	if pc.stamped {
+		pc.c.setPieceHashed(pc.entry, pc.st, i)
 	}
 	return nil
 }

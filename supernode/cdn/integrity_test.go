@@ -1,6 +1,7 @@
 package cdn
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/damselfly/damselfly/pkg/clusterauth"
 	"github.com/damselfly/damselfly/pkg/content"
+	"github.com/damselfly/damselfly/pkg/content/local"
 	"github.com/damselfly/damselfly/pkg/peer/upload"
 	"github.com/damselfly/damselfly/pkg/piece"
 	"github.com/damselfly/damselfly/pkg/schedapi"
@@ -191,6 +193,75 @@ func TestCorruptPieceNeverServed(t *testing.T) {
 	require.Equal(t, schedapi.TaskSucceeded, f.settle(t, id).info.State)
 	require.EqualValues(t, 2, o.gets.Load(), "fetched again once")
 	require.Equal(t, body, uploadGet(t, f.cdn, id, "").body)
+}
+
+// The first upload of a piece reads it around the page cache, hashes it and
+// sends the bytes it hashed from memory, also in steps within the piece; a
+// later upload of a piece hashed in the same file sends it from the file;
+// with every buffer lent, an upload hashes the piece and sends it from the
+// file. Each piece is hashed once.
+func TestFirstUploadOfPieceFromMemory(t *testing.T) {
+	t.Parallel()
+	body := blob(25, 9<<20+5)
+	o := newOrigin(t, &origin{body: body})
+	root := t.TempDir()
+	d := digest.FromBytes(body)
+	id, err := taskid.ForDigest(d)
+	require.NoError(t, err)
+	store, err := local.New(filepath.Join(root, "content"), local.WithDirectWrites())
+	require.NoError(t, err)
+	f := newFixture(t, o, store, filepath.Join(root, "cdn"))
+	_, err = f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: o.url("/b")})
+	require.NoError(t, err)
+	require.Equal(t, schedapi.TaskSucceeded, f.settle(t, id).info.State)
+
+	open := func() *handle {
+		tk, err := f.cdn.Open(t.Context(), id)
+		require.NoError(t, err)
+		h := tk.(*handle)
+		require.NotNil(t, h.blob, "the committed blob")
+		return h
+	}
+	fileRange := func(h *handle, off, n int) (fromMemory bool) {
+		t.Helper()
+		r, err := h.FileRange(int64(off), int64(n))
+		require.NoError(t, err)
+		require.NotNil(t, r)
+		_, fromMemory = r.(*bytes.Reader)
+		got, err := io.ReadAll(r)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(body[off:off+n], got), "bytes %d+%d", off, n)
+		return fromMemory
+	}
+	checked := func() float64 { return metricValue(t, f.reg, "damselfly_cdn_upload_checked_bytes_total") }
+
+	h := open()
+	for off := 4 << 20; off < 8<<20; off += 256 << 10 {
+		require.True(t, fileRange(h, off, 256<<10), "piece 1 at %d: from memory", off)
+	}
+	require.Equal(t, float64(4<<20), checked(), "piece 1 hashed once for its 16 steps")
+	require.NoError(t, h.Close())
+
+	h = open()
+	require.False(t, fileRange(h, 4<<20, 4<<20), "piece 1, hashed in this file: from the file")
+	require.True(t, fileRange(h, 8<<20, 1<<20+5), "the short last piece: from memory")
+	require.NoError(t, h.Close())
+
+	var lent []*[]byte
+	for p := f.cdn.held.get(1); p != nil; p = f.cdn.held.get(1) {
+		lent = append(lent, p)
+	}
+	require.Len(t, lent, maxHeldBufs)
+	h = open()
+	require.False(t, fileRange(h, 0, 4<<20), "every buffer lent: piece 0 hashed and sent from the file")
+	require.NoError(t, h.Close())
+	for _, p := range lent {
+		f.cdn.held.put(p)
+	}
+	require.Equal(t, float64(len(body)), checked(), "every piece hashed once")
+	f.cdn.held.mu.Lock()
+	defer f.cdn.held.mu.Unlock()
+	require.Zero(t, f.cdn.held.lent, "closed handles gave their buffers back")
 }
 
 // A peer's corrupt report against the CDN makes it check its copy at once:

@@ -1,6 +1,7 @@
 package cdn
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -108,10 +109,21 @@ type handle struct {
 	blob content.ReaderAt
 	// check hashes the pieces of blob reads reach (nil for f); c counts
 	// the uploads of blob.
-	check     *pieceCheck
-	c         *CDN
+	check *pieceCheck
+	c     *CDN
+	// checkMu guards check and held, a piece of blob read and hashed by
+	// this handle that FileRange serves from memory.
 	checkMu   sync.Mutex
+	held      heldPiece
 	closeOnce sync.Once
+}
+
+// heldPiece is piece i of a blob, at off, read into buf (its first n bytes).
+type heldPiece struct {
+	i   int
+	off int64
+	n   int64
+	buf *[]byte // nil when the handle holds no piece
 }
 
 // ReadAt reads content bytes. Callers read Verified ranges only.
@@ -159,15 +171,121 @@ func (h *handle) FileRange(off, n int64) (io.Reader, error) {
 		return nil, nil
 	}
 	h.checkMu.Lock()
-	err := h.check.check(h.blob, off, n)
-	h.checkMu.Unlock()
-	if err != nil {
+	defer h.checkMu.Unlock()
+	if r, err := h.fromMemory(off, n); r != nil || err != nil {
+		return r, err
+	}
+	if err := h.check.check(h.blob, off, n); err != nil {
 		return nil, err
 	}
 	if _, err := sf.Seek(off, io.SeekStart); err != nil {
 		return nil, fmt.Errorf("seek to %d: %w", off, err)
 	}
 	return &io.LimitedReader{R: sf, N: n}, nil
+}
+
+// directReaderAt is a committed blob's reader that can read around the
+// page cache (a local store's).
+type directReaderAt interface {
+	ReadAtDirect(p []byte, off int64) (int, error)
+}
+
+// maxHeldPiece is the largest piece an upload reads into memory to hash
+// and send (fromMemory); larger ones are hashed and sent from the file.
+const maxHeldPiece = 16 << 20
+
+// fromMemory returns a reader of [off, off+n) when the range lies in one
+// piece that the CDN has not hashed in this file yet (or that this handle
+// holds): the piece is read around the page cache into a buffer, hashed,
+// and served from that buffer. The bytes sent are then the bytes hashed,
+// and content the CDN stored around the page cache is not read into it
+// for the first upload of each piece (a second upload of a piece sends it
+// from the file, and the page cache keeps it for the next). It returns
+// nil and no error for a range it leaves to the file, and an error wrapping
+// errCorruptPiece for a piece that fails its digest. checkMu is held.
+func (h *handle) fromMemory(off, n int64) (io.Reader, error) {
+	m := h.check.meta
+	if n <= 0 || off < 0 || off+n > m.Size || m.PieceSize <= 0 || h.check.failed {
+		return nil, nil
+	}
+	i := piece.Index(off, m.PieceSize)
+	if piece.Index(off+n-1, m.PieceSize) != i {
+		return nil, nil
+	}
+	hp := &h.held
+	if hp.buf == nil || hp.i != i {
+		dr, ok := h.blob.(directReaderAt)
+		start, ln := piece.Bounds(i, m.Size, m.PieceSize)
+		if !ok || ln > maxHeldPiece || h.check.known(i) {
+			return nil, nil
+		}
+		if hp.buf != nil && int64(cap(*hp.buf)) < ln {
+			h.c.held.put(hp.buf)
+			hp.buf = nil
+		}
+		if hp.buf == nil {
+			if hp.buf = h.c.held.get(ln); hp.buf == nil {
+				return nil, nil // every buffer lent: from the file
+			}
+		}
+		hp.i, hp.off, hp.n = -1, start, 0
+		b := (*hp.buf)[:ln]
+		k, err := dr.ReadAtDirect(b, start)
+		if int64(k) < ln {
+			if err == nil || errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF // the file is shorter than the blob's size
+			}
+			return nil, fmt.Errorf("read piece %d: %w", i, err)
+		}
+		if err := h.check.settle(i, ln, digest.FromBytes(b)); err != nil {
+			return nil, err
+		}
+		hp.i, hp.n = i, ln
+	}
+	rel := off - hp.off
+	return bytes.NewReader((*hp.buf)[rel : rel+n]), nil
+}
+
+// heldBufs lends the buffers uploads read pieces into (fromMemory): at most
+// maxHeldBufs at once, so that uploads hold a bounded amount of memory (an
+// upload that finds none sends from the file), and keeps up to
+// keptHeldBufs between uploads.
+type heldBufs struct {
+	mu   sync.Mutex
+	lent int
+	free []*[]byte
+}
+
+const (
+	maxHeldBufs  = 8
+	keptHeldBufs = 4
+)
+
+func (b *heldBufs) get(n int64) *[]byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.lent >= maxHeldBufs {
+		return nil
+	}
+	b.lent++
+	for len(b.free) > 0 {
+		p := b.free[len(b.free)-1]
+		b.free = b.free[:len(b.free)-1]
+		if int64(cap(*p)) >= n {
+			return p
+		}
+	}
+	p := piece.Buffer(int(n))
+	return &p
+}
+
+func (b *heldBufs) put(p *[]byte) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.lent--
+	if len(b.free) < keptHeldBufs {
+		b.free = append(b.free, p)
+	}
 }
 
 // Size returns the content size, or -1 while a fetch has not learned it.
@@ -208,6 +326,12 @@ func (h *handle) Verified(off, n int64) bool {
 func (h *handle) Close() error {
 	h.closeOnce.Do(func() {
 		if h.blob != nil {
+			h.checkMu.Lock()
+			if h.held.buf != nil {
+				h.c.held.put(h.held.buf)
+				h.held.buf = nil
+			}
+			h.checkMu.Unlock()
 			_ = h.blob.Close()
 			h.c.mu.Lock()
 			if h.c.uploads[h.check.meta.Digest]--; h.c.uploads[h.check.meta.Digest] <= 0 {

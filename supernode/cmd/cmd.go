@@ -205,7 +205,7 @@ func run(ctx context.Context, cfg Config, o runOptions, logger *zap.Logger) erro
 	// The CDN's store stays on the page cache (unlike dfdaemon's): a new
 	// piece is served to many peers at once right after it is stored, and
 	// from the page cache every transfer starts at once (docs/benchmarks.md).
-	store, err := local.New(filepath.Join(cfg.DataDir, "content"), local.WithLogger(logger.Named("content")))
+	store, err := local.New(filepath.Join(cfg.DataDir, "content"), local.WithLogger(logger.Named("content")), local.WithDirectWrites())
 	if err != nil {
 		return fmt.Errorf("content store: %w", err)
 	}

@@ -18,7 +18,10 @@ import (
 // aligned ranges go straight from the caller's buffer to the disk, the
 // rest of a write (an unaligned one, the tail of the last piece) through
 // the page cache; reads of ingests and of committed blobs bypass it too,
-// through pooled aligned buffers. A cold read then costs the disk's time
+// through pooled aligned buffers (aligned memory at an aligned offset is
+// read into directly). A store opened WithDirectWrites writes the same way
+// but reads through the page cache, except ReadAtDirect of a committed
+// blob. A cold read around the page cache costs the disk's time
 // instead of the CPU's: here 0.2 CPU-seconds per GiB against 1.8 to fill new
 // page-cache pages. The price is that nothing stays cached for a second read
 // of the same blob on the node; a peer keeps its newest pieces in memory
@@ -59,10 +62,27 @@ func directWrite(f *os.File, p []byte, off int64) (int, error) {
 // directReadAt reads p at off through aligned buffers, bypassing the page
 // cache. It behaves like io.ReaderAt.
 func directReadAt(f *os.File, p []byte, off int64) (int, error) {
+	done := 0
+	if off%dioAlign == 0 && piece.Aligned(p) {
+		// Aligned memory at an aligned offset: the aligned part straight
+		// into p, with no copy out of a bounce buffer.
+		if n := len(p) &^ (dioAlign - 1); n > 0 {
+			m, err := f.ReadAt(p[:n], off)
+			done = m
+			if m < n {
+				if err == nil {
+					err = io.EOF
+				}
+				return done, err // io.EOF: the file ends before p does
+			}
+			if done == len(p) {
+				return done, nil
+			}
+		}
+	}
 	bp := dioBufs.Get().(*[]byte)
 	defer dioBufs.Put(bp)
 	buf := *bp
-	done := 0
 	for done < len(p) {
 		pos := off + int64(done)
 		start := pos &^ (dioAlign - 1)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"os"
 	mrand "math/rand/v2"
 	"testing"
 
@@ -121,4 +122,69 @@ func readBlob(t *testing.T, s *Store, d digest.Digest) []byte {
 	_, err = ra.ReadAt(got, 0)
 	require.NoError(t, err)
 	return got
+}
+
+// TestReadAtDirect reads a committed blob of a WithDirectWrites store
+// around the page cache: aligned memory at aligned offsets straight into
+// the caller's buffer, unaligned ranges and the file's end through the
+// bounce buffers; and a blob whose path was renamed over after it was
+// opened is still read from the file opened.
+func TestReadAtDirect(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, err := New(t.TempDir(), WithDirectWrites())
+	require.NoError(t, err)
+	data := randomBytes(t, 3<<20+1234)
+	d := digest.FromBytes(data)
+	w, err := s.Writer(ctx, "direct-writes")
+	require.NoError(t, err)
+	require.NoError(t, contenttest.WritePieces(w, data, 1<<20, mrand.Perm(4)))
+	require.NoError(t, w.Commit(ctx, int64(len(data)), d))
+
+	ra, err := s.ReaderAt(ctx, d)
+	require.NoError(t, err)
+	defer ra.Close()
+	fr, ok := ra.(*fileReader)
+	require.True(t, ok, "a WithDirectWrites store reads blobs through the page cache, from a file sendfile can send")
+	for _, r := range []struct {
+		off, n  int
+		aligned bool
+	}{
+		{0, 1 << 20, true},
+		{1 << 20, 2<<20 + 1234, true}, // to the end: an unaligned tail
+		{4096, 8192 + 17, true},
+		{5, 4096, false},
+		{len(data) - 100, 100, false},
+	} {
+		buf := piece.Buffer(r.n)
+		if !r.aligned {
+			buf = make([]byte, r.n+1)[1:]
+		}
+		n, err := fr.ReadAtDirect(buf, int64(r.off))
+		require.NoError(t, err, "range %+v", r)
+		require.Equal(t, r.n, n)
+		require.True(t, bytes.Equal(data[r.off:r.off+r.n], buf), "range %+v", r)
+	}
+	if fr.direct == nil {
+		t.Log("the filesystem refused O_DIRECT: ReadAtDirect read through the page cache")
+	}
+	past := piece.Buffer(8192)
+	n, err := fr.ReadAtDirect(past, int64(len(data)-1234))
+	require.Equal(t, 1234, n)
+	require.ErrorIs(t, err, io.EOF)
+	require.True(t, bytes.Equal(data[len(data)-1234:], past[:1234]))
+
+	// A file renamed over the blob's path after the reader opened it.
+	ra2, err := s.ReaderAt(ctx, d)
+	require.NoError(t, err)
+	defer ra2.Close()
+	other := randomBytes(t, len(data))
+	tmp := s.blobPath(d) + ".other"
+	require.NoError(t, os.WriteFile(tmp, other, 0o600))
+	require.NoError(t, os.Rename(tmp, s.blobPath(d)))
+	got := piece.Buffer(1 << 20)
+	n, err = ra2.(*fileReader).ReadAtDirect(got, 0)
+	require.NoError(t, err)
+	require.Equal(t, 1<<20, n)
+	require.True(t, bytes.Equal(data[:1<<20], got), "the file opened is read, not the one now at its path")
 }

@@ -55,13 +55,21 @@ func WithLogger(l *zap.Logger) Option {
 // allows it (see direct.go): writes of aligned buffers (piece.Buffer) at
 // aligned offsets, and every read of an ingest or a committed blob (a blob
 // is verified, when it must be, through the page cache).
-func WithDirectIO() Option { return func(s *Store) { s.directIO = true } }
+func WithDirectIO() Option { return func(s *Store) { s.directIO, s.directReads = true, true } }
+
+// WithDirectWrites makes ingests write around the page cache as
+// WithDirectIO does, while reads go through it: for a store whose newest
+// content is read by many readers at once (the supernode's CDN), which the
+// page cache serves from memory after one read from the disk. A reader that
+// reads a piece once and keeps it uses ReadAtDirect.
+func WithDirectWrites() Option { return func(s *Store) { s.directIO = true } }
 
 // Store is a content.Store on a local filesystem.
 type Store struct {
 	root     string
 	log      *zap.Logger
-	directIO bool
+	directIO    bool // ingests write with O_DIRECT
+	directReads bool // and reads of ingests and blobs go around the page cache
 
 	mu     sync.Mutex
 	active map[string]*writer // refs held by an open writer
@@ -235,7 +243,7 @@ func (s *Store) ReaderAt(ctx context.Context, dgst digest.Digest) (content.Reade
 	if err := os.Chtimes(p, time.Now(), fi.ModTime()); err != nil {
 		s.log.Debug("touch content", zap.Stringer("digest", dgst), zap.Error(err))
 	}
-	if s.directIO {
+	if s.directReads {
 		if df, err := openDirect(p, os.O_RDONLY); err == nil {
 			_ = f.Close()
 			return &directReader{file: df, size: fi.Size()}, nil
@@ -263,9 +271,47 @@ func (r *directReader) Close() error { return r.file.Close() }
 type fileReader struct {
 	*os.File
 	size int64
+
+	directOnce sync.Once
+	direct     *os.File // the same file opened with O_DIRECT, nil when unavailable
 }
 
 func (r *fileReader) Size() int64 { return r.size }
+
+// ReadAtDirect reads like ReadAt, around the page cache where the
+// filesystem allows it: for a caller that reads a piece once and keeps its
+// bytes itself (the CDN hashing a piece and sending those same bytes), so
+// that a blob written around the page cache is not read into it. It reads
+// the file ReadAt reads, never one renamed over its path since; where direct
+// I/O is unavailable it is ReadAt.
+func (r *fileReader) ReadAtDirect(p []byte, off int64) (int, error) {
+	r.directOnce.Do(func() {
+		df, err := openDirect(r.Name(), os.O_RDONLY)
+		if err != nil {
+			return
+		}
+		a, aerr := r.Stat()
+		b, berr := df.Stat()
+		if aerr != nil || berr != nil || !os.SameFile(a, b) {
+			_ = df.Close()
+			return
+		}
+		r.direct = df
+	})
+	if r.direct == nil {
+		return r.ReadAt(p, off)
+	}
+	return directReadAt(r.direct, p, off)
+}
+
+// Close closes the file and its direct descriptor.
+func (r *fileReader) Close() error {
+	r.directOnce.Do(func() {}) // no direct descriptor opens after Close
+	if r.direct != nil {
+		_ = r.direct.Close()
+	}
+	return r.File.Close()
+}
 
 // Usage returns the total size in bytes of the committed blobs.
 func (s *Store) Usage(ctx context.Context) (int64, error) {

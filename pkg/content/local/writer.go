@@ -296,7 +296,7 @@ func (w *writer) ReadAt(p []byte, off int64) (int, error) {
 // readAt reads the ingest file, around the page cache when the writer
 // writes around it.
 func (w *writer) readAt(p []byte, off int64) (int, error) {
-	if df := w.direct.Load(); df != nil {
+	if df := w.direct.Load(); df != nil && w.store.directReads {
 		return directReadAt(df, p, off)
 	}
 	return w.file.ReadAt(p, off)

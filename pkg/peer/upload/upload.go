@@ -78,11 +78,12 @@ type FileTask interface {
 	Task
 	// FileRange checks bytes [off, off+n) of a verified range as ReadAt
 	// would before handing any of them out, and returns a reader of exactly
-	// those bytes that reads a file: an *io.LimitedReader of n bytes over
-	// a file positioned at off, for sendfile to take. The server reads it
-	// to the end or drops it before it calls FileRange again, and never
-	// calls it concurrently. It returns a nil reader and no error when the
-	// range is not to be read from a file.
+	// those bytes: an *io.LimitedReader of n bytes over a file positioned
+	// at off, for sendfile to take, or a reader of bytes the task holds in
+	// memory (a piece it has just read and checked). The server reads it
+	// to the end or drops it before it calls FileRange again or closes the
+	// task, and never calls it concurrently. It returns a nil reader and no
+	// error when the range is not to be read this way.
 	FileRange(off, n int64) (io.Reader, error)
 }
 
