@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"os"
 	mrand "math/rand/v2"
+	"os"
 	"testing"
 
 	digest "github.com/opencontainers/go-digest"

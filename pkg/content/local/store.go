@@ -66,8 +66,8 @@ func WithDirectWrites() Option { return func(s *Store) { s.directIO = true } }
 
 // Store is a content.Store on a local filesystem.
 type Store struct {
-	root     string
-	log      *zap.Logger
+	root        string
+	log         *zap.Logger
 	directIO    bool // ingests write with O_DIRECT
 	directReads bool // and reads of ingests and blobs go around the page cache
 
