@@ -58,10 +58,44 @@ func newClient(t *testing.T, cfg bt.Config, p *policy) *bt.Client {
 		p = &policy{}
 	}
 	hc := &http.Client{Transport: &http.Transport{DialContext: p.dial}}
-	c, err := bt.New(cfg, bt.Options{Dial: p.dial, HTTPClient: hc, Logger: zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))})
+	log := &endingLog{TestingT: t}
+	t.Cleanup(log.end) // after Close below: cleanups run last first
+	c, err := bt.New(cfg, bt.Options{Dial: p.dial, HTTPClient: hc, Logger: zaptest.NewLogger(log, zaptest.Level(zap.InfoLevel))})
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, c.Close()) })
 	return c
+}
+
+// endingLog writes a client's log to its test until the test's cleanups
+// have closed the client: the torrent library still logs from goroutines
+// Close does not wait for (a tracker's "stopped" announce), and nothing may
+// write to a test that has ended (the race detector flags it).
+type endingLog struct {
+	zaptest.TestingT
+	mu    sync.RWMutex
+	ended bool
+}
+
+func (l *endingLog) end() {
+	l.mu.Lock()
+	l.ended = true
+	l.mu.Unlock()
+}
+
+func (l *endingLog) Logf(format string, args ...any) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if !l.ended {
+		l.TestingT.Logf(format, args...)
+	}
+}
+
+func (l *endingLog) Errorf(format string, args ...any) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if !l.ended {
+		l.TestingT.Errorf(format, args...)
+	}
 }
 
 // memSink collects a file's verified bytes and checks the Sink contract:
