@@ -1,10 +1,13 @@
 package cdn
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 
@@ -12,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/damselfly/damselfly/pkg/clusterauth"
+	"github.com/damselfly/damselfly/pkg/content/local"
 	"github.com/damselfly/damselfly/pkg/peer/upload"
 	"github.com/damselfly/damselfly/pkg/piece"
 	"github.com/damselfly/damselfly/pkg/schedapi"
@@ -143,4 +147,71 @@ func servedTask(t *testing.T, c *CDN, body []byte) (digest.Digest, taskid.ID, cl
 	srv := httptest.NewServer(upload.New(c, keys).Handler())
 	t.Cleanup(srv.Close)
 	return d, id, keys, srv
+}
+
+// The stream keeps its last two published pieces in the buffers they were
+// read into, and uploads of them are served from there: a reader behind
+// the read (a follower of the arrival, a peer assigned a piece just
+// published) does not go to the ingest file, which the CDN writes around
+// the page cache. Older pieces come from the file.
+func TestRecentPiecesServedFromMemory(t *testing.T) {
+	t.Parallel()
+	ps := int(piece.DefaultSize)
+	body := blob(43, 4*ps+10)
+	release := make(chan struct{})
+	o := newOrigin(t, &origin{body: body, holdAt: 3*ps + 100, holdBody: release})
+	root := t.TempDir()
+	store, err := local.New(filepath.Join(root, "content"), local.WithDirectWrites())
+	require.NoError(t, err)
+	f := newFixture(t, o, store, filepath.Join(root, "cdn"))
+	d := digest.FromBytes(body)
+	id, err := taskid.ForDigest(d)
+	require.NoError(t, err)
+	_, err = f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: o.url("/blob")})
+	require.NoError(t, err)
+	_, ok := f.sched.waitFor(id, wait, func(t fakeTask) bool { return len(t.pieces) == 3 })
+	require.True(t, ok, "pieces 0-2 published, piece 3 arriving")
+
+	tk, err := f.cdn.Open(t.Context(), id)
+	require.NoError(t, err)
+	defer tk.Close()
+	h := tk.(*handle)
+	require.NotNil(t, h.f, "the fetch in progress")
+	h.f.mu.RLock()
+	var kept []int64
+	for _, r := range h.f.recent {
+		kept = append(kept, r.off)
+	}
+	h.f.mu.RUnlock()
+	require.Equal(t, []int64{int64(ps), 2 * int64(ps)}, kept, "the last two published pieces")
+
+	// Zero pieces 0 and 1 in the ingest file: piece 1 is still served
+	// whole (from memory), piece 0 as the file now has it.
+	ingests, err := filepath.Glob(filepath.Join(root, "content", "ingest", "*", "data"))
+	require.NoError(t, err)
+	require.Len(t, ingests, 1)
+	file, err := os.OpenFile(ingests[0], os.O_WRONLY, 0)
+	require.NoError(t, err)
+	_, err = file.WriteAt(make([]byte, 2*ps), 0)
+	require.NoError(t, err)
+	require.NoError(t, file.Close())
+	got := make([]byte, ps)
+	n, err := h.ReadAt(got, int64(ps))
+	require.NoError(t, err)
+	require.Equal(t, ps, n)
+	require.True(t, bytes.Equal(body[ps:2*ps], got), "piece 1 from memory")
+	_, err = h.ReadAt(got[:100], 0)
+	require.NoError(t, err)
+	require.Equal(t, make([]byte, 100), got[:100], "piece 0 from the file")
+	// A read across a kept piece's end continues in the file.
+	across := make([]byte, 200)
+	n, err = h.ReadAt(across, 3*int64(ps)-100)
+	require.Equal(t, 100, n)
+	require.True(t, bytes.Equal(body[3*ps-100:3*ps], across[:100]))
+	require.ErrorIs(t, err, io.EOF, "piece 3 is not stored yet: the file ends there")
+	close(release)
+	f.settle(t, id)
+	h.f.mu.RLock()
+	defer h.f.mu.RUnlock()
+	require.Empty(t, h.f.recent, "a finished fetch keeps no piece")
 }

@@ -205,7 +205,10 @@ func TestSlowOnlySourceIsKept(t *testing.T) {
 	t.Parallel()
 	body := blob(22, 200<<10)
 	// About 200 KiB/s, under the minimum rate: with no other candidate
-	// the fetch goes on with it.
+	// the fetch goes on with it. The window is long enough (three of it
+	// in the second the body takes) that a loaded machine pausing the
+	// source's writes does not make it look stalled (it was 100 ms, and
+	// the source was asked twice in a loaded run of the package).
 	slow := newSourceServer(t, func(s *sourceServer, w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 		for off := 0; off < len(body); off += 10 << 10 {
@@ -214,7 +217,7 @@ func TestSlowOnlySourceIsKept(t *testing.T) {
 			w.(http.Flusher).Flush()
 		}
 	})
-	f := newSourceFixture(t, Config{MinSourceRate: ratelimit.Rate(1 << 20), MinSourceRateWindow: 100 * time.Millisecond}, nil)
+	f := newSourceFixture(t, Config{MinSourceRate: ratelimit.Rate(1 << 20), MinSourceRateWindow: 300 * time.Millisecond}, nil)
 	d := digest.FromBytes(body)
 	id, err := taskid.ForDigest(d)
 	require.NoError(t, err)

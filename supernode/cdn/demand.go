@@ -412,7 +412,7 @@ func (c *CDN) fetchRun(f *fetch, first, count int) {
 			return
 		}
 		f.read.Add(plen)
-		if err := c.storePiece(ctx, f, w, n, int64(n)*pieceSize, p, cand); err != nil {
+		if err := c.storePiece(ctx, f, w, n, int64(n)*pieceSize, p, cand, nil); err != nil {
 			if errors.Is(err, errPublish) {
 				f.pmu.Lock()
 				f.prog.fatal = err
@@ -466,8 +466,12 @@ var errPublish = errors.New("publish piece")
 // storePiece writes piece n of f (claimed by the caller) into the ingest,
 // records it stored from cand and publishes it: readable locally before any
 // peer is told. A full disk is made room on once. A piece that could not be
-// written stays claimed: the caller releases it.
-func (c *CDN) storePiece(ctx context.Context, f *fetch, w content.Writer, n int, off int64, p []byte, cand *candidate) error {
+// written stays claimed: the caller releases it. With keep set, storePiece
+// owns p's buffer: a stored piece is kept in memory (fetch.recent) from the
+// moment it is readable, and keep gives the buffer back when it leaves;
+// one not stored ends its arrival and gives it back before storePiece
+// returns.
+func (c *CDN) storePiece(ctx context.Context, f *fetch, w content.Writer, n int, off int64, p []byte, cand *candidate, keep func()) error {
 	pdc := make(chan digest.Digest, 1)
 	go func() { pdc <- piece.Digest(p) }()
 	_, werr := w.WriteAt(p, off)
@@ -480,12 +484,19 @@ func (c *CDN) storePiece(ctx context.Context, f *fetch, w content.Writer, n int,
 	}
 	pd := <-pdc
 	if werr != nil {
+		if keep != nil {
+			f.endArrival(n, "")
+			keep()
+		}
 		return fmt.Errorf("store piece %d: %w", n, werr)
 	}
 	f.pmu.Lock()
 	f.prog.store(n, pd, int64(len(p)), cand)
 	f.pmu.Unlock()
 	f.mu.Lock()
+	if keep != nil {
+		f.keepLocked(off, p, keep)
+	}
 	f.published.Add(n)
 	f.mu.Unlock()
 	if err := c.sched.PublishPiece(ctx, f.taskID, n, pd); err != nil {

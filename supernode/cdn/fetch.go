@@ -69,6 +69,61 @@ type fetch struct {
 	// arrivals are the pieces the stream is reading and has not yet
 	// published (arrival.go), at most two; guarded by pmu.
 	arrivals []*arrival
+	// recent are the stream's last published pieces, kept in the buffers
+	// they were read into (at most keepRecent, oldest first), so that the
+	// uploads reading a piece just after it is published (followers of
+	// its arrival behind the read, peers it was assigned to) are served
+	// from memory, not from the disk the ingest is written to around the
+	// page cache; guarded by mu.
+	recent []recentPiece
+}
+
+// keepRecent is how many published pieces a fetch's stream keeps in
+// memory (fetch.recent), for pieces of at most maxRecentPiece bytes: two
+// more read buffers for each fetch.
+const (
+	keepRecent     = 2
+	maxRecentPiece = 16 << 20
+)
+
+// recentPiece is a published piece at off, held in its read buffer until
+// release gives the buffer back to the stream's reader.
+type recentPiece struct {
+	off     int64
+	p       []byte
+	release func()
+}
+
+// keepLocked keeps the published piece p at off in memory; the oldest
+// beyond keepRecent goes back to the reader. f.mu is held.
+func (f *fetch) keepLocked(off int64, p []byte, release func()) {
+	f.recent = append(f.recent, recentPiece{off: off, p: p, release: release})
+	if len(f.recent) > keepRecent {
+		f.recent[0].release()
+		f.recent = append(f.recent[:0], f.recent[1:]...)
+	}
+}
+
+// readRecentLocked copies into p the bytes from off of the kept piece
+// holding off, up to that piece's end; 0 when no kept piece holds off.
+// f.mu is held, at least for reading.
+func (f *fetch) readRecentLocked(p []byte, off int64) int {
+	for _, r := range f.recent {
+		if off >= r.off && off < r.off+int64(len(r.p)) {
+			return copy(p, r.p[off-r.off:])
+		}
+	}
+	return 0
+}
+
+// dropRecent gives every kept piece's buffer back.
+func (f *fetch) dropRecent() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, r := range f.recent {
+		r.release()
+	}
+	f.recent = nil
 }
 
 // release drops one reference.
@@ -221,6 +276,7 @@ func (c *CDN) finish(f *fetch) {
 	}
 	c.sourceBytes[f.taskID] = f.read.Load()
 	c.mu.Unlock()
+	f.dropRecent()
 	f.release()
 	close(f.done)
 }
@@ -235,7 +291,8 @@ type sourceChunk struct {
 
 // readPieces reads r into pieceSize chunks on its own goroutine, one chunk
 // ahead of the consumer: two buffers, one being filled while the other is
-// stored. The chunks are pieces first, first+1, ...; as soon as piece n-1
+// stored, and kept more for the consumer to hold on to (fetch.recent);
+// they are allocated as the reading needs them. The chunks are pieces first, first+1, ...; as soon as piece n-1
 // is read, before waiting for a buffer to read piece n into, it asks
 // take(n). When take says no (the piece is stored or being fetched
 // elsewhere: reading it would be a waste) it calls stop at once, so that
@@ -247,12 +304,30 @@ type sourceChunk struct {
 // once: with follow set, it is told when the reading of piece n into buf
 // starts, and the function it returns how much of buf is filled after each
 // read, so that the piece can be served while it arrives (arrival.go).
-func readPieces(ctx context.Context, r io.Reader, pieceSize int64, first int, take func(n int) bool, stop func(), follow func(n int, buf []byte) func(k int)) <-chan sourceChunk {
+func readPieces(ctx context.Context, r io.Reader, pieceSize int64, first, kept int, take func(n int) bool, stop func(), follow func(n int, buf []byte) func(k int)) <-chan sourceChunk {
 	out := make(chan sourceChunk)
-	free := make(chan []byte, 2)
-	// Aligned: a store writing around the page cache writes them as they are.
-	free <- piece.Buffer(int(pieceSize))
-	free <- piece.Buffer(int(pieceSize))
+	// Every buffer fits in free: a release never blocks.
+	free := make(chan []byte, 2+kept)
+	allocated := 0
+	get := func() []byte {
+		select {
+		case buf := <-free:
+			return buf
+		default:
+		}
+		if allocated < cap(free) {
+			allocated++
+			// Aligned: a store writing around the page cache writes it
+			// as it is.
+			return piece.Buffer(int(pieceSize))
+		}
+		select {
+		case buf := <-free:
+			return buf
+		case <-ctx.Done():
+			return nil
+		}
+	}
 	go func() {
 		defer close(out)
 		next := take(first)
@@ -260,10 +335,8 @@ func readPieces(ctx context.Context, r io.Reader, pieceSize int64, first int, ta
 			stop()
 		}
 		for n := first; ; n++ {
-			var buf []byte
-			select {
-			case buf = <-free:
-			case <-ctx.Done():
+			buf := get()
+			if buf == nil {
 				return
 			}
 			var k int
@@ -604,7 +677,11 @@ func (c *CDN) copyFrom(ctx context.Context, f *fetch, src sourceBody, w content.
 	if size >= 0 {
 		follow = func(n int, buf []byte) func(k int) { return c.follow(ctx, f, n, buf, size, pieceSize) }
 	}
-	chunks := readPieces(rctx, r, pieceSize, first, take, func() {
+	kept := 0
+	if pieceSize <= maxRecentPiece {
+		kept = keepRecent
+	}
+	chunks := readPieces(rctx, r, pieceSize, first, kept, take, func() {
 		src.cancel()
 		body.Close()
 	}, follow)
@@ -699,8 +776,16 @@ func (c *CDN) copyFrom(ctx context.Context, f *fetch, src sourceBody, w content.
 			f.read.Add(int64(len(p)))
 			rel()
 		default:
-			err := c.streamPiece(ctx, f, w, n, pos, p, size, bytes, src.cand)
-			rel()
+			// A stored piece's buffer is kept (kept > 0) or given back by
+			// streamPiece.
+			var keep func()
+			if kept > 0 {
+				keep = ch.release
+			}
+			err := c.streamPiece(ctx, f, w, n, pos, p, size, bytes, src.cand, keep)
+			if keep == nil {
+				rel()
+			}
 			if err != nil {
 				return err
 			}
@@ -727,8 +812,10 @@ func (c *CDN) copyFrom(ctx context.Context, f *fetch, src sourceBody, w content.
 
 // streamPiece stores piece n (at off), claimed by the stream, and
 // publishes it; bytes is what was stored before. A piece not stored is
-// released.
-func (c *CDN) streamPiece(ctx context.Context, f *fetch, w content.Writer, n int, off int64, p []byte, size, bytes int64, cand *candidate) error {
+// released. With keep set, f keeps p in memory once it is stored
+// (storePiece), and keep gives p's buffer back when f lets go of it; a
+// piece not stored ends its arrival and gives its buffer back at once.
+func (c *CDN) streamPiece(ctx context.Context, f *fetch, w content.Writer, n int, off int64, p []byte, size, bytes int64, cand *candidate, keep func()) error {
 	err := func() error {
 		if size < 0 && bytes+int64(len(p)) > int64(c.cfg.MaxSourceSize) {
 			return fmt.Errorf("source sends more than cdn.maxSourceSize (%s)", c.cfg.MaxSourceSize)
@@ -737,7 +824,10 @@ func (c *CDN) streamPiece(ctx context.Context, f *fetch, w content.Writer, n int
 	}()
 	if err == nil {
 		f.read.Add(int64(len(p)))
-		err = c.storePiece(ctx, f, w, n, off, p, cand)
+		err = c.storePiece(ctx, f, w, n, off, p, cand, keep)
+	} else if keep != nil {
+		f.endArrival(n, "")
+		keep()
 	}
 	if err != nil {
 		f.pmu.Lock()

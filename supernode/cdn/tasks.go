@@ -140,13 +140,21 @@ func (h *handle) ReadAt(p []byte, off int64) (int, error) {
 	f := h.f
 	f.mu.RLock()
 	defer f.mu.RUnlock()
+	k := f.readRecentLocked(p, off)
+	if k == len(p) {
+		return k, nil
+	}
+	var n int
+	var err error
 	switch {
 	case f.w != nil:
-		return f.w.ReadAt(p, off)
+		n, err = f.w.ReadAt(p[k:], off+int64(k))
 	case f.blob != nil:
-		return f.blob.ReadAt(p, off)
+		n, err = f.blob.ReadAt(p[k:], off+int64(k))
+	default:
+		return k, errGone
 	}
-	return 0, errGone
+	return k + n, err
 }
 
 // sendableFile is a committed blob's reader that reads a file sendfile(2)
