@@ -31,9 +31,13 @@ import (
 // once, writes it with O_DIRECT and sends it to the hashing client. A relay
 // asked again serves its finished file with sendfile and no hashing at all,
 // from the page cache (the bench reads the file into it first, as the CDN's
-// own copy is there): the least a held copy can cost. There is no scheduler, no piece protocol,
-// no metadata and no bound on anything: the relays are a yardstick, not a
-// design.
+// own copy is there): the least a held copy can cost. Asked with ?check=1, it
+// instead hashes each piece of the file against the digest it computed
+// while relaying before sending it (read from the page cache, sent from the
+// buffer it was hashed in): the least a held copy costs under the CDN's
+// check on serve (docs/ARCHITECTURE.md). There is no scheduler, no piece
+// protocol, no metadata and no bound on anything: the relays are a
+// yardstick, not a design.
 
 // relayPieceSize is the relays' piece size, the size Damselfly's pieces of a
 // large blob have.
@@ -68,15 +72,23 @@ type relay struct {
 	want     digest.Digest
 	path     string
 
-	mu   sync.Mutex
-	done bool // the file holds the whole blob
+	mu     sync.Mutex
+	done   bool            // the file holds the whole blob
+	pieces []digest.Digest // of the file's pieces, once done
 }
 
 func (r *relay) serve(w http.ResponseWriter, req *http.Request) {
 	r.mu.Lock()
 	defer r.mu.Unlock() // one pull at a time: a yardstick
 	if r.done {
-		http.ServeFile(w, req, r.path) // sendfile from the kept copy
+		if req.URL.Query().Get("check") == "" {
+			http.ServeFile(w, req, r.path) // sendfile from the kept copy
+			return
+		}
+		if err := r.serveChecked(w); err != nil {
+			fmt.Fprintf(os.Stderr, "relay: %v\n", err)
+			panic(http.ErrAbortHandler)
+		}
 		return
 	}
 	if err := r.relay(req.Context(), w); err != nil {
@@ -137,12 +149,13 @@ func (r *relay) relay(ctx context.Context, w http.ResponseWriter) error {
 	}()
 	content := sha256.New()
 	hashed := make(chan chunk, 1)
+	var pieces []digest.Digest
 	go func() {
 		defer close(hashed)
 		for c := range read {
 			if c.err == nil {
 				var wg sync.WaitGroup
-				wg.Go(func() { _ = piece.Digest(c.p) })
+				wg.Go(func() { pieces = append(pieces, piece.Digest(c.p)) })
 				if r.whole {
 					wg.Go(func() { content.Write(c.p) })
 				}
@@ -192,7 +205,37 @@ func (r *relay) relay(ctx context.Context, w http.ResponseWriter) error {
 			return fmt.Errorf("content %s, want %s", got, r.want)
 		}
 	}
+	r.pieces = pieces // the hashing stage has ended: hashed is drained
 	return buffered.Sync()
+}
+
+// serveChecked sends the kept file piece by piece, each read into a buffer
+// and hashed against its digest before any of its bytes is sent.
+func (r *relay) serveChecked(w http.ResponseWriter) error {
+	f, err := os.Open(r.path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Length", strconv.FormatInt(fi.Size(), 10))
+	buf := piece.Buffer(relayPieceSize)
+	for i, want := range r.pieces {
+		n, err := f.ReadAt(buf, int64(i)*relayPieceSize)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return err
+		}
+		if got := piece.Digest(buf[:n]); got != want {
+			return fmt.Errorf("piece %d: %s, want %s", i, got, want)
+		}
+		if _, err := w.Write(buf[:n]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // openRelayFile opens path for direct writes and for buffered ones; where
@@ -216,8 +259,8 @@ func openRelayFile(path string) (direct, buffered *os.File, err error) {
 // and a pull through a third relay from the first one's kept copy, with the
 // relays' CPU time.
 type floorResult struct {
-	cold, held       time.Duration
-	coldCPU, heldCPU [2]time.Duration
+	cold, held, checked          time.Duration
+	coldCPU, heldCPU, checkedCPU [2]time.Duration
 }
 
 // floorRound runs the relays under dir for one round.
@@ -239,8 +282,8 @@ func floorRound(ctx context.Context, dir, blobURL string, layer digest.Digest) (
 		return res, err
 	}
 	defer cdn.stop()
-	pull := func(label string) (time.Duration, [2]time.Duration, error) {
-		node, nodeURL, err := start("relay-node", cdnURL, 1)
+	pull := func(label, query string) (time.Duration, [2]time.Duration, error) {
+		node, nodeURL, err := start("relay-node", cdnURL+query, 1)
 		if err != nil {
 			return 0, [2]time.Duration{}, err
 		}
@@ -258,16 +301,20 @@ func floorRound(ctx context.Context, dir, blobURL string, layer digest.Digest) (
 		cpu[1] -= cpu0[1]
 		return took, cpu, err
 	}
-	if res.cold, res.coldCPU, err = pull("floor, cold"); err != nil {
+	if res.cold, res.coldCPU, err = pull("floor, cold", ""); err != nil {
 		return res, err
 	}
-	// The CDN's copy is in the page cache when the second dfdaemon pulls it
-	// (the CDN writes through it); the relay's, written around it, is read
-	// into it first, outside the measure.
+	// The relay's copy, written around the page cache, is read into it
+	// first, outside the measure: the held-copy floors start from memory,
+	// the least a held copy can cost (Damselfly's CDN, which writes around
+	// the page cache too, reads its copy from the disk).
 	if err := readAll(filepath.Join(dir, "relay-cdn", "blob")); err != nil {
 		return res, err
 	}
-	res.held, res.heldCPU, err = pull("floor, held copy")
+	if res.held, res.heldCPU, err = pull("floor, held copy", ""); err != nil {
+		return res, err
+	}
+	res.checked, res.checkedCPU, err = pull("floor, held, checked", "?check=1")
 	return res, err
 }
 

@@ -57,6 +57,18 @@ func TestRelay(t *testing.T) {
 	kept, err := os.ReadFile(filepath.Join(dir, "cdn"))
 	require.NoError(t, err)
 	require.Equal(t, body, kept)
+	require.Len(t, cdn.pieces, 3, "the piece digests, recorded as relayed")
+
+	// The kept copy checked piece by piece: whole while it is intact; a
+	// changed byte cuts the response before that piece.
+	got, err := get(cdnSrv.URL + "?check=1")
+	require.NoError(t, err)
+	require.Equal(t, body, got)
+	kept[relayPieceSize+7] ^= 1
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "cdn"), kept, 0o644))
+	got, err = get(cdnSrv.URL + "?check=1")
+	require.Error(t, err, "the response is cut")
+	require.Len(t, got, relayPieceSize, "only the intact first piece is sent")
 
 	liar := &relay{upstream: up.URL + "/blobs/" + digest.FromString("other").String(), whole: true,
 		want: digest.FromString("other"), path: filepath.Join(dir, "liar")}

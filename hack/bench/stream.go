@@ -47,7 +47,7 @@ func runStream(ctx context.Context, o options, work string) error {
 		layer, o.sizeMiB, o.rounds)
 
 	blobURL := reg.URL.String() + "/v2/" + streamRepo + "/blobs/" + layer.String()
-	var direct, cold, warm, second, coldRSS, warmRSS, secondRSS, snRSS, floorCold, floorHeld []float64
+	var direct, cold, warm, second, coldRSS, warmRSS, secondRSS, snRSS, floorCold, floorHeld, floorChecked []float64
 	for round := range o.rounds {
 		d, err := timedPull(ctx, "direct", blobURL, layer)
 		if err != nil {
@@ -78,9 +78,11 @@ func runStream(ctx context.Context, o options, work string) error {
 		}
 		floorCold = append(floorCold, size/fl.cold.Seconds())
 		floorHeld = append(floorHeld, size/fl.held.Seconds())
-		fmt.Printf("  floor (minimal relays): cold %.0f MiB/s, CPU %.1fs (cdn relay %.1fs, node relay %.1fs) in %.1fs; from the held copy %.0f MiB/s, CPU %.1fs (%.1fs, %.1fs) in %.1fs\n",
+		floorChecked = append(floorChecked, size/fl.checked.Seconds())
+		fmt.Printf("  floor (minimal relays): cold %.0f MiB/s, CPU %.1fs (cdn relay %.1fs, node relay %.1fs) in %.1fs; from the held copy %.0f MiB/s, CPU %.1fs (%.1fs, %.1fs) in %.1fs; checked %.0f MiB/s, CPU %.1fs (%.1fs, %.1fs) in %.1fs\n",
 			floorCold[round]/mib, (fl.coldCPU[0] + fl.coldCPU[1]).Seconds(), fl.coldCPU[0].Seconds(), fl.coldCPU[1].Seconds(), fl.cold.Seconds(),
-			floorHeld[round]/mib, (fl.heldCPU[0] + fl.heldCPU[1]).Seconds(), fl.heldCPU[0].Seconds(), fl.heldCPU[1].Seconds(), fl.held.Seconds())
+			floorHeld[round]/mib, (fl.heldCPU[0] + fl.heldCPU[1]).Seconds(), fl.heldCPU[0].Seconds(), fl.heldCPU[1].Seconds(), fl.held.Seconds(),
+			floorChecked[round]/mib, (fl.checkedCPU[0] + fl.checkedCPU[1]).Seconds(), fl.checkedCPU[0].Seconds(), fl.checkedCPU[1].Seconds(), fl.checked.Seconds())
 	}
 
 	fmt.Println()
@@ -100,9 +102,10 @@ func runStream(ctx context.Context, o options, work string) error {
 	row("2nd dfdaemon, from CDN copy", second, secondRSS)
 	row("floor: minimal relays, cold", floorCold, nil)
 	row("floor: relays, held copy", floorHeld, nil)
+	row("floor: held copy, checked", floorChecked, nil)
 	tw.Flush()
-	fmt.Printf("\nof the floor: dfdaemon cold %.2fx, 2nd dfdaemon from the CDN copy %.2fx\n",
-		median(cold)/median(floorCold), median(second)/median(floorHeld))
+	fmt.Printf("\nof the floor: dfdaemon cold %.2fx, 2nd dfdaemon from the CDN copy %.2fx (%.2fx of the checked floor)\n",
+		median(cold)/median(floorCold), median(second)/median(floorHeld), median(second)/median(floorChecked))
 	fmt.Printf("\nsupernode peak RSS (max over rounds): %.0f MiB\n", slices.Max(snRSS)/mib)
 	fmt.Printf("targets: dfdaemon cold >= 0.9x direct: %s; dfdaemon peak RSS <= 100 MB: %s\n",
 		verdict(median(cold)/median(direct) >= 0.9), verdict(max(slices.Max(warmRSS), slices.Max(secondRSS)) <= 100e6))
