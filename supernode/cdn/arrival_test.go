@@ -214,4 +214,39 @@ func TestRecentPiecesServedFromMemory(t *testing.T) {
 	h.f.mu.RLock()
 	defer h.f.mu.RUnlock()
 	require.Empty(t, h.f.recent, "a finished fetch keeps no piece")
+	require.Zero(t, f.cdn.recentBytes.Load(), "the kept pieces' budget is given back")
+}
+
+// With the CDN-wide budget for kept pieces spent, a fetch keeps none: its
+// published pieces are read from the ingest, whole and right.
+func TestRecentPiecesBudget(t *testing.T) {
+	t.Parallel()
+	ps := int(piece.DefaultSize)
+	body := blob(44, 3*ps+10)
+	release := make(chan struct{})
+	o := newOrigin(t, &origin{body: body, holdAt: 2*ps + 100, holdBody: release})
+	f := newFixture(t, o, nil, "")
+	f.cdn.recentBytes.Store(maxRecentBytes - int64(ps) + 1) // no piece fits
+	d := digest.FromBytes(body)
+	id, err := taskid.ForDigest(d)
+	require.NoError(t, err)
+	_, err = f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: o.url("/blob")})
+	require.NoError(t, err)
+	_, ok := f.sched.waitFor(id, wait, func(t fakeTask) bool { return len(t.pieces) == 2 })
+	require.True(t, ok, "pieces 0-1 published")
+	tk, err := f.cdn.Open(t.Context(), id)
+	require.NoError(t, err)
+	defer tk.Close()
+	h := tk.(*handle)
+	h.f.mu.RLock()
+	require.Empty(t, h.f.recent, "over the budget, nothing is kept")
+	h.f.mu.RUnlock()
+	got := make([]byte, ps)
+	_, err = h.ReadAt(got, int64(ps))
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(body[ps:2*ps], got))
+	close(release)
+	require.Equal(t, schedapi.TaskSucceeded, f.settle(t, id).info.State)
+	require.Equal(t, body, readBlob(t, f.store, d))
+	require.Equal(t, maxRecentBytes-int64(ps)+1, f.cdn.recentBytes.Load())
 }

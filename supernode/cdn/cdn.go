@@ -179,8 +179,10 @@ type CDN struct {
 	reportedAt map[digest.Digest]time.Time
 	uploads    map[digest.Digest]int
 	// held lends uploads the buffers they read a piece into to hash it
-	// and send it from memory (handle.fromMemory).
-	held heldBufs
+	// and send it from memory (handle.fromMemory); recentBytes is the
+	// bytes of published pieces fetches keep in memory (fetch.recent).
+	held        heldBufs
+	recentBytes atomic.Int64
 
 	// checks runs one check of a blob at a time.
 	checks singleflight.Group

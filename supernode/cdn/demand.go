@@ -468,10 +468,20 @@ var errPublish = errors.New("publish piece")
 // peer is told. A full disk is made room on once. A piece that could not be
 // written stays claimed: the caller releases it. With keep set, storePiece
 // owns p's buffer: a stored piece is kept in memory (fetch.recent) from the
-// moment it is readable, and keep gives the buffer back when it leaves;
-// one not stored ends its arrival and gives it back before storePiece
+// moment it is readable, while the CDN-wide budget for kept pieces
+// (maxRecentBytes) allows, and keep gives the buffer back when it leaves;
+// a piece not kept ends its arrival and is given back before storePiece
 // returns.
 func (c *CDN) storePiece(ctx context.Context, f *fetch, w content.Writer, n int, off int64, p []byte, cand *candidate, keep func()) error {
+	kept := false
+	if keep != nil {
+		defer func() {
+			if !kept {
+				f.endArrival(n, "") // a no-op once published
+				keep()
+			}
+		}()
+	}
 	pdc := make(chan digest.Digest, 1)
 	go func() { pdc <- piece.Digest(p) }()
 	_, werr := w.WriteAt(p, off)
@@ -484,18 +494,19 @@ func (c *CDN) storePiece(ctx context.Context, f *fetch, w content.Writer, n int,
 	}
 	pd := <-pdc
 	if werr != nil {
-		if keep != nil {
-			f.endArrival(n, "")
-			keep()
-		}
 		return fmt.Errorf("store piece %d: %w", n, werr)
 	}
 	f.pmu.Lock()
 	f.prog.store(n, pd, int64(len(p)), cand)
 	f.pmu.Unlock()
 	f.mu.Lock()
-	if keep != nil {
-		f.keepLocked(off, p, keep)
+	if keep != nil && c.reserveRecent(int64(cap(p))) {
+		kept = true
+		held := int64(cap(p))
+		f.keepLocked(off, p, func() {
+			c.recentBytes.Add(-held)
+			keep()
+		})
 	}
 	f.published.Add(n)
 	f.mu.Unlock()

@@ -79,12 +79,29 @@ type fetch struct {
 }
 
 // keepRecent is how many published pieces a fetch's stream keeps in
-// memory (fetch.recent), for pieces of at most maxRecentPiece bytes: two
-// more read buffers for each fetch.
+// memory (fetch.recent), for pieces of at most maxRecentPiece bytes: up to
+// two more read buffers for each fetch. All fetches together keep at most
+// maxRecentBytes of pieces; beyond, a published piece's buffer goes back to
+// the reader at once, as it did before pieces were kept.
 const (
 	keepRecent     = 2
 	maxRecentPiece = 16 << 20
+	maxRecentBytes = 64 << 20
 )
+
+// reserveRecent takes n bytes of the budget for kept pieces; false when
+// they do not fit.
+func (c *CDN) reserveRecent(n int64) bool {
+	for {
+		cur := c.recentBytes.Load()
+		if cur+n > maxRecentBytes {
+			return false
+		}
+		if c.recentBytes.CompareAndSwap(cur, cur+n) {
+			return true
+		}
+	}
+}
 
 // recentPiece is a published piece at off, held in its read buffer until
 // release gives the buffer back to the stream's reader.
@@ -826,6 +843,8 @@ func (c *CDN) streamPiece(ctx context.Context, f *fetch, w content.Writer, n int
 		f.read.Add(int64(len(p)))
 		err = c.storePiece(ctx, f, w, n, off, p, cand, keep)
 	} else if keep != nil {
+		// Not stored: the piece stops arriving before its buffer is
+		// read into again.
 		f.endArrival(n, "")
 		keep()
 	}
