@@ -149,6 +149,32 @@ func servedTask(t *testing.T, c *CDN, body []byte) (digest.Digest, taskid.ID, cl
 	return d, id, keys, srv
 }
 
+// heldOrigin serves body, pausing after published pieces and 100 bytes
+// until release is closed.
+func heldOrigin(t *testing.T, body []byte, published int) (o *origin, release chan struct{}) {
+	release = make(chan struct{})
+	return newOrigin(t, &origin{body: body, holdAt: published*int(piece.DefaultSize) + 100, holdBody: release}), release
+}
+
+// fetchHeldAfter starts f's fetch from o (a heldOrigin), waits until the
+// pieces before the pause are published and opens an upload handle on the
+// fetch.
+func fetchHeldAfter(t *testing.T, o *origin, f *fixture, published int) (taskid.ID, *handle) {
+	t.Helper()
+	id, err := taskid.ForDigest(digest.FromBytes(o.body))
+	require.NoError(t, err)
+	_, err = f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: o.url("/blob")})
+	require.NoError(t, err)
+	_, ok := f.sched.waitFor(id, wait, func(t fakeTask) bool { return len(t.pieces) == published })
+	require.True(t, ok, "%d pieces published, the next arriving", published)
+	tk, err := f.cdn.Open(t.Context(), id)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = tk.Close() })
+	h := tk.(*handle)
+	require.NotNil(t, h.f, "the fetch in progress")
+	return id, h
+}
+
 // The stream keeps its last two published pieces in the buffers they were
 // read into, and uploads of them are served from there: a reader behind
 // the read (a follower of the arrival, a peer assigned a piece just
@@ -158,25 +184,12 @@ func TestRecentPiecesServedFromMemory(t *testing.T) {
 	t.Parallel()
 	ps := int(piece.DefaultSize)
 	body := blob(43, 4*ps+10)
-	release := make(chan struct{})
-	o := newOrigin(t, &origin{body: body, holdAt: 3*ps + 100, holdBody: release})
+	o, release := heldOrigin(t, body, 3)
 	root := t.TempDir()
 	store, err := local.New(filepath.Join(root, "content"), local.WithDirectWrites())
 	require.NoError(t, err)
 	f := newFixture(t, o, store, filepath.Join(root, "cdn"))
-	d := digest.FromBytes(body)
-	id, err := taskid.ForDigest(d)
-	require.NoError(t, err)
-	_, err = f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: o.url("/blob")})
-	require.NoError(t, err)
-	_, ok := f.sched.waitFor(id, wait, func(t fakeTask) bool { return len(t.pieces) == 3 })
-	require.True(t, ok, "pieces 0-2 published, piece 3 arriving")
-
-	tk, err := f.cdn.Open(t.Context(), id)
-	require.NoError(t, err)
-	defer tk.Close()
-	h := tk.(*handle)
-	require.NotNil(t, h.f, "the fetch in progress")
+	id, h := fetchHeldAfter(t, o, f, 3)
 	h.f.mu.RLock()
 	var kept []int64
 	for _, r := range h.f.recent {
@@ -223,30 +236,19 @@ func TestRecentPiecesBudget(t *testing.T) {
 	t.Parallel()
 	ps := int(piece.DefaultSize)
 	body := blob(44, 3*ps+10)
-	release := make(chan struct{})
-	o := newOrigin(t, &origin{body: body, holdAt: 2*ps + 100, holdBody: release})
+	o, release := heldOrigin(t, body, 2)
 	f := newFixture(t, o, nil, "")
 	f.cdn.recentBytes.Store(maxRecentBytes - int64(ps) + 1) // no piece fits
-	d := digest.FromBytes(body)
-	id, err := taskid.ForDigest(d)
-	require.NoError(t, err)
-	_, err = f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: o.url("/blob")})
-	require.NoError(t, err)
-	_, ok := f.sched.waitFor(id, wait, func(t fakeTask) bool { return len(t.pieces) == 2 })
-	require.True(t, ok, "pieces 0-1 published")
-	tk, err := f.cdn.Open(t.Context(), id)
-	require.NoError(t, err)
-	defer tk.Close()
-	h := tk.(*handle)
+	id, h := fetchHeldAfter(t, o, f, 2)
 	h.f.mu.RLock()
 	require.Empty(t, h.f.recent, "over the budget, nothing is kept")
 	h.f.mu.RUnlock()
 	got := make([]byte, ps)
-	_, err = h.ReadAt(got, int64(ps))
+	_, err := h.ReadAt(got, int64(ps))
 	require.NoError(t, err)
 	require.True(t, bytes.Equal(body[ps:2*ps], got))
 	close(release)
 	require.Equal(t, schedapi.TaskSucceeded, f.settle(t, id).info.State)
-	require.Equal(t, body, readBlob(t, f.store, d))
+	require.Equal(t, body, readBlob(t, f.store, digest.FromBytes(body)))
 	require.Equal(t, maxRecentBytes-int64(ps)+1, f.cdn.recentBytes.Load())
 }

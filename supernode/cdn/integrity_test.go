@@ -152,6 +152,18 @@ func uploadGet(t *testing.T, c *CDN, id taskid.ID, rng string) served {
 	return served{status: resp.StatusCode, body: b, err: err}
 }
 
+// committedFrom has f's CDN fetch o's body as a digest task and waits until
+// the task succeeded; it returns the task.
+func committedFrom(t *testing.T, f *fixture, o *origin) taskid.ID {
+	t.Helper()
+	id, err := taskid.ForDigest(digest.FromBytes(o.body))
+	require.NoError(t, err)
+	_, err = f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: o.url("/b")})
+	require.NoError(t, err)
+	require.Equal(t, schedapi.TaskSucceeded, f.settle(t, id).info.State)
+	return id
+}
+
 // A byte changed on disk under a running CDN, in a way the file's stamp
 // does not show, is never sent: the upload of the piece fails before its
 // header, the other pieces are still served, the task is dropped and its
@@ -162,12 +174,8 @@ func TestCorruptPieceNeverServed(t *testing.T) {
 	o := newOrigin(t, &origin{body: body})
 	root := t.TempDir()
 	d := digest.FromBytes(body)
-	id, err := taskid.ForDigest(d)
-	require.NoError(t, err)
 	f := newFixture(t, o, newLocal(t, filepath.Join(root, "content")), filepath.Join(root, "cdn"))
-	_, err = f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: o.url("/b")})
-	require.NoError(t, err)
-	require.Equal(t, schedapi.TaskSucceeded, f.settle(t, id).info.State)
+	id := committedFrom(t, f, o)
 
 	flipByte(t, blobFile(root, d), 4<<20+99, true)
 	ok := uploadGet(t, f.cdn, id, fmt.Sprintf("bytes=0-%d", 4<<20-1))
@@ -188,9 +196,7 @@ func TestCorruptPieceNeverServed(t *testing.T) {
 	}, wait, 5*time.Millisecond)
 	f.cdn.bg.Wait()
 
-	_, err = f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: o.url("/b")})
-	require.NoError(t, err)
-	require.Equal(t, schedapi.TaskSucceeded, f.settle(t, id).info.State)
+	committedFrom(t, f, o)
 	require.EqualValues(t, 2, o.gets.Load(), "fetched again once")
 	require.Equal(t, body, uploadGet(t, f.cdn, id, "").body)
 }
@@ -205,15 +211,10 @@ func TestFirstUploadOfPieceFromMemory(t *testing.T) {
 	body := blob(25, 9<<20+5)
 	o := newOrigin(t, &origin{body: body})
 	root := t.TempDir()
-	d := digest.FromBytes(body)
-	id, err := taskid.ForDigest(d)
-	require.NoError(t, err)
 	store, err := local.New(filepath.Join(root, "content"), local.WithDirectWrites())
 	require.NoError(t, err)
 	f := newFixture(t, o, store, filepath.Join(root, "cdn"))
-	_, err = f.cdn.Ensure(t.Context(), Request{TaskID: id, URL: o.url("/b")})
-	require.NoError(t, err)
-	require.Equal(t, schedapi.TaskSucceeded, f.settle(t, id).info.State)
+	id := committedFrom(t, f, o)
 
 	open := func() *handle {
 		tk, err := f.cdn.Open(t.Context(), id)
