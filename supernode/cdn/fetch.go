@@ -308,9 +308,10 @@ type sourceChunk struct {
 
 // readPieces reads r into pieceSize chunks on its own goroutine, one chunk
 // ahead of the consumer: two buffers, one being filled while the other is
-// stored, and kept more for the consumer to hold on to (fetch.recent);
-// they are allocated as the reading needs them. The chunks are pieces first, first+1, ...; as soon as piece n-1
-// is read, before waiting for a buffer to read piece n into, it asks
+// stored, and kept more for the consumer to hold on to (fetch.recent),
+// allocated as the reading needs them. The chunks are pieces first,
+// first+1, ...; as soon as piece n-1 is read, before waiting for a buffer
+// to read piece n into, it asks
 // take(n). When take says no (the piece is stored or being fetched
 // elsewhere: reading it would be a waste) it calls stop at once, so that
 // the source sends as little of it as possible, and ends with a chunk
