@@ -57,7 +57,9 @@ func TestRelay(t *testing.T) {
 	kept, err := os.ReadFile(filepath.Join(dir, "cdn"))
 	require.NoError(t, err)
 	require.Equal(t, body, kept)
+	cdn.mu.Lock()
 	require.Len(t, cdn.pieces, 3, "the piece digests, recorded as relayed")
+	cdn.mu.Unlock()
 
 	// The kept copy checked piece by piece: whole while it is intact; a
 	// changed byte cuts the response before that piece.
@@ -75,5 +77,7 @@ func TestRelay(t *testing.T) {
 	liarSrv := httptest.NewServer(http.HandlerFunc(liar.serve))
 	defer liarSrv.Close()
 	_, _ = get(liarSrv.URL)
+	liar.mu.Lock()
+	defer liar.mu.Unlock()
 	require.False(t, liar.done, "a blob that is not its digest is not kept")
 }
