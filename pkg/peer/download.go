@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
@@ -191,7 +192,7 @@ func (d *Download) Close() error {
 // error instead. After the download finished, the reader reads the committed
 // blob and outlives the Download handle.
 func (d *Download) NewReader(off int64) io.ReadCloser {
-	return &reader{t: d.t, off: off, end: -1, closed: make(chan struct{})}
+	return d.NewRangeReader(off, -1)
 }
 
 // NewRangeReader returns n bytes of the content from off (n < 0: to the
@@ -208,6 +209,8 @@ func (d *Download) NewRangeReader(off, n int64) io.ReadCloser {
 	if n >= 0 {
 		r.end = off + n
 		r.unwant = d.t.want(off, n)
+	} else {
+		r.unwant = d.t.stream(r)
 	}
 	return r
 }
@@ -259,6 +262,9 @@ type reader struct {
 
 	mu   sync.Mutex // guards blob
 	blob content.ReaderAt
+	// pos is off and movedAt when it last moved (unix ns), for the P2P
+	// loop (pace.go).
+	pos, movedAt atomic.Int64
 }
 
 func (r *reader) Read(p []byte) (int, error) {
@@ -310,6 +316,7 @@ func (r *reader) Read(p []byte) (int, error) {
 				continue
 			}
 			r.off += int64(m)
+			r.moved()
 			if m > 0 {
 				return m, nil
 			}

@@ -208,6 +208,9 @@ type fakeSched struct {
 	// down is how many more requests get their connection closed without
 	// an answer, as a supernode that dies would do.
 	down atomic.Int32
+	// succeeded: the task is succeeded from the start (the CDN holds the
+	// whole content), not running; set before the first request.
+	succeeded bool
 
 	srv *httptest.Server
 
@@ -345,9 +348,13 @@ func (f *fakeSched) kill() {
 }
 
 func (f *fakeSched) info() schedapi.TaskInfo {
+	state := schedapi.TaskRunning
+	if f.succeeded {
+		state = schedapi.TaskSucceeded // the CDN holds it all
+	}
 	info := schedapi.TaskInfo{
 		TaskID:     f.taskID.String(),
-		State:      schedapi.TaskRunning,
+		State:      state,
 		Size:       int64(len(f.data)),
 		PieceSize:  testPieceSize,
 		PieceCount: len(f.pieces),

@@ -14,14 +14,16 @@ import (
 // reading the blob in order, peers fetching the newest pieces) are served
 // from memory: with a store that writes around the page cache (direct I/O)
 // a byte is then copied from the socket once and never read back from disk.
-// It holds at most max bytes of pieces, least recently stored or read first out;
-// an evicted buffer goes back to the engine's pool. Only verified pieces
+// It holds at most max bytes of pieces, the first stored first out (a read
+// does not keep a piece longer: the stream that read it is past it, and the
+// pieces it has not read yet are the ones to keep, see pace.go); an
+// evicted buffer goes back to the engine's pool. Only verified pieces
 // enter it, and a task's pieces leave it when its ingest is dropped.
 type pieceCache struct {
 	mu    sync.Mutex
 	max   int64     // bytes
 	bytes int64     // of the cached buffers
-	lru   list.List // of *cachedPiece, most recent at the front
+	lru   list.List // of *cachedPiece, the latest stored at the front
 	byKey map[cacheKey]*list.Element
 	pool  *bufPool
 }
@@ -84,7 +86,6 @@ func (c *pieceCache) readAt(t *task, ps int64, p []byte, off int64) int {
 	if rel < 0 || rel >= int64(cp.n) {
 		return 0
 	}
-	c.lru.MoveToFront(e)
 	return copy(p, (*cp.buf)[rel:cp.n])
 }
 

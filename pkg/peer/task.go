@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
@@ -72,6 +73,10 @@ type task struct {
 	wants   map[*wantRange]struct{}
 	wantSeq uint64
 	wantCh  chan struct{}
+	// streams are the open readers of the whole content (pace.go); paced
+	// says the background fill waits for the slowest of them.
+	streams map[*reader]struct{}
+	paced   atomic.Bool
 
 	cancel  context.CancelFunc
 	runDone chan struct{} // nil when nothing runs
@@ -89,6 +94,7 @@ func newTask(e *Engine, id taskid.ID, req Request) *task {
 		changed:  make(chan struct{}),
 		handles:  make(map[*Download]struct{}),
 		wants:    make(map[*wantRange]struct{}),
+		streams:  make(map[*reader]struct{}),
 		wantCh:   make(chan struct{}, 1),
 		done:     make(chan struct{}),
 		info:     schedapi.TaskInfo{TaskID: id.String(), Size: -1, PieceCount: -1},

@@ -118,6 +118,19 @@ type pollPlan struct {
 func (t *task) planPoll(inflight map[int]bool, bk *bucket, now time.Time) pollPlan {
 	cfg := t.e.cfg
 	wanted, busy := t.wantedPieces(inflight, wantLimit(cfg))
+	paced := false
+	if len(wanted) == 0 && !busy {
+		var next int
+		if next, paced = t.pace(inflight); paced {
+			// No background piece while a whole-content reader lags;
+			// only the piece it waits for, if any.
+			busy = true
+			if next >= 0 {
+				wanted = []int{next}
+			}
+		}
+	}
+	t.paced.Store(paced)
 	bg := max(cfg.Concurrency-len(inflight), 0)
 	var after time.Duration
 	switch {
@@ -145,6 +158,9 @@ func (t *task) planPoll(inflight map[int]bool, bk *bucket, now time.Time) pollPl
 	if limit == 0 {
 		p.idle = len(inflight) == 0 && len(wanted) == 0
 		p.after = after
+		if paced && p.after == 0 {
+			p.after = paceStale // a reader that stops moving stops pacing
+		}
 	}
 	return p
 }

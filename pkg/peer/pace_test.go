@@ -1,0 +1,75 @@
+package peer
+
+import (
+	"io"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/damselfly/damselfly/pkg/schedapi"
+)
+
+// A reader of the whole content that lags a download the supernode's CDN
+// holds in full paces it: the download stops once the pieces from the
+// reader on fill the piece cache but for one, resumes as the reader reads,
+// and the reader gets every byte. While the task is still running at the
+// supernode (its CDN may not have the pieces yet), or with no reader, the
+// download runs ahead as before.
+func TestLaggingReaderPacesDownload(t *testing.T) {
+	t.Parallel()
+	const pieces = 24
+	data := randomData(t, pieces*testPieceSize+10)
+	setup := func(t *testing.T, succeeded bool) (*Engine, *Download) {
+		h := newHolder(t, "good", data, good)
+		f := newFakeSched(t, data, func(int, int) (schedapi.Peer, bool) { return h.peer, false })
+		f.succeeded = succeeded
+		e := newTestEngine(t, f.addr, engineSetup{cfg: Config{Concurrency: 2}})
+		e.pcache.max = 4 * testPieceSize // the download may run 3 pieces ahead
+		d, err := e.Download(t.Context(), Request{URL: "http://origin.test/file"})
+		require.NoError(t, err)
+		t.Cleanup(func() { d.Close() })
+		return e, d
+	}
+
+	t.Run("paced", func(t *testing.T) {
+		t.Parallel()
+		_, d := setup(t, true)
+		r := d.NewReader(0)
+		defer r.Close()
+		require.Eventually(t, func() bool { return d.Progress().Completed >= 3*testPieceSize }, 5*time.Second, 5*time.Millisecond)
+		time.Sleep(300 * time.Millisecond) // time to run further ahead, were it not paced
+		// Three pieces, and what the two fetches in flight when the third
+		// was asked for bring.
+		require.LessOrEqual(t, d.Progress().Completed, int64(5*testPieceSize), "the download waits for the reader")
+		got, err := io.ReadAll(&slowReader{r: r, step: testPieceSize / 2, pause: time.Millisecond})
+		require.NoError(t, err)
+		require.Equal(t, data, got)
+		require.Equal(t, int64(len(data)), d.Progress().Completed)
+	})
+	t.Run("running at the supernode", func(t *testing.T) {
+		t.Parallel()
+		_, d := setup(t, false)
+		r := d.NewReader(0)
+		defer r.Close()
+		require.Eventually(t, func() bool { return d.Progress().Completed == int64(len(data)) }, 5*time.Second, 5*time.Millisecond,
+			"the CDN may not hold the pieces yet: the reader paces nothing")
+	})
+	t.Run("no reader", func(t *testing.T) {
+		t.Parallel()
+		_, d := setup(t, true)
+		require.Eventually(t, func() bool { return d.Progress().Completed == int64(len(data)) }, 5*time.Second, 5*time.Millisecond)
+	})
+}
+
+// slowReader reads at most step bytes at a time, pausing between reads.
+type slowReader struct {
+	r     io.Reader
+	step  int
+	pause time.Duration
+}
+
+func (s *slowReader) Read(p []byte) (int, error) {
+	time.Sleep(s.pause)
+	return s.r.Read(p[:min(len(p), s.step)])
+}
