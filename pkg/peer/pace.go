@@ -12,7 +12,7 @@ import (
 // pieces it has not read yet would leave the piece cache before it gets to
 // them and be read back from the disk, which the store writes around the
 // page cache: as much disk traffic again as the download itself. So while
-// the verified and in-flight pieces from the slowest such reader on fill
+// the verified and in-flight pieces from the furthest such reader on fill
 // the piece cache but for one piece, the background fill waits, asking only for the piece that
 // reader waits for, and each step of the reader wakes the P2P loop. Only
 // once the supernode holds the whole content (its task succeeded): a piece
@@ -60,7 +60,7 @@ func (t *task) wake() {
 	}
 }
 
-// pace reports whether the background fill waits for the slowest
+// pace reports whether the background fill waits for the furthest
 // whole-content reader, and the piece that reader waits for (-1: none, or
 // it is in flight).
 func (t *task) pace(inflight map[int]bool) (next int, paced bool) {
@@ -80,9 +80,9 @@ func (t *task) pace(inflight map[int]bool) (next int, paced bool) {
 		if r.movedAt.Load() < stale {
 			continue
 		}
-		if p := r.pos.Load(); pos < 0 || p < pos {
-			pos = p
-		}
+		// The furthest reader: a slower one reading the same blob never
+		// holds a faster one back (it reads behind from the disk).
+		pos = max(pos, r.pos.Load())
 	}
 	if pos < 0 {
 		return -1, false

@@ -13,7 +13,8 @@ import (
 // A reader of the whole content that lags a download the supernode's CDN
 // holds in full paces it: the download stops once the pieces from the
 // reader on fill the piece cache but for one, resumes as the reader reads,
-// and the reader gets every byte. While the task is still running at the
+// and the reader gets every byte; a slower reader of the same download
+// holds no one back. While the task is still running at the
 // supernode (its CDN may not have the pieces yet), or with no reader, the
 // download runs ahead as before.
 func TestLaggingReaderPacesDownload(t *testing.T) {
@@ -46,6 +47,25 @@ func TestLaggingReaderPacesDownload(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, data, got)
 		require.Equal(t, int64(len(data)), d.Progress().Completed)
+	})
+	t.Run("a slower reader holds no one back", func(t *testing.T) {
+		t.Parallel()
+		_, d := setup(t, true)
+		idle := d.NewReader(0) // opened, never read: not stale for 10 s
+		defer idle.Close()
+		r := d.NewReader(0)
+		defer r.Close()
+		got := make(chan []byte, 1)
+		go func() {
+			b, _ := io.ReadAll(r)
+			got <- b
+		}()
+		select {
+		case b := <-got:
+			require.Equal(t, data, b)
+		case <-time.After(5 * time.Second):
+			t.Fatal("the reader that reads waited for the one that does not")
+		}
 	})
 	t.Run("running at the supernode", func(t *testing.T) {
 		t.Parallel()
