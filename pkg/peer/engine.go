@@ -91,6 +91,9 @@ type Engine struct {
 	bufs *bufPool
 	// pcache holds the latest verified pieces (piececache.go).
 	pcache *pieceCache
+	// paceStale: a whole-content reader that has not moved for this long
+	// paces nothing (pace.go).
+	paceStale time.Duration
 	// lastFetch is when a piece fetch last started (UnixNano), 0 once
 	// trimIdle let the buffers go.
 	lastFetch atomic.Int64
@@ -204,6 +207,7 @@ func New(cfg Config, store content.Store, sched *schedclient.Client, self scheda
 	// GC); with larger pieces (very large content) fewer are kept.
 	e.bufs = newBufPool(int64(max(e.cfg.Concurrency, 1))*piece.DefaultSize + defaultCacheBytes)
 	e.pcache = newPieceCache(defaultCacheBytes, e.bufs)
+	e.paceStale = paceStale
 	if e.source == nil {
 		sopts := []httpsource.Option{httpsource.WithLogger(e.logger.Named("source"))}
 		if e.httpClient != nil {

@@ -23,7 +23,7 @@ import (
 // paces nothing either.
 
 // paceStale is how long a whole-content reader may stand still and still
-// pace the download.
+// pace the download (Engine.paceStale; tests shorten it).
 const paceStale = 10 * time.Second
 
 // stream registers r as a reader of the whole content; the function it
@@ -75,7 +75,7 @@ func (t *task) pace(inflight map[int]bool) (next int, paced bool) {
 		return -1, false
 	}
 	pos := int64(-1)
-	stale := time.Now().Add(-paceStale).UnixNano()
+	stale := time.Now().Add(-t.e.paceStale).UnixNano()
 	for r := range t.streams {
 		if r.movedAt.Load() < stale {
 			continue

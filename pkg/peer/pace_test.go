@@ -21,12 +21,13 @@ func TestLaggingReaderPacesDownload(t *testing.T) {
 	t.Parallel()
 	const pieces = 24
 	data := randomData(t, pieces*testPieceSize+10)
-	setup := func(t *testing.T, succeeded bool) (*Engine, *Download) {
+	setup := func(t *testing.T, succeeded bool, stale time.Duration) (*Engine, *Download) {
 		h := newHolder(t, "good", data, good)
 		f := newFakeSched(t, data, func(int, int) (schedapi.Peer, bool) { return h.peer, false })
 		f.succeeded = succeeded
 		e := newTestEngine(t, f.addr, engineSetup{cfg: Config{Concurrency: 2}})
 		e.pcache.max = 4 * testPieceSize // the download may run 3 pieces ahead
+		e.paceStale = stale
 		d, err := e.Download(t.Context(), Request{URL: "http://origin.test/file"})
 		require.NoError(t, err)
 		t.Cleanup(func() { d.Close() })
@@ -35,7 +36,7 @@ func TestLaggingReaderPacesDownload(t *testing.T) {
 
 	t.Run("paced", func(t *testing.T) {
 		t.Parallel()
-		_, d := setup(t, true)
+		_, d := setup(t, true, paceStale)
 		r := d.NewReader(0)
 		defer r.Close()
 		require.Eventually(t, func() bool { return d.Progress().Completed >= 3*testPieceSize }, 5*time.Second, 5*time.Millisecond)
@@ -48,9 +49,24 @@ func TestLaggingReaderPacesDownload(t *testing.T) {
 		require.Equal(t, data, got)
 		require.Equal(t, int64(len(data)), d.Progress().Completed)
 	})
+	t.Run("a reader that stops reading stops pacing", func(t *testing.T) {
+		t.Parallel()
+		_, d := setup(t, true, time.Second)
+		r := d.NewReader(0)
+		defer r.Close()
+		start := time.Now()
+		require.Eventually(t, func() bool { return d.Progress().Completed >= 3*testPieceSize }, 5*time.Second, 5*time.Millisecond)
+		require.Less(t, d.Progress().Completed, int64(len(data)), "paced at first")
+		require.Eventually(t, func() bool { return d.Progress().Completed == int64(len(data)) }, 5*time.Second, 5*time.Millisecond,
+			"a reader still for paceStale paces nothing")
+		require.GreaterOrEqual(t, time.Since(start), 900*time.Millisecond, "not before paceStale")
+		got, err := io.ReadAll(r)
+		require.NoError(t, err)
+		require.Equal(t, data, got)
+	})
 	t.Run("a slower reader holds no one back", func(t *testing.T) {
 		t.Parallel()
-		_, d := setup(t, true)
+		_, d := setup(t, true, paceStale)
 		idle := d.NewReader(0) // opened, never read: not stale for 10 s
 		defer idle.Close()
 		r := d.NewReader(0)
@@ -69,7 +85,7 @@ func TestLaggingReaderPacesDownload(t *testing.T) {
 	})
 	t.Run("running at the supernode", func(t *testing.T) {
 		t.Parallel()
-		_, d := setup(t, false)
+		_, d := setup(t, false, paceStale)
 		r := d.NewReader(0)
 		defer r.Close()
 		require.Eventually(t, func() bool { return d.Progress().Completed == int64(len(data)) }, 5*time.Second, 5*time.Millisecond,
@@ -77,7 +93,7 @@ func TestLaggingReaderPacesDownload(t *testing.T) {
 	})
 	t.Run("no reader", func(t *testing.T) {
 		t.Parallel()
-		_, d := setup(t, true)
+		_, d := setup(t, true, paceStale)
 		require.Eventually(t, func() bool { return d.Progress().Completed == int64(len(data)) }, 5*time.Second, 5*time.Millisecond)
 	})
 }

@@ -159,7 +159,7 @@ func (t *task) planPoll(inflight map[int]bool, bk *bucket, now time.Time) pollPl
 		p.idle = len(inflight) == 0 && len(wanted) == 0
 		p.after = after
 		if paced && p.after == 0 {
-			p.after = paceStale // a reader that stops moving stops pacing
+			p.after = t.e.paceStale // a reader that stops moving stops pacing
 		}
 	}
 	return p
