@@ -203,7 +203,8 @@ func (d *Download) NewReader(off int64) io.ReadCloser {
 // digest, without waiting for the rest of the content; a range past the end
 // of the content ends at the end. A reader of the whole content (n < 0)
 // wants nothing in particular: the swarm's rarest-first order serves it
-// best.
+// best; if it falls behind a download the supernode holds in full, it
+// paces it (pace.go).
 func (d *Download) NewRangeReader(off, n int64) io.ReadCloser {
 	r := &reader{t: d.t, off: off, end: -1, closed: make(chan struct{})}
 	if n >= 0 {

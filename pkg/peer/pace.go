@@ -13,14 +13,14 @@ import (
 // them and be read back from the disk, which the store writes around the
 // page cache: as much disk traffic again as the download itself. So while
 // the verified and in-flight pieces from the furthest such reader on fill
-// the piece cache but for one piece, the background fill waits, asking only for the piece that
-// reader waits for, and each step of the reader wakes the P2P loop. Only
-// once the supernode holds the whole content (its task succeeded): a piece
-// asked for is then never one the CDN must fetch out of order. A reader
-// that keeps up (the network is the slower side, as in a swarm) paces
-// nothing, and the swarm's rarest-first order stays; one that has not
-// read for paceStale (a client that stopped reading but did not hang up)
-// paces nothing either.
+// the piece cache but for one piece, the background fill waits, asking
+// only for the piece that reader waits for, and each step of the reader
+// wakes the P2P loop. Only once the supernode holds the whole content (its
+// task succeeded): a piece asked for is then never one the CDN must fetch
+// out of order. A reader that keeps up (the network is the slower side, as
+// in a swarm) paces nothing, and the swarm's rarest-first order stays; one
+// that has not read for paceStale (a client that stopped reading but did
+// not hang up) paces nothing either.
 
 // paceStale is how long a whole-content reader may stand still and still
 // pace the download (Engine.paceStale; tests shorten it).
