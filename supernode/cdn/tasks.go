@@ -118,12 +118,11 @@ type handle struct {
 	closeOnce sync.Once
 }
 
-// heldPiece is piece i of a blob, at off, read into buf (its first n bytes).
+// heldPiece is piece i of a blob, at off, read into buf.
 type heldPiece struct {
-	i   int
+	i   int // -1 while buf holds no sound piece
 	off int64
-	n   int64
-	buf *[]byte // nil when the handle holds no piece
+	buf *[]byte // nil when the handle holds no buffer
 }
 
 // ReadAt reads content bytes. Callers read Verified ranges only.
@@ -236,7 +235,7 @@ func (h *handle) fromMemory(off, n int64) (io.Reader, error) {
 				return nil, nil // every buffer lent: from the file
 			}
 		}
-		hp.i, hp.off, hp.n = -1, start, 0
+		hp.i, hp.off = -1, start
 		b := (*hp.buf)[:ln]
 		k, err := dr.ReadAtDirect(b, start)
 		if int64(k) < ln {
@@ -248,7 +247,7 @@ func (h *handle) fromMemory(off, n int64) (io.Reader, error) {
 		if err := h.check.settle(i, ln, digest.FromBytes(b)); err != nil {
 			return nil, err
 		}
-		hp.i, hp.n = i, ln
+		hp.i = i
 	}
 	rel := off - hp.off
 	return bytes.NewReader((*hp.buf)[rel : rel+n]), nil
